@@ -1,0 +1,286 @@
+"""The typed error hierarchy.
+
+Every error stepbridge raises is a :class:`StepbridgeError`. Each one can be turned into a plain
+dict (:meth:`StepbridgeError.to_dict`) and rebuilt from it (:func:`error_from_dict`) with its type
+intact, so errors survive the process boundary (msgpack frames) and storage (JSON columns)
+without pickle.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+__all__ = [
+    "InputValidationError",
+    "Issue",
+    "LMError",
+    "LMParseError",
+    "PoolSaturatedError",
+    "ProgramValidationError",
+    "RunCancelledError",
+    "RunTimeoutError",
+    "StepError",
+    "StepbridgeError",
+    "StorageError",
+    "UnsupportedCapabilityError",
+    "WorkerLostError",
+    "error_from_dict",
+    "scrub_secrets",
+]
+
+
+# Things that look like credentials: provider keys, bearer tokens, basic-auth URLs.
+# Each pattern keeps its ``pre`` group and replaces the rest of the match.
+_SECRET_PATTERNS = [
+    re.compile(r"(?P<pre>\b)(?:sk|pk|rk)-[A-Za-z0-9_\-]{12,}"),
+    re.compile(r"(?i)(?P<pre>bearer\s+)[A-Za-z0-9._\-]{8,}"),
+    re.compile(r"(?i)(?P<pre>api[_-]?key[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]{6,}"),
+    re.compile(r"(?P<pre>://[^/\s:@]+:)[^@/\s]+(?=@)"),
+]
+_extra_secrets: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """Remember a secret value (an API key read from the environment) so it is scrubbed everywhere."""
+    if value and len(value) >= 6:
+        _extra_secrets.add(value)
+
+
+def scrub_secrets(text: str) -> str:
+    """Remove known secret values and key-shaped strings from text bound for logs, storage or the wire."""
+    for secret in _extra_secrets:
+        if secret in text:
+            text = text.replace(secret, "[REDACTED]")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(r"\g<pre>[REDACTED]", text)
+    return text
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem found in a program: where (JSON pointer, file line) and what, with a hint."""
+
+    pointer: str
+    message: str
+    severity: str = "error"  # "error" | "warning"
+    line: int | None = None
+    suggestion: str | None = None
+
+    def __str__(self) -> str:
+        where = self.pointer or "/"
+        if self.line is not None:
+            where += f" (line {self.line})"
+        text = f"{where}: {self.message}"
+        if self.suggestion:
+            text += f" (did you mean {self.suggestion}?)"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class StepbridgeError(Exception):
+    """Base of every stepbridge error. ``retriable`` says whether running again may succeed."""
+
+    retriable: ClassVar[bool] = False
+    _registry: ClassVar[dict[str, type[StepbridgeError]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        StepbridgeError._registry[cls.__name__] = cls
+
+    def __init__(self, message: str, *, trace: list[Any] | None = None, remote_traceback: str | None = None):
+        super().__init__(message)
+        self.message = message
+        #: the partial trace of a failed run (list of StepTrace), when there is one
+        self.trace: list[Any] = list(trace or [])
+        #: the traceback text from another process, for debugging (secrets scrubbed)
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        return self.message
+
+    def details(self) -> dict[str, Any]:
+        """Type-specific fields; the constructor accepts them back as keyword arguments."""
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON/msgpack-safe description of this error, secrets scrubbed."""
+        data: dict[str, Any] = {
+            "type": type(self).__name__,
+            "message": scrub_secrets(self.message),
+            "details": self.details(),
+        }
+        if self.remote_traceback:
+            data["traceback"] = scrub_secrets(self.remote_traceback)
+        return data
+
+
+class ProgramValidationError(StepbridgeError):
+    """The program is invalid; ``issues`` lists every problem at once."""
+
+    def __init__(self, issues: list[Issue] | list[dict[str, Any]], message: str | None = None, **kw: Any):
+        self.issues: list[Issue] = [i if isinstance(i, Issue) else Issue(**i) for i in issues]
+        errors = [i for i in self.issues if i.severity == "error"]
+        if message is None:
+            lines = [f"invalid program: {len(errors)} problem{'s' if len(errors) != 1 else ''}"]
+            lines += [f"  {i}" for i in errors]
+            message = "\n".join(lines)
+        super().__init__(message, **kw)
+
+    def details(self) -> dict[str, Any]:
+        return {"issues": [i.to_dict() for i in self.issues]}
+
+
+class InputValidationError(StepbridgeError):
+    """The run's inputs do not match the program signature (missing, unknown or mistyped fields)."""
+
+    def __init__(self, message: str, *, field: str | None = None, **kw: Any):
+        super().__init__(message, **kw)
+        self.field = field
+
+    def details(self) -> dict[str, Any]:
+        return {"field": self.field}
+
+
+class LMError(StepbridgeError):
+    """The LM endpoint failed or answered with something unusable."""
+
+    def __init__(self, message: str, *, status: int | None = None, retriable: bool = False, **kw: Any):
+        super().__init__(message, **kw)
+        self.status = status
+        self.retriable = retriable  # type: ignore[misc]
+
+    def details(self) -> dict[str, Any]:
+        return {"status": self.status, "retriable": self.retriable}
+
+
+class StepError(StepbridgeError):
+    """A step failed. ``cause`` is the typed error underneath (for example an :class:`LMError`)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step: int,
+        module: str | None = None,
+        cause: StepbridgeError | dict[str, Any] | None = None,
+        **kw: Any,
+    ):
+        super().__init__(message, **kw)
+        self.step = step
+        self.module = module
+        self.cause: StepbridgeError | None = error_from_dict(cause) if isinstance(cause, dict) else cause
+        if self.cause is not None:
+            self.__cause__ = self.cause
+
+    @property
+    def retriable(self) -> bool:  # type: ignore[override]
+        return bool(self.cause is not None and self.cause.retriable)
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "module": self.module,
+            "cause": self.cause.to_dict() if self.cause is not None else None,
+        }
+
+
+class RunTimeoutError(StepbridgeError):
+    """The run did not finish within its deadline."""
+
+    def __init__(self, message: str, *, timeout: float | None = None, **kw: Any):
+        super().__init__(message, **kw)
+        self.timeout = timeout
+
+    def details(self) -> dict[str, Any]:
+        return {"timeout": self.timeout}
+
+
+class RunCancelledError(StepbridgeError):
+    """The run was cancelled by its caller."""
+
+
+class WorkerLostError(StepbridgeError):
+    """The worker running a request died or went silent, and the request could not be retried."""
+
+    retriable = True
+
+    def __init__(self, message: str, *, worker: str | None = None, attempts: int | None = None, **kw: Any):
+        super().__init__(message, **kw)
+        self.worker = worker
+        self.attempts = attempts
+
+    def details(self) -> dict[str, Any]:
+        return {"worker": self.worker, "attempts": self.attempts}
+
+
+class PoolSaturatedError(StepbridgeError):
+    """The pool's queue stayed full for longer than the caller was willing to wait."""
+
+    retriable = True
+
+    def __init__(self, message: str, *, queue_size: int | None = None, **kw: Any):
+        super().__init__(message, **kw)
+        self.queue_size = queue_size
+
+    def details(self) -> dict[str, Any]:
+        return {"queue_size": self.queue_size}
+
+
+class UnsupportedCapabilityError(StepbridgeError):
+    """The program needs a capability the chosen adapter does not declare."""
+
+    def __init__(self, message: str, *, capability: str | None = None, adapter: str | None = None, **kw: Any):
+        super().__init__(message, **kw)
+        self.capability = capability
+        self.adapter = adapter
+
+    def details(self) -> dict[str, Any]:
+        return {"capability": self.capability, "adapter": self.adapter}
+
+
+class StorageError(StepbridgeError):
+    """The store could not be read or written (or is newer than this code)."""
+
+
+def error_from_dict(data: dict[str, Any]) -> StepbridgeError:
+    """Rebuild a typed error from :meth:`StepbridgeError.to_dict` output.
+
+    Unknown type names (a newer peer) degrade to :class:`StepbridgeError`, never to an import.
+    """
+    cls = StepbridgeError._registry.get(str(data.get("type")), StepbridgeError)
+    details = dict(data.get("details") or {})
+    message = str(data.get("message", ""))
+    tb = data.get("traceback")
+    try:
+        if cls is ProgramValidationError:
+            err: StepbridgeError = ProgramValidationError(details.get("issues") or [], message=message)
+        elif cls is StepbridgeError:
+            err = StepbridgeError(message)
+        else:
+            err = cls(message, **details)
+    except TypeError:
+        err = StepbridgeError(message)
+    err.remote_traceback = tb
+    return err
+
+
+# Make the base class rebuildable by name as well.
+StepbridgeError._registry["StepbridgeError"] = StepbridgeError
+
+
+
+class LMParseError(LMError):
+    """The LM answered, but not in the format the signature asked for (DSPy's AdapterParseError)."""
+
+    def __init__(self, message: str, *, response: str | None = None, **kw: Any):
+        kw.pop("status", None)
+        kw.pop("retriable", None)
+        super().__init__(message, status=None, retriable=False, **kw)
+        self.response = response
+
+    def details(self) -> dict[str, Any]:
+        return {"response": scrub_secrets(self.response)[:2000] if self.response else None}

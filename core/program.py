@@ -1,0 +1,317 @@
+"""The program IR: pydantic models for a program file (format version 1) and its content hash.
+
+A program is data: a signature, named modules and a list of forward steps. These models check
+the *shape* of a file; :mod:`stepbridge.validate` checks its *meaning* (references, types,
+return placement) and reports every problem at once.
+
+Content hash: sha256 of the canonical JSON of the normalised model (see :func:`canonical_json`).
+Decisions: keys sorted; no insignificant whitespace; UTF-8 with non-ASCII kept as is; integral
+floats written as integers (``1`` and ``1.0`` hash alike); strings are *not* Unicode-normalised,
+because the hash must identify the exact bytes a program sends to an LM (identifiers are ASCII
+by the grammar, so they cannot differ by normalisation); signatures are hashed in their long form,
+so ``"q -> a"`` and the equivalent long form are the same program.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    field_validator,
+)
+
+from .signature import IDENTIFIER, Signature
+
+__all__ = [
+    "CallStep",
+    "ChainOfThoughtModule",
+    "DspyModule",
+    "LMConfig",
+    "MapStep",
+    "Module",
+    "PredictModule",
+    "Program",
+    "RetrieveModule",
+    "RetrieverSpec",
+    "ReturnStep",
+    "Step",
+    "ToolModule",
+    "canonical_json",
+]
+
+FORMAT_VERSION = 1
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-.]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class LMConfig(_Strict):
+    """LM settings a program may carry. Endpoints and keys never live here: they come from profiles."""
+
+    model: str | None = Field(default=None, max_length=200, description="provider/model, as DSPy spells it")
+    profile: str | None = Field(default=None, max_length=200, description="an operator-defined LM profile")
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    adapter: Literal["chat", "json"] | None = None
+
+    def merged(self, override: LMConfig | None) -> LMConfig:
+        """``override``'s set fields win over ours (program default < module < run)."""
+        if override is None:
+            return self
+        return self.model_copy(update=override.model_dump(exclude_none=True))
+
+
+class _LMModule(_Strict):
+    signature: Signature
+    instructions: str | None = Field(default=None, max_length=200_000)
+    demos: list[dict[str, Any]] = Field(default_factory=list, max_length=1000)
+    lm: LMConfig | None = None
+
+    @property
+    def effective_signature(self) -> Signature:
+        """The signature with the module's instructions applied (module wins over signature)."""
+        if self.instructions is not None:
+            return self.signature.with_instructions(self.instructions)
+        return self.signature
+
+
+class PredictModule(_LMModule):
+    """One LM call: format the signature, call the LM, parse the outputs (``dspy.Predict``)."""
+
+    type: Literal["predict"] = "predict"
+
+
+class ChainOfThoughtModule(_LMModule):
+    """Like predict with a ``reasoning`` output first (``dspy.ChainOfThought``)."""
+
+    type: Literal["chain_of_thought"] = "chain_of_thought"
+
+
+class RetrieverSpec(_Strict):
+    """Which retriever to use. ``kind`` is a registered retriever name (``bm25`` is built in)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: str = Field(max_length=200)
+    corpus: str | None = Field(default=None, max_length=4096, description="path relative to the program file")
+
+    @field_validator("corpus")
+    @classmethod
+    def _relative_corpus(cls, value: str | None) -> str | None:
+        if value is not None and ("://" in value or value.startswith("~")):
+            raise ValueError("corpus must be a file path relative to the program file, not a URL")
+        return value
+
+
+RETRIEVE_SIGNATURE = Signature.model_validate("query -> passages: list[str], ids: list[str], scores: list[float]")
+
+
+class RetrieveModule(_Strict):
+    """Top-``k`` passages for a query: input ``query``, outputs ``passages``, ``ids``, ``scores``."""
+
+    type: Literal["retrieve"] = "retrieve"
+    retriever: RetrieverSpec
+    k: int = Field(default=3, ge=1, le=1000)
+
+    @property
+    def effective_signature(self) -> Signature:
+        return RETRIEVE_SIGNATURE
+
+
+class ToolModule(_Strict):
+    """A named callable from the tool registry; never an import path."""
+
+    type: Literal["tool"] = "tool"
+    tool: str = Field(max_length=200, pattern=NAME_PATTERN)
+    signature: Signature | None = None
+    side_effects: bool = Field(default=False, description="if true, a failed run is never retried elsewhere")
+
+
+class DspyModule(_Strict):
+    """An existing DSPy module, by exact registered name, with its saved state."""
+
+    type: Literal["dspy"] = "dspy"
+    module: str = Field(max_length=200, pattern=NAME_PATTERN)
+    signature: Signature
+    state: dict[str, Any] | None = None
+    lm: LMConfig | None = None
+
+    @property
+    def effective_signature(self) -> Signature:
+        return self.signature
+
+
+Module = Annotated[
+    Annotated[PredictModule, Tag("predict")]
+    | Annotated[ChainOfThoughtModule, Tag("chain_of_thought")]
+    | Annotated[RetrieveModule, Tag("retrieve")]
+    | Annotated[ToolModule, Tag("tool")]
+    | Annotated[DspyModule, Tag("dspy")],
+    Discriminator(lambda v: v.get("type") if isinstance(v, dict) else getattr(v, "type", None)),
+]
+MODULE_TYPES = ("predict", "chain_of_thought", "retrieve", "tool", "dspy")
+
+
+class CallStep(_Strict):
+    """Call a module once with an argument map; its outputs are named ``as``."""
+
+    call: str = Field(max_length=200)
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    as_: str | None = Field(default=None, alias="as", max_length=200)
+
+
+class MapStep(_Strict):
+    """Call a module once per element of the list ``over``; each element is ``$<item>``."""
+
+    map: str = Field(max_length=200)
+    over: str = Field(max_length=500)
+    item: str = Field(default="item", max_length=200)
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    as_: str | None = Field(default=None, alias="as", max_length=200)
+    concurrency: int | None = Field(default=None, ge=1, le=10_000)
+
+
+class ReturnStep(_Strict):
+    """The program outputs. Exactly one, and last."""
+
+    return_: dict[str, Any] = Field(alias="return")
+
+
+def _step_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        for key in ("call", "map", "return"):
+            if key in value:
+                return key
+        return None
+    return {CallStep: "call", MapStep: "map", ReturnStep: "return"}.get(type(value))
+
+
+Step = Annotated[
+    Annotated[CallStep, Tag("call")] | Annotated[MapStep, Tag("map")] | Annotated[ReturnStep, Tag("return")],
+    Discriminator(
+        _step_kind,
+        custom_error_type="step_kind",
+        custom_error_message="a step needs one of the keys 'call', 'map' or 'return'",
+    ),
+]
+
+
+class Program(_Strict):
+    """A whole program file. Build one with :func:`stepbridge.load`, the builder, or ``model_validate``."""
+
+    stepbridge: Literal[1] = Field(description="format version")
+    name: str = Field(max_length=200, pattern=NAME_PATTERN)
+    description: str | None = Field(default=None, max_length=100_000)
+    signature: Signature
+    lm: LMConfig | None = None
+    modules: dict[str, Module] = Field(default_factory=dict, max_length=10_000)
+    steps: list[Step] = Field(max_length=10_000)
+
+    _base_dir: Path | None = PrivateAttr(default=None)
+    _lines: dict[str, int] = PrivateAttr(default_factory=dict)
+    _hash: str | None = PrivateAttr(default=None)
+
+    @field_validator("modules")
+    @classmethod
+    def _module_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not IDENTIFIER.match(name):
+                raise ValueError(f"invalid module name {name!r} (letters, digits and _; not starting with a digit)")
+        return value
+
+    # -- identity --------------------------------------------------------------------------------
+    def canonical(self) -> dict[str, Any]:
+        """The normalised form the content hash is computed from."""
+        data = self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+        data["stepbridge"] = FORMAT_VERSION
+        data["signature"] = self.signature.canonical()
+        for name, module in self.modules.items():
+            sig = getattr(module, "signature", None)
+            data["modules"][name]["type"] = module.type
+            if isinstance(sig, Signature):
+                data["modules"][name]["signature"] = sig.canonical()
+        return data
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 of the canonical JSON: the program's identity in storage, on the wire, in caches."""
+        if self._hash is None:
+            self._hash = hashlib.sha256(canonical_json(self.canonical()).encode("utf-8")).hexdigest()
+        return self._hash
+
+    @property
+    def base_dir(self) -> Path:
+        """Directory that relative paths (corpora) resolve against."""
+        return self._base_dir or Path.cwd()
+
+    def with_base_dir(self, base_dir: Path | str | None) -> Program:
+        self._base_dir = Path(base_dir) if base_dir is not None else None
+        return self
+
+    def line_of(self, pointer: str) -> int | None:
+        """The source line of a JSON pointer (or its nearest ancestor), when loaded from a file."""
+        while pointer:
+            if pointer in self._lines:
+                return self._lines[pointer]
+            pointer = pointer.rsplit("/", 1)[0]
+        return self._lines.get("")
+
+    # -- serialisation ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The program as a file would hold it (short signatures where possible)."""
+        data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        for mod in data.get("modules", {}).values():
+            if mod.get("demos") == []:
+                del mod["demos"]
+        for step in data.get("steps", []):
+            if step.get("with") == {}:
+                del step["with"]
+            if step.get("item") == "item" and "map" in step:
+                del step["item"]
+        return data
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)
+
+    def dump(self, path: str | Path) -> None:
+        """Write to ``path``: YAML for .yaml/.yml, JSON otherwise."""
+        path = Path(path)
+        text = self.to_yaml() if path.suffix in (".yaml", ".yml") else self.to_json() + "\n"
+        path.write_text(text, encoding="utf-8")
+
+
+def _normalise(value: Any) -> Any:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("NaN and infinity have no canonical JSON form")
+        if value.is_integer() and abs(value) < 2**53:
+            return int(value)
+        return value
+    if isinstance(value, dict):
+        return {str(k): _normalise(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_normalise(v) for v in value]
+    return value
+
+
+def canonical_json(value: Any) -> str:
+    """Canonical JSON: sorted keys, compact separators, UTF-8 text, integral floats as ints."""
+    return json.dumps(_normalise(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)

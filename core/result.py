@@ -1,0 +1,74 @@
+"""What a run returns: outputs, a per-step trace with every LM call, usage and timings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["LMCall", "RunResult", "StepTrace", "Usage"]
+
+
+class Usage(BaseModel):
+    """Token counts, summed over LM calls."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    lm_calls: int = 0
+
+    def add(self, other: Usage | dict[str, Any] | None) -> None:
+        if other is None:
+            return
+        data = other if isinstance(other, dict) else other.model_dump()
+        self.prompt_tokens += int(data.get("prompt_tokens") or 0)
+        self.completion_tokens += int(data.get("completion_tokens") or 0)
+        self.total_tokens += int(data.get("total_tokens") or 0)
+        self.lm_calls += int(data.get("lm_calls") or 1 if isinstance(other, dict) else data.get("lm_calls") or 0)
+
+
+class LMCall(BaseModel):
+    """One chat-completions call as it went over the wire (or would have)."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    response: str | None = None
+    usage: dict[str, Any] = Field(default_factory=dict)
+    latency_ms: float = 0.0
+    cached: bool = False
+    error: dict[str, Any] | None = None
+
+
+class StepTrace(BaseModel):
+    """One record per executed step (a ``map`` step's per-element calls are in ``children``)."""
+
+    step: int
+    kind: str  # call | map | return
+    module: str | None = None
+    module_type: str | None = None
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    outputs: Any = None
+    lm_calls: list[LMCall] = Field(default_factory=list)
+    children: list[StepTrace] = Field(default_factory=list)
+    duration_ms: float = 0.0
+    error: dict[str, Any] | None = None
+
+
+class RunResult(BaseModel):
+    """The result of one run on any backend. Equal programs and inputs give equal ``outputs``."""
+
+    outputs: dict[str, Any]
+    trace: list[StepTrace] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    backend: str
+    program_hash: str
+    execution_id: str
+    duration_ms: float = 0.0
+    attempts: int = 1
+    worker: str | None = None
+
+    def step_sequence(self) -> list[tuple[int, str, str | None]]:
+        """(index, kind, module) per step: what equivalence across adapters compares."""
+        return [(s.step, s.kind, s.module) for s in self.trace]
