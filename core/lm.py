@@ -1,0 +1,306 @@
+"""LM profiles and the chat-completions client.
+
+Where prompts go is the operator's decision, never a program's: endpoints and keys come from
+profiles (a TOML file and/or ``STEPBRIDGE_LM_*`` environment variables). A profile names the
+*environment variable* that holds its key (``api_key_env``), so keys never sit in files, traces
+or storage. With no profile configured, the built-in reference LM answers in-process.
+
+Clients are transports: :class:`HTTPLMClient` speaks OpenAI-compatible chat completions over
+httpx (connection reuse, timeouts, retries with jittered backoff on 429/5xx/connection errors, a
+concurrency limit, an optional response cache); :class:`InProcessLMClient` calls the reference
+model directly with no socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+import tomllib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from .errors import LMError, register_secret, scrub_secrets
+from .program import LMConfig
+
+__all__ = [
+    "REFERENCE_PROFILE",
+    "ChatRequest",
+    "ChatResponse",
+    "HTTPLMClient",
+    "InProcessLMClient",
+    "LMClient",
+    "LMPool",
+    "LMProfile",
+    "load_profiles",
+    "resolve_profile",
+]
+
+
+class LMProfile(BaseModel):
+    """Where and how to reach an LM. Lives in operator config, never in program files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "default"
+    model: str | None = None
+    base_url: str | None = Field(default=None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field(default=None, description="NAME of the environment variable holding the key")
+    temperature: float | None = None
+    max_tokens: int | None = None
+    timeout: float = 60.0
+    max_retries: int = 3
+    concurrency: int = 256
+    cache: bool = False
+
+    @property
+    def in_process(self) -> bool:
+        return self.base_url is None
+
+
+REFERENCE_PROFILE = LMProfile(name="reference", model="reference/deterministic")
+
+
+def config_path() -> Path:
+    if env := os.environ.get("STEPBRIDGE_CONFIG"):
+        return Path(env)
+    base = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    return base / "stepbridge" / "config.toml"
+
+
+def load_profiles() -> dict[str, LMProfile]:
+    """Profiles from the config file (``[lm.profiles.NAME]`` tables) and ``STEPBRIDGE_LM_*`` env vars.
+
+    ``STEPBRIDGE_LM_BASE_URL`` / ``_MODEL`` / ``_API_KEY_ENV`` define (or override) the ``default`` profile.
+    """
+    profiles: dict[str, LMProfile] = {}
+    path = config_path()
+    if path.is_file():
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        for name, raw in (data.get("lm", {}).get("profiles", {}) or {}).items():
+            profiles[name] = LMProfile(name=name, **raw)
+    env = {k: os.environ.get(f"STEPBRIDGE_LM_{k.upper()}") for k in ("base_url", "model", "api_key_env")}
+    if any(env.values()):
+        base = profiles.get("default", LMProfile(name="default"))
+        profiles["default"] = base.model_copy(update={k: v for k, v in env.items() if v})
+    return profiles
+
+
+def resolve_profile(config: LMConfig, profiles: dict[str, LMProfile] | None = None) -> tuple[LMProfile, str]:
+    """The profile and model for an effective LM config. Unknown profile names are errors; with no
+    profile at all, the reference LM."""
+    profiles = load_profiles() if profiles is None else profiles
+    if config.profile:
+        if config.profile == "reference":
+            profile = REFERENCE_PROFILE
+        elif config.profile not in profiles:
+            known = ", ".join(sorted(profiles)) or "none configured"
+            raise LMError(f"unknown LM profile {config.profile!r} (profiles: {known}; see {config_path()})")
+        else:
+            profile = profiles[config.profile]
+    else:
+        profile = profiles.get("default", REFERENCE_PROFILE)
+    model = config.model or profile.model or REFERENCE_PROFILE.model
+    assert model is not None
+    return profile, model
+
+
+@dataclass
+class ChatRequest:
+    """One chat-completions request body (OpenAI shape)."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    temperature: float | None = None
+    max_tokens: int | None = None
+    response_format: dict[str, Any] | None = None
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": _wire_model(self.model), "messages": self.messages}
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            body["max_tokens"] = self.max_tokens
+        if self.response_format is not None:
+            body["response_format"] = self.response_format
+        return body
+
+    def cache_key(self) -> str:
+        raw = json.dumps(self.body(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _wire_model(model: str) -> str:
+    # DSPy (litellm) strips the provider prefix for OpenAI-compatible endpoints; so do we.
+    return model.split("/", 1)[1] if model.startswith("openai/") else model
+
+
+@dataclass
+class ChatResponse:
+    text: str
+    usage: dict[str, Any] = field(default_factory=dict)
+    latency_ms: float = 0.0
+    cached: bool = False
+
+
+class LMClient(Protocol):
+    async def complete(self, request: ChatRequest) -> ChatResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _Cache:
+    def __init__(self, size: int = 10_000):
+        self.size = size
+        self._data: OrderedDict[str, ChatResponse] = OrderedDict()
+
+    def get(self, key: str) -> ChatResponse | None:
+        hit = self._data.get(key)
+        if hit is not None:
+            self._data.move_to_end(key)
+        return hit
+
+    def put(self, key: str, value: ChatResponse) -> None:
+        self._data[key] = value
+        if len(self._data) > self.size:
+            self._data.popitem(last=False)
+
+
+def _word_usage(messages: list[dict[str, Any]], text: str) -> dict[str, int]:
+    prompt = sum(len(str(m.get("content", "")).split()) for m in messages)
+    completion = len(text.split())
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class InProcessLMClient:
+    """The reference model called directly: no socket, no serialisation. The default LM."""
+
+    def __init__(self, model: Any = None):
+        if model is None:
+            from .reference_lm import ReferenceModel
+
+            model = ReferenceModel()
+        self.model = model
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        start = time.perf_counter()
+        try:
+            text = self.model.complete(request.messages, response_format=request.response_format)
+        except LMError:
+            raise
+        except Exception as exc:  # the model is ours, but it must never crash a run untyped
+            raise LMError(f"reference model failed: {exc}") from exc
+        return ChatResponse(text, _word_usage(request.messages, text), (time.perf_counter() - start) * 1000)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _retriable(exc: BaseException) -> bool:
+    return isinstance(exc, LMError) and exc.retriable
+
+
+class HTTPLMClient:
+    """OpenAI-compatible chat completions over one pooled :class:`httpx.AsyncClient`."""
+
+    def __init__(self, profile: LMProfile, *, transport: httpx.AsyncBaseTransport | None = None):
+        if profile.base_url is None:
+            raise LMError(f"LM profile {profile.name!r} has no base_url")
+        self.profile = profile
+        headers = {"content-type": "application/json"}
+        if profile.api_key_env:
+            key = os.environ.get(profile.api_key_env)
+            if not key:
+                raise LMError(f"LM profile {profile.name!r}: environment variable {profile.api_key_env} is not set")
+            register_secret(key)
+            headers["authorization"] = f"Bearer {key}"
+        limits = httpx.Limits(max_connections=profile.concurrency, max_keepalive_connections=profile.concurrency)
+        self._http = httpx.AsyncClient(
+            base_url=profile.base_url.rstrip("/") + "/",
+            headers=headers,
+            timeout=httpx.Timeout(profile.timeout, connect=min(10.0, profile.timeout)),
+            limits=limits,
+            transport=transport,
+        )
+        self._limit = asyncio.Semaphore(profile.concurrency)
+        self._cache = _Cache() if profile.cache else None
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        key = request.cache_key() if self._cache is not None else ""
+        if self._cache is not None and (hit := self._cache.get(key)) is not None:
+            return ChatResponse(hit.text, hit.usage, 0.0, cached=True)
+        body = request.body()
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(max(1, self.profile.max_retries + 1)),
+            wait=wait_exponential_jitter(initial=0.2, max=10.0),
+            retry=retry_if_exception(_retriable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                response = await self._send(body)
+        if self._cache is not None:
+            self._cache.put(key, response)
+        return response
+
+    async def _send(self, body: dict[str, Any]) -> ChatResponse:
+        start = time.perf_counter()
+        async with self._limit:
+            try:
+                resp = await self._http.post("chat/completions", json=body)
+            except httpx.TimeoutException as exc:
+                raise LMError(f"LM request timed out after {self.profile.timeout}s ({self.profile.name})",
+                              retriable=True) from exc
+            except httpx.TransportError as exc:
+                raise LMError(f"cannot reach LM at {self.profile.base_url}: {scrub_secrets(str(exc))}",
+                              retriable=True) from exc
+        latency = (time.perf_counter() - start) * 1000
+        if resp.status_code != 200:
+            detail = scrub_secrets(resp.text[:500])
+            retriable = resp.status_code == 429 or resp.status_code >= 500
+            raise LMError(f"LM returned HTTP {resp.status_code}: {detail}", status=resp.status_code,
+                          retriable=retriable)
+        try:
+            data = resp.json()
+            text = data["choices"][0]["message"]["content"]
+            if not isinstance(text, str):
+                raise TypeError("content is not text")
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise LMError(f"LM returned a malformed chat completion: {scrub_secrets(resp.text[:200])!r}",
+                          status=resp.status_code) from exc
+        return ChatResponse(text, dict(data.get("usage") or {}), latency)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+class LMPool:
+    """One client per profile, shared by every run of an adapter (connection reuse)."""
+
+    def __init__(self, profiles: dict[str, LMProfile] | None = None, *, cache: bool | None = None):
+        self.profiles = load_profiles() if profiles is None else profiles
+        self.cache = cache
+        self._clients: dict[str, LMClient] = {}
+
+    def resolve(self, config: LMConfig) -> tuple[LMClient, str, LMProfile]:
+        profile, model = resolve_profile(config, self.profiles)
+        if self.cache is not None and profile.cache != self.cache:
+            profile = profile.model_copy(update={"cache": self.cache})
+        client = self._clients.get(profile.name)
+        if client is None:
+            client = InProcessLMClient() if profile.in_process else HTTPLMClient(profile)
+            self._clients[profile.name] = client
+        return client, model, profile
+
+    async def aclose(self) -> None:
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.aclose()

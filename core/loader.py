@@ -1,0 +1,217 @@
+"""Reading program files safely: YAML or JSON in, plain data plus a JSON-pointer -> line map out.
+
+Program files are untrusted. The YAML is read event by event (libyaml when available) and built
+into plain dicts and lists here, so that limits are enforced *while* parsing, before anything
+big is built: file size, nesting depth, node count. Aliases are refused outright (no
+billion-laughs), and so are duplicate keys (YAML would silently keep the last one). Nothing is
+ever constructed from a tag.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import Issue, ProgramValidationError
+
+__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "load_program", "parse_document"]
+
+MAX_FILE_BYTES = 8 * 1024 * 1024
+MAX_DEPTH = 64
+MAX_NODES = 500_000
+
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_resolver = yaml.resolver.Resolver()
+_constructor = yaml.constructor.SafeConstructor()
+
+
+def _fail(message: str, line: int | None = None, pointer: str = "") -> ProgramValidationError:
+    return ProgramValidationError([Issue(pointer=pointer, message=message, line=line)])
+
+
+def _escape(token: str) -> str:
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def _scalar(event: Any) -> Any:
+    tag = event.tag
+    if tag is None or tag == "!":
+        tag = _resolver.resolve(yaml.ScalarNode, event.value, event.implicit)
+    if tag not in (
+        "tag:yaml.org,2002:str",
+        "tag:yaml.org,2002:int",
+        "tag:yaml.org,2002:float",
+        "tag:yaml.org,2002:bool",
+        "tag:yaml.org,2002:null",
+        "tag:yaml.org,2002:timestamp",
+    ):
+        raise _fail(f"YAML tag {tag} is not allowed in a program file", event.start_mark.line + 1)
+    node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+    value = _constructor.construct_object(node)
+    if isinstance(value, datetime.date | datetime.datetime):
+        return event.value  # keep dates as the text the author wrote
+    return value
+
+
+def _parse_yaml(text: str) -> tuple[Any, dict[str, int]]:
+    lines: dict[str, int] = {}
+    root: list[Any] = []
+    # Each frame: [container, pointer, pending_key (mappings), key_line]
+    stack: list[list[Any]] = []
+    nodes = 0
+
+    def add(value: Any, line: int) -> None:
+        if not stack:
+            root.append(value)
+            return
+        frame = stack[-1]
+        container, pointer = frame[0], frame[1]
+        if isinstance(container, list):
+            child = f"{pointer}/{len(container)}"
+            container.append(value)
+            lines.setdefault(child, line)
+        elif frame[2] is _NO_KEY:
+            if not isinstance(value, str | int | float | bool) and value is not None:
+                raise _fail("mapping keys must be plain scalars", line, pointer)
+            key = str(value)
+            if key in container:
+                raise _fail(f"duplicate key {key!r}", line, f"{pointer}/{_escape(key)}")
+            frame[2], frame[3] = key, line
+        else:
+            key = frame[2]
+            container[key] = value
+            lines.setdefault(f"{pointer}/{_escape(key)}", frame[3])
+            frame[2] = _NO_KEY
+
+    def child_pointer() -> str:
+        if not stack:
+            return ""
+        frame = stack[-1]
+        if isinstance(frame[0], list):
+            return f"{frame[1]}/{len(frame[0])}"
+        return f"{frame[1]}/{_escape(frame[2])}" if frame[2] is not _NO_KEY else frame[1]
+
+    try:
+        for event in yaml.parse(text, Loader=_Loader):
+            line = event.start_mark.line + 1 if event.start_mark else None
+            if isinstance(event, yaml.AliasEvent):
+                raise _fail("YAML aliases (*name) are not allowed in program files; write the value out", line)
+            if isinstance(event, yaml.ScalarEvent):
+                nodes += 1
+                add(_scalar(event), line or 0)
+            elif isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+                nodes += 1
+                if len(stack) >= MAX_DEPTH:
+                    raise _fail(f"nesting deeper than {MAX_DEPTH} levels", line, child_pointer())
+                container: Any = {} if isinstance(event, yaml.MappingStartEvent) else []
+                if stack and not isinstance(stack[-1][0], list) and stack[-1][2] is _NO_KEY:
+                    raise _fail("mapping keys must be plain scalars", line, stack[-1][1])
+                pointer = child_pointer()
+                stack.append([container, pointer, _NO_KEY, None])
+            elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+                frame = stack.pop()
+                add(frame[0], line or 0)
+            elif isinstance(event, yaml.DocumentStartEvent) and root:
+                raise _fail("a program file holds exactly one YAML document", line)
+            if nodes > MAX_NODES:
+                raise _fail(f"more than {MAX_NODES} values in one program file", line)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = exc.problem or exc.context or "syntax error"
+        raise _fail(f"YAML syntax error: {problem}{where}", mark.line + 1 if mark else None) from None
+    except yaml.YAMLError as exc:
+        raise _fail(f"YAML error: {exc}") from None
+    if not root:
+        raise _fail("the file is empty")
+    lines.setdefault("", 1)
+    return root[0], lines
+
+
+_NO_KEY = object()
+
+
+def _json_depth_ok(text: str) -> bool:
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return False
+        elif ch in "]}":
+            depth -= 1
+    return True
+
+
+def parse_document(text: str | bytes, *, filename: str | None = None) -> tuple[Any, dict[str, int]]:
+    """Parse program text (YAML or JSON) into plain data and a pointer -> line map.
+
+    Raises :class:`ProgramValidationError` for anything that is not a safe, plain document.
+    """
+    if isinstance(text, bytes):
+        if len(text) > MAX_FILE_BYTES:
+            raise _fail(f"program file is {len(text) / 1e6:.1f} MB; the limit is {MAX_FILE_BYTES // 2**20} MiB "
+                        "(keep corpora and data in separate files)")
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise _fail(f"program file is not UTF-8 text (byte {exc.start})") from None
+    if len(text) > MAX_FILE_BYTES:
+        raise _fail(f"program text is {len(text) / 1e6:.1f} MB; the limit is {MAX_FILE_BYTES // 2**20} MiB "
+                    "(keep corpora and data in separate files)")
+    is_json = (filename or "").endswith(".json") or text.lstrip().startswith("{")
+    if is_json and not _json_depth_ok(text):
+        raise _fail(f"nesting deeper than {MAX_DEPTH} levels")
+    try:
+        return _parse_yaml(text)
+    except ProgramValidationError:
+        if not is_json:
+            raise
+        # JSON that libyaml (YAML 1.1) trips over, e.g. tabs: the json module is the authority.
+        try:
+            return json.loads(text), {"": 1}
+        except json.JSONDecodeError as exc:
+            raise _fail(f"JSON syntax error: {exc.msg} (line {exc.lineno}, column {exc.colno})", exc.lineno) from None
+        except RecursionError:
+            raise _fail(f"nesting deeper than {MAX_DEPTH} levels") from None
+
+
+def load_program(source: str | Path | dict[str, Any], *, base_dir: str | Path | None = None) -> Any:
+    """Load and fully validate a program from a path, YAML/JSON text, or a dict.
+
+    Returns a :class:`stepbridge.Program`; raises :class:`ProgramValidationError` listing every problem.
+    """
+    from .validate import validate_data
+
+    lines: dict[str, int] = {}
+    if isinstance(source, dict):
+        data: Any = source
+    elif isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and
+                                      source.rstrip().endswith((".yaml", ".yml", ".json"))):
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise _fail(f"cannot read program file {str(path)!r}: {exc.strerror}") from None
+        if size > MAX_FILE_BYTES:
+            raise _fail(f"program file is {size / 1e6:.1f} MB; the limit is {MAX_FILE_BYTES // 2**20} MiB "
+                        "(keep corpora and data in separate files)")
+        data, lines = parse_document(path.read_bytes(), filename=path.name)
+        base_dir = base_dir if base_dir is not None else path.resolve().parent
+    else:
+        data, lines = parse_document(str(source))
+    return validate_data(data, lines=lines, base_dir=base_dir)

@@ -1,0 +1,151 @@
+"""Name -> object registries for adapters, tools, retrievers and DSPy modules.
+
+Program files only ever name things; the names are looked up here, exactly: first explicit
+registrations (``stepbridge.tools.register(...)``), then installed entry points. Nothing a program
+says is resolved by import path, prefix or fuzzy match. Only the *operator* may name an adapter
+by ``package.module:factory`` (on the command line or in code).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Generic, TypeVar
+
+from .errors import UnsupportedCapabilityError
+from .signature import FieldSpec, Signature, TypeExpr
+
+__all__ = ["Registry", "Tool", "adapters", "dspy_modules", "load_adapter", "retrievers", "tools"]
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Exact-name registry backed by an entry-point group."""
+
+    def __init__(self, group: str, kind: str):
+        self.group = group
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str, obj: T | None = None) -> Any:
+        """Register ``obj`` under ``name``; without ``obj``, works as a decorator."""
+        if obj is None:
+            def decorator(target: T) -> T:
+                self._items[name] = self._wrap(name, target)
+                return target
+
+            return decorator
+        self._items[name] = self._wrap(name, obj)
+        return obj
+
+    def unregister(self, name: str) -> None:
+        self._items.pop(name, None)
+
+    def _wrap(self, name: str, obj: Any) -> T:
+        return typing.cast(T, obj)
+
+    def _entry_points(self) -> dict[str, Any]:
+        return {ep.name: ep for ep in entry_points(group=self.group)}
+
+    def names(self) -> list[str]:
+        return sorted(set(self._items) | set(self._entry_points()))
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (name in self._items or name in self._entry_points())
+
+    def get(self, name: str) -> T:
+        """The object registered under exactly ``name``; ``KeyError`` with the known names otherwise."""
+        if name in self._items:
+            return self._items[name]
+        ep = self._entry_points().get(name)
+        if ep is None:
+            known = ", ".join(self.names()) or "none"
+            raise KeyError(f"no {self.kind} registered as {name!r} (registered: {known})")
+        obj = self._wrap(name, ep.load())
+        self._items[name] = obj
+        return obj
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A named callable a program may call. ``signature`` comes from its annotations or is declared."""
+
+    name: str
+    func: Callable[..., Any]
+    signature: Signature
+    side_effects: bool = False
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.func)
+
+
+def tool_signature(func: Callable[..., Any]) -> Signature:
+    """Inputs from the parameters, outputs from the return annotation (a TypedDict's fields, or ``result``)."""
+    hints = typing.get_type_hints(func)
+    inputs: dict[str, FieldSpec] = {}
+    for pname, param in inspect.signature(func).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        ann = hints.get(pname, str)
+        inputs[pname] = FieldSpec(type=str(TypeExpr.from_annotation(ann)))
+    ret = hints.get("return", str)
+    outputs: dict[str, FieldSpec]
+    if typing.is_typeddict(ret):
+        outputs = {k: FieldSpec(type=str(TypeExpr.from_annotation(v))) for k, v in typing.get_type_hints(ret).items()}
+    else:
+        outputs = {"result": FieldSpec(type=str(TypeExpr.from_annotation(ret)))}
+    doc = inspect.getdoc(func)
+    return Signature(instructions=doc, inputs=inputs, outputs=outputs)
+
+
+class ToolRegistry(Registry[Tool]):
+    def _wrap(self, name: str, obj: Any) -> Tool:
+        if isinstance(obj, Tool):
+            return obj
+        if not callable(obj):
+            raise TypeError(f"tool {name!r} must be callable")
+        return Tool(name=name, func=obj, signature=tool_signature(obj),
+                    side_effects=bool(getattr(obj, "__stepbridge_side_effects__", False)))
+
+    def register(self, name: str, obj: Any = None, *, side_effects: bool = False) -> Any:  # type: ignore[override]
+        """Register a tool; ``side_effects=True`` means a run using it is never retried elsewhere."""
+        def apply(target: Any) -> Any:
+            tool = self._wrap(name, target)
+            if side_effects and not tool.side_effects:
+                tool = Tool(tool.name, tool.func, tool.signature, True)
+            self._items[name] = tool
+            return target
+
+        return apply if obj is None else apply(obj)
+
+
+adapters: Registry[Callable[..., Any]] = Registry("stepbridge.adapters", "adapter")
+tools = ToolRegistry("stepbridge.tools", "tool")
+retrievers: Registry[Callable[..., Any]] = Registry("stepbridge.retrievers", "retriever")
+dspy_modules: Registry[Any] = Registry("stepbridge.dspy_modules", "DSPy module")
+
+
+def load_adapter(spec: Any, **kwargs: Any) -> Any:
+    """An adapter instance from a registered name (``native``), ``package.module:factory``, a factory or
+    an instance. This is operator input, so an import path is allowed here (never from a program)."""
+    if not isinstance(spec, str):
+        return spec(**kwargs) if callable(spec) and not hasattr(spec, "run") else spec
+    if ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+            factory = getattr(module, attr)
+        except (ImportError, AttributeError) as exc:
+            raise UnsupportedCapabilityError(f"cannot load adapter {spec!r}: {exc}", adapter=spec) from exc
+    else:
+        try:
+            factory = adapters.get(spec)
+        except KeyError as exc:
+            raise UnsupportedCapabilityError(str(exc.args[0]), adapter=spec) from None
+    return factory(**kwargs)

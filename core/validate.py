@@ -1,0 +1,433 @@
+"""Program validation: every problem at once, each with a JSON pointer, a line and a suggestion.
+
+Validation runs before anything executes. It checks shape (pydantic, per module and per step so
+one broken step does not hide the others) and meaning: modules and references exist, fields
+exist on their producers, required inputs are given, producer and consumer types agree, names are
+unique, exactly one ``return`` comes last. Unused results are warnings.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from .errors import InputValidationError, Issue, ProgramValidationError
+from .program import (
+    MODULE_TYPES,
+    CallStep,
+    DspyModule,
+    LMConfig,
+    MapStep,
+    Module,
+    Program,
+    RetrieveModule,
+    ReturnStep,
+    Step,
+    ToolModule,
+)
+from .references import Ref, ReferenceSyntaxError, find_refs, has_refs, parse_value
+from .signature import IDENTIFIER, Signature, SignatureSyntaxError, TypeExpr
+
+__all__ = ["check_inputs", "validate", "validate_data"]
+
+_module_adapter: TypeAdapter[Any] = TypeAdapter(Module)
+_step_adapter: TypeAdapter[Any] = TypeAdapter(Step)
+_TOP_KEYS = ("stepbridge", "name", "description", "signature", "lm", "modules", "steps")
+_TAGS = set(MODULE_TYPES) | {"call", "map", "return"}
+_LM_HINT = "endpoints and secrets come from LM profiles (--lm / STEPBRIDGE_LM_*), never from a program file"
+
+
+def _esc(token: Any) -> str:
+    return str(token).replace("~", "~0").replace("/", "~1")
+
+
+def suggest(name: str, candidates: Iterable[str]) -> str | None:
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+class _Collector:
+    def __init__(self, lines: dict[str, int]):
+        self.issues: list[Issue] = []
+        self.lines = lines
+
+    def line(self, pointer: str) -> int | None:
+        while True:
+            if pointer in self.lines:
+                return self.lines[pointer]
+            if not pointer:
+                return None
+            pointer = pointer.rsplit("/", 1)[0]
+
+    def error(self, pointer: str, message: str, suggestion: str | None = None) -> None:
+        self.issues.append(Issue(pointer, message, "error", self.line(pointer), suggestion))
+
+    def warning(self, pointer: str, message: str) -> None:
+        self.issues.append(Issue(pointer, message, "warning", self.line(pointer)))
+
+    def pydantic(self, base: str, exc: ValidationError) -> None:
+        for err in exc.errors(include_url=False):
+            loc = [str(p) for p in err["loc"] if str(p) not in _TAGS or err["type"] == "missing"]
+            # drop union tag names pydantic puts into the location
+            loc = [p for i, p in enumerate(loc) if not (p in _TAGS and i < len(loc) - 1)]
+            pointer = base + "".join(f"/{_esc(p)}" for p in loc)
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                key = loc[-1] if loc else "?"
+                msg = f"unknown key {key!r}"
+                if "/lm/" in pointer + "/" or pointer.endswith("/lm") or "/lm" in pointer:
+                    if key in ("base_url", "api_base", "api_key", "api_key_env", "url", "endpoint", "headers"):
+                        msg += f": {_LM_HINT}"
+            elif err["type"] == "union_tag_invalid":
+                tag = err.get("ctx", {}).get("tag")
+                msg = f"unknown module type {tag!r} (use one of: {', '.join(MODULE_TYPES)})"
+                self.error(pointer + "/type", msg, suggest(str(tag), MODULE_TYPES))
+                continue
+            elif err["type"] == "union_tag_not_found":
+                msg = f"a module needs a 'type' (one of: {', '.join(MODULE_TYPES)})"
+            elif err["type"] == "value_error":
+                msg = msg.removeprefix("Value error, ")
+            elif err["type"] == "string_too_long":
+                msg = f"string too long ({err.get('ctx', {}).get('max_length')} characters at most)"
+            self.error(pointer, msg)
+
+
+def _parse_signature(raw: Any, pointer: str, c: _Collector) -> Signature | None:
+    try:
+        return Signature.model_validate(raw)
+    except SignatureSyntaxError as exc:
+        c.error(pointer, f"invalid signature: {exc}")
+    except ValidationError as exc:
+        c.pydantic(pointer, exc)
+    return None
+
+
+def _module_signature(module: Any, c: _Collector, pointer: str) -> Signature | None:
+    from .registry import dspy_modules, tools
+
+    if isinstance(module, ToolModule):
+        if module.tool not in tools:
+            c.error(f"{pointer}/tool", f"unknown tool {module.tool!r}: tools are named callables from the "
+                    "tool registry (stepbridge.tools.register or the 'stepbridge.tools' entry points), never "
+                    "import paths", suggest(module.tool, tools.names()))
+            return module.signature
+        if module.signature is not None:
+            return module.signature
+        return tools.get(module.tool).signature
+    if isinstance(module, DspyModule) and module.module not in dspy_modules:
+        c.error(f"{pointer}/module", f"unknown DSPy module {module.module!r}: register it by exact name "
+                "(entry point group 'stepbridge.dspy_modules' or stepbridge.registry.dspy_modules.register)",
+                suggest(module.module, dspy_modules.names()))
+    return module.effective_signature  # type: ignore[no-any-return]
+
+
+def validate_data(
+    data: Any, *, lines: dict[str, int] | None = None, base_dir: str | Path | None = None
+) -> Program:
+    """Validate plain data (a parsed file) into a :class:`Program`; raise with every issue found."""
+    c = _Collector(lines or {})
+    program = _validate(data, c, base_dir)
+    errors = [i for i in c.issues if i.severity == "error"]
+    if errors or program is None:
+        raise ProgramValidationError(c.issues)
+    program._lines = dict(lines or {})
+    program.with_base_dir(base_dir)
+    object.__setattr__(program, "_warnings", [i for i in c.issues if i.severity == "warning"])
+    return program
+
+
+def validate(program: Program | dict[str, Any]) -> list[Issue]:
+    """Every issue (errors and warnings) of a program or raw data; never raises."""
+    data = program.to_dict() if isinstance(program, Program) else program
+    lines = program._lines if isinstance(program, Program) else {}
+    c = _Collector(lines)
+    _validate(data, c, program._base_dir if isinstance(program, Program) else None)
+    return c.issues
+
+
+def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program | None:
+    if not isinstance(data, dict):
+        c.error("", f"a program is a mapping with the keys {', '.join(_TOP_KEYS)}; got {type(data).__name__}")
+        return None
+    for key in data:
+        if key not in _TOP_KEYS:
+            c.error(f"/{_esc(key)}", f"unknown key {key!r}", suggest(str(key), _TOP_KEYS))
+    version = data.get("stepbridge")
+    if version != 1:
+        if version is None:
+            c.error("/stepbridge", "missing format version: add 'stepbridge: 1' at the top")
+        else:
+            c.error("/stepbridge", f"unsupported format version {version!r}: this stepbridge reads version 1")
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        c.error("/name", "missing program name")
+    if "lm" in data and data["lm"] is not None:
+        try:
+            LMConfig.model_validate(data["lm"])
+        except ValidationError as exc:
+            c.pydantic("/lm", exc)
+
+    signature = _parse_signature(data.get("signature"), "/signature", c) if "signature" in data else None
+    if "signature" not in data:
+        c.error("/signature", "missing program signature, e.g. 'question -> answer'")
+
+    # -- modules ---------------------------------------------------------------------------------
+    modules: dict[str, Any] = {}
+    signatures: dict[str, Signature | None] = {}
+    raw_modules = data.get("modules") or {}
+    if not isinstance(raw_modules, dict):
+        c.error("/modules", "modules is a mapping of name -> module")
+        raw_modules = {}
+    for mname, raw in raw_modules.items():
+        pointer = f"/modules/{_esc(mname)}"
+        if not IDENTIFIER.match(str(mname)):
+            c.error(pointer, f"invalid module name {mname!r} (letters, digits and _; not starting with a digit)")
+        if isinstance(raw, dict) and "signature" in raw and isinstance(raw["signature"], str):
+            if _parse_signature(raw["signature"], f"{pointer}/signature", c) is None:
+                continue
+        try:
+            module = _module_adapter.validate_python(raw)
+        except SignatureSyntaxError as exc:
+            c.error(f"{pointer}/signature", f"invalid signature: {exc}")
+            continue
+        except ValidationError as exc:
+            c.pydantic(pointer, exc)
+            continue
+        modules[mname] = module
+        sig = _module_signature(module, c, pointer)
+        signatures[mname] = sig
+        if sig is not None and getattr(module, "demos", None):
+            known = set(sig.inputs) | set(sig.outputs) | {"reasoning"}
+            for i, demo in enumerate(module.demos):
+                for key in demo:
+                    if key not in known:
+                        c.error(f"{pointer}/demos/{i}/{_esc(key)}", f"demo field {key!r} is not in the signature",
+                                suggest(key, known))
+        if isinstance(module, RetrieveModule):
+            from .registry import retrievers
+
+            kind = module.retriever.kind
+            if kind != "bm25" and kind not in retrievers:
+                c.error(f"{pointer}/retriever/kind", f"unknown retriever {kind!r}",
+                        suggest(kind, ["bm25", *retrievers.names()]))
+            if module.retriever.corpus and base_dir is not None:
+                path = Path(base_dir) / module.retriever.corpus
+                if not path.is_file():
+                    c.error(f"{pointer}/retriever/corpus",
+                            f"corpus file not found: {module.retriever.corpus} (relative to {base_dir})")
+
+    # -- steps -----------------------------------------------------------------------------------
+    raw_steps = data.get("steps")
+    if not isinstance(raw_steps, list) or not raw_steps:
+        c.error("/steps", "a program needs a non-empty list of steps ending with a 'return' step")
+        raw_steps = raw_steps if isinstance(raw_steps, list) else []
+    steps: list[Any] = []
+    # scope: name -> (output fields -> type) ; "inputs" is the program inputs
+    produced: dict[str, dict[str, TypeExpr]] = {}
+    if signature is not None:
+        produced["inputs"] = {k: f.type_expr for k, f in signature.inputs.items()}
+    producer_step: dict[str, int] = {}
+    used: set[str] = set()
+    later_names = {s.get("as"): i for i, s in enumerate(raw_steps) if isinstance(s, dict) and s.get("as")}
+    return_seen: list[int] = []
+
+    for index, raw in enumerate(raw_steps):
+        pointer = f"/steps/{index}"
+        if isinstance(raw, dict) and len([k for k in ("call", "map", "return") if k in raw]) > 1:
+            c.error(pointer, "a step has exactly one of 'call', 'map' or 'return'")
+            continue
+        if isinstance(raw, dict) and not any(k in raw for k in ("call", "map", "return")):
+            keys = [str(k) for k in raw]
+            hint = next((s for k in keys if (s := suggest(k, ["call", "map", "return"]))), None)
+            c.error(pointer, "unknown step type: a step needs one of the keys 'call', 'map' or 'return'", hint)
+            continue
+        try:
+            step = _step_adapter.validate_python(raw)
+        except ValidationError as exc:
+            c.pydantic(pointer, exc)
+            continue
+        steps.append(step)
+        if isinstance(step, ReturnStep):
+            return_seen.append(index)
+            _check_args(step.return_, f"{pointer}/return", signature.outputs if signature else None,
+                        produced, used, c, later_names, index, kind="return")
+            continue
+
+        mname = step.call if isinstance(step, CallStep) else step.map
+        key = "call" if isinstance(step, CallStep) else "map"
+        sig = signatures.get(mname)
+        if mname not in raw_modules:
+            c.error(f"{pointer}/{key}", f"unknown module {mname!r}", suggest(mname, list(raw_modules)))
+        scope_extra: dict[str, dict[str, TypeExpr]] = {}
+        item_type: TypeExpr | None = None
+        if isinstance(step, MapStep):
+            if not IDENTIFIER.match(step.item) or step.item == "inputs":
+                c.error(f"{pointer}/item", f"invalid item name {step.item!r}")
+            try:
+                over = parse_value(step.over)
+            except ReferenceSyntaxError as exc:
+                c.error(f"{pointer}/over", str(exc))
+                over = None
+            if over is not None and not isinstance(over, Ref):
+                c.error(f"{pointer}/over", "'over' must be a reference to a list, e.g. $found.passages")
+            elif isinstance(over, Ref):
+                over_type = _ref_type(over, f"{pointer}/over", produced, used, c, later_names, index)
+                if over_type is not None:
+                    item_type = over_type.element()
+                    if item_type is None:
+                        c.error(f"{pointer}/over", f"{over} is {over_type}, not a list")
+            if step.item in produced and step.item != "inputs":
+                c.error(f"{pointer}/item", f"item name {step.item!r} shadows an earlier result")
+            scope_extra[step.item] = {"": item_type or TypeExpr("str")}
+        _check_args(step.with_, f"{pointer}/with", sig.inputs if sig else None,
+                    {**produced, **scope_extra}, used, c, later_names, index, kind="with")
+        if step.as_ is not None:
+            if not IDENTIFIER.match(step.as_):
+                c.error(f"{pointer}/as", f"invalid result name {step.as_!r}")
+            elif step.as_ == "inputs":
+                c.error(f"{pointer}/as", "'inputs' is reserved for the program inputs")
+            elif step.as_ in produced:
+                c.error(f"{pointer}/as", f"duplicate result name {step.as_!r} (first produced by step "
+                        f"{producer_step.get(step.as_)})")
+            elif sig is not None:
+                outs = {k: f.type_expr for k, f in sig.outputs.items()}
+                if getattr(modules.get(mname), "type", None) == "chain_of_thought":
+                    outs = {"reasoning": TypeExpr("str"), **outs}
+                if isinstance(step, MapStep):
+                    outs = {k: TypeExpr("list", (t,)) for k, t in outs.items()}
+                produced[step.as_] = outs
+                producer_step[step.as_] = index
+            else:
+                produced[step.as_] = {}
+                producer_step[step.as_] = index
+
+    if raw_steps and not return_seen:
+        c.error("/steps", "missing 'return' step: end the steps with return: {<output>: $<name>.<field>}")
+    if len(return_seen) > 1:
+        for i in return_seen[1:]:
+            c.error(f"/steps/{i}", "a program has exactly one 'return' step")
+    if return_seen and return_seen[0] != len(raw_steps) - 1:
+        c.error(f"/steps/{return_seen[0]}", "the 'return' step must be the last step")
+    for name, index in producer_step.items():
+        if name not in used:
+            c.warning(f"/steps/{index}/as", f"result {name!r} is never used")
+    for mname in raw_modules:
+        if mname in modules and not any(
+            getattr(s, "call", None) == mname or getattr(s, "map", None) == mname for s in steps
+        ):
+            c.warning(f"/modules/{_esc(mname)}", f"module {mname!r} is never called")
+
+    if any(i.severity == "error" for i in c.issues):
+        return None
+    try:
+        return Program.model_validate(data)
+    except ValidationError as exc:  # shape problems the per-part checks did not catch
+        c.pydantic("", exc)
+        return None
+
+
+def _ref_type(
+    ref: Ref,
+    pointer: str,
+    produced: dict[str, dict[str, TypeExpr]],
+    used: set[str],
+    c: _Collector,
+    later: dict[Any, int],
+    index: int,
+) -> TypeExpr | None:
+    if ref.source not in produced:
+        if ref.source in later and later[ref.source] >= index:
+            c.error(pointer, f"{ref} is used before step {later[ref.source]} produces it")
+        else:
+            hint = suggest(ref.source, list(produced))
+            c.error(pointer, f"unknown reference {ref}", f"${hint}" if hint else None)
+        return None
+    used.add(ref.source)
+    fields = produced[ref.source]
+    if "" in fields:  # a map item: bare reference
+        item_type = fields[""]
+        if ref.field is None:
+            return item_type
+        if item_type.kind == "dict":
+            return item_type.args[0]  # type: ignore[no-any-return]
+        c.error(pointer, f"{ref}: the item is {item_type}, it has no field {ref.field!r}")
+        return None
+    if ref.field is None:
+        c.error(pointer, f"{ref} needs a field: ${ref.source}.<field> (one of: {', '.join(fields) or 'none'})")
+        return None
+    if not fields:
+        return None  # producer unknown (already reported)
+    if ref.field not in fields:
+        hint = suggest(ref.field, list(fields))
+        what = "program inputs have" if ref.source == "inputs" else f"{ref.source!r} has"
+        c.error(pointer, f"unknown field {ref.field!r}: {what} {', '.join(fields)}",
+                f"${ref.source}.{hint}" if hint else None)
+        return None
+    return fields[ref.field]
+
+
+def _check_args(
+    args: dict[str, Any],
+    pointer: str,
+    targets: dict[str, Any] | None,
+    produced: dict[str, dict[str, TypeExpr]],
+    used: set[str],
+    c: _Collector,
+    later: dict[Any, int],
+    index: int,
+    *,
+    kind: str,
+) -> None:
+    for key, raw in args.items():
+        arg_pointer = f"{pointer}/{_esc(key)}"
+        try:
+            parsed = parse_value(raw)
+        except ReferenceSyntaxError as exc:
+            c.error(arg_pointer, str(exc))
+            continue
+        target = targets.get(key) if targets is not None else None
+        if targets is not None and target is None:
+            what = "program output" if kind == "return" else "input of this module"
+            c.error(arg_pointer, f"{key!r} is not an {what} (expected: {', '.join(targets) or 'none'})",
+                    suggest(key, list(targets)))
+        for sub_pointer, ref in find_refs(parsed, arg_pointer):
+            rtype = _ref_type(ref, sub_pointer, produced, used, c, later, index)
+            if isinstance(parsed, Ref) and rtype is not None and target is not None:
+                want = target.type_expr
+                if not rtype.assignable_to(want):
+                    c.error(sub_pointer, f"type mismatch: {ref} is {rtype} but {key!r} expects {want}")
+        if not has_refs(parsed) and target is not None and not target.type_expr.accepts(parsed):
+            c.error(arg_pointer, f"type mismatch: literal {raw!r} is not a {target.type_expr}")
+    if targets is not None:
+        for name, spec in targets.items():
+            if name not in args and spec.type_expr.kind != "optional":
+                what = "program output" if kind == "return" else "required input"
+                c.error(pointer, f"missing {what} {name!r}")
+
+
+def check_inputs(program: Program, inputs: Any) -> dict[str, Any]:
+    """Check run inputs against the program signature; raise :class:`InputValidationError`."""
+    if not isinstance(inputs, dict):
+        raise InputValidationError(f"inputs must be a mapping of field -> value, got {type(inputs).__name__}")
+    fields = program.signature.inputs
+    for key in inputs:
+        if key not in fields:
+            hint = suggest(str(key), list(fields))
+            raise InputValidationError(
+                f"unknown input {key!r} for program {program.name!r} (inputs: {', '.join(fields)})"
+                + (f"; did you mean {hint!r}?" if hint else ""), field=str(key))
+    for name, spec in fields.items():
+        texpr = spec.type_expr
+        if name not in inputs:
+            if texpr.kind == "optional":
+                continue
+            raise InputValidationError(f"missing input {name!r} ({texpr}) for program {program.name!r}", field=name)
+        if not texpr.accepts(inputs[name]):
+            value = repr(inputs[name])
+            value = value if len(value) <= 60 else value[:57] + "..."
+            raise InputValidationError(f"input {name!r} must be {texpr}, got {value}", field=name)
+    return inputs
