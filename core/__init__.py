@@ -1,5 +1,7 @@
 """stepbridge: run DSPy-style LM programs, written down as data, on interchangeable backends."""
 
+from .adapter import Adapter, RunOptions
+from .builder import ProgramBuilder
 from .errors import (
     InputValidationError,
     Issue,
@@ -14,24 +16,34 @@ from .errors import (
     UnsupportedCapabilityError,
     WorkerLostError,
 )
-from .program import Program
+from .loader import load_program
+from .program import LMConfig, Program
+from .registry import dspy_modules, load_adapter, retrievers, tools
 from .result import LMCall, RunResult, StepTrace, Usage
+from .runner import BatchItem, Runner, batch, load, run
 from .signature import FieldSpec, Signature
+from .validate import check_inputs, validate
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adapter",
+    "BatchItem",
     "FieldSpec",
     "InputValidationError",
     "Issue",
     "LMCall",
+    "LMConfig",
     "LMError",
     "PoolSaturatedError",
     "Program",
+    "ProgramBuilder",
     "ProgramValidationError",
     "RunCancelledError",
+    "RunOptions",
     "RunResult",
     "RunTimeoutError",
+    "Runner",
     "Signature",
     "StepError",
     "StepTrace",
@@ -41,4 +53,14 @@ __all__ = [
     "Usage",
     "WorkerLostError",
     "__version__",
+    "batch",
+    "check_inputs",
+    "dspy_modules",
+    "load",
+    "load_adapter",
+    "load_program",
+    "retrievers",
+    "run",
+    "tools",
+    "validate",
 ]

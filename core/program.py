@@ -231,6 +231,20 @@ class Program(_Strict):
                 raise ValueError(f"invalid module name {name!r} (letters, digits and _; not starting with a digit)")
         return value
 
+    def required_capabilities(self) -> frozenset[str]:
+        """Adapter capabilities this program needs (checked by the core before any run)."""
+        needs: set[str] = set()
+        for module in self.modules.values():
+            needs |= {"retrieve": {"retrieve"}, "tool": {"tools"}, "dspy": {"dspy_modules"}}.get(module.type, set())
+            lm = getattr(module, "lm", None)
+            if lm is not None and lm.adapter == "json":
+                needs.add("json_adapter")
+        if self.lm is not None and self.lm.adapter == "json":
+            needs.add("json_adapter")
+        if any(isinstance(s, MapStep) for s in self.steps):
+            needs.add("map")
+        return frozenset(needs)
+
     # -- identity --------------------------------------------------------------------------------
     def canonical(self) -> dict[str, Any]:
         """The normalised form the content hash is computed from."""

@@ -26,7 +26,7 @@ class Usage(BaseModel):
         self.prompt_tokens += int(data.get("prompt_tokens") or 0)
         self.completion_tokens += int(data.get("completion_tokens") or 0)
         self.total_tokens += int(data.get("total_tokens") or 0)
-        self.lm_calls += int(data.get("lm_calls") or 1 if isinstance(other, dict) else data.get("lm_calls") or 0)
+        self.lm_calls += int(data.get("lm_calls") or 0)
 
 
 class LMCall(BaseModel):

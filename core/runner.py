@@ -1,0 +1,214 @@
+"""Running programs: the one place that validates inputs, checks capabilities and records runs.
+
+:class:`Runner` is to adapters what ``httpx.AsyncClient`` is to transports: it owns one adapter
+(and optionally a store) and runs many programs through it. ``stepbridge.run`` and
+``stepbridge.batch`` are the sync wrappers. Every backend is recorded the same way here, so
+adapters never talk to storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from .adapter import Adapter, RunOptions
+from .errors import (
+    RunCancelledError,
+    StepbridgeError,
+    UnsupportedCapabilityError,
+)
+from .program import LMConfig, Program
+from .recorder import Recorder
+from .registry import load_adapter
+from .result import RunResult
+from .validate import check_inputs
+
+__all__ = ["BatchItem", "Runner", "batch", "load", "run"]
+
+ProgramLike = Program | str | Path
+
+
+class BatchItem:
+    """One row of a batch: its inputs and either a result or a typed error (batches keep going)."""
+
+    __slots__ = ("error", "index", "inputs", "result")
+
+    def __init__(self, index: int, inputs: dict[str, Any]):
+        self.index = index
+        self.inputs = inputs
+        self.result: RunResult | None = None
+        self.error: StepbridgeError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None
+
+
+def load(program: ProgramLike, *, store: Any = None) -> Program:
+    """A validated program from a Program, a file path, or a stored reference (``name@alias``, hash)."""
+    from .loader import load_program
+
+    if isinstance(program, Program):
+        return program
+    text = str(program)
+    if isinstance(program, Path) or text.endswith((".yaml", ".yml", ".json")) or "/" in text:
+        return load_program(Path(text))  # type: ignore[no-any-return]
+    if store is None:
+        from .errors import StorageError
+
+        raise StorageError(f"{text!r} is not a program file, and no store is configured to look it up")
+    return store.load(text)  # type: ignore[no-any-return]
+
+
+class Runner:
+    """Runs programs on one adapter, checking inputs and capabilities and recording to ``store``."""
+
+    def __init__(
+        self,
+        backend: str | Adapter | Callable[..., Adapter] = "native",
+        *,
+        store: Recorder | None = None,
+        lm: str | LMConfig | None = None,
+        timeout: float | None = None,
+        **adapter_options: Any,
+    ):
+        self.adapter: Adapter = load_adapter(backend, **adapter_options)
+        self.store = store
+        self.lm = LMConfig(model=lm) if isinstance(lm, str) and "/" in lm else (
+            LMConfig(profile=lm) if isinstance(lm, str) else lm)
+        self.timeout = timeout
+        self._prepared: set[str] = set()
+
+    @property
+    def backend(self) -> str:
+        return self.adapter.name
+
+    def check(self, program: Program) -> None:
+        """Raise :class:`UnsupportedCapabilityError` if the adapter lacks what the program needs."""
+        missing = program.required_capabilities() - self.adapter.capabilities
+        if missing:
+            cap = sorted(missing)[0]
+            raise UnsupportedCapabilityError(
+                f"program {program.name!r} needs capability {cap!r}, which adapter {self.adapter.name!r} "
+                f"does not declare (it declares: {', '.join(sorted(self.adapter.capabilities))})",
+                capability=cap, adapter=self.adapter.name)
+
+    async def run(
+        self, program: ProgramLike, inputs: dict[str, Any] | None = None, options: RunOptions | None = None,
+        **option_fields: Any,
+    ) -> RunResult:
+        """Run once. Raises a typed :class:`StepbridgeError` (with the partial trace) on failure."""
+        prog = load(program, store=self.store)
+        options = options or RunOptions(**option_fields)
+        if options.lm is None and self.lm is not None:
+            options = options.model_copy(update={"lm": self.lm})
+        if options.timeout is None and self.timeout is not None:
+            options = options.model_copy(update={"timeout": self.timeout})
+        inputs = dict(inputs or {})
+        check_inputs(prog, inputs)
+        self.check(prog)
+        begun = None
+        if self.store is not None:
+            begun = self.store.begin(prog, inputs, options, self.adapter.name)
+            if begun.existing is not None:
+                return begun.existing
+            if begun.existing_error is not None:
+                raise begun.existing_error
+            options = options.model_copy(update={"execution_id": begun.execution_id, "attempt": begun.attempt})
+        try:
+            if prog.content_hash not in self._prepared:
+                await self.adapter.prepare(prog)
+                self._prepared.add(prog.content_hash)
+            result = await self.adapter.run(prog, inputs, options)
+        except asyncio.CancelledError:
+            if begun is not None:
+                self.store.fail(begun.execution_id, RunCancelledError("run cancelled by its caller"),  # type: ignore[union-attr]
+                                cancelled=True)
+            raise
+        except StepbridgeError as exc:
+            if begun is not None:
+                self.store.fail(begun.execution_id, exc)  # type: ignore[union-attr]
+            raise
+        except Exception as exc:  # an adapter bug must still end in one recorded, typed state
+            error = StepbridgeError(f"adapter {self.adapter.name!r} failed: {type(exc).__name__}: {exc}")
+            if begun is not None:
+                self.store.fail(begun.execution_id, error)  # type: ignore[union-attr]
+            raise error from exc
+        if begun is not None:
+            self.store.succeed(begun.execution_id, result)  # type: ignore[union-attr]
+        return result
+
+    async def stream(
+        self, program: ProgramLike, rows: Iterable[dict[str, Any]], *, concurrency: int = 8,
+        options: Callable[[int, dict[str, Any]], RunOptions] | None = None,
+    ) -> AsyncIterator[BatchItem]:
+        """Run every row, ``concurrency`` at a time, yielding items as they finish. Failures do not stop it."""
+        prog = load(program, store=self.store)
+        limit = asyncio.Semaphore(max(1, concurrency))
+        done: asyncio.Queue[BatchItem] = asyncio.Queue()
+
+        async def one(item: BatchItem) -> None:
+            async with limit:
+                try:
+                    opts = options(item.index, item.inputs) if options else RunOptions()
+                    item.result = await self.run(prog, item.inputs, opts)
+                except StepbridgeError as exc:
+                    item.error = exc
+                await done.put(item)
+
+        items = [BatchItem(i, dict(r)) for i, r in enumerate(rows)]
+        tasks = [asyncio.ensure_future(one(item)) for item in items]
+        try:
+            for _ in items:
+                yield await done.get()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def batch(self, program: ProgramLike, rows: Iterable[dict[str, Any]], *, concurrency: int = 8
+                    ) -> list[BatchItem]:
+        """All rows, in input order."""
+        items = [item async for item in self.stream(program, rows, concurrency=concurrency)]
+        return sorted(items, key=lambda i: i.index)
+
+    async def aclose(self) -> None:
+        await self.adapter.aclose()
+
+    async def __aenter__(self) -> Runner:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _sync(coro_factory: Callable[[], Any]) -> Any:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro_factory())
+    raise RuntimeError("stepbridge.run/batch are blocking; inside an event loop use `async with Runner()`")
+
+
+def run(program: ProgramLike, inputs: dict[str, Any] | None = None, *, backend: Any = "native",
+        store: Recorder | None = None, lm: str | LMConfig | None = None, timeout: float | None = None,
+        **adapter_options: Any) -> RunResult:
+    """Run a program once and return its :class:`RunResult` (blocking)."""
+    async def go() -> RunResult:
+        async with Runner(backend, store=store, lm=lm, timeout=timeout, **adapter_options) as runner:
+            return await runner.run(program, inputs)
+
+    return _sync(go)  # type: ignore[no-any-return]
+
+
+def batch(program: ProgramLike, rows: Iterable[dict[str, Any]], *, backend: Any = "native",
+          store: Recorder | None = None, lm: str | LMConfig | None = None, concurrency: int = 8,
+          timeout: float | None = None, **adapter_options: Any) -> list[BatchItem]:
+    """Run a program over many input rows (blocking); failed rows carry their typed error."""
+    async def go() -> list[BatchItem]:
+        async with Runner(backend, store=store, lm=lm, timeout=timeout, **adapter_options) as runner:
+            return await runner.batch(program, rows, concurrency=concurrency)
+
+    return _sync(go)  # type: ignore[no-any-return]
