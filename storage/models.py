@@ -1,0 +1,277 @@
+"""Tables (SQLModel) and the validated public models handed to callers.
+
+SQLModel table classes skip pydantic validation, so nothing read from a table is returned as is:
+rows are converted to the non-table models at the bottom of this module, which validate.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlmodel import Field as SQLField
+from sqlmodel import SQLModel
+
+from .types import JSONType, UTCDateTime
+
+__all__ = [
+    "EXECUTION_STATUSES",
+    "SOURCES",
+    "TERMINAL_STATUSES",
+    "AliasRow",
+    "Execution",
+    "ExecutionRow",
+    "ExecutionStatus",
+    "ExecutionStatusRow",
+    "ExecutionStepRow",
+    "ProgramRow",
+    "ProgramSummary",
+    "ProgramVersion",
+    "ProgramVersionRow",
+    "Source",
+    "StatusChange",
+]
+
+Source = Literal["authored", "imported", "optimized"]
+SOURCES: tuple[str, ...] = ("authored", "imported", "optimized")
+ExecutionStatus = Literal["pending", "running", "succeeded", "failed", "cancelled", "interrupted"]
+EXECUTION_STATUSES: tuple[str, ...] = ("pending", "running", "succeeded", "failed", "cancelled", "interrupted")
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+# A big-integer surrogate key that still autoincrements on SQLite (only INTEGER PRIMARY KEY does).
+_BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+# ------------------------------------------------------------------------------------------------
+# tables
+# ------------------------------------------------------------------------------------------------
+class ProgramRow(SQLModel, table=True):
+    """A program name; its versions hang off it."""
+
+    __tablename__ = "programs"
+
+    name: str = SQLField(sa_column=Column(String(200), primary_key=True))
+    created_at: datetime = SQLField(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class ProgramVersionRow(SQLModel, table=True):
+    """An immutable program version. The content hash is the identity; never updated after insert."""
+
+    __tablename__ = "program_versions"
+    __table_args__ = (
+        UniqueConstraint("name", "version", name="uq_program_versions_name_version"),
+        CheckConstraint(_in("source", SOURCES), name="ck_program_versions_source"),
+        CheckConstraint("version >= 1", name="ck_program_versions_version"),
+    )
+
+    hash: str = SQLField(sa_column=Column(String(64), primary_key=True))
+    name: str = SQLField(
+        sa_column=Column(String(200), ForeignKey("programs.name", ondelete="RESTRICT"), nullable=False)
+    )
+    version: int = SQLField(sa_column=Column(Integer, nullable=False))
+    parent_hash: str | None = SQLField(default=None, sa_column=Column(String(64), nullable=True))
+    source: str = SQLField(sa_column=Column(String(16), nullable=False))
+    message: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
+    program: dict[str, Any] = SQLField(sa_column=Column(JSONType, nullable=False))
+    # Where the program file was (corpus paths are relative to it); not part of the identity.
+    base_dir: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = SQLField(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class AliasRow(SQLModel, table=True):
+    """``name@alias`` -> a version of that name. Aliases move; versions do not."""
+
+    __tablename__ = "aliases"
+
+    name: str = SQLField(
+        sa_column=Column(String(200), ForeignKey("programs.name", ondelete="RESTRICT"), primary_key=True)
+    )
+    alias: str = SQLField(sa_column=Column(String(100), primary_key=True))
+    hash: str = SQLField(
+        sa_column=Column(String(64), ForeignKey("program_versions.hash", ondelete="RESTRICT"), nullable=False)
+    )
+    updated_at: datetime = SQLField(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class ExecutionRow(SQLModel, table=True):
+    """One execution of a program version on some backend. Status changes are compare-and-set."""
+
+    __tablename__ = "executions"
+    __table_args__ = (
+        CheckConstraint(_in("status", EXECUTION_STATUSES), name="ck_executions_status"),
+        UniqueConstraint("idempotency_key", name="uq_executions_idempotency_key"),
+        Index("ix_executions_program_hash", "program_hash"),
+        Index("ix_executions_program_name_created", "program_name", "created_at"),
+        Index("ix_executions_status_created", "status", "created_at"),
+        Index("ix_executions_created_at", "created_at"),
+    )
+
+    id: str = SQLField(sa_column=Column(String(64), primary_key=True))
+    program_hash: str = SQLField(
+        sa_column=Column(String(64), ForeignKey("program_versions.hash", ondelete="RESTRICT"), nullable=False)
+    )
+    program_name: str = SQLField(sa_column=Column(String(200), nullable=False))
+    backend: str = SQLField(sa_column=Column(String(200), nullable=False))
+    status: str = SQLField(sa_column=Column(String(16), nullable=False))
+    inputs: dict[str, Any] = SQLField(sa_column=Column(JSONType, nullable=False))
+    outputs: dict[str, Any] | None = SQLField(default=None, sa_column=Column(JSONType, nullable=True))
+    error: dict[str, Any] | None = SQLField(default=None, sa_column=Column(JSONType, nullable=True))
+    usage: dict[str, Any] | None = SQLField(default=None, sa_column=Column(JSONType, nullable=True))
+    options: dict[str, Any] | None = SQLField(default=None, sa_column=Column(JSONType, nullable=True))
+    environment: dict[str, Any] | None = SQLField(default=None, sa_column=Column(JSONType, nullable=True))
+    duration_ms: float | None = SQLField(default=None, sa_column=Column(Float, nullable=True))
+    attempts: int = SQLField(default=1, sa_column=Column(Integer, nullable=False))
+    worker: str | None = SQLField(default=None, sa_column=Column(String(200), nullable=True))
+    idempotency_key: str | None = SQLField(
+        default=None, sa_column=Column(String(200), nullable=True, unique=True)
+    )
+    # Who is running it: host + pid + a start marker (boot id and process start time), so a later
+    # process can tell a dead owner from a live one even after pid reuse.
+    owner_host: str | None = SQLField(default=None, sa_column=Column(String(255), nullable=True))
+    owner_pid: int | None = SQLField(default=None, sa_column=Column(Integer, nullable=True))
+    owner_marker: str | None = SQLField(default=None, sa_column=Column(String(200), nullable=True))
+    created_at: datetime = SQLField(sa_column=Column(UTCDateTime(), nullable=False))
+    started_at: datetime | None = SQLField(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    finished_at: datetime | None = SQLField(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    updated_at: datetime = SQLField(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class ExecutionStepRow(SQLModel, table=True):
+    """One trace step of one attempt. Append-only: rows are inserted, never updated."""
+
+    __tablename__ = "execution_steps"
+    __table_args__ = (UniqueConstraint("execution_id", "attempt", "seq", name="uq_execution_steps_seq"),)
+
+    id: int | None = SQLField(default=None, sa_column=Column(_BigId, primary_key=True, autoincrement=True))
+    execution_id: str = SQLField(
+        sa_column=Column(String(64), ForeignKey("executions.id", ondelete="CASCADE"), nullable=False)
+    )
+    attempt: int = SQLField(sa_column=Column(Integer, nullable=False))
+    seq: int = SQLField(sa_column=Column(Integer, nullable=False))
+    step: int = SQLField(sa_column=Column(Integer, nullable=False))
+    kind: str = SQLField(sa_column=Column(String(16), nullable=False))
+    module: str | None = SQLField(default=None, sa_column=Column(String(200), nullable=True))
+    module_type: str | None = SQLField(default=None, sa_column=Column(String(50), nullable=True))
+    duration_ms: float | None = SQLField(default=None, sa_column=Column(Float, nullable=True))
+    error: dict[str, Any] | None = SQLField(default=None, sa_column=Column(JSONType, nullable=True))
+    data: dict[str, Any] = SQLField(sa_column=Column(JSONType, nullable=False))
+    created_at: datetime = SQLField(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class ExecutionStatusRow(SQLModel, table=True):
+    """Every status transition of an execution, in order (append-only audit trail)."""
+
+    __tablename__ = "execution_status_history"
+    __table_args__ = (Index("ix_execution_status_history_execution", "execution_id", "id"),)
+
+    id: int | None = SQLField(default=None, sa_column=Column(_BigId, primary_key=True, autoincrement=True))
+    execution_id: str = SQLField(
+        sa_column=Column(String(64), ForeignKey("executions.id", ondelete="CASCADE"), nullable=False)
+    )
+    attempt: int = SQLField(sa_column=Column(Integer, nullable=False))
+    from_status: str | None = SQLField(default=None, sa_column=Column(String(16), nullable=True))
+    to_status: str = SQLField(sa_column=Column(String(16), nullable=False))
+    note: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
+    at: datetime = SQLField(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+# ------------------------------------------------------------------------------------------------
+# public, validated models
+# ------------------------------------------------------------------------------------------------
+class _Public(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProgramVersion(_Public):
+    """One immutable version of a named program (metadata only; :meth:`Store.load` gives the program)."""
+
+    hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    name: str
+    version: int = Field(ge=1)
+    parent: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    source: Source
+    message: str | None = None
+    created_at: datetime
+    aliases: list[str] = Field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def short_hash(self) -> str:
+        return self.hash[:12]
+
+
+class ProgramSummary(_Public):
+    """A program name with its latest version and aliases, for listings."""
+
+    name: str
+    versions: int = Field(ge=0)
+    latest_version: int | None = None
+    latest_hash: str | None = None
+    aliases: dict[str, str] = Field(default_factory=dict, description="alias -> hash")
+    created_at: datetime
+    updated_at: datetime | None = None
+
+
+class StatusChange(_Public):
+    attempt: int
+    from_status: ExecutionStatus | None
+    to_status: ExecutionStatus
+    at: datetime
+    note: str | None = None
+
+
+class Execution(_Public):
+    """A recorded execution as callers see it. ``error`` is the typed error as a dict
+    (rebuild it with :meth:`typed_error`)."""
+
+    id: str
+    program_hash: str
+    program_name: str
+    backend: str
+    status: ExecutionStatus
+    inputs: dict[str, Any]
+    outputs: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+    environment: dict[str, Any] | None = None
+    duration_ms: float | None = None
+    attempts: int = Field(ge=1)
+    worker: str | None = None
+    idempotency_key: str | None = None
+    owner: dict[str, Any] | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def typed_error(self) -> Any:
+        """The stored error rebuilt with its type (a :class:`stepbridge.StepbridgeError`), or None."""
+        if self.error is None:
+            return None
+        from stepbridge.errors import error_from_dict
+
+        return error_from_dict(self.error)

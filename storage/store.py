@@ -1,0 +1,844 @@
+"""The store: program versions, aliases and executions, behind one small API.
+
+It also implements :class:`stepbridge.recorder.Recorder`, which the core calls around every run.
+Every write is one short transaction (``BEGIN IMMEDIATE`` on SQLite) retried on transient lock or
+serialisation errors, so concurrent processes queue instead of failing. Status changes are
+compare-and-set (``UPDATE ... WHERE status = <expected>``), so a late or duplicate report can never
+overwrite a terminal state. Everything bound for a row goes through :func:`scrub_secrets` first.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar, cast
+
+from pydantic import ValidationError
+from pydantic_core import to_jsonable_python
+from sqlalchemy import Table, and_, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from stepbridge.adapter import RunOptions
+from stepbridge.errors import (
+    Issue,
+    ProgramValidationError,
+    StepbridgeError,
+    StorageError,
+    error_from_dict,
+    scrub_secrets,
+)
+from stepbridge.program import Program
+from stepbridge.recorder import Begun
+from stepbridge.result import RunResult, StepTrace, Usage
+
+from .db import (
+    SQLITE_BEGIN,
+    check_known,
+    current_revision,
+    default_url,
+    ensure_schema,
+    head_revision,
+    make_engine,
+    normalise_url,
+    redacted,
+)
+from .models import (
+    SOURCES,
+    AliasRow,
+    Execution,
+    ExecutionRow,
+    ExecutionStatusRow,
+    ExecutionStepRow,
+    ProgramRow,
+    ProgramSummary,
+    ProgramVersion,
+    ProgramVersionRow,
+    StatusChange,
+)
+from .owner import current_owner, owner_alive
+from .refs import ProgramRef, parse_ref, validate_alias
+from .types import utcnow
+
+__all__ = ["ExecutionNotFound", "ProgramNotFound", "Store"]
+
+log = logging.getLogger("stepbridge.storage")
+T = TypeVar("T")
+
+programs = cast(Table, ProgramRow.__table__)  # type: ignore[attr-defined]
+versions = cast(Table, ProgramVersionRow.__table__)  # type: ignore[attr-defined]
+aliases = cast(Table, AliasRow.__table__)  # type: ignore[attr-defined]
+executions = cast(Table, ExecutionRow.__table__)  # type: ignore[attr-defined]
+steps_t = cast(Table, ExecutionStepRow.__table__)  # type: ignore[attr-defined]
+history_t = cast(Table, ExecutionStatusRow.__table__)  # type: ignore[attr-defined]
+
+MAX_WRITE_ATTEMPTS = 12
+AUTO_PUBLISH_MESSAGE = "published automatically when first run"
+
+
+class ProgramNotFound(StorageError):
+    """No stored program matches the reference."""
+
+
+class ExecutionNotFound(StorageError):
+    """No recorded execution has this id."""
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+def _clean(value: Any) -> Any:
+    """JSON-safe and secret-free: what may go into a row. Non-JSON values become strings; NUL
+    characters (rejected by PostgreSQL) and non-finite floats (not JSON) are replaced."""
+    if isinstance(value, str):
+        return scrub_secrets(value.replace("\x00", "\ufffd"))
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {_clean(str(k)): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return _clean(to_jsonable_python(value, fallback=str))
+
+
+def _transient(exc: BaseException) -> bool:
+    """Lock contention or a serialisation failure: the whole transaction may simply be retried."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig or exc).lower()
+    if "database is locked" in text or "database table is locked" in text or "busy" in text:
+        return True
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code in ("40001", "40P01", "55P03")
+
+
+_environment: dict[str, Any] | None = None
+
+
+def _environment_versions() -> dict[str, Any]:
+    """Versions that can change a run's behaviour. Only already-imported libraries are reported."""
+    global _environment
+    if _environment is None:
+        import pydantic
+        from stepbridge import __version__
+
+        env: dict[str, Any] = {
+            "stepbridge": __version__,
+            "python": platform.python_version(),
+            "platform": sys.platform,
+            "pydantic": pydantic.VERSION,
+        }
+        for mod in ("dspy", "httpx", "litellm"):
+            loaded = sys.modules.get(mod)
+            if loaded is not None and hasattr(loaded, "__version__"):
+                env[mod] = str(loaded.__version__)
+        _environment = env
+    return dict(_environment)
+
+
+def _validation_issues(exc: ValidationError) -> list[Issue]:
+    issues = []
+    for err in exc.errors():
+        pointer = "".join(f"/{part}" for part in err.get("loc", ()))
+        issues.append(Issue(pointer=pointer, message=scrub_secrets(str(err.get("msg", "invalid")))))
+    return issues or [Issue(pointer="", message="invalid program")]
+
+
+def _step_dict(step: Any) -> dict[str, Any]:
+    if isinstance(step, StepTrace):
+        return step.model_dump(mode="json")
+    if isinstance(step, dict):
+        return step
+    return {"step": -1, "kind": "unknown", "outputs": str(step)}
+
+
+# ------------------------------------------------------------------------------------------------
+# the store
+# ------------------------------------------------------------------------------------------------
+class Store:
+    """Programs and executions in one database. ``Store()`` opens the default SQLite file
+    (``STEPBRIDGE_DATABASE_URL`` overrides); ``Store("postgresql://...")`` uses PostgreSQL.
+
+    The schema is migrated on first use (``migrate=False`` only checks it). Thread-safe; one
+    instance per process is plenty. Call :meth:`close` (or use ``with``) when done.
+    """
+
+    def __init__(self, url: str | None = None, *, migrate: bool = True):
+        self.url = normalise_url(url or default_url())
+        self.engine = make_engine(self.url)
+        self.dialect = self.engine.dialect.name
+        try:
+            if migrate:
+                self.revision = ensure_schema(self.engine)
+            else:
+                rev = current_revision(self.engine)
+                if rev != head_revision():
+                    check_known(rev, self.engine)
+                    raise StorageError(
+                        f"the database at {redacted(self.url)} is at schema revision {rev!r}, not "
+                        f"{head_revision()!r}: run `stepbridge db upgrade`"
+                    )
+                self.revision = rev
+        except BaseException:
+            self.engine.dispose()
+            raise
+        self._published: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"Store({redacted(self.url)!r})"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    # -- transactions ----------------------------------------------------------------------------
+    def _error(self, exc: BaseException, doing: str) -> StorageError:
+        text = scrub_secrets(str(getattr(exc, "orig", None) or exc)).strip().splitlines()
+        return StorageError(f"storage error while {doing} ({redacted(self.url)}): {text[0] if text else exc}")
+
+    def _write(self, fn: Callable[[Connection], T], doing: str, *, retry_integrity: bool = False) -> T:
+        """Run ``fn`` in one write transaction, retrying the whole of it on transient contention."""
+        delay = 0.005
+        for attempt in range(MAX_WRITE_ATTEMPTS):
+            try:
+                with self.engine.begin() as conn:
+                    return fn(conn)
+            except IntegrityError as exc:
+                if retry_integrity and attempt < MAX_WRITE_ATTEMPTS - 1:
+                    time.sleep(delay * random.random())
+                    continue
+                raise self._error(exc, doing) from exc
+            except DBAPIError as exc:
+                if _transient(exc) and attempt < MAX_WRITE_ATTEMPTS - 1:
+                    time.sleep(delay * (1 + random.random()))
+                    delay = min(delay * 2, 0.5)
+                    continue
+                raise self._error(exc, doing) from exc
+            except SQLAlchemyError as exc:
+                raise self._error(exc, doing) from exc
+        raise StorageError(f"storage busy while {doing}: gave up after {MAX_WRITE_ATTEMPTS} attempts")
+
+    def _read(self, fn: Callable[[Connection], T], doing: str) -> T:
+        """Run ``fn`` in a read-only transaction (deferred on SQLite: never takes the write lock)."""
+        delay = 0.005
+        for attempt in range(MAX_WRITE_ATTEMPTS):
+            try:
+                with self.engine.connect().execution_options(**{SQLITE_BEGIN: "DEFERRED"}) as conn:
+                    try:
+                        return fn(conn)
+                    finally:
+                        conn.rollback()
+            except DBAPIError as exc:
+                if _transient(exc) and attempt < MAX_WRITE_ATTEMPTS - 1:
+                    time.sleep(delay * (1 + random.random()))
+                    delay = min(delay * 2, 0.5)
+                    continue
+                raise self._error(exc, doing) from exc
+            except SQLAlchemyError as exc:
+                raise self._error(exc, doing) from exc
+        raise StorageError(f"storage busy while {doing}")
+
+    def _insert(self, table: Table) -> Any:
+        """INSERT with the dialect's ON CONFLICT support."""
+        return (pg_insert if self.dialect == "postgresql" else sqlite_insert)(table)
+
+    # -- programs --------------------------------------------------------------------------------
+    def publish(
+        self,
+        program: Program,
+        *,
+        source: str = "authored",
+        message: str | None = None,
+        parent: str | None = None,
+    ) -> ProgramVersion:
+        """Store ``program`` as the next version of its name; the same content returns the existing version.
+
+        ``parent`` is a reference to the version this one derives from (default: the name's latest).
+        """
+        if not isinstance(program, Program):
+            raise TypeError(f"publish() takes a Program, not {type(program).__name__}")
+        if source not in SOURCES:
+            raise StorageError(f"unknown source {source!r}: one of {', '.join(SOURCES)}")
+        digest = program.content_hash
+        data = program.to_dict()
+        try:
+            if Program.model_validate(data).content_hash != digest:
+                data = program.canonical()
+        except ValidationError:
+            data = program.canonical()
+        data = _clean(data)
+        base_dir = str(program._base_dir) if program._base_dir is not None else None
+        clean_message = _clean(message) if message is not None else None
+        parent_hash = self.resolve(parent).hash if parent is not None else None
+
+        def fn(conn: Connection) -> ProgramVersion:
+            row = conn.execute(select(versions).where(versions.c.hash == digest)).first()
+            if row is not None:
+                return self._version(conn, row)
+            now = utcnow()
+            conn.execute(
+                self._insert(programs).values(name=program.name, created_at=now).on_conflict_do_nothing()
+            )
+            latest = conn.execute(
+                select(versions.c.hash, versions.c.version)
+                .where(versions.c.name == program.name)
+                .order_by(versions.c.version.desc())
+                .limit(1)
+            ).first()
+            number = (latest.version if latest else 0) + 1
+            conn.execute(
+                insert(versions).values(
+                    hash=digest,
+                    name=program.name,
+                    version=number,
+                    parent_hash=parent_hash if parent is not None else (latest.hash if latest else None),
+                    source=source,
+                    message=clean_message,
+                    program=data,
+                    base_dir=base_dir,
+                    created_at=now,
+                )
+            )
+            row = conn.execute(select(versions).where(versions.c.hash == digest)).one()
+            return self._version(conn, row)
+
+        version = self._write(fn, f"publishing {program.name}", retry_integrity=True)
+        self._published.add(digest)
+        return version
+
+    def _version(self, conn: Connection, row: Row[Any]) -> ProgramVersion:
+        names = conn.execute(
+            select(aliases.c.alias).where(aliases.c.hash == row.hash).order_by(aliases.c.alias)
+        ).scalars()
+        return ProgramVersion(
+            hash=row.hash,
+            name=row.name,
+            version=row.version,
+            parent=row.parent_hash,
+            source=row.source,
+            message=row.message,
+            created_at=row.created_at,
+            aliases=list(names),
+        )
+
+    def _find(self, conn: Connection, ref: ProgramRef, text: str) -> Row[Any]:
+        cols = select(versions)
+        if ref.kind == "hash":
+            row = conn.execute(cols.where(versions.c.hash == ref.hash)).first()
+        elif ref.kind == "prefix":
+            rows = conn.execute(cols.where(versions.c.hash.like(f"{ref.hash}%")).limit(2)).all()
+            if len(rows) > 1:
+                raise StorageError(f"hash prefix {text!r} is ambiguous: use more digits")
+            row = rows[0] if rows else None
+            if row is None and ref.name is not None:
+                return self._find(conn, ProgramRef("name", name=ref.name), text)
+        elif ref.kind == "name":
+            row = conn.execute(
+                cols.where(versions.c.name == ref.name).order_by(versions.c.version.desc()).limit(1)
+            ).first()
+        elif ref.kind == "version":
+            row = conn.execute(
+                cols.where(versions.c.name == ref.name, versions.c.version == ref.version)
+            ).first()
+        else:
+            row = conn.execute(
+                cols.join(aliases, aliases.c.hash == versions.c.hash).where(
+                    aliases.c.name == ref.name, aliases.c.alias == ref.alias
+                )
+            ).first()
+        if row is None:
+            raise ProgramNotFound(f"no stored program matches {text!r}")
+        return row
+
+    def resolve(self, ref: str) -> ProgramVersion:
+        """The version a reference points at (hash, unique prefix >= 12, name, name@N, name@alias)."""
+        parsed = parse_ref(ref)
+        return self._read(lambda conn: self._version(conn, self._find(conn, parsed, ref)), f"resolving {ref}")
+
+    def load(self, ref: str, *, validate: bool = True) -> Program:
+        """Rebuild a stored program, validated like a file, all-or-nothing.
+
+        The row is untrusted: it is validated in full (``validate=False``: shape only, for export)
+        and its content hash must equal the stored identity, or nothing is returned.
+        """
+        parsed = parse_ref(ref)
+        row = self._read(lambda conn: self._find(conn, parsed, ref), f"loading {ref}")
+        data = row.program
+        if not isinstance(data, dict):
+            raise StorageError(f"stored program {ref!r} ({row.hash[:12]}) is not a JSON object; refusing to load")
+        program: Program
+        try:
+            if validate:
+                from stepbridge.validate import validate_data
+
+                program = validate_data(data, base_dir=row.base_dir)
+            else:
+                program = Program.model_validate(data)
+                program.with_base_dir(row.base_dir)
+        except ProgramValidationError as exc:
+            raise ProgramValidationError(
+                exc.issues, message=f"stored program {ref!r} ({row.hash[:12]}) is invalid:\n{exc.message}"
+            ) from None
+        except ValidationError as exc:
+            issues = _validation_issues(exc)
+            raise ProgramValidationError(
+                issues,
+                message=f"stored program {ref!r} ({row.hash[:12]}) is invalid:\n"
+                + "\n".join(f"  {i}" for i in issues),
+            ) from None
+        if program.content_hash != row.hash:
+            raise StorageError(
+                f"stored program {ref!r} does not match its identity: the row says {row.hash[:12]}, the "
+                f"content hashes to {program.content_hash[:12]}. It was changed outside stepbridge; refusing "
+                "to load it."
+            )
+        if program.name != row.name:
+            raise StorageError(f"stored program {ref!r} is named {program.name!r}, not {row.name!r}")
+        return program
+
+    def export(self, ref: str) -> dict[str, Any]:
+        """The program as a file would hold it (verified against its hash, not semantically)."""
+        return self.load(ref, validate=False).to_dict()
+
+    def set_alias(self, name: str, alias: str, ref: str) -> ProgramVersion:
+        """Point ``name@alias`` at the version ``ref`` (which must be a version of ``name``)."""
+        validate_alias(alias)
+        parsed = parse_ref(ref)
+
+        def fn(conn: Connection) -> ProgramVersion:
+            row = self._find(conn, parsed, ref)
+            if row.name != name:
+                raise StorageError(f"{ref!r} is a version of {row.name!r}, not of {name!r}")
+            now = utcnow()
+            stmt = self._insert(aliases).values(name=name, alias=alias, hash=row.hash, updated_at=now)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[aliases.c.name, aliases.c.alias],
+                    set_={"hash": row.hash, "updated_at": now},
+                )
+            )
+            return self._version(conn, row)
+
+        return self._write(fn, f"setting alias {name}@{alias}")
+
+    def remove_alias(self, name: str, alias: str) -> bool:
+        """Delete ``name@alias``; False if it did not exist."""
+
+        def fn(conn: Connection) -> bool:
+            res = conn.execute(aliases.delete().where(aliases.c.name == name, aliases.c.alias == alias))
+            return bool(res.rowcount)
+
+        return self._write(fn, f"removing alias {name}@{alias}")
+
+    def history(self, name: str) -> list[ProgramVersion]:
+        """Every version of ``name``, oldest first."""
+
+        def fn(conn: Connection) -> list[ProgramVersion]:
+            rows = conn.execute(
+                select(versions).where(versions.c.name == name).order_by(versions.c.version)
+            ).all()
+            return [self._version(conn, row) for row in rows]
+
+        return self._read(fn, f"reading the history of {name}")
+
+    def list_programs(self) -> list[ProgramSummary]:
+        """Every program name with its latest version and aliases."""
+
+        def fn(conn: Connection) -> list[ProgramSummary]:
+            latest = (
+                select(
+                    versions.c.name,
+                    func.max(versions.c.version).label("latest"),
+                    func.count().label("n"),
+                    func.max(versions.c.created_at).label("updated"),
+                )
+                .group_by(versions.c.name)
+                .subquery()
+            )
+            rows = conn.execute(
+                select(programs.c.name, programs.c.created_at, latest.c.latest, latest.c.n, latest.c.updated,
+                       versions.c.hash)
+                .select_from(programs)
+                .outerjoin(latest, latest.c.name == programs.c.name)
+                .outerjoin(versions, and_(versions.c.name == programs.c.name,
+                                          versions.c.version == latest.c.latest))
+                .order_by(programs.c.name)
+            ).all()
+            alias_map: dict[str, dict[str, str]] = {}
+            for a in conn.execute(select(aliases).order_by(aliases.c.name, aliases.c.alias)):
+                alias_map.setdefault(a.name, {})[a.alias] = a.hash
+            return [
+                ProgramSummary(
+                    name=r.name,
+                    versions=r.n or 0,
+                    latest_version=r.latest,
+                    latest_hash=r.hash,
+                    aliases=alias_map.get(r.name, {}),
+                    created_at=r.created_at,
+                    updated_at=r.updated,
+                )
+                for r in rows
+            ]
+
+        return self._read(fn, "listing programs")
+
+    def _ensure_published(self, program: Program) -> None:
+        digest = program.content_hash
+        if digest in self._published:
+            return
+        exists = self._read(
+            lambda conn: conn.execute(select(versions.c.hash).where(versions.c.hash == digest)).first(),
+            "checking a program",
+        )
+        if exists is None:
+            self.publish(program, message=AUTO_PUBLISH_MESSAGE)
+        self._published.add(digest)
+
+    # -- recording (the Recorder protocol) -------------------------------------------------------
+    def begin(self, program: Program, inputs: dict[str, Any], options: RunOptions, backend: str) -> Begun:
+        """Record a new ``running`` execution, or hand back the one with the same id/idempotency key.
+
+        An ``interrupted`` execution with that id or key is taken over (attempt + 1); a finished one
+        is returned as ``existing``/``existing_error``; a running one as ``in_progress``.
+        """
+        self._ensure_published(program)
+        owner = current_owner()
+        now = utcnow()
+        clean_inputs = _clean(inputs)
+        opts = _clean(options.model_dump(mode="json", exclude={"execution_id", "idempotency_key", "attempt"},
+                                         exclude_defaults=True))
+        values = {
+            "id": options.execution_id,
+            "program_hash": program.content_hash,
+            "program_name": program.name,
+            "backend": backend,
+            "status": "running",
+            "inputs": clean_inputs,
+            "options": opts,
+            "environment": _environment_versions(),
+            "attempts": options.attempt,
+            "idempotency_key": options.idempotency_key,
+            "owner_host": owner.host,
+            "owner_pid": owner.pid,
+            "owner_marker": owner.marker,
+            "created_at": now,
+            "started_at": now,
+            "updated_at": now,
+        }
+
+        def fn(conn: Connection) -> Begun:
+            res = conn.execute(self._insert(executions).values(**values).on_conflict_do_nothing())
+            if res.rowcount == 1:
+                self._history(conn, options.execution_id, options.attempt, None, "running", now)
+                return Begun(execution_id=options.execution_id, attempt=options.attempt)
+            cond = executions.c.id == options.execution_id
+            if options.idempotency_key is not None:
+                cond = or_(cond, executions.c.idempotency_key == options.idempotency_key)
+            row = conn.execute(select(executions).where(cond).limit(1)).first()
+            if row is None:
+                raise StorageError(f"execution {options.execution_id} conflicts with a row that vanished")
+            if row.program_hash != program.content_hash:
+                raise StorageError(
+                    f"execution {row.id} (idempotency key {row.idempotency_key!r}) belongs to program "
+                    f"{row.program_hash[:12]}, not {program.content_hash[:12]}"
+                )
+            return self._take_over(conn, row, now)
+
+        return self._write(fn, "recording the start of a run")
+
+    def _take_over(self, conn: Connection, row: Row[Any], now: datetime) -> Begun:
+        if row.status == "interrupted":
+            owner = current_owner()
+            attempt = row.attempts + 1
+            res = conn.execute(
+                update(executions)
+                .where(executions.c.id == row.id, executions.c.status == "interrupted")
+                .values(status="running", attempts=attempt, started_at=now, finished_at=None, error=None,
+                        owner_host=owner.host, owner_pid=owner.pid, owner_marker=owner.marker, updated_at=now)
+            )
+            if res.rowcount == 1:
+                self._history(conn, row.id, attempt, "interrupted", "running", now, "resumed")
+                return Begun(execution_id=row.id, attempt=attempt)
+            return Begun(execution_id=row.id, attempt=row.attempts, in_progress=True)
+        if row.status == "succeeded":
+            return Begun(execution_id=row.id, attempt=row.attempts, existing=self._result(conn, row))
+        if row.status in ("failed", "cancelled"):
+            err = error_from_dict(row.error or {"type": "StepbridgeError", "message": row.status})
+            err.trace = self._steps(conn, row.id, row.attempts)
+            return Begun(execution_id=row.id, attempt=row.attempts, existing_error=err)
+        return Begun(execution_id=row.id, attempt=row.attempts, in_progress=True)
+
+    def _history(self, conn: Connection, eid: str, attempt: int, old: str | None, new: str, at: datetime,
+                 note: str | None = None) -> None:
+        conn.execute(insert(history_t).values(execution_id=eid, attempt=attempt, from_status=old, to_status=new,
+                                              at=at, note=_clean(note) if note else None))
+
+    def _append_steps(self, conn: Connection, eid: str, attempt: int, trace: Sequence[Any], at: datetime) -> None:
+        rows = []
+        for seq, step in enumerate(trace):
+            data = _clean(_step_dict(step))
+            rows.append({
+                "execution_id": eid,
+                "attempt": attempt,
+                "seq": seq,
+                "step": int(data.get("step", seq)) if isinstance(data.get("step"), int) else seq,
+                "kind": str(data.get("kind") or "unknown")[:16],
+                "module": data.get("module"),
+                "module_type": data.get("module_type"),
+                "duration_ms": data.get("duration_ms"),
+                "error": data.get("error"),
+                "data": data,
+                "created_at": at,
+            })
+        if rows:
+            conn.execute(insert(steps_t), rows)
+
+    def _finish(self, eid: str, status: str, values: dict[str, Any], trace: Sequence[Any], note: str | None) -> bool:
+        now = utcnow()
+
+        def fn(conn: Connection) -> bool:
+            got = conn.execute(
+                update(executions)
+                .where(executions.c.id == eid, executions.c.status == "running")
+                .values(status=status, finished_at=now, updated_at=now, **values)
+                .returning(executions.c.attempts)
+            ).all()
+            if len(got) != 1:
+                return False
+            attempt = got[0].attempts
+            self._history(conn, eid, attempt, "running", status, now, note)
+            self._append_steps(conn, eid, attempt, trace, now)
+            return True
+
+        done = self._write(fn, f"recording the end of execution {eid}")
+        if not done:
+            current = self.get_execution(eid)
+            log.warning(
+                "execution %s is %s, not running: its %s result was not recorded",
+                eid, current.status if current else "unknown", status,
+            )
+        return done
+
+    def succeed(self, execution_id: str, result: RunResult) -> bool:
+        """Compare-and-set ``running`` -> ``succeeded``. False (and nothing written) if it was not running."""
+        return self._finish(
+            execution_id,
+            "succeeded",
+            {
+                "outputs": _clean(result.outputs),
+                "usage": _clean(result.usage.model_dump(mode="json")),
+                "duration_ms": result.duration_ms,
+                "worker": _clean(result.worker) if result.worker else None,
+                "backend": result.backend,
+            },
+            result.trace,
+            None,
+        )
+
+    def fail(self, execution_id: str, error: StepbridgeError, *, cancelled: bool = False) -> bool:
+        """Compare-and-set ``running`` -> ``failed``/``cancelled``, keeping the typed error and partial trace."""
+        if isinstance(error, StepbridgeError):
+            data = error.to_dict()
+            trace = list(error.trace)
+        else:  # not ours: keep the type name and message, never the object
+            data = {"type": "StepbridgeError", "message": f"{type(error).__name__}: {error}", "details": {}}
+            trace = []
+        return self._finish(
+            execution_id, "cancelled" if cancelled else "failed", {"error": _clean(data)}, trace,
+            _clean(str(data.get("type"))),
+        )
+
+    def transition(self, execution_id: str, from_status: str | Iterable[str], to_status: str,
+                   *, note: str | None = None) -> bool:
+        """A general compare-and-set status change (e.g. ``pending`` -> ``cancelled``); False if the
+        execution was not in ``from_status``."""
+        olds = [from_status] if isinstance(from_status, str) else list(from_status)
+        now = utcnow()
+
+        def fn(conn: Connection) -> bool:
+            for old in olds:
+                got = conn.execute(
+                    update(executions)
+                    .where(executions.c.id == execution_id, executions.c.status == old)
+                    .values(status=to_status, updated_at=now,
+                            **({"finished_at": now} if to_status in ("succeeded", "failed", "cancelled",
+                                                                      "interrupted") else {}))
+                    .returning(executions.c.attempts)
+                ).all()
+                if got:
+                    self._history(conn, execution_id, got[0].attempts, old, to_status, now, note)
+                    return True
+            return False
+
+        return self._write(fn, f"changing the status of {execution_id}")
+
+    # -- reading executions ----------------------------------------------------------------------
+    def _execution(self, row: Row[Any]) -> Execution:
+        owner = None
+        if row.owner_host is not None or row.owner_pid is not None:
+            owner = {"host": row.owner_host, "pid": row.owner_pid, "marker": row.owner_marker}
+        return Execution(
+            id=row.id, program_hash=row.program_hash, program_name=row.program_name, backend=row.backend,
+            status=row.status, inputs=row.inputs or {}, outputs=row.outputs, error=row.error, usage=row.usage,
+            options=row.options, environment=row.environment, duration_ms=row.duration_ms,
+            attempts=row.attempts, worker=row.worker, idempotency_key=row.idempotency_key, owner=owner,
+            created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
+        )
+
+    def _steps(self, conn: Connection, eid: str, attempt: int | None) -> list[StepTrace]:
+        if attempt is None:
+            attempt = conn.execute(
+                select(func.max(steps_t.c.attempt)).where(steps_t.c.execution_id == eid)
+            ).scalar()
+            if attempt is None:
+                return []
+        rows = conn.execute(
+            select(steps_t.c.data).where(steps_t.c.execution_id == eid, steps_t.c.attempt == attempt)
+            .order_by(steps_t.c.seq)
+        ).scalars()
+        out = []
+        for data in rows:
+            try:
+                out.append(StepTrace.model_validate(data))
+            except ValidationError as exc:
+                raise StorageError(f"a stored trace step of execution {eid} is malformed: {exc.error_count()} "
+                                   "problems") from None
+        return out
+
+    def _result(self, conn: Connection, row: Row[Any]) -> RunResult:
+        return RunResult(
+            outputs=row.outputs or {},
+            trace=self._steps(conn, row.id, row.attempts),
+            usage=Usage.model_validate(row.usage or {}),
+            backend=row.backend,
+            program_hash=row.program_hash,
+            execution_id=row.id,
+            duration_ms=row.duration_ms or 0.0,
+            attempts=row.attempts,
+            worker=row.worker,
+        )
+
+    def _find_execution(self, conn: Connection, eid: str) -> Row[Any] | None:
+        row = conn.execute(select(executions).where(executions.c.id == eid)).first()
+        if row is None and 6 <= len(eid) < 32 and eid.isalnum():
+            rows = conn.execute(select(executions).where(executions.c.id.like(f"{eid}%")).limit(2)).all()
+            if len(rows) > 1:
+                raise StorageError(f"execution id prefix {eid!r} is ambiguous")
+            row = rows[0] if rows else None
+        return row
+
+    def get_execution(self, execution_id: str) -> Execution | None:
+        """One execution by id (or a unique id prefix of at least 6 characters); None if unknown."""
+
+        def fn(conn: Connection) -> Execution | None:
+            row = self._find_execution(conn, execution_id)
+            return self._execution(row) if row is not None else None
+
+        return self._read(fn, f"reading execution {execution_id}")
+
+    def get_result(self, execution_id: str) -> RunResult | None:
+        """The :class:`RunResult` of a succeeded execution (None otherwise)."""
+
+        def fn(conn: Connection) -> RunResult | None:
+            row = self._find_execution(conn, execution_id)
+            return self._result(conn, row) if row is not None and row.status == "succeeded" else None
+
+        return self._read(fn, f"reading execution {execution_id}")
+
+    def execution_steps(self, execution_id: str, *, attempt: int | None = None) -> list[StepTrace]:
+        """The stored trace of an execution (its latest attempt that recorded steps, by default)."""
+        return self._read(lambda conn: self._steps(conn, execution_id, attempt), "reading a trace")
+
+    def status_history(self, execution_id: str) -> list[StatusChange]:
+        """Every status change of an execution, in order."""
+
+        def fn(conn: Connection) -> list[StatusChange]:
+            rows = conn.execute(
+                select(history_t).where(history_t.c.execution_id == execution_id).order_by(history_t.c.id)
+            ).all()
+            return [StatusChange(attempt=r.attempt, from_status=r.from_status, to_status=r.to_status, at=r.at,
+                                 note=r.note) for r in rows]
+
+        return self._read(fn, "reading a status history")
+
+    def list_executions(
+        self,
+        program: str | None = None,
+        status: str | Iterable[str] | None = None,
+        since: datetime | None = None,
+        limit: int | None = 50,
+    ) -> list[Execution]:
+        """Newest first. ``program`` is a name or any program reference; ``status`` one or several."""
+
+        def fn(conn: Connection) -> list[Execution]:
+            q = select(executions)
+            if program is not None:
+                ref = parse_ref(program)
+                if ref.kind == "name":
+                    q = q.where(executions.c.program_name == ref.name)
+                elif ref.kind in ("hash", "prefix") and ref.name is None:
+                    q = q.where(executions.c.program_hash.like(f"{ref.hash}%"))
+                else:
+                    q = q.where(executions.c.program_hash == self._find(conn, ref, program).hash)
+            if status is not None:
+                wanted = [status] if isinstance(status, str) else list(status)
+                q = q.where(executions.c.status.in_(wanted))
+            if since is not None:
+                q = q.where(executions.c.created_at >= since)
+            q = q.order_by(executions.c.created_at.desc(), executions.c.id.desc())
+            if limit is not None:
+                q = q.limit(limit)
+            return [self._execution(r) for r in conn.execute(q)]
+
+        return self._read(fn, "listing executions")
+
+    def count_executions(self, status: str | None = None) -> int:
+        def fn(conn: Connection) -> int:
+            q = select(func.count()).select_from(executions)
+            if status is not None:
+                q = q.where(executions.c.status == status)
+            return int(conn.execute(q).scalar() or 0)
+
+        return self._read(fn, "counting executions")
+
+    # -- crash recovery --------------------------------------------------------------------------
+    def mark_interrupted(self) -> list[str]:
+        """Mark ``running``/``pending`` executions whose owning process is gone as ``interrupted``.
+
+        Only owners on this host that are certainly dead (no such pid, a different process under
+        that pid, or a reboot since) count; live processes and other hosts are left alone.
+        Returns the ids marked.
+        """
+        rows = self._read(
+            lambda conn: conn.execute(
+                select(executions.c.id, executions.c.status, executions.c.owner_host, executions.c.owner_pid,
+                       executions.c.owner_marker).where(executions.c.status.in_(("running", "pending")))
+            ).all(),
+            "finding interrupted executions",
+        )
+        marked = []
+        for row in rows:
+            if owner_alive(row.owner_host, row.owner_pid, row.owner_marker) is False:
+                note = f"owner pid {row.owner_pid} on {row.owner_host} is gone"
+                if self.transition(row.id, row.status, "interrupted", note=note):
+                    marked.append(row.id)
+        return marked
+
+    def resumable(self, program: str | None = None) -> list[Execution]:
+        """Interrupted executions, oldest first: what ``stepbridge executions resume`` re-runs."""
+        found = self.list_executions(program=program, status="interrupted", limit=None)
+        return sorted(found, key=lambda e: (e.created_at, e.id))
