@@ -37,6 +37,7 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import math
 import re
 import textwrap
 import types
@@ -148,7 +149,7 @@ def default_instructions(signature: Signature) -> str:
 
 
 def _instructions(signature: Signature) -> str:
-    if signature.instructions is None:
+    if not signature.instructions:  # DSPy treats "" like no instructions
         return default_instructions(signature)
     return inspect.cleandoc(signature.instructions)
 
@@ -160,10 +161,15 @@ _dump_adapters: dict[type, TypeAdapter[Any]] = {}
 
 
 def _is_plain(value: Any) -> bool:
-    """JSON-shaped data that pydantic's ``dump_python(mode="json")`` returns unchanged."""
+    """JSON-shaped data that pydantic's ``dump_python(mode="json")`` returns unchanged.
+
+    Non-finite floats are not: pydantic turns them into ``None`` inside containers.
+    """
     t = type(value)
-    if t is str or t is int or t is float or t is bool or value is None:
+    if t is str or t is int or t is bool or value is None:
         return True
+    if t is float:
+        return math.isfinite(value)
     if t is list:
         return all(_is_plain(v) for v in value)
     if t is dict:
@@ -173,7 +179,7 @@ def _is_plain(value: Any) -> bool:
 
 def _jsonable(value: Any) -> Any:
     """``serialize_for_json``, with a fast path for plain JSON data."""
-    if _is_plain(value):
+    if type(value) is float or _is_plain(value):  # a bare float (even inf/nan) is kept as is
         return value
     try:
         adapter = _dump_adapters.get(type(value))
