@@ -1,0 +1,29 @@
+"""Shared test setup: an isolated environment (no user config, no home database, DSPy offline)
+and a real reference LM server on loopback."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+_TMP = tempfile.mkdtemp(prefix="stepbridge-tests-")
+# Before anything imports dspy/litellm: never fetch the model cost map, keep caches out of $HOME.
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+os.environ["DSPY_CACHEDIR"] = os.path.join(_TMP, "dspy-cache")
+os.environ["STEPBRIDGE_CONFIG"] = os.path.join(_TMP, "no-config.toml")
+os.environ["STEPBRIDGE_HOME"] = os.path.join(_TMP, "home")
+for _key in [k for k in os.environ if k.startswith("STEPBRIDGE_LM_")]:
+    del os.environ[_key]
+os.environ.pop("STEPBRIDGE_DATABASE_URL", None)
+
+
+@pytest.fixture(scope="session")
+def reference_lm() -> Iterator[str]:
+    """Base URL (``http://127.0.0.1:PORT/v1``) of a reference LM server running for the whole session."""
+    from stepbridge.reference_lm import running_server
+
+    with running_server() as url:
+        yield url
