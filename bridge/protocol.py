@@ -1,0 +1,250 @@
+"""The pool's wire protocol: multipart ZeroMQ frames with a msgpack body, validated on decode.
+
+A message, as a DEALER sends it (a ROUTER sees the peer identity in front)::
+
+    [ b"SBRG" + version byte,  command (1 byte),  request id (0..64 bytes),  msgpack body ]
+
+The router looks only at the three header frames to route; bodies are decoded into typed,
+bounded :mod:`msgspec` structs (unknown fields are ignored so a newer peer can add optional
+ones; missing or mistyped fields are errors). Anything malformed, oversized, truncated or of
+another protocol version raises :class:`ProtocolError`, which receivers log and drop; nothing
+else ever escapes the decoder. No pickle: bodies are plain msgpack maps, lists and scalars.
+
+Commands (who sends them):
+
+==============  ================  =============================================================
+READY           worker -> router  I am here: id, incarnation, pid, host, capacity, capabilities
+REQUEST         router -> worker  run a program (execution id, attempt, remaining budget, hash)
+                client -> broker  the same, with the program definition inline
+STARTED         worker -> router  the request has begun (its attempt)
+REPLY           worker -> router  outputs and trace, or a typed error; broker -> client likewise
+HEARTBEAT       both ways         I am alive; a worker lists its in-flight request ids
+CANCEL          router -> worker  stop this request; client -> broker likewise
+DRAIN           router -> worker  finish in-flight work, take no more, then leave;
+                worker -> router  I am draining (SIGTERM): send me nothing new
+DISCONNECT      both ways         I am leaving / you are refused (a reason)
+PROGRAM_GET     worker -> router  send me the definition behind this hash
+PROGRAM         router -> worker  the definition (or an error)
+STATUS          client -> broker  describe the pool; broker -> client the description
+==============  ================  =============================================================
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Annotated, Any, ClassVar
+
+import msgspec
+from stepbridge.errors import StepbridgeError
+
+__all__ = [
+    "MAGIC",
+    "MAX_BODY_BYTES",
+    "PROTOCOL_VERSION",
+    "Body",
+    "Cancel",
+    "Command",
+    "Disconnect",
+    "Drain",
+    "Heartbeat",
+    "Message",
+    "ProgramDef",
+    "ProgramGet",
+    "ProtocolError",
+    "Ready",
+    "Reply",
+    "Request",
+    "Started",
+    "Status",
+    "decode",
+    "encode",
+    "header",
+]
+
+MAGIC = b"SBRG"
+PROTOCOL_VERSION = 1
+MAX_BODY_BYTES = 64 * 2**20  # also the sockets' MAXMSGSIZE
+MAX_REQUEST_ID = 64
+
+Str200 = Annotated[str, msgspec.Meta(max_length=200)]
+Str10k = Annotated[str, msgspec.Meta(max_length=10_000)]
+Hash = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+NonNeg = Annotated[int, msgspec.Meta(ge=0, le=2**31)]
+Attempt = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+
+
+class ProtocolError(StepbridgeError):
+    """A frame that is not a valid message of this protocol (malformed, oversized, wrong version)."""
+
+    def __init__(self, message: str, *, reason: str = "malformed", **kw: Any):
+        super().__init__(message, **kw)
+        self.reason = reason
+
+    def details(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
+
+class Command(IntEnum):
+    READY = 1
+    REQUEST = 2
+    STARTED = 3
+    REPLY = 4
+    HEARTBEAT = 5
+    CANCEL = 6
+    DRAIN = 7
+    DISCONNECT = 8
+    PROGRAM_GET = 9
+    PROGRAM = 10
+    STATUS = 11
+
+
+class Body(msgspec.Struct, frozen=True, omit_defaults=True):
+    command: ClassVar[Command]
+
+
+class Ready(Body, frozen=True):
+    command = Command.READY
+    worker_id: Str200
+    incarnation: NonNeg
+    pid: NonNeg
+    host: Str200
+    capacity: Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+    backend: Str200
+    capabilities: Annotated[list[Str200], msgspec.Meta(max_length=100)]
+    protocol: int = PROTOCOL_VERSION
+
+
+class Request(Body, frozen=True):
+    command = Command.REQUEST
+    execution_id: Str200
+    program_hash: Hash
+    inputs: dict[str, Any]
+    attempt: Attempt = 1
+    budget: Annotated[float, msgspec.Meta(gt=0)] | None = None  # seconds left of the deadline
+    options: dict[str, Any] = {}
+    program: dict[str, Any] | None = None  # client -> broker only
+    base_dir: Str10k | None = None  # where a program's relative paths (corpora) resolve
+    wait: Annotated[float, msgspec.Meta(ge=0)] | None = None  # client -> broker: how long to wait for queue room
+
+
+class Started(Body, frozen=True):
+    command = Command.STARTED
+    attempt: Attempt = 1
+
+
+class Reply(Body, frozen=True):
+    command = Command.REPLY
+    attempt: Attempt = 1
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    trace: list[dict[str, Any]] = []  # the partial trace of a failed run
+
+
+class Heartbeat(Body, frozen=True):
+    command = Command.HEARTBEAT
+    in_flight: Annotated[list[Annotated[bytes, msgspec.Meta(max_length=MAX_REQUEST_ID)]],
+                         msgspec.Meta(max_length=100_000)] = []
+
+
+class Cancel(Body, frozen=True):
+    command = Command.CANCEL
+    attempt: Attempt = 1
+
+
+class Drain(Body, frozen=True):
+    command = Command.DRAIN
+
+
+class Disconnect(Body, frozen=True):
+    command = Command.DISCONNECT
+    reason: Str10k = ""
+
+
+class ProgramGet(Body, frozen=True):
+    command = Command.PROGRAM_GET
+    program_hash: Hash
+
+
+class ProgramDef(Body, frozen=True):
+    command = Command.PROGRAM
+    program_hash: Hash
+    program: dict[str, Any] | None = None
+    base_dir: Str10k | None = None
+    error: dict[str, Any] | None = None
+
+
+class Status(Body, frozen=True):
+    command = Command.STATUS
+    status: dict[str, Any] | None = None  # None in the question, the description in the answer
+
+
+BODY_TYPES: dict[Command, type[Body]] = {
+    cls.command: cls
+    for cls in (Ready, Request, Started, Reply, Heartbeat, Cancel, Drain, Disconnect, ProgramGet, ProgramDef, Status)
+}
+
+
+def _no_ext(code: int, data: memoryview) -> Any:
+    raise ValueError(f"msgpack extension type {code} is not allowed")
+
+
+_DECODERS = {cmd: msgspec.msgpack.Decoder(cls, ext_hook=_no_ext) for cmd, cls in BODY_TYPES.items()}
+_ENCODER = msgspec.msgpack.Encoder()
+_HEADER = MAGIC + bytes([PROTOCOL_VERSION])
+_COMMAND_BYTES = {cmd: bytes([cmd]) for cmd in Command}
+
+
+def header() -> bytes:
+    """The first frame of every message of this protocol version."""
+    return _HEADER
+
+
+class Message(msgspec.Struct, frozen=True):
+    """A decoded message: its command, request id (may be empty) and typed body."""
+
+    command: Command
+    request_id: bytes
+    body: Body
+
+
+def encode(body: Body, request_id: bytes = b"") -> list[bytes]:
+    """The frames of one message (without a routing identity)."""
+    if len(request_id) > MAX_REQUEST_ID:
+        raise ProtocolError(f"request id is {len(request_id)} bytes; the limit is {MAX_REQUEST_ID}", reason="oversized")
+    data = _ENCODER.encode(body)
+    if len(data) > MAX_BODY_BYTES:
+        raise ProtocolError(f"message body is {len(data)} bytes; the limit is {MAX_BODY_BYTES}", reason="oversized")
+    return [_HEADER, _COMMAND_BYTES[body.command], request_id, data]
+
+
+def decode(frames: list[bytes] | list[Any], *, max_body: int = MAX_BODY_BYTES) -> Message:
+    """Decode and validate the frames of one message (routing identity already removed).
+
+    Raises :class:`ProtocolError` (with ``reason`` one of ``malformed``, ``version``, ``oversized``,
+    ``command``) for anything that is not a well-formed message; never anything else.
+    """
+    if len(frames) != 4:
+        raise ProtocolError(f"expected 4 frames, got {len(frames)}", reason="malformed")
+    head, cmd, request_id, data = (bytes(f) if not isinstance(f, bytes) else f for f in frames)
+    if head != _HEADER:
+        if len(head) == len(_HEADER) and head[:4] == MAGIC:
+            raise ProtocolError(f"protocol version {head[4]} is not supported (this peer speaks {PROTOCOL_VERSION})",
+                                reason="version")
+        raise ProtocolError("not a stepbridge pool message (bad protocol id)", reason="malformed")
+    if len(cmd) != 1:
+        raise ProtocolError("the command frame must be exactly one byte", reason="malformed")
+    try:
+        command = Command(cmd[0])
+    except ValueError:
+        raise ProtocolError(f"unknown command {cmd[0]}", reason="command") from None
+    if len(request_id) > MAX_REQUEST_ID:
+        raise ProtocolError(f"request id is {len(request_id)} bytes; the limit is {MAX_REQUEST_ID}", reason="oversized")
+    if len(data) > max_body:
+        raise ProtocolError(f"message body is {len(data)} bytes; the limit is {max_body}", reason="oversized")
+    try:
+        body = _DECODERS[command].decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolError(f"invalid {command.name} body: {exc}", reason="malformed") from None
+    except Exception as exc:  # ext types, nesting too deep: still just a bad frame
+        raise ProtocolError(f"invalid {command.name} body: {type(exc).__name__}: {exc}", reason="malformed") from None
+    return Message(command, request_id, body)

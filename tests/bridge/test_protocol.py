@@ -1,0 +1,104 @@
+"""Wire protocol: round trips, and garbage never crashes the decoder."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from stepbridge.bridge import protocol as p
+from stepbridge.errors import error_from_dict
+
+HASH = "ab" * 32
+
+json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text()
+json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20)
+ids = st.binary(max_size=p.MAX_REQUEST_ID)
+
+bodies = st.one_of(
+    st.builds(p.Ready, worker_id=st.text(max_size=50), incarnation=st.integers(0, 2**31), pid=st.integers(0, 2**31),
+              host=st.text(max_size=50), capacity=st.integers(1, 100_000), backend=st.sampled_from(["native", "dspy"]),
+              capabilities=st.lists(st.text(max_size=20), max_size=10)),
+    st.builds(p.Request, execution_id=st.text(max_size=64), program_hash=st.just(HASH),
+              inputs=st.dictionaries(st.text(max_size=10), json_values, max_size=5), attempt=st.integers(1, 1000),
+              budget=st.none() | st.floats(min_value=0.001, max_value=1e6),
+              options=st.dictionaries(st.text(max_size=10), json_values, max_size=3),
+              program=st.none() | st.dictionaries(st.text(max_size=10), json_values, max_size=3)),
+    st.builds(p.Started, attempt=st.integers(1, 1000)),
+    st.builds(p.Reply, attempt=st.integers(1, 1000),
+              result=st.none() | st.dictionaries(st.text(max_size=10), json_values, max_size=4),
+              error=st.none() | st.dictionaries(st.text(max_size=10), json_values, max_size=4)),
+    st.builds(p.Heartbeat, in_flight=st.lists(ids, max_size=5)),
+    st.builds(p.Cancel, attempt=st.integers(1, 1000)),
+    st.builds(p.Drain),
+    st.builds(p.Disconnect, reason=st.text(max_size=100)),
+    st.builds(p.ProgramGet, program_hash=st.just(HASH)),
+    st.builds(p.ProgramDef, program_hash=st.just(HASH), program=st.none() | st.dictionaries(st.text(max_size=5), json_values)),
+    st.builds(p.Status, status=st.none() | st.dictionaries(st.text(max_size=5), json_values)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=bodies, request_id=ids)
+def test_round_trip(body: p.Body, request_id: bytes) -> None:
+    msg = p.decode(p.encode(body, request_id))
+    assert msg.command == body.command
+    assert msg.request_id == request_id
+    assert msg.body == body
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames=st.lists(st.binary(max_size=200), max_size=6))
+def test_garbage_frames_only_raise_protocol_error(frames: list[bytes]) -> None:
+    try:
+        p.decode(frames)
+    except p.ProtocolError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(cmd=st.integers(0, 255), rid=st.binary(max_size=80), data=st.binary(max_size=300) | json_values.map(msgspec.msgpack.encode))
+def test_garbage_bodies_only_raise_protocol_error(cmd: int, rid: bytes, data: bytes) -> None:
+    try:
+        p.decode([p.header(), bytes([cmd]), rid, data])
+    except p.ProtocolError:
+        pass
+
+
+def test_wrong_version_is_reported_as_such() -> None:
+    frames = p.encode(p.Drain())
+    frames[0] = p.MAGIC + bytes([p.PROTOCOL_VERSION + 1])
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode(frames)
+    assert info.value.reason == "version"
+
+
+def test_oversized_body_is_refused() -> None:
+    frames = p.encode(p.Disconnect(reason="x" * 100))
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode(frames, max_body=10)
+    assert info.value.reason == "oversized"
+
+
+def test_wrong_field_types_and_missing_fields_are_refused() -> None:
+    bad = msgspec.msgpack.encode({"worker_id": 3})
+    with pytest.raises(p.ProtocolError):
+        p.decode([p.header(), bytes([p.Command.READY]), b"", bad])
+    bad = msgspec.msgpack.encode({"program_hash": "not-a-hash"})
+    with pytest.raises(p.ProtocolError):
+        p.decode([p.header(), bytes([p.Command.PROGRAM_GET]), b"", bad])
+
+
+def test_ext_types_and_deep_nesting_are_refused() -> None:
+    ext = msgspec.msgpack.encode({"reason": msgspec.msgpack.Ext(1, b"x")})
+    with pytest.raises(p.ProtocolError):
+        p.decode([p.header(), bytes([p.Command.DISCONNECT]), b"", ext])
+    deep = b"\x81\xa6inputs" + b"\x91" * 100_000 + b"\xc0"
+    with pytest.raises(p.ProtocolError):
+        p.decode([p.header(), bytes([p.Command.REQUEST]), b"", deep])
+
+
+def test_protocol_error_keeps_its_type() -> None:
+    err = error_from_dict(p.ProtocolError("bad", reason="version").to_dict())
+    assert isinstance(err, p.ProtocolError) and err.reason == "version"
