@@ -439,8 +439,10 @@ class Store:
         """Delete ``name@alias``; False if it did not exist."""
 
         def fn(conn: Connection) -> bool:
-            res = conn.execute(aliases.delete().where(aliases.c.name == name, aliases.c.alias == alias))
-            return bool(res.rowcount)
+            gone = conn.execute(
+                aliases.delete().where(aliases.c.name == name, aliases.c.alias == alias).returning(aliases.c.alias)
+            ).all()
+            return bool(gone)
 
         return self._write(fn, f"removing alias {name}@{alias}")
 
@@ -541,8 +543,11 @@ class Store:
         }
 
         def fn(conn: Connection) -> Begun:
-            res = conn.execute(self._insert(executions).values(**values).on_conflict_do_nothing())
-            if res.rowcount == 1:
+            # RETURNING, not rowcount: rowcount is not reliable for ON CONFLICT across drivers.
+            inserted = conn.execute(
+                self._insert(executions).values(**values).on_conflict_do_nothing().returning(executions.c.id)
+            ).all()
+            if inserted:
                 self._history(conn, options.execution_id, options.attempt, None, "running", now)
                 return Begun(execution_id=options.execution_id, attempt=options.attempt)
             cond = executions.c.id == options.execution_id
@@ -564,13 +569,14 @@ class Store:
         if row.status == "interrupted":
             owner = current_owner()
             attempt = row.attempts + 1
-            res = conn.execute(
+            taken = conn.execute(
                 update(executions)
                 .where(executions.c.id == row.id, executions.c.status == "interrupted")
                 .values(status="running", attempts=attempt, started_at=now, finished_at=None, error=None,
                         owner_host=owner.host, owner_pid=owner.pid, owner_marker=owner.marker, updated_at=now)
-            )
-            if res.rowcount == 1:
+                .returning(executions.c.id)
+            ).all()
+            if taken:
                 self._history(conn, row.id, attempt, "interrupted", "running", now, "resumed")
                 return Begun(execution_id=row.id, attempt=attempt)
             return Begun(execution_id=row.id, attempt=row.attempts, in_progress=True)

@@ -1,0 +1,41 @@
+"""Fixtures: every storage test runs on a fresh SQLite file and on a fresh PostgreSQL schema."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sb_storage_helpers import fresh_pg_schema, make_program, postgres_unavailable
+from stepbridge import Program
+from stepbridge.storage import Store
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """An empty database: a SQLite file, or a fresh PostgreSQL schema dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    reason = postgres_unavailable()
+    if reason:
+        pytest.skip(reason)
+    url, drop = fresh_pg_schema()
+    try:
+        yield url
+    finally:
+        drop()
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    s = Store(db_url)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def program() -> Program:
+    return make_program()
