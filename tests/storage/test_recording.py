@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 
 from sb_storage_helpers import SECRET, make_program
 from sqlalchemy import select
-
 from stepbridge import LMError, Program, StepError, StepTrace
 from stepbridge.adapter import RunOptions
 from stepbridge.result import LMCall, RunResult, Usage
@@ -107,7 +106,6 @@ def test_idempotency_key_returns_the_existing_execution(store: Store, program: P
 
 def test_idempotency_key_is_bound_to_its_program(store: Store, program: Program) -> None:
     import pytest
-
     from stepbridge import StorageError
 
     store.begin(program, {"question": "q"}, RunOptions(idempotency_key="k"), "native")

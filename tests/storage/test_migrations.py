@@ -1,0 +1,86 @@
+"""Alembic migrations shipped in the package: empty -> first -> head, and a database from the future."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import inspect, text
+from stepbridge import StorageError
+from stepbridge.storage import Store, upgrade
+from stepbridge.storage.db import MIGRATIONS_DIR, _script, current_revision, head_revision, make_engine
+
+TABLES = {"programs", "program_versions", "aliases", "executions", "execution_steps", "execution_status_history"}
+
+
+def test_migrations_ship_inside_the_package() -> None:
+    import stepbridge.storage
+
+    assert MIGRATIONS_DIR.parent == __import__("pathlib").Path(stepbridge.storage.__file__).resolve().parent
+    assert (MIGRATIONS_DIR / "env.py").exists() and (MIGRATIONS_DIR / "script.py.mako").exists()
+    revisions = list(_script().walk_revisions())
+    assert revisions and revisions[-1].down_revision is None
+
+
+def test_empty_to_first_to_head(db_url: str) -> None:
+    first = list(_script().walk_revisions())[-1].revision
+    engine = make_engine(db_url)
+    try:
+        assert current_revision(engine) is None
+        assert upgrade(db_url, target=first) == first
+        assert current_revision(engine) == first
+        assert upgrade(db_url) == head_revision()
+        assert current_revision(engine) == head_revision()
+        assert set(inspect(engine).get_table_names()) >= TABLES
+        assert upgrade(db_url) == head_revision()  # idempotent
+    finally:
+        engine.dispose()
+
+
+def test_first_use_migrates(db_url: str) -> None:
+    with Store(db_url) as store:
+        assert store.revision == head_revision()
+        assert store.list_programs() == []
+
+
+def test_database_newer_than_code(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+    engine.dispose()
+    for attempt in (lambda: Store(db_url), lambda: upgrade(db_url), lambda: Store(db_url, migrate=False)):
+        with pytest.raises(StorageError, match="newer stepbridge") as info:
+            attempt()
+        assert "9999_from_the_future" in str(info.value)
+
+
+def test_migrate_false_requires_head(db_url: str) -> None:
+    with pytest.raises(StorageError, match="stepbridge db upgrade"):
+        Store(db_url, migrate=False)
+    upgrade(db_url)
+    Store(db_url, migrate=False).close()
+
+
+def test_sqlite_settings(tmp_path: object) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    with Store(url) as store, store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
+
+
+def test_default_url_and_normalisation(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    from stepbridge.storage.db import default_url, normalise_url
+
+    monkeypatch.delenv("STEPBRIDGE_DATABASE_URL", raising=False)
+    monkeypatch.setenv("STEPBRIDGE_HOME", str(tmp_path))
+    assert default_url() == f"sqlite:///{tmp_path}/stepbridge.db"
+    monkeypatch.setenv("STEPBRIDGE_DATABASE_URL", "postgres://u@h/db")
+    assert normalise_url(default_url()) == "postgresql+psycopg://u@h/db"
+    assert normalise_url("postgresql://u:pw@h/db") == "postgresql+psycopg://u:pw@h/db"
+    assert normalise_url("/tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+def test_unreachable_database_is_a_storage_error() -> None:
+    with pytest.raises(StorageError) as info:
+        Store("postgresql://user:hunter2secret@127.0.0.1:1/none?connect_timeout=2")
+    assert "hunter2secret" not in str(info.value)
