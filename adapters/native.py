@@ -36,7 +36,7 @@ from stepbridge.program import (
     ToolModule,
 )
 from stepbridge.references import parse_value, resolve
-from stepbridge.result import LMCall, RunResult, StepTrace, Usage
+from stepbridge.result import LMCall, RunResult, StepTrace, Usage, fast_construct
 
 __all__ = ["NativeAdapter"]
 
@@ -64,6 +64,7 @@ class _LMRunner:
         self.signature = signature
         self.demos = list(module.demos)
         self._prompts: dict[str, Prompt] = {}
+        self._resolved: tuple[Any, str, LMProfile] | None = None  # the LM when the run does not override it
 
     def prompt(self, mode: str) -> Prompt:
         prompt = self._prompts.get(mode)
@@ -72,8 +73,14 @@ class _LMRunner:
         return prompt
 
     async def __call__(self, args: dict[str, Any], ctx: _Context, calls: list[LMCall]) -> dict[str, Any]:
-        config = self.lm_config.merged(ctx.lm_override)
-        client, model, profile = self.adapter.lm.resolve(config)
+        if ctx.lm_override is None:
+            config = self.lm_config
+            if self._resolved is None:
+                self._resolved = self.adapter.lm.resolve(config)
+            client, model, profile = self._resolved
+        else:
+            config = self.lm_config.merged(ctx.lm_override)
+            client, model, profile = self.adapter.lm.resolve(config)
         mode = config.adapter or "chat"
         prompt = self.prompt(mode)
         try:
@@ -98,18 +105,21 @@ class _LMRunner:
         try:
             response = await client.complete(request)
         except LMError as exc:
-            calls.append(LMCall(model=model, messages=messages, error=exc.to_dict()))
+            calls.append(_call(model=model, messages=messages, error=exc.to_dict()))
             raise
-        call = LMCall(model=model, messages=messages, response=response.text, usage=response.usage,
-                      latency_ms=response.latency_ms, cached=response.cached)
-        calls.append(call)
         ctx.usage.add(response.usage)
-        ctx.usage.lm_calls += 1
+        ctx.usage.__dict__["lm_calls"] += 1
         try:
-            return prompt.parse(response.text)
+            parsed = prompt.parse(response.text)
         except LMParseError as exc:
-            call.error = exc.to_dict()
+            calls.append(_call(model=model, messages=messages, response=response.text,
+                                                usage=response.usage, latency_ms=response.latency_ms,
+                                                cached=response.cached, error=exc.to_dict()))
             raise
+        calls.append(_call(model=model, messages=messages, response=response.text,
+                                            usage=response.usage, latency_ms=response.latency_ms,
+                                            cached=response.cached))
+        return parsed
 
 
 class _RetrieveRunner:
@@ -227,74 +237,69 @@ class NativeAdapter:
         except TimeoutError:
             raise RunTimeoutError(f"run exceeded its timeout of {options.timeout}s", timeout=options.timeout,
                                   trace=ctx.trace) from None
-        return RunResult(
-            outputs=outputs,
-            trace=ctx.trace,
-            usage=ctx.usage,
-            backend=self.name,
-            program_hash=program.content_hash,
-            execution_id=options.execution_id,
-            duration_ms=(time.perf_counter() - start) * 1000,
-            attempts=options.attempt,
-        )
+        return fast_construct(RunResult, {
+            "outputs": outputs, "trace": ctx.trace, "usage": ctx.usage, "backend": self.name,
+            "program_hash": program.content_hash, "execution_id": options.execution_id,
+            "duration_ms": (time.perf_counter() - start) * 1000, "attempts": options.attempt, "worker": None})
 
     async def _execute(self, plan: _Plan, inputs: dict[str, Any], ctx: _Context) -> dict[str, Any]:
         scope: dict[str, Any] = {"inputs": inputs}
+        trace = ctx.trace
         for step in plan.steps:
             if step.kind == "return":
                 outputs = resolve(step.args, scope)
-                ctx.trace.append(StepTrace(step=step.index, kind="return", inputs=outputs, outputs=outputs))
+                trace.append(_record(step=step.index, kind="return", inputs=outputs, outputs=outputs))
                 return outputs  # type: ignore[no-any-return]
             began = time.perf_counter()
-            record = StepTrace(step=step.index, kind=step.kind, module=step.module, module_type=step.module_type)
-            ctx.trace.append(record)
+            calls: list[LMCall] = []
+            children: list[StepTrace] = []
+            args: dict[str, Any] = {}
             try:
                 if step.kind == "call":
                     args = resolve(step.args, scope)
-                    record.inputs = args
-                    result: Any = await step.runner(args, ctx, record.lm_calls)
+                    result: Any = await step.runner(args, ctx, calls)
                 else:
-                    result = await self._map(step, scope, ctx, record)
-            except asyncio.CancelledError:
-                record.error = {"type": "RunCancelledError", "message": "cancelled"}
-                record.duration_ms = (time.perf_counter() - began) * 1000
-                raise
-            except StepError:
-                raise
-            except Exception as exc:
-                record.duration_ms = (time.perf_counter() - began) * 1000
-                raise _step_error(exc, step, ctx) from exc
-            record.outputs = result
-            record.duration_ms = (time.perf_counter() - began) * 1000
+                    args = {"over": resolve(step.over, scope)}
+                    result = await self._map(step, args["over"], scope, ctx, children)
+            except BaseException as exc:
+                error = _as_typed(exc) if not isinstance(exc, asyncio.CancelledError) else None
+                trace.append(_record(
+                    step=step.index, kind=step.kind, module=step.module, module_type=step.module_type, inputs=args,
+                    lm_calls=calls, children=children, duration_ms=(time.perf_counter() - began) * 1000,
+                    error=error.to_dict() if error else {"type": "RunCancelledError", "message": "cancelled"}))
+                if error is None or isinstance(exc, StepError):
+                    raise
+                raise StepError(f"step {step.index} ({step.kind} {step.module!r}) failed: {error.message}",
+                                step=step.index, module=step.module, cause=error, trace=trace) from exc
+            trace.append(_record(
+                step=step.index, kind=step.kind, module=step.module, module_type=step.module_type, inputs=args,
+                outputs=result, lm_calls=calls, children=children, duration_ms=(time.perf_counter() - began) * 1000))
             if step.name is not None:
                 scope[step.name] = result
         raise AssertionError("validated programs end with a return step")
 
-    async def _map(self, step: _Step, scope: dict[str, Any], ctx: _Context, record: StepTrace) -> list[Any]:
-        items = resolve(step.over, scope)
-        record.inputs = {"over": items}
+    async def _map(self, step: _Step, items: list[Any], scope: dict[str, Any], ctx: _Context,
+                   children: list[StepTrace]) -> list[Any]:
         limit = asyncio.Semaphore(step.concurrency)
-        children: list[StepTrace] = [
-            StepTrace(step=step.index, kind="call", module=step.module, module_type=step.module_type)
-            for _ in items
-        ]
-        record.children = children
+        records: list[StepTrace | None] = [None] * len(items)
 
         async def one(position: int, element: Any) -> Any:
-            child = children[position]
             async with limit:
                 began = time.perf_counter()
+                calls: list[LMCall] = []
                 args = resolve(step.args, {**scope, step.item: element})
-                child.inputs = args
+                out: Any = None
+                error: dict[str, Any] | None = None
                 try:
-                    out = await step.runner(args, ctx, child.lm_calls)
+                    out = await step.runner(args, ctx, calls)
+                    return out
                 except Exception as exc:
-                    child.error = _as_typed(exc).to_dict()
+                    error = _as_typed(exc).to_dict()
                     raise
                 finally:
-                    child.duration_ms = (time.perf_counter() - began) * 1000
-                child.outputs = out
-                return out
+                    records[position] = _record(
+                        step=step.index, kind="call", module=step.module, module_type=step.module_type, inputs=args,
+                        outputs=out, lm_calls=calls, duration_ms=(time.perf_counter() - began) * 1000, error=error)
 
         tasks = [asyncio.ensure_future(one(i, e)) for i, e in enumerate(items)]
         try:
@@ -304,6 +309,8 @@ class NativeAdapter:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        finally:
+            children.extend(r for r in records if r is not None)
 
     async def aclose(self) -> None:
         await self.lm.aclose()
@@ -315,9 +322,20 @@ def _as_typed(exc: BaseException) -> StepbridgeError:
     return StepbridgeError(f"{type(exc).__name__}: {exc}")
 
 
-def _step_error(exc: BaseException, step: _Step, ctx: _Context) -> StepError:
-    cause = _as_typed(exc)
-    error = StepError(f"step {step.index} ({step.kind} {step.module!r}) failed: {cause.message}",
-                      step=step.index, module=step.module, cause=cause, trace=ctx.trace)
-    ctx.trace[-1].error = cause.to_dict()
-    return error
+def _record(*, step: int, kind: str, module: str | None = None, module_type: str | None = None,
+            inputs: Any = None, outputs: Any = None, lm_calls: list[LMCall] | None = None,
+            children: list[StepTrace] | None = None, duration_ms: float = 0.0,
+            error: dict[str, Any] | None = None) -> StepTrace:
+    # model_construct with every field given: no validation and no default factories on the hot path
+    return fast_construct(StepTrace, {
+        "step": step, "kind": kind, "module": module, "module_type": module_type,
+        "inputs": inputs if inputs is not None else {}, "outputs": outputs,
+        "lm_calls": lm_calls if lm_calls is not None else [], "children": children if children is not None else [],
+        "duration_ms": duration_ms, "error": error})
+
+
+def _call(*, model: str, messages: list[dict[str, Any]], response: str | None = None,
+          usage: dict[str, Any] | None = None, latency_ms: float = 0.0, cached: bool = False,
+          error: dict[str, Any] | None = None) -> LMCall:
+    return fast_construct(LMCall, {"model": model, "messages": messages, "response": response, "usage": usage or {},
+                                   "latency_ms": latency_ms, "cached": cached, "error": error})

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -221,7 +222,6 @@ class Program(_Strict):
 
     _base_dir: Path | None = PrivateAttr(default=None)
     _lines: dict[str, int] = PrivateAttr(default_factory=dict)
-    _hash: str | None = PrivateAttr(default=None)
 
     @field_validator("modules")
     @classmethod
@@ -231,6 +231,7 @@ class Program(_Strict):
                 raise ValueError(f"invalid module name {name!r} (letters, digits and _; not starting with a digit)")
         return value
 
+    @cached_property
     def required_capabilities(self) -> frozenset[str]:
         """Adapter capabilities this program needs (checked by the core before any run)."""
         needs: set[str] = set()
@@ -258,12 +259,10 @@ class Program(_Strict):
                 data["modules"][name]["signature"] = sig.canonical()
         return data
 
-    @property
+    @cached_property
     def content_hash(self) -> str:
         """sha256 of the canonical JSON: the program's identity in storage, on the wire, in caches."""
-        if self._hash is None:
-            self._hash = hashlib.sha256(canonical_json(self.canonical()).encode("utf-8")).hexdigest()
-        return self._hash
+        return hashlib.sha256(canonical_json(self.canonical()).encode("utf-8")).hexdigest()
 
     @property
     def base_dir(self) -> Path:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["LMCall", "RunResult", "StepTrace", "Usage"]
+__all__ = ["LMCall", "RunResult", "StepTrace", "Usage", "fast_construct"]
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class Usage(BaseModel):
@@ -20,13 +22,15 @@ class Usage(BaseModel):
     lm_calls: int = 0
 
     def add(self, other: Usage | dict[str, Any] | None) -> None:
+        """Add token counts (an LM response's ``usage`` dict, or another Usage)."""
         if other is None:
             return
-        data = other if isinstance(other, dict) else other.model_dump()
-        self.prompt_tokens += int(data.get("prompt_tokens") or 0)
-        self.completion_tokens += int(data.get("completion_tokens") or 0)
-        self.total_tokens += int(data.get("total_tokens") or 0)
-        self.lm_calls += int(data.get("lm_calls") or 0)
+        data = other if isinstance(other, dict) else other.__dict__
+        d = self.__dict__  # plain int bumps: this runs once per LM call on the hot path
+        d["prompt_tokens"] += int(data.get("prompt_tokens") or 0)
+        d["completion_tokens"] += int(data.get("completion_tokens") or 0)
+        d["total_tokens"] += int(data.get("total_tokens") or 0)
+        d["lm_calls"] += int(data.get("lm_calls") or 0)
 
 
 class LMCall(BaseModel):
@@ -72,3 +76,18 @@ class RunResult(BaseModel):
     def step_sequence(self) -> list[tuple[int, str, str | None]]:
         """(index, kind, module) per step: what equivalence across adapters compares."""
         return [(s.step, s.kind, s.module) for s in self.trace]
+
+
+def fast_construct(cls: type[_M], values: dict[str, Any]) -> _M:
+    """Build a model from already-valid values with *every* field given, skipping validation.
+
+    ``model_construct`` does the same but walks the fields and their defaults on each call, which
+    shows up in the native executor's per-step overhead. ``tests/test_result.py`` checks that
+    objects built this way equal validated ones.
+    """
+    obj = object.__new__(cls)
+    object.__setattr__(obj, "__dict__", values)
+    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
+    object.__setattr__(obj, "__pydantic_extra__", None)
+    object.__setattr__(obj, "__pydantic_private__", None)
+    return obj

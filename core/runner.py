@@ -48,10 +48,10 @@ class BatchItem:
 
 def load(program: ProgramLike, *, store: Any = None) -> Program:
     """A validated program from a Program, a file path, or a stored reference (``name@alias``, hash)."""
-    from .loader import load_program
-
     if isinstance(program, Program):
         return program
+    from .loader import load_program
+
     text = str(program)
     if isinstance(program, Path) or text.endswith((".yaml", ".yml", ".json")) or "/" in text:
         return load_program(Path(text))  # type: ignore[no-any-return]
@@ -87,7 +87,7 @@ class Runner:
 
     def check(self, program: Program) -> None:
         """Raise :class:`UnsupportedCapabilityError` if the adapter lacks what the program needs."""
-        missing = program.required_capabilities() - self.adapter.capabilities
+        missing = program.required_capabilities - self.adapter.capabilities
         if missing:
             cap = sorted(missing)[0]
             raise UnsupportedCapabilityError(

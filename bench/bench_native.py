@@ -1,0 +1,85 @@
+"""Native per-call overhead vs ``dspy.Predict`` with DSPy's DummyLM, same run (target: >= 10x less).
+
+Both sides use an instant in-process LM that returns a canned, correctly formatted answer, so the
+figure is pure framework overhead: formatting, parsing, tracing, bookkeeping.
+
+    python bench/bench_native.py [--calls 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import stepbridge as sb  # noqa: E402
+from stepbridge.adapters.native import NativeAdapter  # noqa: E402
+from stepbridge.lm import InProcessLMClient, LMPool  # noqa: E402
+
+CANNED = "[[ ## answer ## ]]\nParis\n\n[[ ## completed ## ]]"
+PROGRAM = {
+    "stepbridge": 1, "name": "qa", "signature": "question -> answer",
+    "modules": {"qa": {"type": "predict", "signature": "question -> answer"}},
+    "steps": [{"call": "qa", "with": {"question": "$inputs.question"}, "as": "r"}, {"return": {"answer": "$r.answer"}}],
+}
+
+
+class InstantLM:
+    def complete(self, messages: list[dict[str, str]], *, response_format: object = None) -> str:
+        return CANNED
+
+
+def bench_native(calls: int) -> float:
+    pool = LMPool(profiles={})
+    pool._clients["reference"] = InProcessLMClient(InstantLM())
+    program = sb.load_program(PROGRAM)
+
+    async def go() -> float:
+        async with sb.Runner(NativeAdapter(lm=pool)) as runner:
+            for _ in range(200):
+                await runner.run(program, {"question": "What is the capital of France?"})
+            start = time.perf_counter()
+            for _ in range(calls):
+                result = await runner.run(program, {"question": "What is the capital of France?"})
+            elapsed = time.perf_counter() - start
+            assert result.outputs == {"answer": "Paris"}
+            return elapsed / calls
+
+    return asyncio.run(go())
+
+
+def bench_dspy(calls: int) -> float:
+    import dspy
+    from dspy.utils.dummies import DummyLM
+
+    lm = DummyLM([{"answer": "Paris"}] * (calls + 200))
+    predict = dspy.Predict("question -> answer")
+    with dspy.context(lm=lm):
+        for _ in range(200):
+            predict(question="What is the capital of France?")
+        start = time.perf_counter()
+        for _ in range(calls):
+            out = predict(question="What is the capital of France?")
+        elapsed = time.perf_counter() - start
+    assert out.answer == "Paris"
+    return elapsed / calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    native = statistics.median(bench_native(args.calls) for _ in range(args.repeats))
+    dspy_t = statistics.median(bench_dspy(args.calls) for _ in range(args.repeats))
+    print(f"native executor, per call : {native * 1e6:8.1f} us")
+    print(f"dspy.Predict + DummyLM    : {dspy_t * 1e6:8.1f} us")
+    print(f"ratio (dspy / native)     : {dspy_t / native:8.1f}x   (target >= 10x)")
+
+
+if __name__ == "__main__":
+    main()
