@@ -1,0 +1,683 @@
+"""The DSPy adapter: a program becomes a real ``dspy.Module`` and runs on ``dspy.LM``.
+
+``prepare(program)`` builds a :class:`ProgramModule` — a ``dspy.Module`` whose sub-modules are
+real ``dspy.Predict`` / ``dspy.ChainOfThought`` objects named after the program's modules (so
+``named_predictors()`` and DSPy's optimizers see them, with their instructions and demos), plus
+small DSPy modules for retrieval and tools (calling the same implementations as the native
+executor) and registered DSPy modules (``dspy`` type, loaded from their JSON state). Its
+``forward`` / ``aforward`` interpret the program's steps, so it runs under plain DSPy too.
+
+Runs
+----
+* **LM.** The effective LM config (program < module < run) is resolved against the operator's LM
+  profiles exactly like the native executor (:func:`stepbridge.lm.resolve_profile`) and becomes a
+  ``dspy.LM("openai/<model>", api_base=profile.base_url, api_key=$<api_key_env>, temperature,
+  max_tokens, num_retries, timeout, cache=False)``. Every profile endpoint is OpenAI-compatible, so
+  the model is always addressed through DSPy's ``openai/`` provider: the request goes to the
+  operator's endpoint and never to a provider a program file names.
+* **No profile configured.** The native executor calls the reference model in-process; DSPy needs
+  an HTTP endpoint, so the adapter starts the reference LM server (:mod:`stepbridge.reference_lm`)
+  on a free loopback port in a background thread it owns, on first use, and stops it in
+  :meth:`DSPyAdapter.aclose`.
+* **Isolation.** Each module call runs inside ``dspy.context(lm=..., adapter=...)`` (context
+  variables: per thread and per asyncio task), never ``dspy.configure``; the LM is a
+  ``dspy.LM.copy()`` made for that call (copies share connection pools but not history or
+  callbacks), so concurrent runs from threads or tasks never see each other's settings or calls.
+* **Async.** Predict / ChainOfThought / retrieve / tool steps use DSPy's async path (``acall``);
+  a registered DSPy module without its own ``aforward`` runs in a bounded thread pool (the
+  context is copied into the thread).
+* **Trace.** Each LM call comes from the per-call LM's history (messages, raw response, usage)
+  plus a callback for latency and failed calls; the trace has the native executor's shape.
+* **Cache.** DSPy's response cache is off by default (a cache hit would make a run silently
+  differ); ``DSPyAdapter(cache=True)`` or ``RunOptions(cache=True)`` turn it on.
+* **Wire.** DSPy 3.4's default LM engine (``engine="auto"``, i.e. lm15 for OpenAI-compatible
+  chat) is used, because that is what the same program written directly in DSPy sends. Its chat
+  messages are byte-identical to the native executor's. The rest of the request body differs:
+  lm15 sends ``max_completion_tokens`` where the native client and litellm send ``max_tokens``,
+  and for JSON-adapter modules against an endpoint DSPy knows nothing about it sends no
+  ``response_format`` (litellm sends ``{"type": "json_object"}``; the native client sends a
+  strict JSON schema). ``DSPyAdapter(engine="litellm")`` selects litellm instead.
+
+Offline: ``LITELLM_LOCAL_MODEL_COST_MAP=True`` (litellm would fetch a cost map on first use) and a
+DSPy cache directory under the user's cache folder are set (unless already set) before DSPy is
+imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _offline_environment() -> None:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    if "DSPY_CACHEDIR" not in os.environ:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        os.environ["DSPY_CACHEDIR"] = str(base / "stepbridge" / "dspy")
+
+
+_offline_environment()
+
+import dspy  # noqa: E402
+from dspy.utils.callback import BaseCallback  # noqa: E402
+
+from stepbridge.adapter import RunOptions  # noqa: E402
+from stepbridge.errors import (  # noqa: E402
+    LMError,
+    LMParseError,
+    RunTimeoutError,
+    StepbridgeError,
+    StepError,
+    UnsupportedCapabilityError,
+    register_secret,
+)
+from stepbridge.formats import to_dspy_signature  # noqa: E402
+from stepbridge.lm import LMPool, LMProfile, load_profiles, resolve_profile  # noqa: E402
+from stepbridge.program import (  # noqa: E402
+    CallStep,
+    ChainOfThoughtModule,
+    DspyModule,
+    LMConfig,
+    PredictModule,
+    Program,
+    RetrieveModule,
+    ReturnStep,
+    ToolModule,
+)
+from stepbridge.references import parse_value, resolve  # noqa: E402
+from stepbridge.result import LMCall, RunResult, StepTrace, Usage  # noqa: E402
+
+__all__ = [
+    "DSPyAdapter",
+    "ProgramModule",
+    "build_module",
+    "sanitize_state",
+    "to_typed_error",
+]
+
+DEFAULT_MAP_CONCURRENCY = 16
+DEFAULT_THREADS = 32
+#: Keys of a ``dspy.Predict`` state that may be loaded from a program (no ``lm``: endpoints and
+#: models never come from a program file; nothing else is ``setattr`` onto the predictor).
+PREDICT_STATE_KEYS = ("traces", "train", "demos", "signature", "fields")
+
+
+# ================================================================================================
+# Sub-modules for the non-LM module types
+# ================================================================================================
+class RetrieveStep(dspy.Module):
+    """A program ``retrieve`` module as a DSPy module (the same BM25/plug-in retriever as native)."""
+
+    def __init__(self, spec: RetrieveModule, base_dir: Path):
+        super().__init__()
+        self.spec = spec
+        self.base_dir = base_dir
+
+    def _search(self, query: Any) -> dict[str, Any]:
+        from stepbridge.retrieve import make_retriever
+
+        # make_retriever caches the index per process and corpus version.
+        return make_retriever(self.spec.retriever, self.base_dir).search(str(query), self.spec.k).as_outputs()
+
+    def forward(self, query: Any) -> dspy.Prediction:
+        return dspy.Prediction(**self._search(query))
+
+    async def aforward(self, query: Any) -> dspy.Prediction:
+        return dspy.Prediction(**self._search(query))
+
+
+class ToolStep(dspy.Module):
+    """A registered tool as a DSPy module (the same tool registry as native)."""
+
+    def __init__(self, spec: ToolModule):
+        super().__init__()
+        from stepbridge.registry import tools
+
+        self.tool_name = spec.tool
+        tool = tools.get(spec.tool)
+        self.outputs = list((spec.signature or tool.signature).outputs)
+
+    def _tool(self) -> Any:
+        from stepbridge.registry import tools
+
+        return tools.get(self.tool_name)
+
+    def _shape(self, value: Any) -> dspy.Prediction:
+        if isinstance(value, dict) and set(self.outputs) <= set(value):
+            return dspy.Prediction(**{k: value[k] for k in self.outputs})
+        if len(self.outputs) == 1:
+            return dspy.Prediction(**{self.outputs[0]: value})
+        raise TypeError(f"tool {self.tool_name!r} returned {type(value).__name__}; expected a dict with "
+                        f"{', '.join(self.outputs)}")
+
+    def forward(self, **kwargs: Any) -> dspy.Prediction:
+        tool = self._tool()
+        value = asyncio.run(tool.func(**kwargs)) if tool.is_async else tool.func(**kwargs)
+        return self._shape(value)
+
+    async def aforward(self, **kwargs: Any) -> dspy.Prediction:
+        tool = self._tool()
+        if tool.is_async:
+            value = await tool.func(**kwargs)
+        else:
+            value = await asyncio.to_thread(tool.func, **kwargs)
+        return self._shape(value)
+
+
+def sanitize_state(state: Any) -> Any:
+    """A DSPy module state safe to load from a program: each predictor's ``lm`` is dropped (set to
+    None) and only the known predictor keys are kept. Non-predictor entries are left as they are."""
+    if not isinstance(state, dict):
+        raise TypeError("a DSPy module state must be a JSON object")
+    clean: dict[str, Any] = {}
+    for name, value in state.items():
+        if name == "metadata":
+            continue
+        if isinstance(value, dict) and "signature" in value and "demos" in value:
+            entry = {k: value[k] for k in PREDICT_STATE_KEYS if k in value}
+            entry["lm"] = None
+            clean[name] = entry
+        else:
+            clean[name] = value
+    return clean
+
+
+def _registered_module(spec: DspyModule) -> Any:
+    from stepbridge.registry import dspy_modules
+
+    try:
+        factory = dspy_modules.get(spec.module)
+    except KeyError as exc:
+        raise UnsupportedCapabilityError(str(exc.args[0]), capability="dspy_modules", adapter="dspy") from None
+    instance = factory() if callable(factory) and not isinstance(factory, dspy.Module) else factory
+    if isinstance(factory, dspy.Module):
+        instance = factory.deepcopy()
+    if not isinstance(instance, dspy.Module):
+        raise UnsupportedCapabilityError(
+            f"DSPy module {spec.module!r} is registered as {type(instance).__name__}, not a dspy.Module "
+            "(or a factory returning one)", capability="dspy_modules", adapter="dspy")
+    if spec.state:
+        instance.load_state(sanitize_state(spec.state))
+    return instance
+
+
+def _lm_submodule(module: PredictModule | ChainOfThoughtModule) -> dspy.Module:
+    signature = to_dspy_signature(module.effective_signature)
+    demos = [dspy.Example(**demo) for demo in module.demos]
+    if isinstance(module, ChainOfThoughtModule):
+        cot = dspy.ChainOfThought(signature)
+        cot.predict.demos = demos
+        return cot
+    predict = dspy.Predict(signature)
+    predict.demos = demos
+    return predict
+
+
+# ================================================================================================
+# The program as a dspy.Module
+# ================================================================================================
+@dataclass
+class _PlanStep:
+    index: int
+    kind: str  # call | map | return
+    module: str | None = None
+    module_type: str | None = None
+    args: Any = None
+    over: Any = None
+    item: str = "item"
+    name: str | None = None
+    concurrency: int | None = None
+
+
+def _plan(program: Program) -> list[_PlanStep]:
+    steps: list[_PlanStep] = []
+    for index, step in enumerate(program.steps):
+        if isinstance(step, ReturnStep):
+            steps.append(_PlanStep(index, "return", args=parse_value(step.return_)))
+        elif isinstance(step, CallStep):
+            steps.append(_PlanStep(index, "call", step.call, program.modules[step.call].type,
+                                   parse_value(step.with_), name=step.as_))
+        else:
+            steps.append(_PlanStep(index, "map", step.map, program.modules[step.map].type,
+                                   parse_value(step.with_), over=parse_value(step.over), item=step.item,
+                                   name=step.as_, concurrency=step.concurrency))
+    return steps
+
+
+def _outputs_of(module: Any) -> list[str]:
+    sig = getattr(module, "effective_signature", None) or getattr(module, "signature", None)
+    return list(sig.outputs) if sig is not None else []
+
+
+def _prediction_outputs(prediction: Any, names: list[str]) -> dict[str, Any]:
+    if isinstance(prediction, dict):
+        return {k: prediction[k] for k in names}
+    return {k: prediction[k] if hasattr(prediction, "__getitem__") else getattr(prediction, k) for k in names}
+
+
+class ProgramModule(dspy.Module):
+    """A stepbridge program as a real ``dspy.Module``.
+
+    Each program module is an attribute of the same name (``dspy.Predict``, ``dspy.ChainOfThought``,
+    :class:`RetrieveStep`, :class:`ToolStep` or the registered DSPy module), so DSPy's optimizers see
+    and tune its predictors; ``forward`` / ``aforward`` interpret the program's steps with plain
+    DSPy calls (under whatever LM and adapter DSPy is configured with).
+    """
+
+    def __init__(self, program: Program):
+        super().__init__()
+        reserved = {n for n in dir(type(self)) if not n.startswith("__")} | {"callbacks", "history"}
+        for name, module in program.modules.items():
+            if name in reserved or name.startswith("_sb"):
+                raise UnsupportedCapabilityError(
+                    f"module name {name!r} clashes with a dspy.Module attribute; rename it to run on DSPy",
+                    adapter="dspy")
+            sub: dspy.Module
+            if isinstance(module, PredictModule | ChainOfThoughtModule):
+                sub = _lm_submodule(module)
+            elif isinstance(module, RetrieveModule):
+                sub = RetrieveStep(module, program.base_dir)
+            elif isinstance(module, ToolModule):
+                sub = ToolStep(module)
+            else:
+                sub = _registered_module(module)
+            setattr(self, name, sub)
+        self._sb_program = program
+        self._sb_plan = _plan(program)
+        self._sb_outputs = {name: _outputs_of(m) for name, m in program.modules.items()}
+
+    @property
+    def program(self) -> Program:
+        return self._sb_program
+
+    def program_modules(self) -> dict[str, dspy.Module]:
+        """Program module name -> its DSPy sub-module."""
+        return {name: getattr(self, name) for name in self._sb_program.modules}
+
+    # -- plain DSPy execution (optimizers, users) ------------------------------------------------
+    def forward(self, **inputs: Any) -> dspy.Prediction:
+        scope: dict[str, Any] = {"inputs": inputs}
+        for step in self._sb_plan:
+            if step.kind == "return":
+                return dspy.Prediction(**resolve(step.args, scope))
+            assert step.module is not None
+            sub = getattr(self, step.module)
+            names = self._sb_outputs[step.module]
+            result: Any
+            if step.kind == "call":
+                result = _prediction_outputs(sub(**resolve(step.args, scope)), names)
+            else:
+                result = [
+                    _prediction_outputs(sub(**resolve(step.args, {**scope, step.item: element})), names)
+                    for element in resolve(step.over, scope)
+                ]
+            if step.name is not None:
+                scope[step.name] = result
+        raise AssertionError("validated programs end with a return step")
+
+    async def aforward(self, **inputs: Any) -> dspy.Prediction:
+        scope: dict[str, Any] = {"inputs": inputs}
+        for step in self._sb_plan:
+            if step.kind == "return":
+                return dspy.Prediction(**resolve(step.args, scope))
+            assert step.module is not None
+            sub = getattr(self, step.module)
+            names = self._sb_outputs[step.module]
+            result: Any
+            if step.kind == "call":
+                result = _prediction_outputs(await _acall(sub, resolve(step.args, scope)), names)
+            else:
+                items = resolve(step.over, scope)
+                preds = await asyncio.gather(*(
+                    _acall(sub, resolve(step.args, {**scope, step.item: element})) for element in items))
+                result = [_prediction_outputs(p, names) for p in preds]
+            if step.name is not None:
+                scope[step.name] = result
+        raise AssertionError("validated programs end with a return step")
+
+
+def _has_aforward(module: Any) -> bool:
+    return getattr(type(module), "aforward", None) is not None
+
+
+async def _acall(module: Any, args: dict[str, Any], pool: ThreadPoolExecutor | None = None) -> Any:
+    """DSPy's async path when the module has one; otherwise the sync call in a worker thread with
+    the current context (DSPy settings overrides live in context variables)."""
+    if _has_aforward(module):
+        return await module.acall(**args)
+    ctx = contextvars.copy_context()
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(pool, functools.partial(ctx.run, module, **args))
+
+
+def build_module(program: Program) -> ProgramModule:
+    """The program as a ``dspy.Module`` (see :class:`ProgramModule`)."""
+    return ProgramModule(program)
+
+
+# ================================================================================================
+# Errors and trace
+# ================================================================================================
+def to_typed_error(exc: BaseException) -> StepbridgeError:
+    """A DSPy / LM / Python exception as stepbridge's typed error."""
+    if isinstance(exc, StepbridgeError):
+        return exc
+    from dspy.utils.exceptions import AdapterParseError
+    from dspy.utils.exceptions import LMError as DSPyLMError
+    from dspy.utils.exceptions import is_retryable_lm_error
+
+    if isinstance(exc, AdapterParseError):
+        return LMParseError(f"the LM reply did not match the signature ({exc.adapter_name}): "
+                            f"{str(exc).splitlines()[0]}", response=str(exc.lm_response))
+    if isinstance(exc, DSPyLMError):
+        return LMError(f"{type(exc).__name__}: {exc}", status=exc.status, retriable=is_retryable_lm_error(exc))
+    return StepbridgeError(f"{type(exc).__name__}: {exc}")
+
+
+class _CallRecorder(BaseCallback):
+    """Latency and failures of the LM calls of one module call (the LM copy's history has the rest)."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, tuple[float, Any]] = {}
+        self.ends: list[tuple[float, Any, BaseException | None]] = []
+
+    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        self._started[call_id] = (time.perf_counter(), inputs.get("messages"))
+
+    def on_lm_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
+        began, messages = self._started.pop(call_id, (time.perf_counter(), None))
+        self.ends.append(((time.perf_counter() - began) * 1000, messages, exception))
+
+    def calls(self, lm: Any, model: str) -> list[LMCall]:
+        history = list(getattr(lm, "history", ()))
+        out: list[LMCall] = []
+        for latency, messages, exception in self.ends:
+            if exception is not None:
+                out.append(LMCall(model=model, messages=_plain_messages(messages), latency_ms=latency,
+                                  error=to_typed_error(exception).to_dict()))
+                continue
+            entry = history.pop(0) if history else {}
+            out.append(LMCall(
+                model=model,
+                messages=_plain_messages(entry.get("messages") or messages),
+                response=_response_text(entry),
+                usage={k: v for k, v in dict(entry.get("usage") or {}).items() if v is not None},
+                latency_ms=latency,
+                cached=bool(getattr(entry.get("response"), "cache_hit", False)),
+            ))
+        return out
+
+
+def _plain_messages(messages: Any) -> list[dict[str, Any]]:
+    if not isinstance(messages, list):
+        return []
+    return [dict(m) if isinstance(m, dict) else {"content": str(m)} for m in messages]
+
+
+def _response_text(entry: dict[str, Any]) -> str | None:
+    response = entry.get("response")
+    text = getattr(response, "text", None)
+    if isinstance(text, str):
+        return text
+    outputs = entry.get("outputs") or []
+    if outputs:
+        first = outputs[0]
+        return first if isinstance(first, str) else str(first.get("text") if isinstance(first, dict) else first)
+    return None
+
+
+# ================================================================================================
+# The adapter
+# ================================================================================================
+class _Context:
+    __slots__ = ("cache", "lm_override", "trace", "usage")
+
+    def __init__(self, options: RunOptions):
+        self.lm_override = options.lm
+        self.cache = options.cache
+        self.trace: list[StepTrace] = []
+        self.usage = Usage()
+
+
+@dataclass
+class _Prepared:
+    program: Program
+    module: ProgramModule
+    lm_configs: dict[str, LMConfig] = field(default_factory=dict)
+
+
+class DSPyAdapter:
+    """Runs programs as real ``dspy.Module`` objects on ``dspy.LM`` (see the module docstring)."""
+
+    name = "dspy"
+    capabilities = frozenset({
+        "async", "batch", "map", "retrieve", "tools", "dspy_modules", "lm_trace", "timeout", "cancel",
+        "rehydrate", "json_adapter",
+    })
+
+    def __init__(self, *, lm: LMPool | None = None, profiles: dict[str, LMProfile] | None = None,
+                 cache: bool | None = None, engine: str = "auto", map_concurrency: int = DEFAULT_MAP_CONCURRENCY,
+                 threads: int = DEFAULT_THREADS):
+        if profiles is None:
+            profiles = lm.profiles if lm is not None else load_profiles()
+        self.profiles = profiles
+        self.cache = bool(cache) if cache is not None else False
+        self.engine = engine
+        self.map_concurrency = map_concurrency
+        self._prepared: dict[str, _Prepared] = {}
+        self._lms: dict[tuple[Any, ...], Any] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stepbridge-dspy")
+        self._formats = {"chat": dspy.ChatAdapter(), "json": dspy.JSONAdapter()}
+        self._reference: contextlib.ExitStack | None = None
+        self._reference_url: str | None = None
+
+    # -- preparation -----------------------------------------------------------------------------
+    async def prepare(self, program: Program) -> None:
+        self._prepare(program)
+
+    def _prepare(self, program: Program) -> _Prepared:
+        key = program.content_hash
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            module = ProgramModule(program)
+            base = program.lm or LMConfig()
+            configs = {name: base.merged(getattr(m, "lm", None)) for name, m in program.modules.items()}
+            prepared = _Prepared(program, module, configs)
+            with self._lock:
+                prepared = self._prepared.setdefault(key, prepared)
+        return prepared
+
+    def module(self, program: Program) -> ProgramModule:
+        """The prepared ``dspy.Module`` of a program (shared by this adapter's runs; do not mutate)."""
+        return self._prepare(program).module
+
+    # -- LMs -------------------------------------------------------------------------------------
+    def reference_url(self) -> str:
+        """The base URL of the adapter's own reference LM server (started on first use)."""
+        with self._lock:
+            if self._reference_url is None:
+                from stepbridge.reference_lm import running_server
+
+                stack = contextlib.ExitStack()
+                self._reference_url = str(stack.enter_context(running_server()))
+                self._reference = stack
+            return self._reference_url
+
+    def dspy_lm(self, config: LMConfig) -> tuple[Any, str]:
+        """The ``dspy.LM`` for an effective LM config (cached) and the model name for traces."""
+        profile, model = resolve_profile(config, self.profiles)
+        temperature = config.temperature if config.temperature is not None else profile.temperature
+        max_tokens = config.max_tokens if config.max_tokens is not None else profile.max_tokens
+        key = (profile.name, profile.base_url, model, temperature, max_tokens)
+        lm = self._lms.get(key)
+        if lm is None:
+            if profile.in_process:
+                api_base = self.reference_url()
+                api_key = "stepbridge-reference"
+            else:
+                api_base = profile.base_url
+                api_key = "stepbridge-no-key"
+                if profile.api_key_env:
+                    api_key = os.environ.get(profile.api_key_env, "")
+                    if not api_key:
+                        raise LMError(f"LM profile {profile.name!r}: environment variable {profile.api_key_env} "
+                                      "is not set")
+                    register_secret(api_key)
+            wire_model = model if model.startswith("openai/") else f"openai/{model}"
+            lm = dspy.LM(wire_model, api_base=api_base, api_key=api_key, temperature=temperature,
+                         max_tokens=max_tokens, cache=self.cache, num_retries=profile.max_retries,
+                         timeout=profile.timeout, engine=self.engine)
+            with self._lock:
+                lm = self._lms.setdefault(key, lm)
+        return lm, model
+
+    def format_adapter(self, config: LMConfig) -> Any:
+        return self._formats[config.adapter or "chat"]
+
+    # -- running ---------------------------------------------------------------------------------
+    async def run(self, program: Program, inputs: dict[str, Any], options: RunOptions | None = None) -> RunResult:
+        options = options or RunOptions()
+        prepared = self._prepare(program)
+        ctx = _Context(options)
+        start = time.perf_counter()
+        try:
+            if options.timeout is not None:
+                async with asyncio.timeout(options.timeout):
+                    outputs = await self._execute(prepared, inputs, ctx)
+            else:
+                outputs = await self._execute(prepared, inputs, ctx)
+        except TimeoutError:
+            raise RunTimeoutError(f"run exceeded its timeout of {options.timeout}s", timeout=options.timeout,
+                                  trace=ctx.trace) from None
+        return RunResult(
+            outputs=outputs,
+            trace=ctx.trace,
+            usage=ctx.usage,
+            backend=self.name,
+            program_hash=program.content_hash,
+            execution_id=options.execution_id,
+            duration_ms=(time.perf_counter() - start) * 1000,
+            attempts=options.attempt,
+        )
+
+    async def _execute(self, prepared: _Prepared, inputs: dict[str, Any], ctx: _Context) -> dict[str, Any]:
+        scope: dict[str, Any] = {"inputs": inputs}
+        module = prepared.module
+        for step in module._sb_plan:
+            if step.kind == "return":
+                outputs = resolve(step.args, scope)
+                ctx.trace.append(StepTrace(step=step.index, kind="return", inputs=outputs, outputs=outputs))
+                return outputs  # type: ignore[no-any-return]
+            began = time.perf_counter()
+            record = StepTrace(step=step.index, kind=step.kind, module=step.module, module_type=step.module_type)
+            ctx.trace.append(record)
+            try:
+                if step.kind == "call":
+                    args = resolve(step.args, scope)
+                    record.inputs = args
+                    result: Any = await self._call(prepared, step, args, ctx, record.lm_calls)
+                else:
+                    result = await self._map(prepared, step, scope, ctx, record)
+            except asyncio.CancelledError:
+                record.error = {"type": "RunCancelledError", "message": "cancelled"}
+                record.duration_ms = (time.perf_counter() - began) * 1000
+                raise
+            except StepError:
+                raise
+            except Exception as exc:
+                record.duration_ms = (time.perf_counter() - began) * 1000
+                cause = to_typed_error(exc)
+                record.error = cause.to_dict()
+                raise StepError(f"step {step.index} ({step.kind} {step.module!r}) failed: {cause.message}",
+                                step=step.index, module=step.module, cause=cause, trace=ctx.trace) from exc
+            record.outputs = result
+            record.duration_ms = (time.perf_counter() - began) * 1000
+            if step.name is not None:
+                scope[step.name] = result
+        raise AssertionError("validated programs end with a return step")
+
+    async def _call(self, prepared: _Prepared, step: _PlanStep, args: dict[str, Any], ctx: _Context,
+                    calls: list[LMCall]) -> dict[str, Any]:
+        assert step.module is not None
+        sub = getattr(prepared.module, step.module)
+        names = prepared.module._sb_outputs[step.module]
+        if step.module_type in ("retrieve", "tool"):
+            return _prediction_outputs(await _acall(sub, args, self._pool), names)
+        config = prepared.lm_configs[step.module].merged(ctx.lm_override)
+        base, model = self.dspy_lm(config)
+        lm = base.copy()
+        if ctx.cache is not None:
+            lm.cache = ctx.cache
+        recorder = _CallRecorder()
+        lm.callbacks.append(recorder)
+        try:
+            with dspy.context(lm=lm, adapter=self.format_adapter(config)):
+                prediction = await _acall(sub, args, self._pool)
+        finally:
+            new_calls = recorder.calls(lm, model)
+            calls.extend(new_calls)
+            for call in new_calls:
+                if call.response is not None:
+                    ctx.usage.add(call.usage)
+                    ctx.usage.lm_calls += 1
+        return _prediction_outputs(prediction, names)
+
+    async def _map(self, prepared: _Prepared, step: _PlanStep, scope: dict[str, Any], ctx: _Context,
+                   record: StepTrace) -> list[Any]:
+        items = resolve(step.over, scope)
+        record.inputs = {"over": items}
+        limit = asyncio.Semaphore(step.concurrency or self.map_concurrency)
+        children = [StepTrace(step=step.index, kind="call", module=step.module, module_type=step.module_type)
+                    for _ in items]
+        record.children = children
+
+        async def one(position: int, element: Any) -> Any:
+            child = children[position]
+            async with limit:
+                began = time.perf_counter()
+                args = resolve(step.args, {**scope, step.item: element})
+                child.inputs = args
+                try:
+                    out = await self._call(prepared, step, args, ctx, child.lm_calls)
+                except Exception as exc:
+                    child.error = to_typed_error(exc).to_dict()
+                    raise
+                finally:
+                    child.duration_ms = (time.perf_counter() - began) * 1000
+                child.outputs = out
+                return out
+
+        tasks = [asyncio.ensure_future(one(i, e)) for i, e in enumerate(items)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def aclose(self) -> None:
+        lms, self._lms = list(self._lms.values()), {}
+        for lm in lms:
+            with contextlib.suppress(Exception):
+                await lm.aclose()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = ThreadPoolExecutor(max_workers=self._pool._max_workers, thread_name_prefix="stepbridge-dspy")
+        with self._lock:
+            stack, self._reference, self._reference_url = self._reference, None, None
+        if stack is not None:
+            await asyncio.to_thread(stack.close)
+
+    def close(self) -> None:
+        """Synchronous :meth:`aclose` (for use outside an event loop)."""
+        asyncio.run(self.aclose())
