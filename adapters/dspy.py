@@ -69,7 +69,6 @@ _offline_environment()
 
 import dspy  # noqa: E402
 from dspy.utils.callback import BaseCallback  # noqa: E402
-
 from stepbridge.adapter import RunOptions  # noqa: E402
 from stepbridge.errors import (  # noqa: E402
     LMError,
@@ -80,7 +79,7 @@ from stepbridge.errors import (  # noqa: E402
     UnsupportedCapabilityError,
     register_secret,
 )
-from stepbridge.formats import to_dspy_signature  # noqa: E402
+from stepbridge.formats import chain_of_thought, to_dspy_signature  # noqa: E402
 from stepbridge.lm import LMPool, LMProfile, load_profiles, resolve_profile  # noqa: E402
 from stepbridge.program import (  # noqa: E402
     CallStep,
@@ -254,6 +253,9 @@ def _plan(program: Program) -> list[_PlanStep]:
 
 
 def _outputs_of(module: Any) -> list[str]:
+    """The fields a module's result has (a chain of thought's ``reasoning`` first, as on native)."""
+    if isinstance(module, ChainOfThoughtModule):
+        return list(chain_of_thought(module.effective_signature).outputs)
     sig = getattr(module, "effective_signature", None) or getattr(module, "signature", None)
     return list(sig.outputs) if sig is not None else []
 
@@ -371,9 +373,8 @@ def to_typed_error(exc: BaseException) -> StepbridgeError:
     """A DSPy / LM / Python exception as stepbridge's typed error."""
     if isinstance(exc, StepbridgeError):
         return exc
-    from dspy.utils.exceptions import AdapterParseError
+    from dspy.utils.exceptions import AdapterParseError, is_retryable_lm_error
     from dspy.utils.exceptions import LMError as DSPyLMError
-    from dspy.utils.exceptions import is_retryable_lm_error
 
     if isinstance(exc, AdapterParseError):
         return LMParseError(f"the LM reply did not match the signature ({exc.adapter_name}): "
@@ -577,7 +578,7 @@ class DSPyAdapter:
             if step.kind == "return":
                 outputs = resolve(step.args, scope)
                 ctx.trace.append(StepTrace(step=step.index, kind="return", inputs=outputs, outputs=outputs))
-                return outputs  # type: ignore[no-any-return]
+                return outputs
             began = time.perf_counter()
             record = StepTrace(step=step.index, kind=step.kind, module=step.module, module_type=step.module_type)
             ctx.trace.append(record)
