@@ -369,7 +369,9 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
         counts[n] = counts.get(n, 0) + 1
         as_names.append(f"{n}_out" if counts[n] == 1 else f"{n}_out{counts[n]}")
 
-    def match(what: str, target: str, per_sample: list[tuple[Any, dict[str, Any], list[tuple[str, dict[str, Any]]]]]) -> Any:
+    Sample = tuple[Any, dict[str, Any], list[tuple[str, dict[str, Any]]]]
+
+    def match(what: str, target: str, per_sample: list[Sample]) -> Any:
         common: list[str] | None = None
         for value, inputs, results in per_sample:
             cands = _candidates(value, inputs, results, target)
@@ -475,7 +477,7 @@ def verify(obj: Any, program: Program, samples: Sequence[dict[str, Any]], *, lm:
             mismatches.append(f"sample {i}: the converted program failed: {type(exc).__name__}: {exc}")
             continue
         for out in program.signature.outputs:
-            want = original[out] if out in original.keys() else None
+            want = original.get(out)
             if not _same(want, converted[out]):
                 mismatches.append(f"sample {i}: output {out!r} differs: {want!r} != {converted[out]!r}")
         if len(original_messages) != len(converted_messages):
@@ -531,7 +533,7 @@ def _dspy_step_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: s
     state = adapter.sanitize_state(json.loads(json.dumps(obj.dump_state(), default=str)))
     module = {"type": "dspy", "module": registered, "signature": signature.model_dump(mode="json"),
               "state": state}
-    steps = [{"call": "module", "with": {k: f"$inputs.{k}" for k in inputs}, "as": "result"},
+    steps: list[dict[str, Any]] = [{"call": "module", "with": {k: f"$inputs.{k}" for k in inputs}, "as": "result"},
              {"return": {k: f"$result.{k}" for k in outputs}}]
     program = _program(name, signature, {"module": module}, steps, description=_doc(obj))
     return program, ImportReport("dspy_step", {"module": f"dspy step {registered!r} with its state"},
@@ -561,8 +563,10 @@ def import_module(obj: Any, state: dict[str, Any] | None = None, sample_inputs: 
         data, mtype = exact
         sig = Signature.model_validate(data["signature"])
         program_sig = sig.with_instructions(None)
-        steps = [{"call": "main", "with": {k: f"$inputs.{k}" for k in sig.inputs}, "as": "result"},
-                 {"return": {k: f"$result.{k}" for k in sig.outputs}}]
+        steps: list[dict[str, Any]] = [
+            {"call": "main", "with": {k: f"$inputs.{k}" for k in sig.inputs}, "as": "result"},
+            {"return": {k: f"$result.{k}" for k in sig.outputs}},
+        ]
         program = _program(program_name, program_sig, {"main": data}, steps)
         report = ImportReport("exact", {"main": f"{mtype} (exact)"})
         if samples:
@@ -618,7 +622,7 @@ def export_state(program: Program) -> dict[str, Any]:
     state = _dspy().sanitize_state(module.dump_state())
     state = json.loads(json.dumps(state, default=str))
     state["metadata"] = {"dependency_versions": get_dependency_versions()}
-    return state  # type: ignore[no-any-return]
+    return state
 
 
 def from_module(module: Any, program: Program | None = None, *, source: str | None = None,
@@ -643,7 +647,7 @@ def from_module(module: Any, program: Program | None = None, *, source: str | No
                 entry.pop("demos", None)
             current = signature_from_dspy(predict.signature,
                                           drop_outputs=("reasoning",) if spec.type == "chain_of_thought" else ())
-            if current.instructions != spec.effective_signature.instructions:
+            if current.instructions != spec.effective_signature.instructions:  # type: ignore[union-attr]
                 entry["instructions"] = current.instructions
         elif spec.type == "dspy":
             state = json.loads(json.dumps(sub.dump_state(), default=str))
