@@ -1,0 +1,127 @@
+"""Socket set-up shared by the router, the workers and clients: options, endpoints, CURVE keys.
+
+Every option is set on purpose:
+
+- ``ROUTER_MANDATORY``: sending to an identity that is gone raises instead of dropping silently,
+  so the router notices and reroutes.
+- ``IMMEDIATE`` (DEALER side): queue messages only on completed connections; with no router, a
+  send fails at once (``zmq.Again``) rather than piling up for a router that may never come.
+- ``MAXMSGSIZE``: a peer sending a bigger message is disconnected by libzmq before we allocate it.
+- ``LINGER``: the router drops unsent messages at close (its callers were already answered or
+  failed); a worker lingers briefly so its last replies and DISCONNECT get out.
+- high-water marks are raised above the most messages in flight a pool allows.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from .protocol import MAX_BODY_BYTES
+
+__all__ = [
+    "CurveKeys",
+    "configure_dealer",
+    "configure_router",
+    "default_ipc_endpoint",
+    "generate_keypair",
+    "is_loopback_or_ipc",
+    "load_keypair",
+    "secure_ipc",
+]
+
+HWM = 100_000
+
+
+def configure_router(sock: zmq.Socket[Any], *, max_msg: int = MAX_BODY_BYTES + 4096) -> None:
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_msg)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, HWM)
+    sock.setsockopt(zmq.RCVHWM, HWM)
+
+
+def configure_dealer(sock: zmq.Socket[Any], identity: bytes, *, max_msg: int = MAX_BODY_BYTES + 4096,
+                     linger_ms: int = 1000) -> None:
+    sock.setsockopt(zmq.IDENTITY, identity)
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_msg)
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    sock.setsockopt(zmq.SNDHWM, HWM)
+    sock.setsockopt(zmq.RCVHWM, HWM)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+
+
+def default_ipc_endpoint() -> tuple[str, Path]:
+    """A fresh ``ipc://`` endpoint inside a new user-only (0700) temporary directory."""
+    directory = Path(tempfile.mkdtemp(prefix="stepbridge-pool-"))
+    os.chmod(directory, stat.S_IRWXU)
+    return f"ipc://{directory / 'router.sock'}", directory
+
+
+def secure_ipc(endpoint: str) -> None:
+    """Make a bound ipc socket file user-only (its directory should already be 0700)."""
+    if endpoint.startswith("ipc://"):
+        path = endpoint[len("ipc://"):]
+        if os.path.exists(path):
+            os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+
+
+def is_loopback_or_ipc(endpoint: str) -> bool:
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+class CurveKeys:
+    """This side's key pair and, for a client, the server's public key (all Z85 bytes)."""
+
+    def __init__(self, public: bytes, secret: bytes, server_public: bytes | None = None):
+        self.public = public
+        self.secret = secret
+        self.server_public = server_public
+
+    @classmethod
+    def from_files(cls, secret_file: str | Path, server_public_file: str | Path | None = None) -> CurveKeys:
+        public, secret = load_keypair(secret_file)
+        if secret is None:
+            raise ValueError(f"{secret_file} holds no secret key (pass the .key_secret file)")
+        server = load_keypair(server_public_file)[0] if server_public_file else None
+        return cls(public, secret, server)
+
+    def apply_server(self, sock: zmq.Socket[Any]) -> None:
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+
+    def apply_client(self, sock: zmq.Socket[Any]) -> None:
+        if self.server_public is None:
+            raise ValueError("a CURVE client needs the server's public key")
+        sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_public)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+
+
+def generate_keypair(directory: str | Path, name: str) -> tuple[Path, Path]:
+    """Write ``NAME.key`` (public) and ``NAME.key_secret`` (0600) into ``directory``."""
+    import zmq.auth
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    public_file, secret_file = zmq.auth.create_certificates(directory, name)
+    os.chmod(secret_file, stat.S_IRUSR | stat.S_IWUSR)
+    return Path(public_file), Path(secret_file)
+
+
+def load_keypair(path: str | Path) -> tuple[bytes, bytes | None]:
+    import zmq.auth
+
+    public, secret = zmq.auth.load_certificate(str(path))
+    return public, secret

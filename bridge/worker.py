@@ -1,0 +1,481 @@
+"""A pool worker: one DEALER socket, one hosted adapter, up to ``capacity`` runs at once.
+
+``python -m stepbridge.bridge.worker --connect ADDR --backend native --capacity 16`` (or
+``stepbridge worker``). Everything happens on one asyncio loop: requests become tasks (LM work is
+I/O-bound), and heartbeats go out from the same loop, so a busy program never silences them
+(CPU-bound code inside a program should yield; a stalled loop is what the router's liveness
+check is for).
+
+Program definitions are looked up by content hash: the local cache, then the store (read-only,
+optional), then the router (PROGRAM_GET). Whatever comes back is untrusted: it is validated in
+full and its hash recomputed before anything is built; a mismatch is an error, never a run.
+
+When the router goes quiet for ``liveness`` heartbeats, the worker abandons its in-flight runs
+(the router has already rerouted them), waits with backoff and reconnects under a new identity.
+It exits when its parent dies (``--parent-pid``), and SIGTERM drains: no new work, in-flight runs
+finish, DISCONNECT, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import time
+import traceback
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from stepbridge.adapter import RunOptions
+from stepbridge.errors import (
+    InputValidationError,
+    ProgramValidationError,
+    RunCancelledError,
+    StepbridgeError,
+    UnsupportedCapabilityError,
+    WorkerLostError,
+    scrub_secrets,
+)
+from stepbridge.program import Program
+
+from . import protocol as p
+from .net import CurveKeys, configure_dealer
+
+__all__ = ["Worker", "main"]
+
+log = logging.getLogger("stepbridge.bridge.worker")
+
+PROGRAM_CACHE_SIZE = 256
+PROGRAM_FETCH_TIMEOUT = 10.0
+
+
+def _traceback_text(exc: BaseException) -> str:
+    return scrub_secrets("".join(traceback.format_exception(exc))[-8000:])
+
+
+def error_reply(exc: BaseException, attempt: int) -> p.Reply:
+    """A REPLY body carrying ``exc`` as a typed error with its partial trace."""
+    if isinstance(exc, StepbridgeError):
+        typed = exc
+        if typed.remote_traceback is None:
+            typed.remote_traceback = _traceback_text(exc)
+    else:
+        typed = StepbridgeError(f"{type(exc).__name__}: {exc}")
+        typed.remote_traceback = _traceback_text(exc)
+    trace = []
+    for step in typed.trace:
+        dump = getattr(step, "model_dump", None)
+        trace.append(dump(mode="json") if dump else step)
+    return p.Reply(attempt=attempt, error=typed.to_dict(), trace=trace)
+
+
+class _Session:
+    """One connection (one identity) to the router."""
+
+    def __init__(self, sock: zmq.asyncio.Socket, identity: bytes):
+        self.sock = sock
+        self.identity = identity
+        self.last_seen = time.monotonic()
+        self.acked = False
+        self.lost = asyncio.Event()
+        self.reason = ""
+
+
+class Worker:
+    """Hosts one adapter and serves requests from a router until told to stop."""
+
+    def __init__(
+        self,
+        connect: str,
+        *,
+        backend: str = "native",
+        capacity: int = 16,
+        heartbeat: float = 1.0,
+        liveness: int = 3,
+        parent_pid: int | None = None,
+        store: Any = None,
+        curve: CurveKeys | None = None,
+        worker_id: str | None = None,
+        adapter_options: dict[str, Any] | None = None,
+        warm: list[str] | None = None,
+    ):
+        self.connect = connect
+        self.backend = backend
+        self.capacity = max(1, capacity)
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+        self.parent_pid = parent_pid
+        self.store = store
+        self.curve = curve
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.adapter_options = adapter_options or {}
+        self.warm = list(warm or [])
+        self.incarnation = 0
+        self.ctx = zmq.asyncio.Context()
+        self.adapter: Any = None
+        self.capabilities: frozenset[str] = frozenset()
+        self._programs: OrderedDict[str, Program] = OrderedDict()
+        self._prepared: set[str] = set()
+        self._fetches: dict[str, asyncio.Future[p.ProgramDef]] = {}
+        self._tasks: dict[bytes, asyncio.Task[None]] = {}
+        self._cancelled: set[bytes] = set()
+        self._session: _Session | None = None
+        self._draining = False
+        self._drain_task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self.exit_code = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def serve(self) -> int:
+        """Connect, serve, reconnect on router loss; return the process exit code."""
+        from stepbridge.registry import load_adapter
+
+        self.adapter = load_adapter(self.backend, **self.adapter_options)
+        self.capabilities = frozenset(self.adapter.capabilities)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.drain)
+        watch = asyncio.ensure_future(self._watch_parent())
+        await self._warm()
+        backoff = 0.05
+        try:
+            while not self._stop.is_set():
+                session = self._open()
+                await self._run_session(session)
+                self._abandon(session)
+                if self._stop.is_set():
+                    break
+                log.warning("worker %s: lost the router (%s); reconnecting", self.worker_id, session.reason)
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 5.0)
+        finally:
+            watch.cancel()
+            with contextlib.suppress(BaseException):
+                await self.adapter.aclose()
+            self.ctx.destroy(linger=1000)
+        return self.exit_code
+
+    def _open(self) -> _Session:
+        self.incarnation += 1
+        identity = f"{self.worker_id}.{self.incarnation}.{uuid.uuid4().hex[:8]}".encode()
+        sock = self.ctx.socket(zmq.DEALER)
+        configure_dealer(sock, identity)
+        if self.curve is not None:
+            self.curve.apply_client(sock)
+        sock.connect(self.connect)
+        session = _Session(sock, identity)
+        self._session = session
+        return session
+
+    async def _run_session(self, session: _Session) -> None:
+        reader = asyncio.ensure_future(self._reader(session))
+        beater = asyncio.ensure_future(self._beater(session))
+        stopper = asyncio.ensure_future(self._stop.wait())
+        lost = asyncio.ensure_future(session.lost.wait())
+        tasks = (reader, beater, stopper, lost)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                session.reason = f"socket error: {reader.exception()}"
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _abandon(self, session: _Session) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        self._tasks.clear()
+        for fut in self._fetches.values():
+            if not fut.done():
+                fut.cancel()
+        self._fetches.clear()
+        session.sock.close(linger=0 if not self._stop.is_set() else 1000)
+
+    def drain(self) -> None:
+        """Stop taking work, finish what is in flight, say goodbye, exit 0 (SIGTERM)."""
+        if self._draining:
+            return
+        self._draining = True
+        log.info("worker %s: draining (%d in flight)", self.worker_id, len(self._tasks))
+        if self._session is not None:
+            self._send(p.Drain())
+        self._drain_task = asyncio.ensure_future(self._finish_drain())
+
+    async def _finish_drain(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+        self._send(p.Disconnect(reason="drained"))
+        self._stop.set()
+
+    async def _watch_parent(self) -> None:
+        if self.parent_pid is None:
+            return
+        while True:
+            await asyncio.sleep(0.2)
+            if os.getppid() != self.parent_pid:
+                log.warning("worker %s: parent %d is gone; exiting", self.worker_id, self.parent_pid)
+                self.exit_code = 0
+                self._stop.set()
+                return
+
+    async def _warm(self) -> None:
+        """Build the programs behind the given references (aliases, hashes) from the store."""
+        if self.store is None:
+            return
+        for ref in self.warm:
+            try:
+                program = await asyncio.to_thread(self.store.load, ref)
+                self._remember(program)
+                await self.adapter.prepare(program)
+                self._prepared.add(program.content_hash)
+            except Exception as exc:
+                log.warning("worker %s: could not warm %r: %s", self.worker_id, ref, exc)
+
+    # -- I/O -------------------------------------------------------------------------------------
+    def _send(self, body: p.Body, request_id: bytes = b"") -> bool:
+        session = self._session
+        if session is None:
+            return False
+        try:
+            fut: Any = session.sock.send_multipart(p.encode(body, request_id), flags=zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as exc:
+            log.debug("send failed: %s", exc)
+            return False
+        if fut.done() and fut.exception() is not None:
+            log.debug("send failed: %s", fut.exception())
+            return False
+        return True
+
+    async def _beater(self, session: _Session) -> None:
+        # READY until the router answers (it answers READY with a HEARTBEAT); until the connection
+        # is complete a send fails at once (IMMEDIATE), so keep trying with a short backoff.
+        delay = 0.01
+        started = time.monotonic()
+        while not session.acked:
+            self._send(self._ready())
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.heartbeat / 2)
+            if time.monotonic() - started > self.heartbeat * self.liveness:
+                session.reason = "the router did not answer READY"
+                session.lost.set()
+                return
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            if time.monotonic() - session.last_seen > self.heartbeat * self.liveness:
+                session.reason = f"no message from the router for {self.heartbeat * self.liveness:.1f}s"
+                session.lost.set()
+                return
+            self._send(p.Heartbeat(in_flight=list(self._tasks)))
+
+    def _ready(self) -> p.Ready:
+        return p.Ready(worker_id=self.worker_id, incarnation=self.incarnation, pid=os.getpid(),
+                       host=socket.gethostname(), capacity=self.capacity, backend=self.backend,
+                       capabilities=sorted(self.capabilities))
+
+    async def _reader(self, session: _Session) -> None:
+        sock = session.sock
+        while True:
+            frames = await sock.recv_multipart(copy=True)
+            session.last_seen = time.monotonic()
+            session.acked = True
+            try:
+                msg = p.decode(frames)
+            except p.ProtocolError as exc:
+                log.warning("worker %s: dropped a bad frame from the router: %s", self.worker_id, exc)
+                continue
+            self._handle(session, msg)
+
+    def _handle(self, session: _Session, msg: p.Message) -> None:
+        body = msg.body
+        if isinstance(body, p.Request):
+            if self._draining or len(self._tasks) >= self.capacity or msg.request_id in self._tasks:
+                reason = "draining" if self._draining else "over capacity"
+                self._send(error_reply(WorkerLostError(f"worker {self.worker_id} refused the request: {reason}",
+                                                       worker=self.worker_id), body.attempt), msg.request_id)
+                return
+            rid = msg.request_id
+            task = asyncio.ensure_future(self._execute(rid, body))
+            self._tasks[rid] = task
+            task.add_done_callback(lambda _t: self._tasks.pop(rid, None))
+        elif isinstance(body, p.Cancel):
+            running = self._tasks.get(msg.request_id)
+            if running is not None:
+                self._cancelled.add(msg.request_id)
+                running.cancel()
+        elif isinstance(body, p.ProgramDef):
+            fut = self._fetches.pop(body.program_hash, None)
+            if fut is not None and not fut.done():
+                fut.set_result(body)
+        elif isinstance(body, p.Drain):
+            self.drain()
+        elif isinstance(body, p.Disconnect):
+            session.reason = f"router said: {body.reason}"
+            if body.reason in ("shutdown", "refused"):
+                self.exit_code = 0 if body.reason == "shutdown" else 3
+                self._stop.set()
+            session.lost.set()
+        # HEARTBEAT: last_seen is already updated
+
+    # -- running ---------------------------------------------------------------------------------
+    async def _execute(self, request_id: bytes, req: p.Request) -> None:
+        self._send(p.Started(attempt=req.attempt), request_id)
+        try:
+            program = await self._program(req.program_hash)
+            missing = program.required_capabilities - self.capabilities
+            if missing:
+                cap = sorted(missing)[0]
+                raise UnsupportedCapabilityError(
+                    f"worker {self.worker_id} ({self.backend}) lacks capability {cap!r}", capability=cap,
+                    adapter=self.backend)
+            options = self._options(req)
+            from stepbridge.validate import check_inputs
+
+            inputs = check_inputs(program, dict(req.inputs))
+            if req.program_hash not in self._prepared:
+                await self.adapter.prepare(program)
+                self._prepared.add(req.program_hash)
+            result = await self.adapter.run(program, inputs, options)
+            data = result.model_dump(mode="json")
+            data["worker"] = self.worker_id
+            reply = p.Reply(attempt=req.attempt, result=data)
+        except asyncio.CancelledError:
+            if request_id in self._cancelled:
+                self._cancelled.discard(request_id)
+                self._send(error_reply(RunCancelledError("run cancelled by its caller"), req.attempt), request_id)
+            raise
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                raise
+            reply = error_reply(exc, req.attempt)
+        try:
+            frames_ok = self._send(reply, request_id)
+        except p.ProtocolError as exc:  # a result too big for the wire is still a typed answer
+            frames_ok = self._send(error_reply(StepbridgeError(f"the result could not be sent: {exc}"),
+                                               req.attempt), request_id)
+        if not frames_ok:
+            log.warning("worker %s: could not send the reply to %s", self.worker_id, req.execution_id)
+
+    def _options(self, req: p.Request) -> RunOptions:
+        fields = dict(req.options)
+        fields.update(execution_id=req.execution_id, attempt=req.attempt, timeout=req.budget)
+        try:
+            return RunOptions.model_validate(fields)
+        except Exception as exc:
+            raise InputValidationError(f"invalid run options: {exc}") from None
+
+    def _remember(self, program: Program) -> None:
+        self._programs[program.content_hash] = program
+        self._programs.move_to_end(program.content_hash)
+        while len(self._programs) > PROGRAM_CACHE_SIZE:
+            old, _ = self._programs.popitem(last=False)
+            self._prepared.discard(old)
+
+    async def _program(self, program_hash: str) -> Program:
+        program = self._programs.get(program_hash)
+        if program is not None:
+            return program
+        if self.store is not None:
+            try:
+                stored: Program = await asyncio.to_thread(self.store.load, program_hash)
+            except Exception as exc:
+                log.debug("program %s not in the store: %s", program_hash[:12], exc)
+            else:
+                if stored.content_hash == program_hash:
+                    self._remember(stored)
+                    return stored
+                log.warning("store returned a program whose hash does not match %s; ignoring it", program_hash[:12])
+        fut = self._fetches.get(program_hash)
+        if fut is None:
+            fut = self._fetches[program_hash] = asyncio.get_running_loop().create_future()
+            self._send(p.ProgramGet(program_hash=program_hash))
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(fut), PROGRAM_FETCH_TIMEOUT)
+        except TimeoutError:
+            self._fetches.pop(program_hash, None)
+            raise WorkerLostError(f"the router did not send program {program_hash[:12]} in time",
+                                  worker=self.worker_id) from None
+        program = self._programs.get(program_hash)  # another request may have built it meanwhile
+        if program is not None:
+            return program
+        if answer.error is not None or answer.program is None:
+            from stepbridge.errors import error_from_dict
+
+            raise error_from_dict(answer.error or {"type": "StorageError",
+                                                   "message": f"program {program_hash[:12]} is unknown"})
+        program = build_program(answer.program, program_hash, answer.base_dir)
+        self._remember(program)
+        return program
+
+
+def build_program(data: dict[str, Any], expected_hash: str, base_dir: str | None = None) -> Program:
+    """Validate an untrusted definition in full and check it is the program ``expected_hash`` names."""
+    from stepbridge.validate import validate_data
+
+    program = validate_data(data, base_dir=base_dir)
+    if program.content_hash != expected_hash:
+        raise ProgramValidationError(
+            [], message=f"program definition does not match its hash: expected {expected_hash[:12]}, "
+            f"got {program.content_hash[:12]}")
+    return program
+
+
+def _open_store(url: str | None) -> Any:
+    if not url:
+        return None
+    try:
+        from stepbridge.storage import Store
+    except ImportError:
+        log.warning("storage is not available; running without a store")
+        return None
+    return Store(url)
+
+
+def run_worker(connect: str, *, backend: str = "native", capacity: int = 16, heartbeat: float = 1.0,
+               liveness: int = 3, parent_pid: int | None = None, db: str | None = None,
+               curve_secret: str | None = None, curve_server: str | None = None, worker_id: str | None = None,
+               warm: list[str] | None = None, log_level: str = "WARNING") -> int:
+    """Run a worker until it is drained, told to stop, or its parent dies; return its exit code."""
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.WARNING),
+                        format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(message)s")
+    if connect.startswith("tcp://") and not curve_secret:
+        log.warning("connecting over TCP without CURVE keys; the broker will refuse this unless it runs insecure")
+    curve = CurveKeys.from_files(curve_secret, curve_server) if curve_secret else None
+    worker = Worker(connect, backend=backend, capacity=capacity, heartbeat=heartbeat, liveness=liveness,
+                    parent_pid=parent_pid, store=_open_store(db), curve=curve, worker_id=worker_id, warm=warm)
+    return asyncio.run(worker.serve())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stepbridge worker", description="Serve a stepbridge pool router.")
+    parser.add_argument("--connect", required=True, help="router address (ipc://PATH or tcp://HOST:PORT)")
+    parser.add_argument("--backend", default="native", help="adapter to host (native, dspy, or package.module:factory)")
+    parser.add_argument("--capacity", type=int, default=16, help="runs at once")
+    parser.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
+    parser.add_argument("--liveness", type=int, default=3, help="missed heartbeats before the router counts as lost")
+    parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process is no longer our parent")
+    parser.add_argument("--db", default=os.environ.get("STEPBRIDGE_DATABASE_URL"), help="store to look programs up in")
+    parser.add_argument("--curve-secret", default=None, help="this worker's .key_secret file (TCP)")
+    parser.add_argument("--curve-server", default=None, help="the broker's public .key file (TCP)")
+    parser.add_argument("--worker-id", default=None)
+    parser.add_argument("--warm", action="append", default=[], help="program reference to build at start")
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    return run_worker(args.connect, backend=args.backend, capacity=args.capacity, heartbeat=args.heartbeat,
+                      liveness=args.liveness, parent_pid=args.parent_pid, db=args.db, curve_secret=args.curve_secret,
+                      curve_server=args.curve_server, worker_id=args.worker_id, warm=args.warm,
+                      log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
