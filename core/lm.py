@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import json
 import os
+import random
 import time
 import tomllib
 from collections import OrderedDict
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
@@ -227,8 +229,9 @@ class HTTPLMClient:
             base_url=profile.base_url.rstrip("/") + "/",
             headers=headers,
             timeout=httpx.Timeout(profile.timeout, connect=min(10.0, profile.timeout)),
-            limits=limits,
-            transport=transport,
+            # httpcore's own pool degrades badly with hundreds of concurrent requests (encode/httpx#3215);
+            # aiohttp's connector keeps the httpx API, timeouts and exception types at full speed.
+            transport=transport or AiohttpTransport(limits=limits),
         )
         self._limit = asyncio.Semaphore(profile.concurrency)
         self._cache = _Cache() if profile.cache else None
@@ -238,15 +241,22 @@ class HTTPLMClient:
         if self._cache is not None and (hit := self._cache.get(key)) is not None:
             return ChatResponse(hit.text, hit.usage, 0.0, cached=True)
         body = request.body()
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(max(1, self.profile.max_retries + 1)),
-            wait=wait_exponential_jitter(initial=0.2, max=10.0),
-            retry=retry_if_exception(_retriable),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                response = await self._send(body)
+        try:
+            response = await self._send(body)
+        except LMError as exc:
+            if not exc.retriable or self.profile.max_retries < 1:
+                raise
+            # Only failed calls pay for the retry machinery: backoff with jitter, then the remaining tries.
+            retrying = AsyncRetrying(
+                stop=stop_after_attempt(self.profile.max_retries),
+                wait=wait_exponential_jitter(initial=0.2, max=10.0),
+                retry=retry_if_exception(_retriable),
+                reraise=True,
+            )
+            await asyncio.sleep(0.2 + random.uniform(0, 0.2))
+            async for attempt in retrying:
+                with attempt:
+                    response = await self._send(body)
         if self._cache is not None:
             self._cache.put(key, response)
         return response
