@@ -18,9 +18,9 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import stepbridge as sb  # noqa: E402
-from stepbridge.lm import LMPool, LMProfile  # noqa: E402
-from stepbridge.reference_lm import running_server_process  # noqa: E402
+import stepbridge as sb
+from stepbridge.lm import LMPool, LMProfile
+from stepbridge.reference_lm import running_server_process
 
 PROGRAM = Path(__file__).resolve().parent.parent / "examples" / "classify.yaml"
 

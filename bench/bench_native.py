@@ -16,9 +16,9 @@ import time
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import stepbridge as sb  # noqa: E402
-from stepbridge.adapters.native import NativeAdapter  # noqa: E402
-from stepbridge.lm import InProcessLMClient, LMPool  # noqa: E402
+import stepbridge as sb
+from stepbridge.adapters.native import NativeAdapter
+from stepbridge.lm import InProcessLMClient, LMPool
 
 CANNED = "[[ ## answer ## ]]\nParis\n\n[[ ## completed ## ]]"
 PROGRAM = {
