@@ -492,3 +492,21 @@ HALF_PROMPT = ("Your input fields are:\n1. `x` (str):\nYour output fields are:\n
     max_size=5))
 def test_model_never_crashes_on_arbitrary_messages(messages: list[dict[str, Any]]) -> None:
     assert isinstance(ReferenceModel().complete(messages), str)
+
+
+def test_app_in_memory_through_asgi_transport() -> None:
+    """No socket at all: httpx's ASGI transport drives the app (and its direct completion path)."""
+    import asyncio
+
+    app = create_app()
+
+    async def go() -> tuple[int, str, int]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ref") as client:
+            resp = await client.post("/v1/chat/completions", json={"model": "reference", "messages": simple_messages()})
+            logged = (await client.get("/_stepbridge/requests")).json()["count"]
+            return resp.status_code, resp.json()["choices"][0]["message"]["content"], logged
+
+    status, content, logged = asyncio.run(go())
+    assert (status, logged) == (200, 1)
+    assert content == ReferenceModel().complete(simple_messages())
+    assert app.state.log.bodies()[0]["messages"] == simple_messages()
