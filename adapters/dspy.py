@@ -256,6 +256,10 @@ def _outputs_of(module: Any) -> list[str]:
     """The fields a module's result has (a chain of thought's ``reasoning`` first, as on native)."""
     if isinstance(module, ChainOfThoughtModule):
         return list(chain_of_thought(module.effective_signature).outputs)
+    if isinstance(module, ToolModule):
+        from stepbridge.registry import tools
+
+        return list((module.signature or tools.get(module.tool).signature).outputs)
     sig = getattr(module, "effective_signature", None) or getattr(module, "signature", None)
     return list(sig.outputs) if sig is not None else []
 
