@@ -92,9 +92,12 @@ class PoolAdapter:
         self._router: Router | None = None
         self._client: _BrokerClient | None = None
         self._start_lock: asyncio.Lock | None = None
-        self._curve = CurveKeys.from_files(curve_secret, curve_server) if curve_secret else None
+        # client mode: this client's key pair and the broker's public key; local mode: the router's key pair
+        self._curve = CurveKeys.from_files(curve_secret, curve_server) if curve_secret and address else None
         self._remote_caps: frozenset[str] | None = None
         if address is None:
+            if curve_secret is not None:
+                router_options["curve_secret"] = curve_secret
             self._declared = declared_capabilities(backend)
             self._router_kwargs: dict[str, Any] = dict(
                 workers=workers, backend=backend, capacity=capacity, queue_size=queue_size,

@@ -60,7 +60,7 @@ from stepbridge.program import Program, ToolModule
 from stepbridge.result import RunResult, StepTrace
 
 from . import protocol as p
-from .net import CurveKeys, configure_router, default_ipc_endpoint, is_loopback_or_ipc, secure_ipc
+from .net import CurveKeys, configure_router, default_ipc_endpoint, is_loopback_or_ipc, load_keypair, secure_ipc
 
 __all__ = ["Job", "Router", "WorkerInfo", "has_side_effects", "required_capabilities"]
 
@@ -161,6 +161,7 @@ class Router:
         self,
         bind: str | None = None,
         *,
+        max_message: int = p.MAX_BODY_BYTES + 4096,
         workers: int = 2,
         backend: str = "native",
         capacity: int = 16,
@@ -174,6 +175,7 @@ class Router:
         quarantine_after: int = 5,
         quarantine_time: float = 60.0,
         curve: CurveKeys | None = None,
+        curve_secret: str | Path | None = None,
         allowed_clients: str | Path | list[bytes] | None = None,
         allow_insecure_tcp: bool = False,
         expected_capabilities: frozenset[str] | None = None,
@@ -184,6 +186,10 @@ class Router:
         serve_clients: bool = False,
     ):
         self._tmpdir: Path | None = None
+        curve_files: tuple[str, str] | None = None
+        if curve is None and curve_secret is not None:
+            curve = CurveKeys.from_files(curve_secret)
+            curve_files = (str(curve_secret), str(curve_secret).removesuffix("_secret"))
         if bind is None:
             bind, self._tmpdir = default_ipc_endpoint()
         if bind.startswith("tcp://") and curve is None and not allow_insecure_tcp:
@@ -205,6 +211,8 @@ class Router:
         self.quarantine_after = quarantine_after
         self.quarantine_time = quarantine_time
         self.curve = curve
+        #: (secret file, public file) of the router's key pair, for local workers under CURVE
+        self.curve_files = curve_files
         self.allowed_clients = allowed_clients
         self.expected_capabilities = expected_capabilities or frozenset()
         self.store = store
@@ -212,6 +220,7 @@ class Router:
         self.worker_env = worker_env
         self.worker_log_level = worker_log_level
         self.serve_clients = serve_clients
+        self.max_message = max_message
 
         self.ctx = zmq.asyncio.Context()
         self.sock: zmq.asyncio.Socket | None = None
@@ -242,7 +251,7 @@ class Router:
         if self.curve is not None:
             await self._start_auth()
         sock = self.ctx.socket(zmq.ROUTER)
-        configure_router(sock)
+        configure_router(sock, max_msg=self.max_message)
         if self.curve is not None:
             sock.setsockopt(zmq.ZAP_DOMAIN, b"stepbridge")
             self.curve.apply_server(sock)
@@ -268,19 +277,25 @@ class Router:
         allowed = self.allowed_clients
         if allowed is None:
             raise ValueError("a CURVE router needs the allowed client public keys (a directory of .key files)")
-        auth.start()
+        keys: set[bytes] = set()
         if isinstance(allowed, list):
-            keys = set(allowed)
-
-            class _Provider:
-                def callback(self, domain: str, key: bytes) -> bool:
-                    import zmq.utils.z85
-
-                    return zmq.utils.z85.encode(key) in keys or key in keys
-
-            auth.configure_curve_callback(domain="*", credentials_provider=_Provider())
+            keys |= {bytes(k) for k in allowed}
         else:
-            auth.configure_curve(domain="*", location=str(allowed))
+            for path in sorted(Path(allowed).glob("*.key")):
+                try:
+                    keys.add(load_keypair(path)[0])
+                except Exception as exc:
+                    log.warning("skipping unreadable public key file %s: %s", path, exc)
+        if self.curve is not None:
+            keys.add(self.curve.public)  # local workers use the router's own key pair
+        allowed_keys = frozenset(keys)
+
+        class _Keys:
+            def callback(self, domain: str, key: bytes) -> bool:
+                return key in allowed_keys
+
+        auth.start()
+        auth.configure_curve_callback(domain="*", credentials_provider=_Keys())
         self._auth = auth
 
     async def wait_ready(self, n: int = 1, timeout: float = 30.0) -> None:
@@ -347,6 +362,8 @@ class Router:
                "--backend", self.backend, "--capacity", str(self.capacity), "--heartbeat", str(self.heartbeat),
                "--liveness", str(self.liveness), "--parent-pid", str(os.getpid()),
                "--log-level", self.worker_log_level, *self.worker_args]
+        if self.curve is not None and self.curve_files is not None and "--curve-secret" not in self.worker_args:
+            cmd += ["--curve-secret", self.curve_files[0], "--curve-server", self.curve_files[1]]
         env = dict(os.environ if self.worker_env is None else self.worker_env)
         slot.process = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.DEVNULL,
                                                             stdout=asyncio.subprocess.DEVNULL, env=env)
@@ -429,6 +446,9 @@ class Router:
         """Queue a job, waiting up to ``wait`` seconds for room; raise typed errors at once otherwise."""
         if self._closing:
             raise WorkerLostError("the pool is shutting down")
+        if not self.workers and self.slots and all(s.state == "quarantined" for s in self.slots):
+            raise WorkerLostError("every local worker is quarantined (they keep dying before getting ready); "
+                                  "see the pool's log")
         if not self._can_serve(job.needs):
             missing = sorted(job.needs - self.capabilities()) or sorted(job.needs)
             raise UnsupportedCapabilityError(
@@ -662,8 +682,12 @@ class Router:
         if worker is not None:
             worker.last_seen = time.monotonic()
         body = msg.body
-        if isinstance(body, p.Reply) and worker is not None:
-            self._on_reply(worker, msg.request_id, body)
+        if isinstance(body, p.Reply):
+            if worker is not None:
+                self._on_reply(worker, msg.request_id, body)
+            else:
+                self.stats["stale_replies"] += 1
+                log.info("dropped a late reply from a lost worker %r (attempt %d)", identity[:40], body.attempt)
         elif isinstance(body, p.Started):
             pass
         elif isinstance(body, p.Heartbeat):

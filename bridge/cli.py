@@ -1,0 +1,117 @@
+"""Typer commands for the pool: ``pool_app`` (start, status, keys) and the ``worker`` command.
+
+Mounted by the core CLI: ``app.add_typer(pool_app, name="pool")`` and ``app.command("worker")(worker)``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["pool_app", "worker"]
+
+pool_app = typer.Typer(help="A standalone pool broker serving several client processes.", no_args_is_help=True)
+
+
+@pool_app.command("start")
+def start(
+    workers: Annotated[int, typer.Option(help="Local worker processes to spawn.")] = 2,
+    backend: Annotated[str, typer.Option(help="Adapter the local workers host: native, dspy.")] = "native",
+    bind: Annotated[str | None, typer.Option(help="Address to bind (default: a user-only ipc socket).")] = None,
+    capacity: Annotated[int, typer.Option(help="Runs at once per worker.")] = 16,
+    queue_size: Annotated[int, typer.Option(help="Pending requests before callers wait, then get "
+                                                 "PoolSaturatedError.")] = 1000,
+    curve_secret: Annotated[Path | None, typer.Option(help="The broker's .key_secret file (TCP).")] = None,
+    curve_clients: Annotated[Path | None, typer.Option(help="Directory of allowed public .key files (TCP).")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow loopback TCP without CURVE (testing).")] = False,
+    heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 1.0,
+    liveness: Annotated[int, typer.Option(help="Missed heartbeats before a worker counts as dead.")] = 3,
+) -> None:
+    """Start a broker (with local workers); prints its address, runs until SIGTERM/Ctrl-C (drains)."""
+    from .broker import run_broker
+
+    if bind and bind.startswith("tcp://") and not curve_secret and not insecure:
+        typer.echo("TCP needs CURVE keys: --curve-secret and --curve-clients (see `stepbridge pool keys`)", err=True)
+        raise typer.Exit(2)
+    run_broker(bind=bind, workers=workers, backend=backend, capacity=capacity, queue_size=queue_size,
+               curve_secret=curve_secret, curve_clients=curve_clients, allow_insecure_tcp=insecure,
+               heartbeat=heartbeat, liveness=liveness)
+
+
+@pool_app.command("status")
+def status(
+    address: Annotated[str, typer.Option("--address", "--pool", help="Broker address.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    curve_secret: Annotated[Path | None, typer.Option(help="This client's .key_secret file (TCP).")] = None,
+    curve_server: Annotated[Path | None, typer.Option(help="The broker's public .key file (TCP).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for an answer.")] = 5.0,
+) -> None:
+    """Workers (host, pid, backend, capacity, in flight, done, failed, last heartbeat), queue, throughput."""
+    from stepbridge.errors import StepbridgeError
+
+    from .net import CurveKeys
+    from .pool import query_status
+
+    curve = CurveKeys.from_files(curve_secret, curve_server) if curve_secret else None
+    try:
+        info = query_status(address, curve=curve, timeout=timeout)
+    except StepbridgeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{info['address']}[/] · queue {info['queue']['depth']}/{info['queue']['size']} · "
+                  f"in flight {info['in_flight']} · {info['throughput_per_s']} runs/s", highlight=False)
+    table = Table("worker", "host", "pid", "backend", "capacity", "in flight", "done", "failed", "last heartbeat")
+    for w in info["workers"]:
+        table.add_row(w["id"], w["host"], str(w["pid"]), w["backend"], str(w["capacity"]), str(w["in_flight"]),
+                      str(w["done"]), str(w["failed"]), f"{w['last_heartbeat_s']:.1f}s ago")
+    console.print(table)
+
+
+@pool_app.command("keys")
+def keys(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write NAME.key and NAME.key_secret.")] = Path("."),
+    name: Annotated[str, typer.Option(help="Key pair name (e.g. broker, worker1, client).")] = "broker",
+) -> None:
+    """Generate a CURVE key pair (zmq.curve_keypair) for TCP pools; copy public .key files to the broker's
+    --curve-clients directory to allow them."""
+    from .net import generate_keypair
+
+    public, secret = generate_keypair(directory, name)
+    typer.echo(f"public key: {public}\nsecret key: {secret} (keep private)")
+
+
+def worker(
+    connect: Annotated[str, typer.Option(help="Router/broker address (ipc://PATH or tcp://HOST:PORT).")],
+    backend: Annotated[str, typer.Option(help="Adapter to host: native, dspy, or package.module:factory.")] = "native",
+    capacity: Annotated[int, typer.Option(help="Runs at once.")] = 16,
+    heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 1.0,
+    liveness: Annotated[int, typer.Option(help="Missed heartbeats before the router counts as lost.")] = 3,
+    db: Annotated[str | None, typer.Option(help="Store to look programs up in (read-only).",
+                                           envvar="STEPBRIDGE_DATABASE_URL")] = None,
+    warm: Annotated[list[str] | None, typer.Option(help="Program reference (alias, hash) to build at start.")] = None,
+    curve_secret: Annotated[Path | None, typer.Option(help="This worker's .key_secret file (TCP).")] = None,
+    curve_server: Annotated[Path | None, typer.Option(help="The broker's public .key file (TCP).")] = None,
+    parent_pid: Annotated[int | None, typer.Option(help="Exit when this process is no longer the parent.")] = None,
+) -> None:
+    """Serve a pool router/broker: host one adapter, run up to CAPACITY requests at once."""
+    from .worker import run_worker
+
+    code = run_worker(connect, backend=backend, capacity=capacity, heartbeat=heartbeat, liveness=liveness,
+                      parent_pid=parent_pid, db=db, curve_secret=str(curve_secret) if curve_secret else None,
+                      curve_server=str(curve_server) if curve_server else None, warm=list(warm or []))
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":  # python -m stepbridge.bridge.cli start|status|keys
+    pool_app()
