@@ -106,18 +106,20 @@ class Runner:
             options = options.model_copy(update={"lm": self.lm})
         if options.timeout is None and self.timeout is not None:
             options = options.model_copy(update={"timeout": self.timeout})
-        inputs = dict(inputs or {})
-        check_inputs(prog, inputs)
-        self.check(prog)
+        inputs = dict(inputs) if isinstance(inputs, dict) else (inputs if inputs is not None else {})
         begun = None
         if self.store is not None:
-            begun = self.store.begin(prog, inputs, options, self.adapter.name)
+            # Recorded before any check: a run refused for bad inputs still ends in one recorded state.
+            begun = self.store.begin(prog, inputs if isinstance(inputs, dict) else {"_invalid": repr(inputs)},
+                                     options, self.adapter.name)
             if begun.existing is not None:
                 return begun.existing
             if begun.existing_error is not None:
                 raise begun.existing_error
             options = options.model_copy(update={"execution_id": begun.execution_id, "attempt": begun.attempt})
         try:
+            check_inputs(prog, inputs)
+            self.check(prog)
             if prog.content_hash not in self._prepared:
                 await self.adapter.prepare(prog)
                 self._prepared.add(prog.content_hash)
