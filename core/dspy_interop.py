@@ -180,7 +180,9 @@ def _predictor_module(obj: Any) -> tuple[dict[str, Any], str] | None:
     else:
         return None
     all_fields = [*predict.signature.input_fields, *predict.signature.output_fields]
-    data: dict[str, Any] = {"type": mtype, "signature": sig.model_dump(mode="json")}
+    data: dict[str, Any] = {"type": mtype, "signature": sig.with_instructions(None).model_dump(mode="json")}
+    if sig.instructions is not None:
+        data["instructions"] = sig.instructions
     demos = _demo_dicts(predict.demos, all_fields)
     if demos:
         data["demos"] = demos
@@ -561,8 +563,8 @@ def import_module(obj: Any, state: dict[str, Any] | None = None, sample_inputs: 
     exact = _predictor_module(obj)
     if exact is not None:
         data, mtype = exact
-        sig = Signature.model_validate(data["signature"])
-        program_sig = sig.with_instructions(None)
+        program_sig = Signature.model_validate(data["signature"])
+        sig = program_sig
         steps: list[dict[str, Any]] = [
             {"call": "main", "with": {k: f"$inputs.{k}" for k in sig.inputs}, "as": "result"},
             {"return": {k: f"$result.{k}" for k in sig.outputs}},
@@ -580,8 +582,9 @@ def import_module(obj: Any, state: dict[str, Any] | None = None, sample_inputs: 
     if samples:
         try:
             lm_ = _resolve_lm(lm)
-            program, report, observed = _trace_program(obj, samples, lm_, program_name)
-            report.verification = verify(obj, program, samples, lm=lm_, observed=observed)
+            program, report, _observed = _trace_program(obj, samples, lm_, program_name)
+            # The original runs again (not the traced runs): hidden state or randomness shows up here.
+            report.verification = verify(obj, program, samples, lm=lm_)
             if report.verification.ok:
                 return program, report
             why = "the traced conversion failed verification:\n" + "\n".join(report.verification.mismatches)

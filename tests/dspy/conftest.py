@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 from collections.abc import Iterator
@@ -30,21 +31,27 @@ def profiles(server: ServerURL) -> dict[str, LMProfile]:
 
 
 @pytest.fixture
-def dspy_adapter(profiles: dict[str, LMProfile]) -> Iterator[Any]:
+def dspy_adapter(profiles: dict[str, LMProfile], loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
     adapter = load_adapter(ADAPTER_SPEC, profiles=profiles)
     yield adapter
-    adapter.close()
+    loop.run_until_complete(adapter.aclose())
 
 
 @pytest.fixture
-def native_adapter(profiles: dict[str, LMProfile]) -> Iterator[Any]:
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """One event loop per test: the native adapter's connection pool belongs to the loop it started on."""
+    event_loop = asyncio.new_event_loop()
+    yield event_loop
+    event_loop.close()
+
+
+@pytest.fixture
+def native_adapter(profiles: dict[str, LMProfile], loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
     from stepbridge.adapters.native import NativeAdapter
 
     adapter = NativeAdapter(lm=LMPool(profiles=profiles))
     yield adapter
-    import asyncio
-
-    asyncio.run(adapter.aclose())
+    loop.run_until_complete(adapter.aclose())
 
 
 @pytest.fixture

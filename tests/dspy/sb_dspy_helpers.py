@@ -20,3 +20,14 @@ def last_seq(server: Any) -> int:
     assert server.log is not None
     entries = server.log.entries()
     return entries[-1]["seq"] if entries else 0
+
+
+def run(loop: Any, adapter: Any, program: Any, inputs: dict[str, Any], options: Any = None) -> Any:
+    """Prepare and run on the test's event loop."""
+    from stepbridge import RunOptions
+
+    async def go() -> Any:
+        await adapter.prepare(program)
+        return await adapter.run(program, inputs, options or RunOptions())
+
+    return loop.run_until_complete(go())

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
-from sb_dspy_helpers import EXAMPLES, last_seq, logged_messages
+from sb_dspy_helpers import EXAMPLES, last_seq, logged_messages, run
 from stepbridge import RunOptions, load_program
 from stepbridge.program import LMConfig
 
@@ -44,20 +43,12 @@ TYPED_PROGRAMS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 
 
-def _run(adapter: Any, program: Any, inputs: dict[str, Any], options: RunOptions | None = None) -> Any:
-    async def go() -> Any:
-        await adapter.prepare(program)
-        return await adapter.run(program, inputs, options or RunOptions())
-
-    return asyncio.run(go())
-
-
-def _compare(server: Any, native: Any, dspy_adapter: Any, program: Any, inputs: dict[str, Any],
+def _compare(loop: Any, server: Any, native: Any, dspy_adapter: Any, program: Any, inputs: dict[str, Any],
              options: RunOptions | None = None) -> tuple[Any, Any]:
     start = last_seq(server)
-    native_result = _run(native, program, inputs, options)
+    native_result = run(loop, native, program, inputs, options)
     middle = last_seq(server)
-    dspy_result = _run(dspy_adapter, program, inputs, options)
+    dspy_result = run(loop, dspy_adapter, program, inputs, options)
     native_sent = logged_messages(server, start, until=middle)
     dspy_sent = logged_messages(server, middle)
     assert native_sent, "the native adapter sent nothing to the server"
@@ -87,30 +78,31 @@ def _compare(server: Any, native: Any, dspy_adapter: Any, program: Any, inputs: 
     ("classify", {"ticket": "I was charged twice for my subscription, please refund"}),
     ("classify", {"ticket": "The app crashes on startup and I am blocked"}),
 ])
-def test_examples_are_equivalent(server: Any, native_adapter: Any, dspy_adapter: Any, example: str,
+def test_examples_are_equivalent(loop: Any, server: Any, native_adapter: Any, dspy_adapter: Any, example: str,
                                  inputs: dict[str, Any]) -> None:
     program = load_program(EXAMPLES / f"{example}.yaml")
-    _compare(server, native_adapter, dspy_adapter, program, inputs)
+    _compare(loop, server, native_adapter, dspy_adapter, program, inputs)
 
 
 @pytest.mark.parametrize("case", sorted(TYPED_PROGRAMS))
-def test_typed_programs_are_equivalent(server: Any, native_adapter: Any, dspy_adapter: Any, case: str) -> None:
+def test_typed_programs_are_equivalent(loop: Any, server: Any, native_adapter: Any, dspy_adapter: Any,
+                                      case: str) -> None:
     data, inputs = TYPED_PROGRAMS[case]
     program = load_program(data)
-    _compare(server, native_adapter, dspy_adapter, program, inputs)
+    _compare(loop, server, native_adapter, dspy_adapter, program, inputs)
 
 
-def test_run_time_lm_override_is_equivalent(server: Any, native_adapter: Any, dspy_adapter: Any) -> None:
+def test_run_time_lm_override_is_equivalent(loop: Any, server: Any, native_adapter: Any, dspy_adapter: Any) -> None:
     program = load_program(EXAMPLES / "classify.yaml")
     options = RunOptions(lm=LMConfig(adapter="json", temperature=0.5, max_tokens=123))
-    _compare(server, native_adapter, dspy_adapter, program, {"ticket": "Upgrade my plan to enterprise"}, options)
+    _compare(loop, server, native_adapter, dspy_adapter, program, {"ticket": "Upgrade my plan to enterprise"}, options)
     assert server.log is not None
     body = server.log.entries()[-1]["body"]
     assert body["temperature"] == 0.5
     assert body["model"] == "reference"
 
 
-def test_chat_parse_failure_falls_back_to_json_like_native(server: Any, native_adapter: Any,
+def test_chat_parse_failure_falls_back_to_json_like_native(loop: Any, server: Any, native_adapter: Any,
                                                            dspy_adapter: Any) -> None:
     """A garbage chat reply: both adapters retry once with the JSON format, then fail the same way."""
     from stepbridge.errors import LMParseError, StepError
@@ -125,7 +117,7 @@ def test_chat_parse_failure_falls_back_to_json_like_native(server: Any, native_a
     for adapter in (native_adapter, dspy_adapter):
         start = last_seq(server)
         with pytest.raises(StepError) as info:
-            _run(adapter, program, {"q": "hello"})
+            run(loop, adapter, program, {"q": "hello"})
         errors.append(info.value)
         assert isinstance(info.value.cause, LMParseError)
         assert len(server.log.entries(start)) == 2  # chat, then the JSON fallback
