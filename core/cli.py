@@ -243,13 +243,14 @@ async def _run(prog: Any, rows: list[dict[str, Any]], *, batch: bool, backend: s
 
 @lm_app.command("serve")
 def lm_serve(
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8788,
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one; the URL is printed first).")] = 8765,
     host: Annotated[str, typer.Option(help="Interface to bind (loopback by default).")] = "127.0.0.1",
     cassette: Annotated[Path | None, typer.Option(help="Replay responses from this cassette; a miss is an error.")] = None,
     record: Annotated[bool, typer.Option("--record", help="Record upstream responses into --cassette.")] = False,
     upstream: Annotated[str | None, typer.Option(help="Upstream OpenAI-compatible base URL for --record.")] = None,
     upstream_key_env: Annotated[str | None, typer.Option(help="NAME of the env variable with the upstream key.")] = None,
     latency_ms: Annotated[float, typer.Option(help="Added latency per request (benchmarks).")] = 0.0,
+    fault: Annotated[str | None, typer.Option(help="Fault for every request: error-500, slow-200, garbage, ...")] = None,
     log: Annotated[Path | None, typer.Option(help="Append every request to this JSONL file.")] = None,
 ) -> None:
     """Serve the deterministic reference LM (OpenAI-compatible /v1/chat/completions)."""
@@ -259,22 +260,27 @@ def lm_serve(
         err.print("[red]--record needs --upstream URL and --cassette FILE[/]")
         raise typer.Exit(EXIT_INVALID)
     reference_lm.serve(host=host, port=port, cassette=cassette, record=record, upstream=upstream,
-                       upstream_key_env=upstream_key_env, latency_ms=latency_ms, log_path=log)
+                       upstream_key_env=upstream_key_env or "OPENAI_API_KEY", latency_ms=latency_ms, fault=fault,
+                       log_path=log)
 
 
-def _mount_optional() -> None:
-    """Sub-commands that live in other packages (storage, pool, conformance, dspy)."""
-    try:
-        from stepbridge.storage.cli import db_app, executions_app, programs_app
-    except ImportError:
-        pass
-    else:
-        app.add_typer(programs_app, name="programs")
-        app.add_typer(executions_app, name="executions")
-        app.add_typer(db_app, name="db")
+def _mount() -> None:
+    """Sub-commands that live beside the packages they drive (storage, pool, DSPy interop)."""
+    from stepbridge.bridge.cli import pool_app, worker
+    from stepbridge.storage.cli import db_app, executions_app, programs_app
+
+    from .dspy_cli import export_dspy, import_dspy
+
+    app.add_typer(programs_app, name="programs")
+    app.add_typer(executions_app, name="executions")
+    app.add_typer(db_app, name="db")
+    app.add_typer(pool_app, name="pool")
+    app.command("worker")(worker)
+    app.command("import-dspy")(import_dspy)
+    app.command("export-dspy")(export_dspy)
 
 
-_mount_optional()
+_mount()
 
 
 def main() -> None:
