@@ -295,7 +295,7 @@ class Router:
                 return key in allowed_keys
 
         auth.start()
-        auth.configure_curve_callback(domain="*", credentials_provider=_Keys())
+        auth.configure_curve_callback(domain="stepbridge", credentials_provider=_Keys())
         self._auth = auth
 
     async def wait_ready(self, n: int = 1, timeout: float = 30.0) -> None:

@@ -114,6 +114,7 @@ def test_deadlines_cancel_side_effects_and_drain(pool_kwargs: dict[str, Any]) ->
 
     async def go() -> None:
         pool = PoolAdapter(workers=1, capacity=1, cancel_grace=0.5, queue_size=10, **pool_kwargs)
+        await pool.start()
         async with Runner(pool) as runner:
             router = pool.router
             assert router is not None
@@ -192,6 +193,7 @@ def _chaos(n_runs: int, pool_kwargs: dict[str, Any]) -> None:
 
     async def go() -> None:
         pool = PoolAdapter(workers=3, capacity=8, max_attempts=20, **pool_kwargs)
+        await pool.start()
         async with Runner(pool) as runner:
             router = pool.router
             assert router is not None
@@ -248,6 +250,7 @@ def test_sigstop_moves_requests_and_drops_late_replies(pool_kwargs: dict[str, An
 
     async def go() -> None:
         pool = PoolAdapter(workers=1, capacity=4, **pool_kwargs)
+        await pool.start()
         async with Runner(pool) as runner:
             router = pool.router
             assert router is not None
@@ -287,6 +290,7 @@ def test_garbage_frames_wrong_version_and_oversized_are_refused(pool_kwargs: dic
 
     async def go() -> None:
         pool = PoolAdapter(workers=1, capacity=4, max_message=100_000, **pool_kwargs)
+        await pool.start()
         async with Runner(pool) as runner:
             router = pool.router
             assert router is not None
