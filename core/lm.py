@@ -266,7 +266,8 @@ class HTTPLMClient:
         async with self._limit:
             try:
                 resp = await self._http.post("chat/completions", json=body)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # the aiohttp transport reports refusals as the latter
+            # the aiohttp transport reports a refused connection as ConnectTimeout
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 raise LMError(f"cannot reach LM at {self.profile.base_url}: {scrub_secrets(str(exc))}",
                               retriable=True) from exc
             except httpx.TimeoutException as exc:
