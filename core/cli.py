@@ -50,9 +50,9 @@ def _fail_invalid(exc: ProgramValidationError | InputValidationError, as_json: b
         err.print(f"[bold red]invalid program[/]: {len(errors)} problem{'s' if len(errors) != 1 else ''}")
         for issue in exc.issues:
             colour = "red" if issue.severity == "error" else "yellow"
-            err.print(f"  [{colour}]{issue.severity}[/] {issue}", markup=True, highlight=False)
+            err.print(f"  [{colour}]{issue.severity}[/] {issue}", markup=True, highlight=False, soft_wrap=True)
     else:
-        err.print(f"[bold red]invalid input[/]: {exc}", highlight=False)
+        err.print(f"[bold red]invalid input[/]: {exc}", highlight=False, soft_wrap=True)
     return typer.Exit(EXIT_INVALID)
 
 
@@ -146,6 +146,11 @@ def run(
     from .runner import load
 
     store = _open_store(db) if record else None
+    if store is not None:
+        interrupted = store.mark_interrupted()
+        if interrupted:
+            err.print(f"[yellow]{len(interrupted)} execution(s) left running by a dead process were marked "
+                      "interrupted[/]; `stepbridge executions resume` re-runs them", soft_wrap=True)
     try:
         prog = load(program, store=store)
         rows = _read_rows(inputs_file) if inputs_file else [_parse_kv(inputs or [], prog)]

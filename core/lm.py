@@ -194,13 +194,32 @@ class InProcessLMClient:
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         start = time.perf_counter()
+        garbage = "/" in request.model and await self._inject_faults(request)
         try:
             text = self.model.complete(request.messages, response_format=request.response_format)
         except LMError:
             raise
         except Exception as exc:  # the model is ours, but it must never crash a run untyped
             raise LMError(f"reference model failed: {exc}") from exc
+        if garbage:
+            from .reference_lm import GARBAGE_TEXT
+
+            text = GARBAGE_TEXT
         return ChatResponse(text, _word_usage(request.messages, text), (time.perf_counter() - start) * 1000)
+
+    async def _inject_faults(self, request: ChatRequest) -> bool:
+        """The reference server's fault names (``reference/error-500``, ``/slow-200``, ``/garbage``) work
+        in-process too, so failure behaviour can be exercised without a socket."""
+        from .reference_lm import parse_faults
+
+        faults = parse_faults(request.model)
+        if faults.slow_ms:
+            await asyncio.sleep(faults.slow_ms / 1000)
+        if faults.error is not None:
+            retriable = faults.error == 429 or faults.error >= 500
+            raise LMError(f"LM returned HTTP {faults.error} (injected by the reference model name)",
+                          status=faults.error, retriable=retriable)
+        return faults.garbage
 
     async def aclose(self) -> None:
         return None

@@ -16,6 +16,7 @@ from typing import Any
 from .adapter import Adapter, RunOptions
 from .errors import (
     RunCancelledError,
+    RunTimeoutError,
     StepbridgeError,
     UnsupportedCapabilityError,
 )
@@ -110,8 +111,16 @@ class Runner:
         begun = None
         if self.store is not None:
             # Recorded before any check: a run refused for bad inputs still ends in one recorded state.
-            begun = self.store.begin(prog, inputs if isinstance(inputs, dict) else {"_invalid": repr(inputs)},
-                                     options, self.adapter.name)
+            recorded_inputs = inputs if isinstance(inputs, dict) else {"_invalid": repr(inputs)}
+            begun = self.store.begin(prog, recorded_inputs, options, self.adapter.name)
+            waited = 0.0
+            while begun.in_progress:  # same idempotency key, still running elsewhere: wait for its result
+                if waited >= (options.timeout or 600.0):
+                    raise RunTimeoutError(f"execution {begun.execution_id} with idempotency key "
+                                          f"{options.idempotency_key!r} is still running", timeout=options.timeout)
+                await asyncio.sleep(0.2)
+                waited += 0.2
+                begun = self.store.begin(prog, recorded_inputs, options, self.adapter.name)
             if begun.existing is not None:
                 return begun.existing
             if begun.existing_error is not None:

@@ -1,0 +1,85 @@
+"""``stepbridge run`` through the real console script: single runs, batches, exit codes, --json, --out."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "STEPBRIDGE_HOME": str(home), "CI": "true"}
+    return subprocess.run([sys.executable, "-m", "stepbridge.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=180)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+def test_single_run_prints_the_answer_and_records_it(home: Path) -> None:
+    done = cli("run", str(EXAMPLES / "rag_qa.yaml"), "-i", "question=Who created Python?", "--json", home=home)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert "Guido" in result["outputs"]["answer"]
+    assert result["backend"] == "native" and len(result["trace"]) == 3
+    listed = cli("executions", "list", "--json", home=home)
+    assert result["execution_id"] in listed.stdout
+
+
+def test_typed_inputs_are_json_and_bad_ones_exit_2(home: Path, tmp_path: Path) -> None:
+    program = tmp_path / "count.yaml"
+    program.write_text(
+        "stepbridge: 1\nname: count\nsignature: 'words: list[str] -> n: int'\n"
+        "modules:\n  c: {type: predict, signature: 'words: list[str] -> n: int'}\n"
+        "steps:\n  - {call: c, with: {words: $inputs.words}, as: r}\n  - return: {n: $r.n}\n"
+    )
+    ok = cli("run", str(program), "-i", 'words=["a", "b"]', "--json", "--no-record", home=home)
+    assert ok.returncode == 0, ok.stderr
+    assert isinstance(json.loads(ok.stdout)["outputs"]["n"], int)
+    bad = cli("run", str(program), "-i", "words=not json", "--no-record", home=home)
+    assert bad.returncode == 2 and "give it as JSON" in bad.stderr
+    missing = cli("run", str(program), "--no-record", home=home)
+    assert missing.returncode == 2 and "missing input 'words'" in missing.stderr
+
+
+def test_invalid_program_exits_2_with_pointer(home: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text((EXAMPLES / "rag_qa.yaml").read_text().replace("$found.passages", "$fond.passages"))
+    done = cli("run", str(broken), "-i", "question=x", home=home)
+    assert done.returncode == 2
+    assert "/steps/1/with/context" in done.stderr and "did you mean $found?" in done.stderr
+
+
+def test_batch_keeps_going_writes_out_and_exits_1_on_failures(home: Path, tmp_path: Path) -> None:
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"ticket": "refund my invoice"}\n{"ticket": 7}\n{"ticket": "the app crashes"}\n')
+    out = tmp_path / "out.jsonl"
+    done = cli("run", str(EXAMPLES / "classify.yaml"), "--inputs", str(rows), "--out", str(out), "--json",
+               home=home)
+    assert done.returncode == 1, done.stderr
+    summary = json.loads(done.stdout)["summary"]
+    assert summary == {"total": 3, "succeeded": 2, "failed": 1}
+    written = sorted((json.loads(line) for line in out.read_text().splitlines()), key=lambda r: r["index"])
+    assert [("error" in r) for r in written] == [False, True, False]
+    assert written[1]["error"]["type"] == "InputValidationError"
+    # every row, including the refused one, ends in exactly one recorded state
+    listed = json.loads(cli("executions", "list", "--json", home=home).stdout)
+    executions = listed if isinstance(listed, list) else listed["executions"]
+    assert sorted(e["status"] for e in executions) == ["failed", "succeeded", "succeeded"]
+
+
+def test_lm_failure_exits_1_with_typed_error(home: Path) -> None:
+    done = cli("run", str(EXAMPLES / "classify.yaml"), "-i", "ticket=hi", "--lm", "reference/garbage",
+               "--json", "--no-record", home=home)
+    # 'reference/garbage' names a model on the (in-process) reference LM: it answers unparseable text
+    assert done.returncode == 1, done.stderr
+    error = json.loads(done.stdout)["error"]
+    assert error["type"] == "StepError" and error["details"]["cause"]["type"] == "LMParseError"
