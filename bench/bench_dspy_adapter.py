@@ -53,7 +53,7 @@ async def bench(runs: int, concurrency: int, rounds: int) -> None:
         adapter = DSPyAdapter(profiles={"default": LMProfile(name="default", base_url=str(url),
                                                              model="openai/reference")})
         await adapter.prepare(program)
-        lm, _ = adapter.dspy_lm((program.lm or LMConfig()))
+        lm, _ = adapter.dspy_lm(program.lm or LMConfig())
         direct = RagQA(program)
 
         async def adapter_one(i: int) -> Any:
