@@ -79,7 +79,8 @@ async def bench(runs: int, concurrency: int, rounds: int) -> None:
             return (time.perf_counter() - began) / runs * 1000
 
         for label, conc in (("sequential", 1), (f"concurrency {concurrency}", concurrency)):
-            ours, theirs = [], []
+            ours: list[float] = []
+            theirs: list[float] = []
             for r in range(rounds):
                 order = [(adapter_one, ours), (direct_one, theirs)]
                 for fn, sink in order if r % 2 == 0 else reversed(order):
