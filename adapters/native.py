@@ -69,7 +69,7 @@ class _LMRunner:
     def prompt(self, mode: str) -> Prompt:
         prompt = self._prompts.get(mode)
         if prompt is None:
-            prompt = self._prompts[mode] = Prompt(self.signature, self.demos, mode)  # type: ignore[arg-type]
+            prompt = self._prompts[mode] = Prompt(self.signature, self.demos, mode)
         return prompt
 
     async def __call__(self, args: dict[str, Any], ctx: _Context, calls: list[LMCall]) -> dict[str, Any]:
@@ -249,7 +249,7 @@ class NativeAdapter:
             if step.kind == "return":
                 outputs = resolve(step.args, scope)
                 trace.append(_record(step=step.index, kind="return", inputs=outputs, outputs=outputs))
-                return outputs  # type: ignore[no-any-return]
+                return outputs
             began = time.perf_counter()
             calls: list[LMCall] = []
             children: list[StepTrace] = []

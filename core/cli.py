@@ -129,7 +129,8 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 @app.command()
 def run(
     program: Annotated[str, typer.Argument(help="Program file, or a stored NAME[@VERSION|@ALIAS] or hash.")],
-    inputs: Annotated[list[str] | None, typer.Option("-i", "--input", help="An input as key=value (repeatable).")] = None,
+    inputs: Annotated[list[str] | None,
+                      typer.Option("-i", "--input", help="An input as key=value (repeatable).")] = None,
     inputs_file: Annotated[Path | None, typer.Option("--inputs", help="Batch: a JSONL file, one inputs object "
                                                                       "per line.")] = None,
     backend: Annotated[str, typer.Option(help="native, dspy, pool, or package.module:factory.")] = "native",
@@ -250,12 +251,15 @@ async def _run(prog: Any, rows: list[dict[str, Any]], *, batch: bool, backend: s
 def lm_serve(
     port: Annotated[int, typer.Option(help="Port (0 picks a free one; the URL is printed first).")] = 8765,
     host: Annotated[str, typer.Option(help="Interface to bind (loopback by default).")] = "127.0.0.1",
-    cassette: Annotated[Path | None, typer.Option(help="Replay responses from this cassette; a miss is an error.")] = None,
+    cassette: Annotated[Path | None,
+                        typer.Option(help="Replay responses from this cassette; a miss is an error.")] = None,
     record: Annotated[bool, typer.Option("--record", help="Record upstream responses into --cassette.")] = False,
     upstream: Annotated[str | None, typer.Option(help="Upstream OpenAI-compatible base URL for --record.")] = None,
-    upstream_key_env: Annotated[str | None, typer.Option(help="NAME of the env variable with the upstream key.")] = None,
+    upstream_key_env: Annotated[str | None,
+                                typer.Option(help="NAME of the env variable with the upstream key.")] = None,
     latency_ms: Annotated[float, typer.Option(help="Added latency per request (benchmarks).")] = 0.0,
-    fault: Annotated[str | None, typer.Option(help="Fault for every request: error-500, slow-200, garbage, ...")] = None,
+    fault: Annotated[str | None,
+                     typer.Option(help="Fault for every request: error-500, slow-200, garbage, ...")] = None,
     log: Annotated[Path | None, typer.Option(help="Append every request to this JSONL file.")] = None,
 ) -> None:
     """Serve the deterministic reference LM (OpenAI-compatible /v1/chat/completions)."""

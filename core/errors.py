@@ -58,6 +58,17 @@ def scrub_secrets(text: str) -> str:
     return text
 
 
+def _scrub_data(value: Any) -> Any:
+    """``scrub_secrets`` applied to every string inside plain data (error details)."""
+    if isinstance(value, str):
+        return scrub_secrets(value)
+    if isinstance(value, dict):
+        return {k: _scrub_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub_data(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class Issue:
     """One problem found in a program: where (JSON pointer, file line) and what, with a hint."""
@@ -111,7 +122,7 @@ class StepbridgeError(Exception):
         data: dict[str, Any] = {
             "type": type(self).__name__,
             "message": scrub_secrets(self.message),
-            "details": self.details(),
+            "details": _scrub_data(self.details()),
         }
         if self.remote_traceback:
             data["traceback"] = scrub_secrets(self.remote_traceback)
@@ -252,7 +263,8 @@ def error_from_dict(data: dict[str, Any]) -> StepbridgeError:
     Unknown type names (a newer peer) degrade to :class:`StepbridgeError`, never to an import.
     """
     cls = StepbridgeError._registry.get(str(data.get("type")), StepbridgeError)
-    details = dict(data.get("details") or {})
+    raw_details = data.get("details")
+    details = dict(raw_details) if isinstance(raw_details, dict) else {}
     message = str(data.get("message", ""))
     tb = data.get("traceback")
     try:

@@ -9,8 +9,8 @@ ever constructed from a tag.
 
 from __future__ import annotations
 
-import datetime
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ __all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "load_program", "parse_document"]
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_DEPTH = 64
-MAX_NODES = 500_000
+MAX_NODES = 50_000
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _resolver = yaml.resolver.Resolver()
@@ -37,30 +37,48 @@ def _escape(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
+_STR_TAG = "tag:yaml.org,2002:str"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+# Scalar constructors called directly (not through construct_object, whose per-node bookkeeping would
+# keep every value of every file ever loaded alive in the shared constructor).
+_SCALAR_CONSTRUCTORS: dict[str, Any] = {
+    "tag:yaml.org,2002:int": yaml.constructor.SafeConstructor.construct_yaml_int,
+    "tag:yaml.org,2002:float": yaml.constructor.SafeConstructor.construct_yaml_float,
+    "tag:yaml.org,2002:bool": yaml.constructor.SafeConstructor.construct_yaml_bool,
+    "tag:yaml.org,2002:null": yaml.constructor.SafeConstructor.construct_yaml_null,
+}
+_COLLECTION_TAGS = (None, "!", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
+_PLAIN_INT = re.compile(r"-?(?:0|[1-9][0-9]{0,17})\Z")  # the common case, without the resolver's regex tour
+
+
 def _scalar(event: Any) -> Any:
     tag = event.tag
+    if tag is None:
+        if not event.implicit[0]:  # quoted or block scalar without a tag: text
+            return event.value
+        if _PLAIN_INT.match(event.value):
+            return int(event.value)
     if tag is None or tag == "!":
         tag = _resolver.resolve(yaml.ScalarNode, event.value, event.implicit)
-    if tag not in (
-        "tag:yaml.org,2002:str",
-        "tag:yaml.org,2002:int",
-        "tag:yaml.org,2002:float",
-        "tag:yaml.org,2002:bool",
-        "tag:yaml.org,2002:null",
-        "tag:yaml.org,2002:timestamp",
-    ):
+    if tag in (_STR_TAG, _TIMESTAMP_TAG):
+        return event.value  # dates stay the text the author wrote
+    construct = _SCALAR_CONSTRUCTORS.get(tag)
+    if construct is None:
         raise _fail(f"YAML tag {tag} is not allowed in a program file", event.start_mark.line + 1)
     node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
-    value = _constructor.construct_object(node)
-    if isinstance(value, datetime.date | datetime.datetime):
-        return event.value  # keep dates as the text the author wrote
-    return value
+    try:
+        return construct(_constructor, node)
+    except Exception:  # ValueError, KeyError, IndexError...: a malformed value for its tag
+        kind = tag.rsplit(":", 1)[-1]
+        raise _fail(f"invalid {kind} value {event.value[:40]!r}", event.start_mark.line + 1) from None
 
 
 def _parse_yaml(text: str) -> tuple[Any, dict[str, int]]:
     lines: dict[str, int] = {}
     root: list[Any] = []
-    # Each frame: [container, pointer, pending_key (mappings), key_line]
+    # Each frame: [container, pointer, pending_key (mappings), key_line, start_line]
     stack: list[list[Any]] = []
     nodes = 0
 
@@ -105,16 +123,18 @@ def _parse_yaml(text: str) -> tuple[Any, dict[str, int]]:
                 add(_scalar(event), line or 0)
             elif isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
                 nodes += 1
+                if event.tag not in _COLLECTION_TAGS:
+                    raise _fail(f"YAML tag {event.tag} is not allowed in a program file", line)
                 if len(stack) >= MAX_DEPTH:
                     raise _fail(f"nesting deeper than {MAX_DEPTH} levels", line, child_pointer())
                 container: Any = {} if isinstance(event, yaml.MappingStartEvent) else []
                 if stack and not isinstance(stack[-1][0], list) and stack[-1][2] is _NO_KEY:
                     raise _fail("mapping keys must be plain scalars", line, stack[-1][1])
                 pointer = child_pointer()
-                stack.append([container, pointer, _NO_KEY, None])
+                stack.append([container, pointer, _NO_KEY, None, line or 0])
             elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
                 frame = stack.pop()
-                add(frame[0], line or 0)
+                add(frame[0], frame[4])  # a container's line is where it starts, not where it ends
             elif isinstance(event, yaml.DocumentStartEvent) and root:
                 raise _fail("a program file holds exactly one YAML document", line)
             if nodes > MAX_NODES:
@@ -123,9 +143,13 @@ def _parse_yaml(text: str) -> tuple[Any, dict[str, int]]:
         mark = exc.problem_mark or exc.context_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = exc.problem or exc.context or "syntax error"
-        raise _fail(f"YAML syntax error: {problem}{where}", mark.line + 1 if mark else None) from None
+        err = _fail(f"YAML syntax error: {problem}{where}", mark.line + 1 if mark else None)
+        err.yaml_syntax = True  # type: ignore[attr-defined]
+        raise err from None
     except yaml.YAMLError as exc:
-        raise _fail(f"YAML error: {exc}") from None
+        err = _fail(f"YAML error: {exc}")
+        err.yaml_syntax = True  # type: ignore[attr-defined]
+        raise err from None
     if not root:
         raise _fail("the file is empty")
     lines.setdefault("", 1)
@@ -178,16 +202,47 @@ def parse_document(text: str | bytes, *, filename: str | None = None) -> tuple[A
         raise _fail(f"nesting deeper than {MAX_DEPTH} levels")
     try:
         return _parse_yaml(text)
-    except ProgramValidationError:
-        if not is_json:
+    except ProgramValidationError as exc:
+        # Only a YAML *syntax* error falls back: a duplicate key, an alias or a limit stays an error.
+        if not is_json or not getattr(exc, "yaml_syntax", False):
             raise
         # JSON that libyaml (YAML 1.1) trips over, e.g. tabs: the json module is the authority.
         try:
-            return json.loads(text), {"": 1}
+            data = json.loads(text, object_pairs_hook=_json_object, parse_constant=_json_constant)
         except json.JSONDecodeError as exc:
             raise _fail(f"JSON syntax error: {exc.msg} (line {exc.lineno}, column {exc.colno})", exc.lineno) from None
         except RecursionError:
             raise _fail(f"nesting deeper than {MAX_DEPTH} levels") from None
+        except ValueError as exc:  # e.g. an integer with more digits than Python converts
+            raise _fail(f"JSON error: {exc}") from None
+        if _count_nodes(data) > MAX_NODES:
+            raise _fail(f"more than {MAX_NODES} values in one program file") from None
+        return data, {"": 1}
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _fail(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _json_constant(name: str) -> Any:
+    raise _fail(f"{name} is not allowed in a program file (JSON has no NaN or infinity)")
+
+
+def _count_nodes(data: Any) -> int:
+    count, todo = 0, [data]
+    while todo and count <= MAX_NODES:
+        item = todo.pop()
+        count += 1
+        if isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return count
 
 
 def load_program(source: str | Path | dict[str, Any], *, base_dir: str | Path | None = None) -> Any:

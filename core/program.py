@@ -9,7 +9,8 @@ Decisions: keys sorted; no insignificant whitespace; UTF-8 with non-ASCII kept a
 floats written as integers (``1`` and ``1.0`` hash alike); strings are *not* Unicode-normalised,
 because the hash must identify the exact bytes a program sends to an LM (identifiers are ASCII
 by the grammar, so they cannot differ by normalisation); signatures are hashed in their long form,
-so ``"q -> a"`` and the equivalent long form are the same program.
+so ``"q -> a"`` and the equivalent long form are the same program; signature fields are hashed in
+their order (it is the order of the prompt), every other mapping is order-free. ``lm: {}`` is no ``lm``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -196,7 +198,8 @@ def _step_kind(value: Any) -> str | None:
             if key in value:
                 return key
         return None
-    return {CallStep: "call", MapStep: "map", ReturnStep: "return"}.get(type(value))
+    kinds: dict[type, str] = {CallStep: "call", MapStep: "map", ReturnStep: "return"}
+    return kinds.get(type(value))
 
 
 Step = Annotated[
@@ -252,8 +255,12 @@ class Program(_Strict):
         data = self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
         data["stepbridge"] = FORMAT_VERSION
         data["signature"] = self.signature.canonical()
+        if data.get("lm") == {}:  # ``lm: {}`` sets nothing: the same program as no ``lm``
+            del data["lm"]
         for name, module in self.modules.items():
             sig = getattr(module, "signature", None)
+            if data["modules"][name].get("lm") == {}:
+                del data["modules"][name]["lm"]
             data["modules"][name]["type"] = module.type
             if isinstance(sig, Signature):
                 data["modules"][name]["signature"] = sig.canonical()
@@ -262,7 +269,30 @@ class Program(_Strict):
     @cached_property
     def content_hash(self) -> str:
         """sha256 of the canonical JSON: the program's identity in storage, on the wire, in caches."""
-        return hashlib.sha256(canonical_json(self.canonical()).encode("utf-8")).hexdigest()
+        return hashlib.sha256(canonical_json(self._hash_form()).encode("utf-8")).hexdigest()
+
+    def _hash_form(self) -> dict[str, Any]:
+        """:meth:`canonical` with every signature's fields as ordered ``[name, spec]`` pairs: field order
+        is part of the prompt, and sorted JSON keys would otherwise hide it."""
+        data = self.canonical()
+
+        def ordered(sig: dict[str, Any]) -> dict[str, Any]:
+            return {**sig, "inputs": [[k, v] for k, v in sig["inputs"].items()],
+                    "outputs": [[k, v] for k, v in sig["outputs"].items()]}
+
+        data["signature"] = ordered(data["signature"])
+        for module in data.get("modules", {}).values():
+            if isinstance(module.get("signature"), dict):
+                module["signature"] = ordered(module["signature"])
+        return data
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Program:
+        """A copy; with ``update``, the cached hash and capabilities are recomputed, not carried over."""
+        copied = super().model_copy(update=update, deep=deep)
+        if update:
+            for cached in ("content_hash", "required_capabilities"):
+                copied.__dict__.pop(cached, None)
+        return copied
 
     @property
     def base_dir(self) -> Path:

@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = ["Ref", "ReferenceSyntaxError", "find_refs", "parse_value", "resolve"]
 
-_REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?$")
+_REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?\Z")
 
 
 class ReferenceSyntaxError(ValueError):

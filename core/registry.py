@@ -113,7 +113,7 @@ class ToolRegistry(Registry[Tool]):
         return Tool(name=name, func=obj, signature=tool_signature(obj),
                     side_effects=bool(getattr(obj, "__stepbridge_side_effects__", False)))
 
-    def register(self, name: str, obj: Any = None, *, side_effects: bool = False) -> Any:  # type: ignore[override]
+    def register(self, name: str, obj: Any = None, *, side_effects: bool = False) -> Any:
         """Register a tool; ``side_effects=True`` means a run using it is never retried elsewhere."""
         def apply(target: Any) -> Any:
             tool = self._wrap(name, target)

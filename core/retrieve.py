@@ -98,7 +98,7 @@ def make_retriever(spec: RetrieverSpec, base_dir: Path) -> Retriever:
         from .registry import retrievers
 
         factory = retrievers.get(spec.kind)
-        return factory(spec, base_dir)  # type: ignore[no-any-return]
+        return factory(spec, base_dir)
     if not spec.corpus:
         raise ValueError("the bm25 retriever needs a 'corpus' file (jsonl or txt)")
     path = (base_dir / spec.corpus).resolve()

@@ -55,12 +55,12 @@ def load(program: ProgramLike, *, store: Any = None) -> Program:
 
     text = str(program)
     if isinstance(program, Path) or text.endswith((".yaml", ".yml", ".json")) or "/" in text:
-        return load_program(Path(text))  # type: ignore[no-any-return]
+        return load_program(Path(text))
     if store is None:
         from .errors import StorageError
 
         raise StorageError(f"{text!r} is not a program file, and no store is configured to look it up")
-    return store.load(text)  # type: ignore[no-any-return]
+    return store.load(text)
 
 
 class Runner:
@@ -211,7 +211,7 @@ def run(program: ProgramLike, inputs: dict[str, Any] | None = None, *, backend: 
         async with Runner(backend, store=store, lm=lm, timeout=timeout, **adapter_options) as runner:
             return await runner.run(program, inputs)
 
-    return _sync(go)  # type: ignore[no-any-return]
+    return _sync(go)
 
 
 def batch(program: ProgramLike, rows: Iterable[dict[str, Any]], *, backend: Any = "native",
@@ -222,4 +222,4 @@ def batch(program: ProgramLike, rows: Iterable[dict[str, Any]], *, backend: Any 
         async with Runner(backend, store=store, lm=lm, timeout=timeout, **adapter_options) as runner:
             return await runner.batch(program, rows, concurrency=concurrency)
 
-    return _sync(go)  # type: ignore[no-any-return]
+    return _sync(go)

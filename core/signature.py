@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serial
 
 __all__ = ["FieldSpec", "Signature", "SignatureSyntaxError", "TypeExpr", "parse_signature", "parse_type"]
 
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 SCALARS = ("str", "int", "float", "bool")
 MAX_TYPE_DEPTH = 8
 
@@ -96,7 +96,9 @@ class TypeExpr:
         if k == "int":
             return isinstance(value, int) and not isinstance(value, bool)
         if k == "float":
-            return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            if isinstance(value, float):
+                return math.isfinite(value)
+            return isinstance(value, int) and not isinstance(value, bool)
         if k == "list":
             return isinstance(value, list) and all(self.args[0].accepts(v) for v in value)
         if k == "dict":
@@ -141,7 +143,7 @@ def _literal_repr(value: Any) -> str:
 class _TypeParser:
     _token = re.compile(
         r"\s*(?:(?P<name>[A-Za-z_][A-Za-z0-9_.]*)|(?P<str>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")"
-        r"|(?P<num>-?\d+(?:\.\d+)?)|(?P<punct>[\[\],|]))"
+        r"|(?P<num>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)|(?P<punct>[\[\],|]))"
     )
 
     def __init__(self, text: str):
@@ -240,7 +242,7 @@ class _TypeParser:
             body = value[1:-1]
             return re.sub(r"\\(.)", r"\1", body)
         if kind == "num":
-            return float(value) if "." in value else int(value)
+            return float(value) if any(c in value for c in ".eE") else int(value)
         if kind == "name" and value in ("True", "False"):
             return value == "True"
         raise SignatureSyntaxError(f"Literal values must be strings, numbers or booleans, found {value!r}",
@@ -280,13 +282,17 @@ class FieldSpec(BaseModel):
         return parse_type(self.type)
 
 
-def _split_top_level(text: str) -> list[tuple[str, int]]:
-    """Split on commas outside brackets and quotes, keeping each part's start offset."""
+def _split_top_level(text: str, sep: str = ",", *, brackets: bool = True) -> list[tuple[str, int]]:
+    """Split on ``sep`` outside quotes (and brackets, if ``brackets``), keeping each part's start offset."""
     parts: list[tuple[str, int]] = []
-    depth, quote, start = 0, "", 0
+    depth, quote, escaped, start = 0, "", False, 0
     for i, ch in enumerate(text):
         if quote:
-            if ch == quote and text[i - 1] != "\\":
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
                 quote = ""
         elif ch in "'\"":
             quote = ch
@@ -294,9 +300,9 @@ def _split_top_level(text: str) -> list[tuple[str, int]]:
             depth += 1
         elif ch == "]":
             depth -= 1
-        elif ch == "," and depth == 0:
+        elif (depth == 0 or not brackets) and text.startswith(sep, i) and i >= start:
             parts.append((text[start:i], start))
-            start = i + 1
+            start = i + len(sep)
     parts.append((text[start:], start))
     return parts
 
@@ -325,9 +331,10 @@ def parse_signature(text: str) -> Signature:
     """Parse DSPy's string form ``"a: list[str], b -> c: int"``."""
     if len(text) > 20_000:
         raise SignatureSyntaxError("signature string too long", text[:40] + "...")
-    if text.count("->") != 1:
+    sides = _split_top_level(text, "->", brackets=False)  # not inside a Literal['a->b']
+    if len(sides) != 2:
         raise SignatureSyntaxError("a signature needs exactly one '->'", text)
-    left, right = text.split("->")
+    left, right = sides[0][0], sides[1][0]
     inputs = _parse_fields(left, 0, text)
     outputs = _parse_fields(right, len(left) + 2, text)
     return Signature(inputs=inputs, outputs=outputs)
@@ -362,6 +369,14 @@ class Signature(BaseModel):
         if not self.outputs:
             raise ValueError("a signature needs at least one output field")
         return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> Any:
+        # A file may spell a signature as the short string form too; the schema must accept both.
+        return {"anyOf": [
+            {"type": "string", "description": "short form, e.g. \"context: list[str], question -> answer\""},
+            handler(core_schema),
+        ]}
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: Any) -> Any:

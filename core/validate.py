@@ -9,6 +9,7 @@ unique, exactly one ``return`` comes last. Unused results are warnings.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -71,17 +72,21 @@ class _Collector:
 
     def pydantic(self, base: str, exc: ValidationError) -> None:
         for err in exc.errors(include_url=False):
-            loc = [str(p) for p in err["loc"] if str(p) not in _TAGS or err["type"] == "missing"]
-            # drop union tag names pydantic puts into the location
-            loc = [p for i, p in enumerate(loc) if not (p in _TAGS and i < len(loc) - 1)]
+            # drop the union tag names pydantic puts into the location (first in a step or module, or
+            # right after /steps/<i> and /modules/<name>), never a field that has the same name
+            raw_loc = [str(p) for p in err["loc"]]
+            loc = [p for i, p in enumerate(raw_loc) if not (
+                p in _TAGS and i < len(raw_loc) - 1
+                and (i == 0 or (i >= 2 and raw_loc[i - 2] in ("steps", "modules"))))]
             pointer = base + "".join(f"/{_esc(p)}" for p in loc)
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
                 key = loc[-1] if loc else "?"
                 msg = f"unknown key {key!r}"
-                if "/lm/" in pointer + "/" or pointer.endswith("/lm") or "/lm" in pointer:
-                    if key in ("base_url", "api_base", "api_key", "api_key_env", "url", "endpoint", "headers"):
-                        msg += f": {_LM_HINT}"
+                if "/lm" in pointer and key in (
+                    "base_url", "api_base", "api_key", "api_key_env", "url", "endpoint", "headers"
+                ):
+                    msg += f": {_LM_HINT}"
             elif err["type"] == "union_tag_invalid":
                 tag = err.get("ctx", {}).get("tag")
                 msg = f"unknown module type {tag!r} (use one of: {', '.join(MODULE_TYPES)})"
@@ -122,7 +127,7 @@ def _module_signature(module: Any, c: _Collector, pointer: str) -> Signature | N
         c.error(f"{pointer}/module", f"unknown DSPy module {module.module!r}: register it by exact name "
                 "(entry point group 'stepbridge.dspy_modules' or stepbridge.registry.dspy_modules.register)",
                 suggest(module.module, dspy_modules.names()))
-    return module.effective_signature  # type: ignore[no-any-return]
+    return module.effective_signature
 
 
 def validate_data(
@@ -157,14 +162,17 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
         if key not in _TOP_KEYS:
             c.error(f"/{_esc(key)}", f"unknown key {key!r}", suggest(str(key), _TOP_KEYS))
     version = data.get("stepbridge")
-    if version != 1:
+    if version != 1 or isinstance(version, bool):
         if version is None:
             c.error("/stepbridge", "missing format version: add 'stepbridge: 1' at the top")
         else:
             c.error("/stepbridge", f"unsupported format version {version!r}: this stepbridge reads version 1")
     name = data.get("name")
-    if not isinstance(name, str) or not name:
+    if name is None or name == "":
         c.error("/name", "missing program name")
+    elif not isinstance(name, str):
+        c.error("/name", f"the program name must be a string, got {type(name).__name__}")
+    _check_finite(data, "", c)
     if "lm" in data and data["lm"] is not None:
         try:
             LMConfig.model_validate(data["lm"])
@@ -186,9 +194,9 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
         pointer = f"/modules/{_esc(mname)}"
         if not IDENTIFIER.match(str(mname)):
             c.error(pointer, f"invalid module name {mname!r} (letters, digits and _; not starting with a digit)")
-        if isinstance(raw, dict) and "signature" in raw and isinstance(raw["signature"], str):
-            if _parse_signature(raw["signature"], f"{pointer}/signature", c) is None:
-                continue
+        if (isinstance(raw, dict) and isinstance(raw.get("signature"), str)
+                and _parse_signature(raw["signature"], f"{pointer}/signature", c) is None):
+            continue
         try:
             module = _module_adapter.validate_python(raw)
         except SignatureSyntaxError as exc:
@@ -232,7 +240,7 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
         produced["inputs"] = {k: f.type_expr for k, f in signature.inputs.items()}
     producer_step: dict[str, int] = {}
     used: set[str] = set()
-    later_names = {s.get("as"): i for i, s in enumerate(raw_steps) if isinstance(s, dict) and s.get("as")}
+    later_names = {s["as"]: i for i, s in enumerate(raw_steps) if isinstance(s, dict) and isinstance(s.get("as"), str)}
     return_seen: list[int] = []
 
     for index, raw in enumerate(raw_steps):
@@ -249,6 +257,13 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
             step = _step_adapter.validate_python(raw)
         except ValidationError as exc:
             c.pydantic(pointer, exc)
+            if isinstance(raw, dict) and "return" in raw:
+                return_seen.append(index)
+            as_ = raw.get("as") if isinstance(raw, dict) else None
+            if isinstance(as_, str) and IDENTIFIER.match(as_) and as_ not in produced and as_ != "inputs":
+                # the step is broken, but its name exists: do not report every later use as unknown
+                produced[as_] = {}
+                producer_step[as_] = index
             continue
         steps.append(step)
         if isinstance(step, ReturnStep):
@@ -330,6 +345,19 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
         return None
 
 
+def _check_finite(value: Any, pointer: str, c: _Collector) -> None:
+    """NaN and infinity have no canonical JSON form (and so no content hash)."""
+    todo = [(value, pointer)]
+    while todo:
+        item, where = todo.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            c.error(where, f"{item} is not allowed in a program (no NaN or infinity)")
+        elif isinstance(item, dict):
+            todo.extend((v, f"{where}/{_esc(k)}") for k, v in item.items())
+        elif isinstance(item, list):
+            todo.extend((v, f"{where}/{i}") for i, v in enumerate(item))
+
+
 def _ref_type(
     ref: Ref,
     pointer: str,
@@ -353,7 +381,7 @@ def _ref_type(
         if ref.field is None:
             return item_type
         if item_type.kind == "dict":
-            return item_type.args[0]  # type: ignore[no-any-return]
+            return item_type.args[0]
         c.error(pointer, f"{ref}: the item is {item_type}, it has no field {ref.field!r}")
         return None
     if ref.field is None:
@@ -391,8 +419,8 @@ def _check_args(
             continue
         target = targets.get(key) if targets is not None else None
         if targets is not None and target is None:
-            what = "program output" if kind == "return" else "input of this module"
-            c.error(arg_pointer, f"{key!r} is not an {what} (expected: {', '.join(targets) or 'none'})",
+            what = "a program output" if kind == "return" else "an input of this module"
+            c.error(arg_pointer, f"{key!r} is not {what} (expected: {', '.join(targets) or 'none'})",
                     suggest(key, list(targets)))
         for sub_pointer, ref in find_refs(parsed, arg_pointer):
             rtype = _ref_type(ref, sub_pointer, produced, used, c, later, index)

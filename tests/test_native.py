@@ -8,7 +8,6 @@ from typing import Any, TypedDict
 
 import httpx
 import pytest
-
 import stepbridge as sb
 from stepbridge.adapters.native import NativeAdapter
 from stepbridge.errors import (
@@ -246,7 +245,8 @@ def test_json_adapter_sends_response_format_and_parses(reference_lm: str) -> Non
     program = sb.load_program({
         "stepbridge": 1, "name": "j", "signature": "ticket -> team: Literal['billing', 'technical'], score: int",
         "lm": {"adapter": "json", "temperature": 0.5, "max_tokens": 300},
-        "modules": {"m": {"type": "predict", "signature": "ticket -> team: Literal['billing', 'technical'], score: int"}},
+        "modules": {"m": {"type": "predict",
+                          "signature": "ticket -> team: Literal['billing', 'technical'], score: int"}},
         "steps": [{"call": "m", "with": {"ticket": "$inputs.ticket"}, "as": "r"},
                   {"return": {"team": "$r.team", "score": "$r.score"}}],
     })
