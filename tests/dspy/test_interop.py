@@ -132,7 +132,7 @@ def test_import_cli_writes_a_program(tmp_path: Path, monkeypatch: pytest.MonkeyP
     state = tmp_path / "state.json"
     result = CliRunner().invoke(app, ["export-dspy", str(out), "-o", str(state)])
     assert result.exit_code == 0, result.output
-    import sb_cli_module  # type: ignore[import-not-found]
+    import sb_cli_module
 
     fresh = sb_cli_module.QA()
     fresh.load(str(state))
