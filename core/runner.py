@@ -21,7 +21,7 @@ from .errors import (
     UnsupportedCapabilityError,
 )
 from .program import LMConfig, Program
-from .recorder import Recorder
+from .recorder import Begun, Recorder
 from .registry import load_adapter
 from .result import RunResult
 from .validate import check_inputs
@@ -112,7 +112,7 @@ class Runner:
         if self.store is not None:
             # Recorded before any check: a run refused for bad inputs still ends in one recorded state.
             recorded_inputs = inputs if isinstance(inputs, dict) else {"_invalid": repr(inputs)}
-            begun = self.store.begin(prog, recorded_inputs, options, self.adapter.name)
+            begun = await self._begin(prog, recorded_inputs, options)
             waited = 0.0
             while begun.in_progress:  # same idempotency key, still running elsewhere: wait for its result
                 if waited >= (options.timeout or 600.0):
@@ -120,7 +120,7 @@ class Runner:
                                           f"{options.idempotency_key!r} is still running", timeout=options.timeout)
                 await asyncio.sleep(0.2)
                 waited += 0.2
-                begun = self.store.begin(prog, recorded_inputs, options, self.adapter.name)
+                begun = await self._begin(prog, recorded_inputs, options)
             if begun.existing is not None:
                 return begun.existing
             if begun.existing_error is not None:
@@ -135,21 +135,44 @@ class Runner:
             result = await self.adapter.run(prog, inputs, options)
         except asyncio.CancelledError:
             if begun is not None:
-                self.store.fail(begun.execution_id, RunCancelledError("run cancelled by its caller"),  # type: ignore[union-attr]
-                                cancelled=True)
+                # shielded: the cancelled state must still be recorded
+                await asyncio.shield(self._fail(begun.execution_id, RunCancelledError("run cancelled by its caller"),
+                                                cancelled=True))
             raise
         except StepbridgeError as exc:
             if begun is not None:
-                self.store.fail(begun.execution_id, exc)  # type: ignore[union-attr]
+                await self._fail(begun.execution_id, exc)
             raise
         except Exception as exc:  # an adapter bug must still end in one recorded, typed state
             error = StepbridgeError(f"adapter {self.adapter.name!r} failed: {type(exc).__name__}: {exc}")
             if begun is not None:
-                self.store.fail(begun.execution_id, error)  # type: ignore[union-attr]
+                await self._fail(begun.execution_id, error)
             raise error from exc
         if begun is not None:
-            self.store.succeed(begun.execution_id, result)  # type: ignore[union-attr]
+            await self._succeed(begun.execution_id, result)
         return result
+
+    # Recorders may offer async variants (``abegin``...): the store's group commit lets concurrent runs
+    # share transactions. Plain sync recorders work too.
+    async def _begin(self, prog: Program, inputs: dict[str, Any], options: RunOptions) -> Begun:
+        store: Any = self.store
+        if hasattr(store, "abegin"):
+            return await store.abegin(prog, inputs, options, self.adapter.name)
+        return store.begin(prog, inputs, options, self.adapter.name)
+
+    async def _succeed(self, execution_id: str, result: RunResult) -> None:
+        store: Any = self.store
+        if hasattr(store, "asucceed"):
+            await store.asucceed(execution_id, result)
+        else:
+            store.succeed(execution_id, result)
+
+    async def _fail(self, execution_id: str, error: StepbridgeError, *, cancelled: bool = False) -> None:
+        store: Any = self.store
+        if hasattr(store, "afail"):
+            await store.afail(execution_id, error, cancelled=cancelled)
+        else:
+            store.fail(execution_id, error, cancelled=cancelled)
 
     async def stream(
         self, program: ProgramLike, rows: Iterable[dict[str, Any]], *, concurrency: int = 8,

@@ -9,6 +9,7 @@ overwrite a terminal state. Everything bound for a row goes through :func:`scrub
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import platform
@@ -50,6 +51,7 @@ from .db import (
     normalise_url,
     redacted,
 )
+from .group_commit import GroupCommit
 from .models import (
     SOURCES,
     AliasRow,
@@ -191,6 +193,7 @@ class Store:
             self.engine.dispose()
             raise
         self._published: set[str] = set()
+        self._group = GroupCommit(self)
 
     def __repr__(self) -> str:
         return f"Store({redacted(self.url)!r})"
@@ -202,7 +205,8 @@ class Store:
         self.close()
 
     def close(self) -> None:
-        """Release every pooled connection."""
+        """Finish pending group-committed writes, then release every pooled connection."""
+        self._group.close()
         self.engine.dispose()
 
     # -- transactions ----------------------------------------------------------------------------
@@ -518,6 +522,17 @@ class Store:
         is returned as ``existing``/``existing_error``; a running one as ``in_progress``.
         """
         self._ensure_published(program)
+        return self._write(self._begin_fn(program, inputs, options, backend), "recording the start of a run")
+
+    async def abegin(self, program: Program, inputs: dict[str, Any], options: RunOptions, backend: str) -> Begun:
+        """:meth:`begin` for event loops: group-committed with the other runs of this process."""
+        if program.content_hash not in self._published:
+            await asyncio.to_thread(self._ensure_published, program)
+        return await self._group.submit(self._begin_fn(program, inputs, options, backend),
+                                        "recording the start of a run")
+
+    def _begin_fn(self, program: Program, inputs: dict[str, Any], options: RunOptions,
+                  backend: str) -> Callable[[Connection], Begun]:
         owner = current_owner()
         now = utcnow()
         clean_inputs = _clean(inputs)
@@ -563,7 +578,7 @@ class Store:
                 )
             return self._take_over(conn, row, now)
 
-        return self._write(fn, "recording the start of a run")
+        return fn
 
     def _take_over(self, conn: Connection, row: Row[Any], now: datetime) -> Begun:
         if row.status == "interrupted":
@@ -614,6 +629,28 @@ class Store:
             conn.execute(insert(steps_t), rows)
 
     def _finish(self, eid: str, status: str, values: dict[str, Any], trace: Sequence[Any], note: str | None) -> bool:
+        done = self._write(self._finish_fn(eid, status, values, trace, note), f"recording the end of execution {eid}")
+        if not done:
+            self._not_running(eid, status)
+        return done
+
+    async def _afinish(self, eid: str, status: str, values: dict[str, Any], trace: Sequence[Any],
+                       note: str | None) -> bool:
+        done = await self._group.submit(self._finish_fn(eid, status, values, trace, note),
+                                        f"recording the end of execution {eid}")
+        if not done:
+            await asyncio.to_thread(self._not_running, eid, status)
+        return done
+
+    def _not_running(self, eid: str, status: str) -> None:
+        current = self.get_execution(eid)
+        log.warning(
+            "execution %s is %s, not running: its %s result was not recorded",
+            eid, current.status if current else "unknown", status,
+        )
+
+    def _finish_fn(self, eid: str, status: str, values: dict[str, Any], trace: Sequence[Any],
+                   note: str | None) -> Callable[[Connection], bool]:
         now = utcnow()
 
         def fn(conn: Connection) -> bool:
@@ -630,43 +667,44 @@ class Store:
             self._append_steps(conn, eid, attempt, trace, now)
             return True
 
-        done = self._write(fn, f"recording the end of execution {eid}")
-        if not done:
-            current = self.get_execution(eid)
-            log.warning(
-                "execution %s is %s, not running: its %s result was not recorded",
-                eid, current.status if current else "unknown", status,
-            )
-        return done
+        return fn
+
+    @staticmethod
+    def _success(result: RunResult) -> dict[str, Any]:
+        return {
+            "outputs": _clean(result.outputs),
+            "usage": _clean(result.usage.model_dump(mode="json")),
+            "duration_ms": result.duration_ms,
+            "worker": _clean(result.worker) if result.worker else None,
+            "backend": result.backend,
+        }
+
+    @staticmethod
+    def _failure(error: BaseException) -> tuple[dict[str, Any], list[Any]]:
+        if isinstance(error, StepbridgeError):
+            return error.to_dict(), list(error.trace)
+        # not ours: keep the type name and message, never the object
+        return {"type": "StepbridgeError", "message": f"{type(error).__name__}: {error}", "details": {}}, []
 
     def succeed(self, execution_id: str, result: RunResult) -> bool:
         """Compare-and-set ``running`` -> ``succeeded``. False (and nothing written) if it was not running."""
-        return self._finish(
-            execution_id,
-            "succeeded",
-            {
-                "outputs": _clean(result.outputs),
-                "usage": _clean(result.usage.model_dump(mode="json")),
-                "duration_ms": result.duration_ms,
-                "worker": _clean(result.worker) if result.worker else None,
-                "backend": result.backend,
-            },
-            result.trace,
-            None,
-        )
+        return self._finish(execution_id, "succeeded", self._success(result), result.trace, None)
+
+    async def asucceed(self, execution_id: str, result: RunResult) -> bool:
+        """:meth:`succeed`, group-committed."""
+        return await self._afinish(execution_id, "succeeded", self._success(result), result.trace, None)
 
     def fail(self, execution_id: str, error: StepbridgeError, *, cancelled: bool = False) -> bool:
         """Compare-and-set ``running`` -> ``failed``/``cancelled``, keeping the typed error and partial trace."""
-        if isinstance(error, StepbridgeError):
-            data = error.to_dict()
-            trace = list(error.trace)
-        else:  # not ours: keep the type name and message, never the object
-            data = {"type": "StepbridgeError", "message": f"{type(error).__name__}: {error}", "details": {}}
-            trace = []
-        return self._finish(
-            execution_id, "cancelled" if cancelled else "failed", {"error": _clean(data)}, trace,
-            _clean(str(data.get("type"))),
-        )
+        data, trace = self._failure(error)
+        return self._finish(execution_id, "cancelled" if cancelled else "failed", {"error": _clean(data)}, trace,
+                            _clean(str(data.get("type"))))
+
+    async def afail(self, execution_id: str, error: StepbridgeError, *, cancelled: bool = False) -> bool:
+        """:meth:`fail`, group-committed."""
+        data, trace = self._failure(error)
+        return await self._afinish(execution_id, "cancelled" if cancelled else "failed", {"error": _clean(data)},
+                                   trace, _clean(str(data.get("type"))))
 
     def transition(self, execution_id: str, from_status: str | Iterable[str], to_status: str,
                    *, note: str | None = None) -> bool:
