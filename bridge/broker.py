@@ -44,14 +44,14 @@ async def serve(
                     curve_secret=curve_secret, allowed_clients=curve_clients, allow_insecure_tcp=allow_insecure_tcp,
                     expected_capabilities=declared_capabilities(backend) if workers else frozenset(),
                     serve_clients=True, **router_options)
-    await router.start()
-    if announce is not None:
-        announce(router.address)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    await router.start()
+    if announce is not None:
+        announce(router.address)
     try:
         await stop.wait()
     finally:

@@ -14,9 +14,14 @@ Every option is set on purpose:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
+import logging
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,7 @@ from .protocol import MAX_BODY_BYTES
 
 __all__ = [
     "CurveKeys",
+    "Pump",
     "configure_dealer",
     "configure_router",
     "default_ipc_endpoint",
@@ -36,6 +42,7 @@ __all__ = [
 ]
 
 HWM = 100_000
+log = logging.getLogger("stepbridge.bridge.net")
 
 
 def configure_router(sock: zmq.Socket[Any], *, max_msg: int = MAX_BODY_BYTES + 4096) -> None:
@@ -125,3 +132,78 @@ def load_keypair(path: str | Path) -> tuple[bytes, bytes | None]:
 
     public, secret = zmq.auth.load_certificate(str(path))
     return public, secret
+
+
+class Pump:
+    """Reads a ZeroMQ socket from the asyncio loop without a future per message.
+
+    The socket's FD is edge-triggered: it signals when libzmq's state changes, not while messages
+    are waiting. So a readable FD drains the socket until ``EAGAIN``, and every send is followed by
+    a look at ``EVENTS`` (a send can consume the edge). Sends never block: a full or unroutable
+    peer is reported as ``False`` and handled by the caller, never silently queued.
+    """
+
+    def __init__(self, sock: zmq.Socket[Any], handler: Callable[[list[bytes]], None],
+                 loop: asyncio.AbstractEventLoop, *, budget: int = 500):
+        self.sock = sock
+        self.handler = handler
+        self.loop = loop
+        self.budget = budget
+        self.fd = int(sock.getsockopt(zmq.FD))
+        self._scheduled = False
+        self._closed = False
+        loop.add_reader(self.fd, self._drain)
+        self.kick()
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        if self._closed:
+            return
+        for _ in range(self.budget):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as exc:
+                log.warning("receive failed: %s", exc)
+                return
+            try:
+                self.handler(frames)
+            except Exception:  # a bug in a handler must not stop the pump
+                log.exception("error handling a message")
+        self._schedule()  # more waiting: continue after other callbacks had their turn
+
+    def _schedule(self) -> None:
+        if not self._scheduled and not self._closed:
+            self._scheduled = True
+            self.loop.call_soon(self._drain)
+
+    def kick(self) -> None:
+        if self._closed:
+            return
+        try:
+            if int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                self._schedule()
+        except zmq.ZMQError:
+            pass
+
+    def send(self, frames: list[bytes]) -> bool:
+        if self._closed:
+            return False
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno not in (zmq.EAGAIN, errno.EHOSTUNREACH):
+                log.warning("send failed: %s", exc)
+            return False
+        finally:
+            self.kick()
+
+    def close(self, linger: int = 0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(self.fd)
+        self.sock.close(linger=linger)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import shutil
@@ -60,7 +59,7 @@ from stepbridge.program import Program, ToolModule
 from stepbridge.result import RunResult, StepTrace
 
 from . import protocol as p
-from .net import CurveKeys, configure_router, default_ipc_endpoint, is_loopback_or_ipc, load_keypair, secure_ipc
+from .net import CurveKeys, Pump, configure_router, default_ipc_endpoint, is_loopback_or_ipc, load_keypair, secure_ipc
 
 __all__ = ["Job", "Router", "WorkerInfo", "has_side_effects", "required_capabilities"]
 
@@ -223,7 +222,9 @@ class Router:
         self.max_message = max_message
 
         self.ctx = zmq.asyncio.Context()
-        self.sock: zmq.asyncio.Socket | None = None
+        self._sync_ctx: zmq.Context[Any] = zmq.Context.shadow(self.ctx.underlying)
+        self.sock: zmq.Socket[Any] | None = None
+        self.pump: Pump | None = None
         self.workers: dict[bytes, WorkerInfo] = {}
         self.slots: list[Slot] = []
         self.queue: deque[Job] = deque()
@@ -250,7 +251,7 @@ class Router:
         self._started = True
         if self.curve is not None:
             await self._start_auth()
-        sock = self.ctx.socket(zmq.ROUTER)
+        sock = self._sync_ctx.socket(zmq.ROUTER)
         configure_router(sock, max_msg=self.max_message)
         if self.curve is not None:
             sock.setsockopt(zmq.ZAP_DOMAIN, b"stepbridge")
@@ -260,7 +261,7 @@ class Router:
             self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         secure_ipc(self.bind)
         self.sock = sock
-        self._tasks.append(asyncio.ensure_future(self._reader()))
+        self.pump = Pump(sock, self._on_frames, asyncio.get_running_loop())
         self._tasks.append(asyncio.ensure_future(self._housekeeping()))
         if self.curve is not None:
             self._tasks.append(asyncio.ensure_future(self._monitor()))
@@ -348,8 +349,8 @@ class Router:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._auth is not None:
             self._auth.stop()
-        if self.sock is not None:
-            self.sock.close(linger=0)
+        if self.pump is not None:
+            self.pump.close(linger=0)
         self.ctx.term()
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
@@ -565,20 +566,14 @@ class Router:
         return True
 
     def _send(self, identity: bytes, body: p.Body, rid: bytes = b"") -> bool:
-        if self.sock is None:
+        if self.pump is None:
             return False
         try:
             frames = [identity, *p.encode(body, rid)]
         except p.ProtocolError as exc:
             log.error("could not encode %s: %s", body.command.name, exc)
             return False
-        try:
-            fut: Any = self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-        except zmq.ZMQError as exc:
-            if exc.errno not in (errno.EHOSTUNREACH, zmq.EAGAIN):
-                log.warning("send to %r failed: %s", identity, exc)
-            return False
-        return not (fut.done() and fut.exception() is not None)
+        return self.pump.send(frames)
 
     # -- outcomes ----------------------------------------------------------------------------------
     def _finish_ok(self, job: Job, data: dict[str, Any]) -> None:
@@ -660,16 +655,6 @@ class Router:
         self._dispatch()
 
     # -- receiving ---------------------------------------------------------------------------------
-    async def _reader(self) -> None:
-        assert self.sock is not None
-        sock = self.sock
-        while True:
-            frames = await sock.recv_multipart(copy=True)
-            try:
-                self._on_frames(frames)
-            except Exception:  # a bug here must not stop the router
-                log.exception("error handling a message")
-
     def _on_frames(self, frames: list[bytes]) -> None:
         identity = frames[0]
         try:
@@ -916,7 +901,8 @@ class Router:
 
         assert self.sock is not None
         events = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-        mon = self.sock.get_monitor_socket(events)
+        sync_mon = self.sock.get_monitor_socket(events)
+        mon = zmq.asyncio.Socket.shadow(sync_mon.underlying)
         try:
             while True:
                 event = await recv_monitor_message(mon)
@@ -927,6 +913,6 @@ class Router:
         finally:
             with contextlib.suppress(Exception):
                 self.sock.disable_monitor()
-            mon.close(linger=0)
+            sync_mon.close(linger=0)
 
 

@@ -34,7 +34,6 @@ from collections import OrderedDict
 from typing import Any
 
 import zmq
-import zmq.asyncio
 from stepbridge.adapter import RunOptions
 from stepbridge.errors import (
     InputValidationError,
@@ -48,7 +47,7 @@ from stepbridge.errors import (
 from stepbridge.program import Program
 
 from . import protocol as p
-from .net import CurveKeys, configure_dealer
+from .net import CurveKeys, Pump, configure_dealer
 
 __all__ = ["Worker", "main"]
 
@@ -56,6 +55,7 @@ log = logging.getLogger("stepbridge.bridge.worker")
 
 PROGRAM_CACHE_SIZE = 256
 PROGRAM_FETCH_TIMEOUT = 10.0
+STARTED_AFTER = 0.05
 
 
 def _traceback_text(exc: BaseException) -> str:
@@ -81,8 +81,8 @@ def error_reply(exc: BaseException, attempt: int) -> p.Reply:
 class _Session:
     """One connection (one identity) to the router."""
 
-    def __init__(self, sock: zmq.asyncio.Socket, identity: bytes):
-        self.sock = sock
+    def __init__(self, pump: Pump, identity: bytes):
+        self.pump = pump
         self.identity = identity
         self.last_seen = time.monotonic()
         self.acked = False
@@ -120,7 +120,7 @@ class Worker:
         self.adapter_options = adapter_options or {}
         self.warm = list(warm or [])
         self.incarnation = 0
-        self.ctx = zmq.asyncio.Context()
+        self.ctx = zmq.Context()
         self.adapter: Any = None
         self.capabilities: frozenset[str] = frozenset()
         self._programs: OrderedDict[str, Program] = OrderedDict()
@@ -173,20 +173,20 @@ class Worker:
         if self.curve is not None:
             self.curve.apply_client(sock)
         sock.connect(self.connect)
-        session = _Session(sock, identity)
+        holder: list[_Session] = []
+        pump = Pump(sock, lambda frames: self._on_frames(holder[0], frames), asyncio.get_running_loop())
+        session = _Session(pump, identity)
+        holder.append(session)
         self._session = session
         return session
 
     async def _run_session(self, session: _Session) -> None:
-        reader = asyncio.ensure_future(self._reader(session))
         beater = asyncio.ensure_future(self._beater(session))
         stopper = asyncio.ensure_future(self._stop.wait())
         lost = asyncio.ensure_future(session.lost.wait())
-        tasks = (reader, beater, stopper, lost)
+        tasks = (beater, stopper, lost)
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            if reader.done() and not reader.cancelled() and reader.exception() is not None:
-                session.reason = f"socket error: {reader.exception()}"
         finally:
             for task in tasks:
                 task.cancel()
@@ -200,7 +200,7 @@ class Worker:
             if not fut.done():
                 fut.cancel()
         self._fetches.clear()
-        session.sock.close(linger=0 if not self._stop.is_set() else 1000)
+        session.pump.close(linger=0 if not self._stop.is_set() else 1000)
 
     def drain(self) -> None:
         """Stop taking work, finish what is in flight, say goodbye, exit 0 (SIGTERM)."""
@@ -247,15 +247,7 @@ class Worker:
         session = self._session
         if session is None:
             return False
-        try:
-            fut: Any = session.sock.send_multipart(p.encode(body, request_id), flags=zmq.NOBLOCK, copy=False)
-        except zmq.ZMQError as exc:
-            log.debug("send failed: %s", exc)
-            return False
-        if fut.done() and fut.exception() is not None:
-            log.debug("send failed: %s", fut.exception())
-            return False
-        return True
+        return session.pump.send(p.encode(body, request_id))
 
     async def _beater(self, session: _Session) -> None:
         # READY until the router answers (it answers READY with a HEARTBEAT); until the connection
@@ -283,18 +275,17 @@ class Worker:
                        host=socket.gethostname(), capacity=self.capacity, backend=self.backend,
                        capabilities=sorted(self.capabilities))
 
-    async def _reader(self, session: _Session) -> None:
-        sock = session.sock
-        while True:
-            frames = await sock.recv_multipart(copy=True)
-            session.last_seen = time.monotonic()
-            session.acked = True
-            try:
-                msg = p.decode(frames)
-            except p.ProtocolError as exc:
-                log.warning("worker %s: dropped a bad frame from the router: %s", self.worker_id, exc)
-                continue
-            self._handle(session, msg)
+    def _on_frames(self, session: _Session, frames: list[bytes]) -> None:
+        if session is not self._session:
+            return
+        session.last_seen = time.monotonic()
+        session.acked = True
+        try:
+            msg = p.decode(frames)
+        except p.ProtocolError as exc:
+            log.warning("worker %s: dropped a bad frame from the router: %s", self.worker_id, exc)
+            return
+        self._handle(session, msg)
 
     def _handle(self, session: _Session, msg: p.Message) -> None:
         body = msg.body
@@ -329,7 +320,15 @@ class Worker:
 
     # -- running ---------------------------------------------------------------------------------
     async def _execute(self, request_id: bytes, req: p.Request) -> None:
-        self._send(p.Started(attempt=req.attempt), request_id)
+        # STARTED only for runs that are still going after a moment: quick ones just REPLY
+        started = asyncio.get_running_loop().call_later(
+            STARTED_AFTER, lambda: self._send(p.Started(attempt=req.attempt), request_id))
+        try:
+            await self._execute_inner(request_id, req)
+        finally:
+            started.cancel()
+
+    async def _execute_inner(self, request_id: bytes, req: p.Request) -> None:
         try:
             program = await self._program(req.program_hash)
             missing = program.required_capabilities - self.capabilities
@@ -352,12 +351,15 @@ class Worker:
         except asyncio.CancelledError:
             if request_id in self._cancelled:
                 self._cancelled.discard(request_id)
+                self._tasks.pop(request_id, None)
                 self._send(error_reply(RunCancelledError("run cancelled by its caller"), req.attempt), request_id)
             raise
         except BaseException as exc:
             if not isinstance(exc, Exception):
                 raise
             reply = error_reply(exc, req.attempt)
+        # free the slot before answering: the router may send the next request as soon as it reads this
+        self._tasks.pop(request_id, None)
         try:
             frames_ok = self._send(reply, request_id)
         except p.ProtocolError as exc:  # a result too big for the wire is still a typed answer
