@@ -227,9 +227,10 @@ def _chaos(n_runs: int, pool_kwargs: dict[str, Any]) -> None:
             errors = [r for r in results if isinstance(r, BaseException)]
             assert not errors, errors[:3]
             assert all(delivered[i] == 1 for i in range(n_runs))
-            assert len({r.execution_id for r in results}) == n_runs
+            ok = [r for r in results if not isinstance(r, BaseException)]
+            assert len({r.execution_id for r in ok}) == n_runs
             assert kills > 0 and router.stats["retried"] > 0
-            assert any(r.attempts > 1 for r in results)
+            assert any(r.attempts > 1 for r in ok)
             assert router.stats["succeeded"] == n_runs
             await wait_for(lambda: len(ready_pids(pool)) == 3, what="full strength")
 
@@ -269,7 +270,7 @@ def test_sigstop_moves_requests_and_drops_late_replies(pool_kwargs: dict[str, An
                 results = await asyncio.gather(*tasks)
                 assert [r.outputs for r in results] == [{"slept": 1.0}] * 8
                 assert all(r.worker != "external" or r.attempts == 1 for r in results)
-                assert any(r.attempts > 1 for r in results)
+                assert any(r.attempts > 1 for r in ok)
                 os.kill(ext.pid, signal.SIGCONT)
                 await wait_for(lambda: router.stats["stale_replies"] > 0, what="late replies dropped")
                 # the woken worker reconnects under a new identity and serves again
