@@ -1,0 +1,297 @@
+"""What the suite's tests share: the adapter under test, the native baseline, the suite's reference LM,
+and one event loop (in a background thread) that every adapter call runs on.
+
+Adapters keep connections, processes and locks bound to the event loop that created them, so the
+suite creates each adapter *on* its loop and runs every call there; the test thread waits on the
+result with a generous liveness bound (never a performance threshold).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from stepbridge.adapter import RunOptions
+from stepbridge.program import LMConfig, Program
+from stepbridge.result import RunResult, StepTrace
+
+from .server import SuiteLM, running_suite_lm
+
+__all__ = ["LIVENESS_S", "AdapterStuck", "Harness", "LoopThread", "adapter_version", "describe_spec", "environment",
+           "same"]
+
+T = TypeVar("T")
+
+#: How long one adapter call may take before the suite calls the adapter stuck (a liveness bound).
+LIVENESS_S = float(os.environ.get("STEPBRIDGE_CONFORMANCE_LIVENESS", "120"))
+
+#: The model the suite's LM profile names by default (the reference LM ignores it but for faults).
+SUITE_MODEL = "openai/reference"
+#: Retries of the suite's LM profile (the ``ratelimit-2`` / ``flaky-2`` cases need two).
+SUITE_MAX_RETRIES = 2
+
+
+class AdapterStuck(AssertionError):
+    """An adapter call did not return within the liveness bound."""
+
+
+class LoopThread:
+    """An asyncio event loop running in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="conformance-loop", daemon=True)
+        self.thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = LIVENESS_S, what: str = "the adapter") -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise AdapterStuck(
+                f"{what} did not return within {timeout:.0f}s (the suite's liveness bound; set "
+                "STEPBRIDGE_CONFORMANCE_LIVENESS to change it). A call that never returns usually means a "
+                "lost response, a deadlock, or a timeout/cancellation the adapter ignores.") from None
+
+    def close(self) -> None:
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
+def describe_spec(spec: Any) -> str:
+    if isinstance(spec, str):
+        return spec
+    module = getattr(spec, "__module__", None)
+    qual = getattr(spec, "__qualname__", None) or type(spec).__qualname__
+    return f"{module}:{qual}" if module else str(qual)
+
+
+def adapter_version(adapter: Any) -> str | None:
+    """``adapter.version`` when it has one, else the version of the distribution its module ships in."""
+    version = getattr(adapter, "version", None) or getattr(adapter, "__version__", None)
+    if isinstance(version, str):
+        return version
+    top = type(adapter).__module__.split(".")[0]
+    with contextlib.suppress(Exception):
+        dists = importlib.metadata.packages_distributions().get(top) or []
+        if dists:
+            return importlib.metadata.version(dists[0])
+    return None
+
+
+def environment() -> dict[str, Any]:
+    versions: dict[str, Any] = {}
+    for dist in ("stepbridge", "pytest", "dspy", "pydantic", "httpx", "pyzmq"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[dist] = importlib.metadata.version(dist)
+    return {"python": sys.version.split()[0], "implementation": platform.python_implementation(),
+            "platform": platform.platform(), "packages": versions}
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equality that also compares types: ``1``, ``1.0`` and ``True`` are three different outputs."""
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def first_difference(expected: Any, actual: Any, path: str = "") -> str | None:
+    """Where two values first differ, as ``path: expected ... got ...``."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        for key in expected:
+            if key not in actual:
+                return f"{path}/{key}: missing (expected {expected[key]!r})"
+        for key in actual:
+            if key not in expected:
+                return f"{path}/{key}: unexpected field (value {actual[key]!r})"
+        for key in expected:
+            diff = first_difference(expected[key], actual[key], f"{path}/{key}")
+            if diff:
+                return diff
+        return None
+    if isinstance(expected, list | tuple) and isinstance(actual, list | tuple):
+        if len(expected) != len(actual):
+            return f"{path}: expected {len(expected)} items, got {len(actual)} ({_short(actual)})"
+        for i, (x, y) in enumerate(zip(expected, actual, strict=True)):
+            diff = first_difference(x, y, f"{path}/{i}")
+            if diff:
+                return diff
+        return None
+    if not same(expected, actual):
+        return (f"{path or '/'}: expected {_short(expected)} ({type(expected).__name__}), "
+                f"got {_short(actual)} ({type(actual).__name__})")
+    return None
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def as_trace(records: Any) -> list[StepTrace]:
+    """A trace as StepTrace objects (adapters may hand back dicts after a process boundary)."""
+    out = []
+    for r in records or []:
+        out.append(r if isinstance(r, StepTrace) else StepTrace.model_validate(r))
+    return out
+
+
+def messages_of(bodies: list[Any]) -> list[str]:
+    """Each request's chat messages as canonical JSON (what the equivalence checks compare)."""
+    return [json.dumps(b.get("messages"), sort_keys=True, ensure_ascii=False) for b in bodies if isinstance(b, dict)]
+
+
+class Harness:
+    """The adapter under test, the native baseline and the suite's reference LM, for one test class."""
+
+    def __init__(self, factory: Callable[..., Any], spec: str, kwargs: dict[str, Any] | None = None):
+        self.factory = factory
+        self.spec = spec
+        self.kwargs = dict(kwargs or {})
+        self._stack = contextlib.ExitStack()
+        self.tmp = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="stepbridge-conformance-")))
+        self.lm: SuiteLM = self._stack.enter_context(running_suite_lm())
+        self._stack.enter_context(_suite_environment(self.lm.url, self.tmp))
+        self.loop = LoopThread()
+        self._stack.callback(self.loop.close)
+        self.adapter: Any = None
+        self.native: Any = None
+        self._runners: dict[int, Any] = {}
+        self._extra: list[Any] = []
+        self.adapter = self.loop.call(self._create(factory, self.kwargs), what=f"creating adapter {spec!r}")
+        self.native = self.loop.call(self._create_native(), what="creating the native adapter")
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    @staticmethod
+    async def _create(factory: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        from stepbridge.registry import load_adapter
+
+        return load_adapter(factory, **kwargs)
+
+    @staticmethod
+    async def _create_native() -> Any:
+        from stepbridge.adapters.native import NativeAdapter
+
+        return NativeAdapter()
+
+    def new_adapter(self) -> Any:
+        """A fresh instance from the factory (closed with the harness)."""
+        adapter = self.loop.call(self._create(self.factory, self.kwargs), what=f"creating adapter {self.spec!r}")
+        self._extra.append(adapter)
+        return adapter
+
+    def close(self) -> None:
+        try:
+            for adapter in [*self._extra, self.adapter, self.native]:
+                if adapter is not None:
+                    with contextlib.suppress(Exception):
+                        self.loop.call(adapter.aclose(), timeout=60, what="adapter.aclose()")
+        finally:
+            self._stack.close()
+
+    # -- properties --------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return str(getattr(self.adapter, "name", "?"))
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        caps: Any = getattr(self.adapter, "capabilities", frozenset())
+        return frozenset(caps)
+
+    # -- running -----------------------------------------------------------------------------------
+    def runner(self, adapter: Any = None, store: Any = None) -> Any:
+        """A core Runner around ``adapter`` (never closed by the test; the harness closes adapters)."""
+        from stepbridge.runner import Runner
+
+        adapter = self.adapter if adapter is None else adapter
+        key = id(adapter) if store is None else id(adapter) ^ id(store)
+        runner = self._runners.get(key)
+        if runner is None:
+            runner = self._runners[key] = Runner(adapter, store=store)
+        return runner
+
+    @staticmethod
+    def options(lm: dict[str, Any] | LMConfig | None = None, timeout: float | None = None, **kw: Any) -> RunOptions:
+        config = LMConfig(**lm) if isinstance(lm, dict) else lm
+        return RunOptions(lm=config, timeout=timeout, **kw)
+
+    def run(self, program: Program, inputs: dict[str, Any], *, native: bool = False, direct: bool = False,
+            options: RunOptions | None = None, adapter: Any = None, what: str | None = None) -> RunResult:
+        """Run through the core Runner (or ``adapter.prepare`` + ``adapter.run`` when ``direct``)."""
+        target = self.native if native else (self.adapter if adapter is None else adapter)
+        options = options or RunOptions()
+        label = what or ("the native adapter" if native else f"adapter {self.name!r}")
+        if direct:
+            async def go() -> RunResult:
+                await target.prepare(program)
+                result: RunResult = await target.run(program, inputs, options)
+                return result
+
+            return self.loop.call(go(), what=label)
+        return self.loop.call(self.runner(target).run(program, inputs, options), what=label)
+
+    def observe(self, fn: Callable[[], T]) -> tuple[T | None, BaseException | None, list[Any]]:
+        """Call ``fn``; return its result or exception and the LM request bodies it caused."""
+        self.lm.reset_faults()
+        mark = self.lm.mark()
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = fn()
+        except AdapterStuck:
+            raise
+        except Exception as exc:
+            error = exc
+        return result, error, self.lm.since(mark)
+
+
+@contextlib.contextmanager
+def _suite_environment(url: str, tmp: Path) -> Iterator[None]:
+    """Point the default LM profile at the suite's reference LM; isolate from the user's config."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("STEPBRIDGE_LM_")}
+    saved_config = os.environ.get("STEPBRIDGE_CONFIG")
+    for key in saved:
+        del os.environ[key]
+    os.environ["STEPBRIDGE_LM_BASE_URL"] = url
+    os.environ["STEPBRIDGE_LM_MODEL"] = SUITE_MODEL
+    config = tmp / "suite-config.toml"
+    # the suite is the operator here: two retries are enough to recover from its transient faults
+    config.write_text(f"[lm.profiles.default]\nmax_retries = {SUITE_MAX_RETRIES}\ntimeout = 60\n", encoding="utf-8")
+    os.environ["STEPBRIDGE_CONFIG"] = str(config)
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    try:
+        yield
+    finally:
+        for key in [k for k in os.environ if k.startswith("STEPBRIDGE_LM_")]:
+            del os.environ[key]
+        os.environ.update(saved)
+        if saved_config is None:
+            os.environ.pop("STEPBRIDGE_CONFIG", None)
+        else:
+            os.environ["STEPBRIDGE_CONFIG"] = saved_config

@@ -1,0 +1,48 @@
+"""Adapter factories with the suite's tools and DSPy modules registered in *their* process.
+
+Tools are registered by name in the process that runs them. An out-of-process adapter (a pool)
+runs programs in worker processes, so the workers must register the suite's fixtures too. Host
+these factories in the workers::
+
+    stepbridge conformance stepbridge.conformance.hosted:pool_native
+
+or, for your own pool, start its workers with ``--backend stepbridge.conformance.hosted:native``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .fixtures import register
+
+__all__ = ["dspy", "native", "pool_dspy", "pool_native"]
+
+
+def native(**kwargs: Any) -> Any:
+    """The native adapter, with the suite's fixtures registered in this process."""
+    register()
+    from stepbridge.adapters.native import NativeAdapter
+
+    return NativeAdapter(**kwargs)
+
+
+def dspy(**kwargs: Any) -> Any:
+    """The DSPy adapter, with the suite's fixtures registered in this process."""
+    register()
+    from stepbridge.adapters.dspy import DSPyAdapter
+
+    return DSPyAdapter(**kwargs)
+
+
+def pool_native(**kwargs: Any) -> Any:
+    """A local pool (2 workers) hosting :func:`native`."""
+    from stepbridge.bridge.pool import PoolAdapter
+
+    return PoolAdapter(**{"workers": 2, "backend": "stepbridge.conformance.hosted:native", **kwargs})
+
+
+def pool_dspy(**kwargs: Any) -> Any:
+    """A local pool (2 workers) hosting :func:`dspy`."""
+    from stepbridge.bridge.pool import PoolAdapter
+
+    return PoolAdapter(**{"workers": 2, "backend": "stepbridge.conformance.hosted:dspy", **kwargs})

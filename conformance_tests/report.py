@@ -1,0 +1,186 @@
+"""Conformance reports: ``conformance.json`` and a Markdown matrix (✅/⚠️/❌/— per capability).
+
+The JSON is the source of truth (``matrix.py`` combines several of them into ``CONFORMANCE.md``);
+JUnit XML comes from pytest's own ``--junitxml``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from stepbridge.adapter import CAPABILITIES
+
+__all__ = [
+    "ADAPTERS_KEY",
+    "CAPABILITY_ROWS",
+    "capability_status",
+    "record_adapter",
+    "render_markdown",
+    "summary_line",
+]
+
+#: Row order of the matrix: what every adapter must do first, then each capability.
+CAPABILITY_ROWS = ("core", "async", "batch", "map", "retrieve", "tools", "json_adapter", "dspy_modules", "lm_trace",
+                   "timeout", "cancel", "rehydrate", "out_of_process")
+CATEGORIES = ("case", "equivalence", "behaviour", "negative")
+
+ADAPTERS_KEY = pytest.StashKey[dict[str, dict[str, Any]]]()
+
+OK, WARN, FAIL, NONE = "✅", "⚠️", "❌", "—"
+
+
+def record_adapter(config: pytest.Config, class_nodeid: str, harness: Any) -> None:
+    """Remember which adapter a test class certifies (called by the suite's class fixture)."""
+    from .harness import adapter_version
+
+    config.stash.setdefault(ADAPTERS_KEY, {})[class_nodeid] = {
+        "name": harness.name,
+        "version": adapter_version(harness.adapter),
+        "spec": harness.spec,
+        "class": type(harness.adapter).__module__ + "." + type(harness.adapter).__qualname__,
+        "capabilities": sorted(harness.capabilities),
+    }
+
+
+def _cell(tests: list[dict[str, Any]]) -> str:
+    if not tests:
+        return ""
+    outcomes = [t["outcome"] for t in tests]
+    if any(o in ("failed", "error") for o in outcomes):
+        bad = sum(o in ("failed", "error") for o in outcomes)
+        return f"{FAIL} {bad}/{len(tests)}"
+    ran = [o for o in outcomes if o != "skipped"]
+    if not ran:
+        return NONE
+    if "xfailed" in ran:
+        return f"{WARN} {ran.count('passed')}/{len(ran)}"
+    return f"{OK} {len(ran)}"
+
+
+def capability_status(report: dict[str, Any], cap: str) -> str:
+    """``✅`` conformant, ``⚠️`` conformant with expected failures, ``❌`` failing, ``—`` not declared/applicable."""
+    tests = [t for t in report["tests"] if t["capability"] == cap]
+    declared = cap == "core" or cap in report["adapter"]["capabilities"]
+    outcomes = [t["outcome"] for t in tests]
+    if any(o in ("failed", "error") for o in outcomes):
+        return FAIL
+    if not declared:
+        return NONE
+    if "xfailed" in outcomes:
+        return WARN
+    if "passed" in outcomes:
+        return OK
+    return NONE
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """The overall line: what the adapter is conformant for."""
+    name = report["adapter"]["name"]
+    groups: dict[str, list[str]] = {OK: [], WARN: [], FAIL: [], NONE: []}
+    for cap in _rows(report):
+        groups[capability_status(report, cap)].append(cap)
+    undeclared = [c for c in groups[NONE] if c != "core"]
+    parts = []
+    if groups[FAIL]:
+        verdict = f"{FAIL} **`{name}` is not conformant** — failing: {', '.join(groups[FAIL])}."
+    else:
+        verdict = f"{OK} **`{name}` is conformant**."
+    parts.append(verdict)
+    conformant = groups[OK] + [f"{c} {WARN}" for c in groups[WARN]]
+    if conformant:
+        parts.append(f"Conformant for: {', '.join(conformant)}.")
+    if groups[WARN]:
+        parts.append(f"{WARN} = passes with expected failures (see notes).")
+    if undeclared:
+        parts.append(f"Not declared: {', '.join(undeclared)}.")
+    return " ".join(parts)
+
+
+def _rows(report: dict[str, Any]) -> list[str]:
+    extra = sorted({t["capability"] for t in report["tests"]} - set(CAPABILITY_ROWS))
+    return [*CAPABILITY_ROWS, *extra]
+
+
+def render_markdown(report: dict[str, Any], *, heading: int = 2) -> str:
+    """The matrix of one report, with footnotes for every failure and expected failure."""
+    adapter = report["adapter"]
+    h = "#" * heading
+    version = f" {adapter['version']}" if adapter.get("version") else ""
+    lines = [f"{h} Conformance: `{adapter['name']}`{version}", "",
+             f"Adapter `{adapter['spec']}` ({adapter['class']}); suite {report['suite_version']}, "
+             f"Python {report['environment'].get('python', '?')}, {report['created']}.", "",
+             summary_line(report), "",
+             "| capability | declared | cases | equivalence | behaviour | negative | result |",
+             "|---|---|---|---|---|---|---|"]
+    notes: list[str] = []
+    for cap in _rows(report):
+        tests = [t for t in report["tests"] if t["capability"] == cap]
+        if not tests and cap not in CAPABILITIES and cap != "core":
+            continue
+        declared = "core" if cap == "core" else ("yes" if cap in adapter["capabilities"] else "no")
+        cells = []
+        for category in CATEGORIES:
+            group = [t for t in tests if t["category"] == category]
+            cell = _cell(group)
+            refs = []
+            for t in group:
+                if t["outcome"] in ("failed", "error", "xfailed"):
+                    notes.append(f"{t['id']} — {t['outcome']}: {t['reason'] or ''}".strip())
+                    refs.append(f"[^{len(notes)}]")
+            cells.append(cell + ("" if not refs else " " + "".join(refs[:5]) + ("…" if len(refs) > 5 else "")))
+        status = capability_status(report, cap)
+        if status == NONE and declared == "no":
+            negative = [t for t in tests if t["category"] == "negative"]
+            result = f"{NONE} not declared" + (" (refused correctly)" if negative and all(
+                t["outcome"] == "passed" for t in negative) else "")
+        elif status == NONE:
+            result = f"{NONE} nothing ran"
+        else:
+            result = status
+        lines.append(f"| {cap} | {declared} | {' | '.join(c or ' ' for c in cells)} | {result} |")
+    counts = report["summary"]
+    lines += ["", "Tests: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + "."]
+    if notes:
+        lines.append("")
+        for i, note in enumerate(notes, 1):
+            lines.append(f"[^{i}]: {_one_line(note)}")
+    return "\n".join(lines) + "\n"
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def build_report(adapter: dict[str, Any], tests: list[dict[str, Any]], *, suite_version: str,
+                 environment: dict[str, Any], stale_expected_failures: list[str] | None = None) -> dict[str, Any]:
+    summary: dict[str, int] = {k: 0 for k in ("passed", "failed", "error", "skipped", "xfailed")}
+    for t in tests:
+        summary[t["outcome"]] = summary.get(t["outcome"], 0) + 1
+    report = {
+        "format": 1,
+        "suite_version": suite_version,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "adapter": adapter,
+        "environment": environment,
+        "declared_capabilities": adapter["capabilities"],
+        "summary": summary,
+        "stale_expected_failures": stale_expected_failures or [],
+        "tests": tests,
+    }
+    report["capabilities"] = {cap: capability_status(report, cap) for cap in _rows(report)}
+    report["conformant"] = all(s != FAIL for s in report["capabilities"].values())
+    return report
+
+
+def write_report(directory: Path, report: dict[str, Any], stem: str = "conformance") -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path = directory / f"{stem}.json"
+    md_path = directory / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    md_path.write_text(render_markdown(report), encoding="utf-8")
+    return [json_path, md_path]
