@@ -64,7 +64,8 @@ class _LMRunner:
         self.signature = signature
         self.demos = list(module.demos)
         self._prompts: dict[str, Prompt] = {}
-        self._resolved: tuple[Any, str, LMProfile] | None = None  # the LM when the run does not override it
+        # the LM when the run does not override it, per event loop (HTTP clients are bound to one loop)
+        self._resolved: tuple[asyncio.AbstractEventLoop, Any, str, LMProfile] | None = None
 
     def prompt(self, mode: str) -> Prompt:
         prompt = self._prompts.get(mode)
@@ -75,9 +76,10 @@ class _LMRunner:
     async def __call__(self, args: dict[str, Any], ctx: _Context, calls: list[LMCall]) -> dict[str, Any]:
         if ctx.lm_override is None:
             config = self.lm_config
-            if self._resolved is None:
-                self._resolved = self.adapter.lm.resolve(config)
-            client, model, profile = self._resolved
+            loop = asyncio.get_running_loop()
+            if self._resolved is None or self._resolved[0] is not loop:
+                self._resolved = (loop, *self.adapter.lm.resolve(config))
+            _, client, model, profile = self._resolved
         else:
             config = self.lm_config.merged(ctx.lm_override)
             client, model, profile = self.adapter.lm.resolve(config)

@@ -321,16 +321,18 @@ class LMPool:
     def __init__(self, profiles: dict[str, LMProfile] | None = None, *, cache: bool | None = None):
         self.profiles = load_profiles() if profiles is None else profiles
         self.cache = cache
-        self._clients: dict[str, LMClient] = {}
+        self._clients: dict[tuple[str, int], LMClient] = {}
 
     def resolve(self, config: LMConfig) -> tuple[LMClient, str, LMProfile]:
         profile, model = resolve_profile(config, self.profiles)
         if self.cache is not None and profile.cache != self.cache:
             profile = profile.model_copy(update={"cache": self.cache})
-        client = self._clients.get(profile.name)
+        # HTTP connections belong to one event loop: an adapter used from several loops gets one client each.
+        key = (profile.name, id(asyncio.get_running_loop()) if not profile.in_process else 0)
+        client = self._clients.get(key)
         if client is None:
             client = InProcessLMClient() if profile.in_process else HTTPLMClient(profile)
-            self._clients[profile.name] = client
+            self._clients[key] = client
         return client, model, profile
 
     async def aclose(self) -> None:
