@@ -462,11 +462,17 @@ class _Facts:
         if not self.sentences:
             return None
         q = set(self.keywords)
-        best, best_score = self.sentences[0], -1
-        for s in self.sentences:
-            score = len(q.intersection(_words(s)))
-            if score > best_score:
-                best, best_score = s, score
+        words = [q.intersection(_words(s)) for s in self.sentences]
+        # rarer question words weigh more (idf-like), so "designed" beats a name every passage repeats
+        df: dict[str, int] = {}
+        for found in words:
+            for w in found:
+                df[w] = df.get(w, 0) + 1
+        best, best_score, best_weight = self.sentences[0], -1, -1.0
+        for s, found in zip(self.sentences, words, strict=True):
+            weight = sum(1.0 / df[w] for w in found)
+            if weight > best_weight:
+                best, best_score, best_weight = s, len(found), weight
         return best, best_score
 
     def first_sentence(self) -> str:
