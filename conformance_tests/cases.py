@@ -19,6 +19,7 @@ Each file is one program (inline, with paths relative to the ``cases`` folder) a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -27,7 +28,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["CAPABILITY_ORDER", "CASES_DIR", "Case", "CaseRun", "load_cases"]
+__all__ = ["CAPABILITY_ORDER", "CASES_DIR", "Case", "CaseRun", "load_cases", "name_matches"]
 
 CASES_DIR = Path(str(resources.files("stepbridge.conformance") / "cases"))
 
@@ -128,3 +129,10 @@ def load_cases(directory: Path | None = None) -> list[Case]:
     if directory is None:
         _CACHE = cases
     return cases
+
+
+def name_matches(name: str, pattern: str) -> bool:
+    """Whether a test name matches an expected-failure pattern: ``*`` and ``?`` are wildcards, brackets are
+    literal (so ``test_case[json_*]`` works)."""
+    regex = re.escape(pattern).replace(r"\*", ".*").replace(r"\?", ".")
+    return re.fullmatch(regex, name) is not None

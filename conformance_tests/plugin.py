@@ -17,7 +17,6 @@ conftest's ``pytest_plugins``.
 
 from __future__ import annotations
 
-import fnmatch
 import warnings
 from pathlib import Path
 from typing import Any
@@ -78,8 +77,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _matches(item: pytest.Item, pattern: str) -> bool:
-    return (fnmatch.fnmatchcase(item.name, pattern) or fnmatch.fnmatchcase(item.nodeid, pattern)
-            or fnmatch.fnmatchcase(item.nodeid, "*::" + pattern))
+    from .cases import name_matches
+
+    return (name_matches(item.name, pattern) or name_matches(item.nodeid, pattern)
+            or name_matches(item.nodeid, "*::" + pattern))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

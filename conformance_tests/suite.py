@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import inspect
 import json
 import warnings
@@ -45,7 +44,7 @@ from stepbridge.program import CallStep, MapStep, Program
 from stepbridge.result import RunResult, StepTrace
 
 from . import SUITE_VERSION, fixtures
-from .cases import Case, CaseRun, load_cases
+from .cases import Case, CaseRun, load_cases, name_matches
 from .harness import Harness, as_trace, describe_spec, first_difference, messages_of, same
 
 __all__ = ["SUITE_VERSION", "AdapterConformance", "conformance_meta"]
@@ -115,6 +114,21 @@ def _fail(message: str) -> NoReturn:
     pytest.fail(message, pytrace=False)
 
 
+def _describe(error: BaseException) -> str:
+    """An error for a failure message, with a hint when the suite's fixtures are missing in another process."""
+    text = f"{type(error).__name__}: {str(error)[:500]}"
+    if isinstance(error, ProgramValidationError) and ("'conformance_" in str(error)):
+        text += ("\nThe suite's tools / DSPy modules are registered in the test process only, and this adapter "
+                 "validated or ran the program elsewhere (worker processes?). Register them there: host "
+                 "`stepbridge.conformance.hosted:native` (or `:dspy`) in the workers - e.g. certify "
+                 "`stepbridge.conformance.hosted:pool_native` - or call `stepbridge.conformance.fixtures.register()` "
+                 "in your worker's adapter factory.")
+    if isinstance(error, UnsupportedCapabilityError):
+        text += (f"\nThe adapter declares the capabilities this test needs but raised UnsupportedCapabilityError "
+                 f"(capability={error.capability!r}): implement it, or remove it from `capabilities`.")
+    return text
+
+
 class AdapterConformance:
     """Subclass with ``adapter_factory = make_adapter`` to certify an adapter (see the module docstring)."""
 
@@ -177,14 +191,14 @@ class AdapterConformance:
     def _warn_stale(request: pytest.FixtureRequest, cls: Any) -> None:
         names = [i.name for i in request.session.items if getattr(i, "cls", None) is cls]
         for pattern in getattr(cls, "expected_failures", {}) or {}:
-            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            if not any(name_matches(n, pattern) for n in names):
                 warnings.warn(f"{cls.__qualname__}.expected_failures entry {pattern!r} matches no conformance test "
                               "(stale: remove it)", pytest.PytestWarning, stacklevel=1)
 
     @pytest.fixture(autouse=True)
     def _conformance_expected_failures(self, request: pytest.FixtureRequest) -> None:
         for pattern, reason in (getattr(request.cls, "expected_failures", {}) or {}).items():
-            if fnmatch.fnmatchcase(request.node.name, pattern):
+            if name_matches(request.node.name, pattern):
                 request.applymarker(pytest.mark.xfail(strict=True, reason=str(reason)))
 
     # ================================================================================================
@@ -222,7 +236,9 @@ class AdapterConformance:
             hint = _TYPE_HINT if (not isinstance(err, StepbridgeError) or type(err) is StepbridgeError or
                                   want == "StepbridgeError") else \
                 "Raise exactly the documented error type."
-            _fail(f"{label}: expected {want}, got {type(err).__module__}.{got}: {str(err)[:300]}\n{hint}")
+            if isinstance(err, ProgramValidationError):
+                hint = ""
+            _fail(f"{label}: expected {want}, got {type(err).__module__}.{_describe(err)}\n{hint}".rstrip())
         for key, value in expected.items():
             if key in ("type", "cause", "message_contains"):
                 continue
@@ -307,7 +323,7 @@ class AdapterConformance:
             self.check_error(error, run.error, label, program, result)
         else:
             if error is not None:
-                _fail(f"{label}: the run raised {type(error).__name__}: {str(error)[:500]}")
+                _fail(f"{label}: the run raised {_describe(error)}")
             assert result is not None
             if run.outputs is not None:
                 self.check_outputs(run.outputs, result.outputs, label)
@@ -326,13 +342,11 @@ class AdapterConformance:
             lambda: h.run(case.native_program, run.inputs, native=True, options=h.options(run.lm)))
         result, error, bodies = h.observe(lambda: h.run(case.program, run.inputs, options=h.options(run.lm)))
         if base_err is None and error is not None:
-            _fail(f"{label}: the native adapter succeeded but this adapter raised {type(error).__name__}: "
-                  f"{str(error)[:500]}")
+            _fail(f"{label}: the native adapter succeeded but this adapter raised {_describe(error)}")
         if base_err is not None:
             if type(error) is not type(base_err):
                 _fail(f"{label}: the native adapter raised {type(base_err).__name__} ({str(base_err)[:200]}), this "
-                      f"adapter {'succeeded' if error is None else type(error).__name__ + ': ' + str(error)[:200]}. "
-                      f"{_TYPE_HINT}")
+                      f"adapter {'succeeded' if error is None else _describe(error)}.\n{_TYPE_HINT}")
             if isinstance(base_err, StepError):
                 assert isinstance(error, StepError)
                 if (error.step, error.module) != (base_err.step, base_err.module) or \

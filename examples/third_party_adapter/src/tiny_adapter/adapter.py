@@ -88,7 +88,7 @@ class TinyAdapter:
             if isinstance(step, ReturnStep):
                 outputs = resolve(parse_value(step.return_), scope)
                 trace.append(StepTrace(step=index, kind="return", inputs=outputs, outputs=outputs))
-                return outputs  # type: ignore[no-any-return]
+                return outputs
             assert isinstance(step, CallStep)  # prepare() refused map steps
             module = program.modules[step.call]
             record = StepTrace(step=index, kind="call", module=step.call, module_type=module.type)

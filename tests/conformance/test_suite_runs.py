@@ -1,0 +1,236 @@
+"""The conformance suite itself: it passes the native and the example third-party adapters, fails
+deliberately broken ones with messages that say what to fix, and honours expected-failures files
+and the subclass rules. Each suite run is a separate ``python -m pytest`` process (as an adapter
+author would run it); nothing is installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+EXAMPLE_SRC = REPO / "examples" / "third_party_adapter" / "src"
+
+
+def run_suite(tmp_path: Path, adapter: str, *args: str, pythonpath: Path | None = None
+              ) -> tuple[int, str, dict[str, Any] | None]:
+    """Run the suite in a subprocess; (exit code, output, conformance.json or None)."""
+    report = tmp_path / "report"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEPBRIDGE_LM_")}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), *filter(None, [env.get("PYTHONPATH")])])
+    cmd = [sys.executable, "-m", "pytest", "-p", "stepbridge.conformance.plugin", "-p", "no:cacheprovider",
+           "--pyargs", "stepbridge.conformance", "--adapter", adapter, "--conformance-report", str(report),
+           "-q", "-rfE", *args]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    path = report / "conformance.json"
+    return proc.returncode, output, json.loads(path.read_text()) if path.exists() else None
+
+
+def failures(report: dict[str, Any]) -> dict[str, str]:
+    return {t["id"]: t["reason"] or "" for t in report["tests"] if t["outcome"] in ("failed", "error")}
+
+
+def test_native_adapter_is_conformant(tmp_path: Path) -> None:
+    code, output, report = run_suite(tmp_path, "native")
+    assert code == 0, output[-4000:]
+    assert report is not None and report["conformant"]
+    assert report["adapter"]["name"] == "native" and report["suite_version"]
+    assert report["summary"]["failed"] == 0 and report["summary"]["passed"] > 50
+    assert {"id", "capability", "category", "outcome", "reason", "duration"} <= set(report["tests"][0])
+    caps = report["capabilities"]
+    assert caps["core"] == caps["map"] == caps["tools"] == caps["timeout"] == "✅"
+    assert caps["dspy_modules"] == "—"  # not declared; its negative tests ran and passed
+    negative = [t for t in report["tests"] if t["capability"] == "dspy_modules" and t["category"] == "negative"]
+    assert negative and all(t["outcome"] == "passed" for t in negative)
+    markdown = (tmp_path / "report" / "conformance.md").read_text()
+    assert "| core | core |" in markdown and "is conformant" in markdown
+    assert (tmp_path / "report" / "junit.xml").read_text().startswith("<?xml")
+    assert "stepbridge conformance" in output  # the matrix is printed
+
+
+def test_example_third_party_adapter_is_conformant(tmp_path: Path) -> None:
+    code, output, report = run_suite(tmp_path, "tiny_adapter:make_adapter", pythonpath=EXAMPLE_SRC)
+    assert code == 0, output[-4000:]
+    assert report is not None and report["adapter"]["name"] == "tiny"
+    caps = report["capabilities"]
+    assert caps["core"] == caps["retrieve"] == caps["timeout"] == "✅"
+    assert caps["map"] == caps["tools"] == caps["json_adapter"] == "—"
+    refused = [t for t in report["tests"] if t["category"] == "negative" and t["capability"] == "map"]
+    assert refused and all(t["outcome"] == "passed" for t in refused)
+
+
+def test_wrong_outputs_fail_with_a_diff(tmp_path: Path) -> None:
+    code, output, report = run_suite(tmp_path, "broken_adapters:WrongOutputs", "-k", "test_case and predict",
+                                     pythonpath=HERE)
+    assert code == 1 and report is not None, output[-3000:]
+    reason = failures(report)["test_case[predict-0]"]
+    assert "outputs differ" in reason and "/answer" in reason and "Fix: return exactly" in reason
+    assert report["capabilities"]["core"] == "❌" and not report["conformant"]
+
+
+def test_lost_error_type_fails_and_says_how_to_keep_it(tmp_path: Path) -> None:
+    code, output, report = run_suite(tmp_path, "broken_adapters:LostErrorType", "-k", "error_lm or error_partial",
+                                     pythonpath=HERE)
+    assert code == 1 and report is not None, output[-3000:]
+    reason = failures(report)["test_case[error_lm-0]"]
+    assert "expected StepError" in reason and "type was lost" in reason and "error_from_dict" in reason
+
+
+def test_claimed_capability_it_lacks_fails(tmp_path: Path) -> None:
+    code, output, report = run_suite(tmp_path, "broken_adapters:ClaimsDspyModules", "-k", "dspy", pythonpath=HERE)
+    assert code == 1 and report is not None, output[-3000:]
+    reason = failures(report)["test_case[dspy_module-0]"]
+    assert "UnsupportedCapabilityError" in reason and "remove it from `capabilities`" in reason
+    assert report["capabilities"]["dspy_modules"] == "❌"
+
+
+def test_ignored_timeout_fails(tmp_path: Path) -> None:
+    code, output, report = run_suite(tmp_path, "broken_adapters:IgnoresTimeout", "-k", "test_timeout",
+                                     pythonpath=HERE)
+    assert code == 1 and report is not None, output[-3000:]
+    reason = failures(report)["test_timeout"]
+    assert "ignores the timeout" in reason and "RunTimeoutError" in reason
+
+
+def test_running_an_undeclared_capability_directly_fails(tmp_path: Path) -> None:
+    code, output, report = run_suite(tmp_path, "broken_adapters:HalfRunsUndeclared", "-k", "undeclared",
+                                     pythonpath=HERE)
+    assert code == 1 and report is not None, output[-3000:]
+    found = failures(report)
+    assert "test_undeclared_capability_via_runner[retrieve]" not in found  # the core refuses it
+    reason = found["test_undeclared_capability_direct[retrieve]"]
+    assert "accepted a program that needs 'retrieve'" in reason and "UnsupportedCapabilityError" in reason
+
+
+def test_expected_failures_file_is_strict_and_needs_reasons(tmp_path: Path) -> None:
+    known = tmp_path / "known.yaml"
+    known.write_text("test_case[predict-*]: upper-cases everything (issue 1)\n"
+                     "test_no_such_test: stale entry\n")
+    code, output, report = run_suite(tmp_path, "broken_adapters:WrongOutputs", "-k", "test_case and predict",
+                                     "--expected-failures", str(known), pythonpath=HERE)
+    assert code == 0, output[-3000:]
+    assert report is not None and report["capabilities"]["core"] == "⚠️"
+    assert report["stale_expected_failures"] == ["test_no_such_test"]
+    assert "test_no_such_test" in output  # stale entries warn
+
+    # strict: a listed test that passes fails the run
+    code, output, _ = run_suite(tmp_path, "native", "-k", "test_case and predict", "--expected-failures", str(known))
+    assert code == 1 and "XPASS(strict)" in output
+
+    known.write_text("test_case[predict-0]: ''\n")
+    code, output, _ = run_suite(tmp_path, "native", "-k", "predict", "--expected-failures", str(known))
+    assert code == 4 and "has no reason" in output
+
+
+def test_overriding_a_suite_test_needs_a_strict_xfail_with_reason() -> None:
+    from stepbridge.conformance import AdapterConformance
+
+    with pytest.raises(TypeError, match="xfail"):
+        class Sloppy(AdapterConformance):
+            def test_timeout(self) -> None:
+                pass
+
+    with pytest.raises(TypeError, match="xfail"):
+        class NotStrict(AdapterConformance):
+            @pytest.mark.xfail(reason="slow")
+            def test_timeout(self) -> None:
+                pass
+
+    class Fine(AdapterConformance):
+        @pytest.mark.xfail(strict=True, reason="our timeouts are coarse (issue 3)")
+        def test_timeout(self) -> None:
+            raise AssertionError("known failure")
+
+    assert Fine.test_timeout is not AdapterConformance.test_timeout
+    with pytest.raises(TypeError, match="reason"):
+        class NoReason(AdapterConformance):
+            expected_failures = {"test_cancel": ""}
+
+
+def test_subclass_in_an_adapter_test_tree(tmp_path: Path) -> None:
+    """The base-class route an adapter author takes: their own test file, plain pytest, one expected failure."""
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["stepbridge.conformance.plugin"]\n')
+    (tmp_path / "test_mine.py").write_text(
+        "import pytest\n"
+        "from stepbridge.conformance import AdapterConformance\n"
+        "from tiny_adapter import make_adapter\n\n"
+        "class TestTiny(AdapterConformance):\n"
+        "    adapter_factory = make_adapter\n"
+        "    expected_failures = {'test_runs_after_failures': 'pretend known issue'}\n\n"
+        "    @pytest.mark.xfail(strict=True, reason='pretend: timeouts unsupported here')\n"
+        "    def test_timeout(self, conformance):\n"
+        "        raise AssertionError('not supported')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEPBRIDGE_LM_")}
+    env["PYTHONPATH"] = str(EXAMPLE_SRC)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-k",
+                           "predict or timeout or runs_after", "--conformance-report", str(tmp_path / "out"),
+                           "test_mine.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    # test_runs_after_failures passes for tiny, so its strict expected failure fails the run
+    assert proc.returncode == 1 and "XPASS(strict)" in out, out[-3000:]
+    report = json.loads((tmp_path / "out" / "conformance.json").read_text())
+    outcomes = {t["id"]: t["outcome"] for t in report["tests"]}
+    assert outcomes["test_timeout"] == "xfailed" and outcomes["test_case[predict-0]"] == "passed"
+    assert outcomes["test_runs_after_failures"] == "failed"
+
+
+def test_matrix_combines_reports(tmp_path: Path) -> None:
+    from stepbridge.conformance.matrix import main
+
+    def report(name: str, caps: list[str], outcome: str) -> dict[str, Any]:
+        tests = [{"id": "test_case[predict-0]", "capability": "core", "category": "case", "outcome": "passed",
+                  "reason": None, "duration": 0.1},
+                 {"id": "test_timeout", "capability": "timeout", "category": "behaviour", "outcome": outcome,
+                  "reason": "slow" if outcome != "passed" else None, "duration": 0.1}]
+        return {"suite_version": "1", "created": "now", "environment": {"python": "3"}, "summary": {"passed": 1},
+                "adapter": {"name": name, "spec": name, "class": name, "version": None, "capabilities": caps},
+                "tests": tests}
+
+    (tmp_path / "a.json").write_text(json.dumps(report("alpha", ["timeout"], "passed")))
+    (tmp_path / "b.json").write_text(json.dumps(report("beta", ["timeout"], "xfailed")))
+    (tmp_path / "c.json").write_text(json.dumps(report("gamma", ["timeout"], "failed")))
+    out = tmp_path / "CONFORMANCE.md"
+    assert main([str(tmp_path / n) for n in ("a.json", "b.json", "c.json")] + ["-o", str(out)]) == 0
+    page = out.read_text()
+    assert "| timeout | ✅ | ⚠️ | ❌ |" in page
+    assert "`gamma` is not conformant" in page and "[^gamma-1]" in page
+    assert main([str(tmp_path / "c.json"), "--check", "-o", str(out)]) == 1
+
+
+def test_cli_wraps_pytest_with_the_plugin() -> None:
+    from stepbridge.conformance.cli import pytest_args
+
+    args = pytest_args("pkg.mod:make", Path("out"), Path("known.yaml"))
+    assert args[:2] == ["-p", "stepbridge.conformance.plugin"]
+    assert "--pyargs" in args and "stepbridge.conformance" in args
+    assert args[args.index("--adapter") + 1] == "pkg.mod:make"
+    assert args[args.index("--conformance-report") + 1] == "out"
+    assert args[args.index("--expected-failures") + 1] == "known.yaml"
+    proc = subprocess.run([sys.executable, "-m", "stepbridge.conformance", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "--report" in proc.stdout
+
+
+def test_cases_are_consistent() -> None:
+    """Every case's declared capabilities cover what its program needs; ids are unique; files ship with data."""
+    from stepbridge.conformance import fixtures
+    from stepbridge.conformance.cases import CASES_DIR, load_cases
+
+    fixtures.register()
+    cases = load_cases()
+    assert len(cases) >= 15 and (CASES_DIR / "data" / "corpus.jsonl").is_file()
+    for case in cases:
+        if case.invalid:
+            continue
+        assert case.program.required_capabilities <= case.capabilities, case.id
+        for run in case.runs:
+            assert run.outputs is not None or run.error is not None, run.id
