@@ -83,7 +83,9 @@ def summary_line(report: dict[str, Any]) -> str:
     groups: dict[str, list[str]] = {OK: [], WARN: [], FAIL: [], NONE: []}
     for cap in _rows(report):
         groups[capability_status(report, cap)].append(cap)
-    undeclared = [c for c in groups[NONE] if c != "core"]
+    declared = set(report["adapter"]["capabilities"]) | {"core"}
+    undeclared = [c for c in groups[NONE] if c not in declared]
+    untested = [c for c in groups[NONE] if c in declared]
     parts = []
     if groups[FAIL]:
         verdict = f"{FAIL} **`{name}` is not conformant** — failing: {', '.join(groups[FAIL])}."
@@ -97,6 +99,8 @@ def summary_line(report: dict[str, Any]) -> str:
         parts.append(f"{WARN} = passes with expected failures (see notes).")
     if undeclared:
         parts.append(f"Not declared: {', '.join(undeclared)}.")
+    if untested:
+        parts.append(f"Declared but not tested in this run: {', '.join(untested)}.")
     return " ".join(parts)
 
 
