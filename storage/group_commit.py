@@ -5,8 +5,9 @@ run itself; here every write submitted while a transaction is in flight joins th
 under load the cost per run falls with concurrency while each caller still waits for *its* write
 to be durable (recording stays exactly-once: a result is returned only after it is recorded).
 
-Writes run in one worker thread (the process's single writer, as SQLite wants). Each write runs
-in a SAVEPOINT, so one failing write (a CAS conflict, a bad row) does not undo its neighbours.
+Writes run in one worker thread (the process's single writer, as SQLite wants). Starts and ends of
+runs are applied in bulk (see :mod:`.recording`); if a bulk statement fails, each write of the
+group is retried alone in a SAVEPOINT, so one failing write does not undo its neighbours.
 """
 
 from __future__ import annotations
@@ -18,21 +19,26 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from stepbridge.errors import StorageError
 
 if TYPE_CHECKING:
+    from .recording import BeginOp, FinishOp
     from .store import Store
 
 log = logging.getLogger("stepbridge.storage")
 T = TypeVar("T")
 MAX_BATCH = 256
 
-_Item = tuple[Callable[[Connection], Any], str, asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+_Item = tuple[Any, str, asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
 
 
 class GroupCommit:
-    """Batches write callbacks ``fn(conn) -> T`` from any event loop into shared transactions."""
+    """Batches writes from any event loop into shared transactions.
+
+    A write is a :class:`~.recording.BeginOp` / :class:`~.recording.FinishOp` (applied in bulk with
+    the others of its group by :class:`~.recording.Recording`) or any callback ``fn(conn) -> T``
+    (applied alone in its SAVEPOINT).
+    """
 
     def __init__(self, store: Store):
         self.store = store
@@ -42,14 +48,14 @@ class GroupCommit:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    async def submit(self, fn: Callable[[Connection], T], doing: str) -> T:
-        """Run ``fn`` in the next shared transaction and return its result once committed."""
+    async def submit(self, op: BeginOp | FinishOp | Callable[[Connection], T], doing: str) -> T:
+        """Apply ``op`` in the next shared transaction and return its result once committed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._lock:
             if self._closed:
                 raise StorageError("the store is closed")
-            self._pending.append((fn, doing, loop, future))
+            self._pending.append((op, doing, loop, future))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="stepbridge-group-commit", daemon=True)
                 self._thread.start()
@@ -75,39 +81,30 @@ class GroupCommit:
             self._commit(batch)
 
     def _commit(self, batch: list[_Item]) -> None:
-        results: list[tuple[bool, Any]] = []
+        ops = [item[0] for item in batch]
+        results: list[tuple[bool, Any]]
         try:
-            def all_of(conn: Connection) -> None:
-                results.clear()
-                for fn, doing, _, _ in batch:
-                    try:
-                        with conn.begin_nested():
-                            results.append((True, fn(conn)))
-                    except StorageError as exc:
-                        results.append((False, exc))
-                    except (DBAPIError, SQLAlchemyError) as exc:
-                        if isinstance(exc, DBAPIError) and self._transient(exc):
-                            raise  # the whole transaction is retried by Store._write
-                        results.append((False, self.store._error(exc, doing)))
-
-            self.store._write(all_of, f"recording {len(batch)} run event(s)")
+            results = self.store._write(lambda conn: self.store._recording.apply(conn, ops, isolate=True),
+                                        f"recording {len(batch)} run event(s)")
         except BaseException as exc:  # the shared transaction itself failed: every caller hears it
             error = exc if isinstance(exc, StorageError) else StorageError(f"recording failed: {exc}")
             results = [(False, error)] * len(batch)
+        # one wake-up per event loop, not one per write
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for (_, _, loop, future), (ok, value) in zip(batch, results, strict=True):
-            loop.call_soon_threadsafe(_settle, future, ok, value)
+            by_loop.setdefault(loop, []).append((future, ok, value))
+        for loop, settled in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, settled)
+            except RuntimeError:  # that loop is closed: nobody is waiting any more
+                log.debug("group commit: an event loop closed before its writes were acknowledged")
 
-    @staticmethod
-    def _transient(exc: DBAPIError) -> bool:
-        from .store import _transient
 
-        return _transient(exc)
-
-
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.done():  # the caller was cancelled; the write still happened (or not) exactly once
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+def _settle(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in settled:
+        if future.done():  # the caller was cancelled; the write still happened (or not) exactly once
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)

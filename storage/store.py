@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import platform
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
-from pydantic_core import to_jsonable_python
-from sqlalchemy import Table, and_, func, insert, or_, select, update
+from sqlalchemy import Table, and_, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Row
@@ -66,6 +64,7 @@ from .models import (
     StatusChange,
 )
 from .owner import current_owner, owner_alive
+from .recording import BeginOp, FinishOp, Recording, clean, clean_json, step_rows
 from .refs import ProgramRef, parse_ref, validate_alias
 from .types import utcnow
 
@@ -96,20 +95,7 @@ class ExecutionNotFound(StorageError):
 # ------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------
-def _clean(value: Any) -> Any:
-    """JSON-safe and secret-free: what may go into a row. Non-JSON values become strings; NUL
-    characters (rejected by PostgreSQL) and non-finite floats (not JSON) are replaced."""
-    if isinstance(value, str):
-        return scrub_secrets(value.replace("\x00", "\ufffd"))
-    if isinstance(value, bool) or value is None or isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, dict):
-        return {_clean(str(k)): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return _clean(to_jsonable_python(value, fallback=str))
+_clean = clean
 
 
 def _transient(exc: BaseException) -> bool:
@@ -123,6 +109,7 @@ def _transient(exc: BaseException) -> bool:
 
 
 _environment: dict[str, Any] | None = None
+_environment_text: str | None = None
 
 
 def _environment_versions() -> dict[str, Any]:
@@ -146,20 +133,19 @@ def _environment_versions() -> dict[str, Any]:
     return dict(_environment)
 
 
+def _environment_json() -> str:
+    global _environment_text
+    if _environment_text is None:
+        _environment_text = clean_json(_environment_versions())[1]
+    return _environment_text
+
+
 def _validation_issues(exc: ValidationError) -> list[Issue]:
     issues = []
     for err in exc.errors():
         pointer = "".join(f"/{part}" for part in err.get("loc", ()))
         issues.append(Issue(pointer=pointer, message=scrub_secrets(str(err.get("msg", "invalid")))))
     return issues or [Issue(pointer="", message="invalid program")]
-
-
-def _step_dict(step: Any) -> dict[str, Any]:
-    if isinstance(step, StepTrace):
-        return step.model_dump(mode="json")
-    if isinstance(step, dict):
-        return step
-    return {"step": -1, "kind": "unknown", "outputs": str(step)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -193,6 +179,7 @@ class Store:
             self.engine.dispose()
             raise
         self._published: set[str] = set()
+        self._recording = Recording(self)
         self._group = GroupCommit(self)
 
     def __repr__(self) -> str:
@@ -515,6 +502,12 @@ class Store:
         self._published.add(digest)
 
     # -- recording (the Recorder protocol) -------------------------------------------------------
+    # Starts and ends are prepared as plain operations (rows cleaned and serialised up front) and
+    # applied by :class:`~.recording.Recording`: in groups by the group commit (async variants), or
+    # as a group of one in their own transaction (sync variants).
+    def _record(self, op: BeginOp | FinishOp) -> Any:
+        return self._write(lambda conn: self._recording.apply(conn, [op], isolate=False)[0][1], op.doing)
+
     def begin(self, program: Program, inputs: dict[str, Any], options: RunOptions, backend: str) -> Begun:
         """Record a new ``running`` execution, or hand back the one with the same id/idempotency key.
 
@@ -522,63 +515,41 @@ class Store:
         is returned as ``existing``/``existing_error``; a running one as ``in_progress``.
         """
         self._ensure_published(program)
-        return self._write(self._begin_fn(program, inputs, options, backend), "recording the start of a run")
+        return cast(Begun, self._record(self._begin_op(program, inputs, options, backend)))
 
     async def abegin(self, program: Program, inputs: dict[str, Any], options: RunOptions, backend: str) -> Begun:
         """:meth:`begin` for event loops: group-committed with the other runs of this process."""
         if program.content_hash not in self._published:
             await asyncio.to_thread(self._ensure_published, program)
-        return await self._group.submit(self._begin_fn(program, inputs, options, backend),
-                                        "recording the start of a run")
+        op = self._begin_op(program, inputs, options, backend)
+        return cast(Begun, await self._group.submit(op, op.doing))
 
-    def _begin_fn(self, program: Program, inputs: dict[str, Any], options: RunOptions,
-                  backend: str) -> Callable[[Connection], Begun]:
+    def _begin_op(self, program: Program, inputs: dict[str, Any], options: RunOptions, backend: str) -> BeginOp:
         owner = current_owner()
         now = utcnow()
-        clean_inputs = _clean(inputs)
-        opts = _clean(options.model_dump(mode="json", exclude={"execution_id", "idempotency_key", "attempt"},
-                                         exclude_defaults=True))
-        values = {
-            "id": options.execution_id,
-            "program_hash": program.content_hash,
-            "program_name": program.name,
-            "backend": backend,
-            "status": "running",
-            "inputs": clean_inputs,
-            "options": opts,
-            "environment": _environment_versions(),
-            "attempts": options.attempt,
-            "idempotency_key": options.idempotency_key,
-            "owner_host": owner.host,
-            "owner_pid": owner.pid,
-            "owner_marker": owner.marker,
-            "created_at": now,
-            "started_at": now,
-            "updated_at": now,
+        opts = options.model_dump(mode="json", exclude={"execution_id", "idempotency_key", "attempt"},
+                                  exclude_defaults=True)
+        key = options.idempotency_key
+        params = {
+            "b_id": options.execution_id,
+            "b_program_hash": program.content_hash,
+            "b_program_name": program.name,
+            "b_backend": backend,
+            "b_status": "running",
+            "b_inputs": clean_json(inputs)[1],
+            "b_options": clean_json(opts)[1],
+            "b_environment": _environment_json(),
+            "b_attempts": options.attempt,
+            "b_idempotency_key": key,
+            "b_owner_host": owner.host,
+            "b_owner_pid": owner.pid,
+            "b_owner_marker": owner.marker,
+            "b_created_at": now,
+            "b_started_at": now,
+            "b_updated_at": now,
         }
-
-        def fn(conn: Connection) -> Begun:
-            # RETURNING, not rowcount: rowcount is not reliable for ON CONFLICT across drivers.
-            inserted = conn.execute(
-                self._insert(executions).values(**values).on_conflict_do_nothing().returning(executions.c.id)
-            ).all()
-            if inserted:
-                self._history(conn, options.execution_id, options.attempt, None, "running", now)
-                return Begun(execution_id=options.execution_id, attempt=options.attempt)
-            cond = executions.c.id == options.execution_id
-            if options.idempotency_key is not None:
-                cond = or_(cond, executions.c.idempotency_key == options.idempotency_key)
-            row = conn.execute(select(executions).where(cond).limit(1)).first()
-            if row is None:
-                raise StorageError(f"execution {options.execution_id} conflicts with a row that vanished")
-            if row.program_hash != program.content_hash:
-                raise StorageError(
-                    f"execution {row.id} (idempotency key {row.idempotency_key!r}) belongs to program "
-                    f"{row.program_hash[:12]}, not {program.content_hash[:12]}"
-                )
-            return self._take_over(conn, row, now)
-
-        return fn
+        return BeginOp(execution_id=options.execution_id, idempotency_key=key, attempt=options.attempt,
+                       program_hash=program.content_hash, now=now, params=params)
 
     def _take_over(self, conn: Connection, row: Row[Any], now: datetime) -> Begun:
         if row.status == "interrupted":
@@ -608,38 +579,16 @@ class Store:
         conn.execute(insert(history_t).values(execution_id=eid, attempt=attempt, from_status=old, to_status=new,
                                               at=at, note=_clean(note) if note else None))
 
-    def _append_steps(self, conn: Connection, eid: str, attempt: int, trace: Sequence[Any], at: datetime) -> None:
-        rows = []
-        for seq, step in enumerate(trace):
-            data = _clean(_step_dict(step))
-            rows.append({
-                "execution_id": eid,
-                "attempt": attempt,
-                "seq": seq,
-                "step": int(data.get("step", seq)) if isinstance(data.get("step"), int) else seq,
-                "kind": str(data.get("kind") or "unknown")[:16],
-                "module": data.get("module"),
-                "module_type": data.get("module_type"),
-                "duration_ms": data.get("duration_ms"),
-                "error": data.get("error"),
-                "data": data,
-                "created_at": at,
-            })
-        if rows:
-            conn.execute(insert(steps_t), rows)
-
-    def _finish(self, eid: str, status: str, values: dict[str, Any], trace: Sequence[Any], note: str | None) -> bool:
-        done = self._write(self._finish_fn(eid, status, values, trace, note), f"recording the end of execution {eid}")
+    def _finish(self, op: FinishOp) -> bool:
+        done = bool(self._record(op))
         if not done:
-            self._not_running(eid, status)
+            self._not_running(op.execution_id, op.status)
         return done
 
-    async def _afinish(self, eid: str, status: str, values: dict[str, Any], trace: Sequence[Any],
-                       note: str | None) -> bool:
-        done = await self._group.submit(self._finish_fn(eid, status, values, trace, note),
-                                        f"recording the end of execution {eid}")
+    async def _afinish(self, op: FinishOp) -> bool:
+        done = bool(await self._group.submit(op, op.doing))
         if not done:
-            await asyncio.to_thread(self._not_running, eid, status)
+            await asyncio.to_thread(self._not_running, op.execution_id, op.status)
         return done
 
     def _not_running(self, eid: str, status: str) -> None:
@@ -649,62 +598,46 @@ class Store:
             eid, current.status if current else "unknown", status,
         )
 
-    def _finish_fn(self, eid: str, status: str, values: dict[str, Any], trace: Sequence[Any],
-                   note: str | None) -> Callable[[Connection], bool]:
-        now = utcnow()
-
-        def fn(conn: Connection) -> bool:
-            got = conn.execute(
-                update(executions)
-                .where(executions.c.id == eid, executions.c.status == "running")
-                .values(status=status, finished_at=now, updated_at=now, **values)
-                .returning(executions.c.attempts)
-            ).all()
-            if len(got) != 1:
-                return False
-            attempt = got[0].attempts
-            self._history(conn, eid, attempt, "running", status, now, note)
-            self._append_steps(conn, eid, attempt, trace, now)
-            return True
-
-        return fn
-
     @staticmethod
-    def _success(result: RunResult) -> dict[str, Any]:
-        return {
-            "outputs": _clean(result.outputs),
-            "usage": _clean(result.usage.model_dump(mode="json")),
+    def _success_op(execution_id: str, result: RunResult) -> FinishOp:
+        now = utcnow()
+        values = {
+            "outputs": clean_json(result.outputs)[1],
+            "usage": clean_json(result.usage.model_dump(mode="json"))[1],
             "duration_ms": result.duration_ms,
             "worker": _clean(result.worker) if result.worker else None,
             "backend": result.backend,
         }
+        return FinishOp(execution_id=execution_id, status="succeeded", values=values,
+                        steps=step_rows(result.trace, execution_id, now), note=None, now=now)
 
     @staticmethod
-    def _failure(error: BaseException) -> tuple[dict[str, Any], list[Any]]:
+    def _failure_op(execution_id: str, error: BaseException, cancelled: bool) -> FinishOp:
+        now = utcnow()
         if isinstance(error, StepbridgeError):
-            return error.to_dict(), list(error.trace)
-        # not ours: keep the type name and message, never the object
-        return {"type": "StepbridgeError", "message": f"{type(error).__name__}: {error}", "details": {}}, []
+            data, trace = error.to_dict(), list(error.trace)
+        else:  # not ours: keep the type name and message, never the object
+            data, trace = {"type": "StepbridgeError", "message": f"{type(error).__name__}: {error}",
+                           "details": {}}, []
+        return FinishOp(execution_id=execution_id, status="cancelled" if cancelled else "failed",
+                        values={"error": clean_json(data)[1]}, steps=step_rows(trace, execution_id, now),
+                        note=_clean(str(data.get("type"))), now=now)
 
     def succeed(self, execution_id: str, result: RunResult) -> bool:
         """Compare-and-set ``running`` -> ``succeeded``. False (and nothing written) if it was not running."""
-        return self._finish(execution_id, "succeeded", self._success(result), result.trace, None)
+        return self._finish(self._success_op(execution_id, result))
 
     async def asucceed(self, execution_id: str, result: RunResult) -> bool:
         """:meth:`succeed`, group-committed."""
-        return await self._afinish(execution_id, "succeeded", self._success(result), result.trace, None)
+        return await self._afinish(self._success_op(execution_id, result))
 
     def fail(self, execution_id: str, error: StepbridgeError, *, cancelled: bool = False) -> bool:
         """Compare-and-set ``running`` -> ``failed``/``cancelled``, keeping the typed error and partial trace."""
-        data, trace = self._failure(error)
-        return self._finish(execution_id, "cancelled" if cancelled else "failed", {"error": _clean(data)}, trace,
-                            _clean(str(data.get("type"))))
+        return self._finish(self._failure_op(execution_id, error, cancelled))
 
     async def afail(self, execution_id: str, error: StepbridgeError, *, cancelled: bool = False) -> bool:
         """:meth:`fail`, group-committed."""
-        data, trace = self._failure(error)
-        return await self._afinish(execution_id, "cancelled" if cancelled else "failed", {"error": _clean(data)},
-                                   trace, _clean(str(data.get("type"))))
+        return await self._afinish(self._failure_op(execution_id, error, cancelled))
 
     def transition(self, execution_id: str, from_status: str | Iterable[str], to_status: str,
                    *, note: str | None = None) -> bool:

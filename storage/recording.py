@@ -1,0 +1,466 @@
+"""Batched recording: the start and end writes of many runs applied with a handful of statements.
+
+Recording a run used to cost more CPU than running it: every write built, cache-keyed and compiled
+a fresh SQLAlchemy statement, and every string of a trace went through the secret patterns one by
+one. Here:
+
+* rows are prepared once, outside the writer, as plain parameter dicts; JSON columns are bound as
+  ready-made JSON text produced by one C-encoder pass, which also serves as the secret check
+  (:func:`clean_json`): the exact per-string scrub only runs when the text could hold a secret;
+* statements are built once per store with ``bindparam`` placeholders, so SQLAlchemy memoises their
+  cache keys and reuses their compiled form;
+* a group of writes is applied together: one multi-row ``INSERT ... ON CONFLICT DO NOTHING
+  RETURNING id`` for every new execution (conflicts alone take the slow path: read the row and
+  decide), one ``SELECT ... WHERE id IN (...) AND status = 'running'`` for every finish (the rows
+  are locked: SQLite holds the write lock under ``BEGIN IMMEDIATE``; PostgreSQL takes ``FOR
+  UPDATE``) followed by ``executemany`` UPDATEs, and one ``executemany`` each for status history and
+  trace steps.
+
+The guarantees are unchanged: a finish only applies to a ``running`` row of that id (a duplicate in
+the same group is a no-op returning False), idempotency keys return the existing execution, and a
+failing write does not undo its neighbours (if the batched statements fail, the group falls back
+to one SAVEPOINT per write).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache, partial
+from typing import TYPE_CHECKING, Any, cast
+
+from pydantic_core import to_jsonable_python
+from sqlalchemy import Table, Text, bindparam, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.sql.expression import ColumnElement
+from sqlalchemy.sql.expression import cast as sql_cast
+from stepbridge import errors as _errors
+from stepbridge.errors import StorageError, scrub_secrets
+from stepbridge.recorder import Begun
+from stepbridge.result import StepTrace
+
+from .models import ExecutionRow, ExecutionStatusRow, ExecutionStepRow
+
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = ["BeginOp", "FinishOp", "Recording", "clean", "clean_json"]
+
+executions = cast(Table, ExecutionRow.__table__)  # type: ignore[attr-defined]
+steps_t = cast(Table, ExecutionStepRow.__table__)  # type: ignore[attr-defined]
+history_t = cast(Table, ExecutionStatusRow.__table__)  # type: ignore[attr-defined]
+
+#: execution columns holding JSON (bound as JSON text by the prebuilt statements)
+JSON_COLUMNS = frozenset({"inputs", "outputs", "error", "usage", "options", "environment"})
+
+
+# ------------------------------------------------------------------------------------------------
+# cleaning: JSON-safe and secret-free
+# ------------------------------------------------------------------------------------------------
+def clean(value: Any) -> Any:
+    """JSON-safe and secret-free: what may go into a row. Non-JSON values become strings; NUL
+    characters (rejected by PostgreSQL) and non-finite floats (not JSON) are replaced."""
+    if isinstance(value, str):
+        return scrub_secrets(value.replace("\x00", "\ufffd"))
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {clean(str(k)): clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean(v) for v in value]
+    return clean(to_jsonable_python(value, fallback=str))
+
+
+def _reject(value: Any) -> Any:
+    raise TypeError("not plain JSON")
+
+
+# One C-encoder pass over the value. Raises for anything ``clean`` would have to convert (non-JSON
+# types, non-finite floats), so success means the value is already plain JSON.
+_encode_plain = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                                 default=_reject).encode
+_encode_safe = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
+
+# A superset of what the patterns of ``scrub_secrets`` can match, applied to the JSON text (which
+# holds every string and key verbatim except for escapes of quotes, backslashes and control
+# characters, none of which these prefixes contain). A hit only means "scrub the slow, exact way".
+_MAYBE_SECRET = re.compile(r"(?:sk|pk|rk)-[A-Za-z0-9_\-]{12,}|(?i:bearer|api[_-]?key)|://[^/\s:@]+:")
+
+
+@lru_cache(maxsize=256)
+def _json_form(secret: str) -> str:
+    """How ``secret`` appears inside a JSON string (JSON escaping maps character by character)."""
+    return _encode_plain(secret)[1:-1]
+
+
+def _might_hold_secret(text: str) -> bool:
+    if _MAYBE_SECRET.search(text) is not None:
+        return True
+    extra = getattr(_errors, "_extra_secrets", None)
+    if extra is None:  # cannot see the registered secrets: always take the exact path
+        return True
+    return any(_json_form(secret) in text for secret in tuple(extra))
+
+
+def clean_json(value: Any) -> tuple[Any, str]:
+    """``(clean(value), its JSON text)``, cheaply when nothing needs cleaning.
+
+    The fast path encodes once and checks the text; only a value that is not plain JSON, holds a
+    NUL or a lone surrogate, or could hold a secret is cleaned string by string.
+    """
+    try:
+        text: str | None = _encode_plain(value)
+    except (TypeError, ValueError, RecursionError):
+        text = None
+    if text is not None and "\\u0000" not in text and not _might_hold_secret(text):
+        if text.isascii():
+            return value, text
+        try:
+            text.encode("utf-8")
+            return value, text
+        except UnicodeEncodeError:  # a lone surrogate: let the safe encoder escape it
+            pass
+    cleaned = clean(value)
+    return cleaned, _encode_safe(cleaned)
+
+
+def clean_json_or_none(value: Any) -> str | None:
+    """JSON text for a nullable JSON column: ``None`` stays SQL NULL."""
+    return None if value is None else clean_json(value)[1]
+
+
+def _step_dict(step: Any) -> dict[str, Any]:
+    if isinstance(step, StepTrace):
+        return step.model_dump(mode="json")
+    if isinstance(step, dict):
+        return step
+    return {"step": -1, "kind": "unknown", "outputs": str(step)}
+
+
+def step_rows(trace: Sequence[Any], eid: str, at: datetime) -> list[dict[str, Any]]:
+    """Parameters for the trace rows of one finish (``b_attempt`` is filled in when applied)."""
+    rows = []
+    for seq, step in enumerate(trace):
+        data, text = clean_json(_step_dict(step))
+        number = data.get("step")
+        module, module_type = data.get("module"), data.get("module_type")
+        duration = data.get("duration_ms")
+        rows.append({
+            "b_eid": eid,
+            "b_seq": seq,
+            "b_step": number if isinstance(number, int) and not isinstance(number, bool) else seq,
+            "b_kind": str(data.get("kind") or "unknown")[:16],
+            "b_module": module if isinstance(module, str) or module is None else str(module),
+            "b_module_type": module_type if isinstance(module_type, str) or module_type is None
+            else str(module_type),
+            "b_duration_ms": duration if isinstance(duration, int | float) and not isinstance(duration, bool)
+            else None,
+            "b_error": clean_json_or_none(data.get("error")),
+            "b_data": text,
+            "b_at": at,
+        })
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# operations
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class BeginOp:
+    """Record a new ``running`` execution (or find the existing one with this id / key)."""
+
+    execution_id: str
+    idempotency_key: str | None
+    attempt: int
+    program_hash: str
+    now: datetime
+    params: dict[str, Any]  # the prebuilt INSERT's parameters
+    doing: str = "recording the start of a run"
+
+
+@dataclass
+class FinishOp:
+    """Compare-and-set ``running`` -> ``status`` with ``values``, history and trace rows."""
+
+    execution_id: str
+    status: str
+    values: dict[str, Any]  # column -> bound value (JSON columns already as text)
+    steps: list[dict[str, Any]]
+    note: str | None
+    now: datetime
+    doing: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.doing:
+            self.doing = f"recording the end of execution {self.execution_id}"
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(sorted(self.values))
+
+
+Op = BeginOp | FinishOp | Callable[[Connection], Any]
+Outcome = tuple[bool, Any]  # (True, value) or (False, exception)
+
+
+# ------------------------------------------------------------------------------------------------
+# statements, built once per store
+# ------------------------------------------------------------------------------------------------
+class Recording:
+    """Applies groups of :class:`BeginOp` / :class:`FinishOp` (and plain write callbacks) on one
+    connection inside the caller's transaction."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.postgres = store.dialect == "postgresql"
+        pg = self.postgres
+
+        def js(name: str) -> ColumnElement[Any]:
+            param = bindparam(name, type_=Text)
+            return sql_cast(param, JSONB) if pg else param
+
+        ins = (pg_insert if pg else sqlite_insert)(executions)
+        begin_cols = ("id", "program_hash", "program_name", "backend", "status", "inputs", "options",
+                      "environment", "attempts", "idempotency_key", "owner_host", "owner_pid", "owner_marker",
+                      "created_at", "started_at", "updated_at")
+        self.insert_execution = ins.values(
+            {c: js(f"b_{c}") if c in JSON_COLUMNS else bindparam(f"b_{c}") for c in begin_cols}
+        ).on_conflict_do_nothing().returning(executions.c.id)
+        self.insert_history = insert(history_t).values(
+            execution_id=bindparam("b_eid"), attempt=bindparam("b_attempt"), from_status=bindparam("b_from"),
+            to_status=bindparam("b_to"), at=bindparam("b_at"), note=bindparam("b_note"),
+        )
+        self.insert_steps = insert(steps_t).values(
+            execution_id=bindparam("b_eid"), attempt=bindparam("b_attempt"), seq=bindparam("b_seq"),
+            step=bindparam("b_step"), kind=bindparam("b_kind"), module=bindparam("b_module"),
+            module_type=bindparam("b_module_type"), duration_ms=bindparam("b_duration_ms"),
+            error=js("b_error"), data=js("b_data"), created_at=bindparam("b_at"),
+        )
+        running = select(executions.c.id, executions.c.attempts).where(
+            executions.c.id.in_(bindparam("b_ids", expanding=True)), executions.c.status == "running"
+        )
+        self.select_running = running.order_by(executions.c.id).with_for_update() if pg else running
+        self.select_existing = select(executions).where(
+            executions.c.id == bindparam("b_id")
+        ).limit(1)
+        self.select_existing_key = select(executions).where(
+            or_(executions.c.id == bindparam("b_id"), executions.c.idempotency_key == bindparam("b_key"))
+        ).limit(1)
+        self._js = js
+        self._updates: dict[tuple[tuple[str, ...], bool], Any] = {}
+
+    def update_finish(self, columns: tuple[str, ...], returning: bool) -> Any:
+        """``UPDATE executions SET status, finished_at, updated_at, <columns> WHERE id = :b_id AND
+        status = 'running'`` (with ``RETURNING attempts`` for the one-by-one path), built once."""
+        key = (columns, returning)
+        stmt = self._updates.get(key)
+        if stmt is None:
+            values: dict[str, Any] = {"status": bindparam("b_status"), "finished_at": bindparam("b_now"),
+                                      "updated_at": bindparam("b_now")}
+            for c in columns:
+                values[c] = self._js(f"b_{c}") if c in JSON_COLUMNS else bindparam(f"b_{c}")
+            stmt = update(executions).where(
+                executions.c.id == bindparam("b_id"), executions.c.status == "running"
+            ).values(values)
+            if returning:
+                stmt = stmt.returning(executions.c.attempts)
+            self._updates[key] = stmt
+        return stmt
+
+    # -- applying a group --------------------------------------------------------------------------
+    def apply(self, conn: Connection, ops: Sequence[Op], *, isolate: bool = True) -> list[Outcome]:
+        """Apply ``ops`` in ``conn``'s transaction; one outcome per op, in order.
+
+        With ``isolate`` a failing op is rolled back alone (SAVEPOINTs) and reported in its outcome;
+        without it (a group of one) errors propagate to the caller's retry loop. Transient errors
+        (lock contention, serialisation failures) always propagate: the whole transaction is retried.
+
+        The group is applied as if in this order: starts, then finishes, then other callbacks (they
+        were all submitted concurrently, so any order is a valid one).
+        """
+        out: list[Outcome | None] = [None] * len(ops)
+        begins = [(i, op) for i, op in enumerate(ops) if isinstance(op, BeginOp)]
+        finishes = [(i, op) for i, op in enumerate(ops) if isinstance(op, FinishOp)]
+        if begins:
+            self._begins(conn, begins, out, isolate)
+        if finishes:
+            self._finishes(conn, finishes, out, isolate)
+        for i, op in enumerate(ops):
+            if not isinstance(op, BeginOp | FinishOp):
+                out[i] = self._guard(conn, partial(op, conn), "recording a run event", isolate)
+        return cast(list[Outcome], out)
+
+    def _guard(self, conn: Connection, fn: Callable[[], Any], doing: str, isolate: bool) -> Outcome:
+        if not isolate:
+            return True, fn()
+        try:
+            with conn.begin_nested():
+                return True, fn()
+        except StorageError as exc:
+            return False, exc
+        except (DBAPIError, SQLAlchemyError) as exc:
+            if isinstance(exc, DBAPIError) and _transient(exc):
+                raise
+            return False, self.store._error(exc, doing)
+
+    def _batched(self, conn: Connection, fn: Callable[[], Any], isolate: bool) -> bool:
+        """Run a batched step; False (rolled back) if it failed in a way one op could have caused."""
+        if not isolate:
+            fn()
+            return True
+        try:
+            with conn.begin_nested():
+                fn()
+            return True
+        except StorageError:
+            return False
+        except (DBAPIError, SQLAlchemyError) as exc:
+            if isinstance(exc, DBAPIError) and _transient(exc):
+                raise
+            return False
+
+    # -- starts ------------------------------------------------------------------------------------
+    def _begins(self, conn: Connection, ops: list[tuple[int, BeginOp]], out: list[Outcome | None],
+                isolate: bool) -> None:
+        fast: list[tuple[int, BeginOp]] = []
+        slow: list[tuple[int, BeginOp]] = []
+        ids: set[str] = set()
+        keys: set[str] = set()
+        for i, op in ops:
+            # a second start with the same id or key in this group must see the first one's row
+            if op.execution_id in ids or (op.idempotency_key is not None and op.idempotency_key in keys):
+                slow.append((i, op))
+                continue
+            ids.add(op.execution_id)
+            if op.idempotency_key is not None:
+                keys.add(op.idempotency_key)
+            fast.append((i, op))
+        inserted: set[str] = set()
+
+        def insert_all() -> None:
+            inserted.clear()
+            # RETURNING, not rowcount: rowcount is not reliable for ON CONFLICT across drivers.
+            got = conn.execute(self.insert_execution, [op.params for _, op in fast])
+            inserted.update(got.scalars())
+            history = [self._history_params(op.execution_id, op.attempt, None, "running", op.now, None)
+                       for _, op in fast if op.execution_id in inserted]
+            if history:
+                conn.execute(self.insert_history, history)
+
+        if fast and not self._batched(conn, insert_all, isolate):
+            inserted.clear()  # rolled back: every op goes the one-by-one way, isolated
+        for i, op in fast:
+            if op.execution_id in inserted:
+                out[i] = (True, Begun(execution_id=op.execution_id, attempt=op.attempt))
+            else:
+                slow.append((i, op))
+        slow.sort(key=lambda item: item[0])
+        for i, op in slow:
+            out[i] = self._guard(conn, partial(self._begin_one, conn, op), op.doing, isolate)
+
+    def _begin_one(self, conn: Connection, op: BeginOp) -> Begun:
+        got = conn.execute(self.insert_execution, op.params).all()
+        if got:
+            conn.execute(self.insert_history,
+                         self._history_params(op.execution_id, op.attempt, None, "running", op.now, None))
+            return Begun(execution_id=op.execution_id, attempt=op.attempt)
+        if op.idempotency_key is not None:
+            row = conn.execute(self.select_existing_key,
+                               {"b_id": op.execution_id, "b_key": op.idempotency_key}).first()
+        else:
+            row = conn.execute(self.select_existing, {"b_id": op.execution_id}).first()
+        if row is None:
+            raise StorageError(f"execution {op.execution_id} conflicts with a row that vanished")
+        if row.program_hash != op.program_hash:
+            raise StorageError(
+                f"execution {row.id} (idempotency key {row.idempotency_key!r}) belongs to program "
+                f"{row.program_hash[:12]}, not {op.program_hash[:12]}"
+            )
+        return self.store._take_over(conn, row, op.now)
+
+    # -- ends --------------------------------------------------------------------------------------
+    def _finishes(self, conn: Connection, ops: list[tuple[int, FinishOp]], out: list[Outcome | None],
+                  isolate: bool) -> None:
+        first: list[tuple[int, FinishOp]] = []
+        repeats: list[int] = []
+        seen: set[str] = set()
+        for i, op in ops:
+            if op.execution_id in seen:
+                repeats.append(i)  # the first finish of this id in the group wins; this one is a no-op
+            else:
+                seen.add(op.execution_id)
+                first.append((i, op))
+        running: dict[str, int] = {}
+
+        def finish_all() -> None:
+            running.clear()
+            rows = conn.execute(self.select_running, {"b_ids": [op.execution_id for _, op in first]}).all()
+            running.update((r[0], r[1]) for r in rows)
+            updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            history: list[dict[str, Any]] = []
+            steps: list[dict[str, Any]] = []
+            for _, op in first:
+                attempt = running.get(op.execution_id)
+                if attempt is None:
+                    continue
+                updates.setdefault(op.columns, []).append(self._update_params(op))
+                history.append(self._history_params(op.execution_id, attempt, "running", op.status, op.now,
+                                                    op.note))
+                steps.extend({**row, "b_attempt": attempt} for row in op.steps)
+            for columns, params in updates.items():
+                conn.execute(self.update_finish(columns, False), params)
+            if history:
+                conn.execute(self.insert_history, history)
+            if steps:
+                conn.execute(self.insert_steps, steps)
+
+        if self._batched(conn, finish_all, isolate):
+            for i, op in first:
+                out[i] = (True, op.execution_id in running)
+            for i in repeats:
+                out[i] = (True, False)
+            return
+        # the batched statements failed: one by one, each in its own SAVEPOINT
+        for i, op in ops:
+            out[i] = self._guard(conn, partial(self._finish_one, conn, op), op.doing, isolate)
+
+    def _finish_one(self, conn: Connection, op: FinishOp) -> bool:
+        got = conn.execute(self.update_finish(op.columns, True), self._update_params(op)).all()
+        if len(got) != 1:
+            return False
+        attempt = got[0][0]
+        conn.execute(self.insert_history,
+                     self._history_params(op.execution_id, attempt, "running", op.status, op.now, op.note))
+        if op.steps:
+            conn.execute(self.insert_steps, [{**row, "b_attempt": attempt} for row in op.steps])
+        return True
+
+    @staticmethod
+    def _update_params(op: FinishOp) -> dict[str, Any]:
+        params = {f"b_{c}": v for c, v in op.values.items()}
+        params["b_id"] = op.execution_id
+        params["b_status"] = op.status
+        params["b_now"] = op.now
+        return params
+
+    @staticmethod
+    def _history_params(eid: str, attempt: int, old: str | None, new: str, at: datetime,
+                        note: str | None) -> dict[str, Any]:
+        return {"b_eid": eid, "b_attempt": attempt, "b_from": old, "b_to": new, "b_at": at,
+                "b_note": clean(note) if note else None}
+
+
+def _transient(exc: BaseException) -> bool:
+    from .store import _transient as transient
+
+    return transient(exc)
