@@ -30,6 +30,9 @@ def start(
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow loopback TCP without CURVE (testing).")] = False,
     heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 1.0,
     liveness: Annotated[int, typer.Option(help="Missed heartbeats before a worker counts as dead.")] = 3,
+    db: Annotated[str | None, typer.Option(help="Store the local workers look programs up in (read-only) and "
+                                               "warm aliased programs from.", envvar="STEPBRIDGE_DATABASE_URL")] = None,
+    warm: Annotated[bool, typer.Option(help="Local workers build every aliased stored program at start.")] = True,
 ) -> None:
     """Start a broker (with local workers); prints its address, runs until SIGTERM/Ctrl-C (drains)."""
     from .broker import run_broker
@@ -39,7 +42,7 @@ def start(
         raise typer.Exit(2)
     run_broker(bind=bind, workers=workers, backend=backend, capacity=capacity, queue_size=queue_size,
                curve_secret=curve_secret, curve_clients=curve_clients, allow_insecure_tcp=insecure,
-               heartbeat=heartbeat, liveness=liveness)
+               heartbeat=heartbeat, liveness=liveness, store_url=db, warm=warm if db else None)
 
 
 @pool_app.command("status")
@@ -99,7 +102,10 @@ def worker(
     liveness: Annotated[int, typer.Option(help="Missed heartbeats before the router counts as lost.")] = 3,
     db: Annotated[str | None, typer.Option(help="Store to look programs up in (read-only).",
                                            envvar="STEPBRIDGE_DATABASE_URL")] = None,
-    warm: Annotated[list[str] | None, typer.Option(help="Program reference (alias, hash) to build at start.")] = None,
+    warm: Annotated[bool | None, typer.Option("--warm/--no-warm", help="Build every aliased stored program at "
+                                              "start (default: on with --db).")] = None,
+    warm_ref: Annotated[list[str] | None, typer.Option(help="Also build this stored program (name, alias, hash) "
+                                                             "at start.")] = None,
     curve_secret: Annotated[Path | None, typer.Option(help="This worker's .key_secret file (TCP).")] = None,
     curve_server: Annotated[Path | None, typer.Option(help="The broker's public .key file (TCP).")] = None,
     parent_pid: Annotated[int | None, typer.Option(help="Exit when this process is no longer the parent.")] = None,
@@ -109,7 +115,8 @@ def worker(
 
     code = run_worker(connect, backend=backend, capacity=capacity, heartbeat=heartbeat, liveness=liveness,
                       parent_pid=parent_pid, db=db, curve_secret=str(curve_secret) if curve_secret else None,
-                      curve_server=str(curve_server) if curve_server else None, warm=list(warm or []))
+                      curve_server=str(curve_server) if curve_server else None, warm=list(warm_ref or []),
+                      warm_aliases=warm)
     raise typer.Exit(code)
 
 

@@ -83,6 +83,8 @@ class PoolAdapter:
         curve_secret: str | Path | None = None,
         curve_server: str | Path | None = None,
         store: Any = None,
+        store_url: str | None = None,
+        warm: bool | None = None,
         **router_options: Any,
     ):
         self.address = address
@@ -102,7 +104,8 @@ class PoolAdapter:
             self._router_kwargs: dict[str, Any] = dict(
                 workers=workers, backend=backend, capacity=capacity, queue_size=queue_size,
                 saturation_wait=saturation_wait, heartbeat=heartbeat, liveness=liveness, max_attempts=max_attempts,
-                cancel_grace=cancel_grace, expected_capabilities=self._declared, store=store, **router_options)
+                cancel_grace=cancel_grace, expected_capabilities=self._declared, store=store, store_url=store_url,
+                warm=warm, **router_options)
             self._bind = bind
 
     # -- the adapter protocol ----------------------------------------------------------------------

@@ -65,6 +65,7 @@ MAGIC = b"SBRG"
 PROTOCOL_VERSION = 1
 MAX_BODY_BYTES = 64 * 2**20  # also the sockets' MAXMSGSIZE
 MAX_REQUEST_ID = 64
+MAX_WARMED = 10_000
 
 Str200 = Annotated[str, msgspec.Meta(max_length=200)]
 Str10k = Annotated[str, msgspec.Meta(max_length=10_000)]
@@ -112,6 +113,7 @@ class Ready(Body, frozen=True):
     backend: Str200
     capabilities: Annotated[list[Str200], msgspec.Meta(max_length=100)]
     protocol: int = PROTOCOL_VERSION
+    warmed: Annotated[list[Hash], msgspec.Meta(max_length=MAX_WARMED)] = []  # programs built from the store at start
 
 
 class Request(Body, frozen=True):

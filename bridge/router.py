@@ -147,6 +147,7 @@ class WorkerInfo:
     done: int = 0
     failed: int = 0
     draining: bool = False
+    warmed: tuple[str, ...] = ()  # programs the worker built from its store at start
 
     @property
     def credit(self) -> int:
@@ -179,6 +180,8 @@ class Router:
         allow_insecure_tcp: bool = False,
         expected_capabilities: frozenset[str] | None = None,
         store: Any = None,
+        store_url: str | None = None,
+        warm: bool | None = None,
         worker_args: list[str] | None = None,
         worker_env: dict[str, str] | None = None,
         worker_log_level: str = "WARNING",
@@ -215,7 +218,12 @@ class Router:
         self.allowed_clients = allowed_clients
         self.expected_capabilities = expected_capabilities or frozenset()
         self.store = store
+        self.store_url = store_url
         self.worker_args = list(worker_args or [])
+        if store_url is not None and "--db" not in self.worker_args:
+            self.worker_args += ["--db", store_url]
+        if warm is not None:
+            self.worker_args.append("--warm" if warm else "--no-warm")
         self.worker_env = worker_env
         self.worker_log_level = worker_log_level
         self.serve_clients = serve_clients
@@ -242,7 +250,7 @@ class Router:
         self.started_at = time.time()
         self.stats = {"submitted": 0, "succeeded": 0, "failed": 0, "retried": 0, "stale_replies": 0,
                       "rejected_frames": 0, "saturated": 0, "timed_out": 0, "cancelled": 0, "workers_lost": 0,
-                      "respawns": 0}
+                      "respawns": 0, "programs_sent": 0}
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -718,7 +726,7 @@ class Router:
             slot.state = "ready"
         info = WorkerInfo(identity=identity, worker_id=body.worker_id, pid=body.pid, host=body.host,
                           backend=body.backend, capabilities=frozenset(body.capabilities) | {"out_of_process"},
-                          capacity=body.capacity, slot=slot)
+                          capacity=body.capacity, slot=slot, warmed=tuple(body.warmed))
         self.workers[identity] = info
         self._send(identity, p.Heartbeat())  # the READY acknowledgement
         log.info("worker %s ready (pid %d, %s, capacity %d)", body.worker_id, body.pid, body.backend, body.capacity)
@@ -768,6 +776,9 @@ class Router:
         if known is None:
             known = p.ProgramDef(program_hash=body.program_hash, error={
                 "type": "StorageError", "message": f"the router does not know program {body.program_hash[:12]}"})
+        elif self._send(identity, known):
+            self.stats["programs_sent"] += 1
+            return
         self._send(identity, known)
 
     def _on_client_request(self, identity: bytes, crid: bytes, body: p.Request) -> None:
@@ -888,6 +899,7 @@ class Router:
                 {"id": w.worker_id, "host": w.host, "pid": w.pid, "backend": w.backend, "capacity": w.capacity,
                  "in_flight": len(w.inflight), "done": w.done, "failed": w.failed, "draining": w.draining,
                  "local": w.slot is not None, "last_heartbeat_s": round(now - w.last_seen, 3),
+                 "warmed": len(w.warmed),
                  "capabilities": sorted(w.capabilities)}
                 for w in self.workers.values()
             ],

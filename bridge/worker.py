@@ -107,6 +107,7 @@ class Worker:
         worker_id: str | None = None,
         adapter_options: dict[str, Any] | None = None,
         warm: list[str] | None = None,
+        warm_aliases: bool | None = None,
     ):
         self.connect = connect
         self.backend = backend
@@ -119,6 +120,12 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.adapter_options = adapter_options or {}
         self.warm = list(warm or [])
+        #: warm every program an alias points at (default: whenever there is a store)
+        self.warm_aliases = store is not None if warm_aliases is None else warm_aliases
+        #: content hashes built and prepared at start (reported in READY)
+        self.warmed: list[str] = []
+        #: where program definitions came from: cache, store, router
+        self.sources: dict[str, int] = {"cache": 0, "store": 0, "router": 0}
         self.incarnation = 0
         self.ctx = zmq.Context()
         self.adapter: Any = None
@@ -230,17 +237,42 @@ class Worker:
                 return
 
     async def _warm(self) -> None:
-        """Build the programs behind the given references (aliases, hashes) from the store."""
+        """Build and prepare the programs behind every alias (and any given references) from the store.
+
+        Each program is all-or-nothing: the store validates it in full and checks its hash, then the
+        adapter prepares it, and only then does it enter the cache. A bad stored program (tampered,
+        invalid, needing a capability this worker lacks, failing to prepare) is logged and skipped.
+        """
         if self.store is None:
             return
-        for ref in self.warm:
+        refs = list(self.warm)
+        if self.warm_aliases:
             try:
-                program = await asyncio.to_thread(self.store.load, ref)
-                self._remember(program)
-                await self.adapter.prepare(program)
-                self._prepared.add(program.content_hash)
+                summaries = await asyncio.to_thread(self.store.list_programs)
             except Exception as exc:
-                log.warning("worker %s: could not warm %r: %s", self.worker_id, ref, exc)
+                log.warning("worker %s: could not list stored programs to warm: %s", self.worker_id, exc)
+                summaries = []
+            for summary in summaries:
+                refs += [f"{summary.name}@{alias}" for alias in sorted(summary.aliases)]
+        for ref in refs:
+            try:
+                program: Program = await asyncio.to_thread(self.store.load, ref)
+                if program.content_hash in self._prepared:
+                    continue
+                missing = program.required_capabilities - self.capabilities
+                if missing:
+                    log.info("worker %s: not warming %r: needs %s", self.worker_id, ref, ", ".join(sorted(missing)))
+                    continue
+                await self.adapter.prepare(program)
+            except Exception as exc:
+                log.warning("worker %s: refused to warm stored program %r: %s", self.worker_id, ref,
+                            scrub_secrets(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__)
+                continue
+            self._remember(program)
+            self._prepared.add(program.content_hash)
+            self.warmed.append(program.content_hash)
+        if refs:
+            log.info("worker %s: warmed %d of %d stored program(s)", self.worker_id, len(self.warmed), len(refs))
 
     # -- I/O -------------------------------------------------------------------------------------
     def _send(self, body: p.Body, request_id: bytes = b"") -> bool:
@@ -273,7 +305,7 @@ class Worker:
     def _ready(self) -> p.Ready:
         return p.Ready(worker_id=self.worker_id, incarnation=self.incarnation, pid=os.getpid(),
                        host=socket.gethostname(), capacity=self.capacity, backend=self.backend,
-                       capabilities=sorted(self.capabilities))
+                       capabilities=sorted(self.capabilities), warmed=self.warmed[-p.MAX_WARMED:])
 
     def _on_frames(self, session: _Session, frames: list[bytes]) -> None:
         if session is not self._session:
@@ -386,17 +418,14 @@ class Worker:
     async def _program(self, program_hash: str) -> Program:
         program = self._programs.get(program_hash)
         if program is not None:
+            self.sources["cache"] += 1
             return program
         if self.store is not None:
-            try:
-                stored: Program = await asyncio.to_thread(self.store.load, program_hash)
-            except Exception as exc:
-                log.debug("program %s not in the store: %s", program_hash[:12], exc)
-            else:
-                if stored.content_hash == program_hash:
-                    self._remember(stored)
-                    return stored
-                log.warning("store returned a program whose hash does not match %s; ignoring it", program_hash[:12])
+            stored = await self._from_store(program_hash)
+            if stored is not None:
+                self.sources["store"] += 1
+                self._remember(stored)
+                return stored
         fut = self._fetches.get(program_hash)
         if fut is None:
             fut = self._fetches[program_hash] = asyncio.get_running_loop().create_future()
@@ -416,8 +445,26 @@ class Worker:
             raise error_from_dict(answer.error or {"type": "StorageError",
                                                    "message": f"program {program_hash[:12]} is unknown"})
         program = build_program(answer.program, program_hash, answer.base_dir)
+        self.sources["router"] += 1
         self._remember(program)
         return program
+
+    async def _from_store(self, program_hash: str) -> Program | None:
+        """The stored program with this hash, validated in full and verified, or None (then ask the router)."""
+        try:
+            stored: Program = await asyncio.to_thread(self.store.load, program_hash)
+        except Exception as exc:
+            if type(exc).__name__ == "ProgramNotFound":
+                log.debug("program %s is not in the store", program_hash[:12])
+            else:  # tampered, invalid, unreadable: never built; the router may still have the real one
+                log.warning("worker %s: refused stored program %s: %s", self.worker_id, program_hash[:12],
+                            scrub_secrets(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__)
+            return None
+        if stored.content_hash != program_hash:
+            log.warning("worker %s: the store returned a program hashing to %s for %s; refused", self.worker_id,
+                        stored.content_hash[:12], program_hash[:12])
+            return None
+        return stored
 
 
 def build_program(data: dict[str, Any], expected_hash: str, base_dir: str | None = None) -> Program:
@@ -433,6 +480,7 @@ def build_program(data: dict[str, Any], expected_hash: str, base_dir: str | None
 
 
 def _open_store(url: str | None) -> Any:
+    """A read-only use of :class:`stepbridge.storage.Store` (no migrations), or None if unusable."""
     if not url:
         return None
     try:
@@ -440,22 +488,34 @@ def _open_store(url: str | None) -> Any:
     except ImportError:
         log.warning("storage is not available; running without a store")
         return None
-    return Store(url)
+    try:
+        return Store(url, migrate=False)
+    except Exception as exc:
+        log.warning("could not open the store (%s); running without it", scrub_secrets(str(exc)).splitlines()[0])
+        return None
 
 
 def run_worker(connect: str, *, backend: str = "native", capacity: int = 16, heartbeat: float = 1.0,
                liveness: int = 3, parent_pid: int | None = None, db: str | None = None,
                curve_secret: str | None = None, curve_server: str | None = None, worker_id: str | None = None,
-               warm: list[str] | None = None, log_level: str = "WARNING") -> int:
+               warm: list[str] | None = None, warm_aliases: bool | None = None,
+               log_level: str = "WARNING") -> int:
     """Run a worker until it is drained, told to stop, or its parent dies; return its exit code."""
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.WARNING),
                         format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(message)s")
     if connect.startswith("tcp://") and not curve_secret:
         log.warning("connecting over TCP without CURVE keys; the broker will refuse this unless it runs insecure")
     curve = CurveKeys.from_files(curve_secret, curve_server) if curve_secret else None
+    store = _open_store(db)
     worker = Worker(connect, backend=backend, capacity=capacity, heartbeat=heartbeat, liveness=liveness,
-                    parent_pid=parent_pid, store=_open_store(db), curve=curve, worker_id=worker_id, warm=warm)
-    return asyncio.run(worker.serve())
+                    parent_pid=parent_pid, store=store, curve=curve, worker_id=worker_id, warm=warm,
+                    warm_aliases=warm_aliases)
+    try:
+        return asyncio.run(worker.serve())
+    finally:
+        if store is not None:
+            with contextlib.suppress(Exception):
+                store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -470,13 +530,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curve-secret", default=None, help="this worker's .key_secret file (TCP)")
     parser.add_argument("--curve-server", default=None, help="the broker's public .key file (TCP)")
     parser.add_argument("--worker-id", default=None)
-    parser.add_argument("--warm", action="append", default=[], help="program reference to build at start")
+    parser.add_argument("--warm", dest="warm_aliases", action="store_true", default=None,
+                        help="build and prepare every aliased stored program at start (default with --db)")
+    parser.add_argument("--no-warm", dest="warm_aliases", action="store_false")
+    parser.add_argument("--warm-ref", action="append", default=[], metavar="REF",
+                        help="also build this stored program (name, name@alias, hash) at start")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     return run_worker(args.connect, backend=args.backend, capacity=args.capacity, heartbeat=args.heartbeat,
                       liveness=args.liveness, parent_pid=args.parent_pid, db=args.db, curve_secret=args.curve_secret,
-                      curve_server=args.curve_server, worker_id=args.worker_id, warm=args.warm,
-                      log_level=args.log_level)
+                      curve_server=args.curve_server, worker_id=args.worker_id, warm=args.warm_ref,
+                      warm_aliases=args.warm_aliases, log_level=args.log_level)
 
 
 if __name__ == "__main__":

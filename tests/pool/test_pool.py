@@ -76,6 +76,8 @@ def test_examples_round_trip_equal_native_and_errors_keep_type() -> None:
             many = await asyncio.gather(*(runner.run(classify, {"ticket": f"ticket {i}"}) for i in range(40)))
             assert len({r.execution_id for r in many}) == 40
             assert "out_of_process" in pool.capabilities and "retrieve" in pool.capabilities
+            assert pool.router is not None
+            await pool.router.wait_ready(2, 60)  # the second worker may still be starting on a busy machine
             status = pool.status()
             assert len(status["workers"]) == 2
 
