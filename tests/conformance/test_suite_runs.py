@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 HERE = Path(__file__).resolve().parent
+PREDICT_CASES = "test_case and predict and not map"  # test_case[predict-0], test_case[predict-1]
 REPO = HERE.parent.parent
 EXAMPLE_SRC = REPO / "examples" / "third_party_adapter" / "src"
 
@@ -69,7 +70,7 @@ def test_example_third_party_adapter_is_conformant(tmp_path: Path) -> None:
 
 
 def test_wrong_outputs_fail_with_a_diff(tmp_path: Path) -> None:
-    code, output, report = run_suite(tmp_path, "broken_adapters:WrongOutputs", "-k", "test_case and predict",
+    code, output, report = run_suite(tmp_path, "broken_adapters:WrongOutputs", "-k", PREDICT_CASES,
                                      pythonpath=HERE)
     assert code == 1 and report is not None, output[-3000:]
     reason = failures(report)["test_case[predict-0]"]
@@ -115,7 +116,7 @@ def test_expected_failures_file_is_strict_and_needs_reasons(tmp_path: Path) -> N
     known = tmp_path / "known.yaml"
     known.write_text("test_case[predict-*]: upper-cases everything (issue 1)\n"
                      "test_no_such_test: stale entry\n")
-    code, output, report = run_suite(tmp_path, "broken_adapters:WrongOutputs", "-k", "test_case and predict",
+    code, output, report = run_suite(tmp_path, "broken_adapters:WrongOutputs", "-k", PREDICT_CASES,
                                      "--expected-failures", str(known), pythonpath=HERE)
     assert code == 0, output[-3000:]
     assert report is not None and report["capabilities"]["core"] == "⚠️"
@@ -123,7 +124,7 @@ def test_expected_failures_file_is_strict_and_needs_reasons(tmp_path: Path) -> N
     assert "test_no_such_test" in output  # stale entries warn
 
     # strict: a listed test that passes fails the run
-    code, output, _ = run_suite(tmp_path, "native", "-k", "test_case and predict", "--expected-failures", str(known))
+    code, output, _ = run_suite(tmp_path, "native", "-k", PREDICT_CASES, "--expected-failures", str(known))
     assert code == 1 and "XPASS(strict)" in output
 
     known.write_text("test_case[predict-0]: ''\n")
