@@ -9,49 +9,31 @@ and parses; it never touches DSPy.
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from stepbridge.adapter import RunOptions
 from stepbridge.errors import (
     LMError,
     LMParseError,
-    RunTimeoutError,
-    StepbridgeError,
-    StepError,
     UnsupportedCapabilityError,
 )
 from stepbridge.formats import Prompt, chain_of_thought
+from stepbridge.interpreter import DEFAULT_MAP_CONCURRENCY, PlanStep, RunContext, plan, run_plan
 from stepbridge.lm import ChatRequest, LMPool, LMProfile
 from stepbridge.program import (
-    CallStep,
     ChainOfThoughtModule,
     DspyModule,
     LMConfig,
     PredictModule,
     Program,
     RetrieveModule,
-    ReturnStep,
     ToolModule,
 )
-from stepbridge.references import parse_value, resolve
-from stepbridge.result import LMCall, RunResult, StepTrace, Usage, fast_construct
+from stepbridge.result import LMCall, RunResult, fast_construct
 
 __all__ = ["NativeAdapter"]
 
-DEFAULT_MAP_CONCURRENCY = 16
-
-
-class _Context:
-    """Per-run state: the run's LM override, usage and the trace so far (kept for partial traces)."""
-
-    __slots__ = ("lm_override", "trace", "usage")
-
-    def __init__(self, lm_override: LMConfig | None):
-        self.lm_override = lm_override
-        self.trace: list[StepTrace] = []
-        self.usage = Usage()
+_Plan = tuple[list[PlanStep], dict[str, Any]]
 
 
 class _LMRunner:
@@ -73,15 +55,15 @@ class _LMRunner:
             prompt = self._prompts[mode] = Prompt(self.signature, self.demos, mode)
         return prompt
 
-    async def __call__(self, args: dict[str, Any], ctx: _Context, calls: list[LMCall]) -> dict[str, Any]:
-        if ctx.lm_override is None:
+    async def __call__(self, args: dict[str, Any], ctx: RunContext, calls: list[LMCall]) -> dict[str, Any]:
+        if ctx.options.lm is None:
             config = self.lm_config
             loop = asyncio.get_running_loop()
             if self._resolved is None or self._resolved[0] is not loop:
                 self._resolved = (loop, *self.adapter.lm.resolve(config))
             _, client, model, profile = self._resolved
         else:
-            config = self.lm_config.merged(ctx.lm_override)
+            config = self.lm_config.merged(ctx.options.lm)
             client, model, profile = self.adapter.lm.resolve(config)
         mode = config.adapter or "chat"
         prompt = self.prompt(mode)
@@ -95,7 +77,7 @@ class _LMRunner:
             return await self._complete(self.prompt("json"), args, config, client, model, profile, ctx, calls)
 
     async def _complete(self, prompt: Prompt, args: dict[str, Any], config: LMConfig, client: Any, model: str,
-                        profile: LMProfile, ctx: _Context, calls: list[LMCall]) -> dict[str, Any]:
+                        profile: LMProfile, ctx: RunContext, calls: list[LMCall]) -> dict[str, Any]:
         messages = prompt.messages(args)
         request = ChatRequest(
             model=model,
@@ -131,7 +113,7 @@ class _RetrieveRunner:
         self.retriever = make_retriever(module.retriever, program.base_dir)
         self.k = module.k
 
-    async def __call__(self, args: dict[str, Any], ctx: _Context, calls: list[LMCall]) -> dict[str, Any]:
+    async def __call__(self, args: dict[str, Any], ctx: RunContext, calls: list[LMCall]) -> dict[str, Any]:
         return self.retriever.search(str(args["query"]), self.k).as_outputs()
 
 
@@ -142,7 +124,7 @@ class _ToolRunner:
         self.tool = tools.get(module.tool)
         self.outputs = list((module.signature or self.tool.signature).outputs)
 
-    async def __call__(self, args: dict[str, Any], ctx: _Context, calls: list[LMCall]) -> dict[str, Any]:
+    async def __call__(self, args: dict[str, Any], ctx: RunContext, calls: list[LMCall]) -> dict[str, Any]:
         if self.tool.is_async:
             value = await self.tool.func(**args)
         else:
@@ -153,26 +135,6 @@ class _ToolRunner:
             return {self.outputs[0]: value}
         raise TypeError(f"tool {self.tool.name!r} returned {type(value).__name__}; expected a dict with "
                         f"{', '.join(self.outputs)}")
-
-
-@dataclass
-class _Step:
-    index: int
-    kind: str
-    module: str | None = None
-    module_type: str | None = None
-    args: Any = None
-    over: Any = None
-    item: str = "item"
-    name: str | None = None
-    concurrency: int = DEFAULT_MAP_CONCURRENCY
-    runner: Any = None
-
-
-@dataclass
-class _Plan:
-    program: Program
-    steps: list[_Step] = field(default_factory=list)
 
 
 class NativeAdapter:
@@ -194,9 +156,9 @@ class NativeAdapter:
 
     def _plan(self, program: Program) -> _Plan:
         key = program.content_hash
-        plan = self._plans.get(key)
-        if plan is not None:
-            return plan
+        compiled = self._plans.get(key)
+        if compiled is not None:
+            return compiled
         for module_name, module in program.modules.items():
             if isinstance(module, DspyModule):
                 raise UnsupportedCapabilityError(
@@ -210,134 +172,25 @@ class NativeAdapter:
                 runners[module_name] = _RetrieveRunner(program, module)
             elif isinstance(module, ToolModule):
                 runners[module_name] = _ToolRunner(module)
-        plan = _Plan(program)
-        for index, step in enumerate(program.steps):
-            if isinstance(step, ReturnStep):
-                plan.steps.append(_Step(index, "return", args=parse_value(step.return_)))
-            elif isinstance(step, CallStep):
-                plan.steps.append(_Step(index, "call", step.call, program.modules[step.call].type,
-                                        parse_value(step.with_), name=step.as_, runner=runners[step.call]))
-            else:
-                plan.steps.append(_Step(index, "map", step.map, program.modules[step.map].type,
-                                        parse_value(step.with_), over=parse_value(step.over), item=step.item,
-                                        name=step.as_, concurrency=step.concurrency or self.map_concurrency,
-                                        runner=runners[step.map]))
-        self._plans[key] = plan
-        return plan
+        compiled = self._plans[key] = (plan(program), runners)
+        return compiled
 
     async def run(self, program: Program, inputs: dict[str, Any], options: RunOptions | None = None) -> RunResult:
-        options = options or RunOptions()
-        plan = self._plan(program)
-        ctx = _Context(options.lm)
-        start = time.perf_counter()
-        try:
-            if options.timeout is not None:
-                async with asyncio.timeout(options.timeout):
-                    outputs = await self._execute(plan, inputs, ctx)
-            else:
-                outputs = await self._execute(plan, inputs, ctx)
-        except TimeoutError:
-            raise RunTimeoutError(f"run exceeded its timeout of {options.timeout}s", timeout=options.timeout,
-                                  trace=ctx.trace) from None
-        return fast_construct(RunResult, {
-            "outputs": outputs, "trace": ctx.trace, "usage": ctx.usage, "backend": self.name,
-            "program_hash": program.content_hash, "execution_id": options.execution_id,
-            "duration_ms": (time.perf_counter() - start) * 1000, "attempts": options.attempt, "worker": None})
+        steps, runners = self._plan(program)
 
-    async def _execute(self, plan: _Plan, inputs: dict[str, Any], ctx: _Context) -> dict[str, Any]:
-        scope: dict[str, Any] = {"inputs": inputs}
-        trace = ctx.trace
-        for step in plan.steps:
-            if step.kind == "return":
-                outputs = resolve(step.args, scope)
-                trace.append(_record(step=step.index, kind="return", inputs=outputs, outputs=outputs))
-                return outputs
-            began = time.perf_counter()
-            calls: list[LMCall] = []
-            children: list[StepTrace] = []
-            args: dict[str, Any] = {}
-            try:
-                if step.kind == "call":
-                    args = resolve(step.args, scope)
-                    result: Any = await step.runner(args, ctx, calls)
-                else:
-                    args = {"over": resolve(step.over, scope)}
-                    result = await self._map(step, args["over"], scope, ctx, children)
-            except BaseException as exc:
-                error = _as_typed(exc) if not isinstance(exc, asyncio.CancelledError) else None
-                trace.append(_record(
-                    step=step.index, kind=step.kind, module=step.module, module_type=step.module_type, inputs=args,
-                    lm_calls=calls, children=children, duration_ms=(time.perf_counter() - began) * 1000,
-                    error=error.to_dict() if error else {"type": "RunCancelledError", "message": "cancelled"}))
-                if error is None or isinstance(exc, StepError):
-                    raise
-                raise StepError(f"step {step.index} ({step.kind} {step.module!r}) failed: {error.message}",
-                                step=step.index, module=step.module, cause=error, trace=trace) from exc
-            trace.append(_record(
-                step=step.index, kind=step.kind, module=step.module, module_type=step.module_type, inputs=args,
-                outputs=result, lm_calls=calls, children=children, duration_ms=(time.perf_counter() - began) * 1000))
-            if step.name is not None:
-                scope[step.name] = result
-        raise AssertionError("validated programs end with a return step")
+        def call(step: PlanStep, args: dict[str, Any], ctx: RunContext, calls: list[LMCall]) -> Any:
+            return runners[step.module](args, ctx, calls)
 
-    async def _map(self, step: _Step, items: list[Any], scope: dict[str, Any], ctx: _Context,
-                   children: list[StepTrace]) -> list[Any]:
-        limit = asyncio.Semaphore(step.concurrency)
-        records: list[StepTrace | None] = [None] * len(items)
-
-        async def one(position: int, element: Any) -> Any:
-            async with limit:
-                began = time.perf_counter()
-                calls: list[LMCall] = []
-                args = resolve(step.args, {**scope, step.item: element})
-                out: Any = None
-                error: dict[str, Any] | None = None
-                try:
-                    out = await step.runner(args, ctx, calls)
-                    return out
-                except Exception as exc:
-                    error = _as_typed(exc).to_dict()
-                    raise
-                finally:
-                    records[position] = _record(
-                        step=step.index, kind="call", module=step.module, module_type=step.module_type, inputs=args,
-                        outputs=out, lm_calls=calls, duration_ms=(time.perf_counter() - began) * 1000, error=error)
-
-        tasks = [asyncio.ensure_future(one(i, e)) for i, e in enumerate(items)]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        finally:
-            children.extend(r for r in records if r is not None)
+        return await run_plan(program, steps, inputs, options or RunOptions(), call=call, backend=self.name,
+                              map_concurrency=self.map_concurrency)
 
     async def aclose(self) -> None:
         await self.lm.aclose()
 
 
-def _as_typed(exc: BaseException) -> StepbridgeError:
-    if isinstance(exc, StepbridgeError):
-        return exc
-    return StepbridgeError(f"{type(exc).__name__}: {exc}")
-
-
-def _record(*, step: int, kind: str, module: str | None = None, module_type: str | None = None,
-            inputs: Any = None, outputs: Any = None, lm_calls: list[LMCall] | None = None,
-            children: list[StepTrace] | None = None, duration_ms: float = 0.0,
-            error: dict[str, Any] | None = None) -> StepTrace:
-    # model_construct with every field given: no validation and no default factories on the hot path
-    return fast_construct(StepTrace, {
-        "step": step, "kind": kind, "module": module, "module_type": module_type,
-        "inputs": inputs if inputs is not None else {}, "outputs": outputs,
-        "lm_calls": lm_calls if lm_calls is not None else [], "children": children if children is not None else [],
-        "duration_ms": duration_ms, "error": error})
-
-
 def _call(*, model: str, messages: list[dict[str, Any]], response: str | None = None,
           usage: dict[str, Any] | None = None, latency_ms: float = 0.0, cached: bool = False,
           error: dict[str, Any] | None = None) -> LMCall:
+    # every field given and no validation: one per LM call on the hot path
     return fast_construct(LMCall, {"model": model, "messages": messages, "response": response, "usage": usage or {},
                                    "latency_ms": latency_ms, "cached": cached, "error": error})

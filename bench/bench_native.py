@@ -35,7 +35,7 @@ class InstantLM:
 
 def bench_native(calls: int) -> float:
     pool = LMPool(profiles={})
-    pool._clients["reference"] = InProcessLMClient(InstantLM())
+    pool.mount("reference", InProcessLMClient(InstantLM()))
     program = sb.load_program(PROGRAM)
 
     async def go() -> float:

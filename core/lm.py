@@ -69,6 +69,7 @@ class LMProfile(BaseModel):
 
 
 REFERENCE_PROFILE = LMProfile(name="reference", model="reference/deterministic")
+_REFERENCE_MODEL = "reference/deterministic"
 
 
 def config_path() -> Path:
@@ -194,7 +195,7 @@ class InProcessLMClient:
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         start = time.perf_counter()
-        garbage = "/" in request.model and await self._inject_faults(request)
+        garbage = request.model != _REFERENCE_MODEL and "/" in request.model and await self._inject_faults(request)
         try:
             text = self.model.complete(request.messages, response_format=request.response_format)
         except LMError:
@@ -322,12 +323,19 @@ class LMPool:
         self.profiles = load_profiles() if profiles is None else profiles
         self.cache = cache
         self._clients: dict[tuple[str, int], LMClient] = {}
+        self._mounted: dict[str, LMClient] = {}
+
+    def mount(self, profile_name: str, client: LMClient) -> None:
+        """Serve a profile with this client (like an httpx transport), e.g. an in-process model for tests."""
+        self._mounted[profile_name] = client
 
     def resolve(self, config: LMConfig) -> tuple[LMClient, str, LMProfile]:
         profile, model = resolve_profile(config, self.profiles)
         if self.cache is not None and profile.cache != self.cache:
             profile = profile.model_copy(update={"cache": self.cache})
         # HTTP connections belong to one event loop: an adapter used from several loops gets one client each.
+        if profile.name in self._mounted:
+            return self._mounted[profile.name], model, profile
         key = (profile.name, id(asyncio.get_running_loop()) if not profile.in_process else 0)
         client = self._clients.get(key)
         if client is None:
@@ -337,5 +345,5 @@ class LMPool:
 
     async def aclose(self) -> None:
         clients, self._clients = self._clients, {}
-        for client in clients.values():
+        for client in [*clients.values(), *self._mounted.values()]:
             await client.aclose()
