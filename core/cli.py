@@ -276,6 +276,7 @@ def lm_serve(
 def _mount() -> None:
     """Sub-commands that live beside the packages they drive (storage, pool, DSPy interop)."""
     from stepbridge.bridge.cli import pool_app, worker
+    from stepbridge.conformance.cli import conformance
     from stepbridge.storage.cli import db_app, executions_app, programs_app
 
     from .dspy_cli import export_dspy, import_dspy
@@ -287,6 +288,7 @@ def _mount() -> None:
     app.command("worker")(worker)
     app.command("import-dspy")(import_dspy)
     app.command("export-dspy")(export_dspy)
+    app.command("conformance")(conformance)
 
 
 _mount()
