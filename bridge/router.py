@@ -68,6 +68,11 @@ log = logging.getLogger("stepbridge.bridge.router")
 PROGRAM_CACHE_SIZE = 1024
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 def required_capabilities(program: Program) -> frozenset[str]:
     """The program's needs (a method in older cores, a cached property in newer ones)."""
     needs: Any = program.required_capabilities
@@ -417,7 +422,8 @@ class Router:
         self._programs[program_hash] = p.ProgramDef(program_hash=program_hash, program=data, base_dir=base_dir)
         self._programs.move_to_end(program_hash)
         while len(self._programs) > PROGRAM_CACHE_SIZE:
-            self._programs.popitem(last=False)
+            old, _ = self._programs.popitem(last=False)
+            self._program_meta.pop(old, None)
 
     def knows_program(self, program_hash: str) -> bool:
         if program_hash in self._programs:
@@ -437,12 +443,14 @@ class Router:
         return any(s.state != "quarantined" for s in self.slots) and needs <= self.expected_capabilities
 
     def make_job(self, program: Program, inputs: dict[str, Any], options: RunOptions) -> Job:
-        if program.content_hash not in self._programs:
-            self.remember_program(program.content_hash, program.to_dict(), str(program.base_dir))
-            self._program_meta[program.content_hash] = (required_capabilities(program), has_side_effects(program))
+        digest = program.content_hash
+        meta = self._program_meta.get(digest)
+        if meta is None or digest not in self._programs:
+            self.remember_program(digest, program.to_dict(), str(program.base_dir))
+            meta = self._program_meta[digest] = (required_capabilities(program), has_side_effects(program))
         opts = options.model_dump(mode="json", exclude={"execution_id", "attempt", "timeout"}, exclude_defaults=True)
-        return self._job(program.content_hash, required_capabilities(program), has_side_effects(program),
-                         options.execution_id, inputs, opts, options.attempt, options.timeout)
+        return self._job(digest, meta[0], meta[1], options.execution_id, inputs, opts, options.attempt,
+                         options.timeout)
 
     def _job(self, program_hash: str, needs: frozenset[str], side_effects: bool, execution_id: str,
              inputs: dict[str, Any], options: dict[str, Any], attempt: int, timeout: float | None) -> Job:
@@ -466,23 +474,26 @@ class Router:
                 capability=missing[0] if missing else None, adapter="pool")
         wait = self.saturation_wait if wait is None else wait
         if len(self.queue) >= self.queue_size:
-            deadline = time.monotonic() + wait
+            # one future and one timer per wait (no task per wait_for); finished waiters are skipped by
+            # _room and pruned by housekeeping rather than removed one by one (O(n) each in a deque)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
             while len(self.queue) >= self.queue_size:
-                left = deadline - time.monotonic()
-                if left <= 0:
+                left = deadline - loop.time()
+                if left <= 0 or self._closing:
                     self.stats["saturated"] += 1
                     raise PoolSaturatedError(
                         f"the pool queue stayed full ({self.queue_size} waiting) for {wait:.2f}s",
                         queue_size=self.queue_size)
-                waiter = asyncio.get_running_loop().create_future()
+                waiter: asyncio.Future[None] = loop.create_future()
                 self._room_waiters.append(waiter)
+                timer = loop.call_later(left, _wake, waiter)
                 try:
-                    await asyncio.wait_for(waiter, left)
-                except TimeoutError:
-                    pass
+                    await waiter
                 finally:
-                    if waiter in self._room_waiters:
-                        self._room_waiters.remove(waiter)
+                    timer.cancel()
+                    if not waiter.done():
+                        waiter.cancel()
         self.stats["submitted"] += 1
         self._jobs[job.rid] = job
         self.queue.append(job)
@@ -516,11 +527,13 @@ class Router:
         self._finish_error(job, RunCancelledError("run cancelled by its caller"), keep_inflight=True)
 
     def _room(self) -> None:
-        while self._room_waiters and len(self.queue) < self.queue_size:
+        """Wake as many waiting submitters as there is room in the queue."""
+        room = self.queue_size - len(self.queue)
+        while room > 0 and self._room_waiters:
             waiter = self._room_waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                return
+                room -= 1
 
     # -- dispatch ----------------------------------------------------------------------------------
     def _dispatch(self) -> None:
@@ -843,6 +856,8 @@ class Router:
                     if slot.process is None and slot.state in ("waiting", "quarantined") and now >= slot.next_spawn:
                         await self._respawn(slot)
                 self._tasks = [t for t in self._tasks if not t.done()]
+                if len(self._room_waiters) > 64:
+                    self._room_waiters = deque(w for w in self._room_waiters if not w.done())
                 if self.queue:
                     self._dispatch()
             except Exception:

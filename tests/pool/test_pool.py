@@ -393,3 +393,86 @@ def test_curve_tcp_refuses_wrong_key(tmp_path: Path, pool_kwargs: dict[str, Any]
 
     with caplog.at_level(logging.WARNING, logger="stepbridge.bridge"):
         asyncio.run(go())
+
+
+def _rss_bytes(pid: int | str = "self") -> int:
+    """Resident set size of a process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc status")
+
+
+@pytest.mark.slow
+def test_flood_10000_against_queue_of_1000_memory_stays_bounded(pool_kwargs: dict[str, Any]) -> None:
+    """10,000 submissions against a queue of 1,000: the rest get PoolSaturatedError, nothing hangs, the
+    memory of the process hosting the router stays bounded, and the pool then serves normally."""
+    import gc
+
+    nap = validate_data(h.tool_program("sbtest_nap", "nap"))
+    echo = validate_data(h.ECHO)
+    n = 10_000
+
+    async def go() -> None:
+        pool = PoolAdapter(workers=2, capacity=16, queue_size=1000, saturation_wait=0.2, **pool_kwargs)
+        await pool.start()
+        try:
+            router = pool.router
+            assert router is not None
+            await router.wait_ready(2, 60)
+            await asyncio.gather(*(pool.run(echo, {"question": str(i)}, RunOptions()) for i in range(100)))
+            gc.collect()
+            before = _rss_bytes()
+            peak = before
+            stop = asyncio.Event()
+
+            async def sample() -> None:
+                nonlocal peak
+                while not stop.is_set():
+                    peak = max(peak, _rss_bytes())
+                    await asyncio.sleep(0.05)
+
+            sampler = asyncio.ensure_future(sample())
+            max_queue = 0
+
+            async def one(i: int) -> Any:
+                nonlocal max_queue
+                try:
+                    return await pool.run(nap, {"seconds": 0.05}, RunOptions())
+                finally:
+                    max_queue = max(max_queue, len(router.queue))
+
+            # bounded: a hang fails the test instead of stalling the run (not a performance threshold)
+            results = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True),
+                                             600)
+            stop.set()
+            await sampler
+            gc.collect()
+            after = _rss_bytes()
+
+            saturated = [r for r in results if isinstance(r, PoolSaturatedError)]
+            ok = [r for r in results if not isinstance(r, BaseException)]
+            other = [r for r in results if isinstance(r, BaseException) and not isinstance(r, PoolSaturatedError)]
+            assert not other, other[:3]
+            assert len(saturated) + len(ok) == n
+            assert len(saturated) >= n - 1000 - 16 * 2 - 200 and len(ok) >= 1000
+            assert max_queue <= 1000
+            assert router.stats["saturated"] == len(saturated)
+            # nothing left behind: queue, waiters, job table
+            assert not router.queue and not router._room_waiters and not router._jobs
+            assert all(not w.inflight for w in router.workers.values())
+            # a memory bound, not a timing threshold
+            growth, peak_growth = after - before, peak - before
+            print(f"router process RSS: before {before / 2**20:.1f} MiB, peak {peak / 2**20:.1f} MiB, "
+                  f"after {after / 2**20:.1f} MiB; {len(ok)} ok, {len(saturated)} saturated")
+            assert peak_growth < 200 * 2**20, f"RSS grew by {peak_growth / 2**20:.0f} MiB during the flood"
+            assert growth < 200 * 2**20, f"RSS grew by {growth / 2**20:.0f} MiB"
+
+            # then normal service
+            more = await asyncio.gather(*(pool.run(echo, {"question": f"q{i}"}, RunOptions()) for i in range(50)))
+            assert [r.outputs["answer"] for r in more] == [f"q{i}" for i in range(50)]
+            assert len(router.workers) == 2
+        finally:
+            await pool.aclose()
+
+    asyncio.run(go())
