@@ -73,27 +73,24 @@ from stepbridge.adapter import RunOptions  # noqa: E402
 from stepbridge.errors import (  # noqa: E402
     LMError,
     LMParseError,
-    RunTimeoutError,
     StepbridgeError,
-    StepError,
     UnsupportedCapabilityError,
     register_secret,
 )
 from stepbridge.formats import chain_of_thought, to_dspy_signature  # noqa: E402
+from stepbridge.interpreter import PlanStep, RunContext, plan, run_plan  # noqa: E402
 from stepbridge.lm import LMPool, LMProfile, load_profiles, resolve_profile  # noqa: E402
 from stepbridge.program import (  # noqa: E402
-    CallStep,
     ChainOfThoughtModule,
     DspyModule,
     LMConfig,
     PredictModule,
     Program,
     RetrieveModule,
-    ReturnStep,
     ToolModule,
 )
-from stepbridge.references import parse_value, resolve  # noqa: E402
-from stepbridge.result import LMCall, RunResult, StepTrace, Usage  # noqa: E402
+from stepbridge.references import resolve  # noqa: E402
+from stepbridge.result import LMCall, RunResult  # noqa: E402
 
 __all__ = [
     "DSPyAdapter",
@@ -224,34 +221,6 @@ def _lm_submodule(module: PredictModule | ChainOfThoughtModule) -> dspy.Module:
 # ================================================================================================
 # The program as a dspy.Module
 # ================================================================================================
-@dataclass
-class _PlanStep:
-    index: int
-    kind: str  # call | map | return
-    module: str | None = None
-    module_type: str | None = None
-    args: Any = None
-    over: Any = None
-    item: str = "item"
-    name: str | None = None
-    concurrency: int | None = None
-
-
-def _plan(program: Program) -> list[_PlanStep]:
-    steps: list[_PlanStep] = []
-    for index, step in enumerate(program.steps):
-        if isinstance(step, ReturnStep):
-            steps.append(_PlanStep(index, "return", args=parse_value(step.return_)))
-        elif isinstance(step, CallStep):
-            steps.append(_PlanStep(index, "call", step.call, program.modules[step.call].type,
-                                   parse_value(step.with_), name=step.as_))
-        else:
-            steps.append(_PlanStep(index, "map", step.map, program.modules[step.map].type,
-                                   parse_value(step.with_), over=parse_value(step.over), item=step.item,
-                                   name=step.as_, concurrency=step.concurrency))
-    return steps
-
-
 def _outputs_of(module: Any) -> list[str]:
     """The fields a module's result has (a chain of thought's ``reasoning`` first, as on native)."""
     if isinstance(module, ChainOfThoughtModule):
@@ -298,7 +267,7 @@ class ProgramModule(dspy.Module):
                 sub = _registered_module(module)
             setattr(self, name, sub)
         self._sb_program = program
-        self._sb_plan = _plan(program)
+        self._sb_plan = plan(program)
         self._sb_outputs = {name: _outputs_of(m) for name, m in program.modules.items()}
 
     @property
@@ -443,16 +412,6 @@ def _response_text(entry: dict[str, Any]) -> str | None:
 # ================================================================================================
 # The adapter
 # ================================================================================================
-class _Context:
-    __slots__ = ("cache", "lm_override", "trace", "usage")
-
-    def __init__(self, options: RunOptions):
-        self.lm_override = options.lm
-        self.cache = options.cache
-        self.trace: list[StepTrace] = []
-        self.usage = Usage()
-
-
 @dataclass
 class _Prepared:
     program: Program
@@ -551,78 +510,35 @@ class DSPyAdapter:
 
     # -- running ---------------------------------------------------------------------------------
     async def run(self, program: Program, inputs: dict[str, Any], options: RunOptions | None = None) -> RunResult:
-        options = options or RunOptions()
         prepared = self._prepare(program)
-        ctx = _Context(options)
-        start = time.perf_counter()
+
+        def call(step: PlanStep, args: dict[str, Any], ctx: RunContext, calls: list[LMCall]) -> Any:
+            return self._call(prepared, step, args, ctx, calls)
+
+        return await run_plan(program, prepared.module._sb_plan, inputs, options or RunOptions(), call=call,
+                              backend=self.name, map_concurrency=self.map_concurrency)
+
+    async def _call(self, prepared: _Prepared, step: PlanStep, args: dict[str, Any], ctx: RunContext,
+                    calls: list[LMCall]) -> dict[str, Any]:
         try:
-            if options.timeout is not None:
-                async with asyncio.timeout(options.timeout):
-                    outputs = await self._execute(prepared, inputs, ctx)
-            else:
-                outputs = await self._execute(prepared, inputs, ctx)
-        except TimeoutError:
-            raise RunTimeoutError(f"run exceeded its timeout of {options.timeout}s", timeout=options.timeout,
-                                  trace=ctx.trace) from None
-        return RunResult(
-            outputs=outputs,
-            trace=ctx.trace,
-            usage=ctx.usage,
-            backend=self.name,
-            program_hash=program.content_hash,
-            execution_id=options.execution_id,
-            duration_ms=(time.perf_counter() - start) * 1000,
-            attempts=options.attempt,
-        )
+            return await self._call_module(prepared, step, args, ctx, calls)
+        except StepbridgeError:
+            raise
+        except Exception as exc:  # DSPy's and litellm's exceptions become our typed errors here
+            raise to_typed_error(exc) from exc
 
-    async def _execute(self, prepared: _Prepared, inputs: dict[str, Any], ctx: _Context) -> dict[str, Any]:
-        scope: dict[str, Any] = {"inputs": inputs}
-        module = prepared.module
-        for step in module._sb_plan:
-            if step.kind == "return":
-                outputs = resolve(step.args, scope)
-                ctx.trace.append(StepTrace(step=step.index, kind="return", inputs=outputs, outputs=outputs))
-                return outputs
-            began = time.perf_counter()
-            record = StepTrace(step=step.index, kind=step.kind, module=step.module, module_type=step.module_type)
-            ctx.trace.append(record)
-            try:
-                if step.kind == "call":
-                    args = resolve(step.args, scope)
-                    record.inputs = args
-                    result: Any = await self._call(prepared, step, args, ctx, record.lm_calls)
-                else:
-                    result = await self._map(prepared, step, scope, ctx, record)
-            except asyncio.CancelledError:
-                record.error = {"type": "RunCancelledError", "message": "cancelled"}
-                record.duration_ms = (time.perf_counter() - began) * 1000
-                raise
-            except StepError:
-                raise
-            except Exception as exc:
-                record.duration_ms = (time.perf_counter() - began) * 1000
-                cause = to_typed_error(exc)
-                record.error = cause.to_dict()
-                raise StepError(f"step {step.index} ({step.kind} {step.module!r}) failed: {cause.message}",
-                                step=step.index, module=step.module, cause=cause, trace=ctx.trace) from exc
-            record.outputs = result
-            record.duration_ms = (time.perf_counter() - began) * 1000
-            if step.name is not None:
-                scope[step.name] = result
-        raise AssertionError("validated programs end with a return step")
-
-    async def _call(self, prepared: _Prepared, step: _PlanStep, args: dict[str, Any], ctx: _Context,
+    async def _call_module(self, prepared: _Prepared, step: PlanStep, args: dict[str, Any], ctx: RunContext,
                     calls: list[LMCall]) -> dict[str, Any]:
         assert step.module is not None
         sub = getattr(prepared.module, step.module)
         names = prepared.module._sb_outputs[step.module]
         if step.module_type in ("retrieve", "tool"):
             return _prediction_outputs(await _acall(sub, args, self._pool), names)
-        config = prepared.lm_configs[step.module].merged(ctx.lm_override)
+        config = prepared.lm_configs[step.module].merged(ctx.options.lm)
         base, model = self.dspy_lm(config)
         lm = base.copy()
-        if ctx.cache is not None:
-            lm.cache = ctx.cache
+        if ctx.options.cache is not None:
+            lm.cache = ctx.options.cache
         recorder = _CallRecorder()
         lm.callbacks.append(recorder)
         try:
@@ -636,40 +552,6 @@ class DSPyAdapter:
                     ctx.usage.add(call.usage)
                     ctx.usage.lm_calls += 1
         return _prediction_outputs(prediction, names)
-
-    async def _map(self, prepared: _Prepared, step: _PlanStep, scope: dict[str, Any], ctx: _Context,
-                   record: StepTrace) -> list[Any]:
-        items = resolve(step.over, scope)
-        record.inputs = {"over": items}
-        limit = asyncio.Semaphore(step.concurrency or self.map_concurrency)
-        children = [StepTrace(step=step.index, kind="call", module=step.module, module_type=step.module_type)
-                    for _ in items]
-        record.children = children
-
-        async def one(position: int, element: Any) -> Any:
-            child = children[position]
-            async with limit:
-                began = time.perf_counter()
-                args = resolve(step.args, {**scope, step.item: element})
-                child.inputs = args
-                try:
-                    out = await self._call(prepared, step, args, ctx, child.lm_calls)
-                except Exception as exc:
-                    child.error = to_typed_error(exc).to_dict()
-                    raise
-                finally:
-                    child.duration_ms = (time.perf_counter() - began) * 1000
-                child.outputs = out
-                return out
-
-        tasks = [asyncio.ensure_future(one(i, e)) for i, e in enumerate(items)]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
 
     async def aclose(self) -> None:
         lms, self._lms = list(self._lms.values()), {}
