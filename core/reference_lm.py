@@ -17,7 +17,8 @@ Pieces:
 Fault injection (any ``/``-separated segment of the request's model name, or the server-wide
 ``fault`` option): ``error-<status>`` (``error-429`` carries ``Retry-After``), ``garbage``
 (text no adapter can parse), ``empty``, ``slow-<ms>``, ``flaky-<n>`` (the first ``n`` attempts of
-each distinct request get a 503, then it succeeds). Example: ``dspy.LM("openai/reference/error-500",
+each distinct request get a 503, then it succeeds), ``ratelimit-<n>`` (the same with 429 and
+``Retry-After: 0``). Example: ``dspy.LM("openai/reference/error-500",
 api_base=url)``.
 """
 
@@ -739,7 +740,7 @@ def _response_schema(response_format: Any) -> Mapping[str, Any] | None:
 # ================================================================================================
 
 GARBAGE_TEXT = "Lorem ipsum dolor sit amet: this reply deliberately ignores the requested format."
-_FAULT = re.compile(r"^(error|slow|flaky)-(\d{1,6})$|^(garbage|empty)$")
+_FAULT = re.compile(r"^(error|slow|flaky|ratelimit)-(\d{1,6})$|^(garbage|empty)$")
 
 
 @dataclass(frozen=True)
@@ -749,6 +750,7 @@ class Faults:
     error: int | None = None
     slow_ms: int = 0
     flaky: int = 0
+    ratelimit: int = 0
     garbage: bool = False
     empty: bool = False
 
@@ -756,7 +758,7 @@ class Faults:
 @lru_cache(maxsize=1024)
 def parse_faults(*names: str | None) -> Faults:
     """Faults named by ``/``-separated segments, e.g. ``reference/error-429`` or ``slow-200/garbage``."""
-    error, slow, flaky, garbage, empty = None, 0, 0, False, False
+    error, slow, flaky, ratelimit, garbage, empty = None, 0, 0, 0, False, False
     for name in names:
         for seg in (name or "").split("/"):
             m = _FAULT.match(seg.strip().lower())
@@ -769,11 +771,13 @@ def parse_faults(*names: str | None) -> Faults:
                 slow = int(num)
             elif kind == "flaky":
                 flaky = int(num)
+            elif kind == "ratelimit":
+                ratelimit = int(num)
             elif flag == "garbage":
                 garbage = True
             elif flag == "empty":
                 empty = True
-    return Faults(error=error, slow_ms=slow, flaky=flaky, garbage=garbage, empty=empty)
+    return Faults(error=error, slow_ms=slow, flaky=flaky, ratelimit=ratelimit, garbage=garbage, empty=empty)
 
 
 class RequestLog:
@@ -888,8 +892,9 @@ def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None
     return Response(_dumps(data), status_code=status, headers=headers, media_type="application/json")
 
 
-def _error(status: int, message: str, kind: str, code: str | None = None, **extra: Any) -> Response:
-    headers = {"Retry-After": "1"} if status in (429, 503) else None
+def _error(status: int, message: str, kind: str, code: str | None = None, *, retry_after: str = "1",
+           **extra: Any) -> Response:
+    headers = {"Retry-After": retry_after} if status in (429, 503) else None
     return _json({"error": {"message": message, "type": kind, "code": code or kind, "param": None, **extra}},
                  status, headers)
 
@@ -975,13 +980,16 @@ def create_app(
             await asyncio.sleep(faults.slow_ms / 1000)
         if state.latency_ms:
             await asyncio.sleep(state.latency_ms / 1000)
-        if faults.flaky:
+        if faults.flaky or faults.ratelimit:
             key = request_hash(body)
             seen = state.attempts.get(key, 0)
             state.attempts[key] = seen + 1
             if seen < faults.flaky:
                 return _error(503, f"injected flaky failure {seen + 1} of {faults.flaky}", "server_error",
                               "flaky")
+            if seen < faults.ratelimit:
+                return _error(429, f"injected rate limit {seen + 1} of {faults.ratelimit}", "rate_limit_error",
+                              "rate_limited", retry_after="0")
         if faults.error is not None:
             kind = "rate_limit_error" if faults.error == 429 else (
                 "server_error" if faults.error >= 500 else "invalid_request_error")
