@@ -33,8 +33,8 @@ from datetime import datetime
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, cast
 
-from pydantic_core import to_jsonable_python
-from sqlalchemy import Table, Text, bindparam, insert, or_, select, update
+from pydantic_core import to_json, to_jsonable_python
+from sqlalchemy import ARRAY, String, Table, Text, any_, bindparam, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -91,10 +91,16 @@ _encode_plain = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators
                                  default=_reject).encode
 _encode_safe = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
 
-# A superset of what the patterns of ``scrub_secrets`` can match, applied to the JSON text (which
+# Supersets of what the patterns of ``scrub_secrets`` can match, applied to the JSON text (which
 # holds every string and key verbatim except for escapes of quotes, backslashes and control
-# characters, none of which these prefixes contain). A hit only means "scrub the slow, exact way".
-_MAYBE_SECRET = re.compile(r"(?:sk|pk|rk)-[A-Za-z0-9_\-]{12,}|(?i:bearer|api[_-]?key)|://[^/\s:@]+:")
+# characters, none of which these contain). A hit only means "scrub the slow, exact way". Each
+# pattern has a literal prefix so the search is a fast scan; the case-insensitive ones run on the
+# lower-cased text when it is ASCII (where lower-casing is exactly case-insensitivity), and with
+# IGNORECASE otherwise (Unicode case folding maps a few non-ASCII letters onto ASCII ones).
+_KEY_SHAPED = re.compile(r"[spr]k-[A-Za-z0-9_\-]{12,}")
+_URL_PASSWORD = re.compile(r"://[^/\s:@]+:")
+_API_KEY = re.compile(r"api[_-]?key")
+_WORDS_ANY = re.compile(r"bearer|api[_-]?key", re.IGNORECASE)
 
 
 @lru_cache(maxsize=256)
@@ -104,7 +110,13 @@ def _json_form(secret: str) -> str:
 
 
 def _might_hold_secret(text: str) -> bool:
-    if _MAYBE_SECRET.search(text) is not None:
+    if ("k-" in text and _KEY_SHAPED.search(text)) or ("://" in text and _URL_PASSWORD.search(text)):
+        return True
+    if text.isascii():
+        low = text.lower()
+        if "bearer" in low or ("api" in low and _API_KEY.search(low)):
+            return True
+    elif _WORDS_ANY.search(text):
         return True
     extra = getattr(_errors, "_extra_secrets", None)
     if extra is None:  # cannot see the registered secrets: always take the exact path
@@ -147,25 +159,47 @@ def _step_dict(step: Any) -> dict[str, Any]:
     return {"step": -1, "kind": "unknown", "outputs": str(step)}
 
 
+def _plain_step_json(step: StepTrace) -> str | None:
+    """The step's JSON text straight from pydantic's serializer, if it needs no cleaning."""
+    try:
+        text = to_json(step, inf_nan_mode="constants").decode()
+    except Exception:  # unknown types, lone surrogates...: the slow path says what to do
+        return None
+    if "NaN" in text or "Infinity" in text or "\\u0000" in text or _might_hold_secret(text):
+        return None
+    return text
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if value is None or isinstance(value, str) else str(value)
+
+
+def _number_or_none(value: Any) -> float | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def step_rows(trace: Sequence[Any], eid: str, at: datetime) -> list[dict[str, Any]]:
     """Parameters for the trace rows of one finish (``b_attempt`` is filled in when applied)."""
     rows = []
     for seq, step in enumerate(trace):
-        data, text = clean_json(_step_dict(step))
-        number = data.get("step")
-        module, module_type = data.get("module"), data.get("module_type")
-        duration = data.get("duration_ms")
+        text = _plain_step_json(step) if isinstance(step, StepTrace) else None
+        if text is not None:
+            number, kind, module, module_type = step.step, step.kind, step.module, step.module_type
+            duration, error = step.duration_ms, step.error
+        else:
+            data, text = clean_json(_step_dict(step))
+            number, kind, module, module_type = (data.get("step"), data.get("kind"), data.get("module"),
+                                                 data.get("module_type"))
+            duration, error = data.get("duration_ms"), data.get("error")
         rows.append({
             "b_eid": eid,
             "b_seq": seq,
             "b_step": number if isinstance(number, int) and not isinstance(number, bool) else seq,
-            "b_kind": str(data.get("kind") or "unknown")[:16],
-            "b_module": module if isinstance(module, str) or module is None else str(module),
-            "b_module_type": module_type if isinstance(module_type, str) or module_type is None
-            else str(module_type),
-            "b_duration_ms": duration if isinstance(duration, int | float) and not isinstance(duration, bool)
-            else None,
-            "b_error": clean_json_or_none(data.get("error")),
+            "b_kind": str(kind or "unknown")[:16],
+            "b_module": _str_or_none(module),
+            "b_module_type": _str_or_none(module_type),
+            "b_duration_ms": _number_or_none(duration),
+            "b_error": clean_json_or_none(error),
             "b_data": text,
             "b_at": at,
         })
@@ -210,6 +244,30 @@ class FinishOp:
 
 
 Op = BeginOp | FinishOp | Callable[[Connection], Any]
+
+_PG_TYPES = {"inputs": "jsonb", "options": "jsonb", "environment": "jsonb", "attempts": "int", "owner_pid": "int",
+             "created_at": "timestamptz", "started_at": "timestamptz", "updated_at": "timestamptz"}
+
+
+def _unnest_insert(table: str, columns: Sequence[tuple[str, ...]], tail: str = "") -> tuple[str, list[str]]:
+    """PostgreSQL: ``INSERT INTO table (...) SELECT ... FROM unnest(<one array per column>)``.
+
+    ``columns`` are ``(column, type[, param])``; JSON goes in as text and is cast per element.
+    Parameters are bound in binary (``%(name)b``): text-format arrays are escaped element by element
+    in Python. Returns the SQL and the parameter names in column order.
+    """
+    names = [c[0] for c in columns]
+    params = [c[2] if len(c) > 2 else f"b_{c[0]}" for c in columns]
+    arrays = ", ".join(f"%({p})b::{'text' if t == 'jsonb' else t}[]" for p, (_, t, *_) in zip(params, columns,
+                                                                                                strict=True))
+    picks = ", ".join(f"u.{n}::jsonb" if t == "jsonb" else f"u.{n}" for n, t, *_ in columns)
+    sql = (f"INSERT INTO {table} ({', '.join(names)}) SELECT {picks} FROM unnest({arrays}) "
+           f"AS u({', '.join(names)}) {tail}").strip()
+    return sql, params
+
+
+def _arrays(params: Sequence[str], rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    return {p: [row[p] for row in rows] for p in params}
 Outcome = tuple[bool, Any]  # (True, value) or (False, exception)
 
 
@@ -256,6 +314,25 @@ class Recording:
         self.select_existing_key = select(executions).where(
             or_(executions.c.id == bindparam("b_id"), executions.c.idempotency_key == bindparam("b_key"))
         ).limit(1)
+        if pg:
+            # Multi-row inserts as one fixed statement over arrays: a multi-row VALUES list differs
+            # with every group size, and psycopg parses each new query text in Python.
+            self.select_running = select(executions.c.id, executions.c.attempts).where(
+                executions.c.id == any_(bindparam("b_ids", type_=ARRAY(String))), executions.c.status == "running"
+            ).order_by(executions.c.id).with_for_update()
+        self.pg_insert_execution = _unnest_insert(
+            "executions", [(c, _PG_TYPES.get(c, "text")) for c in begin_cols], "ON CONFLICT DO NOTHING RETURNING id"
+        )
+        self.pg_insert_history = _unnest_insert("execution_status_history", [
+            ("execution_id", "text", "b_eid"), ("attempt", "int", "b_attempt"), ("from_status", "text", "b_from"),
+            ("to_status", "text", "b_to"), ("at", "timestamptz", "b_at"), ("note", "text", "b_note"),
+        ])
+        self.pg_insert_steps = _unnest_insert("execution_steps", [
+            ("execution_id", "text", "b_eid"), ("attempt", "int", "b_attempt"), ("seq", "int", "b_seq"),
+            ("step", "int", "b_step"), ("kind", "text", "b_kind"), ("module", "text", "b_module"),
+            ("module_type", "text", "b_module_type"), ("duration_ms", "float8", "b_duration_ms"),
+            ("error", "jsonb", "b_error"), ("data", "jsonb", "b_data"), ("created_at", "timestamptz", "b_at"),
+        ])
         self._js = js
         self._updates: dict[tuple[tuple[str, ...], bool], Any] = {}
 
@@ -350,12 +427,16 @@ class Recording:
         def insert_all() -> None:
             inserted.clear()
             # RETURNING, not rowcount: rowcount is not reliable for ON CONFLICT across drivers.
-            got = conn.execute(self.insert_execution, [op.params for _, op in fast])
-            inserted.update(got.scalars())
+            rows = [op.params for _, op in fast]
+            if self.postgres and len(rows) > 1:
+                sql, names = self.pg_insert_execution
+                inserted.update(r[0] for r in conn.exec_driver_sql(sql, _arrays(names, rows)))
+            else:
+                inserted.update(conn.execute(self.insert_execution, rows).scalars())
             history = [self._history_params(op.execution_id, op.attempt, None, "running", op.now, None)
                        for _, op in fast if op.execution_id in inserted]
             if history:
-                conn.execute(self.insert_history, history)
+                self._insert_many(conn, "history", history)
 
         if fast and not self._batched(conn, insert_all, isolate):
             inserted.clear()  # rolled back: every op goes the one-by-one way, isolated
@@ -420,9 +501,9 @@ class Recording:
             for columns, params in updates.items():
                 conn.execute(self.update_finish(columns, False), params)
             if history:
-                conn.execute(self.insert_history, history)
+                self._insert_many(conn, "history", history)
             if steps:
-                conn.execute(self.insert_steps, steps)
+                self._insert_many(conn, "steps", steps)
 
         if self._batched(conn, finish_all, isolate):
             for i, op in first:
@@ -442,8 +523,15 @@ class Recording:
         conn.execute(self.insert_history,
                      self._history_params(op.execution_id, attempt, "running", op.status, op.now, op.note))
         if op.steps:
-            conn.execute(self.insert_steps, [{**row, "b_attempt": attempt} for row in op.steps])
+            self._insert_many(conn, "steps", [{**row, "b_attempt": attempt} for row in op.steps])
         return True
+
+    def _insert_many(self, conn: Connection, table: str, rows: list[dict[str, Any]]) -> None:
+        if self.postgres and len(rows) > 1:
+            sql, names = self.pg_insert_history if table == "history" else self.pg_insert_steps
+            conn.exec_driver_sql(sql, _arrays(names, rows))
+        else:
+            conn.execute(self.insert_history if table == "history" else self.insert_steps, rows)
 
     @staticmethod
     def _update_params(op: FinishOp) -> dict[str, Any]:
