@@ -315,9 +315,11 @@ class Program(_Strict):
     def to_dict(self) -> dict[str, Any]:
         """The program as a file would hold it (short signatures where possible)."""
         data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
-        for mod in data.get("modules", {}).values():
+        modules = data.get("modules", {})
+        for name, mod in modules.items():
             if mod.get("demos") == []:
                 del mod["demos"]
+            modules[name] = {"type": mod.pop("type"), **mod}  # the type first: it says how to read the rest
         for step in data.get("steps", []):
             if step.get("with") == {}:
                 del step["with"]
