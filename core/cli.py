@@ -203,9 +203,10 @@ async def _run(prog: Any, rows: list[dict[str, Any]], *, batch: bool, backend: s
                 _print_json(result.model_dump(mode="json"))
             else:
                 body = "\n".join(f"[bold]{k}[/]: {v}" for k, v in result.outputs.items())
-                out.print(Panel(body, title=f"{prog.name} · {result.backend}", subtitle=(
-                    f"{result.duration_ms:.0f} ms · {result.usage.lm_calls} LM calls · {result.execution_id[:12]}"),
-                    expand=False), highlight=False)
+                out.print(Panel(body, title=f"{prog.name} · {result.backend}", title_align="left", expand=False),
+                          highlight=False)
+                out.print(f"[dim]{result.duration_ms:.0f} ms · {result.usage.lm_calls} LM call(s) · "
+                          f"execution {result.execution_id}[/]", highlight=False)
             return EXIT_OK
 
         failed = 0
