@@ -23,9 +23,9 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import stepbridge as sb  # noqa: E402
-from stepbridge.adapters.native import NativeAdapter  # noqa: E402
-from stepbridge.lm import LMPool, LMProfile  # noqa: E402
+import stepbridge as sb
+from stepbridge.adapters.native import NativeAdapter
+from stepbridge.lm import LMPool, LMProfile
 
 PROGRAM = Path(__file__).resolve().parent.parent / "examples" / "classify.yaml"
 
