@@ -107,3 +107,17 @@ def test_a_second_reference_server_works_through_a_profile(tmp_path: Path) -> No
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_profile_timeout_applies_to_each_request(reference_lm: str) -> None:
+    async def go() -> None:
+        client = HTTPLMClient(LMProfile(base_url=reference_lm, max_retries=0, timeout=0.3))
+        try:
+            await client.complete(ChatRequest(model="openai/reference/slow-3000",
+                                              messages=[{"role": "user", "content": "hi"}]))
+        finally:
+            await client.aclose()
+
+    with pytest.raises(LMError, match="timed out after 0.3s") as info:
+        asyncio.run(go())
+    assert info.value.retriable
