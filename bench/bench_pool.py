@@ -8,7 +8,10 @@
    ``ProcessPoolExecutor`` with the same number of processes, each running the native executor
    (target: at least 3x).
 
-    python bench/bench_pool.py [--round-trips 2000] [--runs 4000] [--workers 2] [--concurrency 256]
+The peers alternate in ``--rounds`` chunks (same processes throughout) so that noise from a shared
+machine falls on all of them alike.
+
+    python bench/bench_pool.py [--round-trips 2000] [--runs 4000] [--workers 2] [--concurrency 256] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -79,58 +83,77 @@ def _ppe_run(source: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     return result.outputs
 
 
-# -- 1. round trips -----------------------------------------------------------------------------
-async def bare_echo(n: int) -> list[float]:
-    ctx = zmq.asyncio.Context()
-    router = ctx.socket(zmq.ROUTER)
-    directory = Path(os.environ.get("TMPDIR", "/tmp")) / f"sb-bench-{os.getpid()}"
-    directory.mkdir(mode=0o700, exist_ok=True)
-    address = f"ipc://{directory}/echo.sock"
-    router.bind(address)
-    proc = subprocess.Popen([sys.executable, "-c", ECHO_WORKER, address])
-    try:
-        identity, _ = await router.recv_multipart()
+# -- 1. round trips ----------------------------------------------------------------------------
+class BareEcho:
+    """A bare pyzmq ROUTER in this process and a DEALER echo process: the floor for a round trip."""
+
+    async def start(self) -> None:
+        self.ctx = zmq.asyncio.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        directory = Path(os.environ.get("TMPDIR", "/tmp")) / f"sb-bench-{os.getpid()}"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        address = f"ipc://{directory}/echo.sock"
+        self.router.bind(address)
+        self.proc = subprocess.Popen([sys.executable, "-c", ECHO_WORKER, address])
+        self.identity, _ = await self.router.recv_multipart()
+
+    async def round_trips(self, n: int, offset: int = 0) -> list[float]:
         times = []
-        for i in range(n + 50):
+        for i in range(offset, offset + n):
             t0 = time.perf_counter()
-            await router.send_multipart([identity, b"REQ", msgpack.packb({"question": f"q{i}"})])
-            _, _, body = await router.recv_multipart()
+            await self.router.send_multipart([self.identity, b"REQ", msgpack.packb({"question": f"q{i}"})])
+            _, _, body = await self.router.recv_multipart()
             msgpack.unpackb(body)
-            if i >= 50:
-                times.append(time.perf_counter() - t0)
-        await router.send_multipart([identity, b"STOP"])
+            times.append(time.perf_counter() - t0)
         return times
-    finally:
-        proc.wait(timeout=10)
-        router.close(linger=0)
-        ctx.term()
+
+    async def close(self) -> None:
+        await self.router.send_multipart([self.identity, b"STOP"])
+        self.proc.wait(timeout=10)
+        self.router.close(linger=0)
+        self.ctx.term()
 
 
-async def pool_round_trips(n: int) -> list[float]:
+async def pool_round_trips(pool: PoolAdapter, n: int, offset: int = 0) -> list[float]:
     program = validate_data(ECHO)
+    times = []
+    for i in range(offset, offset + n):
+        t0 = time.perf_counter()
+        await pool.run(program, {"question": f"q{i}"}, RunOptions())
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def ppe_round_trips(ex: ProcessPoolExecutor, n: int, offset: int = 0) -> list[float]:
+    times = []
+    for i in range(offset, offset + n):
+        t0 = time.perf_counter()
+        ex.submit(_ppe_run, ECHO, {"question": f"q{i}"}).result()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+async def round_trip_rounds(n: int, rounds: int) -> dict[str, list[list[float]]]:
+    """Alternate the three peers in ``rounds`` chunks so machine noise hits them alike."""
+    echo = BareEcho()
+    await echo.start()
     pool = PoolAdapter(workers=1, capacity=16)
     await pool.start()
+    out: dict[str, list[list[float]]] = {"echo": [], "pool": [], "ppe": []}
     try:
-        times = []
-        for i in range(n + 50):
-            t0 = time.perf_counter()
-            await pool.run(program, {"question": f"q{i}"}, RunOptions())
-            if i >= 50:
-                times.append(time.perf_counter() - t0)
-        return times
+        with ProcessPoolExecutor(max_workers=1) as ex:
+            await echo.round_trips(50)
+            await pool_round_trips(pool, 50)
+            ppe_round_trips(ex, 50)
+            chunk = max(1, n // rounds)
+            for r in range(rounds):
+                out["echo"].append(await echo.round_trips(chunk, r * chunk))
+                out["pool"].append(await pool_round_trips(pool, chunk, r * chunk))
+                out["ppe"].append(ppe_round_trips(ex, chunk, r * chunk))
     finally:
         await pool.aclose()
-
-
-def ppe_round_trips(n: int) -> list[float]:
-    with ProcessPoolExecutor(max_workers=1) as ex:
-        times = []
-        for i in range(n + 50):
-            t0 = time.perf_counter()
-            ex.submit(_ppe_run, ECHO, {"question": f"q{i}"}).result()
-            if i >= 50:
-                times.append(time.perf_counter() - t0)
-        return times
+        await echo.close()
+    return out
 
 
 # -- 2. throughput ------------------------------------------------------------------------------
@@ -138,36 +161,45 @@ TICKETS = ["I was charged twice, please refund me", "The app crashes when I log 
            "Can I get a quote for 50 seats?", "My invoice is wrong", "Password reset does not work"]
 
 
-async def pool_throughput(runs: int, workers: int, concurrency: int) -> float:
+async def pool_throughput(pool: PoolAdapter, runs: int, concurrency: int) -> float:
     program = load_program(EXAMPLES / "classify.yaml")
-    pool = PoolAdapter(workers=workers, capacity=max(1, concurrency // workers))
-    await pool.start()
-    assert pool.router is not None
-    await pool.router.wait_ready(workers)
     limit = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:
         async with limit:
             await pool.run(program, {"ticket": TICKETS[i % len(TICKETS)]}, RunOptions())
 
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(runs)))
+    return runs / (time.perf_counter() - t0)
+
+
+def ppe_throughput(ex: ProcessPoolExecutor, runs: int) -> float:
+    source = str(EXAMPLES / "classify.yaml")
+    t0 = time.perf_counter()
+    futures = [ex.submit(_ppe_run, source, {"ticket": TICKETS[i % len(TICKETS)]}) for i in range(runs)]
+    for fut in futures:
+        fut.result()
+    return runs / (time.perf_counter() - t0)
+
+
+async def throughput_rounds(runs: int, workers: int, concurrency: int, rounds: int) -> dict[str, list[float]]:
+    pool = PoolAdapter(workers=workers, capacity=max(1, concurrency // workers))
+    await pool.start()
+    assert pool.router is not None
+    await pool.router.wait_ready(workers)
+    out: dict[str, list[float]] = {"pool": [], "ppe": []}
     try:
-        await asyncio.gather(*(one(i) for i in range(min(200, runs))))  # warm up
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(runs)))
-        return runs / (time.perf_counter() - t0)
+        with ProcessPoolExecutor(max_workers=workers) as ex:
+            await pool_throughput(pool, min(200, runs), concurrency)  # warm up
+            ppe_throughput(ex, min(200, runs))
+            chunk = max(1, runs // rounds)
+            for _ in range(rounds):
+                out["pool"].append(await pool_throughput(pool, chunk, concurrency))
+                out["ppe"].append(ppe_throughput(ex, chunk))
     finally:
         await pool.aclose()
-
-
-def ppe_throughput(runs: int, workers: int) -> float:
-    source = str(EXAMPLES / "classify.yaml")
-    with ProcessPoolExecutor(max_workers=workers) as ex:
-        list(ex.map(_ppe_run, [source] * 200, [{"ticket": TICKETS[i % 5]} for i in range(200)]))  # warm up
-        t0 = time.perf_counter()
-        futures = [ex.submit(_ppe_run, source, {"ticket": TICKETS[i % len(TICKETS)]}) for i in range(runs)]
-        for fut in futures:
-            fut.result()
-        return runs / (time.perf_counter() - t0)
+    return out
 
 
 def main() -> None:
@@ -176,26 +208,33 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=4000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=5, help="alternate the peers in this many chunks")
     args = parser.parse_args()
 
-    print(f"round trip, trivial program, {args.round_trips} sequential requests")
-    echo = asyncio.run(bare_echo(args.round_trips))
-    pool = asyncio.run(pool_round_trips(args.round_trips))
-    ppe = ppe_round_trips(args.round_trips)
+    print(f"round trip, trivial program, {args.round_trips} sequential requests per peer, "
+          f"alternating in {args.rounds} rounds")
+    rt = asyncio.run(round_trip_rounds(args.round_trips, args.rounds))
+    echo, pool, ppe = ([t for chunk in rt[k] for t in chunk] for k in ("echo", "pool", "ppe"))
     print(f"  bare pyzmq DEALER/ROUTER + msgpack echo  {fmt(echo)}")
     print(f"  pool adapter                             {fmt(pool)}")
     print(f"  ProcessPoolExecutor (native executor)    {fmt(ppe)}")
     p50 = pct(pool, 0.5)
-    print(f"  pool p50 / bare echo p50 = {p50 / pct(echo, 0.5):.2f}x (target <= 2x); "
-          f"pool p50 / ProcessPoolExecutor p50 = {p50 / pct(ppe, 0.5):.2f}x (target < 1x)")
+    per_round = sorted(pct(pl, 0.5) / pct(e, 0.5) for pl, e in zip(rt["pool"], rt["echo"], strict=True))
+    print(f"  pool p50 / bare echo p50 = {p50 / pct(echo, 0.5):.2f}x (target <= 2x; per round "
+          f"{per_round[0]:.2f}-{per_round[-1]:.2f}x); pool p50 / ProcessPoolExecutor p50 = "
+          f"{p50 / pct(ppe, 0.5):.2f}x (target < 1x)")
 
-    print(f"\nthroughput, classify.yaml, {args.runs} runs, {args.workers} processes")
-    pool_tp = asyncio.run(pool_throughput(args.runs, args.workers, args.concurrency))
-    ppe_tp = ppe_throughput(args.runs, args.workers)
-    print(f"  pool (concurrency {args.concurrency})               {pool_tp:9.0f} runs/s")
-    print(f"  ProcessPoolExecutor (native executor)    {ppe_tp:9.0f} runs/s")
-    print(f"  pool / ProcessPoolExecutor = {pool_tp / ppe_tp:.2f}x (target >= 3x)")
-    print(f"\n(machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, pyzmq {zmq.__version__})")
+    print(f"\nthroughput, classify.yaml (in-process reference LM, CPU-bound), {args.runs} runs per peer, "
+          f"{args.workers} processes, alternating in {args.rounds} rounds")
+    tp = asyncio.run(throughput_rounds(args.runs, args.workers, args.concurrency, args.rounds))
+    pool_tp, ppe_tp = statistics.median(tp["pool"]), statistics.median(tp["ppe"])
+    ratios = sorted(a / b for a, b in zip(tp["pool"], tp["ppe"], strict=True))
+    print(f"  pool (concurrency {args.concurrency})               {pool_tp:9.0f} runs/s (median of rounds)")
+    print(f"  ProcessPoolExecutor (native executor)    {ppe_tp:9.0f} runs/s (median of rounds)")
+    print(f"  pool / ProcessPoolExecutor = {pool_tp / ppe_tp:.2f}x (target >= 3x; per round "
+          f"{ratios[0]:.2f}-{ratios[-1]:.2f}x)")
+    print(f"\n(machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, Python "
+          f"{sys.version.split()[0]}, pyzmq {zmq.__version__}; the I/O-bound figure is bench/bench_io.py)")
 
 
 if __name__ == "__main__":

@@ -134,6 +134,19 @@ def load_keypair(path: str | Path) -> tuple[bytes, bytes | None]:
     return public, secret
 
 
+_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+_LAST = int(zmq.NOBLOCK)
+
+
+def _backend_send(sock: zmq.Socket[Any]) -> Callable[[Any, bytes, int], Any]:
+    """The unbound send of the socket's backend class (below pyzmq's pure-Python sugar layer)."""
+    for klass in type(sock).__mro__:
+        if klass.__module__.startswith("zmq.backend") and "send" in vars(klass):
+            send: Callable[[Any, bytes, int], Any] = vars(klass)["send"]
+            return send
+    return type(sock).send  # pragma: no cover - other backends
+
+
 class Pump:
     """Reads a ZeroMQ socket from the asyncio loop without a future per message.
 
@@ -152,6 +165,9 @@ class Pump:
         self.fd = int(sock.getsockopt(zmq.FD))
         self._scheduled = False
         self._closed = False
+        self._outbox: list[list[bytes]] = []
+        self._flush_scheduled = False
+        self._raw_send = _backend_send(sock)
         loop.add_reader(self.fd, self._drain)
         self.kick()
 
@@ -191,7 +207,7 @@ class Pump:
         if self._closed:
             return False
         try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK)
+            self._send_frames(frames)
             return True
         except zmq.ZMQError as exc:
             if exc.errno not in (zmq.EAGAIN, errno.EHOSTUNREACH):
@@ -200,9 +216,49 @@ class Pump:
         finally:
             self.kick()
 
+    def _send_frames(self, frames: list[bytes]) -> None:
+        # the backend's send with plain int flags: pyzmq's send_multipart combines IntFlag enums per
+        # frame, which costs more than the send itself for small messages. A multipart message is
+        # atomic in libzmq: if the first frame is accepted, the rest are too.
+        send = self._raw_send
+        sock = self.sock
+        for frame in frames[:-1]:
+            send(sock, frame, _MORE)
+        send(sock, frames[-1], _LAST)
+
+    def send_soon(self, frames: list[bytes]) -> bool:
+        """Send at the end of this loop turn, together with anything else queued meanwhile (fewer
+        wake-ups of the I/O thread under load). A failure is logged; use :meth:`send` to be told."""
+        if self._closed:
+            return False
+        self._outbox.append(frames)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+        return True
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        outbox, self._outbox = self._outbox, []
+        if self._closed:
+            return
+        failed = 0
+        for frames in outbox:
+            try:
+                self._send_frames(frames)
+            except zmq.ZMQError as exc:
+                failed += 1
+                if failed == 1:
+                    log.warning("send failed: %s", exc)
+        if failed:
+            log.warning("%d queued message(s) could not be sent", failed)
+        self.kick()
+
     def close(self, linger: int = 0) -> None:
         if self._closed:
             return
+        if self._outbox:  # replies queued this turn still go out (a draining worker's last answers)
+            self._flush()
         self._closed = True
         with contextlib.suppress(Exception):
             self.loop.remove_reader(self.fd)

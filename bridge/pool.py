@@ -38,7 +38,7 @@ from stepbridge.result import RunResult, StepTrace
 
 from . import protocol as p
 from .net import CurveKeys, configure_dealer
-from .router import Router
+from .router import Router, wire_options
 
 __all__ = ["PoolAdapter", "query_status"]
 
@@ -232,7 +232,7 @@ class _BrokerClient:
         known = self._programs.get(program.content_hash)
         if known is None:
             known = self._programs[program.content_hash] = (program.to_dict(), str(program.base_dir))
-        opts = options.model_dump(mode="json", exclude={"execution_id", "attempt", "timeout"}, exclude_defaults=True)
+        opts = wire_options(options)
         body = p.Request(execution_id=options.execution_id, program_hash=program.content_hash, inputs=inputs,
                          attempt=options.attempt, budget=options.timeout, options=opts, program=known[0],
                          base_dir=known[1], wait=wait)
@@ -263,9 +263,7 @@ class _BrokerClient:
             raise exc
         if reply.result is None:
             raise StepbridgeError("the broker sent an empty reply")
-        result = RunResult.model_validate(reply.result)
-        result.backend = "pool"
-        result.attempts = reply.attempt
+        result: RunResult = p.result_from_wire(reply.result, backend="pool", attempts=reply.attempt)
         return result
 
     async def close(self) -> None:

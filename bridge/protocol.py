@@ -56,9 +56,14 @@ __all__ = [
     "Request",
     "Started",
     "Status",
+    "WireLMCall",
+    "WireResult",
+    "WireStep",
     "decode",
     "encode",
     "header",
+    "result_from_wire",
+    "steps_from_wire",
 ]
 
 MAGIC = b"SBRG"
@@ -134,10 +139,52 @@ class Started(Body, frozen=True):
     attempt: Attempt = 1
 
 
+class WireLMCall(msgspec.Struct, frozen=True):
+    """:class:`stepbridge.result.LMCall` on the wire (validated on decode, then built without pydantic)."""
+
+    model: Str10k
+    messages: list[dict[str, Any]]
+    response: str | None = None
+    usage: dict[str, Any] = {}
+    latency_ms: float = 0.0
+    cached: bool = False
+    error: dict[str, Any] | None = None
+
+
+class WireStep(msgspec.Struct, frozen=True):
+    """:class:`stepbridge.result.StepTrace` on the wire."""
+
+    step: int
+    kind: Str200
+    module: str | None = None
+    module_type: str | None = None
+    inputs: dict[str, Any] = {}
+    outputs: Any = None
+    lm_calls: list[WireLMCall] = []
+    children: list[WireStep] = []
+    duration_ms: float = 0.0
+    error: dict[str, Any] | None = None
+
+
+class WireResult(msgspec.Struct, frozen=True):
+    """:class:`stepbridge.result.RunResult` on the wire."""
+
+    outputs: dict[str, Any]
+    backend: Str200
+    program_hash: Str200
+    execution_id: Str200
+    trace: list[WireStep] = []
+    usage: dict[str, Any] = {}
+    duration_ms: float = 0.0
+    attempts: int = 1
+    worker: Str200 | None = None
+
+
 class Reply(Body, frozen=True):
     command = Command.REPLY
     attempt: Attempt = 1
-    result: dict[str, Any] | None = None
+    #: decoded as a WireResult; a worker may put a RunResult model here (encoded through its fields)
+    result: WireResult | None = None
     error: dict[str, Any] | None = None
     trace: list[dict[str, Any]] = []  # the partial trace of a failed run
 
@@ -190,8 +237,20 @@ def _no_ext(code: int, data: memoryview) -> Any:
     raise ValueError(f"msgpack extension type {code} is not allowed")
 
 
+def _enc_hook(obj: Any) -> Any:
+    """Encode pydantic models (a worker's RunResult and its trace) through their field values, so a
+    result goes on the wire without a ``model_dump`` copy; anything else unknown is an error."""
+    fields = getattr(obj, "__pydantic_fields__", None)
+    if fields is not None:
+        extra = obj.__pydantic_extra__
+        return {**obj.__dict__, **extra} if extra else obj.__dict__
+    if isinstance(obj, tuple | set | frozenset):
+        return list(obj)
+    raise TypeError(f"{type(obj).__name__} cannot go on the wire")
+
+
 _DECODERS = {cmd: msgspec.msgpack.Decoder(cls, ext_hook=_no_ext) for cmd, cls in BODY_TYPES.items()}
-_ENCODER = msgspec.msgpack.Encoder()
+_ENCODER = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 _HEADER = MAGIC + bytes([PROTOCOL_VERSION])
 _COMMAND_BYTES = {cmd: bytes([cmd]) for cmd in Command}
 
@@ -250,3 +309,65 @@ def decode(frames: list[bytes] | list[Any], *, max_body: int = MAX_BODY_BYTES) -
     except Exception as exc:  # ext types, nesting too deep: still just a bad frame
         raise ProtocolError(f"invalid {command.name} body: {type(exc).__name__}: {exc}", reason="malformed") from None
     return Message(command, request_id, body)
+
+
+# -- results: wire structs -> core models without a second validation ------------------------------
+_USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens", "lm_calls")
+
+
+def _lm_call(c: WireLMCall) -> Any:
+    from stepbridge.result import LMCall, fast_construct
+
+    return fast_construct(LMCall, {"model": c.model, "messages": c.messages, "response": c.response,
+                                   "usage": c.usage, "latency_ms": c.latency_ms, "cached": c.cached,
+                                   "error": c.error})
+
+
+def steps_from_wire(steps: list[WireStep]) -> list[Any]:
+    """StepTrace models from validated wire steps (every field given, so no pydantic pass)."""
+    from stepbridge.result import StepTrace, fast_construct
+
+    return [fast_construct(StepTrace, {
+        "step": s.step, "kind": s.kind, "module": s.module, "module_type": s.module_type, "inputs": s.inputs,
+        "outputs": s.outputs, "lm_calls": [_lm_call(c) for c in s.lm_calls] if s.lm_calls else [],
+        "children": steps_from_wire(s.children) if s.children else [], "duration_ms": s.duration_ms,
+        "error": s.error}) for s in steps]
+
+
+_FIELDS_MATCH: bool | None = None
+
+
+def _fields_match() -> bool:
+    """The wire structs mirror the core models field for field (else build through pydantic)."""
+    global _FIELDS_MATCH
+    if _FIELDS_MATCH is None:
+        from stepbridge.result import LMCall, RunResult, StepTrace, Usage
+
+        _FIELDS_MATCH = (set(RunResult.model_fields) == set(WireResult.__struct_fields__)
+                         and set(StepTrace.model_fields) == set(WireStep.__struct_fields__)
+                         and set(LMCall.model_fields) == set(WireLMCall.__struct_fields__)
+                         and set(Usage.model_fields) == set(_USAGE_FIELDS))
+    return _FIELDS_MATCH
+
+
+def result_from_wire(r: WireResult, *, backend: str | None = None, attempts: int | None = None) -> Any:
+    """A :class:`stepbridge.result.RunResult` from a validated wire result."""
+    from stepbridge.result import RunResult, Usage, fast_construct
+
+    if not _fields_match():  # the core grew a field: slower, but still right
+        data = msgspec.to_builtins(r)
+        if backend is not None:
+            data["backend"] = backend
+        if attempts is not None:
+            data["attempts"] = attempts
+        return RunResult.model_validate(data)
+    u = r.usage
+    if all(k in _USAGE_FIELDS and type(v) is int for k, v in u.items()):
+        usage = fast_construct(Usage, {k: u.get(k, 0) for k in _USAGE_FIELDS})
+    else:  # extra provider fields: let pydantic sort them out (rare)
+        usage = Usage.model_validate(u)
+    return fast_construct(RunResult, {
+        "outputs": r.outputs, "trace": steps_from_wire(r.trace), "usage": usage,
+        "backend": r.backend if backend is None else backend, "program_hash": r.program_hash,
+        "execution_id": r.execution_id, "duration_ms": r.duration_ms,
+        "attempts": r.attempts if attempts is None else attempts, "worker": r.worker})

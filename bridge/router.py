@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import shutil
 import signal
 import sys
 import time
-import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,11 +61,24 @@ from stepbridge.result import RunResult, StepTrace
 from . import protocol as p
 from .net import CurveKeys, Pump, configure_router, default_ipc_endpoint, is_loopback_or_ipc, load_keypair, secure_ipc
 
-__all__ = ["Job", "Router", "WorkerInfo", "has_side_effects", "required_capabilities"]
+__all__ = ["Job", "Router", "WorkerInfo", "has_side_effects", "required_capabilities", "wire_options"]
 
 log = logging.getLogger("stepbridge.bridge.router")
 
 PROGRAM_CACHE_SIZE = 1024
+
+
+_OPTION_FIELDS = {"execution_id", "timeout", "lm", "attempt", "idempotency_key", "cache", "metadata"}
+_OPTIONS_KNOWN = set(RunOptions.model_fields) == _OPTION_FIELDS
+
+
+def wire_options(options: RunOptions) -> dict[str, Any]:
+    """The run options a REQUEST carries besides execution id, attempt and budget (non-defaults only)."""
+    d = options.__dict__
+    if (_OPTIONS_KNOWN and d["lm"] is None and d["idempotency_key"] is None and d["cache"] is None
+            and not d["metadata"]):
+        return {}
+    return options.model_dump(mode="json", exclude={"execution_id", "attempt", "timeout"}, exclude_defaults=True)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -247,6 +260,8 @@ class Router:
         self._client_jobs: dict[tuple[bytes, bytes], Job] = {}
         self._program_meta: dict[str, tuple[frozenset[str], bool]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
+        self._rid_prefix = os.urandom(4)  # request ids: unique per router (a restarted broker is another)
+        self._rid_seq = itertools.count(1)
         self._auth: Any = None
         self._closing = False
         self._started = False
@@ -448,14 +463,15 @@ class Router:
         if meta is None or digest not in self._programs:
             self.remember_program(digest, program.to_dict(), str(program.base_dir))
             meta = self._program_meta[digest] = (required_capabilities(program), has_side_effects(program))
-        opts = options.model_dump(mode="json", exclude={"execution_id", "attempt", "timeout"}, exclude_defaults=True)
+        opts = wire_options(options)
         return self._job(digest, meta[0], meta[1], options.execution_id, inputs, opts, options.attempt,
                          options.timeout)
 
     def _job(self, program_hash: str, needs: frozenset[str], side_effects: bool, execution_id: str,
              inputs: dict[str, Any], options: dict[str, Any], attempt: int, timeout: float | None) -> Job:
         now = time.monotonic()
-        return Job(rid=uuid.uuid4().bytes, execution_id=execution_id, program_hash=program_hash, inputs=inputs,
+        rid = self._rid_prefix + next(self._rid_seq).to_bytes(8, "big")
+        return Job(rid=rid, execution_id=execution_id, program_hash=program_hash, inputs=inputs,
                    options=options, needs=needs, retriable=not side_effects, attempt=attempt, first_attempt=attempt,
                    deadline=now + timeout if timeout else None, timeout=timeout)
 
@@ -503,10 +519,11 @@ class Router:
                      wait: float | None = None) -> RunResult:
         """Run through the pool; cancel the awaiting task to cancel the run."""
         job = self.make_job(program, inputs, options)
-        job.future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[RunResult] = asyncio.get_running_loop().create_future()
+        job.future = future
         await self.enqueue(job, wait)
         try:
-            return await asyncio.shield(job.future)
+            return await future  # (cancelling the caller cancels this future too; outcomes check done())
         except asyncio.CancelledError:
             self.cancel(job)
             raise
@@ -597,7 +614,7 @@ class Router:
         return self.pump.send(frames)
 
     # -- outcomes ----------------------------------------------------------------------------------
-    def _finish_ok(self, job: Job, data: dict[str, Any]) -> None:
+    def _finish_ok(self, job: Job, data: p.WireResult) -> None:
         if job.done:
             return
         job.done = True
@@ -608,13 +625,11 @@ class Router:
             self._client_jobs.pop(job.client, None)
             self._send(job.client[0], p.Reply(attempt=job.attempt, result=data), job.client[1])
         elif job.future is not None and not job.future.done():
-            try:
-                result = RunResult.model_validate(data)
+            try:  # validated by the body decoder already: build the models without a second pass
+                result = p.result_from_wire(data, backend="pool", attempts=job.attempt)
             except Exception as exc:
                 job.future.set_exception(StepbridgeError(f"the worker sent an invalid result: {exc}"))
                 return
-            result.backend = "pool"
-            result.attempts = job.attempt
             job.future.set_result(result)
 
     def _finish_error(self, job: Job, error: StepbridgeError | dict[str, Any],

@@ -45,6 +45,7 @@ from stepbridge.errors import (
     scrub_secrets,
 )
 from stepbridge.program import Program
+from stepbridge.result import fast_construct
 
 from . import protocol as p
 from .net import CurveKeys, Pump, configure_dealer
@@ -132,7 +133,7 @@ class Worker:
         self.capabilities: frozenset[str] = frozenset()
         self._programs: OrderedDict[str, Program] = OrderedDict()
         self._prepared: set[str] = set()
-        self._fetches: dict[str, asyncio.Future[p.ProgramDef]] = {}
+        self._fetches: dict[str, asyncio.Future[Program]] = {}
         self._tasks: dict[bytes, asyncio.Task[None]] = {}
         self._cancelled: set[bytes] = set()
         self._session: _Session | None = None
@@ -281,6 +282,14 @@ class Worker:
             return False
         return session.pump.send(p.encode(body, request_id))
 
+    def _send_frames(self, frames: list[bytes]) -> bool:
+        """Queue a reply; replies finished in the same loop turn leave together (one wake-up of the
+        socket's I/O thread instead of one per reply)."""
+        session = self._session
+        if session is None:
+            return False
+        return session.pump.send_soon(frames)
+
     async def _beater(self, session: _Session) -> None:
         # READY until the router answers (it answers READY with a HEARTBEAT); until the connection
         # is complete a send fails at once (IMMEDIATE), so keep trying with a short backoff.
@@ -339,7 +348,14 @@ class Worker:
         elif isinstance(body, p.ProgramDef):
             fut = self._fetches.pop(body.program_hash, None)
             if fut is not None and not fut.done():
-                fut.set_result(body)
+                # build now, so a request arriving before the waiters resume finds it in the cache
+                try:
+                    program = self._from_router(body)
+                except Exception as exc:
+                    fut.set_exception(exc)
+                    fut.exception()  # retrieved: waiters may all be gone
+                else:
+                    fut.set_result(program)
         elif isinstance(body, p.Drain):
             self.drain()
         elif isinstance(body, p.Disconnect):
@@ -377,9 +393,9 @@ class Worker:
                 await self.adapter.prepare(program)
                 self._prepared.add(req.program_hash)
             result = await self.adapter.run(program, inputs, options)
-            data = result.model_dump(mode="json")
-            data["worker"] = self.worker_id
-            reply = p.Reply(attempt=req.attempt, result=data)
+            result.worker = self.worker_id
+            # the model itself goes into the body: msgspec encodes it through its fields (no model_dump)
+            reply = p.Reply(attempt=req.attempt, result=result)
         except asyncio.CancelledError:
             if request_id in self._cancelled:
                 self._cancelled.discard(request_id)
@@ -393,7 +409,13 @@ class Worker:
         # free the slot before answering: the router may send the next request as soon as it reads this
         self._tasks.pop(request_id, None)
         try:
-            frames_ok = self._send(reply, request_id)
+            try:
+                frames = p.encode(reply, request_id)
+            except TypeError:  # a value msgspec does not know: let pydantic make it JSON-safe
+                assert reply.result is not None
+                reply = p.Reply(attempt=req.attempt, result=result.model_dump(mode="json"))
+                frames = p.encode(reply, request_id)
+            frames_ok = self._send_frames(frames)
         except p.ProtocolError as exc:  # a result too big for the wire is still a typed answer
             frames_ok = self._send(error_reply(StepbridgeError(f"the result could not be sent: {exc}"),
                                                req.attempt), request_id)
@@ -401,6 +423,12 @@ class Worker:
             log.warning("worker %s: could not send the reply to %s", self.worker_id, req.execution_id)
 
     def _options(self, req: p.Request) -> RunOptions:
+        if not req.options and _RUN_OPTION_FIELDS:
+            # the usual case: nothing beyond what the Request struct already validated (execution id,
+            # attempt, budget > 0), so build the options without another pydantic pass
+            return fast_construct(RunOptions, {"execution_id": req.execution_id, "timeout": req.budget, "lm": None,
+                                               "attempt": req.attempt, "idempotency_key": None, "cache": None,
+                                               "metadata": {}})
         fields = dict(req.options)
         fields.update(execution_id=req.execution_id, attempt=req.attempt, timeout=req.budget)
         try:
@@ -420,31 +448,38 @@ class Worker:
         if program is not None:
             self.sources["cache"] += 1
             return program
-        if self.store is not None:
-            stored = await self._from_store(program_hash)
+        fut = self._fetches.get(program_hash)
+        if fut is None:  # the first request for it looks it up; the others wait for the same answer
+            fut = self._fetches[program_hash] = asyncio.get_running_loop().create_future()
+            stored = await self._from_store(program_hash) if self.store is not None else None
             if stored is not None:
                 self.sources["store"] += 1
                 self._remember(stored)
+                if self._fetches.get(program_hash) is fut:
+                    del self._fetches[program_hash]
+                if not fut.done():
+                    fut.set_result(stored)
                 return stored
-        fut = self._fetches.get(program_hash)
-        if fut is None:
-            fut = self._fetches[program_hash] = asyncio.get_running_loop().create_future()
-            self._send(p.ProgramGet(program_hash=program_hash))
+            if not fut.done():
+                self._send(p.ProgramGet(program_hash=program_hash))
         try:
-            answer = await asyncio.wait_for(asyncio.shield(fut), PROGRAM_FETCH_TIMEOUT)
+            return await asyncio.wait_for(asyncio.shield(fut), PROGRAM_FETCH_TIMEOUT)
         except TimeoutError:
             self._fetches.pop(program_hash, None)
             raise WorkerLostError(f"the router did not send program {program_hash[:12]} in time",
                                   worker=self.worker_id) from None
-        program = self._programs.get(program_hash)  # another request may have built it meanwhile
+
+    def _from_router(self, answer: p.ProgramDef) -> Program:
+        """Build (validate in full, verify the hash) and cache a definition the router sent."""
+        program = self._programs.get(answer.program_hash)
         if program is not None:
             return program
         if answer.error is not None or answer.program is None:
             from stepbridge.errors import error_from_dict
 
             raise error_from_dict(answer.error or {"type": "StorageError",
-                                                   "message": f"program {program_hash[:12]} is unknown"})
-        program = build_program(answer.program, program_hash, answer.base_dir)
+                                                   "message": f"program {answer.program_hash[:12]} is unknown"})
+        program = build_program(answer.program, answer.program_hash, answer.base_dir)
         self.sources["router"] += 1
         self._remember(program)
         return program
@@ -465,6 +500,11 @@ class Worker:
                         stored.content_hash[:12], program_hash[:12])
             return None
         return stored
+
+
+# the fast path above knows every RunOptions field; if the core adds one, validate as before
+_RUN_OPTION_FIELDS = set(RunOptions.model_fields) == {"execution_id", "timeout", "lm", "attempt", "idempotency_key",
+                                                      "cache", "metadata"}
 
 
 def build_program(data: dict[str, Any], expected_hash: str, base_dir: str | None = None) -> Program:

@@ -29,7 +29,20 @@ bodies = st.one_of(
               program=st.none() | st.dictionaries(st.text(max_size=10), json_values, max_size=3)),
     st.builds(p.Started, attempt=st.integers(1, 1000)),
     st.builds(p.Reply, attempt=st.integers(1, 1000),
-              result=st.none() | st.dictionaries(st.text(max_size=10), json_values, max_size=4),
+              result=st.none() | st.builds(
+                  p.WireResult, outputs=st.dictionaries(st.text(max_size=10), json_values, max_size=4),
+                  backend=st.text(max_size=10), program_hash=st.just(HASH), execution_id=st.text(max_size=20),
+                  trace=st.lists(st.builds(
+                      p.WireStep, step=st.integers(0, 100), kind=st.sampled_from(["call", "map", "return"]),
+                      module=st.none() | st.text(max_size=10), outputs=json_values,
+                      inputs=st.dictionaries(st.text(max_size=10), json_values, max_size=3),
+                      lm_calls=st.lists(st.builds(p.WireLMCall, model=st.text(max_size=10),
+                                                  messages=st.lists(st.dictionaries(st.text(max_size=5), st.text()),
+                                                                    max_size=3),
+                                                  response=st.none() | st.text()), max_size=2),
+                      duration_ms=st.floats(0, 1e6)), max_size=3),
+                  usage=st.fixed_dictionaries({"prompt_tokens": st.integers(0, 10**6)}),
+                  duration_ms=st.floats(0, 1e6), attempts=st.integers(1, 10)),
               error=st.none() | st.dictionaries(st.text(max_size=10), json_values, max_size=4)),
     st.builds(p.Heartbeat, in_flight=st.lists(ids, max_size=5)),
     st.builds(p.Cancel, attempt=st.integers(1, 1000)),
@@ -102,3 +115,40 @@ def test_ext_types_and_deep_nesting_are_refused() -> None:
 def test_protocol_error_keeps_its_type() -> None:
     err = error_from_dict(p.ProtocolError("bad", reason="version").to_dict())
     assert isinstance(err, p.ProtocolError) and err.reason == "version"
+
+
+def test_run_result_goes_on_the_wire_without_model_dump_and_comes_back_equal() -> None:
+    from stepbridge.result import LMCall, RunResult, StepTrace, Usage
+
+    result = RunResult(
+        outputs={"answer": "Paris", "n": [1, 2.5, None, {"é": True}]}, backend="native", program_hash=HASH,
+        execution_id="ex-1", duration_ms=1.5, worker="w1",
+        usage=Usage(prompt_tokens=3, completion_tokens=4, total_tokens=7, lm_calls=1),
+        trace=[StepTrace(step=0, kind="map", module="m", module_type="predict", inputs={"q": "x"}, outputs={"a": 1},
+                         lm_calls=[LMCall(model="ref", messages=[{"role": "user", "content": "hi"}], response="yo",
+                                          usage={"total_tokens": 7}, latency_ms=0.5)],
+                         children=[StepTrace(step=0, kind="call", module="m", outputs="x")]),
+               StepTrace(step=1, kind="return", outputs={"answer": "Paris"}, error={"type": "X", "message": "m"})])
+    msg = p.decode(p.encode(p.Reply(attempt=2, result=result), b"r"))  # type: ignore[arg-type]
+    assert isinstance(msg.body, p.Reply) and isinstance(msg.body.result, p.WireResult)
+    back = p.result_from_wire(msg.body.result)
+    assert back == result
+    assert back.model_dump() == result.model_dump()
+    again = p.result_from_wire(msg.body.result, backend="pool", attempts=2)
+    assert again.backend == "pool" and again.attempts == 2 and again.trace == result.trace
+    # provider usage extras survive too (through pydantic)
+    result.usage = Usage.model_validate({"prompt_tokens": 1, "cost": 0.25})
+    back = p.result_from_wire(p.decode(p.encode(p.Reply(result=result)))  # type: ignore[arg-type]
+                              .body.result)  # type: ignore[union-attr]
+    assert back.usage == result.usage
+
+
+def test_malformed_results_are_refused_by_the_decoder() -> None:
+    enc = msgspec.msgpack.Encoder()
+    for bad in [{}, {"outputs": {}}, {"outputs": [], "backend": "b", "program_hash": "h", "execution_id": "e"},
+                {"outputs": {}, "backend": "b", "program_hash": "h", "execution_id": "e", "trace": [{"kind": "call"}]},
+                {"outputs": {}, "backend": "b", "program_hash": "h", "execution_id": "e",
+                 "trace": [{"step": 0, "kind": "call", "lm_calls": [{"model": 1, "messages": []}]}]}]:
+        frames = [p.header(), bytes([p.Command.REPLY]), b"", enc.encode({"result": bad})]
+        with pytest.raises(p.ProtocolError):
+            p.decode(frames)
