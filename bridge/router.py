@@ -782,7 +782,13 @@ class Router:
                 self.queue.appendleft(job)
                 self._dispatch()
                 return
-            self._finish_error(job, body.error, body.trace)
+            error = body.error
+            if error.get("type") == "RunTimeoutError" and job.timeout is not None:
+                # the worker only knew the remaining budget; the caller set (and expects) the whole timeout
+                details = error.get("details")
+                error = {**error, "message": f"run exceeded its timeout of {job.timeout}s",
+                         "details": {**(details if isinstance(details, dict) else {}), "timeout": job.timeout}}
+            self._finish_error(job, error, body.trace)
         elif body.result is not None:
             worker.done += 1
             self._finish_ok(job, body.result)

@@ -121,8 +121,10 @@ def test_deadlines_cancel_side_effects_and_drain(pool_kwargs: dict[str, Any]) ->
             router = pool.router
             assert router is not None
             # deadline enforced by the worker (remaining budget)
-            with pytest.raises(RunTimeoutError):
+            with pytest.raises(RunTimeoutError) as timed_out:
                 await runner.run(nap, {"seconds": 30}, timeout=0.3)
+            # the caller's timeout, not the remaining budget the worker was given
+            assert timed_out.value.timeout == 0.3 and "0.3s" in str(timed_out.value)
             # a queued request whose deadline passes while it waits
             busy = asyncio.ensure_future(runner.run(nap, {"seconds": 1.0}))
             await wait_for(lambda: router.status()["in_flight"] == 1, what="busy worker")
