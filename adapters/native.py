@@ -149,13 +149,13 @@ class NativeAdapter:
                  map_concurrency: int = DEFAULT_MAP_CONCURRENCY):
         self.lm = lm or LMPool(cache=cache)
         self.map_concurrency = map_concurrency
-        self._plans: dict[str, _Plan] = {}
+        self._plans: dict[tuple[str, str], _Plan] = {}
 
     async def prepare(self, program: Program) -> None:
         self._plan(program)
 
     def _plan(self, program: Program) -> _Plan:
-        key = program.content_hash
+        key = (program.content_hash, str(program.base_dir))  # relative corpora resolve against base_dir
         compiled = self._plans.get(key)
         if compiled is not None:
             return compiled

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -29,8 +30,9 @@ app = typer.Typer(
 lm_app = typer.Typer(help="The reference LM: a deterministic OpenAI-compatible server.", no_args_is_help=True)
 app.add_typer(lm_app, name="lm")
 
-out = Console()
-err = Console(stderr=True)
+# emoji off and data escaped: LM text like ':x:' or '[/bold]' must print as written
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -42,6 +44,17 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n")
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _print_error(exc: StepbridgeError, as_json: bool) -> None:
+    if as_json:
+        _print_json({"ok": False, "error": exc.to_dict()})
+    else:
+        err.print(f"[bold red]error[/] ({type(exc).__name__}): {escape(str(exc))}", highlight=False, soft_wrap=True)
+
+
 def _fail_invalid(exc: ProgramValidationError | InputValidationError, as_json: bool) -> typer.Exit:
     if as_json:
         _print_json({"ok": False, "error": exc.to_dict()})
@@ -50,9 +63,9 @@ def _fail_invalid(exc: ProgramValidationError | InputValidationError, as_json: b
         err.print(f"[bold red]invalid program[/]: {len(errors)} problem{'s' if len(errors) != 1 else ''}")
         for issue in exc.issues:
             colour = "red" if issue.severity == "error" else "yellow"
-            err.print(f"  [{colour}]{issue.severity}[/] {issue}", markup=True, highlight=False, soft_wrap=True)
+            err.print(f"  [{colour}]{issue.severity}[/] {escape(str(issue))}", highlight=False, soft_wrap=True)
     else:
-        err.print(f"[bold red]invalid input[/]: {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]invalid input[/]: {escape(str(exc))}", highlight=False, soft_wrap=True)
     return typer.Exit(EXIT_INVALID)
 
 
@@ -80,7 +93,7 @@ def validate(
                      "issues": [w.to_dict() for w in warnings]})
         return
     for w in warnings:
-        err.print(f"  [yellow]warning[/] {w}", highlight=False)
+        err.print(f"  [yellow]warning[/] {escape(str(w))}", highlight=False, soft_wrap=True)
     out.print(f"[green]valid[/] {prog.name} [dim]{prog.content_hash}[/]")
 
 
@@ -110,19 +123,20 @@ def _parse_kv(pairs: list[str], prog: Any) -> dict[str, Any]:
     return values
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise InputValidationError(f"{path}:{lineno}: not JSON ({exc})") from None
-            if not isinstance(row, dict):
-                raise InputValidationError(f"{path}:{lineno}: each line must be a JSON object of inputs")
-            rows.append(row)
+def _read_rows(path: Path) -> list[Any]:
+    """Every non-empty line: its JSON value, or the raw text if it is not JSON. Rows that are not objects
+    become failed rows of the batch (recorded, counted), not a reason to stop it."""
+    rows: list[Any] = []
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError:
+                        rows.append(line.rstrip("\n"))
+    except OSError as exc:
+        raise InputValidationError(f"cannot read {path}: {exc.strerror}") from None
     return rows
 
 
@@ -146,8 +160,14 @@ def run(
     """Run a program once (-i key=value) or over a JSONL file of inputs (--inputs) with a progress bar."""
     from .runner import load
 
-    store = _open_store(db) if record else None
-    if store is not None:
+    is_file = program.endswith((".yaml", ".yml", ".json")) or "/" in program
+    try:
+        # A stored NAME@ALIAS needs the store to be found, even when runs are not recorded.
+        store = _open_store(db) if record or not is_file else None
+    except StepbridgeError as exc:
+        _print_error(exc, as_json)
+        raise typer.Exit(EXIT_INVALID) from None
+    if store is not None and record:
         interrupted = store.mark_interrupted()
         if interrupted:
             err.print(f"[yellow]{len(interrupted)} execution(s) left running by a dead process were marked "
@@ -158,8 +178,11 @@ def run(
     except (ProgramValidationError, InputValidationError) as exc:
         raise _fail_invalid(exc, as_json) from None
     except StepbridgeError as exc:
-        err.print(f"[bold red]error[/]: {exc}", highlight=False)
+        _print_error(exc, as_json)
         raise typer.Exit(EXIT_INVALID) from None
+    if not record and store is not None:
+        store.close()  # it was only needed to find the program
+        store = None
     adapter_options: dict[str, Any] = {}
     if pool:
         adapter_options["address"] = pool
@@ -181,7 +204,7 @@ async def _run(prog: Any, rows: list[dict[str, Any]], *, batch: bool, backend: s
     try:
         runner = Runner(backend, store=store, lm=lm, timeout=timeout, **adapter_options)
     except StepbridgeError as exc:
-        err.print(f"[bold red]error[/]: {exc}", highlight=False)
+        _print_error(exc, as_json)
         return EXIT_INVALID
     async with runner:
         if not batch:
@@ -194,7 +217,7 @@ async def _run(prog: Any, rows: list[dict[str, Any]], *, batch: bool, backend: s
                     _print_json({"ok": False, "error": exc.to_dict(),
                                  "trace": [t.model_dump(mode="json") for t in exc.trace]})
                 else:
-                    err.print(f"[bold red]run failed[/] ({type(exc).__name__}): {exc}", highlight=False)
+                    err.print(f"[bold red]run failed[/] ({type(exc).__name__}): {escape(str(exc))}", highlight=False)
                 return EXIT_RUN_FAILED
             if out_file:
                 out_file.write_text(json.dumps({"index": 0, "inputs": rows[0], "outputs": result.outputs,
@@ -202,7 +225,7 @@ async def _run(prog: Any, rows: list[dict[str, Any]], *, batch: bool, backend: s
             if as_json:
                 _print_json(result.model_dump(mode="json"))
             else:
-                body = "\n".join(f"[bold]{k}[/]: {v}" for k, v in result.outputs.items())
+                body = "\n".join(f"[bold]{escape(str(k))}[/]: {escape(_text(v))}" for k, v in result.outputs.items())
                 out.print(Panel(body, title=f"{prog.name} · {result.backend}", title_align="left", expand=False),
                           highlight=False)
                 out.print(f"[dim]{result.duration_ms:.0f} ms · {result.usage.lm_calls} LM call(s) · "
@@ -240,8 +263,8 @@ async def _run(prog: Any, rows: list[dict[str, Any]], *, batch: bool, backend: s
         else:
             for row in results:
                 if "error" in row:
-                    err.print(f"  row {row['index']}: [red]{row['error']['type']}[/] {row['error']['message']}",
-                              highlight=False)
+                    err.print(f"  row {row['index']}: [red]{row['error']['type']}[/] "
+                              f"{escape(row['error']['message'])}", highlight=False)
             colour = "green" if not failed else "red"
             err.print(f"[{colour}]{summary['succeeded']}/{summary['total']} succeeded[/], {failed} failed"
                       + (f"; results in {out_file}" if out_file else ""))

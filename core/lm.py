@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import random
 import time
@@ -32,6 +33,8 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from .errors import LMError, register_secret, scrub_secrets
 from .program import LMConfig
+
+log = logging.getLogger("stepbridge.lm")
 
 __all__ = [
     "REFERENCE_PROFILE",
@@ -330,6 +333,7 @@ class LMPool:
         self.cache = cache
         self._clients: dict[tuple[str, int], LMClient] = {}
         self._mounted: dict[str, LMClient] = {}
+        self._warned: set[str] = set()
 
     def mount(self, profile_name: str, client: LMClient) -> None:
         """Serve a profile with this client (like an httpx transport), e.g. an in-process model for tests."""
@@ -342,6 +346,13 @@ class LMPool:
         # HTTP connections belong to one event loop: an adapter used from several loops gets one client each.
         if profile.name in self._mounted:
             return self._mounted[profile.name], model, profile
+        if profile.in_process and not model.startswith("reference"):
+            # No endpoint is configured for this model: say so, and never let the trace claim it answered.
+            if model not in self._warned:
+                self._warned.add(model)
+                log.warning("no LM profile with a base_url is configured: model %r is answered by the built-in "
+                            "reference LM (configure a profile, see `stepbridge run --help`)", model)
+            model = _REFERENCE_MODEL
         key = (profile.name, id(asyncio.get_running_loop()) if not profile.in_process else 0)
         client = self._clients.get(key)
         if client is None:

@@ -113,8 +113,14 @@ class RetrieverSpec(_Strict):
     @field_validator("corpus")
     @classmethod
     def _relative_corpus(cls, value: str | None) -> str | None:
-        if value is not None and ("://" in value or value.startswith("~")):
+        # A program may only read files beside it: no URLs, no absolute paths, no way out with '..'.
+        if value is None:
+            return value
+        if "://" in value or value.startswith("~"):
             raise ValueError("corpus must be a file path relative to the program file, not a URL")
+        parts = value.replace("\\", "/").split("/")
+        if value.startswith(("/", "\\")) or (len(value) > 1 and value[1] == ":") or ".." in parts:
+            raise ValueError("corpus must be a path inside the program's folder (no absolute paths, no '..')")
         return value
 
 

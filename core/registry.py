@@ -135,17 +135,25 @@ def load_adapter(spec: Any, **kwargs: Any) -> Any:
     """An adapter instance from a registered name (``native``), ``package.module:factory``, a factory or
     an instance. This is operator input, so an import path is allowed here (never from a program)."""
     if not isinstance(spec, str):
-        return spec(**kwargs) if callable(spec) and not hasattr(spec, "run") else spec
-    if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-            factory = getattr(module, attr)
-        except (ImportError, AttributeError) as exc:
-            raise UnsupportedCapabilityError(f"cannot load adapter {spec!r}: {exc}", adapter=spec) from exc
+        adapter = spec(**kwargs) if callable(spec) and not hasattr(spec, "run") else spec
     else:
         try:
-            factory = adapters.get(spec)
+            if ":" in spec:
+                module_name, _, attr = spec.partition(":")
+                factory = getattr(importlib.import_module(module_name), attr)
+            else:
+                factory = adapters.get(spec)
+            adapter = factory(**kwargs)
         except KeyError as exc:
             raise UnsupportedCapabilityError(str(exc.args[0]), adapter=spec) from None
-    return factory(**kwargs)
+        except ImportError as exc:
+            hint = " (install stepbridge[dspy])" if "dspy" in str(exc) else ""
+            raise UnsupportedCapabilityError(f"cannot load adapter {spec!r}: {exc}{hint}", adapter=spec) from exc
+        except Exception as exc:
+            raise UnsupportedCapabilityError(f"cannot load adapter {spec!r}: {type(exc).__name__}: {exc}",
+                                             adapter=spec) from exc
+    missing = [a for a in ("name", "capabilities", "prepare", "run", "aclose") if not hasattr(adapter, a)]
+    if missing:
+        raise UnsupportedCapabilityError(f"{spec!r} did not give an adapter (missing: {', '.join(missing)})",
+                                         adapter=str(spec))
+    return adapter

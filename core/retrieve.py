@@ -101,7 +101,10 @@ def make_retriever(spec: RetrieverSpec, base_dir: Path) -> Retriever:
         return factory(spec, base_dir)
     if not spec.corpus:
         raise ValueError("the bm25 retriever needs a 'corpus' file (jsonl or txt)")
-    path = (base_dir / spec.corpus).resolve()
+    root = Path(base_dir).resolve()
+    path = (root / spec.corpus).resolve()
+    if not path.is_relative_to(root):  # symlinks too: a program reads only below its own folder
+        raise ValueError(f"corpus {spec.corpus!r} resolves outside the program's folder ({root})")
     stat = path.stat()
     key = (str(path), stat.st_mtime, stat.st_size)
     with _cache_lock:

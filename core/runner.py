@@ -36,7 +36,7 @@ class BatchItem:
 
     __slots__ = ("error", "index", "inputs", "result")
 
-    def __init__(self, index: int, inputs: dict[str, Any]):
+    def __init__(self, index: int, inputs: Any):
         self.index = index
         self.inputs = inputs
         self.result: RunResult | None = None
@@ -80,7 +80,7 @@ class Runner:
         self.lm = LMConfig(model=lm) if isinstance(lm, str) and "/" in lm else (
             LMConfig(profile=lm) if isinstance(lm, str) else lm)
         self.timeout = timeout
-        self._prepared: set[str] = set()
+        self._prepared: set[tuple[str, str]] = set()
 
     @property
     def backend(self) -> str:
@@ -112,7 +112,16 @@ class Runner:
         if self.store is not None:
             # Recorded before any check: a run refused for bad inputs still ends in one recorded state.
             recorded_inputs = inputs if isinstance(inputs, dict) else {"_invalid": repr(inputs)}
-            begun = await self._begin(prog, recorded_inputs, options)
+            begin = asyncio.ensure_future(self._begin(prog, recorded_inputs, options))
+            try:
+                begun = await asyncio.shield(begin)
+            except asyncio.CancelledError:
+                # The start is being written regardless: let it land, then record the cancellation.
+                started = await begin
+                if started.existing is None and started.existing_error is None and not started.in_progress:
+                    await self._fail(started.execution_id, RunCancelledError("run cancelled by its caller"),
+                                     cancelled=True)
+                raise
             waited = 0.0
             while begun.in_progress:  # same idempotency key, still running elsewhere: wait for its result
                 if waited >= (options.timeout or 600.0):
@@ -129,9 +138,10 @@ class Runner:
         try:
             check_inputs(prog, inputs)
             self.check(prog)
-            if prog.content_hash not in self._prepared:
+            key = (prog.content_hash, str(prog.base_dir))  # same content beside other corpora is another plan
+            if key not in self._prepared:
                 await self.adapter.prepare(prog)
-                self._prepared.add(prog.content_hash)
+                self._prepared.add(key)
             result = await self.adapter.run(prog, inputs, options)
         except asyncio.CancelledError:
             if begun is not None:
@@ -175,7 +185,7 @@ class Runner:
             store.fail(execution_id, error, cancelled=cancelled)
 
     async def stream(
-        self, program: ProgramLike, rows: Iterable[dict[str, Any]], *, concurrency: int = 8,
+        self, program: ProgramLike, rows: Iterable[Any], *, concurrency: int = 8,
         options: Callable[[int, dict[str, Any]], RunOptions] | None = None,
     ) -> AsyncIterator[BatchItem]:
         """Run every row, ``concurrency`` at a time, yielding items as they finish. Failures do not stop it."""
@@ -192,7 +202,7 @@ class Runner:
                     item.error = exc
                 await done.put(item)
 
-        items = [BatchItem(i, dict(r)) for i, r in enumerate(rows)]
+        items = [BatchItem(i, dict(r) if isinstance(r, dict) else r) for i, r in enumerate(rows)]
         tasks = [asyncio.ensure_future(one(item)) for item in items]
         try:
             for _ in items:

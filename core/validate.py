@@ -440,7 +440,9 @@ def _check_args(
 def check_inputs(program: Program, inputs: Any) -> dict[str, Any]:
     """Check run inputs against the program signature; raise :class:`InputValidationError`."""
     if not isinstance(inputs, dict):
-        raise InputValidationError(f"inputs must be a mapping of field -> value, got {type(inputs).__name__}")
+        shown = repr(inputs) if len(repr(inputs)) <= 60 else repr(inputs)[:57] + "..."
+        raise InputValidationError(f"inputs must be a JSON object of field -> value, got {type(inputs).__name__} "
+                                   f"{shown}")
     fields = program.signature.inputs
     for key in inputs:
         if key not in fields:

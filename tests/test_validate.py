@@ -604,5 +604,5 @@ def test_check_inputs_errors(typed_program: Any, inputs: dict[str, Any], field: 
 
 
 def test_check_inputs_needs_a_mapping(typed_program: Any) -> None:
-    with pytest.raises(InputValidationError, match="mapping of field -> value, got list"):
+    with pytest.raises(InputValidationError, match="JSON object of field -> value, got list"):
         check_inputs(typed_program, ["q"])
