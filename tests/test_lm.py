@@ -118,6 +118,6 @@ def test_profile_timeout_applies_to_each_request(reference_lm: str) -> None:
         finally:
             await client.aclose()
 
-    with pytest.raises(LMError, match="timed out after 0.3s") as info:
+    with pytest.raises(LMError, match=r"timed out after 0\.3s") as info:
         asyncio.run(go())
     assert info.value.retriable
