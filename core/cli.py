@@ -7,7 +7,9 @@ the pydantic dump of the same objects the Python API returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -196,9 +198,26 @@ def run(
     raise typer.Exit(code)
 
 
-async def _run(prog: Any, rows: list[dict[str, Any]], *, batch: bool, backend: str, lm: str | None,
-               concurrency: int, timeout: float | None, as_json: bool, out_file: Path | None, store: Any,
-               adapter_options: dict[str, Any]) -> int:
+async def _run(prog: Any, rows: list[Any], **options: Any) -> int:
+    """SIGTERM cancels the runs in flight, which are then recorded as cancelled (not left running)."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await _run_rows(prog, rows, **options)
+    except asyncio.CancelledError:
+        err.print("[yellow]terminated[/]: runs in flight were recorded as cancelled")
+        return 128 + signal.SIGTERM
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _run_rows(prog: Any, rows: list[Any], *, batch: bool, backend: str, lm: str | None,
+                    concurrency: int, timeout: float | None, as_json: bool, out_file: Path | None, store: Any,
+                    adapter_options: dict[str, Any]) -> int:
     from .runner import Runner
 
     try:

@@ -128,3 +128,24 @@ def test_a_model_without_an_endpoint_is_answered_by_the_reference_lm_visibly(tmp
     assert done.returncode == 0, done.stderr
     assert "answered by the built-in reference LM" in done.stderr
     assert json.loads(done.stdout)["trace"][0]["lm_calls"][0]["model"] == "reference/deterministic"
+
+
+def test_sigterm_records_the_run_in_flight_as_cancelled(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    env = {**os.environ, "STEPBRIDGE_HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "stepbridge.cli", "run", str(EXAMPLES / "classify.yaml"),
+                             "-i", "ticket=x", "--lm", "reference/slow-20000"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    from stepbridge.storage import Store
+
+    store = Store(f"sqlite:///{tmp_path}/stepbridge.db")
+    deadline = time.monotonic() + 60
+    while not store.list_executions(status="running") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert [e.status for e in store.list_executions()] == ["cancelled"]
+    store.close()
