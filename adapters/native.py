@@ -9,6 +9,7 @@ and parses; it never touches DSPy.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from stepbridge.adapter import RunOptions
@@ -149,13 +150,13 @@ class NativeAdapter:
                  map_concurrency: int = DEFAULT_MAP_CONCURRENCY):
         self.lm = lm or LMPool(cache=cache)
         self.map_concurrency = map_concurrency
-        self._plans: dict[tuple[str, str], _Plan] = {}
+        self._plans: dict[tuple[str, Path | None], _Plan] = {}
 
     async def prepare(self, program: Program) -> None:
         self._plan(program)
 
     def _plan(self, program: Program) -> _Plan:
-        key = (program.content_hash, str(program.base_dir))  # relative corpora resolve against base_dir
+        key = program.plan_key  # relative corpora resolve against base_dir
         compiled = self._plans.get(key)
         if compiled is not None:
             return compiled

@@ -296,9 +296,14 @@ class Program(_Strict):
         """A copy; with ``update``, the cached hash and capabilities are recomputed, not carried over."""
         copied = super().model_copy(update=update, deep=deep)
         if update:
-            for cached in ("content_hash", "required_capabilities"):
+            for cached in ("content_hash", "required_capabilities", "plan_key"):
                 copied.__dict__.pop(cached, None)
         return copied
+
+    @cached_property
+    def plan_key(self) -> tuple[str, Path | None]:
+        """What a compiled plan depends on: the content and the folder relative corpora resolve against."""
+        return self.content_hash, self._base_dir
 
     @property
     def base_dir(self) -> Path:
@@ -307,6 +312,7 @@ class Program(_Strict):
 
     def with_base_dir(self, base_dir: Path | str | None) -> Program:
         self._base_dir = Path(base_dir) if base_dir is not None else None
+        self.__dict__.pop("plan_key", None)
         return self
 
     def line_of(self, pointer: str) -> int | None:

@@ -80,7 +80,7 @@ class Runner:
         self.lm = LMConfig(model=lm) if isinstance(lm, str) and "/" in lm else (
             LMConfig(profile=lm) if isinstance(lm, str) else lm)
         self.timeout = timeout
-        self._prepared: set[tuple[str, str]] = set()
+        self._prepared: set[tuple[str, Path | None]] = set()
 
     @property
     def backend(self) -> str:
@@ -138,7 +138,7 @@ class Runner:
         try:
             check_inputs(prog, inputs)
             self.check(prog)
-            key = (prog.content_hash, str(prog.base_dir))  # same content beside other corpora is another plan
+            key = prog.plan_key  # the same content beside other corpora is another plan
             if key not in self._prepared:
                 await self.adapter.prepare(prog)
                 self._prepared.add(key)
