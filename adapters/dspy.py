@@ -170,15 +170,19 @@ class ToolStep(dspy.Module):
 
 
 def sanitize_state(state: Any) -> Any:
-    """A DSPy module state safe to load from a program: each predictor's ``lm`` is dropped (set to
-    None) and only the known predictor keys are kept. Non-predictor entries are left as they are."""
+    """A DSPy module state safe to load from a program.
+
+    Every entry that is a predictor state — any dict with a ``signature`` key, with or without
+    ``demos`` — keeps only the known predictor keys and has its ``lm`` dropped (set to None: DSPy's
+    ``Predict.load_state`` would otherwise build ``dspy.LM(**state["lm"])``, and a predictor's own
+    ``lm`` takes precedence over ``dspy.context``). Other entries are left as they are."""
     if not isinstance(state, dict):
         raise TypeError("a DSPy module state must be a JSON object")
     clean: dict[str, Any] = {}
     for name, value in state.items():
         if name == "metadata":
             continue
-        if isinstance(value, dict) and "signature" in value and "demos" in value:
+        if isinstance(value, dict) and "signature" in value:
             entry = {k: value[k] for k in PREDICT_STATE_KEYS if k in value}
             entry["lm"] = None
             clean[name] = entry
@@ -203,6 +207,10 @@ def _registered_module(spec: DspyModule) -> Any:
             "(or a factory returning one)", capability="dspy_modules", adapter="dspy")
     if spec.state:
         instance.load_state(sanitize_state(spec.state))
+    # Whatever the state (or the registered factory) said, every predictor uses the LM the adapter
+    # puts in ``dspy.context``: a predictor's own ``lm`` would take precedence over it.
+    for _, predictor in instance.named_predictors():
+        predictor.lm = None
     return instance
 
 

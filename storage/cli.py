@@ -343,14 +343,20 @@ def executions_show(
 @executions_app.command("resume")
 def executions_resume(
     program: Annotated[str | None, typer.Option(help="Only this program (name or reference).")] = None,
+    backend: Annotated[str | None, typer.Option(
+        help="Re-run on this adapter (native, dspy, pool, or package.module:factory) instead of the "
+             "registered adapter named by each execution's recorded backend.")] = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Mark runs of dead processes interrupted, then re-run every interrupted execution (attempt + 1)."""
+    """Mark runs of dead processes interrupted, then re-run every interrupted execution (attempt + 1).
+
+    A recorded backend is only looked up as a registered adapter name; executions recorded on any
+    other adapter are reported as not resumable unless ``--backend`` names the adapter to use."""
     from .resume import resume
 
     with _store(db) as store:
-        outcomes = resume(store, program=program)
+        outcomes = resume(store, program=program, backend=backend)
         if as_json:
             _print_json([o.__dict__ for o in outcomes])
         else:

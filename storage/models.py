@@ -142,6 +142,9 @@ class ExecutionRow(SQLModel, table=True):
     idempotency_key: str | None = SQLField(
         default=None, sa_column=Column(String(200), nullable=True, unique=True)
     )
+    # sha256 of the canonical JSON of the (scrubbed) inputs, for runs with an idempotency key: a
+    # key reused with different inputs is refused instead of returning the first run's result.
+    inputs_hash: str | None = SQLField(default=None, sa_column=Column(String(64), nullable=True))
     # Who is running it: host + pid + a start marker (boot id and process start time), so a later
     # process can tell a dead owner from a live one even after pid reuse.
     owner_host: str | None = SQLField(default=None, sa_column=Column(String(255), nullable=True))

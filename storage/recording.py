@@ -24,6 +24,7 @@ to one SAVEPOINT per write).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -52,7 +53,7 @@ from .models import ExecutionRow, ExecutionStatusRow, ExecutionStepRow
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["BeginOp", "FinishOp", "Recording", "clean", "clean_json"]
+__all__ = ["BeginOp", "FinishOp", "Recording", "clean", "clean_json", "inputs_hash"]
 
 executions = cast(Table, ExecutionRow.__table__)  # type: ignore[attr-defined]
 steps_t = cast(Table, ExecutionStepRow.__table__)  # type: ignore[attr-defined]
@@ -144,6 +145,19 @@ def clean_json(value: Any) -> tuple[Any, str]:
             pass
     cleaned = clean(value)
     return cleaned, _encode_safe(cleaned)
+
+
+_encode_canonical = json.JSONEncoder(ensure_ascii=True, allow_nan=False, sort_keys=True, separators=(",", ":")).encode
+
+
+def inputs_hash(cleaned: Any) -> str:
+    """sha256 (hex) of the canonical JSON (sorted keys, compact, ASCII) of already-cleaned inputs:
+    what an idempotency key is bound to, besides its program."""
+    try:
+        text = _encode_canonical(cleaned)
+    except (TypeError, ValueError):  # keys of mixed types cannot be sorted: compare them as strings
+        text = _encode_canonical(clean(cleaned))
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def clean_json_or_none(value: Any) -> str | None:
@@ -289,8 +303,8 @@ class Recording:
 
         ins = (pg_insert if pg else sqlite_insert)(executions)
         begin_cols = ("id", "program_hash", "program_name", "backend", "status", "inputs", "options",
-                      "environment", "attempts", "idempotency_key", "owner_host", "owner_pid", "owner_marker",
-                      "created_at", "started_at", "updated_at")
+                      "environment", "attempts", "idempotency_key", "inputs_hash", "owner_host", "owner_pid",
+                      "owner_marker", "created_at", "started_at", "updated_at")
         self.insert_execution = ins.values(
             {c: js(f"b_{c}") if c in JSON_COLUMNS else bindparam(f"b_{c}") for c in begin_cols}
         ).on_conflict_do_nothing().returning(executions.c.id)
@@ -467,6 +481,17 @@ class Recording:
                 f"execution {row.id} (idempotency key {row.idempotency_key!r}) belongs to program "
                 f"{row.program_hash[:12]}, not {op.program_hash[:12]}"
             )
+        # Matched through the idempotency key (another submission, not a re-start of this execution
+        # id): the key is bound to the inputs it was first used with. A row written before inputs were
+        # hashed (NULL) is compared through its stored inputs.
+        expected = op.params.get("b_inputs_hash")
+        if row.id != op.execution_id and expected is not None and row.idempotency_key is not None:
+            stored = row.inputs_hash if row.inputs_hash is not None else inputs_hash(row.inputs or {})
+            if stored != expected:
+                raise StorageError(
+                    f"idempotency key {row.idempotency_key!r} was already used for different inputs "
+                    f"(execution {row.id}); use a new key for new inputs"
+                )
         return self.store._take_over(conn, row, op.now)
 
     # -- ends --------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ from .models import (
     StatusChange,
 )
 from .owner import current_owner, owner_alive
-from .recording import BeginOp, FinishOp, Recording, clean, clean_json, step_rows
+from .recording import BeginOp, FinishOp, Recording, clean, clean_json, inputs_hash, step_rows
 from .refs import ProgramRef, parse_ref, validate_alias
 from .types import utcnow
 
@@ -530,17 +530,19 @@ class Store:
         opts = options.model_dump(mode="json", exclude={"execution_id", "idempotency_key", "attempt"},
                                   exclude_defaults=True)
         key = options.idempotency_key
+        cleaned_inputs, inputs_json = clean_json(inputs)
         params = {
             "b_id": options.execution_id,
             "b_program_hash": program.content_hash,
             "b_program_name": program.name,
             "b_backend": backend,
             "b_status": "running",
-            "b_inputs": clean_json(inputs)[1],
+            "b_inputs": inputs_json,
             "b_options": clean_json(opts)[1],
             "b_environment": _environment_json(),
             "b_attempts": options.attempt,
             "b_idempotency_key": key,
+            "b_inputs_hash": inputs_hash(cleaned_inputs) if key is not None else None,
             "b_owner_host": owner.host,
             "b_owner_pid": owner.pid,
             "b_owner_marker": owner.marker,

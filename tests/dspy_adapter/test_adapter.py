@@ -240,3 +240,60 @@ def test_state_lm_from_a_program_is_ignored(dspy_adapter: DSPyAdapter) -> None:
     state["forward"] = "overwritten"
     clean = sanitize_state({"say": state})
     assert clean["say"]["lm"] is None and "forward" not in clean["say"]
+
+
+def test_sanitize_state_drops_lm_of_predictor_entries_without_demos() -> None:
+    from stepbridge.adapters.dspy import sanitize_state
+
+    state = dspy.Predict("q -> a").dump_state()
+    del state["demos"]
+    state["lm"] = {"model": "openai/other", "cache": False}
+    state["forward"] = "overwritten"
+    clean = sanitize_state({"say": state})
+    assert clean["say"]["lm"] is None and "forward" not in clean["say"]
+
+
+@pytest.mark.parametrize("with_demos", [False, True])
+def test_state_lm_cannot_redirect_a_registered_module(monkeypatch: pytest.MonkeyPatch, with_demos: bool) -> None:
+    """Server A is the operator's profile; server B is where a state's own LM would go (the OpenAI
+    provider's default endpoint, here pointed at B). Every request must still reach A."""
+    from stepbridge.lm import LMProfile
+    from stepbridge.reference_lm import running_server
+
+    class Echo(dspy.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.say = dspy.Predict("text -> reply")
+
+        def forward(self, text: str) -> Any:
+            return self.say(text=text)
+
+    with running_server() as a, running_server() as b:
+        monkeypatch.setenv("OPENAI_BASE_URL", str(b))
+        monkeypatch.setenv("OPENAI_API_BASE", str(b))
+        monkeypatch.setenv("OPENAI_API_KEY", "not-the-operators")
+        state = Echo().dump_state()
+        if not with_demos:
+            del state["say"]["demos"]
+        state["say"]["lm"] = {"model": "openai/attacker-model", "api_base": str(b), "base_url": str(b),
+                              "cache": False}
+        dspy_modules.register("sb_test.Echo", Echo)
+        adapter = DSPyAdapter(profiles={"default": LMProfile(name="default", base_url=str(a),
+                                                             model="openai/reference")})
+        try:
+            program = load_program({
+                "stepbridge": 1, "name": "redirect", "signature": "text -> reply",
+                "modules": {"echo": {"type": "dspy", "module": "sb_test.Echo", "signature": "text -> reply",
+                                     "state": state}},
+                "steps": [{"call": "echo", "with": {"text": "$inputs.text"}, "as": "r"},
+                          {"return": {"reply": "$r.reply"}}],
+            })
+            result = asyncio.run(adapter.run(program, {"text": "hello"}))
+            assert all(p.lm is None for _, p in adapter.module(program).echo.named_predictors())
+        finally:
+            asyncio.run(adapter.aclose())
+            dspy_modules.unregister("sb_test.Echo")
+        assert b.log is not None and a.log is not None
+        assert b.log.entries() == []
+        assert [e["body"]["model"] for e in a.log.entries()] == ["reference"]
+        assert result.trace[0].lm_calls[0].model == "openai/reference"

@@ -8,6 +8,8 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 from stepbridge import Program
+from stepbridge.adapter import RunOptions
+from stepbridge.result import RunResult, StepTrace
 from stepbridge.storage.db import normalise_url
 
 PG_URL = os.environ.get("STEPBRIDGE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -67,3 +69,25 @@ def make_program(name: str = "qa", instructions: str | None = None) -> Program:
             ],
         }
     )
+
+
+class EchoAdapter:
+    """A tiny in-process adapter: answers with the question. Counts its runs."""
+
+    name = "echo"
+    capabilities = frozenset({"async"})
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, int]] = []
+
+    async def prepare(self, program: Program) -> None:
+        return None
+
+    async def run(self, program: Program, inputs: dict[str, Any], options: RunOptions) -> RunResult:
+        self.runs.append((options.execution_id, options.attempt))
+        return RunResult(outputs={"answer": inputs["question"]}, trace=[StepTrace(step=0, kind="return")],
+                         backend=self.name, program_hash=program.content_hash, execution_id=options.execution_id,
+                         attempts=options.attempt)
+
+    async def aclose(self) -> None:
+        return None

@@ -152,7 +152,8 @@ def test_many_tasks_and_threads_record_exactly_once(store: Store, program: Progr
     tasks_per_loop, loops, sync_threads, sync_runs = 60, 3, 3, 10
 
     async def one(i: int, key: str | None) -> tuple[str, bool]:
-        begun = await store.abegin(program, {"question": f"q{i}"}, RunOptions(idempotency_key=key), "native")
+        inputs = {"question": key or f"q{i}"}  # a shared key always comes with the same inputs
+        begun = await store.abegin(program, inputs, RunOptions(idempotency_key=key), "native")
         if begun.in_progress or begun.existing is not None:
             return begun.execution_id, False
         if i % 5 == 0:

@@ -84,3 +84,52 @@ def test_unreachable_database_is_a_storage_error() -> None:
     with pytest.raises(StorageError) as info:
         Store("postgresql://user:hunter2secret@127.0.0.1:1/none?connect_timeout=2")
     assert "hunter2secret" not in str(info.value)
+
+
+def test_inputs_hash_migration_keeps_rows_both_ways(db_url: str) -> None:
+    """0002 adds ``executions.inputs_hash`` in place (no table rebuild: on SQLite a rebuild would cascade
+    into the trace steps and status history) and removes it the same way; rows from before it are
+    not checked, rows after it are."""
+    from alembic import command
+    from sb_storage_helpers import make_program
+    from stepbridge.adapter import RunOptions
+    from stepbridge.storage.db import _config
+
+    def downgrade_to(target: str) -> None:
+        engine = make_engine(db_url)
+        try:
+            with engine.connect() as conn, conn.begin():
+                cfg = _config()
+                cfg.attributes["connection"] = conn
+                command.downgrade(cfg, target)
+        finally:
+            engine.dispose()
+
+    def columns() -> set[str]:
+        engine = make_engine(db_url)
+        try:
+            return {c["name"] for c in inspect(engine).get_columns("executions")}
+        finally:
+            engine.dispose()
+
+    program = make_program()
+    with Store(db_url) as store:
+        assert store.revision == "0002_inputs_hash"
+        old = store.begin(program, {"question": "q"}, RunOptions(idempotency_key="before"), "native")
+        assert store.transition(old.execution_id, "running", "interrupted")
+    downgrade_to("0001_initial")
+    assert "inputs_hash" not in columns()
+    assert upgrade(db_url) == head_revision() and "inputs_hash" in columns()
+    with Store(db_url) as store:
+        e = store.get_execution(old.execution_id)
+        assert e is not None and e.status == "interrupted"
+        assert [h.to_status for h in store.status_history(old.execution_id)] == ["running", "interrupted"]
+        # A row from before the column has no hash: its stored inputs are compared instead.
+        with pytest.raises(StorageError, match="different inputs"):
+            store.begin(program, {"question": "other"}, RunOptions(idempotency_key="before"), "native")
+        again = store.begin(program, {"question": "q"}, RunOptions(idempotency_key="before"), "native")
+        assert again.execution_id == old.execution_id and again.attempt == 2
+        new = store.begin(program, {"question": "q"}, RunOptions(idempotency_key="after"), "native")
+        assert new.execution_id != old.execution_id
+        with pytest.raises(StorageError, match="different inputs"):
+            store.begin(program, {"question": "other"}, RunOptions(idempotency_key="after"), "native")

@@ -113,6 +113,45 @@ def test_idempotency_key_is_bound_to_its_program(store: Store, program: Program)
         store.begin(make_program("other"), {"question": "q"}, RunOptions(idempotency_key="k"), "native")
 
 
+def test_idempotency_key_is_bound_to_its_inputs(store: Store, program: Program) -> None:
+    import asyncio
+
+    import pytest
+    from stepbridge import StorageError
+
+    first = store.begin(program, {"question": "q", "n": [1, {"a": 1, "b": True}]},
+                        RunOptions(idempotency_key="order-9"), "native")
+    store.succeed(first.execution_id, _result(program, first.execution_id))
+    # The same inputs (key order does not matter) return the first run.
+    again = store.begin(program, {"n": [1, {"b": True, "a": 1}], "question": "q"},
+                        RunOptions(idempotency_key="order-9"), "native")
+    assert again.execution_id == first.execution_id and again.existing is not None
+    for other in ({"question": "q2", "n": [1, {"a": 1, "b": True}]},  # another value
+                  {"question": "q", "n": [1, {"a": 1, "b": 1}]},  # true is not 1
+                  {"question": "q", "n": [1, {"a": 1.5, "b": True}]},
+                  {"question": "q"}):  # a missing field
+        with pytest.raises(StorageError, match="already used for different inputs"):
+            store.begin(program, other, RunOptions(idempotency_key="order-9"), "native")
+        with pytest.raises(StorageError, match="already used for different inputs"):
+            asyncio.run(store.abegin(program, other, RunOptions(idempotency_key="order-9"), "native"))
+    # Still running: a different submission with other inputs is refused too, not told to wait.
+    running = store.begin(program, {"question": "r"}, RunOptions(idempotency_key="order-10"), "native")
+    with pytest.raises(StorageError, match="already used for different inputs"):
+        store.begin(program, {"question": "r2"}, RunOptions(idempotency_key="order-10"), "native")
+    assert store.begin(program, {"question": "r"}, RunOptions(idempotency_key="order-10"), "native").in_progress
+    assert store.count_executions() == 2
+    e = store.get_execution(running.execution_id)
+    assert e is not None and e.inputs == {"question": "r"} and e.status == "running"
+
+
+def test_idempotency_inputs_are_compared_after_scrubbing(store: Store, program: Program) -> None:
+    # What is compared is what is stored: the secret-free inputs. Resume re-submits those.
+    first = store.begin(program, {"question": f"key {SECRET}"}, RunOptions(idempotency_key="s"), "native")
+    stored = store.get_execution(first.execution_id)
+    assert stored is not None and SECRET not in str(stored.inputs)
+    assert store.begin(program, stored.inputs, RunOptions(idempotency_key="s"), "native").in_progress
+
+
 def test_secrets_never_reach_rows(store: Store, program: Program) -> None:
     b = store.begin(program, {"question": f"my key is {SECRET}", SECRET: "as a key"},
                     RunOptions(metadata={"note": f"Authorization: Bearer {SECRET}"}), "native")
