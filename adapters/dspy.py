@@ -445,7 +445,7 @@ class DSPyAdapter:
         self.cache = bool(cache) if cache is not None else False
         self.engine = engine
         self.map_concurrency = map_concurrency
-        self._prepared: dict[str, _Prepared] = {}
+        self._prepared: dict[tuple[str, Path | None], _Prepared] = {}
         self._lms: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stepbridge-dspy")
@@ -458,7 +458,7 @@ class DSPyAdapter:
         self._prepare(program)
 
     def _prepare(self, program: Program) -> _Prepared:
-        key = program.content_hash
+        key = program.plan_key  # content + folder: relative corpora resolve against it
         prepared = self._prepared.get(key)
         if prepared is None:
             module = ProgramModule(program)

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 from rich.tree import Tree
@@ -31,8 +32,8 @@ programs_app = typer.Typer(help="Stored programs: versions, aliases, history.", 
 executions_app = typer.Typer(help="Recorded executions and their traces.", no_args_is_help=True)
 db_app = typer.Typer(help="The stepbridge database.", no_args_is_help=True)
 
-out = Console()
-err = Console(stderr=True)
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 
 DbOption = Annotated[
     str | None,
@@ -52,15 +53,15 @@ def _store(db: str | None) -> Iterator[Store]:
     try:
         store = Store(db)
     except StepbridgeError as exc:
-        err.print(f"[bold red]error[/]: {exc}", highlight=False)
+        err.print(f"[bold red]error[/]: {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from None
     try:
         yield store
     except ProgramValidationError as exc:
-        err.print(f"[bold red]invalid program[/]: {exc}", highlight=False)
+        err.print(f"[bold red]invalid program[/]: {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     except StepbridgeError as exc:
-        err.print(f"[bold red]error[/]: {exc}", highlight=False)
+        err.print(f"[bold red]error[/]: {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from None
     finally:
         store.close()
@@ -254,7 +255,8 @@ def executions_list(
 def _short(value: Any, limit: int = 200) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     text = text.replace("\n", "⏎ ")
-    return text if len(text) <= limit else text[:limit] + f"… (+{len(text) - limit} chars)"
+    text = text if len(text) <= limit else text[:limit] + f"… (+{len(text) - limit} chars)"
+    return escape(text)  # stored data is printed as written, never interpreted as rich markup
 
 
 def _add_step(parent: Tree, step: Any, full: bool) -> None:
@@ -307,7 +309,8 @@ def render_execution(execution: Execution, steps: list[Any], *, full: bool = Fal
     if execution.usage:
         tree.add("usage: " + ", ".join(f"{k}={v}" for k, v in execution.usage.items()))
     if execution.error:
-        e = tree.add(f"[red]error {execution.error.get('type')}[/]: {execution.error.get('message')}")
+        e = tree.add(f"[red]error {escape(str(execution.error.get('type')))}[/]: "
+                     f"{escape(str(execution.error.get('message')))}")
         if execution.error.get("details"):
             e.add(_short(execution.error["details"], 10_000 if full else 400))
     trace = tree.add(f"trace ({len(steps)} steps)")
@@ -381,7 +384,7 @@ def db_upgrade(db: DbOption = None) -> None:
     try:
         rev = upgrade(url)
     except StepbridgeError as exc:
-        err.print(f"[bold red]error[/]: {exc}", highlight=False)
+        err.print(f"[bold red]error[/]: {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from None
     out.print(f"{redacted(url)} is at schema revision {rev}", highlight=False)
 
@@ -395,7 +398,7 @@ def db_current(db: DbOption = None) -> None:
     try:
         rev = current_revision(engine)
     except Exception as exc:
-        err.print(f"[bold red]error[/]: {exc}", highlight=False)
+        err.print(f"[bold red]error[/]: {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from None
     finally:
         engine.dispose()
