@@ -6,8 +6,9 @@ under load the cost per run falls with concurrency while each caller still waits
 to be durable (recording stays exactly-once: a result is returned only after it is recorded).
 
 Writes run in one worker thread (the process's single writer, as SQLite wants). Starts and ends of
-runs are applied in bulk (see :mod:`.recording`); if a bulk statement fails, each write of the
-group is retried alone in a SAVEPOINT, so one failing write does not undo its neighbours.
+runs are applied in bulk (see :mod:`.recording`), without SAVEPOINTs; if a bulk statement fails, the
+transaction is rolled back and the group applied again with each write that failed retried alone in
+a SAVEPOINT, so one failing write does not undo its neighbours.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.engine import Connection
 from stepbridge.errors import StorageError
+
+from .recording import BatchFailed
 
 if TYPE_CHECKING:
     from .recording import BeginOp, FinishOp
@@ -80,12 +83,20 @@ class GroupCommit:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             self._commit(batch)
 
+    def apply(self, ops: list[Any]) -> list[tuple[bool, Any]]:
+        """Apply ``ops`` as one group in one transaction: one outcome per op, in order."""
+        doing = f"recording {len(ops)} run event(s)"
+        recording = self.store._recording
+        try:  # the success path: batched statements without SAVEPOINTs
+            return self.store._write(lambda conn: recording.apply(conn, ops, isolate=None), doing)
+        except BatchFailed:  # rolled back: again, with each failing write isolated in its SAVEPOINT
+            return self.store._write(lambda conn: recording.apply(conn, ops, isolate=True), doing)
+
     def _commit(self, batch: list[_Item]) -> None:
         ops = [item[0] for item in batch]
         results: list[tuple[bool, Any]]
         try:
-            results = self.store._write(lambda conn: self.store._recording.apply(conn, ops, isolate=True),
-                                        f"recording {len(batch)} run event(s)")
+            results = self.apply(ops)
         except BaseException as exc:  # the shared transaction itself failed: every caller hears it
             error = exc if isinstance(exc, StorageError) else StorageError(f"recording failed: {exc}")
             results = [(False, error)] * len(batch)

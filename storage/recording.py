@@ -30,7 +30,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, cast
 
@@ -282,6 +282,25 @@ def _unnest_insert(table: str, columns: Sequence[tuple[str, ...]], tail: str = "
 
 def _arrays(params: Sequence[str], rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
     return {p: [row[p] for row in rows] for p in params}
+
+
+def _sqlite_time(value: datetime | None) -> str | None:
+    """A datetime as SQLAlchemy stores a :class:`~.types.UTCDateTime` on SQLite (naive UTC text)."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(" ", "microseconds")
+
+
+_SQLITE_ROWS = 50  # rows per multi-row INSERT on SQLite (17 columns: well within 999 variables)
+
+
+class BatchFailed(Exception):
+    """A batched statement failed without a SAVEPOINT to fall back on: the transaction must be
+    rolled back and the group applied again, isolated (see :meth:`Recording.apply`)."""
+
+
 Outcome = tuple[bool, Any]  # (True, value) or (False, exception)
 
 
@@ -349,6 +368,55 @@ class Recording:
         ])
         self._js = js
         self._updates: dict[tuple[tuple[str, ...], bool], Any] = {}
+        # The hot statements as driver SQL over pre-converted parameters (no SQLAlchemy compile or
+        # per-row bind processing): datetimes as the column types store them (SQLite: naive UTC text
+        # as UTCDateTime writes it; PostgreSQL: aware datetimes), JSON columns as text.
+        self.begin_cols = begin_cols
+        self._driver_updates: dict[tuple[str, ...], str] = {}
+        self._sqlite_inserts: dict[int, str] = {}
+        self._sqlite_selects: dict[int, str] = {}
+        self.sqlite_insert_history = (
+            "INSERT INTO execution_status_history (execution_id, attempt, from_status, to_status, at, note) "
+            "VALUES (:b_eid, :b_attempt, :b_from, :b_to, :b_at, :b_note)"
+        )
+        self.sqlite_insert_steps = (
+            "INSERT INTO execution_steps (execution_id, attempt, seq, step, kind, module, module_type, "
+            "duration_ms, error, data, created_at) VALUES (:b_eid, :b_attempt, :b_seq, :b_step, :b_kind, "
+            ":b_module, :b_module_type, :b_duration_ms, :b_error, :b_data, :b_at)"
+        )
+
+    def driver_update(self, columns: tuple[str, ...]) -> str:
+        """:meth:`update_finish` (without RETURNING) as driver SQL, built once per column set."""
+        sql = self._driver_updates.get(columns)
+        if sql is None:
+            if self.postgres:
+                def ph(name: str, json_col: bool = False) -> str:
+                    return f"%({name})s::jsonb" if json_col else f"%({name})s"
+            else:
+                def ph(name: str, json_col: bool = False) -> str:
+                    return f":{name}"
+            sets = [f"status = {ph('b_status')}", f"finished_at = {ph('b_now')}", f"updated_at = {ph('b_now')}"]
+            sets += [f"{c} = {ph(f'b_{c}', c in JSON_COLUMNS)}" for c in columns]
+            sql = f"UPDATE executions SET {', '.join(sets)} WHERE id = {ph('b_id')} AND status = 'running'"
+            self._driver_updates[columns] = sql
+        return sql
+
+    def _sqlite_insert_execution(self, n: int) -> str:
+        sql = self._sqlite_inserts.get(n)
+        if sql is None:
+            row = "(" + ", ".join("?" * len(self.begin_cols)) + ")"
+            sql = (f"INSERT INTO executions ({', '.join(self.begin_cols)}) VALUES {', '.join([row] * n)} "
+                   "ON CONFLICT DO NOTHING RETURNING id")
+            self._sqlite_inserts[n] = sql
+        return sql
+
+    def _sqlite_select_running(self, n: int) -> str:
+        sql = self._sqlite_selects.get(n)
+        if sql is None:
+            sql = (f"SELECT id, attempts FROM executions WHERE id IN ({', '.join('?' * n)}) "
+                   "AND status = 'running'")
+            self._sqlite_selects[n] = sql
+        return sql
 
     def update_finish(self, columns: tuple[str, ...], returning: bool) -> Any:
         """``UPDATE executions SET status, finished_at, updated_at, <columns> WHERE id = :b_id AND
@@ -369,11 +437,14 @@ class Recording:
         return stmt
 
     # -- applying a group --------------------------------------------------------------------------
-    def apply(self, conn: Connection, ops: Sequence[Op], *, isolate: bool = True) -> list[Outcome]:
+    def apply(self, conn: Connection, ops: Sequence[Op], *, isolate: bool | None = True) -> list[Outcome]:
         """Apply ``ops`` in ``conn``'s transaction; one outcome per op, in order.
 
         With ``isolate`` a failing op is rolled back alone (SAVEPOINTs) and reported in its outcome;
-        without it (a group of one) errors propagate to the caller's retry loop. Transient errors
+        without it (a group of one) errors propagate to the caller's retry loop. ``isolate=None`` is
+        the optimistic way: the batched statements run without SAVEPOINTs (the success path) and a
+        failure raises :class:`BatchFailed`: the caller rolls back and applies the group again with
+        ``isolate=True`` (ops that take the one-by-one path still get their SAVEPOINT). Transient errors
         (lock contention, serialisation failures) always propagate: the whole transaction is retried.
 
         The group is applied as if in this order: starts, then finishes, then other callbacks (they
@@ -391,8 +462,8 @@ class Recording:
                 out[i] = self._guard(conn, partial(op, conn), "recording a run event", isolate)
         return cast(list[Outcome], out)
 
-    def _guard(self, conn: Connection, fn: Callable[[], Any], doing: str, isolate: bool) -> Outcome:
-        if not isolate:
+    def _guard(self, conn: Connection, fn: Callable[[], Any], doing: str, isolate: bool | None) -> Outcome:
+        if isolate is False:
             return True, fn()
         try:
             with conn.begin_nested():
@@ -404,9 +475,23 @@ class Recording:
                 raise
             return False, self.store._error(exc, doing)
 
-    def _batched(self, conn: Connection, fn: Callable[[], Any], isolate: bool) -> bool:
-        """Run a batched step; False (rolled back) if it failed in a way one op could have caused."""
+    def _batched(self, conn: Connection, fn: Callable[[], Any], isolate: bool | None) -> bool:
+        """Run a batched step; False (rolled back) if it failed in a way one op could have caused.
+
+        ``isolate=None`` (optimistic): no SAVEPOINT; a failure one op could have caused raises
+        :class:`BatchFailed`, for the caller to roll back and apply the group again isolated.
+        """
         if not isolate:
+            if isolate is None:
+                try:
+                    fn()
+                except StorageError as exc:
+                    raise BatchFailed(str(exc)) from exc
+                except (DBAPIError, SQLAlchemyError) as exc:
+                    if isinstance(exc, DBAPIError) and _transient(exc):
+                        raise
+                    raise BatchFailed(str(exc)) from exc
+                return True
             fn()
             return True
         try:
@@ -422,7 +507,7 @@ class Recording:
 
     # -- starts ------------------------------------------------------------------------------------
     def _begins(self, conn: Connection, ops: list[tuple[int, BeginOp]], out: list[Outcome | None],
-                isolate: bool) -> None:
+                isolate: bool | None) -> None:
         fast: list[tuple[int, BeginOp]] = []
         slow: list[tuple[int, BeginOp]] = []
         ids: set[str] = set()
@@ -445,6 +530,14 @@ class Recording:
             if self.postgres and len(rows) > 1:
                 sql, names = self.pg_insert_execution
                 inserted.update(r[0] for r in conn.exec_driver_sql(sql, _arrays(names, rows)))
+            elif not self.postgres:
+                names = [f"b_{c}" for c in self.begin_cols]
+                for start in range(0, len(rows), _SQLITE_ROWS):  # within SQLite's bound-variable limit
+                    chunk = rows[start:start + _SQLITE_ROWS]
+                    flat = tuple(_sqlite_time(v) if isinstance(v, datetime) else v
+                                 for row in chunk for v in (row[n] for n in names))
+                    inserted.update(r[0] for r in conn.exec_driver_sql(self._sqlite_insert_execution(len(chunk)),
+                                                                       flat))
             else:
                 inserted.update(conn.execute(self.insert_execution, rows).scalars())
             history = [self._history_params(op.execution_id, op.attempt, None, "running", op.now, None)
@@ -496,7 +589,7 @@ class Recording:
 
     # -- ends --------------------------------------------------------------------------------------
     def _finishes(self, conn: Connection, ops: list[tuple[int, FinishOp]], out: list[Outcome | None],
-                  isolate: bool) -> None:
+                  isolate: bool | None) -> None:
         first: list[tuple[int, FinishOp]] = []
         repeats: list[int] = []
         seen: set[str] = set()
@@ -510,7 +603,11 @@ class Recording:
 
         def finish_all() -> None:
             running.clear()
-            rows = conn.execute(self.select_running, {"b_ids": [op.execution_id for _, op in first]}).all()
+            ids = [op.execution_id for _, op in first]
+            if self.postgres:
+                rows = conn.execute(self.select_running, {"b_ids": ids}).all()
+            else:
+                rows = conn.exec_driver_sql(self._sqlite_select_running(len(ids)), tuple(ids)).all()
             running.update((r[0], r[1]) for r in rows)
             updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
             history: list[dict[str, Any]] = []
@@ -519,12 +616,12 @@ class Recording:
                 attempt = running.get(op.execution_id)
                 if attempt is None:
                     continue
-                updates.setdefault(op.columns, []).append(self._update_params(op))
+                updates.setdefault(op.columns, []).append(self._update_params(op, not self.postgres))
                 history.append(self._history_params(op.execution_id, attempt, "running", op.status, op.now,
                                                     op.note))
                 steps.extend({**row, "b_attempt": attempt} for row in op.steps)
             for columns, params in updates.items():
-                conn.execute(self.update_finish(columns, False), params)
+                conn.exec_driver_sql(self.driver_update(columns), params)
             if history:
                 self._insert_many(conn, "history", history)
             if steps:
@@ -555,15 +652,26 @@ class Recording:
         if self.postgres and len(rows) > 1:
             sql, names = self.pg_insert_history if table == "history" else self.pg_insert_steps
             conn.exec_driver_sql(sql, _arrays(names, rows))
+        elif not self.postgres:
+            at: dict[int, str | None] = {}  # rows of one op share their datetime: convert it once
+            for row in rows:
+                value = row["b_at"]
+                if isinstance(value, datetime):
+                    text = at.get(id(value))
+                    if text is None:
+                        text = at[id(value)] = _sqlite_time(value)
+                    row["b_at"] = text
+            conn.exec_driver_sql(self.sqlite_insert_history if table == "history" else self.sqlite_insert_steps,
+                                 rows)
         else:
             conn.execute(self.insert_history if table == "history" else self.insert_steps, rows)
 
     @staticmethod
-    def _update_params(op: FinishOp) -> dict[str, Any]:
+    def _update_params(op: FinishOp, sqlite_driver: bool = False) -> dict[str, Any]:
         params = {f"b_{c}": v for c, v in op.values.items()}
         params["b_id"] = op.execution_id
         params["b_status"] = op.status
-        params["b_now"] = op.now
+        params["b_now"] = _sqlite_time(op.now) if sqlite_driver else op.now
         return params
 
     @staticmethod

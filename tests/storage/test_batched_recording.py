@@ -18,7 +18,7 @@ from stepbridge.adapter import RunOptions
 from stepbridge.errors import StorageError, register_secret
 from stepbridge.result import LMCall, RunResult, Usage
 from stepbridge.storage import Store
-from stepbridge.storage.recording import BeginOp, clean, clean_json
+from stepbridge.storage.recording import BatchFailed, BeginOp, clean, clean_json
 from stepbridge.storage.store import executions, history_t, steps_t
 
 
@@ -35,7 +35,19 @@ def _result(program: Program, eid: str, answer: str = "42") -> RunResult:
 
 def _apply(store: Store, ops: list[Any]) -> list[tuple[bool, Any]]:
     """Apply ``ops`` as one group in one transaction, exactly as the group commit does."""
-    return store._write(lambda conn: store._recording.apply(conn, ops, isolate=True), "test group")
+    return store._group.apply(ops)
+
+
+def test_the_optimistic_pass_writes_nothing_when_a_batch_fails(store: Store, program: Program) -> None:
+    store.publish(program)
+    good = _begin(store, program)
+    bad = _begin(store, make_program("never_published", "nobody stored me"))
+    with pytest.raises(BatchFailed):
+        store._write(lambda conn: store._recording.apply(conn, [good, bad], isolate=None), "test group")
+    assert store.get_execution(good.execution_id) is None  # rolled back with the whole transaction
+    out = _apply(store, [good, bad])
+    assert out[0][0] is True and out[1][0] is False
+    assert store.get_execution(good.execution_id) is not None
 
 
 def _begin(store: Store, program: Program, key: str | None = None, eid: str | None = None) -> BeginOp:
