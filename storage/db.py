@@ -13,16 +13,16 @@ import threading
 import zlib
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from stepbridge.errors import StorageError, scrub_secrets
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -136,6 +136,8 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
 # migrations
 # ------------------------------------------------------------------------------------------------
 def _config() -> Config:
+    from alembic.config import Config  # alembic loads only when the schema is checked or migrated
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     return cfg
@@ -143,6 +145,8 @@ def _config() -> Config:
 
 @cache
 def _script() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_config())
 
 
@@ -160,6 +164,8 @@ def _known_revisions() -> set[str]:
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at (None for an empty database)."""
     with engine.connect().execution_options(**{SQLITE_BEGIN: "DEFERRED"}) as conn:
+        from alembic.runtime.migration import MigrationContext
+
         heads = MigrationContext.configure(conn).get_current_heads()
         conn.rollback()
     if len(heads) > 1:
@@ -197,11 +203,15 @@ def ensure_schema(engine: Engine, *, target: str = "head") -> str:
             if conn.dialect.name == "postgresql":
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({zlib.crc32(b'stepbridge-migrate')})")
             # Re-check under the lock: another process may have upgraded meanwhile.
+            from alembic.runtime.migration import MigrationContext
+
             locked_rev = MigrationContext.configure(conn).get_current_revision()
             check_known(locked_rev, engine)
             if locked_rev != wanted:
                 cfg = _config()
                 cfg.attributes["connection"] = conn
+                from alembic import command
+
                 command.upgrade(cfg, target)
         return wanted
     except StorageError:
