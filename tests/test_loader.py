@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -21,9 +20,9 @@ RAG = (EXAMPLES / "rag_qa.yaml").read_text()
 
 def fails(source: str | bytes | Path, match: str, *, filename: str | None = None,
           line: int | None = None) -> ProgramValidationError:
-    """Assert that loading ``source`` raises ProgramValidationError within a second, mentioning ``match``
-    (in the issue and in the error text), at ``line`` if given."""
-    start, cpu_start = time.perf_counter(), time.process_time()
+    """Assert that loading ``source`` raises ProgramValidationError mentioning ``match`` (in the issue and in
+    the error text), at ``line`` if given. How fast that happens is measured in bench/bench_hostile.py,
+    never asserted here: the limits are checked while parsing, which the messages below pin down."""
     with pytest.raises(ProgramValidationError) as info:
         if isinstance(source, Path):
             load_program(source)
@@ -31,10 +30,6 @@ def fails(source: str | bytes | Path, match: str, *, filename: str | None = None
             parse_document(source, filename=filename)
         else:
             load_program(source)
-    # CPU time is what the file costs us; wall time only guards against a hang on a busy machine
-    cpu, elapsed = time.process_time() - cpu_start, time.perf_counter() - start
-    assert cpu < 1.0, f"took {cpu:.2f}s of CPU"
-    assert elapsed < 5.0, f"took {elapsed:.2f}s"
     err = info.value
     assert any(match in i.message for i in err.issues), [str(i) for i in err.issues]
     assert match in str(err)
