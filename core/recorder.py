@@ -2,6 +2,9 @@
 
 Recording lives in the core (``stepbridge.runner``), not in adapters, so every backend is recorded
 the same way. :class:`stepbridge.storage.Store` implements this protocol; anything else may too.
+
+A recorder may also offer ``abegin``/``asucceed``/``afail`` coroutines with the same arguments; the
+Runner prefers them, which lets the store group-commit the writes of concurrent runs.
 """
 
 from __future__ import annotations
