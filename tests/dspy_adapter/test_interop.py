@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,26 +14,16 @@ from stepbridge import load_program
 from stepbridge.adapters.dspy import dspy
 from stepbridge.registry import dspy_modules
 
+# The shipped example of an existing DSPy program (two predictors, a custom forward) is the one imported here.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "dspy_program"))
+from qa_module import RewriteThenAnswer
+
 SAMPLES = [
     {"question": "Who designed the Eiffel Tower?",
      "context": ["The Eiffel Tower was designed by Gustave Eiffel's company.", "Paris is in France."]},
     {"question": "Where is Mount Everest?", "context": ["Mount Everest is on the border of Nepal and China."]},
     {"question": "What does the Louvre house?", "context": ["The Louvre houses the Mona Lisa."]},
 ]
-
-
-class TwoStep(dspy.Module):
-    """Rewrite the question into a search query, then answer from the context."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rewrite = dspy.Predict("question -> search_query")
-        self.answer = dspy.ChainOfThought("context: list[str], question, search_query -> answer")
-
-    def forward(self, question: str, context: list[str]) -> Any:
-        query = self.rewrite(question=question)
-        result = self.answer(context=context, question=question, search_query=query.search_query)
-        return dspy.Prediction(answer=result.answer, query=query.search_query)
 
 
 class Computed(dspy.Module):
@@ -79,7 +70,7 @@ def _original_messages(module: Any, inputs: dict[str, Any], lm: Any) -> tuple[An
 # ------------------------------------------------------------------------------------------------
 def test_two_predictor_custom_forward_runs_identically_on_native_and_dspy(loop: Any,
         tmp_path: Path, server: Any, dspy_lm: Any, native_adapter: Any, dspy_adapter: Any) -> None:
-    original = TwoStep()
+    original = RewriteThenAnswer()
     original.rewrite.demos = [dspy.Example(question="Capital of Italy?", search_query="Italy capital")]
     program, report = di.import_module(original, sample_inputs=SAMPLES[:2], lm=dspy_lm)
     assert report.mode == "traced" and report.verified
@@ -232,7 +223,7 @@ def test_verification_catches_a_wrong_conversion(dspy_lm: Any) -> None:
     with pytest.raises(di.ConversionError, match="failed verification"):
         di.import_module(Stateful(), sample_inputs=SAMPLES_Q, lm=dspy_lm)
     # verify() on its own: a conversion with the wrong instructions is rejected with the reason.
-    module = TwoStep()
+    module = RewriteThenAnswer()
     program, _ = di.import_module(module, sample_inputs=SAMPLES[:2], lm=dspy_lm)
     data = program.to_dict()
     data["modules"]["rewrite"]["instructions"] = "Rewrite the question."
