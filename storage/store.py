@@ -203,18 +203,37 @@ class Store:
 
     def _write(self, fn: Callable[[Connection], T], doing: str, *, retry_integrity: bool = False) -> T:
         """Run ``fn`` in one write transaction, retrying the whole of it on transient contention."""
+        def once() -> T:
+            with self.engine.begin() as conn:
+                return fn(conn)
+
+        return self._retry(once, doing, retry_integrity=retry_integrity)
+
+    def _read(self, fn: Callable[[Connection], T], doing: str) -> T:
+        """Run ``fn`` in a read-only transaction (deferred on SQLite: never takes the write lock)."""
+        def once() -> T:
+            with self.engine.connect().execution_options(**{SQLITE_BEGIN: "DEFERRED"}) as conn:
+                try:
+                    return fn(conn)
+                finally:
+                    conn.rollback()
+
+        return self._retry(once, doing)
+
+    def _retry(self, once: Callable[[], T], doing: str, *, retry_integrity: bool = False) -> T:
+        """Retry ``once`` with jittered backoff on lock contention (and, if asked, integrity races)."""
         delay = 0.005
         for attempt in range(MAX_WRITE_ATTEMPTS):
+            last = attempt == MAX_WRITE_ATTEMPTS - 1
             try:
-                with self.engine.begin() as conn:
-                    return fn(conn)
+                return once()
             except IntegrityError as exc:
-                if retry_integrity and attempt < MAX_WRITE_ATTEMPTS - 1:
+                if retry_integrity and not last:
                     time.sleep(delay * random.random())
                     continue
                 raise self._error(exc, doing) from exc
             except DBAPIError as exc:
-                if _transient(exc) and attempt < MAX_WRITE_ATTEMPTS - 1:
+                if _transient(exc) and not last:
                     time.sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 0.5)
                     continue
@@ -222,26 +241,6 @@ class Store:
             except SQLAlchemyError as exc:
                 raise self._error(exc, doing) from exc
         raise StorageError(f"storage busy while {doing}: gave up after {MAX_WRITE_ATTEMPTS} attempts")
-
-    def _read(self, fn: Callable[[Connection], T], doing: str) -> T:
-        """Run ``fn`` in a read-only transaction (deferred on SQLite: never takes the write lock)."""
-        delay = 0.005
-        for attempt in range(MAX_WRITE_ATTEMPTS):
-            try:
-                with self.engine.connect().execution_options(**{SQLITE_BEGIN: "DEFERRED"}) as conn:
-                    try:
-                        return fn(conn)
-                    finally:
-                        conn.rollback()
-            except DBAPIError as exc:
-                if _transient(exc) and attempt < MAX_WRITE_ATTEMPTS - 1:
-                    time.sleep(delay * (1 + random.random()))
-                    delay = min(delay * 2, 0.5)
-                    continue
-                raise self._error(exc, doing) from exc
-            except SQLAlchemyError as exc:
-                raise self._error(exc, doing) from exc
-        raise StorageError(f"storage busy while {doing}")
 
     def _insert(self, table: Table) -> Any:
         """INSERT with the dialect's ON CONFLICT support."""
