@@ -101,6 +101,22 @@ class _Collector:
             self.error(pointer, msg)
 
 
+def _format1_types(sig: Signature | None, pointer: str, c: _Collector) -> None:
+    """Format 1 has the closed type set of DESIGN section 2: the types of format 2 need ``stepbridge: 2``."""
+    if sig is None:
+        return
+    for group in ("inputs", "outputs"):
+        for name, spec in getattr(sig, group).items():
+            t = spec.type_expr
+            if t.kind == "named" or t.needs_typed_objects or (t.kind == "dict" and t.key.kind != "str") or any(
+                    s.kind == "dict" and s.key.kind != "str" for s in t.walk()):
+                names = t.names()
+                what = f"unknown type {names[0]!r} (format 1 has no 'types' section)" if names else (
+                    f"type {t} needs format 2")
+                c.error(f"{pointer}/{group}/{_esc(name)}", f"{what}: write 'stepbridge: 2' to use Any, unions, "
+                        "tuples, dict keys other than str, History and declared types")
+
+
 def _parse_signature(raw: Any, pointer: str, c: _Collector) -> Signature | None:
     try:
         return Signature.model_validate(raw)
@@ -180,6 +196,7 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
             c.pydantic("/lm", exc)
 
     signature = _parse_signature(data.get("signature"), "/signature", c) if "signature" in data else None
+    _format1_types(signature, "/signature", c)
     if "signature" not in data:
         c.error("/signature", "missing program signature, e.g. 'question -> answer'")
 
@@ -207,6 +224,7 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
             continue
         modules[mname] = module
         sig = _module_signature(module, c, pointer)
+        _format1_types(sig, f"{pointer}/signature", c)
         signatures[mname] = sig
         if sig is not None and getattr(module, "demos", None):
             known = set(sig.inputs) | set(sig.outputs) | {"reasoning"}
