@@ -31,6 +31,7 @@ import difflib
 import enum
 import hashlib
 import json
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -528,18 +529,19 @@ def materialize(t: TypeExpr) -> Any:
 
 
 def _member_names(values: tuple[str, ...]) -> list[str]:
-    """Member names: the value itself where ``Enum`` takes it as a name, else ``value_<i>``."""
+    """Member names as a Python author writes them: the value when it is an identifier, else the value
+    with every other character replaced by ``_`` (``"a b"`` -> ``a_b``); made unique. DSPy looks a
+    reply up by value first and by name second, so names only matter for replies that use them."""
     names: list[str] = []
-    for i, value in enumerate(values):
-        bad = value.startswith("_") or value == "mro" or value in names
-        names.append(f"value_{i}" if bad else value)
-    # a generated name may equal a later value used as a name: make every name unique
-    seen: set[str] = set()
-    for i, name in enumerate(names):
-        while name in seen:
+    for value in values:
+        name = value if value.isidentifier() else re.sub(r"\W", "_", value)
+        if not name or name[0].isdigit():
+            name = f"_{name}"
+        if name.startswith("_") or name == "mro":
+            name = f"value{name}" if name.startswith("_") else f"{name}_"
+        while name in names:
             name = f"{name}_"
-        seen.add(name)
-        names[i] = name
+        names.append(name)
     return names
 
 
