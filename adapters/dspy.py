@@ -77,7 +77,8 @@ from stepbridge.errors import (  # noqa: E402
     UnsupportedCapabilityError,
     register_secret,
 )
-from stepbridge.formats import chain_of_thought, to_dspy_signature  # noqa: E402
+from stepbridge.field_values import FieldType  # noqa: E402
+from stepbridge.formats import chain_of_thought, resolve_fields, to_dspy_signature  # noqa: E402
 from stepbridge.interpreter import PlanStep, RunContext, plan, run_plan  # noqa: E402
 from stepbridge.lm import LMPool, LMProfile, load_profiles, resolve_profile  # noqa: E402
 from stepbridge.program import (  # noqa: E402
@@ -214,8 +215,8 @@ def _registered_module(spec: DspyModule) -> Any:
     return instance
 
 
-def _lm_submodule(module: PredictModule | ChainOfThoughtModule) -> dspy.Module:
-    signature = to_dspy_signature(module.effective_signature)
+def _lm_submodule(module: PredictModule | ChainOfThoughtModule, types: Any = None) -> dspy.Module:
+    signature = to_dspy_signature(module.effective_signature, types=types)
     demos = [dspy.Example(**demo) for demo in module.demos]
     if isinstance(module, ChainOfThoughtModule):
         cot = dspy.ChainOfThought(signature)
@@ -266,7 +267,7 @@ class ProgramModule(dspy.Module):
                     adapter="dspy")
             sub: dspy.Module
             if isinstance(module, PredictModule | ChainOfThoughtModule):
-                sub = _lm_submodule(module)
+                sub = _lm_submodule(module, getattr(program, "type_space", None))
             elif isinstance(module, RetrieveModule):
                 sub = RetrieveStep(module, program.base_dir)
             elif isinstance(module, ToolModule):
@@ -388,14 +389,17 @@ class _CallRecorder(BaseCallback):
                                   error=to_typed_error(exception).to_dict()))
                 continue
             entry = history.pop(0) if history else {}
-            out.append(LMCall(
-                model=model,
-                messages=_plain_messages(entry.get("messages") or messages),
-                response=_response_text(entry),
-                usage={k: v for k, v in dict(entry.get("usage") or {}).items() if v is not None},
-                latency_ms=latency,
-                cached=bool(getattr(entry.get("response"), "cache_hit", False)),
-            ))
+            texts = _response_texts(entry)
+            for i, text in enumerate(texts):  # n > 1: one record per completion (as the native executor)
+                out.append(LMCall(
+                    model=model,
+                    messages=_plain_messages(entry.get("messages") or messages),
+                    response=text,
+                    usage={k: v for k, v in dict(entry.get("usage") or {}).items() if v is not None} if i == 0
+                    else {},
+                    latency_ms=latency if i == 0 else 0.0,
+                    cached=bool(getattr(entry.get("response"), "cache_hit", False)),
+                ))
         return out
 
 
@@ -403,6 +407,14 @@ def _plain_messages(messages: Any) -> list[dict[str, Any]]:
     if not isinstance(messages, list):
         return []
     return [dict(m) if isinstance(m, dict) else {"content": str(m)} for m in messages]
+
+
+def _response_texts(entry: dict[str, Any]) -> list[str | None]:
+    """Every completion of one LM call (several with ``n > 1``); ``[None]`` when there is none."""
+    outputs = entry.get("outputs") or []
+    if len(outputs) > 1:
+        return [o if isinstance(o, str) else str(o.get("text") if isinstance(o, dict) else o) for o in outputs]
+    return [_response_text(entry)]
 
 
 def _response_text(entry: dict[str, Any]) -> str | None:
@@ -425,6 +437,43 @@ class _Prepared:
     program: Program
     module: ProgramModule
     lm_configs: dict[str, LMConfig] = field(default_factory=dict)
+    #: per LM module: its typed inputs and outputs (JSON <-> the Python values DSPy takes and returns)
+    fields: dict[str, tuple[dict[str, FieldType], dict[str, FieldType]]] = field(default_factory=dict)
+
+
+def _typed_fields(program: Program) -> dict[str, tuple[dict[str, FieldType], dict[str, FieldType]]]:
+    types = getattr(program, "type_space", None)
+    out: dict[str, tuple[dict[str, FieldType], dict[str, FieldType]]] = {}
+    for name, module in program.modules.items():
+        if isinstance(module, PredictModule | ChainOfThoughtModule):
+            sig = module.effective_signature
+            if isinstance(module, ChainOfThoughtModule):
+                sig = chain_of_thought(sig)
+            ins = {k: f for k, f in resolve_fields(sig.inputs, types).items() if f.converted}
+            outs = {k: f for k, f in resolve_fields(sig.outputs, types).items() if f.converted}
+            if ins or outs:
+                out[name] = (ins, outs)
+    return out
+
+
+def _to_dspy_inputs(args: dict[str, Any], fields: dict[str, FieldType]) -> dict[str, Any]:
+    """JSON inputs as the values a DSPy user passes: model instances, Enum members, tuples, dspy.History."""
+    from stepbridge.errors import InputValidationError
+
+    out = dict(args)
+    for name, ftype in fields.items():
+        if name not in out:
+            continue
+        try:
+            if ftype.expr.kind == "history":
+                out[name] = dspy.History.model_validate(out[name])
+            else:
+                out[name] = ftype.to_python(out[name])
+        except ValueError as exc:
+            detail = str(exc).splitlines()
+            raise InputValidationError(f"input {name!r} is not a valid {ftype.expr}: {detail[-1] if detail else exc}",
+                                       field=name) from None
+    return out
 
 
 class DSPyAdapter:
@@ -433,7 +482,7 @@ class DSPyAdapter:
     name = "dspy"
     capabilities = frozenset({
         "async", "batch", "map", "retrieve", "tools", "dspy_modules", "lm_trace", "timeout", "cancel",
-        "rehydrate", "json_adapter",
+        "rehydrate", "json_adapter", "xml_adapter", "typed_objects", "ensembles",
     })
 
     def __init__(self, *, lm: LMPool | None = None, profiles: dict[str, LMProfile] | None = None,
@@ -449,7 +498,7 @@ class DSPyAdapter:
         self._lms: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stepbridge-dspy")
-        self._formats = {"chat": dspy.ChatAdapter(), "json": dspy.JSONAdapter()}
+        self._formats = {"chat": dspy.ChatAdapter(), "json": dspy.JSONAdapter(), "xml": dspy.XMLAdapter()}
         self._reference: contextlib.ExitStack | None = None
         self._reference_url: str | None = None
 
@@ -464,7 +513,7 @@ class DSPyAdapter:
             module = ProgramModule(program)
             base = program.lm or LMConfig()
             configs = {name: base.merged(getattr(m, "lm", None)) for name, m in program.modules.items()}
-            prepared = _Prepared(program, module, configs)
+            prepared = _Prepared(program, module, configs, _typed_fields(program))
             with self._lock:
                 prepared = self._prepared.setdefault(key, prepared)
         return prepared
@@ -490,7 +539,8 @@ class DSPyAdapter:
         profile, model = resolve_profile(config, self.profiles)
         temperature = config.temperature if config.temperature is not None else profile.temperature
         max_tokens = config.max_tokens if config.max_tokens is not None else profile.max_tokens
-        key = (profile.name, profile.base_url, model, temperature, max_tokens)
+        n = config.n if config.n is not None and config.n > 1 else None
+        key = (profile.name, profile.base_url, model, temperature, max_tokens, n)
         lm = self._lms.get(key)
         if lm is None:
             if profile.in_process:
@@ -506,9 +556,10 @@ class DSPyAdapter:
                                       "is not set")
                     register_secret(api_key)
             wire_model = model if model.startswith("openai/") else f"openai/{model}"
+            extra = {"n": n} if n is not None else {}  # dspy.Predict reads n (and num_generations) from here
             lm = dspy.LM(wire_model, api_base=api_base, api_key=api_key, temperature=temperature,
                          max_tokens=max_tokens, cache=self.cache, num_retries=profile.max_retries,
-                         timeout=profile.timeout, engine=self.engine)
+                         timeout=profile.timeout, engine=self.engine, **extra)
             with self._lock:
                 lm = self._lms.setdefault(key, lm)
         return lm, model
@@ -549,6 +600,9 @@ class DSPyAdapter:
             lm.cache = ctx.options.cache
         recorder = _CallRecorder()
         lm.callbacks.append(recorder)
+        typed = prepared.fields.get(step.module)
+        if typed is not None:
+            args = _to_dspy_inputs(args, typed[0])
         try:
             with dspy.context(lm=lm, adapter=self.format_adapter(config)):
                 prediction = await _acall(sub, args, self._pool)
@@ -559,7 +613,12 @@ class DSPyAdapter:
                 if call.response is not None:
                     ctx.usage.add(call.usage)
                     ctx.usage.lm_calls += 1
-        return _prediction_outputs(prediction, names)
+        outputs = _prediction_outputs(prediction, names)
+        if typed is not None:
+            for name, ftype in typed[1].items():
+                if name in outputs and outputs[name] is not None:
+                    outputs[name] = ftype.to_json(outputs[name])
+        return outputs
 
     async def aclose(self) -> None:
         lms, self._lms = list(self._lms.values()), {}

@@ -45,6 +45,7 @@ class _LMRunner:
         if isinstance(module, ChainOfThoughtModule):
             signature = chain_of_thought(signature)
         self.signature = signature
+        self.types = getattr(program, "type_space", None)
         self.demos = list(module.demos)
         self._prompts: dict[str, Prompt] = {}
         # the LM when the run does not override it, per event loop (HTTP clients are bound to one loop)
@@ -53,7 +54,7 @@ class _LMRunner:
     def prompt(self, mode: str) -> Prompt:
         prompt = self._prompts.get(mode)
         if prompt is None:
-            prompt = self._prompts[mode] = Prompt(self.signature, self.demos, mode)
+            prompt = self._prompts[mode] = Prompt(self.signature, self.demos, mode, self.types)
         return prompt
 
     async def __call__(self, args: dict[str, Any], ctx: RunContext, calls: list[LMCall]) -> dict[str, Any]:
@@ -71,39 +72,51 @@ class _LMRunner:
         try:
             return await self._complete(prompt, args, config, client, model, profile, ctx, calls)
         except LMParseError:
-            fallback = getattr(prompt, "fallback", None)
-            if mode != "chat" or fallback is None or fallback() is None:
+            if prompt.fallback() is None:
                 raise
-            # DSPy's ChatAdapter retries once with the JSON adapter when the chat format did not parse.
+            # DSPy's ChatAdapter (and XMLAdapter) retries once with the JSON adapter when its format did not parse.
             return await self._complete(self.prompt("json"), args, config, client, model, profile, ctx, calls)
 
     async def _complete(self, prompt: Prompt, args: dict[str, Any], config: LMConfig, client: Any, model: str,
                         profile: LMProfile, ctx: RunContext, calls: list[LMCall]) -> dict[str, Any]:
         messages = prompt.messages(args)
+        n = config.n or 1
+        temperature = config.temperature if config.temperature is not None else profile.temperature
+        if n > 1 and (temperature is None or temperature <= 0.15):
+            temperature = 0.7  # dspy.Predict keeps several completions apart this way
         request = ChatRequest(
             model=model,
             messages=messages,
-            temperature=config.temperature if config.temperature is not None else profile.temperature,
+            temperature=temperature,
             max_tokens=config.max_tokens if config.max_tokens is not None else profile.max_tokens,
             response_format=prompt.response_format(),
         )
-        try:
-            response = await client.complete(request)
-        except LMError as exc:
-            calls.append(_call(model=model, messages=messages, error=exc.to_dict()))
-            raise
-        ctx.usage.add(response.usage)
-        ctx.usage.__dict__["lm_calls"] += 1
-        try:
-            parsed = prompt.parse(response.text)
-        except LMParseError as exc:
+        # DSPy's LM engine asks for several completions as that many requests, one after the other.
+        responses = []
+        for _ in range(n):
+            try:
+                response = await client.complete(request)
+            except LMError as exc:
+                calls.append(_call(model=model, messages=messages, error=exc.to_dict()))
+                raise
+            ctx.usage.add(response.usage)
+            ctx.usage.__dict__["lm_calls"] += 1
+            responses.append(response)
+        parsed: dict[str, Any] | None = None
+        for response in responses:
+            try:
+                outputs = prompt.parse(response.text)
+            except LMParseError as exc:
+                calls.append(_call(model=model, messages=messages, response=response.text,
+                                   usage=response.usage, latency_ms=response.latency_ms,
+                                   cached=response.cached, error=exc.to_dict()))
+                raise
             calls.append(_call(model=model, messages=messages, response=response.text,
-                                                usage=response.usage, latency_ms=response.latency_ms,
-                                                cached=response.cached, error=exc.to_dict()))
-            raise
-        calls.append(_call(model=model, messages=messages, response=response.text,
-                                            usage=response.usage, latency_ms=response.latency_ms,
-                                            cached=response.cached))
+                               usage=response.usage, latency_ms=response.latency_ms,
+                               cached=response.cached))
+            if parsed is None:
+                parsed = outputs  # the outputs come from the first completion, as in dspy.Prediction
+        assert parsed is not None
         return parsed
 
 
@@ -143,7 +156,8 @@ class NativeAdapter:
 
     name = "native"
     capabilities = frozenset(
-        {"async", "batch", "map", "retrieve", "tools", "lm_trace", "cancel", "timeout", "rehydrate", "json_adapter"}
+        {"async", "batch", "map", "retrieve", "tools", "lm_trace", "cancel", "timeout", "rehydrate", "json_adapter",
+         "xml_adapter", "typed_objects", "ensembles"}
     )
 
     def __init__(self, *, lm: LMPool | None = None, cache: bool | None = None,

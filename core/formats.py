@@ -88,6 +88,7 @@ __all__ = [
     "format_value",
     "parse_value",
     "prompt_for",
+    "resolve_fields",
     "to_dspy_signature",
 ]
 

@@ -54,6 +54,8 @@ __all__ = [
 
 FORMAT_VERSION = 1
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-.]*$"
+#: At most this many completions per LM call (``lm.n``): DSPy sends one request per completion.
+MAX_COMPLETIONS = 100
 
 
 class _Strict(BaseModel):
@@ -67,7 +69,9 @@ class LMConfig(_Strict):
     profile: str | None = Field(default=None, max_length=200, description="an operator-defined LM profile")
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
-    adapter: Literal["chat", "json"] | None = None
+    n: int | None = Field(default=None, ge=1, le=MAX_COMPLETIONS,
+                          description="completions per call: outputs come from the first, all are in the trace")
+    adapter: Literal["chat", "json", "xml"] | None = None
 
     def merged(self, override: LMConfig | None) -> LMConfig:
         """``override``'s set fields win over ours (program default < module < run)."""
@@ -246,14 +250,22 @@ class Program(_Strict):
         needs: set[str] = set()
         for module in self.modules.values():
             needs |= {"retrieve": {"retrieve"}, "tool": {"tools"}, "dspy": {"dspy_modules"}}.get(module.type, set())
-            lm = getattr(module, "lm", None)
-            if lm is not None and lm.adapter == "json":
-                needs.add("json_adapter")
-        if self.lm is not None and self.lm.adapter == "json":
-            needs.add("json_adapter")
+            needs |= lm_capabilities(getattr(module, "lm", None))
+        needs |= lm_capabilities(self.lm)
+        if self._uses_typed_objects():
+            needs.add("typed_objects")
         if any(isinstance(s, MapStep) for s in self.steps):
             needs.add("map")
         return frozenset(needs)
+
+    def _uses_typed_objects(self) -> bool:
+        """A ``types`` section, or Any, a union, a tuple, History or a declared type in a signature."""
+        if getattr(self, "types", None):
+            return True
+        sigs = [self.signature, *(getattr(m, "signature", None) for m in self.modules.values())]
+        return any(isinstance(sig, Signature) and any(
+            spec.type_expr.needs_typed_objects for spec in (*sig.inputs.values(), *sig.outputs.values()))
+            for sig in sigs)
 
     # -- identity --------------------------------------------------------------------------------
     def canonical(self) -> dict[str, Any]:
@@ -352,6 +364,16 @@ class Program(_Strict):
         path = Path(path)
         text = self.to_yaml() if path.suffix in (".yaml", ".yml") else self.to_json() + "\n"
         path.write_text(text, encoding="utf-8")
+
+
+def lm_capabilities(lm: LMConfig | None) -> set[str]:
+    """Capabilities an LM setting needs: the JSON or XML adapter format, several completions per call."""
+    if lm is None:
+        return set()
+    needs = {f"{lm.adapter}_adapter"} if lm.adapter in ("json", "xml") else set()
+    if lm.n is not None and lm.n > 1:
+        needs.add("ensembles")
+    return needs
 
 
 def _normalise(value: Any) -> Any:

@@ -20,7 +20,7 @@ from .errors import (
     StepbridgeError,
     UnsupportedCapabilityError,
 )
-from .program import LMConfig, Program
+from .program import LMConfig, Program, lm_capabilities
 from .recorder import Begun, Recorder
 from .registry import load_adapter
 from .result import RunResult
@@ -86,9 +86,10 @@ class Runner:
     def backend(self) -> str:
         return self.adapter.name
 
-    def check(self, program: Program) -> None:
-        """Raise :class:`UnsupportedCapabilityError` if the adapter lacks what the program needs."""
-        missing = program.required_capabilities - self.adapter.capabilities
+    def check(self, program: Program, lm: LMConfig | None = None) -> None:
+        """Raise :class:`UnsupportedCapabilityError` if the adapter lacks what the program (with the run's
+        LM settings, which may ask for the XML adapter or several completions) needs."""
+        missing = (program.required_capabilities | lm_capabilities(lm)) - self.adapter.capabilities
         if missing:
             cap = sorted(missing)[0]
             raise UnsupportedCapabilityError(
@@ -137,7 +138,7 @@ class Runner:
             options = options.model_copy(update={"execution_id": begun.execution_id, "attempt": begun.attempt})
         try:
             check_inputs(prog, inputs)
-            self.check(prog)
+            self.check(prog, options.lm)
             key = prog.plan_key  # the same content beside other corpora is another plan
             if key not in self._prepared:
                 await self.adapter.prepare(prog)

@@ -138,8 +138,8 @@ class TypeExpr:
 
     @property
     def needs_typed_objects(self) -> bool:
-        """Whether a field of this type needs the ``typed_objects`` capability."""
-        return any(t.kind in TYPED_OBJECT_KINDS for t in self.walk())
+        """Whether a field of this type needs the ``typed_objects`` capability (and format 2)."""
+        return any(t.kind in TYPED_OBJECT_KINDS or (t.kind == "dict" and len(t.args) > 1) for t in self.walk())
 
     # -- python typing ---------------------------------------------------------------------------
     def annotation(self) -> Any:

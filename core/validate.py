@@ -108,8 +108,7 @@ def _format1_types(sig: Signature | None, pointer: str, c: _Collector) -> None:
     for group in ("inputs", "outputs"):
         for name, spec in getattr(sig, group).items():
             t = spec.type_expr
-            if t.kind == "named" or t.needs_typed_objects or (t.kind == "dict" and t.key.kind != "str") or any(
-                    s.kind == "dict" and s.key.kind != "str" for s in t.walk()):
+            if t.needs_typed_objects:
                 names = t.names()
                 what = f"unknown type {names[0]!r} (format 1 has no 'types' section)" if names else (
                     f"type {t} needs format 2")

@@ -58,7 +58,7 @@ class Sentiment(enum.Enum):
     neutral = "neutral"
 
 
-class Role(str, enum.Enum):
+class Role(str, enum.Enum):  # noqa: UP042  (a str-mixin enum, as many DSPy users write it)
     """What someone does."""
 
     engineer = "engineer"

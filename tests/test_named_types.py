@@ -245,7 +245,7 @@ def test_from_class_refuses_what_a_section_cannot_say() -> None:
     class Numbers(enum.Enum):
         one = 1
 
-    class lower(BaseModel):  # noqa: N801
+    class lower(BaseModel):
         x: int
 
     class Aliased(BaseModel):
