@@ -414,7 +414,8 @@ class TypeSpace:
         else:
             result = TypeExpr(t.kind, tuple(self.resolve(a) for a in t.args))
             if t.kind == "dict" and result.key.kind == "object":
-                raise TypeError(f"dict keys must be str, int, float, bool, a Literal or an enum, not {result.key}")
+                raise TypeError(f"dict keys must be str, int, float, bool, a Literal of strings or an enum, "
+                                f"not {result.key}")
         if len(self._resolved) < 10_000:
             self._resolved[t] = result
         return result

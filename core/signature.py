@@ -6,7 +6,7 @@
 Types are parsed by hand from a closed grammar: nothing here is ever evaluated or imported.
 
 * scalars ``str``, ``int``, ``float``, ``bool``; ``Any``;
-* ``list[T]``, ``dict[K, V]`` (``K`` a scalar, a ``Literal`` or an enum), ``tuple[A, B, ...]``;
+* ``list[T]``, ``dict[K, V]`` (``K`` a scalar, a ``Literal`` of strings or an enum), ``tuple[A, B, ...]``;
 * ``Literal[...]`` (strings, numbers, booleans), ``Optional[T]``, ``Union[A, B]`` / ``A | B``;
 * ``History`` (DSPy's ``dspy.History``), only as the whole type of an input field;
 * the name of a type declared in a program's ``types`` section (:mod:`stepbridge.named_types`):
@@ -372,8 +372,11 @@ def _union(members: list[TypeExpr], error: typing.Callable[[str], Exception] | N
 
 
 def _dict(key: TypeExpr, value: TypeExpr, error: typing.Callable[[str], Exception] | None) -> TypeExpr:
-    if key.kind not in (*SCALARS, "literal", "named", "enum"):
-        raise (error or TypeError)(f"dict keys must be str, int, float, bool, a Literal or an enum, not {key}")
+    # JSON object keys are strings: pydantic reads "1" as an int key, but never as Literal[1]
+    if key.kind not in (*SCALARS, "literal", "named", "enum") or (
+            key.kind == "literal" and not all(isinstance(v, str) for v in key.args)):
+        raise (error or TypeError)(
+            f"dict keys must be str, int, float, bool, a Literal of strings or an enum, not {key}")
     return TypeExpr("dict", (value,) if key.kind == "str" else (value, key))
 
 

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from stepbridge.named_types import TypeSpace
 from stepbridge.signature import (
     MAX_TYPE_DEPTH,
     FieldSpec,
@@ -21,6 +20,7 @@ from stepbridge.signature import (
     parse_signature,
     parse_type,
 )
+from type_strategies import SPACE, type_exprs2
 
 # -- strategies ----------------------------------------------------------------------------------
 
@@ -46,34 +46,6 @@ def _extend(inner: st.SearchStrategy[TypeExpr]) -> st.SearchStrategy[TypeExpr]:
 
 
 type_exprs = st.recursive(st.one_of(scalar_types, literal_types), _extend, max_leaves=4)
-
-# format 2: Any, unions, tuples, dicts with scalar keys, declared names
-key_types = st.one_of(scalar_types, literal_types.filter(lambda t: all(not isinstance(v, float) for v in t.args)))
-
-
-def _union_of(members: list[TypeExpr]) -> TypeExpr:
-    flat: list[TypeExpr] = []
-    for m in members:
-        for item in m.args if m.kind == "union" else (m,):
-            if item not in flat:
-                flat.append(item)
-    return flat[0] if len(flat) == 1 else TypeExpr("union", tuple(flat))
-
-
-def _extend2(inner: st.SearchStrategy[TypeExpr]) -> st.SearchStrategy[TypeExpr]:
-    plain = inner.filter(lambda t: t.kind != "optional")
-    return st.one_of(
-        _extend(inner),
-        st.lists(inner, min_size=1, max_size=3).map(lambda ts: TypeExpr("tuple", tuple(ts))),
-        st.lists(plain, min_size=2, max_size=3).map(_union_of),
-        st.tuples(key_types, inner).map(lambda kv: TypeExpr("dict", (kv[1],) if kv[0].kind == "str" else kv[::-1])),
-    )
-
-
-named_types = st.sampled_from(["Person", "Address", "Mood"]).map(lambda n: TypeExpr("named", (n,)))
-type_exprs2 = st.recursive(st.one_of(scalar_types, literal_types, st.just(TypeExpr("any")), named_types),
-                           _extend2, max_leaves=5)
-
 
 @st.composite
 def signatures(draw: st.DrawFn) -> Signature:
@@ -103,12 +75,6 @@ def values_of(t: TypeExpr) -> st.SearchStrategy[typing.Any]:
 
 
 # -- properties ----------------------------------------------------------------------------------
-SPACE, _problems = TypeSpace.build({
-    "Address": {"description": "A postal address.", "fields": {"street": "str", "city": {"type": "str", "desc": "c"}}},
-    "Person": {"fields": {"name": "str", "age": "Optional[int]", "home": "Address", "mood": "Mood"}},
-    "Mood": {"enum": ["happy", "sad", "a b", "_x"]},
-})
-assert not _problems
 
 
 @given(type_exprs)
@@ -242,6 +208,7 @@ def test_quoted_literals_do_not_split_the_signature(text: str) -> None:
         ("a -> b -> c", "exactly one '->'"),
         ("a: lst[str] -> b", "unknown type 'lst'"),
         ("a: dict[list[int], str] -> b", "dict keys must be"),
+        ("a: dict[Literal[1], str] -> b", "Literal of strings"),
         ("a: dict[str] -> b", "takes two types"),
         ("a: list[str -> b", "expected"),
         ("a: Union[] -> b", "expected a type name"),
