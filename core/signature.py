@@ -24,7 +24,7 @@ import re
 import types as _pytypes
 import typing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
@@ -159,11 +159,13 @@ class TypeExpr:
         if k == "dict":
             return dict[self.key.annotation(), self.args[0].annotation()]  # type: ignore[misc]
         if k == "optional":
-            return Optional[self.args[0].annotation()]  # noqa: UP045
+            inner = self.args[0]
+            members = inner.args if inner.kind == "union" else (inner,)
+            return _union_annotation((*(a.annotation() for a in members), type(None)))
         if k == "tuple":
             return tuple[tuple(a.annotation() for a in self.args)]  # type: ignore[misc]
         if k == "union":
-            return Union[tuple(a.annotation() for a in self.args)]  # noqa: UP007
+            return _union_annotation(tuple(a.annotation() for a in self.args))
         if k in ("object", "enum", "history"):
             from .named_types import materialize
 
@@ -325,6 +327,19 @@ class TypeExpr:
     def element(self) -> TypeExpr | None:
         """The element type of a list (what ``map`` iterates over), else None."""
         return self.args[0] if self.kind == "list" else None
+
+
+def _union_annotation(members: tuple[Any, ...]) -> Any:
+    """``Union[members]`` in exactly this order.
+
+    ``typing.Union[...]`` is cached by an equality that ignores order (``Union[int, str] ==
+    Union[str, int]``), so it may hand back an equal union created earlier in another order, and DSPy
+    would then print ``Union[str, int]`` for ``int | str``. The alias is built directly instead, so a
+    prompt never depends on which programs ran before in the process."""
+    alias = getattr(typing, "_UnionGenericAlias", None)
+    if alias is None or len(members) < 2:  # pragma: no cover - other Python versions
+        return Union[members]  # noqa: UP007
+    return alias(Union, members)
 
 
 _STR = TypeExpr("str")

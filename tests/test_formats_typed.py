@@ -115,10 +115,13 @@ def hand(t: TypeExpr) -> Any:
         return dict[hand(t.key), hand(t.args[0])]  # type: ignore[misc]
     if k == "tuple":
         return tuple[tuple(hand(a) for a in t.args)]  # type: ignore[misc]
+    # unions in the order written (typing's cache may otherwise hand back an equal union in another order)
     if k == "optional":
-        return Optional[hand(t.args[0])]  # noqa: UP045
+        inner = t.args[0]
+        members = inner.args if inner.kind == "union" else (inner,)
+        return typing._UnionGenericAlias(Union, (*(hand(a) for a in members), type(None)))  # type: ignore[attr-defined]
     if k == "union":
-        return Union[tuple(hand(a) for a in t.args)]  # noqa: UP007
+        return typing._UnionGenericAlias(Union, tuple(hand(a) for a in t.args))  # type: ignore[attr-defined]
     if k == "literal":
         return Literal[t.args]
     raise AssertionError(t)

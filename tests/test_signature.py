@@ -93,6 +93,19 @@ def test_format2_type_str_parse_round_trip(t: TypeExpr) -> None:
     assert parse_type(str(t).replace("Optional[", "typing.Optional[")) == t
 
 
+def test_union_annotations_keep_the_written_order() -> None:
+    import typing
+
+    earlier = typing.Optional[typing.Union[float, typing.Any]]  # noqa: UP007, UP045
+    # typing's cache hands back that equal union for the other order: DSPy would print Union[float, Any, ...]
+    later = typing.Optional[typing.Union[typing.Any, float]]  # noqa: UP007, UP045
+    assert typing.get_args(later) == typing.get_args(earlier) == (float, typing.Any, type(None))
+    assert typing.get_args(parse_type("Optional[Union[typing.Any, float]]").annotation()) == (
+        typing.Any, float, type(None))
+    assert typing.get_args(parse_type("int | str | None").annotation()) == (int, str, type(None))
+    assert typing.get_args(parse_type("Optional[str]").annotation()) == (str, type(None))
+
+
 @given(type_exprs2)
 def test_format2_annotation_round_trip_with_declared_types(t: TypeExpr) -> None:
     resolved = SPACE.resolve(t)
