@@ -22,14 +22,13 @@ from stepbridge.ensembles import (
     feedback_signature,
     mcc_attempts,
     mcc_signature,
+    no_prediction,
     reward_source,
 )
-from stepbridge.errors import ContextWindowExceededError, StepbridgeError
-from stepbridge.formats import _jsonable
+from stepbridge.errors import ContextWindowExceededError
 from stepbridge.interface import module_interface
 from stepbridge.program import (
     BestOfNModule,
-    LMConfig,
     MultiChainComparisonModule,
     Program,
     ReactModule,
@@ -40,6 +39,7 @@ from stepbridge.react import (
     extract_signature,
     finish_tool,
     format_trajectory,
+    json_data,
     react_signature,
     tool_error_text,
     tool_spec,
@@ -65,11 +65,6 @@ def build(adapter: NativeAdapter, program: Program, name: str, module: Any,
     raise TypeError(f"module {name!r}: the native adapter has no runner for type {module.type!r}")
 
 
-def data(value: Any) -> Any:
-    """A value as JSON data (pydantic models dumped, tuples as lists, the rest as its text)."""
-    return _jsonable(value)
-
-
 async def run_step(runner: Any, args: dict[str, Any], inv: Invocation) -> dict[str, Any]:
     """A format-2 module called by a step: completions checked first, outputs made JSON data (a
     trajectory holds whatever the tools returned)."""
@@ -77,7 +72,7 @@ async def run_step(runner: Any, args: dict[str, Any], inv: Invocation) -> dict[s
     if isinstance(target, MultiChainComparisonRunner):
         target.check(args)
     outputs = await runner.invoke(args, inv)
-    return {k: data(v) for k, v in outputs.items()}
+    return {k: json_data(v) for k, v in outputs.items()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -183,7 +178,9 @@ class EnsembleRunner:
         self.fail_count = module.fail_count or module.n
         self.reward = _Reward(program, module, runner_of)
         if isinstance(module, RefineModule):
-            self.feedback = Predictor(adapter, program.lm or LMConfig(), feedback_signature(), name="self")
+            # an ensemble runs under the LM settings of the module it wraps (the advice step too)
+            inner_config = module_lm_config(program, program.modules[module.module])
+            self.feedback = Predictor(adapter, inner_config, feedback_signature(), name="self")
             self.module_code = dspy_source(self.inner_type)
             self.reward_code = reward_source(module.reward, program)
 
@@ -218,8 +215,7 @@ class EnsembleRunner:
                     raise
                 fail_count -= 1
         if best is None:
-            raise StepbridgeError(f"{self.kind} {self.name!r}: none of the {self.n} attempts produced a prediction "
-                                  "with a comparable reward")
+            raise no_prediction(self.kind, self.name, self.n)
         return best
 
     async def _advice(self, args: dict[str, Any], outputs: dict[str, Any],
@@ -256,7 +252,7 @@ class _Reward:
 
     async def __call__(self, args: dict[str, Any], outputs: dict[str, Any], inv: Invocation) -> Any:
         if self.judge is None:
-            example, prediction = dict(args), {k: data(v) for k, v in outputs.items()}
+            example, prediction = dict(args), {k: json_data(v) for k, v in outputs.items()}
             if inspect.iscoroutinefunction(self.metric):
                 return await self.metric(example, prediction)
             return await asyncio.to_thread(self.metric, example, prediction)

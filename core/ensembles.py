@@ -29,6 +29,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from .errors import StepbridgeError
 from .formats import Prompt, default_instructions
 from .signature import FieldSpec, Signature
 
@@ -44,6 +45,7 @@ __all__ = [
     "mcc_attempts",
     "mcc_signature",
     "metric_source",
+    "no_prediction",
     "predictor_names",
     "recursive_mask",
     "reward_source",
@@ -214,6 +216,13 @@ def reward_source(reward: Any, program: Any) -> str:
     judge = program.modules[reward.module].model_dump(mode="json", by_alias=True, exclude_none=True)
     definition = yaml.safe_dump({reward.module: judge}, sort_keys=False, allow_unicode=True, width=100)
     return f"# reward: the output {reward.field!r} of the program module {reward.module!r}\n{definition}"
+
+
+def no_prediction(kind: str, name: str, n: int) -> StepbridgeError:
+    """The error for an ensemble none of whose attempts succeeded with a comparable reward (where DSPy
+    returns ``None``)."""
+    return StepbridgeError(f"{kind} {name!r}: none of the {n} attempts produced a prediction with a comparable "
+                           "reward (every attempt failed, or no reward was a number)")
 
 
 def predictor_names(module_type: str) -> list[str]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import traceback
 import typing
 from collections.abc import Callable, Mapping
@@ -32,7 +31,7 @@ from decimal import Decimal
 from typing import Any
 
 from .errors import ContextWindowExceededError
-from .formats import chain_of_thought, default_instructions, format_value
+from .formats import _jsonable, chain_of_thought, default_instructions, format_value
 from .signature import FieldSpec, Signature
 
 __all__ = [
@@ -42,6 +41,7 @@ __all__ = [
     "extract_signature",
     "finish_tool",
     "format_trajectory",
+    "json_data",
     "react_instructions",
     "react_signature",
     "tool_error_text",
@@ -307,6 +307,8 @@ def tool_error_text(name: str, error: BaseException) -> str:
     return f"Execution error in {name}: \n{detail}"
 
 
-def dumps_args(args: Any) -> str:
-    """Tool arguments as the trace shows them (for logs; prompts format them with the adapter)."""
-    return json.dumps(args, ensure_ascii=False, default=str)
+def json_data(value: Any) -> Any:
+    """What a tool returned, as JSON data for outputs, traces and storage: pydantic models and dataclasses
+    dumped, tuples as lists, anything else without a JSON form as its text (the trajectory keeps the
+    value itself for the prompt, which formats it as DSPy does)."""
+    return _jsonable(value)

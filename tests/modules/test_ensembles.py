@@ -68,12 +68,18 @@ CASES = {
 }
 
 
+ADAPTERS = ["native", "dspy"]
+# The DSPy adapter needs the `completions: list[dict[str, Any]]` type (format 2 types) for this module.
+MCC_ADAPTERS = ["native"]
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
 @pytest.mark.parametrize("case", list(CASES))
-def test_best_of_n_matches_dspy(scripted: ScriptedLM, case: str) -> None:
+def test_best_of_n_matches_dspy(scripted: ScriptedLM, case: str, adapter: str) -> None:
     replies = CASES[case]
     theirs = run_dspy(scripted, dspy.BestOfN(dspy.ChainOfThought("question -> answer"), N=3,
                                              reward_fn=_dspy_one_word, threshold=1.0), QUESTION, replies)
-    ours = run_adapter(scripted, "native", program("best_of_n", COT), QUESTION, replies)
+    ours = run_adapter(scripted, adapter, program("best_of_n", COT), QUESTION, replies)
     _compare(ours, theirs)
     assert len(ours.requests) == len(replies)
     assert ours.outputs.outputs == {"answer": theirs.outputs.answer}
@@ -97,21 +103,23 @@ REFINE_CASES = {
 }
 
 
+@pytest.mark.parametrize("adapter", ADAPTERS)
 @pytest.mark.parametrize("case", list(REFINE_CASES))
-def test_refine_matches_dspy(scripted: ScriptedLM, case: str) -> None:
+def test_refine_matches_dspy(scripted: ScriptedLM, case: str, adapter: str) -> None:
     replies = REFINE_CASES[case]
     refine = dspy.Refine(dspy.ChainOfThought("question -> answer"), N=3, reward_fn=_dspy_one_word, threshold=1.0)
     from stepbridge.ensembles import metric_source
 
     refine.reward_fn_code = metric_source(one_word, "one_word")  # stepbridge's reward is the registered metric
     theirs = run_dspy(scripted, refine, QUESTION, replies)
-    ours = run_adapter(scripted, "native", program("refine", COT), QUESTION, replies)
+    ours = run_adapter(scripted, adapter, program("refine", COT), QUESTION, replies)
     _compare(ours, theirs)
     assert len(ours.requests) == len(replies)
     assert ours.outputs.outputs == {"answer": theirs.outputs.answer}
 
 
-def test_refine_over_predict_matches_dspy(scripted: ScriptedLM) -> None:
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_refine_over_predict_matches_dspy(scripted: ScriptedLM, adapter: str) -> None:
     replies = [chat(answer="two words"), chat(discussion="d", advice={"self": "Say one word."}),
                chat(answer="Brussels")]
     refine = dspy.Refine(dspy.Predict(dspy.Signature("question -> answer", "Answer in one word.")), N=2,
@@ -120,7 +128,7 @@ def test_refine_over_predict_matches_dspy(scripted: ScriptedLM) -> None:
 
     refine.reward_fn_code = metric_source(one_word, "one_word")
     theirs = run_dspy(scripted, refine, QUESTION, replies)
-    ours = run_adapter(scripted, "native", program("refine", PREDICT, n=2), QUESTION, replies)
+    ours = run_adapter(scripted, adapter, program("refine", PREDICT, n=2), QUESTION, replies)
     _compare(ours, theirs)
     assert ours.outputs.outputs == {"answer": theirs.outputs.answer}
 
@@ -144,9 +152,10 @@ FAILURES = {
 }
 
 
+@pytest.mark.parametrize("adapter", ADAPTERS)
 @pytest.mark.parametrize("kind", ["best_of_n", "refine"])
 @pytest.mark.parametrize("case", list(FAILURES))
-def test_failed_attempts_match_dspy(scripted: ScriptedLM, kind: str, case: str) -> None:
+def test_failed_attempts_match_dspy(scripted: ScriptedLM, kind: str, case: str, adapter: str) -> None:
     from stepbridge.errors import StepError
 
     n, fail_count, replies = FAILURES[case]
@@ -161,7 +170,7 @@ def test_failed_attempts_match_dspy(scripted: ScriptedLM, kind: str, case: str) 
         their_error, theirs = exc, None
     their_requests = list(scripted.requests)
     try:
-        ours = run_adapter(scripted, "native", program(kind, COT, n=n, fail_count=fail_count), QUESTION, replies)
+        ours = run_adapter(scripted, adapter, program(kind, COT, n=n, fail_count=fail_count), QUESTION, replies)
         our_error = None
     except StepError as exc:
         our_error, ours = exc, None
@@ -198,32 +207,35 @@ def mcc_program(m: int = 3, lm: dict[str, Any] | None = None, signature: str = "
     })
 
 
+@pytest.mark.parametrize("adapter", MCC_ADAPTERS)
 @pytest.mark.parametrize("temperature", [None, 0.2])
-def test_multi_chain_comparison_matches_dspy(scripted: ScriptedLM, temperature: float | None) -> None:
+def test_multi_chain_comparison_matches_dspy(scripted: ScriptedLM, temperature: float | None, adapter: str) -> None:
     replies = [chat(rationale="All say Brussels.", answer="Brussels")]
     kwargs = {} if temperature is None else {"temperature": temperature}
     theirs = run_dspy(scripted, dspy.MultiChainComparison("question -> answer", M=3, **kwargs),
                       {"completions": COMPLETIONS, **QUESTION}, replies)
     lm = None if temperature is None else {"temperature": temperature}
-    ours = run_adapter(scripted, "native", mcc_program(lm=lm), {"completions": COMPLETIONS, **QUESTION}, replies)
+    ours = run_adapter(scripted, adapter, mcc_program(lm=lm), {"completions": COMPLETIONS, **QUESTION}, replies)
     _compare(ours, theirs)
     assert ours.temperatures == [0.7 if temperature is None else temperature]
     assert ours.outputs.outputs == {"answer": "Brussels"}
 
 
-def test_multi_chain_comparison_two_outputs_matches_dspy(scripted: ScriptedLM) -> None:
+@pytest.mark.parametrize("adapter", MCC_ADAPTERS)
+def test_multi_chain_comparison_two_outputs_matches_dspy(scripted: ScriptedLM, adapter: str) -> None:
     completions = [{"reasoning": "r1", "answer": "A", "confidence": 0.5},
                    {"reasoning": "r2", "answer": "B", "confidence": 0.25}]
     replies = [chat(rationale="Mixed.", answer="A", confidence="0.75")]
     sig = "question -> answer, confidence: float"
     theirs = run_dspy(scripted, dspy.MultiChainComparison(sig, M=2), {"completions": completions, **QUESTION},
                       replies)
-    ours = run_adapter(scripted, "native", mcc_program(m=2, signature=sig), {"completions": completions, **QUESTION},
+    ours = run_adapter(scripted, adapter, mcc_program(m=2, signature=sig), {"completions": completions, **QUESTION},
                        replies)
     _compare(ours, theirs)
     assert ours.outputs.outputs == {"answer": "A", "confidence": 0.75}
 
 
+@pytest.mark.parametrize("adapter", MCC_ADAPTERS)
 @pytest.mark.parametrize(("completions", "message"), [
     (COMPLETIONS[:2], "has 2 elements"),
     ([{"answer": "x"}, *COMPLETIONS[1:]], "needs a text 'reasoning'"),
@@ -231,10 +243,10 @@ def test_multi_chain_comparison_two_outputs_matches_dspy(scripted: ScriptedLM) -
     ("not a list", "must be a list"),
 ])
 def test_multi_chain_comparison_refuses_unusable_completions(scripted: ScriptedLM, completions: Any,
-                                                             message: str) -> None:
+                                                             message: str, adapter: str) -> None:
     from stepbridge.errors import StepError
 
     with pytest.raises(StepError, match=message) as info:
-        run_adapter(scripted, "native", mcc_program(), {"completions": completions, **QUESTION}, [])
+        run_adapter(scripted, adapter, mcc_program(), {"completions": completions, **QUESTION}, [])
     assert scripted.requests == []  # refused before any LM call
     assert info.value.step == 0
