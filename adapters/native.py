@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from stepbridge.adapter import RunOptions
 from stepbridge.errors import (
@@ -80,7 +80,7 @@ class Predictor:
         # the LM when the run does not override it, per event loop (HTTP clients are bound to one loop)
         self._resolved: tuple[asyncio.AbstractEventLoop, Any, str, LMProfile] | None = None
 
-    def prompt(self, mode: str, hinted: bool = False) -> Prompt:
+    def prompt(self, mode: Literal["chat", "json"], hinted: bool = False) -> Prompt:
         prompt = self._prompts.get((mode, hinted))
         if prompt is None:
             from stepbridge.ensembles import add_hint
@@ -105,7 +105,7 @@ class Predictor:
         else:
             config = self.lm_config.merged(ctx.options.lm)
             client, model, profile = self.adapter.lm.resolve(config)
-        mode = config.adapter or "chat"
+        mode: Literal["chat", "json"] = config.adapter or "chat"
         hinted = inv.hints is not None
         if hinted:
             from stepbridge.ensembles import HINT_FIELD
@@ -286,6 +286,7 @@ class NativeAdapter:
         steps, runners = self._plan(program)
 
         def call(step: PlanStep, args: dict[str, Any], ctx: RunContext, calls: list[LMCall]) -> Any:
+            assert step.module is not None  # call and map steps name their module
             runner = runners[step.module]
             if step.module_type in _RAW_OUTPUTS:
                 return _as_data(runner, args, Invocation(ctx, calls))
