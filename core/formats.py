@@ -231,7 +231,10 @@ class Prompt:
         return f"{description}\n{structure}\n{task}"
 
     @staticmethod
-    def _describe(specs: Mapping[str, FieldSpec], fields: Mapping[str, FieldType]) -> str:
+    def _describe(specs: Mapping[str, FieldSpec], fields: Mapping[str, FieldType] | None = None) -> str:
+        """``get_field_description_string``: ``1. `name` (type): desc`` per field."""
+        if fields is None:
+            fields = resolve_fields(specs, None)
         lines = []
         for idx, (name, spec) in enumerate(specs.items()):
             desc = spec.desc if spec.desc is not None and spec.desc != f"${{{name}}}" else ""
