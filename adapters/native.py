@@ -34,7 +34,7 @@ from stepbridge.result import LMCall, RunResult, fast_construct
 
 __all__ = ["NativeAdapter"]
 
-_Plan = tuple[list[PlanStep], dict[str, Any]]
+_Plan = tuple[list[Any], dict[str, Any]]
 
 
 class _LMRunner:
@@ -143,7 +143,8 @@ class NativeAdapter:
 
     name = "native"
     capabilities = frozenset(
-        {"async", "batch", "map", "retrieve", "tools", "lm_trace", "cancel", "timeout", "rehydrate", "json_adapter"}
+        {"async", "batch", "map", "retrieve", "tools", "lm_trace", "cancel", "timeout", "rehydrate", "json_adapter",
+         "control_flow", "parallel"}
     )
 
     def __init__(self, *, lm: LMPool | None = None, cache: bool | None = None,
