@@ -78,7 +78,7 @@ def bench_dspy(runs: int, passes: int) -> float:
         def forward(self, question: str) -> dspy.Prediction:
             answers: list[str] = []
             for _ in range(passes):
-                answers = answers + [self.qa(question=question).answer]
+                answers = [*answers, self.qa(question=question).answer]
                 if len(answers) >= passes:
                     break
             return dspy.Prediction(answers=answers)

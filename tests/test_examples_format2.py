@@ -108,9 +108,8 @@ def test_the_examples_do_what_they_say(results: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("name", ["multihop_loop", "router"])
 def test_the_cli_runs_the_examples_as_written(name: str, tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
     from stepbridge.cli import app
+    from typer.testing import CliRunner
 
     question = CASES[0][1]["question"] if name == "multihop_loop" else CASES[2][1]["question"]
     result = CliRunner().invoke(app, ["run", str(EXAMPLES / f"{name}.yaml"), "-i", f"question={question}",

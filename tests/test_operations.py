@@ -278,7 +278,7 @@ def test_measure_counts_values_and_text(value: Any) -> None:
             return 1 + sum(p[0] for p in parts), sum(len(k) for k in v) + sum(p[1] for p in parts)
         return 1, 0
 
-    nodes, chars = size(value)
+    nodes, _chars = size(value)
     assert measure(value, "", "x") is value
     import stepbridge.operations as ops_module
 
