@@ -613,13 +613,15 @@ class _Checker:
                 elif not _may_equal(value_type, literal):
                     c.warning(where, f"unreachable: the value is {value_type}, never {literal!r}")
                 seen.append((literal, i))
-        if node.default is not None and value_type.kind == "literal" and all(
-                any(json_equal(v, lit) for lit, _ in seen) for v in value_type.args):
+        values = _finite_values(value_type)
+        exhaustive = values is not None and all(any(json_equal(v, lit) for lit, _ in seen) for v in values)
+        if node.default is not None and exhaustive:
             c.warning(f"{node.pointer}/default", f"unreachable: the cases cover every value of {value_type}")
         branches = [(f"{pointer}/steps", steps) for pointer, _, steps in node.cases]
         if node.default is not None:
             branches.append((f"{node.pointer}/default", node.default))
-        return self._branches(scope, branches, implicit_empty=node.default is None)
+        # cases covering every value of a Literal (or bool) leave no path around the switch
+        return self._branches(scope, branches, implicit_empty=node.default is None and not exhaustive)
 
     def walk_loop(self, node: _Loop, scope: _Scope) -> tuple[_Scope | None, int, int]:
         c = self.c
@@ -871,6 +873,18 @@ def _literal_type(value: Any) -> TypeExpr:
     if isinstance(value, str):
         return STR
     return ANY
+
+
+def _finite_values(t: TypeExpr) -> list[Any] | None:
+    """Every value a type allows, when there are finitely many (Literal, bool, Optional of those)."""
+    if t.kind == "literal":
+        return list(t.args)
+    if t.kind == "bool":
+        return [True, False]
+    if t.kind == "optional":
+        inner = _finite_values(t.args[0])
+        return None if inner is None else [*inner, None]
+    return None
 
 
 def _may_equal(t: TypeExpr, literal: Any) -> bool:

@@ -333,8 +333,10 @@ class _Run:
             await self.parallel(node, scope, passes, record, outputs)
             return None
         except BaseException as exc:
-            if record.error is None:  # a step inside failed: the enclosing steps' records say so too
+            if record.error is None:  # a step inside failed: the enclosing steps' records say why too
                 typed = to_typed_error(exc) if not isinstance(exc, asyncio.CancelledError) else None
+                if isinstance(typed, StepError) and typed.cause is not None:
+                    typed = typed.cause
                 record.__dict__["error"] = (typed.to_dict() if typed is not None
                                             else {"type": "RunCancelledError", "message": "cancelled"})
             raise

@@ -301,7 +301,7 @@ def _index(args: list[Any]) -> Any:
         raise _Domain(f"needs a list or string, got {_kind(seq)}")
     i = _int_arg(i, "index")
     if not -len(seq) <= i < len(seq):
-        raise _Domain(f"index {i} is out of range for a {_kind(seq)} of length {len(seq)}")
+        raise _Domain(f"index {i} is out of range for {_kind(seq)} of length {len(seq)}")
     return seq[i]
 
 
