@@ -236,3 +236,41 @@ def test_a_long_pure_loop_still_honours_the_timeout() -> None:
     ])
     with pytest.raises(RunTimeoutError):
         sb.run(prog, {"text": "x"}, timeout=0.05)
+
+
+class _V1Only:
+    """An adapter that has not implemented format 2."""
+
+    name = "v1only"
+    capabilities = frozenset({"async", "tools", "map"})
+    runs = 0
+
+    async def prepare(self, program: sb.Program) -> None:
+        pass
+
+    async def run(self, program: sb.Program, inputs: dict[str, Any], options: Any) -> Any:
+        type(self).runs += 1
+        raise AssertionError("the core must refuse before running")
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("steps, capability", [
+    ([{"set": {"x": 1}}, {"return": {"out": "x"}}], "control_flow"),
+    ([{"call": "echo", "with": {"text": {"$len": "$inputs.text"}}, "as": "e"}, {"return": {"out": "$e.result"}}],
+     "control_flow"),
+    ([{"parallel": [{"call": "echo", "with": {"text": "a"}, "as": "e"}]}, {"return": {"out": "$e.result"}}],
+     "parallel"),
+])
+def test_an_adapter_without_the_capability_is_refused_before_running(steps: list[Any], capability: str) -> None:
+    prog = program(steps, checked=False)
+    assert capability in prog.required_capabilities
+    with pytest.raises(sb.UnsupportedCapabilityError) as info:
+        sb.run(prog, {"text": "hi"}, backend=_V1Only())
+    assert info.value.capability == capability and _V1Only.runs == 0
+
+
+def test_format_2_file_using_only_format_1_constructs_needs_no_new_capability() -> None:
+    prog = program([{"call": "echo", "with": {"text": "$inputs.text"}, "as": "e"}, {"return": {"out": "$e.result"}}])
+    assert prog.required_capabilities == {"tools"}
