@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from .adapter import RunOptions
 from .errors import OperationError, RunTimeoutError, StepbridgeError, StepError
-from .operations import truthy
+from .operations import truthy, work_budget
 from .program import CallStep, IfStep, LoopStep, MapStep, ParallelStep, Program, ReturnStep, SetStep, SwitchStep
 from .result import LMCall, RunResult, StepTrace, Usage, fast_construct
 from .values import Getter, compile_args, compile_value, parse_value
@@ -182,7 +182,8 @@ async def execute(steps: list[Any], inputs: dict[str, Any], ctx: RunContext, cal
                   map_concurrency: int = DEFAULT_MAP_CONCURRENCY) -> dict[str, Any]:
     """Run planned steps in one scope and return the program outputs (the trace goes to ``ctx``)."""
     run = _Run(ctx, call, map_concurrency)
-    outputs = await run.steps(steps, {"inputs": inputs}, ())
+    with work_budget():
+        outputs = await run.steps(steps, {"inputs": inputs}, ())
     if outputs is None:
         raise AssertionError("validated programs return on every path")
     return outputs
@@ -203,6 +204,12 @@ class _Run:
             kind = step.kind
             if kind == "call" or kind == "map":
                 await self.module_step(step, scope, passes)
+            elif kind == "set":  # the body of most loops: kept off the generic control path
+                began = time.perf_counter()
+                values = self.evaluate(step, step.value, scope, passes)
+                self.trace.append(_record(step=step.index, kind="set", outputs=values, pointer=step.pointer,
+                                          passes=passes, duration_ms=(time.perf_counter() - began) * 1000))
+                scope.update(values)
             elif kind == "return":
                 outputs = self.evaluate(step, step.value, scope, passes)
                 self.trace.append(_record(step=step.index, kind="return", inputs=outputs, outputs=outputs,
@@ -304,12 +311,6 @@ class _Run:
     async def control_step(self, node: _Node, scope: dict[str, Any], passes: tuple[int, ...]) -> dict[str, Any] | None:
         kind = node.kind
         began = time.perf_counter()
-        if kind == "set":
-            values = self.evaluate(node, node.value, scope, passes)
-            self.trace.append(_record(step=node.index, kind="set", inputs={}, outputs=values, pointer=node.pointer,
-                                      passes=passes, duration_ms=(time.perf_counter() - began) * 1000))
-            scope.update(values)
-            return None
         record = _record(step=node.index, kind=kind, pointer=node.pointer, passes=passes)
         self.trace.append(record)  # control steps are recorded when they start: their steps follow
         outputs: dict[str, Any] = {}

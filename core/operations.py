@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,18 +26,24 @@ __all__ = [
     "MAX_CHARS",
     "MAX_ITEMS",
     "MAX_VALUE_DEPTH",
+    "MAX_WORK",
     "OPERATIONS",
     "Operation",
     "OperationTypeError",
     "json_equal",
     "measure",
     "truthy",
+    "work_budget",
 ]
 
 MAX_ITEMS = 1_000_000
 MAX_CHARS = 8 * 2**20
 MAX_VALUE_DEPTH = 64
 MAX_INT = 2**63 - 1
+#: Work one run's value operations may do in total (elements and object entries touched, text per 64
+#: characters): a loop may rebuild a growing value on every pass, each pass bounded, the sum not.
+MAX_WORK = 200_000_000
+_WORK: ContextVar[list[int] | None] = ContextVar("stepbridge_operation_work", default=None)
 _FLAT = frozenset({str, int, float, bool, type(None)})
 _STR_ONLY = {str}
 
@@ -62,7 +70,8 @@ def truthy(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    kind = type(value)
+    return kind is int or kind is float or (isinstance(value, int | float) and kind is not bool)
 
 
 def json_equal(a: Any, b: Any) -> bool:
@@ -142,8 +151,39 @@ def measure(value: Any, pointer: str, what: str) -> Any:
         return nodes, chars
 
     if isinstance(value, list | dict):
-        walk(value, 0)
+        nodes, chars = walk(value, 0)
+        _charge(nodes + chars // 64, pointer, what)
     return value
+
+
+@contextmanager
+def work_budget(units: int | None = None) -> Iterator[None]:
+    """Bound the total work of the value operations run inside (one budget per run; the interpreter
+    opens it, tasks it starts share it)."""
+    token = _WORK.set([MAX_WORK if units is None else units])
+    try:
+        yield
+    finally:
+        _WORK.reset(token)
+
+
+def _charge(units: int, pointer: str, what: str) -> None:
+    budget = _WORK.get()
+    if budget is not None:
+        budget[0] -= units
+        if budget[0] < 0:
+            raise OperationError(f"{pointer or '/'}: {what}: this run's value operations did more than "
+                                 f"{MAX_WORK:,} units of work (values built or read); lower the loops' 'max' or the "
+                                 "sizes", pointer=pointer, operation=what.removeprefix("$") if what.startswith("$")
+                                 else None)
+
+
+def _units(value: Any) -> int:
+    if isinstance(value, list | dict):
+        return len(value)
+    if isinstance(value, str):
+        return len(value) // 64
+    return 0
 
 
 def _limit(pointer: str, what: str, problem: str) -> OperationError:
@@ -339,9 +379,10 @@ def _add(args: list[Any]) -> Any:
     if not (_is_number(a) and _is_number(b)):
         raise _Domain(f"needs two numbers, got {_kind(a)} and {_kind(b)}")
     result = a + b
-    if isinstance(result, int) and abs(result) > MAX_INT:
-        raise _Domain("the result is outside the 64-bit integer range")
-    if isinstance(result, float) and not math.isfinite(result):
+    if type(result) is int:
+        if not -MAX_INT <= result <= MAX_INT:
+            raise _Domain("the result is outside the 64-bit integer range")
+    elif not math.isfinite(result):
         raise _Domain("the result is not a finite number")
     return result
 
@@ -578,6 +619,10 @@ def run_operation(op: Operation, args: Any, pointer: str) -> Any:
                              operation=op.name) from None
     if op.grows and isinstance(result, list):
         measure(result, pointer, f"${op.name}")
+    elif _WORK.get() is not None:  # reading a big value costs too ($in, $eq, $dedupe, $slice...)
+        units = _units(result) + (sum(_units(a) for a in args) if op.arity is not None else _units(args))
+        if units:
+            _charge(units, pointer, f"${op.name}")
     return result
 
 

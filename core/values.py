@@ -311,6 +311,9 @@ def compile_value(parsed: Any, pointer: str = "") -> Getter:
 def compile_args(parsed: dict[str, Any], pointer: str = "") -> Getter:
     """A mapping of name -> value (``with``, ``return``, ``set``) compiled to one getter."""
     pairs = [(k, compile_value(v, f"{pointer}/{_esc(k)}")) for k, v in parsed.items()]
+    if len(pairs) == 1:  # the common case (``set: {x: ...}``, ``with: {question: ...}``) without a loop
+        (key, getter), = pairs
+        return lambda scope: {key: getter(scope)}
     return lambda scope: {k: g(scope) for k, g in pairs}
 
 

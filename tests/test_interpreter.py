@@ -274,3 +274,30 @@ def test_an_adapter_without_the_capability_is_refused_before_running(steps: list
 def test_format_2_file_using_only_format_1_constructs_needs_no_new_capability() -> None:
     prog = program([{"call": "echo", "with": {"text": "$inputs.text"}, "as": "e"}, {"return": {"out": "$e.result"}}])
     assert prog.required_capabilities == {"tools"}
+
+
+def test_the_total_work_of_a_run_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pass rebuilds a growing list: every value is within bounds, the sum of the work is not."""
+    from stepbridge import operations
+
+    monkeypatch.setattr(operations, "MAX_WORK", 50_000)
+    prog = program([
+        {"set": {"xs": []}},
+        {"loop": {"max": 10_000, "steps": [{"set": {"xs": {"$concat": ["$xs", ["$inputs.text"]]}}}]}},
+        {"return": {"out": {"$join": ["$xs", ""]}}},
+    ])
+    with pytest.raises(StepError) as info:
+        run(prog)
+    cause = info.value.cause
+    assert isinstance(cause, OperationError) and "50,000 units of work" in cause.message
+    assert cause.pointer == "/steps/1/loop/steps/0/set/xs"
+    assert 300 < info.value.trace[-1].passes[0] < 400  # ~ sqrt(2 * 50,000): quadratic growth caught early
+
+
+def test_reference_cycles_cannot_be_written() -> None:
+    from stepbridge.errors import ProgramValidationError
+
+    with pytest.raises(ProgramValidationError) as info:
+        program([{"set": {"a": "$b", "b": "$a"}}, {"return": {"out": "$a"}}])
+    pointers = {i.pointer for i in info.value.issues if i.severity == "error"}
+    assert pointers == {"/steps/0/set/a", "/steps/0/set/b"}  # values are computed before any is assigned
