@@ -700,9 +700,7 @@ class _Checker:
         sig = self.signatures.get(node.module)
         if sig is None:
             return ANY
-        fields = [(k, f.type_expr) for k, f in sig.outputs.items()]
-        if getattr(self.modules.get(node.module), "type", None) == "chain_of_thought":
-            fields = [("reasoning", STR), *fields]
+        fields = [(k, f.type_expr) for k, f in sig.outputs.items()]  # the module's interface: reasoning included
         record = TypeExpr("record", tuple(fields))
         return TypeExpr("list", (record,)) if node.key == "map" else record
 
