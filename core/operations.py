@@ -110,50 +110,61 @@ def measure(value: Any, pointer: str, what: str) -> Any:
 
     Shared sub-values count once per occurrence (``[$x, $x]`` is twice the size of ``$x``), but are
     walked once, so checking costs at most the size of the distinct data."""
-    memo: dict[int, tuple[int, int]] = {}
-
-    def walk(item: Any, depth: int) -> tuple[int, int]:
-        hit = memo.get(id(item))
-        if hit is not None:
-            return hit
-        if depth >= MAX_VALUE_DEPTH:
-            raise _limit(pointer, what, f"nests deeper than {MAX_VALUE_DEPTH} levels")
-        nodes, chars = 1, 0
-        if isinstance(item, dict):
-            chars += sum(len(str(k)) for k in item)
-            children: Any = item.values()
-        else:
-            children = item
-        kinds = set(map(type, children))
-        if kinds <= _FLAT:  # the common case (a list of strings or numbers), at C speed
-            nodes += len(item)
-            if str in kinds:
-                chars += sum(map(len, children)) if kinds == _STR_ONLY else sum(
-                    len(c) for c in children if type(c) is str)
-            children = ()
-        for child in children:  # nested values: this runs on every built value
-            if type(child) is str:
-                nodes += 1
-                chars += len(child)
-            elif isinstance(child, list | dict):
-                n, c = walk(child, depth + 1)
-                nodes += n
-                chars += c
-                if nodes > MAX_ITEMS or chars > MAX_CHARS:
-                    break
-            else:
-                nodes += 1
+    if not isinstance(value, list | dict):
+        return value
+    children = value.values() if isinstance(value, dict) else value
+    kinds = set(map(type, children))
+    if kinds <= _FLAT and isinstance(value, list):  # the common case: a flat list, at C speed
+        nodes = 1 + len(value)
+        chars = (sum(map(len, value)) if kinds == _STR_ONLY else
+                 sum(len(c) for c in value if type(c) is str) if str in kinds else 0)
         if nodes > MAX_ITEMS:
             raise _limit(pointer, what, f"has more than {MAX_ITEMS:,} values")
         if chars > MAX_CHARS:
             raise _limit(pointer, what, f"holds more than {MAX_CHARS:,} characters of text")
-        memo[id(item)] = (nodes, chars)
-        return nodes, chars
-
-    if isinstance(value, list | dict):
-        nodes, chars = walk(value, 0)
-        _charge(nodes + chars // 64, pointer, what)
+    else:
+        nodes, chars = _walk(value, 0, {}, pointer, what)
+    _charge(nodes + chars // 64, pointer, what)
     return value
+
+
+def _walk(item: Any, depth: int, memo: dict[int, tuple[int, int]], pointer: str, what: str) -> tuple[int, int]:
+    hit = memo.get(id(item))
+    if hit is not None:
+        return hit
+    if depth >= MAX_VALUE_DEPTH:
+        raise _limit(pointer, what, f"nests deeper than {MAX_VALUE_DEPTH} levels")
+    nodes, chars = 1, 0
+    if isinstance(item, dict):
+        chars += sum(len(str(k)) for k in item)
+        children: Any = item.values()
+    else:
+        children = item
+    kinds = set(map(type, children))
+    if kinds <= _FLAT:
+        nodes += len(item)
+        if str in kinds:
+            chars += sum(map(len, children)) if kinds == _STR_ONLY else sum(
+                len(c) for c in children if type(c) is str)
+        children = ()
+    for child in children:
+        if type(child) is str:
+            nodes += 1
+            chars += len(child)
+        elif isinstance(child, list | dict):
+            n, c = _walk(child, depth + 1, memo, pointer, what)
+            nodes += n
+            chars += c
+            if nodes > MAX_ITEMS or chars > MAX_CHARS:
+                break
+        else:
+            nodes += 1
+    if nodes > MAX_ITEMS:
+        raise _limit(pointer, what, f"has more than {MAX_ITEMS:,} values")
+    if chars > MAX_CHARS:
+        raise _limit(pointer, what, f"holds more than {MAX_CHARS:,} characters of text")
+    memo[id(item)] = (nodes, chars)
+    return nodes, chars
 
 
 @contextmanager
@@ -205,6 +216,7 @@ class Operation:
     summary: str
     lazy: bool = False
     grows: bool = False  # builds lists or text: its result is measured
+    reads: bool = False  # walks its arguments (time proportional to their size): charged to the run
 
 
 def _check_len(n: int) -> None:
@@ -584,24 +596,27 @@ def _t_in(types: list[TypeExpr], _: list[Any]) -> TypeExpr:
 
 
 OPERATIONS: dict[str, Operation] = {op.name: op for op in (
-    Operation("concat", (1, None), _concat, _t_concat, "all lists or all strings, concatenated", grows=True),
-    Operation("dedupe", None, _dedupe, _t_dedupe, "a list without later duplicates (JSON equality), order kept"),
-    Operation("join", (2, 2), _join, _t_join, "[list of strings, separator] -> string", grows=True),
-    Operation("split", (2, 2), _split, _t_split, "[string, separator] -> list of strings", grows=True),
+    Operation("concat", (1, None), _concat, _t_concat, "all lists or all strings, concatenated", grows=True,
+              reads=True),
+    Operation("dedupe", None, _dedupe, _t_dedupe, "a list without later duplicates (JSON equality), order kept",
+              reads=True),
+    Operation("join", (2, 2), _join, _t_join, "[list of strings, separator] -> string", grows=True, reads=True),
+    Operation("split", (2, 2), _split, _t_split, "[string, separator] -> list of strings", grows=True,
+              reads=True),
     Operation("template", (2, 2), _template, _t_template,
-              "[text with {name} placeholders, {name: value}] -> string", grows=True),
+              "[text with {name} placeholders, {name: value}] -> string", grows=True, reads=True),
     Operation("len", None, _len, _t_len, "length of a list, string or object"),
     Operation("index", (2, 2), _index, _t_index, "[list or string, i] -> element (negative counts from the end)"),
-    Operation("slice", (3, 3), _slice, _t_slice, "[list or string, start, stop] (null: open end)"),
+    Operation("slice", (3, 3), _slice, _t_slice, "[list or string, start, stop] (null: open end)", reads=True),
     Operation("get", (2, 3), _get, _t_get, "[object, key] or [object, key, default] -> the field"),
     Operation("add", (2, 2), _add, _t_add, "[a, b] -> a + b (numbers)"),
-    Operation("eq", (2, 2), lambda a: json_equal(a[0], a[1]), _t_bool, "[a, b] -> JSON equality"),
-    Operation("ne", (2, 2), lambda a: not json_equal(a[0], a[1]), _t_bool, "[a, b] -> not equal"),
+    Operation("eq", (2, 2), lambda a: json_equal(a[0], a[1]), _t_bool, "[a, b] -> JSON equality", reads=True),
+    Operation("ne", (2, 2), lambda a: not json_equal(a[0], a[1]), _t_bool, "[a, b] -> not equal", reads=True),
     Operation("lt", (2, 2), _compare(lambda a, b: a < b), _t_compare, "[a, b] -> a < b (numbers or strings)"),
     Operation("le", (2, 2), _compare(lambda a, b: a <= b), _t_compare, "[a, b] -> a <= b"),
     Operation("gt", (2, 2), _compare(lambda a, b: a > b), _t_compare, "[a, b] -> a > b"),
     Operation("ge", (2, 2), _compare(lambda a, b: a >= b), _t_compare, "[a, b] -> a >= b"),
-    Operation("in", (2, 2), _in, _t_in, "[x, list/string/object] -> element / substring / key test"),
+    Operation("in", (2, 2), _in, _t_in, "[x, list/string/object] -> element / substring / key test", reads=True),
     Operation("and", (1, None), _and, _t_bool, "[a, b, ...] -> all truthy (short-circuit)", lazy=True),
     Operation("or", (1, None), _or, _t_bool, "[a, b, ...] -> any truthy (short-circuit)", lazy=True),
     Operation("not", None, lambda v: not truthy(v), _t_bool, "a value -> its truthiness negated"),
@@ -619,7 +634,7 @@ def run_operation(op: Operation, args: Any, pointer: str) -> Any:
                              operation=op.name) from None
     if op.grows and isinstance(result, list):
         measure(result, pointer, f"${op.name}")
-    elif _WORK.get() is not None:  # reading a big value costs too ($in, $eq, $dedupe, $slice...)
+    elif op.reads and _WORK.get() is not None:  # reading a big value costs too ($in, $eq, $dedupe...)
         units = _units(result) + (sum(_units(a) for a in args) if op.arity is not None else _units(args))
         if units:
             _charge(units, pointer, f"${op.name}")
