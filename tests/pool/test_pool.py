@@ -291,7 +291,8 @@ def test_sigstop_moves_requests_and_drops_late_replies(pool_kwargs: dict[str, An
             assert router is not None
             # a second, external worker (not a child of the pool) that we will freeze
             ext = subprocess.Popen([sys.executable, "-m", "stepbridge.bridge.worker",
-                                    "--connect", router.worker_address, "--backend", "sbtest_helpers:make_adapter", "--capacity", "4",
+                                    "--connect", router.worker_address, "--backend", "sbtest_helpers:make_adapter",
+                                    "--capacity", "4",
                                     "--heartbeat", "0.25", "--liveness", "1000", "--worker-id", "external"],
                                    env=worker_env())
             try:
