@@ -307,8 +307,8 @@ def test_sigstop_moves_requests_and_drops_late_replies(pool_kwargs: dict[str, An
                 assert all(r.worker != "external" or r.attempts == 1 for r in results)
                 assert any(r.attempts > 1 for r in results)
                 os.kill(ext.pid, signal.SIGCONT)
-                await wait_for(lambda: router.stats["stale_replies"] > 0, what="late replies dropped")
-                # the woken worker reconnects under a new identity and serves again
+                # the woken worker reconnects under a new identity and serves again (whatever it still
+                # answers for its old identity is dropped: see the frozen-worker test below)
                 await wait_for(lambda: sum(w.worker_id == "external" for w in router.workers.values()) == 1,
                                what="external rejoined")
                 more = await asyncio.gather(*(runner.run(nap, {"seconds": 0.01}) for _ in range(10)))
@@ -316,6 +316,39 @@ def test_sigstop_moves_requests_and_drops_late_replies(pool_kwargs: dict[str, An
             finally:
                 ext.kill()
                 ext.wait()
+
+    asyncio.run(go())
+
+
+def test_a_reply_after_the_router_gave_up_is_dropped_and_the_caller_answered_once(
+        pool_kwargs: dict[str, Any]) -> None:
+    """An external worker whose loop freezes (a program blocking it) goes silent; the router fails its
+    request (one attempt allowed) and forgets it. When the loop thaws, its reply leaves before any
+    heartbeat: it is counted as stale and dropped, and the caller keeps the one answer it had."""
+    freeze = validate_data(h.tool_program("sbtest_freeze", "freeze"))
+    nap = validate_data(h.tool_program("sbtest_nap", "nap"))
+
+    async def go() -> None:
+        pool = PoolAdapter(workers=0, max_attempts=1, **pool_kwargs)
+        await pool.start()
+        router = pool.router
+        assert router is not None
+        ext = subprocess.Popen([sys.executable, "-m", "stepbridge.bridge.worker", "--connect", router.worker_address,
+                                "--backend", "sbtest_helpers:make_adapter", "--capacity", "1", "--heartbeat",
+                                "0.25", "--worker-id", "external"], env=worker_env())
+        try:
+            await router.wait_ready(1, 60)
+            with pytest.raises(WorkerLostError) as lost:
+                await pool.run(freeze, {"seconds": 3.0}, RunOptions())
+            assert lost.value.attempts == 1 and router.stats["stale_replies"] == 0
+            await wait_for(lambda: router.stats["stale_replies"] == 1, what="the late reply")
+            await router.wait_ready(1, 60)  # it rejoined under a new identity
+            assert (await pool.run(nap, {"seconds": 0.01}, RunOptions())).outputs == {"slept": 0.01}
+            assert router.stats["succeeded"] == 1 and router.stats["failed"] == 1
+        finally:
+            ext.kill()
+            ext.wait()
+            await pool.aclose()
 
     asyncio.run(go())
 
