@@ -114,6 +114,7 @@ def configure_process_logging(level: int | str, fmt: str, *, capacity: int = 10_
     records: queue.Queue[str | None] = queue.Queue(capacity)
     handler = _QueueHandler(records)
     handler.setFormatter(logging.Formatter(fmt))
+    handler.setLevel(level)  # also for libraries that set their own loggers' levels lower
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

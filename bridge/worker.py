@@ -529,7 +529,11 @@ class Worker:
             folder = await asyncio.to_thread(self.data.folder, source, corpora(program))
         else:
             folder = source
-        bound = self._bound[key] = program.model_copy().with_base_dir(folder)
+        bound = program.model_copy().with_base_dir(folder)
+        # index the corpora off the event loop (seconds for a big one): heartbeats keep going meanwhile,
+        # and the adapter then finds the index in the process cache
+        await asyncio.to_thread(_index_corpora, bound)
+        self._bound[key] = bound
         while len(self._bound) > PROGRAM_CACHE_SIZE:
             old, _ = self._bound.popitem(last=False)
             self._prepared.discard(old)
@@ -633,6 +637,17 @@ class Worker:
 # the fast path above knows every RunOptions field; if the core adds one, validate as before
 _RUN_OPTION_FIELDS = set(RunOptions.model_fields) == {"execution_id", "timeout", "lm", "attempt", "idempotency_key",
                                                       "cache", "metadata"}
+
+
+def _index_corpora(program: Program) -> None:
+    """Build the built-in retrievers' indexes (cached per file version by :mod:`stepbridge.retrieve`)."""
+    from stepbridge.retrieve import make_retriever
+
+    for module in program.modules.values():
+        spec = getattr(module, "retriever", None)
+        if spec is not None and spec.kind == "bm25" and spec.corpus:
+            with contextlib.suppress(Exception):  # a bad corpus is reported by the run itself, typed
+                make_retriever(spec, program.base_dir)
 
 
 def build_program(data: dict[str, Any], expected_hash: str) -> Program:
