@@ -273,10 +273,10 @@ class AdapterConformance:
         for index in range(err.step):
             if not isinstance(program.steps[index], CallStep | MapStep):
                 continue
-            record = by_step.get(index)
-            if record is None or record.error is not None or record.outputs is None:
+            done = by_step.get(index)
+            if done is None or done.error is not None or done.outputs is None:
                 _fail(f"{label}: the partial trace should hold completed step {index} with its outputs "
-                      f"(got {record!r:.300}). Record every finished step before raising.")
+                      f"(got {done!r:.300}). Record every finished step before raising.")
         failed = by_step.get(err.step)
         cause = err.cause
         if failed is None or not isinstance(failed.error, dict):

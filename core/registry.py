@@ -8,6 +8,7 @@ by ``package.module:factory`` (on the command line or in code).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import typing
@@ -19,7 +20,18 @@ from typing import Any, Generic, TypeVar
 from .errors import UnsupportedCapabilityError
 from .signature import FieldSpec, Signature, TypeExpr
 
-__all__ = ["Registry", "Tool", "adapters", "dspy_modules", "load_adapter", "retrievers", "tools"]
+__all__ = [
+    "Metric",
+    "Registry",
+    "Tool",
+    "adapters",
+    "dspy_modules",
+    "load_adapter",
+    "metric",
+    "metrics",
+    "retrievers",
+    "tools",
+]
 
 T = TypeVar("T")
 
@@ -125,10 +137,38 @@ class ToolRegistry(Registry[Tool]):
         return apply if obj is None else apply(obj)
 
 
+#: ``(example, prediction) -> float | bool`` over plain dicts (see :mod:`stepbridge.metrics`).
+Metric = Callable[..., Any]
+
+
+class MetricRegistry(Registry[Metric]):
+    def _wrap(self, name: str, obj: Any) -> Metric:
+        if not callable(obj):
+            raise TypeError(f"metric {name!r} must be callable as (example, prediction) -> float | bool")
+        return typing.cast(Metric, obj)
+
+
 adapters: Registry[Callable[..., Any]] = Registry("stepbridge.adapters", "adapter")
 tools = ToolRegistry("stepbridge.tools", "tool")
 retrievers: Registry[Callable[..., Any]] = Registry("stepbridge.retrievers", "retriever")
 dspy_modules: Registry[Any] = Registry("stepbridge.dspy_modules", "DSPy module")
+metrics = MetricRegistry("stepbridge.metrics", "metric")
+
+
+def metric(name: str, field: str | None = None) -> Metric:
+    """The metric registered as exactly ``name``; with ``field`` (``NAME:FIELD``), bound to that field.
+
+    ``KeyError`` for an unknown name, ``TypeError`` when the metric takes no ``field`` keyword."""
+    func = metrics.get(name)
+    if field is None:
+        return func
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        params = {}  # type: ignore[assignment]
+    if "field" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise TypeError(f"metric {name!r} compares no single field: use {name!r} without ':{field}'")
+    return functools.partial(func, field=field)
 
 
 def load_adapter(spec: Any, **kwargs: Any) -> Any:
