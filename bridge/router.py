@@ -713,15 +713,18 @@ class Router:
         self._verifying[digest] = future
 
         async def verify() -> None:
-            ok = await asyncio.to_thread(lambda: sha256_bytes(content) == digest)
-            if not ok:
-                self._throttle.warning("refused-data-hash", "refused a data file that does not match its hash %s",
-                                       digest[:12])
-            else:
-                in_use = {d for j in self._client_jobs.values() for d in j.data.values()}
-                ok = self._blobs.put(digest, content, in_use)
-            del self._verifying[digest]
-            future.set_result(ok)
+            ok = False
+            try:
+                ok = await asyncio.to_thread(lambda: sha256_bytes(content) == digest)
+                if not ok:
+                    self._throttle.warning("refused-data-hash", "refused a data file that does not match its "
+                                           "hash %s", digest[:12])
+                else:
+                    in_use = {d for j in self._client_jobs.values() for d in j.data.values()}
+                    ok = self._blobs.put(digest, content, in_use)
+            finally:
+                del self._verifying[digest]
+                future.set_result(ok)
 
         self._spawn_task(verify())
 
