@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Invocation", "NativeAdapter", "Predictor", "Runner", "module_lm_config"]
 
-_Plan = tuple[list[PlanStep], dict[str, Any]]  # steps, module name -> Runner
+_Plan = tuple[list[Any], dict[str, Any]]  # planned steps, module name -> Runner
 
 
 @dataclass(slots=True)
@@ -250,7 +250,7 @@ class NativeAdapter:
     name = "native"
     capabilities = frozenset(
         {"async", "batch", "map", "retrieve", "tools", "lm_trace", "cancel", "timeout", "rehydrate", "json_adapter",
-         "xml_adapter", "typed_objects", "agents", "ensembles"}
+         "xml_adapter", "typed_objects", "agents", "ensembles", "control_flow", "parallel"}
     )
 
     def __init__(self, *, lm: LMPool | None = None, cache: bool | None = None,

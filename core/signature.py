@@ -80,6 +80,11 @@ class TypeExpr:
     * ``object`` / ``enum`` ``(name, digest)``: a resolved declared type; ``decl`` holds its definition
       (:class:`~stepbridge.named_types.ObjectDecl` / ``EnumDecl``). Two resolved types are equal when
       their names and content digests are.
+
+    Static checks of format 2 also use kinds no signature spells: ``never`` (the element type of an
+    empty list literal ``[]``, which later bindings refine) and ``record`` (a step's result or a
+    mapping literal: ``args`` holds ``(name, TypeExpr)`` pairs in order); ``any`` is also what a value
+    of statically unknown type has (compatible with everything).
     """
 
     kind: str
@@ -93,6 +98,10 @@ class TypeExpr:
             return k
         if k == "any":
             return "Any"
+        if k == "never":
+            return "Never"
+        if k == "record":
+            return "{" + ", ".join(f"{name}: {t}" for name, t in self.args) + "}"
         if k == "history":
             return "History"
         if k in ("named", "object", "enum"):
@@ -125,6 +134,8 @@ class TypeExpr:
                 if into_declared and t.kind == "object" and (t.kind, t.args) not in seen:
                     seen.add((t.kind, t.args))
                     todo.extend(f.type for f in t.decl.fields)  # type: ignore[union-attr]
+            elif t.kind == "record":
+                todo.extend(a for _, a in t.args)
             elif t.kind != "literal":
                 todo.extend(a for a in t.args if isinstance(a, TypeExpr))
 
@@ -172,6 +183,10 @@ class TypeExpr:
             return materialize(self)
         if k == "named":
             raise TypeError(f"type {self.args[0]!r} is not resolved: declare it in the program's 'types' section")
+        if k == "never":
+            return Any
+        if k == "record":
+            return dict[str, Any]
         return Literal[tuple(self.args)]
 
     @classmethod
@@ -259,8 +274,10 @@ class TypeExpr:
         if k == "history":
             return (isinstance(value, dict) and set(value) == {"messages"} and isinstance(value["messages"], list)
                     and all(isinstance(m, dict) and all(isinstance(n, str) for n in m) for m in value["messages"]))
-        if k == "named":
+        if k in ("named", "never"):
             return False
+        if k == "record":
+            return isinstance(value, dict) and all(name in value and t.accepts(value[name]) for name, t in self.args)
         return any(value == v and type(value) is type(v) for v in self.args)
 
     def accepts_key(self, key: Any) -> bool:
@@ -284,13 +301,32 @@ class TypeExpr:
 
     def assignable_to(self, target: TypeExpr) -> bool:
         """Whether every value of this type is a valid value of ``target`` (producer -> consumer)."""
-        if self.kind == "any" or target.kind == "any":
+        if self.kind in ("any", "never") or target.kind == "any":
             return True  # statically unknown: checked when the value exists
+        if target.kind == "never":
+            return False
         if self.kind == "union":
             return all(t.assignable_to(target) for t in self.args)
+        if self.kind == "record":
+            if target.kind == "record":
+                mine = dict(self.args)
+                return all(name in mine and mine[name].assignable_to(t) for name, t in target.args)
+            if target.kind == "dict":
+                return target.key.kind == "str" and all(t.assignable_to(target.args[0]) for _, t in self.args)
+            if target.kind == "object":  # a mapping literal or a result as a declared object
+                mine = dict(self.args)
+                fields = target.decl.field_types  # type: ignore[union-attr]
+                return (all(n in fields and t.assignable_to(fields[n]) for n, t in mine.items())
+                        and all(n in mine for n in target.decl.required))  # type: ignore[union-attr]
+            if target.kind == "optional":
+                return self.assignable_to(target.args[0])
+            if target.kind == "union":
+                return any(self.assignable_to(t) for t in target.args)
+            return False
         if target.kind == "optional":
             inner = target.args[0]
-            return self.assignable_to(inner) or (self.kind == "optional" and self.args[0].assignable_to(inner))
+            return (_is_none(self) or self.assignable_to(inner)
+                    or (self.kind == "optional" and self.args[0].assignable_to(inner)))
         if self.kind == "optional":
             return False
         if target.kind == "union":
@@ -326,7 +362,86 @@ class TypeExpr:
 
     def element(self) -> TypeExpr | None:
         """The element type of a list (what ``map`` iterates over), else None."""
+        if self.kind == "any":
+            return self
         return self.args[0] if self.kind == "list" else None
+
+    def field(self, name: str) -> TypeExpr | None:
+        """The type of ``value.name`` (None: no such field). On a list, the field of every element."""
+        k = self.kind
+        if k in ("any", "never"):
+            return self
+        if k == "record":
+            return next((t for n, t in self.args if n == name), None)
+        if k == "object":
+            return self.decl.field_types.get(name)  # type: ignore[union-attr]
+        if k == "dict":
+            return self.args[0]
+        if k == "list":
+            inner = self.args[0].field(name)
+            return TypeExpr("list", (inner,)) if inner is not None else None
+        if k == "optional":
+            inner = self.args[0].field(name)
+            return optional(inner) if inner is not None else None
+        return None
+
+    def join(self, other: TypeExpr) -> TypeExpr | None:
+        """The least type both are assignable to (None if there is none): how a name rebound on
+        several paths, or the elements of a list literal, get one type."""
+        a, b = self, other
+        if a == b or b.kind == "never" or a.kind == "any":
+            return a
+        if a.kind == "never" or b.kind == "any":
+            return b
+        if a.kind == "optional" or b.kind == "optional":
+            inner = (a.args[0] if a.kind == "optional" else a).join(b.args[0] if b.kind == "optional" else b)
+            return optional(inner) if inner is not None else None
+        if _is_none(a) or _is_none(b):
+            return optional(b if _is_none(a) else a)
+        if a.kind == "literal" and b.kind == "literal":
+            values = list(a.args) + [v for v in b.args if not any(v == w and type(v) is type(w) for w in a.args)]
+            return TypeExpr("literal", tuple(values))
+        if a.kind == "literal" or b.kind == "literal":
+            lit, other_t = (a, b) if a.kind == "literal" else (b, a)
+            return other_t if lit.assignable_to(other_t) else None
+        if {a.kind, b.kind} == {"int", "float"}:
+            return TypeExpr("float")
+        if a.kind == b.kind == "list" or (a.kind == b.kind == "dict" and a.key == b.key):
+            inner = a.args[0].join(b.args[0])
+            return TypeExpr(a.kind, (inner, *a.args[1:])) if inner is not None else None
+        if a.kind == b.kind == "record":
+            theirs = dict(b.args)
+            fields = []
+            for name, t in a.args:
+                if name in theirs:
+                    joined = t.join(theirs[name])
+                    if joined is None:
+                        return None
+                    fields.append((name, joined))
+            return TypeExpr("record", tuple(fields))
+        if {a.kind, b.kind} == {"record", "dict"}:
+            rec, dct = (a, b) if a.kind == "record" else (b, a)
+            if dct.key.kind != "str":
+                return None
+            inner = dct.args[0]
+            for _, t in rec.args:
+                joined = inner.join(t)
+                if joined is None:
+                    return None
+                inner = joined
+            return TypeExpr("dict", (inner,))
+        return None
+
+
+def optional(inner: TypeExpr) -> TypeExpr:
+    """``Optional[inner]`` (not doubly wrapped; Any and null stay as they are)."""
+    if inner.kind in ("optional", "any") or _is_none(inner):
+        return inner
+    return TypeExpr("optional", (inner,))
+
+
+def _is_none(t: TypeExpr) -> bool:
+    return t.kind == "literal" and t.args == (None,)
 
 
 def _union_annotation(members: tuple[Any, ...]) -> Any:
