@@ -27,6 +27,7 @@ never ``exec`` — so two programs declaring the same type share one class.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import enum
 import hashlib
@@ -169,6 +170,12 @@ class ObjectTypeSpec(_Strict):
         return {"description": self.description,
                 "fields": [[k, {"type": f.type, "desc": f.desc}] for k, f in self.fields.items()]}
 
+    def to_file(self) -> dict[str, Any]:
+        """As a file writes it: a field without a description is just its type string."""
+        fields = {k: f.type if f.desc is None else {"type": f.type, "desc": f.desc} for k, f in self.fields.items()}
+        return {"description": self.description, "fields": fields} if self.description is not None else {
+            "fields": fields}
+
 
 class EnumTypeSpec(_Strict):
     """An enum: ``enum: [values]`` (strings, in order) and an optional ``description``."""
@@ -192,6 +199,10 @@ class EnumTypeSpec(_Strict):
 
     def canonical(self) -> dict[str, Any]:
         return {"description": self.description, "enum": list(self.enum)}
+
+    def to_file(self) -> dict[str, Any]:
+        return {"description": self.description, "enum": list(self.enum)} if self.description is not None else {
+            "enum": list(self.enum)}
 
 
 TypeSpec = ObjectTypeSpec | EnumTypeSpec
@@ -288,6 +299,8 @@ class TypeSpace:
 
     def __init__(self, decls: Mapping[str, ObjectDecl | EnumDecl] | None = None):
         self.decls: dict[str, ObjectDecl | EnumDecl] = dict(decls or {})
+        #: every name the section declares, including types it could not resolve (their problems are reported)
+        self.declared: frozenset[str] = frozenset(self.decls)
         self._resolved: dict[TypeExpr, TypeExpr] = {}
 
     @classmethod
@@ -301,6 +314,7 @@ class TypeSpace:
         if len(raw) > MAX_TYPES:
             return cls(), [TypeProblem("", f"at most {MAX_TYPES} types, got {len(raw)}")]
         specs: dict[str, TypeSpec] = {}
+        broken: set[str] = set()
         for name, spec in raw.items():
             pointer = f"/{_esc(str(name))}"
             problem = type_name_problem(str(name))
@@ -310,6 +324,13 @@ class TypeSpace:
             found = _field_problems(spec, pointer)
             if found:
                 problems.extend(found)
+                # still check what its good fields refer to; the type itself stays unresolved
+                good = {k: v for k, v in spec["fields"].items()
+                        if not any(p.pointer.startswith(f"{pointer}/fields/{_esc(str(k))}") for p in found)}
+                with contextlib.suppress(ValueError, SignatureSyntaxError):
+                    partial = ObjectTypeSpec.model_validate({"fields": good})
+                    specs[str(name)] = partial
+                    broken.add(str(name))
                 continue
             try:
                 specs[str(name)] = parse_type_spec(spec)
@@ -322,16 +343,18 @@ class TypeSpace:
                     problems.append(TypeProblem(pointer + loc, msg))
             except (ValueError, SignatureSyntaxError) as exc:
                 problems.append(TypeProblem(pointer, str(exc)))
-        return cls.from_specs(specs, problems, declared=[str(n) for n in raw])
+        space, problems = cls.from_specs(specs, problems, declared=[str(n) for n in raw], broken=broken)
+        return space, problems
 
     @classmethod
     def from_specs(cls, specs: Mapping[str, TypeSpec], problems: list[TypeProblem] | None = None,
-                   declared: Iterable[str] | None = None) -> tuple[TypeSpace, list[TypeProblem]]:
+                   declared: Iterable[str] | None = None,
+                   broken: set[str] | None = None) -> tuple[TypeSpace, list[TypeProblem]]:
         problems = problems if problems is not None else []
         known = set(declared if declared is not None else specs)
         # dependencies: type -> the declared names its fields use, reporting unknown ones
         deps: dict[str, list[str]] = {}
-        broken: set[str] = set()
+        broken = set(broken or ())
         for name, spec in specs.items():
             deps[name] = []
             if isinstance(spec, EnumTypeSpec):
@@ -354,6 +377,7 @@ class TypeSpace:
         depth: dict[str, int] = {}
         space = cls()
         space.decls = decls  # filled in dependency order: each type resolves against those before it
+        space.declared = frozenset(known)
         for name in order:
             spec = specs[name]
             if isinstance(spec, EnumTypeSpec):
@@ -408,7 +432,7 @@ class TypeSpace:
         if t.kind == "named":
             decl = self.decls.get(t.args[0])
             if decl is None:
-                hint = _suggest(t.args[0], [*self.decls, *_SUGGESTABLE_BUILTINS])
+                hint = _suggest(t.args[0], [*self.declared, *_SUGGESTABLE_BUILTINS])
                 raise UnknownTypeError(t.args[0], hint)
             result = decl.type_expr()
         else:

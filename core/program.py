@@ -40,6 +40,7 @@ from pydantic import (
     model_validator,
 )
 
+from .named_types import MAX_TYPES, TypeSpace, TypeSpec, parse_type_spec
 from .signature import IDENTIFIER, Signature
 
 __all__ = [
@@ -466,6 +467,9 @@ class Program(_Strict):
     name: str = Field(max_length=200, pattern=NAME_PATTERN)
     description: str | None = Field(default=None, max_length=100_000)
     signature: Signature
+    types: dict[str, TypeSpec] = Field(
+        default_factory=dict, max_length=MAX_TYPES,
+        description="format 2: named object types ({description, fields}) and enums ({enum: [values]})")
     lm: LMConfig | None = None
     modules: dict[str, Module] = Field(default_factory=dict, max_length=10_000)
     steps: list[Step] = Field(max_length=10_000)
@@ -481,13 +485,33 @@ class Program(_Strict):
                 raise ValueError(f"invalid module name {name!r} (letters, digits and _; not starting with a digit)")
         return value
 
+    @field_validator("types", mode="before")
+    @classmethod
+    def _type_specs(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {name: parse_type_spec(spec) for name, spec in value.items()}
+        return value
+
     @model_validator(mode="after")
     def _version_constructs(self) -> Program:
         if self.stepbridge == 1:
             for pointer, step in iter_steps(self.steps):
                 if step_kind(step) not in STEP_KINDS[1]:
                     raise ValueError(f"{pointer}: '{step_kind(step)}' steps need 'stepbridge: 2'")
+            if self.types:
+                raise ValueError("a 'types' section needs 'stepbridge: 2'")
+        if self.types:
+            _, problems = TypeSpace.build(self.types)
+            if problems:
+                first = problems[0]
+                raise ValueError(f"/types{first.pointer}: {first.message}")
         return self
+
+    @cached_property
+    def type_space(self) -> TypeSpace:
+        """The declared types, checked and resolved (signatures' type names resolve against it)."""
+        space, _ = TypeSpace.build(self.types)
+        return space
 
     @cached_property
     def required_capabilities(self) -> frozenset[str]:
@@ -545,6 +569,8 @@ class Program(_Strict):
         data = self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
         data["stepbridge"] = self.stepbridge
         data["signature"] = self.signature.canonical()
+        if self.types:  # each object's fields in declared order (part of the prompt)
+            data["types"] = {name: spec.canonical() for name, spec in self.types.items()}
         if data.get("lm") == {}:  # ``lm: {}`` sets nothing: the same program as no ``lm``
             del data["lm"]
         for name, module in self.modules.items():
@@ -580,7 +606,7 @@ class Program(_Strict):
         """A copy; with ``update``, the cached hash and capabilities are recomputed, not carried over."""
         copied = super().model_copy(update=update, deep=deep)
         if update:
-            for cached in ("content_hash", "required_capabilities", "plan_key"):
+            for cached in ("content_hash", "required_capabilities", "plan_key", "type_space"):
                 copied.__dict__.pop(cached, None)
         return copied
 
@@ -617,6 +643,10 @@ class Program(_Strict):
                 del mod["demos"]
             modules[name] = {"type": mod.pop("type"), **mod}  # the type first: it says how to read the rest
         _tidy_steps(data.get("steps", []))
+        if not data.get("types"):
+            data.pop("types", None)
+        else:  # short forms: a field without a description is its type string
+            data["types"] = {name: spec.to_file() for name, spec in self.types.items()}
         return data
 
     def to_json(self, *, indent: int | None = 2) -> str:
