@@ -142,13 +142,13 @@ class ValueGenerator:
         return local
 
     def absent(self, name: str) -> bool:
-        """Whether an optional field of the current entity is better left None: it names an email, a
-        place or a number, and nothing of that kind is said about the entity."""
-        if self.focus is None:
+        """Whether an optional field of an object is better left None: it names an email, a place or a
+        number, and nothing of that kind is said (about the object's entity, or in the inputs)."""
+        if not self.in_object:
             return False
         f = self.facts
         lname = name.lower()
-        local = f.sentence_with(self.focus) or ""
+        local = (f.sentence_with(self.focus) or "") if self.focus is not None else "\n".join(f.values.values())
         words = set(lname.split("_"))
         if "mail" in lname:
             return not any(e in local for e in f.emails)
@@ -232,6 +232,8 @@ class ValueGenerator:
         target = self.resolve(str(items["$ref"])) if isinstance(items, Mapping) and "$ref" in items else items
         if isinstance(target, Mapping) and _names_something(target) and self.focus is None:
             entities = (f.people() or f.entities)[:MAX_LIST_OBJECTS]
+            if not entities:
+                return []  # a list of named things, and the inputs name nothing
             if entities:
                 out_objects = []
                 for entity in entities:
