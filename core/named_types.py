@@ -62,6 +62,7 @@ __all__ = [
     "TypeProblem",
     "TypeSpace",
     "UnknownTypeError",
+    "declarations",
     "from_class",
     "materialize",
     "parse_types_section",
@@ -106,6 +107,11 @@ class ObjectDecl:
     def type_expr(self) -> TypeExpr:
         return TypeExpr("object", (self.name, self.digest), self)
 
+    def to_spec(self) -> dict[str, Any]:
+        """The ``types`` entry that declares this type (as a file writes it)."""
+        fields = {f.name: str(f.type) if f.desc is None else {"type": str(f.type), "desc": f.desc} for f in self.fields}
+        return {"fields": fields} if self.description is None else {"description": self.description, "fields": fields}
+
 
 class EnumDecl:
     """A resolved enum: name, description, its string values in order, content digest."""
@@ -120,6 +126,11 @@ class EnumDecl:
 
     def type_expr(self) -> TypeExpr:
         return TypeExpr("enum", (self.name, self.digest), self)
+
+    def to_spec(self) -> dict[str, Any]:
+        """The ``types`` entry that declares this enum."""
+        values = list(self.values)
+        return {"enum": values} if self.description is None else {"description": self.description, "enum": values}
 
 
 def _digest(data: Any) -> str:
@@ -636,6 +647,22 @@ def from_class(cls: type, _stack: tuple[type, ...] = ()) -> TypeExpr:
         raise TypeError(f"{cls.__name__} cannot be declared as a stepbridge type: its JSON schema has settings "
                         "a types section cannot express (aliases, defaults, constraints or config)")
     return result
+
+
+def declarations(cls: type) -> dict[str, dict[str, Any]]:
+    """The ``types`` section entries that declare a pydantic model or ``Enum`` and every type it uses
+    (what :meth:`ProgramBuilder.declare <stepbridge.builder.ProgramBuilder.declare>` adds)."""
+    t = from_class(cls)
+    out: dict[str, dict[str, Any]] = {}
+    for sub in t.walk(into_declared=True):
+        if sub.kind in ("object", "enum"):
+            decl = sub.decl
+            assert decl is not None
+            previous = out.get(decl.name)
+            if previous is not None and previous != decl.to_spec():
+                raise TypeError(f"two different types are named {decl.name!r}")
+            out[decl.name] = decl.to_spec()
+    return out
 
 
 def _from_annotation_in(annotation: Any, stack: tuple[type, ...]) -> TypeExpr:

@@ -277,3 +277,33 @@ def test_model_dump_of_any_valid_value_is_accepted(tags: list[str], age: int, na
     dumped = person.annotation().model_validate(value).model_dump(mode="json")
     assert person.accepts(dumped)
     assert list(dumped) == ["name", "age", "address", "mood", "tags", "scores"]
+
+
+def test_builder_declares_hand_written_classes_and_sections() -> None:
+    from stepbridge.builder import ProgramBuilder
+    from stepbridge.named_types import declarations
+
+    assert declarations(Person) == {
+        "Person": {"fields": {"name": "str", "age": "Optional[int]", "address": "Address", "mood": "Sentiment",
+                              "tags": "list[Sentiment]", "scores": "dict[Sentiment, float]"}},
+        "Address": {"description": "A postal address.",
+                    "fields": {"street": "str", "city": {"type": "str", "desc": "the city name"}}},
+        "Sentiment": {"description": "How it feels.", "enum": ["positive", "negative", "neutral"]},
+    }
+    b = ProgramBuilder("typed", "text -> person: Person, mood: Sentiment")
+    assert b.declare(Person) == "Person"
+    extract = b.predict("extract", "text -> person: Person, mood: Sentiment")
+    found = b.call(extract, text=b.inputs.text)
+    program = b.returns(person=found.person, mood=found.mood).build()
+    assert program.stepbridge == 2 and "typed_objects" in program.required_capabilities
+    # the section declares exactly the hand-written classes: the same JSON schemas
+    assert TypeAdapter(program.type_space.get("Person").annotation()).json_schema() == TypeAdapter(
+        Person).json_schema()
+    b2 = ProgramBuilder("typed2", "text -> mood: Feeling")
+    b2.enum("Feeling", ["up", "down"], description="How it goes.")
+    b2.object_type("Unused", {"x": "int", "y": {"type": "Feeling", "desc": "why"}})
+    with pytest.raises(ValueError, match="already declared"):
+        b2.enum("Feeling", ["other"])
+    m = b2.predict("m", "text -> mood: Feeling")
+    program2 = b2.returns(mood=b2.call(m, text=b2.inputs.text).mood).build()
+    assert program2.types["Feeling"].canonical() == {"description": "How it goes.", "enum": ["up", "down"]}
