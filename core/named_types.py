@@ -154,8 +154,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _fields_may_be_strings(schema: dict[str, Any]) -> None:
+    """A file may write a field as its type string alone: the JSON schema says so."""
+    fields = schema.get("properties", {}).get("fields", {})
+    if "additionalProperties" in fields:
+        fields["additionalProperties"] = {"anyOf": [
+            {"type": "string", "description": "the field's type, e.g. \"Optional[int]\""},
+            fields["additionalProperties"]]}
+
+
 class ObjectTypeSpec(_Strict):
     """An object type: ``description`` and ordered ``fields`` (name -> type string or ``{type, desc}``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_fields_may_be_strings)
 
     description: str | None = Field(default=None, max_length=100_000)
     fields: dict[str, FieldSpec] = Field(max_length=MAX_FIELDS)

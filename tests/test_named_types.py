@@ -307,3 +307,62 @@ def test_builder_declares_hand_written_classes_and_sections() -> None:
     m = b2.predict("m", "text -> mood: Feeling")
     program2 = b2.returns(mood=b2.call(m, text=b2.inputs.text).mood).build()
     assert program2.types["Feeling"].canonical() == {"description": "How it goes.", "enum": ["up", "down"]}
+
+
+# -- the types section in a program ------------------------------------------------------------------
+def _program(types: Any, signature: str = "text -> person: Person", version: int = 2,
+             module_signature: str | None = None) -> dict[str, Any]:
+    return {"stepbridge": version, "name": "typed", "signature": signature, "types": types,
+            "modules": {"m": {"type": "predict", "signature": module_signature or signature}},
+            "steps": [{"call": "m", "with": {"text": "$inputs.text"}, "as": "r"},
+                      {"return": {name: f"$r.{name}" for name in ("person",)}}]}
+
+
+def test_program_validation_reports_type_problems_with_pointers() -> None:
+    from stepbridge.validate import validate
+
+    issues = validate(_program({"Person": {"fields": {"name": "str", "home": "Adress", "_x": "int"}},
+                                "Address": {"fields": {"city": "str"}}}, "text -> person: Persn",
+                                module_signature="text -> person: Person"))
+    found = {(i.pointer, i.suggestion) for i in issues if i.severity == "error"}
+    assert ("/types/Person/fields/home", "Address") in found
+    assert ("/types/Person/fields/_x", None) in found
+    assert ("/signature/outputs/person", "Person") in found
+    # a declared but broken type is reported once, where it is declared
+    assert not any(i.pointer == "/modules/m/signature/outputs/person" for i in issues)
+    v1 = validate(_program({"Person": {"fields": {"name": "str"}}}, version=1))
+    assert {i.pointer for i in v1 if i.severity == "error"} >= {"/types", "/signature/outputs/person"}
+    any_in_v1 = validate({**_program({}, "text -> person: Any", version=1), "types": None})
+    assert any("needs format 2" in i.message for i in any_in_v1)
+
+
+def test_program_identity_and_round_trip() -> None:
+    from stepbridge import load_program
+
+    section = {"Person": {"fields": {"name": "str", "age": {"type": "Optional[int]", "desc": "years"}}},
+               "Mood": {"enum": ["up", "down"]}}
+    program = load_program(_program(section))
+    assert "typed_objects" in program.required_capabilities
+    again = load_program(program.to_dict())
+    assert again.content_hash == program.content_hash
+    assert program.to_dict()["types"]["Person"]["fields"]["name"] == "str"  # short form kept
+    reordered_types = load_program(_program(dict(reversed(list(section.items())))))
+    assert reordered_types.content_hash == program.content_hash  # the order of declarations is not content
+    swapped = {**section, "Person": {"fields": {"age": {"type": "Optional[int]", "desc": "years"}, "name": "str"}}}
+    assert load_program(_program(swapped)).content_hash != program.content_hash  # field order is (the prompt)
+    enum_order = {**section, "Mood": {"enum": ["down", "up"]}}
+    assert load_program(_program(enum_order)).content_hash != program.content_hash
+
+
+def test_run_inputs_of_declared_types_are_checked() -> None:
+    from stepbridge import load_program
+    from stepbridge.errors import InputValidationError
+    from stepbridge.validate import check_inputs
+
+    program = load_program({**_program({"Person": {"fields": {"name": "str"}}}, "who: Person -> ok: bool"),
+                            "steps": [{"call": "m", "with": {"who": "$inputs.who"}, "as": "r"},
+                                      {"return": {"ok": "$r.ok"}}]})
+    assert check_inputs(program, {"who": {"name": "Ada"}})
+    with pytest.raises(InputValidationError) as info:
+        check_inputs(program, {"who": {"nom": "Ada"}})
+    assert info.value.field == "who"
