@@ -94,3 +94,32 @@ def test_refine_gets_advice_for_each_predictor(lm: Any) -> None:
             reward_value="0.0", module_names='[\n  "react",\n  "extract.predict"\n]').advice
     assert set(advice) == {"react", "extract.predict"}
     assert all("0.0" in text for text in advice.values())
+
+
+def test_context_fault_is_a_context_window_error_on_every_path() -> None:
+    """``reference/context-<n>``: the server answers 400 ``context_length_exceeded`` (DSPy raises its
+    ContextWindowExceededError), the native HTTP and in-process clients raise stepbridge's."""
+    from stepbridge.errors import ContextWindowExceededError
+    from stepbridge.lm import ChatRequest, HTTPLMClient, InProcessLMClient, LMProfile
+
+    long = [{"role": "user", "content": "x" * 200}]
+    short = [{"role": "user", "content": "hi"}]
+    with running_server() as url:
+        lm = dspy.LM("openai/reference/context-100", api_base=str(url), api_key="unused", cache=False,
+                     num_retries=0)
+        with pytest.raises(dspy.ContextWindowExceededError):
+            lm(messages=long)
+        assert lm(messages=short)
+
+        async def native() -> None:
+            for client in (HTTPLMClient(LMProfile(name="p", base_url=str(url), max_retries=0)), InProcessLMClient()):
+                try:
+                    with pytest.raises(ContextWindowExceededError, match="maximum context length is 100"):
+                        await client.complete(ChatRequest(model="reference/context-100", messages=long))
+                    assert (await client.complete(ChatRequest(model="reference/context-100", messages=short))).text
+                finally:
+                    await client.aclose()
+
+        import asyncio
+
+        asyncio.run(native())
