@@ -216,17 +216,20 @@ class RunCancelledError(StepbridgeError):
 
 
 class WorkerLostError(StepbridgeError):
-    """The worker running a request died or went silent, and the request could not be retried."""
+    """The worker running a request died or went silent, and the request could not be retried; or the
+    pool has no worker to run it. ``retry_after`` (seconds), when known, says when capacity returns."""
 
     retriable = True
 
-    def __init__(self, message: str, *, worker: str | None = None, attempts: int | None = None, **kw: Any):
+    def __init__(self, message: str, *, worker: str | None = None, attempts: int | None = None,
+                 retry_after: float | None = None, **kw: Any):
         super().__init__(message, **kw)
         self.worker = worker
         self.attempts = attempts
+        self.retry_after = retry_after
 
     def details(self) -> dict[str, Any]:
-        return {"worker": self.worker, "attempts": self.attempts}
+        return {"worker": self.worker, "attempts": self.attempts, "retry_after": self.retry_after}
 
 
 class PoolSaturatedError(StepbridgeError):
