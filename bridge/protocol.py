@@ -179,6 +179,8 @@ class WireStep(msgspec.Struct, frozen=True):
     children: list[WireStep] = []
     duration_ms: float = 0.0
     error: dict[str, Any] | None = None
+    pointer: str = ""
+    passes: list[int] = []
 
 
 class WireResult(msgspec.Struct, frozen=True):
@@ -370,7 +372,7 @@ def steps_from_wire(steps: list[WireStep]) -> list[Any]:
         "step": s.step, "kind": s.kind, "module": s.module, "module_type": s.module_type, "inputs": s.inputs,
         "outputs": s.outputs, "lm_calls": [_lm_call(c) for c in s.lm_calls] if s.lm_calls else [],
         "children": steps_from_wire(s.children) if s.children else [], "duration_ms": s.duration_ms,
-        "error": s.error}) for s in steps]
+        "error": s.error, "pointer": s.pointer, "passes": s.passes}) for s in steps]
 
 
 _FIELDS_MATCH: bool | None = None
