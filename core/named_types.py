@@ -58,6 +58,7 @@ __all__ = [
     "EnumTypeSpec",
     "FieldDecl",
     "ObjectDecl",
+    "ObjectFieldSpec",
     "ObjectTypeSpec",
     "TypeProblem",
     "TypeSpace",
@@ -81,13 +82,21 @@ GENERATED_MODULE = "stepbridge.types"
 # ------------------------------------------------------------------------------------------------
 # Resolved declarations
 # ------------------------------------------------------------------------------------------------
+_NO_DEFAULT: Any = object()
+
+
 @dataclass(frozen=True)
 class FieldDecl:
-    """One field of an object type."""
+    """One field of an object type; ``default`` (JSON data) when the field has one."""
 
     name: str
     type: TypeExpr
     desc: str | None = None
+    default: Any = _NO_DEFAULT
+
+    @property
+    def has_default(self) -> bool:
+        return self.default is not _NO_DEFAULT
 
 
 class ObjectDecl:
@@ -100,16 +109,22 @@ class ObjectDecl:
         self.description = description
         self.fields: tuple[FieldDecl, ...] = tuple(fields)
         self.field_types: dict[str, TypeExpr] = {f.name: f.type for f in self.fields}
-        self.required: tuple[str, ...] = tuple(f.name for f in self.fields if f.type.kind != "optional")
+        self.required: tuple[str, ...] = tuple(
+            f.name for f in self.fields if f.type.kind != "optional" and not f.has_default)
         self.digest = _digest(["object", name, description,
-                               [[f.name, _type_key(f.type), f.desc] for f in self.fields]])
+                               [[f.name, _type_key(f.type), f.desc, *([f.default] if f.has_default else [])]
+                                for f in self.fields]])
 
     def type_expr(self) -> TypeExpr:
         return TypeExpr("object", (self.name, self.digest), self)
 
     def to_spec(self) -> dict[str, Any]:
         """The ``types`` entry that declares this type (as a file writes it)."""
-        fields = {f.name: str(f.type) if f.desc is None else {"type": str(f.type), "desc": f.desc} for f in self.fields}
+        fields: dict[str, Any] = {}
+        for f in self.fields:
+            spec = {"type": str(f.type), **({"desc": f.desc} if f.desc is not None else {}),
+                    **({"default": f.default} if f.has_default else {})}
+            fields[f.name] = spec["type"] if len(spec) == 1 else spec
         return {"fields": fields} if self.description is None else {"description": self.description, "fields": fields}
 
 
@@ -154,6 +169,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ObjectFieldSpec(FieldSpec):
+    """A field of an object type: ``type``, ``desc`` and, optionally, a ``default`` (JSON data; a field
+    with one is not required, like ``country: str = "FR"`` in a pydantic model)."""
+
+    default: Any = Field(default=None, description="the value when the field is left out (JSON data)")
+
+    @property
+    def has_default(self) -> bool:
+        return "default" in self.model_fields_set
+
+
 def _fields_may_be_strings(schema: dict[str, Any]) -> None:
     """A file may write a field as its type string alone: the JSON schema says so."""
     fields = schema.get("properties", {}).get("fields", {})
@@ -169,7 +195,7 @@ class ObjectTypeSpec(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_fields_may_be_strings)
 
     description: str | None = Field(default=None, max_length=100_000)
-    fields: dict[str, FieldSpec] = Field(max_length=MAX_FIELDS)
+    fields: dict[str, ObjectFieldSpec] = Field(max_length=MAX_FIELDS)
 
     @field_validator("fields", mode="before")
     @classmethod
@@ -180,7 +206,7 @@ class ObjectTypeSpec(_Strict):
 
     @field_validator("fields")
     @classmethod
-    def _field_names(cls, value: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
+    def _field_names(cls, value: dict[str, ObjectFieldSpec]) -> dict[str, ObjectFieldSpec]:
         for name in value:
             problem = field_name_problem(name)
             if problem:
@@ -190,11 +216,16 @@ class ObjectTypeSpec(_Strict):
     def canonical(self) -> dict[str, Any]:
         """What the content hash sees: fields as ordered ``[name, {type, desc}]`` pairs."""
         return {"description": self.description,
-                "fields": [[k, {"type": f.type, "desc": f.desc}] for k, f in self.fields.items()]}
+                "fields": [[k, {"type": f.type, "desc": f.desc, **({"default": f.default} if f.has_default else {})}]
+                           for k, f in self.fields.items()]}
 
     def to_file(self) -> dict[str, Any]:
         """As a file writes it: a field without a description is just its type string."""
-        fields = {k: f.type if f.desc is None else {"type": f.type, "desc": f.desc} for k, f in self.fields.items()}
+        fields: dict[str, Any] = {}
+        for k, f in self.fields.items():
+            spec = {"type": f.type, **({"desc": f.desc} if f.desc is not None else {}),
+                    **({"default": f.default} if f.has_default else {})}
+            fields[k] = spec["type"] if len(spec) == 1 else spec
         return {"description": self.description, "fields": fields} if self.description is not None else {
             "fields": fields}
 
@@ -416,7 +447,11 @@ class TypeSpace:
             failed = False
             for fname, fspec in spec.fields.items():
                 try:
-                    fields.append(FieldDecl(fname, space.resolve(fspec.type_expr), fspec.desc))
+                    ftype = space.resolve(fspec.type_expr)
+                    if fspec.has_default and not ftype.accepts(fspec.default):
+                        raise TypeError(f"default {fspec.default!r} is not a {ftype}")
+                    default = fspec.default if fspec.has_default else _NO_DEFAULT
+                    fields.append(FieldDecl(fname, ftype, fspec.desc, default))
                 except (UnknownTypeError, TypeError) as exc:
                     problems.append(TypeProblem(f"/{_esc(name)}/fields/{_esc(fname)}", str(exc)))
                     failed = True
@@ -483,7 +518,10 @@ def _field_problems(spec: Any, pointer: str) -> list[TypeProblem]:
             problems.append(TypeProblem(where, problem))
             continue
         try:
-            FieldSpec.model_validate({"type": raw} if isinstance(raw, str) else raw)
+            spec = ObjectFieldSpec.model_validate({"type": raw} if isinstance(raw, str) else raw)
+            # a default must be a value of the field's type (with declared types: checked at resolution)
+            if spec.has_default and not spec.type_expr.names() and not spec.type_expr.accepts(spec.default):
+                problems.append(TypeProblem(f"{where}/default", f"default {spec.default!r} is not a {spec.type}"))
         except pydantic.ValidationError as exc:
             for err in exc.errors(include_url=False):
                 loc = "".join(f"/{_esc(str(p))}" for p in err["loc"]) if not isinstance(raw, str) else ""
@@ -604,13 +642,22 @@ def _make_model(decl: ObjectDecl) -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for f in decl.fields:
         annotation = f.type.annotation()
-        if f.type.kind == "optional":
+        if f.has_default:
+            fields[f.name] = (annotation, Field(default=_python_default(f), description=f.desc))
+        elif f.type.kind == "optional":
             fields[f.name] = (annotation, Field(default=None, description=f.desc))
         else:
             fields[f.name] = (annotation, Field(description=f.desc))
     model: type[BaseModel] = pydantic.create_model(
         decl.name, __doc__=decl.description, __module__=GENERATED_MODULE, **fields)
     return model
+
+
+def _python_default(f: FieldDecl) -> Any:
+    """A field's JSON default as the Python value its type holds (an Enum member, a tuple, a model)."""
+    if f.type.kind in ("str", "int", "float", "bool", "any", "literal") or f.default is None:
+        return f.default
+    return TypeAdapter(f.type.annotation()).validate_python(f.default)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -648,7 +695,16 @@ def from_class(cls: type, _stack: tuple[type, ...] = ()) -> TypeExpr:
             if problem:
                 raise TypeError(f"{cls.__name__}: {problem}")
             ftype = _from_annotation_in(info.annotation, (*_stack, cls))
-            fields.append(FieldDecl(name, ftype, info.description))
+            default = _NO_DEFAULT
+            if info.default_factory is not None:
+                raise TypeError(f"{cls.__name__}.{name}: a default_factory cannot be declared (use a default value)")
+            if not info.is_required() and not (ftype.kind == "optional" and info.default is None):
+                try:
+                    default = TypeAdapter(Any if info.annotation is None else info.annotation).dump_python(
+                        info.default, mode="json")
+                except Exception as exc:
+                    raise TypeError(f"{cls.__name__}.{name}: its default is not JSON data") from exc
+            fields.append(FieldDecl(name, ftype, info.description, default))
         result = ObjectDecl(cls.__name__, cls.__doc__, fields).type_expr()
     else:
         raise TypeError(f"unsupported class {cls!r}")

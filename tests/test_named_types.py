@@ -251,7 +251,8 @@ def test_from_class_refuses_what_a_section_cannot_say() -> None:
     class Aliased(BaseModel):
         x: int = Field(alias="y")
 
-    for cls, match in [(WithDefault, "cannot be declared"), (Node, "refers to itself"), (Numbers, "string values"),
+    assert from_class(WithDefault).decl.required == ()  # type: ignore[union-attr]  (defaults are declarable)
+    for cls, match in [(Node, "refers to itself"), (Numbers, "string values"),
                        (lower, "invalid type name"), (Aliased, "cannot be declared")]:
         with pytest.raises(TypeError, match=match):
             from_class(cls)
@@ -366,3 +367,35 @@ def test_run_inputs_of_declared_types_are_checked() -> None:
     with pytest.raises(InputValidationError) as info:
         check_inputs(program, {"who": {"nom": "Ada"}})
     assert info.value.field == "who"
+
+
+def test_field_defaults_as_a_pydantic_model_has_them() -> None:
+    class Place(BaseModel):
+        city: str
+        country: str = "FR"
+        mood: Sentiment = Sentiment.neutral
+        tags: list[str] = ["a"]
+        note: Optional[str] = "n/a"  # noqa: UP045
+
+    t = TypeExpr.from_annotation(Place)
+    assert t.decl.required == ("city",)  # type: ignore[union-attr]
+    assert t.accepts({"city": "Paris"}) and not t.accepts({"country": "FR"})
+    assert TypeAdapter(t.annotation()).json_schema() == TypeAdapter(Place).json_schema()
+    section = {"Place": {"fields": {"city": "str", "country": {"type": "str", "default": "FR"},
+                                    "mood": {"type": "Sentiment", "default": "neutral"}}},
+               "Sentiment": SECTION["Sentiment"]}
+    s, problems = TypeSpace.build(section)
+    assert problems == []
+    model = s.resolve(parse_type("Place")).annotation()
+    assert model(city="x").country == "FR" and model(city="x").mood.value == "neutral"
+    _, problems = TypeSpace.build({"P": {"fields": {"n": {"type": "int", "default": "three"}}}})
+    assert problems[0].pointer == "/P/fields/n/default"
+    _, problems = TypeSpace.build({"P": {"fields": {"m": {"type": "Sentiment", "default": "angry"}}},
+                                   "Sentiment": SECTION["Sentiment"]})
+    assert problems and "not a Sentiment" in problems[0].message
+
+    class Factory(BaseModel):
+        tags: list[str] = Field(default_factory=list)
+
+    with pytest.raises(TypeError, match="default_factory"):
+        from_class(Factory)

@@ -68,7 +68,15 @@ class ValueGenerator:
                 usable = [v for v in variants if not (isinstance(v, Mapping) and v.get("type") == "null")]
                 if len(usable) < len(variants) and self.absent(name):
                     return None
-                return self.value(usable[0], name, depth + 1) if usable else None
+                if not usable:
+                    return None
+                # DSPy reads a union's text as JSON first: a string that reads as other JSON ("{", "1")
+                # would not come back as itself, so another variant answers when there is one
+                for variant in usable:
+                    value = self.value(variant, name, depth + 1)
+                    if not (isinstance(value, str) and _reads_as_json(value)):
+                        return value
+                return self.value(usable[0], name, depth + 1)
         if isinstance(schema.get("allOf"), list) and schema["allOf"]:
             return self.value(schema["allOf"][0], name, depth + 1)
         kind = schema.get("type")
@@ -299,6 +307,22 @@ class ValueGenerator:
             if kind == "boolean":
                 return "true" if self.boolean() else "false"
         return self.facts.keywords[0] if self.facts.keywords else "key"
+
+
+def _reads_as_json(text: str) -> bool:
+    """Whether DSPy's reading of a union's text (``json_repair``, then ``ast.literal_eval``) would turn
+    this string into something else than itself."""
+    import ast
+
+    import json_repair
+
+    try:
+        candidate = json_repair.loads(text)
+        if candidate == "" and text != "":
+            candidate = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
+        return False
+    return candidate != text
 
 
 def _names_something(schema: Mapping[str, Any]) -> bool:

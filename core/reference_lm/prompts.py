@@ -56,8 +56,11 @@ class PromptSpec:
     outputs: tuple[PromptField, ...]
 
 
-def _scan_annotation(text: str, start: int) -> int:
-    """Index of the ``)`` closing the annotation that starts at ``start`` (quote and bracket aware)."""
+def _scan_annotation(text: str, start: int, escapes: bool = True) -> int:
+    """Index of the ``)`` closing the annotation that starts at ``start`` (quote and bracket aware).
+
+    DSPy escapes a quote inside a Literal value only when the value holds both kinds of quote, and never
+    a backslash: ``escapes=False`` reads ``Literal['\\']`` (a lone backslash) as DSPy printed it."""
     depth = 0
     quote = ""
     i = start
@@ -65,7 +68,7 @@ def _scan_annotation(text: str, start: int) -> int:
     while i < n:
         c = text[i]
         if quote:
-            if c == "\\":
+            if c == "\\" and escapes:
                 i += 1
             elif c == quote:
                 quote = ""
@@ -88,6 +91,8 @@ def _field_list(section: str) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for m in _FIELD_LINE.finditer(section):
         end = _scan_annotation(section, m.end())
+        if end < 0:
+            end = _scan_annotation(section, m.end(), escapes=False)
         if end < 0:
             continue
         out.append((m.group(1), section[m.end():end]))
@@ -267,7 +272,12 @@ def parse_system_message(text: str) -> PromptSpec | None:
         from_note = _note_schema(notes[name]) if name in notes else None
         from_annotation = lenient = None
         with contextlib.suppress(_UnknownType, SyntaxError, ValueError, TypeError, RecursionError, MemoryError):
-            tree = ast.parse(annotation.strip(), mode="eval").body
+            # a Literal value may hold a line break or a control character, which DSPy prints as is
+            text = re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], annotation.strip())
+            try:
+                tree = ast.parse(text, mode="eval").body
+            except SyntaxError:  # a backslash DSPy printed unescaped
+                tree = ast.parse(text.replace("\\", "\\\\"), mode="eval").body
             lenient = _annotation_schema(tree, lenient=True)
             from_annotation = _annotation_schema(tree)
         if name in skeletons:  # XML prints no schema for these: the annotation if it says it all, else the tags
