@@ -95,6 +95,7 @@ from stepbridge.result import LMCall, RunResult  # noqa: E402
 __all__ = [
     "DSPyAdapter",
     "ProgramModule",
+    "apply_state",
     "build_module",
     "sanitize_state",
     "to_typed_error",
@@ -102,9 +103,6 @@ __all__ = [
 
 DEFAULT_MAP_CONCURRENCY = 16
 DEFAULT_THREADS = 32
-#: Keys of a ``dspy.Predict`` state that may be loaded from a program (no ``lm``: endpoints and
-#: models never come from a program file; nothing else is ``setattr`` onto the predictor).
-PREDICT_STATE_KEYS = ("traces", "train", "demos", "signature", "fields")
 
 
 # ================================================================================================
@@ -170,45 +168,65 @@ class ToolStep(dspy.Module):
 
 
 def sanitize_state(state: Any) -> Any:
-    """A DSPy module state safe to load from a program.
-
-    Every entry that is a predictor state — any dict with a ``signature`` key, with or without
-    ``demos`` — keeps only the known predictor keys and has its ``lm`` dropped (set to None: DSPy's
-    ``Predict.load_state`` would otherwise build ``dspy.LM(**state["lm"])``, and a predictor's own
-    ``lm`` takes precedence over ``dspy.context``). Other entries are left as they are."""
+    """A DSPy module state reduced to what a program may carry (see :mod:`stepbridge.dspy_state`):
+    per predictor its ``signature`` and ``demos``, with ``lm: null`` so DSPy's own ``load_state`` reads
+    it. For states this process produced itself (import, export); a program's state is *checked* at
+    validation and only its allowed parts are applied (:func:`apply_state`)."""
     if not isinstance(state, dict):
         raise TypeError("a DSPy module state must be a JSON object")
-    clean: dict[str, Any] = {}
-    for name, value in state.items():
-        if name == "metadata":
-            continue
-        if isinstance(value, dict) and "signature" in value:
-            entry = {k: value[k] for k in PREDICT_STATE_KEYS if k in value}
-            entry["lm"] = None
-            clean[name] = entry
-        else:
-            clean[name] = value
-    return clean
+
+    def predictor(entry: dict[str, Any]) -> dict[str, Any]:
+        return {**{k: entry[k] for k in ("signature", "demos") if k in entry}, "lm": None}
+
+    if "signature" in state or "demos" in state:  # a bare predictor's state
+        return predictor(state)
+    return {name: predictor(entry) if isinstance(entry, dict) else entry
+            for name, entry in state.items() if name != "metadata"}
 
 
-def _registered_module(spec: DspyModule) -> Any:
+def apply_state(module: dspy.Module, state: dict[str, Any], *, where: str = "") -> None:
+    """Set the signature text and demos a checked state gives ``module``'s predictors; nothing else.
+
+    The state is checked again against the module's real shape (a program reaching here unvalidated
+    is refused the same way, with pointers)."""
+    from stepbridge.dspy_state import module_shape, predictor_parts, state_problems
+    from stepbridge.errors import Issue, ProgramValidationError
+
+    shape = module_shape(module)
+    problems = state_problems(state, shape)
+    if problems:
+        raise ProgramValidationError([Issue(f"{where}/state{p}", m) for p, m in problems])
+    params = dict(module.named_parameters())
+    for name, part in predictor_parts(state, shape).items():
+        predictor = params[name]
+        if "instructions" in part or "fields" in part:
+            saved = predictor.signature.dump_state()
+            if "instructions" in part:
+                saved["instructions"] = part["instructions"]
+            for current, given in zip(saved["fields"], part.get("fields", []), strict=False):
+                current.update(given)
+            predictor.signature = predictor.signature.load_state(saved)
+        if "demos" in part:
+            predictor.demos = part["demos"]
+
+
+def _registered_module(spec: DspyModule, where: str = "") -> Any:
     from stepbridge.registry import dspy_modules
 
     try:
-        factory = dspy_modules.get(spec.module)
+        instance = dspy_modules.instance(spec.module)
     except KeyError as exc:
         raise UnsupportedCapabilityError(str(exc.args[0]), capability="dspy_modules", adapter="dspy") from None
-    instance = factory() if callable(factory) and not isinstance(factory, dspy.Module) else factory
-    if isinstance(factory, dspy.Module):
-        instance = factory.deepcopy()
+    except TypeError as exc:
+        raise UnsupportedCapabilityError(str(exc), capability="dspy_modules", adapter="dspy") from None
     if not isinstance(instance, dspy.Module):
         raise UnsupportedCapabilityError(
             f"DSPy module {spec.module!r} is registered as {type(instance).__name__}, not a dspy.Module "
             "(or a factory returning one)", capability="dspy_modules", adapter="dspy")
     if spec.state:
-        instance.load_state(sanitize_state(spec.state))
-    # Whatever the state (or the registered factory) said, every predictor uses the LM the adapter
-    # puts in ``dspy.context``: a predictor's own ``lm`` would take precedence over it.
+        apply_state(instance, spec.state, where=where)
+    # Whatever the registered factory said, every predictor uses the LM the adapter puts in
+    # ``dspy.context``: a predictor's own ``lm`` would take precedence over it.
     for _, predictor in instance.named_predictors():
         predictor.lm = None
     return instance
@@ -258,12 +276,8 @@ class ProgramModule(dspy.Module):
 
     def __init__(self, program: Program):
         super().__init__()
-        reserved = {n for n in dir(type(self)) if not n.startswith("__")} | {"callbacks", "history"}
+        _check_names(program)  # validation refuses these already; a program that skipped it stops here
         for name, module in program.modules.items():
-            if name in reserved or name.startswith("_sb"):
-                raise UnsupportedCapabilityError(
-                    f"module name {name!r} clashes with a dspy.Module attribute; rename it to run on DSPy",
-                    adapter="dspy")
             sub: dspy.Module
             if isinstance(module, PredictModule | ChainOfThoughtModule):
                 sub = _lm_submodule(module)
@@ -272,7 +286,7 @@ class ProgramModule(dspy.Module):
             elif isinstance(module, ToolModule):
                 sub = ToolStep(module)
             else:
-                sub = _registered_module(module)
+                sub = _registered_module(module, f"/modules/{name}")
             setattr(self, name, sub)
         self._sb_program = program
         self._sb_plan = plan(program)
@@ -326,6 +340,26 @@ class ProgramModule(dspy.Module):
             if step.name is not None:
                 scope[step.name] = result
         raise AssertionError("validated programs end with a return step")
+
+
+def _check_names(program: Program) -> None:
+    from stepbridge.errors import Issue, ProgramValidationError
+    from stepbridge.names import field_name_problem, module_name_problem
+
+    issues = [Issue("/signature", problem) for field in [*program.signature.inputs, *program.signature.outputs]
+              if (problem := field_name_problem(field)) is not None]
+    reserved = {n for n in dir(ProgramModule) if not n.startswith("__")} | {"callbacks", "history"}
+    for name, module in program.modules.items():
+        problem = module_name_problem(name) or (f"module name {name!r} is a dspy.Module attribute"
+                                                if name in reserved else None)
+        if problem:
+            issues.append(Issue(f"/modules/{name}", problem))
+        sig = getattr(module, "effective_signature", None) or getattr(module, "signature", None)
+        for field_name in [*(sig.inputs if sig else ()), *(sig.outputs if sig else ())]:
+            if (problem := field_name_problem(field_name)) is not None:
+                issues.append(Issue(f"/modules/{name}/signature", problem))
+    if issues:
+        raise ProgramValidationError(issues)
 
 
 def _has_aforward(module: Any) -> bool:

@@ -125,10 +125,25 @@ class ToolRegistry(Registry[Tool]):
         return apply if obj is None else apply(obj)
 
 
+class DSPyModuleRegistry(Registry[Any]):
+    """DSPy modules by name: a module instance (copied for each use) or a factory returning one."""
+
+    def instance(self, name: str) -> Any:
+        """A fresh module for ``name``: a registered instance is deep-copied (a program never mutates it),
+        a registered class or factory is called."""
+        registered = self.get(name)
+        if hasattr(registered, "named_parameters") and not isinstance(registered, type):
+            return registered.deepcopy()
+        if not callable(registered):
+            raise TypeError(f"DSPy module {name!r} is registered as {type(registered).__name__}, not a "
+                            "dspy.Module or a factory returning one")
+        return registered()
+
+
 adapters: Registry[Callable[..., Any]] = Registry("stepbridge.adapters", "adapter")
 tools = ToolRegistry("stepbridge.tools", "tool")
 retrievers: Registry[Callable[..., Any]] = Registry("stepbridge.retrievers", "retriever")
-dspy_modules: Registry[Any] = Registry("stepbridge.dspy_modules", "DSPy module")
+dspy_modules = DSPyModuleRegistry("stepbridge.dspy_modules", "DSPy module")
 
 
 def load_adapter(spec: Any, **kwargs: Any) -> Any:

@@ -16,7 +16,9 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from .dspy_state import state_problems
 from .errors import InputValidationError, Issue, ProgramValidationError
+from .names import field_name_problem, module_name_problem
 from .program import (
     MODULE_TYPES,
     CallStep,
@@ -182,6 +184,8 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
     signature = _parse_signature(data.get("signature"), "/signature", c) if "signature" in data else None
     if "signature" not in data:
         c.error("/signature", "missing program signature, e.g. 'question -> answer'")
+    elif signature is not None:
+        _check_field_names(signature, data["signature"], "/signature", c)
 
     # -- modules ---------------------------------------------------------------------------------
     modules: dict[str, Any] = {}
@@ -194,6 +198,11 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
         pointer = f"/modules/{_esc(mname)}"
         if not IDENTIFIER.match(str(mname)):
             c.error(pointer, f"invalid module name {mname!r} (letters, digits and _; not starting with a digit)")
+        elif (problem := module_name_problem(str(mname))) is not None:
+            c.error(pointer, problem)
+        if (isinstance(raw, dict) and raw.get("type") == "dspy" and raw.get("state") is not None
+                and not _check_dspy_state(raw, pointer, c)):
+            continue
         if (isinstance(raw, dict) and isinstance(raw.get("signature"), str)
                 and _parse_signature(raw["signature"], f"{pointer}/signature", c) is None):
             continue
@@ -208,6 +217,9 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
         modules[mname] = module
         sig = _module_signature(module, c, pointer)
         signatures[mname] = sig
+        if sig is not None:
+            declared = raw.get("signature") if isinstance(raw, dict) else None
+            _check_field_names(sig, declared, f"{pointer}/signature" if declared is not None else f"{pointer}/tool", c)
         if sig is not None and getattr(module, "demos", None):
             known = set(sig.inputs) | set(sig.outputs) | {"reasoning"}
             for i, demo in enumerate(module.demos):
@@ -343,6 +355,36 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
     except ValidationError as exc:  # shape problems the per-part checks did not catch
         c.pydantic("", exc)
         return None
+
+
+def _check_field_names(sig: Signature, raw: Any, pointer: str, c: _Collector) -> None:
+    """Field names that would reach DSPy internals (see :mod:`stepbridge.names`), at the field when the
+    signature is in long form."""
+    for side, group in (("inputs", sig.inputs), ("outputs", sig.outputs)):
+        for name in group:
+            problem = field_name_problem(name)
+            if problem is not None:
+                c.error(f"{pointer}/{side}/{_esc(name)}" if isinstance(raw, dict) else pointer, problem)
+
+
+def _check_dspy_state(raw: dict[str, Any], pointer: str, c: _Collector) -> bool:
+    """Check a ``dspy`` module's saved state against the allowlist (and the registered module's shape
+    when it is registered here); False if it may not be loaded."""
+    from .dspy_state import module_shape
+    from .registry import dspy_modules
+
+    shape = None
+    name = raw.get("module")
+    if isinstance(name, str) and name in dspy_modules:
+        try:
+            shape = module_shape(dspy_modules.instance(name))
+        except Exception as exc:  # the operator's factory failed: say so, and check the allowlist alone
+            c.error(f"{pointer}/module", f"cannot build the registered DSPy module {name!r}: {type(exc).__name__}: "
+                    f"{str(exc)[:200]}")
+    problems = state_problems(raw["state"], shape)
+    for where, message in problems:
+        c.error(f"{pointer}/state{where}", message)
+    return not problems
 
 
 def _check_finite(value: Any, pointer: str, c: _Collector) -> None:
