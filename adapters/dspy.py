@@ -75,7 +75,6 @@ from stepbridge.errors import (  # noqa: E402
     LMParseError,
     StepbridgeError,
     UnsupportedCapabilityError,
-    register_secret,
 )
 from stepbridge.formats import chain_of_thought, to_dspy_signature  # noqa: E402
 from stepbridge.interpreter import PlanStep, RunContext, plan, run_plan  # noqa: E402
@@ -91,6 +90,7 @@ from stepbridge.program import (  # noqa: E402
 )
 from stepbridge.references import resolve  # noqa: E402
 from stepbridge.result import LMCall, RunResult  # noqa: E402
+from stepbridge.secrets import register_secret, register_url, scrub  # noqa: E402
 
 __all__ = [
     "DSPyAdapter",
@@ -422,10 +422,11 @@ class _CallRecorder(BaseCallback):
                                   error=to_typed_error(exception).to_dict()))
                 continue
             entry = history.pop(0) if history else {}
+            response = _response_text(entry)
             out.append(LMCall(
                 model=model,
                 messages=_plain_messages(entry.get("messages") or messages),
-                response=_response_text(entry),
+                response=scrub(response) if response is not None else None,
                 usage={k: v for k, v in dict(entry.get("usage") or {}).items() if v is not None},
                 latency_ms=latency,
                 cached=bool(getattr(entry.get("response"), "cache_hit", False)),
@@ -538,7 +539,8 @@ class DSPyAdapter:
                     if not api_key:
                         raise LMError(f"LM profile {profile.name!r}: environment variable {profile.api_key_env} "
                                       "is not set")
-                    register_secret(api_key)
+                    register_secret(api_key, source=f"${profile.api_key_env}")
+                register_url(api_base, source=f"the base_url of LM profile {profile.name!r}")
             wire_model = model if model.startswith("openai/") else f"openai/{model}"
             lm = dspy.LM(wire_model, api_base=api_base, api_key=api_key, temperature=temperature,
                          max_tokens=max_tokens, cache=self.cache, num_retries=profile.max_retries,
@@ -593,7 +595,8 @@ class DSPyAdapter:
                 if call.response is not None:
                     ctx.usage.add(call.usage)
                     ctx.usage.lm_calls += 1
-        return _prediction_outputs(prediction, names)
+        # an upstream may echo the key back: it never reaches outputs, traces or the next step's prompt
+        return scrub(_prediction_outputs(prediction, names))
 
     async def aclose(self) -> None:
         lms, self._lms = list(self._lms.values()), {}

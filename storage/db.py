@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
-from stepbridge.errors import StorageError, scrub_secrets
+from stepbridge.errors import StorageError
+from stepbridge.secrets import register_url, scrub
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -73,12 +74,13 @@ def redacted(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
-        return scrub_secrets(url)
+        return scrub(url)
 
 
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite files get their directory created and the concurrency settings."""
     url = normalise_url(url)
+    register_url(url, source="the database URL")  # scrubbed from every message from then on
     try:
         parsed = make_url(url)
     except Exception as exc:
@@ -217,7 +219,7 @@ def ensure_schema(engine: Engine, *, target: str = "head") -> str:
     except StorageError:
         raise
     except Exception as exc:
-        reason = scrub_secrets(str(getattr(exc, "orig", None) or exc)).strip().splitlines() or [type(exc).__name__]
+        reason = scrub(str(getattr(exc, "orig", None) or exc)).strip().splitlines() or [type(exc).__name__]
         raise StorageError(f"cannot migrate the database at {redacted(str(engine.url))}: {reason[0]}") from exc
 
 
