@@ -15,6 +15,7 @@ from .secrets import register_secret as register_secret
 from .secrets import scrub
 
 __all__ = [
+    "ContextWindowExceededError",
     "InputValidationError",
     "Issue",
     "LMError",
@@ -265,3 +266,13 @@ class LMParseError(LMError):
 
     def details(self) -> dict[str, Any]:
         return {"response": scrub(self.response)[:2000] if self.response else None}
+
+
+class ContextWindowExceededError(LMError):
+    """The prompt is longer than the model's context window (OpenAI error code
+    ``context_length_exceeded``; DSPy's ``ContextWindowExceededError``). ReAct drops old steps on it."""
+
+    def __init__(self, message: str, **kw: Any):
+        kw.pop("retriable", None)
+        kw.setdefault("status", 400)
+        super().__init__(message, retriable=False, **kw)
