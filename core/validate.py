@@ -144,7 +144,11 @@ def _module_signature(module: Any, c: _Collector, pointer: str) -> Signature | N
         c.error(f"{pointer}/module", f"unknown DSPy module {module.module!r}: register it by exact name "
                 "(entry point group 'stepbridge.dspy_modules' or stepbridge.registry.dspy_modules.register)",
                 suggest(module.module, dspy_modules.names()))
-    return module_interface(module)
+    try:
+        return module_interface(module)
+    except (SignatureSyntaxError, ValueError) as exc:  # e.g. a chain_of_thought with its own 'reasoning' input
+        c.error(f"{pointer}/signature", f"invalid module: {exc}")
+        return None
 
 
 def validate_data(
