@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from stepbridge import Program, ProgramValidationError, RunOptions, load_program
 from stepbridge.adapters.dspy import DSPyAdapter, ProgramModule
 from stepbridge.adapters.native import NativeAdapter
-from stepbridge.names import RESERVED_FIELD_NAMES, RESERVED_MODULE_NAMES, field_name_problem, module_name_problem
+from stepbridge.names import RESERVED_MODULE_NAMES, field_name_problem, module_name_problem
 
 
 def qa(module: str = "m", sig: Any = "question -> answer", program_sig: Any = "question -> answer") -> dict[str, Any]:
