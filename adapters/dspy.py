@@ -621,7 +621,7 @@ class DSPyAdapter:
             from stepbridge.ensembles import no_prediction
 
             spec = prepared.program.modules[step.module]
-            raise no_prediction(step.module_type, step.module, spec.n)
+            raise no_prediction(step.module_type, step.module, getattr(spec, "n", 0))
         # an upstream may echo the key back: it never reaches outputs, traces or the next step's prompt
         outputs = scrub(_prediction_outputs(prediction, names))
         if step.module_type in _AGENT_TYPES:
