@@ -9,9 +9,11 @@ unique, exactly one ``return`` comes last. Unused results are warnings.
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import re
 from collections.abc import Iterable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +58,30 @@ def _esc(token: Any) -> str:
     return str(token).replace("~", "~0").replace("/", "~1")
 
 
+#: "Did you mean" is a courtesy with bounded cost: names longer than this get none, at most this many
+#: candidates (the nearest in length) are compared, and one validation spends at most this many
+#: comparisons in all (a hostile file with thousands of unknown names among thousands of modules would
+#: otherwise cost minutes: every unknown name against every candidate).
+SUGGEST_MAX_LENGTH = 64
+SUGGEST_MAX_CANDIDATES = 32
+SUGGEST_SCAN = 5_000  # candidates looked at (by length) per suggestion
+SUGGEST_BUDGET = 1_000
+_suggest_budget: ContextVar[list[int] | None] = ContextVar("suggest_budget", default=None)
+
+
 def suggest(name: str, candidates: Iterable[str]) -> str | None:
-    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    """The closest candidate to a misspelt ``name`` (difflib, cutoff 0.6), within the bounds above."""
+    budget = _suggest_budget.get()
+    if len(name) > SUGGEST_MAX_LENGTH or (budget is not None and budget[0] <= 0):
+        return None
+    window = max(2, len(name) // 2)
+    pool = [c for c in itertools.islice(candidates, SUGGEST_SCAN)
+            if isinstance(c, str) and abs(len(c) - len(name)) <= window]
+    if len(pool) > SUGGEST_MAX_CANDIDATES:
+        pool = sorted(pool, key=lambda c: (abs(len(c) - len(name)), c[:1] != name[:1]))[:SUGGEST_MAX_CANDIDATES]
+    if budget is not None:
+        budget[0] -= len(pool)
+    match = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
     return match[0] if match else None
 
 
@@ -176,8 +200,18 @@ def validate(program: Program | dict[str, Any]) -> list[Issue]:
 
 
 def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program | None:
+    token = _suggest_budget.set([SUGGEST_BUDGET])
+    try:
+        return _validate_bounded(data, c, base_dir)
+    finally:
+        _suggest_budget.reset(token)
+
+
+def _validate_bounded(data: Any, c: _Collector, base_dir: str | Path | None) -> Program | None:
     if not isinstance(data, dict):
         c.error("", f"a program is a mapping with the keys {', '.join(_TOP_KEYS)}; got {type(data).__name__}")
+        return None
+    if not _check_bounds(data, c):  # data from a dict or a stored row gets the limits a file gets
         return None
     for key in data:
         if key not in _TOP_KEYS:
@@ -193,7 +227,6 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
         c.error("/name", "missing program name")
     elif not isinstance(name, str):
         c.error("/name", f"the program name must be a string, got {type(name).__name__}")
-    _check_finite(data, "", c)
     if "lm" in data and data["lm"] is not None:
         try:
             LMConfig.model_validate(data["lm"])
@@ -365,10 +398,9 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
     for name, index in producer_step.items():
         if name not in used:
             c.warning(f"/steps/{index}/as", f"result {name!r} is never used")
+    called = {getattr(s, "call", None) for s in steps} | {getattr(s, "map", None) for s in steps}
     for mname in raw_modules:
-        if mname in modules and not any(
-            getattr(s, "call", None) == mname or getattr(s, "map", None) == mname for s in steps
-        ):
+        if mname in modules and mname not in called:
             c.warning(f"/modules/{_esc(mname)}", f"module {mname!r} is never called")
 
     if any(i.severity == "error" for i in c.issues):
@@ -542,17 +574,32 @@ def _check_judge(name: str, module: BestOfNModule | RefineModule, modules: dict[
                         f"{module.module!r} (it is called with those, by name)")
 
 
-def _check_finite(value: Any, pointer: str, c: _Collector) -> None:
-    """NaN and infinity have no canonical JSON form (and so no content hash)."""
-    todo = [(value, pointer)]
+def _check_bounds(value: Any, c: _Collector) -> bool:
+    """The limits of a program file, for data from anywhere (a dict, a stored row): nesting depth, value
+    count, integers Python can still print (no JSON, no hash otherwise), no NaN or infinity (no canonical
+    JSON form). Iterative: deep data cannot exhaust the stack here. False if the data is refused."""
+    from .loader import MAX_DEPTH, MAX_INT_BITS, MAX_NODES
+
+    todo: list[tuple[Any, str, int]] = [(value, "", 0)]
+    nodes, ok = 0, True
     while todo:
-        item, where = todo.pop()
+        item, where, depth = todo.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            c.error("", f"more than {MAX_NODES} values in one program")
+            return False
         if isinstance(item, float) and not math.isfinite(item):
             c.error(where, f"{item} is not allowed in a program (no NaN or infinity)")
-        elif isinstance(item, dict):
-            todo.extend((v, f"{where}/{_esc(k)}") for k, v in item.items())
-        elif isinstance(item, list):
-            todo.extend((v, f"{where}/{i}") for i, v in enumerate(item))
+        elif isinstance(item, int) and not isinstance(item, bool) and item.bit_length() > MAX_INT_BITS:
+            c.error(where, f"integer of {item.bit_length()} bits: a program's integers have at most 4,300 digits")
+            ok = False
+        elif isinstance(item, dict | list):
+            if depth >= MAX_DEPTH:
+                c.error(where, f"nesting deeper than {MAX_DEPTH} levels")
+                return False
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            todo.extend((v, f"{where}/{_esc(k)}", depth + 1) for k, v in pairs)
+    return ok
 
 
 def _ref_type(
