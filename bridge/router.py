@@ -101,15 +101,17 @@ def required_capabilities(program: Program) -> frozenset[str]:
 
 
 def has_side_effects(program: Program) -> bool:
-    """True if a tool step declares (or its registered tool declares) side effects: never retried."""
-    for module in program.modules.values():
-        if isinstance(module, ToolModule):
-            if module.side_effects:
-                return True
-            try:
-                from stepbridge.registry import tools
+    """True if a tool step declares (or its registered tool declares) side effects, or an agent (``react``)
+    may call such a tool: never retried."""
+    from stepbridge.registry import tools
 
-                if tools.get(module.tool).side_effects:
+    for module in program.modules.values():
+        if isinstance(module, ToolModule) and module.side_effects:
+            return True
+        names = [module.tool] if isinstance(module, ToolModule) else list(getattr(module, "tools", None) or [])
+        for name in names:
+            try:
+                if tools.get(name).side_effects:
                     return True
             except Exception:
                 pass
@@ -169,7 +171,7 @@ class Router:
         self._program_meta: dict[str, tuple[frozenset[str], bool, bool]] = {}  # needs, side effects, has data
         self._client_jobs: dict[tuple[bytes, bytes], PoolJob] = {}
         self._files = LocalFiles()  # local mode: the callers' own corpora
-        self._blobs = BlobStore(c.data_cache_bytes)  # broker mode: corpora clients shipped
+        self._blobs = BlobStore(c.broker_data_bytes)  # broker mode: corpora clients shipped
         self._verifying: dict[str, asyncio.Future[bool]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._rid_prefix = os.urandom(4)  # request ids: unique per router (a restarted broker is another)

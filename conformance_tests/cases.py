@@ -33,7 +33,7 @@ __all__ = ["CAPABILITY_ORDER", "CASES_DIR", "Case", "CaseRun", "load_cases", "na
 CASES_DIR = Path(str(resources.files("stepbridge.conformance") / "cases"))
 
 #: Capability a case or test is reported under when it needs several (most specific first).
-CAPABILITY_ORDER = ("dspy_modules", "json_adapter", "tools", "map", "retrieve")
+CAPABILITY_ORDER = ("dspy_modules", "parallel", "control_flow", "json_adapter", "tools", "map", "retrieve")
 
 
 @dataclass(frozen=True)

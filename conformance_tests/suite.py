@@ -52,7 +52,8 @@ __all__ = ["SUITE_VERSION", "AdapterConformance", "conformance_meta"]
 
 #: For each capability a program can need: the case whose program needs exactly that capability.
 NEGATIVE_CASES = {"retrieve": "retrieve", "tools": "tools", "map": "map_predict", "json_adapter": "json_format",
-                  "dspy_modules": "dspy_module"}
+                  "dspy_modules": "dspy_module", "control_flow": "control_return_anywhere",
+                  "parallel": "parallel_calls"}
 
 #: Capabilities no program needs: no negative test exists for them (reported as such).
 BEHAVIOUR_ONLY = sorted(CAPABILITIES - set(NEGATIVE_CASES))

@@ -154,7 +154,7 @@ class DSPyModuleRegistry(Registry[Any]):
         return registered()
 
 
-#: ``(example, prediction) -> float | bool`` over plain dicts (see :mod:`stepbridge.metrics`).
+#: ``(example, prediction) -> float | bool`` over plain dicts (built-ins: :mod:`stepbridge.builtin_metrics`).
 Metric = Callable[..., Any]
 
 

@@ -480,10 +480,18 @@ def _check_judge(name: str, module: BestOfNModule | RefineModule, modules: dict[
 def _check_bounds(value: Any, c: _Collector) -> bool:
     """The limits of a program file, for data from anywhere (a dict, a stored row): nesting depth, value
     count, integers Python can still print (no JSON, no hash otherwise), no NaN or infinity (no canonical
-    JSON form). Iterative: deep data cannot exhaust the stack here. False if the data is refused."""
+    JSON form). Iterative, and pointers are built only for what is reported (a parent chain, not a string
+    per value): deep or wide data stays linear. False if the data is refused."""
     from .loader import MAX_DEPTH, MAX_INT_BITS, MAX_NODES
 
-    todo: list[tuple[Any, str, int]] = [(value, "", 0)]
+    def pointer(where: Any) -> str:
+        parts = []
+        while where is not None:
+            where, key = where
+            parts.append(key)
+        return "".join(f"/{_esc(k)}" for k in reversed(parts))
+
+    todo: list[tuple[Any, Any, int]] = [(value, None, 0)]
     nodes, ok = 0, True
     while todo:
         item, where, depth = todo.pop()
@@ -492,16 +500,17 @@ def _check_bounds(value: Any, c: _Collector) -> bool:
             c.error("", f"more than {MAX_NODES} values in one program")
             return False
         if isinstance(item, float) and not math.isfinite(item):
-            c.error(where, f"{item} is not allowed in a program (no NaN or infinity)")
+            c.error(pointer(where), f"{item} is not allowed in a program (no NaN or infinity)")
         elif isinstance(item, int) and not isinstance(item, bool) and item.bit_length() > MAX_INT_BITS:
-            c.error(where, f"integer of {item.bit_length()} bits: a program's integers have at most 4,300 digits")
+            c.error(pointer(where), f"integer of {item.bit_length()} bits: a program's integers have at most 4,300 "
+                    "digits")
             ok = False
         elif isinstance(item, dict | list):
             if depth >= MAX_DEPTH:
-                c.error(where, f"nesting deeper than {MAX_DEPTH} levels")
+                c.error(pointer(where), f"nesting deeper than {MAX_DEPTH} levels")
                 return False
             pairs = item.items() if isinstance(item, dict) else enumerate(item)
-            todo.extend((v, f"{where}/{_esc(k)}", depth + 1) for k, v in pairs)
+            todo.extend((v, (where, k), depth + 1) for k, v in pairs)
     return ok
 
 
