@@ -497,7 +497,7 @@ class DSPyAdapter:
                 api_base = self.reference_url()
                 api_key = "stepbridge-reference"
             else:
-                api_base = profile.base_url
+                api_base = profile.base_url or ""
                 api_key = "stepbridge-no-key"
                 if profile.api_key_env:
                     api_key = os.environ.get(profile.api_key_env, "")

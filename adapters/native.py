@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from stepbridge.adapter import RunOptions
 from stepbridge.errors import (
@@ -50,7 +50,7 @@ class _LMRunner:
         # the LM when the run does not override it, per event loop (HTTP clients are bound to one loop)
         self._resolved: tuple[asyncio.AbstractEventLoop, Any, str, LMProfile] | None = None
 
-    def prompt(self, mode: str) -> Prompt:
+    def prompt(self, mode: Literal["chat", "json"]) -> Prompt:
         prompt = self._prompts.get(mode)
         if prompt is None:
             prompt = self._prompts[mode] = Prompt(self.signature, self.demos, mode)
@@ -180,6 +180,7 @@ class NativeAdapter:
         steps, runners = self._plan(program)
 
         def call(step: PlanStep, args: dict[str, Any], ctx: RunContext, calls: list[LMCall]) -> Any:
+            assert step.module is not None  # call and map steps name their module
             return runners[step.module](args, ctx, calls)
 
         return await run_plan(program, steps, inputs, options or RunOptions(), call=call, backend=self.name,

@@ -105,6 +105,9 @@ def _parse_yaml(text: str) -> tuple[Any, dict[str, int]]:
             lines.setdefault(f"{pointer}/{_escape(key)}", frame[3])
             frame[2] = _NO_KEY
 
+    def line_of(index: int) -> int:
+        return text.count("\n", 0, index) + 1
+
     def child_pointer() -> str:
         if not stack:
             return ""
@@ -113,6 +116,7 @@ def _parse_yaml(text: str) -> tuple[Any, dict[str, int]]:
             return f"{frame[1]}/{len(frame[0])}"
         return f"{frame[1]}/{_escape(frame[2])}" if frame[2] is not _NO_KEY else frame[1]
 
+    event: Any = None
     try:
         for event in yaml.parse(text, Loader=_Loader):
             line = event.start_mark.line + 1 if event.start_mark else None
@@ -141,6 +145,13 @@ def _parse_yaml(text: str) -> tuple[Any, dict[str, int]]:
                 raise _fail(f"more than {MAX_NODES} values in one program file", line)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        if mark is not None:
+            # The parser may refuse deep input with its own limit while it looks ahead, before we see the
+            # events (libyaml: 1,000 levels, in the scanner). Whatever its limit and wording, deep flow
+            # nesting in the text it was looking at is reported as ours, at the value where it starts.
+            start = event.end_mark.index if event is not None and event.end_mark is not None else 0
+            if len(stack) + _flow_depth(text, start, mark.index + 1) > MAX_DEPTH:
+                raise _fail(f"nesting deeper than {MAX_DEPTH} levels", line_of(start), child_pointer()) from None
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = exc.problem or exc.context or "syntax error"
         err = _fail(f"YAML syntax error: {problem}{where}", mark.line + 1 if mark else None)
@@ -159,26 +170,23 @@ def _parse_yaml(text: str) -> tuple[Any, dict[str, int]]:
 _NO_KEY = object()
 
 
-def _json_depth_ok(text: str) -> bool:
-    depth = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
+def _flow_depth(text: str, start: int, end: int) -> int:
+    """The deepest flow nesting (``[``/``{`` not yet closed) in ``text[start:end]``, skipping quoted
+    scalars and comments. Only used to explain a parser's refusal, so an approximation on odd input
+    (a quote inside a plain scalar) can only change which error is reported, never accept a file."""
+    depth = deepest = 0
+    for match in _FLOW_TOKENS.finditer(text, start, end):
+        token = match.group()
+        if token in "[{":
             depth += 1
-            if depth > MAX_DEPTH:
-                return False
-        elif ch in "]}":
-            depth -= 1
-    return True
+            deepest = max(deepest, depth)
+        elif token in "]}":
+            depth = max(depth - 1, 0)
+    return deepest
+
+
+# Flow indicators, and what hides them: quoted scalars and comments (which start after a separator).
+_FLOW_TOKENS = re.compile(r"""[\[\]{}]|(?:(?<=[\s\[{,:])|(?<![^\n]))(?:#[^\n]*|"(?:[^"\\]|\\.)*"?|'[^']*'?)""", re.S)
 
 
 def parse_document(text: str | bytes, *, filename: str | None = None) -> tuple[Any, dict[str, int]]:
@@ -198,15 +206,16 @@ def parse_document(text: str | bytes, *, filename: str | None = None) -> tuple[A
         raise _fail(f"program text is {len(text) / 1e6:.1f} MB; the limit is {MAX_FILE_BYTES // 2**20} MiB "
                     "(keep corpora and data in separate files)")
     is_json = (filename or "").endswith(".json") or text.lstrip().startswith("{")
-    if is_json and not _json_depth_ok(text):
-        raise _fail(f"nesting deeper than {MAX_DEPTH} levels")
     try:
         return _parse_yaml(text)
     except ProgramValidationError as exc:
         # Only a YAML *syntax* error falls back: a duplicate key, an alias or a limit stays an error.
         if not is_json or not getattr(exc, "yaml_syntax", False):
             raise
-        # JSON that libyaml (YAML 1.1) trips over, e.g. tabs: the json module is the authority.
+        # JSON that libyaml (YAML 1.1) trips over, e.g. tabs: the json module is the authority, once the
+        # depth is known to be within the limit (the json module only stops at Python's recursion limit).
+        if _flow_depth(text, 0, len(text)) > MAX_DEPTH:
+            raise _fail(f"nesting deeper than {MAX_DEPTH} levels") from None
         try:
             data = json.loads(text, object_pairs_hook=_json_object, parse_constant=_json_constant)
         except json.JSONDecodeError as exc:

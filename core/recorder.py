@@ -38,10 +38,10 @@ class Recorder(Protocol):
         """Record a new execution (status ``running``) or return the one with the same idempotency key."""
         ...
 
-    def succeed(self, execution_id: str, result: RunResult) -> None:
+    def succeed(self, execution_id: str, result: RunResult) -> object:  # a store may answer whether it won the CAS
         """Compare-and-set ``running`` -> ``succeeded``; store outputs, usage, timings and trace steps."""
         ...
 
-    def fail(self, execution_id: str, error: StepbridgeError, *, cancelled: bool = False) -> None:
+    def fail(self, execution_id: str, error: StepbridgeError, *, cancelled: bool = False) -> object:
         """Compare-and-set ``running`` -> ``failed`` (or ``cancelled``); store the typed error and partial trace."""
         ...

@@ -1,5 +1,5 @@
-"""Shared test setup: an isolated environment (no user config, no home database, DSPy offline)
-and a real reference LM server on loopback."""
+"""Shared test setup: an isolated environment (no user config, no home database, DSPy offline),
+a real reference LM server on loopback, and this session's own PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -26,4 +26,14 @@ def reference_lm() -> Iterator[str]:
     from stepbridge.reference_lm import running_server
 
     with running_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a PostgreSQL database created for this test session and dropped after it (see sb_postgres);
+    skips with the reason when ``STEPBRIDGE_TEST_POSTGRES_URL`` is unset or unreachable."""
+    from sb_postgres import session_database
+
+    with session_database() as url:
         yield url

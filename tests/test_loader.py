@@ -72,19 +72,44 @@ def test_a_single_alias_is_refused_too() -> None:
     fails("stepbridge: 1\nname: &n x\ndescription: *n\n", "aliases", line=3)
 
 
+DEEP = "/a" * MAX_DEPTH  # the pointer of the first value past the limit in a chain of {a: ...}
+
+
 @pytest.mark.parametrize(
-    ("text", "name"),
+    ("text", "name", "outer", "exact"),
     [
-        ("[" * 10_000 + "]" * 10_000, "flow.yaml"),
-        ("x: " + "{a: " * 10_000 + "1" + "}" * 10_000, "flow_map.yaml"),
-        ("- " * 10_000 + "x\n", "block_seq.yaml"),
-        ("".join(" " * i + "a:\n" for i in range(0, 1200)), "block_map.yaml"),  # a mapping per indent level
-        ("[" * 10_000 + "]" * 10_000, "deep.json"),
-        ('{"a":' * 10_000 + "1" + "}" * 10_000, "deep_obj.json"),
+        ("[" * 10_000 + "]" * 10_000, "flow.yaml", "", "/0" * MAX_DEPTH),
+        ("x: " + "{a: " * 10_000 + "1" + "}" * 10_000, "flow_map.yaml", "/x", "/x" + DEEP[:-2]),
+        ("- " * 10_000 + "x\n", "block_seq.yaml", "", "/0" * MAX_DEPTH),
+        ("".join(" " * i + "a:\n" for i in range(0, 1200)), "block_map.yaml", "", DEEP),  # a mapping per indent
+        ("[" * 10_000 + "]" * 10_000, "deep.json", "", "/0" * MAX_DEPTH),
+        ('{"a":' * 10_000 + "1" + "}" * 10_000, "deep_obj.json", "", DEEP),
+        ("x: [1, " + "[" * 10_000 + "]" * 10_000 + "]", "inner.yaml", "/x/1", "/x/1" + "/0" * (MAX_DEPTH - 2)),
+        ("{" + '"' + "k" * 1100 + '": ' + "[" * 100 + "]" * 100 + "}", "long_key.json", "", "/" + "k" * 1100),
     ],
 )
-def test_ten_thousand_deep_nesting(tmp_path: Path, text: str, name: str) -> None:
-    fails(write(tmp_path, text, name), f"nesting deeper than {MAX_DEPTH} levels")
+@pytest.mark.parametrize("parser", ["libyaml", "pure-python", "stricter"])
+def test_ten_thousand_deep_nesting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, name: str,
+                                   outer: str, exact: str, parser: str) -> None:
+    """Our typed error, pointing into the too-deep value, whichever YAML parser reads the file and whatever
+    limit it has of its own: libyaml refuses 1,000 levels itself while looking ahead (we then point at the
+    value it was reading), pure-Python PyYAML has no limit, and a future release may refuse earlier with
+    other words (``stricter``: 70 levels, its own message)."""
+    if parser != "libyaml":
+        monkeypatch.setattr(loader, "_Loader", StricterLoader if parser == "stricter" else yaml.SafeLoader)
+    err = fails(write(tmp_path, text, name), f"nesting deeper than {MAX_DEPTH} levels")
+    assert len(err.issues) == 1
+    pointer = err.issues[0].pointer
+    assert pointer.startswith(outer) and exact.startswith(pointer), (pointer, outer)
+
+
+class StricterLoader(yaml.SafeLoader):
+    """Pure-Python PyYAML whose scanner refuses flow nesting past 70 levels with its own wording."""
+
+    def fetch_flow_collection_start(self, token_class: type) -> None:  # type: ignore[override]
+        if self.flow_level >= 70:
+            raise yaml.scanner.ScannerError(None, None, "flow too deep for this parser", self.get_mark())
+        super().fetch_flow_collection_start(token_class)  # type: ignore[misc]
 
 
 def test_nesting_just_under_the_limit_is_only_a_shape_problem() -> None:

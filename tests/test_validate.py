@@ -182,9 +182,10 @@ def test_shape_errors_point_at_the_field_even_when_it_is_named_like_a_step_kind(
     data["modules"]["search"]["k"] = "three"
     data["modules"]["answer"]["signature"] = {"inputs": {"map": {"type": 5}}, "outputs": {"answer": {}}}
     issues = issues_of(data)
-    assert the(issues, "/steps/0/call").message == "Input should be a valid string"
-    assert the(issues, "/steps/2/return").message == "Input should be a valid dictionary"
-    assert "valid integer" in the(issues, "/modules/search/k").message
+    # pointers, not pydantic's wording (which a patch release may change)
+    assert the(issues, "/steps/0/call")
+    assert the(issues, "/steps/2/return")
+    assert the(issues, "/modules/search/k")
     assert the(issues, "/modules/answer/signature/inputs/map/type")
     # a malformed return step is still a return step
     assert not [i for i in issues if "missing 'return'" in i.message]
@@ -194,7 +195,7 @@ def test_a_broken_step_does_not_make_its_result_unknown_downstream() -> None:
     data = raw()
     data["steps"][0]["with"] = None
     issues = issues_of(data)
-    assert the(issues, "/steps/0/with").message == "Input should be a valid dictionary"
+    assert the(issues, "/steps/0/with")
     assert not [i for i in issues if "unknown reference" in i.message], [str(i) for i in issues]
 
 

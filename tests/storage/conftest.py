@@ -1,4 +1,5 @@
-"""Fixtures: every storage test runs on a fresh SQLite file and on a fresh PostgreSQL schema."""
+"""Fixtures: every storage test runs on a fresh SQLite file and on a fresh PostgreSQL schema (inside the
+session's own database: see tests/sb_postgres.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sb_storage_helpers import fresh_pg_schema, make_program, postgres_unavailable
+from sb_postgres import fresh_schema
+from sb_storage_helpers import make_program
 from stepbridge import Program
 from stepbridge.storage import Store
 
@@ -17,14 +19,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
-    reason = postgres_unavailable()
-    if reason:
-        pytest.skip(reason)
-    url, drop = fresh_pg_schema()
-    try:
+    with fresh_schema(request.getfixturevalue("postgres_url")) as url:
         yield url
-    finally:
-        drop()
 
 
 @pytest.fixture

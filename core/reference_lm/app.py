@@ -1,0 +1,242 @@
+"""The reference LM as an ASGI app (:func:`create_app`): ``POST /v1/chat/completions`` and
+``GET /v1/models`` (also without ``/v1``), fault injection (:mod:`.faults`), the request log
+(:mod:`.request_log`, ``GET/DELETE /_stepbridge/requests``), cassettes (:mod:`.cassettes`) and
+``GET /_stepbridge/health``.
+
+The completion endpoint is served directly by :class:`ReferenceApp` (no router or middleware): it
+is the hot path of the I/O-bound benchmark. What a request is answered with is decided in one
+place, ``complete`` inside :func:`create_app`: validate, log, faults, cassette, model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .cassettes import Cassette, CassetteMiss, request_hash
+from .codec import dumps, loads
+from .faults import GARBAGE_TEXT, parse_faults
+from .model import ReferenceModel
+from .request_log import RequestLog
+from .responses import error, json_response, reply, reply_recorded
+
+__all__ = ["MODEL_NAME", "ReferenceApp", "create_app"]
+
+#: Name the server reports in ``/v1/models`` and answers with when a request names none.
+MODEL_NAME = "reference"
+
+@dataclass
+class _ServerState:
+    model: ReferenceModel
+    log: RequestLog
+    latency_ms: float = 0.0
+    fault: str | None = None
+    cassette: Cassette | None = None
+    record: bool = False
+    upstream: str | None = None
+    upstream_key_env: str | None = None
+    model_name: str = MODEL_NAME
+    attempts: dict[str, int] = field(default_factory=dict)
+    client: Any = None  # httpx.AsyncClient, created on first use in the serving loop
+
+
+def create_app(
+    *,
+    model: ReferenceModel | None = None,
+    latency_ms: float = 0.0,
+    fault: str | None = None,
+    log_limit: int = 100_000,
+    log_path: str | os.PathLike[str] | None = None,
+    cassette: str | os.PathLike[str] | None = None,
+    record: bool = False,
+    upstream: str | None = None,
+    upstream_key_env: str | None = "OPENAI_API_KEY",
+    model_name: str = MODEL_NAME,
+) -> Starlette:
+    """The reference LM as a Starlette app.
+
+    * ``latency_ms`` — sleep this long (asyncio) before every completion, for I/O-bound benchmarks.
+    * ``fault`` — fault segments applied to every request (see the module docstring).
+    * ``cassette`` alone — replay only; a request not in the cassette gets HTTP 404 naming its hash.
+    * ``cassette`` + ``record=True`` + ``upstream`` (an OpenAI-compatible base URL such as
+      ``http://host/v1``) — answer from the cassette when it has the request, otherwise forward it
+      upstream and record a successful answer. The upstream key is read from the environment
+      variable *named* ``upstream_key_env`` at request time and never logged.
+
+    The request log is ``app.state.log`` (a :class:`RequestLog`) and ``GET/DELETE /_stepbridge/requests``.
+    """
+    if record and (not upstream or cassette is None):
+        raise ValueError("record mode needs both upstream=URL and cassette=FILE")
+    if upstream and not record:
+        raise ValueError("upstream=URL is only used with record=True")
+    state = _ServerState(
+        model=model or ReferenceModel(),
+        log=RequestLog(log_limit, log_path),
+        latency_ms=latency_ms,
+        fault=fault,
+        cassette=Cassette(cassette) if cassette is not None else None,
+        record=record,
+        upstream=upstream.rstrip("/") if upstream else None,
+        upstream_key_env=upstream_key_env,
+        model_name=model_name,
+    )
+
+    async def chat_completions(request: Request) -> Response:
+        return await complete(request.url.path, await request.body())
+
+    async def complete(path: str, raw: bytes) -> Response:
+        try:
+            body = loads(raw)
+        except ValueError:
+            state.log.append(path, {"_invalid_json": raw[:10_000].decode("utf-8", "replace")})
+            return error(400, "request body is not valid JSON", "invalid_request_error")
+        state.log.append(path, body)
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return error(400, "request body must be a JSON object with a 'messages' list",
+                          "invalid_request_error", param="messages")
+        model_id = str(body.get("model") or state.model_name)
+        faults = parse_faults(model_id, state.fault)
+        if faults.slow_ms:
+            await asyncio.sleep(faults.slow_ms / 1000)
+        if state.latency_ms:
+            await asyncio.sleep(state.latency_ms / 1000)
+        if faults.flaky or faults.ratelimit:
+            key = request_hash(body)
+            seen = state.attempts.get(key, 0)
+            state.attempts[key] = seen + 1
+            if seen < faults.flaky:
+                return error(503, f"injected flaky failure {seen + 1} of {faults.flaky}", "server_error",
+                              "flaky")
+            if seen < faults.ratelimit:
+                return error(429, f"injected rate limit {seen + 1} of {faults.ratelimit}", "rate_limit_error",
+                              "rate_limited", retry_after="0")
+        if faults.error is not None:
+            kind = "rate_limit_error" if faults.error == 429 else (
+                "server_error" if faults.error >= 500 else "invalid_request_error")
+            return error(faults.error, f"injected error {faults.error} (model {model_id!r})", kind,
+                          "injected_error")
+
+        if state.cassette is not None:
+            key = request_hash(body)
+            if key in state.cassette or not state.record:
+                try:
+                    data = state.cassette.get(key)
+                except CassetteMiss as miss:
+                    return error(404, str(miss), "cassette_miss", hash=key, cassette=str(miss.path))
+            else:
+                upstream = await _forward(state, body)
+                if isinstance(upstream, Response):
+                    return upstream
+                data = upstream
+                state.cassette.record(key, body, data)
+            return reply_recorded(body, data)
+
+        if faults.garbage:
+            content = GARBAGE_TEXT
+        elif faults.empty:
+            content = ""
+        else:
+            try:
+                content = state.model.complete(body["messages"], response_format=body.get("response_format"))
+            except Exception as exc:  # the model must never take the server down
+                return error(500, f"reference model failed: {type(exc).__name__}: {exc}", "server_error")
+        return reply(body, model_id, content)
+
+    async def list_models(request: Request) -> Response:
+        return json_response({"object": "list", "data": [
+            {"id": state.model_name, "object": "model", "created": 0, "owned_by": "stepbridge"}]})
+
+    async def requests_log(request: Request) -> Response:
+        if request.method == "DELETE":
+            state.log.clear()
+            return json_response({"cleared": True})
+        since = int(request.query_params.get("since", "0") or 0)
+        entries = state.log.entries(since)
+        return json_response({"object": "list", "count": len(entries), "requests": entries})
+
+    async def health(request: Request) -> Response:
+        return json_response({"status": "ok", "model": state.model_name})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if state.client is not None:
+                await state.client.aclose()
+                state.client = None
+            state.log.close()
+
+    routes = []
+    for prefix in ("/v1", ""):
+        routes.append(Route(f"{prefix}/chat/completions", chat_completions, methods=["POST"]))
+        routes.append(Route(f"{prefix}/models", list_models, methods=["GET"]))
+    routes.append(Route("/_stepbridge/requests", requests_log, methods=["GET", "DELETE"]))
+    routes.append(Route("/_stepbridge/health", health, methods=["GET"]))
+    app = ReferenceApp(routes=routes, lifespan=lifespan)
+    app.completion_handler = complete
+    app.state.reference = state
+    app.state.log = state.log
+    app.state.model = state.model
+    return app
+
+
+_COMPLETION_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+
+
+class ReferenceApp(Starlette):
+    """Starlette, with the completion endpoint served directly (no middleware or router): it is the
+    hot path of the I/O-bound benchmark, and this roughly halves its per-request cost."""
+
+    completion_handler: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if (scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in _COMPLETION_PATHS
+                and self.completion_handler is not None):
+            chunks = []
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            response = await self.completion_handler(scope["path"], b"".join(chunks))
+            await response(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+async def _forward(state: _ServerState, body: dict[str, Any]) -> Any:
+    """Send a request upstream (non-streaming); the JSON answer, or an error Response to pass back."""
+    import httpx
+
+    if state.client is None:
+        state.client = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0))
+    headers = {"Content-Type": "application/json"}
+    key = os.environ.get(state.upstream_key_env) if state.upstream_key_env else None
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    upstream_body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+    try:
+        resp = await state.client.post(f"{state.upstream}/chat/completions", content=dumps(upstream_body),
+                                       headers=headers)
+    except httpx.HTTPError as exc:
+        return error(502, f"upstream request failed: {type(exc).__name__}", "upstream_error")
+    if resp.status_code != 200:
+        passthrough = {k: v for k, v in resp.headers.items() if k.lower() == "retry-after"}
+        return Response(resp.content, status_code=resp.status_code, headers=passthrough,
+                        media_type=resp.headers.get("content-type", "application/json"))
+    try:
+        return resp.json()
+    except ValueError:
+        return error(502, "upstream answered with invalid JSON", "upstream_error")

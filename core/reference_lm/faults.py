@@ -1,0 +1,59 @@
+"""Fault injection by model name (any ``/``-separated segment of the request's ``model``, or the
+server-wide ``fault`` option).
+
+``error-<status>`` (``error-429`` carries ``Retry-After``), ``garbage`` (text no adapter can parse,
+:data:`GARBAGE_TEXT`), ``empty``, ``slow-<ms>``, ``flaky-<n>`` (the first ``n`` attempts of each
+distinct request get a 503, then it succeeds), ``ratelimit-<n>`` (the same with 429 and
+``Retry-After: 0``). Example: ``dspy.LM("openai/reference/error-500", api_base=url)``.
+
+A new fault is a field of :class:`Faults`, a pattern in ``_FAULT`` and a branch of
+:func:`parse_faults`; the app (:mod:`.app`) and the in-process client (``stepbridge.lm``) act on it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+__all__ = ["GARBAGE_TEXT", "Faults", "parse_faults"]
+
+GARBAGE_TEXT = "Lorem ipsum dolor sit amet: this reply deliberately ignores the requested format."
+_FAULT = re.compile(r"^(error|slow|flaky|ratelimit)-(\d{1,6})$|^(garbage|empty)$")
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Faults to inject into one request (from its model name and the server's ``fault`` option)."""
+
+    error: int | None = None
+    slow_ms: int = 0
+    flaky: int = 0
+    ratelimit: int = 0
+    garbage: bool = False
+    empty: bool = False
+
+
+@lru_cache(maxsize=1024)
+def parse_faults(*names: str | None) -> Faults:
+    """Faults named by ``/``-separated segments, e.g. ``reference/error-429`` or ``slow-200/garbage``."""
+    error, slow, flaky, ratelimit, garbage, empty = None, 0, 0, 0, False, False
+    for name in names:
+        for seg in (name or "").split("/"):
+            m = _FAULT.match(seg.strip().lower())
+            if not m:
+                continue
+            kind, num, flag = m.group(1), m.group(2), m.group(3)
+            if kind == "error" and 100 <= int(num) <= 599:
+                error = int(num)
+            elif kind == "slow":
+                slow = int(num)
+            elif kind == "flaky":
+                flaky = int(num)
+            elif kind == "ratelimit":
+                ratelimit = int(num)
+            elif flag == "garbage":
+                garbage = True
+            elif flag == "empty":
+                empty = True
+    return Faults(error=error, slow_ms=slow, flaky=flaky, ratelimit=ratelimit, garbage=garbage, empty=empty)

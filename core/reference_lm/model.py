@@ -1,0 +1,98 @@
+"""The deterministic model (:class:`ReferenceModel`): parse the prompt (:mod:`.prompts`), digest the
+inputs (:mod:`.facts`), build each output value (:mod:`.answers`), render in the requested format.
+
+Callable in-process (``model.complete(messages)``) as the native adapter does when no endpoint is
+configured, and behind the HTTP app (:mod:`.app`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .answers import ValueGenerator
+from .facts import Facts
+from .prompts import PromptField, input_values, message_text, parse_system_message
+
+__all__ = ["ReferenceModel", "render_chat"]
+
+_MARKER_FIX = re.compile(r"\[\[ ## (\w+) ## \]\]")
+
+
+def render_chat(outputs: Sequence[PromptField], values: Mapping[str, Any]) -> str:
+    """Output values as ChatAdapter sections (``[[ ## name ## ]]``), ending with ``completed``."""
+    parts = []
+    for spec in outputs:
+        v = values[spec.name]
+        if isinstance(v, str):
+            text = _MARKER_FIX.sub(r"[ ## \1 ## ]", v)
+        elif isinstance(v, bool) or v is None:
+            text = str(v)
+        else:
+            text = json.dumps(v, ensure_ascii=False)
+        parts.append(f"[[ ## {spec.name} ## ]]\n{text}")
+    return "\n\n".join(parts) + "\n\n[[ ## completed ## ]]\n"
+
+
+class ReferenceModel:
+    """The deterministic model: reads a DSPy-formatted prompt, answers in the requested format.
+
+    ``complete`` is pure (same messages, same answer) and cheap: the system message parse is cached
+    by its text and whole answers by (system, last user message, response format).
+    """
+
+    def __init__(self, cache_size: int = 4096):
+        self._cache: dict[tuple[str, str, str], str] = {}
+        self._cache_size = cache_size
+
+    def complete(self, messages: Sequence[Mapping[str, Any]], *, response_format: Any = None) -> str:
+        system = ""
+        user = ""
+        for m in messages:
+            role = m.get("role")
+            if role in ("system", "developer") and not system:
+                system = message_text(m.get("content"))
+            elif role == "user":
+                user = message_text(m.get("content"))
+        rf_key = "" if response_format is None else json.dumps(response_format, sort_keys=True, default=str)
+        key = (system, user, rf_key)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        answer = self._answer(system, user, response_format)
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()
+        self._cache[key] = answer
+        return answer
+
+    __call__ = complete
+
+    def _answer(self, system: str, user: str, response_format: Any) -> str:
+        spec = parse_system_message(system) if system else None
+        rf_type = response_format.get("type") if isinstance(response_format, Mapping) else None
+        if spec is None:
+            facts = Facts.from_values({"input": user})
+            schema = _response_schema(response_format)
+            if schema is not None:
+                return json.dumps(ValueGenerator(facts, schema).value(schema, "output"), ensure_ascii=False)
+            if rf_type == "json_object":
+                return json.dumps({"answer": facts.first_sentence()}, ensure_ascii=False)
+            return facts.first_sentence()
+        facts = Facts.from_values(input_values(user, [f.name for f in spec.inputs]))
+        values: dict[str, Any] = {}
+        for out in spec.outputs:
+            values[out.name] = ValueGenerator(facts, out.schema).value(out.schema, out.name)
+        if spec.format == "json" or rf_type in ("json_object", "json_schema"):
+            return json.dumps(values, indent=2, ensure_ascii=False)
+        return render_chat(spec.outputs, values)
+
+
+def _response_schema(response_format: Any) -> Mapping[str, Any] | None:
+    if isinstance(response_format, Mapping) and response_format.get("type") == "json_schema":
+        js = response_format.get("json_schema")
+        if isinstance(js, Mapping) and isinstance(js.get("schema"), Mapping):
+            schema: Mapping[str, Any] = js["schema"]
+            return schema
+    return None
