@@ -289,13 +289,13 @@ class BehaviourTests:
     def test_runs_after_failures(self, conformance: Harness) -> None:
         """A failed run leaves the adapter healthy: the next run succeeds."""
         h = conformance
-        case = _BY_ID["error_lm"]
-        for failing in case.runs:
-            seen = h.observe(partial(h.run, case.program, failing.inputs, options=h.options(failing.lm)))
+        program = _BY_ID["error_lm"].program
+        for model in ("openai/reference/garbage", "openai/reference/error-404"):
+            options = h.options({"model": model})
+            seen = h.observe(partial(h.run, program, {"question": "Fail, please."}, options=options))
             if not isinstance(seen.error, StepError):
-                fail("a run against a failing LM did not fail with a StepError",
-                     expected=_describe_expected(failing.error or {"type": "StepError"}),
-                     actual=describe_outcome(seen.result, seen.error), look_at="errors")
+                fail(f"a run against a failing LM ({model}) did not fail with a StepError",
+                     expected="StepError(step=0)", actual=describe_outcome(seen.result, seen.error), look_at="errors")
         ok = _BY_ID["predict"]
         seen = h.observe(lambda: h.run(ok.program, ok.runs[0].inputs))
         if seen.error is not None:
@@ -450,26 +450,42 @@ class BehaviourTests:
 
     @capability("map")
     def test_map_keeps_input_order(self, conformance: Harness) -> None:
-        """Map elements that finish in another order than they started: results and child records in input
-        order."""
+        """Map elements that finish in another order than they started (an LM that answers each after its own
+        delay; tools that sleep): results and child records in input order."""
         h = conformance
-        self.require(h, {"map", "tools"})
-        items = ["400 first", "0 second", "250 third", "100 fourth", "300 fifth"]
-        program = _load({"stepbridge": 1, "name": "conformance_map_order", "signature": "items: list[str] -> echoed: "
-                         "list[str]", "modules": {"echo": {"type": "tool", "tool": "conformance_slow_echo"}},
-                         "steps": [{"map": "echo", "over": "$inputs.items", "item": "it", "with": {"text": "$it"},
-                                    "as": "each"}, {"return": {"echoed": "$each.result"}}]})
-        seen = h.observe(lambda: h.run(program, {"items": items}))
+        self.require(h, {"map"})
+        questions = [f"Question number {i}?" for i in range(8)]  # jitter-200 answers them out of order
+        program = _load({"stepbridge": 1, "name": "conformance_map_order", "signature": "questions: list[str] -> "
+                         "answers: list[str]", "modules": {"qa": {"type": "predict", "signature": "question -> answer",
+                                                                   "lm": {"model": "openai/reference/jitter-200"}}},
+                         "steps": [{"map": "qa", "over": "$inputs.questions", "item": "q", "with": {"question": "$q"},
+                                    "as": "each"}, {"return": {"answers": "$each.answer"}}]})
+        self._map_in_order(h, program, {"questions": questions}, "answers", "question", questions, "an LM map")
+        if "tools" in h.capabilities:
+            items = ["200 first", "0 second", "120 third", "50 fourth", "150 fifth"]
+            program = _load({"stepbridge": 1, "name": "conformance_map_order_tools",
+                             "signature": "items: list[str] -> echoed: list[str]",
+                             "modules": {"echo": {"type": "tool", "tool": "conformance_slow_echo"}},
+                             "steps": [{"map": "echo", "over": "$inputs.items", "item": "it", "with": {"text": "$it"},
+                                        "as": "each"}, {"return": {"echoed": "$each.result"}}]})
+            self._map_in_order(h, program, {"items": items}, "echoed", "text", items, "a tool map")
+
+    @staticmethod
+    def _map_in_order(h: Harness, program: Program, inputs: dict[str, Any], output: str, field: str,
+                      items: list[str], what: str) -> None:
+        base = h.observe(lambda: h.run(program, inputs, native=True))
+        seen = h.observe(lambda: h.run(program, inputs))
         if seen.error is not None:
-            fail("a map over a tool failed", expected=f"outputs {items}", actual=describe_outcome(None, seen.error),
-                 look_at="map")
-        if seen.result.outputs.get("echoed") != items:
-            fail("map results are not in input order (the elements finished in another order)",
-                 expected=str(items), actual=str(seen.result.outputs.get("echoed")), look_at="map")
+            fail(f"{what} failed", expected=describe_outcome(base.result, base.error),
+                 actual=describe_outcome(None, seen.error), look_at="map")
+        expected = base.result.outputs.get(output)
+        if not same(seen.result.outputs.get(output), expected):
+            fail(f"{what}: results are not in input order (the elements finished in another order)",
+                 expected=str(expected), actual=str(seen.result.outputs.get(output)), look_at="map")
         step = as_trace(seen.result.trace)[0]
-        got = [c.inputs.get("text") for c in step.children]
+        got = [c.inputs.get(field) for c in step.children]
         if step.kind != "map" or got != items:
-            fail("the map step's child records are not one per element in input order", expected=str(items),
+            fail(f"{what}: the child records are not one per element in input order", expected=str(items),
                  actual=f"kind {step.kind!r}, children {got}", look_at=("map", "trace"))
 
     @capability("map")
@@ -479,7 +495,7 @@ class BehaviourTests:
         self.require(h, {"map"})
         program = _load({"stepbridge": 1, "name": "conformance_map_limit", "signature": "questions: list[str] -> "
                          "answers: list[str]", "modules": {"qa": {"type": "predict", "signature": "question -> answer",
-                                                                   "lm": {"model": "openai/reference/slow-300"}}},
+                                                                   "lm": {"model": "openai/reference/slow-200"}}},
                          "steps": [{"map": "qa", "over": "$inputs.questions", "item": "q", "with": {"question": "$q"},
                                     "as": "each", "concurrency": 2}, {"return": {"answers": "$each.answer"}}]})
         questions = [f"Question number {i}?" for i in range(6)]
@@ -487,12 +503,12 @@ class BehaviourTests:
         if seen.error is not None:
             fail("a map step failed", actual=describe_outcome(None, seen.error), look_at="map")
         times = sorted(e["time"] for e in seen.entries)
-        # the LM answers after 300 ms, so the third request can only come once one of the first two was answered
-        crowded = [i for i in range(2, len(times)) if times[i] - times[i - 2] < 0.25]
+        # the LM answers after 200 ms, so the third request can only come once one of the first two was answered
+        crowded = [i for i in range(2, len(times)) if times[i] - times[i - 2] < 0.15]
         if crowded:
             i = crowded[0]
             fail("a map step ran more elements at once than its `concurrency`",
-                 expected="at most 2 requests waiting on the LM (it answers after 300 ms)",
+                 expected="at most 2 requests waiting on the LM (it answers after 200 ms)",
                  actual=f"requests {i - 1}, {i} and {i + 1} arrived within {times[i] - times[i - 2]:.3f}s",
                  look_at="map")
 
@@ -503,7 +519,7 @@ class BehaviourTests:
         h = conformance
         self.require(h, {"map", "tools"})
         key = f"map-failure-{uuid.uuid4().hex[:8]}"
-        items = ["0 fail", "600 second", "600 third", "600 fourth", "600 fifth"]
+        items = ["0 fail", "400 second", "400 third", "400 fourth", "400 fifth"]
         program = _load({"stepbridge": 1, "name": "conformance_map_failure", "signature": "key, items: list[str] -> "
                          "done: list[str]", "modules": {"effect": {"type": "tool", "tool": "conformance_effect",
                                                                    "side_effects": True}},
@@ -516,7 +532,7 @@ class BehaviourTests:
             fail("a map step whose element raised did not fail the run",
                  expected="StepError(step=0) as soon as the first element fails",
                  actual=describe_outcome(seen.result, seen.error), look_at="map")
-        while time.time() < max(began + 1.2, seen.ended + 0.2):  # the other elements would act at +600 ms
+        while time.time() < max(began + 0.8, seen.ended + 0.2):  # the other elements would act at +400 ms
             time.sleep(0.05)
         late = [(t, item) for t, item in h.lm.ledger.of(key) if t > seen.ended]
         if late:
@@ -652,24 +668,24 @@ class BehaviourTests:
 
     @capability("timeout")
     def test_timeout(self, conformance: Harness) -> None:
-        """RunOptions.timeout bounds the whole run: five 300 ms steps under a 1 s timeout end in RunTimeoutError
+        """RunOptions.timeout bounds the whole run: five 200 ms steps under a 0.6 s timeout end in RunTimeoutError
         (no single call is slow), with the steps that finished in the partial trace."""
         h = conformance
         self.require(h, {"timeout"})
         program = _chain("conformance_timeout", 5)
-        options = RunOptions(timeout=1.0, lm={"model": "openai/reference/slow-300"})
+        options = RunOptions(timeout=0.6, lm={"model": "openai/reference/slow-200"})
         began = time.time()
         seen = h.observe(lambda: h.run(program, {"question": "Will this time out?"}, options=options))
         if seen.error is None:
             fail("the run finished although it took longer than its timeout",
-                 expected="RunTimeoutError(timeout=1.0): five steps of 300 ms each take 1.5 s",
+                 expected="RunTimeoutError(timeout=0.6): five steps of 200 ms each take 1 s",
                  actual=f"succeeded after {seen.ended - began:.1f}s: the timeout is not applied to the whole run "
                         "(per call, or not at all?)", look_at="timeout")
         if not isinstance(seen.error, RunTimeoutError):
-            fail("a run past its timeout failed with another error", expected="RunTimeoutError(timeout=1.0)",
+            fail("a run past its timeout failed with another error", expected="RunTimeoutError(timeout=0.6)",
                  actual=describe_outcome(None, seen.error), look_at=("timeout", "errors"))
-        if seen.error.timeout != 1.0:
-            fail("RunTimeoutError.timeout is not the run's timeout", expected="1.0", actual=repr(seen.error.timeout),
+        if seen.error.timeout != 0.6:
+            fail("RunTimeoutError.timeout is not the run's timeout", expected="0.6", actual=repr(seen.error.timeout),
                  look_at="timeout")
         answered = len(seen.bodies) - 1  # every request but the last was answered before the next step began
         trace = {t.step: t for t in as_trace(seen.error.trace)}
@@ -685,7 +701,7 @@ class BehaviourTests:
         request arrives afterwards; the adapter keeps serving."""
         h = conformance
         self.require(h, {"cancel"})
-        program = _chain("conformance_cancel", 2, first_model="openai/reference/slow-800")
+        program = _chain("conformance_cancel", 2, first_model="openai/reference/slow-400")
         mark = h.lm.mark()
 
         async def go() -> tuple[str, float]:
@@ -708,7 +724,7 @@ class BehaviourTests:
         if outcome != "cancelled":
             fail("cancelling the task awaiting the run did not cancel it",
                  expected="asyncio.CancelledError promptly", actual=outcome, look_at="cancel")
-        while time.time() < cancelled_at + 1.3:  # step 0's reply would come at +0.8 s, step 1's request after it
+        while time.time() < cancelled_at + 0.8:  # step 0's reply would come at +0.4 s, step 1's request after it
             time.sleep(0.05)
         late = h.requests_after(cancelled_at, mark)
         if late:

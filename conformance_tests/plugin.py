@@ -89,6 +89,24 @@ def _is_core(meta: tuple[str, str, str]) -> bool:
     return meta[0] == "core" and meta[2] == "adapter"
 
 
+#: The order suite tests run in: quick, telling checks first (a broken adapter fails within seconds), the
+#: checks that wait on purpose (timeouts, cancellation) last.
+_ORDER = {"test_declares_adapter_protocol": 0, "case": 1, "equivalence": 2, "negative": 3, "behaviour": 4}
+
+
+def _cheap_first(items: list[pytest.Item]) -> None:
+    from .suite import conformance_meta
+
+    def rank(pair: tuple[int, pytest.Item]) -> tuple[int, int]:
+        index, item = pair
+        meta = conformance_meta(item)
+        if meta is None:
+            return (-1, index)
+        return (_ORDER.get(getattr(item, "originalname", item.name), _ORDER.get(meta[1], 4)), index)
+
+    items[:] = [item for _, item in sorted(enumerate(items), key=rank)]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from .suite import conformance_meta
 
@@ -111,6 +129,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 break
         if certify and marked and _is_core(meta):
             refused.append(item.name)
+    _cheap_first(items)
     if refused:
         raise pytest.UsageError(
             f"--certify: core tests may not be expected to fail: {', '.join(refused[:10])}"

@@ -243,7 +243,7 @@ class AdapterConformance(BehaviourTests):
             fail(f"suite bug: case {case.id!r} needs {sorted(program.required_capabilities)} but declares "
                  f"{sorted(case.capabilities)}")
         what = f"case {run.id} ({case.description})"
-        seen = h.observe(lambda: h.run(program, run.inputs, options=h.options(run.lm)))
+        seen = h.case_runs[run.id] = h.observe(lambda: h.run(program, run.inputs, options=h.options(run.lm)))
         request_diff = None
         if run.requests is not None:
             request_diff = expected_fields_difference(run.requests, seen.bodies)
@@ -298,7 +298,8 @@ class AdapterConformance(BehaviourTests):
         self.require(h, case.capabilities, f"case {case.id!r}")
         what = f"case {run.id}: adapter {h.name!r} vs native"
         base = native_observation(h, run)
-        seen = h.observe(lambda: h.run(case.program, run.inputs, options=h.options(run.lm)))
+        seen = h.case_runs.pop(run.id, None) or h.observe(
+            lambda: h.run(case.program, run.inputs, options=h.options(run.lm)))
         diff = diff_requests(base.bodies, seen.bodies, labels=trace_labels(_trace_of(base)), tolerate=_tolerated)
         if diff is not None:
             fail(f"{what}: the LM received other requests from this adapter than from native",
