@@ -49,12 +49,18 @@ Diagnosis = tuple[str | None, tuple[str, ...] | None]
 # ================================================================================================
 # shared judgements
 # ================================================================================================
+#: Native's observation of each case run, for every harness of this process: the reference LM and the native
+#: adapter are deterministic, so one native run per case run is enough (a run of many adapters, such as the
+#: suite's mutation test, pays for it once).
+_NATIVE_RUNS: dict[str, Observed] = {}
+
+
 def native_observation(h: Harness, run: Any) -> Observed:
-    """Native's observation of a case run (cached: the LM is deterministic)."""
-    seen = h.native_runs.get(run.id)
+    """Native's observation of a case run (cached)."""
+    seen = _NATIVE_RUNS.get(run.id)
     if seen is None:
         case = run.case
-        seen = h.native_runs[run.id] = h.observe(
+        seen = _NATIVE_RUNS[run.id] = h.observe(
             lambda: h.run(case.native_program, run.inputs, native=True, options=h.options(run.lm)))
     return seen
 

@@ -53,7 +53,8 @@ LOOK_AT = {
                "does not parse is asked again once, in the JSON format, and only for a chat request "
                "(docs/conformance.md#lm-errors)",
     "errors": "errors: typed errors keep their type and details; a failed step is a StepError(step, module, cause) "
-              "with the partial trace (docs/conformance.md#errors)",
+              "with the partial trace; across a process boundary send error.to_dict() and rebuild it with "
+              "stepbridge.errors.error_from_dict() (docs/conformance.md#errors)",
     "trace": "trace: one StepTrace per executed step in program order; each LM call with the messages sent and the "
              "raw reply, also on a failed step (docs/conformance.md#trace)",
     "usage": "usage: RunResult.usage sums the token counts the LM reported on every call, map elements included "

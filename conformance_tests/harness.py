@@ -168,8 +168,6 @@ class Harness:
         self._runners: dict[int, Any] = {}
         self._extra: list[Any] = []
         self._fresh: Any = None
-        #: native's observation of each case run (the LM is deterministic: one native run per case run)
-        self.native_runs: dict[str, Observed] = {}
         #: the adapter's observation of each case run by test_case, which test_equivalence then judges
         self.case_runs: dict[str, Observed] = {}
         self.adapter = self.loop.call(self._create(factory, self.kwargs), what=f"creating adapter {spec!r}")

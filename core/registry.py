@@ -135,7 +135,8 @@ def load_adapter(spec: Any, **kwargs: Any) -> Any:
     """An adapter instance from a registered name (``native``), ``package.module:factory``, a factory or
     an instance. This is operator input, so an import path is allowed here (never from a program)."""
     if not isinstance(spec, str):
-        adapter = spec(**kwargs) if callable(spec) and not hasattr(spec, "run") else spec
+        # a class (or any factory) is called; an object that already has ``run`` is an adapter instance
+        adapter = spec(**kwargs) if isinstance(spec, type) or (callable(spec) and not hasattr(spec, "run")) else spec
     else:
         try:
             if ":" in spec:
