@@ -283,7 +283,7 @@ class BehaviourTests:
         if diff is not None:
             fail(f"{what}: the LM received other requests than native sent",
                  expected=f"native's {len(base.bodies)} request(s)", actual=f"{len(seen.bodies)} request(s)",
-                 difference=diff[1], look_at=("inputs", "prompt") if diff[0] == "messages" else "lm_settings")
+                 difference=diff[1], look_at=("inputs", "prompt") if diff[0].startswith("messages") else "lm_settings")
         if (base.error is None) != (seen.error is None):
             fail(f"{what}: another outcome than native's", expected=describe_outcome(base.result, base.error),
                  actual=describe_outcome(seen.result, seen.error), look_at="errors")

@@ -208,7 +208,7 @@ def field_difference(expected: dict[str, Any], actual: dict[str, Any], *, tolera
         if key == "messages" and isinstance(expected[key], list) and isinstance(actual[key], list):
             diff = _messages_difference(expected[key], actual[key])
             if diff:
-                return key, diff
+                return diff
             continue
         if not same(expected[key], actual[key]):
             inner = first_difference(expected[key], actual[key]) if isinstance(expected[key], dict) else None
@@ -217,24 +217,28 @@ def field_difference(expected: dict[str, Any], actual: dict[str, Any], *, tolera
     return None
 
 
-def _messages_difference(expected: list[Any], actual: list[Any]) -> str | None:
+def _messages_difference(expected: list[Any], actual: list[Any]) -> tuple[str, str] | None:
+    """(``messages.<role>``, description) of the first differing message; the role says where the bug is
+    (system: the prompt's fields, instructions, format; user: the input values; assistant: the demos)."""
     for i, (x, y) in enumerate(zip(expected, actual, strict=False)):
         if not isinstance(x, dict) or not isinstance(y, dict):
             if x != y:
-                return f"messages[{i}]: expected {short(x)}, got {short(y)}"
+                return "messages", f"messages[{i}]: expected {short(x)}, got {short(y)}"
             continue
+        role = f"messages.{x.get('role')}"
         if x.get("role") != y.get("role"):
-            return f"messages[{i}].role: expected {x.get('role')!r}, got {y.get('role')!r}"
+            return "messages", f"messages[{i}].role: expected {x.get('role')!r}, got {y.get('role')!r}"
         cx, cy = x.get("content"), y.get("content")
         if cx != cy:
             if isinstance(cx, str) and isinstance(cy, str):
-                return f"messages[{i}] ({x.get('role')}) content differs {text_difference(cx, cy)}"
-            return f"messages[{i}] ({x.get('role')}) content: expected {short(cx)}, got {short(cy)}"
+                return role, f"messages[{i}] ({x.get('role')}) content differs {text_difference(cx, cy)}"
+            return role, f"messages[{i}] ({x.get('role')}) content: expected {short(cx)}, got {short(cy)}"
         if {k: v for k, v in x.items() if k != "content"} != {k: v for k, v in y.items() if k != "content"}:
-            return f"messages[{i}]: expected {short(x)}, got {short(y)}"
+            return role, f"messages[{i}]: expected {short(x)}, got {short(y)}"
     if len(expected) != len(actual):
-        return (f"messages: expected {len(expected)} messages ({', '.join(str(m.get('role')) for m in expected)}), "
-                f"got {len(actual)} ({', '.join(str(m.get('role')) if isinstance(m, dict) else '?' for m in actual)})")
+        return "messages", (
+            f"messages: expected {len(expected)} messages ({', '.join(str(m.get('role')) for m in expected)}), "
+            f"got {len(actual)} ({', '.join(str(m.get('role')) if isinstance(m, dict) else '?' for m in actual)})")
     return None
 
 

@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-score", type=float, default=0.0, help="fail below this killed/total ratio")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one process may take")
     parser.add_argument("-k", dest="select", default=None, help="only mutants whose name contains this")
+    parser.add_argument("--only", default=None, help="only these mutants (comma-separated names)")
     parser.add_argument("--no-control", action="store_true", help="do not run the independent adapter")
     parser.add_argument("--json", type=Path, default=None, help="also write the outcomes here")
     args = parser.parse_args(argv)
@@ -118,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     import broken_adapters
 
     mutants = [m for m in broken_adapters.MUTANTS if args.select is None or args.select.lower() in m.__name__.lower()]
+    if args.only:
+        names = {n.strip() for n in args.only.split(",") if n.strip()}
+        unknown = names - {m.__name__ for m in mutants}
+        if unknown:
+            parser.error(f"no such mutant(s): {', '.join(sorted(unknown))}")
+        mutants = [m for m in mutants if m.__name__ in names]
     jobs = max(1, args.jobs)
     groups: list[list[tuple[str, str]]] = [[] for _ in range(jobs)]
     if not args.no_control:

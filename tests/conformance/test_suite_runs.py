@@ -269,15 +269,15 @@ def test_matrix_combines_reports(tmp_path: Path) -> None:
 def test_cli_wraps_pytest_with_the_plugin() -> None:
     from stepbridge.conformance.cli import pytest_args
 
-    args = pytest_args("pkg.mod:make", Path("out"), Path("known.yaml"))
-    assert args[:2] == ["-p", "stepbridge.conformance.plugin"]
+    args = pytest_args("pkg.mod:make", Path("out"), Path("known.yaml"), certify=True)
+    assert args[:2] == ["-p", "stepbridge.conformance.plugin"] and "--certify" in args
     assert "--pyargs" in args and "stepbridge.conformance" in args
     assert args[args.index("--adapter") + 1] == "pkg.mod:make"
     assert args[args.index("--conformance-report") + 1] == "out"
     assert args[args.index("--expected-failures") + 1] == "known.yaml"
     proc = subprocess.run([sys.executable, "-m", "stepbridge.conformance", "--help"], capture_output=True, text=True,
                           timeout=120)
-    assert proc.returncode == 0 and "--report" in proc.stdout
+    assert proc.returncode == 0 and "--report" in proc.stdout and "--certify" in proc.stdout
 
 
 def test_cases_are_consistent() -> None:
@@ -294,3 +294,90 @@ def test_cases_are_consistent() -> None:
         assert case.program.required_capabilities <= case.capabilities, case.id
         for run in case.runs:
             assert run.outputs is not None or run.error is not None, run.id
+
+
+# ------------------------------------------------------------------------------------------------
+# failure messages: what was expected, what the adapter did, the smallest difference, where to look
+# ------------------------------------------------------------------------------------------------
+def run_mutants(tmp_path: Path, *names: str) -> dict[str, dict[str, Any]]:
+    """Run the suite's mutation test on a few mutants (no control); each one's outcome."""
+    out = tmp_path / "mutation.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEPBRIDGE_LM_")}
+    proc = subprocess.run([sys.executable, str(HERE / "mutation.py"), "--no-control", "--jobs", "1", "--only",
+                           ",".join(names), "--json", str(out)], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {o["name"]: o for o in json.loads(out.read_text())["outcomes"]}
+
+
+def test_messages_name_the_request_the_field_and_the_protocol_part(tmp_path: Path) -> None:
+    found = run_mutants(tmp_path, "IgnoresRunOverride", "InputFieldsSorted", "StripsInputs", "CancelLeavesTask")
+    assert all(o["status"] == "killed" for o in found.values()), found
+    # native raised because the run-time override names a failing model; the adapter succeeded: the override is
+    # the bug, not a lost error type
+    override = found["IgnoresRunOverride"]["reason"]
+    assert "type was lost" not in override and "succeeded where it must fail" in override
+    assert "native request 1 (step 0, module 'first')" in override
+    assert "model: expected 'reference/error-500', the adapter sent 'gpt-4o-mini'" in override
+    assert "look at: LM settings" in override
+    # a prompt-order bug changes the outputs, but the message blames the prompt, not the parsing
+    order = found["InputFieldsSorted"]["reason"]
+    assert "the requests already differ from native's" in order and "messages[0] (system)" in order
+    assert "look at: prompts" in order and "look at: parsing" not in order
+    stripped = found["StripsInputs"]["reason"]
+    assert "messages[1] (user)" in stripped and "look at: inputs" in stripped
+    cancel = found["CancelLeavesTask"]["reason"]
+    assert "after the run was cancelled" in cancel and "instead it" not in cancel and "look at: cancel" in cancel
+
+
+def test_requests_are_compared_request_by_request(tmp_path: Path) -> None:
+    """Only the first module's temperature is wrong: the message names that request and that field (the other
+    requests are the same), instead of sorting both lists and comparing unrelated requests."""
+    code, output, report = run_suite(tmp_path, "broken_adapters:IgnoresModuleTemperature", "-k",
+                                     "test_equivalence and literals", pythonpath=HERE)
+    assert code == 1 and report is not None, output[-3000:]
+    reason = failures(report)["test_equivalence[literals_and_lm_overrides-0]"]
+    assert "native request 1 (step 0, module 'draft') vs the adapter's request 1" in reason
+    assert "temperature: expected 0.0, the adapter sent 0.3" in reason and "look at: LM settings" in reason
+
+
+def test_pairing_never_sorts_both_lists() -> None:
+    from stepbridge.conformance.checks import diff_requests
+
+    def body(system: str, user: str, **fields: Any) -> dict[str, Any]:
+        return {"model": "m", "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+                **fields}
+
+    native = [body("B module", "z question", temperature=0.1), body("A module", "a question", temperature=0.2)]
+    # the adapter's second request differs only in temperature; sorting both lists would pair A with B
+    adapter = [body("B module", "z question", temperature=0.1), body("A module", "a question", temperature=0.9)]
+    diff = diff_requests(native, adapter)
+    assert diff is not None and diff[0] == "temperature" and "native request 2 vs the adapter's request 2" in diff[1]
+    # arrival order alone is not a difference (map elements arrive in any order)
+    assert diff_requests(native, list(reversed(native))) is None
+    # a missing request is named, not compared with an unrelated one
+    missing = diff_requests(native, native[:1])
+    assert missing is not None and "native request 2 has no counterpart" in missing[1]
+    # spellings with one meaning are the same request
+    assert diff_requests([body("s", "u", max_tokens=5, n=1)], [body("s", "u", max_completion_tokens=5)]) is None
+
+
+def test_mutant_catalogue_covers_every_bug_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(HERE))
+    import broken_adapters
+
+    mutants = broken_adapters.MUTANTS
+    assert len(mutants) >= 40 and len({m.__name__ for m in mutants}) == len(mutants)
+    assert all((m.__doc__ or "").strip() and m.BUG_CLASS != "?" for m in mutants)
+    classes = {m.BUG_CLASS for m in mutants}
+    issue_12 = {"sampling settings", "response_format", "LM precedence", "lenient parsing", "outputs", "inputs",
+                "map order", "map failure", "failed-step trace", "usage", "shared state", "side effects",
+                "plan cache", "cancel", "timeout", "aclose"}
+    assert issue_12 <= classes, issue_12 - classes
+    # every mutant is built on the independent adapter, which shares nothing with the native executor
+    from independent_adapter import IndependentAdapter
+
+    assert all(issubclass(m, IndependentAdapter) for m in mutants)
+    source = (HERE / "independent_adapter.py").read_text()
+    assert "stepbridge.adapters" not in source and "stepbridge.interpreter" not in source
+    assert "stepbridge.references" not in source and "stepbridge.lm import LMPool" not in source
