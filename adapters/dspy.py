@@ -77,7 +77,7 @@ from stepbridge.errors import (  # noqa: E402
     UnsupportedCapabilityError,
     register_secret,
 )
-from stepbridge.formats import chain_of_thought, to_dspy_signature  # noqa: E402
+from stepbridge.formats import to_dspy_signature  # noqa: E402
 from stepbridge.interpreter import PlanStep, RunContext, plan, run_plan  # noqa: E402
 from stepbridge.lm import LMPool, LMProfile, load_profiles, resolve_profile  # noqa: E402
 from stepbridge.program import (  # noqa: E402
@@ -89,6 +89,7 @@ from stepbridge.program import (  # noqa: E402
     RetrieveModule,
     ToolModule,
 )
+from stepbridge.react import json_data  # noqa: E402
 from stepbridge.references import resolve  # noqa: E402
 from stepbridge.result import LMCall, RunResult  # noqa: E402
 
@@ -100,7 +101,11 @@ __all__ = [
     "to_typed_error",
 ]
 
+from .dspy_agents import JUDGE_LMS  # noqa: E402
+
 DEFAULT_MAP_CONCURRENCY = 16
+#: Format-2 module types: their outputs are made JSON data, their completions checked before the call.
+_AGENT_TYPES = frozenset({"react", "best_of_n", "refine", "multi_chain_comparison"})
 DEFAULT_THREADS = 32
 #: Keys of a ``dspy.Predict`` state that may be loaded from a program (no ``lm``: endpoints and
 #: models never come from a program file; nothing else is ``setattr`` onto the predictor).
@@ -229,16 +234,12 @@ def _lm_submodule(module: PredictModule | ChainOfThoughtModule) -> dspy.Module:
 # ================================================================================================
 # The program as a dspy.Module
 # ================================================================================================
-def _outputs_of(module: Any) -> list[str]:
+def _outputs_of(module: Any, program: Program) -> list[str]:
     """The fields a module's result has (a chain of thought's ``reasoning`` first, as on native)."""
-    if isinstance(module, ChainOfThoughtModule):
-        return list(chain_of_thought(module.effective_signature).outputs)
-    if isinstance(module, ToolModule):
-        from stepbridge.registry import tools
+    from stepbridge.interface import module_interface
 
-        return list((module.signature or tools.get(module.tool).signature).outputs)
-    sig = getattr(module, "effective_signature", None) or getattr(module, "signature", None)
-    return list(sig.outputs) if sig is not None else []
+    interface = module_interface(module, program.modules)
+    return list(interface.outputs) if interface is not None else []
 
 
 def _prediction_outputs(prediction: Any, names: list[str]) -> dict[str, Any]:
@@ -259,11 +260,15 @@ class ProgramModule(dspy.Module):
     def __init__(self, program: Program):
         super().__init__()
         reserved = {n for n in dir(type(self)) if not n.startswith("__")} | {"callbacks", "history"}
-        for name, module in program.modules.items():
+        for name in program.modules:
             if name in reserved or name.startswith("_sb"):
                 raise UnsupportedCapabilityError(
                     f"module name {name!r} clashes with a dspy.Module attribute; rename it to run on DSPy",
                     adapter="dspy")
+        # ensembles last: they wrap the sub-module of another program module (one set of predictors)
+        order = sorted(program.modules, key=lambda n: program.modules[n].type in ("best_of_n", "refine"))
+        for name in order:
+            module = program.modules[name]
             sub: dspy.Module
             if isinstance(module, PredictModule | ChainOfThoughtModule):
                 sub = _lm_submodule(module)
@@ -271,12 +276,16 @@ class ProgramModule(dspy.Module):
                 sub = RetrieveStep(module, program.base_dir)
             elif isinstance(module, ToolModule):
                 sub = ToolStep(module)
-            else:
+            elif isinstance(module, DspyModule):
                 sub = _registered_module(module)
+            else:
+                from .dspy_agents import build_agent_module
+
+                sub = build_agent_module(program, name, module, lambda other: getattr(self, other), lambda: self)
             setattr(self, name, sub)
         self._sb_program = program
         self._sb_plan = plan(program)
-        self._sb_outputs = {name: _outputs_of(m) for name, m in program.modules.items()}
+        self._sb_outputs = {name: _outputs_of(m, program) for name, m in program.modules.items()}
 
     @property
     def program(self) -> Program:
@@ -366,30 +375,38 @@ def to_typed_error(exc: BaseException) -> StepbridgeError:
 
 
 class _CallRecorder(BaseCallback):
-    """Latency and failures of the LM calls of one module call (the LM copy's history has the rest)."""
+    """The LM calls of one module call, in order: messages, response and usage from the history of the LM
+    object that made each call (BestOfN and Refine make theirs on copies), latency and failures from the
+    callback itself."""
 
     def __init__(self) -> None:
-        self._started: dict[str, tuple[float, Any]] = {}
-        self.ends: list[tuple[float, Any, BaseException | None]] = []
+        self.model = ""
+        self._started: dict[str, tuple[float, Any, Any, int]] = {}
+        self.ends: list[tuple[float, Any, BaseException | None, Any]] = []
 
     def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-        self._started[call_id] = (time.perf_counter(), inputs.get("messages"))
+        history = getattr(instance, "history", None)
+        self._started[call_id] = (time.perf_counter(), inputs.get("messages"), instance,
+                                  len(history) if isinstance(history, list) else 0)
 
     def on_lm_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
-        began, messages = self._started.pop(call_id, (time.perf_counter(), None))
-        self.ends.append(((time.perf_counter() - began) * 1000, messages, exception))
+        began, messages, instance, before = self._started.pop(call_id, (time.perf_counter(), None, None, 0))
+        entry = None
+        history = getattr(instance, "history", None)
+        if exception is None and isinstance(history, list) and len(history) > before:
+            entry = history[-1]
+        self.ends.append(((time.perf_counter() - began) * 1000, messages, exception, entry))
 
-    def calls(self, lm: Any, model: str) -> list[LMCall]:
-        history = list(getattr(lm, "history", ()))
+    def calls(self) -> list[LMCall]:
         out: list[LMCall] = []
-        for latency, messages, exception in self.ends:
+        for latency, messages, exception, entry in self.ends:
             if exception is not None:
-                out.append(LMCall(model=model, messages=_plain_messages(messages), latency_ms=latency,
+                out.append(LMCall(model=self.model, messages=_plain_messages(messages), latency_ms=latency,
                                   error=to_typed_error(exception).to_dict()))
                 continue
-            entry = history.pop(0) if history else {}
+            entry = entry or {}
             out.append(LMCall(
-                model=model,
+                model=self.model,
                 messages=_plain_messages(entry.get("messages") or messages),
                 response=_response_text(entry),
                 usage={k: v for k, v in dict(entry.get("usage") or {}).items() if v is not None},
@@ -433,7 +450,7 @@ class DSPyAdapter:
     name = "dspy"
     capabilities = frozenset({
         "async", "batch", "map", "retrieve", "tools", "dspy_modules", "lm_trace", "timeout", "cancel",
-        "rehydrate", "json_adapter",
+        "rehydrate", "json_adapter", "agents", "ensembles",
     })
 
     def __init__(self, *, lm: LMPool | None = None, profiles: dict[str, LMProfile] | None = None,
@@ -464,6 +481,9 @@ class DSPyAdapter:
             module = ProgramModule(program)
             base = program.lm or LMConfig()
             configs = {name: base.merged(getattr(m, "lm", None)) for name, m in program.modules.items()}
+            for name, m in program.modules.items():
+                if m.type in ("best_of_n", "refine") and m.module in configs:
+                    configs[name] = configs[m.module]  # an ensemble runs under the LM of what it wraps
             prepared = _Prepared(program, module, configs)
             with self._lock:
                 prepared = self._prepared.setdefault(key, prepared)
@@ -542,24 +562,57 @@ class DSPyAdapter:
         names = prepared.module._sb_outputs[step.module]
         if step.module_type in ("retrieve", "tool"):
             return _prediction_outputs(await _acall(sub, args, self._pool), names)
-        config = prepared.lm_configs[step.module].merged(ctx.options.lm)
-        base, model = self.dspy_lm(config)
-        lm = base.copy()
-        if ctx.options.cache is not None:
-            lm.cache = ctx.options.cache
+        if step.module_type in _AGENT_TYPES:
+            from .dspy_agents import check_step_inputs
+
+            check_step_inputs(prepared.program, step.module, args)
         recorder = _CallRecorder()
-        lm.callbacks.append(recorder)
+        lm, config = self._call_lm(prepared, step.module, ctx, recorder)
+        judges = self._judge_lms(prepared, step.module, ctx, recorder)
+        token = JUDGE_LMS.set(judges) if judges else None
         try:
-            with dspy.context(lm=lm, adapter=self.format_adapter(config)):
+            with dspy.context(lm=lm, adapter=self.format_adapter(config), allow_tool_async_sync_conversion=True):
                 prediction = await _acall(sub, args, self._pool)
         finally:
-            new_calls = recorder.calls(lm, model)
+            if token is not None:
+                JUDGE_LMS.reset(token)
+            new_calls = recorder.calls()
             calls.extend(new_calls)
             for call in new_calls:
                 if call.response is not None:
                     ctx.usage.add(call.usage)
                     ctx.usage.lm_calls += 1
-        return _prediction_outputs(prediction, names)
+        if prediction is None and step.module_type in ("best_of_n", "refine"):
+            from stepbridge.ensembles import no_prediction
+
+            spec = prepared.program.modules[step.module]
+            raise no_prediction(step.module_type, step.module, spec.n)
+        outputs = _prediction_outputs(prediction, names)
+        if step.module_type in _AGENT_TYPES:
+            return {k: json_data(v) for k, v in outputs.items()}
+        return outputs
+
+    def _call_lm(self, prepared: _Prepared, module: str, ctx: RunContext,
+                 recorder: _CallRecorder) -> tuple[Any, LMConfig]:
+        """A per-call copy of a module's ``dspy.LM`` (own history and callbacks) recording into ``recorder``."""
+        config = prepared.lm_configs[module].merged(ctx.options.lm)
+        base, model = self.dspy_lm(config)
+        lm = base.copy()
+        if ctx.options.cache is not None:
+            lm.cache = ctx.options.cache
+        recorder.model = model
+        lm.callbacks.append(recorder)
+        return lm, config
+
+    def _judge_lms(self, prepared: _Prepared, module: str, ctx: RunContext,
+                   recorder: _CallRecorder) -> dict[str, tuple[Any, Any]]:
+        """For an ensemble judged by a module of the program: that module's LM and format, for this call."""
+        spec = prepared.program.modules[module]
+        reward = getattr(spec, "reward", None)
+        if reward is None or reward.module is None:
+            return {}
+        lm, config = self._call_lm(prepared, reward.module, ctx, recorder)
+        return {reward.module: (lm, self.format_adapter(config))}
 
     async def aclose(self) -> None:
         lms, self._lms = list(self._lms.values()), {}

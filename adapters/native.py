@@ -9,8 +9,10 @@ and parses; it never touches DSPy.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from stepbridge.adapter import RunOptions
 from stepbridge.errors import (
@@ -31,32 +33,69 @@ from stepbridge.program import (
     ToolModule,
 )
 from stepbridge.result import LMCall, RunResult, fast_construct
+from stepbridge.signature import Signature
 
-__all__ = ["NativeAdapter"]
+__all__ = ["Invocation", "NativeAdapter", "Predictor", "Runner", "module_lm_config"]
 
-_Plan = tuple[list[PlanStep], dict[str, Any]]
+_Plan = tuple[list[PlanStep], dict[str, Any]]  # steps, module name -> Runner
 
 
-class _LMRunner:
-    def __init__(self, adapter: NativeAdapter, program: Program, module: PredictModule | ChainOfThoughtModule):
+@dataclass(slots=True)
+class Invocation:
+    """One module call inside a run. ``best_of_n`` / ``refine`` derive the calls of their attempts from it:
+    a forced temperature and rollout id for every LM call, Refine's hints per predictor name, and a
+    trace of ``(predictor name, inputs, outputs)`` (DSPy's ``settings.trace``)."""
+
+    ctx: RunContext
+    calls: list[LMCall]
+    temperature: float | None = None
+    rollout_id: int | None = None
+    hints: Mapping[str, str] | None = None
+    trace: list[tuple[str, dict[str, Any], dict[str, Any]]] | None = None
+
+
+class Runner(Protocol):
+    """How the native executor runs one program module."""
+
+    async def invoke(self, args: dict[str, Any], inv: Invocation) -> dict[str, Any]: ...
+
+
+class Predictor:
+    """One ``dspy.Predict``: a signature, demos and an LM config, called with the chat/JSON formats.
+
+    ``name`` is its name among the ``named_predictors()`` of the DSPy module it belongs to (Refine's
+    advice is keyed by it); ``temperature`` is a temperature the predictor itself sets (DSPy's predictor
+    ``config``, as MultiChainComparison's 0.7), which wins over everything but nothing else."""
+
+    def __init__(self, adapter: NativeAdapter, lm_config: LMConfig, signature: Signature,
+                 demos: list[dict[str, Any]] | None = None, *, name: str = "self",
+                 temperature: float | None = None):
         self.adapter = adapter
-        self.lm_config = (program.lm or LMConfig()).merged(module.lm)
-        signature = module.effective_signature
-        if isinstance(module, ChainOfThoughtModule):
-            signature = chain_of_thought(signature)
+        self.lm_config = lm_config
         self.signature = signature
-        self.demos = list(module.demos)
-        self._prompts: dict[str, Prompt] = {}
+        self.demos = list(demos or [])
+        self.name = name
+        self.temperature = temperature
+        self._prompts: dict[tuple[str, bool], Prompt] = {}
         # the LM when the run does not override it, per event loop (HTTP clients are bound to one loop)
         self._resolved: tuple[asyncio.AbstractEventLoop, Any, str, LMProfile] | None = None
 
-    def prompt(self, mode: Literal["chat", "json"]) -> Prompt:
-        prompt = self._prompts.get(mode)
+    def prompt(self, mode: Literal["chat", "json"], hinted: bool = False) -> Prompt:
+        prompt = self._prompts.get((mode, hinted))
         if prompt is None:
-            prompt = self._prompts[mode] = Prompt(self.signature, self.demos, mode)
+            from stepbridge.ensembles import add_hint
+
+            signature = add_hint(self.signature) if hinted else self.signature
+            prompt = self._prompts[(mode, hinted)] = Prompt(signature, self.demos, mode)
         return prompt
 
-    async def __call__(self, args: dict[str, Any], ctx: RunContext, calls: list[LMCall]) -> dict[str, Any]:
+    def mode(self, ctx: RunContext) -> str:
+        """The format adapter (chat/json) this predictor uses in this run."""
+        config = self.lm_config if ctx.options.lm is None else self.lm_config.merged(ctx.options.lm)
+        return config.adapter or "chat"
+
+    async def __call__(self, args: dict[str, Any], inv: Invocation) -> dict[str, Any]:
+        ctx = inv.ctx
         if ctx.options.lm is None:
             config = self.lm_config
             loop = asyncio.get_running_loop()
@@ -66,27 +105,46 @@ class _LMRunner:
         else:
             config = self.lm_config.merged(ctx.options.lm)
             client, model, profile = self.adapter.lm.resolve(config)
-        mode = config.adapter or "chat"
-        prompt = self.prompt(mode)
+        mode: Literal["chat", "json"] = config.adapter or "chat"
+        hinted = inv.hints is not None
+        if hinted:
+            from stepbridge.ensembles import HINT_FIELD
+
+            assert inv.hints is not None
+            args = {**args, HINT_FIELD: inv.hints.get(self.name, "N/A")}
+        prompt = self.prompt(mode, hinted)
+        temperature = self.temperature
+        if temperature is None:
+            temperature = inv.temperature
+        if temperature is None:
+            temperature = config.temperature if config.temperature is not None else profile.temperature
+        request = _Request(model, temperature, config.max_tokens if config.max_tokens is not None
+                           else profile.max_tokens, inv.rollout_id)
         try:
-            return await self._complete(prompt, args, config, client, model, profile, ctx, calls)
+            outputs = await self._complete(prompt, args, request, client, ctx, inv.calls)
         except LMParseError:
             fallback = getattr(prompt, "fallback", None)
             if mode != "chat" or fallback is None or fallback() is None:
                 raise
             # DSPy's ChatAdapter retries once with the JSON adapter when the chat format did not parse.
-            return await self._complete(self.prompt("json"), args, config, client, model, profile, ctx, calls)
+            outputs = await self._complete(prompt.fallback(), args, request, client,
+                                           ctx, inv.calls)
+        if inv.trace is not None:
+            inv.trace.append((self.name, dict(args), dict(outputs)))
+        return outputs
 
-    async def _complete(self, prompt: Prompt, args: dict[str, Any], config: LMConfig, client: Any, model: str,
-                        profile: LMProfile, ctx: RunContext, calls: list[LMCall]) -> dict[str, Any]:
+    async def _complete(self, prompt: Prompt, args: dict[str, Any], req: _Request, client: Any, ctx: RunContext,
+                        calls: list[LMCall]) -> dict[str, Any]:
         messages = prompt.messages(args)
         request = ChatRequest(
-            model=model,
+            model=req.model,
             messages=messages,
-            temperature=config.temperature if config.temperature is not None else profile.temperature,
-            max_tokens=config.max_tokens if config.max_tokens is not None else profile.max_tokens,
+            temperature=req.temperature,
+            max_tokens=req.max_tokens,
             response_format=prompt.response_format(),
+            rollout_id=req.rollout_id,
         )
+        model = req.model
         try:
             response = await client.complete(request)
         except LMError as exc:
@@ -107,6 +165,37 @@ class _LMRunner:
         return parsed
 
 
+@dataclass(frozen=True, slots=True)
+class _Request:
+    model: str
+    temperature: float | None
+    max_tokens: int | None
+    rollout_id: int | None
+
+
+def module_lm_config(program: Program, module: Any) -> LMConfig:
+    """A module's LM config before run overrides: the program's, then the module's own."""
+    return (program.lm or LMConfig()).merged(getattr(module, "lm", None))
+
+
+class _LMRunner:
+    """``predict`` (predictor ``self``) and ``chain_of_thought`` (predictor ``predict``)."""
+
+    def __init__(self, adapter: NativeAdapter, program: Program, module: PredictModule | ChainOfThoughtModule):
+        signature = module.effective_signature
+        cot = isinstance(module, ChainOfThoughtModule)
+        if cot:
+            signature = chain_of_thought(signature)
+        self.predictor = Predictor(adapter, module_lm_config(program, module), signature, module.demos,
+                                   name="predict" if cot else "self")
+
+    def predictors(self) -> list[Predictor]:
+        return [self.predictor]
+
+    async def invoke(self, args: dict[str, Any], inv: Invocation) -> dict[str, Any]:
+        return await self.predictor(args, inv)
+
+
 class _RetrieveRunner:
     def __init__(self, program: Program, module: RetrieveModule):
         from stepbridge.retrieve import make_retriever
@@ -114,7 +203,7 @@ class _RetrieveRunner:
         self.retriever = make_retriever(module.retriever, program.base_dir)
         self.k = module.k
 
-    async def __call__(self, args: dict[str, Any], ctx: RunContext, calls: list[LMCall]) -> dict[str, Any]:
+    async def invoke(self, args: dict[str, Any], inv: Invocation) -> dict[str, Any]:
         return self.retriever.search(str(args["query"]), self.k).as_outputs()
 
 
@@ -125,7 +214,7 @@ class _ToolRunner:
         self.tool = tools.get(module.tool)
         self.outputs = list((module.signature or self.tool.signature).outputs)
 
-    async def __call__(self, args: dict[str, Any], ctx: RunContext, calls: list[LMCall]) -> dict[str, Any]:
+    async def invoke(self, args: dict[str, Any], inv: Invocation) -> dict[str, Any]:
         if self.tool.is_async:
             value = await self.tool.func(**args)
         else:
@@ -143,7 +232,8 @@ class NativeAdapter:
 
     name = "native"
     capabilities = frozenset(
-        {"async", "batch", "map", "retrieve", "tools", "lm_trace", "cancel", "timeout", "rehydrate", "json_adapter"}
+        {"async", "batch", "map", "retrieve", "tools", "lm_trace", "cancel", "timeout", "rehydrate", "json_adapter",
+         "agents", "ensembles"}
     )
 
     def __init__(self, *, lm: LMPool | None = None, cache: bool | None = None,
@@ -165,29 +255,58 @@ class NativeAdapter:
                 raise UnsupportedCapabilityError(
                     f"module {module_name!r} is a 'dspy' module, which the native adapter cannot run; "
                     "use --backend dspy (or a pool of dspy workers)", capability="dspy_modules", adapter=self.name)
-        runners: dict[str, Any] = {}
-        for module_name, module in program.modules.items():
-            if isinstance(module, PredictModule | ChainOfThoughtModule):
-                runners[module_name] = _LMRunner(self, program, module)
-            elif isinstance(module, RetrieveModule):
-                runners[module_name] = _RetrieveRunner(program, module)
-            elif isinstance(module, ToolModule):
-                runners[module_name] = _ToolRunner(module)
+        runners: dict[str, Runner] = {}
+        for module_name in program.modules:
+            self._runner(program, module_name, runners)
         compiled = self._plans[key] = (plan(program), runners)
         return compiled
+
+    def _runner(self, program: Program, name: str, runners: dict[str, Runner]) -> Runner:
+        """The runner of module ``name`` (built once; a wrapper shares the runner of the module it wraps)."""
+        found = runners.get(name)
+        if found is not None:
+            return found
+        module = program.modules[name]
+        runner: Runner
+        if isinstance(module, PredictModule | ChainOfThoughtModule):
+            runner = _LMRunner(self, program, module)
+        elif isinstance(module, RetrieveModule):
+            runner = _RetrieveRunner(program, module)
+        elif isinstance(module, ToolModule):
+            runner = _ToolRunner(module)
+        else:
+            from . import native_agents
+
+            runner = native_agents.build(self, program, name, module, lambda other: self._runner(program, other,
+                                                                                                  runners))
+        runners[name] = runner
+        return runner
 
     async def run(self, program: Program, inputs: dict[str, Any], options: RunOptions | None = None) -> RunResult:
         steps, runners = self._plan(program)
 
         def call(step: PlanStep, args: dict[str, Any], ctx: RunContext, calls: list[LMCall]) -> Any:
             assert step.module is not None  # call and map steps name their module
-            return runners[step.module](args, ctx, calls)
+            runner = runners[step.module]
+            if step.module_type in _RAW_OUTPUTS:
+                return _as_data(runner, args, Invocation(ctx, calls))
+            return runner.invoke(args, Invocation(ctx, calls))
 
         return await run_plan(program, steps, inputs, options or RunOptions(), call=call, backend=self.name,
                               map_concurrency=self.map_concurrency)
 
     async def aclose(self) -> None:
         await self.lm.aclose()
+
+
+#: Module types whose outputs may hold what tools returned (a react trajectory): made JSON data at the step.
+_RAW_OUTPUTS = frozenset({"react", "best_of_n", "refine", "multi_chain_comparison"})
+
+
+async def _as_data(runner: Runner, args: dict[str, Any], inv: Invocation) -> dict[str, Any]:
+    from .native_agents import run_step
+
+    return await run_step(runner, args, inv)
 
 
 def _call(*, model: str, messages: list[dict[str, Any]], response: str | None = None,

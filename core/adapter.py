@@ -32,6 +32,8 @@ CAPABILITIES = frozenset(
         "out_of_process",
         "rehydrate",
         "json_adapter",
+        "agents",
+        "ensembles",
     }
 )
 

@@ -253,6 +253,14 @@ async def _run_rows(prog: Any, rows: list[Any], *, batch: bool, backend: str, lm
 
         failed = 0
         results: list[Any] = [None] * len(rows)
+        batch_ids: list[str] = []
+
+        def recorded(batch_id: str) -> None:  # every row is recorded pending: a kill from here on loses nothing
+            batch_ids.append(batch_id)
+            if not as_json:
+                err.print(f"batch {batch_id}: {len(rows)} row(s) recorded; if this stops early, "
+                          "`stepbridge executions resume` continues it", highlight=False, soft_wrap=True)
+
         sink = out_file.open("w", encoding="utf-8") if out_file else None
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(),
@@ -260,7 +268,7 @@ async def _run_rows(prog: Any, rows: list[Any], *, batch: bool, backend: str, lm
         try:
             with progress:
                 task = progress.add_task(prog.name, total=len(rows), failed=0)
-                async for item in runner.stream(prog, rows, concurrency=concurrency):
+                async for item in runner.stream(prog, rows, concurrency=concurrency, on_batch=recorded):
                     row: dict[str, Any] = {"index": item.index, "inputs": item.inputs}
                     if item.result is not None:
                         row["outputs"] = item.result.outputs
@@ -273,10 +281,14 @@ async def _run_rows(prog: Any, rows: list[Any], *, batch: bool, backend: str, lm
                     if sink:
                         sink.write(json.dumps(row, ensure_ascii=False) + "\n")
                     progress.update(task, advance=1, failed=failed)
+        except StepbridgeError as exc:  # the batch could not be recorded: nothing ran
+            _print_error(exc, as_json)
+            return EXIT_RUN_FAILED
         finally:
             if sink:
                 sink.close()
-        summary = {"total": len(rows), "succeeded": len(rows) - failed, "failed": failed}
+        summary = {"total": len(rows), "succeeded": len(rows) - failed, "failed": failed,
+                   "batch_id": batch_ids[0] if batch_ids else None}
         if as_json:
             _print_json({"summary": summary, "results": results})
         else:
@@ -320,12 +332,13 @@ def _mount() -> None:
     """Sub-commands that live beside the packages they drive (storage, pool, DSPy interop)."""
     from stepbridge.bridge.cli import pool_app, worker
     from stepbridge.conformance.cli import conformance
-    from stepbridge.storage.cli import db_app, executions_app, programs_app
+    from stepbridge.storage.cli import batches_app, db_app, executions_app, programs_app
 
     from .dspy_cli import export_dspy, import_dspy
 
     app.add_typer(programs_app, name="programs")
     app.add_typer(executions_app, name="executions")
+    app.add_typer(batches_app, name="batches")
     app.add_typer(db_app, name="db")
     app.add_typer(pool_app, name="pool")
     app.command("worker")(worker)

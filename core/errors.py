@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 __all__ = [
+    "ContextWindowExceededError",
     "InputValidationError",
     "Issue",
     "LMError",
@@ -296,3 +297,13 @@ class LMParseError(LMError):
 
     def details(self) -> dict[str, Any]:
         return {"response": scrub_secrets(self.response)[:2000] if self.response else None}
+
+
+class ContextWindowExceededError(LMError):
+    """The prompt is longer than the model's context window (OpenAI error code
+    ``context_length_exceeded``; DSPy's ``ContextWindowExceededError``). ReAct drops old steps on it."""
+
+    def __init__(self, message: str, **kw: Any):
+        kw.pop("retriable", None)
+        kw.setdefault("status", 400)
+        super().__init__(message, retriable=False, **kw)

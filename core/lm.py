@@ -128,6 +128,8 @@ class ChatRequest:
     temperature: float | None = None
     max_tokens: int | None = None
     response_format: dict[str, Any] | None = None
+    #: best_of_n / refine attempts: part of the cache key only, never sent (as DSPy's ``rollout_id``)
+    rollout_id: int | None = None
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"model": _wire_model(self.model), "messages": self.messages}
@@ -140,7 +142,10 @@ class ChatRequest:
         return body
 
     def cache_key(self) -> str:
-        raw = json.dumps(self.body(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        body = self.body()
+        if self.rollout_id is not None:
+            body["rollout_id"] = self.rollout_id
+        raw = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(raw.encode()).hexdigest()
 
 

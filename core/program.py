@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -31,22 +32,28 @@ from pydantic import (
     PrivateAttr,
     Tag,
     field_validator,
+    model_validator,
 )
 
 from .signature import IDENTIFIER, Signature
 
 __all__ = [
+    "BestOfNModule",
     "CallStep",
     "ChainOfThoughtModule",
     "DspyModule",
     "LMConfig",
     "MapStep",
     "Module",
+    "MultiChainComparisonModule",
     "PredictModule",
     "Program",
+    "ReactModule",
+    "RefineModule",
     "RetrieveModule",
     "RetrieverSpec",
     "ReturnStep",
+    "RewardSpec",
     "Step",
     "ToolModule",
     "canonical_json",
@@ -162,15 +169,114 @@ class DspyModule(_Strict):
         return self.signature
 
 
+# -- format 2: agents and ensembles (docs/format-2.md, "Modules") ------------------------------------
+MAX_ENSEMBLE = 100
+
+
+class ReactModule(_Strict):
+    """An agent that calls registered tools until it finishes, then extracts the outputs (``dspy.ReAct``).
+
+    Outputs: ``trajectory`` (the thoughts, tool calls and observations), ``reasoning`` and the
+    signature's outputs."""
+
+    type: Literal["react"] = "react"
+    signature: Signature
+    instructions: str | None = Field(default=None, max_length=200_000)
+    tools: list[str] = Field(default_factory=list, max_length=100,
+                             description="registered tool names (never import paths); 'finish' is added")
+    max_iters: int = Field(default=20, ge=1, le=100, description="tool calls at most, before extracting")
+    lm: LMConfig | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not isinstance(name, str) or not re.match(NAME_PATTERN, name) or len(name) > 200:
+                raise ValueError(f"invalid tool name {name!r}: tools are registered names, never import paths")
+        return value
+
+    @property
+    def effective_signature(self) -> Signature:
+        if self.instructions is not None:
+            return self.signature.with_instructions(self.instructions)
+        return self.signature
+
+
+class RewardSpec(_Strict):
+    """What scores an attempt: a registered metric, or a numeric output of a module of the file (a judge)."""
+
+    metric: str | None = Field(default=None, max_length=200, pattern=NAME_PATTERN,
+                               description="a metric registered under 'stepbridge.metrics'")
+    module: str | None = Field(default=None, max_length=200, description="a module of this file (an LM judge)")
+    field: str | None = Field(default=None, max_length=200, description="the judge's numeric output")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> RewardSpec:
+        if (self.metric is None) == (self.module is None):
+            raise ValueError("a reward is either {metric: NAME} or {module: NAME, field: FIELD}")
+        if self.module is not None and self.field is None:
+            raise ValueError("a module reward names the judge's numeric output: {module: NAME, field: FIELD}")
+        if self.metric is not None and self.field is not None:
+            raise ValueError("'field' belongs to a module reward; a metric reward is {metric: NAME}")
+        return self
+
+
+class _EnsembleModule(_Strict):
+    module: str = Field(max_length=200, description="the module of this file to run up to n times")
+    n: int = Field(ge=1, le=MAX_ENSEMBLE, description="attempts at most")
+    reward: RewardSpec
+    threshold: float = Field(allow_inf_nan=False, description="stop at the first attempt scoring at least this")
+    fail_count: int | None = Field(default=None, ge=1, le=MAX_ENSEMBLE,
+                                   description="failed attempts tolerated (default n)")
+
+
+class BestOfNModule(_EnsembleModule):
+    """Run a module up to ``n`` times at temperature 1.0 and keep the best-rewarded prediction (``dspy.BestOfN``)."""
+
+    type: Literal["best_of_n"] = "best_of_n"
+
+
+class RefineModule(_EnsembleModule):
+    """Like ``best_of_n``, with LM advice fed to the next attempt as a hint (``dspy.Refine``)."""
+
+    type: Literal["refine"] = "refine"
+
+
+class MultiChainComparisonModule(_Strict):
+    """Compare ``m`` completions (input ``completions``) and answer with a ``rationale``
+    (``dspy.MultiChainComparison``)."""
+
+    type: Literal["multi_chain_comparison"] = "multi_chain_comparison"
+    signature: Signature
+    instructions: str | None = Field(default=None, max_length=200_000)
+    m: int = Field(default=3, ge=1, le=MAX_ENSEMBLE, description="completions compared (DSPy's M)")
+    lm: LMConfig | None = None
+
+    @property
+    def effective_signature(self) -> Signature:
+        if self.instructions is not None:
+            return self.signature.with_instructions(self.instructions)
+        return self.signature
+
+
 Module = Annotated[
     Annotated[PredictModule, Tag("predict")]
     | Annotated[ChainOfThoughtModule, Tag("chain_of_thought")]
     | Annotated[RetrieveModule, Tag("retrieve")]
     | Annotated[ToolModule, Tag("tool")]
-    | Annotated[DspyModule, Tag("dspy")],
+    | Annotated[DspyModule, Tag("dspy")]
+    | Annotated[ReactModule, Tag("react")]
+    | Annotated[BestOfNModule, Tag("best_of_n")]
+    | Annotated[RefineModule, Tag("refine")]
+    | Annotated[MultiChainComparisonModule, Tag("multi_chain_comparison")],
     Discriminator(lambda v: v.get("type") if isinstance(v, dict) else getattr(v, "type", None)),
 ]
-MODULE_TYPES = ("predict", "chain_of_thought", "retrieve", "tool", "dspy")
+MODULE_TYPES = ("predict", "chain_of_thought", "retrieve", "tool", "dspy", "react", "best_of_n", "refine",
+                "multi_chain_comparison")
+#: Module types of format 2 only.
+MODULE_TYPES_V2 = ("react", "best_of_n", "refine", "multi_chain_comparison")
+#: The module types a best_of_n / refine module may wrap (an ensemble of ensembles is refused).
+WRAPPABLE_TYPES = ("predict", "chain_of_thought", "react", "multi_chain_comparison")
 
 
 class CallStep(_Strict):
@@ -245,7 +351,9 @@ class Program(_Strict):
         """Adapter capabilities this program needs (checked by the core before any run)."""
         needs: set[str] = set()
         for module in self.modules.values():
-            needs |= {"retrieve": {"retrieve"}, "tool": {"tools"}, "dspy": {"dspy_modules"}}.get(module.type, set())
+            needs |= {"retrieve": {"retrieve"}, "tool": {"tools"}, "dspy": {"dspy_modules"}, "react": {"agents"},
+                      "best_of_n": {"ensembles"}, "refine": {"ensembles"},
+                      "multi_chain_comparison": {"ensembles"}}.get(module.type, set())
             lm = getattr(module, "lm", None)
             if lm is not None and lm.adapter == "json":
                 needs.add("json_adapter")

@@ -5,10 +5,14 @@ the same way. :class:`stepbridge.storage.Store` implements this protocol; anythi
 
 A recorder may also offer ``abegin``/``asucceed``/``afail`` coroutines with the same arguments; the
 Runner prefers them, which lets the store group-commit the writes of concurrent runs.
+
+A :class:`BatchRecorder` also records a batch as one unit before any of its rows runs: every row
+``pending``, in input order, so a batch killed at any point loses nothing and can be continued.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -17,7 +21,7 @@ from .errors import StepbridgeError
 from .program import Program
 from .result import RunResult
 
-__all__ = ["Begun", "Recorder"]
+__all__ = ["BatchBegun", "BatchRecorder", "Begun", "Recorder"]
 
 
 @dataclass
@@ -44,4 +48,29 @@ class Recorder(Protocol):
 
     def fail(self, execution_id: str, error: StepbridgeError, *, cancelled: bool = False) -> object:
         """Compare-and-set ``running`` -> ``failed`` (or ``cancelled``); store the typed error and partial trace."""
+        ...
+
+
+@dataclass
+class BatchBegun:
+    """What :meth:`BatchRecorder.begin_batch` recorded: the batch id and, per row in input order, the
+    id of its ``pending`` execution (None for a row the recorder left to :meth:`Recorder.begin`, e.g.
+    one whose idempotency key was used before)."""
+
+    batch_id: str
+    execution_ids: list[str | None]
+
+
+@runtime_checkable
+class BatchRecorder(Protocol):
+    def begin_batch(self, program: Program, inputs: Sequence[dict[str, Any]], options: Sequence[RunOptions],
+                    backend: str) -> BatchBegun:
+        """Record a batch and all its rows as ``pending`` executions, in order, in one transaction. A row
+        then starts through :meth:`Recorder.begin` with its execution id (compare-and-set ``pending`` ->
+        ``running``)."""
+        ...
+
+    def end_batch(self, batch_id: str) -> int:
+        """The batch was stopped (cancelled, or its caller stopped reading): rows still ``pending`` are
+        recorded ``cancelled``. Returns how many."""
         ...

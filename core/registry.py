@@ -8,6 +8,7 @@ by ``package.module:factory`` (on the command line or in code).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import typing
@@ -16,10 +17,23 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
-from .errors import UnsupportedCapabilityError
+from .errors import StepbridgeError, UnsupportedCapabilityError
 from .signature import FieldSpec, Signature, TypeExpr
 
-__all__ = ["Registry", "Tool", "adapters", "dspy_modules", "load_adapter", "retrievers", "tools"]
+__all__ = [
+    "ADAPTER_ATTRIBUTES",
+    "Metric",
+    "Registry",
+    "Tool",
+    "adapters",
+    "dspy_modules",
+    "is_adapter",
+    "load_adapter",
+    "metric",
+    "metrics",
+    "retrievers",
+    "tools",
+]
 
 T = TypeVar("T")
 
@@ -125,26 +139,61 @@ class ToolRegistry(Registry[Tool]):
         return apply if obj is None else apply(obj)
 
 
+#: ``(example, prediction) -> float | bool`` over plain dicts (see :mod:`stepbridge.metrics`).
+Metric = Callable[..., Any]
+
+
+class MetricRegistry(Registry[Metric]):
+    def _wrap(self, name: str, obj: Any) -> Metric:
+        if not callable(obj):
+            raise TypeError(f"metric {name!r} must be callable as (example, prediction) -> float | bool")
+        return typing.cast(Metric, obj)
+
+
 adapters: Registry[Callable[..., Any]] = Registry("stepbridge.adapters", "adapter")
 tools = ToolRegistry("stepbridge.tools", "tool")
 retrievers: Registry[Callable[..., Any]] = Registry("stepbridge.retrievers", "retriever")
 dspy_modules: Registry[Any] = Registry("stepbridge.dspy_modules", "DSPy module")
+metrics = MetricRegistry("stepbridge.metrics", "metric")
+
+
+def metric(name: str, field: str | None = None) -> Metric:
+    """The metric registered as exactly ``name``; with ``field`` (``NAME:FIELD``), bound to that field.
+
+    ``KeyError`` for an unknown name, ``TypeError`` when the metric takes no ``field`` keyword."""
+    func = metrics.get(name)
+    if field is None:
+        return func
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        params = {}  # type: ignore[assignment]
+    if "field" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise TypeError(f"metric {name!r} compares no single field: use {name!r} without ':{field}'")
+    return functools.partial(func, field=field)
+
+
+ADAPTER_ATTRIBUTES = ("name", "capabilities", "prepare", "run", "aclose")
+
+
+def is_adapter(obj: object) -> bool:
+    """An adapter *instance*: has the protocol's attributes and is not a class (a class has them too)."""
+    return not inspect.isclass(obj) and all(hasattr(obj, a) for a in ADAPTER_ATTRIBUTES)
 
 
 def load_adapter(spec: Any, **kwargs: Any) -> Any:
-    """An adapter instance from a registered name (``native``), ``package.module:factory``, a factory or
-    an instance. This is operator input, so an import path is allowed here (never from a program)."""
-    if not isinstance(spec, str):
-        # a class (or any factory) is called; an object that already has ``run`` is an adapter instance
-        adapter = spec(**kwargs) if isinstance(spec, type) or (callable(spec) and not hasattr(spec, "run")) else spec
-    else:
+    """An adapter instance from a registered name (``native``), ``package.module:factory``, an adapter
+    class or factory (called with ``kwargs``), or an instance (returned as is). Anything else is an
+    :class:`UnsupportedCapabilityError`. This is operator input, so an import path is allowed here
+    (never from a program or a stored row)."""
+    where = spec if isinstance(spec, str) else getattr(spec, "__qualname__", type(spec).__name__)
+    if isinstance(spec, str):
         try:
             if ":" in spec:
                 module_name, _, attr = spec.partition(":")
                 factory = getattr(importlib.import_module(module_name), attr)
             else:
                 factory = adapters.get(spec)
-            adapter = factory(**kwargs)
         except KeyError as exc:
             raise UnsupportedCapabilityError(str(exc.args[0]), adapter=spec) from None
         except ImportError as exc:
@@ -153,8 +202,27 @@ def load_adapter(spec: Any, **kwargs: Any) -> Any:
         except Exception as exc:
             raise UnsupportedCapabilityError(f"cannot load adapter {spec!r}: {type(exc).__name__}: {exc}",
                                              adapter=spec) from exc
-    missing = [a for a in ("name", "capabilities", "prepare", "run", "aclose") if not hasattr(adapter, a)]
-    if missing:
-        raise UnsupportedCapabilityError(f"{spec!r} did not give an adapter (missing: {', '.join(missing)})",
-                                         adapter=str(spec))
+    else:
+        factory = spec
+    if is_adapter(factory):  # an instance, given or registered
+        if kwargs:
+            raise UnsupportedCapabilityError(
+                f"adapter options ({', '.join(sorted(kwargs))}) cannot be applied to the adapter instance "
+                f"{where!r}; pass its class or factory instead", adapter=str(where))
+        return factory
+    if not callable(factory):
+        raise UnsupportedCapabilityError(
+            f"{where!r} is not an adapter: expected a registered name, 'package.module:factory', an adapter "
+            "class or factory, or an adapter instance", adapter=str(where))
+    try:
+        adapter = factory(**kwargs)
+    except StepbridgeError:
+        raise  # already typed (e.g. a pool that cannot reach its store)
+    except Exception as exc:
+        raise UnsupportedCapabilityError(f"cannot load adapter {where!r}: {type(exc).__name__}: {exc}",
+                                         adapter=str(where)) from exc
+    if not is_adapter(adapter):
+        missing = [a for a in ADAPTER_ATTRIBUTES if not hasattr(adapter, a)]
+        why = f"missing: {', '.join(missing)}" if missing else "it returned a class, not an instance"
+        raise UnsupportedCapabilityError(f"{where!r} did not give an adapter ({why})", adapter=str(where))
     return adapter

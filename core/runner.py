@@ -21,7 +21,7 @@ from .errors import (
     UnsupportedCapabilityError,
 )
 from .program import LMConfig, Program
-from .recorder import Begun, Recorder
+from .recorder import BatchBegun, BatchRecorder, Begun, Recorder
 from .registry import load_adapter
 from .result import RunResult
 from .validate import check_inputs
@@ -34,11 +34,12 @@ ProgramLike = Program | str | Path
 class BatchItem:
     """One row of a batch: its inputs and either a result or a typed error (batches keep going)."""
 
-    __slots__ = ("error", "index", "inputs", "result")
+    __slots__ = ("batch_id", "error", "index", "inputs", "result")
 
-    def __init__(self, index: int, inputs: Any):
+    def __init__(self, index: int, inputs: Any, batch_id: str | None = None):
         self.index = index
         self.inputs = inputs
+        self.batch_id = batch_id  # the recorded batch this row belongs to (with a batch-recording store)
         self.result: RunResult | None = None
         self.error: StepbridgeError | None = None
 
@@ -96,22 +97,36 @@ class Runner:
                 f"does not declare (it declares: {', '.join(sorted(self.adapter.capabilities))})",
                 capability=cap, adapter=self.adapter.name)
 
+    async def prepare(self, program: Program) -> None:
+        """Check capabilities and prepare the adapter for ``program`` (once per plan). :meth:`run` does
+        this itself; calling it first separates "this runner cannot run it" from the run's outcome."""
+        self.check(program)
+        key = program.plan_key  # the same content beside other corpora is another plan
+        if key not in self._prepared:
+            await self.adapter.prepare(program)
+            self._prepared.add(key)
+
+    def _options(self, options: RunOptions | None, fields: dict[str, Any] | None = None) -> RunOptions:
+        """The run's options with the runner's defaults (LM, timeout) filled in."""
+        options = options or RunOptions(**(fields or {}))
+        if options.lm is None and self.lm is not None:
+            options = options.model_copy(update={"lm": self.lm})
+        if options.timeout is None and self.timeout is not None:
+            options = options.model_copy(update={"timeout": self.timeout})
+        return options
+
     async def run(
         self, program: ProgramLike, inputs: dict[str, Any] | None = None, options: RunOptions | None = None,
         **option_fields: Any,
     ) -> RunResult:
         """Run once. Raises a typed :class:`StepbridgeError` (with the partial trace) on failure."""
         prog = load(program, store=self.store)
-        options = options or RunOptions(**option_fields)
-        if options.lm is None and self.lm is not None:
-            options = options.model_copy(update={"lm": self.lm})
-        if options.timeout is None and self.timeout is not None:
-            options = options.model_copy(update={"timeout": self.timeout})
+        options = self._options(options, option_fields)
         inputs = dict(inputs) if isinstance(inputs, dict) else (inputs if inputs is not None else {})
         begun = None
         if self.store is not None:
             # Recorded before any check: a run refused for bad inputs still ends in one recorded state.
-            recorded_inputs = inputs if isinstance(inputs, dict) else {"_invalid": repr(inputs)}
+            recorded_inputs = _recorded(inputs)
             begin = asyncio.ensure_future(self._begin(prog, recorded_inputs, options))
             try:
                 begun = await asyncio.shield(begin)
@@ -137,11 +152,7 @@ class Runner:
             options = options.model_copy(update={"execution_id": begun.execution_id, "attempt": begun.attempt})
         try:
             check_inputs(prog, inputs)
-            self.check(prog)
-            key = prog.plan_key  # the same content beside other corpora is another plan
-            if key not in self._prepared:
-                await self.adapter.prepare(prog)
-                self._prepared.add(key)
+            await self.prepare(prog)
             result = await self.adapter.run(prog, inputs, options)
         except asyncio.CancelledError:
             if begun is not None:
@@ -187,30 +198,78 @@ class Runner:
     async def stream(
         self, program: ProgramLike, rows: Iterable[Any], *, concurrency: int = 8,
         options: Callable[[int, dict[str, Any]], RunOptions] | None = None,
+        on_batch: Callable[[str], Any] | None = None,
     ) -> AsyncIterator[BatchItem]:
-        """Run every row, ``concurrency`` at a time, yielding items as they finish. Failures do not stop it."""
+        """Run every row, ``concurrency`` at a time, yielding items as they finish. Failures do not stop it.
+        To stop reading early, close the stream (``contextlib.aclosing``) so its cleanup runs at once.
+
+        With a :class:`~stepbridge.recorder.BatchRecorder` store the batch is recorded first, every row
+        ``pending`` in input order (``on_batch`` then gets its id), so a killed batch can be continued
+        (``stepbridge executions resume``); rows left unstarted when the stream is stopped are recorded
+        ``cancelled``.
+        """
         prog = load(program, store=self.store)
         limit = asyncio.Semaphore(max(1, concurrency))
         done: asyncio.Queue[BatchItem] = asyncio.Queue()
+        items = [BatchItem(i, dict(r) if isinstance(r, dict) else r) for i, r in enumerate(rows)]
+        row_options: list[RunOptions | None] = []
+        for item in items:
+            try:
+                row_options.append(self._options(options(item.index, item.inputs) if options else None))
+            except StepbridgeError as exc:
+                item.error = exc
+                row_options.append(None)
+        batch = await self._begin_batch(prog, items, row_options)
+        if batch is not None and on_batch is not None:
+            on_batch(batch.batch_id)
 
-        async def one(item: BatchItem) -> None:
+        async def one(item: BatchItem, opts: RunOptions | None) -> None:
             async with limit:
-                try:
-                    opts = options(item.index, item.inputs) if options else RunOptions()
-                    item.result = await self.run(prog, item.inputs, opts)
-                except StepbridgeError as exc:
-                    item.error = exc
+                if opts is not None:
+                    try:
+                        item.result = await self.run(prog, item.inputs, opts)
+                    except StepbridgeError as exc:
+                        item.error = exc
                 await done.put(item)
 
-        items = [BatchItem(i, dict(r) if isinstance(r, dict) else r) for i, r in enumerate(rows)]
-        tasks = [asyncio.ensure_future(one(item)) for item in items]
+        tasks = [asyncio.ensure_future(one(item, opts)) for item, opts in zip(items, row_options, strict=True)]
+        finished = False
         try:
             for _ in items:
                 yield await done.get()
+            finished = True
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if batch is not None and not finished:
+                await asyncio.shield(self._end_batch(batch.batch_id))
+
+    async def _begin_batch(self, prog: Program, items: list[BatchItem], row_options: list[RunOptions | None]
+                           ) -> BatchBegun | None:
+        """Record the batch (a batch-recording store only) and give each row its pending execution's id."""
+        store = self.store
+        if not isinstance(store, BatchRecorder):
+            return None
+        todo = [i for i, opts in enumerate(row_options) if opts is not None]
+        recording = asyncio.ensure_future(asyncio.to_thread(
+            store.begin_batch, prog, [_recorded(items[i].inputs) for i in todo],
+            [row_options[i] for i in todo], self.adapter.name))
+        try:
+            batch = await asyncio.shield(recording)
+        except asyncio.CancelledError:  # it is being written regardless: let it land, then cancel its rows
+            await self._end_batch((await recording).batch_id)
+            raise
+        for i, eid in zip(todo, batch.execution_ids, strict=True):
+            items[i].batch_id = batch.batch_id
+            opts = row_options[i]
+            if eid is not None and opts is not None:
+                row_options[i] = opts.model_copy(update={"execution_id": eid})
+        return batch
+
+    async def _end_batch(self, batch_id: str) -> None:
+        store: Any = self.store
+        await asyncio.to_thread(store.end_batch, batch_id)
 
     async def batch(self, program: ProgramLike, rows: Iterable[dict[str, Any]], *, concurrency: int = 8
                     ) -> list[BatchItem]:
@@ -226,6 +285,11 @@ class Runner:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _recorded(inputs: Any) -> dict[str, Any]:
+    """The inputs as recorded: a row that is not an object is kept as its repr (and fails validation)."""
+    return inputs if isinstance(inputs, dict) else {"_invalid": repr(inputs)}
 
 
 def _sync(coro_factory: Callable[[], Any]) -> Any:

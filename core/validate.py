@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,21 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from .errors import InputValidationError, Issue, ProgramValidationError
+from .interface import module_interface
 from .program import (
     MODULE_TYPES,
+    MODULE_TYPES_V2,
+    WRAPPABLE_TYPES,
+    BestOfNModule,
     CallStep,
     DspyModule,
     LMConfig,
     MapStep,
     Module,
+    MultiChainComparisonModule,
     Program,
+    ReactModule,
+    RefineModule,
     RetrieveModule,
     ReturnStep,
     Step,
@@ -87,6 +95,11 @@ class _Collector:
                     "base_url", "api_base", "api_key", "api_key_env", "url", "endpoint", "headers"
                 ):
                     msg += f": {_LM_HINT}"
+            elif err["type"] == "union_tag_invalid" and err.get("ctx", {}).get("tag") == "program_of_thought":
+                self.error(pointer + "/type", "module type 'program_of_thought' runs LM-written Python code, which "
+                           "needs a sandboxed interpreter; no stepbridge adapter runs one, so it is refused "
+                           "(use 'react' with registered tools, or a 'dspy' module on the dspy backend)")
+                continue
             elif err["type"] == "union_tag_invalid":
                 tag = err.get("ctx", {}).get("tag")
                 msg = f"unknown module type {tag!r} (use one of: {', '.join(MODULE_TYPES)})"
@@ -114,6 +127,8 @@ def _parse_signature(raw: Any, pointer: str, c: _Collector) -> Signature | None:
 def _module_signature(module: Any, c: _Collector, pointer: str) -> Signature | None:
     from .registry import dspy_modules, tools
 
+    if module.type in MODULE_TYPES_V2:
+        return None  # checked with the other modules (see _check_module_links)
     if isinstance(module, ToolModule):
         if module.tool not in tools:
             c.error(f"{pointer}/tool", f"unknown tool {module.tool!r}: tools are named callables from the "
@@ -127,7 +142,7 @@ def _module_signature(module: Any, c: _Collector, pointer: str) -> Signature | N
         c.error(f"{pointer}/module", f"unknown DSPy module {module.module!r}: register it by exact name "
                 "(entry point group 'stepbridge.dspy_modules' or stepbridge.registry.dspy_modules.register)",
                 suggest(module.module, dspy_modules.names()))
-    return module.effective_signature
+    return module_interface(module)
 
 
 def validate_data(
@@ -228,6 +243,10 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
                     c.error(f"{pointer}/retriever/corpus",
                             f"corpus file not found: {module.retriever.corpus} (relative to {base_dir})")
 
+    for mname, module in modules.items():
+        if module.type in MODULE_TYPES_V2:
+            signatures[mname] = _check_module_links(mname, module, modules, raw_modules, version, c)
+
     # -- steps -----------------------------------------------------------------------------------
     raw_steps = data.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
@@ -310,8 +329,6 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
                         f"{producer_step.get(step.as_)})")
             elif sig is not None:
                 outs = {k: f.type_expr for k, f in sig.outputs.items()}
-                if getattr(modules.get(mname), "type", None) == "chain_of_thought":
-                    outs = {"reasoning": TypeExpr("str"), **outs}
                 if isinstance(step, MapStep):
                     outs = {k: TypeExpr("list", (t,)) for k, t in outs.items()}
                 produced[step.as_] = outs
@@ -343,6 +360,138 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
     except ValidationError as exc:  # shape problems the per-part checks did not catch
         c.pydantic("", exc)
         return None
+
+
+def _check_module_links(name: str, module: Any, modules: dict[str, Any], raw_modules: dict[str, Any],
+                        version: Any, c: _Collector) -> Signature | None:
+    """Format-2 modules: tools, wrapped modules and rewards exist and fit; reserved names. Returns the
+    module's interface (None when it cannot be known)."""
+    pointer = f"/modules/{_esc(name)}"
+    if version == 1:
+        c.error(f"{pointer}/type", f"module type {module.type!r} needs 'stepbridge: 2' (docs/format-2.md)")
+    if isinstance(module, ReactModule):
+        _check_react(module, pointer, c)
+    elif isinstance(module, MultiChainComparisonModule):
+        sig = module.effective_signature
+        for field_name in sig.inputs:
+            if field_name == "completions" or re.fullmatch(r"reasoning_attempt_\d+", field_name):
+                c.error(f"{pointer}/signature", f"input {field_name!r} is the module's own (completions and "
+                        "reasoning_attempt_<i>): rename it")
+        if "rationale" in sig.outputs:
+            c.error(f"{pointer}/signature", "output 'rationale' is the module's own: rename it")
+        if not sig.outputs:
+            c.error(f"{pointer}/signature", "a multi_chain_comparison needs at least one output")
+    elif isinstance(module, BestOfNModule | RefineModule):
+        return _check_ensemble(name, module, modules, raw_modules, pointer, c)
+    try:
+        return module_interface(module, modules)
+    except (SignatureSyntaxError, ValueError) as exc:
+        c.error(pointer, f"invalid module: {exc}")
+        return None
+
+
+def _check_react(module: ReactModule, pointer: str, c: _Collector) -> None:
+    from .react import FINISH, REACT_OUTPUTS, RESERVED_INPUTS, tool_spec
+    from .registry import tools
+
+    sig = module.effective_signature
+    for field_name in sig.inputs:
+        if field_name in RESERVED_INPUTS or field_name in REACT_OUTPUTS:
+            c.error(f"{pointer}/signature", f"input {field_name!r} is reserved by react (reserved: "
+                    f"{', '.join((*RESERVED_INPUTS, *REACT_OUTPUTS))}): rename it")
+    for field_name in sig.outputs:
+        if field_name in ("trajectory", "reasoning") or field_name in REACT_OUTPUTS:
+            c.error(f"{pointer}/signature", f"output {field_name!r} is react's own (it returns trajectory and "
+                    "reasoning): rename it")
+    seen: set[str] = set()
+    for i, tool_name in enumerate(module.tools):
+        where = f"{pointer}/tools/{i}"
+        if tool_name == FINISH:
+            c.error(where, "'finish' is react's own tool (it ends the episode); register yours under another name")
+            continue
+        if tool_name in seen:
+            c.error(where, f"tool {tool_name!r} is listed twice")
+            continue
+        seen.add(tool_name)
+        if tool_name not in tools:
+            c.error(where, f"unknown tool {tool_name!r}: tools are named callables from the tool registry "
+                    "(stepbridge.tools.register or the 'stepbridge.tools' entry points), never import paths",
+                    suggest(tool_name, tools.names()))
+            continue
+        try:
+            tool_spec(tool_name, tools.get(tool_name).func)
+        except Exception as exc:
+            c.error(where, f"tool {tool_name!r} cannot be described to the agent: {exc}")
+
+
+def _check_ensemble(name: str, module: BestOfNModule | RefineModule, modules: dict[str, Any],
+                    raw_modules: dict[str, Any], pointer: str, c: _Collector) -> Signature | None:
+    target = module.module
+    wrapped = modules.get(target)
+    if target == name:
+        c.error(f"{pointer}/module", f"a {module.type} module cannot wrap itself")
+        return None
+    if target not in raw_modules:
+        c.error(f"{pointer}/module", f"unknown module {target!r}",
+                suggest(target, [m for m in raw_modules if m != name]))
+        return None
+    if wrapped is None:
+        return None  # broken itself (already reported)
+    if wrapped.type not in WRAPPABLE_TYPES:
+        what = ("another ensemble (ensembles do not nest: wrap the inner module directly)"
+                if wrapped.type in ("best_of_n", "refine") else f"a {wrapped.type!r} module")
+        c.error(f"{pointer}/module", f"{target!r} is {what}; a {module.type} wraps one of: "
+                f"{', '.join(WRAPPABLE_TYPES)}")
+        return None
+    interface = module_interface(wrapped, modules)
+    reward = module.reward
+    if reward.metric is not None:
+        from .registry import metrics
+
+        if reward.metric not in metrics:
+            c.error(f"{pointer}/reward/metric", f"unknown metric {reward.metric!r}: metrics are registered by exact "
+                    "name (entry point group 'stepbridge.metrics' or stepbridge.registry.metrics.register)",
+                    suggest(reward.metric, metrics.names()))
+    else:
+        _check_judge(name, module, modules, raw_modules, interface, pointer, c)
+    return interface
+
+
+def _check_judge(name: str, module: BestOfNModule | RefineModule, modules: dict[str, Any],
+                 raw_modules: dict[str, Any], interface: Signature | None, pointer: str, c: _Collector) -> None:
+    judge_name = module.reward.module
+    assert judge_name is not None and module.reward.field is not None
+    where = f"{pointer}/reward/module"
+    if judge_name == name:
+        c.error(where, f"a {module.type} module cannot be its own reward")
+        return
+    if judge_name not in raw_modules:
+        c.error(where, f"unknown module {judge_name!r}", suggest(judge_name, [m for m in raw_modules if m != name]))
+        return
+    judge = modules.get(judge_name)
+    if judge is None:
+        return
+    if judge.type not in ("predict", "chain_of_thought"):
+        c.error(where, f"the judge {judge_name!r} is a {judge.type!r} module; a reward module is a predict or "
+                "chain_of_thought that scores the prediction")
+        return
+    judge_sig = module_interface(judge, modules)
+    if judge_sig is None:
+        return
+    field_name = module.reward.field
+    out = judge_sig.outputs.get(field_name)
+    if out is None:
+        c.error(f"{pointer}/reward/field", f"the judge {judge_name!r} has no output {field_name!r} (outputs: "
+                f"{', '.join(judge_sig.outputs)})", suggest(field_name, list(judge_sig.outputs)))
+    elif out.type_expr.kind not in ("int", "float", "bool"):
+        c.error(f"{pointer}/reward/field", f"the judge's output {field_name!r} is {out.type_expr}; a reward is a "
+                "number (int, float or bool)")
+    if interface is not None:
+        available = {**interface.inputs, **interface.outputs}
+        for input_name, spec in judge_sig.inputs.items():
+            if input_name not in available and spec.type_expr.kind != "optional":
+                c.error(where, f"the judge's input {input_name!r} is neither an input nor an output of "
+                        f"{module.module!r} (it is called with those, by name)")
 
 
 def _check_finite(value: Any, pointer: str, c: _Collector) -> None:

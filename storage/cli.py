@@ -23,13 +23,15 @@ from rich.table import Table
 from rich.tree import Tree
 from stepbridge.errors import ProgramValidationError, StepbridgeError
 
-from .models import Execution
+from .models import Batch, Execution
 from .store import Store
 
-__all__ = ["db_app", "executions_app", "programs_app", "render_execution"]
+__all__ = ["batches_app", "db_app", "executions_app", "programs_app", "render_execution"]
 
 programs_app = typer.Typer(help="Stored programs: versions, aliases, history.", no_args_is_help=True)
 executions_app = typer.Typer(help="Recorded executions and their traces.", no_args_is_help=True)
+batches_app = typer.Typer(help="Recorded batches (run --inputs): progress and results in input order.",
+                          no_args_is_help=True)
 db_app = typer.Typer(help="The stepbridge database.", no_args_is_help=True)
 
 out = Console(emoji=False)
@@ -349,27 +351,88 @@ def executions_resume(
     backend: Annotated[str | None, typer.Option(
         help="Re-run on this adapter (native, dspy, pool, or package.module:factory) instead of the "
              "registered adapter named by each execution's recorded backend.")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Executions re-run at once.")] = 8,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Mark runs of dead processes interrupted, then re-run every interrupted execution (attempt + 1).
+    """Mark runs of dead processes interrupted, then re-run every interrupted execution: runs cut off by
+    a crash (attempt + 1) and the rows of a killed batch that had not started (in input order).
 
     A recorded backend is only looked up as a registered adapter name; executions recorded on any
-    other adapter are reported as not resumable unless ``--backend`` names the adapter to use."""
+    other adapter are reported as not resumable unless ``--backend`` names the adapter to use. Rows
+    that cannot be resumed stay interrupted: nothing is recorded against them."""
     from .resume import resume
 
     with _store(db) as store:
-        outcomes = resume(store, program=program, backend=backend)
+        outcomes = resume(store, program=program, backend=backend, concurrency=concurrency)
         if as_json:
             _print_json([o.__dict__ for o in outcomes])
         else:
             for o in outcomes:
                 mark = "[green]✓[/]" if o.ok else "[red]✗[/]"
-                out.print(f"{mark} {o.execution_id} {o.status}" + (f": {o.error}" if o.error else ""),
+                where = f" (batch {o.batch_id[:12]} row {o.index})" if o.batch_id else ""
+                out.print(f"{mark} {o.execution_id}{where} {o.status}" + (f": {escape(o.error)}" if o.error else ""),
                           highlight=False)
             out.print(f"resumed {len(outcomes)} execution(s)", highlight=False)
+            for batch_id in dict.fromkeys(o.batch_id for o in outcomes if o.batch_id):
+                batch = store.get_batch(batch_id)
+                if batch is not None:
+                    out.print(_batch_line(batch), highlight=False)
         if any(not o.ok for o in outcomes):
             raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------------
+# batches
+# ------------------------------------------------------------------------------------------------
+def _batch_line(batch: Batch) -> str:
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(batch.counts.items()))
+    return f"batch {batch.id} ({batch.program_name}, {batch.size} rows): {counts or 'no rows'}"
+
+
+@batches_app.command("list")
+def batches_list(
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 50,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Recorded batches, newest first, with their rows counted by status."""
+    with _store(db) as store:
+        rows = store.list_batches(limit=limit)
+        if as_json:
+            _print_json([{**b.model_dump(mode="json"), "done": b.done} for b in rows])
+            return
+        table = Table("id", "program", "backend", "rows", "status", "created")
+        for b in rows:
+            counts = ", ".join(f"{n} {s}" for s, n in sorted(b.counts.items()))
+            table.add_row(b.id[:12], f"{b.program_name} {b.program_hash[:8]}", b.backend, str(b.size),
+                          escape(counts), _when(b.created_at))
+        out.print(table)
+
+
+@batches_app.command("show")
+def batches_show(
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="Batch id (or a unique prefix).")],
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A batch's rows in input order: status, outputs or error, execution id."""
+    with _store(db) as store:
+        batch = store.get_batch(batch_id)
+        if batch is None:
+            err.print(f"[bold red]error[/]: no batch {batch_id!r}", highlight=False)
+            raise typer.Exit(1)
+        results = store.batch_results(batch.id)
+        if as_json:
+            _print_json({"batch": {**batch.model_dump(mode="json"), "done": batch.done},
+                         "results": [r.model_dump(mode="json") for r in results]})
+            return
+        out.print(_batch_line(batch), highlight=False)
+        table = Table("row", "status", "execution", "outputs / error")
+        for r in results:
+            shown = r.outputs if r.outputs is not None else r.error
+            table.add_row(str(r.index), r.status, r.execution_id[:12], _short(shown) if shown is not None else "-")
+        out.print(table)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -32,6 +32,10 @@ __all__ = [
     "SOURCES",
     "TERMINAL_STATUSES",
     "AliasRow",
+    "Batch",
+    "BatchItemRow",
+    "BatchResult",
+    "BatchRow",
     "Execution",
     "ExecutionRow",
     "ExecutionStatus",
@@ -156,6 +160,45 @@ class ExecutionRow(SQLModel, table=True):
     updated_at: datetime = SQLField(sa_column=Column(UTCDateTime(), nullable=False))
 
 
+class BatchRow(SQLModel, table=True):
+    """A batch (``stepbridge run --inputs``) as one recorded unit. Its rows are recorded up front, in
+    input order, as ``pending`` executions (:class:`BatchItemRow`), so a batch killed at any point
+    can be continued (``stepbridge executions resume``)."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        CheckConstraint("size >= 0", name="ck_batches_size"),
+        Index("ix_batches_created_at", "created_at"),
+    )
+
+    id: str = SQLField(sa_column=Column(String(64), primary_key=True))
+    program_hash: str = SQLField(
+        sa_column=Column(String(64), ForeignKey("program_versions.hash", ondelete="RESTRICT"), nullable=False)
+    )
+    program_name: str = SQLField(sa_column=Column(String(200), nullable=False))
+    backend: str = SQLField(sa_column=Column(String(200), nullable=False))
+    size: int = SQLField(sa_column=Column(Integer, nullable=False))
+    created_at: datetime = SQLField(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class BatchItemRow(SQLModel, table=True):
+    """Row ``position`` of a batch is this execution. Inserted with the batch, never updated."""
+
+    __tablename__ = "batch_items"
+    __table_args__ = (
+        UniqueConstraint("execution_id", name="uq_batch_items_execution"),
+        CheckConstraint("position >= 0", name="ck_batch_items_position"),
+    )
+
+    batch_id: str = SQLField(
+        sa_column=Column(String(64), ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
+    )
+    position: int = SQLField(sa_column=Column(Integer, primary_key=True))
+    execution_id: str = SQLField(
+        sa_column=Column(String(64), ForeignKey("executions.id", ondelete="RESTRICT"), nullable=False)
+    )
+
+
 class ExecutionStepRow(SQLModel, table=True):
     """One trace step of one attempt. Append-only: rows are inserted, never updated."""
 
@@ -278,3 +321,32 @@ class Execution(_Public):
         from stepbridge.errors import error_from_dict
 
         return error_from_dict(self.error)
+
+
+class Batch(_Public):
+    """A recorded batch: its program, size and how many of its rows are in each status."""
+
+    id: str
+    program_hash: str
+    program_name: str
+    backend: str
+    size: int = Field(ge=0)
+    counts: dict[ExecutionStatus, int] = Field(default_factory=dict, description="status -> rows")
+    created_at: datetime
+
+    @property
+    def done(self) -> bool:
+        """Every row reached a terminal state."""
+        return sum(n for s, n in self.counts.items() if s in TERMINAL_STATUSES) == self.size
+
+
+class BatchResult(_Public):
+    """One row of a batch, in input order (the shape of ``stepbridge run --inputs --json`` results)."""
+
+    index: int = Field(ge=0)
+    execution_id: str
+    status: ExecutionStatus
+    attempts: int = Field(ge=1)
+    inputs: dict[str, Any]
+    outputs: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None

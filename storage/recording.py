@@ -234,6 +234,7 @@ class BeginOp:
     now: datetime
     params: dict[str, Any]  # the prebuilt INSERT's parameters
     doing: str = "recording the start of a run"
+    claim: bool = False  # the id is a pending batch row of this process: try pending -> running first
 
 
 @dataclass
@@ -341,6 +342,11 @@ class Recording:
             executions.c.id.in_(bindparam("b_ids", expanding=True)), executions.c.status == "running"
         )
         self.select_running = running.order_by(executions.c.id).with_for_update() if pg else running
+        ids = (executions.c.id == any_(bindparam("b_ids", type_=ARRAY(String))) if pg
+               else executions.c.id.in_(bindparam("b_ids", expanding=True)))
+        self.claim_pending = update(executions).where(ids, executions.c.status == "pending").values(
+            status="running", started_at=bindparam("b_now"), updated_at=bindparam("b_now"),
+        ).returning(executions.c.id, executions.c.attempts)
         self.select_existing = select(executions).where(
             executions.c.id == bindparam("b_id")
         ).limit(1)
@@ -525,22 +531,14 @@ class Recording:
 
         def insert_all() -> None:
             inserted.clear()
-            # RETURNING, not rowcount: rowcount is not reliable for ON CONFLICT across drivers.
-            rows = [op.params for _, op in fast]
-            if self.postgres and len(rows) > 1:
-                sql, names = self.pg_insert_execution
-                inserted.update(r[0] for r in conn.exec_driver_sql(sql, _arrays(names, rows)))
-            elif not self.postgres:
-                names = [f"b_{c}" for c in self.begin_cols]
-                for start in range(0, len(rows), _SQLITE_ROWS):  # within SQLite's bound-variable limit
-                    chunk = rows[start:start + _SQLITE_ROWS]
-                    flat = tuple(_sqlite_time(v) if isinstance(v, datetime) else v
-                                 for row in chunk for v in (row[n] for n in names))
-                    inserted.update(r[0] for r in conn.exec_driver_sql(self._sqlite_insert_execution(len(chunk)),
-                                                                       flat))
-            else:
-                inserted.update(conn.execute(self.insert_execution, rows).scalars())
-            history = [self._history_params(op.execution_id, op.attempt, None, "running", op.now, None)
+            claimed = self._claim(conn, [op for _, op in fast if op.claim])
+            for _, op in fast:
+                if op.execution_id in claimed:
+                    op.attempt = claimed[op.execution_id]
+            inserted.update(claimed)
+            inserted.update(self.insert_executions(conn, [op.params for _, op in fast if not op.claim]))
+            history = [self._history_params(op.execution_id, op.attempt, "pending" if op.claim else None,
+                                            "running", op.now, None)
                        for _, op in fast if op.execution_id in inserted]
             if history:
                 self._insert_many(conn, "history", history)
@@ -555,6 +553,33 @@ class Recording:
         slow.sort(key=lambda item: item[0])
         for i, op in slow:
             out[i] = self._guard(conn, partial(self._begin_one, conn, op), op.doing, isolate)
+
+    def insert_executions(self, conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
+        """Insert execution rows (prepared ``b_*`` parameters), skipping conflicts; the ids inserted."""
+        inserted: set[str] = set()
+        # RETURNING, not rowcount: rowcount is not reliable for ON CONFLICT across drivers.
+        if self.postgres and len(rows) > 1:
+            sql, names = self.pg_insert_execution
+            inserted.update(r[0] for r in conn.exec_driver_sql(sql, _arrays(names, rows)))
+        elif not self.postgres:
+            names = [f"b_{c}" for c in self.begin_cols]
+            for start in range(0, len(rows), _SQLITE_ROWS):  # within SQLite's bound-variable limit
+                chunk = rows[start:start + _SQLITE_ROWS]
+                flat = tuple(_sqlite_time(v) if isinstance(v, datetime) else v
+                             for row in chunk for v in (row[n] for n in names))
+                inserted.update(r[0] for r in conn.exec_driver_sql(self._sqlite_insert_execution(len(chunk)),
+                                                                   flat))
+        elif rows:
+            inserted.update(conn.execute(self.insert_execution, rows).scalars())
+        return inserted
+
+    def _claim(self, conn: Connection, ops: list[BeginOp]) -> dict[str, int]:
+        """Compare-and-set ``pending`` -> ``running`` for pending batch rows: id -> attempt, for those claimed."""
+        if not ops:
+            return {}
+        now = ops[0].now
+        got = conn.execute(self.claim_pending, {"b_ids": [op.execution_id for op in ops], "b_now": now}).all()
+        return {r[0]: r[1] for r in got}
 
     def _begin_one(self, conn: Connection, op: BeginOp) -> Begun:
         got = conn.execute(self.insert_execution, op.params).all()

@@ -15,27 +15,28 @@ import platform
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
-from sqlalchemy import Table, and_, func, insert, select, update
+from sqlalchemy import Table, and_, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
-from stepbridge.adapter import RunOptions
+from stepbridge.adapter import RunOptions, new_execution_id
 from stepbridge.errors import (
     Issue,
     ProgramValidationError,
+    RunCancelledError,
     StepbridgeError,
     StorageError,
     error_from_dict,
     scrub_secrets,
 )
 from stepbridge.program import Program
-from stepbridge.recorder import Begun
+from stepbridge.recorder import BatchBegun, Begun
 from stepbridge.result import RunResult, StepTrace, Usage
 
 from .db import (
@@ -53,6 +54,10 @@ from .group_commit import GroupCommit
 from .models import (
     SOURCES,
     AliasRow,
+    Batch,
+    BatchItemRow,
+    BatchResult,
+    BatchRow,
     Execution,
     ExecutionRow,
     ExecutionStatusRow,
@@ -79,6 +84,8 @@ aliases = cast(Table, AliasRow.__table__)  # type: ignore[attr-defined]
 executions = cast(Table, ExecutionRow.__table__)  # type: ignore[attr-defined]
 steps_t = cast(Table, ExecutionStepRow.__table__)  # type: ignore[attr-defined]
 history_t = cast(Table, ExecutionStatusRow.__table__)  # type: ignore[attr-defined]
+batches_t = cast(Table, BatchRow.__table__)  # type: ignore[attr-defined]
+items_t = cast(Table, BatchItemRow.__table__)  # type: ignore[attr-defined]
 
 MAX_WRITE_ATTEMPTS = 12
 AUTO_PUBLISH_MESSAGE = "published automatically when first run"
@@ -179,6 +186,9 @@ class Store:
             self.engine.dispose()
             raise
         self._published: set[str] = set()
+        # ids of pending batch rows this process recorded and has not started yet (their start is a
+        # compare-and-set pending -> running rather than an insert)
+        self._claimable: set[str] = set()
         self._recording = Recording(self)
         self._group = GroupCommit(self)
 
@@ -523,9 +533,10 @@ class Store:
         op = self._begin_op(program, inputs, options, backend)
         return cast(Begun, await self._group.submit(op, op.doing))
 
-    def _begin_op(self, program: Program, inputs: dict[str, Any], options: RunOptions, backend: str) -> BeginOp:
+    def _begin_op(self, program: Program, inputs: dict[str, Any], options: RunOptions, backend: str,
+                  *, status: str = "running", now: datetime | None = None) -> BeginOp:
         owner = current_owner()
-        now = utcnow()
+        now = now or utcnow()
         opts = options.model_dump(mode="json", exclude={"execution_id", "idempotency_key", "attempt"},
                                   exclude_defaults=True)
         key = options.idempotency_key
@@ -535,7 +546,7 @@ class Store:
             "b_program_hash": program.content_hash,
             "b_program_name": program.name,
             "b_backend": backend,
-            "b_status": "running",
+            "b_status": status,
             "b_inputs": inputs_json,
             "b_options": clean_json(opts)[1],
             "b_environment": _environment_json(),
@@ -546,25 +557,46 @@ class Store:
             "b_owner_pid": owner.pid,
             "b_owner_marker": owner.marker,
             "b_created_at": now,
-            "b_started_at": now,
+            "b_started_at": now if status == "running" else None,
             "b_updated_at": now,
         }
+        claim = options.execution_id in self._claimable
+        if claim:
+            self._claimable.discard(options.execution_id)
         return BeginOp(execution_id=options.execution_id, idempotency_key=key, attempt=options.attempt,
-                       program_hash=program.content_hash, now=now, params=params)
+                       program_hash=program.content_hash, now=now, params=params, claim=claim)
 
     def _take_over(self, conn: Connection, row: Row[Any], now: datetime) -> Begun:
-        if row.status == "interrupted":
-            owner = current_owner()
-            attempt = row.attempts + 1
+        """Decide for an existing row with this id or key: take it over, return its outcome, or wait.
+
+        Taken over (compare-and-set, so of two takers one wins and the other waits for its result):
+        an ``interrupted`` row (attempt + 1, unless it never started); a ``pending`` batch row of this
+        process or of a dead one; a ``running`` row whose owner is certainly dead (attempt + 1).
+        """
+        owner = current_owner()
+        mine = (row.owner_host, row.owner_pid, row.owner_marker) == (owner.host, owner.pid, owner.marker)
+        dead = not mine and owner_alive(row.owner_host, row.owner_pid, row.owner_marker) is False
+        if row.status == "interrupted" or (row.status == "pending" and (mine or dead)) or (
+                row.status == "running" and dead):
+            attempt = row.attempts + (1 if row.started_at is not None else 0)
             taken = conn.execute(
                 update(executions)
-                .where(executions.c.id == row.id, executions.c.status == "interrupted")
+                .where(executions.c.id == row.id, executions.c.status == row.status,
+                       executions.c.attempts == row.attempts,
+                       executions.c.owner_pid.is_not_distinct_from(row.owner_pid),
+                       executions.c.owner_marker.is_not_distinct_from(row.owner_marker))
                 .values(status="running", attempts=attempt, started_at=now, finished_at=None, error=None,
                         owner_host=owner.host, owner_pid=owner.pid, owner_marker=owner.marker, updated_at=now)
                 .returning(executions.c.id)
             ).all()
             if taken:
-                self._history(conn, row.id, attempt, "interrupted", "running", now, "resumed")
+                old = row.status
+                if old == "running":  # its owner died without anyone marking it: say so in the history
+                    self._history(conn, row.id, row.attempts, "running", "interrupted", now,
+                                  f"owner pid {row.owner_pid} on {row.owner_host} is gone")
+                    old = "interrupted"
+                self._history(conn, row.id, attempt, old, "running", now,
+                              "resumed" if old == "interrupted" else None)
                 return Begun(execution_id=row.id, attempt=attempt)
             return Begun(execution_id=row.id, attempt=row.attempts, in_progress=True)
         if row.status == "succeeded":
@@ -793,30 +825,205 @@ class Store:
 
         return self._read(fn, "counting executions")
 
+    # -- batches ---------------------------------------------------------------------------------
+    def begin_batch(self, program: Program, inputs: Sequence[dict[str, Any]], options: Sequence[RunOptions],
+                    backend: str) -> BatchBegun:
+        """Record a batch and every row as a ``pending`` execution, in input order, in one transaction.
+
+        A row whose execution id or idempotency key already exists is linked to that execution when
+        it is the same submission (same program and inputs) and left to :meth:`begin` either way (its
+        id in the answer is None). Each returned id starts with :meth:`begin` (pending -> running).
+        """
+        if len(inputs) != len(options):
+            raise ValueError("begin_batch() needs one RunOptions per row")
+        self._ensure_published(program)
+        batch_id = new_execution_id()
+        now = utcnow()
+        ops = [self._begin_op(program, row, opts, backend, status="pending", now=now)
+               for row, opts in zip(inputs, options, strict=True)]
+
+        def fn(conn: Connection) -> dict[int, str]:
+            conn.execute(insert(batches_t).values(id=batch_id, program_hash=program.content_hash,
+                                                  program_name=program.name, backend=backend, size=len(ops),
+                                                  created_at=now))
+            created = self._recording.insert_executions(conn, [op.params for op in ops])
+            links: dict[int, str] = {}
+            for position, op in enumerate(ops):
+                if op.execution_id in created:
+                    links[position] = op.execution_id
+                    continue
+                existing = self._same_submission(conn, op)
+                if existing is not None:
+                    links[position] = existing
+            for start in range(0, len(links), 500):
+                chunk = list(links.items())[start:start + 500]
+                conn.execute(insert(items_t), [{"batch_id": batch_id, "position": pos, "execution_id": eid}
+                                               for pos, eid in chunk])
+            pending = [self._recording._history_params(eid, ops[pos].attempt, None, "pending", now, None)
+                       for pos, eid in links.items() if eid in created]
+            if pending:
+                self._recording._insert_many(conn, "history", pending)
+            return {pos: eid for pos, eid in links.items() if eid in created}
+
+        fresh = self._write(fn, f"recording a batch of {len(ops)} rows")
+        self._claimable.update(fresh.values())
+        return BatchBegun(batch_id=batch_id, execution_ids=[fresh.get(i) for i in range(len(ops))])
+
+    def _same_submission(self, conn: Connection, op: BeginOp) -> str | None:
+        """The execution an unrecorded batch row already is (same id, or same key, program and inputs)."""
+        row = conn.execute(select(executions).where(
+            or_(executions.c.id == op.execution_id,
+                and_(executions.c.idempotency_key.is_not(None),
+                     executions.c.idempotency_key == op.idempotency_key))).limit(1)).first()
+        if row is None or row.program_hash != op.program_hash:
+            return None
+        if row.id != op.execution_id:
+            stored = row.inputs_hash if row.inputs_hash is not None else inputs_hash(row.inputs or {})
+            if stored != op.params.get("b_inputs_hash"):
+                return None
+        return cast(str, row.id)
+
+    def end_batch(self, batch_id: str) -> int:
+        """Rows of ``batch_id`` this process recorded and never started are recorded ``cancelled``."""
+        owner = current_owner()
+        now = utcnow()
+        error = clean(RunCancelledError("the batch was stopped before this row started").to_dict())
+
+        def fn(conn: Connection) -> list[str]:
+            rows = conn.execute(
+                update(executions)
+                .where(executions.c.status == "pending",
+                       executions.c.id.in_(select(items_t.c.execution_id).where(items_t.c.batch_id == batch_id)),
+                       executions.c.owner_host == owner.host, executions.c.owner_pid == owner.pid,
+                       executions.c.owner_marker.is_not_distinct_from(owner.marker))
+                .values(status="cancelled", error=error, finished_at=now, updated_at=now)
+                .returning(executions.c.id, executions.c.attempts)
+            ).all()
+            for r in rows:
+                self._history(conn, r.id, r.attempts, "pending", "cancelled", now, "batch stopped")
+            return [r.id for r in rows]
+
+        ids = self._write(fn, f"stopping batch {batch_id}")
+        self._claimable.difference_update(ids)
+        return len(ids)
+
+    def _batch(self, conn: Connection, row: Row[Any]) -> Batch:
+        counts = conn.execute(
+            select(executions.c.status, func.count())
+            .select_from(items_t.join(executions, executions.c.id == items_t.c.execution_id))
+            .where(items_t.c.batch_id == row.id).group_by(executions.c.status)
+        ).all()
+        return Batch(id=row.id, program_hash=row.program_hash, program_name=row.program_name, backend=row.backend,
+                     size=row.size, counts={s: int(n) for s, n in counts}, created_at=row.created_at)
+
+    def _find_batch(self, conn: Connection, batch_id: str) -> Row[Any] | None:
+        row = conn.execute(select(batches_t).where(batches_t.c.id == batch_id)).first()
+        if row is None and 6 <= len(batch_id) < 32 and batch_id.isalnum():
+            rows = conn.execute(select(batches_t).where(batches_t.c.id.like(f"{batch_id}%")).limit(2)).all()
+            if len(rows) > 1:
+                raise StorageError(f"batch id prefix {batch_id!r} is ambiguous")
+            row = rows[0] if rows else None
+        return row
+
+    def get_batch(self, batch_id: str) -> Batch | None:
+        """A batch by id (or a unique prefix of at least 6 characters) with its rows counted by status."""
+
+        def fn(conn: Connection) -> Batch | None:
+            row = self._find_batch(conn, batch_id)
+            return self._batch(conn, row) if row is not None else None
+
+        return self._read(fn, f"reading batch {batch_id}")
+
+    def list_batches(self, limit: int | None = 50) -> list[Batch]:
+        """Batches, newest first."""
+
+        def fn(conn: Connection) -> list[Batch]:
+            q = select(batches_t).order_by(batches_t.c.created_at.desc(), batches_t.c.id.desc())
+            if limit is not None:
+                q = q.limit(limit)
+            return [self._batch(conn, r) for r in conn.execute(q).all()]
+
+        return self._read(fn, "listing batches")
+
+    def batch_results(self, batch_id: str) -> list[BatchResult]:
+        """Every recorded row of a batch, in input order, with its current status and outcome."""
+
+        def fn(conn: Connection) -> list[BatchResult]:
+            row = self._find_batch(conn, batch_id)
+            if row is None:
+                raise StorageError(f"no batch {batch_id!r}")
+            rows = conn.execute(
+                select(items_t.c.position, executions.c.id, executions.c.status, executions.c.attempts,
+                       executions.c.inputs, executions.c.outputs, executions.c.error)
+                .select_from(items_t.join(executions, executions.c.id == items_t.c.execution_id))
+                .where(items_t.c.batch_id == row.id).order_by(items_t.c.position)
+            ).all()
+            return [BatchResult(index=r.position, execution_id=r.id, status=r.status, attempts=r.attempts,
+                                inputs=r.inputs or {}, outputs=r.outputs, error=r.error) for r in rows]
+
+        return self._read(fn, f"reading batch {batch_id}")
+
     # -- crash recovery --------------------------------------------------------------------------
     def mark_interrupted(self) -> list[str]:
         """Mark ``running``/``pending`` executions whose owning process is gone as ``interrupted``.
 
         Only owners on this host that are certainly dead (no such pid, a different process under
-        that pid, or a reboot since) count; live processes and other hosts are left alone.
-        Returns the ids marked.
+        that pid, or a reboot since) count; live processes and other hosts are left alone. One
+        compare-and-set per dead owner and status. Returns the ids marked.
         """
-        rows = self._read(
+        owners = self._read(
             lambda conn: conn.execute(
-                select(executions.c.id, executions.c.status, executions.c.owner_host, executions.c.owner_pid,
-                       executions.c.owner_marker).where(executions.c.status.in_(("running", "pending")))
+                select(executions.c.owner_host, executions.c.owner_pid, executions.c.owner_marker)
+                .where(executions.c.status.in_(("running", "pending"))).distinct()
             ).all(),
             "finding interrupted executions",
         )
-        marked = []
-        for row in rows:
-            if owner_alive(row.owner_host, row.owner_pid, row.owner_marker) is False:
-                note = f"owner pid {row.owner_pid} on {row.owner_host} is gone"
-                if self.transition(row.id, row.status, "interrupted", note=note):
-                    marked.append(row.id)
+        marked: list[str] = []
+        for host, pid, marker in owners:
+            if owner_alive(host, pid, marker) is not False:
+                continue
+            note = f"owner pid {pid} on {host} is gone"
+            now = utcnow()
+
+            def fn(conn: Connection, host: Any = host, pid: Any = pid, marker: Any = marker,
+                   note: str = note, now: datetime = now) -> list[str]:
+                ids: list[str] = []
+                for old in ("running", "pending"):
+                    rows = conn.execute(
+                        update(executions)
+                        .where(executions.c.status == old, executions.c.owner_host == host,
+                               executions.c.owner_pid == pid,
+                               executions.c.owner_marker.is_not_distinct_from(marker))
+                        .values(status="interrupted", finished_at=now, updated_at=now)
+                        .returning(executions.c.id, executions.c.attempts)
+                    ).all()
+                    for r in rows:
+                        self._history(conn, r.id, r.attempts, old, "interrupted", now, note)
+                    ids.extend(r.id for r in rows)
+                return ids
+
+            marked.extend(self._write(fn, "marking interrupted executions"))
         return marked
 
     def resumable(self, program: str | None = None) -> list[Execution]:
-        """Interrupted executions, oldest first: what ``stepbridge executions resume`` re-runs."""
+        """Interrupted executions, oldest first and a batch's rows in input order: what
+        ``stepbridge executions resume`` re-runs."""
         found = self.list_executions(program=program, status="interrupted", limit=None)
-        return sorted(found, key=lambda e: (e.created_at, e.id))
+        positions = self.batches_of([e.id for e in found])
+        return sorted(found, key=lambda e: (e.created_at, positions.get(e.id, ("", 0)), e.id))
+
+    def batches_of(self, execution_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+        """``execution id -> (batch id, position)`` for those that are rows of a batch."""
+        ids = list(execution_ids)
+        found: dict[str, tuple[str, int]] = {}
+
+        def fn(conn: Connection) -> dict[str, tuple[str, int]]:
+            found.clear()
+            for start in range(0, len(ids), 500):
+                q = select(items_t.c.execution_id, items_t.c.batch_id, items_t.c.position).where(
+                    items_t.c.execution_id.in_(ids[start:start + 500]))
+                for r in conn.execute(q):
+                    found.setdefault(r.execution_id, (r.batch_id, r.position))
+            return found
+
+        return self._read(fn, "reading batch rows") if ids else {}

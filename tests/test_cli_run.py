@@ -66,7 +66,11 @@ def test_batch_keeps_going_writes_out_and_exits_1_on_failures(home: Path, tmp_pa
                home=home)
     assert done.returncode == 1, done.stderr
     summary = json.loads(done.stdout)["summary"]
+    batch_id = summary.pop("batch_id")
     assert summary == {"total": 3, "succeeded": 2, "failed": 1}
+    listed_batches = json.loads(cli("batches", "list", "--json", home=home).stdout)
+    assert [(b["id"], b["size"], b["counts"], b["done"]) for b in listed_batches] == [
+        (batch_id, 3, {"failed": 1, "succeeded": 2}, True)]
     written = sorted((json.loads(line) for line in out.read_text().splitlines()), key=lambda r: r["index"])
     assert [("error" in r) for r in written] == [False, True, False]
     assert written[1]["error"]["type"] == "InputValidationError"

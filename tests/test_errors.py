@@ -8,6 +8,7 @@ from typing import Any
 import msgpack
 import pytest
 from stepbridge.errors import (
+    ContextWindowExceededError,
     InputValidationError,
     Issue,
     LMError,
@@ -44,6 +45,7 @@ EXAMPLES: list[StepbridgeError] = [
     PoolSaturatedError("queue full", queue_size=128),
     UnsupportedCapabilityError("no map", capability="map", adapter="dspy"),
     StorageError("database is newer than this code"),
+    ContextWindowExceededError("prompt too long", status=400),
 ]
 
 

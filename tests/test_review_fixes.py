@@ -116,7 +116,12 @@ def test_bad_batch_lines_are_failed_rows_not_a_stopped_batch(tmp_path: Path) -> 
     rows.write_text('{"ticket": "refund"}\n[1]\nnot json\n{"ticket": "crash"}\n')
     done = cli("run", str(EXAMPLES / "classify.yaml"), "--inputs", str(rows), "--json", home=tmp_path)
     assert done.returncode == 1
-    assert json.loads(done.stdout)["summary"] == {"total": 4, "succeeded": 2, "failed": 2}
+    summary = json.loads(done.stdout)["summary"]
+    batch_id = summary.pop("batch_id")
+    assert summary == {"total": 4, "succeeded": 2, "failed": 2}
+    shown = json.loads(cli("batches", "show", batch_id, "--json", home=tmp_path).stdout)
+    assert [(r["index"], r["status"]) for r in shown["results"]] == [
+        (0, "succeeded"), (1, "failed"), (2, "failed"), (3, "succeeded")]
     listed = json.loads(cli("executions", "list", "--json", home=tmp_path).stdout)
     executions = listed if isinstance(listed, list) else listed["executions"]
     assert sorted(e["status"] for e in executions) == ["failed", "failed", "succeeded", "succeeded"]

@@ -114,7 +114,7 @@ def test_inputs_hash_migration_keeps_rows_both_ways(db_url: str) -> None:
 
     program = make_program()
     with Store(db_url) as store:
-        assert store.revision == "0002_inputs_hash"
+        assert store.revision == head_revision()
         old = store.begin(program, {"question": "q"}, RunOptions(idempotency_key="before"), "native")
         assert store.transition(old.execution_id, "running", "interrupted")
     downgrade_to("0001_initial")
@@ -133,3 +133,40 @@ def test_inputs_hash_migration_keeps_rows_both_ways(db_url: str) -> None:
         assert new.execution_id != old.execution_id
         with pytest.raises(StorageError, match="different inputs"):
             store.begin(program, {"question": "other"}, RunOptions(idempotency_key="after"), "native")
+
+
+def test_the_migrated_schema_is_the_models(db_url: str) -> None:
+    """``models.py`` is the only schema: the migrations build exactly it (autogenerate finds no difference)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    with Store(db_url) as store, store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata)
+    assert diff == []
+
+
+def test_batches_migration_keeps_executions_both_ways(db_url: str) -> None:
+    """0003 only adds tables: going down removes the grouping and keeps every execution."""
+    from alembic import command
+    from sb_storage_helpers import make_program
+    from stepbridge.adapter import RunOptions
+    from stepbridge.storage.db import _config
+
+    with Store(db_url) as store:
+        begun = store.begin_batch(make_program(), [{"question": "a"}, {"question": "b"}],
+                                  [RunOptions(), RunOptions()], "native")
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn, conn.begin():
+            cfg = _config()
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0002_inputs_hash")
+        assert not {"batches", "batch_items"} & set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert upgrade(db_url) == head_revision()
+    with Store(db_url) as store:
+        assert store.count_executions("pending") == 2
+        assert store.get_batch(begun.batch_id) is None
+        assert all(store.get_execution(eid) is not None for eid in begun.execution_ids if eid)
