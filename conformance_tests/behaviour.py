@@ -344,7 +344,8 @@ class BehaviourTests:
         of transient errors included)."""
         h = conformance
         runs = [("two chained steps", _BY_ID["literals_and_lm_overrides"], 0),
-                ("a run whose LM failed twice before answering", _BY_ID["lm_recovery"], 1)]
+                ("a run whose LM failed once before answering", _BY_ID["lm_recovery"], 1),
+                ("a chat reply that did not parse, then the JSON retry", _BY_ID["json_fallback"], 0)]
         if "map" in h.capabilities:
             runs.append(("a map step", _BY_ID["map_predict"], 0))
         for label, case, index in runs:
@@ -364,6 +365,24 @@ class BehaviourTests:
                      expected=str(reported), actual=str(got),
                      difference=f"{key}: the LM reported {reported[key]}, the adapter says {got[key]}",
                      look_at="usage")
+
+    @capability("core")
+    def test_json_retry_request(self, conformance: Harness) -> None:
+        """The JSON-format retry after a chat reply that did not parse, on the suite's own model: the same request
+        as native's, field by field (its messages and the response_format DSPy's JSONAdapter sends), and its
+        answer is the step's result."""
+        h = conformance
+        server = h.lm.app.state.reference
+        case = _BY_ID["json_fallback"]
+        server.fault = "chat-garbage"  # for now, every chat-format prompt is answered with garbage
+        try:
+            _, seen = self._same_as_native(h, case.program, case.runs[0].inputs, "the JSON-format retry")
+        finally:
+            server.fault = None
+        if len(seen.bodies) != 2:
+            fail("a chat reply that did not parse was not retried once in the JSON format",
+                 expected="2 requests: the chat try and the JSON-format retry", actual=f"{len(seen.bodies)}",
+                 look_at="parsing")
 
     @capability("core")
     def test_aclose_closes_connections(self, conformance: Harness) -> None:
@@ -578,8 +597,9 @@ class BehaviourTests:
                                        "k": 1}},
                 "steps": [{"call": "search", "with": {"query": "$inputs.query"}, "as": "s"},
                           {"return": {"passages": "$s.passages"}}]}
-        for folder, text in (("left", "The lighthouse keeper lives on the left island."),
-                             ("right", "The lighthouse on the right island is automated.")):
+        texts = {"left": "The lighthouse keeper lives on the left island.",
+                 "right": "The lighthouse on the right island is automated."}
+        for folder, text in texts.items():
             path = h.tmp / "folders" / folder
             path.mkdir(parents=True, exist_ok=True)
             (path / "corpus.jsonl").write_text(json.dumps({"id": folder, "text": text}) + "\n"
@@ -588,8 +608,7 @@ class BehaviourTests:
         for folder in ("left", "right", "left"):
             program = _load(data, base_dir=h.tmp / "folders" / folder)
             seen = h.observe(partial(h.run, program, {"query": "lighthouse island"}))
-            expected = {"passages": [json.loads((h.tmp / "folders" / folder / "corpus.jsonl").read_text()
-                                                .splitlines()[0])["text"]]}
+            expected = {"passages": [texts[folder]]}
             if seen.error is not None or not same(expected, seen.result.outputs):
                 fail(f"the program in folder {folder!r} did not search its own corpus",
                      expected=str(expected), actual=describe_outcome(seen.result, seen.error),

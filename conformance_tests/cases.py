@@ -37,9 +37,14 @@ from typing import Any
 
 import yaml
 
-__all__ = ["CAPABILITY_ORDER", "CASES_DIR", "Case", "CaseRun", "load_cases", "name_matches", "negative_cases"]
+__all__ = ["CAPABILITY_ORDER", "CASES_DIR", "FORMAT_2_CAPABILITIES", "Case", "CaseRun", "load_cases", "name_matches",
+           "negative_cases"]
 
 CASES_DIR = Path(str(resources.files("stepbridge.conformance") / "cases"))
+
+#: The capabilities format 2 introduces (docs/format-2.md): adapters may declare them, cases may need them,
+#: whether or not this stepbridge's core knows them yet.
+FORMAT_2_CAPABILITIES = frozenset({"control_flow", "parallel", "agents", "ensembles", "typed_objects", "xml_adapter"})
 
 #: Capability a case or test is reported under when it needs several (most specific first); capabilities
 #: not listed come before these, alphabetically.

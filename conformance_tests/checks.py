@@ -390,3 +390,29 @@ def expected_fields_difference(expected: list[dict[str, Any]], bodies: list[Any]
     if len(norm) > len(expected):
         return f"{len(norm) - len(expected)} request(s) more than the {len(expected)} expected"
     return None
+
+
+def trace_difference(expected: Any, actual: Any) -> str | None:
+    """The first record where two traces differ in what a step did: its position, kind and module, a call
+    step's inputs, any step's outputs, and each map element's inputs and outputs. None when they agree."""
+    for i, (x, y) in enumerate(zip(expected, actual, strict=False)):
+        where = f"trace record {i} (step {x.step}, {x.kind} {x.module!r})"
+        if (x.step, x.kind, x.module) != (y.step, y.kind, y.module):
+            return f"{where}: the adapter recorded step {y.step}, {y.kind} {y.module!r}"
+        if x.kind == "call":
+            diff = first_difference(x.inputs, y.inputs)
+            if diff:
+                return f"{where} inputs {diff}"
+        diff = first_difference(x.outputs, y.outputs)
+        if diff:
+            return f"{where} outputs {diff}"
+        if x.kind == "map":
+            if len(x.children) != len(y.children):
+                return f"{where}: {len(x.children)} element records expected, {len(y.children)} recorded"
+            for j, (cx, cy) in enumerate(zip(x.children, y.children, strict=True)):
+                diff = first_difference(cx.inputs, cy.inputs) or first_difference(cx.outputs, cy.outputs)
+                if diff:
+                    return f"{where} element {j} {diff}"
+    if len(expected) != len(actual):
+        return f"{len(expected)} trace records expected, {len(actual)} recorded"
+    return None

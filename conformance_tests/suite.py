@@ -37,7 +37,7 @@ from stepbridge.loader import load_program
 
 from . import SUITE_VERSION, fixtures
 from .behaviour import BehaviourTests, check_error, check_outputs, native_observation
-from .cases import Case, CaseRun, load_cases, name_matches, negative_cases
+from .cases import FORMAT_2_CAPABILITIES, Case, CaseRun, load_cases, name_matches, negative_cases
 from .checks import (
     describe_error,
     describe_outcome,
@@ -45,9 +45,10 @@ from .checks import (
     expected_fields_difference,
     fail,
     first_difference,
+    trace_difference,
     trace_labels,
 )
-from .harness import Harness, Observed, describe_spec
+from .harness import Harness, Observed, as_trace, describe_spec
 from .meta import capability, meta_of
 
 __all__ = ["SUITE_VERSION", "AdapterConformance", "conformance_meta"]
@@ -192,7 +193,7 @@ class AdapterConformance(BehaviourTests):
         if not isinstance(caps, frozenset | set) or not all(isinstance(c, str) for c in caps):
             fail("`capabilities` is not a set of names", expected="a frozenset of str", actual=repr(caps),
                  look_at="protocol")
-        known = CAPABILITIES | {cap for case in _CASES for cap in case.capabilities}
+        known = CAPABILITIES | FORMAT_2_CAPABILITIES | {cap for case in _CASES for cap in case.capabilities}
         unknown = sorted(set(caps) - known)
         if unknown:
             fail("the adapter declares capabilities nobody defines", expected=f"names from {sorted(known)}",
@@ -332,6 +333,11 @@ class AdapterConformance(BehaviourTests):
         if seen.result.step_sequence() != base.result.step_sequence():
             fail(f"{what}: the trace's step sequence differs", expected=str(base.result.step_sequence()),
                  actual=str(seen.result.step_sequence()), look_at="trace")
+        traced = trace_difference(as_trace(base.result.trace), as_trace(seen.result.trace))
+        if traced is not None:
+            fail(f"{what}: the trace records other step inputs or outputs than native's",
+                 expected="each step's resolved inputs and its outputs, as native records them",
+                 actual="another record", difference=traced, look_at="trace")
 
     @capability("core", "case", scope="core")
     @pytest.mark.parametrize("case", _INVALID)

@@ -846,5 +846,126 @@ class ChecksCapabilitiesAfterFirstStep(Mutant):
         return await super().call_module(state, name, args, calls)
 
 
+# -- more realistic bugs -------------------------------------------------------------------------------------------
+class FallbackWithoutResponseFormat(Mutant):
+    """The JSON-format retry after a chat parse error is sent without ``response_format`` (JSON-adapter
+    modules still send it)."""
+
+    BUG_CLASS = "response_format"
+
+    async def predict(self, state: _Run, name: str, module: Any, args: dict[str, Any], calls: list[LMCall]) -> Any:
+        config = self.lm_config(state.program, module, state.options)
+        mode = config.adapter or "chat"
+        try:
+            return await self.complete(state, self.prompt(state, name, mode), args, config, calls)
+        except LMParseError:
+            if mode != "chat":
+                raise
+            self._bare = True
+            try:
+                return await self.complete(state, self.prompt(state, name, "json"), args, config, calls)
+            finally:
+                self._bare = False
+
+    def request_body(self, prompt: Prompt, messages: Any, config: LMConfig, profile: LMProfile, model: str) -> Any:
+        body = super().request_body(prompt, messages, config, profile, model)
+        if getattr(self, "_bare", False):
+            body.pop("response_format", None)
+        return body
+
+
+class TraceInputsUnresolved(Mutant):
+    """A call step's trace record holds its ``with`` map as written (``$inputs.question``), not the values."""
+
+    BUG_CLASS = "trace"
+
+    async def execute(self, state: _Run, inputs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await super().execute(state, inputs)
+        finally:
+            for record, step in zip(state.trace, state.program.steps, strict=False):
+                if record.kind == "call":
+                    record.inputs = dict(getattr(step, "with_", {}))
+
+
+class UsageSkipsUnparsedReplies(Mutant):
+    """Token usage is counted only for replies that parsed (a chat reply that failed, then the JSON retry,
+    counts once)."""
+
+    BUG_CLASS = "usage"
+
+    def parse(self, prompt: Prompt, text: str) -> dict[str, Any]:
+        return prompt.parse(text)
+
+    async def complete(self, state: _Run, prompt: Prompt, args: dict[str, Any], config: LMConfig,
+                       calls: list[LMCall]) -> dict[str, Any]:
+        before = state.usage.model_copy()
+        try:
+            return await super().complete(state, prompt, args, config, calls)
+        except LMParseError:
+            state.usage = before
+            raise
+
+
+class CachesFirstRunOverride(Mutant):
+    """A module's effective LM settings are computed on its first call and cached: a later run's override is
+    ignored (and the first run's sticks)."""
+
+    BUG_CLASS = "LM precedence"
+
+    def lm_config(self, program: Any, module: Any, options: RunOptions) -> LMConfig:
+        cache = self.__dict__.setdefault("_configs", {})
+        key = (program.content_hash, id(module))
+        if key not in cache:
+            cache[key] = super().lm_config(program, module, options)
+        return cache[key]
+
+
+class CotStepDropsReasoning(Mutant):
+    """A chain_of_thought step's outputs leave out ``reasoning`` (the program outputs are right)."""
+
+    BUG_CLASS = "trace"
+
+    async def predict(self, state: _Run, name: str, module: Any, args: dict[str, Any], calls: list[LMCall]) -> Any:
+        outputs = await super().predict(state, name, module, args, calls)
+        if isinstance(module, ChainOfThoughtModule):
+            outputs = {k: v for k, v in outputs.items() if k != "reasoning"}
+        return outputs
+
+
+class DemosReversed(Mutant):
+    """Few-shot demos are sent newest first."""
+
+    BUG_CLASS = "prompt"
+
+    def prompt(self, state: _Run, name: str, mode: str) -> Prompt:
+        prompt = super().prompt(state, name, mode)
+        return Prompt(prompt.signature, list(reversed(prompt.demos)), prompt.adapter)
+
+
+class RetrieveIgnoresK(Mutant):
+    """A retrieve module returns 3 passages whatever its ``k``."""
+
+    BUG_CLASS = "outputs"
+
+    async def call_module(self, state: _Run, name: str, args: dict[str, Any], calls: list[LMCall]) -> Any:
+        module = state.program.modules[name]
+        if module.type == "retrieve":
+            hits = state.plan.retrievers[name].search(str(args["query"]), 3)
+            return {"passages": list(hits.passages), "ids": list(hits.ids), "scores": list(hits.scores)}
+        return await super().call_module(state, name, args, calls)
+
+
+class DollarEscapeKept(Mutant):
+    """A ``$$`` in a step argument reaches the module as ``$$`` (the escape is not undone)."""
+
+    BUG_CLASS = "inputs"
+
+    def resolve(self, value: Any, scope: dict[str, Any]) -> Any:
+        if isinstance(value, str) and value.startswith("$$"):
+            return value
+        return super().resolve(value, scope)
+
+
 MUTANTS: list[type[Mutant]] = [obj for obj in list(globals().values())
                                if isinstance(obj, type) and issubclass(obj, Mutant) and obj is not Mutant]

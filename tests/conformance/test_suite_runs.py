@@ -381,3 +381,36 @@ def test_mutant_catalogue_covers_every_bug_class(monkeypatch: pytest.MonkeyPatch
     source = (HERE / "independent_adapter.py").read_text()
     assert "stepbridge.adapters" not in source and "stepbridge.interpreter" not in source
     assert "stepbridge.references" not in source and "stepbridge.lm import LMPool" not in source
+
+
+def test_new_capabilities_are_gated_and_get_negative_tests(tmp_path: Path) -> None:
+    """Format-2 cases need capabilities the suite has never run (control_flow, agents...): the case format takes
+    them, each capability a case needs on its own gets a negative test, and the report has a row for each."""
+    from stepbridge.conformance.cases import FORMAT_2_CAPABILITIES, load_cases, negative_cases
+    from stepbridge.conformance.report import build_report, render_markdown
+
+    def case(name: str, caps: list[str]) -> None:
+        (tmp_path / f"{name}.yaml").write_text(json.dumps({
+            "id": name, "description": name, "capabilities": caps,
+            "program": {"stepbridge": 2, "name": name, "signature": "q -> a", "steps": []},
+            "runs": [{"inputs": {"q": "x"}, "outputs": {"a": "x"}}]}))
+
+    for name, caps in (("loop", ["control_flow"]), ("agent", ["agents"]), ("agent_tools", ["agents", "tools"]),
+                       ("typed", ["typed_objects"]), ("xml", ["xml_adapter"]), ("fanout", ["parallel"]),
+                       ("vote", ["ensembles"]), ("future", ["holograms"])):
+        case(name, caps)
+    cases = {c.id: c for c in load_cases(tmp_path)}
+    assert cases["agent_tools"].capability == "agents" and cases["future"].capability == "holograms"
+    negatives = negative_cases(list(cases.values()))
+    assert {cap: c.id for cap, c in negatives.items() if cap != "holograms"} == {
+        "control_flow": "loop", "agents": "agent", "typed_objects": "typed", "xml_adapter": "xml",
+        "parallel": "fanout", "ensembles": "vote"}
+    assert set(negatives) >= FORMAT_2_CAPABILITIES
+    tests = [{"id": f"test_case[{c}-0]", "capability": cases[c].capability, "category": "case", "scope": "adapter",
+              "outcome": "passed" if c != "loop" else "skipped", "reason": None, "duration": 0.1} for c in cases]
+    adapter = {"name": "a", "spec": "a", "class": "a", "version": None, "package": None,
+               "capabilities": ["agents", "tools"]}
+    report = build_report(adapter, tests, suite_version="2", environment={})
+    assert report["capabilities"]["agents"] == "✅" and report["capabilities"]["control_flow"] == "—"
+    markdown = render_markdown(report)
+    assert "| agents | yes |" in markdown and "| control_flow | no |" in markdown
