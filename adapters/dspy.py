@@ -78,7 +78,7 @@ from stepbridge.errors import (  # noqa: E402
     register_secret,
 )
 from stepbridge.formats import to_dspy_signature  # noqa: E402
-from stepbridge.interpreter import PlanStep, RunContext, plan, run_plan  # noqa: E402
+from stepbridge.interpreter import PlanStep, RunContext, execute, plan, run_plan  # noqa: E402
 from stepbridge.lm import LMPool, LMProfile, load_profiles, resolve_profile  # noqa: E402
 from stepbridge.program import (  # noqa: E402
     ChainOfThoughtModule,
@@ -90,7 +90,6 @@ from stepbridge.program import (  # noqa: E402
     ToolModule,
 )
 from stepbridge.react import json_data  # noqa: E402
-from stepbridge.references import resolve  # noqa: E402
 from stepbridge.result import LMCall, RunResult  # noqa: E402
 
 __all__ = [
@@ -297,44 +296,37 @@ class ProgramModule(dspy.Module):
 
     # -- plain DSPy execution (optimizers, users) ------------------------------------------------
     def forward(self, **inputs: Any) -> dspy.Prediction:
-        scope: dict[str, Any] = {"inputs": inputs}
-        for step in self._sb_plan:
-            if step.kind == "return":
-                return dspy.Prediction(**resolve(step.args, scope))
+        """Run the program's steps with plain (sync) DSPy calls of the sub-modules, through the shared
+        interpreter (every step kind; ``map`` and ``parallel`` calls one after another)."""
+        outputs = self._sb_outputs
+
+        async def call(step: PlanStep, args: dict[str, Any], ctx: RunContext, calls: list[LMCall]) -> dict[str, Any]:
             assert step.module is not None
-            sub = getattr(self, step.module)
-            names = self._sb_outputs[step.module]
-            result: Any
-            if step.kind == "call":
-                result = _prediction_outputs(sub(**resolve(step.args, scope)), names)
-            else:
-                result = [
-                    _prediction_outputs(sub(**resolve(step.args, {**scope, step.item: element})), names)
-                    for element in resolve(step.over, scope)
-                ]
-            if step.name is not None:
-                scope[step.name] = result
-        raise AssertionError("validated programs end with a return step")
+            return _prediction_outputs(getattr(self, step.module)(**args), outputs[step.module])
+
+        return dspy.Prediction(**_run_sync(execute(self._sb_plan, inputs, RunContext(RunOptions()), call)))
 
     async def aforward(self, **inputs: Any) -> dspy.Prediction:
-        scope: dict[str, Any] = {"inputs": inputs}
-        for step in self._sb_plan:
-            if step.kind == "return":
-                return dspy.Prediction(**resolve(step.args, scope))
+        """Run the program's steps with DSPy's async calls, through the shared interpreter."""
+        outputs = self._sb_outputs
+
+        async def call(step: PlanStep, args: dict[str, Any], ctx: RunContext, calls: list[LMCall]) -> dict[str, Any]:
             assert step.module is not None
-            sub = getattr(self, step.module)
-            names = self._sb_outputs[step.module]
-            result: Any
-            if step.kind == "call":
-                result = _prediction_outputs(await _acall(sub, resolve(step.args, scope)), names)
-            else:
-                items = resolve(step.over, scope)
-                preds = await asyncio.gather(*(
-                    _acall(sub, resolve(step.args, {**scope, step.item: element})) for element in items))
-                result = [_prediction_outputs(p, names) for p in preds]
-            if step.name is not None:
-                scope[step.name] = result
-        raise AssertionError("validated programs end with a return step")
+            return _prediction_outputs(await _acall(getattr(self, step.module), args), outputs[step.module])
+
+        return dspy.Prediction(**await execute(self._sb_plan, inputs, RunContext(RunOptions()), call))
+
+
+def _run_sync(coroutine: Any) -> Any:
+    """Run a coroutine to completion from sync code: on a private event loop in this thread, or in a
+    helper thread (with this context) when this thread already runs a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    ctx = contextvars.copy_context()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stepbridge-forward") as pool:
+        return pool.submit(ctx.run, asyncio.run, coroutine).result()
 
 
 def _has_aforward(module: Any) -> bool:
@@ -450,7 +442,7 @@ class DSPyAdapter:
     name = "dspy"
     capabilities = frozenset({
         "async", "batch", "map", "retrieve", "tools", "dspy_modules", "lm_trace", "timeout", "cancel",
-        "rehydrate", "json_adapter", "agents", "ensembles",
+        "rehydrate", "json_adapter", "agents", "ensembles", "control_flow", "parallel",
     })
 
     def __init__(self, *, lm: LMPool | None = None, profiles: dict[str, LMProfile] | None = None,

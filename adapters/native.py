@@ -37,7 +37,7 @@ from stepbridge.signature import Signature
 
 __all__ = ["Invocation", "NativeAdapter", "Predictor", "Runner", "module_lm_config"]
 
-_Plan = tuple[list[PlanStep], dict[str, Any]]  # steps, module name -> Runner
+_Plan = tuple[list[Any], dict[str, Any]]  # planned steps, module name -> Runner
 
 
 @dataclass(slots=True)
@@ -233,7 +233,7 @@ class NativeAdapter:
     name = "native"
     capabilities = frozenset(
         {"async", "batch", "map", "retrieve", "tools", "lm_trace", "cancel", "timeout", "rehydrate", "json_adapter",
-         "agents", "ensembles"}
+         "agents", "ensembles", "control_flow", "parallel"}
     )
 
     def __init__(self, *, lm: LMPool | None = None, cache: bool | None = None,

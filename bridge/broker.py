@@ -1,10 +1,16 @@
 """Standalone broker mode: ``stepbridge pool start``.
 
-One ROUTER socket serves both sides: workers (local ones it spawns, remote ones that connect with
-``stepbridge worker --connect ADDR``) and any number of client processes
-(``PoolAdapter(address=ADDR)``, ``stepbridge run --backend pool --pool ADDR``), whose REQUEST
-frames carry the program definition inline. ``stepbridge pool status`` asks it for a STATUS.
-SIGTERM or Ctrl-C drains: queued work is refused, in-flight work finishes, workers stop.
+Two sockets, two roles. Clients (``PoolAdapter(address=ADDR)``, ``stepbridge run --backend pool
+--pool ADDR``) connect to the **client** address and send REQUESTs that carry their program
+definition inline and their data files by content; ``stepbridge pool status`` asks there too.
+Workers (the local ones it spawns, remote ones started with ``stepbridge worker --connect WADDR``)
+connect to the **worker** address, which over TCP admits only the worker keys the operator
+authorised (``--curve-workers``). A client can never act as a worker.
+
+The broker's logging goes through a bounded queue to a writer thread, and refused frames are
+rate-limited, so a peer flooding it with garbage, or a stderr pipe that nobody reads, never stalls
+the loop that serves requests. SIGTERM or Ctrl-C drains: queued work is refused, in-flight work
+finishes, workers stop.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ import contextlib
 import logging
 import signal
 import sys
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
+from .config import PoolConfig
+from .logs import configure_process_logging
 from .router import Router
 
 __all__ = ["run_broker", "serve"]
@@ -24,26 +32,13 @@ __all__ = ["run_broker", "serve"]
 log = logging.getLogger("stepbridge.bridge.broker")
 
 
-async def serve(
-    *,
-    bind: str | None = None,
-    workers: int = 2,
-    backend: str = "native",
-    capacity: int = 16,
-    queue_size: int = 1000,
-    curve_secret: str | Path | None = None,
-    curve_clients: str | Path | None = None,
-    allow_insecure_tcp: bool = False,
-    announce: Any = None,
-    **router_options: Any,
-) -> None:
-    """Run a broker until SIGTERM/SIGINT; ``announce(address)`` is called once it is bound."""
+async def serve(config: PoolConfig, *, store: Any = None,
+                announce: Callable[[Router], None] | None = None) -> None:
+    """Run a broker until SIGTERM/SIGINT; ``announce(router)`` is called once it is bound."""
     from .pool import declared_capabilities
 
-    router = Router(bind, workers=workers, backend=backend, capacity=capacity, queue_size=queue_size,
-                    curve_secret=curve_secret, allowed_clients=curve_clients, allow_insecure_tcp=allow_insecure_tcp,
-                    expected_capabilities=declared_capabilities(backend) if workers else frozenset(),
-                    serve_clients=True, **router_options)
+    router = Router(config, store=store, serve_clients=True,
+                    expected_capabilities=declared_capabilities(config.backend) if config.workers else frozenset())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -51,7 +46,7 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     await router.start()
     if announce is not None:
-        announce(router.address)
+        announce(router)
     try:
         await stop.wait()
     finally:
@@ -59,11 +54,12 @@ async def serve(
         await router.close(drain=True)
 
 
-def run_broker(**kwargs: Any) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s broker %(levelname)s %(message)s")
+def run_broker(config: PoolConfig) -> None:
+    configure_process_logging(logging.INFO, "%(asctime)s broker %(levelname)s %(message)s")
 
-    def announce(address: str) -> None:
-        sys.stdout.write(f"stepbridge pool listening on {address}\n")
+    def announce(router: Router) -> None:
+        sys.stdout.write(f"stepbridge pool listening on {router.client_address}\n"
+                         f"stepbridge pool workers connect to {router.worker_address}\n")
         sys.stdout.flush()
 
-    asyncio.run(serve(announce=announce, **kwargs))
+    asyncio.run(serve(config, announce=announce))

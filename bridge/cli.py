@@ -21,28 +21,45 @@ pool_app = typer.Typer(help="A standalone pool broker serving several client pro
 def start(
     workers: Annotated[int, typer.Option(help="Local worker processes to spawn.")] = 2,
     backend: Annotated[str, typer.Option(help="Adapter the local workers host: native, dspy.")] = "native",
-    bind: Annotated[str | None, typer.Option(help="Address to bind (default: a user-only ipc socket).")] = None,
+    bind: Annotated[str | None, typer.Option(help="Address clients connect to (default: a user-only ipc "
+                                                  "socket).")] = None,
+    worker_bind: Annotated[str | None, typer.Option(help="Address workers connect to, a separate socket "
+                                                         "(default: another user-only ipc socket).")] = None,
     capacity: Annotated[int, typer.Option(help="Runs at once per worker.")] = 16,
     queue_size: Annotated[int, typer.Option(help="Pending requests before callers wait, then get "
                                                  "PoolSaturatedError.")] = 1000,
     curve_secret: Annotated[Path | None, typer.Option(help="The broker's .key_secret file (TCP).")] = None,
-    curve_clients: Annotated[Path | None, typer.Option(help="Directory of allowed public .key files (TCP).")] = None,
+    curve_clients: Annotated[Path | None, typer.Option(help="Directory of allowed client public .key files "
+                                                            "(TCP).")] = None,
+    curve_workers: Annotated[Path | None, typer.Option(help="Directory of authorised worker public .key files "
+                                                            "(TCP; a client key never admits a worker).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow loopback TCP without CURVE (testing).")] = False,
     heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 1.0,
     liveness: Annotated[int, typer.Option(help="Missed heartbeats before a worker counts as dead.")] = 3,
     db: Annotated[str | None, typer.Option(help="Store the local workers look programs up in (read-only) and "
                                                "warm aliased programs from.", envvar="STEPBRIDGE_DATABASE_URL")] = None,
     warm: Annotated[bool, typer.Option(help="Local workers build every aliased stored program at start.")] = True,
+    data_root: Annotated[Path | None, typer.Option(help="Folder where local workers find corpora that clients "
+                                                        "did not ship (default: none).")] = None,
 ) -> None:
-    """Start a broker (with local workers); prints its address, runs until SIGTERM/Ctrl-C (drains)."""
+    """Start a broker (with local workers); prints its addresses, runs until SIGTERM/Ctrl-C (drains)."""
     from .broker import run_broker
+    from .config import PoolConfig
 
-    if bind and bind.startswith("tcp://") and not curve_secret and not insecure:
-        typer.echo("TCP needs CURVE keys: --curve-secret and --curve-clients (see `stepbridge pool keys`)", err=True)
+    if (any(b and b.startswith("tcp://") for b in (bind, worker_bind)) and not curve_secret and not insecure):
+        typer.echo("TCP needs CURVE keys: --curve-secret, --curve-clients and --curve-workers "
+                   "(see `stepbridge pool keys`)", err=True)
         raise typer.Exit(2)
-    run_broker(bind=bind, workers=workers, backend=backend, capacity=capacity, queue_size=queue_size,
-               curve_secret=curve_secret, curve_clients=curve_clients, allow_insecure_tcp=insecure,
-               heartbeat=heartbeat, liveness=liveness, store_url=db, warm=warm if db else None)
+    try:
+        config = PoolConfig(client_bind=bind, worker_bind=worker_bind, workers=workers, backend=backend,
+                            capacity=capacity, queue_size=queue_size, curve_secret=curve_secret,
+                            curve_clients=curve_clients, curve_workers=curve_workers, allow_insecure_tcp=insecure,
+                            heartbeat=heartbeat, liveness=liveness, store_url=db, warm=warm if db else None,
+                            data_root=data_root)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    run_broker(config)
 
 
 @pool_app.command("status")
@@ -95,7 +112,8 @@ def keys(
 
 
 def worker(
-    connect: Annotated[str, typer.Option(help="Router/broker address (ipc://PATH or tcp://HOST:PORT).")],
+    connect: Annotated[str, typer.Option(help="The router/broker's worker address (ipc://PATH or "
+                                              "tcp://HOST:PORT).")],
     backend: Annotated[str, typer.Option(help="Adapter to host: native, dspy, or package.module:factory.")] = "native",
     capacity: Annotated[int, typer.Option(help="Runs at once.")] = 16,
     heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 1.0,
@@ -109,14 +127,18 @@ def worker(
     curve_secret: Annotated[Path | None, typer.Option(help="This worker's .key_secret file (TCP).")] = None,
     curve_server: Annotated[Path | None, typer.Option(help="The broker's public .key file (TCP).")] = None,
     parent_pid: Annotated[int | None, typer.Option(help="Exit when this process is no longer the parent.")] = None,
+    data_cache: Annotated[Path | None, typer.Option(help="Where to cache data files shipped by content "
+                                                         "(default: a private temporary folder).")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Folder for corpora a client did not ship "
+                                                        "(default: none; such requests fail).")] = None,
 ) -> None:
-    """Serve a pool router/broker: host one adapter, run up to CAPACITY requests at once."""
+    """Serve a pool router/broker's worker address: host one adapter, run up to CAPACITY requests at once."""
     from .worker import run_worker
 
     code = run_worker(connect, backend=backend, capacity=capacity, heartbeat=heartbeat, liveness=liveness,
                       parent_pid=parent_pid, db=db, curve_secret=str(curve_secret) if curve_secret else None,
                       curve_server=str(curve_server) if curve_server else None, warm=list(warm_ref or []),
-                      warm_aliases=warm)
+                      warm_aliases=warm, data_cache=data_cache, data_root=data_root)
     raise typer.Exit(code)
 
 

@@ -189,6 +189,23 @@ class Pump:
                 log.exception("error handling a message")
         self._schedule()  # more waiting: continue after other callbacks had their turn
 
+    def drain_all(self) -> None:
+        """Handle the messages waiting now (a large budget): callers about to judge by what has arrived."""
+        if self._closed:
+            return
+        for _ in range(100 * self.budget):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as exc:
+                log.warning("receive failed: %s", exc)
+                return
+            try:
+                self.handler(frames)
+            except Exception:
+                log.exception("error handling a message")
+
     def _schedule(self) -> None:
         if not self._scheduled and not self._closed:
             self._scheduled = True

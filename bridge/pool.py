@@ -20,7 +20,6 @@ import contextlib
 import logging
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import zmq
@@ -37,6 +36,8 @@ from stepbridge.program import Program
 from stepbridge.result import RunResult, StepTrace
 
 from . import protocol as p
+from .config import PoolConfig
+from .data import LocalFiles
 from .net import CurveKeys, configure_dealer
 from .router import Router, wire_options
 
@@ -61,52 +62,29 @@ def declared_capabilities(backend: str) -> frozenset[str]:
 
 
 class PoolAdapter:
-    """Adapter that runs programs on a pool of worker processes (local, or a broker's)."""
+    """Adapter that runs programs on a pool of worker processes (local, or a broker's).
+
+    ``PoolAdapter(config=PoolConfig(...))``, or the same settings as keywords:
+    ``PoolAdapter(workers=4, backend="dspy")``; ``address=`` makes it a client of a standalone broker.
+    """
 
     name = "pool"
 
-    def __init__(
-        self,
-        *,
-        address: str | None = None,
-        workers: int = 2,
-        backend: str = "native",
-        capacity: int = 16,
-        queue_size: int = 1000,
-        saturation_wait: float = 1.0,
-        heartbeat: float = 1.0,
-        liveness: int = 3,
-        max_attempts: int = 3,
-        cancel_grace: float = 2.0,
-        bind: str | None = None,
-        start_timeout: float = 60.0,
-        curve_secret: str | Path | None = None,
-        curve_server: str | Path | None = None,
-        store: Any = None,
-        store_url: str | None = None,
-        warm: bool | None = None,
-        **router_options: Any,
-    ):
+    def __init__(self, config: PoolConfig | None = None, *, address: str | None = None, store: Any = None,
+                 **settings: Any):
+        self.config = PoolConfig.from_settings(config, **settings)
         self.address = address
-        self.backend = backend
-        self.saturation_wait = saturation_wait
-        self.start_timeout = start_timeout
+        self.backend = self.config.backend
+        self.store = store
         self._router: Router | None = None
         self._client: _BrokerClient | None = None
         self._start_lock: asyncio.Lock | None = None
-        # client mode: this client's key pair and the broker's public key; local mode: the router's key pair
-        self._curve = CurveKeys.from_files(curve_secret, curve_server) if curve_secret and address else None
+        # client mode: this client's key pair and the broker's public key
+        c = self.config
+        self._curve = (CurveKeys.from_files(c.curve_secret, c.curve_server)
+                       if address is not None and c.curve_secret is not None else None)
         self._remote_caps: frozenset[str] | None = None
-        if address is None:
-            if curve_secret is not None:
-                router_options["curve_secret"] = curve_secret
-            self._declared = declared_capabilities(backend)
-            self._router_kwargs: dict[str, Any] = dict(
-                workers=workers, backend=backend, capacity=capacity, queue_size=queue_size,
-                saturation_wait=saturation_wait, heartbeat=heartbeat, liveness=liveness, max_attempts=max_attempts,
-                cancel_grace=cancel_grace, expected_capabilities=self._declared, store=store, store_url=store_url,
-                warm=warm, **router_options)
-            self._bind = bind
+        self._declared = declared_capabilities(self.backend) if address is None else frozenset()
 
     # -- the adapter protocol ----------------------------------------------------------------------
     @property
@@ -135,11 +113,11 @@ class PoolAdapter:
             if self._router is not None or self._client is not None:
                 return
             if self.address is None:
-                router = Router(self._bind, **self._router_kwargs)
+                router = Router(self.config, store=self.store, expected_capabilities=self._declared)
                 await router.start()
                 self._router = router
-                if router.n_workers:
-                    await router.wait_ready(1, self.start_timeout)
+                if self.config.workers:
+                    await router.wait_ready(1, self.config.start_timeout)
             else:
                 client = _BrokerClient(self.address, curve=self._curve)
                 await client.start()
@@ -148,7 +126,7 @@ class PoolAdapter:
     async def prepare(self, program: Program) -> None:
         await self.start()
         if self._router is not None:
-            self._router.remember_program(program.content_hash, program.to_dict(), str(program.base_dir))
+            self._router.remember_program(program.content_hash, program.to_dict())
 
     async def run(self, program: Program, inputs: dict[str, Any], options: RunOptions | None = None) -> RunResult:
         options = options or RunOptions()
@@ -156,7 +134,7 @@ class PoolAdapter:
         if self._router is not None:
             return await self._router.submit(program, inputs, options)
         assert self._client is not None
-        return await self._client.submit(program, inputs, options, wait=self.saturation_wait)
+        return await self._client.submit(program, inputs, options, wait=self.config.saturation_wait)
 
     async def aclose(self) -> None:
         if self._router is not None:
@@ -183,7 +161,9 @@ class _BrokerClient:
         self.ctx = zmq.asyncio.Context()
         self.sock: zmq.asyncio.Socket | None = None
         self._pending: dict[bytes, asyncio.Future[p.Reply]] = {}
-        self._programs: dict[str, tuple[dict[str, Any], str]] = {}
+        self._programs: dict[str, dict[str, Any]] = {}
+        self._files = LocalFiles()
+        self._shipped: set[str] = set()  # data files this connection has sent
         self._tasks: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
@@ -223,6 +203,7 @@ class _BrokerClient:
                     if not fut.done():
                         fut.set_exception(WorkerLostError(f"lost the connection to the broker at {self.address}"))
                 self._pending.clear()
+                self._shipped.clear()  # a restarted broker has none of them
         finally:
             mon.close(linger=0)
 
@@ -231,30 +212,17 @@ class _BrokerClient:
         assert self.sock is not None
         known = self._programs.get(program.content_hash)
         if known is None:
-            known = self._programs[program.content_hash] = (program.to_dict(), str(program.base_dir))
-        opts = wire_options(options)
+            known = self._programs[program.content_hash] = program.to_dict()
+        data = self._files.manifest(program)  # our own corpora, by content: the broker never sees a path
         body = p.Request(execution_id=options.execution_id, program_hash=program.content_hash, inputs=inputs,
-                         attempt=options.attempt, budget=options.timeout, options=opts, program=known[0],
-                         base_dir=known[1], wait=wait)
-        rid = uuid.uuid4().bytes
-        fut: asyncio.Future[p.Reply] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = fut
-        await self.sock.send_multipart(p.encode(body, rid))
-        try:
-            if options.timeout is not None:
-                # the broker enforces the deadline; this is the backstop if the broker itself is gone
-                reply = await asyncio.wait_for(asyncio.shield(fut), options.timeout + 30.0)
-            else:
-                reply = await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            self._pending.pop(rid, None)
-            with contextlib.suppress(Exception):
-                self.sock.send_multipart(p.encode(p.Cancel(attempt=options.attempt), rid), flags=zmq.NOBLOCK)
-            raise
-        except TimeoutError:
-            self._pending.pop(rid, None)
-            raise RunTimeoutError(f"no answer from the broker within {options.timeout}s",
-                                  timeout=options.timeout) from None
+                         attempt=options.attempt, budget=options.timeout, options=wire_options(options),
+                         program=known, data=data, wait=wait)
+        await self._ship(d for d in data.values() if d not in self._shipped)
+        reply = await self._ask(body, options)
+        if reply.missing:  # the broker let them go (restarted, or its data cache is full): once more
+            self._shipped.difference_update(reply.missing)
+            await self._ship(reply.missing)
+            reply = await self._ask(body, options)
         if reply.error is not None:
             exc = error_from_dict(reply.error)
             if reply.trace:
@@ -265,6 +233,39 @@ class _BrokerClient:
             raise StepbridgeError("the broker sent an empty reply")
         result: RunResult = p.result_from_wire(reply.result, backend="pool", attempts=reply.attempt)
         return result
+
+    async def _ship(self, digests: Any) -> None:
+        """Send data files the broker has not had from us (before the request that names them)."""
+        assert self.sock is not None
+        for digest in list(digests):
+            if digest in self._shipped:
+                continue
+            content = await asyncio.to_thread(self._files.read, digest)
+            if content is None:
+                raise StepbridgeError(f"data file {digest[:12]} changed while it was being sent; run again")
+            await self.sock.send_multipart(p.encode(p.Data(data_hash=digest, content=content)))
+            self._shipped.add(digest)
+
+    async def _ask(self, body: p.Request, options: RunOptions) -> p.Reply:
+        assert self.sock is not None
+        rid = uuid.uuid4().bytes
+        fut: asyncio.Future[p.Reply] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        await self.sock.send_multipart(p.encode(body, rid))
+        try:
+            if options.timeout is not None:
+                # the broker enforces the deadline; this is the backstop if the broker itself is gone
+                return await asyncio.wait_for(asyncio.shield(fut), options.timeout + 30.0)
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            self._pending.pop(rid, None)
+            with contextlib.suppress(Exception):
+                self.sock.send_multipart(p.encode(p.Cancel(attempt=options.attempt), rid), flags=zmq.NOBLOCK)
+            raise
+        except TimeoutError:
+            self._pending.pop(rid, None)
+            raise RunTimeoutError(f"no answer from the broker within {options.timeout}s",
+                                  timeout=options.timeout) from None
 
     async def close(self) -> None:
         for fut in self._pending.values():

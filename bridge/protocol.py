@@ -26,7 +26,14 @@ DISCONNECT      both ways         I am leaving / you are refused (a reason)
 PROGRAM_GET     worker -> router  send me the definition behind this hash
 PROGRAM         router -> worker  the definition (or an error)
 STATUS          client -> broker  describe the pool; broker -> client the description
+DATA_GET        worker -> router  send me the data file behind this sha256
+DATA            router -> worker  the bytes (or an error); client -> broker likewise, before the
+                                  REQUEST that names them
 ==============  ================  =============================================================
+
+Roles are separate sockets: a broker reads client commands (REQUEST, CANCEL, STATUS, DATA) on its
+client socket and worker commands on its worker socket, and refuses anything else on each.
+Requests carry no paths: data files are named by sha256 (``data``) and travel as DATA.
 """
 
 from __future__ import annotations
@@ -38,12 +45,16 @@ import msgspec
 from stepbridge.errors import StepbridgeError
 
 __all__ = [
+    "CLIENT_COMMANDS",
     "MAGIC",
     "MAX_BODY_BYTES",
     "PROTOCOL_VERSION",
+    "WORKER_COMMANDS",
     "Body",
     "Cancel",
     "Command",
+    "Data",
+    "DataGet",
     "Disconnect",
     "Drain",
     "Heartbeat",
@@ -67,7 +78,7 @@ __all__ = [
 ]
 
 MAGIC = b"SBRG"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: roles on separate sockets, data files by content (no base_dir)
 MAX_BODY_BYTES = 64 * 2**20  # also the sockets' MAXMSGSIZE
 MAX_REQUEST_ID = 64
 MAX_WARMED = 10_000
@@ -75,6 +86,8 @@ MAX_WARMED = 10_000
 Str200 = Annotated[str, msgspec.Meta(max_length=200)]
 Str10k = Annotated[str, msgspec.Meta(max_length=10_000)]
 Hash = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+#: data files a request needs: corpus path (as the program names it) -> sha256 of its bytes
+DataManifest = Annotated[dict[Str10k, Hash], msgspec.Meta(max_length=1000)]
 NonNeg = Annotated[int, msgspec.Meta(ge=0, le=2**31)]
 Attempt = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 
@@ -102,6 +115,8 @@ class Command(IntEnum):
     PROGRAM_GET = 9
     PROGRAM = 10
     STATUS = 11
+    DATA_GET = 12
+    DATA = 13
 
 
 class Body(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -130,7 +145,7 @@ class Request(Body, frozen=True):
     budget: Annotated[float, msgspec.Meta(gt=0)] | None = None  # seconds left of the deadline
     options: dict[str, Any] = {}
     program: dict[str, Any] | None = None  # client -> broker only
-    base_dir: Str10k | None = None  # where a program's relative paths (corpora) resolve
+    data: DataManifest = {}  # the program's data files by content
     wait: Annotated[float, msgspec.Meta(ge=0)] | None = None  # client -> broker: how long to wait for queue room
 
 
@@ -164,6 +179,8 @@ class WireStep(msgspec.Struct, frozen=True):
     children: list[WireStep] = []
     duration_ms: float = 0.0
     error: dict[str, Any] | None = None
+    pointer: str = ""
+    passes: list[int] = []
 
 
 class WireResult(msgspec.Struct, frozen=True):
@@ -187,6 +204,8 @@ class Reply(Body, frozen=True):
     result: WireResult | None = None
     error: dict[str, Any] | None = None
     trace: list[dict[str, Any]] = []  # the partial trace of a failed run
+    #: broker -> client: data files the broker does not have (send them as DATA, then the request again)
+    missing: Annotated[list[Hash], msgspec.Meta(max_length=1000)] = []
 
 
 class Heartbeat(Body, frozen=True):
@@ -218,7 +237,18 @@ class ProgramDef(Body, frozen=True):
     command = Command.PROGRAM
     program_hash: Hash
     program: dict[str, Any] | None = None
-    base_dir: Str10k | None = None
+    error: dict[str, Any] | None = None
+
+
+class DataGet(Body, frozen=True):
+    command = Command.DATA_GET
+    data_hash: Hash
+
+
+class Data(Body, frozen=True):
+    command = Command.DATA
+    data_hash: Hash
+    content: bytes | None = None
     error: dict[str, Any] | None = None
 
 
@@ -229,8 +259,15 @@ class Status(Body, frozen=True):
 
 BODY_TYPES: dict[Command, type[Body]] = {
     cls.command: cls
-    for cls in (Ready, Request, Started, Reply, Heartbeat, Cancel, Drain, Disconnect, ProgramGet, ProgramDef, Status)
+    for cls in (Ready, Request, Started, Reply, Heartbeat, Cancel, Drain, Disconnect, ProgramGet, ProgramDef, Status,
+                DataGet, Data)
 }
+
+
+#: what each side of a broker accepts on its socket; anything else is refused before its body is read
+CLIENT_COMMANDS = frozenset({Command.REQUEST, Command.CANCEL, Command.STATUS, Command.DATA})
+WORKER_COMMANDS = frozenset({Command.READY, Command.STARTED, Command.REPLY, Command.HEARTBEAT, Command.DRAIN,
+                             Command.DISCONNECT, Command.PROGRAM_GET, Command.DATA_GET})
 
 
 def _no_ext(code: int, data: memoryview) -> Any:
@@ -278,11 +315,13 @@ def encode(body: Body, request_id: bytes = b"") -> list[bytes]:
     return [_HEADER, _COMMAND_BYTES[body.command], request_id, data]
 
 
-def decode(frames: list[bytes] | list[Any], *, max_body: int = MAX_BODY_BYTES) -> Message:
+def decode(frames: list[bytes] | list[Any], *, max_body: int = MAX_BODY_BYTES,
+           allowed: frozenset[Command] | None = None) -> Message:
     """Decode and validate the frames of one message (routing identity already removed).
 
     Raises :class:`ProtocolError` (with ``reason`` one of ``malformed``, ``version``, ``oversized``,
-    ``command``) for anything that is not a well-formed message; never anything else.
+    ``command``, ``role``) for anything that is not a well-formed message, or (``allowed``) a command
+    this socket does not take; never anything else.
     """
     if len(frames) != 4:
         raise ProtocolError(f"expected 4 frames, got {len(frames)}", reason="malformed")
@@ -298,6 +337,8 @@ def decode(frames: list[bytes] | list[Any], *, max_body: int = MAX_BODY_BYTES) -
         command = Command(cmd[0])
     except ValueError:
         raise ProtocolError(f"unknown command {cmd[0]}", reason="command") from None
+    if allowed is not None and command not in allowed:
+        raise ProtocolError(f"{command.name} is not accepted on this socket", reason="role")
     if len(request_id) > MAX_REQUEST_ID:
         raise ProtocolError(f"request id is {len(request_id)} bytes; the limit is {MAX_REQUEST_ID}", reason="oversized")
     if len(data) > max_body:
@@ -331,7 +372,7 @@ def steps_from_wire(steps: list[WireStep]) -> list[Any]:
         "step": s.step, "kind": s.kind, "module": s.module, "module_type": s.module_type, "inputs": s.inputs,
         "outputs": s.outputs, "lm_calls": [_lm_call(c) for c in s.lm_calls] if s.lm_calls else [],
         "children": steps_from_wire(s.children) if s.children else [], "duration_ms": s.duration_ms,
-        "error": s.error}) for s in steps]
+        "error": s.error, "pointer": s.pointer, "passes": s.passes}) for s in steps]
 
 
 _FIELDS_MATCH: bool | None = None

@@ -1,30 +1,26 @@
-"""The router: one ROUTER socket, the worker table, the bounded queue and local worker processes.
+"""The router: the pool's socket I/O, between callers, the scheduler and the workers.
 
-It is the heart of both the in-process pool (:class:`stepbridge.bridge.pool.PoolAdapter`) and the
-standalone broker (``stepbridge pool start``), whose clients send REQUEST frames on the same socket
-the workers use.
+It binds a **worker socket** (ROUTER; workers connect with DEALER) and, in a standalone broker, a
+separate **client socket** (ROUTER; clients connect with DEALER). Each socket accepts only its
+role's commands (:data:`stepbridge.bridge.protocol.WORKER_COMMANDS`,
+:data:`~stepbridge.bridge.protocol.CLIENT_COMMANDS`); over TCP each has its own CURVE key set
+(authorised worker keys, allowed client keys). Frames become events for the
+:class:`~stepbridge.bridge.scheduler.Scheduler`, whose actions the router performs: send a request,
+resolve a caller's future or answer a client, cancel, kill or spawn a local worker (through the
+:class:`~stepbridge.bridge.supervisor.Supervisor`). All the rules (credit, retries, exactly once,
+deadlines, routing, quarantine) live in the scheduler; this module is the plumbing.
 
-Guarantees, and how:
+What only the plumbing can guarantee:
 
-- **Credit.** A worker declares its capacity in READY; the router never has more than that many of
-  its requests in flight.
-- **Backpressure.** The pending queue is bounded; a submitter waits up to its ``wait`` for room,
-  then gets :class:`PoolSaturatedError`.
-- **Deadlines** travel as the remaining budget. Queued requests past their deadline fail with
-  :class:`RunTimeoutError`; a worker that overruns a deadline by the grace period is cancelled.
-- **Liveness.** Every message from a worker counts as a heartbeat; silence for ``liveness``
-  intervals means dead. Local worker exits are seen at once (the process is awaited).
-- **Retry, exactly once.** A dead worker's in-flight requests go back to the front of the queue with
-  the next attempt number (bounded; never for programs with a side-effecting tool step). A reply
-  counts only if it comes from the worker the current attempt was sent to, with that attempt
-  number; anything else (a late reply from a stalled worker) is dropped. Each caller's future is
-  resolved at most once.
-- **Cancel** reaches the worker; a worker that has not answered after the grace period is killed
-  (local) or cut off (remote), and replaced.
-- **Respawn** with backoff; a slot whose worker keeps dying before it even gets READY is quarantined.
-- **Routing** by capability: a request goes only to workers that declared everything the program
-  needs; with no such worker (connected or starting), the submitter hears so at once.
-- Malformed, oversized and wrong-version frames are logged and dropped; the router keeps serving.
+- A REPLY counts only if it arrives on the worker socket, from the identity the request's current
+  attempt was sent to, for a request still assigned to it (the scheduler checks the last two).
+- A program definition (PROGRAM_GET) or data file (DATA_GET) goes only to a registered worker that
+  is running a request naming it.
+- Liveness is judged on what has arrived: before deciding that a worker went silent, the router
+  reads everything waiting on the worker socket, so a stall of this process's own event loop (a
+  caller flooding it with work) never makes a live worker look dead.
+- Malformed, oversized, wrong-version and wrong-role frames are dropped and counted, and logged
+  through a :class:`~stepbridge.bridge.logs.Throttle`, so a flood cannot become a flood of log lines.
 """
 
 from __future__ import annotations
@@ -35,11 +31,10 @@ import itertools
 import logging
 import os
 import shutil
-import signal
-import sys
+import socket
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,25 +43,38 @@ import zmq.asyncio
 from stepbridge.adapter import RunOptions
 from stepbridge.errors import (
     PoolSaturatedError,
-    RunCancelledError,
-    RunTimeoutError,
     StepbridgeError,
-    UnsupportedCapabilityError,
-    WorkerLostError,
+    StorageError,
     error_from_dict,
 )
 from stepbridge.program import Program, ToolModule
 from stepbridge.result import RunResult, StepTrace
 
 from . import protocol as p
+from .config import PoolConfig
+from .data import BlobStore, LocalFiles, corpora, sha256_bytes
+from .logs import Throttle
 from .net import CurveKeys, Pump, configure_router, default_ipc_endpoint, is_loopback_or_ipc, load_keypair, secure_ipc
+from .scheduler import (
+    Action,
+    Cancel,
+    Deliver,
+    Disconnect,
+    Fail,
+    Job,
+    Kill,
+    Scheduler,
+    Send,
+    Spawn,
+    WorkerState,
+)
+from .supervisor import Supervisor
 
-__all__ = ["Job", "Router", "WorkerInfo", "has_side_effects", "required_capabilities", "wire_options"]
+__all__ = ["PoolJob", "Router", "has_side_effects", "required_capabilities", "wire_options"]
 
 log = logging.getLogger("stepbridge.bridge.router")
 
 PROGRAM_CACHE_SIZE = 1024
-
 
 _OPTION_FIELDS = {"execution_id", "timeout", "lm", "attempt", "idempotency_key", "cache", "metadata"}
 _OPTIONS_KNOWN = set(RunOptions.model_fields) == _OPTION_FIELDS
@@ -108,158 +116,62 @@ def has_side_effects(program: Program) -> bool:
     return False
 
 
-@dataclass(eq=False)
-class Job:
-    """One submitted run, across all its attempts."""
+@dataclass(eq=False, kw_only=True)
+class PoolJob(Job):
+    """A scheduler job plus what goes on the wire and whom to answer."""
 
-    rid: bytes
     execution_id: str
     program_hash: str
     inputs: dict[str, Any]
     options: dict[str, Any]
-    needs: frozenset[str]
-    retriable: bool
-    attempt: int
-    first_attempt: int
-    deadline: float | None
-    timeout: float | None
+    data: dict[str, str]
     future: asyncio.Future[RunResult] | None = None
     client: tuple[bytes, bytes] | None = None  # (client identity, client request id) in broker mode
-    worker: WorkerInfo | None = None
-    not_before: float = 0.0
-    cancel_at: float | None = None  # when a cancel was sent; kill the worker after the grace period
-    done: bool = False
 
 
-@dataclass(eq=False)
-class Slot:
-    """A local worker process the router owns (respawned when it dies)."""
+@dataclass
+class _Endpoint:
+    """One bound ROUTER socket and the commands it takes."""
 
-    index: int
-    process: asyncio.subprocess.Process | None = None
-    state: str = "starting"  # starting | ready | waiting | quarantined | stopped
-    crashes: int = 0  # consecutive exits before READY
-    restarts: int = 0
-    next_spawn: float = 0.0
-    ready: bool = False
-    killed_by_us: bool = False
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
-
-
-@dataclass(eq=False)
-class WorkerInfo:
-    identity: bytes
-    worker_id: str
-    pid: int
-    host: str
-    backend: str
-    capabilities: frozenset[str]
-    capacity: int
-    slot: Slot | None = None
-    inflight: dict[bytes, Job] = field(default_factory=dict)
-    last_seen: float = field(default_factory=time.monotonic)
-    connected_at: float = field(default_factory=time.time)
-    done: int = 0
-    failed: int = 0
-    draining: bool = False
-    warmed: tuple[str, ...] = ()  # programs the worker built from its store at start
-
-    @property
-    def credit(self) -> int:
-        return 0 if self.draining else self.capacity - len(self.inflight)
+    name: str
+    address: str
+    allowed: frozenset[p.Command]
+    sock: zmq.Socket[Any] | None = None
+    pump: Pump | None = None
 
 
 class Router:
-    """Binds a ROUTER socket, owns local workers, and routes requests to workers by credit."""
+    """Binds the sockets, feeds the scheduler, performs its actions, supervises local workers."""
 
-    def __init__(
-        self,
-        bind: str | None = None,
-        *,
-        max_message: int = p.MAX_BODY_BYTES + 4096,
-        workers: int = 2,
-        backend: str = "native",
-        capacity: int = 16,
-        queue_size: int = 1000,
-        saturation_wait: float = 1.0,
-        heartbeat: float = 1.0,
-        liveness: int = 3,
-        max_attempts: int = 3,
-        retry_backoff: float = 0.02,
-        cancel_grace: float = 2.0,
-        quarantine_after: int = 5,
-        quarantine_time: float = 60.0,
-        curve: CurveKeys | None = None,
-        curve_secret: str | Path | None = None,
-        allowed_clients: str | Path | list[bytes] | None = None,
-        allow_insecure_tcp: bool = False,
-        expected_capabilities: frozenset[str] | None = None,
-        store: Any = None,
-        store_url: str | None = None,
-        warm: bool | None = None,
-        worker_args: list[str] | None = None,
-        worker_env: dict[str, str] | None = None,
-        worker_log_level: str = "WARNING",
-        serve_clients: bool = False,
-    ):
-        self._tmpdir: Path | None = None
-        curve_files: tuple[str, str] | None = None
-        if curve is None and curve_secret is not None:
-            curve = CurveKeys.from_files(curve_secret)
-            curve_files = (str(curve_secret), str(curve_secret).removesuffix("_secret"))
-        if bind is None:
-            bind, self._tmpdir = default_ipc_endpoint()
-        if bind.startswith("tcp://") and curve is None and not allow_insecure_tcp:
-            raise ValueError("TCP endpoints require CURVE keys (see `stepbridge pool keys`)")
-        if bind.startswith("tcp://") and not is_loopback_or_ipc(bind) and curve is None:
-            raise ValueError("refusing to bind a non-loopback TCP address without CURVE")
-        self.bind = bind
-        self.address = bind
-        self.n_workers = workers
-        self.backend = backend
-        self.capacity = capacity
-        self.queue_size = queue_size
-        self.saturation_wait = saturation_wait
-        self.heartbeat = heartbeat
-        self.liveness = liveness
-        self.max_attempts = max(1, max_attempts)
-        self.retry_backoff = retry_backoff
-        self.cancel_grace = cancel_grace
-        self.quarantine_after = quarantine_after
-        self.quarantine_time = quarantine_time
-        self.curve = curve
-        #: (secret file, public file) of the router's key pair, for local workers under CURVE
-        self.curve_files = curve_files
-        self.allowed_clients = allowed_clients
-        self.expected_capabilities = expected_capabilities or frozenset()
+    def __init__(self, config: PoolConfig | None = None, *, store: Any = None, serve_clients: bool = False,
+                 expected_capabilities: frozenset[str] = frozenset()):
+        self.config = c = config or PoolConfig()
         self.store = store
-        self.store_url = store_url
-        self.worker_args = list(worker_args or [])
-        if store_url is not None and "--db" not in self.worker_args:
-            self.worker_args += ["--db", store_url]
-        if warm is not None:
-            self.worker_args.append("--warm" if warm else "--no-warm")
-        self.worker_env = worker_env
-        self.worker_log_level = worker_log_level
         self.serve_clients = serve_clients
-        self.max_message = max_message
-
+        self._tmpdirs: list[Path] = []
+        self.curve = CurveKeys.from_files(c.curve_secret) if c.curve_secret is not None else None
+        #: (secret file, public file) of the router's key pair, for local workers under CURVE
+        self.curve_files = ((c.curve_secret, c.curve_secret.with_name(c.curve_secret.name.removesuffix("_secret")))
+                            if c.curve_secret is not None else None)
+        self.workers_end = _Endpoint("worker", self._endpoint(c.worker_bind), p.WORKER_COMMANDS)
+        self.clients_end = (_Endpoint("client", self._endpoint(c.client_bind), p.CLIENT_COMMANDS)
+                            if serve_clients else None)
+        if self.curve is not None and serve_clients and c.curve_clients is None:
+            raise ValueError("a CURVE broker needs the allowed client public keys (--curve-clients DIR)")
+        self.scheduler = Scheduler(c.rules(expected_capabilities))
+        self.stats = self.scheduler.stats
+        self.stats.update(rejected_frames=0, programs_sent=0, data_sent=0)
+        self.supervisor: Supervisor | None = None
         self.ctx = zmq.asyncio.Context()
         self._sync_ctx: zmq.Context[Any] = zmq.Context.shadow(self.ctx.underlying)
-        self.sock: zmq.Socket[Any] | None = None
-        self.pump: Pump | None = None
-        self.workers: dict[bytes, WorkerInfo] = {}
-        self.slots: list[Slot] = []
-        self.queue: deque[Job] = deque()
         self._room_waiters: deque[asyncio.Future[None]] = deque()
         self._programs: OrderedDict[str, p.ProgramDef] = OrderedDict()
-        self._jobs: dict[bytes, Job] = {}
-        self._client_jobs: dict[tuple[bytes, bytes], Job] = {}
-        self._program_meta: dict[str, tuple[frozenset[str], bool]] = {}
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._program_meta: dict[str, tuple[frozenset[str], bool, bool]] = {}  # needs, side effects, has data
+        self._client_jobs: dict[tuple[bytes, bytes], PoolJob] = {}
+        self._files = LocalFiles()  # local mode: the callers' own corpora
+        self._blobs = BlobStore(c.data_cache_bytes)  # broker mode: corpora clients shipped
+        self._verifying: dict[str, asyncio.Future[bool]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._rid_prefix = os.urandom(4)  # request ids: unique per router (a restarted broker is another)
         self._rid_seq = itertools.count(1)
         self._auth: Any = None
@@ -267,68 +179,124 @@ class Router:
         self._started = False
         self._ready_event = asyncio.Event()
         self._completions: deque[float] = deque(maxlen=10_000)
+        self._throttle = Throttle(log)
         self.started_at = time.time()
-        self.stats = {"submitted": 0, "succeeded": 0, "failed": 0, "retried": 0, "stale_replies": 0,
-                      "rejected_frames": 0, "saturated": 0, "timed_out": 0, "cancelled": 0, "workers_lost": 0,
-                      "respawns": 0, "programs_sent": 0}
+
+    def _endpoint(self, bind: str | None) -> str:
+        c = self.config
+        if bind is None:
+            bind, tmpdir = default_ipc_endpoint()
+            self._tmpdirs.append(tmpdir)
+        if bind.startswith("tcp://") and self.curve is None and not c.allow_insecure_tcp:
+            raise ValueError("TCP endpoints require CURVE keys (see `stepbridge pool keys`)")
+        if bind.startswith("tcp://") and not is_loopback_or_ipc(bind) and self.curve is None:
+            raise ValueError("refusing to bind a non-loopback TCP address without CURVE")
+        return bind
+
+    # -- addresses and views -----------------------------------------------------------------------
+    @property
+    def worker_address(self) -> str:
+        """Where workers connect."""
+        return self.workers_end.address
+
+    @property
+    def client_address(self) -> str | None:
+        """Where clients connect (a standalone broker only)."""
+        return self.clients_end.address if self.clients_end is not None else None
+
+    @property
+    def address(self) -> str:
+        """The address this router is known by: the client socket of a broker, else the worker socket."""
+        return self.client_address or self.worker_address
+
+    @property
+    def workers(self) -> dict[bytes, WorkerState]:
+        return self.scheduler.workers
+
+    @property
+    def queue(self) -> deque[Job]:
+        return self.scheduler.queue
+
+    @property
+    def n_workers(self) -> int:
+        return self.config.workers
+
+    def capabilities(self) -> frozenset[str]:
+        return self.scheduler.capabilities()
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
         if self._started:
             return
         self._started = True
+        loop = asyncio.get_running_loop()
         if self.curve is not None:
-            await self._start_auth()
-        sock = self._sync_ctx.socket(zmq.ROUTER)
-        configure_router(sock, max_msg=self.max_message)
-        if self.curve is not None:
-            sock.setsockopt(zmq.ZAP_DOMAIN, b"stepbridge")
-            self.curve.apply_server(sock)
-        sock.bind(self.bind)
-        if self.bind.startswith("tcp://"):
-            self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        secure_ipc(self.bind)
-        self.sock = sock
-        self.pump = Pump(sock, self._on_frames, asyncio.get_running_loop())
-        self._tasks.append(asyncio.ensure_future(self._housekeeping()))
-        if self.curve is not None:
-            self._tasks.append(asyncio.ensure_future(self._monitor()))
-        for index in range(self.n_workers):
-            slot = Slot(index)
-            self.slots.append(slot)
-            await self._spawn(slot)
-        log.info("pool router on %s with %d local %s workers", self.address, self.n_workers, self.backend)
+            self._start_auth()
+        for end in (self.workers_end, self.clients_end):
+            if end is None:
+                continue
+            sock = self._sync_ctx.socket(zmq.ROUTER)
+            configure_router(sock, max_msg=self.config.max_message)
+            if self.curve is not None:
+                sock.setsockopt(zmq.ZAP_DOMAIN, f"stepbridge-{end.name}s".encode())
+                self.curve.apply_server(sock)
+            sock.bind(end.address)
+            if end.address.startswith("tcp://"):
+                end.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            secure_ipc(end.address)
+            end.sock = sock
+            handler = self._on_worker_frames if end is self.workers_end else self._on_client_frames
+            end.pump = Pump(sock, handler, loop)
+            if self.curve is not None:
+                self._spawn_task(self._monitor(end))
+        self._spawn_task(self._housekeeping())
+        data_cache = self.config.data_cache
+        if data_cache is None and self.config.workers:
+            data_cache = Path(default_ipc_endpoint()[1])  # a fresh user-only folder the local workers share
+            self._tmpdirs.append(data_cache)
+        self.supervisor = Supervisor(self.config, self.worker_address, data_cache=data_cache or Path("."),
+                                     curve_files=self.curve_files, on_exit=self._on_exit)
+        self._apply(self.scheduler.add_slots(self.config.workers))
+        log.info("pool router: workers on %s%s; %d local %s workers", self.worker_address,
+                 f", clients on {self.client_address}" if self.client_address else "", self.config.workers,
+                 self.config.backend)
 
-    async def _start_auth(self) -> None:
+    def _start_auth(self) -> None:
         from zmq.auth.asyncio import AsyncioAuthenticator
 
+        assert self.curve is not None
         auth = AsyncioAuthenticator(self.ctx, log=logging.getLogger("stepbridge.bridge.auth"))
-        allowed = self.allowed_clients
-        if allowed is None:
-            raise ValueError("a CURVE router needs the allowed client public keys (a directory of .key files)")
-        keys: set[bytes] = set()
-        if isinstance(allowed, list):
-            keys |= {bytes(k) for k in allowed}
-        else:
-            for path in sorted(Path(allowed).glob("*.key")):
-                try:
-                    keys.add(load_keypair(path)[0])
-                except Exception as exc:
-                    log.warning("skipping unreadable public key file %s: %s", path, exc)
-        if self.curve is not None:
-            keys.add(self.curve.public)  # local workers use the router's own key pair
-        allowed_keys = frozenset(keys)
+        workers = self._load_keys(self.config.curve_workers) | {self.curve.public}  # local workers: our own pair
+        clients = self._load_keys(self.config.curve_clients)
 
         class _Keys:
+            def __init__(self, allowed: frozenset[bytes]):
+                self.allowed = allowed
+
             def callback(self, domain: str, key: bytes) -> bool:
-                return key in allowed_keys
+                return key in self.allowed
 
         auth.start()
-        auth.configure_curve_callback(domain="stepbridge", credentials_provider=_Keys())
+        auth.configure_curve_callback(domain="stepbridge-workers", credentials_provider=_Keys(frozenset(workers)))
+        auth.configure_curve_callback(domain="stepbridge-clients", credentials_provider=_Keys(frozenset(clients)))
         self._auth = auth
+
+    @staticmethod
+    def _load_keys(source: Path | None) -> set[bytes]:
+        keys: set[bytes] = set()
+        if source is None:
+            return keys
+        for path in sorted(Path(source).glob("*.key")):
+            try:
+                keys.add(load_keypair(path)[0])
+            except Exception as exc:
+                log.warning("skipping unreadable public key file %s: %s", path, exc)
+        return keys
 
     async def wait_ready(self, n: int = 1, timeout: float = 30.0) -> None:
         """Wait until at least ``n`` workers have said READY."""
+        from stepbridge.errors import WorkerLostError
+
         deadline = time.monotonic() + timeout
         while len([w for w in self.workers.values() if not w.draining]) < n:
             if time.monotonic() > deadline:
@@ -342,99 +310,69 @@ class Router:
         if self._closing:
             return
         self._closing = True
-        for job in list(self.queue):
-            self._finish_error(job, WorkerLostError("the pool is shutting down"))
-        self.queue.clear()
+        self._apply(self.scheduler.close())
         for waiter in self._room_waiters:
             if not waiter.done():
-                waiter.set_exception(PoolSaturatedError("the pool is shutting down", queue_size=self.queue_size))
+                waiter.set_exception(PoolSaturatedError("the pool is shutting down",
+                                                        queue_size=self.config.queue_size))
         deadline = time.monotonic() + timeout
         if drain:
             for worker in list(self.workers.values()):
-                self._send(worker.identity, p.Drain())
+                self._send_worker(worker.identity, p.Drain())
                 worker.draining = True
             while any(w.inflight for w in self.workers.values()) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
         for worker in list(self.workers.values()):
-            self._send(worker.identity, p.Disconnect(reason="shutdown"))
-        for job in list(self._jobs.values()):
-            self._finish_error(job, WorkerLostError("the pool shut down before the run finished"))
-        for slot in self.slots:
-            slot.state = "stopped"
-        procs = [s.process for s in self.slots if s.process is not None and s.process.returncode is None]
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(pr.wait() for pr in procs)), max(0.5, deadline - time.monotonic()))
-        for proc in procs:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        for task in self._tasks:
+            self._send_worker(worker.identity, p.Disconnect(reason="shutdown"))
+        self._apply(self.scheduler.abandon())
+        if self.supervisor is not None:
+            await self.supervisor.stop(deadline - time.monotonic())
+        for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._auth is not None:
             self._auth.stop()
-        if self.pump is not None:
-            self.pump.close(linger=0)
+        for end in (self.workers_end, self.clients_end):
+            if end is not None and end.pump is not None:
+                end.pump.close(linger=0)
         self.ctx.term()
-        if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
+        for tmpdir in self._tmpdirs:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+    def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- local processes ---------------------------------------------------------------------------
-    async def _spawn(self, slot: Slot) -> None:
-        if self._closing:
-            return
-        cmd = [sys.executable, "-m", "stepbridge.bridge.worker", "--connect", self.address,
-               "--backend", self.backend, "--capacity", str(self.capacity), "--heartbeat", str(self.heartbeat),
-               "--liveness", str(self.liveness), "--parent-pid", str(os.getpid()),
-               "--log-level", self.worker_log_level, *self.worker_args]
-        if self.curve is not None and self.curve_files is not None and "--curve-secret" not in self.worker_args:
-            cmd += ["--curve-secret", self.curve_files[0], "--curve-server", self.curve_files[1]]
-        env = dict(os.environ if self.worker_env is None else self.worker_env)
-        slot.process = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.DEVNULL,
-                                                            stdout=asyncio.subprocess.DEVNULL, env=env)
-        slot.state = "starting"
-        slot.ready = False
-        slot.killed_by_us = False
-        self._tasks.append(asyncio.ensure_future(self._watch(slot, slot.process)))
-
-    async def _watch(self, slot: Slot, proc: asyncio.subprocess.Process) -> None:
-        code = await proc.wait()
-        if slot.process is not proc:
-            return
-        for worker in list(self.workers.values()):
-            if worker.slot is slot:
-                self._lose(worker, f"process {proc.pid} exited with code {code}")
-        if self._closing or slot.state == "stopped":
-            return
-        if slot.ready or slot.killed_by_us:
-            slot.crashes = 0
-        else:
-            slot.crashes += 1
-        slot.process = None
-        if slot.crashes >= self.quarantine_after:
-            slot.state = "quarantined"
-            slot.next_spawn = time.monotonic() + self.quarantine_time
+    def _on_exit(self, slot: int, pid: int, killed_by_us: bool) -> None:
+        before = self.scheduler.slots[slot].state
+        for worker in self.workers.values():
+            if worker.slot == slot:
+                log.warning("worker %s (pid %d) lost: its process exited%s; %d request(s) in flight",
+                            worker.worker_id, pid, " (killed)" if killed_by_us else "", len(worker.inflight))
+        self._apply(self.scheduler.slot_exited(slot, pid, killed_by_us, time.monotonic()))
+        state = self.scheduler.slots[slot]
+        if state.state == "quarantined" and before != "quarantined":
             log.error("local worker slot %d died %d times before getting ready; quarantined for %.0fs",
-                      slot.index, slot.crashes, self.quarantine_time)
-        else:
-            slot.state = "waiting"
-            slot.next_spawn = time.monotonic() + (0.0 if slot.crashes == 0 else
-                                                  min(5.0, 0.1 * 2 ** (slot.crashes - 1)))
-        if slot.next_spawn <= time.monotonic():
-            await self._respawn(slot)
+                      slot, state.crashes, self.config.quarantine_time)
 
-    async def _respawn(self, slot: Slot) -> None:
-        slot.restarts += 1
-        self.stats["respawns"] += 1
-        await self._spawn(slot)
+    async def _spawn(self, slot: int) -> None:
+        assert self.supervisor is not None
+        try:
+            pid = await self.supervisor.spawn(slot)
+        except Exception as exc:  # cannot even start a process: counts as a crash before READY
+            log.error("could not start local worker %d: %s", slot, exc)
+            self.scheduler.slot_spawned(slot, -1)
+            self._apply(self.scheduler.slot_exited(slot, -1, False, time.monotonic()))
+            return
+        if pid is not None:
+            self.scheduler.slot_spawned(slot, pid)
 
-    # -- submission --------------------------------------------------------------------------------
-    def remember_program(self, program_hash: str, data: dict[str, Any], base_dir: str | None) -> None:
-        self._programs[program_hash] = p.ProgramDef(program_hash=program_hash, program=data, base_dir=base_dir)
+    # -- programs and data -------------------------------------------------------------------------
+    def remember_program(self, program_hash: str, data: dict[str, Any]) -> None:
+        self._programs[program_hash] = p.ProgramDef(program_hash=program_hash, program=data)
         self._programs.move_to_end(program_hash)
         while len(self._programs) > PROGRAM_CACHE_SIZE:
             old, _ = self._programs.popitem(last=False)
@@ -446,74 +384,60 @@ class Router:
             return True
         return False
 
-    def capabilities(self) -> frozenset[str]:
-        caps: set[str] = set(self.expected_capabilities if any(s.state != "quarantined" for s in self.slots) else ())
-        for worker in self.workers.values():
-            caps |= worker.capabilities
-        return frozenset(caps)
-
-    def _can_serve(self, needs: frozenset[str]) -> bool:
-        if any(needs <= w.capabilities for w in self.workers.values() if not w.draining):
-            return True
-        return any(s.state != "quarantined" for s in self.slots) and needs <= self.expected_capabilities
-
-    def make_job(self, program: Program, inputs: dict[str, Any], options: RunOptions) -> Job:
+    def _meta(self, program: Program) -> tuple[frozenset[str], bool, bool]:
         digest = program.content_hash
         meta = self._program_meta.get(digest)
         if meta is None or digest not in self._programs:
-            self.remember_program(digest, program.to_dict(), str(program.base_dir))
-            meta = self._program_meta[digest] = (required_capabilities(program), has_side_effects(program))
-        opts = wire_options(options)
-        return self._job(digest, meta[0], meta[1], options.execution_id, inputs, opts, options.attempt,
-                         options.timeout)
+            self.remember_program(digest, program.to_dict())
+            meta = self._program_meta[digest] = (required_capabilities(program), has_side_effects(program),
+                                                 bool(corpora(program)))
+        return meta
+
+    # -- submission --------------------------------------------------------------------------------
+    def make_job(self, program: Program, inputs: dict[str, Any], options: RunOptions) -> PoolJob:
+        needs, side_effects, has_data = self._meta(program)
+        data = self._files.manifest(program) if has_data else {}
+        return self._job(program.content_hash, needs, side_effects, options.execution_id, inputs,
+                         wire_options(options), options.attempt, options.timeout, data)
 
     def _job(self, program_hash: str, needs: frozenset[str], side_effects: bool, execution_id: str,
-             inputs: dict[str, Any], options: dict[str, Any], attempt: int, timeout: float | None) -> Job:
-        now = time.monotonic()
+             inputs: dict[str, Any], options: dict[str, Any], attempt: int, timeout: float | None,
+             data: dict[str, str]) -> PoolJob:
         rid = self._rid_prefix + next(self._rid_seq).to_bytes(8, "big")
-        return Job(rid=rid, execution_id=execution_id, program_hash=program_hash, inputs=inputs,
-                   options=options, needs=needs, retriable=not side_effects, attempt=attempt, first_attempt=attempt,
-                   deadline=now + timeout if timeout else None, timeout=timeout)
+        return PoolJob(rid=rid, needs=needs, retriable=not side_effects, attempt=attempt,
+                       deadline=time.monotonic() + timeout if timeout else None, timeout=timeout,
+                       execution_id=execution_id, program_hash=program_hash, inputs=inputs, options=options,
+                       data=data)
 
-    async def enqueue(self, job: Job, wait: float | None = None) -> None:
-        """Queue a job, waiting up to ``wait`` seconds for room; raise typed errors at once otherwise."""
-        if self._closing:
-            raise WorkerLostError("the pool is shutting down")
-        if not self.workers and self.slots and all(s.state == "quarantined" for s in self.slots):
-            raise WorkerLostError("every local worker is quarantined (they keep dying before getting ready); "
-                                  "see the pool's log")
-        if not self._can_serve(job.needs):
-            missing = sorted(job.needs - self.capabilities()) or sorted(job.needs)
-            raise UnsupportedCapabilityError(
-                f"no worker in the pool declares {', '.join(missing)} "
-                f"(the program needs {', '.join(sorted(job.needs))})",
-                capability=missing[0] if missing else None, adapter="pool")
-        wait = self.saturation_wait if wait is None else wait
-        if len(self.queue) >= self.queue_size:
-            # one future and one timer per wait (no task per wait_for); finished waiters are skipped by
-            # _room and pruned by housekeeping rather than removed one by one (O(n) each in a deque)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + wait
-            while len(self.queue) >= self.queue_size:
-                left = deadline - loop.time()
-                if left <= 0 or self._closing:
-                    self.stats["saturated"] += 1
-                    raise PoolSaturatedError(
-                        f"the pool queue stayed full ({self.queue_size} waiting) for {wait:.2f}s",
-                        queue_size=self.queue_size)
-                waiter: asyncio.Future[None] = loop.create_future()
-                self._room_waiters.append(waiter)
-                timer = loop.call_later(left, _wake, waiter)
-                try:
-                    await waiter
-                finally:
-                    timer.cancel()
-                    if not waiter.done():
-                        waiter.cancel()
-        self.stats["submitted"] += 1
-        self._jobs[job.rid] = job
-        self.queue.append(job)
-        self._dispatch()
+    async def enqueue(self, job: PoolJob, wait: float | None = None) -> None:
+        """Admit a job, waiting up to ``wait`` seconds for queue room; its outcome goes to its future or
+        client (a refusal too: :class:`PoolSaturatedError` when the queue stayed full)."""
+        scheduler = self.scheduler
+        if scheduler.room() <= 0 and scheduler.admission_error(job.needs, time.monotonic()) is None:
+            await self._wait_for_room(self.config.saturation_wait if wait is None else wait)
+        self._apply(scheduler.submit(job, time.monotonic()))
+
+    async def _wait_for_room(self, wait: float) -> None:
+        # one future and one timer per wait (no task per wait_for); finished waiters are skipped by
+        # _room and pruned by housekeeping rather than removed one by one (O(n) each in a deque)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while self.scheduler.room() <= 0:
+            left = deadline - loop.time()
+            if left <= 0 or self._closing:
+                self.stats["saturated"] += 1
+                raise PoolSaturatedError(
+                    f"the pool queue stayed full ({self.config.queue_size} waiting) for {wait:.2f}s",
+                    queue_size=self.config.queue_size)
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._room_waiters.append(waiter)
+            timer = loop.call_later(left, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                if not waiter.done():
+                    waiter.cancel()
 
     async def submit(self, program: Program, inputs: dict[str, Any], options: RunOptions,
                      wait: float | None = None) -> RunResult:
@@ -529,101 +453,85 @@ class Router:
             raise
 
     def cancel(self, job: Job) -> None:
-        if job.done:
-            return
-        self.stats["cancelled"] += 1
-        if job.worker is None:
-            with contextlib.suppress(ValueError):
-                self.queue.remove(job)
-            self._room()
-            self._finish_error(job, RunCancelledError("run cancelled by its caller"))
-            return
-        job.cancel_at = time.monotonic()
-        self._send(job.worker.identity, p.Cancel(attempt=job.attempt), job.rid)
-        # the caller is answered now; the worker's credit stays taken until it answers or is replaced
-        self._finish_error(job, RunCancelledError("run cancelled by its caller"), keep_inflight=True)
+        self._apply(self.scheduler.cancel(job.rid, time.monotonic()))
 
     def _room(self) -> None:
         """Wake as many waiting submitters as there is room in the queue."""
-        room = self.queue_size - len(self.queue)
-        while room > 0 and self._room_waiters:
-            waiter = self._room_waiters.popleft()
+        room = self.scheduler.room()
+        waiters = self._room_waiters
+        while room > 0 and waiters:
+            waiter = waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 room -= 1
 
-    # -- dispatch ----------------------------------------------------------------------------------
-    def _dispatch(self) -> None:
-        if not self.queue:
-            return
-        now = time.monotonic()
-        candidates = [w for w in self.workers.values() if w.credit > 0]
-        if not candidates:
-            return
-        skipped: list[Job] = []
-        sent = False
-        while self.queue and candidates:
-            job = self.queue.popleft()
-            if job.not_before > now:
-                skipped.append(job)
-                continue
-            if job.deadline is not None and job.deadline <= now:
-                self._expire(job)
-                continue
-            best: WorkerInfo | None = None
-            for worker in candidates:
-                if job.needs <= worker.capabilities and (best is None or worker.credit > best.credit):
-                    best = worker
-            if best is None:
-                skipped.append(job)
-                continue
-            if self._send_request(best, job):
-                sent = True
-                if best.credit <= 0:
-                    candidates.remove(best)
-            else:
-                skipped.append(job)
-                candidates = [w for w in self.workers.values() if w.credit > 0]
-        self.queue.extendleft(reversed(skipped))
-        if sent:
+    # -- performing actions ------------------------------------------------------------------------
+    def _apply(self, actions: list[Action]) -> None:
+        i = 0
+        while i < len(actions):
+            action = actions[i]
+            i += 1
+            kind = type(action)
+            if kind is Send:
+                assert isinstance(action, Send)
+                job = action.job
+                if job.done or job.worker != action.worker or job.attempt != action.attempt:
+                    continue  # overtaken by a later event in the same batch
+                if not self._send_request(action):
+                    unsent = [job] + [a.job for a in actions[i:] if type(a) is Send and a.worker == action.worker]
+                    actions += self.scheduler.send_failed(action.worker, unsent, time.monotonic())
+            elif kind is Deliver:
+                assert isinstance(action, Deliver)
+                self._deliver(action.job, action.result)
+            elif kind is Fail:
+                assert isinstance(action, Fail)
+                self._fail(action.job, action.error, action.trace)
+            elif kind is Cancel:
+                assert isinstance(action, Cancel)
+                self._send_worker(action.worker, p.Cancel(attempt=action.attempt), action.job.rid)
+            elif kind is Kill:
+                assert isinstance(action, Kill)
+                if self.supervisor is not None:
+                    self.supervisor.kill(action.slot, action.reason)
+            elif kind is Disconnect:
+                assert isinstance(action, Disconnect)
+                log.warning("disconnecting worker %r: %s", action.worker[:40], action.reason)
+                self._send_worker(action.worker, p.Disconnect(reason=action.reason))
+            elif kind is Spawn:
+                assert isinstance(action, Spawn)
+                self._spawn_task(self._spawn(action.slot))
+        if self._room_waiters:
             self._room()
 
-    def _send_request(self, worker: WorkerInfo, job: Job) -> bool:
-        budget = None
-        if job.deadline is not None:
-            budget = max(0.001, job.deadline - time.monotonic())
+    def _send_request(self, send: Send) -> bool:
+        job = send.job
+        assert isinstance(job, PoolJob)
         body = p.Request(execution_id=job.execution_id, program_hash=job.program_hash, inputs=job.inputs,
-                         attempt=job.attempt, budget=budget, options=job.options)
-        job.worker = worker
-        worker.inflight[job.rid] = job
-        if not self._send(worker.identity, body, job.rid):
-            worker.inflight.pop(job.rid, None)
-            job.worker = None
-            self._lose(worker, "unreachable", requeue=True)
-            return False
-        return True
+                         attempt=send.attempt, budget=send.budget, options=job.options, data=job.data)
+        return self._send_worker(send.worker, body, job.rid)
 
-    def _send(self, identity: bytes, body: p.Body, rid: bytes = b"") -> bool:
-        if self.pump is None:
+    def _send_worker(self, identity: bytes, body: p.Body, rid: bytes = b"") -> bool:
+        return self._send(self.workers_end, identity, body, rid)
+
+    def _send_client(self, identity: bytes, body: p.Body, rid: bytes = b"") -> bool:
+        return self.clients_end is not None and self._send(self.clients_end, identity, body, rid)
+
+    def _send(self, end: _Endpoint, identity: bytes, body: p.Body, rid: bytes = b"") -> bool:
+        if end.pump is None:
             return False
         try:
             frames = [identity, *p.encode(body, rid)]
         except p.ProtocolError as exc:
             log.error("could not encode %s: %s", body.command.name, exc)
             return False
-        return self.pump.send(frames)
+        return end.pump.send(frames)
 
-    # -- outcomes ----------------------------------------------------------------------------------
-    def _finish_ok(self, job: Job, data: p.WireResult) -> None:
-        if job.done:
-            return
-        job.done = True
-        self._jobs.pop(job.rid, None)
-        self.stats["succeeded"] += 1
+    def _deliver(self, job: Job, data: p.WireResult) -> None:
+        assert isinstance(job, PoolJob)
         self._completions.append(time.monotonic())
         if job.client is not None:
             self._client_jobs.pop(job.client, None)
-            self._send(job.client[0], p.Reply(attempt=job.attempt, result=data), job.client[1])
+            self._send_client(job.client[0], p.Reply(attempt=job.attempt, result=data), job.client[1])
         elif job.future is not None and not job.future.done():
             try:  # validated by the body decoder already: build the models without a second pass
                 result = p.result_from_wire(data, backend="pool", attempts=job.attempt)
@@ -632,22 +540,16 @@ class Router:
                 return
             job.future.set_result(result)
 
-    def _finish_error(self, job: Job, error: StepbridgeError | dict[str, Any],
-                      trace: list[dict[str, Any]] | None = None, *, keep_inflight: bool = False) -> None:
-        if job.done:
-            return
-        job.done = True
-        self._jobs.pop(job.rid, None)
-        if not keep_inflight and job.worker is not None:
-            job.worker.inflight.pop(job.rid, None)
-        self.stats["failed"] += 1
+    def _fail(self, job: Job, error: StepbridgeError | dict[str, Any], trace: list[dict[str, Any]] | None) -> None:
+        assert isinstance(job, PoolJob)
         self._completions.append(time.monotonic())
         if job.client is not None:
             self._client_jobs.pop(job.client, None)
             data = error if isinstance(error, dict) else error.to_dict()
             trace_data = trace if trace is not None else [
                 t.model_dump(mode="json") for t in getattr(error, "trace", []) if hasattr(t, "model_dump")]
-            self._send(job.client[0], p.Reply(attempt=job.attempt, error=data, trace=trace_data), job.client[1])
+            self._send_client(job.client[0], p.Reply(attempt=job.attempt, error=data, trace=trace_data),
+                              job.client[1])
         elif job.future is not None and not job.future.done():
             exc = error_from_dict(error) if isinstance(error, dict) else error
             if trace:
@@ -655,267 +557,252 @@ class Router:
                     exc.trace = [StepTrace.model_validate(t) for t in trace]
             job.future.set_exception(exc)
 
-    def _expire(self, job: Job) -> None:
-        self.stats["timed_out"] += 1
-        self._finish_error(job, RunTimeoutError(
-            f"run did not finish within its timeout of {job.timeout}s (attempt {job.attempt})", timeout=job.timeout))
+    # -- the worker socket -------------------------------------------------------------------------
+    def _refused(self, end: str, identity: bytes, exc: p.ProtocolError) -> None:
+        self.stats["rejected_frames"] += 1
+        self._throttle.warning(f"refused-{end}-{exc.reason}", "refused a frame from %s peer %r: %s (%s)", end,
+                               identity[:40], exc, exc.reason)
 
-    def _lose(self, worker: WorkerInfo, why: str, *, requeue: bool = True) -> None:
-        """Forget a worker; retry or fail its in-flight requests."""
-        if self.workers.pop(worker.identity, None) is None:
-            return
-        self.stats["workers_lost"] += 1
-        if not self._closing:
-            log.warning("worker %s (pid %d) lost: %s; %d request(s) in flight", worker.worker_id, worker.pid, why,
-                        len(worker.inflight))
-        now = time.monotonic()
-        for job in reversed(list(worker.inflight.values())):
-            job.worker = None
-            if job.done:
-                continue
-            used = job.attempt - job.first_attempt + 1
-            if (requeue and job.retriable and used < self.max_attempts and not self._closing
-                    and (job.deadline is None or job.deadline > now)):
-                job.attempt += 1
-                job.not_before = now + self.retry_backoff * (2 ** (used - 1))
-                self.stats["retried"] += 1
-                self.queue.appendleft(job)
-            elif job.deadline is not None and job.deadline <= now:
-                self._expire(job)
-            else:
-                reason = "" if job.retriable else " (not retried: the program has a side-effecting tool step)"
-                self._finish_error(job, WorkerLostError(
-                    f"worker {worker.worker_id} was lost ({why}) while running the request{reason}",
-                    worker=worker.worker_id, attempts=used))
-        worker.inflight.clear()
-        self._dispatch()
-
-    # -- receiving ---------------------------------------------------------------------------------
-    def _on_frames(self, frames: list[bytes]) -> None:
+    def _on_worker_frames(self, frames: list[bytes]) -> None:
         identity = frames[0]
         try:
-            msg = p.decode(frames[1:])
+            msg = p.decode(frames[1:], allowed=p.WORKER_COMMANDS)
         except p.ProtocolError as exc:
-            self.stats["rejected_frames"] += 1
-            log.warning("refused a frame from peer %r: %s (%s)", identity[:40], exc, exc.reason)
+            self._refused("worker", identity, exc)
             return
-        worker = self.workers.get(identity)
+        now = time.monotonic()
+        scheduler = self.scheduler
+        worker = scheduler.workers.get(identity)
         if worker is not None:
-            worker.last_seen = time.monotonic()
+            worker.last_seen = now
         body = msg.body
         if isinstance(body, p.Reply):
-            if worker is not None:
-                self._on_reply(worker, msg.request_id, body)
+            actions = scheduler.reply(identity, msg.request_id, body.attempt, now, result=body.result,
+                                      error=body.error, trace=body.trace)
+            if actions is None:
+                log.info("dropped a stale reply from %r (attempt %d)", identity[:40], body.attempt)
             else:
-                self.stats["stale_replies"] += 1
-                log.info("dropped a late reply from a lost worker %r (attempt %d)", identity[:40], body.attempt)
-        elif isinstance(body, p.Started):
-            pass
-        elif isinstance(body, p.Heartbeat):
-            if worker is None:
-                self._send(identity, p.Disconnect(reason="unknown worker: reconnect"))
+                self._apply(actions)
+        elif isinstance(body, p.Heartbeat | p.Started):
+            if worker is None and isinstance(body, p.Heartbeat):
+                self._send_worker(identity, p.Disconnect(reason="unknown worker: reconnect"))
         elif isinstance(body, p.Ready):
-            self._on_ready(identity, body)
+            self._on_ready(identity, body, now)
         elif isinstance(body, p.ProgramGet):
             self._on_program_get(identity, body)
-        elif isinstance(body, p.Drain) and worker is not None:
-            worker.draining = True
-        elif isinstance(body, p.Disconnect):
-            if worker is not None:
-                self._lose(worker, f"disconnected ({body.reason})")
-        elif isinstance(body, p.Request) and self.serve_clients:
-            self._on_client_request(identity, msg.request_id, body)
-        elif isinstance(body, p.Cancel) and self.serve_clients and worker is None:
-            job = self._client_jobs.get((identity, msg.request_id))
-            if job is not None:
-                self.cancel(job)
-        elif isinstance(body, p.Status):
-            self._send(identity, p.Status(status=self.status()), msg.request_id)
-        else:
-            self.stats["rejected_frames"] += 1
-            log.warning("refused %s from %s peer %r", msg.command.name, "worker" if worker else "unknown",
-                        identity[:40])
+        elif isinstance(body, p.DataGet):
+            self._on_data_get(identity, body)
+        elif isinstance(body, p.Drain):
+            scheduler.draining(identity)
+        elif isinstance(body, p.Disconnect) and worker is not None:
+            self._lose(identity, f"disconnected ({body.reason})")
 
-    def _on_ready(self, identity: bytes, body: p.Ready) -> None:
+    def _lose(self, identity: bytes, why: str) -> None:
+        worker = self.workers.get(identity)
+        if worker is not None and not self._closing:
+            log.warning("worker %s (pid %d) lost: %s; %d request(s) in flight", worker.worker_id, worker.pid, why,
+                        len(worker.inflight))
+        self._apply(self.scheduler.lost(identity, why, time.monotonic()))
+
+    def _on_ready(self, identity: bytes, body: p.Ready, now: float) -> None:
         if body.protocol != p.PROTOCOL_VERSION:
-            log.warning("refused worker %s: protocol %d", body.worker_id, body.protocol)
-            self._send(identity, p.Disconnect(reason="refused"))
+            self._throttle.warning("refused-ready-protocol", "refused worker %s: protocol %d", body.worker_id,
+                                   body.protocol)
+            self._send_worker(identity, p.Disconnect(reason="refused"))
             return
-        old = self.workers.get(identity)
-        if old is not None:  # a repeated READY (the first answer crossed it): just answer again
-            self._send(identity, p.Heartbeat())
+        if identity in self.workers:  # a repeated READY (the first answer crossed it): just answer again
+            self._send_worker(identity, p.Heartbeat())
             return
-        slot = next((s for s in self.slots if s.pid == body.pid and s.process is not None), None)
-        if slot is not None:
-            if slot.process is None or slot.process.returncode is not None:
-                return
-            slot.ready = True
-            slot.crashes = 0
-            slot.state = "ready"
-        info = WorkerInfo(identity=identity, worker_id=body.worker_id, pid=body.pid, host=body.host,
-                          backend=body.backend, capabilities=frozenset(body.capabilities) | {"out_of_process"},
-                          capacity=body.capacity, slot=slot, warmed=tuple(body.warmed))
-        self.workers[identity] = info
-        self._send(identity, p.Heartbeat())  # the READY acknowledgement
+        info = WorkerState(identity=identity, capabilities=frozenset(body.capabilities) | {"out_of_process"},
+                           capacity=body.capacity, last_seen=now, worker_id=body.worker_id, pid=body.pid,
+                           host=body.host, backend=body.backend, warmed=tuple(body.warmed), connected_at=time.time())
+        actions = self.scheduler.ready(info, now)
+        self._send_worker(identity, p.Heartbeat())  # the READY acknowledgement
         log.info("worker %s ready (pid %d, %s, capacity %d)", body.worker_id, body.pid, body.backend, body.capacity)
         self._ready_event.set()
-        self._dispatch()
+        self._apply(actions)
 
-    def _on_reply(self, worker: WorkerInfo, rid: bytes, body: p.Reply) -> None:
-        job = worker.inflight.get(rid)
-        if job is None or job.attempt != body.attempt or job.worker is not worker:
-            self.stats["stale_replies"] += 1
-            log.info("dropped a stale reply from %s (attempt %d)", worker.worker_id, body.attempt)
-            return
-        del worker.inflight[rid]
-        job.worker = None
-        if job.done:  # cancelled or timed out while running; the credit is now free
-            self._dispatch()
-            return
-        if body.error is not None:
-            worker.failed += 1
-            if (body.error.get("type") == "WorkerLostError" and job.retriable
-                    and job.attempt - job.first_attempt + 1 < self.max_attempts):
-                # the worker refused (draining, over capacity): not run, so run it elsewhere
-                job.attempt += 1
-                self.stats["retried"] += 1
-                self.queue.appendleft(job)
-                self._dispatch()
-                return
-            error = body.error
-            if error.get("type") == "RunTimeoutError" and job.timeout is not None:
-                # the worker only knew the remaining budget; the caller set (and expects) the whole timeout
-                details = error.get("details")
-                error = {**error, "message": f"run exceeded its timeout of {job.timeout}s",
-                         "details": {**(details if isinstance(details, dict) else {}), "timeout": job.timeout}}
-            self._finish_error(job, error, body.trace)
-        elif body.result is not None:
-            worker.done += 1
-            self._finish_ok(job, body.result)
-        else:
-            self._finish_error(job, StepbridgeError("the worker sent an empty reply"))
-        self._dispatch()
+    def _assigned(self, identity: bytes, *, program_hash: str | None = None, data_hash: str | None = None) -> bool:
+        """Is a request naming this program (or data file) running on this registered worker?"""
+        worker = self.workers.get(identity)
+        if worker is None:
+            return False
+        for job in worker.inflight.values():
+            assert isinstance(job, PoolJob)
+            if program_hash is not None and job.program_hash == program_hash:
+                return True
+            if data_hash is not None and data_hash in job.data.values():
+                return True
+        return False
 
     def _on_program_get(self, identity: bytes, body: p.ProgramGet) -> None:
+        if not self._assigned(identity, program_hash=body.program_hash):
+            self._throttle.warning("refused-program", "refused program %s to %r: no request of it runs there",
+                                   body.program_hash[:12], identity[:40])
+            self._send_worker(identity, p.ProgramDef(program_hash=body.program_hash, error={
+                "type": "StorageError", "message": "no request for this program is assigned to this worker"}))
+            return
         known = self._programs.get(body.program_hash)
         if known is None and self.store is not None:
             try:
-                program = self.store.load(body.program_hash)
-                self.remember_program(program.content_hash, program.to_dict(), str(program.base_dir))
-                self._program_meta[program.content_hash] = (required_capabilities(program),
-                                                            has_side_effects(program))
+                program = self.store.load(body.program_hash)  # validated and hash-checked by the store
+                self.remember_program(program.content_hash, program.to_dict())  # definition only: no folder
                 known = self._programs.get(body.program_hash)
             except Exception as exc:
                 log.debug("program %s not in the store: %s", body.program_hash[:12], exc)
         if known is None:
             known = p.ProgramDef(program_hash=body.program_hash, error={
                 "type": "StorageError", "message": f"the router does not know program {body.program_hash[:12]}"})
-        elif self._send(identity, known):
+        elif self._send_worker(identity, known):
             self.stats["programs_sent"] += 1
             return
-        self._send(identity, known)
+        self._send_worker(identity, known)
+
+    def _on_data_get(self, identity: bytes, body: p.DataGet) -> None:
+        digest = body.data_hash
+        if not self._assigned(identity, data_hash=digest):
+            self._throttle.warning("refused-data", "refused data file %s to %r: no request naming it runs there",
+                                   digest[:12], identity[:40])
+            self._send_worker(identity, p.Data(data_hash=digest, error={
+                "type": "StorageError", "message": "no request naming this data file is assigned to this worker"}))
+            return
+        blob = self._blobs.get(digest)
+        if blob is not None:
+            self._send_data(identity, digest, blob)
+            return
+
+        async def read() -> None:
+            content = await asyncio.to_thread(self._files.read, digest)
+            self._send_data(identity, digest, content)
+
+        self._spawn_task(read())
+
+    def _send_data(self, identity: bytes, digest: str, content: bytes | None) -> None:
+        if content is None:
+            self._send_worker(identity, p.Data(data_hash=digest, error={
+                "type": "StorageError",
+                "message": f"data file {digest[:12]} is no longer available (changed or gone since it was submitted)"}))
+        elif self._send_worker(identity, p.Data(data_hash=digest, content=content)):
+            self.stats["data_sent"] += 1
+
+    # -- the client socket (broker) ----------------------------------------------------------------
+    def _on_client_frames(self, frames: list[bytes]) -> None:
+        identity = frames[0]
+        try:
+            msg = p.decode(frames[1:], allowed=p.CLIENT_COMMANDS)
+        except p.ProtocolError as exc:
+            self._refused("client", identity, exc)
+            return
+        body = msg.body
+        if isinstance(body, p.Request):
+            self._on_client_request(identity, msg.request_id, body)
+        elif isinstance(body, p.Cancel):
+            job = self._client_jobs.get((identity, msg.request_id))
+            if job is not None:
+                self.cancel(job)
+        elif isinstance(body, p.Data):
+            self._on_client_data(body)
+        elif isinstance(body, p.Status):
+            self._send_client(identity, p.Status(status=self.status()), msg.request_id)
+
+    def _on_client_data(self, body: p.Data) -> None:
+        digest, content = body.data_hash, body.content
+        if content is None or digest in self._blobs or digest in self._verifying:
+            return
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._verifying[digest] = future
+
+        async def verify() -> None:
+            ok = False
+            try:
+                ok = await asyncio.to_thread(lambda: sha256_bytes(content) == digest)
+                if not ok:
+                    self._throttle.warning("refused-data-hash", "refused a data file that does not match its "
+                                           "hash %s", digest[:12])
+                else:
+                    in_use = {d for j in self._client_jobs.values() for d in j.data.values()}
+                    ok = self._blobs.put(digest, content, in_use)
+            finally:
+                del self._verifying[digest]
+                future.set_result(ok)
+
+        self._spawn_task(verify())
 
     def _on_client_request(self, identity: bytes, crid: bytes, body: p.Request) -> None:
         key = (identity, crid)
         if key in self._client_jobs:
             return
+
+        def refuse(error: dict[str, Any], missing: list[str] | None = None) -> None:
+            self._send_client(identity, p.Reply(attempt=body.attempt, error=error, missing=missing or []), crid)
+
         if not self.knows_program(body.program_hash):
             if body.program is None:
-                self._send(identity, p.Reply(attempt=body.attempt, error={
-                    "type": "StorageError", "message": f"unknown program {body.program_hash[:12]}: send it inline"}),
-                    crid)
+                refuse({"type": "StorageError",
+                        "message": f"unknown program {body.program_hash[:12]}: send it inline"})
                 return
             try:
                 from .worker import build_program
 
-                program = build_program(body.program, body.program_hash, body.base_dir)
+                program = build_program(body.program, body.program_hash)
             except StepbridgeError as exc:
-                self._send(identity, p.Reply(attempt=body.attempt, error=exc.to_dict()), crid)
+                refuse(exc.to_dict())
                 return
-            self._program_meta[body.program_hash] = (required_capabilities(program), has_side_effects(program))
-            self.remember_program(body.program_hash, body.program, body.base_dir)
-        needs, side_effects = self._program_meta.get(body.program_hash, (frozenset(), False))
-        options = dict(body.options)
-        job = self._job(body.program_hash, needs, side_effects, body.execution_id, dict(body.inputs), options,
-                        body.attempt, body.budget)
+            self._program_meta[body.program_hash] = (required_capabilities(program), has_side_effects(program),
+                                                     bool(corpora(program)))
+            self.remember_program(body.program_hash, body.program)
+        needs, side_effects, _ = self._program_meta.get(body.program_hash, (frozenset(), False, False))
+        job = self._job(body.program_hash, needs, side_effects, body.execution_id, dict(body.inputs),
+                        dict(body.options), body.attempt, body.budget, dict(body.data))
         job.client = key
         self._client_jobs[key] = job
 
-        async def go() -> None:
+        async def admit() -> None:
+            for digest in set(job.data.values()):
+                pending = self._verifying.get(digest)
+                if pending is not None:
+                    await pending
+            missing = sorted({d for d in job.data.values() if d not in self._blobs})
+            if missing:
+                self._client_jobs.pop(key, None)
+                refuse(StorageError(f"the broker does not have {len(missing)} data file(s) this request names: "
+                                    "send them first").to_dict(), missing)
+                return
             try:
                 await self.enqueue(job, body.wait)
             except StepbridgeError as exc:
                 self._client_jobs.pop(key, None)
-                self._send(identity, p.Reply(attempt=body.attempt, error=exc.to_dict()), crid)
+                refuse(exc.to_dict())
 
-        self._tasks.append(asyncio.ensure_future(go()))
+        self._spawn_task(admit())
 
     # -- housekeeping ------------------------------------------------------------------------------
     async def _housekeeping(self) -> None:
-        tick = min(0.05, self.heartbeat / 4)
+        heartbeat = self.config.heartbeat
+        tick = min(0.05, heartbeat / 4)
         last_beat = 0.0
         while True:
             await asyncio.sleep(tick)
-            now = time.monotonic()
             try:
-                if now - last_beat >= self.heartbeat:
+                pump = self.workers_end.pump
+                if pump is not None:
+                    pump.drain_all()  # judge liveness on what has arrived, not on how late this loop ran
+                now = time.monotonic()
+                if now - last_beat >= heartbeat:
                     last_beat = now
                     for worker in list(self.workers.values()):
-                        if not self._send(worker.identity, p.Heartbeat()):
-                            self._lose(worker, "unreachable")
-                limit = self.heartbeat * self.liveness
+                        if not self._send_worker(worker.identity, p.Heartbeat()):
+                            self._lose(worker.identity, "unreachable")
                 for worker in list(self.workers.values()):
-                    if now - worker.last_seen > limit:
-                        self._lose(worker, f"no heartbeat for {now - worker.last_seen:.1f}s")
-                        if worker.slot is not None and worker.slot.process is not None:
-                            # a hung local worker: replace it (its exit is then handled by _watch)
-                            worker.slot.killed_by_us = True
-                            with contextlib.suppress(ProcessLookupError):
-                                worker.slot.process.kill()
-                self._check_deadlines(now)
-                for slot in self.slots:
-                    if slot.process is None and slot.state in ("waiting", "quarantined") and now >= slot.next_spawn:
-                        await self._respawn(slot)
-                self._tasks = [t for t in self._tasks if not t.done()]
+                    if now - worker.last_seen > heartbeat * self.config.liveness:
+                        log.warning("worker %s (pid %d) lost: no heartbeat for %.1fs; %d request(s) in flight",
+                                    worker.worker_id, worker.pid, now - worker.last_seen, len(worker.inflight))
+                self._apply(self.scheduler.tick(now))
+                self._throttle.flush()
                 if len(self._room_waiters) > 64:
                     self._room_waiters = deque(w for w in self._room_waiters if not w.done())
-                if self.queue:
-                    self._dispatch()
             except Exception:
                 log.exception("housekeeping failed")
-
-    def _check_deadlines(self, now: float) -> None:
-        if self.queue:
-            expired = [j for j in self.queue if j.deadline is not None and j.deadline <= now]
-            for job in expired:
-                self.queue.remove(job)
-                self._expire(job)
-            if expired:
-                self._room()
-        for worker in list(self.workers.values()):
-            for job in list(worker.inflight.values()):
-                if not job.done and job.deadline is not None and now > job.deadline + self.cancel_grace:
-                    # the worker should have answered with RunTimeoutError by now
-                    self._send(worker.identity, p.Cancel(attempt=job.attempt), job.rid)
-                    job.cancel_at = now
-                    self.stats["timed_out"] += 1
-                    self._finish_error(job, RunTimeoutError(
-                        f"run did not finish within its timeout of {job.timeout}s", timeout=job.timeout),
-                        keep_inflight=True)
-                elif job.done and job.cancel_at is not None and now > job.cancel_at + self.cancel_grace:
-                    self._replace(worker, "ignored a cancel")
-                    break
-
-    def _replace(self, worker: WorkerInfo, why: str) -> None:
-        log.warning("worker %s %s for %.1fs; replacing it", worker.worker_id, why, self.cancel_grace)
-        slot = worker.slot
-        if slot is not None and slot.process is not None and slot.process.returncode is None:
-            slot.killed_by_us = True
-            with contextlib.suppress(ProcessLookupError):
-                slot.process.kill()
-        else:
-            self._send(worker.identity, p.Disconnect(reason="replaced: reconnect"))
-        self._lose(worker, why)
 
     # -- status ------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -924,9 +811,11 @@ class Router:
         span = min(10.0, max(1e-9, now - (recent[0] if recent else now))) if recent else 10.0
         return {
             "address": self.address,
-            "backend": self.backend,
+            "worker_address": self.worker_address,
+            "host": socket.gethostname(),
+            "backend": self.config.backend,
             "uptime_s": round(time.time() - self.started_at, 3),
-            "queue": {"depth": len(self.queue), "size": self.queue_size},
+            "queue": {"depth": len(self.queue), "size": self.config.queue_size},
             "in_flight": sum(len(w.inflight) for w in self.workers.values()),
             "throughput_per_s": round(len(recent) / span, 2) if recent else 0.0,
             "capabilities": sorted(self.capabilities()),
@@ -940,27 +829,27 @@ class Router:
                 for w in self.workers.values()
             ],
             "slots": [{"index": s.index, "pid": s.pid, "state": s.state, "restarts": s.restarts,
-                       "crashes": s.crashes} for s in self.slots],
+                       "crashes": s.crashes} for s in self.scheduler.slots],
         }
 
-    async def _monitor(self) -> None:
-        """Log refused CURVE handshakes (a worker or client with a wrong key)."""
+    async def _monitor(self, end: _Endpoint) -> None:
+        """Log refused CURVE handshakes (a worker or client with a wrong key), rate-limited."""
         from zmq.utils.monitor import recv_monitor_message
 
-        assert self.sock is not None
+        assert end.sock is not None
         events = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-        sync_mon = self.sock.get_monitor_socket(events)
+        sync_mon = end.sock.get_monitor_socket(events)
         mon = zmq.asyncio.Socket.shadow(sync_mon.underlying)
         try:
             while True:
                 event = await recv_monitor_message(mon)
                 self.stats["rejected_frames"] += 1
-                log.warning("refused a connection on %s: %s (%s)", self.address,
-                            "authentication failed" if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                            else "handshake failed", event.get("value"))
+                self._throttle.warning(f"refused-{end.name}-connection", "refused a %s connection on %s: %s (%s)",
+                                       end.name, end.address,
+                                       "authentication failed" if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                       else "handshake failed", event.get("value"))
         finally:
             with contextlib.suppress(Exception):
-                self.sock.disable_monitor()
+                end.sock.disable_monitor()
             sync_mon.close(linger=0)
-
 

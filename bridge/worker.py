@@ -10,8 +10,18 @@ Program definitions are looked up by content hash: the local cache, then the sto
 optional), then the router (PROGRAM_GET). Whatever comes back is untrusted: it is validated in
 full and its hash recomputed before anything is built; a mismatch is an error, never a run.
 
-When the router goes quiet for ``liveness`` heartbeats, the worker abandons its in-flight runs
-(the router has already rerouted them), waits with backoff and reconnects under a new identity.
+Data files (corpora) come by content too (:mod:`stepbridge.bridge.data`): a request names them by
+sha256, the worker fetches what its own cache lacks (DATA_GET), verifies every byte against the
+hash, and builds the program in a folder of its own cache; a corpus the client did not ship resolves
+under the operator's ``--data-root`` or not at all. No folder ever comes from a request or a stored
+row, and the program cache is keyed by content hash + data hashes.
+
+The worker loses the router when the connection breaks: the transport's own heartbeats (ZMTP
+PING/PONG, answered by libzmq's I/O thread) detect a dead or unreachable router, and the router
+says DISCONNECT when it has forgotten this worker. A router whose event loop is merely busy is not
+lost: its replies and heartbeats resume, and nothing is rerouted. Once lost, the worker abandons its
+in-flight runs (the router has already rerouted them), waits with backoff and reconnects under a new
+identity.
 It exits when its parent dies (``--parent-pid``), and SIGTERM drains: no new work, in-flight runs
 finish, DISCONNECT, exit 0.
 """
@@ -31,12 +41,14 @@ import time
 import traceback
 import uuid
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import zmq
 from stepbridge.adapter import RunOptions
 from stepbridge.errors import (
     InputValidationError,
+    Issue,
     ProgramValidationError,
     RunCancelledError,
     StepbridgeError,
@@ -48,6 +60,8 @@ from stepbridge.program import Program
 from stepbridge.result import fast_construct
 
 from . import protocol as p
+from .data import DataCache, corpora, manifest_key
+from .logs import configure_process_logging
 from .net import CurveKeys, Pump, configure_dealer
 
 __all__ = ["Worker", "main"]
@@ -56,6 +70,9 @@ log = logging.getLogger("stepbridge.bridge.worker")
 
 PROGRAM_CACHE_SIZE = 256
 PROGRAM_FETCH_TIMEOUT = 10.0
+DATA_FETCH_TIMEOUT = 60.0
+#: the least time without transport traffic before the router's connection counts as dead
+TRANSPORT_TIMEOUT = 10.0
 STARTED_AFTER = 0.05
 
 
@@ -89,6 +106,7 @@ class _Session:
         self.acked = False
         self.lost = asyncio.Event()
         self.reason = ""
+        self.monitor: Pump | None = None
 
 
 class Worker:
@@ -109,6 +127,8 @@ class Worker:
         adapter_options: dict[str, Any] | None = None,
         warm: list[str] | None = None,
         warm_aliases: bool | None = None,
+        data_cache: str | Path | None = None,
+        data_root: str | Path | None = None,
     ):
         self.connect = connect
         self.backend = backend
@@ -131,9 +151,15 @@ class Worker:
         self.ctx = zmq.Context()
         self.adapter: Any = None
         self.capabilities: frozenset[str] = frozenset()
-        self._programs: OrderedDict[str, Program] = OrderedDict()
-        self._prepared: set[str] = set()
+        #: where data files shipped by content are cached (verified), and the operator's own data folder
+        self.data = DataCache(data_cache)
+        self.data_root = Path(data_root).resolve() if data_root is not None else None
+        self._programs: OrderedDict[str, Program] = OrderedDict()  # by content hash, no folder yet
+        self._bound: OrderedDict[tuple[str, str], Program] = OrderedDict()  # by content hash + data hashes
+        self._prepared: set[tuple[str, str]] = set()
         self._fetches: dict[str, asyncio.Future[Program]] = {}
+        self._data_fetches: dict[str, asyncio.Future[None]] = {}
+        self._storing: set[asyncio.Task[None]] = set()
         self._tasks: dict[bytes, asyncio.Task[None]] = {}
         self._cancelled: set[bytes] = set()
         self._session: _Session | None = None
@@ -171,6 +197,7 @@ class Worker:
             with contextlib.suppress(BaseException):
                 await self.adapter.aclose()
             self.ctx.destroy(linger=1000)
+            self.data.close()
         return self.exit_code
 
     def _open(self) -> _Session:
@@ -178,15 +205,27 @@ class Worker:
         identity = f"{self.worker_id}.{self.incarnation}.{uuid.uuid4().hex[:8]}".encode()
         sock = self.ctx.socket(zmq.DEALER)
         configure_dealer(sock, identity)
+        # liveness of the connection itself, kept by libzmq's I/O threads on both ends (a busy router
+        # loop still answers); generous, because it only has to catch a dead or unreachable router
+        sock.setsockopt(zmq.HEARTBEAT_IVL, int(self.heartbeat * 1000))
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(max(self.heartbeat * self.liveness, TRANSPORT_TIMEOUT) * 1000))
         if self.curve is not None:
             self.curve.apply_client(sock)
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         sock.connect(self.connect)
         holder: list[_Session] = []
-        pump = Pump(sock, lambda frames: self._on_frames(holder[0], frames), asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        pump = Pump(sock, lambda frames: self._on_frames(holder[0], frames), loop)
         session = _Session(pump, identity)
+        session.monitor = Pump(monitor, lambda frames: self._on_monitor(holder[0], frames), loop)
         holder.append(session)
         self._session = session
         return session
+
+    def _on_monitor(self, session: _Session, frames: list[bytes]) -> None:
+        if session is self._session and not session.lost.is_set():
+            session.reason = "the connection to the router closed"
+            session.lost.set()
 
     async def _run_session(self, session: _Session) -> None:
         beater = asyncio.ensure_future(self._beater(session))
@@ -204,10 +243,15 @@ class Worker:
         for task in list(self._tasks.values()):
             task.cancel()
         self._tasks.clear()
-        for fut in self._fetches.values():
-            if not fut.done():
-                fut.cancel()
-        self._fetches.clear()
+        for fetches in (self._fetches, self._data_fetches):
+            for fut in fetches.values():
+                if not fut.done():
+                    fut.cancel()
+            fetches.clear()
+        if session.monitor is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                session.pump.sock.disable_monitor()
+            session.monitor.close(linger=0)
         session.pump.close(linger=0 if not self._stop.is_set() else 1000)
 
     def drain(self) -> None:
@@ -258,19 +302,29 @@ class Worker:
         for ref in refs:
             try:
                 program: Program = await asyncio.to_thread(self.store.load, ref)
-                if program.content_hash in self._prepared:
+                # the stored row's folder is outside the content hash: never used (data comes by content)
+                program.with_base_dir(None)
+                if program.content_hash in self.warmed:
                     continue
                 missing = program.required_capabilities - self.capabilities
                 if missing:
                     log.info("worker %s: not warming %r: needs %s", self.worker_id, ref, ", ".join(sorted(missing)))
                     continue
-                await self.adapter.prepare(program)
+                try:
+                    self._folder_for(program, {})
+                except ProgramValidationError:  # its corpora come with the first request
+                    self._remember(program)
+                    log.info("worker %s: %r needs data files; they come with its first request", self.worker_id,
+                             ref)
+                    continue
+                key, bound = await self._bind(program, {})
+                await self.adapter.prepare(bound)
             except Exception as exc:
                 log.warning("worker %s: refused to warm stored program %r: %s", self.worker_id, ref,
                             scrub_secrets(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__)
                 continue
             self._remember(program)
-            self._prepared.add(program.content_hash)
+            self._prepared.add(key)
             self.warmed.append(program.content_hash)
         if refs:
             log.info("worker %s: warmed %d of %d stored program(s)", self.worker_id, len(self.warmed), len(refs))
@@ -305,10 +359,6 @@ class Worker:
                 return
         while True:
             await asyncio.sleep(self.heartbeat)
-            if time.monotonic() - session.last_seen > self.heartbeat * self.liveness:
-                session.reason = f"no message from the router for {self.heartbeat * self.liveness:.1f}s"
-                session.lost.set()
-                return
             self._send(p.Heartbeat(in_flight=list(self._tasks)))
 
     def _ready(self) -> p.Ready:
@@ -356,6 +406,10 @@ class Worker:
                     fut.exception()  # retrieved: waiters may all be gone
                 else:
                     fut.set_result(program)
+        elif isinstance(body, p.Data):
+            waiter = self._data_fetches.pop(body.data_hash, None)
+            if waiter is not None and not waiter.done():
+                self._spawn_store(body, waiter)
         elif isinstance(body, p.Drain):
             self.drain()
         elif isinstance(body, p.Disconnect):
@@ -389,9 +443,10 @@ class Worker:
             from stepbridge.validate import check_inputs
 
             inputs = check_inputs(program, dict(req.inputs))
-            if req.program_hash not in self._prepared:
+            key, program = await self._bind(program, req.data)
+            if key not in self._prepared:
                 await self.adapter.prepare(program)
-                self._prepared.add(req.program_hash)
+                self._prepared.add(key)
             result = await self.adapter.run(program, inputs, options)
             result.worker = self.worker_id
             # the model itself goes into the body: msgspec encodes it through its fields (no model_dump)
@@ -437,11 +492,88 @@ class Worker:
             raise InputValidationError(f"invalid run options: {exc}") from None
 
     def _remember(self, program: Program) -> None:
-        self._programs[program.content_hash] = program
+        self._programs[program.content_hash] = program.with_base_dir(None)  # a definition: no folder yet
         self._programs.move_to_end(program.content_hash)
         while len(self._programs) > PROGRAM_CACHE_SIZE:
-            old, _ = self._programs.popitem(last=False)
+            self._programs.popitem(last=False)
+
+    # -- data files --------------------------------------------------------------------------------
+    def _folder_for(self, program: Program, shipped: dict[str, str]) -> tuple[str, dict[str, str] | Path]:
+        """Where ``program``'s corpora come from: the files shipped by content (all of them), else the
+        operator's data root; a typed error naming the module otherwise. Never a folder from outside."""
+        names = corpora(program)
+        if not names:
+            return "none", self.data_root or self.data.empty
+        manifest = {corpus: shipped[corpus] for corpus in names if corpus in shipped}
+        if len(manifest) == len(names):
+            return manifest_key(manifest), manifest
+        if self.data_root is not None:
+            return "root", self.data_root
+        missing = [corpus for corpus in names if corpus not in manifest]
+        raise ProgramValidationError([Issue(
+            f"/modules/{names[corpus]}/retriever/corpus",
+            f"corpus {corpus!r} was not sent with the request (the client could not read it, or it is too big to "
+            f"ship) and worker {self.worker_id} has no data root (stepbridge worker --data-root DIR)")
+            for corpus in missing])
+
+    async def _bind(self, program: Program, shipped: dict[str, str]) -> tuple[tuple[str, str], Program]:
+        """The program with its data folder, cached by content hash + data hashes."""
+        data_key, source = self._folder_for(program, shipped)
+        key = (program.content_hash, data_key)
+        bound = self._bound.get(key)
+        if bound is not None:
+            self._bound.move_to_end(key)
+            return key, bound
+        if isinstance(source, dict):
+            await asyncio.gather(*(self._fetch_data(d) for d in set(source.values())))
+            folder = await asyncio.to_thread(self.data.folder, source, corpora(program))
+        else:
+            folder = source
+        bound = program.model_copy().with_base_dir(folder)
+        # index the corpora off the event loop (seconds for a big one): heartbeats keep going meanwhile,
+        # and the adapter then finds the index in the process cache
+        await asyncio.to_thread(_index_corpora, bound)
+        self._bound[key] = bound
+        while len(self._bound) > PROGRAM_CACHE_SIZE:
+            old, _ = self._bound.popitem(last=False)
             self._prepared.discard(old)
+        return key, bound
+
+    async def _fetch_data(self, digest: str) -> None:
+        """Make sure the data file ``digest`` is in the cache (verified), asking the router if not."""
+        if await asyncio.to_thread(self.data.has, digest):
+            return
+        fut = self._data_fetches.get(digest)
+        if fut is None:
+            fut = self._data_fetches[digest] = asyncio.get_running_loop().create_future()
+            self._send(p.DataGet(data_hash=digest))
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), DATA_FETCH_TIMEOUT)
+        except TimeoutError:
+            self._data_fetches.pop(digest, None)
+            raise WorkerLostError(f"the router did not send data file {digest[:12]} in time",
+                                  worker=self.worker_id) from None
+
+    def _spawn_store(self, answer: p.Data, waiter: asyncio.Future[None]) -> None:
+        async def store() -> None:
+            try:
+                if answer.error is not None or answer.content is None:
+                    from stepbridge.errors import error_from_dict
+
+                    raise error_from_dict(answer.error or {"type": "StorageError",
+                                                           "message": f"data file {answer.data_hash[:12]} is unknown"})
+                await asyncio.to_thread(self.data.put, answer.data_hash, answer.content)  # verifies the hash
+            except Exception as exc:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+                    waiter.exception()  # retrieved: waiters may all be gone
+                return
+            if not waiter.done():
+                waiter.set_result(None)
+
+        task = asyncio.ensure_future(store())
+        self._storing.add(task)
+        task.add_done_callback(self._storing.discard)
 
     async def _program(self, program_hash: str) -> Program:
         program = self._programs.get(program_hash)
@@ -479,7 +611,7 @@ class Worker:
 
             raise error_from_dict(answer.error or {"type": "StorageError",
                                                    "message": f"program {answer.program_hash[:12]} is unknown"})
-        program = build_program(answer.program, answer.program_hash, answer.base_dir)
+        program = build_program(answer.program, answer.program_hash)
         self.sources["router"] += 1
         self._remember(program)
         return program
@@ -499,7 +631,7 @@ class Worker:
             log.warning("worker %s: the store returned a program hashing to %s for %s; refused", self.worker_id,
                         stored.content_hash[:12], program_hash[:12])
             return None
-        return stored
+        return stored.with_base_dir(None)  # the row's folder is outside the content hash: never used
 
 
 # the fast path above knows every RunOptions field; if the core adds one, validate as before
@@ -507,11 +639,24 @@ _RUN_OPTION_FIELDS = set(RunOptions.model_fields) == {"execution_id", "timeout",
                                                       "cache", "metadata"}
 
 
-def build_program(data: dict[str, Any], expected_hash: str, base_dir: str | None = None) -> Program:
-    """Validate an untrusted definition in full and check it is the program ``expected_hash`` names."""
+def _index_corpora(program: Program) -> None:
+    """Build the built-in retrievers' indexes (cached per file version by :mod:`stepbridge.retrieve`)."""
+    from stepbridge.retrieve import make_retriever
+
+    for module in program.modules.values():
+        spec = getattr(module, "retriever", None)
+        if spec is not None and spec.kind == "bm25" and spec.corpus:
+            with contextlib.suppress(Exception):  # a bad corpus is reported by the run itself, typed
+                make_retriever(spec, program.base_dir)
+
+
+def build_program(data: dict[str, Any], expected_hash: str) -> Program:
+    """Validate an untrusted definition in full and check it is the program ``expected_hash`` names.
+
+    No folder: whatever files it names come by content (or from the operator's data root) later."""
     from stepbridge.validate import validate_data
 
-    program = validate_data(data, base_dir=base_dir)
+    program = validate_data(data)
     if program.content_hash != expected_hash:
         raise ProgramValidationError(
             [], message=f"program definition does not match its hash: expected {expected_hash[:12]}, "
@@ -539,17 +684,17 @@ def run_worker(connect: str, *, backend: str = "native", capacity: int = 16, hea
                liveness: int = 3, parent_pid: int | None = None, db: str | None = None,
                curve_secret: str | None = None, curve_server: str | None = None, worker_id: str | None = None,
                warm: list[str] | None = None, warm_aliases: bool | None = None,
+               data_cache: str | Path | None = None, data_root: str | Path | None = None,
                log_level: str = "WARNING") -> int:
     """Run a worker until it is drained, told to stop, or its parent dies; return its exit code."""
-    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.WARNING),
-                        format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(message)s")
+    configure_process_logging(log_level, f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(message)s")
     if connect.startswith("tcp://") and not curve_secret:
         log.warning("connecting over TCP without CURVE keys; the broker will refuse this unless it runs insecure")
     curve = CurveKeys.from_files(curve_secret, curve_server) if curve_secret else None
     store = _open_store(db)
     worker = Worker(connect, backend=backend, capacity=capacity, heartbeat=heartbeat, liveness=liveness,
                     parent_pid=parent_pid, store=store, curve=curve, worker_id=worker_id, warm=warm,
-                    warm_aliases=warm_aliases)
+                    warm_aliases=warm_aliases, data_cache=data_cache, data_root=data_root)
     try:
         return asyncio.run(worker.serve())
     finally:
@@ -575,12 +720,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-warm", dest="warm_aliases", action="store_false")
     parser.add_argument("--warm-ref", action="append", default=[], metavar="REF",
                         help="also build this stored program (name, name@alias, hash) at start")
+    parser.add_argument("--data-cache", default=None, help="where to cache data files shipped by content "
+                        "(default: a private temporary folder)")
+    parser.add_argument("--data-root", default=None, help="folder for corpora a client did not ship (default: none)")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     return run_worker(args.connect, backend=args.backend, capacity=args.capacity, heartbeat=args.heartbeat,
                       liveness=args.liveness, parent_pid=args.parent_pid, db=args.db, curve_secret=args.curve_secret,
                       curve_server=args.curve_server, worker_id=args.worker_id, warm=args.warm_ref,
-                      warm_aliases=args.warm_aliases, log_level=args.log_level)
+                      warm_aliases=args.warm_aliases, data_cache=args.data_cache, data_root=args.data_root,
+                      log_level=args.log_level)
 
 
 if __name__ == "__main__":

@@ -32,8 +32,13 @@ CAPABILITIES = frozenset(
         "out_of_process",
         "rehydrate",
         "json_adapter",
+        # format 2 (docs/format-2.md): what a program uses, an adapter must declare
+        "control_flow",
+        "parallel",
         "agents",
         "ensembles",
+        "typed_objects",
+        "xml_adapter",
     }
 )
 

@@ -7,53 +7,171 @@
     result = b.call(answer, context=found.passages, question=b.inputs.question)
     program = b.returns(answer=result.answer).build()
 
-Attribute access on a result (``found.passages``) gives the reference string ``$found.passages``;
-``build`` runs the same validation as a file, so a builder can never make a program a file cannot.
+Attribute access on a result (``found.passages``) gives the reference string ``$found.passages``
+(and ``state.a.b`` the path ``$state.a.b``); ``build`` runs the same validation as a file, so a
+builder can never make a program a file cannot. Values are written as a file holds them: a string
+starting with ``$`` is a reference, ``$$`` escapes a dollar.
+
+Format 2 (``docs/format-2.md``): control flow nests with ``with`` blocks, operations come from
+:data:`ops`, and the program is written as ``stepbridge: 2`` as soon as it uses either::
+
+    ctx = b.set(context=[]).context
+    with b.loop(max=3) as loop:
+        q = b.call(gen, context=ctx, question=b.inputs.question)
+        found = b.call(search, query=q.query)
+        b.set(context=ops.dedupe(ops.concat(ctx, found.passages)))
+        loop.until(ops.ge(ops.len(ctx), 4))
+    with b.if_(ops.eq(q.kind, "a")):
+        b.returns(answer="A")
+    with b.else_():
+        b.returns(answer="B")
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .program import Program
 
-__all__ = ["ProgramBuilder", "Result"]
+__all__ = ["ProgramBuilder", "Ref", "Result", "ops"]
+
+
+class Ref(str):
+    """A reference (``$name.path``) that is also the string a file holds; ``ref.field`` goes one field
+    deeper (``ref.at("count")`` for a field named like a ``str`` method)."""
+
+    __slots__ = ()
+
+    def __getattr__(self, field: str) -> Ref:
+        if field.startswith("_"):
+            raise AttributeError(field)
+        return Ref(f"{self}.{field}")
+
+    def at(self, *fields: str) -> Ref:
+        return Ref(".".join((self, *fields)))
 
 
 class Result:
-    """A named step result; ``result.field`` is the reference ``$name.field``."""
+    """A named step result or variable; ``result.field`` is the reference ``$name.field``."""
 
     def __init__(self, name: str):
         self._name = name
 
-    def __getattr__(self, field: str) -> str:
+    def __getattr__(self, field: str) -> Ref:
         if field.startswith("_"):
             raise AttributeError(field)
-        return f"${self._name}.{field}"
+        return Ref(f"${self._name}.{field}")
+
+    def at(self, *fields: str) -> Ref:
+        return Ref(".".join((f"${self._name}", *fields)))
 
     def __str__(self) -> str:
         return f"${self._name}"
 
 
-def _escape_literal(value: Any) -> Any:
+class _Ops:
+    """Format-2 value operations as builder calls: ``ops.concat(a, b)`` is ``{$concat: [a, b]}``."""
+
+    def __getattr__(self, name: str) -> Any:
+        from .operations import OPERATIONS
+
+        op_name = name.rstrip("_")  # ops.and_, ops.or_, ops.not_, ops.in_
+        spec = OPERATIONS.get(op_name)
+        if spec is None or name.startswith("_"):
+            raise AttributeError(f"no operation {name!r} (operations: {', '.join(OPERATIONS)})")
+        if op_name == "template":
+            def template(text: Any, **fields: Any) -> dict[str, Any]:
+                return {"$template": [_value(text), {k: _value(v) for k, v in fields.items()}]}
+            return template
+        if spec.arity is None:
+            return lambda value: {f"${op_name}": _value(value)}
+        return lambda *args: {f"${op_name}": [_value(a) for a in args]}
+
+
+#: The value operations (``ops.concat``, ``ops.len``, ``ops.template(text, **fields)``, ``ops.and_`` ...).
+ops: Any = _Ops()
+
+
+def _value(value: Any) -> Any:
     if isinstance(value, Result):
         return str(value)
+    if isinstance(value, Ref):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _value(v) for k, v in value.items()}
     return value
 
 
+_escape_literal = _value  # the name format 1 code used
+
+
+class _Loop:
+    """The block of a ``loop`` step: ``until`` sets its stop condition; ``item``/``index`` are references."""
+
+    def __init__(self, spec: dict[str, Any]):
+        self._spec = spec
+
+    def until(self, condition: Any) -> None:
+        self._spec["until"] = _value(condition)
+
+    @property
+    def item(self) -> Ref:
+        return Ref(f"${self._spec.get('item', 'item')}")
+
+    @property
+    def index(self) -> Ref:
+        if "index" not in self._spec:
+            raise AttributeError("this loop names no index: loop(..., index='i')")
+        return Ref(f"${self._spec['index']}")
+
+
+class _Switch:
+    def __init__(self, builder: ProgramBuilder, step: dict[str, Any]):
+        self._builder = builder
+        self._step = step
+
+    @contextlib.contextmanager
+    def case(self, *values: Any) -> Iterator[None]:
+        """A case matching any of ``values`` (literals)."""
+        if not values:
+            raise ValueError("a case needs at least one value")
+        steps: list[dict[str, Any]] = []
+        self._step["cases"].append({"when": values[0] if len(values) == 1 else list(values), "steps": steps})
+        with self._builder._into(steps):
+            yield
+
+    @contextlib.contextmanager
+    def default(self) -> Iterator[None]:
+        if "default" in self._step:
+            raise ValueError("this switch already has a default")
+        steps: list[dict[str, Any]] = []
+        self._step["default"] = steps
+        with self._builder._into(steps):
+            yield
+
+
 class ProgramBuilder:
-    """Collects modules and steps; :meth:`build` validates and returns a :class:`Program`."""
+    """Collects modules and steps; :meth:`build` validates and returns a :class:`Program`.
+
+    ``version`` is 1 or 2; by default a program is format 1 unless it uses format-2 steps or values."""
 
     def __init__(self, name: str, signature: str | dict[str, Any], *, description: str | None = None,
-                 lm: dict[str, Any] | None = None):
-        self._data: dict[str, Any] = {"stepbridge": 1, "name": name, "signature": signature}
+                 lm: dict[str, Any] | None = None, version: int | None = None):
+        self._data: dict[str, Any] = {"stepbridge": version or 1, "name": name, "signature": signature}
         if description:
             self._data["description"] = description
         if lm:
             self._data["lm"] = lm
+        self._version = version
         self._modules: dict[str, dict[str, Any]] = {}
         self._steps: list[dict[str, Any]] = []
+        self._current: list[dict[str, Any]] = self._steps
+        self._in_parallel = False
         self._names: set[str] = {"inputs"}
         self.inputs = Result("inputs")
 
@@ -83,46 +201,160 @@ class ProgramBuilder:
                                              "side_effects": side_effects or None}))
 
     # -- steps -----------------------------------------------------------------------------------
+    def _add(self, step: dict[str, Any], *, control: bool = False) -> None:
+        if self._in_parallel and "call" not in step:
+            raise ValueError("a parallel block holds only call steps")
+        if control:
+            self._data["stepbridge"] = self._version or 2
+        self._current.append(step)
+
+    @contextlib.contextmanager
+    def _into(self, steps: list[dict[str, Any]]) -> Iterator[None]:
+        outer, self._current = self._current, steps
+        try:
+            yield
+        finally:
+            self._current = outer
+
     def _result_name(self, module: str, as_: str | None) -> str:
-        name = as_ or module
+        if as_ is not None:  # an explicit name is kept: format 2 rebinds names (loops, branches)
+            self._names.add(as_)
+            return as_
+        name = module
         n = 2
         while name in self._names:
-            name = f"{as_ or module}_{n}"
+            name = f"{module}_{n}"
             n += 1
         self._names.add(name)
         return name
 
     def call(self, module: str, *, as_: str | None = None, **args: Any) -> Result:
         name = self._result_name(module, as_)
-        self._steps.append({"call": module, "with": {k: _escape_literal(v) for k, v in args.items()}, "as": name})
+        self._add({"call": module, "with": {k: _value(v) for k, v in args.items()}, "as": name})
         return Result(name)
 
-    def map(self, module: str, over: str, *, item: str = "item", as_: str | None = None,
+    def map(self, module: str, over: Any, *, item: str = "item", as_: str | None = None,
             concurrency: int | None = None, **args: Any) -> Result:
         name = self._result_name(module, as_)
-        step: dict[str, Any] = {"map": module, "over": over, "item": item,
-                                "with": {k: _escape_literal(v) for k, v in args.items()}, "as": name}
+        step: dict[str, Any] = {"map": module, "over": _value(over), "item": item,
+                                "with": {k: _value(v) for k, v in args.items()}, "as": name}
         if concurrency:
             step["concurrency"] = concurrency
-        self._steps.append(step)
+        self._add(step)
         return Result(name)
 
     def item(self, name: str = "item") -> Result:
         """The current element inside a ``map`` step's arguments (``$item``)."""
         return Result(name)
 
+    def ref(self, name: str, *fields: str) -> Ref:
+        """The reference ``$name.field...`` to any bound name."""
+        return Ref(".".join((f"${name}", *fields)))
+
+    def set(self, **values: Any) -> _Scope:
+        """A ``set`` step (format 2); returns the scope, so ``b.set(ctx=[]).ctx`` is ``$ctx``."""
+        if not values:
+            raise ValueError("set needs at least one name=value")
+        self._add({"set": {k: _value(v) for k, v in values.items()}}, control=True)
+        self._names.update(values)
+        return _Scope()
+
+    @contextlib.contextmanager
+    def if_(self, condition: Any) -> Iterator[None]:
+        """An ``if`` step; the block is ``then``. Follow it with :meth:`else_` for an ``else``."""
+        then: list[dict[str, Any]] = []
+        self._add({"if": _value(condition), "then": then}, control=True)
+        with self._into(then):
+            yield
+
+    @contextlib.contextmanager
+    def else_(self) -> Iterator[None]:
+        """The ``else`` of the ``if`` step just before."""
+        last = self._current[-1] if self._current else None
+        if last is None or "if" not in last or "else" in last:
+            raise ValueError("else_() must follow an if_() block (without an else)")
+        steps: list[dict[str, Any]] = []
+        last["else"] = steps
+        with self._into(steps):
+            yield
+
+    @contextlib.contextmanager
+    def switch(self, value: Any) -> Iterator[_Switch]:
+        """A ``switch`` step; add cases with ``sw.case(...)`` and ``sw.default()`` blocks."""
+        step: dict[str, Any] = {"switch": _value(value), "cases": []}
+        self._add(step, control=True)
+        yield _Switch(self, step)
+
+    @contextlib.contextmanager
+    def loop(self, *, max: int, over: Any = None, item: str | None = None,
+             index: str | None = None) -> Iterator[_Loop]:
+        """A ``loop`` step; the block is its steps. ``loop.until(condition)`` sets when it stops."""
+        body: list[dict[str, Any]] = []
+        spec: dict[str, Any] = {"max": max, "steps": body}
+        if over is not None:
+            spec["over"] = _value(over)
+            spec["item"] = item or "item"
+        elif item is not None:
+            spec["item"] = item
+        if index is not None:
+            spec["index"] = index
+        self._add({"loop": spec}, control=True)
+        with self._into(body):
+            yield _Loop(spec)
+
+    @contextlib.contextmanager
+    def parallel(self) -> Iterator[None]:
+        """A ``parallel`` step: the calls in the block run concurrently."""
+        calls: list[dict[str, Any]] = []
+        self._add({"parallel": calls}, control=True)
+        self._in_parallel = True
+        try:
+            with self._into(calls):
+                yield
+        finally:
+            self._in_parallel = False
+
     def returns(self, **outputs: Any) -> ProgramBuilder:
-        self._steps.append({"return": {k: _escape_literal(v) for k, v in outputs.items()}})
+        self._add({"return": {k: _value(v) for k, v in outputs.items()}})
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self._data, "modules": dict(self._modules), "steps": list(self._steps)}
+        data = {**self._data, "modules": dict(self._modules), "steps": list(self._steps)}
+        if self._version is None and data["stepbridge"] == 1 and _uses_v2_values(self._steps):
+            data["stepbridge"] = 2
+        return data
 
     def build(self, *, base_dir: str | Path | None = None) -> Program:
         """Validate like a file (every issue at once) and return the program."""
         from .validate import validate_data
 
         return validate_data(self.to_dict(), base_dir=base_dir)
+
+
+class _Scope:
+    """``b.set(...)``'s return value: attribute access gives the variable's reference."""
+
+    def __getattr__(self, name: str) -> Ref:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return Ref(f"${name}")
+
+
+def _uses_v2_values(value: Any) -> bool:
+    """Operations (a one-key ``$op`` mapping) or references with paths anywhere in the steps."""
+    from .operations import OPERATIONS
+
+    if isinstance(value, str):
+        return value.startswith("$") and not value.startswith("$$") and value.count(".") > 1
+    if isinstance(value, list):
+        return any(_uses_v2_values(v) for v in value)
+    if isinstance(value, dict):
+        if len(value) == 1:
+            key = next(iter(value))
+            if isinstance(key, str) and key.startswith("$") and key[1:] in OPERATIONS:
+                return True
+        return any(_uses_v2_values(v) for v in value.values())
+    return False
 
 
 def _drop_none(data: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ __all__ = [
     "Issue",
     "LMError",
     "LMParseError",
+    "OperationError",
     "PoolSaturatedError",
     "ProgramValidationError",
     "RunCancelledError",
@@ -179,11 +180,14 @@ class StepError(StepbridgeError):
         step: int,
         module: str | None = None,
         cause: StepbridgeError | dict[str, Any] | None = None,
+        pointer: str | None = None,
         **kw: Any,
     ):
         super().__init__(message, **kw)
         self.step = step
         self.module = module
+        #: the JSON pointer of the failed step (``/steps/1/loop/steps/0``); ``step`` is its top-level index
+        self.pointer = pointer if pointer is not None else f"/steps/{step}"
         self.cause: StepbridgeError | None = error_from_dict(cause) if isinstance(cause, dict) else cause
         if self.cause is not None:
             self.__cause__ = self.cause
@@ -197,7 +201,22 @@ class StepError(StepbridgeError):
             "step": self.step,
             "module": self.module,
             "cause": self.cause.to_dict() if self.cause is not None else None,
+            "pointer": self.pointer,
         }
+
+
+class OperationError(StepbridgeError):
+    """A value operation got a value outside its domain, or a built value went over a size limit.
+
+    ``pointer`` is the JSON pointer of the operation (or literal) in the program file."""
+
+    def __init__(self, message: str, *, pointer: str | None = None, operation: str | None = None, **kw: Any):
+        super().__init__(message, **kw)
+        self.pointer = pointer
+        self.operation = operation
+
+    def details(self) -> dict[str, Any]:
+        return {"pointer": self.pointer, "operation": self.operation}
 
 
 class RunTimeoutError(StepbridgeError):
@@ -216,17 +235,20 @@ class RunCancelledError(StepbridgeError):
 
 
 class WorkerLostError(StepbridgeError):
-    """The worker running a request died or went silent, and the request could not be retried."""
+    """The worker running a request died or went silent, and the request could not be retried; or the
+    pool has no worker to run it. ``retry_after`` (seconds), when known, says when capacity returns."""
 
     retriable = True
 
-    def __init__(self, message: str, *, worker: str | None = None, attempts: int | None = None, **kw: Any):
+    def __init__(self, message: str, *, worker: str | None = None, attempts: int | None = None,
+                 retry_after: float | None = None, **kw: Any):
         super().__init__(message, **kw)
         self.worker = worker
         self.attempts = attempts
+        self.retry_after = retry_after
 
     def details(self) -> dict[str, Any]:
-        return {"worker": self.worker, "attempts": self.attempts}
+        return {"worker": self.worker, "attempts": self.attempts, "retry_after": self.retry_after}
 
 
 class PoolSaturatedError(StepbridgeError):

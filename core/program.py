@@ -1,8 +1,10 @@
-"""The program IR: pydantic models for a program file (format version 1) and its content hash.
+"""The program IR: pydantic models for a program file (format versions 1 and 2) and its content hash.
 
-A program is data: a signature, named modules and a list of forward steps. These models check
-the *shape* of a file; :mod:`stepbridge.validate` checks its *meaning* (references, types,
-return placement) and reports every problem at once.
+A program is data: a signature, named modules and a list of forward steps. Format 1 has ``call``,
+``map`` and one final ``return``; format 2 adds ``set``, ``if``, ``switch``, ``loop``, ``parallel`` and
+``return`` wherever a list of steps may end (``docs/format-2.md``). These models check the *shape*
+of a file; :mod:`stepbridge.validate` checks its *meaning* (references, types, flow, bounds) and
+reports every problem at once.
 
 Content hash: sha256 of the canonical JSON of the normalised model (see :func:`canonical_json`).
 Decisions: keys sorted; no insignificant whitespace; UTF-8 with non-ASCII kept as is; integral
@@ -19,7 +21,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,8 +32,11 @@ from pydantic import (
     Discriminator,
     Field,
     PrivateAttr,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
     Tag,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -40,12 +45,17 @@ from .signature import IDENTIFIER, Signature
 __all__ = [
     "BestOfNModule",
     "CallStep",
+    "Case",
     "ChainOfThoughtModule",
     "DspyModule",
+    "IfStep",
     "LMConfig",
+    "LoopSpec",
+    "LoopStep",
     "MapStep",
     "Module",
     "MultiChainComparisonModule",
+    "ParallelStep",
     "PredictModule",
     "Program",
     "ReactModule",
@@ -54,12 +64,18 @@ __all__ = [
     "RetrieverSpec",
     "ReturnStep",
     "RewardSpec",
+    "SetStep",
     "Step",
+    "SwitchStep",
     "ToolModule",
     "canonical_json",
+    "iter_steps",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSIONS = (1, 2)
+#: The step kinds of each format version (one kind key per step).
+STEP_KINDS = {1: ("call", "map", "return"), 2: ("call", "map", "return", "set", "if", "switch", "loop", "parallel")}
+MAX_LOOP = 10_000
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-.]*$"
 
 
@@ -291,7 +307,7 @@ class MapStep(_Strict):
     """Call a module once per element of the list ``over``; each element is ``$<item>``."""
 
     map: str = Field(max_length=200)
-    over: str = Field(max_length=500)
+    over: Any = Field(description="a list value: a reference such as $found.passages (format 2: any value)")
     item: str = Field(default="item", max_length=200)
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
     as_: str | None = Field(default=None, alias="as", max_length=200)
@@ -299,35 +315,150 @@ class MapStep(_Strict):
 
 
 class ReturnStep(_Strict):
-    """The program outputs. Exactly one, and last."""
+    """The program outputs; ends the run (format 1: exactly one, last; format 2: wherever steps end)."""
 
     return_: dict[str, Any] = Field(alias="return")
 
 
+class SetStep(_Strict):
+    """Bind or rebind variables (format 2); every value is computed before any is assigned."""
+
+    set: dict[str, Any] = Field(min_length=1, max_length=1000)
+
+
+def _keep_key(key: str, attr: str) -> Any:
+    """A serializer keeping a step's kind key even when its value is ``null`` (``if: null`` is a
+    valid, if pointless, condition; dropping the key would lose the step's kind)."""
+
+    def serialize(self: BaseModel, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        name = key if info.by_alias else attr
+        if isinstance(data, dict) and name not in data:
+            data = {name: None, **data}
+        return data
+
+    return model_serializer(mode="wrap")(serialize)
+
+
+class IfStep(_Strict):
+    """Run ``then`` when the condition is truthy, else ``else`` (format 2)."""
+
+    if_: Any = Field(alias="if", description="a condition: any value, read by truthiness")
+    then: list[Step] = Field(min_length=1, max_length=10_000)
+    else_: list[Step] | None = Field(default=None, alias="else", min_length=1, max_length=10_000)
+
+    _serialize = _keep_key("if", "if_")
+
+
+class Case(_Strict):
+    """One case of a ``switch``: a literal (or a list of literals) and the steps to run."""
+
+    when: Any = Field(description="a literal, or a list of literals (any of them matches)")
+    steps: list[Step] = Field(min_length=1, max_length=10_000)
+
+    _serialize = _keep_key("when", "when")
+
+
+class SwitchStep(_Strict):
+    """Run the first case whose ``when`` equals the value (JSON equality), else ``default`` (format 2)."""
+
+    switch: Any = Field(description="the value compared with each case's literals")
+    cases: list[Case] = Field(min_length=1, max_length=1000)
+    default: list[Step] | None = Field(default=None, min_length=1, max_length=10_000)
+
+    _serialize = _keep_key("switch", "switch")
+
+
+class LoopSpec(_Strict):
+    """A bounded loop: at most ``max`` passes; after each, stop when ``until`` is truthy; with
+    ``over``, one pass per element (bound to ``item``); ``index`` names the 0-based pass number."""
+
+    max: int = Field(ge=1, le=MAX_LOOP, description="the most passes the loop makes (required)")
+    steps: list[Step] = Field(min_length=1, max_length=10_000)
+    until: Any = Field(default=None, description="checked after each pass: stop when truthy")
+    over: Any = Field(default=None, description="a list: one pass per element (longer than max: the step fails)")
+    item: str = Field(default="item", max_length=200)
+    index: str | None = Field(default=None, max_length=200)
+
+
+class LoopStep(_Strict):
+    """``loop: {max, steps, until, over, item, index}`` (format 2)."""
+
+    loop: LoopSpec
+
+
+class ParallelStep(_Strict):
+    """Run the listed ``call`` steps concurrently; their results are bound when all have finished."""
+
+    parallel: list[CallStep] = Field(min_length=1, max_length=1000)
+
+
+_STEP_CLASSES: dict[type, str] = {CallStep: "call", MapStep: "map", ReturnStep: "return", SetStep: "set",
+                                  IfStep: "if", SwitchStep: "switch", LoopStep: "loop", ParallelStep: "parallel"}
+
+
 def _step_kind(value: Any) -> str | None:
     if isinstance(value, dict):
-        for key in ("call", "map", "return"):
+        for key in STEP_KINDS[2]:
             if key in value:
                 return key
         return None
-    kinds: dict[type, str] = {CallStep: "call", MapStep: "map", ReturnStep: "return"}
-    return kinds.get(type(value))
+    return _STEP_CLASSES.get(type(value))
 
 
 Step = Annotated[
-    Annotated[CallStep, Tag("call")] | Annotated[MapStep, Tag("map")] | Annotated[ReturnStep, Tag("return")],
+    Annotated[CallStep, Tag("call")] | Annotated[MapStep, Tag("map")] | Annotated[ReturnStep, Tag("return")]
+    | Annotated[SetStep, Tag("set")] | Annotated[IfStep, Tag("if")] | Annotated[SwitchStep, Tag("switch")]
+    | Annotated[LoopStep, Tag("loop")] | Annotated[ParallelStep, Tag("parallel")],
     Discriminator(
         _step_kind,
         custom_error_type="step_kind",
-        custom_error_message="a step needs one of the keys 'call', 'map' or 'return'",
+        custom_error_message="a step needs one of the keys 'call', 'map', 'return', 'set', 'if', 'switch', "
+                             "'loop' or 'parallel'",
     ),
 ]
+for _model in (IfStep, Case, SwitchStep, LoopSpec, LoopStep):
+    _model.model_rebuild()
+
+
+def step_kind(step: Any) -> str:
+    """``call``, ``map``, ``return``, ``set``, ``if``, ``switch``, ``loop`` or ``parallel``."""
+    return _STEP_CLASSES[type(step)]
+
+
+def child_lists(step: Any, pointer: str) -> list[tuple[str, list[Any]]]:
+    """The lists of steps directly inside ``step``, with their JSON pointers."""
+    if isinstance(step, IfStep):
+        out = [(f"{pointer}/then", step.then)]
+        if step.else_ is not None:
+            out.append((f"{pointer}/else", step.else_))
+        return out
+    if isinstance(step, SwitchStep):
+        out = [(f"{pointer}/cases/{i}/steps", case.steps) for i, case in enumerate(step.cases)]
+        if step.default is not None:
+            out.append((f"{pointer}/default", step.default))
+        return out
+    if isinstance(step, LoopStep):
+        return [(f"{pointer}/loop/steps", step.loop.steps)]
+    if isinstance(step, ParallelStep):
+        return [(f"{pointer}/parallel", list(step.parallel))]
+    return []
+
+
+def iter_steps(steps: list[Any], pointer: str = "/steps") -> Iterator[tuple[str, Any]]:
+    """Every step at any depth with its JSON pointer, in document order."""
+    todo = [(f"{pointer}/{i}", s) for i, s in enumerate(steps)][::-1]
+    while todo:
+        where, step = todo.pop()
+        yield where, step
+        for list_pointer, children in reversed(child_lists(step, where)):
+            todo.extend([(f"{list_pointer}/{i}", s) for i, s in enumerate(children)][::-1])
 
 
 class Program(_Strict):
     """A whole program file. Build one with :func:`stepbridge.load`, the builder, or ``model_validate``."""
 
-    stepbridge: Literal[1] = Field(description="format version")
+    stepbridge: Literal[1, 2] = Field(description="format version (2 adds control flow: docs/format-2.md)")
     name: str = Field(max_length=200, pattern=NAME_PATTERN)
     description: str | None = Field(default=None, max_length=100_000)
     signature: Signature
@@ -346,6 +477,14 @@ class Program(_Strict):
                 raise ValueError(f"invalid module name {name!r} (letters, digits and _; not starting with a digit)")
         return value
 
+    @model_validator(mode="after")
+    def _version_constructs(self) -> Program:
+        if self.stepbridge == 1:
+            for pointer, step in iter_steps(self.steps):
+                if step_kind(step) not in STEP_KINDS[1]:
+                    raise ValueError(f"{pointer}: '{step_kind(step)}' steps need 'stepbridge: 2'")
+        return self
+
     @cached_property
     def required_capabilities(self) -> frozenset[str]:
         """Adapter capabilities this program needs (checked by the core before any run)."""
@@ -359,15 +498,41 @@ class Program(_Strict):
                 needs.add("json_adapter")
         if self.lm is not None and self.lm.adapter == "json":
             needs.add("json_adapter")
-        if any(isinstance(s, MapStep) for s in self.steps):
-            needs.add("map")
+        for _, step in iter_steps(self.steps):
+            kind = step_kind(step)
+            if kind == "map":
+                needs.add("map")
+            elif kind == "parallel":
+                needs.add("parallel")
+            elif kind in ("set", "if", "switch", "loop"):
+                needs.add("control_flow")
+        if self.stepbridge == 2 and "control_flow" not in needs and self._uses_v2_values():
+            needs.add("control_flow")
         return frozenset(needs)
+
+    def _uses_v2_values(self) -> bool:
+        """Operations or references with paths anywhere in the values (format 2 only)."""
+        from .values import Op, Ref, parse_value, walk_values
+
+        for _, step in iter_steps(self.steps):
+            raw: list[Any] = []
+            if isinstance(step, CallStep):
+                raw.append(step.with_)
+            elif isinstance(step, MapStep):
+                raw += [step.with_, step.over]
+            elif isinstance(step, ReturnStep):
+                raw.append(step.return_)
+            for value in raw:
+                for _, node in walk_values(parse_value(value, version=2)):
+                    if isinstance(node, Op) or (isinstance(node, Ref) and len(node.path) > 1):
+                        return True
+        return False
 
     # -- identity --------------------------------------------------------------------------------
     def canonical(self) -> dict[str, Any]:
         """The normalised form the content hash is computed from."""
         data = self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
-        data["stepbridge"] = FORMAT_VERSION
+        data["stepbridge"] = self.stepbridge
         data["signature"] = self.signature.canonical()
         if data.get("lm") == {}:  # ``lm: {}`` sets nothing: the same program as no ``lm``
             del data["lm"]
@@ -440,11 +605,7 @@ class Program(_Strict):
             if mod.get("demos") == []:
                 del mod["demos"]
             modules[name] = {"type": mod.pop("type"), **mod}  # the type first: it says how to read the rest
-        for step in data.get("steps", []):
-            if step.get("with") == {}:
-                del step["with"]
-            if step.get("item") == "item" and "map" in step:
-                del step["item"]
+        _tidy_steps(data.get("steps", []))
         return data
 
     def to_json(self, *, indent: int | None = 2) -> str:
@@ -460,6 +621,28 @@ class Program(_Strict):
         path = Path(path)
         text = self.to_yaml() if path.suffix in (".yaml", ".yml") else self.to_json() + "\n"
         path.write_text(text, encoding="utf-8")
+
+
+def _tidy_steps(steps: list[Any]) -> None:
+    """Drop what a file leaves out (``with: {}``, ``item: item``) at every depth."""
+    for step in steps:
+        if not isinstance(step, dict):
+            continue
+        if step.get("with") == {}:
+            del step["with"]
+        if step.get("item") == "item" and "map" in step:
+            del step["item"]
+        loop = step.get("loop")
+        if isinstance(loop, dict):
+            if loop.get("item") == "item":
+                del loop["item"]
+            _tidy_steps(loop.get("steps") or [])
+        for key in ("then", "else", "default", "parallel"):
+            if isinstance(step.get(key), list):
+                _tidy_steps(step[key])
+        for case in step.get("cases") or []:
+            if isinstance(case, dict):
+                _tidy_steps(case.get("steps") or [])
 
 
 def _normalise(value: Any) -> Any:

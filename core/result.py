@@ -46,10 +46,11 @@ class LMCall(BaseModel):
 
 
 class StepTrace(BaseModel):
-    """One record per executed step (a ``map`` step's per-element calls are in ``children``)."""
+    """One record per executed step, in the order steps start (a ``map`` step's per-element calls and a
+    ``parallel`` step's calls are in ``children``; the steps inside ``if``/``switch``/``loop`` follow it)."""
 
     step: int
-    kind: str  # call | map | return
+    kind: str  # call | map | return | set | if | switch | loop | parallel
     module: str | None = None
     module_type: str | None = None
     inputs: dict[str, Any] = Field(default_factory=dict)
@@ -58,6 +59,10 @@ class StepTrace(BaseModel):
     children: list[StepTrace] = Field(default_factory=list)
     duration_ms: float = 0.0
     error: dict[str, Any] | None = None
+    #: JSON pointer of the step in the program (``/steps/1/loop/steps/0``); ``step`` is its top-level index
+    pointer: str = ""
+    #: inside loops: the 0-based pass number of each enclosing loop, outermost first
+    passes: list[int] = Field(default_factory=list)
 
 
 class RunResult(BaseModel):
@@ -76,6 +81,10 @@ class RunResult(BaseModel):
     def step_sequence(self) -> list[tuple[int, str, str | None]]:
         """(index, kind, module) per step: what equivalence across adapters compares."""
         return [(s.step, s.kind, s.module) for s in self.trace]
+
+    def flow_sequence(self) -> list[tuple[str, str, str | None, tuple[int, ...]]]:
+        """(pointer, kind, module, loop passes) per step: the same on every conformant adapter."""
+        return [(s.pointer, s.kind, s.module, tuple(s.passes)) for s in self.trace]
 
 
 def fast_construct(cls: type[_M], values: dict[str, Any]) -> _M:

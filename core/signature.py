@@ -34,7 +34,13 @@ class SignatureSyntaxError(ValueError):
 
 @dataclass(frozen=True)
 class TypeExpr:
-    """A parsed field type. ``kind`` is a scalar name, ``list``, ``dict``, ``literal`` or ``optional``."""
+    """A parsed field type. ``kind`` is a scalar name, ``list``, ``dict``, ``literal`` or ``optional``.
+
+    Static checks of format 2 also use three kinds no signature spells: ``any`` (statically unknown:
+    compatible with everything), ``never`` (the element type of an empty list literal ``[]``, which
+    later bindings refine) and ``record`` (a step's result or a mapping literal: ``args`` holds
+    ``(name, TypeExpr)`` pairs in order).
+    """
 
     kind: str
     args: tuple[Any, ...] = ()
@@ -42,6 +48,12 @@ class TypeExpr:
     def __str__(self) -> str:
         if self.kind in SCALARS:
             return self.kind
+        if self.kind == "any":
+            return "Any"
+        if self.kind == "never":
+            return "Never"
+        if self.kind == "record":
+            return "{" + ", ".join(f"{name}: {t}" for name, t in self.args) + "}"
         if self.kind == "list":
             return f"list[{self.args[0]}]"
         if self.kind == "dict":
@@ -61,6 +73,10 @@ class TypeExpr:
             return dict[str, self.args[0].annotation()]  # type: ignore[misc]
         if self.kind == "optional":
             return Optional[self.args[0].annotation()]  # noqa: UP045
+        if self.kind in ("any", "never"):
+            return Any
+        if self.kind == "record":
+            return dict[str, Any]
         return Literal[tuple(self.args)]
 
     @classmethod
@@ -107,13 +123,31 @@ class TypeExpr:
             )
         if k == "optional":
             return value is None or self.args[0].accepts(value)
+        if k == "any":
+            return True
+        if k == "never":
+            return False
+        if k == "record":
+            return isinstance(value, dict) and all(name in value and t.accepts(value[name]) for name, t in self.args)
         return any(value == v and type(value) is type(v) for v in self.args)
 
     def assignable_to(self, target: TypeExpr) -> bool:
         """Whether every value of this type is a valid value of ``target`` (producer -> consumer)."""
+        if self.kind in ("any", "never") or target.kind == "any":
+            return True
+        if target.kind == "never":
+            return False
+        if self.kind == "record":
+            if target.kind == "record":
+                mine = dict(self.args)
+                return all(name in mine and mine[name].assignable_to(t) for name, t in target.args)
+            if target.kind == "dict":
+                return all(t.assignable_to(target.args[0]) for _, t in self.args)
+            return False
         if target.kind == "optional":
             inner = target.args[0]
-            return self.assignable_to(inner) or (self.kind == "optional" and self.args[0].assignable_to(inner))
+            return (_is_none(self) or self.assignable_to(inner)
+                    or (self.kind == "optional" and self.args[0].assignable_to(inner)))
         if self.kind == "optional":
             return False
         if self.kind == "literal":
@@ -131,7 +165,82 @@ class TypeExpr:
 
     def element(self) -> TypeExpr | None:
         """The element type of a list (what ``map`` iterates over), else None."""
+        if self.kind == "any":
+            return self
         return self.args[0] if self.kind == "list" else None
+
+    def field(self, name: str) -> TypeExpr | None:
+        """The type of ``value.name`` (None: no such field). On a list, the field of every element."""
+        k = self.kind
+        if k in ("any", "never"):
+            return self
+        if k == "record":
+            return next((t for n, t in self.args if n == name), None)
+        if k == "dict":
+            return self.args[0]
+        if k == "list":
+            inner = self.args[0].field(name)
+            return TypeExpr("list", (inner,)) if inner is not None else None
+        if k == "optional":
+            inner = self.args[0].field(name)
+            return optional(inner) if inner is not None else None
+        return None
+
+    def join(self, other: TypeExpr) -> TypeExpr | None:
+        """The least type both are assignable to (None if there is none): how a name rebound on
+        several paths, or the elements of a list literal, get one type."""
+        a, b = self, other
+        if a == b or b.kind == "never" or a.kind == "any":
+            return a
+        if a.kind == "never" or b.kind == "any":
+            return b
+        if a.kind == "optional" or b.kind == "optional":
+            inner = (a.args[0] if a.kind == "optional" else a).join(b.args[0] if b.kind == "optional" else b)
+            return optional(inner) if inner is not None else None
+        if _is_none(a) or _is_none(b):
+            return optional(b if _is_none(a) else a)
+        if a.kind == "literal" and b.kind == "literal":
+            values = list(a.args) + [v for v in b.args if not any(v == w and type(v) is type(w) for w in a.args)]
+            return TypeExpr("literal", tuple(values))
+        if a.kind == "literal" or b.kind == "literal":
+            lit, other_t = (a, b) if a.kind == "literal" else (b, a)
+            return other_t if lit.assignable_to(other_t) else None
+        if {a.kind, b.kind} == {"int", "float"}:
+            return TypeExpr("float")
+        if a.kind == b.kind == "list" or a.kind == b.kind == "dict":
+            inner = a.args[0].join(b.args[0])
+            return TypeExpr(a.kind, (inner,)) if inner is not None else None
+        if a.kind == b.kind == "record":
+            theirs = dict(b.args)
+            fields = []
+            for name, t in a.args:
+                if name in theirs:
+                    joined = t.join(theirs[name])
+                    if joined is None:
+                        return None
+                    fields.append((name, joined))
+            return TypeExpr("record", tuple(fields))
+        if {a.kind, b.kind} == {"record", "dict"}:
+            rec, dct = (a, b) if a.kind == "record" else (b, a)
+            inner = dct.args[0]
+            for _, t in rec.args:
+                joined = inner.join(t)
+                if joined is None:
+                    return None
+                inner = joined
+            return TypeExpr("dict", (inner,))
+        return None
+
+
+def optional(inner: TypeExpr) -> TypeExpr:
+    """``Optional[inner]`` (not doubly wrapped; Any and null stay as they are)."""
+    if inner.kind in ("optional", "any") or _is_none(inner):
+        return inner
+    return TypeExpr("optional", (inner,))
+
+
+def _is_none(t: TypeExpr) -> bool:
+    return t.kind == "literal" and t.args == (None,)
 
 
 def _literal_repr(value: Any) -> str:

@@ -3,7 +3,8 @@
 Validation runs before anything executes. It checks shape (pydantic, per module and per step so
 one broken step does not hide the others) and meaning: modules and references exist, fields
 exist on their producers, required inputs are given, producer and consumer types agree, names are
-unique, exactly one ``return`` comes last. Unused results are warnings.
+bound on every path, every path returns (:mod:`stepbridge.flow` checks the steps). Unused results
+are warnings.
 """
 
 from __future__ import annotations
@@ -18,35 +19,31 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from .errors import InputValidationError, Issue, ProgramValidationError
+from .flow import check_steps
 from .interface import module_interface
 from .program import (
+    FORMAT_VERSIONS,
     MODULE_TYPES,
     MODULE_TYPES_V2,
     WRAPPABLE_TYPES,
     BestOfNModule,
-    CallStep,
     DspyModule,
     LMConfig,
-    MapStep,
     Module,
     MultiChainComparisonModule,
     Program,
     ReactModule,
     RefineModule,
     RetrieveModule,
-    ReturnStep,
-    Step,
     ToolModule,
 )
-from .references import Ref, ReferenceSyntaxError, find_refs, has_refs, parse_value
-from .signature import IDENTIFIER, Signature, SignatureSyntaxError, TypeExpr
+from .signature import IDENTIFIER, Signature, SignatureSyntaxError
 
 __all__ = ["check_inputs", "validate", "validate_data"]
 
 _module_adapter: TypeAdapter[Any] = TypeAdapter(Module)
-_step_adapter: TypeAdapter[Any] = TypeAdapter(Step)
 _TOP_KEYS = ("stepbridge", "name", "description", "signature", "lm", "modules", "steps")
-_TAGS = set(MODULE_TYPES) | {"call", "map", "return"}
+_TAGS = set(MODULE_TYPES) | {"call", "map", "return", "set", "if", "switch", "loop", "parallel"}
 _LM_HINT = "endpoints and secrets come from LM profiles (--lm / STEPBRIDGE_LM_*), never from a program file"
 
 
@@ -177,11 +174,11 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
         if key not in _TOP_KEYS:
             c.error(f"/{_esc(key)}", f"unknown key {key!r}", suggest(str(key), _TOP_KEYS))
     version = data.get("stepbridge")
-    if version != 1 or isinstance(version, bool):
+    if version not in FORMAT_VERSIONS or isinstance(version, bool):
         if version is None:
-            c.error("/stepbridge", "missing format version: add 'stepbridge: 1' at the top")
+            c.error("/stepbridge", "missing format version: add 'stepbridge: 1' (or 2) at the top")
         else:
-            c.error("/stepbridge", f"unsupported format version {version!r}: this stepbridge reads version 1")
+            c.error("/stepbridge", f"unsupported format version {version!r}: this stepbridge reads versions 1 and 2")
     name = data.get("name")
     if name is None or name == "":
         c.error("/name", "missing program name")
@@ -252,105 +249,10 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
     if not isinstance(raw_steps, list) or not raw_steps:
         c.error("/steps", "a program needs a non-empty list of steps ending with a 'return' step")
         raw_steps = raw_steps if isinstance(raw_steps, list) else []
-    steps: list[Any] = []
-    # scope: name -> (output fields -> type) ; "inputs" is the program inputs
-    produced: dict[str, dict[str, TypeExpr]] = {}
-    if signature is not None:
-        produced["inputs"] = {k: f.type_expr for k, f in signature.inputs.items()}
-    producer_step: dict[str, int] = {}
-    used: set[str] = set()
-    later_names = {s["as"]: i for i, s in enumerate(raw_steps) if isinstance(s, dict) and isinstance(s.get("as"), str)}
-    return_seen: list[int] = []
-
-    for index, raw in enumerate(raw_steps):
-        pointer = f"/steps/{index}"
-        if isinstance(raw, dict) and len([k for k in ("call", "map", "return") if k in raw]) > 1:
-            c.error(pointer, "a step has exactly one of 'call', 'map' or 'return'")
-            continue
-        if isinstance(raw, dict) and not any(k in raw for k in ("call", "map", "return")):
-            keys = [str(k) for k in raw]
-            hint = next((s for k in keys if (s := suggest(k, ["call", "map", "return"]))), None)
-            c.error(pointer, "unknown step type: a step needs one of the keys 'call', 'map' or 'return'", hint)
-            continue
-        try:
-            step = _step_adapter.validate_python(raw)
-        except ValidationError as exc:
-            c.pydantic(pointer, exc)
-            if isinstance(raw, dict) and "return" in raw:
-                return_seen.append(index)
-            as_ = raw.get("as") if isinstance(raw, dict) else None
-            if isinstance(as_, str) and IDENTIFIER.match(as_) and as_ not in produced and as_ != "inputs":
-                # the step is broken, but its name exists: do not report every later use as unknown
-                produced[as_] = {}
-                producer_step[as_] = index
-            continue
-        steps.append(step)
-        if isinstance(step, ReturnStep):
-            return_seen.append(index)
-            _check_args(step.return_, f"{pointer}/return", signature.outputs if signature else None,
-                        produced, used, c, later_names, index, kind="return")
-            continue
-
-        mname = step.call if isinstance(step, CallStep) else step.map
-        key = "call" if isinstance(step, CallStep) else "map"
-        sig = signatures.get(mname)
-        if mname not in raw_modules:
-            c.error(f"{pointer}/{key}", f"unknown module {mname!r}", suggest(mname, list(raw_modules)))
-        scope_extra: dict[str, dict[str, TypeExpr]] = {}
-        item_type: TypeExpr | None = None
-        if isinstance(step, MapStep):
-            if not IDENTIFIER.match(step.item) or step.item == "inputs":
-                c.error(f"{pointer}/item", f"invalid item name {step.item!r}")
-            try:
-                over = parse_value(step.over)
-            except ReferenceSyntaxError as exc:
-                c.error(f"{pointer}/over", str(exc))
-                over = None
-            if over is not None and not isinstance(over, Ref):
-                c.error(f"{pointer}/over", "'over' must be a reference to a list, e.g. $found.passages")
-            elif isinstance(over, Ref):
-                over_type = _ref_type(over, f"{pointer}/over", produced, used, c, later_names, index)
-                if over_type is not None:
-                    item_type = over_type.element()
-                    if item_type is None:
-                        c.error(f"{pointer}/over", f"{over} is {over_type}, not a list")
-            if step.item in produced and step.item != "inputs":
-                c.error(f"{pointer}/item", f"item name {step.item!r} shadows an earlier result")
-            scope_extra[step.item] = {"": item_type or TypeExpr("str")}
-        _check_args(step.with_, f"{pointer}/with", sig.inputs if sig else None,
-                    {**produced, **scope_extra}, used, c, later_names, index, kind="with")
-        if step.as_ is not None:
-            if not IDENTIFIER.match(step.as_):
-                c.error(f"{pointer}/as", f"invalid result name {step.as_!r}")
-            elif step.as_ == "inputs":
-                c.error(f"{pointer}/as", "'inputs' is reserved for the program inputs")
-            elif step.as_ in produced:
-                c.error(f"{pointer}/as", f"duplicate result name {step.as_!r} (first produced by step "
-                        f"{producer_step.get(step.as_)})")
-            elif sig is not None:
-                outs = {k: f.type_expr for k, f in sig.outputs.items()}
-                if isinstance(step, MapStep):
-                    outs = {k: TypeExpr("list", (t,)) for k, t in outs.items()}
-                produced[step.as_] = outs
-                producer_step[step.as_] = index
-            else:
-                produced[step.as_] = {}
-                producer_step[step.as_] = index
-
-    if raw_steps and not return_seen:
-        c.error("/steps", "missing 'return' step: end the steps with return: {<output>: $<name>.<field>}")
-    if len(return_seen) > 1:
-        for i in return_seen[1:]:
-            c.error(f"/steps/{i}", "a program has exactly one 'return' step")
-    if return_seen and return_seen[0] != len(raw_steps) - 1:
-        c.error(f"/steps/{return_seen[0]}", "the 'return' step must be the last step")
-    for name, index in producer_step.items():
-        if name not in used:
-            c.warning(f"/steps/{index}/as", f"result {name!r} is never used")
+    report = check_steps(raw_steps, version=version if version in (1, 2) else 2, c=c, signature=signature,
+                         modules=modules, signatures=signatures, module_names=list(raw_modules), suggest=suggest)
     for mname in raw_modules:
-        if mname in modules and not any(
-            getattr(s, "call", None) == mname or getattr(s, "map", None) == mname for s in steps
-        ):
+        if mname in modules and mname not in report.called:
             c.warning(f"/modules/{_esc(mname)}", f"module {mname!r} is never called")
 
     if any(i.severity == "error" for i in c.issues):
@@ -505,85 +407,6 @@ def _check_finite(value: Any, pointer: str, c: _Collector) -> None:
             todo.extend((v, f"{where}/{_esc(k)}") for k, v in item.items())
         elif isinstance(item, list):
             todo.extend((v, f"{where}/{i}") for i, v in enumerate(item))
-
-
-def _ref_type(
-    ref: Ref,
-    pointer: str,
-    produced: dict[str, dict[str, TypeExpr]],
-    used: set[str],
-    c: _Collector,
-    later: dict[Any, int],
-    index: int,
-) -> TypeExpr | None:
-    if ref.source not in produced:
-        if ref.source in later and later[ref.source] >= index:
-            c.error(pointer, f"{ref} is used before step {later[ref.source]} produces it")
-        else:
-            hint = suggest(ref.source, list(produced))
-            c.error(pointer, f"unknown reference {ref}", f"${hint}" if hint else None)
-        return None
-    used.add(ref.source)
-    fields = produced[ref.source]
-    if "" in fields:  # a map item: bare reference
-        item_type = fields[""]
-        if ref.field is None:
-            return item_type
-        if item_type.kind == "dict":
-            return item_type.args[0]
-        c.error(pointer, f"{ref}: the item is {item_type}, it has no field {ref.field!r}")
-        return None
-    if ref.field is None:
-        c.error(pointer, f"{ref} needs a field: ${ref.source}.<field> (one of: {', '.join(fields) or 'none'})")
-        return None
-    if not fields:
-        return None  # producer unknown (already reported)
-    if ref.field not in fields:
-        hint = suggest(ref.field, list(fields))
-        what = "program inputs have" if ref.source == "inputs" else f"{ref.source!r} has"
-        c.error(pointer, f"unknown field {ref.field!r}: {what} {', '.join(fields)}",
-                f"${ref.source}.{hint}" if hint else None)
-        return None
-    return fields[ref.field]
-
-
-def _check_args(
-    args: dict[str, Any],
-    pointer: str,
-    targets: dict[str, Any] | None,
-    produced: dict[str, dict[str, TypeExpr]],
-    used: set[str],
-    c: _Collector,
-    later: dict[Any, int],
-    index: int,
-    *,
-    kind: str,
-) -> None:
-    for key, raw in args.items():
-        arg_pointer = f"{pointer}/{_esc(key)}"
-        try:
-            parsed = parse_value(raw)
-        except ReferenceSyntaxError as exc:
-            c.error(arg_pointer, str(exc))
-            continue
-        target = targets.get(key) if targets is not None else None
-        if targets is not None and target is None:
-            what = "a program output" if kind == "return" else "an input of this module"
-            c.error(arg_pointer, f"{key!r} is not {what} (expected: {', '.join(targets) or 'none'})",
-                    suggest(key, list(targets)))
-        for sub_pointer, ref in find_refs(parsed, arg_pointer):
-            rtype = _ref_type(ref, sub_pointer, produced, used, c, later, index)
-            if isinstance(parsed, Ref) and rtype is not None and target is not None:
-                want = target.type_expr
-                if not rtype.assignable_to(want):
-                    c.error(sub_pointer, f"type mismatch: {ref} is {rtype} but {key!r} expects {want}")
-        if not has_refs(parsed) and target is not None and not target.type_expr.accepts(parsed):
-            c.error(arg_pointer, f"type mismatch: literal {raw!r} is not a {target.type_expr}")
-    if targets is not None:
-        for name, spec in targets.items():
-            if name not in args and spec.type_expr.kind != "optional":
-                what = "program output" if kind == "return" else "required input"
-                c.error(pointer, f"missing {what} {name!r}")
 
 
 def check_inputs(program: Program, inputs: Any) -> dict[str, Any]:

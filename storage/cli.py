@@ -262,7 +262,10 @@ def _short(value: Any, limit: int = 200) -> str:
 
 
 def _add_step(parent: Tree, step: Any, full: bool) -> None:
-    label = f"[bold]{step.step}[/] {step.kind}"
+    pointer = getattr(step, "pointer", "") or ""
+    where = str(step.step) if pointer in ("", f"/steps/{step.step}") else escape(pointer)  # nested (format 2)
+    passes = getattr(step, "passes", None)
+    label = f"[bold]{where}[/] {step.kind}" + (f" [dim]pass {'.'.join(map(str, passes))}[/]" if passes else "")
     if step.module:
         label += f" [cyan]{step.module}[/]"
     if step.module_type:

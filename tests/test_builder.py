@@ -105,3 +105,96 @@ def test_tool_and_literals() -> None:
     assert b.to_dict()["steps"][0]["with"] == {"question": "$inputs.question", "n": 2}
     with pytest.raises(ProgramValidationError, match="unknown tool 'no_such_tool'"):
         b.build()
+
+
+# -- format 2 ----------------------------------------------------------------------------------------
+
+
+def test_builder_multihop_loop_equals_the_file() -> None:
+    from stepbridge.builder import ops
+
+    b = ProgramBuilder("multihop_loop", "question -> answer, hops: int, context: list[str]", description=(
+        "Multi-hop search that loops until it has enough context: each pass names the next lead from what it "
+        "has found so far, retrieves, and merges the new passages into the context; it stops when it holds four "
+        "passages or a pass finds nothing new (at most four passes)."), lm={"temperature": 0.0})
+    next_hop = b.chain_of_thought("next_hop", "context: list[str], question -> lead", instructions=(
+        "Name the lead to look up next: the sentence of the context (or the question, when the context is empty) "
+        "that says the most about what the question is still missing."))
+    search = b.retrieve("search", corpus="data/wiki.jsonl", k=2)
+    answer = b.chain_of_thought("answer", "context: list[str], question -> answer",
+                                instructions="Answer the question using only the context.")
+    v = b.set(context=[], hops=0)
+    with b.loop(max=4) as loop:
+        hop = b.call(next_hop, as_="hop", context=v.context, question=b.inputs.question)
+        found = b.call(search, as_="found", query=hop.lead)
+        merged = b.set(merged=ops.dedupe(ops.concat(v.context, found.passages))).merged
+        grew = b.set(grew=ops.gt(ops.len(merged), ops.len(v.context)), context=merged,
+                     hops=ops.add(v.hops, 1)).grew
+        loop.until(ops.or_(ops.not_(grew), ops.ge(ops.len(v.context), 4)))
+    result = b.call(answer, as_="result", context=v.context, question=b.inputs.question)
+    program = b.returns(answer=result.answer, hops=v.hops, context=v.context).build(base_dir=EXAMPLES)
+    from_file = load_program(EXAMPLES / "multihop_loop.yaml")
+    assert program.stepbridge == 2
+    assert program.to_dict() == from_file.to_dict()
+    assert program.content_hash == from_file.content_hash
+
+
+def test_builder_router_equals_the_file() -> None:
+    from stepbridge.builder import ops
+
+    routes = "Literal['other', 'place', 'person']"
+    b = ProgramBuilder("router", f"question -> answer, route: {routes}", description=(
+        "Route a question by an LM classification (a Literal output) to different modules: questions about a "
+        "place get retrieval and a chain of thought, questions about a person get a lookup and an extraction, "
+        "anything else a direct answer."), lm={"temperature": 0.0})
+    classify = b.predict("classify", f"question -> kind: {routes}",
+                         instructions="Say whether the question asks about a place, a person, or something else.")
+    search = b.retrieve("search", corpus="data/wiki.jsonl", k=2)
+    place = b.chain_of_thought("place_answer", "context: list[str], question -> answer",
+                               instructions="Answer the question about a place using only the context.")
+    person = b.predict("person_fact", "passage, question -> answer",
+                       instructions="Quote what the passage says about the person the question asks about.")
+    direct = b.predict("direct", "question -> answer")
+    route = b.call(classify, as_="route", question=b.inputs.question)
+    with b.switch(route.kind) as sw:
+        with sw.case("place"):
+            found = b.call(search, as_="found", query=b.inputs.question)
+            b.call(place, as_="result", context=found.passages, question=b.inputs.question)
+        with sw.case("person"):
+            found = b.call(search, as_="found", query=b.inputs.question)
+            b.call(person, as_="result", passage=ops.index(found.passages, 0), question=b.inputs.question)
+        with sw.default():
+            b.call(direct, as_="result", question=b.inputs.question)
+    program = b.returns(answer=b.ref("result", "answer"), route=route.kind).build(base_dir=EXAMPLES)
+    assert program.content_hash == load_program(EXAMPLES / "router.yaml").content_hash
+
+
+def test_builder_if_else_parallel_and_paths() -> None:
+    from stepbridge.builder import ops
+
+    b = ProgramBuilder("p", "question -> answer")
+    pred = b.predict("pred", "question -> answer")
+    with b.parallel():
+        a = b.call(pred, as_="a", question=b.inputs.question)
+        c = b.call(pred, as_="c", question=ops.template("again: {q}", q=b.inputs.question))
+    state = b.set(both={"first": a.answer, "second": c.answer})
+    assert state.both.first == "$both.first"
+    with b.if_(ops.eq(state.both.first, state.both.second)):
+        b.returns(answer=state.both.first)
+    with b.else_():
+        b.returns(answer=ops.join([a.answer, c.answer], " / "))
+    data = b.to_dict()
+    assert data["stepbridge"] == 2
+    assert data["steps"][2] == {"if": {"$eq": ["$both.first", "$both.second"]},
+                                "then": [{"return": {"answer": "$both.first"}}],
+                                "else": [{"return": {"answer": {"$join": [["$a.answer", "$c.answer"], " / "]}}}]}
+    program = b.build()
+    assert program.required_capabilities == {"control_flow", "parallel"}
+    with pytest.raises(ValueError, match="only call steps"), b.parallel():
+        b.set(x=1)
+    with pytest.raises(ValueError, match="must follow an if_"), b.else_():
+        pass
+
+
+def test_builder_stays_format_1_without_format_2_constructs() -> None:
+    assert rag_builder().to_dict()["stepbridge"] == 1

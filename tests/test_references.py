@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from stepbridge.errors import OperationError
 from stepbridge.references import Ref, ReferenceSyntaxError, find_refs, has_refs, parse_value, resolve
 
 identifiers = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True)
@@ -77,7 +78,7 @@ def test_reference_shapes() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["$", "$1abc", "$a.b.c", "$a b", "$a.", "$.a", "$a-b", "$a.b\n", "$a\n", "$inputs.q[0]", "${a}", "$a.b "],
+    ["$", "$1abc", "$a b", "$a.", "$.a", "$a-b", "$a.b\n", "$a\n", "$inputs.q[0]", "${a}", "$a.b "],
 )
 def test_malformed_references_raise(text: str) -> None:
     with pytest.raises(ReferenceSyntaxError, match=r"malformed reference.*\$\$"):
@@ -106,8 +107,14 @@ def test_resolve_on_a_map_result_gives_the_field_of_every_element_in_order() -> 
     assert resolve(parse_value("$extracted"), scope) == scope["extracted"]
 
 
-def test_resolve_unknown_names_raise_key_error() -> None:
+def test_format_1_paths_need_format_2() -> None:
+    with pytest.raises(ReferenceSyntaxError, match="need 'stepbridge: 2'"):
+        parse_value("$a.b.c")
+    assert parse_value("$a.b.c", version=2) == Ref("a", "b", "c")
+
+
+def test_resolve_unknown_names_raise_key_error_and_missing_fields_a_typed_error() -> None:
     with pytest.raises(KeyError):
-        resolve(Ref("missing", "x"), {})
-    with pytest.raises(KeyError):
+        resolve(Ref("missing", "x"), {})  # validation never lets this happen
+    with pytest.raises(OperationError, match="has no field 'nope'"):
         resolve(Ref("found", "nope"), {"found": {"passages": []}})

@@ -10,7 +10,8 @@ def test_fast_construct_equals_validated_model() -> None:
             "latency_ms": 1.5, "cached": False, "error": None}
     assert fast_construct(LMCall, dict(call)) == LMCall(**call)
     step = {"step": 0, "kind": "call", "module": "m", "module_type": "predict", "inputs": {"q": 1},
-            "outputs": {"a": 2}, "lm_calls": [LMCall(**call)], "children": [], "duration_ms": 2.0, "error": None}
+            "outputs": {"a": 2}, "lm_calls": [LMCall(**call)], "children": [], "duration_ms": 2.0, "error": None,
+                "pointer": "/steps/0/loop/steps/1", "passes": [2]}
     fast = fast_construct(StepTrace, dict(step))
     assert fast == StepTrace(**step)
     assert fast.model_dump() == StepTrace(**step).model_dump()

@@ -250,6 +250,36 @@ def test_sigkill_chaos_1000_runs(pool_kwargs: dict[str, Any]) -> None:
     _chaos(1000, pool_kwargs)
 
 
+def test_a_stalled_router_loop_loses_no_worker_and_retries_nothing(pool_kwargs: dict[str, Any]) -> None:
+    """The flood test's flake (issue 9 item 0): the application blocking the event loop that hosts the
+    router for several heartbeat windows made workers "lose the router" and the router its workers. A
+    busy loop is not a dead peer: the router judges silence on what has arrived, workers judge the
+    connection by the transport's own heartbeats."""
+    nap = validate_data(h.tool_program("sbtest_nap", "nap"))
+
+    async def go() -> None:
+        pool = PoolAdapter(workers=2, capacity=4, **pool_kwargs)  # liveness window: 3 x 0.25 s
+        await pool.start()
+        try:
+            router = pool.router
+            assert router is not None
+            await router.wait_ready(2, 60)
+            identities = set(router.workers)
+            tasks = [asyncio.ensure_future(pool.run(nap, {"seconds": 0.3}, RunOptions())) for _ in range(8)]
+            await wait_for(lambda: router.status()["in_flight"] == 8, what="all running")
+            time.sleep(3.0)  # block the router's loop for four liveness windows (a caller hogging it)
+            results = await asyncio.gather(*tasks)
+            assert [r.outputs for r in results] == [{"slept": 0.3}] * 8
+            assert all(r.attempts == 1 for r in results)
+            await asyncio.sleep(4 * 0.25 * 3)  # and a few windows after
+            assert set(router.workers) == identities
+            assert router.stats["workers_lost"] == 0 and router.stats["retried"] == 0
+        finally:
+            await pool.aclose()
+
+    asyncio.run(go())
+
+
 def test_sigstop_moves_requests_and_drops_late_replies(pool_kwargs: dict[str, Any]) -> None:
     nap = validate_data(h.tool_program("sbtest_nap", "nap"))
 
@@ -260,8 +290,9 @@ def test_sigstop_moves_requests_and_drops_late_replies(pool_kwargs: dict[str, An
             router = pool.router
             assert router is not None
             # a second, external worker (not a child of the pool) that we will freeze
-            ext = subprocess.Popen([sys.executable, "-m", "stepbridge.bridge.worker", "--connect", router.address,
-                                    "--backend", "sbtest_helpers:make_adapter", "--capacity", "4",
+            ext = subprocess.Popen([sys.executable, "-m", "stepbridge.bridge.worker",
+                                    "--connect", router.worker_address, "--backend", "sbtest_helpers:make_adapter",
+                                    "--capacity", "4",
                                     "--heartbeat", "0.25", "--liveness", "1000", "--worker-id", "external"],
                                    env=worker_env())
             try:
@@ -276,8 +307,8 @@ def test_sigstop_moves_requests_and_drops_late_replies(pool_kwargs: dict[str, An
                 assert all(r.worker != "external" or r.attempts == 1 for r in results)
                 assert any(r.attempts > 1 for r in results)
                 os.kill(ext.pid, signal.SIGCONT)
-                await wait_for(lambda: router.stats["stale_replies"] > 0, what="late replies dropped")
-                # the woken worker reconnects under a new identity and serves again
+                # the woken worker reconnects under a new identity and serves again (whatever it still
+                # answers for its old identity is dropped: see the frozen-worker test below)
                 await wait_for(lambda: sum(w.worker_id == "external" for w in router.workers.values()) == 1,
                                what="external rejoined")
                 more = await asyncio.gather(*(runner.run(nap, {"seconds": 0.01}) for _ in range(10)))
@@ -285,6 +316,39 @@ def test_sigstop_moves_requests_and_drops_late_replies(pool_kwargs: dict[str, An
             finally:
                 ext.kill()
                 ext.wait()
+
+    asyncio.run(go())
+
+
+def test_a_reply_after_the_router_gave_up_is_dropped_and_the_caller_answered_once(
+        pool_kwargs: dict[str, Any]) -> None:
+    """An external worker whose loop freezes (a program blocking it) goes silent; the router fails its
+    request (one attempt allowed) and forgets it. When the loop thaws, its reply leaves before any
+    heartbeat: it is counted as stale and dropped, and the caller keeps the one answer it had."""
+    freeze = validate_data(h.tool_program("sbtest_freeze", "freeze"))
+    nap = validate_data(h.tool_program("sbtest_nap", "nap"))
+
+    async def go() -> None:
+        pool = PoolAdapter(workers=0, max_attempts=1, **pool_kwargs)
+        await pool.start()
+        router = pool.router
+        assert router is not None
+        ext = subprocess.Popen([sys.executable, "-m", "stepbridge.bridge.worker", "--connect", router.worker_address,
+                                "--backend", "sbtest_helpers:make_adapter", "--capacity", "1", "--heartbeat",
+                                "0.25", "--worker-id", "external"], env=worker_env())
+        try:
+            await router.wait_ready(1, 60)
+            with pytest.raises(WorkerLostError) as lost:
+                await pool.run(freeze, {"seconds": 3.0}, RunOptions())
+            assert lost.value.attempts == 1 and router.stats["stale_replies"] == 0
+            await wait_for(lambda: router.stats["stale_replies"] == 1, what="the late reply")
+            await router.wait_ready(1, 60)  # it rejoined under a new identity
+            assert (await pool.run(nap, {"seconds": 0.01}, RunOptions())).outputs == {"slept": 0.01}
+            assert router.stats["succeeded"] == 1 and router.stats["failed"] == 1
+        finally:
+            ext.kill()
+            ext.wait()
+            await pool.aclose()
 
     asyncio.run(go())
 
@@ -301,7 +365,7 @@ def test_garbage_frames_wrong_version_and_oversized_are_refused(pool_kwargs: dic
             assert router is not None
             ctx = zmq.asyncio.Context()
             raw = ctx.socket(zmq.DEALER)
-            raw.connect(router.address)
+            raw.connect(router.worker_address)
             try:
                 garbage = [[b"hello"], [b"\x00" * 7, b"x", b"y", b"z"], [p.header(), b"\xff", b"", b""],
                            [p.header(), bytes([p.Command.READY]), b"", b"\xc1\xc1"],
@@ -331,19 +395,34 @@ def test_garbage_frames_wrong_version_and_oversized_are_refused(pool_kwargs: dic
     assert "version" in text and "refused" in text and "bad protocol id" in text
 
 
-def test_crash_looping_workers_are_quarantined(pool_kwargs: dict[str, Any]) -> None:
+def test_quarantine_fails_queued_and_new_requests_alike(pool_kwargs: dict[str, Any]) -> None:
+    """Requests queued while every local slot gets quarantined fail at once with the WorkerLostError a new
+    submission gets (with ``retry_after``), instead of waiting out the quarantine (issue 9 item 8)."""
+    from stepbridge.bridge import PoolConfig
     from stepbridge.bridge.router import Router
 
+    echo = validate_data(h.ECHO)
+
     async def go() -> None:
-        router = Router(workers=1, backend="sbtest_helpers:crashing_adapter", quarantine_after=3,
-                        expected_capabilities=frozenset({"retrieve"}), worker_env=pool_kwargs["worker_env"])
+        router = Router(PoolConfig(workers=1, backend="sbtest_helpers:crashing_adapter", quarantine_after=3,
+                                   quarantine_time=3600, worker_env=pool_kwargs["worker_env"]),
+                        expected_capabilities=frozenset({"retrieve"}))
         await router.start()
         try:
-            await wait_for(lambda: router.slots[0].state == "quarantined", 60, "quarantine")
-            job = router.make_job(validate_data(h.ECHO), {"question": "x"}, RunOptions())
-            with pytest.raises(WorkerLostError):
-                await router.enqueue(job)
-            assert router.status()["slots"][0]["crashes"] >= 3
+            queued = [asyncio.ensure_future(router.submit(echo, {"question": str(i)}, RunOptions()))
+                      for i in range(5)]
+            await asyncio.sleep(0)
+            assert len(router.queue) == 5 and router.scheduler.slots[0].state != "quarantined"
+            # bounded only so that a regression fails instead of waiting an hour
+            outcomes = await asyncio.wait_for(asyncio.gather(*queued, return_exceptions=True), 120)
+            assert router.scheduler.slots[0].state == "quarantined"
+            assert all(isinstance(o, WorkerLostError) for o in outcomes), outcomes
+            assert all(o.retry_after is not None and o.retry_after > 3000 for o in outcomes)  # type: ignore[union-attr]
+            with pytest.raises(WorkerLostError) as new:
+                await router.submit(echo, {"question": "new"}, RunOptions())
+            assert new.value.retry_after is not None and new.value.retry_after > 3000
+            assert type(new.value) is type(outcomes[0]) and "quarantined" in str(new.value)
+            assert router.status()["slots"][0]["crashes"] >= 3 and not router.queue
         finally:
             await router.close()
 
@@ -364,17 +443,17 @@ def test_curve_tcp_refuses_wrong_key(tmp_path: Path, pool_kwargs: dict[str, Any]
     echo = validate_data(h.ECHO)
 
     async def go() -> None:
-        pool = PoolAdapter(workers=1, capacity=4, bind="tcp://127.0.0.1:*", curve_secret=broker_secret,
-                           allowed_clients=allowed, **pool_kwargs)
+        pool = PoolAdapter(workers=1, capacity=4, worker_bind="tcp://127.0.0.1:*", curve_secret=broker_secret,
+                           curve_workers=allowed, **pool_kwargs)
         await pool.start()
         router = pool.router
         assert router is not None
         try:
-            assert router.address.startswith("tcp://127.0.0.1:")
+            assert router.worker_address.startswith("tcp://127.0.0.1:")
 
             def spawn(secret: Path, wid: str) -> subprocess.Popen[bytes]:
                 return subprocess.Popen([sys.executable, "-m", "stepbridge.bridge.worker", "--connect",
-                                         router.address, "--backend", "sbtest_helpers:make_adapter",
+                                         router.worker_address, "--backend", "sbtest_helpers:make_adapter",
                                          "--curve-secret", str(secret), "--curve-server", str(broker_public),
                                          "--heartbeat", "0.25", "--worker-id", wid], env=worker_env())
 
@@ -461,7 +540,7 @@ def test_flood_10000_against_queue_of_1000_memory_stays_bounded(pool_kwargs: dic
             assert max_queue <= 1000
             assert router.stats["saturated"] == len(saturated)
             # nothing left behind: queue, waiters, job table
-            assert not router.queue and not router._room_waiters and not router._jobs
+            assert not router.queue and not router._room_waiters and not router.scheduler.jobs
             assert all(not w.inflight for w in router.workers.values())
             # a memory bound, not a timing threshold
             growth, peak_growth = after - before, peak - before
