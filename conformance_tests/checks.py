@@ -373,22 +373,41 @@ def trace_labels(trace: Any) -> dict[str, str]:
     return labels
 
 
-def expected_fields_difference(expected: list[dict[str, Any]], bodies: list[Any]) -> str | None:
-    """The first request (in order) that lacks a field value a case expects; None when all match.
-    An expected value of ``None`` means the field must not be sent."""
+def _subset_difference(expected: Any, actual: Any, path: str) -> str | None:
+    """Where ``actual`` lacks what ``expected`` states: a dict states only its own keys (recursively)."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        for key, value in expected.items():
+            if key not in actual:
+                return f"{path}/{key}: missing (expected {short(value)})"
+            diff = _subset_difference(value, actual[key], f"{path}/{key}")
+            if diff:
+                return diff
+        return None
+    return None if same(expected, actual) else f"{path}: expected {short(expected)}, got {short(actual)}"
+
+
+def expected_fields_difference(expected: list[dict[str, Any]], bodies: list[Any]) -> tuple[str, str] | None:
+    """(field, description) of the first request (in order) that lacks a field value a case expects; None when
+    all match.
+    An expected value of ``None`` means the field must not be sent; an expected mapping states only the
+    keys it names (``response_format: {type: json_schema}``)."""
     norm = [normalise_request(b) for b in bodies]
     for i, fields in enumerate(expected):
         if i >= len(norm):
-            return f"request {i + 1} was never sent (expected {len(expected)} requests, the LM received {len(norm)})"
+            return "requests", (f"request {i + 1} was never sent (expected {len(expected)} requests, the LM "
+                                f"received {len(norm)})")
         for key, value in fields.items():
             got = norm[i].get(key)
             if value is None and key in norm[i]:
-                return f"request {i + 1}: {key} should not be sent, the adapter sent {short(got)}"
-            if value is not None and not same(value, got):
-                return (f"request {i + 1}: {key} should be {short(value)}, the adapter sent "
-                        f"{short(got) if key in norm[i] else 'none'}")
+                return key, f"request {i + 1}: {key} should not be sent, the adapter sent {short(got)}"
+            if value is not None and key not in norm[i]:
+                return key, f"request {i + 1}: {key} should be {short(value)}, the adapter sent none"
+            diff = _subset_difference(value, got, key) if value is not None else None
+            if diff:
+                return key, (f"request {i + 1}: {diff}" if isinstance(value, dict) else
+                             f"request {i + 1}: {key} should be {short(value)}, the adapter sent {short(got)}")
     if len(norm) > len(expected):
-        return f"{len(norm) - len(expected)} request(s) more than the {len(expected)} expected"
+        return "requests", f"{len(norm) - len(expected)} request(s) more than the {len(expected)} expected"
     return None
 
 

@@ -259,7 +259,7 @@ class AdapterConformance(BehaviourTests):
             fail(f"{what}: the LM received other requests than the case expects",
                  expected=f"{len(run.requests or [])} request(s) with the fields {run.requests}",
                  actual=f"{len(seen.bodies)} request(s); the run {describe_outcome(seen.result, seen.error)}",
-                 difference=request_diff, look_at="lm_settings")
+                 difference=request_diff[1], look_at=_look_for(request_diff[0]))
         if run.error is not None or seen.error is not None or run.outputs is not None:
             self._judge_case(h, run, seen, what)
         if run.lm_requests is not None and len(seen.bodies) != run.lm_requests:
@@ -405,7 +405,7 @@ def _trace_of(seen: Observed) -> Any:
 
 
 def _look_for(field: str) -> tuple[str, ...]:
-    """The part of the protocol a request difference in ``field`` points at."""
+    """The part of the protocol a request difference in ``field`` points at (``requests``: how many)."""
     if field in ("model", "temperature", "max_tokens", "n"):
         return ("lm_settings",)
     if field == "response_format":
@@ -414,6 +414,8 @@ def _look_for(field: str) -> tuple[str, ...]:
         return ("inputs", "prompt")
     if field.startswith("messages"):
         return ("prompt",)
+    if field == "requests":
+        return ("retries", "prompt")
     return ("prompt", "retries")
 
 
