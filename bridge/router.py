@@ -169,7 +169,7 @@ class Router:
         self._program_meta: dict[str, tuple[frozenset[str], bool, bool]] = {}  # needs, side effects, has data
         self._client_jobs: dict[tuple[bytes, bytes], PoolJob] = {}
         self._files = LocalFiles()  # local mode: the callers' own corpora
-        self._blobs = BlobStore(c.data_cache_bytes)  # broker mode: corpora clients shipped
+        self._blobs = BlobStore(c.broker_data_bytes)  # broker mode: corpora clients shipped
         self._verifying: dict[str, asyncio.Future[bool]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._rid_prefix = os.urandom(4)  # request ids: unique per router (a restarted broker is another)

@@ -42,7 +42,7 @@ MAX_VALUE_DEPTH = 64
 MAX_INT = 2**63 - 1
 #: Work one run's value operations may do in total (elements and object entries touched, text per 64
 #: characters): a loop may rebuild a growing value on every pass, each pass bounded, the sum not.
-MAX_WORK = 200_000_000
+MAX_WORK = 20_000_000
 _WORK: ContextVar[list[int] | None] = ContextVar("stepbridge_operation_work", default=None)
 _FLAT = frozenset({str, int, float, bool, type(None)})
 _STR_ONLY = {str}

@@ -397,16 +397,22 @@ def _check_judge(name: str, module: BestOfNModule | RefineModule, modules: dict[
 
 
 def _check_finite(value: Any, pointer: str, c: _Collector) -> None:
-    """NaN and infinity have no canonical JSON form (and so no content hash)."""
-    todo = [(value, pointer)]
+    """NaN and infinity have no canonical JSON form (and so no content hash). Pointers are built only
+    for what is reported (a parent chain, not a string per value: deep data stays linear)."""
+    todo: list[tuple[Any, Any]] = [(value, None)]
     while todo:
         item, where = todo.pop()
         if isinstance(item, float) and not math.isfinite(item):
-            c.error(where, f"{item} is not allowed in a program (no NaN or infinity)")
+            parts = []
+            while where is not None:
+                where, key = where
+                parts.append(key)
+            c.error(pointer + "".join(f"/{_esc(k)}" for k in reversed(parts)),
+                    f"{item} is not allowed in a program (no NaN or infinity)")
         elif isinstance(item, dict):
-            todo.extend((v, f"{where}/{_esc(k)}") for k, v in item.items())
+            todo.extend((v, (where, k)) for k, v in item.items())
         elif isinstance(item, list):
-            todo.extend((v, f"{where}/{i}") for i, v in enumerate(item))
+            todo.extend((v, (where, i)) for i, v in enumerate(item))
 
 
 def check_inputs(program: Program, inputs: Any) -> dict[str, Any]:

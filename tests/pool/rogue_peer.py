@@ -10,6 +10,7 @@ Attacks:
 - ``program ADDR HASH``: ask for a program definition by hash (PROGRAM_GET).
 - ``data ADDR HASH``: ask for a data file by hash (DATA_GET).
 - ``passwd ADDR``: submit a program whose corpus is ``passwd`` with ``base_dir: /etc`` (the old wire field).
+- ``baddata ADDR HASH``: ship bytes that do not hash to HASH under HASH, then submit a request naming it.
 - ``worker-fetch ADDR HASH``: register as a worker (it may be authorised) and ask for a program and a data
   file nobody assigned to it.
 """
@@ -105,6 +106,20 @@ def main() -> None:
         sock.send_multipart(p.encode(p.DataGet(data_hash=sys.argv[4])))
         out["acked"] = acked
         out["got"] = collect(sock, 2.0)
+    elif attack == "baddata":
+        # ship bytes under a hash they do not have, then name that hash for the corpus
+        program = {"stepbridge": 1, "name": "lookup", "signature": "question -> passages: list[str]",
+                   "modules": {"search": {"type": "retrieve", "retriever": {"kind": "bm25", "corpus": "passwd"},
+                                          "k": 3}},
+                   "steps": [{"call": "search", "with": {"query": "$inputs.question"}, "as": "found"},
+                             {"return": {"passages": "$found.passages"}}]}
+        from stepbridge.validate import validate_data
+
+        sock.send_multipart(p.encode(p.Data(data_hash=arg, content=b"root:x:0:0:forged\n")))
+        body = p.Request(execution_id="bad", program_hash=validate_data(program).content_hash,
+                         inputs={"question": "root"}, program=program, data={"passwd": arg}, budget=30.0)
+        sock.send_multipart(p.encode(body, b"r2"))
+        out["got"] = collect(sock, 30.0, until="REPLY")
     elif attack == "passwd":
         program = {"stepbridge": 1, "name": "steal", "signature": "question -> passages: list[str]",
                    "modules": {"search": {"type": "retrieve", "retriever": {"kind": "bm25", "corpus": "passwd"},

@@ -119,6 +119,11 @@ def test_a_client_cannot_act_as_a_worker_or_choose_what_a_worker_reads(tmp_path:
         assert [i["pointer"] for i in error["details"]["issues"]] == ["/modules/search/retriever/corpus"]
         assert "root:" not in json.dumps(stolen)
 
+        # bytes shipped under a hash they do not have are refused; the request naming it gets "missing"
+        fake = "ab" * 32
+        (reply,) = rogue("baddata", broker.address, fake)["got"]
+        assert reply["body"]["missing"] == [fake] and reply["body"]["error"]["type"] == "StorageError"
+
         status = query_status(broker.address)
         assert [w["id"] for w in status["workers"]] != [] and all(w["local"] for w in status["workers"])
         assert not any("rogue" in w["id"] for w in status["workers"])
