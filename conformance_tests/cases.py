@@ -163,19 +163,21 @@ def load_cases(directory: Path | None = None) -> list[Case]:
 
 def negative_cases(cases: list[Case]) -> dict[str, Case]:
     """For each capability a program can need: a case whose program needs exactly that one (the negative
-    test runs it on an adapter that does not declare it). The smallest such case file wins."""
+    test runs it on an adapter that does not declare it). A case whose first run succeeds, then the smallest
+    program, wins."""
     found: dict[str, Case] = {}
     for case in cases:
         if case.invalid or not case.runs or case.checked_by != "adapter" or len(case.capabilities) != 1:
             continue
         (cap,) = case.capabilities
-        if cap not in found or _size(case) < _size(found[cap]):
+        if cap not in found or _preference(case) < _preference(found[cap]):
             found[cap] = case
     return dict(sorted(found.items()))
 
 
-def _size(case: Case) -> int:
-    return len(json.dumps(case.program_data, sort_keys=True, default=str))
+def _preference(case: Case) -> tuple[bool, int]:
+    """A case whose first run succeeds, then the smallest program."""
+    return case.runs[0].error is not None, len(json.dumps(case.program_data, sort_keys=True, default=str))
 
 
 def name_matches(name: str, pattern: str) -> bool:
