@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from .cassettes import Cassette, CassetteMiss, request_hash
 from .codec import dumps, loads
-from .faults import GARBAGE_TEXT, parse_faults
+from .faults import GARBAGE_TEXT, context_error, parse_faults, prompt_chars
 from .model import ReferenceModel
 from .request_log import RequestLog
 from .responses import error, json_response, reply, reply_recorded, usage_of
@@ -134,6 +134,9 @@ def create_app(
                 "server_error" if faults.error >= 500 else "invalid_request_error")
             return error(faults.error, f"injected error {faults.error} (model {model_id!r})", kind,
                          "injected_error"), None, None
+        if faults.context and (used := prompt_chars(body["messages"])) > faults.context:
+            return error(400, context_error(faults.context, used), "invalid_request_error",
+                         "context_length_exceeded"), None, None
 
         if state.cassette is not None:
             key = request_hash(body)
