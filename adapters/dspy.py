@@ -71,6 +71,7 @@ import dspy  # noqa: E402
 from dspy.utils.callback import BaseCallback  # noqa: E402
 from stepbridge.adapter import RunOptions  # noqa: E402
 from stepbridge.errors import (  # noqa: E402
+    ContextWindowExceededError,
     LMError,
     LMParseError,
     StepbridgeError,
@@ -361,6 +362,10 @@ def to_typed_error(exc: BaseException) -> StepbridgeError:
     if isinstance(exc, AdapterParseError):
         return LMParseError(f"the LM reply did not match the signature ({exc.adapter_name}): "
                             f"{str(exc).splitlines()[0]}", response=str(exc.lm_response))
+    from dspy.utils.exceptions import ContextWindowExceededError as DSPyContextWindowError
+
+    if isinstance(exc, DSPyContextWindowError):
+        return ContextWindowExceededError(f"{type(exc).__name__}: {exc}", status=exc.status)
     if isinstance(exc, DSPyLMError):
         return LMError(f"{type(exc).__name__}: {exc}", status=exc.status, retriable=is_retryable_lm_error(exc))
     return StepbridgeError(f"{type(exc).__name__}: {exc}")

@@ -102,15 +102,17 @@ def required_capabilities(program: Program) -> frozenset[str]:
 
 
 def has_side_effects(program: Program) -> bool:
-    """True if a tool step declares (or its registered tool declares) side effects: never retried."""
-    for module in program.modules.values():
-        if isinstance(module, ToolModule):
-            if module.side_effects:
-                return True
-            try:
-                from stepbridge.registry import tools
+    """True if a tool step declares (or its registered tool declares) side effects, or an agent (``react``)
+    may call such a tool: never retried."""
+    from stepbridge.registry import tools
 
-                if tools.get(module.tool).side_effects:
+    for module in program.modules.values():
+        if isinstance(module, ToolModule) and module.side_effects:
+            return True
+        names = [module.tool] if isinstance(module, ToolModule) else list(getattr(module, "tools", None) or [])
+        for name in names:
+            try:
+                if tools.get(name).side_effects:
                     return True
             except Exception:
                 pass

@@ -31,7 +31,7 @@ from httpx_aiohttp import AiohttpTransport
 from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from .errors import LMError, register_secret, scrub_secrets
+from .errors import ContextWindowExceededError, LMError, register_secret, scrub_secrets
 from .program import LMConfig
 
 log = logging.getLogger("stepbridge.lm")
@@ -228,6 +228,12 @@ class InProcessLMClient:
             retriable = faults.error == 429 or faults.error >= 500
             raise LMError(f"LM returned HTTP {faults.error} (injected by the reference model name)",
                           status=faults.error, retriable=retriable)
+        if faults.context:
+            from .reference_lm.faults import context_error, prompt_chars
+
+            used = prompt_chars(request.messages)
+            if used > faults.context:
+                raise ContextWindowExceededError(f"LM returned HTTP 400: {context_error(faults.context, used)}")
         return faults.garbage
 
     async def aclose(self) -> None:
@@ -313,6 +319,9 @@ class HTTPLMClient:
         latency = (time.perf_counter() - start) * 1000
         if resp.status_code != 200:
             detail = scrub_secrets(resp.text[:500])
+            if _error_code(resp) == "context_length_exceeded":  # as DSPy's OpenAI client classifies it
+                raise ContextWindowExceededError(f"LM returned HTTP {resp.status_code}: {detail}",
+                                                 status=resp.status_code)
             retriable = resp.status_code == 429 or resp.status_code >= 500
             raise LMError(f"LM returned HTTP {resp.status_code}: {detail}", status=resp.status_code,
                           retriable=retriable)
@@ -328,6 +337,17 @@ class HTTPLMClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _error_code(resp: httpx.Response) -> str | None:
+    """The OpenAI error ``code`` of a failed response, if it has one."""
+    try:
+        data = resp.json()
+    except ValueError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
 
 
 class LMPool:

@@ -483,6 +483,9 @@ class Program(_Strict):
             for pointer, step in iter_steps(self.steps):
                 if step_kind(step) not in STEP_KINDS[1]:
                     raise ValueError(f"{pointer}: '{step_kind(step)}' steps need 'stepbridge: 2'")
+            for name, module in self.modules.items():
+                if module.type in MODULE_TYPES_V2:
+                    raise ValueError(f"/modules/{name}: module type {module.type!r} needs 'stepbridge: 2'")
         return self
 
     @cached_property

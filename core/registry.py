@@ -139,7 +139,7 @@ class ToolRegistry(Registry[Tool]):
         return apply if obj is None else apply(obj)
 
 
-#: ``(example, prediction) -> float | bool`` over plain dicts (see :mod:`stepbridge.metrics`).
+#: ``(example, prediction) -> float | bool`` over plain dicts (built-ins: :mod:`stepbridge.builtin_metrics`).
 Metric = Callable[..., Any]
 
 

@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from .cassettes import Cassette, CassetteMiss, request_hash
 from .codec import dumps, loads
-from .faults import GARBAGE_TEXT, parse_faults
+from .faults import GARBAGE_TEXT, context_error, parse_faults, prompt_chars
 from .model import ReferenceModel
 from .request_log import RequestLog
 from .responses import error, json_response, reply, reply_recorded
@@ -124,6 +124,8 @@ def create_app(
                 "server_error" if faults.error >= 500 else "invalid_request_error")
             return error(faults.error, f"injected error {faults.error} (model {model_id!r})", kind,
                           "injected_error")
+        if faults.context and (used := prompt_chars(body["messages"])) > faults.context:
+            return error(400, context_error(faults.context, used), "invalid_request_error", "context_length_exceeded")
 
         if state.cassette is not None:
             key = request_hash(body)

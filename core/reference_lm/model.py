@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .agents import agent_values
 from .answers import ValueGenerator
 from .facts import Facts
 from .prompts import PromptField, input_values, message_text, parse_system_message
@@ -80,10 +81,10 @@ class ReferenceModel:
             if rf_type == "json_object":
                 return json.dumps({"answer": facts.first_sentence()}, ensure_ascii=False)
             return facts.first_sentence()
-        facts = Facts.from_values(input_values(user, [f.name for f in spec.inputs]))
-        values: dict[str, Any] = {}
-        for out in spec.outputs:
-            values[out.name] = ValueGenerator(facts, out.schema).value(out.schema, out.name)
+        values = agent_values(spec, system, user)  # ReAct, MultiChainComparison, Refine's advice
+        if values is None:
+            facts = Facts.from_values(input_values(user, [f.name for f in spec.inputs]))
+            values = {out.name: ValueGenerator(facts, out.schema).value(out.schema, out.name) for out in spec.outputs}
         if spec.format == "json" or rf_type in ("json_object", "json_schema"):
             return json.dumps(values, indent=2, ensure_ascii=False)
         return render_chat(spec.outputs, values)
