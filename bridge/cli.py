@@ -131,6 +131,7 @@ def worker(
                                                          "(default: a private temporary folder).")] = None,
     data_root: Annotated[Path | None, typer.Option(help="Folder for corpora a client did not ship "
                                                         "(default: none; such requests fail).")] = None,
+    data_cache_bytes: Annotated[int, typer.Option(help="Disk the data cache may use.")] = 4 * 2**30,
 ) -> None:
     """Serve a pool router/broker's worker address: host one adapter, run up to CAPACITY requests at once."""
     from .worker import run_worker
@@ -138,7 +139,8 @@ def worker(
     code = run_worker(connect, backend=backend, capacity=capacity, heartbeat=heartbeat, liveness=liveness,
                       parent_pid=parent_pid, db=db, curve_secret=str(curve_secret) if curve_secret else None,
                       curve_server=str(curve_server) if curve_server else None, warm=list(warm_ref or []),
-                      warm_aliases=warm, data_cache=data_cache, data_root=data_root)
+                      warm_aliases=warm, data_cache=data_cache, data_root=data_root,
+                      data_cache_bytes=data_cache_bytes)
     raise typer.Exit(code)
 
 

@@ -60,7 +60,8 @@ class PoolConfig:
     quarantine_time: float = 60.0  #: seconds a quarantined slot waits before the next spawn
     start_timeout: float = 60.0  #: seconds ``start()`` waits for the first local worker
     max_message: int = MAX_BODY_BYTES + 4096  #: largest frame accepted (libzmq drops the peer beyond)
-    data_cache_bytes: int = 512 * 2**20  #: memory a broker keeps for data files clients shipped
+    broker_data_bytes: int = 512 * 2**20  #: memory a broker keeps for data files clients shipped
+    data_cache_bytes: int = 4 * 2**30  #: disk each local worker's data cache may use
 
     # -- endpoints and keys ------------------------------------------------------------------------
     worker_bind: str | None = None  #: where workers connect (default: a user-only ipc socket)
@@ -75,7 +76,7 @@ class PoolConfig:
         for name in ("workers", "quarantine_after"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
-        for name in ("capacity", "queue_size", "liveness", "max_message", "data_cache_bytes"):
+        for name in ("capacity", "queue_size", "liveness", "max_message", "broker_data_bytes", "data_cache_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         for name in ("saturation_wait", "retry_backoff", "cancel_grace", "quarantine_time", "start_timeout"):

@@ -41,6 +41,8 @@ __all__ = ["MAX_DATA_BYTES", "BlobStore", "DataCache", "LocalFiles", "corpora", 
 
 #: the largest file shipped in one frame; larger corpora belong under the workers' data root
 MAX_DATA_BYTES = MAX_BODY_BYTES - 64 * 1024
+#: disk a worker's data cache may use by default
+DEFAULT_CACHE_BYTES = 4 * 2**30
 
 
 def sha256_bytes(content: bytes) -> str:
@@ -164,9 +166,17 @@ class BlobStore:
 
 class DataCache:
     """A worker's own cache of data files: ``blobs/<sha256>`` (verified before they land) and
-    ``sets/<manifest key>/<corpus path>`` (hard links laid out as a program expects them)."""
+    ``sets/<manifest key>/<corpus path>`` (hard links laid out as a program expects them).
 
-    def __init__(self, directory: str | Path | None = None):
+    Bounded: before a new file lands, the least recently used folders that no cached program of this
+    worker uses (``in_use``) are removed, then files no folder links to any more, until it fits; if
+    it cannot fit, :class:`StorageError`. Several workers may share one cache folder."""
+
+    def __init__(self, directory: str | Path | None = None, *, max_bytes: int = DEFAULT_CACHE_BYTES):
+        self.max_bytes = max_bytes
+        #: manifest keys of the folders the owner still uses, and files it is assembling (never evicted)
+        self.in_use: set[str] = set()
+        self.assembling: set[str] = set()
         self._owned = directory is None
         self.root = Path(tempfile.mkdtemp(prefix="stepbridge-data-") if directory is None else directory)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -190,6 +200,7 @@ class DataCache:
         target = self._blob(digest)
         if target.is_file():
             return
+        self._make_room(len(content))
         tmp = target.with_name(f".{digest}.{uuid.uuid4().hex}")
         with open(tmp, "wb") as fh:
             fh.write(content)
@@ -200,6 +211,7 @@ class DataCache:
         """A folder holding every file of ``manifest`` at its corpus path (blobs must be present)."""
         folder = self.root / "sets" / manifest_key(manifest)
         folder.mkdir(mode=0o700, exist_ok=True)
+        os.utime(folder)  # recently used
         for corpus, digest in manifest.items():
             target = _inside(folder, corpus)
             if target is None:
@@ -216,6 +228,44 @@ class DataCache:
                 shutil.copyfile(self._blob(digest), tmp)
             os.replace(tmp, target)
         return folder
+
+    def _make_room(self, size: int) -> None:
+        blobs = self.root / "blobs"
+
+        def stats() -> list[tuple[os.stat_result, Path]]:
+            out = []
+            for entry in os.scandir(blobs):
+                with contextlib.suppress(OSError):
+                    out.append((entry.stat(follow_symlinks=False), Path(entry.path)))
+            return out
+
+        used = sum(st.st_size for st, _ in stats())
+        if used + size <= self.max_bytes:
+            return
+        sets = []
+        for entry in os.scandir(self.root / "sets"):
+            if entry.name not in self.in_use:
+                with contextlib.suppress(OSError):
+                    sets.append((entry.stat().st_mtime, Path(entry.path)))
+        for _, folder in sorted(sets):
+            shutil.rmtree(folder, ignore_errors=True)
+            unlinked = sorted((st.st_mtime, st.st_size, path) for st, path in stats()
+                              if st.st_nlink == 1 and path.name not in self.assembling)
+            for _, blob_size, path in unlinked:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    used -= blob_size
+            used = sum(st.st_size for st, _ in stats())
+            if used + size <= self.max_bytes:
+                return
+        for st, path in sorted(stats(), key=lambda item: item[0].st_mtime):
+            if st.st_nlink == 1 and path.name not in self.assembling and used + size > self.max_bytes:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    used -= st.st_size
+        if used + size > self.max_bytes:
+            raise StorageError(f"this worker's data cache is full ({used} of {self.max_bytes} bytes, all in use by "
+                               "programs it holds); try again later")
 
     def close(self) -> None:
         if self._owned:

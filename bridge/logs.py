@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from stepbridge.errors import scrub_secrets
+
 __all__ = ["Throttle", "configure_process_logging"]
 
 
@@ -70,7 +72,7 @@ class Throttle:
 
 
 class _QueueHandler(logging.Handler):
-    """Formats on the caller's thread, then a non-blocking put; a full queue drops and counts."""
+    """Formats (and scrubs) on the caller's thread, then a non-blocking put; a full queue drops and counts."""
 
     def __init__(self, records: queue.Queue[str | None]):
         super().__init__()
@@ -79,7 +81,8 @@ class _QueueHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record)
+            # the writer uses its own descriptor (no wrapper of sys.stderr sees it): scrub here
+            line = scrub_secrets(self.format(record))
         except Exception:
             self.handleError(record)
             return

@@ -52,6 +52,8 @@ class Supervisor:
             cmd.append("--warm" if c.warm else "--no-warm")
         if "--data-cache" not in c.worker_args:
             cmd += ["--data-cache", str(c.data_cache or self.data_cache)]
+        if "--data-cache-bytes" not in c.worker_args:
+            cmd += ["--data-cache-bytes", str(c.data_cache_bytes)]
         if c.data_root is not None and "--data-root" not in c.worker_args:
             cmd += ["--data-root", str(c.data_root)]
         if self.curve_files is not None and "--curve-secret" not in c.worker_args:

@@ -54,13 +54,13 @@ from stepbridge.errors import (
     StepbridgeError,
     UnsupportedCapabilityError,
     WorkerLostError,
-    scrub_secrets,
 )
 from stepbridge.program import Program
 from stepbridge.result import fast_construct
+from stepbridge.secrets import might_hold_secret, scrub, scrub_process_output
 
 from . import protocol as p
-from .data import DataCache, corpora, manifest_key
+from .data import DEFAULT_CACHE_BYTES, DataCache, corpora, manifest_key
 from .logs import configure_process_logging
 from .net import CurveKeys, Pump, configure_dealer
 
@@ -77,7 +77,7 @@ STARTED_AFTER = 0.05
 
 
 def _traceback_text(exc: BaseException) -> str:
-    return scrub_secrets("".join(traceback.format_exception(exc))[-8000:])
+    return scrub("".join(traceback.format_exception(exc))[-8000:])
 
 
 def error_reply(exc: BaseException, attempt: int) -> p.Reply:
@@ -93,7 +93,7 @@ def error_reply(exc: BaseException, attempt: int) -> p.Reply:
     for step in typed.trace:
         dump = getattr(step, "model_dump", None)
         trace.append(dump(mode="json") if dump else step)
-    return p.Reply(attempt=attempt, error=typed.to_dict(), trace=trace)
+    return p.Reply(attempt=attempt, error=typed.to_dict(), trace=scrub(trace))
 
 
 class _Session:
@@ -129,6 +129,7 @@ class Worker:
         warm_aliases: bool | None = None,
         data_cache: str | Path | None = None,
         data_root: str | Path | None = None,
+        data_cache_bytes: int = DEFAULT_CACHE_BYTES,
     ):
         self.connect = connect
         self.backend = backend
@@ -152,7 +153,7 @@ class Worker:
         self.adapter: Any = None
         self.capabilities: frozenset[str] = frozenset()
         #: where data files shipped by content are cached (verified), and the operator's own data folder
-        self.data = DataCache(data_cache)
+        self.data = DataCache(data_cache, max_bytes=data_cache_bytes)
         self.data_root = Path(data_root).resolve() if data_root is not None else None
         self._programs: OrderedDict[str, Program] = OrderedDict()  # by content hash, no folder yet
         self._bound: OrderedDict[tuple[str, str], Program] = OrderedDict()  # by content hash + data hashes
@@ -321,7 +322,7 @@ class Worker:
                 await self.adapter.prepare(bound)
             except Exception as exc:
                 log.warning("worker %s: refused to warm stored program %r: %s", self.worker_id, ref,
-                            scrub_secrets(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__)
+                            scrub(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__)
                 continue
             self._remember(program)
             self._prepared.add(key)
@@ -470,6 +471,11 @@ class Worker:
                 assert reply.result is not None
                 reply = p.Reply(attempt=req.attempt, result=result.model_dump(mode="json"))
                 frames = p.encode(reply, request_id)
+            # This worker's own secrets (its profiles' keys) never leave it: the process recording the
+            # reply may not know them. One scan of the encoded body; the result is rebuilt only on a hit.
+            if reply.result is not None and might_hold_secret(frames[-1].decode("latin-1")):
+                reply = p.Reply(attempt=req.attempt, result=scrub(result.model_dump(mode="json")))
+                frames = p.encode(reply, request_id)
             frames_ok = self._send_frames(frames)
         except p.ProtocolError as exc:  # a result too big for the wire is still a typed answer
             frames_ok = self._send(error_reply(StepbridgeError(f"the result could not be sent: {exc}"),
@@ -521,14 +527,22 @@ class Worker:
         data_key, source = self._folder_for(program, shipped)
         key = (program.content_hash, data_key)
         bound = self._bound.get(key)
-        if bound is not None:
+        if bound is not None and (not isinstance(source, dict) or bound.base_dir.is_dir()):
             self._bound.move_to_end(key)
             return key, bound
+        self._bound.pop(key, None)  # (its folder was evicted by a worker sharing the cache: lay it out again)
+        self._prepared.discard(key)
         if isinstance(source, dict):
-            await asyncio.gather(*(self._fetch_data(d) for d in set(source.values())))
-            folder = await asyncio.to_thread(self.data.folder, source, corpora(program))
+            digests = set(source.values())
+            self.data.assembling |= digests
+            try:
+                await asyncio.gather(*(self._fetch_data(d) for d in digests))
+                folder = await asyncio.to_thread(self.data.folder, source, corpora(program))
+            finally:
+                self.data.assembling -= digests
         else:
             folder = source
+        self.data.in_use.add(data_key)
         bound = program.model_copy().with_base_dir(folder)
         # index the corpora off the event loop (seconds for a big one): heartbeats keep going meanwhile,
         # and the adapter then finds the index in the process cache
@@ -537,6 +551,7 @@ class Worker:
         while len(self._bound) > PROGRAM_CACHE_SIZE:
             old, _ = self._bound.popitem(last=False)
             self._prepared.discard(old)
+        self.data.in_use = {k for _, k in self._bound}
         return key, bound
 
     async def _fetch_data(self, digest: str) -> None:
@@ -625,7 +640,7 @@ class Worker:
                 log.debug("program %s is not in the store", program_hash[:12])
             else:  # tampered, invalid, unreadable: never built; the router may still have the real one
                 log.warning("worker %s: refused stored program %s: %s", self.worker_id, program_hash[:12],
-                            scrub_secrets(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__)
+                            scrub(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__)
             return None
         if stored.content_hash != program_hash:
             log.warning("worker %s: the store returned a program hashing to %s for %s; refused", self.worker_id,
@@ -676,7 +691,7 @@ def _open_store(url: str | None) -> Any:
     try:
         return Store(url, migrate=False)
     except Exception as exc:
-        log.warning("could not open the store (%s); running without it", scrub_secrets(str(exc)).splitlines()[0])
+        log.warning("could not open the store (%s); running without it", scrub(str(exc)).splitlines()[0])
         return None
 
 
@@ -685,8 +700,9 @@ def run_worker(connect: str, *, backend: str = "native", capacity: int = 16, hea
                curve_secret: str | None = None, curve_server: str | None = None, worker_id: str | None = None,
                warm: list[str] | None = None, warm_aliases: bool | None = None,
                data_cache: str | Path | None = None, data_root: str | Path | None = None,
-               log_level: str = "WARNING") -> int:
+               data_cache_bytes: int = DEFAULT_CACHE_BYTES, log_level: str = "WARNING") -> int:
     """Run a worker until it is drained, told to stop, or its parent dies; return its exit code."""
+    scrub_process_output()  # first: the log handler writes to the scrubbed stderr
     configure_process_logging(log_level, f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(message)s")
     if connect.startswith("tcp://") and not curve_secret:
         log.warning("connecting over TCP without CURVE keys; the broker will refuse this unless it runs insecure")
@@ -694,7 +710,8 @@ def run_worker(connect: str, *, backend: str = "native", capacity: int = 16, hea
     store = _open_store(db)
     worker = Worker(connect, backend=backend, capacity=capacity, heartbeat=heartbeat, liveness=liveness,
                     parent_pid=parent_pid, store=store, curve=curve, worker_id=worker_id, warm=warm,
-                    warm_aliases=warm_aliases, data_cache=data_cache, data_root=data_root)
+                    warm_aliases=warm_aliases, data_cache=data_cache, data_root=data_root,
+                    data_cache_bytes=data_cache_bytes)
     try:
         return asyncio.run(worker.serve())
     finally:
@@ -723,13 +740,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-cache", default=None, help="where to cache data files shipped by content "
                         "(default: a private temporary folder)")
     parser.add_argument("--data-root", default=None, help="folder for corpora a client did not ship (default: none)")
+    parser.add_argument("--data-cache-bytes", type=int, default=DEFAULT_CACHE_BYTES,
+                        help="disk the data cache may use (least recently used files go first)")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     return run_worker(args.connect, backend=args.backend, capacity=args.capacity, heartbeat=args.heartbeat,
                       liveness=args.liveness, parent_pid=args.parent_pid, db=args.db, curve_secret=args.curve_secret,
                       curve_server=args.curve_server, worker_id=args.worker_id, warm=args.warm_ref,
                       warm_aliases=args.warm_aliases, data_cache=args.data_cache, data_root=args.data_root,
-                      log_level=args.log_level)
+                      data_cache_bytes=args.data_cache_bytes, log_level=args.log_level)
 
 
 if __name__ == "__main__":

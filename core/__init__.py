@@ -19,7 +19,7 @@ from .errors import (
 )
 from .loader import load_program
 from .program import LMConfig, Program
-from .registry import dspy_modules, load_adapter, retrievers, tools
+from .registry import dspy_modules, load_adapter, metrics, retrievers, tools
 from .result import LMCall, RunResult, StepTrace, Usage
 from .runner import BatchItem, Runner, batch, load, run
 from .signature import FieldSpec, Signature
@@ -61,6 +61,7 @@ __all__ = [
     "load",
     "load_adapter",
     "load_program",
+    "metrics",
     "retrievers",
     "run",
     "tools",

@@ -13,6 +13,8 @@ One concept per module, in the order a request flows through them:
 * :mod:`.facts` — what the input values say (:class:`~.facts.Facts`: query, passages, numbers).
 * :mod:`.answers` — :class:`~.answers.ValueGenerator`: a value of a JSON schema from the facts
   (typed answers and option choice are extended here).
+* :mod:`.agents` — how the model plays ReAct (choose a tool and its arguments, finish after one or
+  two observations), MultiChainComparison and Refine's advice step.
 * :mod:`.model` — :class:`ReferenceModel`, the deterministic model, callable in-process.
 * :mod:`.faults` — fault injection by model name (:func:`parse_faults`).
 * :mod:`.request_log` — :class:`RequestLog`, what the server received (for equivalence tests).

@@ -39,7 +39,7 @@ def program(kind: str, inner: dict[str, Any], *, n: int = 3, threshold: float = 
         ens["fail_count"] = fail_count
     outputs = [f.strip().split(":")[0] for f in signature.split("->")[1].split(",")]
     return Program.model_validate({
-        "stepbridge": 1, "name": "ens", "signature": signature, "lm": {"temperature": 0.0},
+        "stepbridge": 2, "name": "ens", "signature": signature, "lm": {"temperature": 0.0},
         "modules": {"qa": inner, "best": ens},
         "steps": [{"call": "best", "with": {"question": "$inputs.question"}, "as": "r"},
                   {"return": {o: f"$r.{o}" for o in outputs}}],
@@ -198,7 +198,7 @@ def mcc_program(m: int = 3, lm: dict[str, Any] | None = None, signature: str = "
         module["lm"] = lm
     outputs = [f.strip().split(":")[0] for f in signature.split("->")[1].split(",")]
     return Program.model_validate({
-        "stepbridge": 1, "name": "mcc", "signature": f"completions: list[str], {signature}",
+        "stepbridge": 2, "name": "mcc", "signature": f"completions: list[str], {signature}",
         "lm": {"temperature": 0.0},
         "modules": {"cmp": module},
         "steps": [{"call": "cmp", "with": {"completions": "$inputs.completions", "question": "$inputs.question"},

@@ -84,3 +84,22 @@ def test_a_private_data_cache_is_removed_at_close() -> None:
     assert (cache.root.stat().st_mode & 0o777) == 0o700
     cache.close()
     assert not cache.root.exists()
+
+
+def test_data_cache_is_bounded_evicting_unused_folders_first(tmp_path: Path) -> None:
+    cache = DataCache(tmp_path / "cache", max_bytes=250)
+    files = {name: bytes([65 + i]) * 100 for i, name in enumerate("abc")}
+    digests = {name: sha256_bytes(content) for name, content in files.items()}
+    cache.put(digests["a"], files["a"])
+    keep = cache.folder({"x.txt": digests["a"]}, {"x.txt": "m"})
+    cache.in_use = {keep.name}
+    cache.put(digests["b"], files["b"])
+    old = cache.folder({"x.txt": digests["b"]}, {"x.txt": "m"})
+    cache.put(digests["c"], files["c"])  # 300 > 250: the unused folder (b) and its file go, a stays
+    assert not old.exists() and not cache.has(digests["b"])
+    assert keep.is_dir() and cache.has(digests["a"]) and cache.has(digests["c"])
+    cache.in_use = {keep.name, cache.folder({"x.txt": digests["c"]}, {"x.txt": "m"}).name}
+    with pytest.raises(StorageError):  # everything is in use: refused, not over the bound
+        cache.put(sha256_bytes(b"d" * 100), b"d" * 100)
+    used = sum(p.stat().st_size for p in (tmp_path / "cache" / "blobs").iterdir())
+    assert used <= 250

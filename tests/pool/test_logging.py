@@ -139,3 +139,20 @@ def test_broker_with_an_unread_full_stderr_keeps_serving_through_a_flood_of_bad_
             broker.kill()
             broker.wait()
         os.close(r)
+
+
+def test_process_logging_scrubs_what_it_writes() -> None:
+    script = textwrap.dedent("""
+        import logging, time
+        from stepbridge.bridge.logs import configure_process_logging
+        from stepbridge.errors import register_secret
+        register_secret("hunter2-not-a-key-shape")
+        configure_process_logging("INFO", "%(levelname)s %(message)s")
+        logging.getLogger("x").warning("upstream said %s and https://u:pw123456@h/ and sk-%s",
+                                       "hunter2-not-a-key-shape", "a" * 20)
+        time.sleep(0.5)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         env=worker_env())
+    assert out.returncode == 0 and "upstream said" in out.stderr
+    assert "hunter2" not in out.stderr and "pw123456" not in out.stderr and "sk-aaaa" not in out.stderr

@@ -52,7 +52,36 @@ bodies = st.one_of(
     st.builds(p.ProgramDef, program_hash=st.just(HASH),
               program=st.none() | st.dictionaries(st.text(max_size=5), json_values)),
     st.builds(p.Status, status=st.none() | st.dictionaries(st.text(max_size=5), json_values)),
+    st.builds(p.DataGet, data_hash=st.just(HASH)),
+    st.builds(p.Data, data_hash=st.just(HASH), content=st.none() | st.binary(max_size=200),
+              error=st.none() | st.dictionaries(st.text(max_size=10), json_values, max_size=2)),
 )
+
+
+def test_every_command_has_exactly_one_role() -> None:
+    assert p.CLIENT_COMMANDS.isdisjoint(p.WORKER_COMMANDS)
+    assert set(p.Command) - (p.CLIENT_COMMANDS | p.WORKER_COMMANDS) == {p.Command.PROGRAM}  # router -> worker only
+
+
+@settings(max_examples=100, deadline=None)
+@given(body=bodies, request_id=ids)
+def test_a_socket_refuses_the_other_roles_commands_before_reading_the_body(body: p.Body, request_id: bytes) -> None:
+    frames = p.encode(body, request_id)
+    for allowed in (p.CLIENT_COMMANDS, p.WORKER_COMMANDS):
+        if body.command in allowed:
+            assert p.decode(frames, allowed=allowed).body == body
+        else:
+            with pytest.raises(p.ProtocolError) as info:
+                p.decode([*frames[:3], b"\xc1 not even msgpack"], allowed=allowed)
+            assert info.value.reason == "role"
+
+
+def test_requests_carry_data_hashes_not_paths() -> None:
+    assert "base_dir" not in p.Request.__struct_fields__ and "base_dir" not in p.ProgramDef.__struct_fields__
+    with pytest.raises(p.ProtocolError):  # a data manifest names files by sha256, nothing else
+        header = p.encode(p.Request(execution_id="x", program_hash=HASH, inputs={}))[:3]
+        p.decode([*header, msgspec.msgpack.encode({"execution_id": "x", "program_hash": HASH, "inputs": {},
+                                                   "data": {"corpus.txt": "/etc/passwd"}})])
 
 
 @settings(max_examples=200, deadline=None)

@@ -1,9 +1,9 @@
 """Built-in metrics: ``(example, prediction) -> float | bool``, found by exact name.
 
 A metric scores one prediction against one example (both plain dicts of field -> value). Metrics are
-looked up in :data:`stepbridge.registry.metrics` (explicit registrations, then the entry point group
-``stepbridge.metrics``); these built-ins are registered there through stepbridge's own entry points,
-so a third-party package adds metrics the same way. ``best_of_n`` and ``refine`` modules use a metric
+looked up in the registry :data:`stepbridge.metrics` (explicit registrations, then the entry point
+group ``stepbridge.metrics``); these built-ins are registered there through stepbridge's own entry
+points, so a third-party package adds metrics the same way. ``best_of_n`` and ``refine`` modules use a metric
 as their reward (called with the wrapped module's inputs and its outputs); evaluations call it with a
 dataset row and the program's outputs.
 
