@@ -287,13 +287,17 @@ _MODEL_ATTRIBUTES = frozenset(dir(BaseModel))
 
 
 def field_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a field of an object type (None when it can)."""
+    """Why ``name`` cannot be a field of an object type (None when it can): the rules of signature fields
+    (:func:`stepbridge.names.field_name_problem`), and no attribute of pydantic's ``BaseModel``."""
+    from .names import field_name_problem as signature_field_problem
+
     if not IDENTIFIER.match(name):
         return f"invalid field name {name!r} (letters, digits and _; not starting with a digit)"
-    if name.startswith("_"):
-        return f"field name {name!r} starts with '_' (pydantic keeps such names private)"
-    if name.startswith("model_") or name in _MODEL_ATTRIBUTES:
-        return f"field name {name!r} is taken by pydantic's BaseModel (no 'model_' prefix, no {name!r})"
+    problem = signature_field_problem(name)
+    if problem is not None:
+        return problem
+    if name in _MODEL_ATTRIBUTES:
+        return f"field name {name!r} is taken by pydantic's BaseModel (rename it, e.g. '{name}_value')"
     return None
 
 
