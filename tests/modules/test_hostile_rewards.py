@@ -84,3 +84,18 @@ def test_a_judge_whose_replies_do_not_parse_fails_each_attempt(scripted: Scripte
                          replies)
     assert result.outputs.outputs == {"answer": "b"}
     assert len(scripted.requests) == 5  # attempt, judge (chat + JSON fallback), attempt, judge
+
+
+def test_failed_attempts_are_logged_not_printed(scripted: ScriptedLM, reward_name: str,
+                                                capsys: pytest.CaptureFixture[str],
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """DSPy prints a failed attempt to stdout; under stepbridge (both backends) it is a log line, so a
+    command's stdout (``--json``) carries only its output."""
+    metrics.register(reward_name, REWARDS["raises_type_error"])
+    for adapter in ("native", "dspy"):
+        with pytest.raises(StepError):
+            run_adapter(scripted, adapter, _program({"metric": reward_name}), QUESTION, REPLIES)
+    assert capsys.readouterr().out == ""
+    logged = [r.getMessage() for r in caplog.records if "Attempt" in r.getMessage()]
+    assert any(m.startswith("BestOfN: Attempt 1 failed with rollout id 0") for m in logged)
+    assert len(logged) == 6
