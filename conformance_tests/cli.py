@@ -1,4 +1,5 @@
-"""``stepbridge conformance ADAPTER [--report DIR] [--expected-failures FILE]``: the suite behind one command.
+"""``stepbridge conformance ADAPTER [--report DIR] [--expected-failures FILE] [--certify]``: the suite behind
+one command.
 
 A thin wrapper over pytest with the suite's own plugin; exits with pytest's exit code (0: every
 test of every declared capability passed or failed as expected).
@@ -15,7 +16,7 @@ __all__ = ["app", "conformance", "main", "pytest_args"]
 
 
 def pytest_args(adapter: str, report: Path | None = None, expected_failures: Path | None = None,
-                extra: list[str] | None = None) -> list[str]:
+                extra: list[str] | None = None, *, certify: bool = False) -> list[str]:
     """The pytest command line the wrapper runs."""
     args = ["-p", "stepbridge.conformance.plugin", "-p", "no:cacheprovider", "--pyargs", "stepbridge.conformance",
             "--adapter", adapter, "-q", "-rfEX"]
@@ -23,6 +24,8 @@ def pytest_args(adapter: str, report: Path | None = None, expected_failures: Pat
         args += ["--conformance-report", str(report)]
     if expected_failures is not None:
         args += ["--expected-failures", str(expected_failures)]
+    if certify:
+        args.append("--certify")
     return args + list(extra or [])
 
 
@@ -32,11 +35,13 @@ def conformance(
                                                                "junit.xml to this directory"),
     expected_failures: Path | None = typer.Option(None, "--expected-failures",
                                                   help="YAML file of known failures (test name or glob: reason)"),
+    certify: bool = typer.Option(False, "--certify", help="certification: nothing in the core set may be skipped or "
+                                                          "expected to fail; the report says whether it certified"),
 ) -> None:
     """Certify an adapter against the shared conformance suite (pytest underneath)."""
     import pytest
 
-    code = pytest.main(pytest_args(adapter, report, expected_failures))
+    code = pytest.main(pytest_args(adapter, report, expected_failures, certify=certify))
     raise typer.Exit(int(code))
 
 

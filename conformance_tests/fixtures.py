@@ -10,12 +10,15 @@ or call ``stepbridge.conformance.fixtures.register()`` from the worker's adapter
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import urllib.parse
 from typing import Any, TypedDict
 
 from stepbridge.errors import StepbridgeError, error_from_dict
 from stepbridge.registry import dspy_modules, tools
 
-__all__ = ["DSPY_MODULES", "TOOLS", "register", "unregister"]
+__all__ = ["DSPY_MODULES", "LEDGER_ENV", "TOOLS", "register", "unregister"]
 
 
 def conformance_upper(text: str) -> str:
@@ -58,12 +61,92 @@ def conformance_raise(kind: str, message: str) -> str:
     raise error
 
 
+class Parts(TypedDict):
+    head: str
+    tail: str
+
+
+def conformance_split(text: str) -> Parts:
+    """Split a text at its first space. The dict comes back in another key order than ``Parts`` declares:
+    outputs are taken by name, never by position."""
+    head, _, tail = text.partition(" ")
+    return {"tail": tail, "head": head}
+
+
+async def conformance_slow_echo(text: str) -> str:
+    """Return ``text`` after as many milliseconds as its leading number says (``"250 first"``: 250 ms), so
+    ``map`` elements finish in another order than they started."""
+    await asyncio.sleep(_leading_ms(text) / 1000)
+    return text
+
+
+def _leading_ms(text: str) -> int:
+    digits = ""
+    for ch in text.strip():
+        if not ch.isdigit():
+            break
+        digits += ch
+    return min(int(digits or 0), 10_000)
+
+
+#: The environment variable naming the suite's side-effect ledger (set by the suite for its processes).
+LEDGER_ENV = "STEPBRIDGE_CONFORMANCE_LEDGER"
+
+
+async def _record_effect(key: str, item: str) -> int:
+    """Record a side effect on the suite's ledger (a plain HTTP POST on loopback, no client set-up cost, so
+    the effect is recorded when the tool performs it); how many effects ``key`` has now."""
+    url = urllib.parse.urlsplit(os.environ.get(LEDGER_ENV) or "")
+    if url.scheme != "http" or not url.hostname or url.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise RuntimeError(f"{LEDGER_ENV} is not a loopback http URL: this tool only runs under the conformance suite")
+    body = json.dumps({"key": key, "item": item}).encode()
+    reader, writer = await asyncio.open_connection(url.hostname, url.port or 80)
+    try:
+        writer.write(f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        await writer.drain()
+        response = await reader.read()
+    finally:
+        writer.close()
+    head, _, payload = response.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"the suite's ledger refused the effect: {head[:100]!r}")
+    return int(json.loads(payload)["count"])
+
+
+async def conformance_effect(key: str, item: str) -> str:
+    """Perform a side effect (recorded on the suite's ledger under ``key``) after as many milliseconds as
+    ``item`` starts with; then fail if ``item`` ends with ``fail``. A cancelled call performs nothing."""
+    await asyncio.sleep(_leading_ms(item) / 1000)
+    await _record_effect(key, item)
+    if item.endswith("fail"):
+        raise ValueError(f"effect {item!r} failed on purpose")
+    return item
+
+
+async def conformance_charge(account: str, amount: int) -> str:
+    """Charge an account (a side effect on the suite's ledger). The first charge of an account is declined
+    *after* it was recorded, as a payment API that times out after charging would: retrying charges twice."""
+    count = await _record_effect(account, str(amount))
+    if count == 1:
+        raise ValueError(f"charge of {amount} on {account!r} declined (attempt 1)")
+    return f"charged {amount} ({count} charges)"
+
+
 TOOLS: dict[str, Any] = {
     "conformance_upper": conformance_upper,
     "conformance_count_words": conformance_count_words,
     "conformance_word_stats": conformance_word_stats,
     "conformance_raise": conformance_raise,
+    "conformance_split": conformance_split,
+    "conformance_slow_echo": conformance_slow_echo,
+    "conformance_effect": conformance_effect,
+    "conformance_charge": conformance_charge,
 }
+
+
+#: Tools whose calls change the world (a run using them is never retried elsewhere).
+SIDE_EFFECTS = frozenset({"conformance_effect", "conformance_charge"})
 
 
 def conformance_qa() -> Any:
@@ -80,7 +163,7 @@ def register() -> None:
     """Register the suite's tools and DSPy modules (idempotent)."""
     for name, func in TOOLS.items():
         if name not in tools._items:
-            tools.register(name, func)
+            tools.register(name, func, side_effects=name in SIDE_EFFECTS)
     for name, factory in DSPY_MODULES.items():
         if name not in dspy_modules._items:
             dspy_modules.register(name, factory)

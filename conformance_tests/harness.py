@@ -17,7 +17,9 @@ import platform
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,20 +27,24 @@ from stepbridge.adapter import RunOptions
 from stepbridge.program import LMConfig, Program
 from stepbridge.result import RunResult, StepTrace
 
+from .fixtures import LEDGER_ENV
 from .server import SuiteLM, running_suite_lm
 
-__all__ = ["LIVENESS_S", "AdapterStuck", "Harness", "LoopThread", "adapter_version", "describe_spec", "environment",
-           "same"]
+__all__ = ["LIVENESS_S", "SUITE_MODEL", "AdapterStuck", "Harness", "LoopThread", "Observed", "adapter_package",
+           "adapter_version", "describe_spec", "environment"]
 
 T = TypeVar("T")
 
 #: How long one adapter call may take before the suite calls the adapter stuck (a liveness bound).
 LIVENESS_S = float(os.environ.get("STEPBRIDGE_CONFORMANCE_LIVENESS", "120"))
 
-#: The model the suite's LM profile names by default (the reference LM ignores it but for faults).
-SUITE_MODEL = "openai/reference"
-#: Retries of the suite's LM profile (the ``ratelimit-2`` / ``flaky-2`` cases need two).
-SUITE_MAX_RETRIES = 2
+#: The model the suite's LM profile names by default. The reference LM answers every model name alike
+#: (only fault segments such as ``reference/garbage`` change its answers); this one is a name DSPy's LM
+#: engine knows to accept JSON schemas, so a DSPy-based adapter sends the ``response_format`` DSPy's
+#: JSONAdapter builds, which the suite then compares. Nothing is sent anywhere but the suite's server.
+SUITE_MODEL = "openai/gpt-4o-mini"
+#: Retries of the suite's LM profile (the ``ratelimit-1`` / ``flaky-1`` cases need one).
+SUITE_MAX_RETRIES = 1
 
 
 class AdapterStuck(AssertionError):
@@ -87,17 +93,24 @@ def describe_spec(spec: Any) -> str:
     return f"{module}:{qual}" if module else str(qual)
 
 
+def adapter_package(adapter: Any) -> dict[str, str] | None:
+    """``{name, version}`` of the installed distribution the adapter's class ships in (None when it is not
+    installed, e.g. a module on ``PYTHONPATH``)."""
+    top = type(adapter).__module__.split(".")[0]
+    with contextlib.suppress(Exception):
+        dists = importlib.metadata.packages_distributions().get(top) or []
+        if dists:
+            return {"name": dists[0], "version": importlib.metadata.version(dists[0])}
+    return None
+
+
 def adapter_version(adapter: Any) -> str | None:
     """``adapter.version`` when it has one, else the version of the distribution its module ships in."""
     version = getattr(adapter, "version", None) or getattr(adapter, "__version__", None)
     if isinstance(version, str):
         return version
-    top = type(adapter).__module__.split(".")[0]
-    with contextlib.suppress(Exception):
-        dists = importlib.metadata.packages_distributions().get(top) or []
-        if dists:
-            return importlib.metadata.version(dists[0])
-    return None
+    package = adapter_package(adapter)
+    return package["version"] if package else None
 
 
 def environment() -> dict[str, Any]:
@@ -107,50 +120,6 @@ def environment() -> dict[str, Any]:
             versions[dist] = importlib.metadata.version(dist)
     return {"python": sys.version.split()[0], "implementation": platform.python_implementation(),
             "platform": platform.platform(), "packages": versions}
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equality that also compares types: ``1``, ``1.0`` and ``True`` are three different outputs."""
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    return bool(a == b)
-
-
-def first_difference(expected: Any, actual: Any, path: str = "") -> str | None:
-    """Where two values first differ, as ``path: expected ... got ...``."""
-    if isinstance(expected, dict) and isinstance(actual, dict):
-        for key in expected:
-            if key not in actual:
-                return f"{path}/{key}: missing (expected {expected[key]!r})"
-        for key in actual:
-            if key not in expected:
-                return f"{path}/{key}: unexpected field (value {actual[key]!r})"
-        for key in expected:
-            diff = first_difference(expected[key], actual[key], f"{path}/{key}")
-            if diff:
-                return diff
-        return None
-    if isinstance(expected, list | tuple) and isinstance(actual, list | tuple):
-        if len(expected) != len(actual):
-            return f"{path}: expected {len(expected)} items, got {len(actual)} ({_short(actual)})"
-        for i, (x, y) in enumerate(zip(expected, actual, strict=True)):
-            diff = first_difference(x, y, f"{path}/{i}")
-            if diff:
-                return diff
-        return None
-    if not same(expected, actual):
-        return (f"{path or '/'}: expected {_short(expected)} ({type(expected).__name__}), "
-                f"got {_short(actual)} ({type(actual).__name__})")
-    return None
-
-
-def _short(value: Any, limit: int = 160) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def as_trace(records: Any) -> list[StepTrace]:
@@ -166,6 +135,21 @@ def messages_of(bodies: list[Any]) -> list[str]:
     return [json.dumps(b.get("messages"), sort_keys=True, ensure_ascii=False) for b in bodies if isinstance(b, dict)]
 
 
+@dataclass
+class Observed:
+    """What one call did: its result or error, and what reached the suite's LM while it ran."""
+
+    result: Any
+    error: BaseException | None
+    entries: list[dict[str, Any]]
+    mark: int
+    ended: float  # time.time() when the call returned or raised
+
+    @property
+    def bodies(self) -> list[Any]:
+        return [e["body"] for e in self.entries]
+
+
 class Harness:
     """The adapter under test, the native baseline and the suite's reference LM, for one test class."""
 
@@ -176,13 +160,16 @@ class Harness:
         self._stack = contextlib.ExitStack()
         self.tmp = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="stepbridge-conformance-")))
         self.lm: SuiteLM = self._stack.enter_context(running_suite_lm())
-        self._stack.enter_context(_suite_environment(self.lm.url, self.tmp))
+        self._stack.enter_context(_suite_environment(self.lm, self.tmp))
         self.loop = LoopThread()
         self._stack.callback(self.loop.close)
         self.adapter: Any = None
         self.native: Any = None
         self._runners: dict[int, Any] = {}
         self._extra: list[Any] = []
+        self._fresh: Any = None
+        #: the adapter's observation of each case run by test_case, which test_equivalence then judges
+        self.case_runs: dict[str, Observed] = {}
         self.adapter = self.loop.call(self._create(factory, self.kwargs), what=f"creating adapter {spec!r}")
         self.native = self.loop.call(self._create_native(), what="creating the native adapter")
 
@@ -204,6 +191,21 @@ class Harness:
         adapter = self.loop.call(self._create(self.factory, self.kwargs), what=f"creating adapter {self.spec!r}")
         self._extra.append(adapter)
         return adapter
+
+    def fresh_adapter(self) -> Any:
+        """One fresh instance shared by the tests that need a second one (created on first use)."""
+        if self._fresh is None:
+            self._fresh = self.new_adapter()
+        return self._fresh
+
+    def forget(self, adapter: Any) -> None:
+        """The test closed ``adapter`` itself: the harness must not use or close it again."""
+        if adapter is self._fresh:
+            self._fresh = None
+        if adapter in self._extra:
+            self._extra.remove(adapter)
+        for key in [k for k, r in self._runners.items() if r.adapter is adapter]:
+            del self._runners[key]
 
     def close(self) -> None:
         try:
@@ -256,8 +258,8 @@ class Harness:
             return self.loop.call(go(), what=label)
         return self.loop.call(self.runner(target).run(program, inputs, options), what=label)
 
-    def observe(self, fn: Callable[[], T]) -> tuple[T | None, BaseException | None, list[Any]]:
-        """Call ``fn``; return its result or exception and the LM request bodies it caused."""
+    def observe(self, fn: Callable[[], T]) -> Observed:
+        """Call ``fn``; its result or exception and the LM requests it caused."""
         self.lm.reset_faults()
         mark = self.lm.mark()
         result: T | None = None
@@ -268,20 +270,28 @@ class Harness:
             raise
         except Exception as exc:
             error = exc
-        return result, error, self.lm.since(mark)
+        ended = time.time()
+        return Observed(result, error, self.lm.entries(mark), mark, ended)
+
+    def requests_after(self, moment: float, mark: int) -> list[dict[str, Any]]:
+        """Requests (after ``mark``) that reached the LM after ``moment`` (a time.time())."""
+        return [e for e in self.lm.entries(mark) if e["time"] > moment]
 
 
 @contextlib.contextmanager
-def _suite_environment(url: str, tmp: Path) -> Iterator[None]:
-    """Point the default LM profile at the suite's reference LM; isolate from the user's config."""
+def _suite_environment(lm: SuiteLM, tmp: Path) -> Iterator[None]:
+    """Point the default LM profile at the suite's reference LM and the suite's tools at its ledger;
+    isolate from the user's config. Processes the adapter starts inherit this environment."""
     saved = {k: v for k, v in os.environ.items() if k.startswith("STEPBRIDGE_LM_")}
     saved_config = os.environ.get("STEPBRIDGE_CONFIG")
+    saved_ledger = os.environ.get(LEDGER_ENV)
     for key in saved:
         del os.environ[key]
-    os.environ["STEPBRIDGE_LM_BASE_URL"] = url
+    os.environ["STEPBRIDGE_LM_BASE_URL"] = lm.url
+    os.environ[LEDGER_ENV] = lm.ledger_url
     os.environ["STEPBRIDGE_LM_MODEL"] = SUITE_MODEL
     config = tmp / "suite-config.toml"
-    # the suite is the operator here: two retries are enough to recover from its transient faults
+    # the suite is the operator here: one retry recovers from its transient faults
     config.write_text(f"[lm.profiles.default]\nmax_retries = {SUITE_MAX_RETRIES}\ntimeout = 60\n", encoding="utf-8")
     os.environ["STEPBRIDGE_CONFIG"] = str(config)
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -295,3 +305,7 @@ def _suite_environment(url: str, tmp: Path) -> Iterator[None]:
             os.environ.pop("STEPBRIDGE_CONFIG", None)
         else:
             os.environ["STEPBRIDGE_CONFIG"] = saved_config
+        if saved_ledger is None:
+            os.environ.pop(LEDGER_ENV, None)
+        else:
+            os.environ[LEDGER_ENV] = saved_ledger

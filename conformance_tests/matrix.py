@@ -61,7 +61,10 @@ def combine(reports: list[dict[str, Any]], labels: list[str] | None = None) -> s
         lines.append(f"| {cap} | " + " | ".join(capability_status(r, cap) for r in reports) + " |")
     lines.append("")
     for name, r in zip(names, reports, strict=True):
-        lines.append(f"- `{name}`: {summary_line(r)}")
+        certification = r.get("certification") or {}
+        certified = "" if not certification else (
+            f" Certified (suite {r['suite_version']})." if certification.get("certified") else " **Not certified.**")
+        lines.append(f"- `{name}`: {summary_line(r)}{certified}")
     lines.append("")
     for name, r in zip(names, reports, strict=True):
         body = render_markdown(r, heading=2)
@@ -79,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, default=None, help="write here (default: stdout)")
     parser.add_argument("--label", action="append", default=None,
                         help="column label per report, in order (default: the adapter name)")
-    parser.add_argument("--check", action="store_true", help="exit 1 when any adapter fails a declared capability")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when any adapter fails a declared capability (or a --certify run did not certify)")
     args = parser.parse_args(argv)
     reports = load_reports(args.reports)
     if args.label and len(args.label) != len(reports):
@@ -91,8 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         args.output.write_text(page, encoding="utf-8")
     failing = [r["adapter"]["name"] for r in reports
                if any(capability_status(r, c) == FAIL for c in {t["capability"] for t in r["tests"]})]
-    if failing and args.check:
-        print(f"not conformant: {', '.join(failing)}", file=sys.stderr)
+    uncertified = [r["adapter"]["name"] for r in reports if (r.get("certification") or {}).get("certified") is False]
+    if (failing or uncertified) and args.check:
+        if failing:
+            print(f"not conformant: {', '.join(failing)}", file=sys.stderr)
+        if uncertified:
+            print(f"not certified: {', '.join(uncertified)}", file=sys.stderr)
         return 1
     return 0
 

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
+from .cases import name_matches
 from .report import ADAPTERS_KEY, build_report, render_markdown, write_report
 
 EXPECTED_KEY = pytest.StashKey[dict[str, str]]()
@@ -37,6 +38,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="YAML file of known failures (test name or glob: reason); strict")
     group.addoption("--conformance-report", default=None, metavar="DIR",
                     help="write conformance.json, conformance.md and junit.xml to DIR")
+    group.addoption("--certify", action="store_true", default=False,
+                    help="certification mode: no core test may be skipped or expected to fail")
 
 
 def load_expected_failures(path: str | Path) -> dict[str, str]:
@@ -77,25 +80,61 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _matches(item: pytest.Item, pattern: str) -> bool:
-    from .cases import name_matches
-
     return (name_matches(item.name, pattern) or name_matches(item.nodeid, pattern)
             or name_matches(item.nodeid, "*::" + pattern))
+
+
+def _is_core(meta: tuple[str, str, str]) -> bool:
+    """In the core set: what every adapter must do (capability ``core``, judged on the adapter)."""
+    return meta[0] == "core" and meta[2] == "adapter"
+
+
+#: The order suite tests run in: quick, telling checks first (a broken adapter fails within seconds), the
+#: checks that wait on purpose (timeouts, cancellation) last.
+_ORDER = {"test_declares_adapter_protocol": 0, "case": 1, "equivalence": 2, "negative": 3, "behaviour": 4}
+
+
+def _cheap_first(items: list[pytest.Item]) -> None:
+    from .suite import conformance_meta
+
+    def rank(pair: tuple[int, pytest.Item]) -> tuple[int, int]:
+        index, item = pair
+        meta = conformance_meta(item)
+        if meta is None:
+            return (-1, index)
+        return (_ORDER.get(getattr(item, "originalname", item.name), _ORDER.get(meta[1], 4)), index)
+
+    items[:] = [item for _, item in sorted(enumerate(items), key=rank)]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from .suite import conformance_meta
 
+    certify = bool(config.getoption("--certify", default=False))
     expected = config.stash.get(EXPECTED_KEY, {})
     used: set[str] = set()
+    refused: list[str] = []
     for item in items:
-        if conformance_meta(item) is None:
+        meta = conformance_meta(item)
+        if meta is None:
             continue
+        class_expected = getattr(getattr(item, "cls", None), "expected_failures", None) or {}
+        marked = item.get_closest_marker("xfail") is not None or any(
+            name_matches(item.name, p) for p in class_expected)
         for pattern, reason in expected.items():
             if _matches(item, pattern):
                 item.add_marker(pytest.mark.xfail(strict=True, reason=f"expected failure: {reason}"))
                 used.add(pattern)
+                marked = True
                 break
+        if certify and marked and _is_core(meta):
+            refused.append(item.name)
+    _cheap_first(items)
+    if refused:
+        raise pytest.UsageError(
+            f"--certify: core tests may not be expected to fail: {', '.join(refused[:10])}"
+            + (f" (and {len(refused) - 10} more)" if len(refused) > 10 else "")
+            + ". Remove them from the expected failures (and fix the adapter) to certify it.")
     stale = [p for p in expected if p not in used]
     reporter = config.pluginmanager.get_plugin("stepbridge-conformance-reporter")
     if reporter is not None:
@@ -110,7 +149,7 @@ class ConformanceReporter:
 
     def __init__(self, config: pytest.Config):
         self.config = config
-        self.meta: dict[str, tuple[str, str, str]] = {}  # nodeid -> (capability, category, class nodeid)
+        self.meta: dict[str, tuple[str, str, str, str]] = {}  # nodeid -> (capability, category, scope, class)
         self.results: dict[str, dict[str, Any]] = {}
         self.stale: list[str] = []
         self.reports: list[dict[str, Any]] = []
@@ -124,7 +163,7 @@ class ConformanceReporter:
             if meta is not None:
                 parent = item.parent
                 class_id = parent.nodeid if parent is not None else ""
-                self.meta[item.nodeid] = (meta[0], meta[1], class_id)
+                self.meta[item.nodeid] = (meta[0], meta[1], meta[2], class_id)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         meta = self.meta.get(report.nodeid)
@@ -132,7 +171,8 @@ class ConformanceReporter:
             return
         entry = self.results.setdefault(report.nodeid, {
             "id": report.nodeid.rsplit("::", 1)[-1], "nodeid": report.nodeid, "capability": meta[0],
-            "category": meta[1], "outcome": "passed", "reason": None, "duration": 0.0, "_class": meta[2]})
+            "category": meta[1], "scope": meta[2], "outcome": "passed", "reason": None, "duration": 0.0,
+            "_class": meta[3]})
         entry["duration"] = round(entry["duration"] + report.duration, 4)
         outcome, reason = _outcome(report)
         if outcome is None:
@@ -142,6 +182,7 @@ class ConformanceReporter:
                 entry["outcome"] in ("failed", "error") and outcome == "passed"):
             entry["outcome"], entry["reason"] = outcome, reason
 
+    @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         from .harness import environment
         from .suite import SUITE_VERSION
@@ -159,7 +200,11 @@ class ConformanceReporter:
                 adapter = {"name": str(spec), "version": None, "spec": str(spec), "class": "?", "capabilities": []}
             tests = [{k: v for k, v in e.items() if not k.startswith("_")} for e in entries]
             self.reports.append(build_report(adapter, tests, suite_version=SUITE_VERSION, environment=env,
-                                             stale_expected_failures=self.stale))
+                                             stale_expected_failures=self.stale,
+                                             certify=bool(self.config.getoption("--certify", default=False))))
+        if any(r.get("certification", {}).get("certified") is False for r in self.reports) and \
+                session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
         report_dir = self.config.getoption("--conformance-report", default=None)
         if report_dir:
             for i, report in enumerate(self.reports):
@@ -172,6 +217,10 @@ class ConformanceReporter:
         terminalreporter.section("stepbridge conformance")
         for report in self.reports:
             terminalreporter.write(render_markdown(report, heading=3))
+            certification = report.get("certification") or {}
+            if certification.get("certified") is False:
+                terminalreporter.write_line("not certified: " + "; ".join(certification.get("problems", [])),
+                                            red=True)
         for pattern in self.stale:
             terminalreporter.write_line(f"stale expected-failures entry (matches no test): {pattern}", yellow=True)
         report_dir = self.config.getoption("--conformance-report", default=None)

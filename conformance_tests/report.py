@@ -1,7 +1,9 @@
 """Conformance reports: ``conformance.json`` and a Markdown matrix (✅/⚠️/❌/— per capability).
 
 The JSON is the source of truth (``matrix.py`` combines several of them into ``CONFORMANCE.md``);
-JUnit XML comes from pytest's own ``--junitxml``.
+JUnit XML comes from pytest's own ``--junitxml``. The matrix counts only what the adapter can fail:
+checks stepbridge's core makes before calling the adapter (input validation, the Runner's capability
+check, program validation) are listed in a separate "core" section.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ __all__ = [
 
 #: Row order of the matrix: what every adapter must do first, then each capability.
 CAPABILITY_ROWS = ("core", "async", "batch", "map", "retrieve", "tools", "json_adapter", "dspy_modules", "lm_trace",
-                   "timeout", "cancel", "rehydrate", "out_of_process")
+                   "timeout", "cancel", "rehydrate", "out_of_process", "control_flow", "parallel", "agents",
+                   "ensembles", "typed_objects", "xml_adapter")
 CATEGORIES = ("case", "equivalence", "behaviour", "negative")
 
 ADAPTERS_KEY = pytest.StashKey[dict[str, dict[str, Any]]]()
@@ -35,11 +38,12 @@ OK, WARN, FAIL, NONE = "✅", "⚠️", "❌", "—"
 
 def record_adapter(config: pytest.Config, class_nodeid: str, harness: Any) -> None:
     """Remember which adapter a test class certifies (called by the suite's class fixture)."""
-    from .harness import adapter_version
+    from .harness import adapter_package, adapter_version
 
     config.stash.setdefault(ADAPTERS_KEY, {})[class_nodeid] = {
         "name": harness.name,
         "version": adapter_version(harness.adapter),
+        "package": adapter_package(harness.adapter),
         "spec": harness.spec,
         "class": type(harness.adapter).__module__ + "." + type(harness.adapter).__qualname__,
         "capabilities": sorted(harness.capabilities),
@@ -61,9 +65,19 @@ def _cell(tests: list[dict[str, Any]]) -> str:
     return f"{OK} {len(ran)}"
 
 
+def adapter_tests(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tests the adapter can fail (not stepbridge's own checks)."""
+    return [t for t in report["tests"] if t.get("scope", "adapter") == "adapter"]
+
+
+def core_tests(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Checks stepbridge makes before the adapter runs: reported apart, never counted for the adapter."""
+    return [t for t in report["tests"] if t.get("scope", "adapter") == "core"]
+
+
 def capability_status(report: dict[str, Any], cap: str) -> str:
     """``✅`` conformant, ``⚠️`` conformant with expected failures, ``❌`` failing, ``—`` not declared/applicable."""
-    tests = [t for t in report["tests"] if t["capability"] == cap]
+    tests = [t for t in adapter_tests(report) if t["capability"] == cap]
     declared = cap == "core" or cap in report["adapter"]["capabilities"]
     outcomes = [t["outcome"] for t in tests]
     if any(o in ("failed", "error") for o in outcomes):
@@ -105,7 +119,7 @@ def summary_line(report: dict[str, Any]) -> str:
 
 
 def _rows(report: dict[str, Any]) -> list[str]:
-    extra = sorted({t["capability"] for t in report["tests"]} - set(CAPABILITY_ROWS))
+    extra = sorted({t["capability"] for t in adapter_tests(report)} - set(CAPABILITY_ROWS))
     return [*CAPABILITY_ROWS, *extra]
 
 
@@ -114,15 +128,22 @@ def render_markdown(report: dict[str, Any], *, heading: int = 2) -> str:
     adapter = report["adapter"]
     h = "#" * heading
     version = f" {adapter['version']}" if adapter.get("version") else ""
+    package = adapter.get("package")
+    shipped = f", package `{package['name']}` {package['version']}" if package else ", not an installed package"
+    certification = report.get("certification") or {}
     lines = [f"{h} Conformance: `{adapter['name']}`{version}", "",
-             f"Adapter `{adapter['spec']}` ({adapter['class']}); suite {report['suite_version']}, "
-             f"Python {report['environment'].get('python', '?')}, {report['created']}.", "",
-             summary_line(report), "",
+             f"Adapter `{adapter['spec']}` ({adapter['class']}{shipped}); conformance suite "
+             f"{report['suite_version']}, Python {report['environment'].get('python', '?')}, {report['created']}.", "",
+             summary_line(report), ""]
+    if certification:
+        lines += [f"**Certified** against suite {report['suite_version']}." if certification.get("certified") else
+                  "**Not certified**: " + "; ".join(certification.get("problems", [])) + ".", ""]
+    lines += [
              "| capability | declared | cases | equivalence | behaviour | negative | result |",
              "|---|---|---|---|---|---|---|"]
     notes: list[str] = []
     for cap in _rows(report):
-        tests = [t for t in report["tests"] if t["capability"] == cap]
+        tests = [t for t in adapter_tests(report) if t["capability"] == cap]
         if not tests and cap not in CAPABILITIES and cap != "core":
             continue
         declared = "core" if cap == "core" else ("yes" if cap in adapter["capabilities"] else "no")
@@ -147,7 +168,18 @@ def render_markdown(report: dict[str, Any], *, heading: int = 2) -> str:
             result = status
         lines.append(f"| {cap} | {declared} | {' | '.join(c or ' ' for c in cells)} | {result} |")
     counts = report["summary"]
-    lines += ["", "Tests: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + "."]
+    lines += ["", "Adapter tests: " + (", ".join(f"{v} {k}" for k, v in counts.items() if v) or "none") + "."]
+    core = core_tests(report)
+    if core:
+        core_counts: dict[str, int] = {}
+        for t in core:
+            core_counts[t["outcome"]] = core_counts.get(t["outcome"], 0) + 1
+        lines += ["", "Core checks (stepbridge refuses bad inputs, undeclared capabilities and invalid programs "
+                      "before the adapter runs; not counted for the adapter): "
+                  + ", ".join(f"{v} {k}" for k, v in sorted(core_counts.items())) + "."]
+        for t in core:
+            if t["outcome"] in ("failed", "error"):
+                notes.append(f"core check {t['id']} — {t['outcome']}: {t['reason'] or ''}".strip())
     if notes:
         lines.append("")
         for i, note in enumerate(notes, 1):
@@ -161,10 +193,12 @@ def _one_line(text: str, limit: int = 400) -> str:
 
 
 def build_report(adapter: dict[str, Any], tests: list[dict[str, Any]], *, suite_version: str,
-                 environment: dict[str, Any], stale_expected_failures: list[str] | None = None) -> dict[str, Any]:
+                 environment: dict[str, Any], stale_expected_failures: list[str] | None = None,
+                 certify: bool = False) -> dict[str, Any]:
     summary: dict[str, int] = {k: 0 for k in ("passed", "failed", "error", "skipped", "xfailed")}
     for t in tests:
-        summary[t["outcome"]] = summary.get(t["outcome"], 0) + 1
+        if t.get("scope", "adapter") == "adapter":
+            summary[t["outcome"]] = summary.get(t["outcome"], 0) + 1
     report = {
         "format": 1,
         "suite_version": suite_version,
@@ -178,7 +212,26 @@ def build_report(adapter: dict[str, Any], tests: list[dict[str, Any]], *, suite_
     }
     report["capabilities"] = {cap: capability_status(report, cap) for cap in _rows(report)}
     report["conformant"] = all(s != FAIL for s in report["capabilities"].values())
+    if certify:
+        report["certification"] = certification(report)
     return report
+
+
+def certification(report: dict[str, Any]) -> dict[str, Any]:
+    """Certified: conformant, and every test of the core set ran and passed (none skipped, none expected to fail)."""
+    problems = []
+    core = [t for t in adapter_tests(report) if t["capability"] == "core"]
+    for outcome, say in (("skipped", "skipped"), ("xfailed", "expected to fail"), ("failed", "failed"),
+                         ("error", "errored")):
+        names = [t["id"] for t in core if t["outcome"] == outcome]
+        if names:
+            problems.append(f"core tests {say}: {', '.join(names[:8])}" + ("…" if len(names) > 8 else ""))
+    failing = [c for c, s in report["capabilities"].items() if s == FAIL and c != "core"]
+    if failing:
+        problems.append(f"failing capabilities: {', '.join(failing)}")
+    if not core:
+        problems.append("no core test ran")
+    return {"certified": not problems, "problems": problems, "suite_version": report["suite_version"]}
 
 
 def write_report(directory: Path, report: dict[str, Any], stem: str = "conformance") -> list[Path]:

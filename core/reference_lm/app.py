@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,12 +23,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..secrets import register_secret, scrub
 from .cassettes import Cassette, CassetteMiss, request_hash
 from .codec import dumps, loads
 from .faults import GARBAGE_TEXT, context_error, parse_faults, prompt_chars
 from .model import ReferenceModel
 from .request_log import RequestLog
-from .responses import error, json_response, reply, reply_recorded
+from .responses import error, json_response, reply, reply_recorded, usage_of
 
 __all__ = ["MODEL_NAME", "ReferenceApp", "create_app"]
 
@@ -97,16 +99,25 @@ def create_app(
         try:
             body = loads(raw)
         except ValueError:
-            state.log.append(path, {"_invalid_json": raw[:10_000].decode("utf-8", "replace")})
+            bad = state.log.append(path, {"_invalid_json": raw[:10_000].decode("utf-8", "replace")})
+            state.log.answered(bad, status=400)
             return error(400, "request body is not valid JSON", "invalid_request_error")
-        state.log.append(path, body)
+        entry = state.log.append(path, body)
+        response, content, usage = await answer(body)
+        state.log.answered(entry, status=response.status_code, usage=usage, reply=content)
+        return response
+
+    async def answer(body: Any) -> tuple[Response, str | None, Any]:
+        """The response to a logged request, and (for a completion) its text and reported usage."""
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return error(400, "request body must be a JSON object with a 'messages' list",
-                          "invalid_request_error", param="messages")
+                         "invalid_request_error", param="messages"), None, None
         model_id = str(body.get("model") or state.model_name)
         faults = parse_faults(model_id, state.fault)
         if faults.slow_ms:
             await asyncio.sleep(faults.slow_ms / 1000)
+        if faults.jitter_ms:
+            await asyncio.sleep(_jitter(body, faults.jitter_ms) / 1000)
         if state.latency_ms:
             await asyncio.sleep(state.latency_ms / 1000)
         if faults.flaky or faults.ratelimit:
@@ -115,17 +126,18 @@ def create_app(
             state.attempts[key] = seen + 1
             if seen < faults.flaky:
                 return error(503, f"injected flaky failure {seen + 1} of {faults.flaky}", "server_error",
-                              "flaky")
+                             "flaky"), None, None
             if seen < faults.ratelimit:
                 return error(429, f"injected rate limit {seen + 1} of {faults.ratelimit}", "rate_limit_error",
-                              "rate_limited", retry_after="0")
+                             "rate_limited", retry_after="0"), None, None
         if faults.error is not None:
             kind = "rate_limit_error" if faults.error == 429 else (
                 "server_error" if faults.error >= 500 else "invalid_request_error")
             return error(faults.error, f"injected error {faults.error} (model {model_id!r})", kind,
-                          "injected_error")
+                         "injected_error"), None, None
         if faults.context and (used := prompt_chars(body["messages"])) > faults.context:
-            return error(400, context_error(faults.context, used), "invalid_request_error", "context_length_exceeded")
+            return error(400, context_error(faults.context, used), "invalid_request_error",
+                         "context_length_exceeded"), None, None
 
         if state.cassette is not None:
             key = request_hash(body)
@@ -133,25 +145,31 @@ def create_app(
                 try:
                     data = state.cassette.get(key)
                 except CassetteMiss as miss:
-                    return error(404, str(miss), "cassette_miss", hash=key, cassette=str(miss.path))
+                    return error(404, str(miss), "cassette_miss", hash=key, cassette=str(miss.path)), None, None
             else:
                 upstream = await _forward(state, body)
                 if isinstance(upstream, Response):
-                    return upstream
+                    return upstream, None, None
                 data = upstream
                 state.cassette.record(key, body, data)
-            return reply_recorded(body, data)
+            return reply_recorded(body, data), None, data.get("usage") if isinstance(data, dict) else None
 
-        if faults.garbage:
+        messages = body["messages"]
+        if faults.garbage or (faults.chat_garbage and state.model.prompt_format(messages) == "chat"):
             content = GARBAGE_TEXT
         elif faults.empty:
             content = ""
         else:
             try:
-                content = state.model.complete(body["messages"], response_format=body.get("response_format"))
+                if faults.off_type is not None:
+                    content = state.model.complete_off_type(messages, off=faults.off_type,
+                                                            response_format=body.get("response_format"))
+                else:
+                    content = state.model.complete(messages, response_format=body.get("response_format"))
             except Exception as exc:  # the model must never take the server down
-                return error(500, f"reference model failed: {type(exc).__name__}: {exc}", "server_error")
-        return reply(body, model_id, content)
+                return error(500, f"reference model failed: {type(exc).__name__}: {exc}", "server_error"), None, None
+        usage = usage_of(body, content)
+        return reply(body, model_id, content, usage), content, usage
 
     async def list_models(request: Request) -> Response:
         return json_response({"object": "list", "data": [
@@ -192,6 +210,14 @@ def create_app(
     return app
 
 
+def _jitter(body: dict[str, Any], most_ms: int) -> int:
+    """0..``most_ms``: the same for the same last user message (the ``jitter-<ms>`` fault)."""
+    last = next((m.get("content") for m in reversed(body["messages"])
+                 if isinstance(m, dict) and m.get("role") == "user"), "")
+    digest = hashlib.sha256(str(last).encode("utf-8", "replace")).digest()
+    return int.from_bytes(digest[:4], "big") % (most_ms + 1)
+
+
 _COMPLETION_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
 
 
@@ -227,6 +253,7 @@ async def _forward(state: _ServerState, body: dict[str, Any]) -> Any:
     headers = {"Content-Type": "application/json"}
     key = os.environ.get(state.upstream_key_env) if state.upstream_key_env else None
     if key:
+        register_secret(key, source=f"${state.upstream_key_env}")
         headers["Authorization"] = f"Bearer {key}"
     upstream_body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
     try:
@@ -234,11 +261,12 @@ async def _forward(state: _ServerState, body: dict[str, Any]) -> Any:
                                        headers=headers)
     except httpx.HTTPError as exc:
         return error(502, f"upstream request failed: {type(exc).__name__}", "upstream_error")
+    # the upstream may echo the key: never pass it on to clients, logs or cassettes
     if resp.status_code != 200:
         passthrough = {k: v for k, v in resp.headers.items() if k.lower() == "retry-after"}
-        return Response(resp.content, status_code=resp.status_code, headers=passthrough,
+        return Response(scrub(resp.text), status_code=resp.status_code, headers=passthrough,
                         media_type=resp.headers.get("content-type", "application/json"))
     try:
-        return resp.json()
+        return scrub(resp.json())
     except ValueError:
         return error(502, "upstream answered with invalid JSON", "upstream_error")

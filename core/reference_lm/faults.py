@@ -8,6 +8,16 @@ distinct request get a 503, then it succeeds), ``ratelimit-<n>`` (the same with 
 HTTP 400 with the OpenAI error code ``context_length_exceeded``, as a model with a small context
 window answers). Example: ``dspy.LM("openai/reference/error-500", api_base=url)``.
 
+Faults an adapter's *parsing* must catch (the conformance suite's lenient-parsing checks): answers in
+the requested format whose values are off their type -- ``off-literal`` (a Literal/enum value outside
+its set) and ``off-number`` (words where an int or float belongs) -- and ``chat-garbage`` (garbage for
+a chat-format prompt only: the JSON-format retry DSPy's ChatAdapter makes then succeeds).
+``jitter-<ms>`` delays each request by 0 to ``ms`` milliseconds, the same for the same last user
+message, so concurrent requests finish in another order than they arrived.
+
+The HTTP app acts on every fault; the in-process client (``stepbridge.lm``) on ``error``, ``slow``
+and ``garbage``.
+
 A new fault is a field of :class:`Faults`, a pattern in ``_FAULT`` and a branch of
 :func:`parse_faults`; the app (:mod:`.app`) and the in-process client (``stepbridge.lm``) act on it.
 """
@@ -21,7 +31,8 @@ from functools import lru_cache
 __all__ = ["GARBAGE_TEXT", "Faults", "context_error", "parse_faults", "prompt_chars"]
 
 GARBAGE_TEXT = "Lorem ipsum dolor sit amet: this reply deliberately ignores the requested format."
-_FAULT = re.compile(r"^(error|slow|flaky|ratelimit|context)-(\d{1,9})$|^(garbage|empty)$")
+_FAULT = re.compile(r"^(error|slow|flaky|ratelimit|jitter|context)-(\d{1,9})$"
+                    r"|^(garbage|empty|off-literal|off-number|chat-garbage)$")
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,10 @@ class Faults:
     ratelimit: int = 0
     garbage: bool = False
     empty: bool = False
+    jitter_ms: int = 0
+    #: "literal" / "number": answer values off their type (see the module docstring)
+    off_type: str | None = None
+    chat_garbage: bool = False
     context: int = 0
 
 
@@ -60,6 +75,7 @@ def context_error(limit: int, used: int) -> str:
 def parse_faults(*names: str | None) -> Faults:
     """Faults named by ``/``-separated segments, e.g. ``reference/error-429`` or ``slow-200/garbage``."""
     error, slow, flaky, ratelimit, garbage, empty, context = None, 0, 0, 0, False, False, 0
+    jitter, off_type, chat_garbage = 0, None, False
     for name in names:
         for seg in (name or "").split("/"):
             m = _FAULT.match(seg.strip().lower())
@@ -80,5 +96,11 @@ def parse_faults(*names: str | None) -> Faults:
                 garbage = True
             elif flag == "empty":
                 empty = True
+            elif kind == "jitter":
+                jitter = int(num)
+            elif flag in ("off-literal", "off-number"):
+                off_type = flag.removeprefix("off-")
+            elif flag == "chat-garbage":
+                chat_garbage = True
     return Faults(error=error, slow_ms=slow, flaky=flaky, ratelimit=ratelimit, garbage=garbage, empty=empty,
-                  context=context)
+                  jitter_ms=jitter, off_type=off_type, chat_garbage=chat_garbage, context=context)

@@ -49,14 +49,7 @@ class ReferenceModel:
         self._cache_size = cache_size
 
     def complete(self, messages: Sequence[Mapping[str, Any]], *, response_format: Any = None) -> str:
-        system = ""
-        user = ""
-        for m in messages:
-            role = m.get("role")
-            if role in ("system", "developer") and not system:
-                system = message_text(m.get("content"))
-            elif role == "user":
-                user = message_text(m.get("content"))
+        system, user = _system_and_user(messages)
         rf_key = "" if response_format is None else json.dumps(response_format, sort_keys=True, default=str)
         key = (system, user, rf_key)
         cached = self._cache.get(key)
@@ -70,7 +63,21 @@ class ReferenceModel:
 
     __call__ = complete
 
-    def _answer(self, system: str, user: str, response_format: Any) -> str:
+    def complete_off_type(self, messages: Sequence[Mapping[str, Any]], *, off: str,
+                          response_format: Any = None) -> str:
+        """An answer in the requested format whose ``off`` values are off their type: ``"literal"`` puts a
+        value outside each Literal/enum set, ``"number"`` words where an int or float belongs. What a careless
+        LM answers; a conformant adapter refuses it (a parse error), never accepts or coerces it."""
+        system, user = _system_and_user(messages)
+        return self._answer(system, user, response_format, off=off)
+
+    def prompt_format(self, messages: Sequence[Mapping[str, Any]]) -> str | None:
+        """``"chat"`` or ``"json"``: the DSPy format the request's system message asks for (None: not DSPy's)."""
+        system, _ = _system_and_user(messages)
+        spec = parse_system_message(system) if system else None
+        return spec.format if spec is not None else None
+
+    def _answer(self, system: str, user: str, response_format: Any, off: str | None = None) -> str:
         spec = parse_system_message(system) if system else None
         rf_type = response_format.get("type") if isinstance(response_format, Mapping) else None
         if spec is None:
@@ -85,9 +92,41 @@ class ReferenceModel:
         if values is None:
             facts = Facts.from_values(input_values(user, [f.name for f in spec.inputs]))
             values = {out.name: ValueGenerator(facts, out.schema).value(out.schema, out.name) for out in spec.outputs}
+        if off is not None:
+            values = {out.name: _off_type(out.schema, values[out.name], off) for out in spec.outputs}
         if spec.format == "json" or rf_type in ("json_object", "json_schema"):
             return json.dumps(values, indent=2, ensure_ascii=False)
         return render_chat(spec.outputs, values)
+
+
+def _system_and_user(messages: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
+    """The first system (or developer) message and the last user message, as text."""
+    system = ""
+    user = ""
+    for m in messages:
+        role = m.get("role")
+        if role in ("system", "developer") and not system:
+            system = message_text(m.get("content"))
+        elif role == "user":
+            user = message_text(m.get("content"))
+    return system, user
+
+
+def _off_type(schema: Any, value: Any, off: str, depth: int = 0) -> Any:
+    """``value`` with every ``off`` ("literal"/"number") part replaced by a value of the wrong kind."""
+    if not isinstance(schema, Mapping) or depth > 8:
+        return value
+    if off == "literal" and isinstance(schema.get("enum"), list):
+        return "none of " + " / ".join(str(option) for option in schema["enum"])
+    if off == "number" and schema.get("type") in ("integer", "number"):
+        return "several"
+    for key in ("anyOf", "oneOf"):
+        variants = [v for v in schema.get(key) or [] if isinstance(v, Mapping) and v.get("type") != "null"]
+        if variants and value is not None:
+            return _off_type(variants[0], value, off, depth + 1)
+    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        return [_off_type(schema["items"], v, off, depth + 1) for v in value]
+    return value
 
 
 def _response_schema(response_format: Any) -> Mapping[str, Any] | None:

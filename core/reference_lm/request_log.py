@@ -38,8 +38,20 @@ class RequestLog:
                 self._file.flush()
         return entry
 
+    def answered(self, entry: dict[str, Any], *, status: int, usage: Any = None, reply: str | None = None) -> None:
+        """Note how the server answered a logged request (``entry`` from :meth:`append`): its HTTP
+        ``status``, and for a completion the ``usage`` it reported and the ``reply`` text. Tests compare
+        them with what an adapter says it received."""
+        with self._lock:
+            entry["status"] = status
+            if usage is not None:
+                entry["usage"] = usage
+            if reply is not None:
+                entry["reply"] = reply
+
     def entries(self, since: int = 0) -> list[dict[str, Any]]:
-        """Log entries (``seq``, ``time``, ``path``, ``body``) with ``seq > since``."""
+        """Log entries (``seq``, ``time``, ``path``, ``body``; once answered ``status``, ``usage``, ``reply``)
+        with ``seq > since``."""
         with self._lock:
             return [e for e in self._entries if e["seq"] > since]
 

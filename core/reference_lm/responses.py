@@ -14,7 +14,7 @@ from starlette.responses import Response, StreamingResponse
 from .codec import dumps
 from .prompts import message_text
 
-__all__ = ["count_tokens", "error", "json_response", "reply", "reply_recorded", "stream"]
+__all__ = ["count_tokens", "error", "json_response", "reply", "reply_recorded", "stream", "usage_of"]
 
 def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     """A JSON response (orjson-encoded)."""
@@ -35,13 +35,23 @@ def count_tokens(text: str) -> int:
     return len(text.split())
 
 
-def reply(body: Mapping[str, Any], model_id: str, content: str) -> Response:
-    """A chat completion answering ``content`` (``n`` choices, word-count usage), streamed if asked."""
+def _choices(body: Mapping[str, Any]) -> int:
     n = body.get("n") or 1
-    n = n if isinstance(n, int) and 1 <= n <= 128 else 1
+    return n if isinstance(n, int) and 1 <= n <= 128 else 1
+
+
+def usage_of(body: Mapping[str, Any], content: str) -> dict[str, int]:
+    """The usage :func:`reply` reports: words of the messages, words of the reply times ``n``."""
     prompt_tokens = sum(count_tokens(message_text(m.get("content")))
                         for m in body["messages"] if isinstance(m, Mapping))
-    completion_tokens = count_tokens(content) * n
+    completion_tokens = count_tokens(content) * _choices(body)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def reply(body: Mapping[str, Any], model_id: str, content: str, usage: dict[str, int] | None = None) -> Response:
+    """A chat completion answering ``content`` (``n`` choices, word-count usage), streamed if asked."""
+    n = _choices(body)
     data = {
         "id": "chatcmpl-ref-" + hashlib.sha256(content.encode()).hexdigest()[:24],
         "object": "chat.completion",
@@ -53,8 +63,7 @@ def reply(body: Mapping[str, Any], model_id: str, content: str) -> Response:
              "finish_reason": "stop"}
             for i in range(n)
         ],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
+        "usage": usage if usage is not None else usage_of(body, content),
     }
     if body.get("stream"):
         return stream(body, data)

@@ -47,7 +47,7 @@ class TinyAdapter:
     def __init__(self) -> None:
         self.lm = LMPool()  # profiles from the operator's config / STEPBRIDGE_LM_* environment
         self._prompts: dict[tuple[str, str], Prompt] = {}
-        self._retrievers: dict[tuple[str, str], Any] = {}
+        self._retrievers: dict[tuple[Any, str], Any] = {}
 
     # -- the adapter protocol ----------------------------------------------------------------------
     async def prepare(self, program: Program) -> None:
@@ -122,7 +122,8 @@ class TinyAdapter:
         raise AssertionError("a validated program ends with a return step")
 
     def _retriever(self, program: Program, name: str, module: RetrieveModule) -> Any:
-        key = (program.content_hash, name)
+        # the same program beside another corpus is another index: key by content *and* folder (plan_key)
+        key = (program.plan_key, name)
         if key not in self._retrievers:
             self._retrievers[key] = make_retriever(module.retriever, program.base_dir)
         return self._retrievers[key]
