@@ -76,7 +76,6 @@ from stepbridge.errors import (  # noqa: E402
     LMParseError,
     StepbridgeError,
     UnsupportedCapabilityError,
-    register_secret,
 )
 from stepbridge.formats import to_dspy_signature  # noqa: E402
 from stepbridge.interpreter import PlanStep, RunContext, execute, plan, run_plan  # noqa: E402
@@ -92,10 +91,12 @@ from stepbridge.program import (  # noqa: E402
 )
 from stepbridge.react import json_data  # noqa: E402
 from stepbridge.result import LMCall, RunResult  # noqa: E402
+from stepbridge.secrets import register_secret, register_url, scrub  # noqa: E402
 
 __all__ = [
     "DSPyAdapter",
     "ProgramModule",
+    "apply_state",
     "build_module",
     "sanitize_state",
     "to_typed_error",
@@ -107,9 +108,6 @@ DEFAULT_MAP_CONCURRENCY = 16
 #: Format-2 module types: their outputs are made JSON data, their completions checked before the call.
 _AGENT_TYPES = frozenset({"react", "best_of_n", "refine", "multi_chain_comparison"})
 DEFAULT_THREADS = 32
-#: Keys of a ``dspy.Predict`` state that may be loaded from a program (no ``lm``: endpoints and
-#: models never come from a program file; nothing else is ``setattr`` onto the predictor).
-PREDICT_STATE_KEYS = ("traces", "train", "demos", "signature", "fields")
 
 
 # ================================================================================================
@@ -175,45 +173,65 @@ class ToolStep(dspy.Module):
 
 
 def sanitize_state(state: Any) -> Any:
-    """A DSPy module state safe to load from a program.
-
-    Every entry that is a predictor state — any dict with a ``signature`` key, with or without
-    ``demos`` — keeps only the known predictor keys and has its ``lm`` dropped (set to None: DSPy's
-    ``Predict.load_state`` would otherwise build ``dspy.LM(**state["lm"])``, and a predictor's own
-    ``lm`` takes precedence over ``dspy.context``). Other entries are left as they are."""
+    """A DSPy module state reduced to what a program may carry (see :mod:`stepbridge.dspy_state`):
+    per predictor its ``signature`` and ``demos``, with ``lm: null`` so DSPy's own ``load_state`` reads
+    it. For states this process produced itself (import, export); a program's state is *checked* at
+    validation and only its allowed parts are applied (:func:`apply_state`)."""
     if not isinstance(state, dict):
         raise TypeError("a DSPy module state must be a JSON object")
-    clean: dict[str, Any] = {}
-    for name, value in state.items():
-        if name == "metadata":
-            continue
-        if isinstance(value, dict) and "signature" in value:
-            entry = {k: value[k] for k in PREDICT_STATE_KEYS if k in value}
-            entry["lm"] = None
-            clean[name] = entry
-        else:
-            clean[name] = value
-    return clean
+
+    def predictor(entry: dict[str, Any]) -> dict[str, Any]:
+        return {**{k: entry[k] for k in ("signature", "demos") if k in entry}, "lm": None}
+
+    if "signature" in state or "demos" in state:  # a bare predictor's state
+        return predictor(state)
+    return {name: predictor(entry) if isinstance(entry, dict) else entry
+            for name, entry in state.items() if name != "metadata"}
 
 
-def _registered_module(spec: DspyModule) -> Any:
+def apply_state(module: dspy.Module, state: dict[str, Any], *, where: str = "") -> None:
+    """Set the signature text and demos a checked state gives ``module``'s predictors; nothing else.
+
+    The state is checked again against the module's real shape (a program reaching here unvalidated
+    is refused the same way, with pointers)."""
+    from stepbridge.dspy_state import module_shape, predictor_parts, state_problems
+    from stepbridge.errors import Issue, ProgramValidationError
+
+    shape = module_shape(module)
+    problems = state_problems(state, shape)
+    if problems:
+        raise ProgramValidationError([Issue(f"{where}/state{p}", m) for p, m in problems])
+    params = dict(module.named_parameters())
+    for name, part in predictor_parts(state, shape).items():
+        predictor = params[name]
+        if "instructions" in part or "fields" in part:
+            saved = predictor.signature.dump_state()
+            if "instructions" in part:
+                saved["instructions"] = part["instructions"]
+            for current, given in zip(saved["fields"], part.get("fields", []), strict=False):
+                current.update(given)
+            predictor.signature = predictor.signature.load_state(saved)
+        if "demos" in part:
+            predictor.demos = part["demos"]
+
+
+def _registered_module(spec: DspyModule, where: str = "") -> Any:
     from stepbridge.registry import dspy_modules
 
     try:
-        factory = dspy_modules.get(spec.module)
+        instance = dspy_modules.instance(spec.module)
     except KeyError as exc:
         raise UnsupportedCapabilityError(str(exc.args[0]), capability="dspy_modules", adapter="dspy") from None
-    instance = factory() if callable(factory) and not isinstance(factory, dspy.Module) else factory
-    if isinstance(factory, dspy.Module):
-        instance = factory.deepcopy()
+    except TypeError as exc:
+        raise UnsupportedCapabilityError(str(exc), capability="dspy_modules", adapter="dspy") from None
     if not isinstance(instance, dspy.Module):
         raise UnsupportedCapabilityError(
             f"DSPy module {spec.module!r} is registered as {type(instance).__name__}, not a dspy.Module "
             "(or a factory returning one)", capability="dspy_modules", adapter="dspy")
     if spec.state:
-        instance.load_state(sanitize_state(spec.state))
-    # Whatever the state (or the registered factory) said, every predictor uses the LM the adapter
-    # puts in ``dspy.context``: a predictor's own ``lm`` would take precedence over it.
+        apply_state(instance, spec.state, where=where)
+    # Whatever the registered factory said, every predictor uses the LM the adapter puts in
+    # ``dspy.context``: a predictor's own ``lm`` would take precedence over it.
     for _, predictor in instance.named_predictors():
         predictor.lm = None
     return instance
@@ -259,12 +277,7 @@ class ProgramModule(dspy.Module):
 
     def __init__(self, program: Program):
         super().__init__()
-        reserved = {n for n in dir(type(self)) if not n.startswith("__")} | {"callbacks", "history"}
-        for name in program.modules:
-            if name in reserved or name.startswith("_sb"):
-                raise UnsupportedCapabilityError(
-                    f"module name {name!r} clashes with a dspy.Module attribute; rename it to run on DSPy",
-                    adapter="dspy")
+        _check_names(program)  # validation refuses these already; a program that skipped it stops here
         # ensembles last: they wrap the sub-module of another program module (one set of predictors)
         order = sorted(program.modules, key=lambda n: program.modules[n].type in ("best_of_n", "refine"))
         for name in order:
@@ -277,7 +290,7 @@ class ProgramModule(dspy.Module):
             elif isinstance(module, ToolModule):
                 sub = ToolStep(module)
             elif isinstance(module, DspyModule):
-                sub = _registered_module(module)
+                sub = _registered_module(module, f"/modules/{name}")
             else:
                 from .dspy_agents import build_agent_module
 
@@ -328,6 +341,26 @@ def _run_sync(coroutine: Any) -> Any:
     ctx = contextvars.copy_context()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stepbridge-forward") as pool:
         return pool.submit(ctx.run, asyncio.run, coroutine).result()
+
+
+def _check_names(program: Program) -> None:
+    from stepbridge.errors import Issue, ProgramValidationError
+    from stepbridge.names import field_name_problem, module_name_problem
+
+    issues = [Issue("/signature", problem) for field in [*program.signature.inputs, *program.signature.outputs]
+              if (problem := field_name_problem(field)) is not None]
+    reserved = {n for n in dir(ProgramModule) if not n.startswith("__")} | {"callbacks", "history"}
+    for name, module in program.modules.items():
+        problem = module_name_problem(name) or (f"module name {name!r} is a dspy.Module attribute"
+                                                if name in reserved else None)
+        if problem:
+            issues.append(Issue(f"/modules/{name}", problem))
+        sig = getattr(module, "effective_signature", None) or getattr(module, "signature", None)
+        for field_name in [*(sig.inputs if sig else ()), *(sig.outputs if sig else ())]:
+            if (problem := field_name_problem(field_name)) is not None:
+                issues.append(Issue(f"/modules/{name}/signature", problem))
+    if issues:
+        raise ProgramValidationError(issues)
 
 
 def _has_aforward(module: Any) -> bool:
@@ -402,10 +435,11 @@ class _CallRecorder(BaseCallback):
                                   error=to_typed_error(exception).to_dict()))
                 continue
             entry = entry or {}
+            response = _response_text(entry)
             out.append(LMCall(
                 model=self.model,
                 messages=_plain_messages(entry.get("messages") or messages),
-                response=_response_text(entry),
+                response=scrub(response) if response is not None else None,
                 usage={k: v for k, v in dict(entry.get("usage") or {}).items() if v is not None},
                 latency_ms=latency,
                 cached=bool(getattr(entry.get("response"), "cache_hit", False)),
@@ -521,7 +555,8 @@ class DSPyAdapter:
                     if not api_key:
                         raise LMError(f"LM profile {profile.name!r}: environment variable {profile.api_key_env} "
                                       "is not set")
-                    register_secret(api_key)
+                    register_secret(api_key, source=f"${profile.api_key_env}")
+                register_url(api_base, source=f"the base_url of LM profile {profile.name!r}")
             wire_model = model if model.startswith("openai/") else f"openai/{model}"
             lm = dspy.LM(wire_model, api_base=api_base, api_key=api_key, temperature=temperature,
                          max_tokens=max_tokens, cache=self.cache, num_retries=profile.max_retries,
@@ -583,8 +618,9 @@ class DSPyAdapter:
             from stepbridge.ensembles import no_prediction
 
             spec = prepared.program.modules[step.module]
-            raise no_prediction(step.module_type, step.module, spec.n)
-        outputs = _prediction_outputs(prediction, names)
+            raise no_prediction(step.module_type, step.module, getattr(spec, "n", 0))
+        # an upstream may echo the key back: it never reaches outputs, traces or the next step's prompt
+        outputs = scrub(_prediction_outputs(prediction, names))
         if step.module_type in _AGENT_TYPES:
             return {k: json_data(v) for k, v in outputs.items()}
         return outputs

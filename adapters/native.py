@@ -124,11 +124,11 @@ class Predictor:
             outputs = await self._complete(prompt, args, request, client, ctx, inv.calls)
         except LMParseError:
             fallback = getattr(prompt, "fallback", None)
-            if mode != "chat" or fallback is None or fallback() is None:
+            json_prompt = fallback() if mode == "chat" and fallback is not None else None
+            if json_prompt is None:
                 raise
             # DSPy's ChatAdapter retries once with the JSON adapter when the chat format did not parse.
-            outputs = await self._complete(prompt.fallback(), args, request, client,
-                                           ctx, inv.calls)
+            outputs = await self._complete(json_prompt, args, request, client, ctx, inv.calls)
         if inv.trace is not None:
             inv.trace.append((self.name, dict(args), dict(outputs)))
         return outputs

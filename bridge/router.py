@@ -34,9 +34,10 @@ import shutil
 import socket
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -183,6 +184,9 @@ class Router:
         self._completions: deque[float] = deque(maxlen=10_000)
         self._throttle = Throttle(log)
         self.started_at = time.time()
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            Deliver: self._on_deliver, Fail: self._on_fail, Cancel: self._on_cancel, Kill: self._on_kill,
+            Disconnect: self._on_disconnect, Spawn: self._on_spawn}
 
     def _endpoint(self, bind: str | None) -> str:
         c = self.config
@@ -469,45 +473,45 @@ class Router:
 
     # -- performing actions ------------------------------------------------------------------------
     def _apply(self, actions: list[Action]) -> None:
+        handlers = self._handlers
         i = 0
         while i < len(actions):
             action = actions[i]
             i += 1
-            kind = type(action)
-            if kind is Send:
-                assert isinstance(action, Send)
+            if type(action) is Send:
                 job = action.job
                 if job.done or job.worker != action.worker or job.attempt != action.attempt:
                     continue  # overtaken by a later event in the same batch
                 if not self._send_request(action):
                     unsent = [job] + [a.job for a in actions[i:] if type(a) is Send and a.worker == action.worker]
                     actions += self.scheduler.send_failed(action.worker, unsent, time.monotonic())
-            elif kind is Deliver:
-                assert isinstance(action, Deliver)
-                self._deliver(action.job, action.result)
-            elif kind is Fail:
-                assert isinstance(action, Fail)
-                self._fail(action.job, action.error, action.trace)
-            elif kind is Cancel:
-                assert isinstance(action, Cancel)
-                self._send_worker(action.worker, p.Cancel(attempt=action.attempt), action.job.rid)
-            elif kind is Kill:
-                assert isinstance(action, Kill)
-                if self.supervisor is not None:
-                    self.supervisor.kill(action.slot, action.reason)
-            elif kind is Disconnect:
-                assert isinstance(action, Disconnect)
-                log.warning("disconnecting worker %r: %s", action.worker[:40], action.reason)
-                self._send_worker(action.worker, p.Disconnect(reason=action.reason))
-            elif kind is Spawn:
-                assert isinstance(action, Spawn)
-                self._spawn_task(self._spawn(action.slot))
+            else:
+                handlers[type(action)](action)
         if self._room_waiters:
             self._room()
 
+    def _on_deliver(self, action: Deliver) -> None:
+        self._deliver(cast(PoolJob, action.job), action.result)
+
+    def _on_fail(self, action: Fail) -> None:
+        self._fail(cast(PoolJob, action.job), action.error, action.trace)
+
+    def _on_cancel(self, action: Cancel) -> None:
+        self._send_worker(action.worker, p.Cancel(attempt=action.attempt), action.job.rid)
+
+    def _on_kill(self, action: Kill) -> None:
+        if self.supervisor is not None:
+            self.supervisor.kill(action.slot, action.reason)
+
+    def _on_disconnect(self, action: Disconnect) -> None:
+        log.warning("disconnecting worker %r: %s", action.worker[:40], action.reason)
+        self._send_worker(action.worker, p.Disconnect(reason=action.reason))
+
+    def _on_spawn(self, action: Spawn) -> None:
+        self._spawn_task(self._spawn(action.slot))
+
     def _send_request(self, send: Send) -> bool:
-        job = send.job
-        assert isinstance(job, PoolJob)
+        job = cast(PoolJob, send.job)
         body = p.Request(execution_id=job.execution_id, program_hash=job.program_hash, inputs=job.inputs,
                          attempt=send.attempt, budget=send.budget, options=job.options, data=job.data)
         return self._send_worker(send.worker, body, job.rid)
@@ -528,8 +532,7 @@ class Router:
             return False
         return end.pump.send(frames)
 
-    def _deliver(self, job: Job, data: p.WireResult) -> None:
-        assert isinstance(job, PoolJob)
+    def _deliver(self, job: PoolJob, data: p.WireResult) -> None:
         self._completions.append(time.monotonic())
         if job.client is not None:
             self._client_jobs.pop(job.client, None)
@@ -542,8 +545,8 @@ class Router:
                 return
             job.future.set_result(result)
 
-    def _fail(self, job: Job, error: StepbridgeError | dict[str, Any], trace: list[dict[str, Any]] | None) -> None:
-        assert isinstance(job, PoolJob)
+    def _fail(self, job: PoolJob, error: StepbridgeError | dict[str, Any],
+              trace: list[dict[str, Any]] | None) -> None:
         self._completions.append(time.monotonic())
         if job.client is not None:
             self._client_jobs.pop(job.client, None)

@@ -241,9 +241,10 @@ class Scheduler:
         """Why a request needing ``needs`` cannot be served now (new or queued alike), or None."""
         if self.closing:
             return WorkerLostError("the pool is shutting down")
+        for w in self.workers.values():  # the usual case, first and cheap: a worker that can take it
+            if not w.draining and needs <= w.capabilities:
+                return None
         serving = [w for w in self.workers.values() if not w.draining]
-        if any(needs <= w.capabilities for w in serving):
-            return None
         local = self._local_capacity()
         if local and needs <= self.rules.expected_capabilities:
             return None

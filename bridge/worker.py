@@ -54,10 +54,10 @@ from stepbridge.errors import (
     StepbridgeError,
     UnsupportedCapabilityError,
     WorkerLostError,
-    scrub_secrets,
 )
 from stepbridge.program import Program
 from stepbridge.result import fast_construct
+from stepbridge.secrets import might_hold_secret, scrub, scrub_process_output
 
 from . import protocol as p
 from .data import DEFAULT_CACHE_BYTES, DataCache, corpora, manifest_key
@@ -77,7 +77,7 @@ STARTED_AFTER = 0.05
 
 
 def _traceback_text(exc: BaseException) -> str:
-    return scrub_secrets("".join(traceback.format_exception(exc))[-8000:])
+    return scrub("".join(traceback.format_exception(exc))[-8000:])
 
 
 def error_reply(exc: BaseException, attempt: int) -> p.Reply:
@@ -93,7 +93,7 @@ def error_reply(exc: BaseException, attempt: int) -> p.Reply:
     for step in typed.trace:
         dump = getattr(step, "model_dump", None)
         trace.append(dump(mode="json") if dump else step)
-    return p.Reply(attempt=attempt, error=typed.to_dict(), trace=trace)
+    return p.Reply(attempt=attempt, error=typed.to_dict(), trace=scrub(trace))
 
 
 class _Session:
@@ -322,7 +322,7 @@ class Worker:
                 await self.adapter.prepare(bound)
             except Exception as exc:
                 log.warning("worker %s: refused to warm stored program %r: %s", self.worker_id, ref,
-                            scrub_secrets(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__)
+                            scrub(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__)
                 continue
             self._remember(program)
             self._prepared.add(key)
@@ -470,6 +470,11 @@ class Worker:
             except TypeError:  # a value msgspec does not know: let pydantic make it JSON-safe
                 assert reply.result is not None
                 reply = p.Reply(attempt=req.attempt, result=result.model_dump(mode="json"))
+                frames = p.encode(reply, request_id)
+            # This worker's own secrets (its profiles' keys) never leave it: the process recording the
+            # reply may not know them. One scan of the encoded body; the result is rebuilt only on a hit.
+            if reply.result is not None and might_hold_secret(frames[-1].decode("latin-1")):
+                reply = p.Reply(attempt=req.attempt, result=scrub(result.model_dump(mode="json")))
                 frames = p.encode(reply, request_id)
             frames_ok = self._send_frames(frames)
         except p.ProtocolError as exc:  # a result too big for the wire is still a typed answer
@@ -635,7 +640,7 @@ class Worker:
                 log.debug("program %s is not in the store", program_hash[:12])
             else:  # tampered, invalid, unreadable: never built; the router may still have the real one
                 log.warning("worker %s: refused stored program %s: %s", self.worker_id, program_hash[:12],
-                            scrub_secrets(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__)
+                            scrub(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__)
             return None
         if stored.content_hash != program_hash:
             log.warning("worker %s: the store returned a program hashing to %s for %s; refused", self.worker_id,
@@ -686,7 +691,7 @@ def _open_store(url: str | None) -> Any:
     try:
         return Store(url, migrate=False)
     except Exception as exc:
-        log.warning("could not open the store (%s); running without it", scrub_secrets(str(exc)).splitlines()[0])
+        log.warning("could not open the store (%s); running without it", scrub(str(exc)).splitlines()[0])
         return None
 
 
@@ -697,6 +702,7 @@ def run_worker(connect: str, *, backend: str = "native", capacity: int = 16, hea
                data_cache: str | Path | None = None, data_root: str | Path | None = None,
                data_cache_bytes: int = DEFAULT_CACHE_BYTES, log_level: str = "WARNING") -> int:
     """Run a worker until it is drained, told to stop, or its parent dies; return its exit code."""
+    scrub_process_output()  # first: the log handler writes to the scrubbed stderr
     configure_process_logging(log_level, f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(message)s")
     if connect.startswith("tcp://") and not curve_secret:
         log.warning("connecting over TCP without CURVE keys; the broker will refuse this unless it runs insecure")

@@ -23,7 +23,7 @@ import pytest
 from stepbridge.adapter import RunOptions
 from stepbridge.errors import RunCancelledError, RunTimeoutError, StepError
 from stepbridge.loader import load_program
-from stepbridge.program import CallStep, MapStep, Program
+from stepbridge.program import CallStep, LMConfig, MapStep, Program
 from stepbridge.result import RunResult, StepTrace
 
 from .cases import load_cases
@@ -137,10 +137,10 @@ def check_partial_trace(err: StepError, program: Program, what: str) -> None:
     for index in range(err.step):
         if index >= len(program.steps) or not isinstance(program.steps[index], CallStep | MapStep):
             continue
-        record = by_step.get(index)
-        if record is None or record.error is not None or record.outputs is None:
+        done = by_step.get(index)
+        if done is None or done.error is not None or done.outputs is None:
             fail(f"{what}: the partial trace lacks finished step {index}",
-                 expected=f"step {index} with its outputs", actual=short(repr(record), 300), look_at="trace")
+                 expected=f"step {index} with its outputs", actual=short(repr(done), 300), look_at="trace")
     failed = by_step.get(err.step)
     cause = err.cause
     if failed is None or not isinstance(failed.error, dict):
@@ -727,7 +727,7 @@ class BehaviourTests:
         h = conformance
         self.require(h, {"timeout"})
         program = _chain("conformance_timeout", 5)
-        options = RunOptions(timeout=0.6, lm={"model": "openai/reference/slow-200"})
+        options = RunOptions(timeout=0.6, lm=LMConfig(model="openai/reference/slow-200"))
         began = time.time()
         seen = h.observe(lambda: h.run(program, {"question": "Will this time out?"}, options=options))
         if seen.error is None:

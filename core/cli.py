@@ -21,6 +21,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .errors import InputValidationError, ProgramValidationError, StepbridgeError
+from .secrets import scrub, scrub_process_output
 
 app = typer.Typer(
     name="stepbridge",
@@ -42,11 +43,23 @@ DbOption = Annotated[str | None, typer.Option("--db", help="Database URL (defaul
                                                            "the local SQLite file).", envvar="STEPBRIDGE_DATABASE_URL")]
 
 
+@app.callback()
+def _every_command() -> None:
+    # Before anything prints or logs: the operator's keys are known (their profiles are read) and this
+    # process's output is scrubbed of them (data is scrubbed before rendering too, see below).
+    scrub_process_output()
+    from .lm import load_profiles
+
+    with contextlib.suppress(Exception):  # a broken config is reported by the commands that need it
+        load_profiles()
+
+
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(scrub(data), ensure_ascii=False, indent=2, default=str) + "\n")
 
 
 def _text(value: Any) -> str:
+    value = scrub(value)
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
@@ -239,12 +252,14 @@ async def _run_rows(prog: Any, rows: list[Any], *, batch: bool, backend: str, lm
                     err.print(f"[bold red]run failed[/] ({type(exc).__name__}): {escape(str(exc))}", highlight=False)
                 return EXIT_RUN_FAILED
             if out_file:
-                out_file.write_text(json.dumps({"index": 0, "inputs": rows[0], "outputs": result.outputs,
-                                                "execution_id": result.execution_id}, ensure_ascii=False) + "\n")
+                out_file.write_text(json.dumps(scrub({"index": 0, "inputs": rows[0], "outputs": result.outputs,
+                                                      "execution_id": result.execution_id}), ensure_ascii=False)
+                                    + "\n")
             if as_json:
                 _print_json(result.model_dump(mode="json"))
             else:
-                body = "\n".join(f"[bold]{escape(str(k))}[/]: {escape(_text(v))}" for k, v in result.outputs.items())
+                body = "\n".join(f"[bold]{escape(_text(str(k)))}[/]: {escape(_text(v))}"
+                                 for k, v in result.outputs.items())
                 out.print(Panel(body, title=f"{prog.name} · {result.backend}", title_align="left", expand=False),
                           highlight=False)
                 out.print(f"[dim]{result.duration_ms:.0f} ms · {result.usage.lm_calls} LM call(s) · "
@@ -279,7 +294,7 @@ async def _run_rows(prog: Any, rows: list[Any], *, batch: bool, backend: str, lm
                         row["error"] = item.error.to_dict()
                     results[item.index] = row
                     if sink:
-                        sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+                        sink.write(json.dumps(scrub(row), ensure_ascii=False) + "\n")
                     progress.update(task, advance=1, failed=failed)
         except StepbridgeError as exc:  # the batch could not be recorded: nothing ran
             _print_error(exc, as_json)

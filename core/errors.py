@@ -8,9 +8,11 @@ without pickle.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
+
+from .secrets import register_secret as register_secret
+from .secrets import scrub
 
 __all__ = [
     "ContextWindowExceededError",
@@ -33,42 +35,8 @@ __all__ = [
 ]
 
 
-# Things that look like credentials: provider keys, bearer tokens, basic-auth URLs.
-# Each pattern keeps its ``pre`` group and replaces the rest of the match.
-_SECRET_PATTERNS = [
-    re.compile(r"(?P<pre>\b)(?:sk|pk|rk)-[A-Za-z0-9_\-]{12,}"),
-    re.compile(r"(?i)(?P<pre>bearer\s+)[A-Za-z0-9._\-]{8,}"),
-    re.compile(r"(?i)(?P<pre>api[_-]?key[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]{6,}"),
-    re.compile(r"(?P<pre>://[^/\s:@]+:)[^@/\s]+(?=@)"),
-]
-_extra_secrets: set[str] = set()
-
-
-def register_secret(value: str) -> None:
-    """Remember a secret value (an API key read from the environment) so it is scrubbed everywhere."""
-    if value and len(value) >= 6:
-        _extra_secrets.add(value)
-
-
-def scrub_secrets(text: str) -> str:
-    """Remove known secret values and key-shaped strings from text bound for logs, storage or the wire."""
-    for secret in _extra_secrets:
-        if secret in text:
-            text = text.replace(secret, "[REDACTED]")
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(r"\g<pre>[REDACTED]", text)
-    return text
-
-
-def _scrub_data(value: Any) -> Any:
-    """``scrub_secrets`` applied to every string inside plain data (error details)."""
-    if isinstance(value, str):
-        return scrub_secrets(value)
-    if isinstance(value, dict):
-        return {k: _scrub_data(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_scrub_data(v) for v in value]
-    return value
+# One scrubbing function for every path out (see stepbridge.secrets); the old names stay importable.
+scrub_secrets = scrub
 
 
 @dataclass(frozen=True)
@@ -105,6 +73,7 @@ class StepbridgeError(Exception):
         StepbridgeError._registry[cls.__name__] = cls
 
     def __init__(self, message: str, *, trace: list[Any] | None = None, remote_traceback: str | None = None):
+        message = scrub(message)  # str(exc), logs and CLI text never carry a secret, not only to_dict()
         super().__init__(message)
         self.message = message
         #: the partial trace of a failed run (list of StepTrace), when there is one
@@ -123,11 +92,11 @@ class StepbridgeError(Exception):
         """A JSON/msgpack-safe description of this error, secrets scrubbed."""
         data: dict[str, Any] = {
             "type": type(self).__name__,
-            "message": scrub_secrets(self.message),
-            "details": _scrub_data(self.details()),
+            "message": scrub(self.message),
+            "details": scrub(self.details()),
         }
         if self.remote_traceback:
-            data["traceback"] = scrub_secrets(self.remote_traceback)
+            data["traceback"] = scrub(self.remote_traceback)
         return data
 
 
@@ -318,7 +287,7 @@ class LMParseError(LMError):
         self.response = response
 
     def details(self) -> dict[str, Any]:
-        return {"response": scrub_secrets(self.response)[:2000] if self.response else None}
+        return {"response": scrub(self.response)[:2000] if self.response else None}
 
 
 class ContextWindowExceededError(LMError):

@@ -31,8 +31,9 @@ from httpx_aiohttp import AiohttpTransport
 from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from .errors import ContextWindowExceededError, LMError, register_secret, scrub_secrets
+from .errors import ContextWindowExceededError, LMError
 from .program import LMConfig
+from .secrets import register_secret, register_url, scrub
 
 log = logging.getLogger("stepbridge.lm")
 
@@ -97,6 +98,10 @@ def load_profiles() -> dict[str, LMProfile]:
     if any(env.values()):
         base = profiles.get("default", LMProfile(name="default"))
         profiles["default"] = base.model_copy(update={k: v for k, v in env.items() if v})
+    for profile in profiles.values():  # every key the operator configured is scrubbed from then on
+        register_url(profile.base_url, source=f"the base_url of LM profile {profile.name!r}")
+        if profile.api_key_env:
+            register_secret(os.environ.get(profile.api_key_env), source=f"${profile.api_key_env}")
     return profiles
 
 
@@ -256,8 +261,9 @@ class HTTPLMClient:
             key = os.environ.get(profile.api_key_env)
             if not key:
                 raise LMError(f"LM profile {profile.name!r}: environment variable {profile.api_key_env} is not set")
-            register_secret(key)
+            register_secret(key, source=f"${profile.api_key_env}")
             headers["authorization"] = f"Bearer {key}"
+        register_url(profile.base_url, source=f"the base_url of LM profile {profile.name!r}")
         limits = httpx.Limits(max_connections=profile.concurrency, max_keepalive_connections=profile.concurrency)
         self._http = httpx.AsyncClient(
             base_url=profile.base_url.rstrip("/") + "/",
@@ -308,17 +314,17 @@ class HTTPLMClient:
                                                            extensions=self._extensions))
             # the aiohttp transport reports a refused connection as ConnectTimeout
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                raise LMError(f"cannot reach LM at {self.profile.base_url}: {scrub_secrets(str(exc))}",
+                raise LMError(f"cannot reach LM at {self.profile.base_url}: {scrub(str(exc))}",
                               retriable=True) from exc
             except httpx.TimeoutException as exc:
                 raise LMError(f"LM request timed out after {self.profile.timeout}s ({self.profile.name})",
                               retriable=True) from exc
             except httpx.TransportError as exc:
-                raise LMError(f"cannot reach LM at {self.profile.base_url}: {scrub_secrets(str(exc))}",
+                raise LMError(f"cannot reach LM at {self.profile.base_url}: {scrub(str(exc))}",
                               retriable=True) from exc
         latency = (time.perf_counter() - start) * 1000
         if resp.status_code != 200:
-            detail = scrub_secrets(resp.text[:500])
+            detail = scrub(resp.text[:500])
             if _error_code(resp) == "context_length_exceeded":  # as DSPy's OpenAI client classifies it
                 raise ContextWindowExceededError(f"LM returned HTTP {resp.status_code}: {detail}",
                                                  status=resp.status_code)
@@ -331,9 +337,10 @@ class HTTPLMClient:
             if not isinstance(text, str):
                 raise TypeError("content is not text")
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise LMError(f"LM returned a malformed chat completion: {scrub_secrets(resp.text[:200])!r}",
+            raise LMError(f"LM returned a malformed chat completion: {scrub(resp.text[:200])!r}",
                           status=resp.status_code) from exc
-        return ChatResponse(text, dict(data.get("usage") or {}), latency)
+        # an upstream may echo the key back: it never reaches outputs, traces or the next prompt
+        return ChatResponse(scrub(text), dict(data.get("usage") or {}), latency)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -23,6 +23,10 @@ __all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "load_program", "parse_document"]
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_DEPTH = 64
 MAX_NODES = 50_000
+#: Python prints (and so hashes and stores as JSON) integers of at most 4,300 decimal digits; hex, binary
+#: and sexagesimal literals are bounded to the same size (4,300 digits < 14,284 bits).
+MAX_INT_BITS = 14_284
+MAX_INT_DIGITS = 4_300
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _resolver = yaml.resolver.Resolver()
@@ -67,12 +71,24 @@ def _scalar(event: Any) -> Any:
     construct = _SCALAR_CONSTRUCTORS.get(tag)
     if construct is None:
         raise _fail(f"YAML tag {tag} is not allowed in a program file", event.start_mark.line + 1)
+    kind = tag.rsplit(":", 1)[-1]
+    if kind == "int" and len(event.value) > MAX_INT_BITS + 4:  # even binary needs this many digits to be too big
+        raise _too_big_int(event)
     node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
     try:
-        return construct(_constructor, node)
+        value = construct(_constructor, node)
     except Exception:  # ValueError, KeyError, IndexError...: a malformed value for its tag
-        kind = tag.rsplit(":", 1)[-1]
+        if kind == "int" and len(event.value) > MAX_INT_DIGITS:  # decimal digits past Python's limit
+            raise _too_big_int(event) from None
         raise _fail(f"invalid {kind} value {event.value[:40]!r}", event.start_mark.line + 1) from None
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS:
+        raise _too_big_int(event)
+    return value
+
+
+def _too_big_int(event: Any) -> ProgramValidationError:
+    return _fail(f"integer literal {event.value[:20]!r}... is too large (at most {MAX_INT_DIGITS:,} digits)",
+                 event.start_mark.line + 1)
 
 
 def _parse_yaml(text: str) -> tuple[Any, dict[str, int]]:
@@ -124,7 +140,11 @@ def _parse_yaml(text: str) -> tuple[Any, dict[str, int]]:
                 raise _fail("YAML aliases (*name) are not allowed in program files; write the value out", line)
             if isinstance(event, yaml.ScalarEvent):
                 nodes += 1
-                add(_scalar(event), line or 0)
+                try:
+                    value = _scalar(event)
+                except ProgramValidationError as exc:  # say where: the value's pointer
+                    raise _fail(exc.issues[0].message, exc.issues[0].line, child_pointer()) from None
+                add(value, line or 0)
             elif isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
                 nodes += 1
                 if event.tag not in _COLLECTION_TAGS:
@@ -217,7 +237,8 @@ def parse_document(text: str | bytes, *, filename: str | None = None) -> tuple[A
         if _flow_depth(text, 0, len(text)) > MAX_DEPTH:
             raise _fail(f"nesting deeper than {MAX_DEPTH} levels") from None
         try:
-            data = json.loads(text, object_pairs_hook=_json_object, parse_constant=_json_constant)
+            data = json.loads(text, object_pairs_hook=_json_object, parse_constant=_json_constant,
+                              parse_int=_json_int)
         except json.JSONDecodeError as exc:
             raise _fail(f"JSON syntax error: {exc.msg} (line {exc.lineno}, column {exc.colno})", exc.lineno) from None
         except RecursionError:
@@ -236,6 +257,12 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise _fail(f"duplicate key {key!r}")
         result[key] = value
     return result
+
+
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _fail(f"integer literal {text[:20]!r}... is too large (at most {MAX_INT_DIGITS:,} digits)")
+    return int(text)
 
 
 def _json_constant(name: str) -> Any:

@@ -180,6 +180,19 @@ class DspyModule(_Strict):
     state: dict[str, Any] | None = None
     lm: LMConfig | None = None
 
+    @field_validator("state")
+    @classmethod
+    def _state_is_data_for_predictors(cls, state: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Only signature text and demos (see :mod:`stepbridge.dspy_state`); validation reports every
+        problem with its pointer, this refuses what reaches the model another way."""
+        from .dspy_state import state_problems
+
+        problems = state_problems(state) if state is not None else []
+        if problems:
+            where, message = problems[0]
+            raise ValueError(f"state{where}: {message}")
+        return state
+
     @property
     def effective_signature(self) -> Signature:
         return self.signature
@@ -472,9 +485,13 @@ class Program(_Strict):
     @field_validator("modules")
     @classmethod
     def _module_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from .names import module_name_problem
+
         for name in value:
             if not IDENTIFIER.match(name):
                 raise ValueError(f"invalid module name {name!r} (letters, digits and _; not starting with a digit)")
+            if (problem := module_name_problem(name)) is not None:
+                raise ValueError(problem)
         return value
 
     @model_validator(mode="after")

@@ -139,6 +139,21 @@ class ToolRegistry(Registry[Tool]):
         return apply if obj is None else apply(obj)
 
 
+class DSPyModuleRegistry(Registry[Any]):
+    """DSPy modules by name: a module instance (copied for each use) or a factory returning one."""
+
+    def instance(self, name: str) -> Any:
+        """A fresh module for ``name``: a registered instance is deep-copied (a program never mutates it),
+        a registered class or factory is called."""
+        registered = self.get(name)
+        if hasattr(registered, "named_parameters") and not isinstance(registered, type):
+            return registered.deepcopy()
+        if not callable(registered):
+            raise TypeError(f"DSPy module {name!r} is registered as {type(registered).__name__}, not a "
+                            "dspy.Module or a factory returning one")
+        return registered()
+
+
 #: ``(example, prediction) -> float | bool`` over plain dicts (built-ins: :mod:`stepbridge.builtin_metrics`).
 Metric = Callable[..., Any]
 
@@ -153,7 +168,7 @@ class MetricRegistry(Registry[Metric]):
 adapters: Registry[Callable[..., Any]] = Registry("stepbridge.adapters", "adapter")
 tools = ToolRegistry("stepbridge.tools", "tool")
 retrievers: Registry[Callable[..., Any]] = Registry("stepbridge.retrievers", "retriever")
-dspy_modules: Registry[Any] = Registry("stepbridge.dspy_modules", "DSPy module")
+dspy_modules = DSPyModuleRegistry("stepbridge.dspy_modules", "DSPy module")
 metrics = MetricRegistry("stepbridge.metrics", "metric")
 
 

@@ -10,17 +10,21 @@ are warnings.
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import re
 from collections.abc import Iterable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from .dspy_state import state_problems
 from .errors import InputValidationError, Issue, ProgramValidationError
 from .flow import check_steps
 from .interface import module_interface
+from .names import field_name_problem, module_name_problem
 from .program import (
     FORMAT_VERSIONS,
     MODULE_TYPES,
@@ -51,8 +55,30 @@ def _esc(token: Any) -> str:
     return str(token).replace("~", "~0").replace("/", "~1")
 
 
+#: "Did you mean" is a courtesy with bounded cost: names longer than this get none, at most this many
+#: candidates (the nearest in length) are compared, and one validation spends at most this many
+#: comparisons in all (a hostile file with thousands of unknown names among thousands of modules would
+#: otherwise cost minutes: every unknown name against every candidate).
+SUGGEST_MAX_LENGTH = 64
+SUGGEST_MAX_CANDIDATES = 32
+SUGGEST_SCAN = 5_000  # candidates looked at (by length) per suggestion
+SUGGEST_BUDGET = 1_000
+_suggest_budget: ContextVar[list[int] | None] = ContextVar("suggest_budget", default=None)
+
+
 def suggest(name: str, candidates: Iterable[str]) -> str | None:
-    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    """The closest candidate to a misspelt ``name`` (difflib, cutoff 0.6), within the bounds above."""
+    budget = _suggest_budget.get()
+    if len(name) > SUGGEST_MAX_LENGTH or (budget is not None and budget[0] <= 0):
+        return None
+    window = max(2, len(name) // 2)
+    pool = [c for c in itertools.islice(candidates, SUGGEST_SCAN)
+            if isinstance(c, str) and abs(len(c) - len(name)) <= window]
+    if len(pool) > SUGGEST_MAX_CANDIDATES:
+        pool = sorted(pool, key=lambda c: (abs(len(c) - len(name)), c[:1] != name[:1]))[:SUGGEST_MAX_CANDIDATES]
+    if budget is not None:
+        budget[0] -= len(pool)
+    match = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
     return match[0] if match else None
 
 
@@ -139,7 +165,11 @@ def _module_signature(module: Any, c: _Collector, pointer: str) -> Signature | N
         c.error(f"{pointer}/module", f"unknown DSPy module {module.module!r}: register it by exact name "
                 "(entry point group 'stepbridge.dspy_modules' or stepbridge.registry.dspy_modules.register)",
                 suggest(module.module, dspy_modules.names()))
-    return module_interface(module)
+    try:
+        return module_interface(module)
+    except (SignatureSyntaxError, ValueError) as exc:  # e.g. a chain_of_thought with its own 'reasoning' input
+        c.error(f"{pointer}/signature", f"invalid module: {exc}")
+        return None
 
 
 def validate_data(
@@ -167,8 +197,18 @@ def validate(program: Program | dict[str, Any]) -> list[Issue]:
 
 
 def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program | None:
+    token = _suggest_budget.set([SUGGEST_BUDGET])
+    try:
+        return _validate_bounded(data, c, base_dir)
+    finally:
+        _suggest_budget.reset(token)
+
+
+def _validate_bounded(data: Any, c: _Collector, base_dir: str | Path | None) -> Program | None:
     if not isinstance(data, dict):
         c.error("", f"a program is a mapping with the keys {', '.join(_TOP_KEYS)}; got {type(data).__name__}")
+        return None
+    if not _check_bounds(data, c):  # data from a dict or a stored row gets the limits a file gets
         return None
     for key in data:
         if key not in _TOP_KEYS:
@@ -184,7 +224,6 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
         c.error("/name", "missing program name")
     elif not isinstance(name, str):
         c.error("/name", f"the program name must be a string, got {type(name).__name__}")
-    _check_finite(data, "", c)
     if "lm" in data and data["lm"] is not None:
         try:
             LMConfig.model_validate(data["lm"])
@@ -194,6 +233,8 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
     signature = _parse_signature(data.get("signature"), "/signature", c) if "signature" in data else None
     if "signature" not in data:
         c.error("/signature", "missing program signature, e.g. 'question -> answer'")
+    elif signature is not None:
+        _check_field_names(signature, data["signature"], "/signature", c)
 
     # -- modules ---------------------------------------------------------------------------------
     modules: dict[str, Any] = {}
@@ -206,6 +247,11 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
         pointer = f"/modules/{_esc(mname)}"
         if not IDENTIFIER.match(str(mname)):
             c.error(pointer, f"invalid module name {mname!r} (letters, digits and _; not starting with a digit)")
+        elif (problem := module_name_problem(str(mname))) is not None:
+            c.error(pointer, problem)
+        if (isinstance(raw, dict) and raw.get("type") == "dspy" and raw.get("state") is not None
+                and not _check_dspy_state(raw, pointer, c)):
+            continue
         if (isinstance(raw, dict) and isinstance(raw.get("signature"), str)
                 and _parse_signature(raw["signature"], f"{pointer}/signature", c) is None):
             continue
@@ -220,6 +266,11 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
         modules[mname] = module
         sig = _module_signature(module, c, pointer)
         signatures[mname] = sig
+        if sig is not None:
+            declared = raw.get("signature") if isinstance(raw, dict) else None
+            where = (f"{pointer}/signature" if declared is not None
+                     else f"{pointer}/tool" if isinstance(module, ToolModule) else pointer)
+            _check_field_names(sig, declared, where, c)
         if sig is not None and getattr(module, "demos", None):
             known = set(sig.inputs) | set(sig.outputs) | {"reasoning"}
             for i, demo in enumerate(module.demos):
@@ -262,6 +313,36 @@ def _validate(data: Any, c: _Collector, base_dir: str | Path | None) -> Program 
     except ValidationError as exc:  # shape problems the per-part checks did not catch
         c.pydantic("", exc)
         return None
+
+
+def _check_field_names(sig: Signature, raw: Any, pointer: str, c: _Collector) -> None:
+    """Field names that would reach DSPy internals (see :mod:`stepbridge.names`), at the field when the
+    signature is in long form."""
+    for side, group in (("inputs", sig.inputs), ("outputs", sig.outputs)):
+        for name in group:
+            problem = field_name_problem(name)
+            if problem is not None:
+                c.error(f"{pointer}/{side}/{_esc(name)}" if isinstance(raw, dict) else pointer, problem)
+
+
+def _check_dspy_state(raw: dict[str, Any], pointer: str, c: _Collector) -> bool:
+    """Check a ``dspy`` module's saved state against the allowlist (and the registered module's shape
+    when it is registered here); False if it may not be loaded."""
+    from .dspy_state import module_shape
+    from .registry import dspy_modules
+
+    shape = None
+    name = raw.get("module")
+    if isinstance(name, str) and name in dspy_modules:
+        try:
+            shape = module_shape(dspy_modules.instance(name))
+        except Exception as exc:  # the operator's factory failed: say so, and check the allowlist alone
+            c.error(f"{pointer}/module", f"cannot build the registered DSPy module {name!r}: {type(exc).__name__}: "
+                    f"{str(exc)[:200]}")
+    problems = state_problems(raw["state"], shape)
+    for where, message in problems:
+        c.error(f"{pointer}/state{where}", message)
+    return not problems
 
 
 def _check_module_links(name: str, module: Any, modules: dict[str, Any], raw_modules: dict[str, Any],
@@ -396,23 +477,41 @@ def _check_judge(name: str, module: BestOfNModule | RefineModule, modules: dict[
                         f"{module.module!r} (it is called with those, by name)")
 
 
-def _check_finite(value: Any, pointer: str, c: _Collector) -> None:
-    """NaN and infinity have no canonical JSON form (and so no content hash). Pointers are built only
-    for what is reported (a parent chain, not a string per value: deep data stays linear)."""
-    todo: list[tuple[Any, Any]] = [(value, None)]
+def _check_bounds(value: Any, c: _Collector) -> bool:
+    """The limits of a program file, for data from anywhere (a dict, a stored row): nesting depth, value
+    count, integers Python can still print (no JSON, no hash otherwise), no NaN or infinity (no canonical
+    JSON form). Iterative, and pointers are built only for what is reported (a parent chain, not a string
+    per value): deep or wide data stays linear. False if the data is refused."""
+    from .loader import MAX_DEPTH, MAX_INT_BITS, MAX_NODES
+
+    def pointer(where: Any) -> str:
+        parts = []
+        while where is not None:
+            where, key = where
+            parts.append(key)
+        return "".join(f"/{_esc(k)}" for k in reversed(parts))
+
+    todo: list[tuple[Any, Any, int]] = [(value, None, 0)]
+    nodes, ok = 0, True
     while todo:
-        item, where = todo.pop()
+        item, where, depth = todo.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            c.error("", f"more than {MAX_NODES} values in one program")
+            return False
         if isinstance(item, float) and not math.isfinite(item):
-            parts = []
-            while where is not None:
-                where, key = where
-                parts.append(key)
-            c.error(pointer + "".join(f"/{_esc(k)}" for k in reversed(parts)),
-                    f"{item} is not allowed in a program (no NaN or infinity)")
-        elif isinstance(item, dict):
-            todo.extend((v, (where, k)) for k, v in item.items())
-        elif isinstance(item, list):
-            todo.extend((v, (where, i)) for i, v in enumerate(item))
+            c.error(pointer(where), f"{item} is not allowed in a program (no NaN or infinity)")
+        elif isinstance(item, int) and not isinstance(item, bool) and item.bit_length() > MAX_INT_BITS:
+            c.error(pointer(where), f"integer of {item.bit_length()} bits: a program's integers have at most 4,300 "
+                    "digits")
+            ok = False
+        elif isinstance(item, dict | list):
+            if depth >= MAX_DEPTH:
+                c.error(pointer(where), f"nesting deeper than {MAX_DEPTH} levels")
+                return False
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            todo.extend((v, (where, k), depth + 1) for k, v in pairs)
+    return ok
 
 
 def check_inputs(program: Program, inputs: Any) -> dict[str, Any]:

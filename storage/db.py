@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
-from stepbridge.errors import StorageError, scrub_secrets
+from stepbridge.errors import StorageError
+from stepbridge.secrets import register_url, scrub
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -73,12 +74,26 @@ def redacted(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
-        return scrub_secrets(url)
+        return scrub(url)
+
+
+def load_json(text: str | bytes) -> Any:
+    """A stored JSON value, or a typed error: a row is untrusted, and one with an integer Python cannot
+    convert (over 4,300 digits) or nesting deeper than Python's recursion limit must not crash a read."""
+    import json
+
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise StorageError("a stored JSON value is nested too deeply to read; the row is refused") from None
+    except ValueError as exc:
+        raise StorageError(f"a stored JSON value cannot be read ({str(exc)[:120]}); the row is refused") from None
 
 
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite files get their directory created and the concurrency settings."""
     url = normalise_url(url)
+    register_url(url, source="the database URL")  # scrubbed from every message from then on
     try:
         parsed = make_url(url)
     except Exception as exc:
@@ -90,11 +105,19 @@ def make_engine(url: str) -> Engine:
         if parsed.get_driver_name() not in ("psycopg", "psycopg2"):
             parsed = parsed.set(drivername="postgresql+psycopg")
         try:
-            return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=10)
+            engine = create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=10)
         except (ImportError, SQLAlchemyError) as exc:
             raise StorageError(
                 f"cannot use PostgreSQL at {redacted(url)}: {exc} (install stepbridge[postgres])"
             ) from None
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            from psycopg.types.json import set_json_loads
+
+            set_json_loads(load_json, dbapi_conn)  # psycopg decodes json/jsonb columns itself
+
+        return engine
     raise StorageError(f"unsupported database {backend!r} in {redacted(url)}: use sqlite:/// or postgresql://")
 
 
@@ -103,7 +126,7 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
     if not memory and database:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
-        url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
+        url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}, json_deserializer=load_json
     )
 
     @event.listens_for(engine, "connect")
@@ -217,7 +240,7 @@ def ensure_schema(engine: Engine, *, target: str = "head") -> str:
     except StorageError:
         raise
     except Exception as exc:
-        reason = scrub_secrets(str(getattr(exc, "orig", None) or exc)).strip().splitlines() or [type(exc).__name__]
+        reason = scrub(str(getattr(exc, "orig", None) or exc)).strip().splitlines() or [type(exc).__name__]
         raise StorageError(f"cannot migrate the database at {redacted(str(engine.url))}: {reason[0]}") from exc
 
 

@@ -27,11 +27,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache, partial
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from pydantic_core import to_json, to_jsonable_python
@@ -43,10 +42,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.sql.expression import cast as sql_cast
-from stepbridge import errors as _errors
-from stepbridge.errors import StorageError, scrub_secrets
+from stepbridge.errors import StorageError
 from stepbridge.recorder import Begun
 from stepbridge.result import StepTrace
+from stepbridge.secrets import might_hold_secret, scrub
 
 from .models import ExecutionRow, ExecutionStatusRow, ExecutionStepRow
 
@@ -70,7 +69,7 @@ def clean(value: Any) -> Any:
     """JSON-safe and secret-free: what may go into a row. Non-JSON values become strings; NUL
     characters (rejected by PostgreSQL) and non-finite floats (not JSON) are replaced."""
     if isinstance(value, str):
-        return scrub_secrets(value.replace("\x00", "\ufffd"))
+        return scrub(value.replace("\x00", "\ufffd"))
     if isinstance(value, bool) or value is None or isinstance(value, int):
         return value
     if isinstance(value, float):
@@ -92,37 +91,9 @@ _encode_plain = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators
                                  default=_reject).encode
 _encode_safe = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
 
-# Supersets of what the patterns of ``scrub_secrets`` can match, applied to the JSON text (which
-# holds every string and key verbatim except for escapes of quotes, backslashes and control
-# characters, none of which these contain). A hit only means "scrub the slow, exact way". Each
-# pattern has a literal prefix so the search is a fast scan; the case-insensitive ones run on the
-# lower-cased text when it is ASCII (where lower-casing is exactly case-insensitivity), and with
-# IGNORECASE otherwise (Unicode case folding maps a few non-ASCII letters onto ASCII ones).
-_KEY_SHAPED = re.compile(r"[spr]k-[A-Za-z0-9_\-]{12,}")
-_URL_PASSWORD = re.compile(r"://[^/\s:@]+:")
-_API_KEY = re.compile(r"api[_-]?key")
-_WORDS_ANY = re.compile(r"bearer|api[_-]?key", re.IGNORECASE)
-
-
-@lru_cache(maxsize=256)
-def _json_form(secret: str) -> str:
-    """How ``secret`` appears inside a JSON string (JSON escaping maps character by character)."""
-    return _encode_plain(secret)[1:-1]
-
-
-def _might_hold_secret(text: str) -> bool:
-    if ("k-" in text and _KEY_SHAPED.search(text)) or ("://" in text and _URL_PASSWORD.search(text)):
-        return True
-    if text.isascii():
-        low = text.lower()
-        if "bearer" in low or ("api" in low and _API_KEY.search(low)):
-            return True
-    elif _WORDS_ANY.search(text):
-        return True
-    extra = getattr(_errors, "_extra_secrets", None)
-    if extra is None:  # cannot see the registered secrets: always take the exact path
-        return True
-    return any(_json_form(secret) in text for secret in tuple(extra))
+# ``might_hold_secret`` holds on JSON text too: one test of the encoded value decides whether its
+# strings must be scrubbed one by one.
+_might_hold_secret = might_hold_secret
 
 
 def clean_json(value: Any) -> tuple[Any, str]:

@@ -20,6 +20,7 @@ NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-.]{0,199}$")
 ALIAS_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-.]{0,99}$"
 ALIAS_RE = re.compile(ALIAS_PATTERN)
 HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
+MAX_VERSION = 2**31 - 1  # what an INTEGER column holds on every database
 #: alias names with a fixed meaning
 RESERVED_ALIASES = frozenset({"latest"})
 
@@ -80,9 +81,11 @@ def parse_ref(ref: str) -> ProgramRef:
         if not tail:
             raise _bad(ref, "nothing after '@'")
         if tail.isdigit() and tail.isascii():
-            version = int(tail)
+            version = int(tail) if len(tail) <= 18 else MAX_VERSION + 1  # never a huge int (or a bind overflow)
             if version < 1:
                 raise _bad(ref, "versions start at 1")
+            if version > MAX_VERSION:
+                raise _bad(ref, f"version numbers stop at {MAX_VERSION}")
             return ProgramRef("version", name=name, version=version)
         if tail == "latest":
             return ProgramRef("name", name=name)

@@ -4,7 +4,7 @@ It also implements :class:`stepbridge.recorder.Recorder`, which the core calls a
 Every write is one short transaction (``BEGIN IMMEDIATE`` on SQLite) retried on transient lock or
 serialisation errors, so concurrent processes queue instead of failing. Status changes are
 compare-and-set (``UPDATE ... WHERE status = <expected>``), so a late or duplicate report can never
-overwrite a terminal state. Everything bound for a row goes through :func:`scrub_secrets` first.
+overwrite a terminal state. Everything bound for a row goes through :func:`scrub` first.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from stepbridge.errors import (
     StepbridgeError,
     StorageError,
     error_from_dict,
-    scrub_secrets,
 )
 from stepbridge.program import Program
 from stepbridge.recorder import BatchBegun, Begun
 from stepbridge.result import RunResult, StepTrace, Usage
+from stepbridge.secrets import scrub
 
 from .db import (
     SQLITE_BEGIN,
@@ -151,7 +151,7 @@ def _validation_issues(exc: ValidationError) -> list[Issue]:
     issues = []
     for err in exc.errors():
         pointer = "".join(f"/{part}" for part in err.get("loc", ()))
-        issues.append(Issue(pointer=pointer, message=scrub_secrets(str(err.get("msg", "invalid")))))
+        issues.append(Issue(pointer=pointer, message=scrub(str(err.get("msg", "invalid")))))
     return issues or [Issue(pointer="", message="invalid program")]
 
 
@@ -208,7 +208,7 @@ class Store:
 
     # -- transactions ----------------------------------------------------------------------------
     def _error(self, exc: BaseException, doing: str) -> StorageError:
-        text = scrub_secrets(str(getattr(exc, "orig", None) or exc)).strip().splitlines()
+        text = scrub(str(getattr(exc, "orig", None) or exc)).strip().splitlines()
         return StorageError(f"storage error while {doing} ({redacted(self.url)}): {text[0] if text else exc}")
 
     def _write(self, fn: Callable[[Connection], T], doing: str, *, retry_integrity: bool = False) -> T:

@@ -297,7 +297,7 @@ def test_steps_nested_deeper_than_64_levels_are_refused_fast() -> None:
     for _ in range(10_000):
         steps = [{"if": True, "then": steps}]
     found = issues(program(steps))  # no RecursionError: the walk stops at the limit
-    assert any("nested deeper than 64" in i.message for i in found)
+    assert any("deeper than 64" in i.message for i in found)  # the data bound or the step walk
 
 
 def test_ten_thousand_deep_branches_in_a_file_stop_at_the_loader() -> None:

@@ -252,7 +252,7 @@ def test_standard_tags_are_fine() -> None:
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ("x: " + "9" * 5000 + "\n", "invalid int value"),      # more digits than Python converts
+        ("x: " + "9" * 5000 + "\n", "is too large"),      # more digits than Python converts
         ("x: !!int abc\n", "invalid int value"),
         ("x: !!bool maybe\n", "invalid bool value"),
         ("x: !!float abc\n", "invalid float value"),
@@ -265,7 +265,14 @@ def test_bad_scalar_values_are_clear_errors(text: str, match: str) -> None:
 
 
 def test_huge_integer_in_json_fallback_is_a_clear_error() -> None:
-    fails("{" + LONG_KEY + ": " + "9" * 5000 + "}", "JSON error", filename="p.json")
+    fails("{" + LONG_KEY + ": " + "9" * 5000 + "}", "is too large", filename="p.json")
+
+
+@pytest.mark.parametrize("literal", ["0x" + "f" * 5000, "0b" + "1" * 20_000, "0" + "7" * 6000, "1" + ":59" * 3000,
+                                     "-" + "9" * 4301, "!!int " + "9" * 5000])
+def test_huge_integer_literals_in_any_base_are_refused_with_their_pointer(literal: str) -> None:
+    err = fails(f"stepbridge: 1\nname: x\nlm:\n  max_tokens: {literal}\n", "is too large", line=4)
+    assert [i.pointer for i in err.issues] == ["/lm/max_tokens"]
 
 
 def test_nan_constant_in_json_is_refused() -> None:

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..secrets import register_secret, scrub
 from .cassettes import Cassette, CassetteMiss, request_hash
 from .codec import dumps, loads
 from .faults import GARBAGE_TEXT, context_error, parse_faults, prompt_chars
@@ -252,6 +253,7 @@ async def _forward(state: _ServerState, body: dict[str, Any]) -> Any:
     headers = {"Content-Type": "application/json"}
     key = os.environ.get(state.upstream_key_env) if state.upstream_key_env else None
     if key:
+        register_secret(key, source=f"${state.upstream_key_env}")
         headers["Authorization"] = f"Bearer {key}"
     upstream_body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
     try:
@@ -259,11 +261,12 @@ async def _forward(state: _ServerState, body: dict[str, Any]) -> Any:
                                        headers=headers)
     except httpx.HTTPError as exc:
         return error(502, f"upstream request failed: {type(exc).__name__}", "upstream_error")
+    # the upstream may echo the key: never pass it on to clients, logs or cassettes
     if resp.status_code != 200:
         passthrough = {k: v for k, v in resp.headers.items() if k.lower() == "retry-after"}
-        return Response(resp.content, status_code=resp.status_code, headers=passthrough,
+        return Response(scrub(resp.text), status_code=resp.status_code, headers=passthrough,
                         media_type=resp.headers.get("content-type", "application/json"))
     try:
-        return resp.json()
+        return scrub(resp.json())
     except ValueError:
         return error(502, "upstream answered with invalid JSON", "upstream_error")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from typing import Any
 
@@ -256,7 +257,9 @@ def test_sanitize_state_drops_lm_of_predictor_entries_without_demos() -> None:
 @pytest.mark.parametrize("with_demos", [False, True])
 def test_state_lm_cannot_redirect_a_registered_module(monkeypatch: pytest.MonkeyPatch, with_demos: bool) -> None:
     """Server A is the operator's profile; server B is where a state's own LM would go (the OpenAI
-    provider's default endpoint, here pointed at B). Every request must still reach A."""
+    provider's default endpoint, here pointed at B). The state is refused at validation, with the
+    pointer of its ``lm``; the same module with an honest state sends every request to A."""
+    from stepbridge.errors import ProgramValidationError
     from stepbridge.lm import LMProfile
     from stepbridge.reference_lm import running_server
 
@@ -268,28 +271,34 @@ def test_state_lm_cannot_redirect_a_registered_module(monkeypatch: pytest.Monkey
         def forward(self, text: str) -> Any:
             return self.say(text=text)
 
+    def program(state: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "stepbridge": 1, "name": "redirect", "signature": "text -> reply",
+            "modules": {"echo": {"type": "dspy", "module": "sb_test.Echo", "signature": "text -> reply",
+                                 "state": state}},
+            "steps": [{"call": "echo", "with": {"text": "$inputs.text"}, "as": "r"},
+                      {"return": {"reply": "$r.reply"}}],
+        }
+
     with running_server() as a, running_server() as b:
         monkeypatch.setenv("OPENAI_BASE_URL", str(b))
         monkeypatch.setenv("OPENAI_API_BASE", str(b))
         monkeypatch.setenv("OPENAI_API_KEY", "not-the-operators")
-        state = Echo().dump_state()
+        honest = json.loads(json.dumps(Echo().dump_state()))
         if not with_demos:
-            del state["say"]["demos"]
-        state["say"]["lm"] = {"model": "openai/attacker-model", "api_base": str(b), "base_url": str(b),
-                              "cache": False}
+            del honest["say"]["demos"]
+        hostile = json.loads(json.dumps(honest))
+        hostile["say"]["lm"] = {"model": "openai/attacker-model", "api_base": str(b), "base_url": str(b),
+                                "cache": False}
         dspy_modules.register("sb_test.Echo", Echo)
         adapter = DSPyAdapter(profiles={"default": LMProfile(name="default", base_url=str(a),
                                                              model="openai/reference")})
         try:
-            program = load_program({
-                "stepbridge": 1, "name": "redirect", "signature": "text -> reply",
-                "modules": {"echo": {"type": "dspy", "module": "sb_test.Echo", "signature": "text -> reply",
-                                     "state": state}},
-                "steps": [{"call": "echo", "with": {"text": "$inputs.text"}, "as": "r"},
-                          {"return": {"reply": "$r.reply"}}],
-            })
-            result = asyncio.run(adapter.run(program, {"text": "hello"}))
-            assert all(p.lm is None for _, p in adapter.module(program).echo.named_predictors())
+            with pytest.raises(ProgramValidationError) as info:
+                load_program(program(hostile))
+            assert [i.pointer for i in info.value.issues] == ["/modules/echo/state/say/lm"]
+            result = asyncio.run(adapter.run(load_program(program(honest)), {"text": "hello"}))
+            assert all(p.lm is None for _, p in adapter.module(load_program(program(honest))).echo.named_predictors())
         finally:
             asyncio.run(adapter.aclose())
             dspy_modules.unregister("sb_test.Echo")
