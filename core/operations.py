@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +26,12 @@ __all__ = [
     "MAX_VALUE_DEPTH",
     "MAX_WORK",
     "OPERATIONS",
+    "WORK_KEY",
     "Operation",
     "OperationTypeError",
     "json_equal",
     "measure",
     "truthy",
-    "work_budget",
 ]
 
 MAX_ITEMS = 1_000_000
@@ -43,7 +41,9 @@ MAX_INT = 2**63 - 1
 #: Work one run's value operations may do in total (elements and object entries touched, text per 64
 #: characters): a loop may rebuild a growing value on every pass, each pass bounded, the sum not.
 MAX_WORK = 20_000_000
-_WORK: ContextVar[list[int] | None] = ContextVar("stepbridge_operation_work", default=None)
+#: Where a run keeps its work budget: in its scope, under a key no program name can take (``$``); the
+#: interpreter puts ``[MAX_WORK]`` there, and every copy of the scope (``map`` elements) shares it.
+WORK_KEY = "$work"
 _FLAT = frozenset({str, int, float, bool, type(None)})
 _STR_ONLY = {str}
 
@@ -105,11 +105,12 @@ def _key(value: Any) -> Any:
     return ("o", repr(value))
 
 
-def measure(value: Any, pointer: str, what: str) -> Any:
+def measure(value: Any, pointer: str, what: str, scope: dict[str, Any] | None = None) -> Any:
     """Check that a built value is within the bounds (values, text, depth) and return it.
 
     Shared sub-values count once per occurrence (``[$x, $x]`` is twice the size of ``$x``), but are
-    walked once, so checking costs at most the size of the distinct data."""
+    walked once, so checking costs at most the size of the distinct data. The size is charged to the
+    run's work budget (in ``scope``)."""
     if not isinstance(value, list | dict):
         return value
     children = value.values() if isinstance(value, dict) else value
@@ -124,7 +125,7 @@ def measure(value: Any, pointer: str, what: str) -> Any:
             raise _limit(pointer, what, f"holds more than {MAX_CHARS:,} characters of text")
     else:
         nodes, chars = _walk(value, 0, {}, pointer, what)
-    _charge(nodes + chars // 64, pointer, what)
+    _charge(scope, nodes + chars // 64, pointer, what)
     return value
 
 
@@ -167,19 +168,8 @@ def _walk(item: Any, depth: int, memo: dict[int, tuple[int, int]], pointer: str,
     return nodes, chars
 
 
-@contextmanager
-def work_budget(units: int | None = None) -> Iterator[None]:
-    """Bound the total work of the value operations run inside (one budget per run; the interpreter
-    opens it, tasks it starts share it)."""
-    token = _WORK.set([MAX_WORK if units is None else units])
-    try:
-        yield
-    finally:
-        _WORK.reset(token)
-
-
-def _charge(units: int, pointer: str, what: str) -> None:
-    budget = _WORK.get()
+def _charge(scope: dict[str, Any] | None, units: int, pointer: str, what: str) -> None:
+    budget = scope.get(WORK_KEY) if scope is not None else None
     if budget is not None:
         budget[0] -= units
         if budget[0] < 0:
@@ -623,8 +613,9 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
 )}
 
 
-def run_operation(op: Operation, args: Any, pointer: str) -> Any:
-    """Apply ``op`` to evaluated arguments; a domain problem becomes a typed OperationError."""
+def run_operation(op: Operation, args: Any, pointer: str, scope: dict[str, Any] | None = None) -> Any:
+    """Apply ``op`` to evaluated arguments; a domain problem becomes a typed OperationError. The work
+    is charged to the run's budget in ``scope`` (none without a scope)."""
     try:
         result = op.run(args)
     except _Domain as exc:
@@ -633,11 +624,11 @@ def run_operation(op: Operation, args: Any, pointer: str) -> Any:
         raise OperationError(f"{pointer or '/'}: ${op.name}: the value nests too deeply", pointer=pointer,
                              operation=op.name) from None
     if op.grows and isinstance(result, list):
-        measure(result, pointer, f"${op.name}")
-    elif op.reads and _WORK.get() is not None:  # reading a big value costs too ($in, $eq, $dedupe...)
+        measure(result, pointer, f"${op.name}", scope)
+    elif op.reads and scope is not None:  # reading a big value costs too ($in, $eq, $dedupe...)
         units = _units(result) + (sum(_units(a) for a in args) if op.arity is not None else _units(args))
         if units:
-            _charge(units, pointer, f"${op.name}")
+            _charge(scope, units, pointer, f"${op.name}")
     return result
 
 

@@ -299,12 +299,12 @@ def compile_value(parsed: Any, pointer: str = "") -> Getter:
         getters = [compile_value(v, f"{pointer}/{i}") for i, v in enumerate(parsed)]
         if is_constant(parsed):
             return lambda scope: [g(scope) for g in getters]
-        return lambda scope: measure([g(scope) for g in getters], pointer, "a list literal")
+        return lambda scope: measure([g(scope) for g in getters], pointer, "a list literal", scope)
     if isinstance(parsed, dict):
         pairs = [(k, compile_value(v, f"{pointer}/{_esc(k)}")) for k, v in parsed.items()]
         if is_constant(parsed):
             return lambda scope: {k: g(scope) for k, g in pairs}
-        return lambda scope: measure({k: g(scope) for k, g in pairs}, pointer, "a mapping literal")
+        return lambda scope: measure({k: g(scope) for k, g in pairs}, pointer, "a mapping literal", scope)
     return lambda scope: parsed
 
 
@@ -323,8 +323,8 @@ def _compile_op(op: Op) -> Getter:
     base = f"{pointer}/{_esc('$' + op.name)}"
     if spec.arity is None:
         arg = compile_value(op.args, base)
-        return lambda scope: run_operation(spec, arg(scope), pointer)
+        return lambda scope: run_operation(spec, arg(scope), pointer, scope)
     getters = [compile_value(v, f"{base}/{i}") for i, v in enumerate(op.args)]
     if spec.lazy:
         return lambda scope: run_lazy(spec, getters, scope, pointer)
-    return lambda scope: run_operation(spec, [g(scope) for g in getters], pointer)
+    return lambda scope: run_operation(spec, [g(scope) for g in getters], pointer, scope)
