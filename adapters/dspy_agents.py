@@ -10,7 +10,8 @@ Where stepbridge differs from plain DSPy, on purpose and identically on the nati
 * a tool error becomes ``Execution error in <tool>: `` + the exception, without DSPy's stack frames
   (they name the files of whichever implementation ran the tool: :func:`stepbridge.react.tool_error_text`);
 * ``fail_count`` starts afresh on every call (DSPy decrements it on the module object for good);
-* ``Refine`` shows the LM the reward's source as :func:`stepbridge.ensembles.reward_source` gives it.
+* ``Refine`` shows the LM the reward's source as :func:`stepbridge.ensembles.reward_source` gives it;
+* a failed attempt is logged (logger ``stepbridge.dspy``) where DSPy prints it to stdout.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import asyncio
 import contextvars
 import copy
 import inspect
+import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -69,6 +72,16 @@ def _react(module: ReactModule) -> dspy.ReAct:
     finish = react.tools[FINISH]
     react.tools[FINISH] = RegisteredTool(finish.func, name=FINISH, desc=finish.desc, args={})
     return react
+
+
+def _log_print(*args: Any, sep: str | None = " ", end: str | None = "\n", **_: Any) -> None:
+    logging.getLogger("stepbridge.dspy").warning("%s", (sep if sep is not None else " ").join(map(str, args)))
+
+
+# DSPy's BestOfN and Refine report a failed attempt with print(); under stepbridge it goes to the log (the
+# native executor logs the same line), so a command's stdout carries only its output (--json).
+for _module in (sys.modules[dspy.BestOfN.__module__], sys.modules[dspy.Refine.__module__]):
+    _module.print = _log_print  # type: ignore[attr-defined]
 
 
 class _FreshCount:

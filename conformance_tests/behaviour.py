@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -435,7 +436,9 @@ class BehaviourTests:
                                           for r in rows), return_exceptions=True)
 
         base = h.loop.call(many(h.native), what="the native adapter")
+        mark = h.lm.mark()
         results = h.loop.call(many(h.adapter), what=f"adapter {h.name!r} (20 concurrent runs)")
+        arrivals = sorted(e["time"] for e in h.lm.entries(mark))
         failures = [(i, r) for i, r in enumerate(results) if isinstance(r, BaseException)]
         if failures:
             i, exc = failures[0]
@@ -450,6 +453,11 @@ class BehaviourTests:
         if len({r.execution_id for r in results}) != 20:
             fail("concurrent runs share execution ids", expected="each run's RunOptions.execution_id",
                  actual=f"{len({r.execution_id for r in results})} distinct ids", look_at="result")
+        # the LM answers after 100 ms: runs one after another never have two requests within 100 ms
+        if not any(b - a < 0.09 for a, b in pairwise(arrivals)):
+            fail("20 runs awaited at once ran one after another", expected="their LM requests waiting at once",
+                 actual=f"{len(arrivals)} requests, each after the previous one was answered (a lock around run? "
+                        "blocking calls on the event loop?)", look_at="state")
 
     @capability("batch")
     def test_batch_keeps_going_and_keeps_order(self, conformance: Harness) -> None:
@@ -512,6 +520,27 @@ class BehaviourTests:
         if step.kind != "map" or got != items:
             fail(f"{what}: the child records are not one per element in input order", expected=str(items),
                  actual=f"kind {step.kind!r}, children {got}", look_at=("map", "trace"))
+
+    @capability("map")
+    def test_map_runs_elements_at_once(self, conformance: Harness) -> None:
+        """A map over a blocking (synchronous) tool: its elements run at the same time -- the tool is called off
+        the event loop, as a thread, and the elements are not run one after another."""
+        h = conformance
+        self.require(h, {"map", "tools"})
+        key = f"overlap-{uuid.uuid4().hex[:8]}"
+        program = _load({"stepbridge": 1, "name": "conformance_map_overlap", "signature": "key, items: list[str] -> "
+                         "done: list[str]", "modules": {"nap": {"type": "tool", "tool": "conformance_sleep_sync"}},
+                         "steps": [{"map": "nap", "over": "$inputs.items", "item": "it",
+                                    "with": {"key": "$inputs.key", "item": "$it"}, "as": "each"},
+                                   {"return": {"done": "$each.result"}}]})
+        seen = h.observe(partial(h.run, program, {"key": key, "items": ["500 a", "500 b"]}))
+        if seen.error is not None:
+            fail("a map over a synchronous tool failed", actual=describe_outcome(None, seen.error), look_at="map")
+        events = [item.split(" ")[0] for _, item in sorted(h.lm.ledger.of(key))]
+        if events[:2] != ["start", "start"]:
+            fail("a map step's elements ran one after another", expected="both elements started before either "
+                 "ended (a blocking tool runs in a thread; elements run concurrently)",
+                 actual=f"the tool's calls went {', '.join(events)}", look_at="map")
 
     @capability("map")
     def test_map_respects_concurrency(self, conformance: Harness) -> None:
@@ -719,6 +748,13 @@ class BehaviourTests:
             fail("RunTimeoutError does not carry the partial trace",
                  expected=f"steps 0..{answered - 1} (they had finished) with their outputs",
                  actual=f"trace steps {sorted(trace)}; step {done[0]} missing or without outputs", look_at="timeout")
+        finished = sum(1 for t in trace.values() if t.kind == "call" and t.outputs is not None)
+        time.sleep(0.6)  # the next step of a run left going would ask the LM within 200 ms
+        sent = len(h.lm.entries(seen.mark))
+        if sent > finished + 1:
+            fail("the run went on after its timeout", expected=f"at most {finished + 1} LM requests: the {finished} "
+                 "finished steps' and the one cut short", actual=f"{sent} requests (the run's work was not cancelled)",
+                 look_at="timeout")
 
     @capability("cancel")
     def test_cancel(self, conformance: Harness) -> None:

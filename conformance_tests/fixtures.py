@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
+import time
 import urllib.parse
 from typing import Any, TypedDict
 
@@ -93,25 +95,57 @@ def _leading_ms(text: str) -> int:
 LEDGER_ENV = "STEPBRIDGE_CONFORMANCE_LEDGER"
 
 
-async def _record_effect(key: str, item: str) -> int:
-    """Record a side effect on the suite's ledger (a plain HTTP POST on loopback, no client set-up cost, so
-    the effect is recorded when the tool performs it); how many effects ``key`` has now."""
+def _ledger() -> urllib.parse.SplitResult:
     url = urllib.parse.urlsplit(os.environ.get(LEDGER_ENV) or "")
     if url.scheme != "http" or not url.hostname or url.hostname not in ("127.0.0.1", "localhost", "::1"):
         raise RuntimeError(f"{LEDGER_ENV} is not a loopback http URL: this tool only runs under the conformance suite")
-    body = json.dumps({"key": key, "item": item}).encode()
-    reader, writer = await asyncio.open_connection(url.hostname, url.port or 80)
-    try:
-        writer.write(f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
-        await writer.drain()
-        response = await reader.read()
-    finally:
-        writer.close()
+    return url
+
+
+def _count(response: bytes) -> int:
     head, _, payload = response.partition(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 200"):
         raise RuntimeError(f"the suite's ledger refused the effect: {head[:100]!r}")
     return int(json.loads(payload)["count"])
+
+
+def _request(url: urllib.parse.SplitResult, key: str, item: str) -> bytes:
+    body = json.dumps({"key": key, "item": item}).encode()
+    return (f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+async def _record_effect(key: str, item: str) -> int:
+    """Record a side effect on the suite's ledger (a plain HTTP POST on loopback, no client set-up cost, so
+    the effect is recorded when the tool performs it); how many effects ``key`` has now."""
+    url = _ledger()
+    reader, writer = await asyncio.open_connection(url.hostname, url.port or 80)
+    try:
+        writer.write(_request(url, key, item))
+        await writer.drain()
+        return _count(await reader.read())
+    finally:
+        writer.close()
+
+
+def _record_effect_blocking(key: str, item: str) -> int:
+    """:func:`_record_effect` for synchronous tools."""
+    url = _ledger()
+    with socket.create_connection((url.hostname or "", url.port or 80), timeout=30) as sock:
+        sock.sendall(_request(url, key, item))
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return _count(b"".join(chunks))
+
+
+def conformance_sleep_sync(key: str, item: str) -> str:
+    """A synchronous (blocking) tool: notes its start on the suite's ledger, sleeps as many milliseconds as
+    ``item`` starts with, notes its end. Run off the event loop (as a thread), two calls overlap."""
+    _record_effect_blocking(key, f"start {item}")
+    time.sleep(_leading_ms(item) / 1000)
+    _record_effect_blocking(key, f"end {item}")
+    return item
 
 
 async def conformance_effect(key: str, item: str) -> str:
@@ -142,6 +176,7 @@ TOOLS: dict[str, Any] = {
     "conformance_slow_echo": conformance_slow_echo,
     "conformance_effect": conformance_effect,
     "conformance_charge": conformance_charge,
+    "conformance_sleep_sync": conformance_sleep_sync,
 }
 
 

@@ -230,6 +230,37 @@ class ProgramBuilder:
         return self.module(name, _drop_none({"type": "tool", "tool": tool, "signature": signature,
                                              "side_effects": side_effects or None}))
 
+    # -- format 2: agents and ensembles (docs/agents-and-ensembles.md) ---------------------------
+    def _v2_module(self, name: str, spec: dict[str, Any]) -> str:
+        self._data["stepbridge"] = self._version or 2
+        return self.module(name, spec)
+
+    def react(self, name: str, signature: str | dict[str, Any], *, tools: list[str],
+              instructions: str | None = None, max_iters: int | None = None,
+              lm: dict[str, Any] | None = None) -> str:
+        """An agent calling registered tools (``dspy.ReAct``); outputs ``trajectory``, ``reasoning`` and the
+        signature's."""
+        return self._v2_module(name, _drop_none({"type": "react", "signature": signature, "tools": list(tools),
+                                                 "instructions": instructions, "max_iters": max_iters, "lm": lm}))
+
+    def best_of_n(self, name: str, module: str, *, n: int, threshold: float, metric: str | None = None,
+                  judge: str | None = None, field: str | None = None, fail_count: int | None = None) -> str:
+        """Up to ``n`` attempts of ``module``, the best-rewarded kept (``dspy.BestOfN``); the reward is a
+        registered ``metric`` or a ``judge`` module's numeric output ``field``."""
+        return self._v2_module(name, _ensemble("best_of_n", module, n, threshold, metric, judge, field, fail_count))
+
+    def refine(self, name: str, module: str, *, n: int, threshold: float, metric: str | None = None,
+               judge: str | None = None, field: str | None = None, fail_count: int | None = None) -> str:
+        """Like :meth:`best_of_n`, with LM advice passed to the next attempt (``dspy.Refine``)."""
+        return self._v2_module(name, _ensemble("refine", module, n, threshold, metric, judge, field, fail_count))
+
+    def multi_chain_comparison(self, name: str, signature: str | dict[str, Any], *, m: int | None = None,
+                               instructions: str | None = None, lm: dict[str, Any] | None = None) -> str:
+        """Compare ``m`` completions (input ``completions``) and answer with a ``rationale``
+        (``dspy.MultiChainComparison``)."""
+        return self._v2_module(name, _drop_none({"type": "multi_chain_comparison", "signature": signature, "m": m,
+                                                 "instructions": instructions, "lm": lm}))
+
     # -- steps -----------------------------------------------------------------------------------
     def _add(self, step: dict[str, Any], *, control: bool = False) -> None:
         if self._in_parallel and "call" not in step:
@@ -389,3 +420,10 @@ def _uses_v2_values(value: Any) -> bool:
 
 def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
+
+
+def _ensemble(kind: str, module: str, n: int, threshold: float, metric: str | None, judge: str | None,
+              field: str | None, fail_count: int | None) -> dict[str, Any]:
+    reward = {"metric": metric} if judge is None else _drop_none({"module": judge, "field": field})
+    return _drop_none({"type": kind, "module": module, "n": n, "reward": reward, "threshold": threshold,
+                       "fail_count": fail_count})

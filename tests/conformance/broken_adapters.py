@@ -967,5 +967,63 @@ class DollarEscapeKept(Mutant):
         return super().resolve(value, scope)
 
 
+class SequentialMap(Mutant):
+    """A ``map`` step runs its elements one after another."""
+
+    BUG_CLASS = "map"
+
+    async def run_map(self, state: _Run, index: int, step: MapStep, items: list[Any], scope: dict[str, Any],
+                      children: list[StepTrace]) -> list[Any]:
+        return await super().run_map(state, index, step.model_copy(update={"concurrency": 1}), items, scope, children)
+
+
+class SyncToolsOnTheLoop(Mutant):
+    """Synchronous tools are called directly on the event loop (blocking it) instead of in a thread."""
+
+    BUG_CLASS = "concurrency"
+
+    async def call_tool(self, state: _Run, name: str, module: ToolModule, args: dict[str, Any]) -> dict[str, Any]:
+        tool = state.plan.tools[name]
+        if tool.is_async:
+            return await super().call_tool(state, name, module, args)
+        value = tool.func(**args)
+        outputs = list((module.signature or tool.signature).outputs)
+        if isinstance(value, dict) and set(outputs) <= set(value):
+            return {k: value[k] for k in outputs}
+        return {outputs[0]: value}
+
+
+class SerializedRuns(Mutant):
+    """One lock around ``run``: runs awaited at once run one after another."""
+
+    BUG_CLASS = "concurrency"
+
+    async def run(self, program: Any, inputs: dict[str, Any], options: RunOptions) -> Any:
+        lock = self.__dict__.setdefault("_lock", asyncio.Lock())
+        async with lock:
+            return await super().run(program, inputs, options)
+
+
+class TimeoutLeavesTask(Mutant):
+    """On timeout the caller gets RunTimeoutError, but the run's work goes on in the background."""
+
+    BUG_CLASS = "timeout"
+
+    async def run(self, program: Any, inputs: dict[str, Any], options: RunOptions) -> Any:
+        if options.timeout is None:
+            return await super().run(program, inputs, options)
+        plan = self.plan_for(program)
+        state = _Run(program, options, plan)
+        task = asyncio.ensure_future(self.execute(state, inputs))
+        self.__dict__.setdefault("_background", set()).add(task)
+        try:
+            outputs = await asyncio.wait_for(asyncio.shield(task), options.timeout)
+        except TimeoutError:
+            raise RunTimeoutError(f"timed out after {options.timeout}s", timeout=options.timeout,
+                                  trace=list(state.trace)) from None
+        return RunResult(outputs=outputs, trace=state.trace, usage=state.usage, backend=self.name,
+                         program_hash=program.content_hash, execution_id=options.execution_id)
+
+
 MUTANTS: list[type[Mutant]] = [obj for obj in list(globals().values())
                                if isinstance(obj, type) and issubclass(obj, Mutant) and obj is not Mutant]
