@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import json
 import os
@@ -93,12 +94,21 @@ def describe_spec(spec: Any) -> str:
     return f"{module}:{qual}" if module else str(qual)
 
 
+@functools.cache
+def _distributions() -> dict[str, list[str]]:
+    """Top-level import name -> distributions (scanning every installed package: done once per process)."""
+    try:
+        return dict(importlib.metadata.packages_distributions())
+    except Exception:
+        return {}
+
+
 def adapter_package(adapter: Any) -> dict[str, str] | None:
     """``{name, version}`` of the installed distribution the adapter's class ships in (None when it is not
     installed, e.g. a module on ``PYTHONPATH``)."""
     top = type(adapter).__module__.split(".")[0]
     with contextlib.suppress(Exception):
-        dists = importlib.metadata.packages_distributions().get(top) or []
+        dists = _distributions().get(top) or []
         if dists:
             return {"name": dists[0], "version": importlib.metadata.version(dists[0])}
     return None
