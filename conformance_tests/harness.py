@@ -178,6 +178,7 @@ class Harness:
         self._runners: dict[int, Any] = {}
         self._extra: list[Any] = []
         self._fresh: Any = None
+        self.fresh_before: set[tuple[str, int]] | None = None
         #: the adapter's observation of each case run by test_case, which test_equivalence then judges
         self.case_runs: dict[str, Observed] = {}
         self.adapter = self.loop.call(self._create(factory, self.kwargs), what=f"creating adapter {spec!r}")
@@ -203,8 +204,10 @@ class Harness:
         return adapter
 
     def fresh_adapter(self) -> Any:
-        """One fresh instance shared by the tests that need a second one (created on first use)."""
+        """One fresh instance shared by the tests that need a second one (created on first use; the connections
+        open to the suite's LM just before are ``fresh_before``, so ``aclose`` can be judged on it)."""
         if self._fresh is None:
+            self.fresh_before = self.lm.connections()
             self._fresh = self.new_adapter()
         return self._fresh
 
