@@ -55,6 +55,9 @@ async def serve(config: PoolConfig, *, store: Any = None,
 
 
 def run_broker(config: PoolConfig) -> None:
+    from stepbridge.secrets import scrub_process_output
+
+    scrub_process_output()
     configure_process_logging(logging.INFO, "%(asctime)s broker %(levelname)s %(message)s")
 
     def announce(router: Router) -> None:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from stepbridge.errors import scrub_secrets
+from stepbridge.secrets import scrub
 
 __all__ = ["Throttle", "configure_process_logging"]
 
@@ -82,7 +82,7 @@ class _QueueHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             # the writer uses its own descriptor (no wrapper of sys.stderr sees it): scrub here
-            line = scrub_secrets(self.format(record))
+            line = scrub(self.format(record))
         except Exception:
             self.handleError(record)
             return
