@@ -45,10 +45,12 @@ Decisions
   would have crashed).
 * **Not reproduced** (unreachable with stepbridge's types): custom ``dspy.Type`` fields (images,
   audio, files, tools and tool calls, citations, documents, code, native reasoning) and their native
-  LM features, field constraints (``Field(gt=...)``; they print a ``Constraints:`` line), defaults
-  other than ``None`` on object fields, enums with non-string values, variadic ``tuple[T, ...]``,
-  recursive models, DSPy's TypedDict handling in XML, and the legacy custom-type marker expansion of
-  user messages.
+  LM features, History messages carrying tool calls, field constraints (``Field(gt=...)``; they print a
+  ``Constraints:`` line), aliases, ``default_factory`` and model config on object types, enums with
+  non-string values, variadic ``tuple[T, ...]``, recursive models, dict keys of non-string Literals
+  (DSPy cannot read them back from JSON either), DSPy's TypedDict handling in XML, and the legacy
+  custom-type marker expansion of user messages. An ``n > 1`` call is traced as one record per
+  completion on both backends; the DSPy adapter can only attribute the combined usage to the first.
 
 ``json_repair`` (a DSPy dependency) is imported lazily and only for replies that are not valid
 JSON, where DSPy's leniency depends on its exact repair rules.
