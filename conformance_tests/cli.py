@@ -18,8 +18,9 @@ __all__ = ["app", "conformance", "main", "pytest_args"]
 def pytest_args(adapter: str, report: Path | None = None, expected_failures: Path | None = None,
                 extra: list[str] | None = None, *, certify: bool = False) -> list[str]:
     """The pytest command line the wrapper runs."""
-    args = ["-p", "stepbridge.conformance.plugin", "-p", "no:cacheprovider", "--pyargs", "stepbridge.conformance",
-            "--adapter", adapter, "-q", "-rfEX"]
+    # hypothesis' pytest plugin is not needed and costs seconds of start-up where it is installed
+    args = ["-p", "stepbridge.conformance.plugin", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+            "--pyargs", "stepbridge.conformance", "--adapter", adapter, "-q", "-rfEX"]
     if report is not None:
         args += ["--conformance-report", str(report)]
     if expected_failures is not None:

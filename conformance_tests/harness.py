@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import json
 import os
@@ -93,12 +94,21 @@ def describe_spec(spec: Any) -> str:
     return f"{module}:{qual}" if module else str(qual)
 
 
+@functools.cache
+def _distributions() -> dict[str, list[str]]:
+    """Top-level import name -> distributions (scanning every installed package: done once per process)."""
+    try:
+        return dict(importlib.metadata.packages_distributions())
+    except Exception:
+        return {}
+
+
 def adapter_package(adapter: Any) -> dict[str, str] | None:
     """``{name, version}`` of the installed distribution the adapter's class ships in (None when it is not
     installed, e.g. a module on ``PYTHONPATH``)."""
     top = type(adapter).__module__.split(".")[0]
     with contextlib.suppress(Exception):
-        dists = importlib.metadata.packages_distributions().get(top) or []
+        dists = _distributions().get(top) or []
         if dists:
             return {"name": dists[0], "version": importlib.metadata.version(dists[0])}
     return None
@@ -168,6 +178,7 @@ class Harness:
         self._runners: dict[int, Any] = {}
         self._extra: list[Any] = []
         self._fresh: Any = None
+        self.fresh_before: set[tuple[str, int]] | None = None
         #: the adapter's observation of each case run by test_case, which test_equivalence then judges
         self.case_runs: dict[str, Observed] = {}
         self.adapter = self.loop.call(self._create(factory, self.kwargs), what=f"creating adapter {spec!r}")
@@ -193,8 +204,10 @@ class Harness:
         return adapter
 
     def fresh_adapter(self) -> Any:
-        """One fresh instance shared by the tests that need a second one (created on first use)."""
+        """One fresh instance shared by the tests that need a second one (created on first use; the connections
+        open to the suite's LM just before are ``fresh_before``, so ``aclose`` can be judged on it)."""
         if self._fresh is None:
+            self.fresh_before = self.lm.connections()
             self._fresh = self.new_adapter()
         return self._fresh
 

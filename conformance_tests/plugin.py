@@ -95,14 +95,21 @@ _ORDER = {"test_declares_adapter_protocol": 0, "case": 1, "equivalence": 2, "neg
 
 
 def _cheap_first(items: list[pytest.Item]) -> None:
+    """Within each test class (one adapter each), the quick checks first; classes stay whole and in order, so
+    each adapter's harness is set up once."""
     from .suite import conformance_meta
 
-    def rank(pair: tuple[int, pytest.Item]) -> tuple[int, int]:
+    classes: dict[Any, int] = {}
+    for item in items:
+        classes.setdefault(getattr(item, "cls", None), len(classes))
+
+    def rank(pair: tuple[int, pytest.Item]) -> tuple[int, int, int]:
         index, item = pair
+        group = classes[getattr(item, "cls", None)]
         meta = conformance_meta(item)
         if meta is None:
-            return (-1, index)
-        return (_ORDER.get(getattr(item, "originalname", item.name), _ORDER.get(meta[1], 4)), index)
+            return (group, -1, index)
+        return (group, _ORDER.get(getattr(item, "originalname", item.name), _ORDER.get(meta[1], 4)), index)
 
     items[:] = [item for _, item in sorted(enumerate(items), key=rank)]
 

@@ -88,7 +88,8 @@ def run_group(index: int, classes: list[tuple[str, str]], timeout: float) -> tup
         (Path(tmp) / f"test_mutation_group_{index}.py").write_text(_module(classes), encoding="utf-8")
         report = Path(tmp) / "report"
         cmd = [sys.executable, "-m", "pytest", "-p", "stepbridge.conformance.plugin", "-p", "mutation",
-               "-p", "no:cacheprovider", "--conformance-report", str(report), "-q", "-W", "ignore::DeprecationWarning",
+               "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "--conformance-report", str(report), "-q",
+               "-W", "ignore::DeprecationWarning",
                "--no-header", "-o", "addopts=", "-o", "testpaths=", str(Path(tmp) / f"test_mutation_group_{index}.py")]
         began = time.perf_counter()
         try:
