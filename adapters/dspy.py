@@ -77,7 +77,8 @@ from stepbridge.errors import (  # noqa: E402
     StepbridgeError,
     UnsupportedCapabilityError,
 )
-from stepbridge.formats import to_dspy_signature  # noqa: E402
+from stepbridge.field_values import FieldType  # noqa: E402
+from stepbridge.formats import chain_of_thought, resolve_fields, to_dspy_signature  # noqa: E402
 from stepbridge.interpreter import PlanStep, RunContext, execute, plan, run_plan  # noqa: E402
 from stepbridge.lm import LMPool, LMProfile, load_profiles, resolve_profile  # noqa: E402
 from stepbridge.program import (  # noqa: E402
@@ -237,8 +238,8 @@ def _registered_module(spec: DspyModule, where: str = "") -> Any:
     return instance
 
 
-def _lm_submodule(module: PredictModule | ChainOfThoughtModule) -> dspy.Module:
-    signature = to_dspy_signature(module.effective_signature)
+def _lm_submodule(module: PredictModule | ChainOfThoughtModule, types: Any = None) -> dspy.Module:
+    signature = to_dspy_signature(module.effective_signature, types=types)
     demos = [dspy.Example(**demo) for demo in module.demos]
     if isinstance(module, ChainOfThoughtModule):
         cot = dspy.ChainOfThought(signature)
@@ -284,7 +285,7 @@ class ProgramModule(dspy.Module):
             module = program.modules[name]
             sub: dspy.Module
             if isinstance(module, PredictModule | ChainOfThoughtModule):
-                sub = _lm_submodule(module)
+                sub = _lm_submodule(module, getattr(program, "type_space", None))
             elif isinstance(module, RetrieveModule):
                 sub = RetrieveStep(module, program.base_dir)
             elif isinstance(module, ToolModule):
@@ -435,15 +436,16 @@ class _CallRecorder(BaseCallback):
                                   error=to_typed_error(exception).to_dict()))
                 continue
             entry = entry or {}
-            response = _response_text(entry)
-            out.append(LMCall(
-                model=self.model,
-                messages=_plain_messages(entry.get("messages") or messages),
-                response=scrub(response) if response is not None else None,
-                usage={k: v for k, v in dict(entry.get("usage") or {}).items() if v is not None},
-                latency_ms=latency,
-                cached=bool(getattr(entry.get("response"), "cache_hit", False)),
-            ))
+            for i, text in enumerate(_response_texts(entry)):  # n > 1: one record per completion, as native
+                out.append(LMCall(
+                    model=self.model,
+                    messages=_plain_messages(entry.get("messages") or messages),
+                    response=scrub(text) if text is not None else None,
+                    usage={k: v for k, v in dict(entry.get("usage") or {}).items() if v is not None} if i == 0
+                    else {},
+                    latency_ms=latency if i == 0 else 0.0,
+                    cached=bool(getattr(entry.get("response"), "cache_hit", False)),
+                ))
         return out
 
 
@@ -451,6 +453,14 @@ def _plain_messages(messages: Any) -> list[dict[str, Any]]:
     if not isinstance(messages, list):
         return []
     return [dict(m) if isinstance(m, dict) else {"content": str(m)} for m in messages]
+
+
+def _response_texts(entry: dict[str, Any]) -> list[str | None]:
+    """Every completion of one LM call (several with ``n > 1``); ``[None]`` when there is none."""
+    outputs = entry.get("outputs") or []
+    if len(outputs) > 1:
+        return [o if isinstance(o, str) else str(o.get("text") if isinstance(o, dict) else o) for o in outputs]
+    return [_response_text(entry)]
 
 
 def _response_text(entry: dict[str, Any]) -> str | None:
@@ -473,6 +483,43 @@ class _Prepared:
     program: Program
     module: ProgramModule
     lm_configs: dict[str, LMConfig] = field(default_factory=dict)
+    #: per LM module: its typed inputs and outputs (JSON <-> the Python values DSPy takes and returns)
+    fields: dict[str, tuple[dict[str, FieldType], dict[str, FieldType]]] = field(default_factory=dict)
+
+
+def _typed_fields(program: Program) -> dict[str, tuple[dict[str, FieldType], dict[str, FieldType]]]:
+    types = getattr(program, "type_space", None)
+    out: dict[str, tuple[dict[str, FieldType], dict[str, FieldType]]] = {}
+    for name, module in program.modules.items():
+        if isinstance(module, PredictModule | ChainOfThoughtModule):
+            sig = module.effective_signature
+            if isinstance(module, ChainOfThoughtModule):
+                sig = chain_of_thought(sig)
+            ins = {k: f for k, f in resolve_fields(sig.inputs, types).items() if f.converted}
+            outs = {k: f for k, f in resolve_fields(sig.outputs, types).items() if f.converted}
+            if ins or outs:
+                out[name] = (ins, outs)
+    return out
+
+
+def _to_dspy_inputs(args: dict[str, Any], fields: dict[str, FieldType]) -> dict[str, Any]:
+    """JSON inputs as the values a DSPy user passes: model instances, Enum members, tuples, dspy.History."""
+    from stepbridge.errors import InputValidationError
+
+    out = dict(args)
+    for name, ftype in fields.items():
+        if name not in out:
+            continue
+        try:
+            if ftype.expr.kind == "history":
+                out[name] = dspy.History.model_validate(out[name])
+            else:
+                out[name] = ftype.to_python(out[name])
+        except ValueError as exc:
+            detail = str(exc).splitlines()
+            raise InputValidationError(f"input {name!r} is not a valid {ftype.expr}: {detail[-1] if detail else exc}",
+                                       field=name) from None
+    return out
 
 
 class DSPyAdapter:
@@ -481,7 +528,8 @@ class DSPyAdapter:
     name = "dspy"
     capabilities = frozenset({
         "async", "batch", "map", "retrieve", "tools", "dspy_modules", "lm_trace", "timeout", "cancel",
-        "rehydrate", "json_adapter", "agents", "ensembles", "control_flow", "parallel",
+        "rehydrate", "json_adapter", "xml_adapter", "typed_objects", "agents", "ensembles", "control_flow",
+        "parallel",
     })
 
     def __init__(self, *, lm: LMPool | None = None, profiles: dict[str, LMProfile] | None = None,
@@ -497,7 +545,7 @@ class DSPyAdapter:
         self._lms: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stepbridge-dspy")
-        self._formats = {"chat": dspy.ChatAdapter(), "json": dspy.JSONAdapter()}
+        self._formats = {"chat": dspy.ChatAdapter(), "json": dspy.JSONAdapter(), "xml": dspy.XMLAdapter()}
         self._reference: contextlib.ExitStack | None = None
         self._reference_url: str | None = None
 
@@ -515,7 +563,7 @@ class DSPyAdapter:
             for name, m in program.modules.items():
                 if m.type in ("best_of_n", "refine") and m.module in configs:
                     configs[name] = configs[m.module]  # an ensemble runs under the LM of what it wraps
-            prepared = _Prepared(program, module, configs)
+            prepared = _Prepared(program, module, configs, _typed_fields(program))
             with self._lock:
                 prepared = self._prepared.setdefault(key, prepared)
         return prepared
@@ -541,7 +589,8 @@ class DSPyAdapter:
         profile, model = resolve_profile(config, self.profiles)
         temperature = config.temperature if config.temperature is not None else profile.temperature
         max_tokens = config.max_tokens if config.max_tokens is not None else profile.max_tokens
-        key = (profile.name, profile.base_url, model, temperature, max_tokens)
+        n = config.n if config.n is not None and config.n > 1 else None
+        key = (profile.name, profile.base_url, model, temperature, max_tokens, n)
         lm = self._lms.get(key)
         if lm is None:
             if profile.in_process:
@@ -558,9 +607,10 @@ class DSPyAdapter:
                     register_secret(api_key, source=f"${profile.api_key_env}")
                 register_url(api_base, source=f"the base_url of LM profile {profile.name!r}")
             wire_model = model if model.startswith("openai/") else f"openai/{model}"
+            extra = {"n": n} if n is not None else {}  # dspy.Predict reads n (and num_generations) from here
             lm = dspy.LM(wire_model, api_base=api_base, api_key=api_key, temperature=temperature,
                          max_tokens=max_tokens, cache=self.cache, num_retries=profile.max_retries,
-                         timeout=profile.timeout, engine=self.engine)
+                         timeout=profile.timeout, engine=self.engine, **extra)
             with self._lock:
                 lm = self._lms.setdefault(key, lm)
         return lm, model
@@ -598,6 +648,9 @@ class DSPyAdapter:
             from .dspy_agents import check_step_inputs
 
             check_step_inputs(prepared.program, step.module, args)
+        typed = prepared.fields.get(step.module)
+        if typed is not None:
+            args = _to_dspy_inputs(args, typed[0])
         recorder = _CallRecorder()
         lm, config = self._call_lm(prepared, step.module, ctx, recorder)
         judges = self._judge_lms(prepared, step.module, ctx, recorder)
@@ -623,6 +676,10 @@ class DSPyAdapter:
         outputs = scrub(_prediction_outputs(prediction, names))
         if step.module_type in _AGENT_TYPES:
             return {k: json_data(v) for k, v in outputs.items()}
+        if typed is not None:  # models, Enum members, tuples as JSON data again
+            for name, ftype in typed[1].items():
+                if outputs.get(name) is not None:
+                    outputs[name] = ftype.to_json(outputs[name])
         return outputs
 
     def _call_lm(self, prepared: _Prepared, module: str, ctx: RunContext,

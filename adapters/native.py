@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from stepbridge.adapter import RunOptions
 from stepbridge.errors import (
@@ -20,7 +20,7 @@ from stepbridge.errors import (
     LMParseError,
     UnsupportedCapabilityError,
 )
-from stepbridge.formats import Prompt, chain_of_thought
+from stepbridge.formats import AdapterName, Prompt, chain_of_thought
 from stepbridge.interpreter import DEFAULT_MAP_CONCURRENCY, PlanStep, RunContext, plan, run_plan
 from stepbridge.lm import ChatRequest, LMPool, LMProfile
 from stepbridge.program import (
@@ -34,6 +34,9 @@ from stepbridge.program import (
 )
 from stepbridge.result import LMCall, RunResult, fast_construct
 from stepbridge.signature import Signature
+
+if TYPE_CHECKING:
+    from stepbridge.named_types import TypeSpace
 
 __all__ = ["Invocation", "NativeAdapter", "Predictor", "Runner", "module_lm_config"]
 
@@ -61,18 +64,20 @@ class Runner(Protocol):
 
 
 class Predictor:
-    """One ``dspy.Predict``: a signature, demos and an LM config, called with the chat/JSON formats.
+    """One ``dspy.Predict``: a signature, demos and an LM config, called with the chat/JSON/XML formats.
 
     ``name`` is its name among the ``named_predictors()`` of the DSPy module it belongs to (Refine's
     advice is keyed by it); ``temperature`` is a temperature the predictor itself sets (DSPy's predictor
-    ``config``, as MultiChainComparison's 0.7), which wins over everything but nothing else."""
+    ``config``, as MultiChainComparison's 0.7), which wins over everything but nothing else. ``types``:
+    the program's declared types, which the signature's type names resolve against."""
 
     def __init__(self, adapter: NativeAdapter, lm_config: LMConfig, signature: Signature,
                  demos: list[dict[str, Any]] | None = None, *, name: str = "self",
-                 temperature: float | None = None):
+                 temperature: float | None = None, types: TypeSpace | None = None):
         self.adapter = adapter
         self.lm_config = lm_config
         self.signature = signature
+        self.types = types
         self.demos = list(demos or [])
         self.name = name
         self.temperature = temperature
@@ -80,17 +85,17 @@ class Predictor:
         # the LM when the run does not override it, per event loop (HTTP clients are bound to one loop)
         self._resolved: tuple[asyncio.AbstractEventLoop, Any, str, LMProfile] | None = None
 
-    def prompt(self, mode: Literal["chat", "json"], hinted: bool = False) -> Prompt:
+    def prompt(self, mode: AdapterName, hinted: bool = False) -> Prompt:
         prompt = self._prompts.get((mode, hinted))
         if prompt is None:
             from stepbridge.ensembles import add_hint
 
             signature = add_hint(self.signature) if hinted else self.signature
-            prompt = self._prompts[(mode, hinted)] = Prompt(signature, self.demos, mode)
+            prompt = self._prompts[(mode, hinted)] = Prompt(signature, self.demos, mode, self.types)
         return prompt
 
     def mode(self, ctx: RunContext) -> str:
-        """The format adapter (chat/json) this predictor uses in this run."""
+        """The format adapter (chat/json/xml) this predictor uses in this run."""
         config = self.lm_config if ctx.options.lm is None else self.lm_config.merged(ctx.options.lm)
         return config.adapter or "chat"
 
@@ -105,7 +110,7 @@ class Predictor:
         else:
             config = self.lm_config.merged(ctx.options.lm)
             client, model, profile = self.adapter.lm.resolve(config)
-        mode: Literal["chat", "json"] = config.adapter or "chat"
+        mode: AdapterName = config.adapter or "chat"
         hinted = inv.hints is not None
         if hinted:
             from stepbridge.ensembles import HINT_FIELD
@@ -118,17 +123,19 @@ class Predictor:
             temperature = inv.temperature
         if temperature is None:
             temperature = config.temperature if config.temperature is not None else profile.temperature
+        n = config.n or 1
+        if n > 1 and (temperature is None or temperature <= 0.15):
+            temperature = 0.7  # dspy.Predict keeps several completions apart this way
         request = _Request(model, temperature, config.max_tokens if config.max_tokens is not None
-                           else profile.max_tokens, inv.rollout_id)
+                           else profile.max_tokens, inv.rollout_id, n)
         try:
             outputs = await self._complete(prompt, args, request, client, ctx, inv.calls)
         except LMParseError:
-            fallback = getattr(prompt, "fallback", None)
-            json_prompt = fallback() if mode == "chat" and fallback is not None else None
-            if json_prompt is None:
+            fallback = prompt.fallback()
+            if fallback is None:
                 raise
-            # DSPy's ChatAdapter retries once with the JSON adapter when the chat format did not parse.
-            outputs = await self._complete(json_prompt, args, request, client, ctx, inv.calls)
+            # DSPy's ChatAdapter (and XMLAdapter) retries once with the JSON adapter when its format did not parse.
+            outputs = await self._complete(fallback, args, request, client, ctx, inv.calls)
         if inv.trace is not None:
             inv.trace.append((self.name, dict(args), dict(outputs)))
         return outputs
@@ -145,24 +152,33 @@ class Predictor:
             rollout_id=req.rollout_id,
         )
         model = req.model
-        try:
-            response = await client.complete(request)
-        except LMError as exc:
-            calls.append(_call(model=model, messages=messages, error=exc.to_dict()))
-            raise
-        ctx.usage.add(response.usage)
-        ctx.usage.__dict__["lm_calls"] += 1
-        try:
-            parsed = prompt.parse(response.text)
-        except LMParseError as exc:
+        # n completions: DSPy's LM engine asks for them as that many requests, one after the other
+        responses = []
+        for _ in range(req.n):
+            try:
+                response = await client.complete(request)
+            except LMError as exc:
+                calls.append(_call(model=model, messages=messages, error=exc.to_dict()))
+                raise
+            ctx.usage.add(response.usage)
+            ctx.usage.__dict__["lm_calls"] += 1
+            responses.append(response)
+        first: dict[str, Any] | None = None
+        for response in responses:  # every completion is parsed, as DSPy's adapter parses them all
+            try:
+                parsed = prompt.parse(response.text)
+            except LMParseError as exc:
+                calls.append(_call(model=model, messages=messages, response=response.text,
+                                   usage=response.usage, latency_ms=response.latency_ms,
+                                   cached=response.cached, error=exc.to_dict()))
+                raise
             calls.append(_call(model=model, messages=messages, response=response.text,
-                                                usage=response.usage, latency_ms=response.latency_ms,
-                                                cached=response.cached, error=exc.to_dict()))
-            raise
-        calls.append(_call(model=model, messages=messages, response=response.text,
-                                            usage=response.usage, latency_ms=response.latency_ms,
-                                            cached=response.cached))
-        return parsed
+                               usage=response.usage, latency_ms=response.latency_ms,
+                               cached=response.cached))
+            if first is None:
+                first = parsed  # the outputs come from the first completion, as in dspy.Prediction
+        assert first is not None
+        return first
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +187,7 @@ class _Request:
     temperature: float | None
     max_tokens: int | None
     rollout_id: int | None
+    n: int = 1
 
 
 def module_lm_config(program: Program, module: Any) -> LMConfig:
@@ -187,7 +204,7 @@ class _LMRunner:
         if cot:
             signature = chain_of_thought(signature)
         self.predictor = Predictor(adapter, module_lm_config(program, module), signature, module.demos,
-                                   name="predict" if cot else "self")
+                                   name="predict" if cot else "self", types=getattr(program, "type_space", None))
 
     def predictors(self) -> list[Predictor]:
         return [self.predictor]
@@ -233,7 +250,7 @@ class NativeAdapter:
     name = "native"
     capabilities = frozenset(
         {"async", "batch", "map", "retrieve", "tools", "lm_trace", "cancel", "timeout", "rehydrate", "json_adapter",
-         "agents", "ensembles", "control_flow", "parallel"}
+         "xml_adapter", "typed_objects", "agents", "ensembles", "control_flow", "parallel"}
     )
 
     def __init__(self, *, lm: LMPool | None = None, cache: bool | None = None,

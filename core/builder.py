@@ -25,6 +25,9 @@ Format 2 (``docs/format-2.md``): control flow nests with ``with`` blocks, operat
         b.returns(answer="A")
     with b.else_():
         b.returns(answer="B")
+
+Declared types (format 2) come from :meth:`~ProgramBuilder.object_type` / :meth:`~ProgramBuilder.enum`, or
+from the pydantic models and ``Enum`` classes a DSPy program already has (:meth:`~ProgramBuilder.declare`).
 """
 
 from __future__ import annotations
@@ -174,6 +177,33 @@ class ProgramBuilder:
         self._in_parallel = False
         self._names: set[str] = {"inputs"}
         self.inputs = Result("inputs")
+
+    # -- types (format 2) ------------------------------------------------------------------------
+    def object_type(self, name: str, fields: dict[str, Any], *, description: str | None = None) -> str:
+        """Declare an object type: ``fields`` maps names to type strings or ``{type, desc}``."""
+        return self._declare(name, _drop_none({"description": description, "fields": fields}))
+
+    def enum(self, name: str, values: list[str], *, description: str | None = None) -> str:
+        """Declare an enum of string values."""
+        return self._declare(name, _drop_none({"description": description, "enum": list(values)}))
+
+    def declare(self, cls: type) -> str:
+        """Declare a pydantic model or ``Enum`` class (and the types it uses) as a DSPy user wrote it."""
+        from .named_types import declarations
+
+        for name, spec in declarations(cls).items():
+            if self._data.get("types", {}).get(name, spec) != spec:
+                raise ValueError(f"type {name!r} already declared differently")
+            self._declare(name, spec, replace=True)
+        return cls.__name__
+
+    def _declare(self, name: str, spec: dict[str, Any], *, replace: bool = False) -> str:
+        types = self._data.setdefault("types", {})
+        if name in types and not replace:
+            raise ValueError(f"type {name!r} already declared")
+        types[name] = spec
+        self._data["stepbridge"] = self._version or 2
+        return name
 
     # -- modules ---------------------------------------------------------------------------------
     def module(self, name: str, spec: dict[str, Any]) -> str:

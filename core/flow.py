@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from .named_types import TypeSpace, UnknownTypeError
 from .operations import OPERATIONS, OperationTypeError, json_equal, truthy
 from .program import MAX_LOOP, STEP_KINDS, CallStep, MapStep, ReturnStep
 from .signature import IDENTIFIER, FieldSpec, Signature, TypeExpr
@@ -165,9 +166,12 @@ class StepsReport:
 # -- entry point ----------------------------------------------------------------------------------
 def check_steps(raw_steps: list[Any], *, version: int, c: Any, signature: Signature | None,
                 modules: dict[str, Any], signatures: dict[str, Signature | None], module_names: list[str],
-                suggest: Callable[[str, Any], str | None]) -> StepsReport:
-    """Check the program's steps, reporting every problem to ``c`` (validation's collector)."""
+                suggest: Callable[[str, Any], str | None], types: TypeSpace | None = None) -> StepsReport:
+    """Check the program's steps, reporting every problem to ``c`` (validation's collector).
+
+    ``types``: the program's declared types; signature fields naming them are resolved against it."""
     checker = _Checker(version, c, signature, modules, signatures, module_names, suggest)
+    checker.space = types or TypeSpace()
     tree = checker.shape_list(raw_steps, "/steps", 0)
     checker.flow(tree)
     return StepsReport(called=checker.called)
@@ -198,6 +202,7 @@ class _Checker:
         self.bound_at: dict[str, str] = {}
         self.top_index: dict[str, int] = {}  # format 1: name -> the top-level step producing it
         self.types: dict[str, TypeExpr] = {}
+        self.space = TypeSpace()  # the program's declared types
         self.changed = False
         self.used: set[str] = set()
         self.locals: list[dict[str, TypeExpr]] = []  # map/loop items and loop indexes, innermost last
@@ -484,7 +489,8 @@ class _Checker:
         self.loop_too_long = False
         scope = _Scope()
         scope.names.add("inputs")
-        self.types["inputs"] = (TypeExpr("record", tuple((k, f.type_expr) for k, f in self.signature.inputs.items()))
+        self.types["inputs"] = (TypeExpr("record", tuple((k, self.field_type(f))
+                                                         for k, f in self.signature.inputs.items()))
                                 if self.signature is not None else ANY)
         outcome, calls, steps = self.walk_list(tree, scope, "/steps", top=True)
         if not final:
@@ -700,9 +706,16 @@ class _Checker:
         sig = self.signatures.get(node.module)
         if sig is None:
             return ANY
-        fields = [(k, f.type_expr) for k, f in sig.outputs.items()]  # the module's interface: reasoning included
+        fields = [(k, self.field_type(f)) for k, f in sig.outputs.items()]  # the module's interface
         record = TypeExpr("record", tuple(fields))
         return TypeExpr("list", (record,)) if node.key == "map" else record
+
+    def field_type(self, spec: FieldSpec) -> TypeExpr:
+        """A signature field's type with declared names resolved (unknown ones, reported by validation: Any)."""
+        try:
+            return self.space.resolve(spec.type_expr)
+        except (UnknownTypeError, TypeError):
+            return ANY
 
     def bind(self, name: str, t: TypeExpr, pointer: str, scope: _Scope) -> None:
         c = self.c
@@ -750,7 +763,7 @@ class _Checker:
             vtype = self.type_of(parsed, arg_pointer, scope)
             if target is None:
                 continue
-            want = target.type_expr
+            want = self.field_type(target)
             if isinstance(parsed, Ref):
                 if not vtype.assignable_to(want):
                     c.error(arg_pointer, f"type mismatch: {parsed} is {vtype} but {key!r} expects {want}")

@@ -40,6 +40,7 @@ from pydantic import (
     model_validator,
 )
 
+from .named_types import MAX_TYPES, TypeSpace, TypeSpec, parse_type_spec
 from .signature import IDENTIFIER, Signature
 
 __all__ = [
@@ -77,6 +78,8 @@ FORMAT_VERSIONS = (1, 2)
 STEP_KINDS = {1: ("call", "map", "return"), 2: ("call", "map", "return", "set", "if", "switch", "loop", "parallel")}
 MAX_LOOP = 10_000
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-.]*$"
+#: At most this many completions per LM call (``lm.n``): DSPy sends one request per completion.
+MAX_COMPLETIONS = 100
 
 
 class _Strict(BaseModel):
@@ -90,7 +93,9 @@ class LMConfig(_Strict):
     profile: str | None = Field(default=None, max_length=200, description="an operator-defined LM profile")
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
-    adapter: Literal["chat", "json"] | None = None
+    n: int | None = Field(default=None, ge=1, le=MAX_COMPLETIONS,
+                          description="completions per call: outputs come from the first, all are in the trace")
+    adapter: Literal["chat", "json", "xml"] | None = None
 
     def merged(self, override: LMConfig | None) -> LMConfig:
         """``override``'s set fields win over ours (program default < module < run)."""
@@ -475,6 +480,9 @@ class Program(_Strict):
     name: str = Field(max_length=200, pattern=NAME_PATTERN)
     description: str | None = Field(default=None, max_length=100_000)
     signature: Signature
+    types: dict[str, TypeSpec] = Field(
+        default_factory=dict, max_length=MAX_TYPES,
+        description="format 2: named object types ({description, fields}) and enums ({enum: [values]})")
     lm: LMConfig | None = None
     modules: dict[str, Module] = Field(default_factory=dict, max_length=10_000)
     steps: list[Step] = Field(max_length=10_000)
@@ -494,6 +502,13 @@ class Program(_Strict):
                 raise ValueError(problem)
         return value
 
+    @field_validator("types", mode="before")
+    @classmethod
+    def _type_specs(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {name: parse_type_spec(spec) for name, spec in value.items()}
+        return value
+
     @model_validator(mode="after")
     def _version_constructs(self) -> Program:
         if self.stepbridge == 1:
@@ -503,7 +518,20 @@ class Program(_Strict):
             for name, module in self.modules.items():
                 if module.type in MODULE_TYPES_V2:
                     raise ValueError(f"/modules/{name}: module type {module.type!r} needs 'stepbridge: 2'")
+            if self.types:
+                raise ValueError("a 'types' section needs 'stepbridge: 2'")
+        if self.types:
+            _, problems = TypeSpace.build(self.types)
+            if problems:
+                first = problems[0]
+                raise ValueError(f"/types{first.pointer}: {first.message}")
         return self
+
+    @cached_property
+    def type_space(self) -> TypeSpace:
+        """The declared types, checked and resolved (signatures' type names resolve against it)."""
+        space, _ = TypeSpace.build(self.types)
+        return space
 
     @cached_property
     def required_capabilities(self) -> frozenset[str]:
@@ -513,11 +541,10 @@ class Program(_Strict):
             needs |= {"retrieve": {"retrieve"}, "tool": {"tools"}, "dspy": {"dspy_modules"}, "react": {"agents"},
                       "best_of_n": {"ensembles"}, "refine": {"ensembles"},
                       "multi_chain_comparison": {"ensembles"}}.get(module.type, set())
-            lm = getattr(module, "lm", None)
-            if lm is not None and lm.adapter == "json":
-                needs.add("json_adapter")
-        if self.lm is not None and self.lm.adapter == "json":
-            needs.add("json_adapter")
+            needs |= lm_capabilities(getattr(module, "lm", None))
+        needs |= lm_capabilities(self.lm)
+        if self._uses_typed_objects():
+            needs.add("typed_objects")
         for _, step in iter_steps(self.steps):
             kind = step_kind(step)
             if kind == "map":
@@ -530,6 +557,14 @@ class Program(_Strict):
             needs.add("control_flow")
         return frozenset(needs)
 
+    def _uses_typed_objects(self) -> bool:
+        """A ``types`` section, or Any, a union, a tuple, History or a declared type in a signature."""
+        if getattr(self, "types", None):
+            return True
+        sigs = [self.signature, *(getattr(m, "signature", None) for m in self.modules.values())]
+        return any(isinstance(sig, Signature) and any(
+            spec.type_expr.needs_typed_objects for spec in (*sig.inputs.values(), *sig.outputs.values()))
+            for sig in sigs)
     def _uses_v2_values(self) -> bool:
         """Operations or references with paths anywhere in the values (format 2 only)."""
         from .values import Op, Ref, parse_value, walk_values
@@ -554,6 +589,8 @@ class Program(_Strict):
         data = self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
         data["stepbridge"] = self.stepbridge
         data["signature"] = self.signature.canonical()
+        if self.types:  # each object's fields in declared order (part of the prompt)
+            data["types"] = {name: spec.canonical() for name, spec in self.types.items()}
         if data.get("lm") == {}:  # ``lm: {}`` sets nothing: the same program as no ``lm``
             del data["lm"]
         for name, module in self.modules.items():
@@ -589,7 +626,7 @@ class Program(_Strict):
         """A copy; with ``update``, the cached hash and capabilities are recomputed, not carried over."""
         copied = super().model_copy(update=update, deep=deep)
         if update:
-            for cached in ("content_hash", "required_capabilities", "plan_key"):
+            for cached in ("content_hash", "required_capabilities", "plan_key", "type_space"):
                 copied.__dict__.pop(cached, None)
         return copied
 
@@ -626,6 +663,10 @@ class Program(_Strict):
                 del mod["demos"]
             modules[name] = {"type": mod.pop("type"), **mod}  # the type first: it says how to read the rest
         _tidy_steps(data.get("steps", []))
+        if not data.get("types"):
+            data.pop("types", None)
+        else:  # short forms: a field without a description is its type string
+            data["types"] = {name: spec.to_file() for name, spec in self.types.items()}
         return data
 
     def to_json(self, *, indent: int | None = 2) -> str:
@@ -641,6 +682,16 @@ class Program(_Strict):
         path = Path(path)
         text = self.to_yaml() if path.suffix in (".yaml", ".yml") else self.to_json() + "\n"
         path.write_text(text, encoding="utf-8")
+
+
+def lm_capabilities(lm: LMConfig | None) -> set[str]:
+    """Capabilities an LM setting needs: the JSON or XML adapter format, several completions per call."""
+    if lm is None:
+        return set()
+    needs = {f"{lm.adapter}_adapter"} if lm.adapter in ("json", "xml") else set()
+    if lm.n is not None and lm.n > 1:
+        needs.add("ensembles")
+    return needs
 
 
 def _tidy_steps(steps: list[Any]) -> None:

@@ -31,7 +31,8 @@ from decimal import Decimal
 from typing import Any
 
 from .errors import ContextWindowExceededError
-from .formats import _jsonable, chain_of_thought, default_instructions, format_value
+from .field_values import jsonable
+from .formats import chain_of_thought, default_instructions, format_value
 from .signature import FieldSpec, Signature
 
 __all__ = [
@@ -311,4 +312,4 @@ def json_data(value: Any) -> Any:
     """What a tool returned, as JSON data for outputs, traces and storage: pydantic models and dataclasses
     dumped, tuples as lists, anything else without a JSON form as its text (the trajectory keeps the
     value itself for the prompt, which formats it as DSPy does)."""
-    return _jsonable(value)
+    return jsonable(value)

@@ -20,7 +20,7 @@ from .errors import (
     StepbridgeError,
     UnsupportedCapabilityError,
 )
-from .program import LMConfig, Program
+from .program import LMConfig, Program, lm_capabilities
 from .recorder import BatchBegun, BatchRecorder, Begun, Recorder
 from .registry import load_adapter
 from .result import RunResult
@@ -87,9 +87,10 @@ class Runner:
     def backend(self) -> str:
         return self.adapter.name
 
-    def check(self, program: Program) -> None:
-        """Raise :class:`UnsupportedCapabilityError` if the adapter lacks what the program needs."""
-        missing = program.required_capabilities - self.adapter.capabilities
+    def check(self, program: Program, lm: LMConfig | None = None) -> None:
+        """Raise :class:`UnsupportedCapabilityError` if the adapter lacks what the program (with the run's
+        LM settings, which may ask for the XML adapter or several completions) needs."""
+        missing = (program.required_capabilities | lm_capabilities(lm)) - self.adapter.capabilities
         if missing:
             cap = sorted(missing)[0]
             raise UnsupportedCapabilityError(
@@ -97,10 +98,11 @@ class Runner:
                 f"does not declare (it declares: {', '.join(sorted(self.adapter.capabilities))})",
                 capability=cap, adapter=self.adapter.name)
 
-    async def prepare(self, program: Program) -> None:
+    async def prepare(self, program: Program, lm: LMConfig | None = None) -> None:
         """Check capabilities and prepare the adapter for ``program`` (once per plan). :meth:`run` does
-        this itself; calling it first separates "this runner cannot run it" from the run's outcome."""
-        self.check(program)
+        this itself; calling it first separates "this runner cannot run it" from the run's outcome.
+        ``lm``: the run's LM settings (the XML adapter or several completions need capabilities too)."""
+        self.check(program, lm if lm is not None else self.lm)
         key = program.plan_key  # the same content beside other corpora is another plan
         if key not in self._prepared:
             await self.adapter.prepare(program)
@@ -152,7 +154,7 @@ class Runner:
             options = options.model_copy(update={"execution_id": begun.execution_id, "attempt": begun.attempt})
         try:
             check_inputs(prog, inputs)
-            await self.prepare(prog)
+            await self.prepare(prog, options.lm)
             result = await self.adapter.run(prog, inputs, options)
         except asyncio.CancelledError:
             if begun is not None:

@@ -24,6 +24,7 @@ from .dspy_state import state_problems
 from .errors import InputValidationError, Issue, ProgramValidationError
 from .flow import check_steps
 from .interface import module_interface
+from .named_types import TypeSpace, UnknownTypeError
 from .names import field_name_problem, module_name_problem
 from .program import (
     FORMAT_VERSIONS,
@@ -46,7 +47,7 @@ from .signature import IDENTIFIER, Signature, SignatureSyntaxError
 __all__ = ["check_inputs", "validate", "validate_data"]
 
 _module_adapter: TypeAdapter[Any] = TypeAdapter(Module)
-_TOP_KEYS = ("stepbridge", "name", "description", "signature", "lm", "modules", "steps")
+_TOP_KEYS = ("stepbridge", "name", "description", "signature", "types", "lm", "modules", "steps")
 _TAGS = set(MODULE_TYPES) | {"call", "map", "return", "set", "if", "switch", "loop", "parallel"}
 _LM_HINT = "endpoints and secrets come from LM profiles (--lm / STEPBRIDGE_LM_*), never from a program file"
 
@@ -135,6 +136,54 @@ class _Collector:
             elif err["type"] == "string_too_long":
                 msg = f"string too long ({err.get('ctx', {}).get('max_length')} characters at most)"
             self.error(pointer, msg)
+
+
+def _format1_types(sig: Signature | None, pointer: str, c: _Collector) -> None:
+    """Format 1 has the closed type set of DESIGN section 2: the types of format 2 need ``stepbridge: 2``."""
+    if sig is None:
+        return
+    for group in ("inputs", "outputs"):
+        for name, spec in getattr(sig, group).items():
+            t = spec.type_expr
+            if t.needs_typed_objects:
+                names = t.names()
+                what = f"unknown type {names[0]!r} (format 1 has no 'types' section)" if names else (
+                    f"type {t} needs format 2")
+                c.error(f"{pointer}/{group}/{_esc(name)}", f"{what}: write 'stepbridge: 2' to use Any, unions, "
+                        "tuples, dict keys other than str, History and declared types")
+
+
+def _types_section(data: dict[str, Any], version: Any, c: _Collector) -> TypeSpace:
+    """The declared types (format 2), every problem of the section reported with its pointer."""
+    if "types" not in data:
+        return TypeSpace()
+    if version == 1:
+        c.error("/types", "a 'types' section needs 'stepbridge: 2'")
+        return TypeSpace()
+    space, problems = TypeSpace.build(data["types"])
+    for problem in problems:
+        c.error(f"/types{problem.pointer}", problem.message, problem.suggestion)
+    return space
+
+
+def _check_types(sig: Signature | None, pointer: str, version: Any, space: TypeSpace, c: _Collector) -> None:
+    """Format 1: the closed type set; format 2: every declared name a signature uses exists."""
+    if version == 1:
+        _format1_types(sig, pointer, c)
+        return
+    if sig is None:
+        return
+    for group in ("inputs", "outputs"):
+        for name, spec in getattr(sig, group).items():
+            try:
+                space.resolve(spec.type_expr)
+            except UnknownTypeError as exc:
+                if exc.name not in space.declared:  # a declared but broken type is reported where it is declared
+                    c.error(f"{pointer}/{group}/{_esc(name)}",
+                            f"unknown type {exc.name!r}: declare it in the 'types' section",
+                            exc.suggestion)
+            except TypeError as exc:
+                c.error(f"{pointer}/{group}/{_esc(name)}", str(exc))
 
 
 def _parse_signature(raw: Any, pointer: str, c: _Collector) -> Signature | None:
@@ -230,7 +279,9 @@ def _validate_bounded(data: Any, c: _Collector, base_dir: str | Path | None) -> 
         except ValidationError as exc:
             c.pydantic("/lm", exc)
 
+    space = _types_section(data, version, c)
     signature = _parse_signature(data.get("signature"), "/signature", c) if "signature" in data else None
+    _check_types(signature, "/signature", version, space, c)
     if "signature" not in data:
         c.error("/signature", "missing program signature, e.g. 'question -> answer'")
     elif signature is not None:
@@ -265,6 +316,7 @@ def _validate_bounded(data: Any, c: _Collector, base_dir: str | Path | None) -> 
             continue
         modules[mname] = module
         sig = _module_signature(module, c, pointer)
+        _check_types(sig, f"{pointer}/signature", version, space, c)
         signatures[mname] = sig
         if sig is not None:
             declared = raw.get("signature") if isinstance(raw, dict) else None
@@ -301,7 +353,8 @@ def _validate_bounded(data: Any, c: _Collector, base_dir: str | Path | None) -> 
         c.error("/steps", "a program needs a non-empty list of steps ending with a 'return' step")
         raw_steps = raw_steps if isinstance(raw_steps, list) else []
     report = check_steps(raw_steps, version=version if version in (1, 2) else 2, c=c, signature=signature,
-                         modules=modules, signatures=signatures, module_names=list(raw_modules), suggest=suggest)
+                         modules=modules, signatures=signatures, module_names=list(raw_modules), suggest=suggest,
+                         types=space)
     for mname in raw_modules:
         if mname in modules and mname not in report.called:
             c.warning(f"/modules/{_esc(mname)}", f"module {mname!r} is never called")
@@ -527,8 +580,9 @@ def check_inputs(program: Program, inputs: Any) -> dict[str, Any]:
             raise InputValidationError(
                 f"unknown input {key!r} for program {program.name!r} (inputs: {', '.join(fields)})"
                 + (f"; did you mean {hint!r}?" if hint else ""), field=str(key))
+    space = program.type_space
     for name, spec in fields.items():
-        texpr = spec.type_expr
+        texpr = space.resolve(spec.type_expr)
         if name not in inputs:
             if texpr.kind == "optional":
                 continue

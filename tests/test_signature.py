@@ -20,6 +20,7 @@ from stepbridge.signature import (
     parse_signature,
     parse_type,
 )
+from type_strategies import SPACE, type_exprs2
 
 # -- strategies ----------------------------------------------------------------------------------
 
@@ -45,7 +46,6 @@ def _extend(inner: st.SearchStrategy[TypeExpr]) -> st.SearchStrategy[TypeExpr]:
 
 
 type_exprs = st.recursive(st.one_of(scalar_types, literal_types), _extend, max_leaves=4)
-
 
 @st.composite
 def signatures(draw: st.DrawFn) -> Signature:
@@ -84,6 +84,37 @@ def test_type_str_parse_round_trip(t: TypeExpr) -> None:
     assert str(parsed) == str(t)  # also tells 1 from True and 1 from 1.0
 
 
+@given(type_exprs2)
+def test_format2_type_str_parse_round_trip(t: TypeExpr) -> None:
+    parsed = parse_type(str(t))
+    assert parsed == t
+    assert str(parsed) == str(t)
+    # DSPy's spellings parse to the same type
+    assert parse_type(str(t).replace("Optional[", "typing.Optional[")) == t
+
+
+def test_union_annotations_keep_the_written_order() -> None:
+    import typing
+
+    earlier = typing.Optional[typing.Union[float, typing.Any]]  # noqa: UP007, UP045
+    # typing's cache hands back that equal union for the other order: DSPy would print Union[float, Any, ...]
+    later = typing.Optional[typing.Union[typing.Any, float]]  # noqa: UP007, UP045
+    assert typing.get_args(later) == typing.get_args(earlier) == (float, typing.Any, type(None))
+    assert typing.get_args(parse_type("Optional[Union[typing.Any, float]]").annotation()) == (
+        typing.Any, float, type(None))
+    assert typing.get_args(parse_type("int | str | None").annotation()) == (int, str, type(None))
+    assert typing.get_args(parse_type("Optional[str]").annotation()) == (str, type(None))
+
+
+@given(type_exprs2)
+def test_format2_annotation_round_trip_with_declared_types(t: TypeExpr) -> None:
+    resolved = SPACE.resolve(t)
+    annotation = resolved.annotation()
+    assert TypeExpr.from_annotation(annotation) == resolved
+    assert resolved.annotation() == annotation  # one class per declared type: built once, cached
+    assert t.names() == resolved.names()
+
+
 @given(type_exprs)
 def test_type_annotation_round_trip(t: TypeExpr) -> None:
     assert TypeExpr.from_annotation(t.annotation()) == t
@@ -109,7 +140,8 @@ def test_signature_string_round_trip(sig: Signature) -> None:
 
 grammar_soup = st.lists(
     st.sampled_from(["Literal", "Optional", "dict", "list", "str", "int", "None", "typing.", "[", "]", ",", ":",
-                     "'", '"', "->", " ", "|", "0", "1.5", "e", "\\", "_", "a", "b", "\n", "-", "True"]),
+                     "'", '"', "->", " ", "|", "0", "1.5", "e", "\\", "_", "a", "b", "\n", "-", "True",
+                     "Union", "Any", "tuple", "History", "dspy.", "Person", "...", "()"]),
     max_size=30,
 ).map("".join)
 
@@ -188,10 +220,21 @@ def test_quoted_literals_do_not_split_the_signature(text: str) -> None:
         ("a, b", "exactly one '->'"),
         ("a -> b -> c", "exactly one '->'"),
         ("a: lst[str] -> b", "unknown type 'lst'"),
-        ("a: dict[int, str] -> b", "dict keys must be str"),
+        ("a: dict[list[int], str] -> b", "dict keys must be"),
+        ("a: dict[Literal[1], str] -> b", "Literal of strings"),
+        ("a: dict[str] -> b", "takes two types"),
         ("a: list[str -> b", "expected"),
-        ("a: Union[int, str] -> b", "unknown type 'Union'"),
-        ("a: int | str -> b", "only 'T | None'"),
+        ("a: Union[] -> b", "expected a type name"),
+        ("a: Union[None] -> b", "other than None"),
+        ("a: None -> b", "None is not a type on its own"),
+        ("a: list[None] -> b", "None is only allowed"),
+        ("a: set[int] -> b", "unknown type 'set'"),
+        ("a: Person[int] -> b", "takes no"),
+        ("a: os.path -> b", "unknown type 'os.path'"),
+        ("a: _Private -> b", "unknown type '_Private'"),
+        ("a: History | None -> b", "History cannot be part"),
+        ("a: tuple[] -> b", "expected a type name"),
+        ("a: Literal[1e999] -> b", "finite"),
         ("a: Literal[] -> b", "Literal values"),
         ("a: Literal[None] -> b", "Literal values"),
         ("a: Literal['x', 'x'] -> b", "duplicate Literal value"),
@@ -205,6 +248,21 @@ def test_quoted_literals_do_not_split_the_signature(text: str) -> None:
 def test_syntax_errors_are_specific(text: str, match: str) -> None:
     with pytest.raises(SignatureSyntaxError, match=match):
         parse_signature(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("a: list[History] -> b", "History is only the whole type"),
+        ("a: dict[str, History] -> b", "History is only the whole type"),
+        ("a -> b: History", "History is only the whole type"),
+        ("a: History, b: History -> c", "at most one History"),
+    ],
+)
+def test_history_only_as_the_whole_type_of_one_input(text: str, match: str) -> None:
+    with pytest.raises(ValidationError, match=match):
+        parse_signature(text)
+    assert parse_signature("question, history: History -> answer").inputs["history"].type == "History"
 
 
 def test_syntax_error_reports_the_position_of_the_bad_field() -> None:
@@ -230,6 +288,28 @@ def test_nesting_limit_and_length_limits() -> None:
         parse_type("Literal['" + "x" * 3000 + "']")
     with pytest.raises(SignatureSyntaxError, match="too long"):
         parse_signature("a -> " + ", ".join(f"f{i}" for i in range(5000)))
+
+
+@pytest.mark.parametrize("text", [
+    "Union[" * 50 + "int" + "]" * 50,
+    "Optional[" * 50 + "int" + "]" * 50,
+    "tuple[" * 50 + "int" + "]" * 50,
+    "dict[str, " * 50 + "int" + "]" * 50,
+    "list[" * 3 + "int | " * 300 + "str" + "]" * 3,  # wide is fine within the length limit
+    "Union[" + ", ".join(["int"] * 600) + "]",
+    "Literal[" + ", ".join(map(str, range(3000))) + "]",
+    "int | " * 5000 + "str",
+    "[" * 10_000,
+    "Person" * 1000,
+])
+def test_hostile_type_strings_are_bounded(text: str) -> None:
+    try:
+        t = parse_type(text)
+    except SignatureSyntaxError as exc:
+        assert any(word in str(exc) for word in ("nested deeper", "too long", "expected", "unknown type"))
+    else:
+        assert len(text) <= 2000
+        assert sum(1 for _ in t.walk()) <= len(text)
 
 
 def test_field_names_reject_trailing_newline_in_long_form() -> None:
@@ -261,7 +341,7 @@ def test_long_form_rejects_unknown_keys_and_bad_types() -> None:
     with pytest.raises(ValidationError, match="extra"):
         Signature.model_validate({"inputs": {}, "outputs": {"a": {}}, "extra": 1})
     with pytest.raises(ValidationError, match="unknown type"):
-        Signature.model_validate({"outputs": {"a": {"type": "tuple[int]"}}})
+        Signature.model_validate({"outputs": {"a": {"type": "set[int]"}}})
 
 
 # -- TypeExpr semantics ----------------------------------------------------------------------------
@@ -341,6 +421,7 @@ def test_annotations() -> None:
     with pytest.raises(TypeError, match="unsupported type"):
         TypeExpr.from_annotation(set[int])
     with pytest.raises(TypeError, match="unsupported type"):
-        TypeExpr.from_annotation(dict[int, str])
-    with pytest.raises(TypeError, match="unsupported type"):
-        TypeExpr.from_annotation(int | str)
+        TypeExpr.from_annotation(tuple[int, ...])
+    with pytest.raises(TypeError, match="dict keys"):
+        TypeExpr.from_annotation(dict[list[int], str])
+    assert TypeExpr.from_annotation(int | str) == parse_type("Union[int, str]")

@@ -434,10 +434,11 @@ def test_other_unknown_lm_keys_have_no_profile_hint() -> None:
 
 def test_lm_values_are_range_checked() -> None:
     data = raw()
-    data["lm"] = {"temperature": 3.0, "adapter": "xml"}
+    data["lm"] = {"temperature": 3.0, "adapter": "yaml", "n": 0}
     issues = issues_of(data)
     assert the(issues, "/lm/temperature")
     assert the(issues, "/lm/adapter")
+    assert the(issues, "/lm/n")
 
 
 # -- every problem at once -------------------------------------------------------------------------

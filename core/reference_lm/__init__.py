@@ -1,8 +1,10 @@
 """The reference LM: a deterministic, OpenAI-compatible chat-completions server (design section 6).
 
 It exists so that every backend, test and benchmark has an LM that needs no network, answers the
-same request the same way forever, and speaks the exact prompt format DSPy's ChatAdapter and
-JSONAdapter build. Answers are *extracted from the inputs* (the context sentence that best
+same request the same way forever, and speaks the exact prompt format DSPy's ChatAdapter,
+JSONAdapter and XMLAdapter build (XML nested outputs name no leaf types: where a leaf needs one the
+reference LM cannot know, such as an enum inside an object, the reply does not parse and the adapter
+falls back to JSON, as DSPy's does). Answers are *extracted from the inputs* (the context sentence that best
 overlaps the question, the Literal option mentioned in the text, numbers found in the inputs...)
 so example programs give sensible outputs.
 

@@ -10,14 +10,25 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
-__all__ = ["NEGATIONS", "QUERY_OUTPUT_HINTS", "REASONING_NAMES", "Facts", "content_words", "finite", "literal_pattern",
-           "split_words"]
+__all__ = ["NAME_HINTS", "NEGATIONS", "NUMBER", "NUMBER_HINTS", "PLACE_HINTS", "QUERY_OUTPUT_HINTS",
+           "REASONING_NAMES", "Facts", "content_words", "finite", "literal_pattern", "split_words"]
+
+#: Words of a field name (split on ``_``) that say what an object field holds.
+NAME_HINTS = frozenset({"name", "who", "person", "author", "title", "entity", "speaker", "character"})
+NUMBER_HINTS = frozenset({"age", "year", "count", "number", "total", "score", "amount", "price", "quantity", "size",
+                          "rank"})
+PLACE_HINTS = frozenset({"city", "place", "location", "country", "town", "region", "where", "state"})
 
 _WORD = re.compile(r"\w+", re.UNICODE)
-_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.]*\w)")
+# a run of capitalised words: a name, a place ("Ada Lovelace", "New York")
+_PROPER = re.compile(r"(?<![\w@.])[A-Z][\w'’-]*(?:[ \t]+[A-Z][\w'’-]*)*")
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_PLACE_BEFORE = frozenset({"in", "from", "at", "near", "to", "into", "via"})
+MAX_ENTITIES = 20
+NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.]*\w)")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _STOPWORDS = frozenset(
     re.findall(
@@ -83,6 +94,27 @@ def _as_items(raw: str) -> list[str] | None:
     return None
 
 
+def _entities(text: str) -> tuple[list[str], list[str]]:
+    """Capitalised phrases (leading stopwords dropped, so "The Beatles" is "Beatles") and which of
+    them follow a place preposition."""
+    entities: dict[str, None] = {}
+    places: dict[str, None] = {}
+    for m in _PROPER.finditer(text[:200_000]):
+        words = m.group().split()
+        while words and words[0].lower() in _STOPWORDS:
+            words.pop(0)
+        if not words or (len(words) == 1 and len(words[0]) < 2):
+            continue
+        phrase = " ".join(words)
+        entities.setdefault(phrase, None)
+        before = text[max(0, m.start() - 12): m.start()].split()
+        if before and before[-1].lower() in _PLACE_BEFORE:
+            places.setdefault(phrase, None)
+        if len(entities) >= MAX_ENTITIES:
+            break
+    return list(entities), list(places)
+
+
 def literal_pattern(option: str) -> re.Pattern[str]:
     return _literal_pattern_cached(option.lower())
 
@@ -108,6 +140,9 @@ class Facts:
     keywords: list[str]
     text: str  # every input value, lowercased
     trajectory: bool
+    entities: list[str] = field(default_factory=list)  # capitalised phrases, in order: names and places
+    places: list[str] = field(default_factory=list)  # the entities that follow "in", "from", "at", ...
+    emails: list[str] = field(default_factory=list)
 
     @classmethod
     def from_values(cls, values: dict[str, str]) -> Facts:
@@ -138,11 +173,12 @@ class Facts:
         sentences = [s.strip() for p in passages for s in _SENTENCE_SPLIT.split(p) if s.strip()]
         numbers: list[float] = []
         for raw in plain.values():
-            for m in _NUMBER.finditer(raw):
+            for m in NUMBER.finditer(raw):
                 x = float(m.group())
                 if finite(x):
                     numbers.append(x)
         text = "\n".join(plain.values())
+        entities, places = _entities(text)
         return cls(
             values=plain,
             query=query.strip(),
@@ -152,7 +188,26 @@ class Facts:
             keywords=content_words(query or text),
             text=text.lower(),
             trajectory=any("trajectory" in n.lower() and v.strip() for n, v in values.items()),
+            entities=entities,
+            places=places,
+            emails=list(dict.fromkeys(_EMAIL.findall(text)))[:MAX_ENTITIES],
         )
+
+    def people(self) -> list[str]:
+        """Entities that are not places (names of people, organisations...)."""
+        return [e for e in self.entities if e not in self.places]
+
+    def sentence_with(self, phrase: str) -> str | None:
+        """The first sentence of the inputs that mentions ``phrase``."""
+        for source in (self.sentences, _SENTENCE_SPLIT.split(self.query)):
+            for s in source:
+                if phrase in s:
+                    return s.strip()
+        for value in self.values.values():
+            for s in _SENTENCE_SPLIT.split(value):
+                if phrase in s:
+                    return s.strip()
+        return None
 
     def best_sentence(self) -> tuple[str, int] | None:
         if not self.sentences:

@@ -17,7 +17,7 @@ from .answers import ValueGenerator
 from .facts import Facts
 from .prompts import PromptField, input_values, message_text, parse_system_message
 
-__all__ = ["ReferenceModel", "render_chat"]
+__all__ = ["ReferenceModel", "render_chat", "render_xml"]
 
 _MARKER_FIX = re.compile(r"\[\[ ## (\w+) ## \]\]")
 
@@ -35,6 +35,50 @@ def render_chat(outputs: Sequence[PromptField], values: Mapping[str, Any]) -> st
             text = json.dumps(v, ensure_ascii=False)
         parts.append(f"[[ ## {spec.name} ## ]]\n{text}")
     return "\n\n".join(parts) + "\n\n[[ ## completed ## ]]\n"
+
+
+def _xml_text(value: Any) -> str:
+    return str(value).replace("&", "&amp;").replace("<", "&lt;")
+
+
+def _value_to_xml(value: Any, tag: str, key: str | None = None) -> str:
+    """A value as DSPy's XMLAdapter writes nested outputs (``<item>`` per list element, ``<entry key=..>``
+    for keys that are not XML names)."""
+    from xml.sax.saxutils import quoteattr
+
+    attrs = f" key={quoteattr(key)}" if key is not None else ""
+    if isinstance(value, list):
+        children = "".join(_value_to_xml(item, "item") for item in value)
+        return f"<{tag}{attrs}>{children}</{tag}>" if children else f"<{tag}{attrs} />"
+    if isinstance(value, dict):
+        parts = []
+        for name, child in value.items():
+            name = str(name)
+            valid = (name[:1] + name[1:].replace("-", "_").replace(".", "_")).isidentifier()
+            parts.append(_value_to_xml(child, name) if valid else _value_to_xml(child, "entry", name))
+        return f"<{tag}{attrs}>{''.join(parts)}</{tag}>"
+    return f"<{tag}{attrs}>{_xml_text(value)}</{tag}>" if value is not None else f"<{tag}{attrs} />"
+
+
+def render_xml(outputs: Sequence[PromptField], values: Mapping[str, Any]) -> str:
+    """Output values as XMLAdapter fields: ``<name>\nvalue\n</name>``, nested elements for lists,
+    dicts and objects."""
+    parts = []
+    for spec in outputs:
+        v = values[spec.name]
+        if spec.nested and isinstance(v, dict | list):
+            parts.append(_value_to_xml(v, spec.name))
+            continue
+        if isinstance(v, str):
+            text = _xml_text(v)
+        elif v is None:
+            text = ""  # an empty element is None to the XML parser
+        elif isinstance(v, bool):
+            text = str(v)
+        else:
+            text = _xml_text(json.dumps(v, ensure_ascii=False))
+        parts.append(f"<{spec.name}>\n{text}\n</{spec.name}>")
+    return "\n\n".join(parts)
 
 
 class ReferenceModel:
@@ -90,12 +134,14 @@ class ReferenceModel:
             return facts.first_sentence()
         values = agent_values(spec, system, user)  # ReAct, MultiChainComparison, Refine's advice
         if values is None:
-            facts = Facts.from_values(input_values(user, [f.name for f in spec.inputs]))
+            facts = Facts.from_values(input_values(user, [f.name for f in spec.inputs], spec.format))
             values = {out.name: ValueGenerator(facts, out.schema).value(out.schema, out.name) for out in spec.outputs}
         if off is not None:
             values = {out.name: _off_type(out.schema, values[out.name], off) for out in spec.outputs}
         if spec.format == "json" or rf_type in ("json_object", "json_schema"):
             return json.dumps(values, indent=2, ensure_ascii=False)
+        if spec.format == "xml":
+            return render_xml(spec.outputs, values)
         return render_chat(spec.outputs, values)
 
 

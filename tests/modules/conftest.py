@@ -115,7 +115,8 @@ def run_dspy(scripted: ScriptedLM, module: Any, inputs: dict[str, Any], replies:
     scripted.script(replies)
     lm = dspy.LM("openai/scripted", api_base=scripted.url, api_key="unused", cache=False, num_retries=0,
                  **{"temperature": 0.0, **lm_kwargs})
-    with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):
+    # the async tools are called from DSPy's sync path as the dspy adapter calls them (converted)
+    with dspy.context(lm=lm, adapter=dspy.ChatAdapter(), allow_tool_async_sync_conversion=True):
         prediction = module(**inputs)
     return Sent(prediction, list(scripted.requests))
 

@@ -207,10 +207,11 @@ def test_tool_errors_are_the_same_on_both_backends(scripted: ScriptedLM) -> None
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_context_window_truncates_like_dspy(scripted: ScriptedLM, adapter: str) -> None:
-    """A context-length error drops the oldest step and retries (three tries per call)."""
+    """A context-length error drops the oldest step and retries; with one step left DSPy gives up (so the
+    second error here comes when two steps are left again)."""
     replies = [step("a", "search", {"query": "one"}), step("b", "search", {"query": "two"}),
                "!context", step("c", "search", {"query": "three"}),
-               "!context", "!context", step("d", "finish", {}),
+               "!context", step("d", "finish", {}),
                chat(reasoning="r", answer="short")]
     theirs = run_dspy(scripted, agent(["search"]), QUESTION, replies)
     ours = run_adapter(scripted, adapter, program(["search"]), QUESTION, replies)
