@@ -53,7 +53,9 @@ def corpora(program: Any) -> dict[str, str]:
     """``{corpus path: module name}`` for every retriever that names a corpus file."""
     found: dict[str, str] = {}
     for name, module in getattr(program, "modules", {}).items():
-        corpus = getattr(getattr(module, "retriever", None), "corpus", None)
+        if "retriever" not in getattr(type(module), "model_fields", ()):  # (no failing getattr per module)
+            continue
+        corpus = getattr(module.retriever, "corpus", None)
         if isinstance(corpus, str) and corpus and corpus not in found:
             found[corpus] = name
     return found

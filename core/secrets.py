@@ -125,10 +125,12 @@ def might_hold_secret(text: str) -> bool:
         return True
     if "@" in text and _AT_CREDENTIALS.search(text):
         return True
-    if text.isascii():  # lower-casing is exactly case-insensitivity on ASCII
-        low = text.lower()
-        return "bearer" in low or ("api" in low and _API_KEY.search(low) is not None)
-    return _WORDS.search(text) is not None
+    if "\u0130" in text or "\u0131" in text:  # the two letters whose lower case differs from re's IGNORECASE
+        return _WORDS.search(text) is not None
+    # otherwise lower-casing is exactly IGNORECASE for these words (and ~15x faster than the regex on
+    # non-ASCII text, such as a msgpack frame read as latin-1)
+    low = text.lower()
+    return "bearer" in low or ("api" in low and _API_KEY.search(low) is not None)
 
 
 def _scrub_text(text: str) -> str:
