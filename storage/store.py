@@ -88,7 +88,6 @@ batches_t = cast(Table, BatchRow.__table__)  # type: ignore[attr-defined]
 items_t = cast(Table, BatchItemRow.__table__)  # type: ignore[attr-defined]
 
 MAX_WRITE_ATTEMPTS = 12
-AUTO_PUBLISH_MESSAGE = "published automatically when first run"
 
 
 class ProgramNotFound(StorageError):
@@ -265,10 +264,15 @@ class Store:
         message: str | None = None,
         parent: str | None = None,
     ) -> ProgramVersion:
-        """Store ``program`` as the next version of its name; the same content returns the existing version.
+        """Store ``program`` as the next version of its name; the same content returns the existing version
+        (a program that was only run so far gets its number now).
 
         ``parent`` is a reference to the version this one derives from (default: the name's latest).
         """
+        return self._store_program(program, source=source, message=message, parent=parent, number_it=True)
+
+    def _store_program(self, program: Program, *, source: str = "authored", message: str | None = None,
+                       parent: str | None = None, number_it: bool) -> ProgramVersion:
         if not isinstance(program, Program):
             raise TypeError(f"publish() takes a Program, not {type(program).__name__}")
         if source not in SOURCES:
@@ -287,36 +291,42 @@ class Store:
 
         def fn(conn: Connection) -> ProgramVersion:
             row = conn.execute(select(versions).where(versions.c.hash == digest)).first()
-            if row is not None:
+            if row is not None and (row.version is not None or not number_it):
                 return self._version(conn, row)
             now = utcnow()
             conn.execute(
                 self._insert(programs).values(name=program.name, created_at=now).on_conflict_do_nothing()
             )
+            if not number_it:  # run, not published: stored by content, no version number
+                conn.execute(insert(versions).values(hash=digest, name=program.name, version=None,
+                                                     source=source, program=data, base_dir=base_dir,
+                                                     created_at=now))
+                return self._version(conn, conn.execute(select(versions).where(versions.c.hash == digest)).one())
             latest = conn.execute(
                 select(versions.c.hash, versions.c.version)
-                .where(versions.c.name == program.name)
+                .where(versions.c.name == program.name, versions.c.version.is_not(None))
                 .order_by(versions.c.version.desc())
                 .limit(1)
             ).first()
             number = (latest.version if latest else 0) + 1
-            conn.execute(
-                insert(versions).values(
-                    hash=digest,
-                    name=program.name,
-                    version=number,
-                    parent_hash=parent_hash if parent is not None else (latest.hash if latest else None),
-                    source=source,
-                    message=clean_message,
-                    program=data,
-                    base_dir=base_dir,
-                    created_at=now,
-                )
+            values = dict(
+                version=number,
+                parent_hash=parent_hash if parent is not None else (latest.hash if latest else None),
+                source=source,
+                message=clean_message,
+                created_at=now,
             )
+            if row is not None:  # run before, published now: it gets the next number
+                conn.execute(update(versions).where(versions.c.hash == digest, versions.c.version.is_(None))
+                             .values(**values))
+            else:
+                conn.execute(insert(versions).values(hash=digest, name=program.name, program=data,
+                                                     base_dir=base_dir, **values))
             row = conn.execute(select(versions).where(versions.c.hash == digest)).one()
             return self._version(conn, row)
 
-        version = self._write(fn, f"publishing {program.name}", retry_integrity=True)
+        version = self._write(fn, f"{'publishing' if number_it else 'storing'} {program.name}",
+                              retry_integrity=True)
         self._published.add(digest)
         return version
 
@@ -348,7 +358,8 @@ class Store:
                 return self._find(conn, ProgramRef("name", name=ref.name), text)
         elif ref.kind == "name":
             row = conn.execute(
-                cols.where(versions.c.name == ref.name).order_by(versions.c.version.desc()).limit(1)
+                cols.where(versions.c.name == ref.name, versions.c.version.is_not(None))
+                .order_by(versions.c.version.desc()).limit(1)
             ).first()
         elif ref.kind == "version":
             row = conn.execute(
@@ -451,7 +462,8 @@ class Store:
 
         def fn(conn: Connection) -> list[ProgramVersion]:
             rows = conn.execute(
-                select(versions).where(versions.c.name == name).order_by(versions.c.version)
+                select(versions).where(versions.c.name == name, versions.c.version.is_not(None))
+                .order_by(versions.c.version)
             ).all()
             return [self._version(conn, row) for row in rows]
 
@@ -468,6 +480,7 @@ class Store:
                     func.count().label("n"),
                     func.max(versions.c.created_at).label("updated"),
                 )
+                .where(versions.c.version.is_not(None))
                 .group_by(versions.c.name)
                 .subquery()
             )
@@ -475,7 +488,7 @@ class Store:
                 select(programs.c.name, programs.c.created_at, latest.c.latest, latest.c.n, latest.c.updated,
                        versions.c.hash)
                 .select_from(programs)
-                .outerjoin(latest, latest.c.name == programs.c.name)
+                .join(latest, latest.c.name == programs.c.name)
                 .outerjoin(versions, and_(versions.c.name == programs.c.name,
                                           versions.c.version == latest.c.latest))
                 .order_by(programs.c.name)
@@ -506,8 +519,8 @@ class Store:
             lambda conn: conn.execute(select(versions.c.hash).where(versions.c.hash == digest)).first(),
             "checking a program",
         )
-        if exists is None:
-            self.publish(program, message=AUTO_PUBLISH_MESSAGE)
+        if exists is None:  # recorded against its content; a version only when published
+            self._store_program(program, number_it=False)
         self._published.add(digest)
 
     # -- recording (the Recorder protocol) -------------------------------------------------------
