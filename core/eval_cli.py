@@ -224,7 +224,8 @@ def evals_show(evaluation_id: Annotated[str, typer.Argument(help="Evaluation id 
     if s is not None and s.score is not None:
         out.print(f"score [bold]{s.score:.4f}[/] (95% CI {s.ci_low:.4f} .. {s.ci_high:.4f}) · {s.errors} error(s) · "
                   f"{s.tokens} tokens · p50 {s.p50_ms or 0:.0f} ms · p95 {s.p95_ms or 0:.0f} ms", highlight=False)
-    shown: list[Any] = sorted(stored, key=lambda r: (r.error is None, r.score if r.score is not None else -1, r.position))
+    shown: list[Any] = sorted(stored, key=lambda r: (r.error is None, -1 if r.score is None else r.score,
+                                                    r.position))
     table = Table("#", "score", "prediction / error", "execution")
     for r in shown[:rows]:
         text = json.dumps(scrub(r.error if r.error is not None else r.prediction), ensure_ascii=False)
