@@ -1,8 +1,8 @@
 """Evaluations and optimizations as stored resources (DESIGN 11): ``evaluations`` with their
 ``evaluation_rows``, ``optimizations`` with their ``optimization_candidates``. New tables only.
 
-Revision ID: 0004_evaluations
-Revises: 0003_batches
+Revision ID: 0005_evaluations
+Revises: 0004_data_files
 Create Date: 2026-11-29
 """
 
@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from alembic import op
 from stepbridge.storage.types import JSONType, UTCDateTime
 
-revision: str = '0004_evaluations'
-down_revision: str | None = '0003_batches'
+revision: str = '0005_evaluations'
+down_revision: str | None = '0004_data_files'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
