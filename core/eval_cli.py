@@ -117,6 +117,15 @@ def _print_summary(result: Any) -> None:
               highlight=False)
 
 
+def _report(result: Any, as_json: bool) -> typer.Exit:
+    """Print an evaluation's result; exit 1 when rows errored."""
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+    else:
+        _print_summary(result)
+    return typer.Exit(EXIT_FAILED if result.errors else EXIT_OK)
+
+
 def eval_command(
     program: Annotated[str, typer.Argument(help="Program file, or a stored NAME[@VERSION|@ALIAS] or hash.")],
     data: Annotated[Path, typer.Option("--data", help="Dataset: a JSONL or CSV file.")],
@@ -157,11 +166,7 @@ def eval_command(
         raise fail(exc, as_json) from None
     finally:
         store.close()
-    if as_json:
-        print_json(result.model_dump(mode="json"))
-    else:
-        _print_summary(result)
-    raise typer.Exit(EXIT_FAILED if result.errors else EXIT_OK)
+    raise _report(result, as_json)
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -259,11 +264,7 @@ def evals_resume(
         raise fail(exc, as_json) from None
     finally:
         store.close()
-    if as_json:
-        print_json(result.model_dump(mode="json"))
-    else:
-        _print_summary(result)
-    raise typer.Exit(EXIT_FAILED if result.errors else EXIT_OK)
+    raise _report(result, as_json)
 
 
 @evals_app.command("compare")
