@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 import pytest
 from sb_dspy_helpers import EXAMPLES, last_seq, logged_messages, run
-from stepbridge import dspy_interop as di
 from stepbridge import load_program
+from stepbridge.adapters import dspy_interop as di
 from stepbridge.adapters.dspy import dspy
 from stepbridge.registry import dspy_modules
 
@@ -94,7 +94,7 @@ def test_two_predictor_custom_forward_runs_identically_on_native_and_dspy(loop: 
 
 
 def test_import_cli_writes_a_program(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Any) -> None:
-    from stepbridge.dspy_cli import app
+    from stepbridge.adapters.dspy_cli import app
     from typer.testing import CliRunner
 
     monkeypatch.setenv("STEPBRIDGE_LM_BASE_URL", str(server))

@@ -33,9 +33,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import StepbridgeError
-from .program import Program
-from .signature import FieldSpec, Signature, TypeExpr
+from stepbridge.errors import StepbridgeError
+from stepbridge.program import Program
+from stepbridge.signature import FieldSpec, Signature, TypeExpr
 
 __all__ = [
     "ConversionError",
@@ -126,7 +126,7 @@ def _field_desc(name: str, info: Any) -> str | None:
 def signature_from_dspy(sig: Any, *, drop_outputs: Sequence[str] = ()) -> Signature:
     """A :class:`Signature` from a ``dspy.Signature`` class (types, descriptions, instructions).
     Instructions equal to DSPy's default for the fields are left unset (they render the same)."""
-    from .formats import default_instructions
+    from stepbridge.formats import default_instructions
 
     def fields(group: Mapping[str, Any], skip: Sequence[str] = ()) -> dict[str, FieldSpec]:
         return {
@@ -194,7 +194,7 @@ def _predictor_module(obj: Any) -> tuple[dict[str, Any], str] | None:
 
 def _program(name: str, signature: Signature, modules: dict[str, Any], steps: list[dict[str, Any]],
              description: str | None = None) -> Program:
-    from .validate import validate
+    from stepbridge.validate import validate
 
     data: dict[str, Any] = {"stepbridge": 1, "name": name, "signature": signature.model_dump(mode="json"),
                             "modules": modules, "steps": steps}
@@ -503,7 +503,7 @@ def _resolve_lm(lm: Any) -> Any:
 # import_module
 # ================================================================================================
 def _registered_name(obj: Any) -> str | None:
-    from .registry import dspy_modules
+    from stepbridge.registry import dspy_modules
 
     for name in dspy_modules.names():
         try:
@@ -661,7 +661,7 @@ def from_module(module: Any, program: Program | None = None, *, source: str | No
         description = data.get("description") or ""
         data["description"] = (description + "\n\n" if description else "") + f"source: {source}"
     new = Program.model_validate(data).with_base_dir(program._base_dir)
-    from .validate import validate
+    from stepbridge.validate import validate
 
     validate(new)
     return new
@@ -701,6 +701,6 @@ def optimize(program: Program, trainset: Sequence[dict[str, Any]], metric: Calla
 
 
 def _default_lm_config() -> Any:
-    from .program import LMConfig
+    from stepbridge.program import LMConfig
 
     return LMConfig()

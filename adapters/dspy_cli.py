@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
-from .errors import ProgramValidationError, StepbridgeError
+from stepbridge.errors import ProgramValidationError, StepbridgeError
 
 __all__ = ["app", "export_dspy", "import_dspy", "load_target"]
 
@@ -37,7 +36,7 @@ def load_target(target: str) -> Any:
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
         raise typer.BadParameter(f"cannot load {target!r}: {exc}") from exc
-    from stepbridge.adapters.dspy import dspy
+    from .dspy import dspy
 
     if isinstance(obj, dspy.Module):
         return obj
@@ -73,13 +72,14 @@ def import_dspy(
     as_json: Annotated[bool, typer.Option("--json", help="Print the conversion report as JSON.")] = False,
 ) -> None:
     """Turn an existing DSPy program into a program file and report how each part was converted."""
+    from stepbridge.program import LMConfig
+
     from .dspy_interop import ConversionError, import_module
-    from .program import LMConfig
 
     obj = load_target(target)
     state_data = json.loads(state.read_text(encoding="utf-8")) if state is not None else None
     samples = _read_jsonl(sample_inputs) if sample_inputs is not None else None
-    from stepbridge.adapters.dspy import DSPyAdapter
+    from .dspy import DSPyAdapter
 
     adapter = DSPyAdapter()
     try:
@@ -110,8 +110,9 @@ def export_dspy(
     output: Annotated[Path, typer.Option("-o", "--output", help="DSPy state file to write (.json).")],
 ) -> None:
     """Write a program's DSPy state (instructions, demos), loadable with DSPy's module.load(path)."""
+    from stepbridge.loader import load_program
+
     from .dspy_interop import export_state
-    from .loader import load_program
 
     try:
         prog = load_program(program)
