@@ -289,11 +289,16 @@ def _predictor_module(obj: Any, types: _Types) -> tuple[dict[str, Any], str] | N
     dspy = _dspy().dspy
     if type(obj) is dspy.ChainOfThought:
         predict = obj.predict
-        names = list(predict.signature.output_fields)
+        fields = predict.signature.output_fields
+        names = list(fields)
         if not names or names[0] != "reasoning":
             return None
-        sig = signature_from_dspy(predict.signature, drop_outputs=("reasoning",), types=types)
-        mtype = "chain_of_thought"
+        if fields["reasoning"].annotation is str and _field_desc("reasoning", fields["reasoning"]) is None:
+            sig = signature_from_dspy(predict.signature, drop_outputs=("reasoning",), types=types)
+            mtype = "chain_of_thought"
+        else:  # the signature declares its own reasoning field: DSPy then sends exactly a Predict's prompt
+            sig = signature_from_dspy(predict.signature, types=types)
+            mtype = "predict"
     elif type(obj) is dspy.Predict:
         predict = obj
         sig = signature_from_dspy(predict.signature, types=types)
@@ -703,6 +708,31 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
+def _data(value: Any) -> Any:
+    """A value as the JSON data a program passes (models dumped, enums as their values)."""
+    import enum
+
+    import pydantic
+
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, list | tuple):
+        return [_data(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _data(v) for k, v in value.items()}
+    return value
+
+
+def _equal_data(a: Any, b: Any) -> bool:
+    """Equal as data, with types kept apart (``1``, ``1.0`` and ``True`` differ)."""
+    try:
+        return json.dumps(_data(a), sort_keys=True, default=repr) == json.dumps(_data(b), sort_keys=True, default=repr)
+    except (TypeError, ValueError):
+        return _same(a, b)
+
+
 def _candidates(value: Any, inputs: dict[str, Any], results: list[tuple[str, dict[str, Any]]]) -> list[str]:
     refs: list[str] = []
     for as_name, outputs in results:
@@ -733,6 +763,64 @@ def _output_names(prediction: Any, obj: Any) -> list[str]:
     raise _error(f"forward returned {type(prediction).__name__}, not a dspy.Prediction",
                  construct=f"{cls.__name__}.{_entry(obj)}", target=getattr(cls, _entry(obj), cls),
                  hint="return a dspy.Prediction (or a predictor's result)")
+
+
+def _template_parts(value: str, sources: dict[str, str]) -> list[Any]:
+    """``value`` as literal text and references (greedy, longest source first at each position)."""
+    by_length = sorted(sources.items(), key=lambda kv: -len(kv[1]))
+    parts: list[Any] = []
+    i = 0
+    while i < len(value):
+        for ref, text in by_length:
+            if value.startswith(text, i):
+                parts.append((ref,))
+                i += len(text)
+                break
+        else:
+            if parts and isinstance(parts[-1], str):
+                parts[-1] += value[i]
+            else:
+                parts.append(value[i])
+            i += 1
+    return parts
+
+
+def _render(parts: list[Any], sources: dict[str, str]) -> str | None:
+    out = []
+    for part in parts:
+        if isinstance(part, tuple):
+            if part[0] not in sources:
+                return None
+            out.append(sources[part[0]])
+        else:
+            out.append(part)
+    return "".join(out)
+
+
+def _infer_template(entries: list[Any]) -> dict[str, Any] | None:
+    """A ``$template`` value rebuilding every observed string from the inputs and earlier results
+    (an f-string in forward), or ``None``. Templates from the marked run are tried first: there,
+    values equal by coincidence differ."""
+    if not all(isinstance(v, str) for v, _, _ in entries):
+        return None
+    for value, _, sources in reversed(entries):
+        parts = _template_parts(value, sources)
+        if not any(isinstance(p, tuple) for p in parts):
+            continue
+        if all(_render(parts, src) == v for v, _, src in entries):
+            names: dict[str, str] = {}
+            text = []
+            for part in parts:
+                if isinstance(part, tuple):
+                    base = _identifier(part[0].rsplit(".", 1)[-1])
+                    name = next(n for n in (base, *(f"{base}_{k}" for k in range(2, 99)))
+                                if names.get(n, part[0]) == part[0])
+                    names[name] = part[0]
+                    text.append("{" + name + "}")
+                else:
+                    text.append(part.replace("{", "{{").replace("}", "}}"))
+            return {"$template": ["".join(text), names]}
+    return None
 
 
 def _perturb(value: Any, salt: str) -> Any:
@@ -832,29 +920,37 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     output_names = list(next(iter(output_sets)))
 
     def observations(trace_runs: list[_Traced]) -> dict[tuple[int, str], list[Any]]:
-        """Per (call position or -1 for the return, argument): the value and what it could come from."""
+        """Per (call position or -1 for the return, argument): the value, the references equal to it,
+        and every string value it could be built from."""
         obs: dict[tuple[int, str], list[Any]] = {}
         for r in trace_runs:
-            for position, call in enumerate(r.calls):
+            for position in range(len(r.calls) + 1):
                 results = [(as_names[i], r.calls[i].outputs or {}) for i in range(position)]
-                for arg, value in call.kwargs.items():
-                    obs.setdefault((position, arg), []).append((value, _candidates(value, r.sample, results)))
-            results = [(as_names[i], r.calls[i].outputs or {}) for i in range(len(sequence))]
-            for out in output_names:
-                value = r.prediction[out]
-                obs.setdefault((-1, out), []).append((value, _candidates(value, r.sample, results)))
+                sources = {f"$inputs.{k}": v for k, v in r.sample.items() if isinstance(v, str) and v.strip()}
+                sources.update({f"${n}.{k}": v for n, outs in results for k, v in outs.items()
+                                if isinstance(v, str) and v.strip()})
+                if position < len(r.calls):
+                    items = [((position, arg), value) for arg, value in r.calls[position].kwargs.items()]
+                else:
+                    items = [((-1, out), r.prediction[out]) for out in output_names]
+                for key, value in items:
+                    obs.setdefault(key, []).append((value, _candidates(value, r.sample, results), sources))
         return obs
 
     def common(entries: list[Any]) -> list[str]:
         refs: list[str] | None = None
-        for _, cands in entries:
+        for _, cands, _ in entries:
             refs = list(cands) if refs is None else [c for c in refs if c in cands]
         return refs or []
 
+    def constant(entries: list[Any]) -> bool:
+        return all(_same(v, entries[0][0]) for v, _, _ in entries)
+
     obs = observations(runs)
-    ambiguous = {key for key, entries in obs.items() if len(common(entries)) > 1}
+    ambiguous = {key for key, entries in obs.items()
+                 if len(common(entries)) > 1 or (not common(entries) and not constant(entries))}
     perturbed_note = None
-    if ambiguous:  # settle by a second run on perturbed inputs: equal values by coincidence then differ
+    if ambiguous:  # settle by a second run on marked inputs: values equal by coincidence then differ
         perturbed = [{k: _perturb(v, f"<input {k}>") for k, v in s.items()} for s in samples]
         more_problems: list[str] = []
         with _salted(leaves):
@@ -863,7 +959,7 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
             for key, entries in observations(extra).items():
                 obs[key] = obs.get(key, []) + entries
             runs_for_lines = runs + extra
-            perturbed_note = (f"ambiguous wiring settled by a second run on {len(extra)} sample(s) with marked inputs "
+            perturbed_note = (f"wiring settled by a second run on {len(extra)} sample(s) with marked inputs "
                               "and predictor outputs")
         else:
             runs_for_lines = runs
@@ -881,12 +977,16 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
                                         f"run, perturbed inputs included: wired to {refs[0]}"))
         if refs:
             return refs[0]
-        values = [v for v, _ in entries]
+        values = [v for v, _, _ in entries]
         if all(_same(v, values[0]) for v in values) and _json_safe(values[0]):
             notes.append(f"{what} is the constant {values[0]!r}")
             return _escape(values[0])
-        raise _error(f"{what}: the value is neither a program input, an earlier result nor a constant (a "
-                     "computed value)", construct=f"{cls.__name__}.{_entry(obj)}", target=entry,
+        template = _infer_template(entries)
+        if template is not None:
+            notes.append(f"{what} is built from a text template")
+            return template
+        raise _error(f"{what}: the value is neither a program input, an earlier result, a constant nor a text "
+                     "built from them (a computed value)", construct=f"{cls.__name__}.{_entry(obj)}", target=entry,
                      hint="pass the value a predictor returned or an input unchanged, or " + _register_hint(cls))
 
     steps: list[dict[str, Any]] = []
@@ -977,7 +1077,7 @@ def verify(obj: Any, program: Program, samples: Sequence[dict[str, Any]], *, lm:
                 continue
             for out in program.signature.outputs:
                 want = original.get(out)
-                if not _same(want, converted[out]):
+                if not _equal_data(want, converted[out]):
                     mismatches.append(f"sample {i}: output {out!r} differs: {want!r} != {converted[out]!r}")
             if len(original_messages) != len(converted_messages):
                 mismatches.append(f"sample {i}: {len(original_messages)} LM calls originally, "
@@ -1087,7 +1187,7 @@ def import_module(obj: Any, state: dict[str, Any] | None = None, sample_inputs: 
     """
     try:
         program, report = _import(obj, state, [dict(s) for s in (sample_inputs or [])], lm, name, fallback)
-    except StepbridgeError:
+    except ConversionError:
         raise
     except Exception as exc:  # never a traceback: say which module and what to do
         cls = type(obj)
