@@ -19,6 +19,7 @@ from .secrets import scrub
 __all__ = [
     "ConfigurationError",
     "ContextWindowExceededError",
+    "ConversionError",
     "InputValidationError",
     "Issue",
     "LMError",
@@ -271,6 +272,26 @@ def did_you_mean(value: str, known: Iterable[str]) -> str | None:
     """The closest of ``known`` to a mistyped ``value`` (difflib, cutoff 0.6), or None."""
     match = difflib.get_close_matches(value[:200], list(known), n=1, cutoff=0.6)
     return match[0] if match else None
+
+
+class ConversionError(StepbridgeError):
+    """A DSPy module could not be turned into a program: ``construct`` names what (a class, a field,
+    a statement of ``forward``), ``file``/``line`` where it is written, ``hint`` what to do (the
+    message says all three; the importer builds it)."""
+
+    def __init__(self, message: str, *, construct: str | None = None, file: str | None = None,
+                 line: int | None = None, hint: str | None = None, report: dict[str, Any] | None = None,
+                 **kw: Any):
+        super().__init__(message, **kw)
+        self.construct = construct
+        self.file = file
+        self.line = line
+        self.hint = hint
+        self.report = dict(report or {})
+
+    def details(self) -> dict[str, Any]:
+        return {"construct": self.construct, "file": self.file, "line": self.line, "hint": self.hint,
+                "report": self.report}
 
 
 def error_from_dict(data: dict[str, Any]) -> StepbridgeError:

@@ -15,6 +15,7 @@ import platform
 import random
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -39,6 +40,7 @@ from stepbridge.recorder import BatchBegun, Begun
 from stepbridge.result import RunResult, StepTrace, Usage
 from stepbridge.secrets import scrub
 
+from . import data_files
 from .db import (
     SQLITE_BEGIN,
     check_known,
@@ -184,12 +186,13 @@ class Store:
         except BaseException:
             self.engine.dispose()
             raise
-        self._published: set[str] = set()
+        self._stored: set[str] = set()
         # ids of pending batch rows this process recorded and has not started yet (their start is a
         # compare-and-set pending -> running rather than an insert)
         self._claimable: set[str] = set()
         self._recording = Recording(self)
         self._group = GroupCommit(self)
+        self._data: Any = None
 
     def __repr__(self) -> str:
         return f"Store({redacted(self.url)!r})"
@@ -204,6 +207,17 @@ class Store:
         """Finish pending group-committed writes, then release every pooled connection."""
         self._group.close()
         self.engine.dispose()
+        if self._data is not None:
+            self._data.close()
+
+    def _data_cache(self) -> Any:
+        """This store's private folder of verified data files (made on first use)."""
+        if self._data is None:
+            from stepbridge.bridge.data import DataCache
+
+            self._data = DataCache()
+            weakref.finalize(self, self._data.close)
+        return self._data
 
     # -- transactions ----------------------------------------------------------------------------
     def _error(self, exc: BaseException, doing: str) -> StorageError:
@@ -285,13 +299,15 @@ class Store:
         except ValidationError:
             data = program.canonical()
         data = _clean(data)
-        base_dir = str(program._base_dir) if program._base_dir is not None else None
+        base_dir = str(program._base_dir) if program._base_dir is not None else None  # informative only
+        found = data_files.collect(program)  # corpora travel by content: the folder is never read back
         clean_message = _clean(message) if message is not None else None
         parent_hash = self.resolve(parent).hash if parent is not None else None
 
         def fn(conn: Connection) -> ProgramVersion:
             row = conn.execute(select(versions).where(versions.c.hash == digest)).first()
             if row is not None and (row.version is not None or not number_it):
+                data_files.record(conn, self._insert, digest, found)
                 return self._version(conn, row)
             now = utcnow()
             conn.execute(
@@ -301,6 +317,7 @@ class Store:
                 conn.execute(insert(versions).values(hash=digest, name=program.name, version=None,
                                                      source=source, program=data, base_dir=base_dir,
                                                      created_at=now))
+                data_files.record(conn, self._insert, digest, found)
                 return self._version(conn, conn.execute(select(versions).where(versions.c.hash == digest)).one())
             latest = conn.execute(
                 select(versions.c.hash, versions.c.version)
@@ -322,12 +339,13 @@ class Store:
             else:
                 conn.execute(insert(versions).values(hash=digest, name=program.name, program=data,
                                                      base_dir=base_dir, **values))
+            data_files.record(conn, self._insert, digest, found)
             row = conn.execute(select(versions).where(versions.c.hash == digest)).one()
             return self._version(conn, row)
 
         version = self._write(fn, f"{'publishing' if number_it else 'storing'} {program.name}",
                               retry_integrity=True)
-        self._published.add(digest)
+        self._stored.add(digest)
         return version
 
     def _version(self, conn: Connection, row: Row[Any]) -> ProgramVersion:
@@ -388,6 +406,8 @@ class Store:
         """
         parsed = parse_ref(ref)
         row = self._read(lambda conn: self._find(conn, parsed, ref), f"loading {ref}")
+        # the row's base_dir is outside the hash: corpora come from the verified data files only
+        folder = self._read(lambda conn: data_files.restore(conn, row, ref, self._data_cache()), f"loading {ref}")
         data = row.program
         if not isinstance(data, dict):
             raise StorageError(f"stored program {ref!r} ({row.hash[:12]}) is not a JSON object; refusing to load")
@@ -396,10 +416,10 @@ class Store:
             if validate:
                 from stepbridge.validate import validate_data
 
-                program = validate_data(data, base_dir=row.base_dir)
+                program = validate_data(data, base_dir=folder)
             else:
                 program = Program.model_validate(data)
-                program.with_base_dir(row.base_dir)
+                program.with_base_dir(folder)
         except ProgramValidationError as exc:
             raise ProgramValidationError(
                 exc.issues, message=f"stored program {ref!r} ({row.hash[:12]}) is invalid:\n{exc.message}"
@@ -511,9 +531,9 @@ class Store:
 
         return self._read(fn, "listing programs")
 
-    def _ensure_published(self, program: Program) -> None:
+    def _ensure_stored(self, program: Program) -> None:
         digest = program.content_hash
-        if digest in self._published:
+        if digest in self._stored:
             return
         exists = self._read(
             lambda conn: conn.execute(select(versions.c.hash).where(versions.c.hash == digest)).first(),
@@ -521,7 +541,7 @@ class Store:
         )
         if exists is None:  # recorded against its content; a version only when published
             self._store_program(program, number_it=False)
-        self._published.add(digest)
+        self._stored.add(digest)
 
     # -- recording (the Recorder protocol) -------------------------------------------------------
     # Starts and ends are prepared as plain operations (rows cleaned and serialised up front) and
@@ -536,13 +556,13 @@ class Store:
         An ``interrupted`` execution with that id or key is taken over (attempt + 1); a finished one
         is returned as ``existing``/``existing_error``; a running one as ``in_progress``.
         """
-        self._ensure_published(program)
+        self._ensure_stored(program)
         return cast(Begun, self._record(self._begin_op(program, inputs, options, backend)))
 
     async def abegin(self, program: Program, inputs: dict[str, Any], options: RunOptions, backend: str) -> Begun:
         """:meth:`begin` for event loops: group-committed with the other runs of this process."""
-        if program.content_hash not in self._published:
-            await asyncio.to_thread(self._ensure_published, program)
+        if program.content_hash not in self._stored:
+            await asyncio.to_thread(self._ensure_stored, program)
         op = self._begin_op(program, inputs, options, backend)
         return cast(Begun, await self._group.submit(op, op.doing))
 
@@ -849,7 +869,7 @@ class Store:
         """
         if len(inputs) != len(options):
             raise ValueError("begin_batch() needs one RunOptions per row")
-        self._ensure_published(program)
+        self._ensure_stored(program)
         batch_id = new_execution_id()
         now = utcnow()
         ops = [self._begin_op(program, row, opts, backend, status="pending", now=now)

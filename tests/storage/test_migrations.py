@@ -172,8 +172,8 @@ def test_batches_migration_keeps_executions_both_ways(db_url: str) -> None:
         assert all(store.get_execution(eid) is not None for eid in begun.execution_ids if eid)
 
 
-def test_0004_keeps_every_row_and_allows_unpublished_programs(db_url: str) -> None:
-    """A database written at 0003 (a published version) upgrades in place: its rows and foreign keys
+def test_0006_keeps_every_row_and_allows_unpublished_programs(db_url: str) -> None:
+    """A database written at 0005 (a published version) upgrades in place: its rows and foreign keys
     survive, and a program that is only run is then stored without a version number."""
     from datetime import UTC, datetime
 
@@ -182,12 +182,12 @@ def test_0004_keeps_every_row_and_allows_unpublished_programs(db_url: str) -> No
     from stepbridge.adapter import RunOptions
     from stepbridge.storage.store import programs, versions
 
-    upgrade(db_url, target="0003_batches")
+    upgrade(db_url, target="0005_evaluations")
     engine = make_engine(db_url)
     try:
         published = make_program("qa", "first")
         now = datetime.now(UTC)
-        with engine.begin() as conn:  # the row 0003 code wrote
+        with engine.begin() as conn:  # the rows earlier code wrote
             conn.execute(insert(programs).values(name="qa", created_at=now))
             conn.execute(insert(versions).values(hash=published.content_hash, name="qa", version=1, source="authored",
                                                  program=published.to_dict(), created_at=now))

@@ -9,8 +9,8 @@ On SQLite the NOT NULL is removed from the table's schema text in place (SQLite'
 procedure for dropping a NOT NULL constraint, which does not touch stored rows): rebuilding the
 table would trip the RESTRICT foreign keys of executions, aliases and batches.
 
-Revision ID: 0004_unpublished
-Revises: 0003_batches
+Revision ID: 0006_unpublished
+Revises: 0005_evaluations
 Create Date: 2026-11-29
 """
 
@@ -22,8 +22,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0004_unpublished'
-down_revision: str | None = '0003_batches'
+revision: str = '0006_unpublished'
+down_revision: str | None = '0005_evaluations'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
