@@ -15,6 +15,7 @@ import platform
 import random
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -39,6 +40,7 @@ from stepbridge.recorder import BatchBegun, Begun
 from stepbridge.result import RunResult, StepTrace, Usage
 from stepbridge.secrets import scrub
 
+from . import data_files
 from .db import (
     SQLITE_BEGIN,
     check_known,
@@ -191,6 +193,7 @@ class Store:
         self._claimable: set[str] = set()
         self._recording = Recording(self)
         self._group = GroupCommit(self)
+        self._data: Any = None
 
     def __repr__(self) -> str:
         return f"Store({redacted(self.url)!r})"
@@ -205,6 +208,17 @@ class Store:
         """Finish pending group-committed writes, then release every pooled connection."""
         self._group.close()
         self.engine.dispose()
+        if self._data is not None:
+            self._data.close()
+
+    def _data_cache(self) -> Any:
+        """This store's private folder of verified data files (made on first use)."""
+        if self._data is None:
+            from stepbridge.bridge.data import DataCache
+
+            self._data = DataCache()
+            weakref.finalize(self, self._data.close)
+        return self._data
 
     # -- transactions ----------------------------------------------------------------------------
     def _error(self, exc: BaseException, doing: str) -> StorageError:
@@ -281,13 +295,15 @@ class Store:
         except ValidationError:
             data = program.canonical()
         data = _clean(data)
-        base_dir = str(program._base_dir) if program._base_dir is not None else None
+        base_dir = str(program._base_dir) if program._base_dir is not None else None  # informative only
+        found = data_files.collect(program)  # corpora travel by content: the folder is never read back
         clean_message = _clean(message) if message is not None else None
         parent_hash = self.resolve(parent).hash if parent is not None else None
 
         def fn(conn: Connection) -> ProgramVersion:
             row = conn.execute(select(versions).where(versions.c.hash == digest)).first()
             if row is not None:
+                data_files.record(conn, self._insert, digest, found)
                 return self._version(conn, row)
             now = utcnow()
             conn.execute(
@@ -313,6 +329,7 @@ class Store:
                     created_at=now,
                 )
             )
+            data_files.record(conn, self._insert, digest, found)
             row = conn.execute(select(versions).where(versions.c.hash == digest)).one()
             return self._version(conn, row)
 
@@ -377,6 +394,8 @@ class Store:
         """
         parsed = parse_ref(ref)
         row = self._read(lambda conn: self._find(conn, parsed, ref), f"loading {ref}")
+        # the row's base_dir is outside the hash: corpora come from the verified data files only
+        folder = self._read(lambda conn: data_files.restore(conn, row, ref, self._data_cache()), f"loading {ref}")
         data = row.program
         if not isinstance(data, dict):
             raise StorageError(f"stored program {ref!r} ({row.hash[:12]}) is not a JSON object; refusing to load")
@@ -385,10 +404,10 @@ class Store:
             if validate:
                 from stepbridge.validate import validate_data
 
-                program = validate_data(data, base_dir=row.base_dir)
+                program = validate_data(data, base_dir=folder)
             else:
                 program = Program.model_validate(data)
-                program.with_base_dir(row.base_dir)
+                program.with_base_dir(folder)
         except ProgramValidationError as exc:
             raise ProgramValidationError(
                 exc.issues, message=f"stored program {ref!r} ({row.hash[:12]}) is invalid:\n{exc.message}"

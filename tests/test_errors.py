@@ -9,6 +9,7 @@ import msgpack
 import pytest
 from stepbridge.errors import (
     ContextWindowExceededError,
+    ConversionError,
     InputValidationError,
     Issue,
     LMError,
@@ -52,6 +53,7 @@ EXAMPLES: list[StepbridgeError] = [
     UnsupportedCapabilityError("no map", capability="map", adapter="dspy"),
     StorageError("database is newer than this code"),
     ContextWindowExceededError("prompt too long", status=400),
+    ConversionError("cannot convert", construct="QA.forward", file="qa.py", line=12, hint="register it"),
 ]
 
 
