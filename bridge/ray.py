@@ -72,8 +72,8 @@ def require_ray() -> Any:
     try:
         import ray
     except ImportError:
-        ray = None
-    if ray is None or not hasattr(ray, "init"):
+        raise StepbridgeError("the ray backend needs Ray: pip install 'stepbridge[ray]'") from None
+    if not hasattr(ray, "init"):  # a folder named ray on sys.path, not Ray
         raise StepbridgeError("the ray backend needs Ray: pip install 'stepbridge[ray]'")
     return ray
 
@@ -276,11 +276,21 @@ class RayAdapter:
         self._data.clear()
 
     # -- introspection (tests, status) -----------------------------------------------------------------
-    async def describe_actors(self) -> list[dict[str, Any]]:
-        """Each actor as it describes itself through Ray: process id (a restarted actor has a new one), runs
-        in flight, capabilities, programs warmed, where its program definitions came from."""
+    async def describe_actors(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Each actor that answers within ``timeout`` (one being restarted may not), as it describes itself
+        through Ray: process id (a restarted actor has a new one), runs in flight, capabilities, programs
+        warmed, where its program definitions came from."""
         await self.start()
-        return list(await asyncio.gather(*(a.handle.start.remote() for a in self._actors)))
+
+        async def ask(actor: _Actor) -> dict[str, Any] | None:
+            try:
+                info: dict[str, Any] = await asyncio.wait_for(asyncio.wrap_future(actor.handle.start.remote().future()),
+                                                              timeout)
+            except Exception:
+                return None
+            return info
+
+        return [i for i in await asyncio.gather(*(ask(a) for a in self._actors)) if i is not None]
 
     def status(self) -> dict[str, Any]:
         return {"backend": self.backend, "admitted": self._admitted, "limit": self.limit,

@@ -167,7 +167,7 @@ def test_dead_actor_retries_idempotent_runs_never_side_effects(ray_kwargs: dict[
             # Ray restarts the dead actors (new processes) and they serve again
             async def both_back() -> bool:
                 with contextlib.suppress(Exception):
-                    return len({a["pid"] for a in await adapter.describe_actors()}) == 2
+                    return len({a["pid"] for a in await adapter.describe_actors(timeout=2)}) == 2
                 return False
 
             await wait_for(both_back, what="the actors restarted")
