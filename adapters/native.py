@@ -23,6 +23,7 @@ from stepbridge.errors import (
 from stepbridge.formats import AdapterName, Prompt, chain_of_thought
 from stepbridge.interpreter import DEFAULT_MAP_CONCURRENCY, PlanStep, RunContext, plan, run_plan
 from stepbridge.lm import ChatRequest, LMPool, LMProfile
+from stepbridge.lru import LRU
 from stepbridge.program import (
     ChainOfThoughtModule,
     DspyModule,
@@ -257,7 +258,8 @@ class NativeAdapter:
                  map_concurrency: int = DEFAULT_MAP_CONCURRENCY):
         self.lm = lm or LMPool(cache=cache)
         self.map_concurrency = map_concurrency
-        self._plans: dict[tuple[str, Path | None], _Plan] = {}
+        # bounded: programs (and pool requests) choose how many distinct plans a process sees
+        self._plans: LRU[tuple[str, Path | None], _Plan] = LRU(MAX_PLANS)
 
     async def prepare(self, program: Program) -> None:
         self._plan(program)
@@ -275,8 +277,7 @@ class NativeAdapter:
         runners: dict[str, Runner] = {}
         for module_name in program.modules:
             self._runner(program, module_name, runners)
-        compiled = self._plans[key] = (plan(program), runners)
-        return compiled
+        return self._plans.put(key, (plan(program), runners))
 
     def _runner(self, program: Program, name: str, runners: dict[str, Runner]) -> Runner:
         """The runner of module ``name`` (built once; a wrapper shares the runner of the module it wraps)."""
@@ -317,6 +318,9 @@ class NativeAdapter:
 
 
 #: Module types whose outputs may hold what tools returned (a react trajectory): made JSON data at the step.
+#: prepared plans an adapter keeps (least recently used out first)
+MAX_PLANS = 256
+
 _RAW_OUTPUTS = frozenset({"react", "best_of_n", "refine", "multi_chain_comparison"})
 
 
