@@ -463,10 +463,12 @@ def _run_coroutine(coro: Any) -> Any:
 def _run_observed(obj: Any, inputs: dict[str, Any], lm: Any, callbacks: list[Any] | None = None,
                   what: str = "the module") -> tuple[Any, list[list[dict[str, Any]]]]:
     """Run a module under ``lm`` (a fresh copy) and return its prediction and the messages it sent."""
+    from .dspy_lm_guard import SETTING
+
     dspy = _dspy().dspy
     run_lm = lm.copy()
-    try:
-        with dspy.context(lm=run_lm, callbacks=list(callbacks or [])):
+    try:  # LMs the module picks itself are routed to run_lm: its endpoints are never used
+        with dspy.context(lm=run_lm, callbacks=list(callbacks or []), **{SETTING: (run_lm,)}):
             prediction = _call(obj, inputs)
     except StepbridgeError:
         raise
