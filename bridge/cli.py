@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -83,6 +84,8 @@ def status(
     curve_secret: Annotated[Path | None, typer.Option(help="This client's .key_secret file (TCP).")] = None,
     curve_server: Annotated[Path | None, typer.Option(help="The broker's public .key file (TCP).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for an answer.")] = 5.0,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a broker to come up (e.g. right after "
+                                             "`stepbridge pool start &`); 0: fail at once.")] = 0.0,
 ) -> None:
     """Workers (host, pid, backend, capacity, in flight, done, failed, last heartbeat), queue, throughput."""
     from stepbridge.errors import StepbridgeError
@@ -93,8 +96,16 @@ def status(
 
     curve = CurveKeys.from_files(curve_secret, curve_server) if curve_secret else None
     address, origin = client_address(address)
+    deadline = time.monotonic() + wait
     try:
-        check_reachable(address, origin=origin)
+        while True:
+            try:
+                check_reachable(address, origin=origin)
+                break
+            except StepbridgeError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
         info = query_status(address, curve=curve, timeout=timeout)
     except StepbridgeError as exc:
         typer.echo(f"error: {exc}", err=True)
