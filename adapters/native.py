@@ -160,8 +160,7 @@ class Predictor:
             except LMError as exc:
                 calls.append(_call(model=model, messages=messages, error=exc.to_dict()))
                 raise
-            ctx.usage.add(response.usage)
-            ctx.usage.__dict__["lm_calls"] += 1
+            ctx.usage.add(response.usage, calls=1)
             responses.append(response)
         first: dict[str, Any] | None = None
         for response in responses:  # every completion is parsed, as DSPy's adapter parses them all

@@ -33,6 +33,7 @@ from stepbridge.errors import (
     error_from_dict,
 )
 from stepbridge.program import Program
+from stepbridge.recorder import ProgramSource
 from stepbridge.result import RunResult, StepTrace
 
 from . import protocol as p
@@ -70,8 +71,8 @@ class PoolAdapter:
 
     name = "pool"
 
-    def __init__(self, config: PoolConfig | None = None, *, address: str | None = None, store: Any = None,
-                 **settings: Any):
+    def __init__(self, config: PoolConfig | None = None, *, address: str | None = None,
+                 store: ProgramSource | None = None, **settings: Any):
         self.config = PoolConfig.from_settings(config, **settings)
         self.address = address
         self.backend = self.config.backend

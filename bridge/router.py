@@ -49,6 +49,7 @@ from stepbridge.errors import (
     error_from_dict,
 )
 from stepbridge.program import Program, ToolModule
+from stepbridge.recorder import ProgramSource
 from stepbridge.result import RunResult, StepTrace
 
 from . import protocol as p
@@ -146,8 +147,8 @@ class _Endpoint:
 class Router:
     """Binds the sockets, feeds the scheduler, performs its actions, supervises local workers."""
 
-    def __init__(self, config: PoolConfig | None = None, *, store: Any = None, serve_clients: bool = False,
-                 expected_capabilities: frozenset[str] = frozenset()):
+    def __init__(self, config: PoolConfig | None = None, *, store: ProgramSource | None = None,
+                 serve_clients: bool = False, expected_capabilities: frozenset[str] = frozenset()):
         self.config = c = config or PoolConfig()
         self.store = store
         self.serve_clients = serve_clients

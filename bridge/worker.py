@@ -42,13 +42,14 @@ import traceback
 import uuid
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from stepbridge.adapter import RunOptions
 from stepbridge.errors import (
     InputValidationError,
     Issue,
+    ProgramNotFound,
     ProgramValidationError,
     RunCancelledError,
     StepbridgeError,
@@ -63,6 +64,9 @@ from . import protocol as p
 from .data import DEFAULT_CACHE_BYTES, DataCache, corpora, manifest_key
 from .logs import configure_process_logging
 from .net import CurveKeys, Pump, configure_dealer
+
+if TYPE_CHECKING:
+    from stepbridge.storage.store import Store
 
 __all__ = ["Worker", "main"]
 
@@ -121,7 +125,7 @@ class Worker:
         heartbeat: float = 1.0,
         liveness: int = 3,
         parent_pid: int | None = None,
-        store: Any = None,
+        store: Store | None = None,
         curve: CurveKeys | None = None,
         worker_id: str | None = None,
         adapter_options: dict[str, Any] | None = None,
@@ -633,10 +637,12 @@ class Worker:
 
     async def _from_store(self, program_hash: str) -> Program | None:
         """The stored program with this hash, validated in full and verified, or None (then ask the router)."""
+        if self.store is None:
+            return None
         try:
             stored: Program = await asyncio.to_thread(self.store.load, program_hash)
         except Exception as exc:
-            if type(exc).__name__ == "ProgramNotFound":
+            if isinstance(exc, ProgramNotFound):
                 log.debug("program %s is not in the store", program_hash[:12])
             else:  # tampered, invalid, unreadable: never built; the router may still have the real one
                 log.warning("worker %s: refused stored program %s: %s", self.worker_id, program_hash[:12],

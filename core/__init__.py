@@ -6,8 +6,10 @@ from .errors import (
     InputValidationError,
     Issue,
     LMError,
+    LMParseError,
     OperationError,
     PoolSaturatedError,
+    ProgramNotFound,
     ProgramValidationError,
     RunCancelledError,
     RunTimeoutError,
@@ -19,6 +21,7 @@ from .errors import (
 )
 from .loader import load_program
 from .program import LMConfig, Program
+from .recorder import AsyncRecorder, BatchRecorder, ProgramSource, Recorder
 from .registry import dspy_modules, load_adapter, metrics, retrievers, tools
 from .result import LMCall, RunResult, StepTrace, Usage
 from .runner import BatchItem, Runner, batch, load, run
@@ -29,18 +32,24 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adapter",
+    "AsyncRecorder",
     "BatchItem",
+    "BatchRecorder",
     "FieldSpec",
     "InputValidationError",
     "Issue",
     "LMCall",
     "LMConfig",
     "LMError",
+    "LMParseError",
     "OperationError",
     "PoolSaturatedError",
     "Program",
     "ProgramBuilder",
+    "ProgramNotFound",
+    "ProgramSource",
     "ProgramValidationError",
+    "Recorder",
     "RunCancelledError",
     "RunOptions",
     "RunResult",

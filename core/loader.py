@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .errors import Issue, ProgramValidationError
+
+if TYPE_CHECKING:
+    from .program import Program
 
 __all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "load_program", "parse_document"]
 
@@ -281,7 +284,7 @@ def _count_nodes(data: Any) -> int:
     return count
 
 
-def load_program(source: str | Path | dict[str, Any], *, base_dir: str | Path | None = None) -> Any:
+def load_program(source: str | Path | dict[str, Any], *, base_dir: str | Path | None = None) -> Program:
     """Load and fully validate a program from a path, YAML/JSON text, or a dict.
 
     Returns a :class:`stepbridge.Program`; raises :class:`ProgramValidationError` listing every problem.

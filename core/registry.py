@@ -15,10 +15,13 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .errors import StepbridgeError, UnsupportedCapabilityError
 from .signature import FieldSpec, Signature, TypeExpr
+
+if TYPE_CHECKING:
+    from .adapter import Adapter
 
 __all__ = [
     "ADAPTER_ATTRIBUTES",
@@ -196,7 +199,7 @@ def is_adapter(obj: object) -> bool:
     return not inspect.isclass(obj) and all(hasattr(obj, a) for a in ADAPTER_ATTRIBUTES)
 
 
-def load_adapter(spec: Any, **kwargs: Any) -> Any:
+def load_adapter(spec: str | Adapter | Callable[..., Adapter], **kwargs: Any) -> Adapter:
     """An adapter instance from a registered name (``native``), ``package.module:factory``, an adapter
     class or factory (called with ``kwargs``), or an instance (returned as is). Anything else is an
     :class:`UnsupportedCapabilityError`. This is operator input, so an import path is allowed here

@@ -230,18 +230,16 @@ def validate_data(
     errors = [i for i in c.issues if i.severity == "error"]
     if errors or program is None:
         raise ProgramValidationError(c.issues)
-    program._lines = dict(lines or {})
     program.with_base_dir(base_dir)
-    object.__setattr__(program, "_warnings", [i for i in c.issues if i.severity == "warning"])
-    return program
+    return program.with_source(lines=lines, warnings=[i for i in c.issues if i.severity == "warning"])
 
 
 def validate(program: Program | dict[str, Any]) -> list[Issue]:
     """Every issue (errors and warnings) of a program or raw data; never raises."""
     data = program.to_dict() if isinstance(program, Program) else program
-    lines = program._lines if isinstance(program, Program) else {}
+    lines = dict(program.source_lines) if isinstance(program, Program) else {}
     c = _Collector(lines)
-    _validate(data, c, program._base_dir if isinstance(program, Program) else None)
+    _validate(data, c, program.source_dir if isinstance(program, Program) else None)
     return c.issues
 
 

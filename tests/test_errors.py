@@ -9,12 +9,14 @@ import msgpack
 import pytest
 from stepbridge.errors import (
     ContextWindowExceededError,
+    ExecutionNotFound,
     InputValidationError,
     Issue,
     LMError,
     LMParseError,
     OperationError,
     PoolSaturatedError,
+    ProgramNotFound,
     ProgramValidationError,
     RunCancelledError,
     RunTimeoutError,
@@ -51,6 +53,8 @@ EXAMPLES: list[StepbridgeError] = [
     PoolSaturatedError("queue full", queue_size=128),
     UnsupportedCapabilityError("no map", capability="map", adapter="dspy"),
     StorageError("database is newer than this code"),
+    ProgramNotFound("no stored program matches 'qa@prod'"),
+    ExecutionNotFound("no execution 0123abcd"),
     ContextWindowExceededError("prompt too long", status=400),
 ]
 
