@@ -235,12 +235,7 @@ class _ToolRunner:
             value = await self.tool.func(**args)
         else:
             value = await asyncio.to_thread(self.tool.func, **args)
-        if isinstance(value, dict) and set(self.outputs) <= set(value):
-            return {k: value[k] for k in self.outputs}
-        if len(self.outputs) == 1:
-            return {self.outputs[0]: value}
-        raise TypeError(f"tool {self.tool.name!r} returned {type(value).__name__}; expected a dict with "
-                        f"{', '.join(self.outputs)}")
+        return self.tool.shape(value, self.outputs)
 
 
 class NativeAdapter:

@@ -78,17 +78,9 @@ log = logging.getLogger("stepbridge.bridge.router")
 
 PROGRAM_CACHE_SIZE = 1024
 
-_OPTION_FIELDS = {"execution_id", "timeout", "lm", "attempt", "idempotency_key", "cache", "metadata"}
-_OPTIONS_KNOWN = set(RunOptions.model_fields) == _OPTION_FIELDS
-
-
 def wire_options(options: RunOptions) -> dict[str, Any]:
     """The run options a REQUEST carries besides execution id, attempt and budget (non-defaults only)."""
-    d = options.__dict__
-    if (_OPTIONS_KNOWN and d["lm"] is None and d["idempotency_key"] is None and d["cache"] is None
-            and not d["metadata"]):
-        return {}
-    return options.model_dump(mode="json", exclude={"execution_id", "attempt", "timeout"}, exclude_defaults=True)
+    return options.extras()
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

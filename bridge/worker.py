@@ -53,11 +53,10 @@ from stepbridge.errors import (
     ProgramValidationError,
     RunCancelledError,
     StepbridgeError,
-    UnsupportedCapabilityError,
     WorkerLostError,
 )
 from stepbridge.program import Program
-from stepbridge.result import fast_construct
+from stepbridge.runner import check_run
 from stepbridge.secrets import might_hold_secret, scrub, scrub_process_output
 
 from . import protocol as p
@@ -438,16 +437,9 @@ class Worker:
     async def _execute_inner(self, request_id: bytes, req: p.Request) -> None:
         try:
             program = await self._program(req.program_hash)
-            missing = program.required_capabilities - self.capabilities
-            if missing:
-                cap = sorted(missing)[0]
-                raise UnsupportedCapabilityError(
-                    f"worker {self.worker_id} ({self.backend}) lacks capability {cap!r}", capability=cap,
-                    adapter=self.backend)
             options = self._options(req)
-            from stepbridge.validate import check_inputs
-
-            inputs = check_inputs(program, dict(req.inputs))
+            inputs = check_run(program, dict(req.inputs), self.backend, self.capabilities, options.lm,
+                               where=f"worker {self.worker_id}")
             key, program = await self._bind(program, req.data)
             if key not in self._prepared:
                 await self.adapter.prepare(program)
@@ -488,12 +480,10 @@ class Worker:
             log.warning("worker %s: could not send the reply to %s", self.worker_id, req.execution_id)
 
     def _options(self, req: p.Request) -> RunOptions:
-        if not req.options and _RUN_OPTION_FIELDS:
+        if not req.options:
             # the usual case: nothing beyond what the Request struct already validated (execution id,
             # attempt, budget > 0), so build the options without another pydantic pass
-            return fast_construct(RunOptions, {"execution_id": req.execution_id, "timeout": req.budget, "lm": None,
-                                               "attempt": req.attempt, "idempotency_key": None, "cache": None,
-                                               "metadata": {}})
+            return RunOptions.plain(req.execution_id, timeout=req.budget, attempt=req.attempt)
         fields = dict(req.options)
         fields.update(execution_id=req.execution_id, attempt=req.attempt, timeout=req.budget)
         try:
@@ -653,11 +643,6 @@ class Worker:
                         stored.content_hash[:12], program_hash[:12])
             return None
         return stored.with_base_dir(None)  # the row's folder is outside the content hash: never used
-
-
-# the fast path above knows every RunOptions field; if the core adds one, validate as before
-_RUN_OPTION_FIELDS = set(RunOptions.model_fields) == {"execution_id", "timeout", "lm", "attempt", "idempotency_key",
-                                                      "cache", "metadata"}
 
 
 def _index_corpora(program: Program) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .errors import Issue, ProgramValidationError
+from .pointers import escape as _escape
 
 if TYPE_CHECKING:
     from .program import Program
@@ -39,9 +40,6 @@ _constructor = yaml.constructor.SafeConstructor()
 def _fail(message: str, line: int | None = None, pointer: str = "") -> ProgramValidationError:
     return ProgramValidationError([Issue(pointer=pointer, message=message, line=line)])
 
-
-def _escape(token: str) -> str:
-    return token.replace("~", "~0").replace("/", "~1")
 
 
 _STR_TAG = "tag:yaml.org,2002:str"

@@ -12,7 +12,7 @@ import functools
 import importlib
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -100,6 +100,16 @@ class Tool:
     @property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.func)
+
+    def shape(self, value: Any, outputs: Sequence[str]) -> dict[str, Any]:
+        """A call's return value as the step's outputs: a dict with every output field (extra keys
+        dropped), or the bare value of a single-output tool. Anything else is a :class:`TypeError`."""
+        if isinstance(value, dict) and set(outputs) <= set(value):
+            return {k: value[k] for k in outputs}
+        if len(outputs) == 1:
+            return {outputs[0]: value}
+        raise TypeError(f"tool {self.name!r} returned {type(value).__name__}; expected a dict with "
+                        f"{', '.join(outputs)}")
 
 
 def tool_signature(func: Callable[..., Any]) -> Signature:

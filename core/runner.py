@@ -26,9 +26,32 @@ from .registry import load_adapter
 from .result import RunResult
 from .validate import check_inputs
 
-__all__ = ["BatchItem", "Runner", "batch", "load", "run"]
+__all__ = ["BatchItem", "Runner", "batch", "check_capabilities", "check_run", "load", "run"]
 
 ProgramLike = Program | str | Path
+
+
+def check_capabilities(program: Program, adapter: str, capabilities: frozenset[str], lm: LMConfig | None = None,
+                       *, where: str | None = None) -> None:
+    """Raise :class:`UnsupportedCapabilityError` if ``capabilities`` lack what ``program`` (with the run's
+    LM settings) needs. The one copy of the rule: the Runner applies it, and a pool worker again
+    (``where`` names it), since a request frame is no proof the router checked."""
+    missing = (program.required_capabilities | lm_capabilities(lm)) - capabilities
+    if missing:
+        cap = sorted(missing)[0]
+        raise UnsupportedCapabilityError(
+            f"program {program.name!r} needs capability {cap!r}, which adapter {adapter!r}"
+            f"{f' on {where}' if where else ''} does not declare (it declares: {', '.join(sorted(capabilities))})",
+            capability=cap, adapter=adapter)
+
+
+def check_run(program: Program, inputs: Any, adapter: str, capabilities: frozenset[str],
+              lm: LMConfig | None = None, *, where: str | None = None) -> dict[str, Any]:
+    """Everything checked before a run, wherever it runs: the inputs against the signature, then the
+    capabilities (see :func:`check_capabilities`). Returns the inputs."""
+    checked = check_inputs(program, inputs)
+    check_capabilities(program, adapter, capabilities, lm, where=where)
+    return checked
 
 
 class BatchItem:
@@ -92,13 +115,7 @@ class Runner:
     def check(self, program: Program, lm: LMConfig | None = None) -> None:
         """Raise :class:`UnsupportedCapabilityError` if the adapter lacks what the program (with the run's
         LM settings, which may ask for the XML adapter or several completions) needs."""
-        missing = (program.required_capabilities | lm_capabilities(lm)) - self.adapter.capabilities
-        if missing:
-            cap = sorted(missing)[0]
-            raise UnsupportedCapabilityError(
-                f"program {program.name!r} needs capability {cap!r}, which adapter {self.adapter.name!r} "
-                f"does not declare (it declares: {', '.join(sorted(self.adapter.capabilities))})",
-                capability=cap, adapter=self.adapter.name)
+        check_capabilities(program, self.adapter.name, self.adapter.capabilities, lm)
 
     async def prepare(self, program: Program, lm: LMConfig | None = None) -> None:
         """Check capabilities and prepare the adapter for ``program`` (once per plan). :meth:`run` does

@@ -26,6 +26,7 @@ from .flow import check_steps
 from .interface import module_interface
 from .named_types import TypeSpace, UnknownTypeError
 from .names import field_name_problem, module_name_problem
+from .pointers import escape as _esc
 from .program import (
     FORMAT_VERSIONS,
     MODULE_TYPES,
@@ -51,9 +52,6 @@ _TOP_KEYS = ("stepbridge", "name", "description", "signature", "types", "lm", "m
 _TAGS = set(MODULE_TYPES) | {"call", "map", "return", "set", "if", "switch", "loop", "parallel"}
 _LM_HINT = "endpoints and secrets come from LM profiles (--lm / STEPBRIDGE_LM_*), never from a program file"
 
-
-def _esc(token: Any) -> str:
-    return str(token).replace("~", "~0").replace("/", "~1")
 
 
 #: "Did you mean" is a courtesy with bounded cost: names longer than this get none, at most this many
