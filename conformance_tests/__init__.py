@@ -17,7 +17,7 @@ __all__ = ["SUITE_VERSION", "AdapterConformance"]
 
 #: The suite's version: major for a new or stricter check (an adapter that passed may now fail), minor for
 #: new cases of existing checks, patch for messages and speed. Reports name it beside the adapter's version.
-SUITE_VERSION = "2.0.0"
+SUITE_VERSION = "2.1.0"
 
 
 def __getattr__(name: str) -> Any:  # imported lazily: importing the package must not import pytest

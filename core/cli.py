@@ -345,11 +345,10 @@ def lm_serve(
 
 def _mount() -> None:
     """Sub-commands that live beside the packages they drive (storage, pool, DSPy interop)."""
+    from stepbridge.adapters.dspy_cli import export_dspy, import_dspy
     from stepbridge.bridge.cli import pool_app, worker
     from stepbridge.conformance.cli import conformance
     from stepbridge.storage.cli import batches_app, db_app, executions_app, programs_app
-
-    from .dspy_cli import export_dspy, import_dspy
 
     app.add_typer(programs_app, name="programs")
     app.add_typer(executions_app, name="executions")

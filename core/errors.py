@@ -16,6 +16,7 @@ from .secrets import scrub
 
 __all__ = [
     "ContextWindowExceededError",
+    "ConversionError",
     "ExecutionNotFound",
     "InputValidationError",
     "Issue",
@@ -258,6 +259,26 @@ class ProgramNotFound(StorageError):
 
 class ExecutionNotFound(StorageError):
     """No recorded execution has this id."""
+
+
+class ConversionError(StepbridgeError):
+    """A DSPy module could not be turned into a program: ``construct`` names what (a class, a field,
+    a statement of ``forward``), ``file``/``line`` where it is written, ``hint`` what to do (the
+    message says all three; the importer builds it)."""
+
+    def __init__(self, message: str, *, construct: str | None = None, file: str | None = None,
+                 line: int | None = None, hint: str | None = None, report: dict[str, Any] | None = None,
+                 **kw: Any):
+        super().__init__(message, **kw)
+        self.construct = construct
+        self.file = file
+        self.line = line
+        self.hint = hint
+        self.report = dict(report or {})
+
+    def details(self) -> dict[str, Any]:
+        return {"construct": self.construct, "file": self.file, "line": self.line, "hint": self.hint,
+                "report": self.report}
 
 
 def error_from_dict(data: dict[str, Any]) -> StepbridgeError:

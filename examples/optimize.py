@@ -18,8 +18,8 @@ from typing import Any
 
 from stepbridge import RunOptions, load_program
 from stepbridge.adapters.dspy import DSPyAdapter, dspy
+from stepbridge.adapters.dspy_interop import optimize
 from stepbridge.adapters.native import NativeAdapter
-from stepbridge.dspy_interop import optimize
 from stepbridge.lm import LMPool, LMProfile
 
 HERE = Path(__file__).resolve().parent

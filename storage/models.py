@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -36,11 +37,13 @@ __all__ = [
     "BatchItemRow",
     "BatchResult",
     "BatchRow",
+    "DataFileRow",
     "Execution",
     "ExecutionRow",
     "ExecutionStatus",
     "ExecutionStatusRow",
     "ExecutionStepRow",
+    "ProgramDataRow",
     "ProgramRow",
     "ProgramSummary",
     "ProgramVersion",
@@ -97,6 +100,33 @@ class ProgramVersionRow(SQLModel, table=True):
     # Where the program file was (corpus paths are relative to it); not part of the identity.
     base_dir: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime = SQLField(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class DataFileRow(SQLModel, table=True):
+    """A data file (a retrieval corpus) by content. A stored program reads its corpora from here,
+    verified against the hash, never from the folder its row names (which no hash covers)."""
+
+    __tablename__ = "data_files"
+    __table_args__ = (CheckConstraint("size >= 0", name="ck_data_files_size"),)
+
+    hash: str = SQLField(sa_column=Column(String(64), primary_key=True))
+    size: int = SQLField(sa_column=Column(BigInteger, nullable=False))
+    content: bytes = SQLField(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = SQLField(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class ProgramDataRow(SQLModel, table=True):
+    """Which data file a stored version reads at a corpus path (relative, as the program names it)."""
+
+    __tablename__ = "program_data"
+
+    program_hash: str = SQLField(
+        sa_column=Column(String(64), ForeignKey("program_versions.hash", ondelete="CASCADE"), primary_key=True)
+    )
+    corpus: str = SQLField(sa_column=Column(String(1000), primary_key=True))
+    data_hash: str = SQLField(
+        sa_column=Column(String(64), ForeignKey("data_files.hash", ondelete="RESTRICT"), nullable=False)
+    )
 
 
 class AliasRow(SQLModel, table=True):

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import platform
 import sys
+import weakref
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -36,6 +37,7 @@ from stepbridge.recorder import BatchBegun, Begun
 from stepbridge.result import RunResult, StepTrace, Usage
 from stepbridge.secrets import scrub
 
+from . import data_files
 from .db import (
     check_known,
     current_revision,
@@ -170,6 +172,7 @@ class Store:
         self.tx = Transactions(self.engine, self.url)
         self._recording = Recording(self.tx, self._take_over)
         self._group = GroupCommit(self.tx, self._recording)
+        self._data: Any = None
 
     def __repr__(self) -> str:
         return f"Store({redacted(self.url)!r})"
@@ -184,6 +187,17 @@ class Store:
         """Finish pending group-committed writes, then release every pooled connection."""
         self._group.close()
         self.engine.dispose()
+        if self._data is not None:
+            self._data.close()
+
+    def _data_cache(self) -> Any:
+        """This store's private folder of verified data files (made on first use)."""
+        if self._data is None:
+            from stepbridge.bridge.data import DataCache
+
+            self._data = DataCache()
+            weakref.finalize(self, self._data.close)
+        return self._data
 
     # -- programs --------------------------------------------------------------------------------
     def publish(
@@ -210,13 +224,15 @@ class Store:
         except ValidationError:
             data = program.canonical()
         data = _clean(data)
-        base_dir = str(program.source_dir) if program.source_dir is not None else None
+        base_dir = str(program.source_dir) if program.source_dir is not None else None  # informative only
+        found = data_files.collect(program)  # corpora travel by content: the folder is never read back
         clean_message = _clean(message) if message is not None else None
         parent_hash = self.resolve(parent).hash if parent is not None else None
 
         def fn(conn: Connection) -> ProgramVersion:
             row = conn.execute(select(versions).where(versions.c.hash == digest)).first()
             if row is not None:
+                data_files.record(conn, self.tx.insert, digest, found)
                 return self._version(conn, row)
             now = utcnow()
             conn.execute(
@@ -242,6 +258,7 @@ class Store:
                     created_at=now,
                 )
             )
+            data_files.record(conn, self.tx.insert, digest, found)
             row = conn.execute(select(versions).where(versions.c.hash == digest)).one()
             return self._version(conn, row)
 
@@ -306,6 +323,8 @@ class Store:
         """
         parsed = parse_ref(ref)
         row = self.tx.read(lambda conn: self._find(conn, parsed, ref), f"loading {ref}")
+        # the row's base_dir is outside the hash: corpora come from the verified data files only
+        folder = self.tx.read(lambda conn: data_files.restore(conn, row, ref, self._data_cache()), f"loading {ref}")
         data = row.program
         if not isinstance(data, dict):
             raise StorageError(f"stored program {ref!r} ({row.hash[:12]}) is not a JSON object; refusing to load")
@@ -314,10 +333,10 @@ class Store:
             if validate:
                 from stepbridge.validate import validate_data
 
-                program = validate_data(data, base_dir=row.base_dir)
+                program = validate_data(data, base_dir=folder)
             else:
                 program = Program.model_validate(data)
-                program.with_base_dir(row.base_dir)
+                program.with_base_dir(folder)
         except ProgramValidationError as exc:
             raise ProgramValidationError(
                 exc.issues, message=f"stored program {ref!r} ({row.hash[:12]}) is invalid:\n{exc.message}"

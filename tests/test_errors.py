@@ -9,6 +9,7 @@ import msgpack
 import pytest
 from stepbridge.errors import (
     ContextWindowExceededError,
+    ConversionError,
     ExecutionNotFound,
     InputValidationError,
     Issue,
@@ -56,6 +57,7 @@ EXAMPLES: list[StepbridgeError] = [
     ProgramNotFound("no stored program matches 'qa@prod'"),
     ExecutionNotFound("no execution 0123abcd"),
     ContextWindowExceededError("prompt too long", status=400),
+    ConversionError("cannot convert", construct="QA.forward", file="qa.py", line=12, hint="register it"),
 ]
 
 

@@ -31,10 +31,14 @@ from .model import ReferenceModel
 from .request_log import RequestLog
 from .responses import error, json_response, reply, reply_recorded, usage_of
 
-__all__ = ["MODEL_NAME", "ReferenceApp", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "MAX_CHOICES", "MODEL_NAME", "ReferenceApp", "create_app", "request_problem"]
 
 #: Name the server reports in ``/v1/models`` and answers with when a request names none.
 MODEL_NAME = "reference"
+#: The largest request body accepted (HTTP 413 beyond, before more is read). DSPy prompts are far smaller.
+MAX_BODY_BYTES = 8 * 2**20
+#: The most choices (``n``) a request may ask for.
+MAX_CHOICES = 128
 
 @dataclass
 class _ServerState:
@@ -63,6 +67,9 @@ def create_app(
     upstream: str | None = None,
     upstream_key_env: str | None = "OPENAI_API_KEY",
     model_name: str = MODEL_NAME,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    log_bytes: int = 64 * 2**20,
+    log_body_bytes: int = 2**20,
 ) -> Starlette:
     """The reference LM as a Starlette app.
 
@@ -74,7 +81,12 @@ def create_app(
       upstream and record a successful answer. The upstream key is read from the environment
       variable *named* ``upstream_key_env`` at request time and never logged.
 
-    The request log is ``app.state.log`` (a :class:`RequestLog`) and ``GET/DELETE /_stepbridge/requests``.
+    * ``max_body_bytes`` — a larger request body is answered 413 (and the connection closed) as soon as
+      its ``Content-Length`` or the bytes read so far say so; the rest is never read.
+
+    The request log is ``app.state.log`` (a :class:`RequestLog`, bounded by ``log_limit`` entries and
+    ``log_bytes`` of bodies, each body kept up to ``log_body_bytes``) and ``GET/DELETE /_stepbridge/requests``.
+    Every request the server cannot answer gets a typed JSON error (4xx for the client's mistakes).
     """
     if record and (not upstream or cassette is None):
         raise ValueError("record mode needs both upstream=URL and cassette=FILE")
@@ -82,7 +94,7 @@ def create_app(
         raise ValueError("upstream=URL is only used with record=True")
     state = _ServerState(
         model=model or ReferenceModel(),
-        log=RequestLog(log_limit, log_path),
+        log=RequestLog(log_limit, log_path, max_bytes=log_bytes, max_body_bytes=log_body_bytes),
         latency_ms=latency_ms,
         fault=fault,
         cassette=Cassette(cassette) if cassette is not None else None,
@@ -93,25 +105,31 @@ def create_app(
     )
 
     async def chat_completions(request: Request) -> Response:
-        return await complete(request.url.path, await request.body())
+        raw = await _read_body(request.receive, max_body_bytes)
+        return raw if isinstance(raw, Response) else await complete(request.url.path, raw or b"")
 
     async def complete(path: str, raw: bytes) -> Response:
         try:
             body = loads(raw)
         except ValueError:
-            bad = state.log.append(path, {"_invalid_json": raw[:10_000].decode("utf-8", "replace")})
+            bad = state.log.append(path, {"_invalid_json": raw[:10_000].decode("utf-8", "replace")}, size=len(raw))
             state.log.answered(bad, status=400)
-            return error(400, "request body is not valid JSON", "invalid_request_error")
-        entry = state.log.append(path, body)
-        response, content, usage = await answer(body)
+            return error(400, "request body is not valid JSON (UTF-8)", "invalid_request_error")
+        entry = state.log.append(path, body, size=len(raw))
+        try:
+            response, content, usage = await answer(body)
+        except Exception as exc:  # a bug, not the client's mistake: still a JSON error, never a bare 500
+            response, content, usage = error(500, scrub(f"reference server failed: {type(exc).__name__}: {exc}"),
+                                             "server_error"), None, None
         state.log.answered(entry, status=response.status_code, usage=usage, reply=content)
         return response
 
     async def answer(body: Any) -> tuple[Response, str | None, Any]:
         """The response to a logged request, and (for a completion) its text and reported usage."""
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            return error(400, "request body must be a JSON object with a 'messages' list",
-                         "invalid_request_error", param="messages"), None, None
+        problem = request_problem(body)
+        if problem is not None:
+            message, param = problem
+            return error(400, message, "invalid_request_error", param=param), None, None
         model_id = str(body.get("model") or state.model_name)
         faults = parse_faults(model_id, state.fault)
         if faults.slow_ms:
@@ -179,7 +197,11 @@ def create_app(
         if request.method == "DELETE":
             state.log.clear()
             return json_response({"cleared": True})
-        since = int(request.query_params.get("since", "0") or 0)
+        try:
+            since = int(request.query_params.get("since", "0")[:20] or 0)
+        except ValueError:
+            return error(400, "'since' must be an integer (a sequence number)", "invalid_request_error",
+                         param="since")
         entries = state.log.entries(since)
         return json_response({"object": "list", "count": len(entries), "requests": entries})
 
@@ -204,6 +226,7 @@ def create_app(
     routes.append(Route("/_stepbridge/health", health, methods=["GET"]))
     app = ReferenceApp(routes=routes, lifespan=lifespan)
     app.completion_handler = complete
+    app.max_body_bytes = max_body_bytes
     app.state.reference = state
     app.state.log = state.log
     app.state.model = state.model
@@ -221,26 +244,88 @@ def _jitter(body: dict[str, Any], most_ms: int) -> int:
 _COMPLETION_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
 
 
+def request_problem(body: Any) -> tuple[str, str | None] | None:
+    """What is wrong with a completion request's shape (message, param), or None: checked before
+    anything reads it, so a malformed request is a 400 naming the field, never a server error."""
+    if not isinstance(body, dict):
+        return "request body must be a JSON object with a 'messages' list", "messages"
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return "request body must be a JSON object with a 'messages' list", "messages"
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"messages[{i}] must be an object with 'role' and 'content'", "messages"
+        if not isinstance(message.get("role"), str):
+            return f"messages[{i}].role must be a string", "messages"
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            return f"messages[{i}].content must be a string, a list of content parts or null", "messages"
+        if isinstance(content, list) and not all(isinstance(part, dict) for part in content):
+            return f"messages[{i}].content parts must be objects", "messages"
+    for name, types, what in (("model", (str,), "a string"), ("stream", (bool,), "a boolean"),
+                              ("stream_options", (dict,), "an object"), ("response_format", (dict,), "an object")):
+        if body.get(name) is not None and not isinstance(body[name], types):
+            return f"{name!r} must be {what}", name
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES):
+        return f"'n' must be an integer from 1 to {MAX_CHOICES}", "n"
+    return None
+
+
+async def _read_body(receive: Any, limit: int) -> bytes | Response | None:
+    """The request body, read in chunks and abandoned as soon as it exceeds ``limit`` (then a 413
+    that closes the connection: the unread rest is never buffered); None if the client went away."""
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(limit: int) -> Response:
+    response = error(413, f"request body exceeds {limit} bytes", "invalid_request_error", "request_too_large")
+    response.headers["connection"] = "close"
+    return response
+
+
+def _declared_length(scope: Any) -> int | None:
+    """The request's Content-Length (None: not given or not a number; the body is counted as read)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() and len(value) <= 20 else None
+    return None
+
+
 class ReferenceApp(Starlette):
     """Starlette, with the completion endpoint served directly (no middleware or router): it is the
-    hot path of the I/O-bound benchmark, and this roughly halves its per-request cost."""
+    hot path of the I/O-bound benchmark, and this roughly halves its per-request cost. Every request
+    with a declared body over ``max_body_bytes`` is refused here, whatever its path."""
 
     completion_handler: Any = None
+    max_body_bytes: int = MAX_BODY_BYTES
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if (scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in _COMPLETION_PATHS
-                and self.completion_handler is not None):
-            chunks = []
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
+        if scope["type"] == "http":
+            declared = _declared_length(scope)
+            if declared is not None and declared > self.max_body_bytes:
+                await _too_large(self.max_body_bytes)(scope, receive, send)
+                return
+            if (scope["method"] == "POST" and scope["path"] in _COMPLETION_PATHS
+                    and self.completion_handler is not None):
+                raw = await _read_body(receive, self.max_body_bytes)
+                if raw is None:
                     return
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    break
-            response = await self.completion_handler(scope["path"], b"".join(chunks))
-            await response(scope, receive, send)
-            return
+                response = raw if isinstance(raw, Response) else await self.completion_handler(scope["path"], raw)
+                await response(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
 

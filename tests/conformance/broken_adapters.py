@@ -1025,5 +1025,90 @@ class TimeoutLeavesTask(Mutant):
                          program_hash=program.content_hash, execution_id=options.execution_id)
 
 
+# -- format 2 -------------------------------------------------------------------------------------------------------
+class IfConditionAsText(Mutant):
+    """An ``if`` reads its condition as text: a false computed by ``$or``/``$eq`` is the non-empty "False", so the
+    ``then`` arm runs."""
+
+    BUG_CLASS = "control flow"
+
+    @staticmethod
+    def holds(condition: Any) -> bool:
+        return bool(str(condition)) if condition is not None else False
+
+
+class SwitchFirstLiteralOnly(Mutant):
+    """A ``switch`` case with several literals (``when: [technical, sales]``) matches only its first one."""
+
+    BUG_CLASS = "control flow"
+
+    @staticmethod
+    def case_literals(when: Any) -> list[Any]:
+        return [when[0]] if isinstance(when, list) and when else [when]
+
+
+class LoopIgnoresUntil(Mutant):
+    """A loop never checks ``until``: it always makes ``max`` passes."""
+
+    BUG_CLASS = "control flow"
+
+    @staticmethod
+    def until_of(spec: Any) -> Any:
+        return None
+
+
+class LoopOneShort(Mutant):
+    """Off by one: a loop makes one pass fewer than it should (``range(n - 1)``), so a loop ``over`` a list skips
+    its last element."""
+
+    BUG_CLASS = "control flow"
+
+    def loop_passes(self, spec: Any, items: list[Any] | None) -> range:
+        return range(max(0, len(super().loop_passes(spec, items)) - 1))
+
+
+class ParallelCompletionOrder(Mutant):
+    """A ``parallel`` step binds its results in the order the calls finished, not the order they are written."""
+
+    BUG_CLASS = "parallel"
+
+    def bind_parallel(self, step: Any, results: list[Any], finished: list[int], scope: dict[str, Any]) -> None:
+        super().bind_parallel(step, [results[i] for i in finished], finished, scope)
+
+
+class ReactToolErrorRaises(Mutant):
+    """A react agent's failing tool fails the step, instead of becoming the observation the agent sees next."""
+
+    BUG_CLASS = "agents"
+
+    async def observation(self, specs: dict[str, Any], tool_name: str, tool_args: Any) -> Any:
+        return await specs[tool_name].acall(tool_args)
+
+
+class BestOfNIgnoresThreshold(Mutant):
+    """best_of_n always makes its ``n`` attempts: an attempt reaching the threshold does not end it."""
+
+    BUG_CLASS = "ensembles"
+
+    def attempt_wins(self, reward: Any, threshold: float) -> bool:
+        return False
+
+
+class ObjectFieldsDropped(Mutant):
+    """Parsed objects lose their fields whose value is null (``model_dump(exclude_none=True)``)."""
+
+    BUG_CLASS = "typed objects"
+
+    def parse(self, prompt: Prompt, text: str) -> dict[str, Any]:
+        def drop(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: drop(v) for k, v in value.items() if v is not None}
+            if isinstance(value, list):
+                return [drop(v) for v in value]
+            return value
+
+        return {k: drop(v) if isinstance(v, dict | list) else v for k, v in super().parse(prompt, text).items()}
+
+
 MUTANTS: list[type[Mutant]] = [obj for obj in list(globals().values())
                                if isinstance(obj, type) and issubclass(obj, Mutant) and obj is not Mutant]

@@ -374,6 +374,8 @@ def test_mutant_catalogue_covers_every_bug_class(monkeypatch: pytest.MonkeyPatch
                 "map order", "map failure", "failed-step trace", "usage", "shared state", "side effects",
                 "plan cache", "cancel", "timeout", "aclose"}
     assert issue_12 <= classes, issue_12 - classes
+    format_2 = {"control flow", "parallel", "agents", "ensembles", "typed objects"}
+    assert format_2 <= classes, format_2 - classes
     # every mutant is built on the independent adapter, which shares nothing with the native executor
     from independent_adapter import IndependentAdapter
 

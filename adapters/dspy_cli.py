@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
-from .errors import ProgramValidationError, StepbridgeError
+from stepbridge.errors import ProgramValidationError, StepbridgeError
 
 __all__ = ["app", "export_dspy", "import_dspy", "load_target"]
 
@@ -35,14 +34,17 @@ def load_target(target: str) -> Any:
         obj: Any = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise typer.BadParameter(f"cannot load {target!r}: {exc}") from exc
-    from stepbridge.adapters.dspy import dspy
+    except Exception as exc:  # the operator's module failed to import: say so, no traceback
+        raise typer.BadParameter(f"cannot load {target!r}: {type(exc).__name__}: {exc}") from None
+    from .dspy import dspy
 
     if isinstance(obj, dspy.Module):
         return obj
     if callable(obj):
-        made = obj()
+        try:
+            made = obj()
+        except Exception as exc:
+            raise typer.BadParameter(f"{target!r} raised {type(exc).__name__} when called: {exc}") from None
         if isinstance(made, dspy.Module):
             return made
     raise typer.BadParameter(f"{target!r} is not a dspy.Module (or a class/factory making one)")
@@ -53,7 +55,10 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise typer.BadParameter(f"{path}:{lineno}: not JSON ({exc})") from None
         if not isinstance(row, dict):
             raise typer.BadParameter(f"{path}:{lineno}: each line must be a JSON object of inputs")
         rows.append(row)
@@ -71,20 +76,20 @@ def import_dspy(
     no_fallback: Annotated[bool, typer.Option(
         "--no-fallback", help="Fail instead of writing a 'dspy' step when the forward cannot be converted.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the conversion report as JSON.")] = False,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Fail unless every construct of the conversion is verified on the samples.")] = False,
 ) -> None:
     """Turn an existing DSPy program into a program file and report how each part was converted."""
-    from .dspy_interop import ConversionError, import_module
-    from .program import LMConfig
+    from stepbridge.errors import ConversionError
 
-    obj = load_target(target)
-    state_data = json.loads(state.read_text(encoding="utf-8")) if state is not None else None
-    samples = _read_jsonl(sample_inputs) if sample_inputs is not None else None
-    from stepbridge.adapters.dspy import DSPyAdapter
+    from .dspy_interop import import_module
 
-    adapter = DSPyAdapter()
     try:
-        lm = adapter.dspy_lm(LMConfig())[0] if samples else None
-        program, report = import_module(obj, state_data, samples, lm=lm, name=name, fallback=not no_fallback)
+        obj = load_target(target)
+        state_data = json.loads(state.read_text(encoding="utf-8")) if state is not None else None
+        samples = _read_jsonl(sample_inputs) if sample_inputs is not None else None
+        program, report = import_module(obj, state_data, samples, name=name, fallback=not no_fallback,
+                                        strict=strict)
     except (ConversionError, ProgramValidationError) as exc:
         if as_json:
             sys.stdout.write(json.dumps({"ok": False, "error": exc.to_dict()}, indent=2, default=str) + "\n")
@@ -94,8 +99,9 @@ def import_dspy(
     except StepbridgeError as exc:
         typer.echo(f"import failed: {exc}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
-    finally:
-        adapter.close()
+    except (OSError, ValueError) as exc:  # unreadable --state / --sample-inputs files
+        typer.echo(f"cannot import {target}: {exc}", err=True)
+        raise typer.Exit(EXIT_INVALID) from None
     program.dump(output)
     if as_json:
         sys.stdout.write(json.dumps({"ok": True, "program": str(output), "hash": program.content_hash,
@@ -110,8 +116,9 @@ def export_dspy(
     output: Annotated[Path, typer.Option("-o", "--output", help="DSPy state file to write (.json).")],
 ) -> None:
     """Write a program's DSPy state (instructions, demos), loadable with DSPy's module.load(path)."""
+    from stepbridge.loader import load_program
+
     from .dspy_interop import export_state
-    from .loader import load_program
 
     try:
         prog = load_program(program)

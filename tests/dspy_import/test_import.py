@@ -1,0 +1,260 @@
+"""Importing DSPy modules: typed errors, format-2 types, settings, where predictors live, honest verification."""
+
+from __future__ import annotations
+
+import enum
+import json
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+from stepbridge.adapters.dspy import dspy
+from stepbridge.adapters.dspy_import import import_module
+from stepbridge.errors import ConversionError
+
+Q = [{"question": "Who designed the Eiffel Tower?"}, {"question": "Where is Mount Everest?"}]
+QN = [{**q, "notes": [f"note {i}"]} for i, q in enumerate(Q)]
+
+
+def _run(loop: Any, adapter: Any, program: Any, inputs: dict[str, Any]) -> Any:
+    from stepbridge import RunOptions
+
+    async def go() -> Any:
+        await adapter.prepare(program)
+        return await adapter.run(program, inputs, RunOptions())
+
+    return loop.run_until_complete(go())
+
+
+def _plain(module: Any, inputs: dict[str, Any], lm: Any) -> tuple[Any, list[Any]]:
+    run_lm = lm.copy()
+    with dspy.context(lm=run_lm):
+        prediction = module(**inputs)
+    return prediction, [e["messages"] for e in run_lm.history]
+
+
+# ------------------------------------------------------------------------------------------------
+# types: format 2 instead of a traceback
+# ------------------------------------------------------------------------------------------------
+class Mood(enum.Enum):
+    HAPPY = "happy"
+    SAD = "sad"
+
+
+class Person(pydantic.BaseModel):
+    name: str
+    age: int | None = None
+
+
+class Typed(dspy.Signature):
+    """Describe the person."""
+
+    text: str = dspy.InputField()
+    history: dspy.History = dspy.InputField()
+    extras: dict[str, Any] = dspy.InputField()
+    person: Person = dspy.OutputField()
+    mood: Mood = dspy.OutputField()
+
+
+def test_enums_models_any_and_history_become_format_2_types() -> None:
+    program, report = import_module(dspy.Predict(Typed))
+    assert report.status == "exact"
+    assert program.version == 2 if hasattr(program, "version") else program.to_dict()["stepbridge"] == 2
+    data = program.to_dict()
+    assert set(data["types"]) == {"Person", "Mood"}
+    sig = program.modules["main"].signature
+    assert sig.inputs["history"].type == "History" and sig.inputs["extras"].type == "dict[str, Any]"
+    assert sig.outputs["person"].type == "Person" and sig.outputs["mood"].type == "Mood"
+
+
+def test_an_unconvertible_type_is_a_conversion_error_with_file_and_line() -> None:
+    class Weird(dspy.Signature):
+        text: str = dspy.InputField()
+        when: set[int] = dspy.OutputField()
+
+    with pytest.raises(ConversionError) as info:
+        import_module(dspy.Predict(Weird))
+    err = info.value
+    assert err.construct == "Weird.when" and err.file == __file__ and err.line is not None
+    assert "to fix:" in str(err) and f"{Path(__file__).name}:" in str(err)
+
+
+# ------------------------------------------------------------------------------------------------
+# the LM is resolved as the CLI resolves it; exact CoT keeps reasoning
+# ------------------------------------------------------------------------------------------------
+def test_python_api_resolves_the_operator_lm_and_cot_keeps_reasoning(operator_lm: Any) -> None:
+    program, report = import_module(dspy.ChainOfThought("question -> answer"), sample_inputs=Q)
+    assert report.status == "verified"
+    assert list(program.signature.outputs) == ["reasoning", "answer"]
+
+
+def test_cli_without_samples_names_the_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               operator_lm: Any) -> None:
+    from stepbridge.adapters.dspy_cli import app
+    from typer.testing import CliRunner
+
+    (tmp_path / "sb_nosample.py").write_text(
+        "import dspy\n"
+        "class Two(dspy.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.a = dspy.Predict('question -> answer')\n"
+        "    def forward(self, question):\n"
+        "        return self.a(question=question)\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["import-dspy", "sb_nosample:Two", "-o", str(tmp_path / "x.yaml")])
+    assert result.exit_code == 2
+    assert "--sample-inputs" in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------------------------
+# settings: predictor config and the ambient adapter
+# ------------------------------------------------------------------------------------------------
+def test_predictor_settings_and_ambient_adapter_are_captured(loop: Any, dspy_lm: Any, native_adapter: Any,
+                                                             server: Any) -> None:
+    predictor = dspy.Predict("question -> answer", temperature=0.7, max_tokens=300)
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        program, report = import_module(predictor, sample_inputs=Q, lm=dspy_lm)
+        _, messages = _plain(predictor, Q[0], dspy_lm)
+    assert report.status == "verified"
+    lm = program.modules["main"].lm
+    assert lm is not None and (lm.temperature, lm.max_tokens, lm.adapter) == (0.7, 300, "json")
+    result = _run(loop, native_adapter, program, Q[0])
+    assert [c.messages for s in result.trace for c in s.lm_calls] == messages
+
+
+# ------------------------------------------------------------------------------------------------
+# where predictors live; traced values copied at call time
+# ------------------------------------------------------------------------------------------------
+class Inner(dspy.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = dspy.Predict("question, notes: list[str] -> answer")
+
+    def forward(self, question: str, notes: list[str]) -> Any:
+        return self.answer(question=question, notes=notes)
+
+
+class Containers(dspy.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stages = [dspy.Predict("question -> draft"), dspy.Predict("question, draft -> summary")]
+        self.by_name = {"title": dspy.Predict("question -> title")}
+        self.inner = Inner()
+
+    def forward(self, question: str, notes: list[str]) -> Any:
+        d = self.stages[0](question=question)
+        s = self.stages[1](question=question, draft=d.draft)
+        t = self.by_name["title"](question=question)
+        out = self.inner(question=question, notes=notes)
+        notes.append("mutated after the call")
+        return dspy.Prediction(answer=out.answer, summary=s.summary, title=t.title)
+
+
+def test_predictors_in_lists_dicts_and_nested_modules(loop: Any, dspy_lm: Any, native_adapter: Any) -> None:
+    original = Containers()
+    program, report = import_module(original, sample_inputs=QN, lm=dspy_lm)
+    assert report.mode == "traced" and report.verification is not None and report.verification.ok
+    assert set(program.modules) == {"stages_0", "stages_1", "by_name_title", "inner_answer"}
+    inputs = {"question": "What does the Louvre house?", "notes": ["a note"]}
+    prediction, messages = _plain(original, {**inputs, "notes": ["a note"]}, dspy_lm)
+    result = _run(loop, native_adapter, program, inputs)
+    assert result.outputs == {k: prediction[k] for k in ("answer", "summary", "title")}
+    assert [c.messages for s in result.trace for c in s.lm_calls] == messages
+
+
+def test_a_list_mutated_after_the_call_is_traced_with_its_call_time_value(dspy_lm: Any) -> None:
+    # forward appends to its input list after inner.answer ran: traced by reference, the argument would
+    # not equal the input (as given) and the import would fail as "a computed value"
+    samples = [json.loads(json.dumps(s)) for s in QN]
+    program, report = import_module(Containers(), sample_inputs=samples, lm=dspy_lm)
+    steps = program.to_dict()["steps"]
+    inner = next(s for s in steps if s.get("call") == "inner_answer")
+    assert inner["with"]["notes"] == "$inputs.notes" and report.status == "verified"
+    assert samples == QN  # the caller's samples are not mutated either
+
+
+# ------------------------------------------------------------------------------------------------
+# honest verification
+# ------------------------------------------------------------------------------------------------
+class Router(dspy.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.classify = dspy.Predict("question -> kind")
+        self.math = dspy.Predict("question -> answer")
+        self.other = dspy.ChainOfThought("question -> answer")
+
+    def forward(self, question: str) -> Any:
+        kind = self.classify(question=question).kind
+        if "math" in kind:
+            return self.math(question=question)
+        return self.other(question=question)
+
+
+def test_a_branch_no_sample_reached_is_never_verified(dspy_lm: Any) -> None:
+    _, report = import_module(Router(), sample_inputs=Q, lm=dspy_lm)
+    assert report.verified is False and report.status == "partially verified"
+    unverified = [c for c in report.constructs if c.status == "unverified"]
+    assert any("if" in c.name and "then path never ran" in (c.why or "") for c in unverified)
+    with pytest.raises(ConversionError, match="partially verified"):
+        import_module(Router(), sample_inputs=Q, lm=dspy_lm, strict=True)
+
+
+class AsyncOnly(dspy.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = dspy.Predict("question -> answer")
+
+    async def aforward(self, question: str) -> Any:
+        return await self.p.acall(question=question)
+
+
+def test_an_aforward_only_module_is_traced(dspy_lm: Any) -> None:
+    program, report = import_module(AsyncOnly(), sample_inputs=Q, lm=dspy_lm)
+    assert report.mode == "traced" and report.status == "verified"
+    assert list(program.modules) == ["p"]
+
+
+class WithRetrieve(dspy.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.retrieve = dspy.Retrieve(k=2)
+        self.answer = dspy.Predict("context, question -> answer")
+
+    def forward(self, question: str) -> Any:
+        context = self.retrieve(question).passages
+        return self.answer(context=context, question=question)
+
+
+def test_retrieve_is_a_typed_error_or_an_opaque_step_never_a_traceback(dspy_lm: Any) -> None:
+    from dspy.dsp.utils import dotdict
+    from stepbridge.registry import dspy_modules
+
+    def rm(query: str, k: int = 3, **_: Any) -> list[Any]:
+        return [dotdict(long_text=f"passage about {query}")][:k]
+
+    with dspy.context(rm=rm):
+        with pytest.raises(ConversionError, match="register WithRetrieve"):
+            import_module(WithRetrieve(), sample_inputs=Q, lm=dspy_lm)
+        dspy_modules.register("sb_test.WithRetrieve", WithRetrieve)
+        try:
+            program, report = import_module(WithRetrieve(), sample_inputs=Q, lm=dspy_lm)
+        finally:
+            dspy_modules.unregister("sb_test.WithRetrieve")
+    assert report.status == "opaque" and program.modules["module"].type == "dspy"
+    assert set(program.modules["module"].state or {}) == {"answer"}
+
+
+def test_a_module_raising_on_its_samples_is_a_conversion_error(dspy_lm: Any) -> None:
+    class Broken(dspy.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.p = dspy.Predict("question -> answer")
+
+        def forward(self, question: str) -> Any:
+            raise RuntimeError("boom")
+
+    with pytest.raises(ConversionError, match="RuntimeError") as info:
+        import_module(Broken(), sample_inputs=Q, lm=dspy_lm, fallback=False)
+    assert json.loads(json.dumps(info.value.to_dict()))["type"] == "ConversionError"
