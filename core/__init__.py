@@ -2,6 +2,7 @@
 
 from .adapter import Adapter, RunOptions
 from .builder import ProgramBuilder
+from .datasets import Dataset, load_dataset
 from .errors import (
     InputValidationError,
     Issue,
@@ -17,6 +18,7 @@ from .errors import (
     UnsupportedCapabilityError,
     WorkerLostError,
 )
+from .evaluation import EvaluationResult, aevaluate, evaluate
 from .loader import load_program
 from .program import LMConfig, Program
 from .registry import dspy_modules, load_adapter, metrics, retrievers, tools
@@ -30,6 +32,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Adapter",
     "BatchItem",
+    "Dataset",
+    "EvaluationResult",
     "FieldSpec",
     "InputValidationError",
     "Issue",
@@ -55,11 +59,14 @@ __all__ = [
     "Usage",
     "WorkerLostError",
     "__version__",
+    "aevaluate",
     "batch",
     "check_inputs",
     "dspy_modules",
+    "evaluate",
     "load",
     "load_adapter",
+    "load_dataset",
     "load_program",
     "metrics",
     "retrievers",
