@@ -280,20 +280,75 @@ def _demo_dicts(demos: Iterable[Any], names: Sequence[str]) -> list[dict[str, An
 
 
 def _is_leaf(obj: Any) -> bool:
+    """A module converted as one program module (its inner predictors are its own)."""
     dspy = _dspy().dspy
-    return type(obj) in (dspy.Predict, dspy.ChainOfThought)
+    return type(obj) in (dspy.Predict, dspy.ChainOfThought, dspy.ReAct)
+
+
+def _unconvertible_reason(obj: Any) -> str | None:
+    """Why a DSPy built-in module has no exact conversion (``None``: it is not one of those)."""
+    dspy = _dspy().dspy
+    cls = type(obj)
+    if cls in (dspy.BestOfN, dspy.Refine):
+        return (f"dspy.{cls.__name__} calls a Python reward_fn with a dspy.Prediction; a {_snake(cls.__name__)} "
+                "module takes a registered metric over plain dicts, so the reward cannot be carried over")
+    if cls is dspy.MultiChainComparison:
+        return ("its input 'completions' is reserved in a program signature (DSPy treats it specially), so the "
+                "program could not keep DSPy's input names")
+    if cls is dspy.ProgramOfThought:
+        return "it runs LM-written code, which needs a sandboxed interpreter no stepbridge adapter runs"
+    if cls is dspy.Parallel:
+        return "its calls run on threads in no fixed order"
+    return None
+
+
+def _react_module(obj: Any, types: _Types) -> dict[str, Any]:
+    """A ``dspy.ReAct`` as a ``react`` module: its tools must be registered under their names (a program
+    names tools, never imports them), its predictors must carry no demos."""
+    from stepbridge.registry import tools as registry
+
+    names = []
+    for name, tool in obj.tools.items():
+        if name == "finish":
+            continue
+        func = inspect.unwrap(getattr(tool, "func", tool))
+        known = registry.get(name).func if name in registry.names() else None
+        if known is None or inspect.unwrap(known) is not func:
+            raise _error(f"tool {name!r} is not registered under that name", construct=f"ReAct tool {name}",
+                         target=func, hint=f"register it: stepbridge.tools.register({name!r}, {name}) before "
+                                           "importing (a program names tools, never imports them)")
+        names.append(name)
+    if obj.react.demos or obj.extract.predict.demos:
+        raise _error("its predictors carry demos, which a react module does not hold", construct="ReAct",
+                     target=type(obj), hint="import it before optimizing, then optimize the program")
+    sig = signature_from_dspy(obj.signature, types=types)
+    data: dict[str, Any] = {"type": "react", "signature": sig.with_instructions(None).model_dump(mode="json"),
+                            "tools": names, "max_iters": obj.max_iters}
+    if sig.instructions is not None:
+        data["instructions"] = sig.instructions
+    lm = _lm_config(obj.react)
+    if lm:
+        data["lm"] = lm
+    return data
 
 
 def _predictor_module(obj: Any, types: _Types) -> tuple[dict[str, Any], str] | None:
-    """The program module (as file data) for an exact Predict / ChainOfThought, and its type."""
+    """The program module (as file data) for an exact Predict / ChainOfThought / ReAct, and its type."""
     dspy = _dspy().dspy
+    if type(obj) is dspy.ReAct:
+        return _react_module(obj, types), "react"
     if type(obj) is dspy.ChainOfThought:
         predict = obj.predict
-        names = list(predict.signature.output_fields)
+        fields = predict.signature.output_fields
+        names = list(fields)
         if not names or names[0] != "reasoning":
             return None
-        sig = signature_from_dspy(predict.signature, drop_outputs=("reasoning",), types=types)
-        mtype = "chain_of_thought"
+        if fields["reasoning"].annotation is str and _field_desc("reasoning", fields["reasoning"]) is None:
+            sig = signature_from_dspy(predict.signature, drop_outputs=("reasoning",), types=types)
+            mtype = "chain_of_thought"
+        else:  # the signature declares its own reasoning field: DSPy then sends exactly a Predict's prompt
+            sig = signature_from_dspy(predict.signature, types=types)
+            mtype = "predict"
     elif type(obj) is dspy.Predict:
         predict = obj
         sig = signature_from_dspy(predict.signature, types=types)
@@ -311,6 +366,17 @@ def _predictor_module(obj: Any, types: _Types) -> tuple[dict[str, Any], str] | N
     if lm:
         data["lm"] = lm
     return data, mtype
+
+
+def _interface_outputs(data: dict[str, Any], sig: Signature) -> dict[str, FieldSpec]:
+    """A module's result fields as DSPy returns them (a chain of thought's ``reasoning`` first; a
+    react module's ``trajectory`` and ``reasoning``)."""
+    from pydantic import TypeAdapter
+    from stepbridge.interface import module_interface
+    from stepbridge.program import Module
+
+    interface = module_interface(TypeAdapter(Module).validate_python(data))
+    return dict(interface.outputs) if interface is not None else dict(sig.outputs)
 
 
 def _program(name: str, signature: Signature, modules: dict[str, Any], steps: list[dict[str, Any]],
@@ -397,10 +463,12 @@ def _run_coroutine(coro: Any) -> Any:
 def _run_observed(obj: Any, inputs: dict[str, Any], lm: Any, callbacks: list[Any] | None = None,
                   what: str = "the module") -> tuple[Any, list[list[dict[str, Any]]]]:
     """Run a module under ``lm`` (a fresh copy) and return its prediction and the messages it sent."""
+    from .dspy_lm_guard import SETTING
+
     dspy = _dspy().dspy
     run_lm = lm.copy()
-    try:
-        with dspy.context(lm=run_lm, callbacks=list(callbacks or [])):
+    try:  # LMs the module picks itself are routed to run_lm: its endpoints are never used
+        with dspy.context(lm=run_lm, callbacks=list(callbacks or []), **{SETTING: (run_lm,)}):
             prediction = _call(obj, inputs)
     except StepbridgeError:
         raise
@@ -635,8 +703,9 @@ class _Tracer:
                 self._open[call_id] = None
                 if not _is_leaf(instance) and instance is not self.root and type(instance).__module__.startswith(
                         "dspy.") and depth == 0:
-                    self.problems.append(f"forward calls dspy.{type(instance).__name__}, which is not converted "
-                                         "(only Predict and ChainOfThought are)")
+                    reason = _unconvertible_reason(instance) or "only Predict, ChainOfThought and ReAct are converted"
+                    self.problems.append(f"forward calls dspy.{type(instance).__name__}, which is not converted: "
+                                         f"{reason}")
                 return
             name = self.names.get(id(instance))
             if threading.get_ident() != self._thread:
@@ -703,6 +772,31 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
+def _data(value: Any) -> Any:
+    """A value as the JSON data a program passes (models dumped, enums as their values)."""
+    import enum
+
+    import pydantic
+
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, list | tuple):
+        return [_data(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _data(v) for k, v in value.items()}
+    return value
+
+
+def _equal_data(a: Any, b: Any) -> bool:
+    """Equal as data, with types kept apart (``1``, ``1.0`` and ``True`` differ)."""
+    try:
+        return json.dumps(_data(a), sort_keys=True, default=repr) == json.dumps(_data(b), sort_keys=True, default=repr)
+    except (TypeError, ValueError):
+        return _same(a, b)
+
+
 def _candidates(value: Any, inputs: dict[str, Any], results: list[tuple[str, dict[str, Any]]]) -> list[str]:
     refs: list[str] = []
     for as_name, outputs in results:
@@ -733,6 +827,64 @@ def _output_names(prediction: Any, obj: Any) -> list[str]:
     raise _error(f"forward returned {type(prediction).__name__}, not a dspy.Prediction",
                  construct=f"{cls.__name__}.{_entry(obj)}", target=getattr(cls, _entry(obj), cls),
                  hint="return a dspy.Prediction (or a predictor's result)")
+
+
+def _template_parts(value: str, sources: dict[str, str]) -> list[Any]:
+    """``value`` as literal text and references (greedy, longest source first at each position)."""
+    by_length = sorted(sources.items(), key=lambda kv: -len(kv[1]))
+    parts: list[Any] = []
+    i = 0
+    while i < len(value):
+        for ref, text in by_length:
+            if value.startswith(text, i):
+                parts.append((ref,))
+                i += len(text)
+                break
+        else:
+            if parts and isinstance(parts[-1], str):
+                parts[-1] += value[i]
+            else:
+                parts.append(value[i])
+            i += 1
+    return parts
+
+
+def _render(parts: list[Any], sources: dict[str, str]) -> str | None:
+    out = []
+    for part in parts:
+        if isinstance(part, tuple):
+            if part[0] not in sources:
+                return None
+            out.append(sources[part[0]])
+        else:
+            out.append(part)
+    return "".join(out)
+
+
+def _infer_template(entries: list[Any]) -> dict[str, Any] | None:
+    """A ``$template`` value rebuilding every observed string from the inputs and earlier results
+    (an f-string in forward), or ``None``. Templates from the marked run are tried first: there,
+    values equal by coincidence differ."""
+    if not all(isinstance(v, str) for v, _, _ in entries):
+        return None
+    for value, _, sources in reversed(entries):
+        parts = _template_parts(value, sources)
+        if not any(isinstance(p, tuple) for p in parts):
+            continue
+        if all(_render(parts, src) == v for v, _, src in entries):
+            names: dict[str, str] = {}
+            text = []
+            for part in parts:
+                if isinstance(part, tuple):
+                    base = _identifier(part[0].rsplit(".", 1)[-1])
+                    name = next(n for n in (base, *(f"{base}_{k}" for k in range(2, 99)))
+                                if names.get(n, part[0]) == part[0])
+                    names[name] = part[0]
+                    text.append("{" + name + "}")
+                else:
+                    text.append(part.replace("{", "{{").replace("}", "}}"))
+            return {"$template": ["".join(text), names]}
+    return None
 
 
 def _perturb(value: Any, salt: str) -> Any:
@@ -832,43 +984,57 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     output_names = list(next(iter(output_sets)))
 
     def observations(trace_runs: list[_Traced]) -> dict[tuple[int, str], list[Any]]:
-        """Per (call position or -1 for the return, argument): the value and what it could come from."""
+        """Per (call position or -1 for the return, argument): the value, the references equal to it,
+        and every string value it could be built from."""
         obs: dict[tuple[int, str], list[Any]] = {}
         for r in trace_runs:
-            for position, call in enumerate(r.calls):
+            for position in range(len(r.calls) + 1):
                 results = [(as_names[i], r.calls[i].outputs or {}) for i in range(position)]
-                for arg, value in call.kwargs.items():
-                    obs.setdefault((position, arg), []).append((value, _candidates(value, r.sample, results)))
-            results = [(as_names[i], r.calls[i].outputs or {}) for i in range(len(sequence))]
-            for out in output_names:
-                value = r.prediction[out]
-                obs.setdefault((-1, out), []).append((value, _candidates(value, r.sample, results)))
+                sources = {f"$inputs.{k}": v for k, v in r.sample.items() if isinstance(v, str) and v.strip()}
+                sources.update({f"${n}.{k}": v for n, outs in results for k, v in outs.items()
+                                if isinstance(v, str) and v.strip()})
+                if position < len(r.calls):
+                    items = [((position, arg), value) for arg, value in r.calls[position].kwargs.items()]
+                else:
+                    items = [((-1, out), r.prediction[out]) for out in output_names]
+                for key, value in items:
+                    obs.setdefault(key, []).append((value, _candidates(value, r.sample, results), sources))
         return obs
 
     def common(entries: list[Any]) -> list[str]:
         refs: list[str] | None = None
-        for _, cands in entries:
+        for _, cands, _ in entries:
             refs = list(cands) if refs is None else [c for c in refs if c in cands]
         return refs or []
 
+    def constant(entries: list[Any]) -> bool:
+        return all(_same(v, entries[0][0]) for v, _, _ in entries)
+
     obs = observations(runs)
-    ambiguous = {key for key, entries in obs.items() if len(common(entries)) > 1}
+    ambiguous = {key for key, entries in obs.items()
+                 if len(common(entries)) > 1 or (not common(entries) and not constant(entries))}
     perturbed_note = None
-    if ambiguous:  # settle by a second run on perturbed inputs: equal values by coincidence then differ
+    has_control = any(_controls(c, m)[0] for c, m in _custom_classes(obj))
+    runs_for_lines = runs
+    if ambiguous or has_control:
+        # A second run on marked inputs, with every predictor output marked by its producer: values equal by
+        # coincidence then differ, and a path that depends on the data may change (then it is no fixed flow).
         perturbed = [{k: _perturb(v, f"<input {k}>") for k, v in s.items()} for s in samples]
         more_problems: list[str] = []
         with _salted(leaves):
             extra = _trace_runs(obj, perturbed, lm, names, more_problems)
-        if not more_problems and all(tuple(c.name for c in r.calls) == sequence for r in extra):
+        paths = {tuple(c.name for c in r.calls) for r in extra}
+        if not more_problems and paths != {sequence}:
+            raise _error("forward is not a fixed data flow: on marked inputs it calls "
+                         + " | ".join(" -> ".join(p) or "(none)" for p in sorted(paths - {sequence}))
+                         + " instead of " + " -> ".join(sequence), construct=f"{cls.__name__}.{_entry(obj)}",
+                         target=entry, hint=_register_hint(cls))
+        if not more_problems:
             for key, entries in observations(extra).items():
                 obs[key] = obs.get(key, []) + entries
             runs_for_lines = runs + extra
-            perturbed_note = (f"ambiguous wiring settled by a second run on {len(extra)} sample(s) with marked inputs "
-                              "and predictor outputs")
-        else:
-            runs_for_lines = runs
-    else:
-        runs_for_lines = runs
+            perturbed_note = (f"checked on a second run of {len(extra)} sample(s) with marked inputs and predictor "
+                              "outputs (wiring, and the path taken)")
 
     constructs: list[Construct] = []
     notes: list[str] = [perturbed_note] if perturbed_note else []
@@ -881,12 +1047,16 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
                                         f"run, perturbed inputs included: wired to {refs[0]}"))
         if refs:
             return refs[0]
-        values = [v for v, _ in entries]
+        values = [v for v, _, _ in entries]
         if all(_same(v, values[0]) for v in values) and _json_safe(values[0]):
             notes.append(f"{what} is the constant {values[0]!r}")
             return _escape(values[0])
-        raise _error(f"{what}: the value is neither a program input, an earlier result nor a constant (a "
-                     "computed value)", construct=f"{cls.__name__}.{_entry(obj)}", target=entry,
+        template = _infer_template(entries)
+        if template is not None:
+            notes.append(f"{what} is built from a text template")
+            return template
+        raise _error(f"{what}: the value is neither a program input, an earlier result, a constant nor a text "
+                     "built from them (a computed value)", construct=f"{cls.__name__}.{_entry(obj)}", target=entry,
                      hint="pass the value a predictor returned or an input unchanged, or " + _register_hint(cls))
 
     steps: list[dict[str, Any]] = []
@@ -907,6 +1077,7 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
                      construct=f"{cls.__name__}.{_entry(obj)}", target=entry, hint=_register_hint(cls))
     modules = {n: converted[n][0] for n in dict.fromkeys(sequence)}  # type: ignore[index]
     sigs = {n: Signature.model_validate(m["signature"]) for n, m in modules.items()}
+    sigs = {n: Signature(inputs=sig.inputs, outputs=_interface_outputs(modules[n], sig)) for n, sig in sigs.items()}
     in_types: dict[str, str] = {k: _infer_type(v) for k, v in samples[0].items()}
     for step in steps[:-1]:
         for arg, ref in step["with"].items():
@@ -921,9 +1092,14 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
             out_types[out] = in_types.get(fld, "str")
         elif src in as_names:
             spec = sigs[sequence[as_names.index(src)]].outputs.get(fld)
-            out_types[out] = spec.type if spec is not None else "str"  # reasoning of a CoT
+            out_types[out] = spec.type if spec is not None else "str"
         else:
             out_types[out] = _infer_type(runs[0].prediction[out])
+    clash = sorted(set(in_types) & set(out_types))
+    if clash:
+        raise _error(f"output field(s) {', '.join(clash)} have the name of an input; a program signature keeps "
+                     "inputs and outputs apart", construct=f"{cls.__name__}.{_entry(obj)}", target=entry,
+                     hint="return the outputs under other names, or " + _register_hint(cls))
     signature = Signature(inputs={k: FieldSpec(type=t) for k, t in in_types.items()},
                           outputs={k: FieldSpec(type=t) for k, t in out_types.items()})
     program = _program(name, signature, modules, steps, types, description=_doc(obj))
@@ -977,7 +1153,7 @@ def verify(obj: Any, program: Program, samples: Sequence[dict[str, Any]], *, lm:
                 continue
             for out in program.signature.outputs:
                 want = original.get(out)
-                if not _same(want, converted[out]):
+                if not _equal_data(want, converted[out]):
                     mismatches.append(f"sample {i}: output {out!r} differs: {want!r} != {converted[out]!r}")
             if len(original_messages) != len(converted_messages):
                 mismatches.append(f"sample {i}: {len(original_messages)} LM calls originally, "
@@ -1014,7 +1190,7 @@ def _registered_name(obj: Any) -> str | None:
             target = dspy_modules.get(name)
         except Exception:  # a broken entry point must not break imports of other modules
             continue
-        if target is type(obj):
+        if target is type(obj) or target is obj:
             return name
     return None
 
@@ -1056,6 +1232,11 @@ def _dspy_step_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: s
             kinds = seen[k]
             outputs[k] = FieldSpec(type=kinds.pop() if len(kinds) == 1 else "Any")
     input_names = [p.name for p in params] or list(samples[0])
+    clash = sorted(set(input_names) & set(outputs))
+    if clash:
+        raise _error(f"output field(s) {', '.join(clash)} have the name of an input; a program signature keeps "
+                     "inputs and outputs apart", construct=f"{cls.__name__}.{entry}", target=getattr(cls, entry),
+                     hint="return the outputs under other names")
     inputs = {k: FieldSpec(type=_infer_type(samples[0][k]) if k in samples[0] else "str") for k in input_names}
     signature = Signature(inputs=inputs, outputs=outputs)
     module = {"type": "dspy", "module": registered, "signature": signature.model_dump(mode="json"),
@@ -1087,7 +1268,7 @@ def import_module(obj: Any, state: dict[str, Any] | None = None, sample_inputs: 
     """
     try:
         program, report = _import(obj, state, [dict(s) for s in (sample_inputs or [])], lm, name, fallback)
-    except StepbridgeError:
+    except ConversionError:
         raise
     except Exception as exc:  # never a traceback: say which module and what to do
         cls = type(obj)
@@ -1117,8 +1298,7 @@ def _import(obj: Any, state: dict[str, Any] | None, samples: list[dict[str, Any]
     if exact is not None:
         data, mtype = exact
         sig = Signature.model_validate(data["signature"])
-        outputs = {"reasoning": FieldSpec(type="str")} if mtype == "chain_of_thought" else {}
-        program_sig = Signature(inputs=sig.inputs, outputs={**outputs, **sig.outputs})
+        program_sig = Signature(inputs=sig.inputs, outputs=_interface_outputs(data, sig))
         steps: list[dict[str, Any]] = [
             {"call": "main", "with": {k: f"$inputs.{k}" for k in sig.inputs}, "as": "result"},
             {"return": {k: f"$result.{k}" for k in program_sig.outputs}},
@@ -1134,7 +1314,10 @@ def _import(obj: Any, state: dict[str, Any] | None, samples: list[dict[str, Any]
         return program, report
 
     why: str
-    if samples:
+    builtin = _unconvertible_reason(obj)
+    if builtin is not None:
+        why = f"dspy.{cls.__name__} has no exact conversion: {builtin}"
+    elif samples:
         try:
             with _lm_scope(lm) as run_lm:
                 program, report = _trace_program(obj, samples, run_lm, program_name)
@@ -1151,6 +1334,9 @@ def _import(obj: Any, state: dict[str, Any] | None, samples: list[dict[str, Any]
     registered = _registered_name(obj)
     if not fallback or registered is None:
         hint = _register_hint(cls) if registered is None else "allow the opaque fallback (drop --no-fallback)"
+        if registered is None and cls.__module__.startswith("dspy."):
+            hint = ("register the instance (stepbridge.registry.dspy_modules.register('name', module)) to import it "
+                    "as an opaque 'dspy' step")
         file, line = _where(cls)
         raise ConversionError(f"cannot convert {cls.__name__}: {why}; to fix: {hint}", construct=cls.__name__,
                               file=file, line=line, hint=hint, report={"reason": why})

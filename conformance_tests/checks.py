@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 import pytest
 
 __all__ = [
+    "CAPABILITY_PARTS",
     "LOOK_AT",
     "RequestPair",
     "diff_requests",
@@ -31,8 +32,12 @@ __all__ = [
     "first_difference",
     "normalise_request",
     "pair_requests",
+    "record_part",
+    "request_divergence",
+    "request_position",
     "same",
     "short",
+    "trace_divergence",
 ]
 
 #: Where to look, per part of the protocol (``docs/conformance.md`` explains each).
@@ -79,7 +84,23 @@ LOOK_AT = {
     "protocol": "the adapter protocol: name, capabilities, async prepare/run/aclose (docs/conformance.md#protocol)",
     "fixtures": "the suite's tools: register them where programs run (stepbridge.conformance.fixtures.register(); "
                 "docs/conformance.md#out-of-process-adapters)",
+    "control_flow": "control flow (format 2): `if` runs `then` when its condition is truthy, `switch` the first case "
+                    "with a literal JSON-equal to its value; a loop makes at most `max` passes (one per element of "
+                    "`over`) and stops when `until` holds after a pass; `set` and `return` anywhere "
+                    "(docs/conformance.md#control-flow)",
+    "parallel": "parallel (format 2): the calls run at once; each result is bound to its own call's `as` once all "
+                "have finished; the first failure cancels the others (docs/conformance.md#parallel)",
+    "agents": "agents (format 2): react as dspy.ReAct 3.4.1: one LM call per step, a failing tool's error text is the "
+              "next observation, `finish` or max_iters, then one extraction call (docs/conformance.md#agents)",
+    "ensembles": "ensembles (format 2): best_of_n/refine attempts at temperature 1.0, the first reaching the "
+                 "threshold ends them; multi_chain_comparison; `n` completions (docs/conformance.md#ensembles)",
+    "typed_objects": "typed objects (format 2): declared object types and enums parse to JSON objects with every "
+                     "field, null included, and render as DSPy renders them (docs/conformance.md#typed-objects)",
 }
+
+#: Format-2 capabilities and the protocol part each points at.
+CAPABILITY_PARTS = {"control_flow": "control_flow", "parallel": "parallel", "agents": "agents",
+                    "ensembles": "ensembles", "typed_objects": "typed_objects"}
 
 
 def fail(what: str, *, expected: str | None = None, actual: str | None = None, difference: str | None = None,
@@ -302,6 +323,15 @@ def diff_requests(expected: list[Any], actual: list[Any], *, labels: dict[str, s
     """(field, one-line description) of the smallest difference between two request lists, request by request;
     None when they are the same. ``labels``: a system message -> "module 'x'" map for the description;
     ``tolerate``: for a baseline request, the fields the adapter may leave out of it."""
+    found = request_divergence(expected, actual, labels=labels, tolerate=tolerate)
+    return (found[0], found[1]) if found is not None else None
+
+
+def request_divergence(expected: list[Any], actual: list[Any], *, labels: dict[str, str] | None = None,
+                       tolerate: Callable[[dict[str, Any]], frozenset[str]] | None = None
+                       ) -> tuple[str, str, dict[str, Any] | None] | None:
+    """:func:`diff_requests` and the baseline request (normalised) the difference is about, None when it is an
+    extra request of the adapter's."""
     norm_e = [normalise_request(b) for b in expected]
     norm_a = [normalise_request(b) for b in actual]
     pairs = pair_requests(norm_e, norm_a)
@@ -317,15 +347,15 @@ def diff_requests(expected: list[Any], actual: list[Any], *, labels: dict[str, s
                                     tolerate=tolerate(pair.expected) if tolerate else frozenset())
             if diff is not None:
                 return diff[0], (f"{where(pair.expected, pair.expected_index, 'native')} vs the adapter's request "
-                                 f"{(pair.actual_index or 0) + 1}: {diff[1]} {counts}")
+                                 f"{(pair.actual_index or 0) + 1}: {diff[1]} {counts}"), pair.expected
     for pair in pairs:
         if pair.actual is None:
             return "requests", (f"{where(pair.expected, pair.expected_index, 'native')} has no counterpart: the "
-                                f"adapter never sent it {counts}")
+                                f"adapter never sent it {counts}"), pair.expected
         if pair.expected is None:
             return "requests", (f"the adapter's request {(pair.actual_index or 0) + 1}"
                                 f"{' (' + labels.get(str(_system(pair.actual)), '') + ')' if labels else ''} has no "
-                                f"counterpart at native: an extra request {counts}")
+                                f"counterpart at native: an extra request {counts}"), None
     return None
 
 
@@ -414,24 +444,68 @@ def expected_fields_difference(expected: list[dict[str, Any]], bodies: list[Any]
 def trace_difference(expected: Any, actual: Any) -> str | None:
     """The first record where two traces differ in what a step did: its position, kind and module, a call
     step's inputs, any step's outputs, and each map element's inputs and outputs. None when they agree."""
+    found = trace_divergence(expected, actual)
+    return found[2] if found is not None else None
+
+
+def record_part(record: Any) -> str:
+    """The part of the protocol a trace record's step belongs to (``look at``)."""
+    kind = getattr(record, "kind", None)
+    if kind in ("if", "switch", "loop", "set"):
+        return "control_flow"
+    if kind == "parallel":
+        return "parallel"
+    if kind == "return":
+        return "outputs"
+    module_type = getattr(record, "module_type", None)
+    if module_type == "react":
+        return "agents"
+    if module_type in ("best_of_n", "refine", "multi_chain_comparison"):
+        return "ensembles"
+    if kind == "map":
+        return "map"
+    return "parsing"
+
+
+def trace_divergence(expected: Any, actual: Any) -> tuple[int, Any, str] | None:
+    """(position, the baseline's record, description) of the first record where two traces differ (see
+    :func:`trace_difference`); None when they agree."""
     for i, (x, y) in enumerate(zip(expected, actual, strict=False)):
-        where = f"trace record {i} (step {x.step}, {x.kind} {x.module!r})"
+        where = f"trace record {i} (step {x.step}{' at ' + x.pointer if x.pointer else ''}, {x.kind}" + (
+            f" {x.module!r})" if x.module else ")")
         if (x.step, x.kind, x.module) != (y.step, y.kind, y.module):
-            return f"{where}: the adapter recorded step {y.step}, {y.kind} {y.module!r}"
+            return i, x, f"{where}: the adapter recorded step {y.step}, {y.kind} {y.module!r}"
         if x.kind == "call":
             diff = first_difference(x.inputs, y.inputs)
             if diff:
-                return f"{where} inputs {diff}"
+                return i, x, f"{where} inputs {diff}"
         diff = first_difference(x.outputs, y.outputs)
         if diff:
-            return f"{where} outputs {diff}"
+            return i, x, f"{where} outputs {diff}"
         if x.kind == "map":
             if len(x.children) != len(y.children):
-                return f"{where}: {len(x.children)} element records expected, {len(y.children)} recorded"
+                return i, x, f"{where}: {len(x.children)} element records expected, {len(y.children)} recorded"
             for j, (cx, cy) in enumerate(zip(x.children, y.children, strict=True)):
                 diff = first_difference(cx.inputs, cy.inputs) or first_difference(cx.outputs, cy.outputs)
                 if diff:
-                    return f"{where} element {j} {diff}"
+                    return i, x, f"{where} element {j} {diff}"
     if len(expected) != len(actual):
-        return f"{len(expected)} trace records expected, {len(actual)} recorded"
+        last = min(len(expected), len(actual))
+        record = expected[last] if last < len(expected) else (expected[-1] if expected else None)
+        return last, record, f"{len(expected)} trace records expected, {len(actual)} recorded"
+    return None
+
+
+def request_position(trace: Any, messages: Any) -> int | None:
+    """The position of the (top-level) trace record whose LM calls, or its children's, sent ``messages``."""
+    def sent(record: Any) -> bool:
+        calls = list(getattr(record, "lm_calls", None) or [])
+        for child in getattr(record, "children", None) or []:
+            calls.extend(getattr(child, "lm_calls", None) or [])
+        return any(normalise_request({"messages": getattr(c, "messages", None)}).get("messages") == messages
+                   for c in calls)
+
+    for i, record in enumerate(trace or []):
+        if sent(record):
+            return i
     return None

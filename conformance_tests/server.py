@@ -123,8 +123,11 @@ def _ledger_routes(ledger: Ledger) -> list[Route]:
 
 @contextlib.contextmanager
 def running_suite_lm() -> Iterator[SuiteLM]:
-    """Serve the reference LM (and the ledger) on a free loopback port in a background thread."""
-    with running_server() as url:
+    """Serve the reference LM (and the ledger) on a free loopback port in a background thread.
+
+    The request log keeps whole bodies up to 4 MB (the 1 MB-input check compares them field by field; the
+    server's default keeps 1 MB and truncates the rest)."""
+    with running_server(log_body_bytes=4 * 2**20, log_bytes=256 * 2**20) as url:
         assert url.log is not None and url.app is not None
         suite = SuiteLM(str(url), url.log, url.app, url.port)
         url.app.router.routes.extend(_ledger_routes(suite.ledger))

@@ -39,13 +39,17 @@ from . import SUITE_VERSION, fixtures
 from .behaviour import BehaviourTests, check_error, check_outputs, native_observation
 from .cases import FORMAT_2_CAPABILITIES, Case, CaseRun, load_cases, name_matches, negative_cases
 from .checks import (
+    CAPABILITY_PARTS,
     describe_error,
     describe_outcome,
     diff_requests,
     expected_fields_difference,
     fail,
     first_difference,
-    trace_difference,
+    record_part,
+    request_divergence,
+    request_position,
+    trace_divergence,
     trace_labels,
 )
 from .harness import Harness, Observed, as_trace, describe_spec
@@ -259,13 +263,15 @@ class AdapterConformance(BehaviourTests):
             fail(f"{what}: the LM received other requests than the case expects",
                  expected=f"{len(run.requests or [])} request(s) with the fields {run.requests}",
                  actual=f"{len(seen.bodies)} request(s); the run {describe_outcome(seen.result, seen.error)}",
-                 difference=request_diff[1], look_at=_look_for(request_diff[0]))
+                 difference=request_diff[1], look_at=_look_for(request_diff[0], case))
         if run.error is not None or seen.error is not None or run.outputs is not None:
             self._judge_case(h, run, seen, what)
         if run.lm_requests is not None and len(seen.bodies) != run.lm_requests:
+            cause, look = (None, None) if case.checked_by == "core" else _diagnose(native_observation(h, run), seen,
+                                                                                   case)
             fail(f"{what}: the LM received another number of requests", expected=str(run.lm_requests),
-                 actual=str(len(seen.bodies)),
-                 look_at="capabilities" if run.lm_requests == 0 else "retries")
+                 actual=str(len(seen.bodies)), difference=cause,
+                 look_at=look or (("capabilities",) if run.lm_requests == 0 else (*_case_parts(case), "retries")))
 
     @staticmethod
     def _judge_case(h: Harness, run: CaseRun, seen: Observed, what: str) -> None:
@@ -276,11 +282,7 @@ class AdapterConformance(BehaviourTests):
         def diagnose() -> tuple[str | None, tuple[str, ...] | None]:
             if case.checked_by == "core":
                 return None, None
-            base = native_observation(h, run)
-            diff = diff_requests(base.bodies, seen.bodies, labels=trace_labels(_trace_of(base)), tolerate=_tolerated)
-            if diff is None:
-                return None, None
-            return f"the requests already differ from native's: {diff[1]}", _look_for(diff[0])
+            return _diagnose(native_observation(h, run), seen, case)
 
         if run.error is not None:
             check_error(seen.error, run.error, what, case.program, seen.result, diagnose=diagnose)
@@ -310,10 +312,11 @@ class AdapterConformance(BehaviourTests):
             lambda: h.run(case.program, run.inputs, options=h.options(run.lm)))
         diff = diff_requests(base.bodies, seen.bodies, labels=trace_labels(_trace_of(base)), tolerate=_tolerated)
         if diff is not None:
+            cause, look = _diagnose(base, seen, case)
             fail(f"{what}: the LM received other requests from this adapter than from native",
                  expected=f"native's {len(base.bodies)} request(s); native {describe_outcome(base.result, base.error)}",
                  actual=f"{len(seen.bodies)} request(s); the adapter {describe_outcome(seen.result, seen.error)}",
-                 difference=diff[1], look_at=_look_for(diff[0]))
+                 difference=cause, look_at=look or _look_for(diff[0], case))
         if (base.error is None) != (seen.error is None) or (
                 base.error is not None and type(base.error) is not type(seen.error)):
             fail(f"{what}: the same requests, another outcome",
@@ -329,15 +332,19 @@ class AdapterConformance(BehaviourTests):
                     fail(f"{what}: the run failed elsewhere", expected=describe_error(base.error),
                          actual=describe_error(seen.error), look_at="errors")
             return
-        check_outputs(base.result.outputs, seen.result.outputs, what, baseline="native's")
+        if first_difference(base.result.outputs, getattr(seen.result, "outputs", None)) is not None:
+            cause, look = _diagnose(base, seen, case)
+            check_outputs(base.result.outputs, seen.result.outputs, what, baseline="native's", difference=cause,
+                          look_at=look)
         if seen.result.step_sequence() != base.result.step_sequence():
             fail(f"{what}: the trace's step sequence differs", expected=str(base.result.step_sequence()),
                  actual=str(seen.result.step_sequence()), look_at="trace")
-        traced = trace_difference(as_trace(base.result.trace), as_trace(seen.result.trace))
-        if traced is not None:
+        found = trace_divergence(as_trace(base.result.trace), as_trace(seen.result.trace))
+        if found is not None:
             fail(f"{what}: the trace records other step inputs or outputs than native's",
                  expected="each step's resolved inputs and its outputs, as native records them",
-                 actual="another record", difference=traced, look_at="trace")
+                 actual="another record", difference=found[2],
+                 look_at=("trace", *_parts_of(record_part(found[1]), case)))
 
     @capability("core", "case", scope="core")
     @pytest.mark.parametrize("case", _INVALID)
@@ -404,8 +411,10 @@ def _trace_of(seen: Observed) -> Any:
     return getattr(seen.error, "trace", None)
 
 
-def _look_for(field: str) -> tuple[str, ...]:
-    """The part of the protocol a request difference in ``field`` points at (``requests``: how many)."""
+def _look_for(field: str, case: Case | None = None) -> tuple[str, ...]:
+    """The part of the protocol a request difference in ``field`` points at (``requests``: how many; in a
+    format-2 case, first the parts its constructs belong to: a missing or extra request is then more often a
+    branch, a loop, an agent or an ensemble that went elsewhere than a retry)."""
     if field in ("model", "temperature", "max_tokens", "n"):
         return ("lm_settings",)
     if field == "response_format":
@@ -415,8 +424,43 @@ def _look_for(field: str) -> tuple[str, ...]:
     if field.startswith("messages"):
         return ("prompt",)
     if field == "requests":
-        return ("retries", "prompt")
+        return (*_case_parts(case), "retries", "prompt")
     return ("prompt", "retries")
+
+
+def _case_parts(case: Case | None) -> tuple[str, ...]:
+    caps = case.capabilities if case is not None else frozenset()
+    return tuple(part for cap, part in CAPABILITY_PARTS.items() if cap in caps)
+
+
+def _parts_of(part: str, case: Case | None) -> tuple[str, ...]:
+    """``part`` first, then the format-2 parts of the case (each once)."""
+    return (part, *(p for p in _case_parts(case) if p != part))
+
+
+def _diagnose(base: Observed, seen: Observed, case: Case) -> tuple[str | None, tuple[str, ...] | None]:
+    """Why an adapter's run differs from native's: the first request that differs -- unless the run already
+    went elsewhere in an earlier step (a branch, a pass, a parsed value), which the request only follows from;
+    with the same requests, the first trace record that differs. (None, None) when nothing differs."""
+    base_trace, seen_trace = _records(base), _records(seen)
+    traced = trace_divergence(base_trace, seen_trace) if base_trace is not None and seen_trace is not None else None
+    found = request_divergence(base.bodies, seen.bodies, labels=trace_labels(_trace_of(base)), tolerate=_tolerated)
+    if found is not None:
+        at = request_position(base_trace, found[2].get("messages")) if found[2] is not None else None
+        if traced is not None and (at is None or traced[0] < at) and traced[0] < len(base_trace or []):
+            return (f"the run went elsewhere before the requests differ: {traced[2]}",
+                    _parts_of(record_part(traced[1]), case))
+        return f"the requests already differ from native's: {found[1]}", _look_for(found[0], case)
+    if traced is not None:
+        return f"the same requests as native's, but {traced[2]}", _parts_of(record_part(traced[1]), case)
+    return None, None
+
+
+def _records(seen: Observed) -> list[Any] | None:
+    try:
+        return as_trace(_trace_of(seen))
+    except Exception:
+        return None
 
 
 def _tolerated(body: dict[str, Any]) -> frozenset[str]:

@@ -2,6 +2,7 @@
 
 from .adapter import Adapter, RunOptions
 from .builder import ProgramBuilder
+from .datasets import Dataset, load_dataset
 from .errors import (
     InputValidationError,
     Issue,
@@ -19,6 +20,7 @@ from .errors import (
     UnsupportedCapabilityError,
     WorkerLostError,
 )
+from .evaluation import EvaluationResult, aevaluate, evaluate
 from .loader import load_program
 from .program import LMConfig, Program
 from .recorder import AsyncRecorder, BatchRecorder, ProgramSource, Recorder
@@ -35,6 +37,8 @@ __all__ = [
     "AsyncRecorder",
     "BatchItem",
     "BatchRecorder",
+    "Dataset",
+    "EvaluationResult",
     "FieldSpec",
     "InputValidationError",
     "Issue",
@@ -64,11 +68,14 @@ __all__ = [
     "Usage",
     "WorkerLostError",
     "__version__",
+    "aevaluate",
     "batch",
     "check_inputs",
     "dspy_modules",
+    "evaluate",
     "load",
     "load_adapter",
+    "load_dataset",
     "load_program",
     "metrics",
     "retrievers",

@@ -350,6 +350,8 @@ def _mount() -> None:
     from stepbridge.conformance.cli import conformance
     from stepbridge.storage.cli import batches_app, db_app, executions_app, programs_app
 
+    from .eval_cli import eval_command, evals_app
+
     app.add_typer(programs_app, name="programs")
     app.add_typer(executions_app, name="executions")
     app.add_typer(batches_app, name="batches")
@@ -359,6 +361,8 @@ def _mount() -> None:
     app.command("import-dspy")(import_dspy)
     app.command("export-dspy")(export_dspy)
     app.command("conformance")(conformance)
+    app.command("eval")(eval_command)
+    app.add_typer(evals_app, name="evals")
 
 
 _mount()

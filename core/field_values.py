@@ -198,11 +198,16 @@ def find_enum_member(enum_cls: Any, identifier: Any) -> Any:
     raise ValueError(f"{identifier} is not a valid name or value for the enum {enum_cls.__name__}")
 
 
+_MISSING = object()
+_MEMO_TEXT, _MEMO_SIZE = 64, 512  # per field: bounded, whatever an LM answers
+_IMMUTABLE = frozenset({bool, int, float, str, type(None)})
+
+
 class FieldType:
     """A field's resolved type with what formatting and parsing need, computed once per prompt."""
 
-    __slots__ = ("adapter", "allowed", "annotation", "converted", "expr", "is_enum", "is_literal", "is_str",
-                 "optional_str")
+    __slots__ = ("_parsed", "adapter", "allowed", "annotation", "converted", "expr", "is_enum", "is_literal",
+                 "is_str", "optional_str")
 
     def __init__(self, expr: TypeExpr):
         self.expr = expr
@@ -219,11 +224,25 @@ class FieldType:
         #: whether values need converting between JSON data and Python values (models, enums, tuples, keys)
         self.converted = any(
             t.kind in _CONVERTED_KINDS or (t.kind == "dict" and t.key.kind != "str") for t in expr.walk())
+        #: short texts already parsed to an immutable scalar: ``True`` as a bool costs a failed json.loads,
+        #: json_repair and ast.literal_eval, and an LM answers the same few texts over and over
+        self._parsed: dict[str, Any] = {}
 
     def parse(self, value: Any) -> Any:
         """``dspy.adapters.utils.parse_value``: the Python value (raises ``ValueError``)."""
         if self.is_str:
             return str(value)
+        if type(value) is str and len(value) <= _MEMO_TEXT:
+            known = self._parsed.get(value, _MISSING)
+            if known is not _MISSING:
+                return known
+            parsed = self._parse(value)
+            if type(parsed) in _IMMUTABLE and len(self._parsed) < _MEMO_SIZE:
+                self._parsed[value] = parsed
+            return parsed
+        return self._parse(value)
+
+    def _parse(self, value: Any) -> Any:
         assert self.adapter is not None
         if self.is_enum:
             return find_enum_member(self.annotation, value)

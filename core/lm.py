@@ -6,7 +6,7 @@ profiles (a TOML file and/or ``STEPBRIDGE_LM_*`` environment variables). A profi
 or storage. With no profile configured, the built-in reference LM answers in-process.
 
 Clients are transports: :class:`HTTPLMClient` speaks OpenAI-compatible chat completions over
-httpx (connection reuse, timeouts, retries with jittered backoff on 429/5xx/connection errors, a
+aiohttp (connection reuse, timeouts, retries with jittered backoff on 429/5xx/connection errors, a
 concurrency limit, an optional response cache); :class:`InProcessLMClient` calls the reference
 model directly with no socket.
 """
@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
-from httpx_aiohttp import AiohttpTransport
+import aiohttp
+import orjson
+import yarl
 from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
@@ -201,8 +202,22 @@ class _Cache:
             self._data.popitem(last=False)
 
 
+_WORDS: dict[str, int] = {}  # message text -> words: a system message is counted once, not per call
+
+
+def _words(content: Any) -> int:
+    if type(content) is not str:
+        return len(str(content).split())
+    n = _WORDS.get(content)
+    if n is None:
+        if len(_WORDS) >= 1024:
+            _WORDS.clear()
+        n = _WORDS[content] = len(content.split())
+    return n
+
+
 def _word_usage(messages: list[dict[str, Any]], text: str) -> dict[str, int]:
-    prompt = sum(len(str(m.get("content", "")).split()) for m in messages)
+    prompt = sum(_words(m.get("content", "")) for m in messages)
     completion = len(text.split())
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -261,9 +276,14 @@ def _retriable(exc: BaseException) -> bool:
 
 
 class HTTPLMClient:
-    """OpenAI-compatible chat completions over one pooled :class:`httpx.AsyncClient`."""
+    """OpenAI-compatible chat completions over one pooled :class:`aiohttp.ClientSession`.
 
-    def __init__(self, profile: LMProfile, *, transport: httpx.AsyncBaseTransport | None = None):
+    aiohttp directly, not httpx over an aiohttp transport: at 200 concurrent runs the httpx layer
+    (its Request/Response/Headers models) cost about as much CPU per request as everything else the
+    native executor does (bench/bench_io.py, CPU per run). The session is opened on first use, inside
+    the event loop that uses it."""
+
+    def __init__(self, profile: LMProfile):
         if profile.base_url is None:
             raise LMError(f"LM profile {profile.name!r} has no base_url")
         self.profile = profile
@@ -271,29 +291,29 @@ class HTTPLMClient:
         if (key := profile.api_key()) is not None:
             headers["authorization"] = f"Bearer {key}"
         register_url(profile.base_url, source=f"the base_url of LM profile {profile.name!r}")
-        limits = httpx.Limits(max_connections=profile.concurrency, max_keepalive_connections=profile.concurrency)
-        self._http = httpx.AsyncClient(
-            base_url=profile.base_url.rstrip("/") + "/",
-            headers=headers,
-            timeout=httpx.Timeout(profile.timeout, connect=min(10.0, profile.timeout)),
-            # httpcore's own pool degrades badly with hundreds of concurrent requests (encode/httpx#3215);
-            # aiohttp's connector keeps the httpx API, timeouts and exception types at full speed.
-            transport=transport or AiohttpTransport(limits=limits),
-        )
+        self._headers = headers
+        # Built once: per-request URL parsing is a visible share of a request's cost.
+        self._url = yarl.URL(profile.base_url.rstrip("/") + "/chat/completions")
+        self._timeout = aiohttp.ClientTimeout(total=profile.timeout, connect=min(10.0, profile.timeout))
+        self._http: aiohttp.ClientSession | None = None
         self._limit = asyncio.Semaphore(profile.concurrency)
         self._cache = _Cache() if profile.cache else None
-        # Built once: per-request URL parsing and header merging are a large share of httpx's cost.
-        self._url = self._http.base_url.join("chat/completions")
-        self._headers = dict(self._http.headers)
-        self._extensions = {"timeout": self._http.timeout.as_dict()}
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            connector = aiohttp.TCPConnector(limit=self.profile.concurrency, limit_per_host=self.profile.concurrency)
+            # no proxy from the environment: where prompts go is the profile's base_url, nothing else
+            self._http = aiohttp.ClientSession(connector=connector, headers=self._headers, timeout=self._timeout,
+                                               trust_env=False, skip_auto_headers=("User-Agent",))
+        return self._http
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         key = request.cache_key() if self._cache is not None else ""
         if self._cache is not None and (hit := self._cache.get(key)) is not None:
             return ChatResponse(hit.text, hit.usage, 0.0, cached=True)
-        body = request.body()
+        content = _dumps(request.body())
         try:
-            response = await self._send(body)
+            response = await self._send(content)
         except LMError as exc:
             if not exc.retriable or self.profile.max_retries < 1:
                 raise
@@ -307,56 +327,64 @@ class HTTPLMClient:
             await asyncio.sleep(0.2 + random.uniform(0, 0.2))
             async for attempt in retrying:
                 with attempt:
-                    response = await self._send(body)
+                    response = await self._send(content)
         if self._cache is not None:
             self._cache.put(key, response)
         return response
 
-    async def _send(self, body: dict[str, Any]) -> ChatResponse:
+    async def _send(self, content: bytes) -> ChatResponse:
         start = time.perf_counter()
         async with self._limit:
             try:
-                content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-                resp = await self._http.send(httpx.Request("POST", self._url, content=content, headers=self._headers,
-                                                           extensions=self._extensions))
-            # the aiohttp transport reports a refused connection as ConnectTimeout
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                async with self._session().post(self._url, data=content) as resp:
+                    status = resp.status
+                    raw = await resp.read()
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 raise LMError(f"cannot reach LM at {self.profile.base_url}: {scrub(str(exc))}",
                               retriable=True) from exc
-            except httpx.TimeoutException as exc:
+            except TimeoutError as exc:
                 raise LMError(f"LM request timed out after {self.profile.timeout}s ({self.profile.name})",
                               retriable=True) from exc
-            except httpx.TransportError as exc:
+            except aiohttp.ClientError as exc:
                 raise LMError(f"cannot reach LM at {self.profile.base_url}: {scrub(str(exc))}",
                               retriable=True) from exc
         latency = (time.perf_counter() - start) * 1000
-        if resp.status_code != 200:
-            detail = scrub(resp.text[:500])
-            if _error_code(resp) == "context_length_exceeded":  # as DSPy's OpenAI client classifies it
-                raise ContextWindowExceededError(f"LM returned HTTP {resp.status_code}: {detail}",
-                                                 status=resp.status_code)
-            retriable = resp.status_code == 429 or resp.status_code >= 500
-            raise LMError(f"LM returned HTTP {resp.status_code}: {detail}", status=resp.status_code,
-                          retriable=retriable)
+        if status != 200:
+            detail = scrub(raw[:500].decode("utf-8", "replace"))
+            if _error_code(raw) == "context_length_exceeded":  # as DSPy's OpenAI client classifies it
+                raise ContextWindowExceededError(f"LM returned HTTP {status}: {detail}", status=status)
+            retriable = status == 429 or status >= 500
+            raise LMError(f"LM returned HTTP {status}: {detail}", status=status, retriable=retriable)
         try:
-            data = resp.json()
+            data = orjson.loads(raw)
             text = data["choices"][0]["message"]["content"]
             if not isinstance(text, str):
                 raise TypeError("content is not text")
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise LMError(f"LM returned a malformed chat completion: {scrub(resp.text[:200])!r}",
-                          status=resp.status_code) from exc
+            usage = data.get("usage")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise LMError(f"LM returned a malformed chat completion: "
+                          f"{scrub(raw[:200].decode('utf-8', 'replace'))!r}", status=status) from exc
         # an upstream may echo the key back: it never reaches outputs, traces or the next prompt
-        return ChatResponse(scrub(text), dict(data.get("usage") or {}), latency)
+        return ChatResponse(scrub(text), dict(usage) if isinstance(usage, dict) else {}, latency)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
 
-def _error_code(resp: httpx.Response) -> str | None:
+def _dumps(body: dict[str, Any]) -> bytes:
+    """The request body as compact UTF-8 JSON (what ``json.dumps(..., ensure_ascii=False)`` writes)."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # what orjson does not take (integers past 64 bits, say): the standard library
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _error_code(raw: bytes) -> str | None:
     """The OpenAI error ``code`` of a failed response, if it has one."""
     try:
-        data = resp.json()
+        data = orjson.loads(raw)
     except ValueError:
         return None
     error = data.get("error") if isinstance(data, dict) else None

@@ -2,7 +2,7 @@
 
 A retriever is anything with ``search(query, k) -> Hits``. Plugins register a factory
 ``factory(spec: RetrieverSpec, base_dir: Path) -> retriever`` under an exact name (entry point
-group ``stepbridge.retrievers``). Indexes are built once per process and corpus file version.
+group ``stepbridge.retrievers``). Indexes are built once per process and corpus file version, and a bounded number kept.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from .lru import LRU
 from .program import RetrieverSpec
 
 __all__ = ["BM25Retriever", "Hits", "Retriever", "make_retriever", "read_corpus"]
@@ -64,12 +65,14 @@ def read_corpus(path: Path) -> tuple[list[str], list[str]]:
 class BM25Retriever:
     """BM25 (via ``bm25s``) with a stable tie order, so every backend returns the same passages."""
 
-    def __init__(self, ids: list[str], passages: list[str]):
+    def __init__(self, ids: list[str], passages: list[str], *, size: int | None = None):
         import bm25s
 
         self._bm25s = bm25s
         self.ids = ids
         self.passages = passages
+        #: about how much memory it holds (the corpus file's bytes), for the bounded index cache
+        self.size = size if size is not None else sum(len(p) for p in passages)
         self._index = bm25s.BM25()
         self._index.index(bm25s.tokenize(passages, stopwords="en", show_progress=False), show_progress=False)
         self._lock = threading.Lock()
@@ -88,8 +91,13 @@ class BM25Retriever:
         )
 
 
-_cache: dict[tuple[str, float, int], BM25Retriever] = {}
-_cache_lock = threading.Lock()
+#: built indexes kept per process: a program (or a pool request) chooses how many corpora a process
+#: sees, so the least recently used go first past this many, or past this many corpus bytes
+MAX_INDEXES = 64
+MAX_INDEX_BYTES = 1 << 30
+_cache: LRU[tuple[str, float, int], BM25Retriever] = LRU(MAX_INDEXES, max_weight=MAX_INDEX_BYTES,
+                                                          weight=lambda r: r.size)
+_build_lock = threading.Lock()
 
 
 def make_retriever(spec: RetrieverSpec, base_dir: Path) -> Retriever:
@@ -107,8 +115,10 @@ def make_retriever(spec: RetrieverSpec, base_dir: Path) -> Retriever:
         raise ValueError(f"corpus {spec.corpus!r} resolves outside the program's folder ({root})")
     stat = path.stat()
     key = (str(path), stat.st_mtime, stat.st_size)
-    with _cache_lock:
-        hit = _cache.get(key)
-        if hit is None:
-            hit = _cache[key] = BM25Retriever(*read_corpus(path))
+    hit = _cache.get(key)
+    if hit is None:
+        with _build_lock:  # one build at a time (bm25s is not re-entrant, and memory peaks while building)
+            hit = _cache.get(key)
+            if hit is None:
+                hit = _cache.put(key, BM25Retriever(*read_corpus(path), size=stat.st_size))
     return hit

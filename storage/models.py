@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Float,
@@ -38,11 +39,15 @@ __all__ = [
     "BatchResult",
     "BatchRow",
     "DataFileRow",
+    "EvaluationRow",
+    "EvaluationRowRow",
     "Execution",
     "ExecutionRow",
     "ExecutionStatus",
     "ExecutionStatusRow",
     "ExecutionStepRow",
+    "OptimizationCandidateRow",
+    "OptimizationRow",
     "ProgramDataRow",
     "ProgramRow",
     "ProgramSummary",
@@ -266,6 +271,104 @@ class ExecutionStatusRow(SQLModel, table=True):
     to_status: str = SQLField(sa_column=Column(String(16), nullable=False))
     note: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
     at: datetime = SQLField(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class EvaluationRow(SQLModel, table=True):
+    """An evaluation: a program over a dataset with a metric on one backend (``stepbridge eval``). Its rows
+    are :class:`EvaluationRowRow`; the runs are a recorded batch (``batch_id``), so a killed evaluation
+    continues where it stopped. ``summary`` is written when every row is scored."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (
+        CheckConstraint("size >= 0", name="ck_evaluations_size"),
+        Index("ix_evaluations_created_at", "created_at"),
+    )
+
+    id: str = SQLField(sa_column=Column(String(64), primary_key=True))
+    program_hash: str = SQLField(
+        sa_column=Column(String(64), ForeignKey("program_versions.hash", ondelete="RESTRICT"), nullable=False)
+    )
+    program_name: str = SQLField(sa_column=Column(String(200), nullable=False))
+    backend: str = SQLField(sa_column=Column(String(200), nullable=False))
+    metric: str = SQLField(sa_column=Column(String(500), nullable=False))
+    lm: str | None = SQLField(default=None, sa_column=Column(String(200), nullable=True))
+    dataset_hash: str = SQLField(sa_column=Column(String(64), nullable=False))
+    dataset_source: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
+    fields: dict[str, Any] = SQLField(sa_column=Column(JSONType, nullable=False))
+    size: int = SQLField(sa_column=Column(Integer, nullable=False))
+    status: str = SQLField(sa_column=Column(String(16), nullable=False))
+    batch_id: str | None = SQLField(default=None, sa_column=Column(String(64), nullable=True))
+    summary: dict[str, Any] | None = SQLField(default=None, sa_column=Column(JSONType, nullable=True))
+    created_at: datetime = SQLField(sa_column=Column(UTCDateTime(), nullable=False))
+    updated_at: datetime = SQLField(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class EvaluationRowRow(SQLModel, table=True):
+    """Row ``position`` of an evaluation: the example (inputs and labels), inserted with the evaluation,
+    then scored once (``done``): prediction, score or error, execution id, latency and tokens."""
+
+    __tablename__ = "evaluation_rows"
+    __table_args__ = (CheckConstraint("position >= 0", name="ck_evaluation_rows_position"),)
+
+    evaluation_id: str = SQLField(
+        sa_column=Column(String(64), ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
+    )
+    position: int = SQLField(sa_column=Column(Integer, primary_key=True))
+    example: dict[str, Any] = SQLField(sa_column=Column(JSONType, nullable=False))
+    done: bool = SQLField(default=False, sa_column=Column(Boolean, nullable=False))
+    execution_id: str | None = SQLField(default=None, sa_column=Column(String(64), nullable=True))
+    prediction: dict[str, Any] | None = SQLField(default=None, sa_column=Column(JSONType, nullable=True))
+    score: float | None = SQLField(default=None, sa_column=Column(Float, nullable=True))
+    error: dict[str, Any] | None = SQLField(default=None, sa_column=Column(JSONType, nullable=True))
+    duration_ms: float | None = SQLField(default=None, sa_column=Column(Float, nullable=True))
+    tokens: int | None = SQLField(default=None, sa_column=Column(Integer, nullable=True))
+
+
+class OptimizationRow(SQLModel, table=True):
+    """An optimization job (``stepbridge optimize``): settings, status, progress, the checkpoint it resumes
+    from, and its result (a new program version, with the scores before and after)."""
+
+    __tablename__ = "optimizations"
+    __table_args__ = (Index("ix_optimizations_created_at", "created_at"),)
+
+    id: str = SQLField(sa_column=Column(String(64), primary_key=True))
+    program_hash: str = SQLField(
+        sa_column=Column(String(64), ForeignKey("program_versions.hash", ondelete="RESTRICT"), nullable=False)
+    )
+    program_name: str = SQLField(sa_column=Column(String(200), nullable=False))
+    optimizer: str = SQLField(sa_column=Column(String(100), nullable=False))
+    settings: dict[str, Any] = SQLField(sa_column=Column(JSONType, nullable=False))
+    metric: str = SQLField(sa_column=Column(String(500), nullable=False))
+    backend: str = SQLField(sa_column=Column(String(200), nullable=False))
+    lm: str | None = SQLField(default=None, sa_column=Column(String(200), nullable=True))
+    train_hash: str = SQLField(sa_column=Column(String(64), nullable=False))
+    val_hash: str | None = SQLField(default=None, sa_column=Column(String(64), nullable=True))
+    data: dict[str, Any] = SQLField(sa_column=Column(JSONType, nullable=False))
+    status: str = SQLField(sa_column=Column(String(16), nullable=False))
+    progress: dict[str, Any] = SQLField(sa_column=Column(JSONType, nullable=False))
+    checkpoint: dict[str, Any] | None = SQLField(default=None, sa_column=Column(JSONType, nullable=True))
+    result_hash: str | None = SQLField(default=None, sa_column=Column(String(64), nullable=True))
+    score_before: float | None = SQLField(default=None, sa_column=Column(Float, nullable=True))
+    score_after: float | None = SQLField(default=None, sa_column=Column(Float, nullable=True))
+    error: dict[str, Any] | None = SQLField(default=None, sa_column=Column(JSONType, nullable=True))
+    created_at: datetime = SQLField(sa_column=Column(UTCDateTime(), nullable=False))
+    updated_at: datetime = SQLField(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class OptimizationCandidateRow(SQLModel, table=True):
+    """One candidate an optimization tried (its demos/instructions per module) and its score. Inserted once."""
+
+    __tablename__ = "optimization_candidates"
+
+    optimization_id: str = SQLField(
+        sa_column=Column(String(64), ForeignKey("optimizations.id", ondelete="CASCADE"), primary_key=True)
+    )
+    seq: int = SQLField(sa_column=Column(Integer, primary_key=True))
+    label: str = SQLField(sa_column=Column(String(200), nullable=False))
+    modules: dict[str, Any] = SQLField(sa_column=Column(JSONType, nullable=False))
+    score: float | None = SQLField(default=None, sa_column=Column(Float, nullable=True))
+    details: dict[str, Any] | None = SQLField(default=None, sa_column=Column(JSONType, nullable=True))
+    created_at: datetime = SQLField(sa_column=Column(UTCDateTime(), nullable=False))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The format-2 examples give the same outputs, run the same steps and send the same messages (the
-reference server's request log) on native, dspy, pool[native] and pool[dspy]."""
+reference server's request log) on native, dspy, pool[native] and pool[dspy]: the multi-hop loop, the
+router and the ReAct agent (typed extraction: tests/test_example_extract_person.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ CASES = [
     ("router", {"question": "Which place is the Louvre museum in?"}),
     ("router", {"question": "Which person designed the Eiffel Tower?"}),
     ("router", {"question": "What is DSPy?"}),
+    ("react_agent", {"question": "How many people live in France, in millions, times 2?"}),
+    ("react_agent", {"question": "What is the capital of Japan?"}),
+    ("react_agent", {"question": "What is the currency of Atlantis?"}),
 ]
 BACKENDS = ["native", "dspy", "pool[native]", "pool[dspy]"]
 
@@ -91,6 +95,8 @@ def test_same_outputs_steps_and_messages_as_native(results: dict[str, Any], back
         assert other.outputs == base.outputs, label
         assert other.flow_sequence() == base.flow_sequence(), label
         assert other_sent == base_sent, label
+        # every step's outputs, the agent's trajectory (thoughts, tool calls, observations) included
+        assert [r.outputs for r in other.trace] == [r.outputs for r in base.trace], label
 
 
 def test_the_examples_do_what_they_say(results: dict[str, Any]) -> None:
@@ -100,18 +106,29 @@ def test_the_examples_do_what_they_say(results: dict[str, Any]) -> None:
     assert loop_result.outputs["hops"] == 2  # the second pass found nothing new: until stopped the loop
     loop_record = next(r for r in loop_result.trace if r.kind == "loop")
     assert loop_record.outputs == {"passes": 2, "stopped": "until"}
-    routes = [row[0].outputs["route"] for row in native[2:]]
+    routes = [row[0].outputs["route"] for row in native[2:5]]
     assert routes == ["place", "person", "other"]
-    modules = [{r.module for r in row[0].trace if r.module} for row in native[2:]]
+    modules = [{r.module for r in row[0].trace if r.module} for row in native[2:5]]
     assert "place_answer" in modules[0] and "person_fact" in modules[1] and modules[2] == {"classify", "direct"}
+    agents = [row[0] for row in native[5:8]]
+    assert [a.outputs["answer"] for a in agents[:2]] == ["136.4", "Tokyo"]
+    tools = [[v for k, v in a.trace[0].outputs["trajectory"].items() if k.startswith("tool_name_")] for a in agents]
+    assert tools == [["country_facts", "calculate", "finish"], ["country_facts", "finish"],
+                     ["country_facts", "finish"]]
+    trajectory = agents[0].trace[0].outputs["trajectory"]
+    assert trajectory["tool_args_1"] == {"expression": "68.2 * 2"} and trajectory["observation_1"] == 136.4
+    # a tool that raised is an observation the agent reads, not a failed run
+    failed = agents[2].trace[0].outputs["trajectory"]["observation_0"]
+    assert failed.startswith("Execution error in country_facts: \nLookupError: no facts about")
+    assert [len(sent) for _, sent in native[5:8]] == [4, 3, 3]  # agent steps (tools, finish), then the extraction
 
 
-@pytest.mark.parametrize("name", ["multihop_loop", "router"])
+@pytest.mark.parametrize("name", ["multihop_loop", "router", "react_agent"])
 def test_the_cli_runs_the_examples_as_written(name: str, tmp_path: Path) -> None:
     from stepbridge.cli import app
     from typer.testing import CliRunner
 
-    question = CASES[0][1]["question"] if name == "multihop_loop" else CASES[2][1]["question"]
+    question = next(inputs["question"] for example, inputs in CASES if example == name)
     result = CliRunner().invoke(app, ["run", str(EXAMPLES / f"{name}.yaml"), "-i", f"question={question}",
                                       "--json"])
     assert result.exit_code == 0, result.output

@@ -54,7 +54,7 @@ def test_key_is_registered_as_a_secret_and_scrubbed(monkeypatch: pytest.MonkeyPa
     secret = "zz-not-a-provider-prefix-0123456789"
     monkeypatch.setenv("STEPBRIDGE_TEST_KEY", secret)
     client = HTTPLMClient(LMProfile(base_url="http://127.0.0.1:9/v1", api_key_env="STEPBRIDGE_TEST_KEY"))
-    assert client._http.headers["authorization"] == f"Bearer {secret}"
+    assert client._headers["authorization"] == f"Bearer {secret}"
     assert secret not in scrub_secrets(f"upstream said: bad key {secret}")
     asyncio.run(client.aclose())
 

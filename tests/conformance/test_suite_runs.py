@@ -330,6 +330,33 @@ def test_messages_name_the_request_the_field_and_the_protocol_part(tmp_path: Pat
     assert "after the run was cancelled" in cancel and "instead it" not in cancel and "look at: cancel" in cancel
 
 
+def test_format_2_messages_name_the_construct_that_went_elsewhere(tmp_path: Path) -> None:
+    """A format-2 bug shows first in the trace (a branch, a loop's passes, a parsed object) or as a missing request;
+    the message names that record's field and the part of the protocol of its construct -- not parsing, not
+    retries."""
+    found = run_mutants(tmp_path, "IfConditionAsText", "LoopIgnoresUntil", "ParallelCompletionOrder",
+                        "ReactToolErrorRaises", "BestOfNIgnoresThreshold", "ObjectFieldsDropped")
+    assert all(o["status"] == "killed" for o in found.values()), found
+    branch = found["IfConditionAsText"]["reason"]
+    assert "the same requests as native's, but trace record 3 (step 2 at /steps/2, if) outputs /branch: " \
+           "expected 'else' (str), got 'then' (str)" in branch
+    assert "look at: control flow" in branch and "look at: parsing" not in branch
+    loop = found["LoopIgnoresUntil"]["reason"]
+    assert "the run went elsewhere before the requests differ: trace record 1 (step 1 at /steps/1, loop)" in loop
+    assert "look at: control flow" in loop and "look at: LM errors" not in loop
+    parallel = found["ParallelCompletionOrder"]["reason"]
+    assert "output" in parallel and "/first_answer" in parallel and "look at: parallel" in parallel
+    agent = found["ReactToolErrorRaises"]["reason"]
+    assert "native request 2 (step 0, module 'agent') has no counterpart" in agent
+    assert agent.index("look at: agents") < agent.index("look at: LM errors")
+    ensemble = found["BestOfNIgnoresThreshold"]["reason"]
+    assert "another number of requests" in ensemble and "has no counterpart at native: an extra request" in ensemble
+    assert ensemble.index("look at: ensembles") < ensemble.index("look at: LM errors")
+    objects = found["ObjectFieldsDropped"]["reason"]
+    assert "(step 0 at /steps/0, call 'extract') outputs /people/0/age: missing" in objects
+    assert "look at: typed objects" in objects
+
+
 def test_requests_are_compared_request_by_request(tmp_path: Path) -> None:
     """Only the first module's temperature is wrong: the message names that request and that field (the other
     requests are the same), instead of sorting both lists and comparing unrelated requests."""

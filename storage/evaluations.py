@@ -1,0 +1,230 @@
+"""Stored evaluations (``evaluations`` + ``evaluation_rows``): the log :mod:`stepbridge.evaluation` writes.
+
+An evaluation and all its rows (the examples, in dataset order) are inserted in one transaction
+before anything runs; each row is then scored exactly once (``UPDATE ... WHERE done = false``), so a
+row written again by a resumer racing the original process keeps its first score. Everything bound
+for a row goes through the store's scrubbing (:func:`~.recording.clean`). Rows read back are
+validated (:class:`~stepbridge.evaluation.RowResult`) like every stored row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar, cast
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy.engine import Connection, Row
+from stepbridge.adapter import new_execution_id
+from stepbridge.datasets import Dataset
+from stepbridge.errors import StorageError
+from stepbridge.evaluation import RowResult, Summary
+from stepbridge.program import Program
+
+from .models import EvaluationRow, EvaluationRowRow
+from .recording import clean
+from .types import utcnow
+
+__all__ = ["Evaluation", "EvaluationNotFound", "Evaluations", "StoredRow", "transactions"]
+
+T = TypeVar("T")
+evaluations_t = cast(Table, EvaluationRow.__table__)  # type: ignore[attr-defined]
+rows_t = cast(Table, EvaluationRowRow.__table__)  # type: ignore[attr-defined]
+CHUNK = 500
+
+
+class EvaluationNotFound(StorageError):
+    """No stored evaluation has this id (or unique prefix)."""
+
+
+class Evaluation(BaseModel):
+    """A stored evaluation as callers see it (``stepbridge evals show``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    program_hash: str
+    program_name: str
+    backend: str
+    metric: str
+    lm: str | None = None
+    dataset_hash: str
+    dataset_source: str | None = None
+    fields: dict[str, list[str]]
+    size: int = Field(ge=0)
+    status: str
+    batch_id: str | None = None
+    done: int = Field(default=0, ge=0, description="rows scored so far")
+    summary: Summary | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class StoredRow(BaseModel):
+    """One stored row; :meth:`result` is its :class:`RowResult`."""
+
+    position: int = Field(ge=0)
+    example: dict[str, Any]
+    done: bool
+    execution_id: str | None = None
+    prediction: dict[str, Any] | None = None
+    score: float | None = None
+    error: dict[str, Any] | None = None
+    duration_ms: float | None = None
+    tokens: int | None = None
+
+    def result(self) -> RowResult:
+        return RowResult(**self.model_dump(exclude={"done"}))
+
+
+class _Tx:
+    """The store's retried transactions (``store.tx`` where the store has it, its own helpers otherwise)."""
+
+    def __init__(self, store: Any):
+        self.store = store
+
+    def write(self, fn: Callable[[Connection], T], doing: str) -> T:
+        tx = getattr(self.store, "tx", None)
+        if tx is not None:
+            return cast(T, tx.write(fn, doing))
+        return cast(T, self.store._write(fn, doing))
+
+    def read(self, fn: Callable[[Connection], T], doing: str) -> T:
+        tx = getattr(self.store, "tx", None)
+        if tx is not None:
+            return cast(T, tx.read(fn, doing))
+        return cast(T, self.store._read(fn, doing))
+
+
+def transactions(store: Any) -> _Tx:
+    return _Tx(store)
+
+
+def ensure_published(store: Any, program: Program, message: str) -> None:
+    """The program's version exists in the store (published with ``message`` if it was not)."""
+    from .store import ProgramNotFound
+
+    try:
+        store.resolve(program.content_hash)
+    except ProgramNotFound:
+        store.publish(program, message=message)
+
+
+def find(conn: Connection, table: Table, ident: str, what: str) -> Row[Any]:
+    """A row by id, or by a unique id prefix of at least 6 characters."""
+    row = conn.execute(select(table).where(table.c.id == ident)).first()
+    if row is None and 6 <= len(ident) < 32 and ident.isalnum():
+        rows = conn.execute(select(table).where(table.c.id.like(f"{ident}%")).limit(2)).all()
+        if len(rows) > 1:
+            raise StorageError(f"{what} id prefix {ident!r} is ambiguous")
+        row = rows[0] if rows else None
+    if row is None:
+        raise EvaluationNotFound(f"no {what} {ident!r} (see `stepbridge {what}s list`)") if what == "evaluation" \
+            else StorageError(f"no {what} {ident!r} (see `stepbridge {what}s list`)")
+    return row
+
+
+class Evaluations:
+    """The evaluations of one :class:`~stepbridge.storage.Store`."""
+
+    def __init__(self, store: Any):
+        self.store = store
+        self.tx = _Tx(store)
+
+    # -- the EvaluationLog protocol --------------------------------------------------------------
+    def create(self, *, program: Program, backend: str, metric: str, lm: str | None, dataset: Dataset,
+               execution_ids: Sequence[str]) -> str:
+        ensure_published(self.store, program, "published automatically when first evaluated")
+        eid = new_execution_id()
+        now = utcnow()
+        examples = [clean(row) for row in dataset.rows]
+        if len(execution_ids) != len(examples):
+            raise ValueError("create() needs one execution id per row")
+
+        def fn(conn: Connection) -> str:
+            conn.execute(insert(evaluations_t).values(
+                id=eid, program_hash=program.content_hash, program_name=program.name, backend=backend,
+                metric=clean(metric), lm=lm, dataset_hash=dataset.hash, dataset_source=clean(dataset.source),
+                fields={"inputs": list(dataset.inputs), "labels": list(dataset.labels)}, size=len(examples),
+                status="running", batch_id=None, summary=None, created_at=now, updated_at=now))
+            for start in range(0, len(examples), CHUNK):
+                conn.execute(insert(rows_t), [{"evaluation_id": eid, "position": p, "example": examples[p],
+                                               "execution_id": execution_ids[p], "done": False}
+                                              for p in range(start, min(start + CHUNK, len(examples)))])
+            return eid
+
+        return self.tx.write(fn, f"recording an evaluation of {len(examples)} rows")
+
+    def set_batch(self, evaluation_id: str, batch_id: str) -> None:
+        self.tx.write(lambda conn: conn.execute(update(evaluations_t).where(evaluations_t.c.id == evaluation_id)
+                                                .values(batch_id=batch_id, updated_at=utcnow())),
+                      f"linking evaluation {evaluation_id} to its batch")
+
+    def record(self, evaluation_id: str, rows: Sequence[RowResult]) -> None:
+        """Score rows once each: a row already done keeps its first score."""
+        values = [{"p": r.position, "prediction": clean(r.prediction) if r.prediction is not None else None,
+                   "score": r.score, "error": clean(r.error) if r.error is not None else None,
+                   "execution_id": r.execution_id, "duration_ms": r.duration_ms, "tokens": r.tokens}
+                  for r in rows]
+
+        def fn(conn: Connection) -> None:
+            for v in values:
+                conn.execute(update(rows_t).where(rows_t.c.evaluation_id == evaluation_id,
+                                                  rows_t.c.position == v["p"], rows_t.c.done.is_(False))
+                             .values(done=True, prediction=v["prediction"], score=v["score"], error=v["error"],
+                                     execution_id=v["execution_id"], duration_ms=v["duration_ms"],
+                                     tokens=v["tokens"]))
+
+        if values:
+            self.tx.write(fn, f"recording {len(values)} row(s) of evaluation {evaluation_id}")
+
+    def finish(self, evaluation_id: str, summary: Summary) -> None:
+        def fn(conn: Connection) -> None:
+            left = conn.execute(select(func.count()).select_from(rows_t).where(
+                rows_t.c.evaluation_id == evaluation_id, rows_t.c.done.is_(False))).scalar()
+            conn.execute(update(evaluations_t).where(evaluations_t.c.id == evaluation_id).values(
+                status="completed" if not left else "running", summary=summary.model_dump(mode="json"),
+                updated_at=utcnow()))
+
+        self.tx.write(fn, f"finishing evaluation {evaluation_id}")
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _evaluation(self, conn: Connection, row: Row[Any]) -> Evaluation:
+        done = conn.execute(select(func.count()).select_from(rows_t).where(
+            rows_t.c.evaluation_id == row.id, rows_t.c.done.is_(True))).scalar()
+        return Evaluation(id=row.id, program_hash=row.program_hash, program_name=row.program_name,
+                          backend=row.backend, metric=row.metric, lm=row.lm, dataset_hash=row.dataset_hash,
+                          dataset_source=row.dataset_source, fields=row.fields, size=row.size, status=row.status,
+                          batch_id=row.batch_id, done=int(done or 0),
+                          summary=Summary.model_validate(row.summary) if row.summary is not None else None,
+                          created_at=row.created_at, updated_at=row.updated_at)
+
+    def get(self, evaluation_id: str) -> Evaluation:
+        return self.tx.read(lambda conn: self._evaluation(conn, find(conn, evaluations_t, evaluation_id,
+                                                                     "evaluation")),
+                            f"reading evaluation {evaluation_id}")
+
+    def recent(self, limit: int | None = 50) -> list[Evaluation]:
+        """Evaluations, newest first."""
+
+        def fn(conn: Connection) -> list[Evaluation]:
+            q = select(evaluations_t).order_by(evaluations_t.c.created_at.desc(), evaluations_t.c.id.desc())
+            if limit is not None:
+                q = q.limit(limit)
+            return [self._evaluation(conn, r) for r in conn.execute(q).all()]
+
+        return self.tx.read(fn, "listing evaluations")
+
+    def rows(self, evaluation_id: str) -> list[StoredRow]:
+        """Every row of an evaluation, in dataset order."""
+
+        def fn(conn: Connection) -> list[StoredRow]:
+            ev = find(conn, evaluations_t, evaluation_id, "evaluation")
+            found = conn.execute(select(rows_t).where(rows_t.c.evaluation_id == ev.id)
+                                 .order_by(rows_t.c.position)).all()
+            return [StoredRow(position=r.position, example=r.example or {}, done=bool(r.done),
+                              execution_id=r.execution_id, prediction=r.prediction, score=r.score, error=r.error,
+                              duration_ms=r.duration_ms, tokens=r.tokens) for r in found]
+
+        return self.tx.read(fn, f"reading evaluation {evaluation_id}")

@@ -1,0 +1,22 @@
+# Source: stanfordnlp/dspy docs/docs/learn/programming/modules.md (MyProgram: predict1 answer, predict2 score;
+# adapted: forward instead of the __call__ override, which DSPy's callbacks would not see).
+import dspy
+
+
+class MyProgram(dspy.Module):
+    def __init__(self):
+        self.predict1 = dspy.ChainOfThought("question -> answer")
+        self.predict2 = dspy.ChainOfThought("question, answer -> score")
+
+    def forward(self, question: str):
+        answer = self.predict1(question=question)
+        score = self.predict2(question=question, answer=answer)
+        return score
+
+
+def build():
+    return MyProgram()
+
+
+SAMPLES = [{"question": "What is the capital of France?"}, {"question": "What is 2+2?"}]
+HELD_OUT = [{"question": "Who painted the Mona Lisa?"}]
