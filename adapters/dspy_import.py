@@ -280,13 +280,63 @@ def _demo_dicts(demos: Iterable[Any], names: Sequence[str]) -> list[dict[str, An
 
 
 def _is_leaf(obj: Any) -> bool:
+    """A module converted as one program module (its inner predictors are its own)."""
     dspy = _dspy().dspy
-    return type(obj) in (dspy.Predict, dspy.ChainOfThought)
+    return type(obj) in (dspy.Predict, dspy.ChainOfThought, dspy.ReAct)
+
+
+def _unconvertible_reason(obj: Any) -> str | None:
+    """Why a DSPy built-in module has no exact conversion (``None``: it is not one of those)."""
+    dspy = _dspy().dspy
+    cls = type(obj)
+    if cls in (dspy.BestOfN, dspy.Refine):
+        return (f"dspy.{cls.__name__} calls a Python reward_fn with a dspy.Prediction; a {_snake(cls.__name__)} "
+                "module takes a registered metric over plain dicts, so the reward cannot be carried over")
+    if cls is dspy.MultiChainComparison:
+        return ("its input 'completions' is reserved in a program signature (DSPy treats it specially), so the "
+                "program could not keep DSPy's input names")
+    if cls is dspy.ProgramOfThought:
+        return "it runs LM-written code, which needs a sandboxed interpreter no stepbridge adapter runs"
+    if cls is dspy.Parallel:
+        return "its calls run on threads in no fixed order"
+    return None
+
+
+def _react_module(obj: Any, types: _Types) -> dict[str, Any]:
+    """A ``dspy.ReAct`` as a ``react`` module: its tools must be registered under their names (a program
+    names tools, never imports them), its predictors must carry no demos."""
+    from stepbridge.registry import tools as registry
+
+    names = []
+    for name, tool in obj.tools.items():
+        if name == "finish":
+            continue
+        func = inspect.unwrap(getattr(tool, "func", tool))
+        known = registry.get(name).func if name in registry.names() else None
+        if known is None or inspect.unwrap(known) is not func:
+            raise _error(f"tool {name!r} is not registered under that name", construct=f"ReAct tool {name}",
+                         target=func, hint=f"register it: stepbridge.tools.register({name!r}, {name}) before "
+                                           "importing (a program names tools, never imports them)")
+        names.append(name)
+    if obj.react.demos or obj.extract.predict.demos:
+        raise _error("its predictors carry demos, which a react module does not hold", construct="ReAct",
+                     target=type(obj), hint="import it before optimizing, then optimize the program")
+    sig = signature_from_dspy(obj.signature, types=types)
+    data: dict[str, Any] = {"type": "react", "signature": sig.with_instructions(None).model_dump(mode="json"),
+                            "tools": names, "max_iters": obj.max_iters}
+    if sig.instructions is not None:
+        data["instructions"] = sig.instructions
+    lm = _lm_config(obj.react)
+    if lm:
+        data["lm"] = lm
+    return data
 
 
 def _predictor_module(obj: Any, types: _Types) -> tuple[dict[str, Any], str] | None:
-    """The program module (as file data) for an exact Predict / ChainOfThought, and its type."""
+    """The program module (as file data) for an exact Predict / ChainOfThought / ReAct, and its type."""
     dspy = _dspy().dspy
+    if type(obj) is dspy.ReAct:
+        return _react_module(obj, types), "react"
     if type(obj) is dspy.ChainOfThought:
         predict = obj.predict
         fields = predict.signature.output_fields
@@ -316,6 +366,17 @@ def _predictor_module(obj: Any, types: _Types) -> tuple[dict[str, Any], str] | N
     if lm:
         data["lm"] = lm
     return data, mtype
+
+
+def _interface_outputs(data: dict[str, Any], sig: Signature) -> dict[str, FieldSpec]:
+    """A module's result fields as DSPy returns them (a chain of thought's ``reasoning`` first; a
+    react module's ``trajectory`` and ``reasoning``)."""
+    from pydantic import TypeAdapter
+    from stepbridge.interface import module_interface
+    from stepbridge.program import Module
+
+    interface = module_interface(TypeAdapter(Module).validate_python(data))
+    return dict(interface.outputs) if interface is not None else dict(sig.outputs)
 
 
 def _program(name: str, signature: Signature, modules: dict[str, Any], steps: list[dict[str, Any]],
@@ -640,8 +701,9 @@ class _Tracer:
                 self._open[call_id] = None
                 if not _is_leaf(instance) and instance is not self.root and type(instance).__module__.startswith(
                         "dspy.") and depth == 0:
-                    self.problems.append(f"forward calls dspy.{type(instance).__name__}, which is not converted "
-                                         "(only Predict and ChainOfThought are)")
+                    reason = _unconvertible_reason(instance) or "only Predict, ChainOfThought and ReAct are converted"
+                    self.problems.append(f"forward calls dspy.{type(instance).__name__}, which is not converted: "
+                                         f"{reason}")
                 return
             name = self.names.get(id(instance))
             if threading.get_ident() != self._thread:
@@ -1007,6 +1069,7 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
                      construct=f"{cls.__name__}.{_entry(obj)}", target=entry, hint=_register_hint(cls))
     modules = {n: converted[n][0] for n in dict.fromkeys(sequence)}  # type: ignore[index]
     sigs = {n: Signature.model_validate(m["signature"]) for n, m in modules.items()}
+    sigs = {n: Signature(inputs=sig.inputs, outputs=_interface_outputs(modules[n], sig)) for n, sig in sigs.items()}
     in_types: dict[str, str] = {k: _infer_type(v) for k, v in samples[0].items()}
     for step in steps[:-1]:
         for arg, ref in step["with"].items():
@@ -1021,9 +1084,14 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
             out_types[out] = in_types.get(fld, "str")
         elif src in as_names:
             spec = sigs[sequence[as_names.index(src)]].outputs.get(fld)
-            out_types[out] = spec.type if spec is not None else "str"  # reasoning of a CoT
+            out_types[out] = spec.type if spec is not None else "str"
         else:
             out_types[out] = _infer_type(runs[0].prediction[out])
+    clash = sorted(set(in_types) & set(out_types))
+    if clash:
+        raise _error(f"output field(s) {', '.join(clash)} have the name of an input; a program signature keeps "
+                     "inputs and outputs apart", construct=f"{cls.__name__}.{_entry(obj)}", target=entry,
+                     hint="return the outputs under other names, or " + _register_hint(cls))
     signature = Signature(inputs={k: FieldSpec(type=t) for k, t in in_types.items()},
                           outputs={k: FieldSpec(type=t) for k, t in out_types.items()})
     program = _program(name, signature, modules, steps, types, description=_doc(obj))
@@ -1114,7 +1182,7 @@ def _registered_name(obj: Any) -> str | None:
             target = dspy_modules.get(name)
         except Exception:  # a broken entry point must not break imports of other modules
             continue
-        if target is type(obj):
+        if target is type(obj) or target is obj:
             return name
     return None
 
@@ -1156,6 +1224,11 @@ def _dspy_step_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: s
             kinds = seen[k]
             outputs[k] = FieldSpec(type=kinds.pop() if len(kinds) == 1 else "Any")
     input_names = [p.name for p in params] or list(samples[0])
+    clash = sorted(set(input_names) & set(outputs))
+    if clash:
+        raise _error(f"output field(s) {', '.join(clash)} have the name of an input; a program signature keeps "
+                     "inputs and outputs apart", construct=f"{cls.__name__}.{entry}", target=getattr(cls, entry),
+                     hint="return the outputs under other names")
     inputs = {k: FieldSpec(type=_infer_type(samples[0][k]) if k in samples[0] else "str") for k in input_names}
     signature = Signature(inputs=inputs, outputs=outputs)
     module = {"type": "dspy", "module": registered, "signature": signature.model_dump(mode="json"),
@@ -1217,8 +1290,7 @@ def _import(obj: Any, state: dict[str, Any] | None, samples: list[dict[str, Any]
     if exact is not None:
         data, mtype = exact
         sig = Signature.model_validate(data["signature"])
-        outputs = {"reasoning": FieldSpec(type="str")} if mtype == "chain_of_thought" else {}
-        program_sig = Signature(inputs=sig.inputs, outputs={**outputs, **sig.outputs})
+        program_sig = Signature(inputs=sig.inputs, outputs=_interface_outputs(data, sig))
         steps: list[dict[str, Any]] = [
             {"call": "main", "with": {k: f"$inputs.{k}" for k in sig.inputs}, "as": "result"},
             {"return": {k: f"$result.{k}" for k in program_sig.outputs}},
@@ -1234,7 +1306,10 @@ def _import(obj: Any, state: dict[str, Any] | None, samples: list[dict[str, Any]
         return program, report
 
     why: str
-    if samples:
+    builtin = _unconvertible_reason(obj)
+    if builtin is not None:
+        why = f"dspy.{cls.__name__} has no exact conversion: {builtin}"
+    elif samples:
         try:
             with _lm_scope(lm) as run_lm:
                 program, report = _trace_program(obj, samples, run_lm, program_name)
@@ -1251,6 +1326,9 @@ def _import(obj: Any, state: dict[str, Any] | None, samples: list[dict[str, Any]
     registered = _registered_name(obj)
     if not fallback or registered is None:
         hint = _register_hint(cls) if registered is None else "allow the opaque fallback (drop --no-fallback)"
+        if registered is None and cls.__module__.startswith("dspy."):
+            hint = ("register the instance (stepbridge.registry.dspy_modules.register('name', module)) to import it "
+                    "as an opaque 'dspy' step")
         file, line = _where(cls)
         raise ConversionError(f"cannot convert {cls.__name__}: {why}; to fix: {hint}", construct=cls.__name__,
                               file=file, line=line, hint=hint, report={"reason": why})

@@ -23,12 +23,23 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from .protocol import MAX_BODY_BYTES
 from .scheduler import Rules
 
-__all__ = ["PoolConfig"]
+__all__ = ["PoolConfig", "with_settings"]
+
+C = TypeVar("C")
+
+
+def with_settings(base: C, kind: str, settings: dict[str, Any]) -> C:
+    """The dataclass ``base`` with ``settings`` applied; ``TypeError`` naming any unknown one."""
+    names = {f.name for f in dataclasses.fields(cast(Any, base))}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise TypeError(f"unknown {kind} setting(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    return cast(C, dataclasses.replace(cast(Any, base), **settings)) if settings else base
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,12 +105,7 @@ class PoolConfig:
     @classmethod
     def from_settings(cls, config: PoolConfig | None = None, **settings: Any) -> PoolConfig:
         """``config`` with ``settings`` applied (``TypeError`` naming an unknown one)."""
-        base = config or cls()
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(settings) - names)
-        if unknown:
-            raise TypeError(f"unknown pool setting(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")
-        return dataclasses.replace(base, **settings) if settings else base
+        return with_settings(config or cls(), "pool", settings)
 
     def replace(self, **changes: Any) -> PoolConfig:
         return self.from_settings(self, **changes)

@@ -30,10 +30,9 @@ from stepbridge.errors import (
     RunTimeoutError,
     StepbridgeError,
     WorkerLostError,
-    error_from_dict,
 )
 from stepbridge.program import Program
-from stepbridge.result import RunResult, StepTrace
+from stepbridge.result import RunResult
 
 from . import protocol as p
 from .config import PoolConfig
@@ -224,11 +223,7 @@ class _BrokerClient:
             await self._ship(reply.missing)
             reply = await self._ask(body, options)
         if reply.error is not None:
-            exc = error_from_dict(reply.error)
-            if reply.trace:
-                with contextlib.suppress(Exception):
-                    exc.trace = [StepTrace.model_validate(t) for t in reply.trace]
-            raise exc
+            raise p.error_from_reply(reply)
         if reply.result is None:
             raise StepbridgeError("the broker sent an empty reply")
         result: RunResult = p.result_from_wire(reply.result, backend="pool", attempts=reply.attempt)

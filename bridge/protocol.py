@@ -38,6 +38,7 @@ Requests carry no paths: data files are named by sha256 (``data``) and travel as
 
 from __future__ import annotations
 
+import contextlib
 from enum import IntEnum
 from typing import Annotated, Any, ClassVar
 
@@ -72,6 +73,7 @@ __all__ = [
     "WireStep",
     "decode",
     "encode",
+    "error_from_reply",
     "header",
     "result_from_wire",
     "steps_from_wire",
@@ -350,6 +352,18 @@ def decode(frames: list[bytes] | list[Any], *, max_body: int = MAX_BODY_BYTES,
     except Exception as exc:  # ext types, nesting too deep: still just a bad frame
         raise ProtocolError(f"invalid {command.name} body: {type(exc).__name__}: {exc}", reason="malformed") from None
     return Message(command, request_id, body)
+
+
+def error_from_reply(reply: Reply) -> StepbridgeError:
+    """The typed error a failed REPLY carries, with its partial trace (what a worker's ``error_reply`` sent)."""
+    from stepbridge.errors import error_from_dict
+    from stepbridge.result import StepTrace
+
+    exc = error_from_dict(reply.error or {"type": "StepbridgeError", "message": "a reply without a result"})
+    if reply.trace:
+        with contextlib.suppress(Exception):
+            exc.trace = [StepTrace.model_validate(t) for t in reply.trace]
+    return exc
 
 
 # -- results: wire structs -> core models without a second validation ------------------------------

@@ -7,6 +7,7 @@ these factories in the workers::
     stepbridge conformance stepbridge.conformance.hosted:pool_native
 
 or, for your own pool, start its workers with ``--backend stepbridge.conformance.hosted:native``.
+The same goes for Ray actors (``stepbridge.conformance.hosted:ray_native``, ``ray_dspy``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from .fixtures import register
 
-__all__ = ["dspy", "native", "pool_dspy", "pool_native"]
+__all__ = ["dspy", "native", "pool_dspy", "pool_native", "ray_dspy", "ray_native"]
 
 
 def native(**kwargs: Any) -> Any:
@@ -46,3 +47,17 @@ def pool_dspy(**kwargs: Any) -> Any:
     from stepbridge.bridge.pool import PoolAdapter
 
     return PoolAdapter(**{"workers": 2, "backend": "stepbridge.conformance.hosted:dspy", **kwargs})
+
+
+def ray_native(**kwargs: Any) -> Any:
+    """Ray actors (2, on a local instance unless ``RAY_ADDRESS`` names a cluster) hosting :func:`native`."""
+    from stepbridge.bridge.ray import RayAdapter
+
+    return RayAdapter(**{"actors": 2, "backend": "stepbridge.conformance.hosted:native", **kwargs})
+
+
+def ray_dspy(**kwargs: Any) -> Any:
+    """Ray actors (2) hosting :func:`dspy`."""
+    from stepbridge.bridge.ray import RayAdapter
+
+    return RayAdapter(**{"actors": 2, "backend": "stepbridge.conformance.hosted:dspy", **kwargs})

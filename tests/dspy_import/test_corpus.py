@@ -25,11 +25,11 @@ import pytest
 from stepbridge.adapters.dspy import dspy
 from stepbridge.adapters.dspy_import import import_module
 from stepbridge.errors import ConversionError
-from stepbridge.registry import dspy_modules
+from stepbridge.registry import dspy_modules, tools
 
 CORPUS = sorted((Path(__file__).resolve().parent / "corpus").glob("c*.py"))
 #: the share of the corpus that must import to identical programs (raise it as the importer improves)
-MIN_IDENTICAL = 0.55
+MIN_IDENTICAL = 0.6
 _SEEN: dict[str, Outcome] = {}  # filled by the per-program tests, read by the share test (same module)
 
 
@@ -93,6 +93,8 @@ def evaluate(path: Path, lm: Any, run_native: Any) -> Outcome:
     if not type(obj).__module__.startswith("dspy."):  # a custom class may become an opaque step
         registered = f"corpus.{path.stem}"
         dspy_modules.register(registered, type(obj))
+    for func in getattr(mod, "TOOLS", []):  # as the operator registers the tools a program names
+        tools.register(func.__name__, func)
     try:
         with _context(mod):
             program, report = import_module(obj, sample_inputs=[to_dspy(s) for s in mod.SAMPLES], lm=lm)
@@ -103,6 +105,14 @@ def evaluate(path: Path, lm: Any, run_native: Any) -> Outcome:
     finally:
         if registered:
             dspy_modules.unregister(registered)
+    try:
+        return _compare(path, mod, construct, program, report, lm, run_native)
+    finally:
+        for func in getattr(mod, "TOOLS", []):
+            tools.unregister(func.__name__)
+
+
+def _compare(path: Path, mod: Any, construct: str, program: Any, report: Any, lm: Any, run_native: Any) -> Outcome:
     if report.mode == "dspy_step":
         return Outcome(path.stem, construct, "opaque", report.status, report.notes[0][:160] if report.notes else "")
     problems = []

@@ -16,5 +16,6 @@ def build():
     return dspy.ReAct(signature="question -> answer", tools=[get_weather, search_web], max_iters=5)
 
 
+TOOLS = [get_weather, search_web]  # registered by name by the test, as an operator would
 SAMPLES = [{"question": "What's the weather like in Tokyo?"}, {"question": "Search for the tallest tower."}]
 HELD_OUT = [{"question": "What's the weather like in Paris?"}]
