@@ -210,7 +210,7 @@ class _Job:
                         saved: dict[str, Any] | None) -> dict[str, list[dict[str, Any]]]:
         """``BootstrapFewShot.compile`` on ``trainset``; checkpointed under ``key`` after every example."""
         s = self.settings
-        teacher_demos = ({name: list(m.demos) for name, m in self.teacher.modules.items() if name in self.predictors}
+        teacher_demos = ({name: list(getattr(self.teacher.modules[name], "demos", [])) for name in self.predictors}
                          if not s.max_labeled_demos else self.labeled(trainset, s.max_labeled_demos))
         state = saved or {"next": 0, "bootstrapped": [], "traces": {n: [] for n in self.predictors}, "errors": 0,
                           "attempts": 0}
