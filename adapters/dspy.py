@@ -103,7 +103,10 @@ __all__ = [
     "to_typed_error",
 ]
 
+from . import dspy_lm_guard as lm_guard  # noqa: E402
 from .dspy_agents import JUDGE_LMS  # noqa: E402
+
+lm_guard.install()
 
 DEFAULT_MAP_CONCURRENCY = 16
 #: Format-2 module types: their outputs are made JSON data, their completions checked before the call.
@@ -656,7 +659,8 @@ class DSPyAdapter:
         judges = self._judge_lms(prepared, step.module, ctx, recorder)
         token = JUDGE_LMS.set(judges) if judges else None
         try:
-            with dspy.context(lm=lm, adapter=self.format_adapter(config), allow_tool_async_sync_conversion=True):
+            with dspy.context(lm=lm, adapter=self.format_adapter(config), allow_tool_async_sync_conversion=True,
+                              **{lm_guard.SETTING: (lm, *(j[0] for j in judges.values()))}):  # never the module's LMs
                 prediction = await _acall(sub, args, self._pool)
         finally:
             if token is not None:

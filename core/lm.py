@@ -191,8 +191,22 @@ class _Cache:
             self._data.popitem(last=False)
 
 
+_WORDS: dict[str, int] = {}  # message text -> words: a system message is counted once, not per call
+
+
+def _words(content: Any) -> int:
+    if type(content) is not str:
+        return len(str(content).split())
+    n = _WORDS.get(content)
+    if n is None:
+        if len(_WORDS) >= 1024:
+            _WORDS.clear()
+        n = _WORDS[content] = len(content.split())
+    return n
+
+
 def _word_usage(messages: list[dict[str, Any]], text: str) -> dict[str, int]:
-    prompt = sum(len(str(m.get("content", "")).split()) for m in messages)
+    prompt = sum(_words(m.get("content", "")) for m in messages)
     completion = len(text.split())
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 

@@ -110,7 +110,7 @@ class Runner:
 
     def _options(self, options: RunOptions | None, fields: dict[str, Any] | None = None) -> RunOptions:
         """The run's options with the runner's defaults (LM, timeout) filled in."""
-        options = options or RunOptions(**(fields or {}))
+        options = options or (RunOptions(**fields) if fields else RunOptions.default())
         if options.lm is None and self.lm is not None:
             options = options.model_copy(update={"lm": self.lm})
         if options.timeout is None and self.timeout is not None:
@@ -154,7 +154,9 @@ class Runner:
             options = options.model_copy(update={"execution_id": begun.execution_id, "attempt": begun.attempt})
         try:
             check_inputs(prog, inputs)
-            await self.prepare(prog, options.lm)
+            if options.lm is not None or prog.plan_key not in self._prepared:
+                # (a prepared plan with no LM settings needs no second look: its check cannot change)
+                await self.prepare(prog, options.lm)
             result = await self.adapter.run(prog, inputs, options)
         except asyncio.CancelledError:
             if begun is not None:
