@@ -20,6 +20,7 @@ from .errors import (
 )
 from .evaluation import EvaluationResult, aevaluate, evaluate
 from .loader import load_program
+from .optimization import OptimizationResult, aoptimize, optimize
 from .program import LMConfig, Program
 from .registry import dspy_modules, load_adapter, metrics, retrievers, tools
 from .result import LMCall, RunResult, StepTrace, Usage
@@ -41,6 +42,7 @@ __all__ = [
     "LMConfig",
     "LMError",
     "OperationError",
+    "OptimizationResult",
     "PoolSaturatedError",
     "Program",
     "ProgramBuilder",
@@ -60,6 +62,7 @@ __all__ = [
     "WorkerLostError",
     "__version__",
     "aevaluate",
+    "aoptimize",
     "batch",
     "check_inputs",
     "dspy_modules",
@@ -69,6 +72,7 @@ __all__ = [
     "load_dataset",
     "load_program",
     "metrics",
+    "optimize",
     "retrievers",
     "run",
     "tools",
