@@ -22,6 +22,7 @@ from .errors import (
 )
 from .evaluation import EvaluationResult, aevaluate, evaluate
 from .loader import load_program
+from .optimization import OptimizationResult, aoptimize, optimize
 from .program import LMConfig, Program
 from .recorder import AsyncRecorder, BatchRecorder, ProgramSource, Recorder
 from .registry import dspy_modules, load_adapter, metrics, retrievers, tools
@@ -47,6 +48,7 @@ __all__ = [
     "LMError",
     "LMParseError",
     "OperationError",
+    "OptimizationResult",
     "PoolSaturatedError",
     "Program",
     "ProgramBuilder",
@@ -69,6 +71,7 @@ __all__ = [
     "WorkerLostError",
     "__version__",
     "aevaluate",
+    "aoptimize",
     "batch",
     "check_inputs",
     "dspy_modules",
@@ -78,6 +81,7 @@ __all__ = [
     "load_dataset",
     "load_program",
     "metrics",
+    "optimize",
     "retrievers",
     "run",
     "tools",
