@@ -1094,6 +1094,17 @@ class BestOfNIgnoresThreshold(Mutant):
         return False
 
 
+class ComparisonAtProgramTemperature(Mutant):
+    """multi_chain_comparison sends the program's temperature instead of its own 0.7 (``dspy.MultiChainComparison``'s
+    ``temperature=0.7``)."""
+
+    BUG_CLASS = "ensembles"
+
+    async def ask(self, state: _Run, config: Any, prompt_of: Any, args: dict[str, Any], calls: list[LMCall],
+                  predictor: str, own_temperature: float | None = None) -> dict[str, Any]:
+        return await super().ask(state, config, prompt_of, args, calls, predictor)
+
+
 class ObjectFieldsDropped(Mutant):
     """Parsed objects lose their fields whose value is null (``model_dump(exclude_none=True)``)."""
 

@@ -54,3 +54,13 @@ def operator_lm(server: ServerURL, tmp_path: Any, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("STEPBRIDGE_LM_MODEL", "openai/reference")
     monkeypatch.setenv("STEPBRIDGE_CONFIG", str(tmp_path / "none.toml"))
     return server
+
+
+@pytest.fixture
+def dspy_adapter(server: ServerURL, loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
+    from stepbridge.registry import load_adapter
+
+    profiles = {"default": LMProfile(name="default", base_url=str(server), model="openai/reference")}
+    adapter = load_adapter("stepbridge.adapters.dspy:DSPyAdapter", profiles=profiles)
+    yield adapter
+    loop.run_until_complete(adapter.aclose())

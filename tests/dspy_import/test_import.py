@@ -258,3 +258,101 @@ def test_a_module_raising_on_its_samples_is_a_conversion_error(dspy_lm: Any) -> 
     with pytest.raises(ConversionError, match="RuntimeError") as info:
         import_module(Broken(), sample_inputs=Q, lm=dspy_lm, fallback=False)
     assert json.loads(json.dumps(info.value.to_dict()))["type"] == "ConversionError"
+
+
+# ------------------------------------------------------------------------------------------------
+# opaque steps: the module's own LMs are never used
+# ------------------------------------------------------------------------------------------------
+class SwitchesLM(dspy.Module):
+    """Its forward picks its own models and an endpoint nothing listens on (port 9, discard)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = dspy.Predict("question -> draft")
+        self.second = dspy.Predict("question, draft -> answer")
+        self.own = dspy.LM("openai/their-model", api_base="http://127.0.0.1:9/v1", api_key="theirs", cache=False)
+
+    def forward(self, question: str) -> Any:
+        with dspy.context(lm=self.own):
+            draft = self.first(question=question).draft
+        self.second.set_lm(dspy.LM("openai/another", api_base="http://127.0.0.1:9/v1", cache=False))
+        answer = self.second(question=question, draft=draft).answer
+        direct = self.own(messages=[{"role": "user", "content": f"[[ ## question ## ]]\n{question}"}])
+        return dspy.Prediction(answer=answer, extra=str(bool(direct)))
+
+
+def test_an_opaque_module_switching_lms_reaches_only_the_operators_lm(loop: Any, server: Any, dspy_lm: Any,
+                                                                      dspy_adapter: Any) -> None:
+    from stepbridge.registry import dspy_modules
+
+    dspy_modules.register("sb_test.SwitchesLM", SwitchesLM)
+    try:
+        module = SwitchesLM()
+        # importing runs it: its calls go to the import's LM (port 9 is never tried); the direct LM call is
+        # no predictor call, so the traced program makes one call fewer and verification says so
+        with pytest.raises(ConversionError, match="3 LM calls originally, 2 converted"):
+            import_module(module, sample_inputs=Q, lm=dspy_lm, fallback=False)
+        from stepbridge import load_program
+
+        program = load_program({
+            "stepbridge": 1, "name": "switches", "signature": "question -> answer, extra",
+            "modules": {"m": {"type": "dspy", "module": "sb_test.SwitchesLM",
+                              "signature": "question -> answer, extra"}},
+            "steps": [{"call": "m", "with": {"question": "$inputs.question"}, "as": "r"},
+                      {"return": {"answer": "$r.answer", "extra": "$r.extra"}}]})
+        before = len(server.log.entries()) if server.log else 0
+        result = _run(loop, dspy_adapter, program, Q[0])
+        sent = (len(server.log.entries()) if server.log else 0) - before
+        calls = [c for s in result.trace for c in s.lm_calls]
+        assert len(calls) == 3 and sent == 3  # every call went to the operator's LM, and is in the trace
+        assert {c.model for c in calls} == {"openai/reference"}
+    finally:
+        dspy_modules.unregister("sb_test.SwitchesLM")
+
+
+# ------------------------------------------------------------------------------------------------
+# branches read statically
+# ------------------------------------------------------------------------------------------------
+class LengthRouter(dspy.Module):
+    """Short questions get a quick answer, long ones a chain of thought and a review."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quick = dspy.Predict("question -> answer")
+        self.think = dspy.ChainOfThought("question -> answer")
+        self.review = dspy.Predict("question, draft -> answer")
+
+    def forward(self, question: str) -> Any:
+        if len(question) < 30:
+            return self.quick(question=question)
+        draft = self.think(question=question).answer
+        final = self.review(question=question, draft=f"Draft: {draft}")
+        return dspy.Prediction(answer=final.answer, draft=draft)
+
+
+ROUTED = [{"question": "Capital of Peru?"}, {"question": "Who designed the Eiffel Tower in Paris, and when?"}]
+
+
+def test_a_branching_forward_becomes_an_if_and_runs_both_paths_on_native(loop: Any, dspy_lm: Any,
+                                                                         native_adapter: Any) -> None:
+    original = LengthRouter()
+    program, report = import_module(original, sample_inputs=ROUTED, lm=dspy_lm)
+    assert report.mode == "static" and report.status == "verified", str(report)
+    step = program.to_dict()["steps"][0]
+    assert step["if"] == {"$lt": [{"$len": "$inputs.question"}, 30]}
+    for inputs in [*ROUTED, {"question": "Where is Everest?"}, {"question": "What does the Louvre in Paris house?"}]:
+        prediction, messages = _plain(original, inputs, dspy_lm)
+        result = _run(loop, native_adapter, program, inputs)
+        assert result.outputs == {"answer": prediction.answer, "draft": prediction.get("draft")}
+        assert [c.messages for s in result.trace for c in s.lm_calls] == messages
+
+
+def test_a_branch_read_statically_but_not_taken_is_partially_verified(dspy_lm: Any) -> None:
+    # one short sample: its marked copy is long, takes the other path, and is verified there too
+    _, report = import_module(LengthRouter(), sample_inputs=ROUTED[:1], lm=dspy_lm)
+    assert report.status == "verified" and report.verification is not None and report.verification.samples == 2
+    # one long sample: no input reaches the short path, which is in the program but not verified
+    program, report = import_module(LengthRouter(), sample_inputs=ROUTED[1:], lm=dspy_lm)
+    assert report.mode == "static" and report.status == "partially verified"
+    assert any(c.status == "unverified" and "if" in c.name for c in report.constructs)
+    assert "if" in program.to_dict()["steps"][0]  # the untaken path is in the program all the same

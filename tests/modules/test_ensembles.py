@@ -69,8 +69,6 @@ CASES = {
 
 
 ADAPTERS = ["native", "dspy"]
-# The DSPy adapter needs the `completions: list[dict[str, Any]]` type (format 2 types) for this module.
-MCC_ADAPTERS = ["native"]
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
@@ -193,21 +191,25 @@ COMPLETIONS = [
 
 
 def mcc_program(m: int = 3, lm: dict[str, Any] | None = None, signature: str = "question -> answer") -> Program:
+    """A program as a user writes it (validated): its input ``drafts`` is the module's ``completions``
+    (``completions`` itself is a reserved field name: ``dspy.Prediction.completions``)."""
+    from stepbridge.loader import load_program
+
     module: dict[str, Any] = {"type": "multi_chain_comparison", "signature": signature, "m": m}
     if lm is not None:
         module["lm"] = lm
     outputs = [f.strip().split(":")[0] for f in signature.split("->")[1].split(",")]
-    return Program.model_validate({
-        "stepbridge": 2, "name": "mcc", "signature": f"completions: list[str], {signature}",
+    return load_program({
+        "stepbridge": 2, "name": "mcc", "signature": f"drafts: list[dict[str, Any]], {signature}",
         "lm": {"temperature": 0.0},
         "modules": {"cmp": module},
-        "steps": [{"call": "cmp", "with": {"completions": "$inputs.completions", "question": "$inputs.question"},
+        "steps": [{"call": "cmp", "with": {"completions": "$inputs.drafts", "question": "$inputs.question"},
                    "as": "r"},
                   {"return": {o: f"$r.{o}" for o in outputs}}],
     })
 
 
-@pytest.mark.parametrize("adapter", MCC_ADAPTERS)
+@pytest.mark.parametrize("adapter", ADAPTERS)
 @pytest.mark.parametrize("temperature", [None, 0.2])
 def test_multi_chain_comparison_matches_dspy(scripted: ScriptedLM, temperature: float | None, adapter: str) -> None:
     replies = [chat(rationale="All say Brussels.", answer="Brussels")]
@@ -215,13 +217,13 @@ def test_multi_chain_comparison_matches_dspy(scripted: ScriptedLM, temperature: 
     theirs = run_dspy(scripted, dspy.MultiChainComparison("question -> answer", M=3, **kwargs),
                       {"completions": COMPLETIONS, **QUESTION}, replies)
     lm = None if temperature is None else {"temperature": temperature}
-    ours = run_adapter(scripted, adapter, mcc_program(lm=lm), {"completions": COMPLETIONS, **QUESTION}, replies)
+    ours = run_adapter(scripted, adapter, mcc_program(lm=lm), {"drafts": COMPLETIONS, **QUESTION}, replies)
     _compare(ours, theirs)
     assert ours.temperatures == [0.7 if temperature is None else temperature]
     assert ours.outputs.outputs == {"answer": "Brussels"}
 
 
-@pytest.mark.parametrize("adapter", MCC_ADAPTERS)
+@pytest.mark.parametrize("adapter", ADAPTERS)
 def test_multi_chain_comparison_two_outputs_matches_dspy(scripted: ScriptedLM, adapter: str) -> None:
     completions = [{"reasoning": "r1", "answer": "A", "confidence": 0.5},
                    {"reasoning": "r2", "answer": "B", "confidence": 0.25}]
@@ -229,13 +231,13 @@ def test_multi_chain_comparison_two_outputs_matches_dspy(scripted: ScriptedLM, a
     sig = "question -> answer, confidence: float"
     theirs = run_dspy(scripted, dspy.MultiChainComparison(sig, M=2), {"completions": completions, **QUESTION},
                       replies)
-    ours = run_adapter(scripted, adapter, mcc_program(m=2, signature=sig), {"completions": completions, **QUESTION},
+    ours = run_adapter(scripted, adapter, mcc_program(m=2, signature=sig), {"drafts": completions, **QUESTION},
                        replies)
     _compare(ours, theirs)
     assert ours.outputs.outputs == {"answer": "A", "confidence": 0.75}
 
 
-@pytest.mark.parametrize("adapter", MCC_ADAPTERS)
+@pytest.mark.parametrize("adapter", ADAPTERS)
 @pytest.mark.parametrize(("completions", "message"), [
     (COMPLETIONS[:2], "has 2 elements"),
     ([{"answer": "x"}, *COMPLETIONS[1:]], "needs a text 'reasoning'"),
@@ -247,6 +249,6 @@ def test_multi_chain_comparison_refuses_unusable_completions(scripted: ScriptedL
     from stepbridge.errors import StepError
 
     with pytest.raises(StepError, match=message) as info:
-        run_adapter(scripted, adapter, mcc_program(), {"completions": completions, **QUESTION}, [])
+        run_adapter(scripted, adapter, mcc_program(), {"drafts": completions, **QUESTION}, [])
     assert scripted.requests == []  # refused before any LM call
     assert info.value.step == 0
