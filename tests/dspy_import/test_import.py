@@ -431,7 +431,7 @@ def test_odd_modules_give_a_conversion_error_or_an_honest_program(name: str, dsp
 
 
 def test_bad_arguments_are_conversion_errors(dspy_lm: Any) -> None:
-    with pytest.raises(ConversionError, match="dspy.Module instance"):
+    with pytest.raises(ConversionError, match=r"dspy\.Module instance"):
         import_module(object(), sample_inputs=Q, lm=dspy_lm)  # type: ignore[arg-type]
     with pytest.raises(ConversionError, match="raised TypeError"):
         import_module(Router(), sample_inputs=[{"nonsense": 1}], lm=dspy_lm, fallback=False)
