@@ -437,3 +437,39 @@ def test_bad_arguments_are_conversion_errors(dspy_lm: Any) -> None:
         import_module(Router(), sample_inputs=[{"nonsense": 1}], lm=dspy_lm, fallback=False)
     with pytest.raises(ConversionError):
         import_module(dspy.Predict("question -> answer"), state={"signature": 5}, lm=dspy_lm)
+
+
+class PerQuestion(dspy.Module):
+    """Answers each question of a list, then summarizes (a comprehension and a for-append)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = dspy.Predict("question -> answer")
+        self.check = dspy.Predict("question, topic -> verdict")
+        self.summarize = dspy.Predict("answers: list[str] -> summary")
+
+    def forward(self, questions: list[str], topic: str) -> Any:
+        answers = [self.answer(question=q).answer for q in questions]
+        verdicts = []
+        for q in questions:
+            verdicts.append(self.check(question=q, topic=topic).verdict)
+        summary = self.summarize(answers=answers).summary
+        return dspy.Prediction(answers=answers, verdicts=verdicts, summary=summary)
+
+
+def test_comprehensions_and_for_append_become_map_steps(loop: Any, dspy_lm: Any, native_adapter: Any) -> None:
+    samples = [{"questions": ["Who designed the Eiffel Tower?", "Where is Everest?"], "topic": "travel"}]
+    original = PerQuestion()
+    program, report = import_module(original, sample_inputs=samples, lm=dspy_lm)
+    assert report.mode == "static" and report.status == "verified", str(report)
+    kinds = [next(iter(s)) for s in program.to_dict()["steps"]]
+    assert kinds == ["map", "map", "call", "return"]
+    assert program.signature.inputs["questions"].type == "list[str]"
+    for inputs in [{"questions": ["What does the Louvre house?"], "topic": "art"},
+                   {"questions": ["Capital of Peru?", "Capital of Chile?", "Who wrote Faust?"], "topic": "x"}]:
+        prediction, messages = _plain(original, inputs, dspy_lm)
+        result = _run(loop, native_adapter, program, inputs)
+        assert result.outputs == {k: prediction[k] for k in ("answers", "verdicts", "summary")}
+        sent = [c.messages for s in result.trace for c in [*s.lm_calls, *(x for ch in (s.children or [])
+                                                                          for x in ch.lm_calls)]]
+        assert sorted(map(str, sent)) == sorted(map(str, messages))  # map elements run concurrently
