@@ -1014,21 +1014,27 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     ambiguous = {key for key, entries in obs.items()
                  if len(common(entries)) > 1 or (not common(entries) and not constant(entries))}
     perturbed_note = None
-    if ambiguous:  # settle by a second run on marked inputs: values equal by coincidence then differ
+    has_control = any(_controls(c, m)[0] for c, m in _custom_classes(obj))
+    runs_for_lines = runs
+    if ambiguous or has_control:
+        # A second run on marked inputs, with every predictor output marked by its producer: values equal by
+        # coincidence then differ, and a path that depends on the data may change (then it is no fixed flow).
         perturbed = [{k: _perturb(v, f"<input {k}>") for k, v in s.items()} for s in samples]
         more_problems: list[str] = []
         with _salted(leaves):
             extra = _trace_runs(obj, perturbed, lm, names, more_problems)
-        if not more_problems and all(tuple(c.name for c in r.calls) == sequence for r in extra):
+        paths = {tuple(c.name for c in r.calls) for r in extra}
+        if not more_problems and paths != {sequence}:
+            raise _error("forward is not a fixed data flow: on marked inputs it calls "
+                         + " | ".join(" -> ".join(p) or "(none)" for p in sorted(paths - {sequence}))
+                         + " instead of " + " -> ".join(sequence), construct=f"{cls.__name__}.{_entry(obj)}",
+                         target=entry, hint=_register_hint(cls))
+        if not more_problems:
             for key, entries in observations(extra).items():
                 obs[key] = obs.get(key, []) + entries
             runs_for_lines = runs + extra
-            perturbed_note = (f"wiring settled by a second run on {len(extra)} sample(s) with marked inputs "
-                              "and predictor outputs")
-        else:
-            runs_for_lines = runs
-    else:
-        runs_for_lines = runs
+            perturbed_note = (f"checked on a second run of {len(extra)} sample(s) with marked inputs and predictor "
+                              "outputs (wiring, and the path taken)")
 
     constructs: list[Construct] = []
     notes: list[str] = [perturbed_note] if perturbed_note else []

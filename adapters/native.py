@@ -9,7 +9,7 @@ and parses; it never touches DSPy.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -85,6 +85,8 @@ class Predictor:
         self._prompts: dict[tuple[str, bool], Prompt] = {}
         # the LM when the run does not override it, per event loop (HTTP clients are bound to one loop)
         self._resolved: tuple[asyncio.AbstractEventLoop, Any, str, LMProfile] | None = None
+        # ... and with it the prompt and request of a call no run or attempt adjusts
+        self._plain: tuple[asyncio.AbstractEventLoop, Any, Prompt, _Request] | None = None
 
     def prompt(self, mode: AdapterName, hinted: bool = False) -> Prompt:
         prompt = self._prompts.get((mode, hinted))
@@ -102,33 +104,29 @@ class Predictor:
 
     async def __call__(self, args: dict[str, Any], inv: Invocation) -> dict[str, Any]:
         ctx = inv.ctx
-        if ctx.options.lm is None:
-            config = self.lm_config
+        if ctx.options.lm is None and inv.temperature is None and inv.rollout_id is None and inv.hints is None:
+            # the common call: everything but the arguments is the same on every run (per event loop)
             loop = asyncio.get_running_loop()
-            if self._resolved is None or self._resolved[0] is not loop:
-                self._resolved = (loop, *self.adapter.lm.resolve(config))
-            _, client, model, profile = self._resolved
+            plain = self._plain
+            if plain is None or plain[0] is not loop:
+                client, model, profile = self.adapter.lm.resolve(self.lm_config)
+                plain = self._plain = (loop, client, *self._settings(self.lm_config, model, profile, inv))
+            _, client, prompt, request = plain
         else:
-            config = self.lm_config.merged(ctx.options.lm)
-            client, model, profile = self.adapter.lm.resolve(config)
-        mode: AdapterName = config.adapter or "chat"
-        hinted = inv.hints is not None
-        if hinted:
-            from stepbridge.ensembles import HINT_FIELD
+            if ctx.options.lm is None:
+                config = self.lm_config
+                loop = asyncio.get_running_loop()
+                if self._resolved is None or self._resolved[0] is not loop:
+                    self._resolved = (loop, *self.adapter.lm.resolve(config))
+                _, client, model, profile = self._resolved
+            else:
+                config = self.lm_config.merged(ctx.options.lm)
+                client, model, profile = self.adapter.lm.resolve(config)
+            if inv.hints is not None:
+                from stepbridge.ensembles import HINT_FIELD
 
-            assert inv.hints is not None
-            args = {**args, HINT_FIELD: inv.hints.get(self.name, "N/A")}
-        prompt = self.prompt(mode, hinted)
-        temperature = self.temperature
-        if temperature is None:
-            temperature = inv.temperature
-        if temperature is None:
-            temperature = config.temperature if config.temperature is not None else profile.temperature
-        n = config.n or 1
-        if n > 1 and (temperature is None or temperature <= 0.15):
-            temperature = 0.7  # dspy.Predict keeps several completions apart this way
-        request = _Request(model, temperature, config.max_tokens if config.max_tokens is not None
-                           else profile.max_tokens, inv.rollout_id, n)
+                args = {**args, HINT_FIELD: inv.hints.get(self.name, "N/A")}
+            prompt, request = self._settings(config, model, profile, inv)
         try:
             outputs = await self._complete(prompt, args, request, client, ctx, inv.calls)
         except LMParseError:
@@ -140,6 +138,22 @@ class Predictor:
         if inv.trace is not None:
             inv.trace.append((self.name, dict(args), dict(outputs)))
         return outputs
+
+    def _settings(self, config: LMConfig, model: str, profile: LMProfile, inv: Invocation) -> tuple[Prompt, _Request]:
+        """The prompt and request settings of a call: the format, then the temperature (the predictor's own,
+        the attempt's, the config's, the profile's) and the completions."""
+        mode: AdapterName = config.adapter or "chat"
+        prompt = self.prompt(mode, inv.hints is not None)
+        temperature = self.temperature
+        if temperature is None:
+            temperature = inv.temperature
+        if temperature is None:
+            temperature = config.temperature if config.temperature is not None else profile.temperature
+        n = config.n or 1
+        if n > 1 and (temperature is None or temperature <= 0.15):
+            temperature = 0.7  # dspy.Predict keeps several completions apart this way
+        return prompt, _Request(model, temperature, config.max_tokens if config.max_tokens is not None
+                                else profile.max_tokens, inv.rollout_id, n)
 
     async def _complete(self, prompt: Prompt, args: dict[str, Any], req: _Request, client: Any, ctx: RunContext,
                         calls: list[LMCall]) -> dict[str, Any]:
@@ -161,8 +175,7 @@ class Predictor:
             except LMError as exc:
                 calls.append(_call(model=model, messages=messages, error=exc.to_dict()))
                 raise
-            ctx.usage.add(response.usage)
-            ctx.usage.__dict__["lm_calls"] += 1
+            ctx.usage.add(response.usage, calls=1)
             responses.append(response)
         first: dict[str, Any] | None = None
         for response in responses:  # every completion is parsed, as DSPy's adapter parses them all
@@ -210,8 +223,8 @@ class _LMRunner:
     def predictors(self) -> list[Predictor]:
         return [self.predictor]
 
-    async def invoke(self, args: dict[str, Any], inv: Invocation) -> dict[str, Any]:
-        return await self.predictor(args, inv)
+    def invoke(self, args: dict[str, Any], inv: Invocation) -> Coroutine[Any, Any, dict[str, Any]]:
+        return self.predictor(args, inv)  # its coroutine, not one more frame around it
 
 
 class _RetrieveRunner:
@@ -237,12 +250,7 @@ class _ToolRunner:
             value = await self.tool.func(**args)
         else:
             value = await asyncio.to_thread(self.tool.func, **args)
-        if isinstance(value, dict) and set(self.outputs) <= set(value):
-            return {k: value[k] for k in self.outputs}
-        if len(self.outputs) == 1:
-            return {self.outputs[0]: value}
-        raise TypeError(f"tool {self.tool.name!r} returned {type(value).__name__}; expected a dict with "
-                        f"{', '.join(self.outputs)}")
+        return self.tool.shape(value, self.outputs)
 
 
 class NativeAdapter:

@@ -436,22 +436,18 @@ class Prompt:
         raw: dict[str, str] = {}
         header: str | None = None
         lines: list[str] = []
-
-        def close() -> None:
-            if header is not None and header in out and header not in raw:
-                raw[header] = "\n".join(lines).strip()
-
         for line in text.splitlines():
-            stripped = line.strip()
-            match = _HEADER.match(stripped) if stripped.startswith("[[ ## ") else None
+            match = _HEADER.match(line.strip()) if "[[ ## " in line else None
             if match:
-                close()
+                if header is not None and header in out and header not in raw:  # the section it closes
+                    raw[header] = "\n".join(lines).strip()
                 header = match.group(1)
                 rest = line[match.end() :].strip()
                 lines = [rest] if rest else []
             else:
                 lines.append(line)
-        close()
+        if header is not None and header in out and header not in raw:
+            raw[header] = "\n".join(lines).strip()
         fields = {name: self._convert(name, value, text) for name, value in raw.items()}
         return self._finish(fields, text)
 

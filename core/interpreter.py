@@ -86,7 +86,7 @@ class RunContext:
     def __init__(self, options: RunOptions):
         self.options = options
         self.trace: list[StepTrace] = []
-        self.usage = Usage()
+        self.usage = Usage.zero()
 
 
 #: How an adapter calls one module: ``(step, args, ctx, lm_calls) -> outputs``; it appends the LM calls

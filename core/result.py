@@ -21,12 +21,23 @@ class Usage(BaseModel):
     total_tokens: int = 0
     lm_calls: int = 0
 
-    def add(self, other: Usage | dict[str, Any] | None) -> None:
-        """Add token counts (an LM response's ``usage`` dict, or another Usage)."""
+    @classmethod
+    def zero(cls) -> Usage:
+        """``Usage()`` without validation (one per run on the hot path)."""
+        obj = _new(cls)
+        _setattr(obj, "__dict__", {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "lm_calls": 0})
+        _set_fields(obj, set())
+        _set_extra(obj, {})
+        _set_private(obj, None)
+        return obj
+
+    def add(self, other: Usage | dict[str, Any] | None, *, calls: int = 0) -> None:
+        """Add token counts (an LM response's ``usage`` dict, or another Usage) and ``calls`` LM calls."""
+        d = self.__dict__  # plain int bumps: this runs once per LM call on the hot path
+        d["lm_calls"] += calls
         if other is None:
             return
         data = other if isinstance(other, dict) else other.__dict__
-        d = self.__dict__  # plain int bumps: this runs once per LM call on the hot path
         d["prompt_tokens"] += int(data.get("prompt_tokens") or 0)
         d["completion_tokens"] += int(data.get("completion_tokens") or 0)
         d["total_tokens"] += int(data.get("total_tokens") or 0)
@@ -94,9 +105,19 @@ def fast_construct(cls: type[_M], values: dict[str, Any]) -> _M:
     shows up in the native executor's per-step overhead. ``tests/test_result.py`` checks that
     objects built this way equal validated ones.
     """
-    obj = object.__new__(cls)
-    object.__setattr__(obj, "__dict__", values)
-    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
-    object.__setattr__(obj, "__pydantic_extra__", None)
-    object.__setattr__(obj, "__pydantic_private__", None)
+    obj = _new(cls)
+    _setattr(obj, "__dict__", values)
+    _set_fields(obj, set(values))
+    _set_extra(obj, None)
+    _set_private(obj, None)
     return obj
+
+
+# BaseModel's slots, set through their descriptors: half the cost of four object.__setattr__ calls
+_new = object.__new__
+_setattr = object.__setattr__
+_set_fields = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
+
+

@@ -85,6 +85,12 @@ def _plain(mod: Any, inputs: dict[str, Any], lm: Any) -> tuple[Any, list[Any]]:
 
 
 def evaluate(path: Path, lm: Any, run_native: Any) -> Outcome:
+    outcome = _evaluate(path, lm, run_native)
+    outcome.detail = outcome.detail.replace(f"{path.parent}/", "")
+    return outcome
+
+
+def _evaluate(path: Path, lm: Any, run_native: Any) -> Outcome:
     mod = load(path)
     obj = mod.build()
     construct = _construct(obj)

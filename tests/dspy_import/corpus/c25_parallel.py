@@ -13,7 +13,7 @@ class TwoQuestions(dspy.Module):
             (self.predict, dspy.Example(question=first).with_inputs("question")),
             (self.predict, dspy.Example(question=second).with_inputs("question")),
         ])
-        return dspy.Prediction(first=results[0].answer, second=results[1].answer)
+        return dspy.Prediction(first_answer=results[0].answer, second_answer=results[1].answer)
 
 
 def build():
