@@ -213,7 +213,6 @@ class Runner:
         ``cancelled``.
         """
         prog = load(program, store=self.store)
-        limit = asyncio.Semaphore(max(1, concurrency))
         done: asyncio.Queue[BatchItem] = asyncio.Queue()
         items = [BatchItem(i, dict(r) if isinstance(r, dict) else r) for i, r in enumerate(rows)]
         row_options: list[RunOptions | None] = []
@@ -227,16 +226,20 @@ class Runner:
         if batch is not None and on_batch is not None:
             on_batch(batch.batch_id)
 
-        async def one(item: BatchItem, opts: RunOptions | None) -> None:
-            async with limit:
+        todo = iter(zip(items, row_options, strict=True))
+
+        async def worker() -> None:
+            # ``concurrency`` workers take the next row in turn: a few hundred tasks alive, not one per row
+            # (thousands of parked tasks were a large share of a batch's garbage-collection work)
+            for item, opts in todo:
                 if opts is not None:
                     try:
                         item.result = await self.run(prog, item.inputs, opts)
                     except StepbridgeError as exc:
                         item.error = exc
-                await done.put(item)
+                done.put_nowait(item)
 
-        tasks = [asyncio.ensure_future(one(item, opts)) for item, opts in zip(items, row_options, strict=True)]
+        tasks = [asyncio.ensure_future(worker()) for _ in range(min(max(1, concurrency), len(items)))]
         finished = False
         try:
             for _ in items:
