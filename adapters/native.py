@@ -175,8 +175,7 @@ class Predictor:
             except LMError as exc:
                 calls.append(_call(model=model, messages=messages, error=exc.to_dict()))
                 raise
-            ctx.usage.add(response.usage)
-            ctx.usage.__dict__["lm_calls"] += 1
+            ctx.usage.add(response.usage, calls=1)
             responses.append(response)
         first: dict[str, Any] | None = None
         for response in responses:  # every completion is parsed, as DSPy's adapter parses them all
@@ -251,12 +250,7 @@ class _ToolRunner:
             value = await self.tool.func(**args)
         else:
             value = await asyncio.to_thread(self.tool.func, **args)
-        if isinstance(value, dict) and set(self.outputs) <= set(value):
-            return {k: value[k] for k in self.outputs}
-        if len(self.outputs) == 1:
-            return {self.outputs[0]: value}
-        raise TypeError(f"tool {self.tool.name!r} returned {type(value).__name__}; expected a dict with "
-                        f"{', '.join(self.outputs)}")
+        return self.tool.shape(value, self.outputs)
 
 
 class NativeAdapter:

@@ -7,8 +7,10 @@ from .errors import (
     InputValidationError,
     Issue,
     LMError,
+    LMParseError,
     OperationError,
     PoolSaturatedError,
+    ProgramNotFound,
     ProgramValidationError,
     RunCancelledError,
     RunTimeoutError,
@@ -22,6 +24,7 @@ from .evaluation import EvaluationResult, aevaluate, evaluate
 from .loader import load_program
 from .optimization import OptimizationResult, aoptimize, optimize
 from .program import LMConfig, Program
+from .recorder import AsyncRecorder, BatchRecorder, ProgramSource, Recorder
 from .registry import dspy_modules, load_adapter, metrics, retrievers, tools
 from .result import LMCall, RunResult, StepTrace, Usage
 from .runner import BatchItem, Runner, batch, load, run
@@ -32,7 +35,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adapter",
+    "AsyncRecorder",
     "BatchItem",
+    "BatchRecorder",
     "Dataset",
     "EvaluationResult",
     "FieldSpec",
@@ -41,12 +46,16 @@ __all__ = [
     "LMCall",
     "LMConfig",
     "LMError",
+    "LMParseError",
     "OperationError",
     "OptimizationResult",
     "PoolSaturatedError",
     "Program",
     "ProgramBuilder",
+    "ProgramNotFound",
+    "ProgramSource",
     "ProgramValidationError",
+    "Recorder",
     "RunCancelledError",
     "RunOptions",
     "RunResult",

@@ -102,7 +102,7 @@ def validate(
         prog = load_program(program)
     except ProgramValidationError as exc:
         raise _fail_invalid(exc, as_json) from None
-    warnings = getattr(prog, "_warnings", [])
+    warnings = prog.warnings
     if as_json:
         _print_json({"ok": True, "name": prog.name, "hash": prog.content_hash,
                      "issues": [w.to_dict() for w in warnings]})
