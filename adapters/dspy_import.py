@@ -1039,10 +1039,14 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
         # coincidence then differ, and a path that depends on the data may change (then it is no fixed flow).
         perturbed = _marked(samples)
         more_problems: list[str] = []
-        with _salted(leaves):
-            extra = _trace_runs(obj, perturbed, lm, names, more_problems)
+        try:
+            with _salted(leaves):
+                extra = _trace_runs(obj, perturbed, lm, names, more_problems)
+        except ConversionError as exc:  # the module rejects marked inputs: nothing settled, nothing counted
+            extra = []
+            more_problems.append(exc.message)
         paths = {tuple(c.name for c in r.calls) for r in extra}
-        if not more_problems and paths != {sequence}:
+        if not more_problems and extra and paths != {sequence}:
             raise _error("forward is not a fixed data flow: on marked inputs it calls "
                          + " | ".join(" -> ".join(p) or "(none)" for p in sorted(paths - {sequence}))
                          + " instead of " + " -> ".join(sequence), construct=f"{cls.__name__}.{_entry(obj)}",
@@ -1060,8 +1064,9 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
         entries = obs[key]
         refs = common(entries)
         if len(refs) > 1:
+            settled = ", marked inputs included" if perturbed_note else " (no marked run could tell them apart)"
             constructs.append(Construct(what, "unverified", f"its value equals each of {', '.join(refs)} on every "
-                                        f"run, perturbed inputs included: wired to {refs[0]}"))
+                                        f"run{settled}: wired to {refs[0]}"))
         if refs:
             return refs[0]
         values = [v for v, _, _ in entries]
