@@ -1039,10 +1039,14 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
         # coincidence then differ, and a path that depends on the data may change (then it is no fixed flow).
         perturbed = _marked(samples)
         more_problems: list[str] = []
-        with _salted(leaves):
-            extra = _trace_runs(obj, perturbed, lm, names, more_problems)
+        try:
+            with _salted(leaves):
+                extra = _trace_runs(obj, perturbed, lm, names, more_problems)
+        except ConversionError as exc:  # the module rejects marked inputs: nothing settled, nothing counted
+            extra = []
+            more_problems.append(exc.message)
         paths = {tuple(c.name for c in r.calls) for r in extra}
-        if not more_problems and paths != {sequence}:
+        if not more_problems and extra and paths != {sequence}:
             raise _error("forward is not a fixed data flow: on marked inputs it calls "
                          + " | ".join(" -> ".join(p) or "(none)" for p in sorted(paths - {sequence}))
                          + " instead of " + " -> ".join(sequence), construct=f"{cls.__name__}.{_entry(obj)}",
@@ -1060,8 +1064,9 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
         entries = obs[key]
         refs = common(entries)
         if len(refs) > 1:
+            settled = ", marked inputs included" if perturbed_note else " (no marked run could tell them apart)"
             constructs.append(Construct(what, "unverified", f"its value equals each of {', '.join(refs)} on every "
-                                        f"run, perturbed inputs included: wired to {refs[0]}"))
+                                        f"run{settled}: wired to {refs[0]}"))
         if refs:
             return refs[0]
         values = [v for v, _, _ in entries]
@@ -1153,7 +1158,7 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
 
     entry = _entry(obj)
     controls = _controls(type(obj), entry)[0]
-    if not any(c.kind == "if" for c in controls) or len(_custom_classes(obj)) != 1:
+    if not any(c.kind in ("if", "for", "comprehension") for c in controls) or len(_custom_classes(obj)) != 1:
         return None
     types = _Types()
     leaves = _leaves(obj)
@@ -1177,12 +1182,21 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
                 yield from walk(step.get(key) or [])
 
     for step in walk(compiled.steps):
-        for arg, ref in (step.get("with") or {}).items() if "call" in step else ():
+        module = step.get("call") or step.get("map")
+        for arg, ref in (step.get("with") or {}).items() if module else ():
             if isinstance(ref, str) and ref.startswith("$inputs."):
-                spec = interfaces[step["call"]].inputs.get(arg)
+                spec = interfaces[module].inputs.get(arg)
                 if spec is not None:
                     in_types[ref.split(".", 1)[1]] = spec.type
-    as_modules = {step["as"]: step["call"] for step in walk(compiled.steps) if "call" in step}
+        over = step.get("over")
+        if isinstance(over, str) and over.startswith("$inputs."):  # a list of what each element feeds
+            item = f"${step['item']}"
+            fed = [interfaces[module].inputs[a].type for a, r in step["with"].items()
+                   if r == item and a in interfaces[module].inputs]
+            in_types[over.split(".", 1)[1]] = f"list[{fed[0] if fed else 'str'}]"
+    as_modules = {step["as"]: step.get("call") or step.get("map") for step in walk(compiled.steps)
+                  if "call" in step or "map" in step}
+    mapped_as = {step["as"] for step in walk(compiled.steps) if "map" in step}
     out_names = list(dict.fromkeys(k for mapping in compiled.returns for k in mapping))
     out_types: dict[str, set[str]] = {k: set() for k in out_names}
     for mapping in compiled.returns:
@@ -1196,7 +1210,8 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
             if src == "inputs":
                 out_types[k].add(in_types.get(fld, "str"))
             elif src in as_modules:
-                out_types[k].add(interfaces[as_modules[src]].outputs[fld].type)
+                ftype = interfaces[as_modules[src]].outputs[fld].type
+                out_types[k].add(f"list[{ftype}]" if src in mapped_as else ftype)
             elif isinstance(ref, dict) and "$template" in ref:
                 out_types[k].add("str")
             else:
@@ -1221,7 +1236,11 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     report.verification = verify(obj, program, [r.sample for r in runs], lm=lm)
     if not report.verification.ok:
         return None
-    report.constructs += _judge_controls(obj, [r.lines for r in runs])
+    for judged in _judge_controls(obj, [r.lines for r in runs]):
+        if judged.line in compiled.mapped:  # a map step: one call per element, for any length
+            judged = Construct(judged.name, "verified", "converted to a map step (any number of elements)",
+                               judged.line)
+        report.constructs.append(judged)
     return program, report
 
 
