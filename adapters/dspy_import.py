@@ -829,6 +829,23 @@ def _output_names(prediction: Any, obj: Any) -> list[str]:
                  hint="return a dspy.Prediction (or a predictor's result)")
 
 
+def _marked(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each sample with a marker appended to its text values: inputs of another length and content,
+    which may take paths the samples did not (and make equal-by-coincidence values differ)."""
+    return [{k: _perturb(v, f"<input {k}>") for k, v in s.items()} for s in samples]
+
+
+def _runnable(obj: Any, inputs: list[dict[str, Any]], lm: Any, names: dict[int, str]) -> list[_Traced]:
+    """Traced runs of the inputs the original module accepts (a marked input it rejects is dropped)."""
+    runs = []
+    for sample in inputs:
+        try:
+            runs += _trace_runs(obj, [sample], lm, names, [])
+        except ConversionError:
+            continue
+    return runs
+
+
 def _template_parts(value: str, sources: dict[str, str]) -> list[Any]:
     """``value`` as literal text and references (greedy, longest source first at each position)."""
     by_length = sorted(sources.items(), key=lambda kv: -len(kv[1]))
@@ -952,7 +969,8 @@ def _trace_runs(obj: Any, samples: list[dict[str, Any]], lm: Any, names: dict[in
 
 
 def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
-                   ) -> tuple[Program, ImportReport]:
+                   ) -> tuple[Program, ImportReport, list[dict[str, Any]]]:
+    """The traced program, its report, and the inputs it must be verified on (whose paths count)."""
     types = _Types()
     leaves = _leaves(obj)
     names = {id(m): n for n, m in leaves.items()}
@@ -1019,12 +1037,16 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     if ambiguous or has_control:
         # A second run on marked inputs, with every predictor output marked by its producer: values equal by
         # coincidence then differ, and a path that depends on the data may change (then it is no fixed flow).
-        perturbed = [{k: _perturb(v, f"<input {k}>") for k, v in s.items()} for s in samples]
+        perturbed = _marked(samples)
         more_problems: list[str] = []
-        with _salted(leaves):
-            extra = _trace_runs(obj, perturbed, lm, names, more_problems)
+        try:
+            with _salted(leaves):
+                extra = _trace_runs(obj, perturbed, lm, names, more_problems)
+        except ConversionError as exc:  # the module rejects marked inputs: nothing settled, nothing counted
+            extra = []
+            more_problems.append(exc.message)
         paths = {tuple(c.name for c in r.calls) for r in extra}
-        if not more_problems and paths != {sequence}:
+        if not more_problems and extra and paths != {sequence}:
             raise _error("forward is not a fixed data flow: on marked inputs it calls "
                          + " | ".join(" -> ".join(p) or "(none)" for p in sorted(paths - {sequence}))
                          + " instead of " + " -> ".join(sequence), construct=f"{cls.__name__}.{_entry(obj)}",
@@ -1032,7 +1054,6 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
         if not more_problems:
             for key, entries in observations(extra).items():
                 obs[key] = obs.get(key, []) + entries
-            runs_for_lines = runs + extra
             perturbed_note = (f"checked on a second run of {len(extra)} sample(s) with marked inputs and predictor "
                               "outputs (wiring, and the path taken)")
 
@@ -1043,8 +1064,9 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
         entries = obs[key]
         refs = common(entries)
         if len(refs) > 1:
+            settled = ", marked inputs included" if perturbed_note else " (no marked run could tell them apart)"
             constructs.append(Construct(what, "unverified", f"its value equals each of {', '.join(refs)} on every "
-                                        f"run, perturbed inputs included: wired to {refs[0]}"))
+                                        f"run{settled}: wired to {refs[0]}"))
         if refs:
             return refs[0]
         values = [v for v, _, _ in entries]
@@ -1106,6 +1128,15 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     parts = {n: f"{converted[n][1]} (exact, traced call{'s' if sequence.count(n) > 1 else ''})"  # type: ignore[index]
              for n in modules}
     constructs = [Construct(n, "exact") for n in modules] + constructs
+    if has_control:  # paths count as exercised only on inputs that are also verified: the marked ones, unmarked outputs
+        marked_runs = _runnable(obj, _marked(samples), lm, names)
+        other = sorted({tuple(c.name for c in r.calls) for r in marked_runs} - {sequence})
+        if other:
+            raise _error("forward is not a fixed data flow: on marked inputs it calls "
+                         + " | ".join(" -> ".join(p) or "(none)" for p in other) + " instead of "
+                         + " -> ".join(sequence), construct=f"{cls.__name__}.{_entry(obj)}", target=entry,
+                         hint=_register_hint(cls))
+        runs_for_lines = runs + marked_runs
     constructs += _judge_controls(obj, [r.lines for r in runs_for_lines])
     unused = sorted(set(leaves) - set(modules))
     if unused:
@@ -1114,7 +1145,103 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     if len(samples) == 1:
         notes.append("traced on one sample only: a computed value that happens to be constant would pass as a "
                      "constant; give several samples")
-    return program, ImportReport("traced", parts, notes=notes, constructs=constructs)
+    report = ImportReport("traced", parts, notes=notes, constructs=constructs)
+    return program, report, [r.sample for r in runs_for_lines]
+
+
+def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
+                    ) -> tuple[Program, ImportReport] | None:
+    """The program read statically from a forward that branches (:mod:`.dspy_static`), verified on the
+    samples; ``None`` when forward does not branch, is outside the subset, or fails verification (the
+    caller traces instead, and a trace of a branching forward is at best partially verified)."""
+    from .dspy_static import Unsupported, compile_forward
+
+    entry = _entry(obj)
+    controls = _controls(type(obj), entry)[0]
+    if not any(c.kind in ("if", "for", "comprehension") for c in controls) or len(_custom_classes(obj)) != 1:
+        return None
+    types = _Types()
+    leaves = _leaves(obj)
+    converted = {n: _predictor_module(m, types) for n, m in leaves.items()}
+    interfaces = {n: Signature(inputs=Signature.model_validate(c[0]["signature"]).inputs,
+                               outputs=_interface_outputs(c[0], Signature.model_validate(c[0]["signature"])))
+                  for n, c in converted.items() if c is not None}
+    try:
+        compiled = compile_forward(obj, entry, {id(m): n for n, m in leaves.items() if n in interfaces},
+                                   {n: list(sig.outputs) for n, sig in interfaces.items()})
+    except Unsupported:
+        return None
+    modules = {n: converted[n][0] for n in dict.fromkeys(compiled.calls)}  # type: ignore[index]
+    # inputs: typed by the predictor field each feeds; outputs: every name any return gives (null elsewhere)
+    in_types = {k: _infer_type(v) for k, v in samples[0].items()}
+
+    def walk(steps: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for step in steps:
+            yield step
+            for key in ("then", "else"):
+                yield from walk(step.get(key) or [])
+
+    for step in walk(compiled.steps):
+        module = step.get("call") or step.get("map")
+        for arg, ref in (step.get("with") or {}).items() if module else ():
+            if isinstance(ref, str) and ref.startswith("$inputs."):
+                spec = interfaces[module].inputs.get(arg)
+                if spec is not None:
+                    in_types[ref.split(".", 1)[1]] = spec.type
+        over = step.get("over")
+        if isinstance(over, str) and over.startswith("$inputs."):  # a list of what each element feeds
+            item = f"${step['item']}"
+            fed = [interfaces[module].inputs[a].type for a, r in step["with"].items()
+                   if r == item and a in interfaces[module].inputs]
+            in_types[over.split(".", 1)[1]] = f"list[{fed[0] if fed else 'str'}]"
+    as_modules = {step["as"]: step.get("call") or step.get("map") for step in walk(compiled.steps)
+                  if "call" in step or "map" in step}
+    mapped_as = {step["as"] for step in walk(compiled.steps) if "map" in step}
+    out_names = list(dict.fromkeys(k for mapping in compiled.returns for k in mapping))
+    out_types: dict[str, set[str]] = {k: set() for k in out_names}
+    for mapping in compiled.returns:
+        for k in out_names:
+            if k not in mapping:
+                mapping[k] = None
+                out_types[k].add("None")
+                continue
+            ref = mapping[k]
+            src, _, fld = str(ref).lstrip("$").partition(".") if isinstance(ref, str) else ("", "", "")
+            if src == "inputs":
+                out_types[k].add(in_types.get(fld, "str"))
+            elif src in as_modules:
+                ftype = interfaces[as_modules[src]].outputs[fld].type
+                out_types[k].add(f"list[{ftype}]" if src in mapped_as else ftype)
+            elif isinstance(ref, dict) and "$template" in ref:
+                out_types[k].add("str")
+            else:
+                out_types[k].add("Any" if isinstance(ref, str) and ref.startswith("$") else _infer_type(ref))
+    outputs = {}
+    for k, kinds in out_types.items():
+        real = kinds - {"None"}
+        base = real.pop() if len(real) == 1 else "Any"
+        outputs[k] = FieldSpec(type=f"Optional[{base}]" if "None" in kinds and base != "Any" else base)
+    signature = Signature(inputs={k: FieldSpec(type=t) for k, t in in_types.items()}, outputs=outputs)
+    try:
+        program = _program(name, signature, modules, compiled.steps, types, description=_doc(obj))
+    except ConversionError:
+        return None
+    cls = type(obj)
+    report = ImportReport("static", {n: f"{converted[n][1]} (exact)" for n in modules},  # type: ignore[index]
+                          notes=[f"{cls.__name__}.{entry} read statically: {compiled.branches} branch(es) "
+                                 "as if steps"],
+                          constructs=[Construct(n, "exact") for n in modules])
+    names = {id(m): n for n, m in leaves.items()}
+    runs = _trace_runs(obj, samples, lm, names, []) + _runnable(obj, _marked(samples), lm, names)
+    report.verification = verify(obj, program, [r.sample for r in runs], lm=lm)
+    if not report.verification.ok:
+        return None
+    for judged in _judge_controls(obj, [r.lines for r in runs]):
+        if judged.line in compiled.mapped:  # a map step: one call per element, for any length
+            judged = Construct(judged.name, "verified", "converted to a map step (any number of elements)",
+                               judged.line)
+        report.constructs.append(judged)
+    return program, report
 
 
 def _json_safe(value: Any) -> bool:
@@ -1320,9 +1447,12 @@ def _import(obj: Any, state: dict[str, Any] | None, samples: list[dict[str, Any]
     elif samples:
         try:
             with _lm_scope(lm) as run_lm:
-                program, report = _trace_program(obj, samples, run_lm, program_name)
+                static = _static_program(obj, samples, run_lm, program_name)
+                if static is not None:
+                    return static
+                program, report, checked = _trace_program(obj, samples, run_lm, program_name)
                 # The original runs again (not the traced runs): hidden state or randomness shows up here.
-                report.verification = verify(obj, program, samples, lm=run_lm)
+                report.verification = verify(obj, program, checked, lm=run_lm)
             if report.verification.ok:
                 return program, report
             why = "the traced conversion failed verification:\n" + "\n".join(report.verification.mismatches)

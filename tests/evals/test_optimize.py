@@ -11,25 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sb_evals import qa_rows, stepbridge_cli, write_jsonl
+from sb_evals import COT_PROGRAM, qa_rows, stepbridge_cli, write_jsonl
 from stepbridge.builtin_metrics import exact_match, token_f1
 from stepbridge.datasets import from_rows
 from stepbridge.loader import load_program
 from stepbridge.optimization import optimize, predictor_names
 from stepbridge.storage import Store
 
-ONE = """\
-stepbridge: 1
-name: cot
-signature: "question -> answer"
-modules:
-  answer: {type: chain_of_thought, signature: "question -> answer"}
-steps:
-  - call: answer
-    with: {question: $inputs.question}
-    as: r
-  - return: {answer: $r.answer}
-"""
+ONE = COT_PROGRAM
 
 TWO = """\
 stepbridge: 1

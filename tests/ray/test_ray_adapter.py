@@ -173,6 +173,8 @@ def test_dead_actor_retries_idempotent_runs_never_side_effects(ray_kwargs: dict[
             await wait_for(both_back, what="the actors restarted")
             many = await asyncio.gather(*(runner.run(nap, {"seconds": 0.01}) for _ in range(20)))
             assert all(r.outputs == {"slept": 0.01} for r in many)
+            # a restarted actor had lost the program's object reference it was given: it said so, got it again
+            assert adapter.stats["resent"] >= 1
 
     asyncio.run(go())
 
