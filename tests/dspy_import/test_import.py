@@ -473,3 +473,31 @@ def test_comprehensions_and_for_append_become_map_steps(loop: Any, dspy_lm: Any,
         sent = [c.messages for s in result.trace for c in [*s.lm_calls, *(x for ch in (s.children or [])
                                                                           for x in ch.lm_calls)]]
         assert sorted(map(str, sent)) == sorted(map(str, messages))  # map elements run concurrently
+
+
+def test_cli_strict_refuses_a_partial_import_and_reports_constructs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    operator_lm: Any) -> None:
+    from stepbridge.adapters.dspy_cli import app
+    from typer.testing import CliRunner
+
+    (tmp_path / "sb_router.py").write_text(
+        "import dspy\n"
+        "class Router(dspy.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.quick = dspy.Predict('question -> answer')\n"
+        "        self.think = dspy.ChainOfThought('question -> answer')\n"
+        "    def forward(self, question):\n"
+        "        if len(question) > 1000:\n"
+        "            return self.think(question=question)\n"
+        "        return self.quick(question=question)\n")
+    (tmp_path / "samples.jsonl").write_text('{"question": "Who designed the Eiffel Tower?"}\n')
+    monkeypatch.chdir(tmp_path)
+    args = ["import-dspy", "sb_router:Router", "--sample-inputs", "samples.jsonl", "-o", str(tmp_path / "r.yaml")]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)["report"]
+    assert report["status"] == "partially verified" and report["verified"] is False
+    assert any(c["status"] == "unverified" and c["line"] == 8 for c in report["constructs"])
+    result = CliRunner().invoke(app, [*args, "--strict"])
+    assert result.exit_code == 2 and "partially verified" in result.output and "Traceback" not in result.output
