@@ -1199,19 +1199,19 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
                 yield from walk(step.get(key) or [])
 
     for step in walk(compiled.steps):
-        module = step.get("call") or step.get("map")
+        module = str(step.get("call") or step.get("map") or "")
         for arg, ref in (step.get("with") or {}).items() if module else ():
             if isinstance(ref, str) and ref.startswith("$inputs."):
                 spec = interfaces[module].inputs.get(arg)
                 if spec is not None:
                     in_types[ref.split(".", 1)[1]] = spec.type
         over = step.get("over")
-        if isinstance(over, str) and over.startswith("$inputs."):  # a list of what each element feeds
+        if module and isinstance(over, str) and over.startswith("$inputs."):  # a list of what each element feeds
             item = f"${step['item']}"
             fed = [interfaces[module].inputs[a].type for a, r in step["with"].items()
                    if r == item and a in interfaces[module].inputs]
             in_types[over.split(".", 1)[1]] = f"list[{fed[0] if fed else 'str'}]"
-    as_modules = {step["as"]: step.get("call") or step.get("map") for step in walk(compiled.steps)
+    as_modules = {str(step["as"]): str(step.get("call") or step.get("map")) for step in walk(compiled.steps)
                   if "call" in step or "map" in step}
     mapped_as = {step["as"] for step in walk(compiled.steps) if "map" in step}
     out_names = list(dict.fromkeys(k for mapping in compiled.returns for k in mapping))
