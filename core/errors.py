@@ -20,12 +20,14 @@ __all__ = [
     "ConfigurationError",
     "ContextWindowExceededError",
     "ConversionError",
+    "ExecutionNotFound",
     "InputValidationError",
     "Issue",
     "LMError",
     "LMParseError",
     "OperationError",
     "PoolSaturatedError",
+    "ProgramNotFound",
     "ProgramValidationError",
     "RunCancelledError",
     "RunTimeoutError",
@@ -272,6 +274,15 @@ def did_you_mean(value: str, known: Iterable[str]) -> str | None:
     """The closest of ``known`` to a mistyped ``value`` (difflib, cutoff 0.6), or None."""
     match = difflib.get_close_matches(value[:200], list(known), n=1, cutoff=0.6)
     return match[0] if match else None
+
+
+class ProgramNotFound(StorageError):
+    """No stored program matches the reference (typed, so a worker or client can tell "unknown" from
+    "refused": a tampered or unreadable row is a plain :class:`StorageError`)."""
+
+
+class ExecutionNotFound(StorageError):
+    """No recorded execution has this id."""
 
 
 class ConversionError(StepbridgeError):

@@ -31,12 +31,13 @@ class Usage(BaseModel):
         _set_private(obj, None)
         return obj
 
-    def add(self, other: Usage | dict[str, Any] | None) -> None:
-        """Add token counts (an LM response's ``usage`` dict, or another Usage)."""
+    def add(self, other: Usage | dict[str, Any] | None, *, calls: int = 0) -> None:
+        """Add token counts (an LM response's ``usage`` dict, or another Usage) and ``calls`` LM calls."""
+        d = self.__dict__  # plain int bumps: this runs once per LM call on the hot path
+        d["lm_calls"] += calls
         if other is None:
             return
         data = other if isinstance(other, dict) else other.__dict__
-        d = self.__dict__  # plain int bumps: this runs once per LM call on the hot path
         d["prompt_tokens"] += int(data.get("prompt_tokens") or 0)
         d["completion_tokens"] += int(data.get("completion_tokens") or 0)
         d["total_tokens"] += int(data.get("total_tokens") or 0)

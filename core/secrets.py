@@ -21,13 +21,14 @@ not keys; use a real one.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import re
 import sys
 import threading
 from typing import Any, TypeVar
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 __all__ = ["MIN_SECRET_LENGTH", "REDACTED", "might_hold_secret", "register_secret", "register_url", "scrub",
            "scrub_process_output"]
@@ -75,9 +76,14 @@ def register_secret(value: str | None, *, source: str = "a secret") -> None:
             log.warning("%s is shorter than %d characters: it cannot be scrubbed from outputs, traces and logs "
                         "(too likely to occur in ordinary text); use a real key", source, MIN_SECRET_LENGTH)
         return
-    # as written, URL-encoded, JSON-escaped, and as the bytes of its UTF-8 read one by one (binary frames)
-    spellings = {value, quote(value, safe=""), unquote(value), json.dumps(value)[1:-1],
-                 value.encode("utf-8").decode("latin-1")}
+    # as written; URL-encoded (path, component and form style); JSON-escaped, once and twice (an error
+    # wrapping an upstream's JSON body); in a Python repr (str and bytes: client library errors print
+    # header values so); HTML-escaped (an error page); and as the bytes of its UTF-8 read one by one
+    # (binary frames). Not covered: transformations such as base64 or changes of case.
+    escaped = json.dumps(value)[1:-1]
+    spellings = {value, quote(value, safe=""), quote(value), quote_plus(value), unquote(value), escaped,
+                 json.dumps(escaped)[1:-1], repr(value)[1:-1], repr(value.encode("utf-8"))[2:-1],
+                 html.escape(value), html.escape(value, quote=False), value.encode("utf-8").decode("latin-1")}
     spellings = {s for s in spellings if len(s) >= MIN_SECRET_LENGTH}
     if spellings <= _known:
         return

@@ -96,6 +96,11 @@ class _Tx:
             return cast(T, tx.read(fn, doing))
         return cast(T, self.store._read(fn, doing))
 
+    def insert(self, table: Table) -> Any:
+        """INSERT with the dialect's ``ON CONFLICT`` support."""
+        tx = getattr(self.store, "tx", None)
+        return tx.insert(table) if tx is not None else self.store._insert(table)
+
 
 def transactions(store: Any) -> _Tx:
     return _Tx(store)
