@@ -117,7 +117,7 @@ def _type(spec: Any, defs: dict[str, Any]) -> str:
     if "const" in spec:
         return f"`{json.dumps(spec['const'])}`"
     if "enum" in spec:
-        return " \\| ".join(f"`{json.dumps(v)}`" for v in spec["enum"])
+        return " or ".join(f"`{json.dumps(v)}`" for v in spec["enum"])
     kind = spec.get("type")
     if kind == "array":
         return f"list of {_type(spec.get('items', {}), defs)}"

@@ -307,10 +307,10 @@ async def _run(prog: Any, rows: list[Any], **options: Any) -> int:
     try:
         return await _run_rows(prog, rows, **options)
     except asyncio.CancelledError:
-        signum = received[0] if received else signal.SIGTERM
-        what = "interrupted" if signum == signal.SIGINT else "terminated"
+        got = received[0] if received else int(signal.SIGTERM)
+        what = "interrupted" if got == signal.SIGINT else "terminated"
         err.print(f"[yellow]{what}[/]: runs in flight were recorded as cancelled")
-        return 128 + signum
+        return 128 + got
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -568,7 +568,7 @@ def _plain(param: Any) -> Any:
     elif getattr(param, "is_flag", False) or getattr(param, "count", False):
         label = ""
     else:
-        label = param.metavar or _metavar(param)
+        label = param.metavar = param.metavar or _metavar(param)
     param.display_type_rich = lambda ctx, label=label: label or None
     return param
 
