@@ -216,44 +216,75 @@ class _Job:
                           "attempts": 0}
         teacher_demos = state.get("teacher_demos") or teacher_demos
         wanted = set(self.predictors)
-        index = state["next"]
-        for index in range(state["next"], len(trainset)):
-            if len(state["bootstrapped"]) >= max_bootstrapped:
-                break
-            example = trainset[index]
+        current = {"demos": teacher_demos}
+
+        async def attempt(example: dict[str, Any], round_idx: int, demos: dict[str, list[dict[str, Any]]]
+                          ) -> tuple[Any, BaseException | None, dict[str, list[dict[str, Any]]]]:
+            """One teacher run without ``example`` among its demos, and the metric on it."""
+            reduced = {n: _without(d, example) for n, d in demos.items()}
             inputs = {k: example[k] for k in self.train.inputs if k in example}
-            for round_idx in range(s.max_rounds):
-                state["attempts"] += 1
-                reduced = {n: _without(d, example) for n, d in teacher_demos.items()}
-                variant = with_demos(self.teacher, reduced)
-                options = RunOptions(lm=LMConfig(temperature=1.0), cache=False) if round_idx > 0 else RunOptions()
-                try:
-                    result = await self.runner.run(variant, inputs, options)
-                    value = await self.metric(example, result.outputs)
-                    passed = value >= s.metric_threshold if s.metric_threshold else bool(value)
-                except Exception as exc:  # the run or the metric: DSPy counts both, up to max_errors
-                    passed = False
-                    state["errors"] += 1
-                    # DSPy restores the teacher's demos only after a run that did not raise: as it does, the
-                    # example stays out of them from here on
-                    teacher_demos = reduced
-                    state["teacher_demos"] = teacher_demos
-                    if state["errors"] >= s.max_errors:
-                        why = str(exc) if isinstance(exc, StepbridgeError) else f"{type(exc).__name__}: {exc}"
-                        raise StepbridgeError(f"bootstrapping stopped after {state['errors']} errors (max_errors); "
-                                              f"the last: {why}") from exc
-                if passed:
-                    per: dict[str, list[dict[str, Any]]] = {}
-                    for name, call_inputs, call_outputs in _calls(result.trace, wanted):
-                        per.setdefault(name, []).append({"augmented": True, **call_inputs, **call_outputs})
-                    for name, found in per.items():
-                        state["traces"][name].append(_pick_one(found) if len(found) > 1 else found[0])
-                    state["bootstrapped"].append(index)
+            options = RunOptions(lm=LMConfig(temperature=1.0), cache=False) if round_idx > 0 else RunOptions()
+            try:
+                result = await self.runner.run(with_demos(self.teacher, reduced), inputs, options)
+                value = await self.metric(example, result.outputs)
+                passed = value >= s.metric_threshold if s.metric_threshold else bool(value)
+            except Exception as exc:  # the run or the metric: DSPy counts both, up to max_errors
+                return None, exc, reduced
+            return (result if passed else None), None, reduced
+
+        # DSPy tries one example at a time; the first round of the next ``concurrency`` examples runs ahead
+        # here (their outcomes are still taken strictly in order, so the demos are the same). A run made
+        # with demos that an error has since changed is thrown away and made again.
+        ahead: dict[int, asyncio.Task[Any]] = {}
+
+        def launch(upto: int) -> None:
+            for j in range(upto, min(upto + max(1, self.concurrency), len(trainset))):
+                if j not in ahead:
+                    ahead[j] = asyncio.ensure_future(attempt(trainset[j], 0, current["demos"]))
+
+        def drop_ahead() -> None:
+            for task in ahead.values():
+                task.cancel()
+            ahead.clear()
+
+        try:
+            for index in range(state["next"], len(trainset)):
+                if len(state["bootstrapped"]) >= max_bootstrapped:
                     break
-            state["next"] = index + 1
-            await self.save({key: state}, {"stage": key, "done": index + 1, "total": len(trainset),
-                                           "bootstrapped": len(state["bootstrapped"])})
-            self.progress(key, index + 1, len(trainset))
+                launch(index)
+                example = trainset[index]
+                for round_idx in range(s.max_rounds):
+                    state["attempts"] += 1
+                    if round_idx == 0:
+                        passed_run, error, reduced = await ahead.pop(index)
+                    else:
+                        passed_run, error, reduced = await attempt(example, round_idx, current["demos"])
+                    if error is not None:
+                        state["errors"] += 1
+                        # DSPy restores the teacher's demos only after a run that did not raise: as it does,
+                        # the example stays out of them from here on
+                        current["demos"] = reduced
+                        state["teacher_demos"] = reduced
+                        drop_ahead()
+                        if state["errors"] >= s.max_errors:
+                            why = str(error) if isinstance(error, StepbridgeError) else \
+                                f"{type(error).__name__}: {error}"
+                            raise StepbridgeError(f"bootstrapping stopped after {state['errors']} errors "
+                                                  f"(max_errors); the last: {why}") from error
+                    if passed_run is not None:
+                        per: dict[str, list[dict[str, Any]]] = {}
+                        for name, call_inputs, call_outputs in _calls(passed_run.trace, wanted):
+                            per.setdefault(name, []).append({"augmented": True, **call_inputs, **call_outputs})
+                        for name, found in per.items():
+                            state["traces"][name].append(_pick_one(found) if len(found) > 1 else found[0])
+                        state["bootstrapped"].append(index)
+                        break
+                state["next"] = index + 1
+                await self.save({key: state}, {"stage": key, "done": index + 1, "total": len(trainset),
+                                               "bootstrapped": len(state["bootstrapped"])})
+                self.progress(key, index + 1, len(trainset))
+        finally:
+            drop_ahead()
         # the examples not bootstrapped, shuffled, fill up to max_labeled_demos
         validation = [x for i, x in enumerate(trainset) if i not in set(state["bootstrapped"])]
         random.Random(0).shuffle(validation)
