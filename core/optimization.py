@@ -25,6 +25,7 @@ the data hashes and both scores as lineage.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,6 +46,7 @@ __all__ = [
     "OptimizationLog",
     "OptimizationResult",
     "Settings",
+    "abootstrap",
     "aoptimize",
     "aresume",
     "optimize",
@@ -232,13 +234,18 @@ class _Job:
                 return None, exc, reduced
             return (result if passed else None), None, reduced
 
-        # DSPy tries one example at a time; the first round of the next ``concurrency`` examples runs ahead
-        # here (their outcomes are still taken strictly in order, so the demos are the same). A run made
-        # with demos that an error has since changed is thrown away and made again.
+        # DSPy tries one example at a time; here the first round of the next examples (as many as are likely
+        # needed, at most ``concurrency``) runs ahead. Their outcomes are still taken strictly in order, so the
+        # demos are the same; a run made with demos that an error has since changed is made again.
         ahead: dict[int, asyncio.Task[Any]] = {}
 
         def launch(upto: int) -> None:
-            for j in range(upto, min(upto + max(1, self.concurrency), len(trainset))):
+            # as many as are likely still needed at the pass rate so far (twice the demos missing at first),
+            # at most ``concurrency``: few runs are made in vain
+            missing = max_bootstrapped - len(state["bootstrapped"])
+            rate = (len(state["bootstrapped"]) + 1) / (upto + 2)  # examples before ``upto`` were all examined
+            window = min(self.concurrency, math.ceil(missing / rate))
+            for j in range(upto, min(upto + max(1, window), len(trainset))):
                 if j not in ahead:
                     ahead[j] = asyncio.ensure_future(attempt(trainset[j], 0, current["demos"]))
 
@@ -380,6 +387,17 @@ async def _finish(job: _Job, optimizer: str, store: Any, val: Dataset | None, be
                               optimizer=optimizer, settings=job.settings, score_before=before, score_after=after,
                               train_hash=job.train.hash, val_hash=val.hash if val is not None else None,
                               candidates=candidates, optimized=optimized)
+
+
+async def abootstrap(program: Program, train: Dataset, metric: Any, *, runner: Runner,
+                     settings: Settings | dict[str, Any] | None = None, concurrency: int = 16) -> Program:
+    """Only ``BootstrapFewShot.compile``: ``program`` with bootstrapped demos (nothing scored or stored)."""
+    conf = settings if isinstance(settings, Settings) else Settings(**(settings or {}))
+    teacher = load(conf.teacher) if conf.teacher else program
+    job = _Job(runner, program, teacher, train, train, resolve_metric(metric, runner=runner), conf, concurrency,
+               None, None, None)
+    demos = await job.bootstrap(list(train.rows), conf.max_bootstrapped_demos, "bootstrap", None)
+    return with_demos(program, demos)
 
 
 def _log_for(store: Any) -> OptimizationLog | None:
