@@ -105,7 +105,7 @@ class ImportReport:
             return "opaque"
         if self.verification is not None and not self.verification.ok:
             return "failed"
-        if self.mode == "exact":
+        if self.mode == "exact" and not any(c.status == "unverified" for c in self.constructs):
             return "verified" if self.verification is not None else "exact"
         if self.verification is None:
             return "unverified"
@@ -269,6 +269,23 @@ def _lm_config(predictor: Any) -> dict[str, Any] | None:
     if adapter is not None:
         config["adapter"] = adapter
     return config or None
+
+
+def _default_constructs(obj: Any) -> list[Construct]:
+    """Output fields with a default (``dspy.OutputField(default=...)``): DSPy fills a reply that leaves
+    them out; a program field has no default, so such a reply would not parse the same way."""
+    from pydantic_core import PydanticUndefined
+
+    out = []
+    for _, predictor in obj.named_predictors():
+        sig = predictor.signature
+        for name, info in sig.output_fields.items():
+            has_default = info.default_factory is not None or info.default not in (PydanticUndefined, None)
+            if has_default:
+                out.append(Construct(f"{sig.__name__}.{name}", "unverified",
+                                     "DSPy fills its default when a reply leaves the field out; the program has no "
+                                     "field defaults (the samples' replies all gave it)"))
+    return out
 
 
 def _demo_dicts(demos: Iterable[Any], names: Sequence[str]) -> list[dict[str, Any]]:
@@ -1127,7 +1144,7 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     program = _program(name, signature, modules, steps, types, description=_doc(obj))
     parts = {n: f"{converted[n][1]} (exact, traced call{'s' if sequence.count(n) > 1 else ''})"  # type: ignore[index]
              for n in modules}
-    constructs = [Construct(n, "exact") for n in modules] + constructs
+    constructs = [Construct(n, "exact") for n in modules] + constructs + _default_constructs(obj)
     if has_control:  # paths count as exercised only on inputs that are also verified: the marked ones, unmarked outputs
         marked_runs = _runnable(obj, _marked(samples), lm, names)
         other = sorted({tuple(c.name for c in r.calls) for r in marked_runs} - {sequence})
@@ -1158,7 +1175,7 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
 
     entry = _entry(obj)
     controls = _controls(type(obj), entry)[0]
-    if not any(c.kind == "if" for c in controls) or len(_custom_classes(obj)) != 1:
+    if not any(c.kind in ("if", "for", "comprehension") for c in controls) or len(_custom_classes(obj)) != 1:
         return None
     types = _Types()
     leaves = _leaves(obj)
@@ -1182,12 +1199,21 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
                 yield from walk(step.get(key) or [])
 
     for step in walk(compiled.steps):
-        for arg, ref in (step.get("with") or {}).items() if "call" in step else ():
+        module = str(step.get("call") or step.get("map") or "")
+        for arg, ref in (step.get("with") or {}).items() if module else ():
             if isinstance(ref, str) and ref.startswith("$inputs."):
-                spec = interfaces[step["call"]].inputs.get(arg)
+                spec = interfaces[module].inputs.get(arg)
                 if spec is not None:
                     in_types[ref.split(".", 1)[1]] = spec.type
-    as_modules = {step["as"]: step["call"] for step in walk(compiled.steps) if "call" in step}
+        over = step.get("over")
+        if module and isinstance(over, str) and over.startswith("$inputs."):  # a list of what each element feeds
+            item = f"${step['item']}"
+            fed = [interfaces[module].inputs[a].type for a, r in step["with"].items()
+                   if r == item and a in interfaces[module].inputs]
+            in_types[over.split(".", 1)[1]] = f"list[{fed[0] if fed else 'str'}]"
+    as_modules = {str(step["as"]): str(step.get("call") or step.get("map")) for step in walk(compiled.steps)
+                  if "call" in step or "map" in step}
+    mapped_as = {step["as"] for step in walk(compiled.steps) if "map" in step}
     out_names = list(dict.fromkeys(k for mapping in compiled.returns for k in mapping))
     out_types: dict[str, set[str]] = {k: set() for k in out_names}
     for mapping in compiled.returns:
@@ -1201,7 +1227,8 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
             if src == "inputs":
                 out_types[k].add(in_types.get(fld, "str"))
             elif src in as_modules:
-                out_types[k].add(interfaces[as_modules[src]].outputs[fld].type)
+                ftype = interfaces[as_modules[src]].outputs[fld].type
+                out_types[k].add(f"list[{ftype}]" if src in mapped_as else ftype)
             elif isinstance(ref, dict) and "$template" in ref:
                 out_types[k].add("str")
             else:
@@ -1220,13 +1247,17 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     report = ImportReport("static", {n: f"{converted[n][1]} (exact)" for n in modules},  # type: ignore[index]
                           notes=[f"{cls.__name__}.{entry} read statically: {compiled.branches} branch(es) "
                                  "as if steps"],
-                          constructs=[Construct(n, "exact") for n in modules])
+                          constructs=[*(Construct(n, "exact") for n in modules), *_default_constructs(obj)])
     names = {id(m): n for n, m in leaves.items()}
     runs = _trace_runs(obj, samples, lm, names, []) + _runnable(obj, _marked(samples), lm, names)
     report.verification = verify(obj, program, [r.sample for r in runs], lm=lm)
     if not report.verification.ok:
         return None
-    report.constructs += _judge_controls(obj, [r.lines for r in runs])
+    for judged in _judge_controls(obj, [r.lines for r in runs]):
+        if judged.line in compiled.mapped:  # a map step: one call per element, for any length
+            judged = Construct(judged.name, "verified", "converted to a map step (any number of elements)",
+                               judged.line)
+        report.constructs.append(judged)
     return program, report
 
 
@@ -1417,7 +1448,8 @@ def _import(obj: Any, state: dict[str, Any] | None, samples: list[dict[str, Any]
             {"return": {k: f"$result.{k}" for k in program_sig.outputs}},
         ]
         program = _program(program_name, program_sig, {"main": data}, steps, types)
-        report = ImportReport("exact", {"main": f"{mtype} (exact)"}, constructs=[Construct("main", "exact")])
+        report = ImportReport("exact", {"main": f"{mtype} (exact)"},
+                              constructs=[Construct("main", "exact"), *_default_constructs(obj)])
         if samples:
             report.verification = verify(obj, program, samples, lm=lm)
             if not report.verification.ok:

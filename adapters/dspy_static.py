@@ -7,6 +7,8 @@ what a predictor said (a router) has paths the samples may never take. This read
 * ``x = self.p(a=..., b=...)`` (a predictor kept on the module, in a list or dict), ``x.field``;
 * values: forward's parameters, constants, f-strings (``$template``), ``len(...)``, comparisons
   (``== != < <= > >= in``, ``not in``), ``and``/``or``/``not``;
+* ``[self.p(k=x).field for x in xs]`` and ``acc = []; for x in xs: acc.append(self.p(k=x).field)``
+  as ``map`` steps (one call per element, whatever the length);
 * ``if``/``elif``/``else`` blocks; ``return self.p(...)``, ``return x`` (a predictor result) and
   ``return dspy.Prediction(k=v, ...)``; docstrings and ``pass``.
 
@@ -51,6 +53,7 @@ class Compiled:
     returns: list[dict[str, Any]]  # every return mapping, on every path
     calls: list[str] = field(default_factory=list)  # module names in order of appearance
     branches: int = 0
+    mapped: list[int] = field(default_factory=list)  # lines of comprehensions / for loops that became map steps
 
 
 def _escape(value: Any) -> Any:
@@ -71,6 +74,7 @@ class _Compiler:
         self.returns: list[dict[str, Any]] = []
         self.branches = 0
         self.params = params
+        self.mapped_lines: list[int] = []
 
     def fail(self, what: str, node: ast.AST) -> Unsupported:
         return Unsupported(what, getattr(node, "lineno", 0) + self.offset)
@@ -103,6 +107,8 @@ class _Compiler:
     def value(self, node: ast.AST, env: dict[str, Any]) -> Any:
         if isinstance(node, ast.Constant) and (node.value is None or isinstance(node.value, str | int | float | bool)):
             return _escape(node.value)
+        if isinstance(node, ast.List) and not node.elts:
+            return []
         if isinstance(node, ast.Name):
             if node.id not in env:
                 raise self.fail(f"name {node.id!r} is not a parameter or an earlier assignment", node)
@@ -124,7 +130,8 @@ class _Compiler:
                 raise self.fail("a predictor called inside an expression", node)
             raise self.fail("an attribute of something other than a predictor result", node)
         if isinstance(node, ast.JoinedStr):
-            text, names = [], {}
+            text: list[str] = []
+            names: dict[str, Any] = {}
             for part in node.values:
                 if isinstance(part, ast.Constant):
                     text.append(str(part.value).replace("{", "{{").replace("}", "}}"))
@@ -184,6 +191,16 @@ class _Compiler:
             elif isinstance(stmt, ast.Return):
                 steps.append({"return": self.returned(stmt, env, steps)})
                 return steps, True
+            elif isinstance(stmt, ast.For) and not stmt.orelse and len(stmt.body) == 1:
+                # acc = [] ; for x in xs: acc.append(self.p(...).field)  ->  a map step
+                inner = stmt.body[0]
+                if not (isinstance(inner, ast.Expr) and isinstance(inner.value, ast.Call)
+                        and isinstance(inner.value.func, ast.Attribute) and inner.value.func.attr == "append"
+                        and isinstance(inner.value.func.value, ast.Name) and len(inner.value.args) == 1
+                        and env.get(inner.value.func.value.id) == []):
+                    raise self.fail("a for loop other than appending one predictor field per element", stmt)
+                env[inner.value.func.value.id] = self.mapped(inner.value.args[0], stmt.target, stmt.iter, env,
+                                                             steps, stmt)
             elif isinstance(stmt, ast.If):
                 step, returns = self.if_(stmt, env)
                 steps.append(step)
@@ -193,7 +210,37 @@ class _Compiler:
                 raise self.fail(f"the statement {type(stmt).__name__}", stmt)
         return steps, False
 
+    def mapped(self, element: ast.AST, target: ast.AST, iterable: ast.AST, env: dict[str, Any],
+               steps: list[dict[str, Any]], line_node: ast.AST) -> str:
+        """``[self.p(k=...x...).field for x in xs]``: a map step over ``xs``; the list of fields."""
+        if not isinstance(target, ast.Name):
+            raise self.fail("a loop target that is not a name", target)
+        if not (isinstance(element, ast.Attribute) and isinstance(element.value, ast.Call)):
+            raise self.fail("a loop whose element is not a predictor result's field", element)
+        call = element.value
+        module = self.leaf(call.func.value if isinstance(call.func, ast.Attribute) and call.func.attr in (
+            "__call__", "forward") else call.func)
+        if module is None or call.args or any(k.arg is None for k in call.keywords):
+            raise self.fail("a loop element that is not a predictor called with keywords", call)
+        if element.attr not in self.outputs[module]:
+            raise self.fail(f"{element.attr} is not an output of {module}", element)
+        over = self.value(iterable, env)
+        item = f"item_{target.id}"
+        inner = {**env, target.id: f"${item}"}
+        with_ = {k.arg: self.value(k.value, inner) for k in call.keywords if k.arg is not None}
+        self.counts[module] = self.counts.get(module, 0) + 1
+        as_ = f"{module}_all" if self.counts[module] == 1 else f"{module}_all{self.counts[module]}"
+        steps.append({"map": module, "over": over, "item": item, "with": with_, "as": as_})
+        self.calls.append(module)
+        self.mapped_lines.append(getattr(line_node, "lineno", 0) + self.offset)
+        return f"${as_}.{element.attr}"
+
     def expression(self, node: ast.AST, env: dict[str, Any], steps: list[dict[str, Any]]) -> Any:
+        if isinstance(node, ast.ListComp):
+            gen = node.generators
+            if len(gen) != 1 or gen[0].ifs or gen[0].is_async:
+                raise self.fail("a comprehension with several loops or a filter", node)
+            return self.mapped(node.elt, gen[0].target, gen[0].iter, env, steps, node)
         if isinstance(node, ast.Call):
             result = self.call(node, env, steps)
             if result is None:
@@ -282,7 +329,7 @@ def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[
     steps, returns = compiler.block(body, env)
     if not returns:
         raise Unsupported("a path through forward does not return", start)
-    return Compiled(steps, compiler.returns, compiler.calls, compiler.branches)
+    return Compiled(steps, compiler.returns, compiler.calls, compiler.branches, compiler.mapped_lines)
 
 
 def _unawait(stmt: ast.stmt) -> ast.stmt:

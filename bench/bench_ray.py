@@ -2,7 +2,8 @@
 
 1. Round trip (one request at a time) of a trivial program (a single ``return`` step): the ray adapter
    (2 actors on a local Ray) vs the ZeroMQ pool (2 workers) vs a bare Ray task round trip
-   (``ray.get(echo.remote(x))`` on the same instance: the least any Ray backend can cost).
+   (``ray.get(echo.remote(x))`` on the same instance) and a bare async actor call doing the same echo
+   (the least an actor-based Ray backend can cost).
 2. I/O-bound throughput: ``examples/classify.yaml`` against a loopback reference LM with 50 ms latency
    (its own process), ``--runs`` runs at ``--concurrency``: the ray adapter vs the pool, the same number of
    actors and workers, each allowed the whole concurrency.
@@ -69,6 +70,26 @@ def bare_ray_round_trips(n: int) -> list[float]:
     return out
 
 
+def bare_actor_round_trips(n: int) -> list[float]:
+    """The same echo as an async actor's method: what one actor call costs, with no stepbridge in it."""
+    ray = require_ray()
+
+    @ray.remote(num_cpus=0)
+    class Echo:
+        async def echo(self, body: dict[str, str]) -> dict[str, str]:
+            return {"answer": body["question"]}
+
+    actor = Echo.remote()
+    ray.get(actor.echo.remote({"question": "warm"}))
+    out = []
+    for i in range(n):
+        start = time.perf_counter()
+        assert ray.get(actor.echo.remote({"question": f"q{i}"})) == {"answer": f"q{i}"}
+        out.append(time.perf_counter() - start)
+    ray.kill(actor)
+    return out
+
+
 def rows(n: int) -> list[dict[str, Any]]:
     return [{"ticket": f"ticket {i}: I was charged twice, please refund me"} for i in range(n)]
 
@@ -104,6 +125,8 @@ async def bench(args: argparse.Namespace, url: str) -> dict[str, list[float]]:
             found.setdefault("pool round trip", []).append(p50(await adapter_round_trips(pool, args.round_trips)))
             found.setdefault("bare ray task round trip", []).append(
                 p50(await asyncio.to_thread(bare_ray_round_trips, args.round_trips)))
+            found.setdefault("bare ray actor round trip", []).append(
+                p50(await asyncio.to_thread(bare_actor_round_trips, args.round_trips)))
             found.setdefault("ray throughput", []).append(await throughput(ray_runner, args.runs, args.concurrency))
             found.setdefault("pool throughput", []).append(await throughput(pool_runner, args.runs, args.concurrency))
             print(f"round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1] * 1e6:.0f} us" if "trip" in k
@@ -128,10 +151,11 @@ def main() -> None:
     print(f"\nmedian of {args.repeats} rounds; {args.processes} actors / workers; round trips: {args.round_trips} "
           f"one at a time; throughput: {args.runs} runs at concurrency {args.concurrency}, LM latency "
           f"{args.latency_ms:.0f} ms (ideal {ideal:,.0f} runs/s)")
-    for name in ("ray round trip", "pool round trip", "bare ray task round trip"):
+    for name in ("ray round trip", "pool round trip", "bare ray task round trip", "bare ray actor round trip"):
         print(f"{name:<26}: p50 {med[name] * 1e6:8.0f} us")
     print(f"ray / pool round trip     : {med['ray round trip'] / med['pool round trip']:8.2f}x")
     print(f"ray / bare ray task       : {med['ray round trip'] / med['bare ray task round trip']:8.2f}x")
+    print(f"ray / bare ray actor call : {med['ray round trip'] / med['bare ray actor round trip']:8.2f}x")
     for name in ("ray throughput", "pool throughput"):
         print(f"{name:<26}: {med[name]:8,.0f} runs/s = {med[name] / ideal:6.1%} of ideal")
     print(f"ray / pool throughput     : {med['ray throughput'] / med['pool throughput']:8.2f}")

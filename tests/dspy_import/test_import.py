@@ -437,3 +437,67 @@ def test_bad_arguments_are_conversion_errors(dspy_lm: Any) -> None:
         import_module(Router(), sample_inputs=[{"nonsense": 1}], lm=dspy_lm, fallback=False)
     with pytest.raises(ConversionError):
         import_module(dspy.Predict("question -> answer"), state={"signature": 5}, lm=dspy_lm)
+
+
+class PerQuestion(dspy.Module):
+    """Answers each question of a list, then summarizes (a comprehension and a for-append)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = dspy.Predict("question -> answer")
+        self.check = dspy.Predict("question, topic -> verdict")
+        self.summarize = dspy.Predict("answers: list[str] -> summary")
+
+    def forward(self, questions: list[str], topic: str) -> Any:
+        answers = [self.answer(question=q).answer for q in questions]
+        verdicts = []
+        for q in questions:
+            verdicts.append(self.check(question=q, topic=topic).verdict)
+        summary = self.summarize(answers=answers).summary
+        return dspy.Prediction(answers=answers, verdicts=verdicts, summary=summary)
+
+
+def test_comprehensions_and_for_append_become_map_steps(loop: Any, dspy_lm: Any, native_adapter: Any) -> None:
+    samples = [{"questions": ["Who designed the Eiffel Tower?", "Where is Everest?"], "topic": "travel"}]
+    original = PerQuestion()
+    program, report = import_module(original, sample_inputs=samples, lm=dspy_lm)
+    assert report.mode == "static" and report.status == "verified", str(report)
+    kinds = [next(iter(s)) for s in program.to_dict()["steps"]]
+    assert kinds == ["map", "map", "call", "return"]
+    assert program.signature.inputs["questions"].type == "list[str]"
+    for inputs in [{"questions": ["What does the Louvre house?"], "topic": "art"},
+                   {"questions": ["Capital of Peru?", "Capital of Chile?", "Who wrote Faust?"], "topic": "x"}]:
+        prediction, messages = _plain(original, inputs, dspy_lm)
+        result = _run(loop, native_adapter, program, inputs)
+        assert result.outputs == {k: prediction[k] for k in ("answers", "verdicts", "summary")}
+        sent = [c.messages for s in result.trace for c in [*s.lm_calls, *(x for ch in (s.children or [])
+                                                                          for x in ch.lm_calls)]]
+        assert sorted(map(str, sent)) == sorted(map(str, messages))  # map elements run concurrently
+
+
+def test_cli_strict_refuses_a_partial_import_and_reports_constructs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    operator_lm: Any) -> None:
+    from stepbridge.adapters.dspy_cli import app
+    from typer.testing import CliRunner
+
+    (tmp_path / "sb_router.py").write_text(
+        "import dspy\n"
+        "class Router(dspy.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.quick = dspy.Predict('question -> answer')\n"
+        "        self.think = dspy.ChainOfThought('question -> answer')\n"
+        "    def forward(self, question):\n"
+        "        if len(question) > 1000:\n"
+        "            return self.think(question=question)\n"
+        "        return self.quick(question=question)\n")
+    (tmp_path / "samples.jsonl").write_text('{"question": "Who designed the Eiffel Tower?"}\n')
+    monkeypatch.chdir(tmp_path)
+    args = ["import-dspy", "sb_router:Router", "--sample-inputs", "samples.jsonl", "-o", str(tmp_path / "r.yaml")]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)["report"]
+    assert report["status"] == "partially verified" and report["verified"] is False
+    assert any(c["status"] == "unverified" and c["line"] == 8 for c in report["constructs"])
+    result = CliRunner().invoke(app, [*args, "--strict"])
+    assert result.exit_code == 2 and "partially verified" in result.output and "Traceback" not in result.output
