@@ -185,6 +185,11 @@ class _Types:
         self.section: dict[str, dict[str, Any]] = {}
 
     def convert(self, annotation: Any, construct: str, target: Any) -> str:
+        custom = _custom_dspy_type(annotation)
+        if custom is not None:
+            raise _error(f"dspy.{custom} is a DSPy type that formats and parses itself (its own prompt text); no "
+                         "program type reproduces it", construct=construct, target=target,
+                         hint="register the module to import it as an opaque 'dspy' step")
         try:
             t = TypeExpr.from_annotation(annotation)
         except (TypeError, ValueError) as exc:
@@ -200,6 +205,21 @@ class _Types:
                     raise _error(f"two different types are named {sub.decl.name!r}", construct=construct,
                                  target=target, hint="rename one of the classes")
         return str(t)
+
+
+def _custom_dspy_type(annotation: Any) -> str | None:
+    """The name of a ``dspy.Type`` (Image, Audio, Code, Tool, ToolCalls...) inside ``annotation``."""
+    import typing
+
+    from dspy.adapters.types.base_type import Type as DSPyType
+
+    if isinstance(annotation, type) and issubclass(annotation, DSPyType):
+        return annotation.__name__.split("_")[0]
+    for arg in typing.get_args(annotation):
+        found = _custom_dspy_type(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _field_desc(name: str, info: Any) -> str | None:

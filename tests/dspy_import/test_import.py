@@ -548,3 +548,14 @@ def test_a_registered_tool_called_in_forward_is_a_tool_step(loop: Any, dspy_lm: 
             assert [c.messages for s in result.trace for c in s.lm_calls] == messages
     finally:
         tools.unregister("sb_search")
+
+
+def test_dspy_custom_types_are_refused_not_misconverted() -> None:
+    class CodeSig(dspy.Signature):
+        question: str = dspy.InputField()
+        code: dspy.Code = dspy.OutputField()
+
+    # dspy.Code is a pydantic model, but formats and parses itself: converting it as an object type would
+    # send other messages (verification caught that); it is refused before, with the field named
+    with pytest.raises(ConversionError, match=r"CodeSig\.code: dspy\.Code is a DSPy type"):
+        import_module(dspy.Predict(CodeSig))
