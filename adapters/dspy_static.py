@@ -130,7 +130,8 @@ class _Compiler:
                 raise self.fail("a predictor called inside an expression", node)
             raise self.fail("an attribute of something other than a predictor result", node)
         if isinstance(node, ast.JoinedStr):
-            text, names = [], {}
+            text: list[str] = []
+            names: dict[str, Any] = {}
             for part in node.values:
                 if isinstance(part, ast.Constant):
                     text.append(str(part.value).replace("{", "{{").replace("}", "}}"))

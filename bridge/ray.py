@@ -146,6 +146,12 @@ def _connect(config: RayConfig) -> bool:
         return address is None
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark an abandoned call's outcome as seen (no 'exception was never retrieved' at shutdown)."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _trim(refs: OrderedDict[str, Any]) -> None:
     """Let go of the least recently used object references beyond :data:`KEPT_REFS` (Ray frees the objects
     once no actor holds them either)."""
@@ -238,8 +244,9 @@ class RayAdapter:
         # this side sends an actor at most ``concurrency`` runs; the spare calls are for start/describe/close,
         # so a busy actor still answers them (one event loop: an async actor's concurrency groups would each
         # get their own, and the hosted adapter lives on one)
+        # SPREAD: actors reserving no CPU would otherwise all land on whichever node Ray picks first
         options: dict[str, Any] = {"max_concurrency": c.concurrency + CONTROL_CALLS, "num_cpus": c.actor_cpus,
-                                   "max_restarts": -1, "max_task_retries": 0}
+                                   "max_restarts": -1, "max_task_retries": 0, "scheduling_strategy": "SPREAD"}
         if env:
             options["runtime_env"] = {"env_vars": dict(env)}
         actor_class = ray.remote(RayHost)
@@ -327,7 +334,9 @@ class RayAdapter:
             self.stats["runs"] += 1
             try:
                 wait = None if budget is None else budget + self.config.cancel_grace
-                reply_frames = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(call.future())), wait)
+                answer = asyncio.wrap_future(call.future())
+                answer.add_done_callback(_retrieved)  # after a timeout or cancel, nobody else looks at it
+                reply_frames = await asyncio.wait_for(asyncio.shield(answer), wait)
             except asyncio.CancelledError:
                 self.stats["cancelled"] += 1
                 with contextlib.suppress(Exception):
