@@ -92,15 +92,15 @@ from stepbridge.program import (  # noqa: E402
 )
 from stepbridge.react import json_data  # noqa: E402
 from stepbridge.result import LMCall, RunResult  # noqa: E402
-from stepbridge.secrets import register_secret, register_url, scrub  # noqa: E402
+from stepbridge.secrets import register_url, scrub  # noqa: E402
 
 __all__ = [
     "DSPyAdapter",
     "ProgramModule",
     "apply_state",
     "build_module",
+    "from_dspy_error",
     "sanitize_state",
-    "to_typed_error",
 ]
 
 from . import dspy_lm_guard as lm_guard  # noqa: E402
@@ -155,12 +155,7 @@ class ToolStep(dspy.Module):
         return tools.get(self.tool_name)
 
     def _shape(self, value: Any) -> dspy.Prediction:
-        if isinstance(value, dict) and set(self.outputs) <= set(value):
-            return dspy.Prediction(**{k: value[k] for k in self.outputs})
-        if len(self.outputs) == 1:
-            return dspy.Prediction(**{self.outputs[0]: value})
-        raise TypeError(f"tool {self.tool_name!r} returned {type(value).__name__}; expected a dict with "
-                        f"{', '.join(self.outputs)}")
+        return dspy.Prediction(**self._tool().shape(value, self.outputs))
 
     def forward(self, **kwargs: Any) -> dspy.Prediction:
         tool = self._tool()
@@ -389,8 +384,9 @@ def build_module(program: Program) -> ProgramModule:
 # ================================================================================================
 # Errors and trace
 # ================================================================================================
-def to_typed_error(exc: BaseException) -> StepbridgeError:
-    """A DSPy / LM / Python exception as stepbridge's typed error."""
+def from_dspy_error(exc: BaseException) -> StepbridgeError:
+    """A DSPy / LM / Python exception as stepbridge's typed error: DSPy's parse, context-window and LM errors
+    keep their meaning (``stepbridge.interpreter.to_typed_error`` only wraps what is not ours)."""
     if isinstance(exc, StepbridgeError):
         return exc
     from dspy.utils.exceptions import AdapterParseError, is_retryable_lm_error
@@ -436,7 +432,7 @@ class _CallRecorder(BaseCallback):
         for latency, messages, exception, entry in self.ends:
             if exception is not None:
                 out.append(LMCall(model=self.model, messages=_plain_messages(messages), latency_ms=latency,
-                                  error=to_typed_error(exception).to_dict()))
+                                  error=from_dspy_error(exception).to_dict()))
                 continue
             entry = entry or {}
             for i, text in enumerate(_response_texts(entry)):  # n > 1: one record per completion, as native
@@ -601,13 +597,7 @@ class DSPyAdapter:
                 api_key = "stepbridge-reference"
             else:
                 api_base = profile.base_url or ""
-                api_key = "stepbridge-no-key"
-                if profile.api_key_env:
-                    api_key = os.environ.get(profile.api_key_env, "")
-                    if not api_key:
-                        raise LMError(f"LM profile {profile.name!r}: environment variable {profile.api_key_env} "
-                                      "is not set")
-                    register_secret(api_key, source=f"${profile.api_key_env}")
+                api_key = profile.api_key() or "stepbridge-no-key"
                 register_url(api_base, source=f"the base_url of LM profile {profile.name!r}")
             wire_model = model if model.startswith("openai/") else f"openai/{model}"
             extra = {"n": n} if n is not None else {}  # dspy.Predict reads n (and num_generations) from here
@@ -638,7 +628,7 @@ class DSPyAdapter:
         except StepbridgeError:
             raise
         except Exception as exc:  # DSPy's and litellm's exceptions become our typed errors here
-            raise to_typed_error(exc) from exc
+            raise from_dspy_error(exc) from exc
 
     async def _call_module(self, prepared: _Prepared, step: PlanStep, args: dict[str, Any], ctx: RunContext,
                     calls: list[LMCall]) -> dict[str, Any]:

@@ -21,7 +21,8 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+
+from stepbridge.recorder import ProgramSource
 
 from .config import PoolConfig
 from .logs import configure_process_logging
@@ -32,7 +33,7 @@ __all__ = ["run_broker", "serve"]
 log = logging.getLogger("stepbridge.bridge.broker")
 
 
-async def serve(config: PoolConfig, *, store: Any = None,
+async def serve(config: PoolConfig, *, store: ProgramSource | None = None,
                 announce: Callable[[Router], None] | None = None) -> None:
     """Run a broker until SIGTERM/SIGINT; ``announce(router)`` is called once it is bound."""
     from .pool import declared_capabilities

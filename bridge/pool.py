@@ -32,6 +32,7 @@ from stepbridge.errors import (
     WorkerLostError,
 )
 from stepbridge.program import Program
+from stepbridge.recorder import ProgramSource
 from stepbridge.result import RunResult
 
 from . import protocol as p
@@ -69,8 +70,8 @@ class PoolAdapter:
 
     name = "pool"
 
-    def __init__(self, config: PoolConfig | None = None, *, address: str | None = None, store: Any = None,
-                 **settings: Any):
+    def __init__(self, config: PoolConfig | None = None, *, address: str | None = None,
+                 store: ProgramSource | None = None, **settings: Any):
         self.config = PoolConfig.from_settings(config, **settings)
         self.address = address
         self.backend = self.config.backend

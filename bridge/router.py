@@ -49,6 +49,7 @@ from stepbridge.errors import (
     error_from_dict,
 )
 from stepbridge.program import Program, ToolModule
+from stepbridge.recorder import ProgramSource
 from stepbridge.result import RunResult, StepTrace
 
 from . import protocol as p
@@ -77,17 +78,9 @@ log = logging.getLogger("stepbridge.bridge.router")
 
 PROGRAM_CACHE_SIZE = 1024
 
-_OPTION_FIELDS = {"execution_id", "timeout", "lm", "attempt", "idempotency_key", "cache", "metadata"}
-_OPTIONS_KNOWN = set(RunOptions.model_fields) == _OPTION_FIELDS
-
-
 def wire_options(options: RunOptions) -> dict[str, Any]:
     """The run options a REQUEST carries besides execution id, attempt and budget (non-defaults only)."""
-    d = options.__dict__
-    if (_OPTIONS_KNOWN and d["lm"] is None and d["idempotency_key"] is None and d["cache"] is None
-            and not d["metadata"]):
-        return {}
-    return options.model_dump(mode="json", exclude={"execution_id", "attempt", "timeout"}, exclude_defaults=True)
+    return options.extras()
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -146,8 +139,8 @@ class _Endpoint:
 class Router:
     """Binds the sockets, feeds the scheduler, performs its actions, supervises local workers."""
 
-    def __init__(self, config: PoolConfig | None = None, *, store: Any = None, serve_clients: bool = False,
-                 expected_capabilities: frozenset[str] = frozenset()):
+    def __init__(self, config: PoolConfig | None = None, *, store: ProgramSource | None = None,
+                 serve_clients: bool = False, expected_capabilities: frozenset[str] = frozenset()):
         self.config = c = config or PoolConfig()
         self.store = store
         self.serve_clients = serve_clients

@@ -42,27 +42,30 @@ import traceback
 import uuid
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from stepbridge.adapter import RunOptions
 from stepbridge.errors import (
     InputValidationError,
     Issue,
+    ProgramNotFound,
     ProgramValidationError,
     RunCancelledError,
     StepbridgeError,
-    UnsupportedCapabilityError,
     WorkerLostError,
 )
 from stepbridge.program import Program
-from stepbridge.result import fast_construct
+from stepbridge.runner import check_run
 from stepbridge.secrets import might_hold_secret, scrub, scrub_process_output
 
 from . import protocol as p
 from .data import DEFAULT_CACHE_BYTES, DataCache, corpora, manifest_key
 from .logs import configure_process_logging
 from .net import CurveKeys, Pump, configure_dealer
+
+if TYPE_CHECKING:
+    from stepbridge.storage.store import Store
 
 __all__ = ["Worker", "main"]
 
@@ -121,7 +124,7 @@ class Worker:
         heartbeat: float = 1.0,
         liveness: int = 3,
         parent_pid: int | None = None,
-        store: Any = None,
+        store: Store | None = None,
         curve: CurveKeys | None = None,
         worker_id: str | None = None,
         adapter_options: dict[str, Any] | None = None,
@@ -434,16 +437,9 @@ class Worker:
     async def _execute_inner(self, request_id: bytes, req: p.Request) -> None:
         try:
             program = await self._program(req.program_hash)
-            missing = program.required_capabilities - self.capabilities
-            if missing:
-                cap = sorted(missing)[0]
-                raise UnsupportedCapabilityError(
-                    f"worker {self.worker_id} ({self.backend}) lacks capability {cap!r}", capability=cap,
-                    adapter=self.backend)
             options = self._options(req)
-            from stepbridge.validate import check_inputs
-
-            inputs = check_inputs(program, dict(req.inputs))
+            inputs = check_run(program, dict(req.inputs), self.backend, self.capabilities, options.lm,
+                               where=f"worker {self.worker_id}")
             key, program = await self._bind(program, req.data)
             if key not in self._prepared:
                 await self.adapter.prepare(program)
@@ -484,12 +480,10 @@ class Worker:
             log.warning("worker %s: could not send the reply to %s", self.worker_id, req.execution_id)
 
     def _options(self, req: p.Request) -> RunOptions:
-        if not req.options and _RUN_OPTION_FIELDS:
+        if not req.options:
             # the usual case: nothing beyond what the Request struct already validated (execution id,
             # attempt, budget > 0), so build the options without another pydantic pass
-            return fast_construct(RunOptions, {"execution_id": req.execution_id, "timeout": req.budget, "lm": None,
-                                               "attempt": req.attempt, "idempotency_key": None, "cache": None,
-                                               "metadata": {}})
+            return RunOptions.plain(req.execution_id, timeout=req.budget, attempt=req.attempt)
         fields = dict(req.options)
         fields.update(execution_id=req.execution_id, attempt=req.attempt, timeout=req.budget)
         try:
@@ -633,10 +627,12 @@ class Worker:
 
     async def _from_store(self, program_hash: str) -> Program | None:
         """The stored program with this hash, validated in full and verified, or None (then ask the router)."""
+        if self.store is None:
+            return None
         try:
             stored: Program = await asyncio.to_thread(self.store.load, program_hash)
         except Exception as exc:
-            if type(exc).__name__ == "ProgramNotFound":
+            if isinstance(exc, ProgramNotFound):
                 log.debug("program %s is not in the store", program_hash[:12])
             else:  # tampered, invalid, unreadable: never built; the router may still have the real one
                 log.warning("worker %s: refused stored program %s: %s", self.worker_id, program_hash[:12],
@@ -647,11 +643,6 @@ class Worker:
                         stored.content_hash[:12], program_hash[:12])
             return None
         return stored.with_base_dir(None)  # the row's folder is outside the content hash: never used
-
-
-# the fast path above knows every RunOptions field; if the core adds one, validate as before
-_RUN_OPTION_FIELDS = set(RunOptions.model_fields) == {"execution_id", "timeout", "lm", "attempt", "idempotency_key",
-                                                      "cache", "metadata"}
 
 
 def _index_corpora(program: Program) -> None:

@@ -7,8 +7,10 @@ from .errors import (
     InputValidationError,
     Issue,
     LMError,
+    LMParseError,
     OperationError,
     PoolSaturatedError,
+    ProgramNotFound,
     ProgramValidationError,
     RunCancelledError,
     RunTimeoutError,
@@ -20,7 +22,9 @@ from .errors import (
 )
 from .evaluation import EvaluationResult, aevaluate, evaluate
 from .loader import load_program
+from .optimization import OptimizationResult, aoptimize, optimize
 from .program import LMConfig, Program
+from .recorder import AsyncRecorder, BatchRecorder, ProgramSource, Recorder
 from .registry import dspy_modules, load_adapter, metrics, retrievers, tools
 from .result import LMCall, RunResult, StepTrace, Usage
 from .runner import BatchItem, Runner, batch, load, run
@@ -31,7 +35,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adapter",
+    "AsyncRecorder",
     "BatchItem",
+    "BatchRecorder",
     "Dataset",
     "EvaluationResult",
     "FieldSpec",
@@ -40,11 +46,16 @@ __all__ = [
     "LMCall",
     "LMConfig",
     "LMError",
+    "LMParseError",
     "OperationError",
+    "OptimizationResult",
     "PoolSaturatedError",
     "Program",
     "ProgramBuilder",
+    "ProgramNotFound",
+    "ProgramSource",
     "ProgramValidationError",
+    "Recorder",
     "RunCancelledError",
     "RunOptions",
     "RunResult",
@@ -60,6 +71,7 @@ __all__ = [
     "WorkerLostError",
     "__version__",
     "aevaluate",
+    "aoptimize",
     "batch",
     "check_inputs",
     "dspy_modules",
@@ -69,6 +81,7 @@ __all__ = [
     "load_dataset",
     "load_program",
     "metrics",
+    "optimize",
     "retrievers",
     "run",
     "tools",

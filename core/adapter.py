@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field
 
 from .program import LMConfig, Program
-from .result import RunResult
+from .result import RunResult, fast_construct
 
 __all__ = ["CAPABILITIES", "Adapter", "RunOptions", "new_execution_id"]
 
@@ -49,6 +49,9 @@ class _Random:
     (about 2.4 us each on a VM). Emptied in a forked child, so parent and child never share bytes."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.lock = threading.Lock()
         self.buf = b""
         self.pos = 0
@@ -63,7 +66,7 @@ class _Random:
 
 
 _random = _Random()
-os.register_at_fork(after_in_child=_random.__init__)
+os.register_at_fork(after_in_child=_random.reset)
 
 
 def new_execution_id() -> str:
@@ -87,17 +90,28 @@ class RunOptions(BaseModel):
     cache: bool | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    # The fast paths below name every field: tests/test_runner.py fails when a field is added without
+    # them (they are the only copies of this list).
     @classmethod
     def default(cls) -> RunOptions:
         """``RunOptions()`` without validating its defaults (one per run on the hot path; pydantic's
         ``model_construct`` costs ten times a validated construction)."""
-        obj = object.__new__(cls)
-        object.__setattr__(obj, "__dict__", {"execution_id": new_execution_id(), "timeout": None, "lm": None,
-                                             "attempt": 1, "idempotency_key": None, "cache": None, "metadata": {}})
-        object.__setattr__(obj, "__pydantic_fields_set__", set())
-        object.__setattr__(obj, "__pydantic_extra__", None)
-        object.__setattr__(obj, "__pydantic_private__", None)
-        return obj
+        return cls.plain(new_execution_id(), timeout=None, attempt=1)
+
+    @classmethod
+    def plain(cls, execution_id: str, *, timeout: float | None, attempt: int) -> RunOptions:
+        """Options with nothing set besides id, budget and attempt, built without a validation pass
+        (the pool worker builds one per request from values its wire format already checked)."""
+        return fast_construct(cls, {"execution_id": execution_id, "timeout": timeout, "lm": None, "attempt": attempt,
+                                    "idempotency_key": None, "cache": None, "metadata": {}})
+
+    def extras(self) -> dict[str, Any]:
+        """The options set besides execution id, attempt and timeout, as JSON (non-defaults only): what
+        travels beside those three in a pool request."""
+        d = self.__dict__
+        if d["lm"] is None and d["idempotency_key"] is None and d["cache"] is None and not d["metadata"]:
+            return {}
+        return self.model_dump(mode="json", exclude={"execution_id", "attempt", "timeout"}, exclude_defaults=True)
 
 
 @runtime_checkable

@@ -102,7 +102,7 @@ def validate(
         prog = load_program(program)
     except ProgramValidationError as exc:
         raise _fail_invalid(exc, as_json) from None
-    warnings = getattr(prog, "_warnings", [])
+    warnings = prog.warnings
     if as_json:
         _print_json({"ok": True, "name": prog.name, "hash": prog.content_hash,
                      "issues": [w.to_dict() for w in warnings]})
@@ -351,6 +351,7 @@ def _mount() -> None:
     from stepbridge.storage.cli import batches_app, db_app, executions_app, programs_app
 
     from .eval_cli import eval_command, evals_app
+    from .optimize_cli import optimizations_app, optimize_command
 
     app.add_typer(programs_app, name="programs")
     app.add_typer(executions_app, name="executions")
@@ -363,6 +364,8 @@ def _mount() -> None:
     app.command("conformance")(conformance)
     app.command("eval")(eval_command)
     app.add_typer(evals_app, name="evals")
+    app.command("optimize")(optimize_command)
+    app.add_typer(optimizations_app, name="optimizations")
 
 
 _mount()

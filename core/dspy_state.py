@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .pointers import escape as _esc
+
 __all__ = ["ModuleShape", "module_shape", "predictor_parts", "state_problems"]
 
 #: What a predictor state may contain, and the only value accepted for the keys that set nothing.
@@ -63,10 +65,6 @@ def module_shape(module: Any) -> ModuleShape:
         fields = getattr(signature, "fields", None)
         predictors[name] = tuple(fields) if isinstance(fields, dict) else ()
     return ModuleShape(bare, predictors)
-
-
-def _esc(token: str) -> str:
-    return token.replace("~", "~0").replace("/", "~1")
 
 
 def _is_bare(state: dict[str, Any], shape: ModuleShape | None) -> bool:

@@ -17,12 +17,14 @@ from .secrets import scrub
 __all__ = [
     "ContextWindowExceededError",
     "ConversionError",
+    "ExecutionNotFound",
     "InputValidationError",
     "Issue",
     "LMError",
     "LMParseError",
     "OperationError",
     "PoolSaturatedError",
+    "ProgramNotFound",
     "ProgramValidationError",
     "RunCancelledError",
     "RunTimeoutError",
@@ -248,6 +250,15 @@ class UnsupportedCapabilityError(StepbridgeError):
 
 class StorageError(StepbridgeError):
     """The store could not be read or written (or is newer than this code)."""
+
+
+class ProgramNotFound(StorageError):
+    """No stored program matches the reference (typed, so a worker or client can tell "unknown" from
+    "refused": a tampered or unreadable row is a plain :class:`StorageError`)."""
+
+
+class ExecutionNotFound(StorageError):
+    """No recorded execution has this id."""
 
 
 class ConversionError(StepbridgeError):

@@ -27,6 +27,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from .named_types import TypeSpace, UnknownTypeError
 from .operations import OPERATIONS, OperationTypeError, json_equal, truthy
+from .pointers import escape as _esc
 from .program import MAX_LOOP, STEP_KINDS, CallStep, MapStep, ReturnStep
 from .signature import IDENTIFIER, FieldSpec, Signature, TypeExpr
 from .values import Op, Ref, ValueSyntaxError, is_constant, parse_value
@@ -57,9 +58,6 @@ _KEYS = {
 }
 _LOOP_KEYS = ("max", "steps", "until", "over", "item", "index")
 
-
-def _esc(token: Any) -> str:
-    return str(token).replace("~", "~0").replace("/", "~1")
 
 
 # -- the parsed step tree -------------------------------------------------------------------------

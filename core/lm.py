@@ -72,6 +72,17 @@ class LMProfile(BaseModel):
     def in_process(self) -> bool:
         return self.base_url is None
 
+    def api_key(self) -> str | None:
+        """The key from the environment variable ``api_key_env`` names (registered as a secret, so no
+        trace, log or row ever shows it); None without one. Raises :class:`LMError` if it is unset."""
+        if not self.api_key_env:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise LMError(f"LM profile {self.name!r}: environment variable {self.api_key_env} is not set")
+        register_secret(key, source=f"${self.api_key_env}")
+        return key
+
 
 REFERENCE_PROFILE = LMProfile(name="reference", model="reference/deterministic")
 _REFERENCE_MODEL = "reference/deterministic"
@@ -277,11 +288,7 @@ class HTTPLMClient:
             raise LMError(f"LM profile {profile.name!r} has no base_url")
         self.profile = profile
         headers = {"content-type": "application/json"}
-        if profile.api_key_env:
-            key = os.environ.get(profile.api_key_env)
-            if not key:
-                raise LMError(f"LM profile {profile.name!r}: environment variable {profile.api_key_env} is not set")
-            register_secret(key, source=f"${profile.api_key_env}")
+        if (key := profile.api_key()) is not None:
             headers["authorization"] = f"Bearer {key}"
         register_url(profile.base_url, source=f"the base_url of LM profile {profile.name!r}")
         self._headers = headers

@@ -12,11 +12,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .errors import Issue, ProgramValidationError
+from .pointers import escape as _escape
+
+if TYPE_CHECKING:
+    from .program import Program
 
 __all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "load_program", "parse_document"]
 
@@ -36,9 +40,6 @@ _constructor = yaml.constructor.SafeConstructor()
 def _fail(message: str, line: int | None = None, pointer: str = "") -> ProgramValidationError:
     return ProgramValidationError([Issue(pointer=pointer, message=message, line=line)])
 
-
-def _escape(token: str) -> str:
-    return token.replace("~", "~0").replace("/", "~1")
 
 
 _STR_TAG = "tag:yaml.org,2002:str"
@@ -281,7 +282,7 @@ def _count_nodes(data: Any) -> int:
     return count
 
 
-def load_program(source: str | Path | dict[str, Any], *, base_dir: str | Path | None = None) -> Any:
+def load_program(source: str | Path | dict[str, Any], *, base_dir: str | Path | None = None) -> Program:
     """Load and fully validate a program from a path, YAML/JSON text, or a dict.
 
     Returns a :class:`stepbridge.Program`; raises :class:`ProgramValidationError` listing every problem.

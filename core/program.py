@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,6 +40,7 @@ from pydantic import (
     model_validator,
 )
 
+from .errors import Issue
 from .named_types import MAX_TYPES, TypeSpace, TypeSpec, parse_type_spec
 from .signature import IDENTIFIER, Signature
 
@@ -489,6 +490,7 @@ class Program(_Strict):
 
     _base_dir: Path | None = PrivateAttr(default=None)
     _lines: dict[str, int] = PrivateAttr(default_factory=dict)
+    _warnings: tuple[Issue, ...] = PrivateAttr(default=())
 
     @field_validator("modules")
     @classmethod
@@ -640,9 +642,32 @@ class Program(_Strict):
         """Directory that relative paths (corpora) resolve against."""
         return self._base_dir or Path.cwd()
 
+    @property
+    def source_dir(self) -> Path | None:
+        """The folder the program was loaded from (or stored with); None when it has none. Outside the
+        content hash: storage keeps it beside the row, a worker never uses it."""
+        return self._base_dir
+
+    @property
+    def source_lines(self) -> Mapping[str, int]:
+        """JSON pointer -> source line, when loaded from a file (empty otherwise); see :meth:`line_of`."""
+        return self._lines
+
+    @property
+    def warnings(self) -> tuple[Issue, ...]:
+        """The warnings validation found (errors would have refused the program)."""
+        return self._warnings
+
     def with_base_dir(self, base_dir: Path | str | None) -> Program:
         self._base_dir = Path(base_dir) if base_dir is not None else None
         self.__dict__.pop("plan_key", None)
+        return self
+
+    def with_source(self, *, lines: Mapping[str, int] | None = None, warnings: Iterable[Issue] = ()) -> Program:
+        """Attach what validating the source found (line numbers, warnings): set once, by the validator.
+        Neither is part of the program's content (or its hash)."""
+        self._lines = dict(lines or {})
+        self._warnings = tuple(warnings)
         return self
 
     def line_of(self, pointer: str) -> int | None:

@@ -1,10 +1,12 @@
-"""The recording hook: how the core tells a store about every run, whatever the backend.
+"""What the core asks of a store: the recording hook around every run, and program look-up.
 
 Recording lives in the core (``stepbridge.runner``), not in adapters, so every backend is recorded
-the same way. :class:`stepbridge.storage.Store` implements this protocol; anything else may too.
+the same way. :class:`stepbridge.storage.Store` implements these protocols; anything else may too.
 
-A recorder may also offer ``abegin``/``asucceed``/``afail`` coroutines with the same arguments; the
-Runner prefers them, which lets the store group-commit the writes of concurrent runs.
+An :class:`AsyncRecorder` also offers ``abegin``/``asucceed``/``afail`` coroutines with the same
+arguments; the Runner prefers them, which lets the store group-commit the writes of concurrent runs.
+
+A :class:`ProgramSource` turns a stored reference (``name@alias``, a hash) into a validated program.
 
 A :class:`BatchRecorder` also records a batch as one unit before any of its rows runs: every row
 ``pending``, in input order, so a batch killed at any point loses nothing and can be continued.
@@ -21,7 +23,7 @@ from .errors import StepbridgeError
 from .program import Program
 from .result import RunResult
 
-__all__ = ["BatchBegun", "BatchRecorder", "Begun", "Recorder"]
+__all__ = ["AsyncRecorder", "BatchBegun", "BatchRecorder", "Begun", "ProgramSource", "Recorder"]
 
 
 @dataclass
@@ -48,6 +50,28 @@ class Recorder(Protocol):
 
     def fail(self, execution_id: str, error: StepbridgeError, *, cancelled: bool = False) -> object:
         """Compare-and-set ``running`` -> ``failed`` (or ``cancelled``); store the typed error and partial trace."""
+        ...
+
+
+@runtime_checkable
+class AsyncRecorder(Recorder, Protocol):
+    """A :class:`Recorder` whose writes can be awaited (and so shared between concurrent runs)."""
+
+    async def abegin(self, program: Program, inputs: dict[str, Any], options: RunOptions, backend: str) -> Begun:
+        ...
+
+    async def asucceed(self, execution_id: str, result: RunResult) -> object:
+        ...
+
+    async def afail(self, execution_id: str, error: StepbridgeError, *, cancelled: bool = False) -> object:
+        ...
+
+
+@runtime_checkable
+class ProgramSource(Protocol):
+    def load(self, ref: str) -> Program:
+        """The stored program ``ref`` names, validated in full and checked against its hash; raises
+        :class:`~stepbridge.errors.ProgramNotFound` when nothing matches."""
         ...
 
 

@@ -12,13 +12,16 @@ import functools
 import importlib
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .errors import StepbridgeError, UnsupportedCapabilityError
 from .signature import FieldSpec, Signature, TypeExpr
+
+if TYPE_CHECKING:
+    from .adapter import Adapter
 
 __all__ = [
     "ADAPTER_ATTRIBUTES",
@@ -97,6 +100,16 @@ class Tool:
     @property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.func)
+
+    def shape(self, value: Any, outputs: Sequence[str]) -> dict[str, Any]:
+        """A call's return value as the step's outputs: a dict with every output field (extra keys
+        dropped), or the bare value of a single-output tool. Anything else is a :class:`TypeError`."""
+        if isinstance(value, dict) and set(outputs) <= set(value):
+            return {k: value[k] for k in outputs}
+        if len(outputs) == 1:
+            return {outputs[0]: value}
+        raise TypeError(f"tool {self.name!r} returned {type(value).__name__}; expected a dict with "
+                        f"{', '.join(outputs)}")
 
 
 def tool_signature(func: Callable[..., Any]) -> Signature:
@@ -196,7 +209,7 @@ def is_adapter(obj: object) -> bool:
     return not inspect.isclass(obj) and all(hasattr(obj, a) for a in ADAPTER_ATTRIBUTES)
 
 
-def load_adapter(spec: Any, **kwargs: Any) -> Any:
+def load_adapter(spec: str | Adapter | Callable[..., Adapter], **kwargs: Any) -> Adapter:
     """An adapter instance from a registered name (``native``), ``package.module:factory``, an adapter
     class or factory (called with ``kwargs``), or an instance (returned as is). Anything else is an
     :class:`UnsupportedCapabilityError`. This is operator input, so an import path is allowed here

@@ -21,14 +21,37 @@ from .errors import (
     UnsupportedCapabilityError,
 )
 from .program import LMConfig, Program, lm_capabilities
-from .recorder import BatchBegun, BatchRecorder, Begun, Recorder
+from .recorder import AsyncRecorder, BatchBegun, BatchRecorder, Begun, ProgramSource, Recorder
 from .registry import load_adapter
 from .result import RunResult
 from .validate import check_inputs
 
-__all__ = ["BatchItem", "Runner", "batch", "load", "run"]
+__all__ = ["BatchItem", "Runner", "batch", "check_capabilities", "check_run", "load", "run"]
 
 ProgramLike = Program | str | Path
+
+
+def check_capabilities(program: Program, adapter: str, capabilities: frozenset[str], lm: LMConfig | None = None,
+                       *, where: str | None = None) -> None:
+    """Raise :class:`UnsupportedCapabilityError` if ``capabilities`` lack what ``program`` (with the run's
+    LM settings) needs. The one copy of the rule: the Runner applies it, and a pool worker again
+    (``where`` names it), since a request frame is no proof the router checked."""
+    missing = (program.required_capabilities | lm_capabilities(lm)) - capabilities
+    if missing:
+        cap = sorted(missing)[0]
+        raise UnsupportedCapabilityError(
+            f"program {program.name!r} needs capability {cap!r}, which adapter {adapter!r}"
+            f"{f' on {where}' if where else ''} does not declare (it declares: {', '.join(sorted(capabilities))})",
+            capability=cap, adapter=adapter)
+
+
+def check_run(program: Program, inputs: Any, adapter: str, capabilities: frozenset[str],
+              lm: LMConfig | None = None, *, where: str | None = None) -> dict[str, Any]:
+    """Everything checked before a run, wherever it runs: the inputs against the signature, then the
+    capabilities (see :func:`check_capabilities`). Returns the inputs."""
+    checked = check_inputs(program, inputs)
+    check_capabilities(program, adapter, capabilities, lm, where=where)
+    return checked
 
 
 class BatchItem:
@@ -48,7 +71,7 @@ class BatchItem:
         return self.result is not None
 
 
-def load(program: ProgramLike, *, store: Any = None) -> Program:
+def load(program: ProgramLike, *, store: ProgramSource | None = None) -> Program:
     """A validated program from a Program, a file path, or a stored reference (``name@alias``, hash)."""
     if isinstance(program, Program):
         return program
@@ -78,6 +101,8 @@ class Runner:
     ):
         self.adapter: Adapter = load_adapter(backend, **adapter_options)
         self.store = store
+        self._async_store = store if isinstance(store, AsyncRecorder) else None  # checked once, not per run
+        self._source = store if isinstance(store, ProgramSource) else None
         self.lm = LMConfig(model=lm) if isinstance(lm, str) and "/" in lm else (
             LMConfig(profile=lm) if isinstance(lm, str) else lm)
         self.timeout = timeout
@@ -90,13 +115,7 @@ class Runner:
     def check(self, program: Program, lm: LMConfig | None = None) -> None:
         """Raise :class:`UnsupportedCapabilityError` if the adapter lacks what the program (with the run's
         LM settings, which may ask for the XML adapter or several completions) needs."""
-        missing = (program.required_capabilities | lm_capabilities(lm)) - self.adapter.capabilities
-        if missing:
-            cap = sorted(missing)[0]
-            raise UnsupportedCapabilityError(
-                f"program {program.name!r} needs capability {cap!r}, which adapter {self.adapter.name!r} "
-                f"does not declare (it declares: {', '.join(sorted(self.adapter.capabilities))})",
-                capability=cap, adapter=self.adapter.name)
+        check_capabilities(program, self.adapter.name, self.adapter.capabilities, lm)
 
     async def prepare(self, program: Program, lm: LMConfig | None = None) -> None:
         """Check capabilities and prepare the adapter for ``program`` (once per plan). :meth:`run` does
@@ -122,7 +141,7 @@ class Runner:
         **option_fields: Any,
     ) -> RunResult:
         """Run once. Raises a typed :class:`StepbridgeError` (with the partial trace) on failure."""
-        prog = load(program, store=self.store)
+        prog = load(program, store=self._source)
         options = self._options(options, option_fields)
         inputs = dict(inputs) if isinstance(inputs, dict) else (inputs if inputs is not None else {})
         begun = None
@@ -177,27 +196,25 @@ class Runner:
             await self._succeed(begun.execution_id, result)
         return result
 
-    # Recorders may offer async variants (``abegin``...): the store's group commit lets concurrent runs
-    # share transactions. Plain sync recorders work too.
+    # An AsyncRecorder's writes are awaited: the store's group commit lets concurrent runs share
+    # transactions. Plain sync recorders work too.
     async def _begin(self, prog: Program, inputs: dict[str, Any], options: RunOptions) -> Begun:
-        store: Any = self.store
-        if hasattr(store, "abegin"):
-            return await store.abegin(prog, inputs, options, self.adapter.name)
-        return store.begin(prog, inputs, options, self.adapter.name)
+        if self._async_store is not None:
+            return await self._async_store.abegin(prog, inputs, options, self.adapter.name)
+        assert self.store is not None
+        return self.store.begin(prog, inputs, options, self.adapter.name)
 
     async def _succeed(self, execution_id: str, result: RunResult) -> None:
-        store: Any = self.store
-        if hasattr(store, "asucceed"):
-            await store.asucceed(execution_id, result)
-        else:
-            store.succeed(execution_id, result)
+        if self._async_store is not None:
+            await self._async_store.asucceed(execution_id, result)
+        elif self.store is not None:
+            self.store.succeed(execution_id, result)
 
     async def _fail(self, execution_id: str, error: StepbridgeError, *, cancelled: bool = False) -> None:
-        store: Any = self.store
-        if hasattr(store, "afail"):
-            await store.afail(execution_id, error, cancelled=cancelled)
-        else:
-            store.fail(execution_id, error, cancelled=cancelled)
+        if self._async_store is not None:
+            await self._async_store.afail(execution_id, error, cancelled=cancelled)
+        elif self.store is not None:
+            self.store.fail(execution_id, error, cancelled=cancelled)
 
     async def stream(
         self, program: ProgramLike, rows: Iterable[Any], *, concurrency: int = 8,
@@ -212,8 +229,7 @@ class Runner:
         (``stepbridge executions resume``); rows left unstarted when the stream is stopped are recorded
         ``cancelled``.
         """
-        prog = load(program, store=self.store)
-        limit = asyncio.Semaphore(max(1, concurrency))
+        prog = load(program, store=self._source)
         done: asyncio.Queue[BatchItem] = asyncio.Queue()
         items = [BatchItem(i, dict(r) if isinstance(r, dict) else r) for i, r in enumerate(rows)]
         row_options: list[RunOptions | None] = []
@@ -227,16 +243,20 @@ class Runner:
         if batch is not None and on_batch is not None:
             on_batch(batch.batch_id)
 
-        async def one(item: BatchItem, opts: RunOptions | None) -> None:
-            async with limit:
+        todo = iter(zip(items, row_options, strict=True))
+
+        async def worker() -> None:
+            # ``concurrency`` workers take the next row in turn: a few hundred tasks alive, not one per row
+            # (thousands of parked tasks were a large share of a batch's garbage-collection work)
+            for item, opts in todo:
                 if opts is not None:
                     try:
                         item.result = await self.run(prog, item.inputs, opts)
                     except StepbridgeError as exc:
                         item.error = exc
-                await done.put(item)
+                done.put_nowait(item)
 
-        tasks = [asyncio.ensure_future(one(item, opts)) for item, opts in zip(items, row_options, strict=True)]
+        tasks = [asyncio.ensure_future(worker()) for _ in range(min(max(1, concurrency), len(items)))]
         finished = False
         try:
             for _ in items:
@@ -272,8 +292,8 @@ class Runner:
         return batch
 
     async def _end_batch(self, batch_id: str) -> None:
-        store: Any = self.store
-        await asyncio.to_thread(store.end_batch, batch_id)
+        if isinstance(self.store, BatchRecorder):
+            await asyncio.to_thread(self.store.end_batch, batch_id)
 
     async def batch(self, program: ProgramLike, rows: Iterable[dict[str, Any]], *, concurrency: int = 8
                     ) -> list[BatchItem]:

@@ -26,6 +26,7 @@ from .flow import check_steps
 from .interface import module_interface
 from .named_types import TypeSpace, UnknownTypeError
 from .names import field_name_problem, module_name_problem
+from .pointers import escape as _esc
 from .program import (
     FORMAT_VERSIONS,
     MODULE_TYPES,
@@ -51,9 +52,6 @@ _TOP_KEYS = ("stepbridge", "name", "description", "signature", "types", "lm", "m
 _TAGS = set(MODULE_TYPES) | {"call", "map", "return", "set", "if", "switch", "loop", "parallel"}
 _LM_HINT = "endpoints and secrets come from LM profiles (--lm / STEPBRIDGE_LM_*), never from a program file"
 
-
-def _esc(token: Any) -> str:
-    return str(token).replace("~", "~0").replace("/", "~1")
 
 
 #: "Did you mean" is a courtesy with bounded cost: names longer than this get none, at most this many
@@ -230,18 +228,16 @@ def validate_data(
     errors = [i for i in c.issues if i.severity == "error"]
     if errors or program is None:
         raise ProgramValidationError(c.issues)
-    program._lines = dict(lines or {})
     program.with_base_dir(base_dir)
-    object.__setattr__(program, "_warnings", [i for i in c.issues if i.severity == "warning"])
-    return program
+    return program.with_source(lines=lines, warnings=[i for i in c.issues if i.severity == "warning"])
 
 
 def validate(program: Program | dict[str, Any]) -> list[Issue]:
     """Every issue (errors and warnings) of a program or raw data; never raises."""
     data = program.to_dict() if isinstance(program, Program) else program
-    lines = program._lines if isinstance(program, Program) else {}
+    lines = dict(program.source_lines) if isinstance(program, Program) else {}
     c = _Collector(lines)
-    _validate(data, c, program._base_dir if isinstance(program, Program) else None)
+    _validate(data, c, program.source_dir if isinstance(program, Program) else None)
     return c.issues
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from .errors import OperationError
 from .operations import MAX_VALUE_DEPTH, OPERATIONS, measure, run_lazy, run_operation, template_parts
+from .pointers import escape as _esc
 
 __all__ = [
     "MAX_OP_DEPTH",
@@ -107,9 +108,6 @@ class Op:
     def __repr__(self) -> str:
         return f"Op({self.name!r}, {self.args!r})"
 
-
-def _esc(token: Any) -> str:
-    return str(token).replace("~", "~0").replace("/", "~1")
 
 
 def _suggest(name: str, candidates: list[str]) -> str | None:

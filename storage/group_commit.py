@@ -17,16 +17,13 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection
 from stepbridge.errors import StorageError
 
-from .recording import BatchFailed
-
-if TYPE_CHECKING:
-    from .recording import BeginOp, FinishOp
-    from .store import Store
+from .recording import BatchFailed, BeginOp, FinishOp, Recording
+from .transactions import Transactions
 
 log = logging.getLogger("stepbridge.storage")
 T = TypeVar("T")
@@ -43,8 +40,9 @@ class GroupCommit:
     (applied alone in its SAVEPOINT).
     """
 
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, tx: Transactions, recording: Recording):
+        self.tx = tx
+        self.recording = recording
         self._pending: list[_Item] = []
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -86,11 +84,11 @@ class GroupCommit:
     def apply(self, ops: list[Any]) -> list[tuple[bool, Any]]:
         """Apply ``ops`` as one group in one transaction: one outcome per op, in order."""
         doing = f"recording {len(ops)} run event(s)"
-        recording = self.store._recording
+        recording = self.recording
         try:  # the success path: batched statements without SAVEPOINTs
-            return self.store._write(lambda conn: recording.apply(conn, ops, isolate=None), doing)
+            return self.tx.write(lambda conn: recording.apply(conn, ops, isolate=None), doing)
         except BatchFailed:  # rolled back: again, with each failing write isolated in its SAVEPOINT
-            return self.store._write(lambda conn: recording.apply(conn, ops, isolate=True), doing)
+            return self.tx.write(lambda conn: recording.apply(conn, ops, isolate=True), doing)
 
     def _commit(self, batch: list[_Item]) -> None:
         ops = [item[0] for item in batch]

@@ -31,14 +31,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from pydantic_core import to_json, to_jsonable_python
 from sqlalchemy import ARRAY, String, Table, Text, any_, bindparam, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.sql.expression import cast as sql_cast
@@ -48,9 +48,10 @@ from stepbridge.result import StepTrace
 from stepbridge.secrets import might_hold_secret, scrub
 
 from .models import ExecutionRow, ExecutionStatusRow, ExecutionStepRow
+from .transactions import Transactions, transient
 
-if TYPE_CHECKING:
-    from .store import Store
+#: decides for an existing row with a start's id or key: take it over, return its outcome, or wait
+TakeOver = Callable[[Connection, Row[Any], datetime], Begun]
 
 __all__ = ["BeginOp", "FinishOp", "Recording", "clean", "clean_json", "inputs_hash"]
 
@@ -283,9 +284,10 @@ class Recording:
     """Applies groups of :class:`BeginOp` / :class:`FinishOp` (and plain write callbacks) on one
     connection inside the caller's transaction."""
 
-    def __init__(self, store: Store):
-        self.store = store
-        self.postgres = store.dialect == "postgresql"
+    def __init__(self, tx: Transactions, take_over: TakeOver):
+        self.tx = tx
+        self.take_over = take_over
+        self.postgres = tx.postgres
         pg = self.postgres
 
         def js(name: str) -> ColumnElement[Any]:
@@ -448,9 +450,9 @@ class Recording:
         except StorageError as exc:
             return False, exc
         except (DBAPIError, SQLAlchemyError) as exc:
-            if isinstance(exc, DBAPIError) and _transient(exc):
+            if isinstance(exc, DBAPIError) and transient(exc):
                 raise
-            return False, self.store._error(exc, doing)
+            return False, self.tx.error(exc, doing)
 
     def _batched(self, conn: Connection, fn: Callable[[], Any], isolate: bool | None) -> bool:
         """Run a batched step; False (rolled back) if it failed in a way one op could have caused.
@@ -465,7 +467,7 @@ class Recording:
                 except StorageError as exc:
                     raise BatchFailed(str(exc)) from exc
                 except (DBAPIError, SQLAlchemyError) as exc:
-                    if isinstance(exc, DBAPIError) and _transient(exc):
+                    if isinstance(exc, DBAPIError) and transient(exc):
                         raise
                     raise BatchFailed(str(exc)) from exc
                 return True
@@ -478,7 +480,7 @@ class Recording:
         except StorageError:
             return False
         except (DBAPIError, SQLAlchemyError) as exc:
-            if isinstance(exc, DBAPIError) and _transient(exc):
+            if isinstance(exc, DBAPIError) and transient(exc):
                 raise
             return False
 
@@ -581,7 +583,7 @@ class Recording:
                     f"idempotency key {row.idempotency_key!r} was already used for different inputs "
                     f"(execution {row.id}); use a new key for new inputs"
                 )
-        return self.store._take_over(conn, row, op.now)
+        return self.take_over(conn, row, op.now)
 
     # -- ends --------------------------------------------------------------------------------------
     def _finishes(self, conn: Connection, ops: list[tuple[int, FinishOp]], out: list[Outcome | None],
@@ -676,8 +678,3 @@ class Recording:
         return {"b_eid": eid, "b_attempt": attempt, "b_from": old, "b_to": new, "b_at": at,
                 "b_note": clean(note) if note else None}
 
-
-def _transient(exc: BaseException) -> bool:
-    from .store import _transient as transient
-
-    return transient(exc)

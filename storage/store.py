@@ -12,23 +12,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import platform
-import random
 import sys
-import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
 from sqlalchemy import Table, and_, func, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Row
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from stepbridge.adapter import RunOptions, new_execution_id
 from stepbridge.errors import (
+    ExecutionNotFound,
     Issue,
+    ProgramNotFound,
     ProgramValidationError,
     RunCancelledError,
     StepbridgeError,
@@ -42,7 +39,6 @@ from stepbridge.secrets import scrub
 
 from . import data_files
 from .db import (
-    SQLITE_BEGIN,
     check_known,
     current_revision,
     default_url,
@@ -73,6 +69,7 @@ from .models import (
 from .owner import current_owner, owner_alive
 from .recording import BeginOp, FinishOp, Recording, clean, clean_json, inputs_hash, step_rows
 from .refs import ProgramRef, parse_ref, validate_alias
+from .transactions import Transactions
 from .types import utcnow
 
 __all__ = ["ExecutionNotFound", "ProgramNotFound", "Store"]
@@ -89,32 +86,13 @@ history_t = cast(Table, ExecutionStatusRow.__table__)  # type: ignore[attr-defin
 batches_t = cast(Table, BatchRow.__table__)  # type: ignore[attr-defined]
 items_t = cast(Table, BatchItemRow.__table__)  # type: ignore[attr-defined]
 
-MAX_WRITE_ATTEMPTS = 12
 AUTO_PUBLISH_MESSAGE = "published automatically when first run"
-
-
-class ProgramNotFound(StorageError):
-    """No stored program matches the reference."""
-
-
-class ExecutionNotFound(StorageError):
-    """No recorded execution has this id."""
 
 
 # ------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------
 _clean = clean
-
-
-def _transient(exc: BaseException) -> bool:
-    """Lock contention or a serialisation failure: the whole transaction may simply be retried."""
-    orig = getattr(exc, "orig", None)
-    text = str(orig or exc).lower()
-    if "database is locked" in text or "database table is locked" in text or "busy" in text:
-        return True
-    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    return code in ("40001", "40P01", "55P03")
 
 
 _environment: dict[str, Any] | None = None
@@ -191,8 +169,9 @@ class Store:
         # ids of pending batch rows this process recorded and has not started yet (their start is a
         # compare-and-set pending -> running rather than an insert)
         self._claimable: set[str] = set()
-        self._recording = Recording(self)
-        self._group = GroupCommit(self)
+        self.tx = Transactions(self.engine, self.url)
+        self._recording = Recording(self.tx, self._take_over)
+        self._group = GroupCommit(self.tx, self._recording)
         self._data: Any = None
 
     def __repr__(self) -> str:
@@ -220,56 +199,6 @@ class Store:
             weakref.finalize(self, self._data.close)
         return self._data
 
-    # -- transactions ----------------------------------------------------------------------------
-    def _error(self, exc: BaseException, doing: str) -> StorageError:
-        text = scrub(str(getattr(exc, "orig", None) or exc)).strip().splitlines()
-        return StorageError(f"storage error while {doing} ({redacted(self.url)}): {text[0] if text else exc}")
-
-    def _write(self, fn: Callable[[Connection], T], doing: str, *, retry_integrity: bool = False) -> T:
-        """Run ``fn`` in one write transaction, retrying the whole of it on transient contention."""
-        def once() -> T:
-            with self.engine.begin() as conn:
-                return fn(conn)
-
-        return self._retry(once, doing, retry_integrity=retry_integrity)
-
-    def _read(self, fn: Callable[[Connection], T], doing: str) -> T:
-        """Run ``fn`` in a read-only transaction (deferred on SQLite: never takes the write lock)."""
-        def once() -> T:
-            with self.engine.connect().execution_options(**{SQLITE_BEGIN: "DEFERRED"}) as conn:
-                try:
-                    return fn(conn)
-                finally:
-                    conn.rollback()
-
-        return self._retry(once, doing)
-
-    def _retry(self, once: Callable[[], T], doing: str, *, retry_integrity: bool = False) -> T:
-        """Retry ``once`` with jittered backoff on lock contention (and, if asked, integrity races)."""
-        delay = 0.005
-        for attempt in range(MAX_WRITE_ATTEMPTS):
-            last = attempt == MAX_WRITE_ATTEMPTS - 1
-            try:
-                return once()
-            except IntegrityError as exc:
-                if retry_integrity and not last:
-                    time.sleep(delay * random.random())
-                    continue
-                raise self._error(exc, doing) from exc
-            except DBAPIError as exc:
-                if _transient(exc) and not last:
-                    time.sleep(delay * (1 + random.random()))
-                    delay = min(delay * 2, 0.5)
-                    continue
-                raise self._error(exc, doing) from exc
-            except SQLAlchemyError as exc:
-                raise self._error(exc, doing) from exc
-        raise StorageError(f"storage busy while {doing}: gave up after {MAX_WRITE_ATTEMPTS} attempts")
-
-    def _insert(self, table: Table) -> Any:
-        """INSERT with the dialect's ON CONFLICT support."""
-        return (pg_insert if self.dialect == "postgresql" else sqlite_insert)(table)
-
     # -- programs --------------------------------------------------------------------------------
     def publish(
         self,
@@ -295,7 +224,7 @@ class Store:
         except ValidationError:
             data = program.canonical()
         data = _clean(data)
-        base_dir = str(program._base_dir) if program._base_dir is not None else None  # informative only
+        base_dir = str(program.source_dir) if program.source_dir is not None else None  # informative only
         found = data_files.collect(program)  # corpora travel by content: the folder is never read back
         clean_message = _clean(message) if message is not None else None
         parent_hash = self.resolve(parent).hash if parent is not None else None
@@ -303,11 +232,11 @@ class Store:
         def fn(conn: Connection) -> ProgramVersion:
             row = conn.execute(select(versions).where(versions.c.hash == digest)).first()
             if row is not None:
-                data_files.record(conn, self._insert, digest, found)
+                data_files.record(conn, self.tx.insert, digest, found)
                 return self._version(conn, row)
             now = utcnow()
             conn.execute(
-                self._insert(programs).values(name=program.name, created_at=now).on_conflict_do_nothing()
+                self.tx.insert(programs).values(name=program.name, created_at=now).on_conflict_do_nothing()
             )
             latest = conn.execute(
                 select(versions.c.hash, versions.c.version)
@@ -329,11 +258,11 @@ class Store:
                     created_at=now,
                 )
             )
-            data_files.record(conn, self._insert, digest, found)
+            data_files.record(conn, self.tx.insert, digest, found)
             row = conn.execute(select(versions).where(versions.c.hash == digest)).one()
             return self._version(conn, row)
 
-        version = self._write(fn, f"publishing {program.name}", retry_integrity=True)
+        version = self.tx.write(fn, f"publishing {program.name}", retry_integrity=True)
         self._published.add(digest)
         return version
 
@@ -384,7 +313,7 @@ class Store:
     def resolve(self, ref: str) -> ProgramVersion:
         """The version a reference points at (hash, unique prefix >= 12, name, name@N, name@alias)."""
         parsed = parse_ref(ref)
-        return self._read(lambda conn: self._version(conn, self._find(conn, parsed, ref)), f"resolving {ref}")
+        return self.tx.read(lambda conn: self._version(conn, self._find(conn, parsed, ref)), f"resolving {ref}")
 
     def load(self, ref: str, *, validate: bool = True) -> Program:
         """Rebuild a stored program, validated like a file, all-or-nothing.
@@ -393,9 +322,9 @@ class Store:
         and its content hash must equal the stored identity, or nothing is returned.
         """
         parsed = parse_ref(ref)
-        row = self._read(lambda conn: self._find(conn, parsed, ref), f"loading {ref}")
+        row = self.tx.read(lambda conn: self._find(conn, parsed, ref), f"loading {ref}")
         # the row's base_dir is outside the hash: corpora come from the verified data files only
-        folder = self._read(lambda conn: data_files.restore(conn, row, ref, self._data_cache()), f"loading {ref}")
+        folder = self.tx.read(lambda conn: data_files.restore(conn, row, ref, self._data_cache()), f"loading {ref}")
         data = row.program
         if not isinstance(data, dict):
             raise StorageError(f"stored program {ref!r} ({row.hash[:12]}) is not a JSON object; refusing to load")
@@ -443,7 +372,7 @@ class Store:
             if row.name != name:
                 raise StorageError(f"{ref!r} is a version of {row.name!r}, not of {name!r}")
             now = utcnow()
-            stmt = self._insert(aliases).values(name=name, alias=alias, hash=row.hash, updated_at=now)
+            stmt = self.tx.insert(aliases).values(name=name, alias=alias, hash=row.hash, updated_at=now)
             conn.execute(
                 stmt.on_conflict_do_update(
                     index_elements=[aliases.c.name, aliases.c.alias],
@@ -452,7 +381,7 @@ class Store:
             )
             return self._version(conn, row)
 
-        return self._write(fn, f"setting alias {name}@{alias}")
+        return self.tx.write(fn, f"setting alias {name}@{alias}")
 
     def remove_alias(self, name: str, alias: str) -> bool:
         """Delete ``name@alias``; False if it did not exist."""
@@ -463,7 +392,7 @@ class Store:
             ).all()
             return bool(gone)
 
-        return self._write(fn, f"removing alias {name}@{alias}")
+        return self.tx.write(fn, f"removing alias {name}@{alias}")
 
     def history(self, name: str) -> list[ProgramVersion]:
         """Every version of ``name``, oldest first."""
@@ -474,7 +403,7 @@ class Store:
             ).all()
             return [self._version(conn, row) for row in rows]
 
-        return self._read(fn, f"reading the history of {name}")
+        return self.tx.read(fn, f"reading the history of {name}")
 
     def list_programs(self) -> list[ProgramSummary]:
         """Every program name with its latest version and aliases."""
@@ -515,13 +444,13 @@ class Store:
                 for r in rows
             ]
 
-        return self._read(fn, "listing programs")
+        return self.tx.read(fn, "listing programs")
 
     def _ensure_published(self, program: Program) -> None:
         digest = program.content_hash
         if digest in self._published:
             return
-        exists = self._read(
+        exists = self.tx.read(
             lambda conn: conn.execute(select(versions.c.hash).where(versions.c.hash == digest)).first(),
             "checking a program",
         )
@@ -534,7 +463,7 @@ class Store:
     # applied by :class:`~.recording.Recording`: in groups by the group commit (async variants), or
     # as a group of one in their own transaction (sync variants).
     def _record(self, op: BeginOp | FinishOp) -> Any:
-        return self._write(lambda conn: self._recording.apply(conn, [op], isolate=False)[0][1], op.doing)
+        return self.tx.write(lambda conn: self._recording.apply(conn, [op], isolate=False)[0][1], op.doing)
 
     def begin(self, program: Program, inputs: dict[str, Any], options: RunOptions, backend: str) -> Begun:
         """Record a new ``running`` execution, or hand back the one with the same id/idempotency key.
@@ -713,7 +642,7 @@ class Store:
                     return True
             return False
 
-        return self._write(fn, f"changing the status of {execution_id}")
+        return self.tx.write(fn, f"changing the status of {execution_id}")
 
     # -- reading executions ----------------------------------------------------------------------
     def _execution(self, row: Row[Any]) -> Execution:
@@ -777,7 +706,7 @@ class Store:
             row = self._find_execution(conn, execution_id)
             return self._execution(row) if row is not None else None
 
-        return self._read(fn, f"reading execution {execution_id}")
+        return self.tx.read(fn, f"reading execution {execution_id}")
 
     def get_result(self, execution_id: str) -> RunResult | None:
         """The :class:`RunResult` of a succeeded execution (None otherwise)."""
@@ -786,11 +715,11 @@ class Store:
             row = self._find_execution(conn, execution_id)
             return self._result(conn, row) if row is not None and row.status == "succeeded" else None
 
-        return self._read(fn, f"reading execution {execution_id}")
+        return self.tx.read(fn, f"reading execution {execution_id}")
 
     def execution_steps(self, execution_id: str, *, attempt: int | None = None) -> list[StepTrace]:
         """The stored trace of an execution (its latest attempt that recorded steps, by default)."""
-        return self._read(lambda conn: self._steps(conn, execution_id, attempt), "reading a trace")
+        return self.tx.read(lambda conn: self._steps(conn, execution_id, attempt), "reading a trace")
 
     def status_history(self, execution_id: str) -> list[StatusChange]:
         """Every status change of an execution, in order."""
@@ -802,7 +731,7 @@ class Store:
             return [StatusChange(attempt=r.attempt, from_status=r.from_status, to_status=r.to_status, at=r.at,
                                  note=r.note) for r in rows]
 
-        return self._read(fn, "reading a status history")
+        return self.tx.read(fn, "reading a status history")
 
     def list_executions(
         self,
@@ -833,7 +762,7 @@ class Store:
                 q = q.limit(limit)
             return [self._execution(r) for r in conn.execute(q)]
 
-        return self._read(fn, "listing executions")
+        return self.tx.read(fn, "listing executions")
 
     def count_executions(self, status: str | None = None) -> int:
         def fn(conn: Connection) -> int:
@@ -842,7 +771,7 @@ class Store:
                 q = q.where(executions.c.status == status)
             return int(conn.execute(q).scalar() or 0)
 
-        return self._read(fn, "counting executions")
+        return self.tx.read(fn, "counting executions")
 
     # -- batches ---------------------------------------------------------------------------------
     def begin_batch(self, program: Program, inputs: Sequence[dict[str, Any]], options: Sequence[RunOptions],
@@ -884,7 +813,7 @@ class Store:
                 self._recording._insert_many(conn, "history", pending)
             return {pos: eid for pos, eid in links.items() if eid in created}
 
-        fresh = self._write(fn, f"recording a batch of {len(ops)} rows")
+        fresh = self.tx.write(fn, f"recording a batch of {len(ops)} rows")
         self._claimable.update(fresh.values())
         return BatchBegun(batch_id=batch_id, execution_ids=[fresh.get(i) for i in range(len(ops))])
 
@@ -922,7 +851,7 @@ class Store:
                 self._history(conn, r.id, r.attempts, "pending", "cancelled", now, "batch stopped")
             return [r.id for r in rows]
 
-        ids = self._write(fn, f"stopping batch {batch_id}")
+        ids = self.tx.write(fn, f"stopping batch {batch_id}")
         self._claimable.difference_update(ids)
         return len(ids)
 
@@ -951,7 +880,7 @@ class Store:
             row = self._find_batch(conn, batch_id)
             return self._batch(conn, row) if row is not None else None
 
-        return self._read(fn, f"reading batch {batch_id}")
+        return self.tx.read(fn, f"reading batch {batch_id}")
 
     def list_batches(self, limit: int | None = 50) -> list[Batch]:
         """Batches, newest first."""
@@ -962,7 +891,7 @@ class Store:
                 q = q.limit(limit)
             return [self._batch(conn, r) for r in conn.execute(q).all()]
 
-        return self._read(fn, "listing batches")
+        return self.tx.read(fn, "listing batches")
 
     def batch_results(self, batch_id: str) -> list[BatchResult]:
         """Every recorded row of a batch, in input order, with its current status and outcome."""
@@ -980,7 +909,7 @@ class Store:
             return [BatchResult(index=r.position, execution_id=r.id, status=r.status, attempts=r.attempts,
                                 inputs=r.inputs or {}, outputs=r.outputs, error=r.error) for r in rows]
 
-        return self._read(fn, f"reading batch {batch_id}")
+        return self.tx.read(fn, f"reading batch {batch_id}")
 
     # -- crash recovery --------------------------------------------------------------------------
     def mark_interrupted(self) -> list[str]:
@@ -990,7 +919,7 @@ class Store:
         that pid, or a reboot since) count; live processes and other hosts are left alone. One
         compare-and-set per dead owner and status. Returns the ids marked.
         """
-        owners = self._read(
+        owners = self.tx.read(
             lambda conn: conn.execute(
                 select(executions.c.owner_host, executions.c.owner_pid, executions.c.owner_marker)
                 .where(executions.c.status.in_(("running", "pending"))).distinct()
@@ -1021,7 +950,7 @@ class Store:
                     ids.extend(r.id for r in rows)
                 return ids
 
-            marked.extend(self._write(fn, "marking interrupted executions"))
+            marked.extend(self.tx.write(fn, "marking interrupted executions"))
         return marked
 
     def resumable(self, program: str | None = None) -> list[Execution]:
@@ -1045,4 +974,4 @@ class Store:
                     found.setdefault(r.execution_id, (r.batch_id, r.position))
             return found
 
-        return self._read(fn, "reading batch rows") if ids else {}
+        return self.tx.read(fn, "reading batch rows") if ids else {}

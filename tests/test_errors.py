@@ -10,12 +10,14 @@ import pytest
 from stepbridge.errors import (
     ContextWindowExceededError,
     ConversionError,
+    ExecutionNotFound,
     InputValidationError,
     Issue,
     LMError,
     LMParseError,
     OperationError,
     PoolSaturatedError,
+    ProgramNotFound,
     ProgramValidationError,
     RunCancelledError,
     RunTimeoutError,
@@ -52,6 +54,8 @@ EXAMPLES: list[StepbridgeError] = [
     PoolSaturatedError("queue full", queue_size=128),
     UnsupportedCapabilityError("no map", capability="map", adapter="dspy"),
     StorageError("database is newer than this code"),
+    ProgramNotFound("no stored program matches 'qa@prod'"),
+    ExecutionNotFound("no execution 0123abcd"),
     ContextWindowExceededError("prompt too long", status=400),
     ConversionError("cannot convert", construct="QA.forward", file="qa.py", line=12, hint="register it"),
 ]

@@ -43,7 +43,7 @@ def test_the_optimistic_pass_writes_nothing_when_a_batch_fails(store: Store, pro
     good = _begin(store, program)
     bad = _begin(store, make_program("never_published", "nobody stored me"))
     with pytest.raises(BatchFailed):
-        store._write(lambda conn: store._recording.apply(conn, [good, bad], isolate=None), "test group")
+        store.tx.write(lambda conn: store._recording.apply(conn, [good, bad], isolate=None), "test group")
     assert store.get_execution(good.execution_id) is None  # rolled back with the whole transaction
     out = _apply(store, [good, bad])
     assert out[0][0] is True and out[1][0] is False

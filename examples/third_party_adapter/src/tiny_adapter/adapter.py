@@ -1,13 +1,13 @@
 """TinyAdapter: runs a program's steps one after another, in this process, with asyncio.
 
-It only uses stepbridge's public building blocks:
+It only uses the adapter-author kit, ``stepbridge.adapters``:
 
-* ``stepbridge.formats.Prompt`` -- DSPy's ChatAdapter prompt format and reply parsing, so the LM
-  sees exactly what the native and DSPy adapters send;
-* ``stepbridge.lm.LMPool`` -- LM profiles (endpoints and keys come from the operator) and an
-  OpenAI-compatible client with retries;
-* ``stepbridge.references`` -- ``$inputs.x`` / ``$step.field`` resolution;
-* ``stepbridge.retrieve`` -- the built-in bm25 retriever.
+* ``Prompt`` -- DSPy's ChatAdapter prompt format and reply parsing, so the LM sees exactly what the
+  native and DSPy adapters send;
+* ``LMPool`` -- LM profiles (endpoints and keys come from the operator) and an OpenAI-compatible
+  client with retries;
+* ``parse_value`` / ``resolve`` -- ``$inputs.x`` / ``$step.field`` resolution;
+* ``make_retriever`` -- the built-in bm25 retriever.
 
 It declares what it really does and refuses the rest: no ``map`` steps, no tools, no JSON LM
 format, no DSPy modules. Asking it for those raises ``UnsupportedCapabilityError``.
@@ -19,20 +19,33 @@ import asyncio
 import time
 from typing import Any
 
-from stepbridge import LMCall, LMConfig, Program, RunOptions, RunResult, StepTrace, Usage
-from stepbridge.errors import (
+from stepbridge.adapters import (
+    CallStep,
+    ChainOfThoughtModule,
+    ChatRequest,
+    LMCall,
+    LMConfig,
     LMError,
     LMParseError,
+    LMPool,
+    PredictModule,
+    Program,
+    Prompt,
+    RetrieveModule,
+    ReturnStep,
+    RunOptions,
+    RunResult,
     RunTimeoutError,
     StepbridgeError,
     StepError,
+    StepTrace,
     UnsupportedCapabilityError,
+    Usage,
+    chain_of_thought,
+    make_retriever,
+    parse_value,
+    resolve,
 )
-from stepbridge.formats import Prompt, chain_of_thought
-from stepbridge.lm import ChatRequest, LMPool
-from stepbridge.program import CallStep, ChainOfThoughtModule, PredictModule, RetrieveModule, ReturnStep
-from stepbridge.references import parse_value, resolve
-from stepbridge.retrieve import make_retriever
 
 __all__ = ["TinyAdapter", "make_adapter"]
 

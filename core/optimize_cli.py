@@ -1,0 +1,195 @@
+"""``stepbridge optimize`` and ``stepbridge optimizations list|show|resume`` (DESIGN 11).
+
+``optimize --json`` prints ``id``, ``program`` (name@version of the published result), ``hash``,
+``score_before`` and ``score_after`` (the dump of :class:`stepbridge.optimization.OptimizationResult`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from .errors import StepbridgeError
+from .eval_cli import BackendOption, DbOption, JsonOption, err, fail, open_store, out, print_json, progress_bar
+
+__all__ = ["optimizations_app", "optimize_command"]
+
+optimizations_app = typer.Typer(help="Stored optimizations: list, show, resume.", no_args_is_help=True)
+
+
+class _Bar:
+    """One progress task per stage (training examples, then candidates)."""
+
+    def __init__(self, as_json: bool):
+        self.progress = progress_bar("optimize")
+        self.as_json = as_json
+        self.tasks: dict[str, Any] = {}
+
+    def start(self, optimization_id: str | None) -> None:
+        if optimization_id and not self.as_json:
+            err.print(f"optimization {optimization_id}: recorded; if this stops early, "
+                      f"`stepbridge optimizations resume {optimization_id}` continues it", highlight=False,
+                      soft_wrap=True)
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total, errors=0, rate="")
+        self.progress.update(self.tasks[stage], completed=done, total=total)
+
+
+def _report(result: Any, as_json: bool) -> None:
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+        return
+
+    def fmt(x: float | None) -> str:
+        return "-" if x is None else f"{x:.4f}"
+
+    out.print(f"published [bold]{escape(result.program)}[/] {result.hash[:12]} (parent {result.parent[:12]}) · "
+              f"{result.optimizer} · score {fmt(result.score_before)} -> [bold]{fmt(result.score_after)}[/] · "
+              f"{result.candidates} candidate(s) · optimization {result.id}", highlight=False)
+
+
+def optimize_command(
+    program: Annotated[str, typer.Argument(help="Program file, or a stored NAME[@VERSION|@ALIAS] or hash.")],
+    optimizer: Annotated[str, typer.Option("--optimizer", help="bootstrap, labeled, random_search, or DSPy's own: "
+                                                               "dspy:BootstrapFewShot, dspy:COPRO, dspy:MIPROv2, "
+                                                               "dspy:GEPA.")],
+    train: Annotated[Path, typer.Option("--train", help="Training data: a JSONL or CSV file.")],
+    metric: Annotated[str, typer.Option("--metric", help="A registered metric NAME[:FIELD] or a judge program.")],
+    val: Annotated[Path | None, typer.Option("--val", help="Validation data (default: the training data).")] = None,
+    max_bootstrapped_demos: Annotated[int, typer.Option(min=0, max=1000)] = 4,
+    max_labeled_demos: Annotated[int, typer.Option(min=0, max=1000)] = 16,
+    max_rounds: Annotated[int, typer.Option(min=1, max=100)] = 1,
+    metric_threshold: Annotated[float | None, typer.Option()] = None,
+    max_errors: Annotated[int, typer.Option(min=1)] = 10,
+    num_candidates: Annotated[int, typer.Option(min=0, max=1000, help="random_search: shuffled bootstraps.")] = 8,
+    teacher: Annotated[str | None, typer.Option(help="Teacher program (default: the program itself).")] = None,
+    backend: BackendOption = "native",
+    lm: Annotated[str | None, typer.Option(help="An LM profile name or a model (provider/model).")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=10_000, help="Rows scored at once.")] = 16,
+    as_json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Optimize a program's demos on training data; publish the result as a new version with its lineage."""
+    from .datasets import load_dataset
+    from .optimization import Settings, aoptimize
+    from .runner import load
+
+    try:
+        store = open_store(db)
+    except StepbridgeError as exc:
+        raise fail(exc, as_json) from None
+    try:
+        store.mark_interrupted()
+        prog = load(program, store=store)
+        trainset = load_dataset(train, program=prog)
+        valset = load_dataset(val, program=prog) if val is not None else None
+        settings = Settings(max_bootstrapped_demos=max_bootstrapped_demos, max_labeled_demos=max_labeled_demos,
+                            max_rounds=max_rounds, metric_threshold=metric_threshold, max_errors=max_errors,
+                            num_candidates=num_candidates, teacher=teacher)
+        bar = _Bar(as_json)
+        with bar.progress:
+            result = asyncio.run(aoptimize(prog, trainset, metric, optimizer=optimizer, val=valset, settings=settings,
+                                           backend=backend, store=store, lm=lm, concurrency=concurrency,
+                                           on_start=bar.start, on_progress=bar.update))
+    except StepbridgeError as exc:
+        raise fail(exc, as_json) from None
+    finally:
+        store.close()
+    _report(result, as_json)
+
+
+@optimizations_app.command("list")
+def optimizations_list(db: DbOption = None, limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+                       as_json: JsonOption = False) -> None:
+    """Stored optimizations, newest first."""
+    from stepbridge.storage.optimizations import Optimizations
+
+    try:
+        store = open_store(db)
+        try:
+            found = Optimizations(store).recent(limit)
+        finally:
+            store.close()
+    except StepbridgeError as exc:
+        raise fail(exc, as_json) from None
+    if as_json:
+        print_json([o.model_dump(mode="json", exclude={"data", "checkpoint"}) for o in found])
+        return
+    table = Table("id", "program", "optimizer", "status", "progress", "before", "after", "result")
+    for o in found:
+        p = o.progress
+        table.add_row(o.id[:12], escape(o.program_name), o.optimizer, o.status,
+                      f"{p.get('stage', '-')} {p.get('done', 0)}/{p.get('total', 0)}" if p else "-",
+                      "-" if o.score_before is None else f"{o.score_before:.4f}",
+                      "-" if o.score_after is None else f"{o.score_after:.4f}", (o.result_hash or "-")[:12])
+    out.print(table)
+
+
+@optimizations_app.command("show")
+def optimizations_show(optimization_id: Annotated[str, typer.Argument(help="Optimization id (or a unique prefix).")],
+                       db: DbOption = None, as_json: JsonOption = False) -> None:
+    """One optimization: settings, progress, every candidate and its score, the result."""
+    from stepbridge.storage.optimizations import Optimizations
+
+    try:
+        store = open_store(db)
+        try:
+            log = Optimizations(store)
+            o = log.get(optimization_id)
+            candidates = log.candidates(o.id)
+        finally:
+            store.close()
+    except StepbridgeError as exc:
+        raise fail(exc, as_json) from None
+    if as_json:
+        print_json({**o.model_dump(mode="json", exclude={"data"}), "candidates": candidates})
+        return
+    out.print(f"[bold]optimization {o.id}[/] · {escape(o.program_name)} [dim]{o.program_hash[:12]}[/] · {o.optimizer} "
+              f"· {o.status} · metric {escape(o.metric)} · {escape(o.backend)}", highlight=False)
+    out.print(f"settings {escape(str(o.settings.model_dump(exclude_defaults=True) or '(defaults)'))} · train "
+              f"{o.train_hash[:12]}{'' if o.val_hash is None else ' · val ' + o.val_hash[:12]} · progress "
+              f"{escape(str(o.progress))}", highlight=False)
+    table = Table("#", "candidate", "score", "demos per module")
+    for c in candidates:
+        table.add_row(str(c["seq"]), escape(c["label"]), "-" if c["score"] is None else f"{c['score']:.4f}",
+                      ", ".join(f"{escape(k)}: {len(v)}" for k, v in (c["modules"] or {}).items()))
+    out.print(table)
+    if o.result_hash:
+        out.print(f"result {o.result_hash[:12]} · score {o.score_before} -> {o.score_after}", highlight=False)
+    if o.error:
+        err.print(f"[red]failed[/]: {escape(str(o.error.get('message')))}", highlight=False)
+
+
+@optimizations_app.command("resume")
+def optimizations_resume(
+    optimization_id: Annotated[str, typer.Argument(help="Optimization id (or a unique prefix).")],
+    backend: Annotated[str | None, typer.Option(help="Adapter to use (default: the recorded backend's registered "
+                                                     "name).")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=10_000)] = 16,
+    db: DbOption = None, as_json: JsonOption = False,
+) -> None:
+    """Continue a killed optimization from its checkpoint (finished examples and candidates are skipped)."""
+    from .optimization import aresume
+
+    try:
+        store = open_store(db)
+    except StepbridgeError as exc:
+        raise fail(exc, as_json) from None
+    try:
+        store.mark_interrupted()
+        bar = _Bar(as_json)
+        with bar.progress:
+            result = asyncio.run(aresume(store, optimization_id, backend=backend, concurrency=concurrency,
+                                         on_progress=bar.update))
+    except StepbridgeError as exc:
+        raise fail(exc, as_json) from None
+    finally:
+        store.close()
+    _report(result, as_json)

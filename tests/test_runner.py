@@ -1,0 +1,144 @@
+"""stepbridge.runner: the checks before every run (one copy, shared with pool workers), recording
+through the Recorder protocols, and the Runner's own edge cases."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import stepbridge as sb
+from stepbridge.adapter import RunOptions
+from stepbridge.errors import InputValidationError, StepbridgeError, StorageError, UnsupportedCapabilityError
+from stepbridge.program import LMConfig
+from stepbridge.recorder import AsyncRecorder, Begun, ProgramSource, Recorder
+from stepbridge.result import RunResult
+from stepbridge.runner import check_capabilities, check_run
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ECHO = {"stepbridge": 1, "name": "echo", "signature": "question -> answer",
+        "modules": {"a": {"type": "predict", "signature": "question -> answer"}},
+        "steps": [{"call": "a", "with": {"question": "$inputs.question"}, "as": "r"},
+                  {"return": {"answer": "$r.answer"}}]}
+
+
+# -- the checks ----------------------------------------------------------------------------------
+def test_inputs_are_checked_before_capabilities_and_the_first_missing_one_is_named() -> None:
+    program = sb.load_program(EXAMPLES / "rag_qa.yaml")
+    with pytest.raises(InputValidationError):  # bad inputs win over a missing capability
+        check_run(program, {"nope": 1}, "tiny", frozenset())
+    with pytest.raises(UnsupportedCapabilityError) as info:
+        check_run(program, {"question": "q"}, "tiny", frozenset({"async"}), where="worker w1")
+    assert info.value.capability == sorted(program.required_capabilities)[0]
+    assert "worker w1" in info.value.message and "'tiny'" in info.value.message
+
+
+def test_the_runs_lm_settings_need_capabilities_too() -> None:
+    program = sb.load_program(ECHO)
+    check_capabilities(program, "x", frozenset())  # a predict module needs nothing
+    with pytest.raises(UnsupportedCapabilityError) as info:
+        check_capabilities(program, "x", frozenset(), LMConfig(adapter="xml"))
+    assert info.value.capability == "xml_adapter"
+    with pytest.raises(UnsupportedCapabilityError, match="ensembles"):
+        check_capabilities(program, "x", frozenset({"xml_adapter"}), LMConfig(n=3))
+
+
+# -- RunOptions' fast paths name every field ----------------------------------------------------------
+def test_plain_options_equal_validated_ones_and_name_every_field() -> None:
+    plain = RunOptions.plain("e1", timeout=2.5, attempt=3)
+    assert plain == RunOptions(execution_id="e1", timeout=2.5, attempt=3)
+    assert set(plain.__dict__) == set(RunOptions.model_fields)  # a new field must be added to plain()
+
+
+@pytest.mark.parametrize("fields", [
+    {}, {"lm": {"model": "m/x"}}, {"idempotency_key": "k"}, {"cache": False}, {"metadata": {"a": 1}},
+])
+def test_extras_are_the_non_default_options_besides_id_attempt_and_timeout(fields: dict[str, Any]) -> None:
+    options = RunOptions(execution_id="e", attempt=2, timeout=1.0, **fields)
+    extras = options.extras()
+    assert extras == options.model_dump(mode="json", exclude={"execution_id", "attempt", "timeout"},
+                                        exclude_defaults=True)
+    assert RunOptions.model_validate({**extras, "execution_id": "e", "attempt": 2, "timeout": 1.0}) == options
+
+
+def test_every_option_is_covered_by_extras() -> None:
+    # extras() short-cuts on the defaults of the fields it names: a field it does not name must not be lost
+    covered = {"execution_id", "attempt", "timeout", "lm", "idempotency_key", "cache", "metadata"}
+    assert set(RunOptions.model_fields) == covered
+
+
+# -- recorders -------------------------------------------------------------------------------------
+class SyncRecorder:
+    """A recorder with only the sync methods: the Runner must work with it."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def begin(self, program: sb.Program, inputs: dict[str, Any], options: RunOptions, backend: str) -> Begun:
+        self.events.append("begin")
+        return Begun(execution_id=options.execution_id)
+
+    def succeed(self, execution_id: str, result: RunResult) -> object:
+        self.events.append("succeed")
+        return True
+
+    def fail(self, execution_id: str, error: StepbridgeError, *, cancelled: bool = False) -> object:
+        self.events.append("cancel" if cancelled else "fail")
+        return True
+
+
+class BothRecorder(SyncRecorder):
+    """Async variants too: the Runner prefers them."""
+
+    async def abegin(self, program: sb.Program, inputs: dict[str, Any], options: RunOptions, backend: str) -> Begun:
+        self.events.append("abegin")
+        return Begun(execution_id=options.execution_id)
+
+    async def asucceed(self, execution_id: str, result: RunResult) -> object:
+        self.events.append("asucceed")
+        return True
+
+    async def afail(self, execution_id: str, error: StepbridgeError, *, cancelled: bool = False) -> object:
+        self.events.append("afail")
+        return True
+
+
+def test_sync_and_async_recorders() -> None:
+    program = sb.load_program(ECHO)  # no LM profile: the in-process reference LM answers
+    plain, both = SyncRecorder(), BothRecorder()
+    assert isinstance(plain, Recorder) and not isinstance(plain, AsyncRecorder)
+    assert isinstance(both, AsyncRecorder) and not isinstance(both, ProgramSource)
+    for recorder in (plain, both):
+        sb.run(program, {"question": "q"}, store=recorder)
+        with pytest.raises(InputValidationError):
+            sb.run(program, {"nope": "q"}, store=recorder)
+    assert plain.events == ["begin", "succeed", "begin", "fail"]
+    assert both.events == ["abegin", "asucceed", "abegin", "afail"]
+
+
+def test_a_reference_needs_a_program_source() -> None:
+    with pytest.raises(StorageError, match="no store is configured"):
+        sb.run("echo@prod", {"question": "q"}, store=SyncRecorder())
+
+
+def test_cancelling_while_the_start_is_recorded_still_ends_in_one_state(tmp_path: Path) -> None:
+    from stepbridge.storage import Store
+
+    store = Store(f"sqlite:///{tmp_path}/x.db")
+    program = sb.load_program(EXAMPLES / "classify.yaml")
+
+    async def go() -> None:
+        async with sb.Runner("native", store=store) as runner:
+            tasks = [asyncio.ensure_future(runner.run(program, {"ticket": f"t{i}"})) for i in range(60)]
+            await asyncio.sleep(0.002)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(go())
+    statuses = Counter(e.status for e in store.list_executions(limit=1000))
+    store.close()
+    assert "running" not in statuses and sum(statuses.values()) >= 1
+    assert set(statuses) <= {"cancelled", "succeeded"}
