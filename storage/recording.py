@@ -390,6 +390,17 @@ class Recording:
         self._sqlite_selects: dict[int, str] = {}
         self.sqlite_insert_history = _render(self.insert_history, _SQLITE_NAMED)
         self.sqlite_insert_steps = _render(self.insert_steps, _SQLITE_NAMED)
+        one = _render(sqlite_insert(executions).values({c: bindparam(c) for c in BEGIN_COLUMNS})
+                      .on_conflict_do_nothing().returning(executions.c.id), _SQLITE_QMARK, BEGIN_COLUMNS)
+        row = "(" + ", ".join("?" * len(BEGIN_COLUMNS)) + ")"
+        head, found, tail = one.partition(row)
+        assert found and row not in tail, one
+        self._sqlite_insert_parts = (head, row, tail)
+        select_one = _render(select(executions.c.id, executions.c.attempts).where(
+            executions.c.id.in_([bindparam("id")]), executions.c.status == RUNNING), _SQLITE_QMARK, ["id"])
+        head, found, tail = select_one.partition("IN (?)")
+        assert found, select_one
+        self._sqlite_select_parts = (head + "IN (", ")" + tail)
 
     def driver_update(self, columns: tuple[str, ...]) -> str:
         """:meth:`update_finish` (without RETURNING) as driver SQL, rendered once per column set."""
@@ -400,21 +411,19 @@ class Recording:
         return sql
 
     def _sqlite_insert_execution(self, n: int) -> str:
-        """The start of ``n`` runs as one multi-row INSERT (positional: rows one after another)."""
+        """The start of ``n`` runs as one multi-row INSERT (positional: rows one after another); the
+        one-row statement's VALUES group repeated, so a new group size costs no compile."""
         sql = self._sqlite_inserts.get(n)
         if sql is None:
-            rows = [{c: bindparam(f"{c}_{k}") for c in BEGIN_COLUMNS} for k in range(n)]
-            stmt = sqlite_insert(executions).values(rows).on_conflict_do_nothing().returning(executions.c.id)
-            sql = self._sqlite_inserts[n] = _render(stmt, _SQLITE_QMARK,
-                                                    [f"{c}_{k}" for k in range(n) for c in BEGIN_COLUMNS])
+            head, row, tail = self._sqlite_insert_parts
+            sql = self._sqlite_inserts[n] = head + ", ".join([row] * n) + tail
         return sql
 
     def _sqlite_select_running(self, n: int) -> str:
         sql = self._sqlite_selects.get(n)
         if sql is None:
-            stmt = select(executions.c.id, executions.c.attempts).where(
-                executions.c.id.in_([bindparam(f"id_{k}") for k in range(n)]), executions.c.status == RUNNING)
-            sql = self._sqlite_selects[n] = _render(stmt, _SQLITE_QMARK, [f"id_{k}" for k in range(n)])
+            head, tail = self._sqlite_select_parts
+            sql = self._sqlite_selects[n] = head + ", ".join("?" * n) + tail
         return sql
 
     def update_finish(self, columns: tuple[str, ...], returning: bool) -> Any:
