@@ -105,7 +105,7 @@ class ImportReport:
             return "opaque"
         if self.verification is not None and not self.verification.ok:
             return "failed"
-        if self.mode == "exact":
+        if self.mode == "exact" and not any(c.status == "unverified" for c in self.constructs):
             return "verified" if self.verification is not None else "exact"
         if self.verification is None:
             return "unverified"
@@ -185,6 +185,11 @@ class _Types:
         self.section: dict[str, dict[str, Any]] = {}
 
     def convert(self, annotation: Any, construct: str, target: Any) -> str:
+        custom = _custom_dspy_type(annotation)
+        if custom is not None:
+            raise _error(f"dspy.{custom} is a DSPy type that formats and parses itself (its own prompt text); no "
+                         "program type reproduces it", construct=construct, target=target,
+                         hint="register the module to import it as an opaque 'dspy' step")
         try:
             t = TypeExpr.from_annotation(annotation)
         except (TypeError, ValueError) as exc:
@@ -200,6 +205,21 @@ class _Types:
                     raise _error(f"two different types are named {sub.decl.name!r}", construct=construct,
                                  target=target, hint="rename one of the classes")
         return str(t)
+
+
+def _custom_dspy_type(annotation: Any) -> str | None:
+    """The name of a ``dspy.Type`` (Image, Audio, Code, Tool, ToolCalls...) inside ``annotation``."""
+    import typing
+
+    from dspy.adapters.types.base_type import Type as DSPyType
+
+    if isinstance(annotation, type) and issubclass(annotation, DSPyType):
+        return annotation.__name__.split("_")[0]
+    for arg in typing.get_args(annotation):
+        found = _custom_dspy_type(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _field_desc(name: str, info: Any) -> str | None:
@@ -269,6 +289,23 @@ def _lm_config(predictor: Any) -> dict[str, Any] | None:
     if adapter is not None:
         config["adapter"] = adapter
     return config or None
+
+
+def _default_constructs(obj: Any) -> list[Construct]:
+    """Output fields with a default (``dspy.OutputField(default=...)``): DSPy fills a reply that leaves
+    them out; a program field has no default, so such a reply would not parse the same way."""
+    from pydantic_core import PydanticUndefined
+
+    out = []
+    for _, predictor in obj.named_predictors():
+        sig = predictor.signature
+        for name, info in sig.output_fields.items():
+            has_default = info.default_factory is not None or info.default not in (PydanticUndefined, None)
+            if has_default:
+                out.append(Construct(f"{sig.__name__}.{name}", "unverified",
+                                     "DSPy fills its default when a reply leaves the field out; the program has no "
+                                     "field defaults (the samples' replies all gave it)"))
+    return out
 
 
 def _demo_dicts(demos: Iterable[Any], names: Sequence[str]) -> list[dict[str, Any]]:
@@ -366,6 +403,19 @@ def _predictor_module(obj: Any, types: _Types) -> tuple[dict[str, Any], str] | N
     if lm:
         data["lm"] = lm
     return data, mtype
+
+
+def _interface(data: dict[str, Any]) -> Signature:
+    """A program module's interface (its inputs and its result fields, as a step sees them)."""
+    from pydantic import TypeAdapter
+    from stepbridge.interface import module_interface
+    from stepbridge.program import Module
+
+    interface = module_interface(TypeAdapter(Module).validate_python(data))
+    if interface is None:
+        raise _error("its interface cannot be known", construct=str(data.get("tool") or data.get("type")),
+                     hint="register the tool with annotations")
+    return interface
 
 
 def _interface_outputs(data: dict[str, Any], sig: Signature) -> dict[str, FieldSpec]:
@@ -546,8 +596,10 @@ def _controls(cls: type, method: str) -> tuple[list[_Control], dict[int, str]]:
 class _LineRecorder:
     """Which lines of the given functions ran (``sys.settrace`` on their code objects only)."""
 
-    def __init__(self, codes: set[Any]):
+    def __init__(self, codes: set[Any], tools: dict[Any, str] | None = None, on_tool: Any = None):
         self.codes = codes
+        self.tools = tools or {}  # code object of a registered tool's function -> its registered name
+        self.on_tool = on_tool  # (name, frame) -> a callable taking the return value, or None
         self.lines: dict[int, int] = {}
         self.lock = threading.Lock()
 
@@ -562,8 +614,22 @@ class _LineRecorder:
         threading.settrace(self._previous)
 
     def _global(self, frame: Any, event: str, arg: Any) -> Any:
-        if event == "call" and frame.f_code in self.codes:
+        if event != "call":
+            return None
+        if frame.f_code in self.codes:
             return self._local
+        tool = self.tools.get(frame.f_code)
+        if tool is not None and self.on_tool is not None:
+            finish = self.on_tool(tool, frame)
+            if finish is None:
+                return None
+
+            def returned(frame: Any, event: str, arg: Any) -> Any:
+                if event == "return":
+                    finish(arg)
+                return returned
+
+            return returned
         return None
 
     def _local(self, frame: Any, event: str, arg: Any) -> Any:
@@ -692,6 +758,7 @@ class _Tracer:
         self._open: dict[str, _Call | None] = {}
         self._depth = threading.local()
         self._thread = threading.get_ident()
+        self.tool_names: dict[str, str] = {}  # registered tool -> its module name in the program
         self._lock = threading.Lock()
 
     def start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
@@ -728,6 +795,23 @@ class _Tracer:
             self._open[call_id] = call
             self._depth.n = 1
 
+    def tool(self, tool: str, frame: Any) -> Any:
+        """A registered tool's function called by forward itself (not inside a predictor): one call, its
+        arguments as bound at call time, its return value shaped as the tool step returns it."""
+        with self._lock:
+            if getattr(self._depth, "n", 0):
+                return None
+            code = frame.f_code
+            params = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
+            name = self.tool_names.setdefault(tool, _tool_module_name(tool, self.names))
+            call = _Call(name, _snapshot({p: frame.f_locals[p] for p in params if p in frame.f_locals}))
+            self.calls.append(call)
+
+        def finish(value: Any) -> None:
+            call.outputs = _tool_outputs(tool, _snapshot(value))
+
+        return finish
+
     def end(self, call_id: str, outputs: Any, exception: BaseException | None) -> None:
         with self._lock:
             if call_id not in self._open:
@@ -742,6 +826,37 @@ class _Tracer:
                 self.problems.append(f"{call.name} raised {type(exception).__name__ if exception else 'no result'}")
                 return
             call.outputs = _snapshot(dict(outputs.items())) if hasattr(outputs, "items") else None
+
+
+def _tool_codes() -> dict[Any, str]:
+    """The code objects of registered tools' Python functions (a call of one in forward is a tool step)."""
+    from stepbridge.registry import tools
+
+    out: dict[Any, str] = {}
+    for name in tools.names():
+        try:
+            func = inspect.unwrap(tools.get(name).func)
+        except Exception:  # a broken entry point must not break the import of other modules
+            continue
+        code = getattr(func, "__code__", None)
+        if code is not None:
+            out.setdefault(code, name)
+    return out
+
+
+def _tool_module_name(tool: str, taken: Mapping[int, str]) -> str:
+    name = _identifier(tool)
+    return name if name not in taken.values() else f"{name}_tool"
+
+
+def _tool_outputs(tool: str, value: Any) -> dict[str, Any]:
+    """The outputs of a tool step returning ``value`` (a TypedDict's fields, else ``result``)."""
+    from stepbridge.registry import tools
+
+    outputs = list(tools.get(tool).signature.outputs)
+    if outputs != ["result"] and isinstance(value, Mapping):
+        return {k: value.get(k) for k in outputs}
+    return {"result": value}
 
 
 def _identifier(path: str) -> str:
@@ -827,6 +942,23 @@ def _output_names(prediction: Any, obj: Any) -> list[str]:
     raise _error(f"forward returned {type(prediction).__name__}, not a dspy.Prediction",
                  construct=f"{cls.__name__}.{_entry(obj)}", target=getattr(cls, _entry(obj), cls),
                  hint="return a dspy.Prediction (or a predictor's result)")
+
+
+def _marked(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each sample with a marker appended to its text values: inputs of another length and content,
+    which may take paths the samples did not (and make equal-by-coincidence values differ)."""
+    return [{k: _perturb(v, f"<input {k}>") for k, v in s.items()} for s in samples]
+
+
+def _runnable(obj: Any, inputs: list[dict[str, Any]], lm: Any, names: dict[int, str]) -> list[_Traced]:
+    """Traced runs of the inputs the original module accepts (a marked input it rejects is dropped)."""
+    runs = []
+    for sample in inputs:
+        try:
+            runs += _trace_runs(obj, [sample], lm, names, [])
+        except ConversionError:
+            continue
+    return runs
 
 
 def _template_parts(value: str, sources: dict[str, str]) -> list[Any]:
@@ -917,7 +1049,7 @@ def _salted(leaves: dict[str, Any]) -> Iterator[None]:
     for name, leaf in leaves.items():
         had = "forward" in vars(leaf)
         patched.append((leaf, had, vars(leaf).get("forward")))
-        object.__setattr__(leaf, "forward", wrap(name, leaf.forward))
+        object.__setattr__(leaf, "forward", wrap(name, type(leaf).forward.__get__(leaf)))  # no direct-call warning
     try:
         yield
     finally:
@@ -934,6 +1066,7 @@ class _Traced:
     calls: list[_Call]
     prediction: Any
     lines: dict[int, int]
+    tools: dict[str, str] = field(default_factory=dict)  # registered tool -> module name
 
 
 def _trace_runs(obj: Any, samples: list[dict[str, Any]], lm: Any, names: dict[int, str],
@@ -942,23 +1075,28 @@ def _trace_runs(obj: Any, samples: list[dict[str, Any]], lm: Any, names: dict[in
     for cls, method in _custom_classes(obj):
         codes |= _code_objects(getattr(cls, method))
     runs = []
+    tool_codes = _tool_codes()
     for sample in samples:
         tracer = _Tracer(obj, names)
-        with _LineRecorder(codes) as recorder:  # forward gets a copy: it may mutate its arguments
+        with _LineRecorder(codes, tool_codes, tracer.tool) as recorder:  # forward gets a copy of each sample
             prediction, _ = _run_observed(obj, _snapshot(sample), lm, [tracer.callback])
-        runs.append(_Traced(sample, tracer.calls, prediction, recorder.lines))
+        runs.append(_Traced(sample, tracer.calls, prediction, recorder.lines, dict(tracer.tool_names)))
         problems += tracer.problems
     return runs
 
 
 def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
-                   ) -> tuple[Program, ImportReport]:
+                   ) -> tuple[Program, ImportReport, list[dict[str, Any]]]:
+    """The traced program, its report, and the inputs it must be verified on (whose paths count)."""
     types = _Types()
     leaves = _leaves(obj)
     names = {id(m): n for n, m in leaves.items()}
     converted = {n: _predictor_module(m, types) for n, m in leaves.items()}
     problems: list[str] = []
     runs = _trace_runs(obj, samples, lm, names, problems)
+    for r in runs:  # registered tools forward called: tool steps
+        for tool, module_name in r.tools.items():
+            converted[module_name] = ({"type": "tool", "tool": tool}, "tool")
     sequences = {tuple(c.name for c in r.calls) for r in runs}
     if len(sequences) != 1:
         problems.append("the sequence of predictor calls differs between samples: "
@@ -1019,12 +1157,16 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     if ambiguous or has_control:
         # A second run on marked inputs, with every predictor output marked by its producer: values equal by
         # coincidence then differ, and a path that depends on the data may change (then it is no fixed flow).
-        perturbed = [{k: _perturb(v, f"<input {k}>") for k, v in s.items()} for s in samples]
+        perturbed = _marked(samples)
         more_problems: list[str] = []
-        with _salted(leaves):
-            extra = _trace_runs(obj, perturbed, lm, names, more_problems)
+        try:
+            with _salted(leaves):
+                extra = _trace_runs(obj, perturbed, lm, names, more_problems)
+        except ConversionError as exc:  # the module rejects marked inputs: nothing settled, nothing counted
+            extra = []
+            more_problems.append(exc.message)
         paths = {tuple(c.name for c in r.calls) for r in extra}
-        if not more_problems and paths != {sequence}:
+        if not more_problems and extra and paths != {sequence}:
             raise _error("forward is not a fixed data flow: on marked inputs it calls "
                          + " | ".join(" -> ".join(p) or "(none)" for p in sorted(paths - {sequence}))
                          + " instead of " + " -> ".join(sequence), construct=f"{cls.__name__}.{_entry(obj)}",
@@ -1032,7 +1174,6 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
         if not more_problems:
             for key, entries in observations(extra).items():
                 obs[key] = obs.get(key, []) + entries
-            runs_for_lines = runs + extra
             perturbed_note = (f"checked on a second run of {len(extra)} sample(s) with marked inputs and predictor "
                               "outputs (wiring, and the path taken)")
 
@@ -1043,8 +1184,9 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
         entries = obs[key]
         refs = common(entries)
         if len(refs) > 1:
+            settled = ", marked inputs included" if perturbed_note else " (no marked run could tell them apart)"
             constructs.append(Construct(what, "unverified", f"its value equals each of {', '.join(refs)} on every "
-                                        f"run, perturbed inputs included: wired to {refs[0]}"))
+                                        f"run{settled}: wired to {refs[0]}"))
         if refs:
             return refs[0]
         values = [v for v, _, _ in entries]
@@ -1076,8 +1218,7 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
         raise _error("calls predictors that cannot be converted exactly: " + ", ".join(unconvertible),
                      construct=f"{cls.__name__}.{_entry(obj)}", target=entry, hint=_register_hint(cls))
     modules = {n: converted[n][0] for n in dict.fromkeys(sequence)}  # type: ignore[index]
-    sigs = {n: Signature.model_validate(m["signature"]) for n, m in modules.items()}
-    sigs = {n: Signature(inputs=sig.inputs, outputs=_interface_outputs(modules[n], sig)) for n, sig in sigs.items()}
+    sigs = {n: _interface(m) for n, m in modules.items()}
     in_types: dict[str, str] = {k: _infer_type(v) for k, v in samples[0].items()}
     for step in steps[:-1]:
         for arg, ref in step["with"].items():
@@ -1105,7 +1246,16 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     program = _program(name, signature, modules, steps, types, description=_doc(obj))
     parts = {n: f"{converted[n][1]} (exact, traced call{'s' if sequence.count(n) > 1 else ''})"  # type: ignore[index]
              for n in modules}
-    constructs = [Construct(n, "exact") for n in modules] + constructs
+    constructs = [Construct(n, "exact") for n in modules] + constructs + _default_constructs(obj)
+    if has_control:  # paths count as exercised only on inputs that are also verified: the marked ones, unmarked outputs
+        marked_runs = _runnable(obj, _marked(samples), lm, names)
+        other = sorted({tuple(c.name for c in r.calls) for r in marked_runs} - {sequence})
+        if other:
+            raise _error("forward is not a fixed data flow: on marked inputs it calls "
+                         + " | ".join(" -> ".join(p) or "(none)" for p in other) + " instead of "
+                         + " -> ".join(sequence), construct=f"{cls.__name__}.{_entry(obj)}", target=entry,
+                         hint=_register_hint(cls))
+        runs_for_lines = runs + marked_runs
     constructs += _judge_controls(obj, [r.lines for r in runs_for_lines])
     unused = sorted(set(leaves) - set(modules))
     if unused:
@@ -1114,7 +1264,103 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     if len(samples) == 1:
         notes.append("traced on one sample only: a computed value that happens to be constant would pass as a "
                      "constant; give several samples")
-    return program, ImportReport("traced", parts, notes=notes, constructs=constructs)
+    report = ImportReport("traced", parts, notes=notes, constructs=constructs)
+    return program, report, [r.sample for r in runs_for_lines]
+
+
+def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
+                    ) -> tuple[Program, ImportReport] | None:
+    """The program read statically from a forward that branches (:mod:`.dspy_static`), verified on the
+    samples; ``None`` when forward does not branch, is outside the subset, or fails verification (the
+    caller traces instead, and a trace of a branching forward is at best partially verified)."""
+    from .dspy_static import Unsupported, compile_forward
+
+    entry = _entry(obj)
+    controls = _controls(type(obj), entry)[0]
+    if not any(c.kind in ("if", "for", "comprehension") for c in controls) or len(_custom_classes(obj)) != 1:
+        return None
+    types = _Types()
+    leaves = _leaves(obj)
+    converted = {n: _predictor_module(m, types) for n, m in leaves.items()}
+    interfaces = {n: Signature(inputs=Signature.model_validate(c[0]["signature"]).inputs,
+                               outputs=_interface_outputs(c[0], Signature.model_validate(c[0]["signature"])))
+                  for n, c in converted.items() if c is not None}
+    try:
+        compiled = compile_forward(obj, entry, {id(m): n for n, m in leaves.items() if n in interfaces},
+                                   {n: list(sig.outputs) for n, sig in interfaces.items()})
+    except Unsupported:
+        return None
+    modules = {n: converted[n][0] for n in dict.fromkeys(compiled.calls)}  # type: ignore[index]
+    # inputs: typed by the predictor field each feeds; outputs: every name any return gives (null elsewhere)
+    in_types = {k: _infer_type(v) for k, v in samples[0].items()}
+
+    def walk(steps: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for step in steps:
+            yield step
+            for key in ("then", "else"):
+                yield from walk(step.get(key) or [])
+
+    for step in walk(compiled.steps):
+        module = str(step.get("call") or step.get("map") or "")
+        for arg, ref in (step.get("with") or {}).items() if module else ():
+            if isinstance(ref, str) and ref.startswith("$inputs."):
+                spec = interfaces[module].inputs.get(arg)
+                if spec is not None:
+                    in_types[ref.split(".", 1)[1]] = spec.type
+        over = step.get("over")
+        if module and isinstance(over, str) and over.startswith("$inputs."):  # a list of what each element feeds
+            item = f"${step['item']}"
+            fed = [interfaces[module].inputs[a].type for a, r in step["with"].items()
+                   if r == item and a in interfaces[module].inputs]
+            in_types[over.split(".", 1)[1]] = f"list[{fed[0] if fed else 'str'}]"
+    as_modules = {str(step["as"]): str(step.get("call") or step.get("map")) for step in walk(compiled.steps)
+                  if "call" in step or "map" in step}
+    mapped_as = {step["as"] for step in walk(compiled.steps) if "map" in step}
+    out_names = list(dict.fromkeys(k for mapping in compiled.returns for k in mapping))
+    out_types: dict[str, set[str]] = {k: set() for k in out_names}
+    for mapping in compiled.returns:
+        for k in out_names:
+            if k not in mapping:
+                mapping[k] = None
+                out_types[k].add("None")
+                continue
+            ref = mapping[k]
+            src, _, fld = str(ref).lstrip("$").partition(".") if isinstance(ref, str) else ("", "", "")
+            if src == "inputs":
+                out_types[k].add(in_types.get(fld, "str"))
+            elif src in as_modules:
+                ftype = interfaces[as_modules[src]].outputs[fld].type
+                out_types[k].add(f"list[{ftype}]" if src in mapped_as else ftype)
+            elif isinstance(ref, dict) and "$template" in ref:
+                out_types[k].add("str")
+            else:
+                out_types[k].add("Any" if isinstance(ref, str) and ref.startswith("$") else _infer_type(ref))
+    outputs = {}
+    for k, kinds in out_types.items():
+        real = kinds - {"None"}
+        base = real.pop() if len(real) == 1 else "Any"
+        outputs[k] = FieldSpec(type=f"Optional[{base}]" if "None" in kinds and base != "Any" else base)
+    signature = Signature(inputs={k: FieldSpec(type=t) for k, t in in_types.items()}, outputs=outputs)
+    try:
+        program = _program(name, signature, modules, compiled.steps, types, description=_doc(obj))
+    except ConversionError:
+        return None
+    cls = type(obj)
+    report = ImportReport("static", {n: f"{converted[n][1]} (exact)" for n in modules},  # type: ignore[index]
+                          notes=[f"{cls.__name__}.{entry} read statically: {compiled.branches} branch(es) "
+                                 "as if steps"],
+                          constructs=[*(Construct(n, "exact") for n in modules), *_default_constructs(obj)])
+    names = {id(m): n for n, m in leaves.items()}
+    runs = _trace_runs(obj, samples, lm, names, []) + _runnable(obj, _marked(samples), lm, names)
+    report.verification = verify(obj, program, [r.sample for r in runs], lm=lm)
+    if not report.verification.ok:
+        return None
+    for judged in _judge_controls(obj, [r.lines for r in runs]):
+        if judged.line in compiled.mapped:  # a map step: one call per element, for any length
+            judged = Construct(judged.name, "verified", "converted to a map step (any number of elements)",
+                               judged.line)
+        report.constructs.append(judged)
+    return program, report
 
 
 def _json_safe(value: Any) -> bool:
@@ -1304,7 +1550,8 @@ def _import(obj: Any, state: dict[str, Any] | None, samples: list[dict[str, Any]
             {"return": {k: f"$result.{k}" for k in program_sig.outputs}},
         ]
         program = _program(program_name, program_sig, {"main": data}, steps, types)
-        report = ImportReport("exact", {"main": f"{mtype} (exact)"}, constructs=[Construct("main", "exact")])
+        report = ImportReport("exact", {"main": f"{mtype} (exact)"},
+                              constructs=[Construct("main", "exact"), *_default_constructs(obj)])
         if samples:
             report.verification = verify(obj, program, samples, lm=lm)
             if not report.verification.ok:
@@ -1320,9 +1567,12 @@ def _import(obj: Any, state: dict[str, Any] | None, samples: list[dict[str, Any]
     elif samples:
         try:
             with _lm_scope(lm) as run_lm:
-                program, report = _trace_program(obj, samples, run_lm, program_name)
+                static = _static_program(obj, samples, run_lm, program_name)
+                if static is not None:
+                    return static
+                program, report, checked = _trace_program(obj, samples, run_lm, program_name)
                 # The original runs again (not the traced runs): hidden state or randomness shows up here.
-                report.verification = verify(obj, program, samples, lm=run_lm)
+                report.verification = verify(obj, program, checked, lm=run_lm)
             if report.verification.ok:
                 return program, report
             why = "the traced conversion failed verification:\n" + "\n".join(report.verification.mismatches)

@@ -56,6 +56,6 @@ def install() -> None:
     async def guarded_acall(self: Any, *args: Any, **kwargs: Any) -> Any:
         return await acall(route(self), *args, **kwargs)
 
-    BaseLM.__call__ = guarded_call  # type: ignore[method-assign]
-    BaseLM.acall = guarded_acall  # type: ignore[method-assign]
-    BaseLM._stepbridge_guarded = True  # type: ignore[attr-defined]
+    BaseLM.__call__ = guarded_call
+    BaseLM.acall = guarded_acall
+    BaseLM._stepbridge_guarded = True

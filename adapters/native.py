@@ -22,7 +22,7 @@ from stepbridge.errors import (
 )
 from stepbridge.formats import AdapterName, Prompt, chain_of_thought
 from stepbridge.interpreter import DEFAULT_MAP_CONCURRENCY, PlanStep, RunContext, plan, run_plan
-from stepbridge.lm import ChatRequest, LMPool, LMProfile
+from stepbridge.lm import ChatRequest, ChatResponse, LMPool, LMProfile
 from stepbridge.lru import LRU
 from stepbridge.program import (
     ChainOfThoughtModule,
@@ -167,6 +167,16 @@ class Predictor:
             rollout_id=req.rollout_id,
         )
         model = req.model
+        if req.n == 1:  # the usual call: one completion, without the lists and loops below
+            try:
+                response = await client.complete(request)
+            except LMError as exc:
+                calls.append(_call(model=model, messages=messages, error=exc.to_dict()))
+                raise
+            usage = ctx.usage
+            usage.add(response.usage)
+            usage.__dict__["lm_calls"] += 1
+            return self._parsed(prompt, response, model, messages, calls)
         # n completions: DSPy's LM engine asks for them as that many requests, one after the other
         responses = []
         for _ in range(req.n):
@@ -179,20 +189,25 @@ class Predictor:
             responses.append(response)
         first: dict[str, Any] | None = None
         for response in responses:  # every completion is parsed, as DSPy's adapter parses them all
-            try:
-                parsed = prompt.parse(response.text)
-            except LMParseError as exc:
-                calls.append(_call(model=model, messages=messages, response=response.text,
-                                   usage=response.usage, latency_ms=response.latency_ms,
-                                   cached=response.cached, error=exc.to_dict()))
-                raise
-            calls.append(_call(model=model, messages=messages, response=response.text,
-                               usage=response.usage, latency_ms=response.latency_ms,
-                               cached=response.cached))
+            parsed = self._parsed(prompt, response, model, messages, calls)
             if first is None:
                 first = parsed  # the outputs come from the first completion, as in dspy.Prediction
         assert first is not None
         return first
+
+    @staticmethod
+    def _parsed(prompt: Prompt, response: ChatResponse, model: str, messages: list[dict[str, Any]],
+                calls: list[LMCall]) -> dict[str, Any]:
+        """One completion's outputs; its LM call goes into ``calls`` either way."""
+        try:
+            parsed = prompt.parse(response.text)
+        except LMParseError as exc:
+            calls.append(_call(model=model, messages=messages, response=response.text, usage=response.usage,
+                               latency_ms=response.latency_ms, cached=response.cached, error=exc.to_dict()))
+            raise
+        calls.append(_call(model=model, messages=messages, response=response.text, usage=response.usage,
+                           latency_ms=response.latency_ms, cached=response.cached))
+        return parsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,10 +340,10 @@ class NativeAdapter:
         await self.lm.aclose()
 
 
-#: Module types whose outputs may hold what tools returned (a react trajectory): made JSON data at the step.
 #: prepared plans an adapter keeps (least recently used out first)
 MAX_PLANS = 256
 
+#: Module types whose outputs may hold what tools returned (a react trajectory): made JSON data at the step.
 _RAW_OUTPUTS = frozenset({"react", "best_of_n", "refine", "multi_chain_comparison"})
 
 

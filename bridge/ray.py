@@ -51,7 +51,7 @@ from . import protocol as p
 from .config import with_settings
 from .data import DEFAULT_CACHE_BYTES, LocalFiles
 from .pool import declared_capabilities
-from .ray_host import data_key, program_key
+from .ray_host import MAX_REFS, data_key, program_key
 from .router import has_side_effects, wire_options
 
 __all__ = ["RayAdapter", "RayConfig", "require_ray"]
@@ -146,6 +146,12 @@ def _connect(config: RayConfig) -> bool:
         return address is None
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark an abandoned call's outcome as seen (no 'exception was never retrieved' at shutdown)."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _trim(refs: OrderedDict[str, Any]) -> None:
     """Let go of the least recently used object references beyond :data:`KEPT_REFS` (Ray frees the objects
     once no actor holds them either)."""
@@ -162,6 +168,7 @@ class _Actor:
     worker: str = ""
     pid: int = 0
     lost: int = 0  #: times a call to it failed because it died
+    sent: set[str] = field(default_factory=set)  #: object references it was given (it may have let some go)
 
 
 class RayAdapter:
@@ -185,7 +192,8 @@ class RayAdapter:
         self._waiters: deque[asyncio.Future[None]] = deque()  # callers waiting to be admitted
         self._slot_waiters: deque[asyncio.Future[None]] = deque()  # admitted runs waiting for an actor slot
         self._probes: set[asyncio.Task[None]] = set()
-        self.stats: dict[str, int] = {"runs": 0, "retried": 0, "lost": 0, "saturated": 0, "cancelled": 0}
+        self.stats: dict[str, int] = {"runs": 0, "retried": 0, "lost": 0, "saturated": 0, "cancelled": 0,
+                                      "resent": 0}
 
     # -- the adapter protocol --------------------------------------------------------------------------
     @property
@@ -236,8 +244,9 @@ class RayAdapter:
         # this side sends an actor at most ``concurrency`` runs; the spare calls are for start/describe/close,
         # so a busy actor still answers them (one event loop: an async actor's concurrency groups would each
         # get their own, and the hosted adapter lives on one)
+        # SPREAD: actors reserving no CPU would otherwise all land on whichever node Ray picks first
         options: dict[str, Any] = {"max_concurrency": c.concurrency + CONTROL_CALLS, "num_cpus": c.actor_cpus,
-                                   "max_restarts": -1, "max_task_retries": 0}
+                                   "max_restarts": -1, "max_task_retries": 0, "scheduling_strategy": "SPREAD"}
         if env:
             options["runtime_env"] = {"env_vars": dict(env)}
         actor_class = ray.remote(RayHost)
@@ -306,6 +315,7 @@ class RayAdapter:
         attempt = options.attempt
         attempts_left = 1 if side_effects else self.config.max_attempts
         tried: set[int] = set()
+        resent = False
         extra = wire_options(options)
         while True:
             budget = None if deadline is None else deadline - time.monotonic()
@@ -316,12 +326,17 @@ class RayAdapter:
             frames = p.encode(p.Request(execution_id=options.execution_id, program_hash=program.content_hash,
                                         inputs=inputs, attempt=attempt, budget=budget, options=extra,
                                         data=manifest), rid)
+            # object references only for what this actor has not been given: each one in a call costs Ray a
+            # borrow (RPCs to this process); an actor that lacks one answers ``missing`` and gets it
+            send = {k: ref for k, ref in refs.items() if k not in actor.sent}
             actor.in_flight += 1
-            call = actor.handle.run.remote(frames, refs)
+            call = actor.handle.run.remote(frames, send)
             self.stats["runs"] += 1
             try:
                 wait = None if budget is None else budget + self.config.cancel_grace
-                reply_frames = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(call.future())), wait)
+                answer = asyncio.wrap_future(call.future())
+                answer.add_done_callback(_retrieved)  # after a timeout or cancel, nobody else looks at it
+                reply_frames = await asyncio.wait_for(asyncio.shield(answer), wait)
             except asyncio.CancelledError:
                 self.stats["cancelled"] += 1
                 with contextlib.suppress(Exception):
@@ -355,8 +370,20 @@ class RayAdapter:
             finally:
                 actor.in_flight -= 1
                 self._wake(self._slot_waiters)
+            if len(actor.sent) + len(send) > MAX_REFS // 2:
+                actor.sent.clear()
+            actor.sent.update(send)
+            reply = self._reply(reply_frames)
+            if reply.missing:  # a restarted actor (or one that let them go): once more, with the references
+                if resent:
+                    raise StepbridgeError(f"actor {actor.worker} lost the object references it was just sent")
+                resent = True
+                self.stats["resent"] += 1
+                actor.sent.difference_update({program_key(d) for d in reply.missing} |
+                                             {data_key(d) for d in reply.missing})
+                continue
             try:
-                return self._outcome(reply_frames, options.timeout)
+                return self._outcome(reply, options.timeout)
             except WorkerLostError:  # the actor refused it (not run): elsewhere, while attempts are left
                 attempts_left -= 1
                 if side_effects or attempts_left <= 0:
@@ -364,14 +391,18 @@ class RayAdapter:
                 attempt += 1
                 tried.add(actor.index)
 
-    def _outcome(self, frames: list[bytes], timeout: float | None) -> RunResult:
-        """The result a REPLY carries, or its typed error (with the partial trace) raised. A timeout says the
-        caller's whole timeout (the actor only knew the budget left)."""
+    @staticmethod
+    def _reply(frames: list[bytes]) -> p.Reply:
         try:
             reply = p.decode(list(frames), allowed=_REPLY).body
         except p.ProtocolError as exc:
             raise StepbridgeError(f"an actor sent an invalid reply: {exc}") from None
         assert isinstance(reply, p.Reply)
+        return reply
+
+    def _outcome(self, reply: p.Reply, timeout: float | None) -> RunResult:
+        """The result a REPLY carries, or its typed error (with the partial trace) raised. A timeout says the
+        caller's whole timeout (the actor only knew the budget left)."""
         if reply.error is not None:
             err = p.error_from_reply(reply)
             if isinstance(err, RunTimeoutError) and timeout is not None:

@@ -106,6 +106,9 @@ class RayHost(Worker):
             self._refs.move_to_end(key)
         while len(self._refs) > MAX_REFS:
             self._refs.popitem(last=False)
+        missing = self._missing(body)
+        if missing:  # the caller sends the references and asks again (as a broker asks a client for data)
+            return p.encode(p.Reply(attempt=body.attempt, missing=missing), msg.request_id)
         reply: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
         self._replies[msg.request_id] = reply
         try:
@@ -116,6 +119,16 @@ class RayHost(Worker):
             raise
         finally:
             self._replies.pop(msg.request_id, None)
+
+    def _missing(self, req: p.Request) -> list[str]:
+        """Content this request needs that is neither cached here nor reachable by a reference we hold."""
+        out = []
+        if req.program_hash not in self._programs and program_key(req.program_hash) not in self._refs:
+            out.append(req.program_hash)
+        for digest in sorted(set(req.data.values())):
+            if data_key(digest) not in self._refs and not self.data.has(digest):
+                out.append(digest)
+        return out
 
     async def aclose(self) -> None:
         """Close the hosted adapter and remove this host's data cache (before the actor is killed)."""

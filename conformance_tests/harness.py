@@ -9,6 +9,7 @@ result with a generous liveness bound (never a performance threshold).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import importlib.metadata
@@ -178,6 +179,10 @@ class Harness:
         self._runners: dict[int, Any] = {}
         self._extra: list[Any] = []
         self._fresh: Any = None
+        #: an out-of-process adapter's second instance, started in the background once the first one ran
+        #: (its workers start while the other tests run, instead of when the rehydration test needs it)
+        self._warming: concurrent.futures.Future[Any] | None = None
+        self._warmed = False
         self.fresh_before: set[tuple[str, int]] | None = None
         #: the adapter's observation of each case run by test_case, which test_equivalence then judges
         self.case_runs: dict[str, Observed] = {}
@@ -204,12 +209,39 @@ class Harness:
         return adapter
 
     def fresh_adapter(self) -> Any:
-        """One fresh instance shared by the tests that need a second one (created on first use; the connections
-        open to the suite's LM just before are ``fresh_before``, so ``aclose`` can be judged on it)."""
+        """One fresh instance shared by the tests that need a second one (created on first use, or started in
+        the background: see :meth:`_warm`; the connections open to the suite's LM before it first runs are
+        ``fresh_before``, so ``aclose`` can be judged on it)."""
         if self._fresh is None:
+            warmed = self._take_warmed()
             self.fresh_before = self.lm.connections()
-            self._fresh = self.new_adapter()
+            self._fresh = warmed if warmed is not None else self.new_adapter()
         return self._fresh
+
+    def _warm_later(self, program: Program) -> None:
+        """Start the second instance of an out-of-process adapter in the background (once): ``prepare`` starts
+        its workers, which open no connection to the LM before they run something."""
+        if self._warmed or self._fresh is not None or "out_of_process" not in self.capabilities:
+            return
+        self._warmed = True
+
+        async def warm() -> Any:
+            adapter = await self._create(self.factory, self.kwargs)
+            self._extra.append(adapter)
+            await adapter.prepare(program)
+            return adapter
+
+        self._warming = asyncio.run_coroutine_threadsafe(warm(), self.loop.loop)
+
+    def _take_warmed(self) -> Any:
+        """The instance :meth:`_warm_later` started (None when none was, or it failed: it is closed then)."""
+        warming, self._warming = self._warming, None
+        if warming is None:
+            return None
+        try:
+            return warming.result(LIVENESS_S)
+        except Exception:
+            return None
 
     def forget(self, adapter: Any) -> None:
         """The test closed ``adapter`` itself: the harness must not use or close it again."""
@@ -222,6 +254,7 @@ class Harness:
 
     def close(self) -> None:
         try:
+            self._take_warmed()  # still starting (its test did not run): let it finish, then close it with the rest
             for adapter in [*self._extra, self.adapter, self.native]:
                 if adapter is not None:
                     with contextlib.suppress(Exception):
@@ -268,8 +301,12 @@ class Harness:
                 result: RunResult = await target.run(program, inputs, options)
                 return result
 
-            return self.loop.call(go(), what=label)
-        return self.loop.call(self.runner(target).run(program, inputs, options), what=label)
+            result = self.loop.call(go(), what=label)
+        else:
+            result = self.loop.call(self.runner(target).run(program, inputs, options), what=label)
+        if target is self.adapter:
+            self._warm_later(program)
+        return result
 
     def observe(self, fn: Callable[[], T]) -> Observed:
         """Call ``fn``; its result or exception and the LM requests it caused."""

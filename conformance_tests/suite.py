@@ -344,7 +344,7 @@ class AdapterConformance(BehaviourTests):
             fail(f"{what}: the trace records other step inputs or outputs than native's",
                  expected="each step's resolved inputs and its outputs, as native records them",
                  actual="another record", difference=found[2],
-                 look_at=("trace", *_parts_of(record_part(found[1]), case)))
+                 look_at=("trace", *_parts_of(_part(found[1]), case)))
 
     @capability("core", "case", scope="core")
     @pytest.mark.parametrize("case", _INVALID)
@@ -443,17 +443,23 @@ def _diagnose(base: Observed, seen: Observed, case: Case) -> tuple[str | None, t
     went elsewhere in an earlier step (a branch, a pass, a parsed value), which the request only follows from;
     with the same requests, the first trace record that differs. (None, None) when nothing differs."""
     base_trace, seen_trace = _records(base), _records(seen)
-    traced = trace_divergence(base_trace, seen_trace) if base_trace is not None and seen_trace is not None else None
+    # an adapter that kept no trace at all (an untyped error) is judged by its error, not record by record
+    traced = trace_divergence(base_trace, seen_trace) if base_trace and seen_trace else None
     found = request_divergence(base.bodies, seen.bodies, labels=trace_labels(_trace_of(base)), tolerate=_tolerated)
     if found is not None:
         at = request_position(base_trace, found[2].get("messages")) if found[2] is not None else None
         if traced is not None and (at is None or traced[0] < at) and traced[0] < len(base_trace or []):
             return (f"the run went elsewhere before the requests differ: {traced[2]}",
-                    _parts_of(record_part(traced[1]), case))
+                    _parts_of(_part(traced[1]), case))
         return f"the requests already differ from native's: {found[1]}", _look_for(found[0], case)
     if traced is not None:
-        return f"the same requests as native's, but {traced[2]}", _parts_of(record_part(traced[1]), case)
+        return f"the same requests as native's, but {traced[2]}", _parts_of(_part(traced[1]), case)
     return None, None
+
+
+def _part(record: Any) -> str:
+    """The protocol part of a differing trace record (``trace`` when records are missing or extra)."""
+    return record_part(record) if record is not None else "trace"
 
 
 def _records(seen: Observed) -> list[Any] | None:

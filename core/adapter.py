@@ -49,6 +49,9 @@ class _Random:
     (about 2.4 us each on a VM). Emptied in a forked child, so parent and child never share bytes."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.lock = threading.Lock()
         self.buf = b""
         self.pos = 0
@@ -63,7 +66,7 @@ class _Random:
 
 
 _random = _Random()
-os.register_at_fork(after_in_child=_random.__init__)
+os.register_at_fork(after_in_child=_random.reset)
 
 
 def new_execution_id() -> str:

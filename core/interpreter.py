@@ -216,10 +216,11 @@ class _Run:
                 except BaseException as exc:
                     self.fail(exc, step.pointer, step.index, kind, step.module, step.module_type, args, calls, None,
                               began, passes)
-                self.trace.append(_record(
-                    step=step.index, kind=kind, module=step.module, module_type=step.module_type, inputs=args,
-                    outputs=result, lm_calls=calls, duration_ms=(time.perf_counter() - began) * 1000,
-                    pointer=step.pointer, passes=passes))
+                self.trace.append(fast_construct(StepTrace, {  # _record's fields, without its call
+                    "step": step.index, "kind": kind, "module": step.module, "module_type": step.module_type,
+                    "inputs": args, "outputs": result, "lm_calls": calls, "children": [],
+                    "duration_ms": (time.perf_counter() - began) * 1000, "error": None, "pointer": step.pointer,
+                    "passes": list(passes) if passes else []}))
                 if step.name is not None:
                     scope[step.name] = result
             elif kind == "map":

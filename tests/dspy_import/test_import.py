@@ -308,3 +308,254 @@ def test_an_opaque_module_switching_lms_reaches_only_the_operators_lm(loop: Any,
         assert {c.model for c in calls} == {"openai/reference"}
     finally:
         dspy_modules.unregister("sb_test.SwitchesLM")
+
+
+# ------------------------------------------------------------------------------------------------
+# branches read statically
+# ------------------------------------------------------------------------------------------------
+class LengthRouter(dspy.Module):
+    """Short questions get a quick answer, long ones a chain of thought and a review."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quick = dspy.Predict("question -> answer")
+        self.think = dspy.ChainOfThought("question -> answer")
+        self.review = dspy.Predict("question, draft -> answer")
+
+    def forward(self, question: str) -> Any:
+        if len(question) < 30:
+            return self.quick(question=question)
+        draft = self.think(question=question).answer
+        final = self.review(question=question, draft=f"Draft: {draft}")
+        return dspy.Prediction(answer=final.answer, draft=draft)
+
+
+ROUTED = [{"question": "Capital of Peru?"}, {"question": "Who designed the Eiffel Tower in Paris, and when?"}]
+
+
+def test_a_branching_forward_becomes_an_if_and_runs_both_paths_on_native(loop: Any, dspy_lm: Any,
+                                                                         native_adapter: Any) -> None:
+    original = LengthRouter()
+    program, report = import_module(original, sample_inputs=ROUTED, lm=dspy_lm)
+    assert report.mode == "static" and report.status == "verified", str(report)
+    step = program.to_dict()["steps"][0]
+    assert step["if"] == {"$lt": [{"$len": "$inputs.question"}, 30]}
+    for inputs in [*ROUTED, {"question": "Where is Everest?"}, {"question": "What does the Louvre in Paris house?"}]:
+        prediction, messages = _plain(original, inputs, dspy_lm)
+        result = _run(loop, native_adapter, program, inputs)
+        assert result.outputs == {"answer": prediction.answer, "draft": prediction.get("draft")}
+        assert [c.messages for s in result.trace for c in s.lm_calls] == messages
+
+
+def test_a_branch_read_statically_but_not_taken_is_partially_verified(dspy_lm: Any) -> None:
+    # one short sample: its marked copy is long, takes the other path, and is verified there too
+    _, report = import_module(LengthRouter(), sample_inputs=ROUTED[:1], lm=dspy_lm)
+    assert report.status == "verified" and report.verification is not None and report.verification.samples == 2
+    # one long sample: no input reaches the short path, which is in the program but not verified
+    program, report = import_module(LengthRouter(), sample_inputs=ROUTED[1:], lm=dspy_lm)
+    assert report.mode == "static" and report.status == "partially verified"
+    assert any(c.status == "unverified" and "if" in c.name for c in report.constructs)
+    assert "if" in program.to_dict()["steps"][0]  # the untaken path is in the program all the same
+
+
+# ------------------------------------------------------------------------------------------------
+# odd modules: a ConversionError or a program, never anything else
+# ------------------------------------------------------------------------------------------------
+def _odd_modules() -> dict[str, Any]:
+    class NoPredictors(dspy.Module):
+        def forward(self, question: str) -> Any:
+            return dspy.Prediction(answer=question.upper())
+
+    class ReturnsNone(dspy.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.p = dspy.Predict("question -> answer")
+
+        def forward(self, question: str) -> Any:
+            self.p(question=question)
+
+    class ReturnsDict(dspy.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.p = dspy.Predict("question -> answer")
+
+        def forward(self, question: str) -> Any:
+            return {"answer": self.p(question=question).answer}
+
+    class Positional(dspy.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.p = dspy.Predict("question -> answer")
+
+        def forward(self, *args: Any) -> Any:
+            return self.p(question=args[0] if args else "")
+
+    class CreatesPredictor(dspy.Module):
+        def forward(self, question: str) -> Any:
+            return dspy.Predict("question -> answer")(question=question)
+
+    class RaisesOnMarked(dspy.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.p = dspy.Predict("question -> answer")
+
+        def forward(self, question: str) -> Any:
+            if "<" in question:
+                raise ValueError("no markers here")
+            if len(question) > 10:
+                return self.p(question=question)
+            return dspy.Prediction(answer="short")
+
+    namespace: dict[str, Any] = {"dspy": dspy, "Any": Any}
+    exec(  # a class whose source cannot be read
+        "class NoSource(dspy.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.p = dspy.Predict('question -> answer')\n"
+        "    def forward(self, question):\n"
+        "        return self.p(question=question) if question else self.p(question='?')\n", namespace)
+    return {cls.__name__: cls for cls in (NoPredictors, ReturnsNone, ReturnsDict, Positional, CreatesPredictor,
+                                          RaisesOnMarked, namespace["NoSource"])}
+
+
+@pytest.mark.parametrize("name", sorted(_odd_modules()))
+def test_odd_modules_give_a_conversion_error_or_an_honest_program(name: str, dspy_lm: Any) -> None:
+    module = _odd_modules()[name]()
+    try:
+        _, report = import_module(module, sample_inputs=Q, lm=dspy_lm, fallback=False)
+    except ConversionError as exc:
+        assert exc.construct and "to fix:" in exc.message
+        return
+    if name in ("NoSource", "RaisesOnMarked"):  # paths it cannot see or check are never verified
+        assert report.status != "verified", str(report)
+
+
+def test_bad_arguments_are_conversion_errors(dspy_lm: Any) -> None:
+    with pytest.raises(ConversionError, match=r"dspy\.Module instance"):
+        import_module(object(), sample_inputs=Q, lm=dspy_lm)  # type: ignore[arg-type]
+    with pytest.raises(ConversionError, match="raised TypeError"):
+        import_module(Router(), sample_inputs=[{"nonsense": 1}], lm=dspy_lm, fallback=False)
+    with pytest.raises(ConversionError):
+        import_module(dspy.Predict("question -> answer"), state={"signature": 5}, lm=dspy_lm)
+
+
+class PerQuestion(dspy.Module):
+    """Answers each question of a list, then summarizes (a comprehension and a for-append)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = dspy.Predict("question -> answer")
+        self.check = dspy.Predict("question, topic -> verdict")
+        self.summarize = dspy.Predict("answers: list[str] -> summary")
+
+    def forward(self, questions: list[str], topic: str) -> Any:
+        answers = [self.answer(question=q).answer for q in questions]
+        verdicts = []
+        for q in questions:
+            verdicts.append(self.check(question=q, topic=topic).verdict)
+        summary = self.summarize(answers=answers).summary
+        return dspy.Prediction(answers=answers, verdicts=verdicts, summary=summary)
+
+
+def test_comprehensions_and_for_append_become_map_steps(loop: Any, dspy_lm: Any, native_adapter: Any) -> None:
+    samples = [{"questions": ["Who designed the Eiffel Tower?", "Where is Everest?"], "topic": "travel"}]
+    original = PerQuestion()
+    program, report = import_module(original, sample_inputs=samples, lm=dspy_lm)
+    assert report.mode == "static" and report.status == "verified", str(report)
+    kinds = [next(iter(s)) for s in program.to_dict()["steps"]]
+    assert kinds == ["map", "map", "call", "return"]
+    assert program.signature.inputs["questions"].type == "list[str]"
+    for inputs in [{"questions": ["What does the Louvre house?"], "topic": "art"},
+                   {"questions": ["Capital of Peru?", "Capital of Chile?", "Who wrote Faust?"], "topic": "x"}]:
+        prediction, messages = _plain(original, inputs, dspy_lm)
+        result = _run(loop, native_adapter, program, inputs)
+        assert result.outputs == {k: prediction[k] for k in ("answers", "verdicts", "summary")}
+        sent = [c.messages for s in result.trace for c in [*s.lm_calls, *(x for ch in (s.children or [])
+                                                                          for x in ch.lm_calls)]]
+        assert sorted(map(str, sent)) == sorted(map(str, messages))  # map elements run concurrently
+
+
+def test_cli_strict_refuses_a_partial_import_and_reports_constructs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    operator_lm: Any) -> None:
+    from stepbridge.adapters.dspy_cli import app
+    from typer.testing import CliRunner
+
+    (tmp_path / "sb_router.py").write_text(
+        "import dspy\n"
+        "class Router(dspy.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.quick = dspy.Predict('question -> answer')\n"
+        "        self.think = dspy.ChainOfThought('question -> answer')\n"
+        "    def forward(self, question):\n"
+        "        if len(question) > 1000:\n"
+        "            return self.think(question=question)\n"
+        "        return self.quick(question=question)\n")
+    (tmp_path / "samples.jsonl").write_text('{"question": "Who designed the Eiffel Tower?"}\n')
+    monkeypatch.chdir(tmp_path)
+    args = ["import-dspy", "sb_router:Router", "--sample-inputs", "samples.jsonl", "-o", str(tmp_path / "r.yaml")]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)["report"]
+    assert report["status"] == "partially verified" and report["verified"] is False
+    assert any(c["status"] == "unverified" and c["line"] == 8 for c in report["constructs"])
+    result = CliRunner().invoke(app, [*args, "--strict"])
+    assert result.exit_code == 2 and "partially verified" in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------------------------
+# registered tools called by forward become tool steps
+# ------------------------------------------------------------------------------------------------
+PASSAGES = ["The Eiffel Tower was designed by Gustave Eiffel's company.", "Mount Everest is in Nepal.",
+            "The Louvre houses the Mona Lisa."]
+
+
+def sb_search(query: str, k: int) -> list[str]:
+    """Top-k passages sharing the most words with the query."""
+    words = set(query.lower().split())
+    return sorted(PASSAGES, key=lambda p: -len(words & set(p.lower().split())))[:k]
+
+
+class SearchThenAnswer(dspy.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rewrite = dspy.Predict("question -> query")
+        self.respond = dspy.ChainOfThought("context: list[str], question -> answer")
+
+    def forward(self, question: str) -> Any:
+        query = self.rewrite(question=question).query
+        context = sb_search(query, k=2)
+        return self.respond(context=context, question=question)
+
+
+def test_a_registered_tool_called_in_forward_is_a_tool_step(loop: Any, dspy_lm: Any, native_adapter: Any) -> None:
+    from stepbridge.registry import tools
+
+    with pytest.raises(ConversionError, match="neither a program input"):  # unregistered: a computed value
+        import_module(SearchThenAnswer(), sample_inputs=Q, lm=dspy_lm, fallback=False)
+    tools.register("sb_search", sb_search)
+    try:
+        original = SearchThenAnswer()
+        program, report = import_module(original, sample_inputs=Q, lm=dspy_lm)
+        assert report.mode == "traced" and report.status == "verified", str(report)
+        steps = program.to_dict()["steps"]
+        assert steps[1] == {"call": "sb_search", "with": {"query": "$rewrite_out.query", "k": 2}, "as": "sb_search_out"}
+        assert steps[2]["with"]["context"] == "$sb_search_out.result"
+        for inputs in [*Q, {"question": "What does the Louvre house?"}]:
+            prediction, messages = _plain(original, inputs, dspy_lm)
+            result = _run(loop, native_adapter, program, inputs)
+            assert result.outputs == {"reasoning": prediction.reasoning, "answer": prediction.answer}
+            assert [c.messages for s in result.trace for c in s.lm_calls] == messages
+    finally:
+        tools.unregister("sb_search")
+
+
+def test_dspy_custom_types_are_refused_not_misconverted() -> None:
+    class CodeSig(dspy.Signature):
+        question: str = dspy.InputField()
+        code: dspy.Code = dspy.OutputField()
+
+    # dspy.Code is a pydantic model, but formats and parses itself: converting it as an object type would
+    # send other messages (verification caught that); it is refused before, with the field named
+    with pytest.raises(ConversionError, match=r"CodeSig\.code: dspy\.Code is a DSPy type"):
+        import_module(dspy.Predict(CodeSig))

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sb_evals import LM, serve_lm
 from stepbridge.storage import Store
 
 
@@ -29,3 +30,16 @@ def store(db_url: str) -> Iterator[Store]:
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture(scope="module")
+def lm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LM]:
+    """``stepbridge lm serve`` with latency and a request log, in its own process."""
+    with serve_lm(tmp_path_factory.mktemp("lm") / "lm-requests.jsonl") as lm:
+        yield lm
+
+
+@pytest.fixture
+def lm(lm_server: LM) -> LM:
+    lm_server.since = lm_server.log.stat().st_size
+    return lm_server

@@ -9,92 +9,19 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import subprocess
-import threading
 import time
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sb_evals import PROGRAM, qa_rows, stepbridge_cli, write_jsonl
+from sb_evals import LATENCY_S, LM, PROGRAM, qa_rows, start_and_kill, stepbridge_cli, write_jsonl
 from stepbridge.storage import Store
 from stepbridge.storage.evaluations import Evaluations
 
 ROWS = 40
 CONCURRENCY = 4
-LATENCY_S = 0.1
 MIN_EVAL_S = ROWS / CONCURRENCY * LATENCY_S
 SEED = int(os.environ.get("STEPBRIDGE_TEST_SEED", random.randrange(1 << 30)))
-
-
-@dataclass
-class LM:
-    url: str
-    log: Path
-    since: int = 0
-
-    def sent(self) -> Counter[str]:
-        with self.log.open("rb") as fh:
-            fh.seek(self.since)
-            text = fh.read().decode()
-        return Counter(re.findall(r"question-\d{3}", text))
-
-
-@pytest.fixture(scope="module")
-def lm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LM]:
-    log = tmp_path_factory.mktemp("lm") / "lm-requests.jsonl"
-    log.touch()
-    proc = subprocess.Popen([*stepbridge_cli(), "lm", "serve", "--port", "0", "--latency-ms",
-                             str(LATENCY_S * 1000), "--log", str(log)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stdout is not None
-        m = re.search(r"(http://\S+/v1)\s*$", proc.stdout.readline())
-        assert m, "the reference LM did not start"
-        yield LM(m.group(1), log)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-@pytest.fixture
-def lm(lm_server: LM) -> LM:
-    lm_server.since = lm_server.log.stat().st_size
-    return lm_server
-
-
-def start_and_kill(env: dict[str, str], args: list[str], after_s: float) -> str:
-    """Start the command, SIGKILL it ``after_s`` seconds after it said its evaluation is recorded."""
-    proc = subprocess.Popen([*stepbridge_cli(), *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    recorded = threading.Event()
-    found: list[str] = []
-    lines: list[str] = []
-
-    def drain() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            m = re.match(r"evaluation ([0-9a-f]{32}): ", line)
-            if m and not found:
-                found.append(m.group(1))
-                recorded.set()
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        assert recorded.wait(180), f"the evaluation never said it was recorded: {''.join(lines)}"
-        time.sleep(after_s)
-        proc.kill()
-    finally:
-        proc.kill()
-        proc.wait()
-        reader.join(10)
-    assert proc.returncode == -9, f"it ended before it was killed: {''.join(lines)}"
-    return found[0]
 
 
 @pytest.mark.slow
@@ -107,8 +34,14 @@ def test_sigkilled_evaluation_resumes_without_rerunning_finished_rows(tmp_path: 
     env = {**os.environ, "STEPBRIDGE_DATABASE_URL": db_url, "STEPBRIDGE_LM_BASE_URL": lm.url,
            "STEPBRIDGE_LM_MODEL": "openai/reference"}
     after = random.Random(f"{SEED}-{low}").uniform(low, high) * MIN_EVAL_S
+    started: list[float] = []
+
+    def due(_id: str) -> bool:
+        started[:] = started or [time.monotonic()]
+        return time.monotonic() - started[0] >= after
+
     eid = start_and_kill(env, ["eval", str(program), "--data", str(data), "--metric", "exact_match",
-                               "--concurrency", str(CONCURRENCY)], after)
+                               "--concurrency", str(CONCURRENCY)], r"evaluation ([0-9a-f]{32}): ", due)
 
     with Store(db_url) as store:
         log = Evaluations(store)

@@ -1,0 +1,37 @@
+"""``stepbridge run PROGRAM --backend ray`` in a fresh process (which starts its own local Ray instance)
+gives the native outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from conftest import skip_without_ray
+
+skip_without_ray()
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def run_cli(backend: str, tmp_path: Path) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", "from stepbridge.cli import main; main()", "run", str(EXAMPLES / "rag_qa.yaml"), "-i",
+         "question=Where is the Eiffel Tower?", "--backend", backend, "--json", "--no-record"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result: dict[str, Any] = json.loads(proc.stdout)  # stdout is the JSON alone (Ray writes to stderr)
+    return result
+
+
+def test_cli_run_backend_ray_gives_native_outputs(tmp_path: Path) -> None:
+    native = run_cli("native", tmp_path)
+    ray = run_cli("ray", tmp_path)
+    assert ray["outputs"] == native["outputs"]
+    assert ray["backend"] == "ray" and native["backend"] == "native"
+    steps = [[s["module"] for s in r["trace"]] for r in (ray, native)]
+    assert steps[0] == steps[1]
