@@ -185,6 +185,11 @@ class _Types:
         self.section: dict[str, dict[str, Any]] = {}
 
     def convert(self, annotation: Any, construct: str, target: Any) -> str:
+        custom = _custom_dspy_type(annotation)
+        if custom is not None:
+            raise _error(f"dspy.{custom} is a DSPy type that formats and parses itself (its own prompt text); no "
+                         "program type reproduces it", construct=construct, target=target,
+                         hint="register the module to import it as an opaque 'dspy' step")
         try:
             t = TypeExpr.from_annotation(annotation)
         except (TypeError, ValueError) as exc:
@@ -200,6 +205,21 @@ class _Types:
                     raise _error(f"two different types are named {sub.decl.name!r}", construct=construct,
                                  target=target, hint="rename one of the classes")
         return str(t)
+
+
+def _custom_dspy_type(annotation: Any) -> str | None:
+    """The name of a ``dspy.Type`` (Image, Audio, Code, Tool, ToolCalls...) inside ``annotation``."""
+    import typing
+
+    from dspy.adapters.types.base_type import Type as DSPyType
+
+    if isinstance(annotation, type) and issubclass(annotation, DSPyType):
+        return annotation.__name__.split("_")[0]
+    for arg in typing.get_args(annotation):
+        found = _custom_dspy_type(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _field_desc(name: str, info: Any) -> str | None:
@@ -385,6 +405,19 @@ def _predictor_module(obj: Any, types: _Types) -> tuple[dict[str, Any], str] | N
     return data, mtype
 
 
+def _interface(data: dict[str, Any]) -> Signature:
+    """A program module's interface (its inputs and its result fields, as a step sees them)."""
+    from pydantic import TypeAdapter
+    from stepbridge.interface import module_interface
+    from stepbridge.program import Module
+
+    interface = module_interface(TypeAdapter(Module).validate_python(data))
+    if interface is None:
+        raise _error("its interface cannot be known", construct=str(data.get("tool") or data.get("type")),
+                     hint="register the tool with annotations")
+    return interface
+
+
 def _interface_outputs(data: dict[str, Any], sig: Signature) -> dict[str, FieldSpec]:
     """A module's result fields as DSPy returns them (a chain of thought's ``reasoning`` first; a
     react module's ``trajectory`` and ``reasoning``)."""
@@ -563,8 +596,10 @@ def _controls(cls: type, method: str) -> tuple[list[_Control], dict[int, str]]:
 class _LineRecorder:
     """Which lines of the given functions ran (``sys.settrace`` on their code objects only)."""
 
-    def __init__(self, codes: set[Any]):
+    def __init__(self, codes: set[Any], tools: dict[Any, str] | None = None, on_tool: Any = None):
         self.codes = codes
+        self.tools = tools or {}  # code object of a registered tool's function -> its registered name
+        self.on_tool = on_tool  # (name, frame) -> a callable taking the return value, or None
         self.lines: dict[int, int] = {}
         self.lock = threading.Lock()
 
@@ -579,8 +614,22 @@ class _LineRecorder:
         threading.settrace(self._previous)
 
     def _global(self, frame: Any, event: str, arg: Any) -> Any:
-        if event == "call" and frame.f_code in self.codes:
+        if event != "call":
+            return None
+        if frame.f_code in self.codes:
             return self._local
+        tool = self.tools.get(frame.f_code)
+        if tool is not None and self.on_tool is not None:
+            finish = self.on_tool(tool, frame)
+            if finish is None:
+                return None
+
+            def returned(frame: Any, event: str, arg: Any) -> Any:
+                if event == "return":
+                    finish(arg)
+                return returned
+
+            return returned
         return None
 
     def _local(self, frame: Any, event: str, arg: Any) -> Any:
@@ -709,6 +758,7 @@ class _Tracer:
         self._open: dict[str, _Call | None] = {}
         self._depth = threading.local()
         self._thread = threading.get_ident()
+        self.tool_names: dict[str, str] = {}  # registered tool -> its module name in the program
         self._lock = threading.Lock()
 
     def start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
@@ -745,6 +795,23 @@ class _Tracer:
             self._open[call_id] = call
             self._depth.n = 1
 
+    def tool(self, tool: str, frame: Any) -> Any:
+        """A registered tool's function called by forward itself (not inside a predictor): one call, its
+        arguments as bound at call time, its return value shaped as the tool step returns it."""
+        with self._lock:
+            if getattr(self._depth, "n", 0):
+                return None
+            code = frame.f_code
+            params = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
+            name = self.tool_names.setdefault(tool, _tool_module_name(tool, self.names))
+            call = _Call(name, _snapshot({p: frame.f_locals[p] for p in params if p in frame.f_locals}))
+            self.calls.append(call)
+
+        def finish(value: Any) -> None:
+            call.outputs = _tool_outputs(tool, _snapshot(value))
+
+        return finish
+
     def end(self, call_id: str, outputs: Any, exception: BaseException | None) -> None:
         with self._lock:
             if call_id not in self._open:
@@ -759,6 +826,37 @@ class _Tracer:
                 self.problems.append(f"{call.name} raised {type(exception).__name__ if exception else 'no result'}")
                 return
             call.outputs = _snapshot(dict(outputs.items())) if hasattr(outputs, "items") else None
+
+
+def _tool_codes() -> dict[Any, str]:
+    """The code objects of registered tools' Python functions (a call of one in forward is a tool step)."""
+    from stepbridge.registry import tools
+
+    out: dict[Any, str] = {}
+    for name in tools.names():
+        try:
+            func = inspect.unwrap(tools.get(name).func)
+        except Exception:  # a broken entry point must not break the import of other modules
+            continue
+        code = getattr(func, "__code__", None)
+        if code is not None:
+            out.setdefault(code, name)
+    return out
+
+
+def _tool_module_name(tool: str, taken: Mapping[int, str]) -> str:
+    name = _identifier(tool)
+    return name if name not in taken.values() else f"{name}_tool"
+
+
+def _tool_outputs(tool: str, value: Any) -> dict[str, Any]:
+    """The outputs of a tool step returning ``value`` (a TypedDict's fields, else ``result``)."""
+    from stepbridge.registry import tools
+
+    outputs = list(tools.get(tool).signature.outputs)
+    if outputs != ["result"] and isinstance(value, Mapping):
+        return {k: value.get(k) for k in outputs}
+    return {"result": value}
 
 
 def _identifier(path: str) -> str:
@@ -951,7 +1049,7 @@ def _salted(leaves: dict[str, Any]) -> Iterator[None]:
     for name, leaf in leaves.items():
         had = "forward" in vars(leaf)
         patched.append((leaf, had, vars(leaf).get("forward")))
-        object.__setattr__(leaf, "forward", wrap(name, leaf.forward))
+        object.__setattr__(leaf, "forward", wrap(name, type(leaf).forward.__get__(leaf)))  # no direct-call warning
     try:
         yield
     finally:
@@ -968,6 +1066,7 @@ class _Traced:
     calls: list[_Call]
     prediction: Any
     lines: dict[int, int]
+    tools: dict[str, str] = field(default_factory=dict)  # registered tool -> module name
 
 
 def _trace_runs(obj: Any, samples: list[dict[str, Any]], lm: Any, names: dict[int, str],
@@ -976,11 +1075,12 @@ def _trace_runs(obj: Any, samples: list[dict[str, Any]], lm: Any, names: dict[in
     for cls, method in _custom_classes(obj):
         codes |= _code_objects(getattr(cls, method))
     runs = []
+    tool_codes = _tool_codes()
     for sample in samples:
         tracer = _Tracer(obj, names)
-        with _LineRecorder(codes) as recorder:  # forward gets a copy: it may mutate its arguments
+        with _LineRecorder(codes, tool_codes, tracer.tool) as recorder:  # forward gets a copy of each sample
             prediction, _ = _run_observed(obj, _snapshot(sample), lm, [tracer.callback])
-        runs.append(_Traced(sample, tracer.calls, prediction, recorder.lines))
+        runs.append(_Traced(sample, tracer.calls, prediction, recorder.lines, dict(tracer.tool_names)))
         problems += tracer.problems
     return runs
 
@@ -994,6 +1094,9 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     converted = {n: _predictor_module(m, types) for n, m in leaves.items()}
     problems: list[str] = []
     runs = _trace_runs(obj, samples, lm, names, problems)
+    for r in runs:  # registered tools forward called: tool steps
+        for tool, module_name in r.tools.items():
+            converted[module_name] = ({"type": "tool", "tool": tool}, "tool")
     sequences = {tuple(c.name for c in r.calls) for r in runs}
     if len(sequences) != 1:
         problems.append("the sequence of predictor calls differs between samples: "
@@ -1115,8 +1218,7 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
         raise _error("calls predictors that cannot be converted exactly: " + ", ".join(unconvertible),
                      construct=f"{cls.__name__}.{_entry(obj)}", target=entry, hint=_register_hint(cls))
     modules = {n: converted[n][0] for n in dict.fromkeys(sequence)}  # type: ignore[index]
-    sigs = {n: Signature.model_validate(m["signature"]) for n, m in modules.items()}
-    sigs = {n: Signature(inputs=sig.inputs, outputs=_interface_outputs(modules[n], sig)) for n, sig in sigs.items()}
+    sigs = {n: _interface(m) for n, m in modules.items()}
     in_types: dict[str, str] = {k: _infer_type(v) for k, v in samples[0].items()}
     for step in steps[:-1]:
         for arg, ref in step["with"].items():

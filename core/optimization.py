@@ -25,6 +25,7 @@ the data hashes and both scores as lineage.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,6 +46,7 @@ __all__ = [
     "OptimizationLog",
     "OptimizationResult",
     "Settings",
+    "abootstrap",
     "aoptimize",
     "aresume",
     "optimize",
@@ -216,44 +218,80 @@ class _Job:
                           "attempts": 0}
         teacher_demos = state.get("teacher_demos") or teacher_demos
         wanted = set(self.predictors)
-        index = state["next"]
-        for index in range(state["next"], len(trainset)):
-            if len(state["bootstrapped"]) >= max_bootstrapped:
-                break
-            example = trainset[index]
+        current = {"demos": teacher_demos}
+
+        async def attempt(example: dict[str, Any], round_idx: int, demos: dict[str, list[dict[str, Any]]]
+                          ) -> tuple[Any, BaseException | None, dict[str, list[dict[str, Any]]]]:
+            """One teacher run without ``example`` among its demos, and the metric on it."""
+            reduced = {n: _without(d, example) for n, d in demos.items()}
             inputs = {k: example[k] for k in self.train.inputs if k in example}
-            for round_idx in range(s.max_rounds):
-                state["attempts"] += 1
-                reduced = {n: _without(d, example) for n, d in teacher_demos.items()}
-                variant = with_demos(self.teacher, reduced)
-                options = RunOptions(lm=LMConfig(temperature=1.0), cache=False) if round_idx > 0 else RunOptions()
-                try:
-                    result = await self.runner.run(variant, inputs, options)
-                    value = await self.metric(example, result.outputs)
-                    passed = value >= s.metric_threshold if s.metric_threshold else bool(value)
-                except Exception as exc:  # the run or the metric: DSPy counts both, up to max_errors
-                    passed = False
-                    state["errors"] += 1
-                    # DSPy restores the teacher's demos only after a run that did not raise: as it does, the
-                    # example stays out of them from here on
-                    teacher_demos = reduced
-                    state["teacher_demos"] = teacher_demos
-                    if state["errors"] >= s.max_errors:
-                        why = str(exc) if isinstance(exc, StepbridgeError) else f"{type(exc).__name__}: {exc}"
-                        raise StepbridgeError(f"bootstrapping stopped after {state['errors']} errors (max_errors); "
-                                              f"the last: {why}") from exc
-                if passed:
-                    per: dict[str, list[dict[str, Any]]] = {}
-                    for name, call_inputs, call_outputs in _calls(result.trace, wanted):
-                        per.setdefault(name, []).append({"augmented": True, **call_inputs, **call_outputs})
-                    for name, found in per.items():
-                        state["traces"][name].append(_pick_one(found) if len(found) > 1 else found[0])
-                    state["bootstrapped"].append(index)
+            options = RunOptions(lm=LMConfig(temperature=1.0), cache=False) if round_idx > 0 else RunOptions()
+            try:
+                result = await self.runner.run(with_demos(self.teacher, reduced), inputs, options)
+                value = await self.metric(example, result.outputs)
+                passed = value >= s.metric_threshold if s.metric_threshold else bool(value)
+            except Exception as exc:  # the run or the metric: DSPy counts both, up to max_errors
+                return None, exc, reduced
+            return (result if passed else None), None, reduced
+
+        # DSPy tries one example at a time; here the first round of the next examples (as many as are likely
+        # needed, at most ``concurrency``) runs ahead. Their outcomes are still taken strictly in order, so the
+        # demos are the same; a run made with demos that an error has since changed is made again.
+        ahead: dict[int, asyncio.Task[Any]] = {}
+
+        def launch(upto: int) -> None:
+            # as many as are likely still needed at the pass rate so far (twice the demos missing at first),
+            # at most ``concurrency``: few runs are made in vain
+            missing = max_bootstrapped - len(state["bootstrapped"])
+            rate = (len(state["bootstrapped"]) + 1) / (upto + 2)  # examples before ``upto`` were all examined
+            window = min(self.concurrency, math.ceil(missing / rate))
+            for j in range(upto, min(upto + max(1, window), len(trainset))):
+                if j not in ahead:
+                    ahead[j] = asyncio.ensure_future(attempt(trainset[j], 0, current["demos"]))
+
+        def drop_ahead() -> None:
+            for task in ahead.values():
+                task.cancel()
+            ahead.clear()
+
+        try:
+            for index in range(state["next"], len(trainset)):
+                if len(state["bootstrapped"]) >= max_bootstrapped:
                     break
-            state["next"] = index + 1
-            await self.save({key: state}, {"stage": key, "done": index + 1, "total": len(trainset),
-                                           "bootstrapped": len(state["bootstrapped"])})
-            self.progress(key, index + 1, len(trainset))
+                launch(index)
+                example = trainset[index]
+                for round_idx in range(s.max_rounds):
+                    state["attempts"] += 1
+                    if round_idx == 0:
+                        passed_run, error, reduced = await ahead.pop(index)
+                    else:
+                        passed_run, error, reduced = await attempt(example, round_idx, current["demos"])
+                    if error is not None:
+                        state["errors"] += 1
+                        # DSPy restores the teacher's demos only after a run that did not raise: as it does,
+                        # the example stays out of them from here on
+                        current["demos"] = reduced
+                        state["teacher_demos"] = reduced
+                        drop_ahead()
+                        if state["errors"] >= s.max_errors:
+                            why = str(error) if isinstance(error, StepbridgeError) else \
+                                f"{type(error).__name__}: {error}"
+                            raise StepbridgeError(f"bootstrapping stopped after {state['errors']} errors "
+                                                  f"(max_errors); the last: {why}") from error
+                    if passed_run is not None:
+                        per: dict[str, list[dict[str, Any]]] = {}
+                        for name, call_inputs, call_outputs in _calls(passed_run.trace, wanted):
+                            per.setdefault(name, []).append({"augmented": True, **call_inputs, **call_outputs})
+                        for name, found in per.items():
+                            state["traces"][name].append(_pick_one(found) if len(found) > 1 else found[0])
+                        state["bootstrapped"].append(index)
+                        break
+                state["next"] = index + 1
+                await self.save({key: state}, {"stage": key, "done": index + 1, "total": len(trainset),
+                                               "bootstrapped": len(state["bootstrapped"])})
+                self.progress(key, index + 1, len(trainset))
+        finally:
+            drop_ahead()
         # the examples not bootstrapped, shuffled, fill up to max_labeled_demos
         validation = [x for i, x in enumerate(trainset) if i not in set(state["bootstrapped"])]
         random.Random(0).shuffle(validation)
@@ -349,6 +387,17 @@ async def _finish(job: _Job, optimizer: str, store: Any, val: Dataset | None, be
                               optimizer=optimizer, settings=job.settings, score_before=before, score_after=after,
                               train_hash=job.train.hash, val_hash=val.hash if val is not None else None,
                               candidates=candidates, optimized=optimized)
+
+
+async def abootstrap(program: Program, train: Dataset, metric: Any, *, runner: Runner,
+                     settings: Settings | dict[str, Any] | None = None, concurrency: int = 16) -> Program:
+    """Only ``BootstrapFewShot.compile``: ``program`` with bootstrapped demos (nothing scored or stored)."""
+    conf = settings if isinstance(settings, Settings) else Settings(**(settings or {}))
+    teacher = load(conf.teacher) if conf.teacher else program
+    job = _Job(runner, program, teacher, train, train, resolve_metric(metric, runner=runner), conf, concurrency,
+               None, None, None)
+    demos = await job.bootstrap(list(train.rows), conf.max_bootstrapped_demos, "bootstrap", None)
+    return with_demos(program, demos)
 
 
 def _log_for(store: Any) -> OptimizationLog | None:

@@ -501,3 +501,61 @@ def test_cli_strict_refuses_a_partial_import_and_reports_constructs(tmp_path: Pa
     assert any(c["status"] == "unverified" and c["line"] == 8 for c in report["constructs"])
     result = CliRunner().invoke(app, [*args, "--strict"])
     assert result.exit_code == 2 and "partially verified" in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------------------------
+# registered tools called by forward become tool steps
+# ------------------------------------------------------------------------------------------------
+PASSAGES = ["The Eiffel Tower was designed by Gustave Eiffel's company.", "Mount Everest is in Nepal.",
+            "The Louvre houses the Mona Lisa."]
+
+
+def sb_search(query: str, k: int) -> list[str]:
+    """Top-k passages sharing the most words with the query."""
+    words = set(query.lower().split())
+    return sorted(PASSAGES, key=lambda p: -len(words & set(p.lower().split())))[:k]
+
+
+class SearchThenAnswer(dspy.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rewrite = dspy.Predict("question -> query")
+        self.respond = dspy.ChainOfThought("context: list[str], question -> answer")
+
+    def forward(self, question: str) -> Any:
+        query = self.rewrite(question=question).query
+        context = sb_search(query, k=2)
+        return self.respond(context=context, question=question)
+
+
+def test_a_registered_tool_called_in_forward_is_a_tool_step(loop: Any, dspy_lm: Any, native_adapter: Any) -> None:
+    from stepbridge.registry import tools
+
+    with pytest.raises(ConversionError, match="neither a program input"):  # unregistered: a computed value
+        import_module(SearchThenAnswer(), sample_inputs=Q, lm=dspy_lm, fallback=False)
+    tools.register("sb_search", sb_search)
+    try:
+        original = SearchThenAnswer()
+        program, report = import_module(original, sample_inputs=Q, lm=dspy_lm)
+        assert report.mode == "traced" and report.status == "verified", str(report)
+        steps = program.to_dict()["steps"]
+        assert steps[1] == {"call": "sb_search", "with": {"query": "$rewrite_out.query", "k": 2}, "as": "sb_search_out"}
+        assert steps[2]["with"]["context"] == "$sb_search_out.result"
+        for inputs in [*Q, {"question": "What does the Louvre house?"}]:
+            prediction, messages = _plain(original, inputs, dspy_lm)
+            result = _run(loop, native_adapter, program, inputs)
+            assert result.outputs == {"reasoning": prediction.reasoning, "answer": prediction.answer}
+            assert [c.messages for s in result.trace for c in s.lm_calls] == messages
+    finally:
+        tools.unregister("sb_search")
+
+
+def test_dspy_custom_types_are_refused_not_misconverted() -> None:
+    class CodeSig(dspy.Signature):
+        question: str = dspy.InputField()
+        code: dspy.Code = dspy.OutputField()
+
+    # dspy.Code is a pydantic model, but formats and parses itself: converting it as an object type would
+    # send other messages (verification caught that); it is refused before, with the field named
+    with pytest.raises(ConversionError, match=r"CodeSig\.code: dspy\.Code is a DSPy type"):
+        import_module(dspy.Predict(CodeSig))

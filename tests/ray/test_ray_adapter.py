@@ -201,3 +201,45 @@ def test_programs_rehydrate_from_the_store_by_hash_and_alias(tmp_path: Path, ray
                 assert sum(i["sources"]["router"] for i in infos) == 0
 
     asyncio.run(go())
+
+
+def test_actors_refuse_garbage_and_content_that_does_not_match_its_hash(ray_kwargs: dict[str, Any]) -> None:
+    """What reaches an actor is decoded by the pool protocol and checked against its hash: garbage frames,
+    a definition of another program under this hash, or a DATA message where a PROGRAM belongs are each
+    a typed error, and the actor keeps serving."""
+    import ray
+    from stepbridge.bridge import protocol as p
+    from stepbridge.bridge.ray_host import program_key
+
+    nap = validate_data(h.tool_program("sbtest_nap", "nap"))
+    other = validate_data(h.tool_program("sbtest_charge", "other"))
+
+    def request(program_hash: str) -> list[bytes]:
+        return p.encode(p.Request(execution_id="x", program_hash=program_hash, inputs={"seconds": 0.01}), b"rid-1")
+
+    async def ask(actor: Any, frames: list[Any], refs: dict[str, Any]) -> p.Reply:
+        reply = p.decode(await actor.run.remote(frames, refs)).body
+        assert isinstance(reply, p.Reply)
+        return reply
+
+    async def go() -> None:
+        adapter = RayAdapter(**{**ray_kwargs, "actors": 1})
+        async with Runner(adapter) as runner:
+            await adapter.start()
+            actor = adapter._actors[0].handle
+            for frames in ([b"garbage"], [b"SBRG\x09", b"\x02", b"", b""], [b"x" * 10] * 4):
+                reply = await ask(actor, frames, {})
+                assert reply.error is not None and reply.error["type"] == "ProtocolError"
+            # the hash of one program, the definition of another
+            forged = ray.put(p.encode(p.ProgramDef(program_hash=nap.content_hash, program=other.to_dict())))
+            reply = await ask(actor, request(nap.content_hash), {program_key(nap.content_hash): forged})
+            assert reply.error is not None and reply.error["type"] == "ProgramValidationError"
+            assert "does not match its hash" in reply.error["message"]
+            # a DATA message where the definition belongs
+            wrong = ray.put(p.encode(p.Data(data_hash=nap.content_hash, content=b"{}")))
+            reply = await ask(actor, request(other.content_hash), {program_key(other.content_hash): wrong})
+            assert reply.error is not None and reply.error["type"] == "StorageError"
+            # and it still serves the real thing
+            assert (await runner.run(nap, {"seconds": 0.01})).outputs == {"slept": 0.01}
+
+    asyncio.run(go())
