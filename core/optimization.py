@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .adapter import RunOptions
 from .datasets import Dataset, from_rows, load_dataset
 from .errors import InputValidationError, StepbridgeError, UnsupportedCapabilityError
-from .evaluation import Metric, aevaluate, as_score, resolve_metric
+from .evaluation import Metric, aevaluate, as_score, publish_judge, resolve_metric, stored_metric
 from .program import ChainOfThoughtModule, LMConfig, PredictModule, Program
 from .result import StepTrace
 from .runner import Runner, _sync, load
@@ -509,6 +509,13 @@ async def aoptimize(program: Program | str | Path, train: Dataset | str | Path, 
         runner = Runner(recorded.adapter, lm=lm, timeout=timeout)
         scorer = resolve_metric(metric, runner=runner)
         log = _log_for(store)
+        if store is not None:  # what a resume needs is kept in the store by hash, never as a path
+            await asyncio.to_thread(publish_judge, scorer, store)
+            if conf.teacher:
+                from stepbridge.storage.evaluations import ensure_published
+
+                await asyncio.to_thread(ensure_published, store, teacher, "published automatically as a teacher")
+                conf = conf.model_copy(update={"teacher": teacher.content_hash})
         oid = None
         if log is not None:
             oid = await asyncio.to_thread(log.create, program=prog, optimizer=optimizer, settings=conf,
@@ -549,7 +556,7 @@ async def aresume(store: Any, optimization_id: str, *, backend: Any = None, conc
     adapter = backend if backend is not None else registered_backend(row.backend)
     async with Runner(adapter, store=store, lm=row.lm) as recorded:
         runner = Runner(recorded.adapter, lm=row.lm)
-        scorer = resolve_metric(row.metric, runner=runner)
+        scorer = stored_metric(row.metric, store, runner)
         job = _Job(runner, prog, teacher, trainset, valset or trainset, scorer, conf, concurrency, log, row.id,
                    on_progress)
         checkpoint = dict(row.checkpoint or {})

@@ -32,7 +32,7 @@ def test_workers_rehydrate_from_the_store_warm_aliases_and_refuse_tampered_progr
         store.publish(plain)  # stored, but behind no alias: found on demand, not warmed
         store.publish(shout)
         store.set_alias("shout", "prod", shout.content_hash)
-        from stepbridge.storage.store import versions
+        from stepbridge.storage.programs import versions
 
         with store.engine.begin() as conn:  # changed outside stepbridge: same identity, other content
             conn.execute(versions.update().where(versions.c.hash == shout.content_hash)

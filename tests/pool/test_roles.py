@@ -181,7 +181,7 @@ def _keys(secret: Path, server: str) -> Any:
 def test_local_pool_serves_each_folder_its_own_corpus_and_ignores_a_stored_folder(
         tmp_path: Path, pool_kwargs: dict[str, Any]) -> None:
     from stepbridge.storage import Store
-    from stepbridge.storage.store import versions
+    from stepbridge.storage.programs import versions
 
     alice = folder(tmp_path, "alice", ["alpha apples", "beta bananas"])
     bob = folder(tmp_path, "bob", ["alpha artichokes", "gamma grapes"])
