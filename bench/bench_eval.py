@@ -59,7 +59,10 @@ def native_adapter(url: str, concurrency: int) -> Any:
     return NativeAdapter(lm=LMPool(profiles={"default": profile}))
 
 
-def bench_eval_native(url: str, n: int, concurrency: int, store_dir: Path) -> float:
+def bench_eval_native(url: str, n: int, concurrency: int, store_dir: Path | None) -> float:
+    """Rows per second of ``aevaluate``: recorded in a fresh SQLite store (``store_dir``) or not at all."""
+    import contextlib
+
     from stepbridge.storage import Store
 
     program = sb.load_program(PROGRAM)
@@ -67,7 +70,8 @@ def bench_eval_native(url: str, n: int, concurrency: int, store_dir: Path) -> fl
     warm = from_rows(rows(concurrency, "warm"), program=program)
 
     async def go() -> float:
-        with Store(f"sqlite:///{store_dir / f'eval-{time.monotonic_ns()}.db'}") as store:
+        opened = Store(f"sqlite:///{store_dir / f'eval-{time.monotonic_ns()}.db'}") if store_dir else None
+        with opened or contextlib.nullcontext() as store:
             async with sb.Runner(native_adapter(url, concurrency), store=store) as runner:
                 await sb.aevaluate(program, warm, "exact_match", runner=runner, store=store, concurrency=concurrency)
                 start = time.perf_counter()
@@ -172,18 +176,21 @@ def main() -> None:
 
     logging.getLogger("dspy").setLevel(logging.ERROR)
     if "eval" in parts:
-        ours, theirs = [], []
+        ours, bare, theirs = [], [], []
         with running_server_process(latency_ms=50) as url, tempfile.TemporaryDirectory() as tmp:
             for _ in range(args.repeats):
                 ours.append(bench_eval_native(url, args.rows, args.concurrency, Path(tmp)))
+                bare.append(bench_eval_native(url, args.rows, args.concurrency, None))
                 theirs.append(bench_eval_dspy(url, args.rows, args.concurrency))
-        a, b = statistics.median(ours), statistics.median(theirs)
+        a, b, c = statistics.median(ours), statistics.median(theirs), statistics.median(bare)
         print(f"eval, {args.rows} rows, concurrency {args.concurrency}, LM latency 50 ms (ideal "
               f"{args.concurrency / 0.05:,.0f} rows/s), median of {args.repeats}:")
         print(f"  stepbridge eval (recorded)  : {a:8,.0f} rows/s   runs {', '.join(f'{x:,.0f}' for x in ours)}")
+        print(f"  stepbridge.aevaluate, no store : {c:8,.0f} rows/s   runs {', '.join(f'{x:,.0f}' for x in bare)}")
         print(f"  dspy.Evaluate ({args.concurrency} threads)  : {b:8,.0f} rows/s   runs "
               f"{', '.join(f'{x:,.0f}' for x in theirs)}")
-        print(f"  ratio                       : {a / b:8.2f}x  (target >= 3x)")
+        print(f"  ratio, recorded / dspy      : {a / b:8.2f}x  (target >= 3x)")
+        print(f"  ratio, no store / dspy      : {c / b:8.2f}x")
     if "bootstrap" in parts:
         ours_t: list[tuple[float, float]] = []
         theirs_t: list[tuple[float, float]] = []

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .adapter import RunOptions
 from .datasets import Dataset, from_rows, load_dataset
 from .errors import InputValidationError, StepbridgeError, UnsupportedCapabilityError
-from .evaluation import Metric, aevaluate, resolve_metric
+from .evaluation import Metric, aevaluate, as_score, publish_judge, resolve_metric, stored_metric
 from .program import ChainOfThoughtModule, LMConfig, PredictModule, Program
 from .result import StepTrace
 from .runner import Runner, _sync, load
@@ -54,7 +54,10 @@ __all__ = [
     "with_demos",
 ]
 
-OPTIMIZERS = ("bootstrap", "labeled", "random_search")
+NATIVE = ("bootstrap", "labeled", "random_search")
+#: DSPy's own optimizers, run through the dspy adapter (``dspy:NAME``)
+DSPY = ("dspy:BootstrapFewShot", "dspy:COPRO", "dspy:MIPROv2", "dspy:GEPA")
+OPTIMIZERS = NATIVE + DSPY
 
 
 class Settings(BaseModel):
@@ -313,6 +316,8 @@ class _Job:
 async def _run(job: _Job, optimizer: str, checkpoint: dict[str, Any]) -> tuple[Program, int]:
     """Run ``optimizer`` from ``checkpoint``; the optimized program and how many candidates were tried."""
     s = job.settings
+    if optimizer in DSPY:
+        return await _run_dspy(job, optimizer), 1
     if optimizer == "labeled":
         demos = job.labeled(list(job.train.rows), s.max_labeled_demos)
         candidate = with_demos(job.program, demos)
@@ -350,6 +355,80 @@ async def _run(job: _Job, optimizer: str, checkpoint: dict[str, Any]) -> tuple[P
             best = (score, seq, demos)
     chosen = best[2] if best is not None else {n: [] for n in job.predictors}
     return with_demos(job.program, chosen), total
+
+
+def _dspy_metric(metric: Metric) -> Callable[..., Any]:
+    """The metric as DSPy calls it: ``(example, prediction, trace=None, *more)`` on DSPy objects."""
+    if metric.judge is not None:
+        raise UnsupportedCapabilityError("a judge program cannot be the metric of a DSPy optimizer: DSPy calls "
+                                         "metrics synchronously in its own threads")
+    from .registry import metric as registered
+    from .registry import metrics
+
+    name, _, field = metric.spec.partition(":")
+    if name not in metrics:
+        raise UnsupportedCapabilityError(f"metric {metric.spec!r} is not a registered metric: DSPy optimizers take "
+                                         "registered metrics (NAME[:FIELD])")
+    func = registered(name, field or None)
+
+    def call(example: Any, prediction: Any, trace: Any = None, *more: Any) -> float:
+        return as_score(func(example.toDict(), dict(prediction)), metric.spec)
+
+    return call
+
+
+def _dspy_optimizer(optimizer: str, metric: Callable[..., Any], s: Settings, concurrency: int, lm: Any) -> Any:
+    import dspy
+
+    kind = optimizer.removeprefix("dspy:")
+    if kind == "BootstrapFewShot":
+        return dspy.BootstrapFewShot(metric=metric, metric_threshold=s.metric_threshold,
+                                     max_bootstrapped_demos=s.max_bootstrapped_demos,
+                                     max_labeled_demos=s.max_labeled_demos, max_rounds=s.max_rounds,
+                                     max_errors=s.max_errors)
+    if kind == "COPRO":
+        return dspy.COPRO(metric=metric, breadth=max(2, s.num_candidates), depth=s.max_rounds,
+                          track_stats=False)
+    if kind == "MIPROv2":
+        return dspy.MIPROv2(metric=metric, prompt_model=lm, task_model=lm,
+                            max_bootstrapped_demos=s.max_bootstrapped_demos, max_labeled_demos=s.max_labeled_demos,
+                            auto="light", num_threads=concurrency, max_errors=s.max_errors,
+                            metric_threshold=s.metric_threshold, track_stats=False)
+
+    def feedback(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> float:
+        return metric(gold, pred, trace)
+
+    return dspy.GEPA(metric=feedback, auto="light", reflection_lm=lm, num_threads=concurrency)
+
+
+async def _run_dspy(job: _Job, optimizer: str) -> Program:
+    """DSPy's own optimizer on the program as a real ``dspy.Module`` (the dspy adapter); its demos and
+    instructions come back into a program. DSPy keeps no checkpoint: a resumed one starts over."""
+    from stepbridge.adapters import dspy_interop
+    from stepbridge.adapters.dspy import DSPyAdapter
+
+    metric = _dspy_metric(job.metric)
+
+    def run() -> Program:
+        adapter = DSPyAdapter()
+        try:
+            lm, _ = adapter.dspy_lm(job.program.lm or LMConfig())
+            teleprompter = _dspy_optimizer(optimizer, metric, job.settings, job.concurrency, lm)
+            optimized, _ = dspy_interop.optimize(job.program, job.train.rows, metric, optimizer=teleprompter, lm=lm,
+                                                 input_keys=job.train.inputs)
+            return optimized
+        finally:
+            adapter.close()
+
+    try:
+        optimized = await asyncio.to_thread(run)
+    except StepbridgeError:
+        raise
+    except Exception as exc:  # DSPy's own failure: typed, with what to do
+        raise StepbridgeError(f"{optimizer} failed: {type(exc).__name__}: {exc}") from exc
+    demos = {n: list(getattr(optimized.modules[n], "demos", [])) for n in job.predictors}
+    await _candidate(job, 0, optimizer, demos, None)
+    return optimized
 
 
 async def _candidate(job: _Job, seq: int, label: str, demos: dict[str, list[dict[str, Any]]],
@@ -430,6 +509,13 @@ async def aoptimize(program: Program | str | Path, train: Dataset | str | Path, 
         runner = Runner(recorded.adapter, lm=lm, timeout=timeout)
         scorer = resolve_metric(metric, runner=runner)
         log = _log_for(store)
+        if store is not None:  # what a resume needs is kept in the store by hash, never as a path
+            await asyncio.to_thread(publish_judge, scorer, store)
+            if conf.teacher:
+                from stepbridge.storage.evaluations import ensure_published
+
+                await asyncio.to_thread(ensure_published, store, teacher, "published automatically as a teacher")
+                conf = conf.model_copy(update={"teacher": teacher.content_hash})
         oid = None
         if log is not None:
             oid = await asyncio.to_thread(log.create, program=prog, optimizer=optimizer, settings=conf,
@@ -470,7 +556,7 @@ async def aresume(store: Any, optimization_id: str, *, backend: Any = None, conc
     adapter = backend if backend is not None else registered_backend(row.backend)
     async with Runner(adapter, store=store, lm=row.lm) as recorded:
         runner = Runner(recorded.adapter, lm=row.lm)
-        scorer = resolve_metric(row.metric, runner=runner)
+        scorer = stored_metric(row.metric, store, runner)
         job = _Job(runner, prog, teacher, trainset, valset or trainset, scorer, conf, concurrency, log, row.id,
                    on_progress)
         checkpoint = dict(row.checkpoint or {})

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import stepbridge as sb
 from sb_evals import COT_PROGRAM, qa_rows, stepbridge_cli, write_jsonl
 from stepbridge.builtin_metrics import exact_match, token_f1
 from stepbridge.datasets import from_rows
@@ -151,3 +152,21 @@ def test_cli_optimize_publishes_a_version_with_lineage(tmp_path: Path, db_url: s
     history = subprocess.run([*stepbridge_cli(), "programs", "history", "cot", "--json"], env=env,
                              capture_output=True, text=True, timeout=120)
     assert history.returncode == 0 and "optimized with bootstrap" in history.stdout
+
+
+def test_dspy_optimizers_through_the_dspy_adapter(lm_env: str, store: Store) -> None:
+    """dspy:BootstrapFewShot (DSPy itself, through the dspy adapter) picks the demos native bootstrap picks;
+    dspy:COPRO runs too; both are stored and published like any optimization."""
+    rows = qa_rows(12)
+    prog = load_program(ONE)
+    settings = {"max_bootstrapped_demos": 2, "max_labeled_demos": 3}
+    native = optimize(prog, from_rows(rows, program=prog), "exact_match", settings=settings)
+    via_dspy = optimize(prog, from_rows(rows, program=prog), "exact_match", optimizer="dspy:BootstrapFewShot",
+                        settings=settings, store=store)
+    assert via_dspy.optimized.modules["answer"].demos == native.optimized.modules["answer"].demos  # type: ignore[union-attr]
+    assert via_dspy.program == "cot@2" and via_dspy.score_before is not None
+    copro = optimize(prog, from_rows(rows, program=prog), "exact_match", optimizer="dspy:COPRO",
+                     settings={"num_candidates": 2}, store=store)
+    assert copro.optimizer == "dspy:COPRO" and copro.score_after is not None
+    with pytest.raises(sb.UnsupportedCapabilityError, match="registered metric"):
+        optimize(prog, from_rows(rows, program=prog), lambda e, p: 1.0, optimizer="dspy:COPRO")
