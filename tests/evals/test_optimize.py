@@ -170,3 +170,15 @@ def test_dspy_optimizers_through_the_dspy_adapter(lm_env: str, store: Store) -> 
     assert copro.optimizer == "dspy:COPRO" and copro.score_after is not None
     with pytest.raises(sb.UnsupportedCapabilityError, match="registered metric"):
         optimize(prog, from_rows(rows, program=prog), lambda e, p: 1.0, optimizer="dspy:COPRO")
+
+
+@pytest.mark.slow
+def test_bootstrap_over_the_pool_gives_the_same_program() -> None:
+    """Teacher runs and candidate scores fan out over pool workers; the optimized program is the same."""
+    rows = qa_rows(14)
+    prog = load_program(TWO)
+    settings = {"max_bootstrapped_demos": 4, "max_labeled_demos": 6}
+    native = optimize(prog, from_rows(rows, program=prog), "exact_match", settings=settings)
+    pooled = optimize(prog, from_rows(rows, program=prog), "exact_match", settings=settings, backend="pool",
+                      workers=2)
+    assert pooled.hash == native.hash and pooled.score_before == native.score_before
