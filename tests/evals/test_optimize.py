@@ -122,7 +122,9 @@ def test_labeled_few_shot_is_dspys(lm_env: str) -> None:
             [d.toDict() for d in p.demos]  # type: ignore[union-attr]
 
 
-def test_cli_optimize_publishes_a_version_with_lineage(tmp_path: Path, db_url: str, reference_lm: str) -> None:
+def test_cli_optimize_publishes_a_version_with_lineage(tmp_path: Path, reference_lm: str) -> None:
+    """The CLI and lineage (SQLite only: the kill test stores optimizations on both databases)."""
+    db_url = f"sqlite:///{tmp_path / 'store.db'}"
     program = tmp_path / "cot.yaml"
     program.write_text(ONE)
     train = write_jsonl(tmp_path / "train.jsonl", qa_rows(12))
