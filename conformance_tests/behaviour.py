@@ -562,6 +562,50 @@ class BehaviourTests:
                  actual=f"{len(late)} side effect(s) after the run had failed ({', '.join(i for _, i in late)})",
                  look_at="map")
 
+    @capability("parallel")
+    def test_parallel_runs_at_once_and_fails_fast(self, conformance: Harness) -> None:
+        """The calls of a ``parallel`` step run at the same time (two blocking tools: both start before either
+        ends), and the first failing call fails the step at once and cancels the others: no side effect happens
+        after the run has failed."""
+        h = conformance
+        self.require(h, {"parallel", "tools"})
+
+        def program(name: str, tool: str, items: tuple[str, str]) -> Program:
+            return _load({"stepbridge": 2, "name": name, "signature": "key -> first, second",
+                          "modules": {"one": {"type": "tool", "tool": tool, "side_effects": True},
+                                      "two": {"type": "tool", "tool": tool, "side_effects": True}},
+                          "steps": [{"parallel": [
+                              {"call": "one", "with": {"key": "$inputs.key", "item": items[0]}, "as": "a"},
+                              {"call": "two", "with": {"key": "$inputs.key", "item": items[1]}, "as": "b"}]},
+                              {"return": {"first": "$a.result", "second": "$b.result"}}]})
+
+        key = f"parallel-{uuid.uuid4().hex[:8]}"
+        seen = h.observe(partial(h.run, program("conformance_parallel_overlap", "conformance_sleep_sync",
+                                                ("400 a", "400 b")), {"key": key}))
+        if seen.error is not None:
+            fail("a parallel step of two tools failed", actual=describe_outcome(None, seen.error), look_at="parallel")
+        events = [item.split(" ")[0] for _, item in sorted(h.lm.ledger.of(key))]
+        if events[:2] != ["start", "start"]:
+            fail("a parallel step's calls ran one after another",
+                 expected="both calls started before either ended (a blocking tool runs in a thread)",
+                 actual=f"the tool's calls went {', '.join(events)}", look_at="parallel")
+        key = f"parallel-failure-{uuid.uuid4().hex[:8]}"
+        began = time.time()
+        seen = h.observe(partial(h.run, program("conformance_parallel_failure", "conformance_effect",
+                                                ("0 fail", "400 second")), {"key": key}))
+        if not isinstance(seen.error, StepError) or seen.error.step != 0:
+            fail("a parallel step whose call raised did not fail the run",
+                 expected="StepError(step=0) as soon as the first call fails",
+                 actual=describe_outcome(seen.result, seen.error), look_at="parallel")
+        while time.time() < max(began + 0.8, seen.ended + 0.2):  # the other call would act at +400 ms
+            time.sleep(0.05)
+        late = [(t, item) for t, item in h.lm.ledger.of(key) if t > seen.ended]
+        if late:
+            fail("after a parallel call failed, the other call went on and performed its side effect",
+                 expected="the failure cancels the other calls: nothing happens after the run failed",
+                 actual=f"{len(late)} side effect(s) after the run had failed ({', '.join(i for _, i in late)})",
+                 look_at="parallel")
+
     @capability("tools")
     def test_side_effect_tool_runs_once(self, conformance: Harness) -> None:
         """A tool step that fails after its side effect (a charge declined after it was made) fails the run; the
