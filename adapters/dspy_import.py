@@ -539,7 +539,7 @@ class _Control:
     line: int
     text: str
     paths: dict[str, int]  # path name -> first line of that path (0: cannot be told apart by lines)
-    fixed: int | None = None  # a for over range(<literal>): the fixed number of passes
+    fixed: int | str | None = None  # a for over range(<literal>) (or "self.<attr>"), with no break: its passes
 
 
 def _controls(cls: type, method: str) -> tuple[list[_Control], dict[int, str]]:
@@ -573,12 +573,17 @@ def _controls(cls: type, method: str) -> tuple[list[_Control], dict[int, str]]:
         elif isinstance(node, ast.IfExp):
             found.append(_Control("conditional expression", line, text(node), {}))
         elif isinstance(node, ast.For | ast.AsyncFor):
-            fixed = None
+            fixed: int | str | None = None
             it = node.iter
+            exits = any(isinstance(n, ast.Break | ast.Return | ast.Raise) for n in ast.walk(node))
             if (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "range"
-                    and len(it.args) == 1 and isinstance(it.args[0], ast.Constant)
-                    and isinstance(it.args[0].value, int)):
-                fixed = it.args[0].value
+                    and len(it.args) == 1 and not exits):
+                arg = it.args[0]
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, int):
+                    fixed = arg.value
+                elif (isinstance(arg, ast.Attribute) and isinstance(arg.value, ast.Name) and arg.value.id == "self"
+                      and cls is not None):
+                    fixed = f"self.{arg.attr}"  # resolved on the instance by the judge
             found.append(_Control("for", line, text(node), {"body": node.body[0].lineno + offset}, fixed))
         elif isinstance(node, ast.While):
             found.append(_Control("while", line, text(node), {"body": node.body[0].lineno + offset}))
@@ -695,8 +700,15 @@ def _judge_controls(obj: Any, per_sample_lines: list[dict[int, int]]) -> list[Co
                 else:
                     out.append(Construct(name, "verified", None, c.line))
             elif c.kind in ("for", "while"):
-                if c.fixed is not None:
-                    out.append(Construct(name, "verified", f"always {c.fixed} passes", c.line))
+                fixed = c.fixed
+                if isinstance(fixed, str):  # range(self.attr): the module's own setting, if it is an int
+                    value = getattr(obj, fixed.removeprefix("self."), None) if cls is type(obj) else None
+                    fixed = value if isinstance(value, int) and not isinstance(value, bool) else None
+                    why = f"always {fixed} passes ({c.fixed} = {fixed}, the module's setting at import)"
+                else:
+                    why = f"always {fixed} passes"
+                if fixed is not None:
+                    out.append(Construct(name, "verified", why, c.line))
                     continue
                 counts = sorted({lines.get(c.paths["body"], 0) for lines in ran})
                 if len(counts) == 1:

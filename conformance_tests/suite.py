@@ -149,6 +149,10 @@ class AdapterConformance(BehaviourTests):
             spec = spec.__func__
         if spec is None:
             spec = request.config.getoption("--adapter", default=None)
+            if isinstance(spec, str):
+                from .hosted import hosted_spec
+
+                spec = hosted_spec(spec)
         if not spec:
             pytest.skip("no adapter to certify: pass --adapter pkg.mod:factory (with -p stepbridge.conformance.plugin) "
                         "or set adapter_factory on the test class")

@@ -9,12 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-from sb_storage_helpers import make_program
+from sb_storage import make_program
 from sqlalchemy import func, select
 from stepbridge.adapter import RunOptions
 from stepbridge.result import RunResult, StepTrace
 from stepbridge.storage import Store
-from stepbridge.storage.store import executions, history_t, steps_t
+from stepbridge.storage.executions import executions, history_t, steps_t
 
 HERE = Path(__file__).resolve().parent
 WORKER = str(HERE / "sb_storage_worker.py")
