@@ -46,7 +46,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stepbridge.errors import ConversionError, ProgramValidationError, StepbridgeError
+from stepbridge.errors import ConversionError, StepbridgeError
 from stepbridge.program import Program
 from stepbridge.signature import FieldSpec, Signature, TypeExpr
 
@@ -185,6 +185,11 @@ class _Types:
         self.section: dict[str, dict[str, Any]] = {}
 
     def convert(self, annotation: Any, construct: str, target: Any) -> str:
+        custom = _custom_dspy_type(annotation)
+        if custom is not None:
+            raise _error(f"dspy.{custom} is a DSPy type that formats and parses itself (its own prompt text); no "
+                         "program type reproduces it", construct=construct, target=target,
+                         hint="register the module to import it as an opaque 'dspy' step")
         try:
             t = TypeExpr.from_annotation(annotation)
         except (TypeError, ValueError) as exc:
@@ -200,6 +205,21 @@ class _Types:
                     raise _error(f"two different types are named {sub.decl.name!r}", construct=construct,
                                  target=target, hint="rename one of the classes")
         return str(t)
+
+
+def _custom_dspy_type(annotation: Any) -> str | None:
+    """The name of a ``dspy.Type`` (Image, Audio, Code, Tool, ToolCalls...) inside ``annotation``."""
+    import typing
+
+    from dspy.adapters.types.base_type import Type as DSPyType
+
+    if isinstance(annotation, type) and issubclass(annotation, DSPyType):
+        return annotation.__name__.split("_")[0]
+    for arg in typing.get_args(annotation):
+        found = _custom_dspy_type(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _field_desc(name: str, info: Any) -> str | None:
@@ -421,15 +441,29 @@ def _program(name: str, signature: Signature, modules: dict[str, Any], steps: li
     if description:
         data["description"] = description
     last: Exception | None = None
-    for version in (1, 2):
+    for version in (1, 2) if not _needs_v2(steps) else (2,):
         try:
             program = Program.model_validate({"stepbridge": version, **data})
             validate(program)
             return program
-        except (ValueError, ProgramValidationError) as exc:
+        except Exception as exc:  # our own data not valid in this version (ValueError, ValueSyntaxError...)
             last = exc
     raise _error(f"the converted program does not validate: {last}", construct=name,
                  hint="this is a bug of the importer: report it with the module") from None
+
+
+def _needs_v2(value: Any) -> bool:
+    """Steps other than call/map/return, operations, or references with paths: format 2 only (said here,
+    not left to validation, which does not look inside every format-1 value)."""
+    if isinstance(value, list):
+        return any(_needs_v2(v) for v in value)
+    if isinstance(value, dict):
+        if any(k in value for k in ("set", "if", "switch", "loop", "parallel")):
+            return True
+        if len(value) == 1 and str(next(iter(value))).startswith("$") and not str(next(iter(value))).startswith("$$"):
+            return True
+        return any(_needs_v2(v) for v in value.values())
+    return isinstance(value, str) and value.startswith("$") and not value.startswith("$$") and value.count(".") > 1
 
 
 def _escape(value: Any) -> Any:
@@ -519,7 +553,7 @@ class _Control:
     line: int
     text: str
     paths: dict[str, int]  # path name -> first line of that path (0: cannot be told apart by lines)
-    fixed: int | None = None  # a for over range(<literal>): the fixed number of passes
+    fixed: int | str | None = None  # a for over range(<literal>) (or "self.<attr>"), with no break: its passes
 
 
 def _controls(cls: type, method: str) -> tuple[list[_Control], dict[int, str]]:
@@ -553,12 +587,17 @@ def _controls(cls: type, method: str) -> tuple[list[_Control], dict[int, str]]:
         elif isinstance(node, ast.IfExp):
             found.append(_Control("conditional expression", line, text(node), {}))
         elif isinstance(node, ast.For | ast.AsyncFor):
-            fixed = None
+            fixed: int | str | None = None
             it = node.iter
+            exits = any(isinstance(n, ast.Break | ast.Return | ast.Raise) for n in ast.walk(node))
             if (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "range"
-                    and len(it.args) == 1 and isinstance(it.args[0], ast.Constant)
-                    and isinstance(it.args[0].value, int)):
-                fixed = it.args[0].value
+                    and len(it.args) == 1 and not exits):
+                arg = it.args[0]
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, int):
+                    fixed = arg.value
+                elif (isinstance(arg, ast.Attribute) and isinstance(arg.value, ast.Name) and arg.value.id == "self"
+                      and cls is not None):
+                    fixed = f"self.{arg.attr}"  # resolved on the instance by the judge
             found.append(_Control("for", line, text(node), {"body": node.body[0].lineno + offset}, fixed))
         elif isinstance(node, ast.While):
             found.append(_Control("while", line, text(node), {"body": node.body[0].lineno + offset}))
@@ -675,8 +714,15 @@ def _judge_controls(obj: Any, per_sample_lines: list[dict[int, int]]) -> list[Co
                 else:
                     out.append(Construct(name, "verified", None, c.line))
             elif c.kind in ("for", "while"):
-                if c.fixed is not None:
-                    out.append(Construct(name, "verified", f"always {c.fixed} passes", c.line))
+                fixed = c.fixed
+                if isinstance(fixed, str):  # range(self.attr): the module's own setting, if it is an int
+                    value = getattr(obj, fixed.removeprefix("self."), None) if cls is type(obj) else None
+                    fixed = value if isinstance(value, int) and not isinstance(value, bool) else None
+                    why = f"always {fixed} passes ({c.fixed} = {fixed}, the module's setting at import)"
+                else:
+                    why = f"always {fixed} passes"
+                if fixed is not None:
+                    out.append(Construct(name, "verified", why, c.line))
                     continue
                 counts = sorted({lines.get(c.paths["body"], 0) for lines in ran})
                 if len(counts) == 1:
@@ -1029,7 +1075,7 @@ def _salted(leaves: dict[str, Any]) -> Iterator[None]:
     for name, leaf in leaves.items():
         had = "forward" in vars(leaf)
         patched.append((leaf, had, vars(leaf).get("forward")))
-        object.__setattr__(leaf, "forward", wrap(name, leaf.forward))
+        object.__setattr__(leaf, "forward", wrap(name, type(leaf).forward.__get__(leaf)))  # no direct-call warning
     try:
         yield
     finally:
@@ -1257,7 +1303,10 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
 
     entry = _entry(obj)
     controls = _controls(type(obj), entry)[0]
-    if not any(c.kind in ("if", "for", "comprehension") for c in controls) or len(_custom_classes(obj)) != 1:
+    dspy = _dspy().dspy
+    has_parallel = any(isinstance(v, dspy.Parallel) for v in vars(obj).values())
+    if (not has_parallel and not any(c.kind in ("if", "for", "comprehension") for c in controls)) \
+            or len(_custom_classes(obj)) != 1:
         return None
     types = _Types()
     leaves = _leaves(obj)
@@ -1288,6 +1337,12 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
                 if spec is not None:
                     in_types[ref.split(".", 1)[1]] = spec.type
         over = step.get("over")
+        if module and isinstance(over, list):  # a list written in the file: each item's references
+            for element in over:
+                for arg, ref in (element.items() if isinstance(element, dict) else ()):
+                    spec = interfaces[module].inputs.get(arg)
+                    if spec is not None and isinstance(ref, str) and ref.startswith("$inputs."):
+                        in_types[ref.split(".", 1)[1]] = spec.type
         if module and isinstance(over, str) and over.startswith("$inputs."):  # a list of what each element feeds
             item = f"${step['item']}"
             fed = [interfaces[module].inputs[a].type for a, r in step["with"].items()
@@ -1313,6 +1368,9 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
                 out_types[k].add(f"list[{ftype}]" if src in mapped_as else ftype)
             elif isinstance(ref, dict) and "$template" in ref:
                 out_types[k].add("str")
+            elif isinstance(ref, dict) and "$index" in ref:  # one element of a map step's results
+                src, _, fld = str(ref["$index"][0]).lstrip("$").partition(".")
+                out_types[k].add(interfaces[as_modules[src]].outputs[fld].type if src in as_modules else "Any")
             else:
                 out_types[k].add("Any" if isinstance(ref, str) and ref.startswith("$") else _infer_type(ref))
     outputs = {}
@@ -1327,8 +1385,8 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
         return None
     cls = type(obj)
     report = ImportReport("static", {n: f"{converted[n][1]} (exact)" for n in modules},  # type: ignore[index]
-                          notes=[f"{cls.__name__}.{entry} read statically: {compiled.branches} branch(es) "
-                                 "as if steps"],
+                          notes=[f"{cls.__name__}.{entry} read statically: {compiled.branches} if step(s), "
+                                 f"{len(compiled.mapped)} map step(s)"],
                           constructs=[*(Construct(n, "exact") for n in modules), *_default_constructs(obj)])
     names = {id(m): n for n, m in leaves.items()}
     runs = _trace_runs(obj, samples, lm, names, []) + _runnable(obj, _marked(samples), lm, names)
@@ -1366,6 +1424,8 @@ def verify(obj: Any, program: Program, samples: Sequence[dict[str, Any]], *, lm:
     program's outputs and every LM message."""
     from .dspy import ProgramModule
 
+    concurrent = any(isinstance(step, dict) and ("map" in step or "parallel" in step)
+                     for step in _all_steps(program.to_dict()["steps"]))
     with _lm_scope(lm) as run_lm:
         module = ProgramModule(program)
         mismatches: list[str] = []
@@ -1384,10 +1444,29 @@ def verify(obj: Any, program: Program, samples: Sequence[dict[str, Any]], *, lm:
             if len(original_messages) != len(converted_messages):
                 mismatches.append(f"sample {i}: {len(original_messages)} LM calls originally, "
                                   f"{len(converted_messages)} converted")
+            if concurrent:  # map / parallel calls run concurrently: the same messages, in any order
+                original_messages = sorted(original_messages, key=_message_key)
+                converted_messages = sorted(converted_messages, key=_message_key)
             for n, (a, b) in enumerate(zip(original_messages, converted_messages, strict=False)):
                 if a != b:
                     mismatches.append(f"sample {i}: LM call {n + 1} sent different messages")
     return Verification(ok=not mismatches, samples=len(samples), mismatches=mismatches)
+
+
+def _message_key(messages: Any) -> str:
+    return json.dumps(messages, sort_keys=True, default=str)
+
+
+def _all_steps(steps: list[Any]) -> Iterator[Any]:
+    for step in steps:
+        yield step
+        if isinstance(step, dict):
+            for key in ("then", "else", "default", "parallel"):
+                yield from _all_steps(step.get(key) or [])
+            for case in step.get("cases") or []:
+                yield from _all_steps(case.get("steps") or [])
+            if isinstance(step.get("loop"), dict):
+                yield from _all_steps(step["loop"].get("steps") or [])
 
 
 @contextlib.contextmanager

@@ -244,8 +244,9 @@ class RayAdapter:
         # this side sends an actor at most ``concurrency`` runs; the spare calls are for start/describe/close,
         # so a busy actor still answers them (one event loop: an async actor's concurrency groups would each
         # get their own, and the hosted adapter lives on one)
+        # SPREAD: actors reserving no CPU would otherwise all land on whichever node Ray picks first
         options: dict[str, Any] = {"max_concurrency": c.concurrency + CONTROL_CALLS, "num_cpus": c.actor_cpus,
-                                   "max_restarts": -1, "max_task_retries": 0}
+                                   "max_restarts": -1, "max_task_retries": 0, "scheduling_strategy": "SPREAD"}
         if env:
             options["runtime_env"] = {"env_vars": dict(env)}
         actor_class = ray.remote(RayHost)

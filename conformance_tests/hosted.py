@@ -4,7 +4,7 @@ Tools are registered by name in the process that runs them. An out-of-process ad
 runs programs in worker processes, so the workers must register the suite's fixtures too. Host
 these factories in the workers::
 
-    stepbridge conformance stepbridge.conformance.hosted:pool_native
+    stepbridge conformance pool          # = stepbridge.conformance.hosted:pool_native
 
 or, for your own pool, start its workers with ``--backend stepbridge.conformance.hosted:native``.
 The same goes for Ray actors (``stepbridge.conformance.hosted:ray_native``, ``ray_dspy``).
@@ -16,7 +16,21 @@ from typing import Any
 
 from .fixtures import register
 
-__all__ = ["dspy", "native", "pool_dspy", "pool_native", "ray_dspy", "ray_native"]
+__all__ = ["BUILTIN_HOSTED", "dspy", "hosted_spec", "native", "pool_dspy", "pool_native", "ray_dspy", "ray_native"]
+
+#: The built-in out-of-process backends by the names users certify them under
+#: (``stepbridge conformance ray``): their workers must register the suite's fixtures, so a bare
+#: name means the hosting factory below. ``pool``/``ray`` host native, as ``--backend pool`` does.
+BUILTIN_HOSTED = {
+    "pool": "pool_native", "pool[native]": "pool_native", "pool[dspy]": "pool_dspy",
+    "ray": "ray_native", "ray[native]": "ray_native", "ray[dspy]": "ray_dspy",
+}
+
+
+def hosted_spec(spec: str) -> str:
+    """The factory spec that certifies ``spec``: a built-in out-of-process name maps to its hosting factory."""
+    name = BUILTIN_HOSTED.get(spec.strip())
+    return f"{__name__}:{name}" if name else spec
 
 
 def native(**kwargs: Any) -> Any:

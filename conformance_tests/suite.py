@@ -149,6 +149,10 @@ class AdapterConformance(BehaviourTests):
             spec = spec.__func__
         if spec is None:
             spec = request.config.getoption("--adapter", default=None)
+            if isinstance(spec, str):
+                from .hosted import hosted_spec
+
+                spec = hosted_spec(spec)
         if not spec:
             pytest.skip("no adapter to certify: pass --adapter pkg.mod:factory (with -p stepbridge.conformance.plugin) "
                         "or set adapter_factory on the test class")
@@ -415,17 +419,20 @@ def _look_for(field: str, case: Case | None = None) -> tuple[str, ...]:
     """The part of the protocol a request difference in ``field`` points at (``requests``: how many; in a
     format-2 case, first the parts its constructs belong to: a missing or extra request is then more often a
     branch, a loop, an agent or an ensemble that went elsewhere than a retry)."""
-    if field in ("model", "temperature", "max_tokens", "n"):
-        return ("lm_settings",)
-    if field == "response_format":
-        return ("response_format",)
-    if field == "messages.user":
-        return ("inputs", "prompt")
-    if field.startswith("messages"):
-        return ("prompt",)
+    parts = _case_parts(case)
     if field == "requests":
-        return (*_case_parts(case), "retries", "prompt")
-    return ("prompt", "retries")
+        return (*parts, "retries", "prompt")
+    if field in ("model", "temperature", "max_tokens", "n"):
+        found: tuple[str, ...] = ("lm_settings",)
+    elif field == "response_format":
+        found = ("response_format",)
+    elif field == "messages.user":
+        found = ("inputs", "prompt")
+    elif field.startswith("messages"):
+        found = ("prompt",)
+    else:
+        found = ("prompt", "retries")
+    return (*found, *parts)
 
 
 def _case_parts(case: Case | None) -> tuple[str, ...]:

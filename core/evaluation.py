@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import re
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -181,7 +182,7 @@ def resolve_metric(spec: str | Callable[..., Any] | Program | Metric, *, runner:
         return spec
     if isinstance(spec, Program) or (isinstance(spec, str) and _is_program_file(spec)):
         judge = load(spec) if isinstance(spec, str) else spec
-        return _judge_metric(judge, runner, spec if isinstance(spec, str) else f"judge:{judge.name}")
+        return _judge_metric(judge, runner)
     if isinstance(spec, str):
         name, _, field = spec.partition(":")
         try:
@@ -193,6 +194,28 @@ def resolve_metric(spec: str | Callable[..., Any] | Program | Metric, *, runner:
         return _callable_metric(spec, getattr(spec, "__name__", type(spec).__name__))
     raise InputValidationError(f"a metric is a registered name, a judge program or a callable, not "
                                f"{type(spec).__name__}")
+
+
+_JUDGE = re.compile(r"^judge:[0-9a-f]{64}$")
+
+
+def stored_metric(spec: str, store: Any, runner: Runner) -> Metric:
+    """The metric a stored evaluation or optimization names. A stored row is untrusted: its metric is only
+    a registered name (``NAME[:FIELD]``) or ``judge:HASH``, a judge program loaded from the store by content
+    hash (and validated); never a path."""
+    if _JUDGE.match(spec):
+        return _judge_metric(store.load(spec.removeprefix("judge:")), runner)
+    if _is_program_file(spec) or not re.match(r"^[A-Za-z_][\w.\-]*(:[A-Za-z_]\w*)?$", spec):
+        raise InputValidationError(f"the stored metric {spec[:80]!r} is neither a registered name nor judge:HASH")
+    return resolve_metric(spec, runner=runner)
+
+
+def publish_judge(metric: Metric, store: Any) -> None:
+    """A judge metric is kept in the store (by content hash), so a resume needs no file."""
+    if metric.judge is not None and store is not None:
+        from stepbridge.storage.evaluations import ensure_published
+
+        ensure_published(store, metric.judge, "published automatically as an evaluation's judge")
 
 
 def _callable_metric(func: Callable[..., Any], spec: str) -> Metric:
@@ -207,10 +230,11 @@ def _callable_metric(func: Callable[..., Any], spec: str) -> Metric:
     return Metric(spec, score)
 
 
-def _judge_metric(judge: Program, runner: Runner | None, spec: str) -> Metric:
+def _judge_metric(judge: Program, runner: Runner | None) -> Metric:
     """The judge's inputs are filled by name from the prediction, then the example; ``gold_X`` is the
     example's ``X`` (so ``question, answer, gold_answer -> correct: bool`` judges an answer against the
     label). Its first output is the score."""
+    spec = f"judge:{judge.content_hash}"
     names = list(judge.signature.inputs)
     output = next(iter(judge.signature.outputs), None)
     if output is None:
@@ -406,6 +430,7 @@ async def aevaluate(program: Program | str | Path, data: Dataset | str | Path, m
     runner = runner or Runner(backend, store=store, lm=lm, timeout=timeout, **adapter_options)
     try:
         scorer = resolve_metric(metric, runner=runner)
+        await asyncio.to_thread(publish_judge, scorer, store)
         await runner.prepare(prog)
         if scorer.judge is not None:
             await runner.prepare(scorer.judge)
@@ -490,7 +515,7 @@ async def aresume(store: Any, evaluation_id: str, *, backend: Any = None, concur
         on_start(ev.id, ev.size, len(done))
     inputs = ev.fields.get("inputs", [])
     async with Runner(adapter, store=store, lm=ev.lm) as runner:
-        scorer = resolve_metric(ev.metric, runner=runner)
+        scorer = stored_metric(ev.metric, store, runner)
         await runner.prepare(prog)
         if scorer.judge is not None:
             await runner.prepare(scorer.judge)

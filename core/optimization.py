@@ -25,6 +25,7 @@ the data hashes and both scores as lineage.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .adapter import RunOptions
 from .datasets import Dataset, from_rows, load_dataset
 from .errors import InputValidationError, StepbridgeError, UnsupportedCapabilityError
-from .evaluation import Metric, aevaluate, resolve_metric
+from .evaluation import Metric, aevaluate, as_score, publish_judge, resolve_metric, stored_metric
 from .program import ChainOfThoughtModule, LMConfig, PredictModule, Program
 from .result import StepTrace
 from .runner import Runner, _sync, load
@@ -45,6 +46,7 @@ __all__ = [
     "OptimizationLog",
     "OptimizationResult",
     "Settings",
+    "abootstrap",
     "aoptimize",
     "aresume",
     "optimize",
@@ -52,7 +54,10 @@ __all__ = [
     "with_demos",
 ]
 
-OPTIMIZERS = ("bootstrap", "labeled", "random_search")
+NATIVE = ("bootstrap", "labeled", "random_search")
+#: DSPy's own optimizers, run through the dspy adapter (``dspy:NAME``)
+DSPY = ("dspy:BootstrapFewShot", "dspy:COPRO", "dspy:MIPROv2", "dspy:GEPA")
+OPTIMIZERS = NATIVE + DSPY
 
 
 class Settings(BaseModel):
@@ -216,44 +221,80 @@ class _Job:
                           "attempts": 0}
         teacher_demos = state.get("teacher_demos") or teacher_demos
         wanted = set(self.predictors)
-        index = state["next"]
-        for index in range(state["next"], len(trainset)):
-            if len(state["bootstrapped"]) >= max_bootstrapped:
-                break
-            example = trainset[index]
+        current = {"demos": teacher_demos}
+
+        async def attempt(example: dict[str, Any], round_idx: int, demos: dict[str, list[dict[str, Any]]]
+                          ) -> tuple[Any, BaseException | None, dict[str, list[dict[str, Any]]]]:
+            """One teacher run without ``example`` among its demos, and the metric on it."""
+            reduced = {n: _without(d, example) for n, d in demos.items()}
             inputs = {k: example[k] for k in self.train.inputs if k in example}
-            for round_idx in range(s.max_rounds):
-                state["attempts"] += 1
-                reduced = {n: _without(d, example) for n, d in teacher_demos.items()}
-                variant = with_demos(self.teacher, reduced)
-                options = RunOptions(lm=LMConfig(temperature=1.0), cache=False) if round_idx > 0 else RunOptions()
-                try:
-                    result = await self.runner.run(variant, inputs, options)
-                    value = await self.metric(example, result.outputs)
-                    passed = value >= s.metric_threshold if s.metric_threshold else bool(value)
-                except Exception as exc:  # the run or the metric: DSPy counts both, up to max_errors
-                    passed = False
-                    state["errors"] += 1
-                    # DSPy restores the teacher's demos only after a run that did not raise: as it does, the
-                    # example stays out of them from here on
-                    teacher_demos = reduced
-                    state["teacher_demos"] = teacher_demos
-                    if state["errors"] >= s.max_errors:
-                        why = str(exc) if isinstance(exc, StepbridgeError) else f"{type(exc).__name__}: {exc}"
-                        raise StepbridgeError(f"bootstrapping stopped after {state['errors']} errors (max_errors); "
-                                              f"the last: {why}") from exc
-                if passed:
-                    per: dict[str, list[dict[str, Any]]] = {}
-                    for name, call_inputs, call_outputs in _calls(result.trace, wanted):
-                        per.setdefault(name, []).append({"augmented": True, **call_inputs, **call_outputs})
-                    for name, found in per.items():
-                        state["traces"][name].append(_pick_one(found) if len(found) > 1 else found[0])
-                    state["bootstrapped"].append(index)
+            options = RunOptions(lm=LMConfig(temperature=1.0), cache=False) if round_idx > 0 else RunOptions()
+            try:
+                result = await self.runner.run(with_demos(self.teacher, reduced), inputs, options)
+                value = await self.metric(example, result.outputs)
+                passed = value >= s.metric_threshold if s.metric_threshold else bool(value)
+            except Exception as exc:  # the run or the metric: DSPy counts both, up to max_errors
+                return None, exc, reduced
+            return (result if passed else None), None, reduced
+
+        # DSPy tries one example at a time; here the first round of the next examples (as many as are likely
+        # needed, at most ``concurrency``) runs ahead. Their outcomes are still taken strictly in order, so the
+        # demos are the same; a run made with demos that an error has since changed is made again.
+        ahead: dict[int, asyncio.Task[Any]] = {}
+
+        def launch(upto: int) -> None:
+            # as many as are likely still needed at the pass rate so far (twice the demos missing at first),
+            # at most ``concurrency``: few runs are made in vain
+            missing = max_bootstrapped - len(state["bootstrapped"])
+            rate = (len(state["bootstrapped"]) + 1) / (upto + 2)  # examples before ``upto`` were all examined
+            window = min(self.concurrency, math.ceil(missing / rate))
+            for j in range(upto, min(upto + max(1, window), len(trainset))):
+                if j not in ahead:
+                    ahead[j] = asyncio.ensure_future(attempt(trainset[j], 0, current["demos"]))
+
+        def drop_ahead() -> None:
+            for task in ahead.values():
+                task.cancel()
+            ahead.clear()
+
+        try:
+            for index in range(state["next"], len(trainset)):
+                if len(state["bootstrapped"]) >= max_bootstrapped:
                     break
-            state["next"] = index + 1
-            await self.save({key: state}, {"stage": key, "done": index + 1, "total": len(trainset),
-                                           "bootstrapped": len(state["bootstrapped"])})
-            self.progress(key, index + 1, len(trainset))
+                launch(index)
+                example = trainset[index]
+                for round_idx in range(s.max_rounds):
+                    state["attempts"] += 1
+                    if round_idx == 0:
+                        passed_run, error, reduced = await ahead.pop(index)
+                    else:
+                        passed_run, error, reduced = await attempt(example, round_idx, current["demos"])
+                    if error is not None:
+                        state["errors"] += 1
+                        # DSPy restores the teacher's demos only after a run that did not raise: as it does,
+                        # the example stays out of them from here on
+                        current["demos"] = reduced
+                        state["teacher_demos"] = reduced
+                        drop_ahead()
+                        if state["errors"] >= s.max_errors:
+                            why = str(error) if isinstance(error, StepbridgeError) else \
+                                f"{type(error).__name__}: {error}"
+                            raise StepbridgeError(f"bootstrapping stopped after {state['errors']} errors "
+                                                  f"(max_errors); the last: {why}") from error
+                    if passed_run is not None:
+                        per: dict[str, list[dict[str, Any]]] = {}
+                        for name, call_inputs, call_outputs in _calls(passed_run.trace, wanted):
+                            per.setdefault(name, []).append({"augmented": True, **call_inputs, **call_outputs})
+                        for name, found in per.items():
+                            state["traces"][name].append(_pick_one(found) if len(found) > 1 else found[0])
+                        state["bootstrapped"].append(index)
+                        break
+                state["next"] = index + 1
+                await self.save({key: state}, {"stage": key, "done": index + 1, "total": len(trainset),
+                                               "bootstrapped": len(state["bootstrapped"])})
+                self.progress(key, index + 1, len(trainset))
+        finally:
+            drop_ahead()
         # the examples not bootstrapped, shuffled, fill up to max_labeled_demos
         validation = [x for i, x in enumerate(trainset) if i not in set(state["bootstrapped"])]
         random.Random(0).shuffle(validation)
@@ -275,6 +316,8 @@ class _Job:
 async def _run(job: _Job, optimizer: str, checkpoint: dict[str, Any]) -> tuple[Program, int]:
     """Run ``optimizer`` from ``checkpoint``; the optimized program and how many candidates were tried."""
     s = job.settings
+    if optimizer in DSPY:
+        return await _run_dspy(job, optimizer), 1
     if optimizer == "labeled":
         demos = job.labeled(list(job.train.rows), s.max_labeled_demos)
         candidate = with_demos(job.program, demos)
@@ -314,6 +357,80 @@ async def _run(job: _Job, optimizer: str, checkpoint: dict[str, Any]) -> tuple[P
     return with_demos(job.program, chosen), total
 
 
+def _dspy_metric(metric: Metric) -> Callable[..., Any]:
+    """The metric as DSPy calls it: ``(example, prediction, trace=None, *more)`` on DSPy objects."""
+    if metric.judge is not None:
+        raise UnsupportedCapabilityError("a judge program cannot be the metric of a DSPy optimizer: DSPy calls "
+                                         "metrics synchronously in its own threads")
+    from .registry import metric as registered
+    from .registry import metrics
+
+    name, _, field = metric.spec.partition(":")
+    if name not in metrics:
+        raise UnsupportedCapabilityError(f"metric {metric.spec!r} is not a registered metric: DSPy optimizers take "
+                                         "registered metrics (NAME[:FIELD])")
+    func = registered(name, field or None)
+
+    def call(example: Any, prediction: Any, trace: Any = None, *more: Any) -> float:
+        return as_score(func(example.toDict(), dict(prediction)), metric.spec)
+
+    return call
+
+
+def _dspy_optimizer(optimizer: str, metric: Callable[..., Any], s: Settings, concurrency: int, lm: Any) -> Any:
+    import dspy
+
+    kind = optimizer.removeprefix("dspy:")
+    if kind == "BootstrapFewShot":
+        return dspy.BootstrapFewShot(metric=metric, metric_threshold=s.metric_threshold,
+                                     max_bootstrapped_demos=s.max_bootstrapped_demos,
+                                     max_labeled_demos=s.max_labeled_demos, max_rounds=s.max_rounds,
+                                     max_errors=s.max_errors)
+    if kind == "COPRO":
+        return dspy.COPRO(metric=metric, breadth=max(2, s.num_candidates), depth=s.max_rounds,
+                          track_stats=False)
+    if kind == "MIPROv2":
+        return dspy.MIPROv2(metric=metric, prompt_model=lm, task_model=lm,
+                            max_bootstrapped_demos=s.max_bootstrapped_demos, max_labeled_demos=s.max_labeled_demos,
+                            auto="light", num_threads=concurrency, max_errors=s.max_errors,
+                            metric_threshold=s.metric_threshold, track_stats=False)
+
+    def feedback(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> float:
+        return metric(gold, pred, trace)
+
+    return dspy.GEPA(metric=feedback, auto="light", reflection_lm=lm, num_threads=concurrency)
+
+
+async def _run_dspy(job: _Job, optimizer: str) -> Program:
+    """DSPy's own optimizer on the program as a real ``dspy.Module`` (the dspy adapter); its demos and
+    instructions come back into a program. DSPy keeps no checkpoint: a resumed one starts over."""
+    from stepbridge.adapters import dspy_interop
+    from stepbridge.adapters.dspy import DSPyAdapter
+
+    metric = _dspy_metric(job.metric)
+
+    def run() -> Program:
+        adapter = DSPyAdapter()
+        try:
+            lm, _ = adapter.dspy_lm(job.program.lm or LMConfig())
+            teleprompter = _dspy_optimizer(optimizer, metric, job.settings, job.concurrency, lm)
+            optimized, _ = dspy_interop.optimize(job.program, job.train.rows, metric, optimizer=teleprompter, lm=lm,
+                                                 input_keys=job.train.inputs)
+            return optimized
+        finally:
+            adapter.close()
+
+    try:
+        optimized = await asyncio.to_thread(run)
+    except StepbridgeError:
+        raise
+    except Exception as exc:  # DSPy's own failure: typed, with what to do
+        raise StepbridgeError(f"{optimizer} failed: {type(exc).__name__}: {exc}") from exc
+    demos = {n: list(getattr(optimized.modules[n], "demos", [])) for n in job.predictors}
+    await _candidate(job, 0, optimizer, demos, None)
+    return optimized
+
+
 async def _candidate(job: _Job, seq: int, label: str, demos: dict[str, list[dict[str, Any]]],
                      score: float | None) -> None:
     if job.log is not None and job.id is not None:
@@ -351,6 +468,17 @@ async def _finish(job: _Job, optimizer: str, store: Any, val: Dataset | None, be
                               candidates=candidates, optimized=optimized)
 
 
+async def abootstrap(program: Program, train: Dataset, metric: Any, *, runner: Runner,
+                     settings: Settings | dict[str, Any] | None = None, concurrency: int = 16) -> Program:
+    """Only ``BootstrapFewShot.compile``: ``program`` with bootstrapped demos (nothing scored or stored)."""
+    conf = settings if isinstance(settings, Settings) else Settings(**(settings or {}))
+    teacher = load(conf.teacher) if conf.teacher else program
+    job = _Job(runner, program, teacher, train, train, resolve_metric(metric, runner=runner), conf, concurrency,
+               None, None, None)
+    demos = await job.bootstrap(list(train.rows), conf.max_bootstrapped_demos, "bootstrap", None)
+    return with_demos(program, demos)
+
+
 def _log_for(store: Any) -> OptimizationLog | None:
     if store is None:
         return None
@@ -381,6 +509,13 @@ async def aoptimize(program: Program | str | Path, train: Dataset | str | Path, 
         runner = Runner(recorded.adapter, lm=lm, timeout=timeout)
         scorer = resolve_metric(metric, runner=runner)
         log = _log_for(store)
+        if store is not None:  # what a resume needs is kept in the store by hash, never as a path
+            await asyncio.to_thread(publish_judge, scorer, store)
+            if conf.teacher:
+                from stepbridge.storage.evaluations import ensure_published
+
+                await asyncio.to_thread(ensure_published, store, teacher, "published automatically as a teacher")
+                conf = conf.model_copy(update={"teacher": teacher.content_hash})
         oid = None
         if log is not None:
             oid = await asyncio.to_thread(log.create, program=prog, optimizer=optimizer, settings=conf,
@@ -421,7 +556,7 @@ async def aresume(store: Any, optimization_id: str, *, backend: Any = None, conc
     adapter = backend if backend is not None else registered_backend(row.backend)
     async with Runner(adapter, store=store, lm=row.lm) as recorded:
         runner = Runner(recorded.adapter, lm=row.lm)
-        scorer = resolve_metric(row.metric, runner=runner)
+        scorer = stored_metric(row.metric, store, runner)
         job = _Job(runner, prog, teacher, trainset, valset or trainset, scorer, conf, concurrency, log, row.id,
                    on_progress)
         checkpoint = dict(row.checkpoint or {})

@@ -57,7 +57,9 @@ def _report(result: Any, as_json: bool) -> None:
 
 def optimize_command(
     program: Annotated[str, typer.Argument(help="Program file, or a stored NAME[@VERSION|@ALIAS] or hash.")],
-    optimizer: Annotated[str, typer.Option("--optimizer", help="bootstrap, labeled or random_search.")],
+    optimizer: Annotated[str, typer.Option("--optimizer", help="bootstrap, labeled, random_search, or DSPy's own: "
+                                                               "dspy:BootstrapFewShot, dspy:COPRO, dspy:MIPROv2, "
+                                                               "dspy:GEPA.")],
     train: Annotated[Path, typer.Option("--train", help="Training data: a JSONL or CSV file.")],
     metric: Annotated[str, typer.Option("--metric", help="A registered metric NAME[:FIELD] or a judge program.")],
     val: Annotated[Path | None, typer.Option("--val", help="Validation data (default: the training data).")] = None,

@@ -107,10 +107,24 @@ def fast_construct(cls: type[_M], values: dict[str, Any]) -> _M:
     """
     obj = _new(cls)
     _setattr(obj, "__dict__", values)
-    _set_fields(obj, set(values))
+    shared = _ALL_FIELDS.get(cls)
+    if shared is None:
+        shared = _ALL_FIELDS[cls] = _all_fields(cls)
+    _set_fields(obj, shared if shared and len(values) == len(shared) else set(values))
     _set_extra(obj, None)
     _set_private(obj, None)
     return obj
+
+
+#: Per model: the one set of all its field names that objects built with every field share (a set per
+#: object was a GC-tracked container per trace record, kept as long as the result). Sharing is safe:
+#: pydantic only ever adds a field name to it, and every name is already in it. Not for models that
+#: accept extra fields (their names would be added).
+_ALL_FIELDS: dict[type, set[str]] = {}
+
+
+def _all_fields(cls: type[BaseModel]) -> set[str]:
+    return set() if cls.model_config.get("extra") == "allow" else set(cls.model_fields)
 
 
 # BaseModel's slots, set through their descriptors: half the cost of four object.__setattr__ calls

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from stepbridge.adapter import new_execution_id
 from stepbridge.datasets import Dataset
@@ -168,21 +168,16 @@ class Evaluations:
 
     def record(self, evaluation_id: str, rows: Sequence[RowResult]) -> None:
         """Score rows once each: a row already done keeps its first score."""
-        values = [{"p": r.position, "prediction": clean(r.prediction) if r.prediction is not None else None,
-                   "score": r.score, "error": clean(r.error) if r.error is not None else None,
-                   "execution_id": r.execution_id, "duration_ms": r.duration_ms, "tokens": r.tokens}
-                  for r in rows]
-
-        def fn(conn: Connection) -> None:
-            for v in values:
-                conn.execute(update(rows_t).where(rows_t.c.evaluation_id == evaluation_id,
-                                                  rows_t.c.position == v["p"], rows_t.c.done.is_(False))
-                             .values(done=True, prediction=v["prediction"], score=v["score"], error=v["error"],
-                                     execution_id=v["execution_id"], duration_ms=v["duration_ms"],
-                                     tokens=v["tokens"]))
-
-        if values:
-            self.tx.write(fn, f"recording {len(values)} row(s) of evaluation {evaluation_id}")
+        values = [{"k_eval": evaluation_id, "k_pos": r.position,
+                   "prediction": clean(r.prediction) if r.prediction is not None else None, "score": r.score,
+                   "error": clean(r.error) if r.error is not None else None, "execution_id": r.execution_id,
+                   "duration_ms": r.duration_ms, "tokens": r.tokens, "done": True} for r in rows]
+        stmt = (update(rows_t).where(rows_t.c.evaluation_id == bindparam("k_eval"),
+                                     rows_t.c.position == bindparam("k_pos"), rows_t.c.done.is_(False))
+                .execution_options(synchronize_session=False))
+        if values:  # one executemany for the whole group
+            self.tx.write(lambda conn: conn.execute(stmt, values),
+                          f"recording {len(values)} row(s) of evaluation {evaluation_id}")
 
     def finish(self, evaluation_id: str, summary: Summary) -> None:
         def fn(conn: Connection) -> None:

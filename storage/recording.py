@@ -27,18 +27,35 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, cast
 
 from pydantic_core import to_json, to_jsonable_python
-from sqlalchemy import ARRAY, String, Table, Text, any_, bindparam, insert, or_, select, update
+from sqlalchemy import (
+    ARRAY,
+    JSON,
+    Column,
+    String,
+    Table,
+    Text,
+    any_,
+    bindparam,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import dialect as pg_dialect
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection, Dialect, Row
+from sqlalchemy.engine.interfaces import BindTyping
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.sql.expression import cast as sql_cast
@@ -60,7 +77,7 @@ steps_t = cast(Table, ExecutionStepRow.__table__)  # type: ignore[attr-defined]
 history_t = cast(Table, ExecutionStatusRow.__table__)  # type: ignore[attr-defined]
 
 #: execution columns holding JSON (bound as JSON text by the prebuilt statements)
-JSON_COLUMNS = frozenset({"inputs", "outputs", "error", "usage", "options", "environment"})
+JSON_COLUMNS = frozenset(c.name for c in executions.columns if isinstance(c.type, JSON))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -232,25 +249,61 @@ class FinishOp:
 
 Op = BeginOp | FinishOp | Callable[[Connection], Any]
 
-_PG_TYPES = {"inputs": "jsonb", "options": "jsonb", "environment": "jsonb", "attempts": "int", "owner_pid": "int",
-             "created_at": "timestamptz", "started_at": "timestamptz", "updated_at": "timestamptz"}
+# -- driver SQL, rendered from the table definitions (models.py is the only schema) -----------------
+# The hot statements run as driver SQL over pre-converted parameters (no SQLAlchemy compile or
+# per-row bind processing per call). Their text is rendered once from SQLAlchemy Core statements
+# over the models' tables, or, for PostgreSQL's unnest() form, from the tables' columns and types.
+_SQLITE_NAMED = sqlite_dialect(paramstyle="named")
+_SQLITE_QMARK = sqlite_dialect()
+_PG = pg_dialect()
+_PG.bind_typing = BindTyping.NONE  # plain %(name)s placeholders, as the parameters are already converted
 
 
-def _unnest_insert(table: str, columns: Sequence[tuple[str, ...]], tail: str = "") -> tuple[str, list[str]]:
+def _render(stmt: Any, dialect: Dialect, positions: Sequence[str] | None = None) -> str:
+    """``stmt`` as driver SQL; for a positional dialect, checks the placeholders come in ``positions`` order."""
+    compiled = stmt.compile(dialect=dialect)
+    if positions is not None and list(compiled.positiontup or ()) != list(positions):
+        raise AssertionError(f"unexpected parameter order in {compiled.string!r}")
+    return str(compiled.string)
+
+
+def _array_type(column: Column[Any]) -> str:
+    """The element type a column's values are bound as in an unnest() array (JSON as text, cast per row)."""
+    if isinstance(column.type, JSON):
+        return "jsonb"
+    stored = getattr(column.type, "impl_instance", column.type)  # a TypeDecorator: the type it stores as
+    return {int: "int", float: "float8", datetime: "timestamptz"}.get(stored.python_type, "text")
+
+
+def _unnest_insert(table: Table, params: Mapping[str, str], tail: str = "") -> tuple[str, list[str]]:
     """PostgreSQL: ``INSERT INTO table (...) SELECT ... FROM unnest(<one array per column>)``.
 
-    ``columns`` are ``(column, type[, param])``; JSON goes in as text and is cast per element.
-    Parameters are bound in binary (``%(name)b``): text-format arrays are escaped element by element
-    in Python. Returns the SQL and the parameter names in column order.
+    ``params`` maps each column of ``table`` to its parameter name. Parameters are bound in binary
+    (``%(name)b``): text-format arrays are escaped element by element in Python. Returns the SQL and
+    the parameter names in column order.
     """
-    names = [c[0] for c in columns]
-    params = [c[2] if len(c) > 2 else f"b_{c[0]}" for c in columns]
-    arrays = ", ".join(f"%({p})b::{'text' if t == 'jsonb' else t}[]" for p, (_, t, *_) in zip(params, columns,
-                                                                                                strict=True))
-    picks = ", ".join(f"u.{n}::jsonb" if t == "jsonb" else f"u.{n}" for n, t, *_ in columns)
-    sql = (f"INSERT INTO {table} ({', '.join(names)}) SELECT {picks} FROM unnest({arrays}) "
+    columns = [table.c[name] for name in params]
+    types = [_array_type(c) for c in columns]
+    names = [c.name for c in columns]
+    arrays = ", ".join(f"%({p})b::{'text' if t == 'jsonb' else t}[]" for p, t in zip(params.values(), types,
+                                                                                      strict=True))
+    picks = ", ".join(f"u.{n}::jsonb" if t == "jsonb" else f"u.{n}" for n, t in zip(names, types, strict=True))
+    sql = (f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {picks} FROM unnest({arrays}) "
            f"AS u({', '.join(names)}) {tail}").strip()
-    return sql, params
+    return sql, list(params.values())
+
+
+#: the columns a start writes, and the parameter each trace and history column is bound from
+BEGIN_COLUMNS = tuple(c.name for c in executions.columns if c.name in {
+    "id", "program_hash", "program_name", "backend", "status", "inputs", "options", "environment", "attempts",
+    "idempotency_key", "inputs_hash", "owner_host", "owner_pid", "owner_marker", "created_at", "started_at",
+    "updated_at"})
+HISTORY_PARAMS = {"execution_id": "b_eid", "attempt": "b_attempt", "from_status": "b_from", "to_status": "b_to",
+                  "at": "b_at", "note": "b_note"}
+STEP_PARAMS = {"execution_id": "b_eid", "attempt": "b_attempt", "seq": "b_seq", "step": "b_step", "kind": "b_kind",
+               "module": "b_module", "module_type": "b_module_type", "duration_ms": "b_duration_ms",
+               "error": "b_error", "data": "b_data", "created_at": "b_at"}
+RUNNING: ColumnElement[Any] = literal_column("'running'")
 
 
 def _arrays(params: Sequence[str], rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -294,27 +347,23 @@ class Recording:
             param = bindparam(name, type_=Text)
             return sql_cast(param, JSONB) if pg else param
 
-        ins = (pg_insert if pg else sqlite_insert)(executions)
-        begin_cols = ("id", "program_hash", "program_name", "backend", "status", "inputs", "options",
-                      "environment", "attempts", "idempotency_key", "inputs_hash", "owner_host", "owner_pid",
-                      "owner_marker", "created_at", "started_at", "updated_at")
-        self.insert_execution = ins.values(
-            {c: js(f"b_{c}") if c in JSON_COLUMNS else bindparam(f"b_{c}") for c in begin_cols}
+        def values(table: Table, params: Mapping[str, str]) -> dict[str, Any]:
+            return {c: js(p) if isinstance(table.c[c].type, JSON) else bindparam(p) for c, p in params.items()}
+
+        self.begin_cols = BEGIN_COLUMNS
+        self.insert_execution = (pg_insert if pg else sqlite_insert)(executions).values(
+            values(executions, {c: f"b_{c}" for c in BEGIN_COLUMNS})
         ).on_conflict_do_nothing().returning(executions.c.id)
-        self.insert_history = insert(history_t).values(
-            execution_id=bindparam("b_eid"), attempt=bindparam("b_attempt"), from_status=bindparam("b_from"),
-            to_status=bindparam("b_to"), at=bindparam("b_at"), note=bindparam("b_note"),
-        )
-        self.insert_steps = insert(steps_t).values(
-            execution_id=bindparam("b_eid"), attempt=bindparam("b_attempt"), seq=bindparam("b_seq"),
-            step=bindparam("b_step"), kind=bindparam("b_kind"), module=bindparam("b_module"),
-            module_type=bindparam("b_module_type"), duration_ms=bindparam("b_duration_ms"),
-            error=js("b_error"), data=js("b_data"), created_at=bindparam("b_at"),
-        )
-        running = select(executions.c.id, executions.c.attempts).where(
-            executions.c.id.in_(bindparam("b_ids", expanding=True)), executions.c.status == "running"
-        )
-        self.select_running = running.order_by(executions.c.id).with_for_update() if pg else running
+        self.insert_history = insert(history_t).values(values(history_t, HISTORY_PARAMS))
+        self.insert_steps = insert(steps_t).values(values(steps_t, STEP_PARAMS))
+        if pg:
+            # a fixed statement over an array: an IN list differs with every group size
+            self.select_running = select(executions.c.id, executions.c.attempts).where(
+                executions.c.id == any_(bindparam("b_ids", type_=ARRAY(String))), executions.c.status == RUNNING
+            ).order_by(executions.c.id).with_for_update()
+        else:
+            self.select_running = select(executions.c.id, executions.c.attempts).where(
+                executions.c.id.in_(bindparam("b_ids", expanding=True)), executions.c.status == RUNNING)
         ids = (executions.c.id == any_(bindparam("b_ids", type_=ARRAY(String))) if pg
                else executions.c.id.in_(bindparam("b_ids", expanding=True)))
         self.claim_pending = update(executions).where(ids, executions.c.status == "pending").values(
@@ -326,75 +375,55 @@ class Recording:
         self.select_existing_key = select(executions).where(
             or_(executions.c.id == bindparam("b_id"), executions.c.idempotency_key == bindparam("b_key"))
         ).limit(1)
-        if pg:
-            # Multi-row inserts as one fixed statement over arrays: a multi-row VALUES list differs
-            # with every group size, and psycopg parses each new query text in Python.
-            self.select_running = select(executions.c.id, executions.c.attempts).where(
-                executions.c.id == any_(bindparam("b_ids", type_=ARRAY(String))), executions.c.status == "running"
-            ).order_by(executions.c.id).with_for_update()
-        self.pg_insert_execution = _unnest_insert(
-            "executions", [(c, _PG_TYPES.get(c, "text")) for c in begin_cols], "ON CONFLICT DO NOTHING RETURNING id"
-        )
-        self.pg_insert_history = _unnest_insert("execution_status_history", [
-            ("execution_id", "text", "b_eid"), ("attempt", "int", "b_attempt"), ("from_status", "text", "b_from"),
-            ("to_status", "text", "b_to"), ("at", "timestamptz", "b_at"), ("note", "text", "b_note"),
-        ])
-        self.pg_insert_steps = _unnest_insert("execution_steps", [
-            ("execution_id", "text", "b_eid"), ("attempt", "int", "b_attempt"), ("seq", "int", "b_seq"),
-            ("step", "int", "b_step"), ("kind", "text", "b_kind"), ("module", "text", "b_module"),
-            ("module_type", "text", "b_module_type"), ("duration_ms", "float8", "b_duration_ms"),
-            ("error", "jsonb", "b_error"), ("data", "jsonb", "b_data"), ("created_at", "timestamptz", "b_at"),
-        ])
+        # Multi-row inserts on PostgreSQL as one fixed statement over arrays: a multi-row VALUES list
+        # differs with every group size, and psycopg parses each new query text in Python.
+        self.pg_insert_execution = _unnest_insert(executions, {c: f"b_{c}" for c in BEGIN_COLUMNS},
+                                                  "ON CONFLICT DO NOTHING RETURNING id")
+        self.pg_insert_history = _unnest_insert(history_t, HISTORY_PARAMS)
+        self.pg_insert_steps = _unnest_insert(steps_t, STEP_PARAMS)
         self._js = js
         self._updates: dict[tuple[tuple[str, ...], bool], Any] = {}
-        # The hot statements as driver SQL over pre-converted parameters (no SQLAlchemy compile or
-        # per-row bind processing): datetimes as the column types store them (SQLite: naive UTC text
-        # as UTCDateTime writes it; PostgreSQL: aware datetimes), JSON columns as text.
-        self.begin_cols = begin_cols
+        # Datetimes are bound as the column types store them (SQLite: naive UTC text as UTCDateTime
+        # writes it; PostgreSQL: aware datetimes), JSON columns as text.
         self._driver_updates: dict[tuple[str, ...], str] = {}
         self._sqlite_inserts: dict[int, str] = {}
         self._sqlite_selects: dict[int, str] = {}
-        self.sqlite_insert_history = (
-            "INSERT INTO execution_status_history (execution_id, attempt, from_status, to_status, at, note) "
-            "VALUES (:b_eid, :b_attempt, :b_from, :b_to, :b_at, :b_note)"
-        )
-        self.sqlite_insert_steps = (
-            "INSERT INTO execution_steps (execution_id, attempt, seq, step, kind, module, module_type, "
-            "duration_ms, error, data, created_at) VALUES (:b_eid, :b_attempt, :b_seq, :b_step, :b_kind, "
-            ":b_module, :b_module_type, :b_duration_ms, :b_error, :b_data, :b_at)"
-        )
+        self.sqlite_insert_history = _render(self.insert_history, _SQLITE_NAMED)
+        self.sqlite_insert_steps = _render(self.insert_steps, _SQLITE_NAMED)
+        one = _render(sqlite_insert(executions).values({c: bindparam(c) for c in BEGIN_COLUMNS})
+                      .on_conflict_do_nothing().returning(executions.c.id), _SQLITE_QMARK, BEGIN_COLUMNS)
+        row = "(" + ", ".join("?" * len(BEGIN_COLUMNS)) + ")"
+        head, found, tail = one.partition(row)
+        assert found and row not in tail, one
+        self._sqlite_insert_parts = (head, row, tail)
+        select_one = _render(select(executions.c.id, executions.c.attempts).where(
+            executions.c.id.in_([bindparam("id")]), executions.c.status == RUNNING), _SQLITE_QMARK, ["id"])
+        head, found, tail = select_one.partition("IN (?)")
+        assert found, select_one
+        self._sqlite_select_parts = (head + "IN (", ")" + tail)
 
     def driver_update(self, columns: tuple[str, ...]) -> str:
-        """:meth:`update_finish` (without RETURNING) as driver SQL, built once per column set."""
+        """:meth:`update_finish` (without RETURNING) as driver SQL, rendered once per column set."""
         sql = self._driver_updates.get(columns)
         if sql is None:
-            if self.postgres:
-                def ph(name: str, json_col: bool = False) -> str:
-                    return f"%({name})s::jsonb" if json_col else f"%({name})s"
-            else:
-                def ph(name: str, json_col: bool = False) -> str:
-                    return f":{name}"
-            sets = [f"status = {ph('b_status')}", f"finished_at = {ph('b_now')}", f"updated_at = {ph('b_now')}"]
-            sets += [f"{c} = {ph(f'b_{c}', c in JSON_COLUMNS)}" for c in columns]
-            sql = f"UPDATE executions SET {', '.join(sets)} WHERE id = {ph('b_id')} AND status = 'running'"
-            self._driver_updates[columns] = sql
+            sql = self._driver_updates[columns] = _render(self.update_finish(columns, False),
+                                                          _PG if self.postgres else _SQLITE_NAMED)
         return sql
 
     def _sqlite_insert_execution(self, n: int) -> str:
+        """The start of ``n`` runs as one multi-row INSERT (positional: rows one after another); the
+        one-row statement's VALUES group repeated, so a new group size costs no compile."""
         sql = self._sqlite_inserts.get(n)
         if sql is None:
-            row = "(" + ", ".join("?" * len(self.begin_cols)) + ")"
-            sql = (f"INSERT INTO executions ({', '.join(self.begin_cols)}) VALUES {', '.join([row] * n)} "
-                   "ON CONFLICT DO NOTHING RETURNING id")
-            self._sqlite_inserts[n] = sql
+            head, row, tail = self._sqlite_insert_parts
+            sql = self._sqlite_inserts[n] = head + ", ".join([row] * n) + tail
         return sql
 
     def _sqlite_select_running(self, n: int) -> str:
         sql = self._sqlite_selects.get(n)
         if sql is None:
-            sql = (f"SELECT id, attempts FROM executions WHERE id IN ({', '.join('?' * n)}) "
-                   "AND status = 'running'")
-            self._sqlite_selects[n] = sql
+            head, tail = self._sqlite_select_parts
+            sql = self._sqlite_selects[n] = head + ", ".join("?" * n) + tail
         return sql
 
     def update_finish(self, columns: tuple[str, ...], returning: bool) -> Any:
@@ -408,7 +437,7 @@ class Recording:
             for c in columns:
                 values[c] = self._js(f"b_{c}") if c in JSON_COLUMNS else bindparam(f"b_{c}")
             stmt = update(executions).where(
-                executions.c.id == bindparam("b_id"), executions.c.status == "running"
+                executions.c.id == bindparam("b_id"), executions.c.status == RUNNING
             ).values(values)
             if returning:
                 stmt = stmt.returning(executions.c.attempts)
@@ -535,7 +564,7 @@ class Recording:
             sql, names = self.pg_insert_execution
             inserted.update(r[0] for r in conn.exec_driver_sql(sql, _arrays(names, rows)))
         elif not self.postgres:
-            names = [f"b_{c}" for c in self.begin_cols]
+            names = [f"b_{c}" for c in BEGIN_COLUMNS]
             for start in range(0, len(rows), _SQLITE_ROWS):  # within SQLite's bound-variable limit
                 chunk = rows[start:start + _SQLITE_ROWS]
                 flat = tuple(_sqlite_time(v) if isinstance(v, datetime) else v

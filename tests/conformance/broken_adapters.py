@@ -1067,6 +1067,66 @@ class LoopOneShort(Mutant):
         return range(max(0, len(super().loop_passes(spec, items)) - 1))
 
 
+class SetAssignsOneByOne(Mutant):
+    """A ``set`` binds each value as soon as it is computed, so ``{x: $y, y: $x}`` does not swap."""
+
+    BUG_CLASS = "control flow"
+
+    def assign(self, state: _Run, step: Any, scope: dict[str, Any], index: int, pointer: str,
+               passes: tuple[int, ...]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for key, raw in step.set.items():
+            values[key] = scope[key] = self.value(state, raw, f"{pointer}/set/{key}")(scope)
+        return values
+
+
+class LoopOverPastMax(Mutant):
+    """A loop ``over`` a list longer than its ``max`` runs over all of it instead of failing the step."""
+
+    BUG_CLASS = "control flow"
+
+    @staticmethod
+    def over_problem(spec: Any, items: Any) -> str | None:
+        return None if isinstance(items, list) else f"'over' is {type(items).__name__}, not a list"
+
+
+class ReactIgnoresMaxIters(Mutant):
+    """A react agent takes DSPy's default of 20 tool calls, not the module's ``max_iters``."""
+
+    BUG_CLASS = "agents"
+
+    @staticmethod
+    def agent_steps(module: Any) -> int:
+        return 20
+
+
+class ParallelOneAfterAnother(Mutant):
+    """A ``parallel`` step awaits its calls one after another."""
+
+    BUG_CLASS = "parallel"
+
+    async def gather_calls(self, calls: list[Any]) -> list[Any]:
+        results = []
+        for i, call in enumerate(calls):
+            try:
+                results.append(await call)
+            except BaseException:
+                for rest in calls[i + 1:]:
+                    rest.close()
+                raise
+        return results
+
+
+class ParallelLeavesSiblingsRunning(Mutant):
+    """A ``parallel`` step fails on the first failure but leaves the other calls running (their side effects
+    happen after the run failed)."""
+
+    BUG_CLASS = "parallel"
+
+    async def gather_calls(self, calls: list[Any]) -> list[Any]:
+        return list(await asyncio.gather(*calls))
+
+
 class ParallelCompletionOrder(Mutant):
     """A ``parallel`` step binds its results in the order the calls finished, not the order they are written."""
 

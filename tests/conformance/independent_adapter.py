@@ -334,11 +334,9 @@ class IndependentAdapter:
                                              pointer=pointer, passes=list(passes)))
                 return outputs
             if isinstance(step, SetStep):
-                values = self.evaluate(state, step.set, f"{pointer}/set", scope, index, "set", pointer, passes,
-                                       mapping=True)
+                values = self.assign(state, step, scope, index, pointer, passes)
                 state.trace.append(StepTrace(step=index, kind="set", outputs=values, pointer=pointer,
                                              passes=list(passes)))
-                scope.update(values)
                 continue
             if isinstance(step, CallStep | MapStep):
                 await self.module_step(state, step, scope, index, pointer, passes)
@@ -347,6 +345,14 @@ class IndependentAdapter:
             if returned is not None:
                 return returned
         return None
+
+    def assign(self, state: _Run, step: SetStep, scope: dict[str, Any], index: int, pointer: str,
+               passes: tuple[int, ...]) -> dict[str, Any]:
+        """A ``set``: every value computed first, then all bound (``{a: $b, b: $a}`` swaps)."""
+        values: dict[str, Any] = self.evaluate(state, step.set, f"{pointer}/set", scope, index, "set", pointer,
+                                               passes, mapping=True)
+        scope.update(values)
+        return values
 
     def evaluate(self, state: _Run, raw: Any, at: str, scope: dict[str, Any], index: int, kind: str, pointer: str,
                  passes: tuple[int, ...], *, mapping: bool = False, record: StepTrace | None = None) -> Any:
@@ -499,11 +505,7 @@ class IndependentAdapter:
             items = self.evaluate(state, spec.over, f"{pointer}/loop/over", scope, index, "loop", pointer, passes,
                                   record=record)
             record.inputs = {"over": items}
-            problem = None
-            if not isinstance(items, list):
-                problem = f"'over' is {type(items).__name__}, not a list"
-            elif len(items) > spec.max:
-                problem = f"'over' has {len(items):,} elements, more than the loop's max of {spec.max:,}"
+            problem = self.over_problem(spec, items)
             if problem is not None:
                 cause = OperationError(f"{pointer}/loop/over: {problem}", pointer=f"{pointer}/loop/over")
                 record.error = cause.to_dict()
@@ -533,6 +535,15 @@ class IndependentAdapter:
                 if name is not None:
                     scope.pop(name, None)
 
+    @staticmethod
+    def over_problem(spec: Any, items: Any) -> str | None:
+        """Why a loop cannot run over ``items`` (not a list, or more elements than its ``max``), or None."""
+        if not isinstance(items, list):
+            return f"'over' is {type(items).__name__}, not a list"
+        if len(items) > spec.max:
+            return f"'over' has {len(items):,} elements, more than the loop's max of {spec.max:,}"
+        return None
+
     def loop_passes(self, spec: Any, items: list[Any] | None) -> range:
         """The pass numbers a loop may make: one per element of ``over``, else up to ``max``."""
         return range(len(items) if items is not None else spec.max)
@@ -561,11 +572,15 @@ class IndependentAdapter:
                 raise self.step_failure(index, call.call, "call", at, cause, state.trace) from exc
 
         try:
-            results = await _all_or_nothing([one(i, c) for i, c in enumerate(step.parallel)])
+            results = await self.gather_calls([one(i, c) for i, c in enumerate(step.parallel)])
         finally:
             record.children = [r for r in records if r is not None]
         self.bind_parallel(step, results, finished, scope)
         outputs["calls"] = len(results)
+
+    async def gather_calls(self, calls: list[Any]) -> list[Any]:
+        """A parallel step's calls at once; the first failure cancels the others."""
+        return await _all_or_nothing(calls)
 
     def bind_parallel(self, step: ParallelStep, results: list[Any], finished: list[int], scope: dict[str, Any]) -> None:
         """Each call's result under its ``as`` (``finished``: the calls in the order they finished)."""
@@ -707,7 +722,7 @@ class IndependentAdapter:
             return self.ask(state, config, lambda m: self.signature_prompt(state, (name, key), sig, m),
                             {**args, "trajectory": react.format_trajectory(trajectory, mode)}, calls, predictor)
 
-        for idx in range(module.max_iters):
+        for idx in range(self.agent_steps(module)):
             chosen = await call("react", step_signature, "react")
             tool_name, tool_args = chosen["next_tool_name"], chosen["next_tool_args"]
             trajectory[f"thought_{idx}"] = chosen["next_thought"]
@@ -718,6 +733,11 @@ class IndependentAdapter:
                 break
         extracted = await call("extract", extract_signature, "extract.predict")
         return {"trajectory": trajectory, **extracted}
+
+    @staticmethod
+    def agent_steps(module: ReactModule) -> int:
+        """The most tool calls an agent makes before it extracts (the module's ``max_iters``)."""
+        return module.max_iters
 
     async def observation(self, specs: dict[str, react.ToolSpec], tool_name: str, tool_args: Any) -> Any:
         """What the agent observes: the tool's result, or the error text when the tool failed (the agent goes on)."""

@@ -445,3 +445,18 @@ def test_new_capabilities_are_gated_and_get_negative_tests(tmp_path: Path) -> No
     assert report["capabilities"]["agents"] == "✅" and report["capabilities"]["control_flow"] == "—"
     markdown = render_markdown(report)
     assert "| agents | yes |" in markdown and "| control_flow | no |" in markdown
+
+
+def test_builtin_out_of_process_names_certify_their_hosted_factories(tmp_path: Path) -> None:
+    """``stepbridge conformance pool`` (or ``ray``) means the pool hosting the suite's fixtures: a bare
+    PoolAdapter's workers would not know the suite's tools and fail for a reason that is not the adapter's."""
+    from stepbridge.conformance.hosted import BUILTIN_HOSTED, hosted_spec
+
+    assert hosted_spec("ray") == "stepbridge.conformance.hosted:ray_native"
+    assert hosted_spec("pool[dspy]") == "stepbridge.conformance.hosted:pool_dspy"
+    assert hosted_spec("native") == "native" and hosted_spec("mypkg:make") == "mypkg:make"
+    assert set(BUILTIN_HOSTED.values()) <= set(__import__("stepbridge.conformance.hosted",
+                                                            fromlist=["x"]).__all__)
+    code, output, report = run_suite(tmp_path, "pool", "-k", "test_case and tool")
+    assert code == 0, output[-4000:]
+    assert report is not None and report["summary"]["failed"] == 0 and report["summary"]["passed"] >= 1

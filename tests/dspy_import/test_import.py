@@ -548,3 +548,52 @@ def test_a_registered_tool_called_in_forward_is_a_tool_step(loop: Any, dspy_lm: 
             assert [c.messages for s in result.trace for c in s.lm_calls] == messages
     finally:
         tools.unregister("sb_search")
+
+
+def test_dspy_custom_types_are_refused_not_misconverted() -> None:
+    class CodeSig(dspy.Signature):
+        question: str = dspy.InputField()
+        code: dspy.Code = dspy.OutputField()
+
+    # dspy.Code is a pydantic model, but formats and parses itself: converting it as an object type would
+    # send other messages (verification caught that); it is refused before, with the field named
+    with pytest.raises(ConversionError, match=r"CodeSig\.code: dspy\.Code is a DSPy type"):
+        import_module(dspy.Predict(CodeSig))
+
+
+class Refiner(dspy.Module):
+    def __init__(self, rounds: int = 2, stop_early: bool = False) -> None:
+        super().__init__()
+        self.rounds, self.stop_early = rounds, stop_early
+        self.draft = dspy.Predict("question -> answer")
+        self.improve = dspy.Predict("question, answer -> better")
+
+    def forward(self, question: str) -> Any:
+        answer = self.draft(question=question).answer
+        for _ in range(self.rounds):
+            answer = self.improve(question=question, answer=answer).better
+            if self.stop_early and answer.endswith("!"):
+                break
+        return dspy.Prediction(answer=answer)
+
+
+def test_a_loop_over_the_modules_own_count_is_fixed_unless_it_can_break(dspy_lm: Any) -> None:
+    program, report = import_module(Refiner(rounds=2), sample_inputs=Q, lm=dspy_lm)
+    loop_construct = next(c for c in report.constructs if " for `" in c.name)
+    assert loop_construct.status == "unverified"  # the loop body holds a break: its count may vary
+    assert [s.get("call") for s in program.to_dict()["steps"][:-1]] == ["draft", "improve", "improve"]
+
+
+class FixedRefiner(Refiner):
+    def forward(self, question: str) -> Any:
+        answer = self.draft(question=question).answer
+        for _ in range(self.rounds):
+            answer = self.improve(question=question, answer=answer).better
+        return dspy.Prediction(answer=answer)
+
+
+def test_a_loop_over_the_modules_own_count_is_verified_as_unrolled(dspy_lm: Any) -> None:
+    _, report = import_module(FixedRefiner(rounds=2), sample_inputs=Q, lm=dspy_lm)
+    loop_construct = next(c for c in report.constructs if " for `" in c.name)
+    assert loop_construct.status == "verified" and "self.rounds = 2" in (loop_construct.why or "")
+    assert report.status == "verified", str(report)

@@ -62,7 +62,9 @@ def test_a_metric_that_raises_is_a_row_error(store: Store) -> None:
     assert errors[0].error == {"type": "MetricError", "message": "ValueError: cannot judge this one"}
 
 
-def test_cli_eval_json_and_compare(tmp_path: Path, db_url: str) -> None:
+def test_cli_eval_json_and_compare(tmp_path: Path) -> None:
+    """The CLI's shapes and exit codes (SQLite only: the storage paths are the API tests' on both)."""
+    db_url = f"sqlite:///{tmp_path / 'store.db'}"
     program = tmp_path / "qa.yaml"
     program.write_text(PROGRAM)
     data = write_jsonl(tmp_path / "data.csv.jsonl", qa_rows(9))
@@ -123,7 +125,9 @@ steps:
     result = stepbridge.evaluate(prog, from_rows(qa_rows(3), program=prog), str(judge), store=store)
     # the reference LM says True to every verdict it is asked for; what matters is that each row was judged
     # by a recorded run of the judge with the prediction and the label
-    assert result.errors == 0 and result.score == 1.0 and result.metric == str(judge)
+    assert result.errors == 0 and result.score == 1.0
+    assert result.metric == f"judge:{load_program(judge).content_hash}"  # kept in the store: a resume needs no file
+    assert store.resolve(result.metric.removeprefix("judge:")).name == "judge"
     judged = [e for e in store.list_executions(limit=None) if e.program_name == "judge"]
     assert sorted((e.inputs["answer"], e.inputs["gold_answer"]) for e in judged) == [
         ("question-000", "wrong"), ("question-001", "question-001"), ("question-002", "question-002")]
@@ -144,3 +148,20 @@ def test_rows_fan_out_over_the_pool_with_the_same_results(tmp_path: Path) -> Non
         [(r.position, r.prediction, r.score) for r in native.rows]
     assert pooled.score == native.score and pooled.dataset_hash == native.dataset_hash
     assert len(workers - {None}) >= 1
+
+
+def test_a_stored_metric_is_a_name_or_a_stored_judge_never_a_path(store: Store, tmp_path: Path) -> None:
+    """Stored rows are untrusted: resuming an evaluation whose metric column was changed to a path (or to
+    anything but a registered name or judge:HASH) is refused before anything runs."""
+    from sqlalchemy import update
+    from stepbridge.evaluation import resume
+    from stepbridge.storage.evaluations import evaluations_t
+
+    prog = load_program(PROGRAM)
+    result = stepbridge.evaluate(prog, from_rows(qa_rows(3), program=prog), "exact_match", store=store)
+    for hostile in (str(tmp_path / "judge.yaml"), "../judge.yaml", "os:system", "judge:" + "0" * 64):
+        with store.engine.begin() as conn:
+            conn.execute(update(evaluations_t).where(evaluations_t.c.id == result.id).values(metric=hostile,
+                                                                                            status="running"))
+        with pytest.raises(stepbridge.StepbridgeError):
+            resume(store, result.id)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import stepbridge as sb
 from sb_evals import COT_PROGRAM, qa_rows, stepbridge_cli, write_jsonl
 from stepbridge.builtin_metrics import exact_match, token_f1
 from stepbridge.datasets import from_rows
@@ -79,19 +80,30 @@ def dspy_demos(url: str, kind: str, rows: list[dict[str, Any]], metric: Any, set
             for _, p in compiled.named_predictors()]
 
 
+def picky(example: dict[str, Any], prediction: dict[str, Any]) -> bool:
+    """exact_match, except that it fails on two examples (an error DSPy counts and keeps going past)."""
+    if example["question"] in ("question-004", "question-007"):
+        raise ValueError("cannot judge this one")
+    return exact_match(example, prediction)
+
+
+METRICS = {"exact_match": exact_match, "token_f1": token_f1, "picky": picky}
+
+
 @pytest.mark.parametrize(("kind", "metric", "threshold", "settings"), [
     pytest.param("one", "exact_match", None, {"max_bootstrapped_demos": 3, "max_labeled_demos": 6}, id="one"),
     pytest.param("one", "exact_match", None, {"max_bootstrapped_demos": 2, "max_labeled_demos": 0}, id="no-labeled"),
     pytest.param("two", "token_f1", 0.5, {"max_bootstrapped_demos": 4, "max_labeled_demos": 5, "max_rounds": 2},
                  id="two-predictors-threshold-rounds"),
+    pytest.param("one", "picky", None, {"max_bootstrapped_demos": 6, "max_labeled_demos": 8}, id="metric-errors"),
 ])
 def test_bootstrap_gives_dspys_demos(lm_env: str, kind: str, metric: str, threshold: float | None,
                                      settings: dict[str, Any]) -> None:
     rows = qa_rows(14)
     prog = load_program(ONE if kind == "one" else TWO)
-    ours = optimize(prog, from_rows(rows, program=prog), metric, settings={**settings, "metric_threshold": threshold})
-    theirs = dspy_demos(lm_env, kind, rows, {"exact_match": exact_match, "token_f1": token_f1}[metric], settings,
-                        threshold)
+    ours = optimize(prog, from_rows(rows, program=prog), METRICS[metric] if metric == "picky" else metric,
+                    settings={**settings, "metric_threshold": threshold})
+    theirs = dspy_demos(lm_env, kind, rows, METRICS[metric], settings, threshold)
     got = [list(ours.optimized.modules[name].demos) for name in predictor_names(prog)]  # type: ignore[union-attr]
     assert got == theirs
     assert any(d.get("reasoning") for demos in got for d in demos)  # bootstrapped traces are in there
@@ -110,7 +122,9 @@ def test_labeled_few_shot_is_dspys(lm_env: str) -> None:
             [d.toDict() for d in p.demos]  # type: ignore[union-attr]
 
 
-def test_cli_optimize_publishes_a_version_with_lineage(tmp_path: Path, db_url: str, reference_lm: str) -> None:
+def test_cli_optimize_publishes_a_version_with_lineage(tmp_path: Path, reference_lm: str) -> None:
+    """The CLI and lineage (SQLite only: the kill test stores optimizations on both databases)."""
+    db_url = f"sqlite:///{tmp_path / 'store.db'}"
     program = tmp_path / "cot.yaml"
     program.write_text(ONE)
     train = write_jsonl(tmp_path / "train.jsonl", qa_rows(12))
@@ -140,3 +154,33 @@ def test_cli_optimize_publishes_a_version_with_lineage(tmp_path: Path, db_url: s
     history = subprocess.run([*stepbridge_cli(), "programs", "history", "cot", "--json"], env=env,
                              capture_output=True, text=True, timeout=120)
     assert history.returncode == 0 and "optimized with bootstrap" in history.stdout
+
+
+def test_dspy_optimizers_through_the_dspy_adapter(lm_env: str, store: Store) -> None:
+    """dspy:BootstrapFewShot (DSPy itself, through the dspy adapter) picks the demos native bootstrap picks;
+    dspy:COPRO runs too; both are stored and published like any optimization."""
+    rows = qa_rows(12)
+    prog = load_program(ONE)
+    settings = {"max_bootstrapped_demos": 2, "max_labeled_demos": 3}
+    native = optimize(prog, from_rows(rows, program=prog), "exact_match", settings=settings)
+    via_dspy = optimize(prog, from_rows(rows, program=prog), "exact_match", optimizer="dspy:BootstrapFewShot",
+                        settings=settings, store=store)
+    assert via_dspy.optimized.modules["answer"].demos == native.optimized.modules["answer"].demos  # type: ignore[union-attr]
+    assert via_dspy.program == "cot@2" and via_dspy.score_before is not None
+    copro = optimize(prog, from_rows(rows, program=prog), "exact_match", optimizer="dspy:COPRO",
+                     settings={"num_candidates": 2}, store=store)
+    assert copro.optimizer == "dspy:COPRO" and copro.score_after is not None
+    with pytest.raises(sb.UnsupportedCapabilityError, match="registered metric"):
+        optimize(prog, from_rows(rows, program=prog), lambda e, p: 1.0, optimizer="dspy:COPRO")
+
+
+@pytest.mark.slow
+def test_bootstrap_over_the_pool_gives_the_same_program() -> None:
+    """Teacher runs and candidate scores fan out over pool workers; the optimized program is the same."""
+    rows = qa_rows(14)
+    prog = load_program(TWO)
+    settings = {"max_bootstrapped_demos": 4, "max_labeled_demos": 6}
+    native = optimize(prog, from_rows(rows, program=prog), "exact_match", settings=settings)
+    pooled = optimize(prog, from_rows(rows, program=prog), "exact_match", settings=settings, backend="pool",
+                      workers=2)
+    assert pooled.hash == native.hash and pooled.score_before == native.score_before

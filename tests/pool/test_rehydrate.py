@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sbtest_helpers as h
+import sb_pool as h
 from stepbridge import RunOptions
 from stepbridge.bridge.pool import PoolAdapter
 from stepbridge.storage import Store
@@ -32,7 +32,7 @@ def test_workers_rehydrate_from_the_store_warm_aliases_and_refuse_tampered_progr
         store.publish(plain)  # stored, but behind no alias: found on demand, not warmed
         store.publish(shout)
         store.set_alias("shout", "prod", shout.content_hash)
-        from stepbridge.storage.store import versions
+        from stepbridge.storage.programs import versions
 
         with store.engine.begin() as conn:  # changed outside stepbridge: same identity, other content
             conn.execute(versions.update().where(versions.c.hash == shout.content_hash)

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sb_pool import HERE, worker_env
 from stepbridge import ProgramValidationError, RunOptions, load_program
 from stepbridge.bridge.pool import PoolAdapter, query_status
-
-from .conftest import HERE, worker_env
 
 RETRIEVE = textwrap.dedent("""
     stepbridge: 1
@@ -73,7 +72,7 @@ class Broker:
 
 
 def rogue(attack: str, address: str, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, str(HERE / "rogue_peer.py"), attack, address, *args], capture_output=True,
+    out = subprocess.run([sys.executable, str(HERE / "sb_rogue_peer.py"), attack, address, *args], capture_output=True,
                          text=True, timeout=120, env={**worker_env(), **(env or {})})
     assert out.returncode == 0, out.stderr
     result: dict[str, Any] = json.loads(out.stdout)
@@ -181,7 +180,7 @@ def _keys(secret: Path, server: str) -> Any:
 def test_local_pool_serves_each_folder_its_own_corpus_and_ignores_a_stored_folder(
         tmp_path: Path, pool_kwargs: dict[str, Any]) -> None:
     from stepbridge.storage import Store
-    from stepbridge.storage.store import versions
+    from stepbridge.storage.programs import versions
 
     alice = folder(tmp_path, "alice", ["alpha apples", "beta bananas"])
     bob = folder(tmp_path, "bob", ["alpha artichokes", "gamma grapes"])

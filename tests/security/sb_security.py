@@ -33,7 +33,7 @@ def plant(store: Any, data: dict[str, Any], digest: str, *, alias: str | None = 
     """Put a program row into a store the way an attacker with database access would: a benign version
     is published, then its row rewritten to ``data`` under ``digest`` (no validation on the way in)."""
     from stepbridge import load_program
-    from stepbridge.storage.store import versions
+    from stepbridge.storage.programs import versions
 
     benign = load_program({"stepbridge": 1, "name": data.get("name", "planted"), "signature": "question -> answer",
                            "steps": [{"return": {"answer": "$inputs.question"}}]})

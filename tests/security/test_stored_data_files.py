@@ -17,7 +17,7 @@ import stepbridge as sb
 from stepbridge.errors import StorageError
 from stepbridge.storage import Store
 from stepbridge.storage.data_files import data_files, program_data
-from stepbridge.storage.store import versions
+from stepbridge.storage.programs import versions
 
 PUBLISHED = "the published corpus line about root\n"
 

@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 import pytest
-from sb_storage_helpers import SECRET, make_program
+from sb_storage import SECRET, make_program
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 from stepbridge import LMError, Program, StepTrace
@@ -18,8 +18,8 @@ from stepbridge.adapter import RunOptions
 from stepbridge.errors import StorageError, register_secret
 from stepbridge.result import LMCall, RunResult, Usage
 from stepbridge.storage import Store
+from stepbridge.storage.executions import executions, history_t, steps_t
 from stepbridge.storage.recording import BatchFailed, BeginOp, clean, clean_json
-from stepbridge.storage.store import executions, history_t, steps_t
 
 
 def _result(program: Program, eid: str, answer: str = "42") -> RunResult:
@@ -35,7 +35,7 @@ def _result(program: Program, eid: str, answer: str = "42") -> RunResult:
 
 def _apply(store: Store, ops: list[Any]) -> list[tuple[bool, Any]]:
     """Apply ``ops`` as one group in one transaction, exactly as the group commit does."""
-    return store._group.apply(ops)
+    return store.executions._group.apply(ops)
 
 
 def test_the_optimistic_pass_writes_nothing_when_a_batch_fails(store: Store, program: Program) -> None:
@@ -43,7 +43,7 @@ def test_the_optimistic_pass_writes_nothing_when_a_batch_fails(store: Store, pro
     good = _begin(store, program)
     bad = _begin(store, make_program("never_published", "nobody stored me"))
     with pytest.raises(BatchFailed):
-        store.tx.write(lambda conn: store._recording.apply(conn, [good, bad], isolate=None), "test group")
+        store.tx.write(lambda conn: store.executions._recording.apply(conn, [good, bad], isolate=None), "test group")
     assert store.get_execution(good.execution_id) is None  # rolled back with the whole transaction
     out = _apply(store, [good, bad])
     assert out[0][0] is True and out[1][0] is False
@@ -52,7 +52,7 @@ def test_the_optimistic_pass_writes_nothing_when_a_batch_fails(store: Store, pro
 
 def _begin(store: Store, program: Program, key: str | None = None, eid: str | None = None) -> BeginOp:
     opts = RunOptions(idempotency_key=key, **({"execution_id": eid} if eid else {}))
-    return store._begin_op(program, {"question": "q"}, opts, "native")
+    return store.executions._begin_op(program, {"question": "q"}, opts, "native")
 
 
 def _count(store: Store, table: Any, **where: Any) -> int:
@@ -72,8 +72,8 @@ def test_mixed_group_with_conflicts(store: Store, program: Program) -> None:
     fresh = [_begin(store, program) for _ in range(5)]
     again_done = _begin(store, program, key="done")  # conflicts with a finished execution
     again_running = _begin(store, program, eid=running.execution_id)  # conflicts with a running one
-    finish_running = store._success_op(running.execution_id, _result(program, running.execution_id))
-    finish_unknown = store._success_op("no-such-execution", _result(program, "no-such-execution"))
+    finish_running = store.executions._success_op(running.execution_id, _result(program, running.execution_id))
+    finish_unknown = store.executions._success_op("no-such-execution", _result(program, "no-such-execution"))
     ops: list[Any] = [*fresh[:2], again_done, finish_running, *fresh[2:], again_running, finish_unknown]
     out = _apply(store, ops)
 
@@ -97,9 +97,9 @@ def test_mixed_group_with_conflicts(store: Store, program: Program) -> None:
 
 def test_duplicate_finishes_in_one_group_are_compare_and_set(store: Store, program: Program) -> None:
     b = store.begin(program, {"question": "q"}, RunOptions(), "native")
-    first = store._success_op(b.execution_id, _result(program, b.execution_id, "first"))
-    second = store._failure_op(b.execution_id, LMError("late"), False)
-    third = store._success_op(b.execution_id, _result(program, b.execution_id, "third"))
+    first = store.executions._success_op(b.execution_id, _result(program, b.execution_id, "first"))
+    second = store.executions._failure_op(b.execution_id, LMError("late"), False)
+    third = store.executions._success_op(b.execution_id, _result(program, b.execution_id, "third"))
     out = _apply(store, [first, second, third])
     assert [value for _, value in out] == [True, False, False]
     ex = store.get_execution(b.execution_id)
@@ -132,7 +132,7 @@ def test_a_failing_write_does_not_undo_its_neighbours(store: Store, program: Pro
     def broken(conn: Connection) -> None:
         raise StorageError("this callback always fails")
 
-    finish = store._success_op(running.execution_id, _result(program, running.execution_id))
+    finish = store.executions._success_op(running.execution_id, _result(program, running.execution_id))
     out = _apply(store, [good[0], bad, broken, good[1], finish, good[2]])
     assert out[1][0] is False and isinstance(out[1][1], StorageError)
     assert out[2][0] is False and "always fails" in str(out[2][1])
@@ -148,8 +148,8 @@ def test_a_failing_write_does_not_undo_its_neighbours(store: Store, program: Pro
 def test_a_failing_finish_falls_back_alone(store: Store, program: Program) -> None:
     a = store.begin(program, {"question": "q"}, RunOptions(), "native")
     b = store.begin(program, {"question": "q"}, RunOptions(), "native")
-    ok = store._success_op(a.execution_id, _result(program, a.execution_id))
-    bad = store._success_op(b.execution_id, _result(program, b.execution_id))
+    ok = store.executions._success_op(a.execution_id, _result(program, a.execution_id))
+    bad = store.executions._success_op(b.execution_id, _result(program, b.execution_id))
     bad.steps[0]["b_kind"] = None  # NOT NULL: the batched step insert fails, then this one alone
     out = _apply(store, [ok, bad])
     assert out[0] == (True, True)

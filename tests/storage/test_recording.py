@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sb_storage_helpers import SECRET, make_program
+from sb_storage import SECRET, make_program
 from sqlalchemy import select
 from stepbridge import LMError, Program, StepError, StepTrace
 from stepbridge.adapter import RunOptions
 from stepbridge.result import LMCall, RunResult, Usage
 from stepbridge.storage import Store
-from stepbridge.storage.store import executions, history_t, steps_t
+from stepbridge.storage.executions import executions, history_t, steps_t
 
 
 def _result(program: Program, eid: str, answer: str = "42") -> RunResult:
