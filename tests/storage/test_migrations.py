@@ -177,10 +177,10 @@ def test_0006_keeps_every_row_and_allows_unpublished_programs(db_url: str) -> No
     survive, and a program that is only run is then stored without a version number."""
     from datetime import UTC, datetime
 
-    from sb_storage_helpers import make_program
+    from sb_storage import make_program
     from sqlalchemy import insert
     from stepbridge.adapter import RunOptions
-    from stepbridge.storage.store import programs, versions
+    from stepbridge.storage.programs import programs, versions
 
     upgrade(db_url, target="0005_evaluations")
     engine = make_engine(db_url)
