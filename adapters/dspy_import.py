@@ -556,20 +556,20 @@ class _Control:
     fixed: int | str | None = None  # a for over range(<literal>) (or "self.<attr>"), with no break: its passes
 
 
-def _controls(cls: type, method: str) -> tuple[list[_Control], dict[int, str]]:
-    """The control constructs of ``cls.method`` (absolute lines), and its code objects' file."""
+def _controls(cls: type, method: str) -> list[_Control]:
+    """The control constructs of ``cls.method``, with absolute line numbers."""
     func = getattr(cls, method, None)
     if func is None:
-        return [], {}
+        return []
     try:
         lines, start = inspect.getsourcelines(func)
     except (OSError, TypeError):
-        return [_Control("source", 0, f"{cls.__name__}.{method}", {})], {}
+        return [_Control("source", 0, f"{cls.__name__}.{method}", {})]
     source = textwrap.dedent("".join(lines))
     try:
         tree = ast.parse(source)
     except SyntaxError:
-        return [_Control("source", start, f"{cls.__name__}.{method}", {})], {}
+        return [_Control("source", start, f"{cls.__name__}.{method}", {})]
     offset = start - 1
     found: list[_Control] = []
 
@@ -609,7 +609,7 @@ def _controls(cls: type, method: str) -> tuple[list[_Control], dict[int, str]]:
         elif isinstance(node, ast.Match):
             paths = {f"case {i + 1}": c.body[0].lineno + offset for i, c in enumerate(node.cases)}
             found.append(_Control("match", line, text(node), paths))
-    return sorted(found, key=lambda c: c.line), {}
+    return sorted(found, key=lambda c: c.line)
 
 
 class _LineRecorder:
@@ -690,7 +690,7 @@ def _judge_controls(obj: Any, per_sample_lines: list[dict[int, int]]) -> list[Co
     """Each control construct of the forward(s) as verified / unverified, from the lines the samples ran."""
     out: list[Construct] = []
     for cls, method in _custom_classes(obj):
-        controls, _ = _controls(cls, method)
+        controls = _controls(cls, method)
         for c in controls:
             name = f"{cls.__name__}.{method}: {c.kind} `{c.text}`"
             if c.kind == "source":
@@ -1178,7 +1178,7 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     ambiguous = {key for key, entries in obs.items()
                  if len(common(entries)) > 1 or (not common(entries) and not constant(entries))}
     perturbed_note = None
-    has_control = any(_controls(c, m)[0] for c, m in _custom_classes(obj))
+    has_control = any(_controls(c, m) for c, m in _custom_classes(obj))
     runs_for_lines = runs
     if ambiguous or has_control:
         # A second run on marked inputs, with every predictor output marked by its producer: values equal by
@@ -1302,7 +1302,7 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     from .dspy_static import Unsupported, compile_forward
 
     entry = _entry(obj)
-    controls = _controls(type(obj), entry)[0]
+    controls = _controls(type(obj), entry)
     dspy = _dspy().dspy
     has_parallel = any(isinstance(v, dspy.Parallel) for v in vars(obj).values())
     if (not has_parallel and not any(c.kind in ("if", "for", "comprehension") for c in controls)) \
