@@ -148,10 +148,12 @@ def test_a_huge_reply_is_refused_without_reading_it_all(model: str, tmp_path: Pa
             async with Runner("native") as runner:
                 await runner.run(program, {"question": "q"})
 
-        with pytest.raises(StepbridgeError, match="exceeds"):
+        with pytest.raises(StepbridgeError) as info:  # "exceeds ..." (or the server gave up first)
             asyncio.run(go())
-        for _ in range(600):  # the handler records what it sent once the client has gone
+        for _ in range(1200):  # the handler records what it sent once the client has gone
             if "sent" in server.requests[-1]:
                 break
             time.sleep(0.1)
-        assert server.requests[-1]["sent"] < MAX_RESPONSE_BYTES + 32 * 2**20
+        sent = server.requests[-1].get("sent")
+        assert sent is not None, f"the client never hung up ({info.value})"
+        assert sent < MAX_RESPONSE_BYTES + 32 * 2**20, str(info.value)
