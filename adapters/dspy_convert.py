@@ -332,7 +332,8 @@ def _escape(value: Any) -> Any:
 
 
 def _entry(obj: Any) -> str:
-    """``forward`` or ``aforward``: which one the module implements (DSPy classes define forward)."""
+    """``forward``, ``aforward`` or ``__call__``: which one the module implements (DSPy's own classes
+    define forward; a user class may override ``__call__`` itself, as DSPy's usage-tracking docs do)."""
     cls = type(obj)
     own = [klass for klass in cls.__mro__ if klass is not object]
     for klass in own:
@@ -340,6 +341,8 @@ def _entry(obj: Any) -> str:
             return "forward"
         if "aforward" in vars(klass):
             return "aforward"
+        if "__call__" in vars(klass) and klass.__module__.split(".")[0] != "dspy":
+            return "__call__"
     raise _error("the module defines neither forward nor aforward", construct=f"{cls.__name__}", target=cls,
                  hint="define forward(self, ...) or aforward(self, ...)")
 
