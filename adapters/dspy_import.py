@@ -175,7 +175,12 @@ def _import(obj: Any, state: dict[str, Any] | None, samples: list[dict[str, Any]
         raise _error(f"expected a dspy.Module instance, got {type(obj).__name__}", construct=type(obj).__name__,
                      hint="pass a module instance (or a class/factory making one on the CLI)")
     if state is not None:
-        obj.load_state(adapter.sanitize_state(state))
+        try:
+            obj.load_state(adapter.sanitize_state(state))
+        except Exception as exc:
+            raise _error(f"the DSPy state does not fit this module ({type(exc).__name__}: {exc})",
+                         construct=f"{type(obj).__name__} state", target=type(obj),
+                         hint="give the JSON state saved from this module class (module.save(path))") from None
     program_name = name or _snake(type(obj).__name__)
     cls = type(obj)
 
