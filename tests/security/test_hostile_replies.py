@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,3 +100,60 @@ def test_a_hostile_reply_is_a_typed_error_on_native(name: str, upstream: Any, tm
     with pytest.raises(StepbridgeError):
         asyncio.run(go())
     assert all(n <= MAX_REPAIR_CHARS for n in repairs)
+
+
+class _HugeLM(_Recording):
+    """Streams a body far over the client's limit (no Content-Length, or a false one) and counts
+    what it managed to send before the client hung up."""
+
+    def do_POST(self) -> None:
+        entry = self._record()
+        claim = "claim" in entry["body"]
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        if claim:
+            self.send_header("content-length", str(500 * 2**20))
+        self.end_headers()
+        chunk = b" " * 2**20
+        sent = 0
+        try:
+            while sent < 200 * 2**20:
+                self.wfile.write(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass
+        finally:
+            with self.server.lock:
+                self.server.requests[-1]["sent"] = sent
+        self.close_connection = True
+
+
+@pytest.mark.parametrize("model", ["stream", "claim"])
+def test_a_huge_reply_is_refused_without_reading_it_all(model: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from stepbridge.lm import MAX_RESPONSE_BYTES
+
+    with _serve(_HugeLM) as server:
+        config = tmp_path / "config.toml"
+        config.write_text(f'[lm.profiles.default]\nbase_url = "{server.url}/v1"\nmodel = "openai/x"\n'
+                          "max_retries = 0\ntimeout = 120\n")
+        monkeypatch.setenv("STEPBRIDGE_CONFIG", str(config))
+        program = load_program({"stepbridge": 1, "name": "huge", "signature": "question -> answer",
+                                "lm": {"model": f"openai/{model}"},
+                                "modules": {"m": {"type": "predict", "signature": "question -> answer"}},
+                                "steps": [{"call": "m", "with": {"question": "$inputs.question"}, "as": "a"},
+                                          {"return": {"answer": "$a.answer"}}]})
+
+        async def go() -> None:
+            async with Runner("native") as runner:
+                await runner.run(program, {"question": "q"})
+
+        with pytest.raises(StepbridgeError) as info:  # "exceeds ..." (or the server gave up first)
+            asyncio.run(go())
+        for _ in range(1200):  # the handler records what it sent once the client has gone
+            if "sent" in server.requests[-1]:
+                break
+            time.sleep(0.1)
+        sent = server.requests[-1].get("sent")
+        assert sent is not None, f"the client never hung up ({info.value})"
+        assert sent < MAX_RESPONSE_BYTES + 32 * 2**20, str(info.value)
