@@ -597,3 +597,21 @@ def test_a_loop_over_the_modules_own_count_is_verified_as_unrolled(dspy_lm: Any)
     loop_construct = next(c for c in report.constructs if " for `" in c.name)
     assert loop_construct.status == "verified" and "self.rounds = 2" in (loop_construct.why or "")
     assert report.status == "verified", str(report)
+
+
+class CallOverride(dspy.Module):
+    """DSPy's usage-tracking docs override __call__ instead of forward."""
+
+    def __init__(self) -> None:
+        self.predict1 = dspy.ChainOfThought("question -> answer")
+        self.predict2 = dspy.Predict("question, answer -> score")
+
+    def __call__(self, question: str) -> Any:
+        answer = self.predict1(question=question).answer
+        return self.predict2(question=question, answer=answer)
+
+
+def test_a_module_overriding_call_is_traced(dspy_lm: Any) -> None:
+    program, report = import_module(CallOverride(), sample_inputs=Q, lm=dspy_lm)
+    assert report.mode == "traced" and report.status == "verified", str(report)
+    assert list(program.modules) == ["predict1", "predict2"]
