@@ -493,6 +493,11 @@ def lm_serve(
     fault: Annotated[str | None,
                      typer.Option(help="Fault for every request: error-500, slow-200, garbage, ...")] = None,
     log: Annotated[Path | None, typer.Option(help="Append every request to this JSONL file.")] = None,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body (413 beyond).")] = 8 * 2**20,
+    request_timeout: Annotated[float, typer.Option(help="Seconds a client has to send a whole request (408).")]
+    = 30.0,
+    log_bytes: Annotated[int, typer.Option(help="Bodies kept in the in-memory request log (oldest out).")]
+    = 64 * 2**20,
     record: Annotated[bool, typer.Option("--record", hidden=True,
                                          help="Old spelling: --upstream alone now means record.")] = False,
 ) -> None:
@@ -500,7 +505,8 @@ def lm_serve(
 
     It is not a language model: each output echoes the inputs ("answer: What is 2+2?"). No key, no network.
 
-    Models reference/error-429, reference/slow-200, reference/garbage inject faults. Real answers: an LM profile."""
+    Models reference/error-429, reference/slow-200, reference/garbage inject faults. Real answers: an LM profile.
+    Bounded like a server: body size, request time, request log (docs/security.md)."""
     from . import reference_lm
 
     if (record or upstream is not None) and (upstream is None or cassette is None):
@@ -508,7 +514,8 @@ def lm_serve(
         raise typer.Exit(EXIT_INVALID)
     reference_lm.serve(host=host, port=port, cassette=cassette, record=upstream is not None, upstream=upstream,
                        upstream_key_env=upstream_key_env or "OPENAI_API_KEY", latency_ms=latency_ms, fault=fault,
-                       log_path=log)
+                       log_path=log, max_body_bytes=max_body_bytes, request_timeout=request_timeout,
+                       log_bytes=log_bytes)
 
 
 def _mount() -> None:
