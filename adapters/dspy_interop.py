@@ -20,16 +20,8 @@ from typing import Any
 from stepbridge.errors import ConversionError
 from stepbridge.program import Program
 
-from .dspy_import import (
-    Construct,
-    ImportReport,
-    Verification,
-    _demo_dicts,
-    _dspy,
-    import_module,
-    signature_from_dspy,
-    verify,
-)
+from .dspy_convert import _demo_dicts, _dspy
+from .dspy_import import Construct, ImportReport, Verification, import_module, signature_from_dspy, verify
 
 __all__ = [
     "Construct",

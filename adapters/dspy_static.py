@@ -48,6 +48,14 @@ class Result:
 
 
 @dataclass
+class Results:
+    """The list of a map step's results (``results[0].field`` reads one element's field)."""
+
+    as_: str
+    module: str
+
+
+@dataclass
 class Compiled:
     steps: list[dict[str, Any]]
     returns: list[dict[str, Any]]  # every return mapping, on every path
@@ -82,6 +90,11 @@ class _Compiler:
     # -- values ------------------------------------------------------------------------------------
     def leaf(self, node: ast.AST) -> str | None:
         """The module name of ``self.x``, ``self.x[0]``, ``self.x['k']`` when it is a converted predictor."""
+        return self.names.get(id(self.resolve(node)))
+
+    def resolve(self, node: ast.AST) -> Any:
+        """The object ``self.x``, ``self.x[0]``, ``self.x['k']`` names on the module (attributes and constant
+        subscripts only: nothing is called), or ``None``."""
         target: Any = None
         chain: list[Any] = []
         cur = node
@@ -102,7 +115,7 @@ class _Compiler:
                 target = getattr(target, key) if kind == "attr" else target[key]
         except (AttributeError, KeyError, IndexError, TypeError):
             return None
-        return self.names.get(id(target))
+        return target
 
     def value(self, node: ast.AST, env: dict[str, Any]) -> Any:
         if isinstance(node, ast.Constant) and (node.value is None or isinstance(node.value, str | int | float | bool)):
@@ -113,11 +126,18 @@ class _Compiler:
             if node.id not in env:
                 raise self.fail(f"name {node.id!r} is not a parameter or an earlier assignment", node)
             bound = env[node.id]
-            if isinstance(bound, Result):
+            if isinstance(bound, Result | Results):
                 raise self.fail(f"a whole predictor result ({node.id}) used as a value", node)
             return bound
         if isinstance(node, ast.Attribute):
             base = node.value
+            if (isinstance(base, ast.Subscript) and isinstance(base.value, ast.Name)
+                    and isinstance(env.get(base.value.id), Results) and isinstance(base.slice, ast.Constant)
+                    and isinstance(base.slice.value, int)):
+                results = env[base.value.id]
+                if node.attr not in self.outputs[results.module]:
+                    raise self.fail(f"{node.attr} is not an output of {results.module}", node)
+                return {"$index": [f"${results.as_}.{node.attr}", base.slice.value]}
             if isinstance(base, ast.Name) and isinstance(env.get(base.id), Result):
                 result = env[base.id]
                 if node.attr not in self.outputs[result.module]:
@@ -235,7 +255,52 @@ class _Compiler:
         self.mapped_lines.append(getattr(line_node, "lineno", 0) + self.offset)
         return f"${as_}.{element.attr}"
 
+    def parallel(self, node: ast.Call, env: dict[str, Any], steps: list[dict[str, Any]]) -> Results | None:
+        """``self.parallel([(self.p, dspy.Example(k=v).with_inputs("k")), ...])`` (a ``dspy.Parallel``):
+        one predictor over every pair is a ``map`` over a list of argument objects, in order."""
+        import dspy
+
+        if not isinstance(self.resolve(node.func), dspy.Parallel):
+            return None
+        if len(node.args) != 1 or node.keywords or not isinstance(node.args[0], ast.List):
+            raise self.fail("dspy.Parallel called with something other than a list of (module, example) pairs", node)
+        modules, items = set(), []
+        for pair in node.args[0].elts:
+            if not (isinstance(pair, ast.Tuple) and len(pair.elts) == 2):
+                raise self.fail("a dspy.Parallel item that is not a (module, example) pair", pair)
+            module = self.leaf(pair.elts[0])
+            example = pair.elts[1]
+            keys: list[str] | None = None
+            if (isinstance(example, ast.Call) and isinstance(example.func, ast.Attribute)
+                    and example.func.attr == "with_inputs"):
+                if not all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in example.args):
+                    raise self.fail("with_inputs of something other than names", example)
+                keys = [a.value for a in example.args]  # type: ignore[attr-defined]
+                example = example.func.value
+            if not (module and isinstance(example, ast.Call) and isinstance(example.func, ast.Attribute)
+                    and example.func.attr == "Example" and not example.args
+                    and all(k.arg is not None for k in example.keywords)):
+                raise self.fail("a dspy.Parallel item other than (self.<predictor>, dspy.Example(k=v, ...))", pair)
+            fields = {k.arg: self.value(k.value, env) for k in example.keywords if k.arg is not None}
+            items.append({k: v for k, v in fields.items() if keys is None or k in keys})
+            modules.add(module)
+        if len(modules) != 1 or not items or len({tuple(i) for i in items}) != 1:
+            raise self.fail("dspy.Parallel over several predictors or differing arguments", node)
+        module = modules.pop()
+        self.counts[module] = self.counts.get(module, 0) + 1
+        as_ = f"{module}_all" if self.counts[module] == 1 else f"{module}_all{self.counts[module]}"
+        item = f"item_{as_}"
+        steps.append({"map": module, "over": items, "item": item,
+                      "with": {k: f"${item}.{k}" for k in items[0]}, "as": as_})
+        self.calls.append(module)
+        self.mapped_lines.append(getattr(node, "lineno", 0) + self.offset)
+        return Results(as_, module)
+
     def expression(self, node: ast.AST, env: dict[str, Any], steps: list[dict[str, Any]]) -> Any:
+        if isinstance(node, ast.Call):
+            results = self.parallel(node, env, steps)
+            if results is not None:
+                return results
         if isinstance(node, ast.ListComp):
             gen = node.generators
             if len(gen) != 1 or gen[0].ifs or gen[0].is_async:

@@ -547,20 +547,7 @@ class BehaviourTests:
                          "steps": [{"map": "effect", "over": "$inputs.items", "item": "it",
                                     "with": {"key": "$inputs.key", "item": "$it"}, "as": "each"},
                                    {"return": {"done": "$each.result"}}]})
-        began = time.time()
-        seen = h.observe(lambda: h.run(program, {"key": key, "items": items}))
-        if not isinstance(seen.error, StepError) or seen.error.step != 0:
-            fail("a map step whose element raised did not fail the run",
-                 expected="StepError(step=0) as soon as the first element fails",
-                 actual=describe_outcome(seen.result, seen.error), look_at="map")
-        while time.time() < max(began + 0.8, seen.ended + 0.2):  # the other elements would act at +400 ms
-            time.sleep(0.05)
-        late = [(t, item) for t, item in h.lm.ledger.of(key) if t > seen.ended]
-        if late:
-            fail("after a map element failed, other elements went on and performed side effects",
-                 expected="the failure cancels the other elements: nothing happens after the run failed",
-                 actual=f"{len(late)} side effect(s) after the run had failed ({', '.join(i for _, i in late)})",
-                 look_at="map")
+        _fails_fast(h, partial(h.run, program, {"key": key, "items": items}), key, "a map step", "element", "map")
 
     @capability("parallel")
     def test_parallel_runs_at_once_and_fails_fast(self, conformance: Harness) -> None:
@@ -590,21 +577,8 @@ class BehaviourTests:
                  expected="both calls started before either ended (a blocking tool runs in a thread)",
                  actual=f"the tool's calls went {', '.join(events)}", look_at="parallel")
         key = f"parallel-failure-{uuid.uuid4().hex[:8]}"
-        began = time.time()
-        seen = h.observe(partial(h.run, program("conformance_parallel_failure", "conformance_effect",
-                                                ("0 fail", "400 second")), {"key": key}))
-        if not isinstance(seen.error, StepError) or seen.error.step != 0:
-            fail("a parallel step whose call raised did not fail the run",
-                 expected="StepError(step=0) as soon as the first call fails",
-                 actual=describe_outcome(seen.result, seen.error), look_at="parallel")
-        while time.time() < max(began + 0.8, seen.ended + 0.2):  # the other call would act at +400 ms
-            time.sleep(0.05)
-        late = [(t, item) for t, item in h.lm.ledger.of(key) if t > seen.ended]
-        if late:
-            fail("after a parallel call failed, the other call went on and performed its side effect",
-                 expected="the failure cancels the other calls: nothing happens after the run failed",
-                 actual=f"{len(late)} side effect(s) after the run had failed ({', '.join(i for _, i in late)})",
-                 look_at="parallel")
+        failing = program("conformance_parallel_failure", "conformance_effect", ("0 fail", "400 second"))
+        _fails_fast(h, partial(h.run, failing, {"key": key}), key, "a parallel step", "call", "parallel")
 
     @capability("tools")
     def test_side_effect_tool_runs_once(self, conformance: Harness) -> None:
@@ -856,6 +830,25 @@ class BehaviourTests:
         if not isinstance(result.worker, str) or not result.worker:
             fail("RunResult.worker is empty", expected="the worker that ran the program", actual=repr(result.worker),
                  look_at="result")
+
+
+def _fails_fast(h: Harness, run: Callable[[], Any], key: str, what: str, part: str, look_at: str) -> None:
+    """``run`` (step 0 fans out ``conformance_effect`` calls: one fails at once, the others would act at +400 ms)
+    fails the step at once, and none of the others performs its side effect after the run failed."""
+    began = time.time()
+    seen = h.observe(run)
+    if not isinstance(seen.error, StepError) or seen.error.step != 0:
+        fail(f"{what} whose {part} raised did not fail the run",
+             expected=f"StepError(step=0) as soon as the first {part} fails",
+             actual=describe_outcome(seen.result, seen.error), look_at=look_at)
+    while time.time() < max(began + 0.8, seen.ended + 0.2):  # the other calls would act at +400 ms
+        time.sleep(0.05)
+    late = [(t, item) for t, item in h.lm.ledger.of(key) if t > seen.ended]
+    if late:
+        fail(f"after one {part} of {what} failed, the others went on and performed side effects",
+             expected=f"the failure cancels the other {part}s: nothing happens after the run failed",
+             actual=f"{len(late)} side effect(s) after the run had failed ({', '.join(i for _, i in late)})",
+             look_at=look_at)
 
 
 def _trace(seen: Observed) -> Any:

@@ -131,7 +131,7 @@ def _parse_kv(pairs: list[str], prog: Any) -> dict[str, Any]:
             try:
                 values[key] = json.loads(raw)
                 continue
-            except ValueError:
+            except (ValueError, RecursionError):  # (nesting deeper than the interpreter's recursion limit)
                 raise InputValidationError(f"input {key!r} is {field.type}: give it as JSON, got {raw!r}",
                                            field=key) from None
         values[key] = raw
@@ -148,7 +148,7 @@ def _read_rows(path: Path) -> list[Any]:
                 if line.strip():
                     try:
                         rows.append(json.loads(line))
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         rows.append(line.rstrip("\n"))
     except OSError as exc:
         raise InputValidationError(f"cannot read {path}: {exc.strerror}") from None

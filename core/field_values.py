@@ -178,14 +178,25 @@ def format_value(value: Any, str_field: bool) -> str:
 # ------------------------------------------------------------------------------------------------
 # Text -> values (parse_value)
 # ------------------------------------------------------------------------------------------------
+#: The longest invalid-JSON text handed to ``json_repair``. LM replies are untrusted and json_repair is
+#: quadratic on some texts (32 KB of ``["`` take ~20 s of CPU, blocking the event loop); a longer text
+#: is treated as unrepairable (``""``, what json_repair answers for prose), where DSPy would repair it.
+MAX_REPAIR_CHARS = 4096
+
+
 def json_repair_loads(text: str) -> Any:
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, TypeError, ValueError):
+    except (json.JSONDecodeError, TypeError, ValueError, RecursionError):
         pass
+    if len(text) > MAX_REPAIR_CHARS:
+        return ""
     import json_repair  # DSPy's exact leniency; only reached for invalid JSON
 
-    return json_repair.loads(text, skip_json_loads=True)
+    try:
+        return json_repair.loads(text, skip_json_loads=True)
+    except RecursionError:  # nesting deeper than the interpreter allows: nothing to repair
+        return ""
 
 
 def find_enum_member(enum_cls: Any, identifier: Any) -> Any:
@@ -267,7 +278,7 @@ class FieldType:
         if candidate == "" and value != "":
             try:
                 candidate = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
+            except (ValueError, SyntaxError, RecursionError, MemoryError):
                 candidate = value
         return self.adapter.validate_python(candidate)
 

@@ -84,6 +84,24 @@ class LMProfile(BaseModel):
         return key
 
 
+#: The largest LM response read (an upstream is not trusted to stay small); beyond: LMError.
+MAX_RESPONSE_BYTES = 64 * 2**20
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, profile: str) -> bytes:
+    if resp.content_length is not None and resp.content_length > MAX_RESPONSE_BYTES:
+        raise LMError(f"LM response of {resp.content_length} bytes exceeds {MAX_RESPONSE_BYTES} ({profile}); "
+                      "refused unread")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise LMError(f"LM response exceeds {MAX_RESPONSE_BYTES} bytes ({profile}); refused")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 REFERENCE_PROFILE = LMProfile(name="reference", model="reference/deterministic")
 _REFERENCE_MODEL = "reference/deterministic"
 
@@ -338,7 +356,11 @@ class HTTPLMClient:
             try:
                 async with self._session().post(self._url, data=content) as resp:
                     status = resp.status
-                    raw = await resp.read()
+                    length = resp.content_length
+                    if length is not None and length <= MAX_RESPONSE_BYTES:
+                        raw = await resp.read()
+                    else:  # too big, or of unknown length: read no further than the limit
+                        raw = await _read_bounded(resp, self.profile.name)
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 raise LMError(f"cannot reach LM at {self.profile.base_url}: {scrub(str(exc))}",
                               retriable=True) from exc

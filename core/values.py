@@ -295,9 +295,10 @@ def compile_value(parsed: Any, pointer: str = "") -> Getter:
             items = list(parsed)
             return lambda scope: list(items)
         getters = [compile_value(v, f"{pointer}/{i}") for i, v in enumerate(parsed)]
+        build = _list_of(getters)
         if is_constant(parsed):
-            return lambda scope: [g(scope) for g in getters]
-        return lambda scope: measure([g(scope) for g in getters], pointer, "a list literal", scope)
+            return build
+        return lambda scope: measure(build(scope), pointer, "a list literal", scope)
     if isinstance(parsed, dict):
         pairs = [(k, compile_value(v, f"{pointer}/{_esc(k)}")) for k, v in parsed.items()]
         if is_constant(parsed):
@@ -325,4 +326,17 @@ def _compile_op(op: Op) -> Getter:
     getters = [compile_value(v, f"{base}/{i}") for i, v in enumerate(op.args)]
     if spec.lazy:
         return lambda scope: run_lazy(spec, getters, scope, pointer)
-    return lambda scope: run_operation(spec, [g(scope) for g in getters], pointer, scope)
+    build = _list_of(getters)
+    return lambda scope: run_operation(spec, build(scope), pointer, scope)
+
+
+def _list_of(getters: list[Getter]) -> Getter:
+    """The list of the getters' values; one or two getters (most operations, ``[$x]``) without a
+    list comprehension's frame, which is a visible share of a loop pass."""
+    if len(getters) == 1:
+        (g0,) = getters
+        return lambda scope: [g0(scope)]
+    if len(getters) == 2:
+        g0, g1 = getters
+        return lambda scope: [g0(scope), g1(scope)]
+    return lambda scope: [g(scope) for g in getters]

@@ -303,7 +303,7 @@ HISTORY_PARAMS = {"execution_id": "b_eid", "attempt": "b_attempt", "from_status"
 STEP_PARAMS = {"execution_id": "b_eid", "attempt": "b_attempt", "seq": "b_seq", "step": "b_step", "kind": "b_kind",
                "module": "b_module", "module_type": "b_module_type", "duration_ms": "b_duration_ms",
                "error": "b_error", "data": "b_data", "created_at": "b_at"}
-RUNNING = literal_column("'running'")
+RUNNING: ColumnElement[Any] = literal_column("'running'")
 
 
 def _arrays(params: Sequence[str], rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:

@@ -7,12 +7,12 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sb_types import SPACE as SPACE_FOR_STRATEGIES
+from sb_types import type_exprs2
 from stepbridge.formats import Prompt
 from stepbridge.named_types import TypeSpace
 from stepbridge.reference_lm import ReferenceModel, parse_system_message
 from stepbridge.signature import FieldSpec, Signature, TypeExpr
-from type_strategies import SPACE as SPACE_FOR_STRATEGIES
-from type_strategies import type_exprs2
 
 SPACE, _problems = TypeSpace.build({
     "Role": {"enum": ["engineer", "manager", "scientist"]},

@@ -70,3 +70,12 @@ def test_a_factory_failure_is_typed_and_typed_errors_keep_their_type() -> None:
         load_adapter(broken)
     with pytest.raises(StorageError, match="cannot reach the store"):
         load_adapter(no_store)
+
+
+def test_adapter_setup_errors_are_typed() -> None:
+    with pytest.raises(UnsupportedCapabilityError, match="cannot load adapter 'os:system'"):
+        load_adapter("os:system")
+    with pytest.raises(UnsupportedCapabilityError, match="did not give an adapter"):
+        load_adapter("json:JSONDecoder")
+    with pytest.raises(UnsupportedCapabilityError, match="no adapter registered as 'nope'"):
+        load_adapter("nope")

@@ -18,6 +18,13 @@ from stepbridge.result import RunResult
 from stepbridge.runner import check_capabilities, check_run
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def RETRIEVAL(corpus: str) -> dict[str, Any]:
+    return {"stepbridge": 1, "name": "r", "signature": "question -> passages: list[str]",
+            "modules": {"s": {"type": "retrieve", "retriever": {"kind": "bm25", "corpus": corpus}}},
+            "steps": [{"call": "s", "with": {"query": "$inputs.question"}, "as": "f"},
+                      {"return": {"passages": "$f.passages"}}]}
 ECHO = {"stepbridge": 1, "name": "echo", "signature": "question -> answer",
         "modules": {"a": {"type": "predict", "signature": "question -> answer"}},
         "steps": [{"call": "a", "with": {"question": "$inputs.question"}, "as": "r"},
@@ -142,3 +149,18 @@ def test_cancelling_while_the_start_is_recorded_still_ends_in_one_state(tmp_path
     store.close()
     assert "running" not in statuses and sum(statuses.values()) >= 1
     assert set(statuses) <= {"cancelled", "succeeded"}
+
+
+def test_same_content_beside_different_corpora_runs_on_its_own_corpus(tmp_path: Path) -> None:
+    outputs = []
+    async def go() -> None:
+        async with sb.Runner("native") as runner:
+            for word in ("alpha", "beta"):
+                folder = tmp_path / word
+                folder.mkdir()
+                (folder / "c.txt").write_text(f"{word} corpus line\n")
+                program = sb.load_program(RETRIEVAL("c.txt"), base_dir=folder)
+                outputs.append((await runner.run(program, {"question": "corpus"})).outputs["passages"])
+
+    asyncio.run(go())
+    assert outputs == [["alpha corpus line"], ["beta corpus line"]]

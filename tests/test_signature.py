@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from sb_types import SPACE, type_exprs2
 from stepbridge.signature import (
     MAX_TYPE_DEPTH,
     FieldSpec,
@@ -20,7 +21,6 @@ from stepbridge.signature import (
     parse_signature,
     parse_type,
 )
-from type_strategies import SPACE, type_exprs2
 
 # -- strategies ----------------------------------------------------------------------------------
 

@@ -608,3 +608,17 @@ def test_check_inputs_errors(typed_program: Any, inputs: dict[str, Any], field: 
 def test_check_inputs_needs_a_mapping(typed_program: Any) -> None:
     with pytest.raises(InputValidationError, match="JSON object of field -> value, got list"):
         check_inputs(typed_program, ["q"])
+
+
+def retrieval_program(corpus: str) -> dict[str, Any]:
+    return {"stepbridge": 1, "name": "r", "signature": "question -> passages: list[str]",
+            "modules": {"s": {"type": "retrieve", "retriever": {"kind": "bm25", "corpus": corpus}}},
+            "steps": [{"call": "s", "with": {"query": "$inputs.question"}, "as": "f"},
+                      {"return": {"passages": "$f.passages"}}]}
+
+
+@pytest.mark.parametrize("corpus", ["/etc/passwd", "../../../../etc/passwd", "data/../../x.jsonl", "C:/x.txt"])
+def test_a_program_cannot_name_a_corpus_outside_its_folder(corpus: str) -> None:
+    with pytest.raises(ProgramValidationError) as info:
+        load_program(retrieval_program(corpus))
+    assert info.value.issues[0].pointer == "/modules/s/retriever/corpus"

@@ -116,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the outcomes here")
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, str(HERE))
-    import broken_adapters
+    import broken_adapters  # beside this script: run as a script, its folder is on sys.path
 
     mutants = [m for m in broken_adapters.MUTANTS if args.select is None or args.select.lower() in m.__name__.lower()]
     if args.only:

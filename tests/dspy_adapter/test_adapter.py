@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 import pytest
-from sb_dspy_helpers import EXAMPLES, last_seq
+from sb_dspy import EXAMPLES, last_seq
 from stepbridge import Runner, RunOptions, load_program
 from stepbridge.adapters.dspy import DSPyAdapter, ProgramModule, dspy
 from stepbridge.errors import LMError, RunTimeoutError, StepError, UnsupportedCapabilityError

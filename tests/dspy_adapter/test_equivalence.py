@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sb_dspy_helpers import EXAMPLES, last_seq, logged_messages, run
+from sb_dspy import EXAMPLES, last_seq, logged_messages, run
 from stepbridge import RunOptions, load_program
 from stepbridge.program import LMConfig
 

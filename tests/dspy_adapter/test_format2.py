@@ -9,7 +9,7 @@ from typing import Any
 
 import dspy
 import pytest
-from sb_dspy_helpers import EXAMPLES
+from sb_dspy import EXAMPLES
 from stepbridge import RunOptions, load_program
 from stepbridge.adapters.dspy import DSPyAdapter, ProgramModule
 

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 import pytest
-from sb_dspy_helpers import EXAMPLES, last_seq, logged_messages, run
+from sb_dspy import EXAMPLES, last_seq, logged_messages, run
 from stepbridge import load_program
 from stepbridge.adapters import dspy_interop as di
 from stepbridge.adapters.dspy import dspy
 from stepbridge.registry import dspy_modules
 
+
+def _example_module(path: Path) -> ModuleType:
+    """Import an example file as the top-level module its file name says (as ``python`` would run it)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = sys.modules[path.stem] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # The shipped example of an existing DSPy program (two predictors, a custom forward) is the one imported here.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "dspy_program"))
-from qa_module import RewriteThenAnswer
+RewriteThenAnswer = _example_module(Path(__file__).resolve().parents[2] / "examples" / "dspy_program"
+                                    / "qa_module.py").RewriteThenAnswer
 
 SAMPLES = [
     {"question": "Who designed the Eiffel Tower?",

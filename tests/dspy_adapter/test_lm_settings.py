@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sb_dspy_helpers import last_seq, run
+from sb_dspy import last_seq, run
 from stepbridge import RunOptions, load_program
 from stepbridge.errors import UnsupportedCapabilityError
 from stepbridge.program import LMConfig

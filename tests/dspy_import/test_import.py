@@ -559,3 +559,59 @@ def test_dspy_custom_types_are_refused_not_misconverted() -> None:
     # send other messages (verification caught that); it is refused before, with the field named
     with pytest.raises(ConversionError, match=r"CodeSig\.code: dspy\.Code is a DSPy type"):
         import_module(dspy.Predict(CodeSig))
+
+
+class Refiner(dspy.Module):
+    def __init__(self, rounds: int = 2, stop_early: bool = False) -> None:
+        super().__init__()
+        self.rounds, self.stop_early = rounds, stop_early
+        self.draft = dspy.Predict("question -> answer")
+        self.improve = dspy.Predict("question, answer -> better")
+
+    def forward(self, question: str) -> Any:
+        answer = self.draft(question=question).answer
+        for _ in range(self.rounds):
+            answer = self.improve(question=question, answer=answer).better
+            if self.stop_early and answer.endswith("!"):
+                break
+        return dspy.Prediction(answer=answer)
+
+
+def test_a_loop_over_the_modules_own_count_is_fixed_unless_it_can_break(dspy_lm: Any) -> None:
+    program, report = import_module(Refiner(rounds=2), sample_inputs=Q, lm=dspy_lm)
+    loop_construct = next(c for c in report.constructs if " for `" in c.name)
+    assert loop_construct.status == "unverified"  # the loop body holds a break: its count may vary
+    assert [s.get("call") for s in program.to_dict()["steps"][:-1]] == ["draft", "improve", "improve"]
+
+
+class FixedRefiner(Refiner):
+    def forward(self, question: str) -> Any:
+        answer = self.draft(question=question).answer
+        for _ in range(self.rounds):
+            answer = self.improve(question=question, answer=answer).better
+        return dspy.Prediction(answer=answer)
+
+
+def test_a_loop_over_the_modules_own_count_is_verified_as_unrolled(dspy_lm: Any) -> None:
+    _, report = import_module(FixedRefiner(rounds=2), sample_inputs=Q, lm=dspy_lm)
+    loop_construct = next(c for c in report.constructs if " for `" in c.name)
+    assert loop_construct.status == "verified" and "self.rounds = 2" in (loop_construct.why or "")
+    assert report.status == "verified", str(report)
+
+
+class CallOverride(dspy.Module):
+    """DSPy's usage-tracking docs override __call__ instead of forward."""
+
+    def __init__(self) -> None:
+        self.predict1 = dspy.ChainOfThought("question -> answer")
+        self.predict2 = dspy.Predict("question, answer -> score")
+
+    def __call__(self, question: str) -> Any:
+        answer = self.predict1(question=question).answer
+        return self.predict2(question=question, answer=answer)
+
+
+def test_a_module_overriding_call_is_traced(dspy_lm: Any) -> None:
+    program, report = import_module(CallOverride(), sample_inputs=Q, lm=dspy_lm)
+    assert report.mode == "traced" and report.status == "verified", str(report)
+    assert list(program.modules) == ["predict1", "predict2"]

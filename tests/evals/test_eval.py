@@ -62,7 +62,9 @@ def test_a_metric_that_raises_is_a_row_error(store: Store) -> None:
     assert errors[0].error == {"type": "MetricError", "message": "ValueError: cannot judge this one"}
 
 
-def test_cli_eval_json_and_compare(tmp_path: Path, db_url: str) -> None:
+def test_cli_eval_json_and_compare(tmp_path: Path) -> None:
+    """The CLI's shapes and exit codes (SQLite only: the storage paths are the API tests' on both)."""
+    db_url = f"sqlite:///{tmp_path / 'store.db'}"
     program = tmp_path / "qa.yaml"
     program.write_text(PROGRAM)
     data = write_jsonl(tmp_path / "data.csv.jsonl", qa_rows(9))

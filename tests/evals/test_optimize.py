@@ -122,7 +122,9 @@ def test_labeled_few_shot_is_dspys(lm_env: str) -> None:
             [d.toDict() for d in p.demos]  # type: ignore[union-attr]
 
 
-def test_cli_optimize_publishes_a_version_with_lineage(tmp_path: Path, db_url: str, reference_lm: str) -> None:
+def test_cli_optimize_publishes_a_version_with_lineage(tmp_path: Path, reference_lm: str) -> None:
+    """The CLI and lineage (SQLite only: the kill test stores optimizations on both databases)."""
+    db_url = f"sqlite:///{tmp_path / 'store.db'}"
     program = tmp_path / "cot.yaml"
     program.write_text(ONE)
     train = write_jsonl(tmp_path / "train.jsonl", qa_rows(12))
@@ -170,3 +172,15 @@ def test_dspy_optimizers_through_the_dspy_adapter(lm_env: str, store: Store) -> 
     assert copro.optimizer == "dspy:COPRO" and copro.score_after is not None
     with pytest.raises(sb.UnsupportedCapabilityError, match="registered metric"):
         optimize(prog, from_rows(rows, program=prog), lambda e, p: 1.0, optimizer="dspy:COPRO")
+
+
+@pytest.mark.slow
+def test_bootstrap_over_the_pool_gives_the_same_program() -> None:
+    """Teacher runs and candidate scores fan out over pool workers; the optimized program is the same."""
+    rows = qa_rows(14)
+    prog = load_program(TWO)
+    settings = {"max_bootstrapped_demos": 4, "max_labeled_demos": 6}
+    native = optimize(prog, from_rows(rows, program=prog), "exact_match", settings=settings)
+    pooled = optimize(prog, from_rows(rows, program=prog), "exact_match", settings=settings, backend="pool",
+                      workers=2)
+    assert pooled.hash == native.hash and pooled.score_before == native.score_before

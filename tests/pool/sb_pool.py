@@ -1,4 +1,4 @@
-"""Test tools and adapters that pool workers host (``--backend sbtest_helpers:make_adapter``).
+"""Test tools and adapters that pool workers host (``--backend sb_pool:make_adapter``).
 
 Imported by the tests too, so the tools are registered on both sides of the wire (the client
 validates programs, the worker runs them).
@@ -9,10 +9,21 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from stepbridge.adapters.native import NativeAdapter
 from stepbridge.registry import tools
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+
+
+def worker_env() -> dict[str, str]:
+    """The environment of a worker process: this folder on its PYTHONPATH, so it can import this module."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
 
 
 async def nap(seconds: float) -> float:

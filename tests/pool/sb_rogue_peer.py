@@ -1,4 +1,4 @@
-"""A hostile pool peer, run as its own process by the tests: ``python rogue_peer.py ATTACK ADDRESS [ARG]``.
+"""A hostile pool peer, run as its own process by the tests: ``python sb_rogue_peer.py ATTACK ADDRESS [ARG]``.
 
 It speaks the real protocol with a raw DEALER socket (optionally with a CURVE key pair) and prints one
 JSON object saying what it got back, so the test can assert that nothing useful came through.

@@ -11,7 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from .conftest import REPO, worker_env
+from sb_pool import REPO, worker_env
 
 
 def _alive(pid: int) -> bool:

@@ -13,11 +13,10 @@ import textwrap
 import threading
 
 import zmq
+from sb_pool import worker_env
 from stepbridge.bridge import protocol as p
 from stepbridge.bridge.logs import Throttle
 from stepbridge.bridge.pool import query_status
-
-from .conftest import worker_env
 
 CLIENT = textwrap.dedent("""
     import asyncio, json, sys

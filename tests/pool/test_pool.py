@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sbtest_helpers as h
+import sb_pool as h
 import zmq
 import zmq.asyncio
+from sb_pool import REPO, worker_env
 from stepbridge import (
     InputValidationError,
     LMConfig,
@@ -34,8 +35,6 @@ from stepbridge.bridge import protocol as p
 from stepbridge.bridge.pool import PoolAdapter
 from stepbridge.errors import LMError
 from stepbridge.validate import validate_data
-
-from .conftest import REPO, worker_env
 
 EXAMPLES = REPO / "examples"
 
@@ -291,7 +290,7 @@ def test_sigstop_moves_requests_and_drops_late_replies(pool_kwargs: dict[str, An
             assert router is not None
             # a second, external worker (not a child of the pool) that we will freeze
             ext = subprocess.Popen([sys.executable, "-m", "stepbridge.bridge.worker",
-                                    "--connect", router.worker_address, "--backend", "sbtest_helpers:make_adapter",
+                                    "--connect", router.worker_address, "--backend", "sb_pool:make_adapter",
                                     "--capacity", "4",
                                     "--heartbeat", "0.25", "--liveness", "1000", "--worker-id", "external"],
                                    env=worker_env())
@@ -334,7 +333,7 @@ def test_a_reply_after_the_router_gave_up_is_dropped_and_the_caller_answered_onc
         router = pool.router
         assert router is not None
         ext = subprocess.Popen([sys.executable, "-m", "stepbridge.bridge.worker", "--connect", router.worker_address,
-                                "--backend", "sbtest_helpers:make_adapter", "--capacity", "1", "--heartbeat",
+                                "--backend", "sb_pool:make_adapter", "--capacity", "1", "--heartbeat",
                                 "0.25", "--worker-id", "external"], env=worker_env())
         try:
             await router.wait_ready(1, 60)
@@ -404,7 +403,7 @@ def test_quarantine_fails_queued_and_new_requests_alike(pool_kwargs: dict[str, A
     echo = validate_data(h.ECHO)
 
     async def go() -> None:
-        router = Router(PoolConfig(workers=1, backend="sbtest_helpers:crashing_adapter", quarantine_after=3,
+        router = Router(PoolConfig(workers=1, backend="sb_pool:crashing_adapter", quarantine_after=3,
                                    quarantine_time=3600, worker_env=pool_kwargs["worker_env"]),
                         expected_capabilities=frozenset({"retrieve"}))
         await router.start()
@@ -453,7 +452,7 @@ def test_curve_tcp_refuses_wrong_key(tmp_path: Path, pool_kwargs: dict[str, Any]
 
             def spawn(secret: Path, wid: str) -> subprocess.Popen[bytes]:
                 return subprocess.Popen([sys.executable, "-m", "stepbridge.bridge.worker", "--connect",
-                                         router.worker_address, "--backend", "sbtest_helpers:make_adapter",
+                                         router.worker_address, "--backend", "sb_pool:make_adapter",
                                          "--curve-secret", str(secret), "--curve-server", str(broker_public),
                                          "--heartbeat", "0.25", "--worker-id", wid], env=worker_env())
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sbtest_helpers as h
+import sb_pool as h
 from stepbridge import RunOptions
 from stepbridge.bridge.pool import PoolAdapter
 from stepbridge.storage import Store

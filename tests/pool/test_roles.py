@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sb_pool import HERE, worker_env
 from stepbridge import ProgramValidationError, RunOptions, load_program
 from stepbridge.bridge.pool import PoolAdapter, query_status
-
-from .conftest import HERE, worker_env
 
 RETRIEVE = textwrap.dedent("""
     stepbridge: 1
@@ -73,7 +72,7 @@ class Broker:
 
 
 def rogue(attack: str, address: str, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, str(HERE / "rogue_peer.py"), attack, address, *args], capture_output=True,
+    out = subprocess.run([sys.executable, str(HERE / "sb_rogue_peer.py"), attack, address, *args], capture_output=True,
                          text=True, timeout=120, env={**worker_env(), **(env or {})})
     assert out.returncode == 0, out.stderr
     result: dict[str, Any] = json.loads(out.stdout)

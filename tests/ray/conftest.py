@@ -1,5 +1,5 @@
 """Ray tests: a real local Ray instance (started once per test process by the first adapter, 2 CPUs, no
-dashboard) and real actor processes. The actors host ``sbray_helpers:make_adapter``, which registers the
+dashboard) and real actor processes. The actors host ``sb_ray:make_adapter``, which registers the
 pool tests' tools and the conformance suite's; both folders go on the actors' PYTHONPATH."""
 
 from __future__ import annotations
@@ -41,5 +41,5 @@ def actor_env() -> dict[str, str]:
 @pytest.fixture
 def ray_kwargs() -> dict[str, Any]:
     """A small adapter hosting the test helpers' adapter."""
-    return {"backend": "sbray_helpers:make_adapter", "env": actor_env(), "actors": 2, "concurrency": 8,
+    return {"backend": "sb_ray:make_adapter", "env": actor_env(), "actors": 2, "concurrency": 8,
             "start_timeout": 120.0}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import sbtest_helpers  # noqa: F401  (registers sbtest_nap, sbtest_charge, ...)
+import sb_pool  # noqa: F401  (registers sbtest_nap, sbtest_charge, ...)
 from stepbridge.adapters.native import NativeAdapter
 from stepbridge.conformance.fixtures import register
 

@@ -13,8 +13,8 @@ from conftest import skip_without_ray
 
 skip_without_ray()
 
-import sbray_helpers  # noqa: E402, F401  (registers the tools on this side too)
-import sbtest_helpers as h  # noqa: E402
+import sb_pool as h  # noqa: E402
+import sb_ray  # noqa: E402, F401  (registers the tools on this side too)
 from stepbridge import Runner, StepbridgeError  # noqa: E402
 from stepbridge.bridge.ray import RayAdapter  # noqa: E402
 from stepbridge.validate import validate_data  # noqa: E402

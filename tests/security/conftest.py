@@ -3,18 +3,11 @@ worker processes (helpers in sb_security.py)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-for path in (HERE, HERE.parent):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from sb_security import KEY, KEY_ENV  # noqa: E402
+from sb_security import KEY, KEY_ENV
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

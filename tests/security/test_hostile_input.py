@@ -118,3 +118,22 @@ def test_data_from_anywhere_gets_the_file_limits(data: dict[str, Any]) -> None:
     for bad in (data, {**data, "deep": deep}):
         with pytest.raises(ProgramValidationError):
             load_program(bad)
+
+
+@pytest.mark.parametrize("how", ["inputs-file", "input-flag"])
+def test_inputs_nested_past_the_recursion_limit_are_a_failed_row_not_a_traceback(how: str, tmp_path: Path) -> None:
+    program = tmp_path / "p.json"
+    program.write_text(json.dumps({"stepbridge": 1, "name": "deep", "signature": "question: list[str] -> answer",
+                                   "steps": [{"return": {"answer": "done"}}]}))
+    deep = "[" * 5000 + "]" * 5000
+    if how == "inputs-file":
+        rows = tmp_path / "rows.jsonl"
+        rows.write_text(json.dumps({"question": []})[:-3] + deep + "}\n")
+        args = ["--inputs", str(rows)]
+    else:
+        args = ["-i", f"question={deep}"]
+    done = subprocess.run([*CLI, "run", str(program), *args, "--backend", "native"], capture_output=True, text=True,
+                          env=worker_env({"STEPBRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}"}), timeout=300)
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr[-2000:]
+    assert done.returncode in (1, 2)
+    assert "RecursionError" not in done.stderr + done.stdout

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from sb_postgres import fresh_schema
-from sb_storage_helpers import make_program
+from sb_storage import make_program
 from stepbridge import Program
 from stepbridge.storage import Store
 

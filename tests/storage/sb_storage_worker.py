@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from sb_storage_helpers import make_program
+from sb_storage import make_program
 from stepbridge.adapter import RunOptions
 from stepbridge.result import RunResult, StepTrace
 from stepbridge.storage import Store

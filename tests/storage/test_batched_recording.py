@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 import pytest
-from sb_storage_helpers import SECRET, make_program
+from sb_storage import SECRET, make_program
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 from stepbridge import LMError, Program, StepTrace

@@ -12,7 +12,7 @@ from contextlib import aclosing
 from typing import Any
 
 import pytest
-from sb_storage_helpers import EchoAdapter, make_program
+from sb_storage import EchoAdapter, make_program
 from sqlalchemy import text
 from stepbridge import Runner, StorageError
 from stepbridge.adapter import RunOptions

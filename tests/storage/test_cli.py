@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from sb_storage_helpers import SECRET, make_program
+from sb_storage import SECRET, make_program
 from stepbridge.adapter import RunOptions
 from stepbridge.errors import LMError
 from stepbridge.result import LMCall, RunResult, StepTrace

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from sb_storage_helpers import make_program
+from sb_storage import make_program
 from sqlalchemy import func, select
 from stepbridge.adapter import RunOptions
 from stepbridge.result import RunResult, StepTrace

@@ -91,7 +91,7 @@ def test_inputs_hash_migration_keeps_rows_both_ways(db_url: str) -> None:
     into the trace steps and status history) and removes it the same way; rows from before it are
     not checked, rows after it are."""
     from alembic import command
-    from sb_storage_helpers import make_program
+    from sb_storage import make_program
     from stepbridge.adapter import RunOptions
     from stepbridge.storage.db import _config
 
@@ -149,7 +149,7 @@ def test_the_migrated_schema_is_the_models(db_url: str) -> None:
 def test_batches_migration_keeps_executions_both_ways(db_url: str) -> None:
     """0003 only adds tables: going down removes the grouping and keeps every execution."""
     from alembic import command
-    from sb_storage_helpers import make_program
+    from sb_storage import make_program
     from stepbridge.adapter import RunOptions
     from stepbridge.storage.db import _config
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sb_storage_helpers import make_program
+from sb_storage import make_program
 from sqlalchemy import text
 from stepbridge import Program, ProgramValidationError, StorageError
 from stepbridge.storage import Store

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sb_storage_helpers import SECRET, make_program
+from sb_storage import SECRET, make_program
 from sqlalchemy import select
 from stepbridge import LMError, Program, StepError, StepTrace
 from stepbridge.adapter import RunOptions

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sb_storage_helpers import EchoAdapter, make_program
+from sb_storage import EchoAdapter, make_program
 from stepbridge.adapter import RunOptions
 from stepbridge.registry import adapters
 from stepbridge.result import RunResult
@@ -113,7 +113,7 @@ def test_cli_resume_with_explicit_backend(db_url: str, canary: str) -> None:
     listed = {o["execution_id"]: o for o in json.loads(r.stdout)}
     assert set(listed) == {unknown, path} and not any(o["ok"] for o in listed.values())
     assert canary not in sys.modules
-    r = cli.invoke(executions_app, ["resume", "--db", db_url, "--backend", "sb_storage_helpers:EchoAdapter"])
+    r = cli.invoke(executions_app, ["resume", "--db", db_url, "--backend", "sb_storage:EchoAdapter"])
     assert r.exit_code == 0, r.output
     assert "resumed 2 execution(s)" in r.output
     with Store(db_url) as store:

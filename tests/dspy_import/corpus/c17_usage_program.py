@@ -1,5 +1,5 @@
-# Source: stanfordnlp/dspy docs/docs/learn/programming/modules.md (MyProgram: predict1 answer, predict2 score;
-# adapted: forward instead of the __call__ override, which DSPy's callbacks would not see).
+# Source: stanfordnlp/dspy docs/docs/learn/programming/modules.md (MyProgram: predict1 answer, predict2 score,
+# overriding __call__ as written there).
 import dspy
 
 
@@ -8,7 +8,7 @@ class MyProgram(dspy.Module):
         self.predict1 = dspy.ChainOfThought("question -> answer")
         self.predict2 = dspy.ChainOfThought("question, answer -> score")
 
-    def forward(self, question: str):
+    def __call__(self, question: str) -> str:
         answer = self.predict1(question=question)
         score = self.predict2(question=question, answer=answer)
         return score

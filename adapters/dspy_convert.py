@@ -1,0 +1,496 @@
+"""The parts every DSPy import is made of: errors that name a place, types, exact predictor modules,
+program assembly, and running the original module (under a guarded LM).
+
+See :mod:`stepbridge.adapters.dspy_import` for the whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+import json
+import re
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from stepbridge.errors import ConversionError, StepbridgeError
+from stepbridge.program import Program
+from stepbridge.signature import FieldSpec, Signature, TypeExpr
+
+
+def _register_hint(cls: type) -> str:
+    return (f"register {cls.__name__} in stepbridge.registry.dspy_modules (or the 'stepbridge.dspy_modules' "
+            "entry point group) to import it as an opaque 'dspy' step")
+
+
+def _dspy() -> Any:
+    from stepbridge.adapters import dspy as adapter  # sets DSPy up to run offline before importing it
+
+    return adapter
+
+
+def _where(target: Any) -> tuple[str | None, int | None]:
+    """Source file and first line of a class or function (``None`` when Python cannot tell)."""
+    try:
+        target = inspect.unwrap(target)
+        file = inspect.getsourcefile(target)
+        _, line = inspect.getsourcelines(target)
+    except (TypeError, OSError):
+        return None, None
+    return file, line
+
+
+def _error(why: str, *, construct: str, hint: str, target: Any = None, line: int | None = None,
+           file: str | None = None, report: dict[str, Any] | None = None) -> ConversionError:
+    if target is not None:
+        tfile, tline = _where(target)
+        file = file or tfile
+        line = line or tline
+    where = f"{file}:{line}: " if file and line else f"{file}: " if file else ""
+    return ConversionError(f"{where}{construct}: {why}; to fix: {hint}", construct=construct, file=file, line=line,
+                           hint=hint, report=report)
+
+
+class _Types:
+    """The ``types`` section the converted signatures need (declared pydantic models and enums)."""
+
+    def __init__(self) -> None:
+        self.section: dict[str, dict[str, Any]] = {}
+
+    def convert(self, annotation: Any, construct: str, target: Any) -> str:
+        custom = _custom_dspy_type(annotation)
+        if custom is not None:
+            raise _error(f"dspy.{custom} is a DSPy type that formats and parses itself (its own prompt text); no "
+                         "program type reproduces it", construct=construct, target=target,
+                         hint="register the module to import it as an opaque 'dspy' step")
+        try:
+            t = TypeExpr.from_annotation(annotation)
+        except (TypeError, ValueError) as exc:
+            raise _error(f"type {getattr(annotation, '__name__', annotation)!r} cannot be converted ({exc})",
+                         construct=construct, target=target,
+                         hint="use a type format 2 declares (str, int, float, bool, Any, list, dict, tuple, "
+                              "Literal, Optional, unions, pydantic models, Enums, dspy.History), or register "
+                              "the module to import it as an opaque 'dspy' step") from None
+        for sub in t.walk(into_declared=True):
+            if sub.kind in ("object", "enum") and sub.decl is not None:
+                spec = sub.decl.to_spec()
+                if self.section.setdefault(sub.decl.name, spec) != spec:
+                    raise _error(f"two different types are named {sub.decl.name!r}", construct=construct,
+                                 target=target, hint="rename one of the classes")
+        return str(t)
+
+
+def _custom_dspy_type(annotation: Any) -> str | None:
+    """The name of a ``dspy.Type`` (Image, Audio, Code, Tool, ToolCalls...) inside ``annotation``."""
+    import typing
+
+    from dspy.adapters.types.base_type import Type as DSPyType
+
+    if isinstance(annotation, type) and issubclass(annotation, DSPyType):
+        return annotation.__name__.split("_")[0]
+    for arg in typing.get_args(annotation):
+        found = _custom_dspy_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _field_desc(name: str, info: Any) -> str | None:
+    extra = getattr(info, "json_schema_extra", None) or {}
+    desc = extra.get("desc")
+    if desc is None or desc == f"${{{name}}}":
+        return None
+    return str(desc)
+
+
+def signature_from_dspy(sig: Any, *, drop_outputs: Sequence[str] = (), types: _Types | None = None) -> Signature:
+    """A :class:`Signature` from a ``dspy.Signature`` class (types, descriptions, instructions).
+    Instructions equal to DSPy's default for the fields are left unset (they render the same).
+    Declared types (pydantic models, enums) are collected into ``types``."""
+    from stepbridge.formats import default_instructions
+
+    types = types if types is not None else _Types()
+
+    def fields(group: Mapping[str, Any], skip: Sequence[str] = ()) -> dict[str, FieldSpec]:
+        return {
+            name: FieldSpec(type=types.convert(info.annotation, f"{sig.__name__}.{name}", sig),
+                            desc=_field_desc(name, info))
+            for name, info in group.items() if name not in skip
+        }
+
+    plain = Signature(inputs=fields(sig.input_fields), outputs=fields(sig.output_fields, drop_outputs))
+    instructions = sig.instructions
+    if not instructions or instructions == default_instructions(plain):
+        return plain
+    return plain.with_instructions(instructions)
+
+
+_ADAPTERS = {"ChatAdapter": None, "JSONAdapter": "json", "XMLAdapter": "xml"}
+
+
+def _ambient_adapter() -> str | None:
+    """The DSPy adapter the import runs under (``dspy.configure``/``dspy.context``) as ``lm.adapter``."""
+    current = _dspy().dspy.settings.adapter
+    if current is None:
+        return None
+    name = type(current).__name__
+    if type(current).__module__.startswith("dspy.") and name in _ADAPTERS:
+        return _ADAPTERS[name]
+    raise _error(f"the DSPy adapter {name} has no program equivalent", construct=f"adapter {name}",
+                 target=type(current), hint="import under ChatAdapter, JSONAdapter or XMLAdapter")
+
+
+def _lm_config(predictor: Any) -> dict[str, Any] | None:
+    """The predictor's settings that change a request: its LM's model and kwargs, overridden by the
+    predictor's own config (``dspy.Predict(sig, temperature=0.7, n=3)``), as DSPy merges them."""
+    lm = getattr(predictor, "lm", None)
+    settings: dict[str, Any] = dict(getattr(lm, "kwargs", {}) or {}) if lm is not None else {}
+    settings.update(getattr(predictor, "config", {}) or {})
+    config: dict[str, Any] = {"model": lm.model} if lm is not None else {}
+    if settings.get("temperature") is not None:
+        config["temperature"] = settings["temperature"]
+    tokens = settings.get("max_tokens") or settings.get("max_completion_tokens")
+    if tokens is not None:
+        config["max_tokens"] = tokens
+    n = settings.get("n") or settings.get("num_generations")
+    if n is not None and n != 1:
+        config["n"] = n
+    adapter = _ambient_adapter()
+    if adapter is not None:
+        config["adapter"] = adapter
+    return config or None
+
+
+def _demo_dicts(demos: Iterable[Any], names: Sequence[str]) -> list[dict[str, Any]]:
+    out = []
+    for demo in demos:
+        data = demo.toDict() if hasattr(demo, "toDict") else dict(demo)
+        out.append(json.loads(json.dumps({k: data[k] for k in names if k in data}, default=str)))
+    return out
+
+
+def _is_leaf(obj: Any) -> bool:
+    """A module converted as one program module (its inner predictors are its own)."""
+    dspy = _dspy().dspy
+    return type(obj) in (dspy.Predict, dspy.ChainOfThought, dspy.ReAct)
+
+
+def _unconvertible_reason(obj: Any) -> str | None:
+    """Why a DSPy built-in module has no exact conversion (``None``: it is not one of those)."""
+    dspy = _dspy().dspy
+    cls = type(obj)
+    if cls in (dspy.BestOfN, dspy.Refine):
+        return (f"dspy.{cls.__name__} calls a Python reward_fn with a dspy.Prediction; a {_snake(cls.__name__)} "
+                "module takes a registered metric over plain dicts, so the reward cannot be carried over")
+    if cls is dspy.MultiChainComparison:
+        return ("its input 'completions' is reserved in a program signature (DSPy treats it specially), so the "
+                "program could not keep DSPy's input names")
+    if cls is dspy.ProgramOfThought:
+        return "it runs LM-written code, which needs a sandboxed interpreter no stepbridge adapter runs"
+    if cls is dspy.Parallel:
+        return "its calls run on threads in no fixed order"
+    return None
+
+
+def _react_module(obj: Any, types: _Types) -> dict[str, Any]:
+    """A ``dspy.ReAct`` as a ``react`` module: its tools must be registered under their names (a program
+    names tools, never imports them), its predictors must carry no demos."""
+    from stepbridge.registry import tools as registry
+
+    names = []
+    for name, tool in obj.tools.items():
+        if name == "finish":
+            continue
+        func = inspect.unwrap(getattr(tool, "func", tool))
+        known = registry.get(name).func if name in registry.names() else None
+        if known is None or inspect.unwrap(known) is not func:
+            raise _error(f"tool {name!r} is not registered under that name", construct=f"ReAct tool {name}",
+                         target=func, hint=f"register it: stepbridge.tools.register({name!r}, {name}) before "
+                                           "importing (a program names tools, never imports them)")
+        names.append(name)
+    if obj.react.demos or obj.extract.predict.demos:
+        raise _error("its predictors carry demos, which a react module does not hold", construct="ReAct",
+                     target=type(obj), hint="import it before optimizing, then optimize the program")
+    sig = signature_from_dspy(obj.signature, types=types)
+    data: dict[str, Any] = {"type": "react", "signature": sig.with_instructions(None).model_dump(mode="json"),
+                            "tools": names, "max_iters": obj.max_iters}
+    if sig.instructions is not None:
+        data["instructions"] = sig.instructions
+    lm = _lm_config(obj.react)
+    if lm:
+        data["lm"] = lm
+    return data
+
+
+def _predictor_module(obj: Any, types: _Types) -> tuple[dict[str, Any], str] | None:
+    """The program module (as file data) for an exact Predict / ChainOfThought / ReAct, and its type."""
+    dspy = _dspy().dspy
+    if type(obj) is dspy.ReAct:
+        return _react_module(obj, types), "react"
+    if type(obj) is dspy.ChainOfThought:
+        predict = obj.predict
+        fields = predict.signature.output_fields
+        names = list(fields)
+        if not names or names[0] != "reasoning":
+            return None
+        if fields["reasoning"].annotation is str and _field_desc("reasoning", fields["reasoning"]) is None:
+            sig = signature_from_dspy(predict.signature, drop_outputs=("reasoning",), types=types)
+            mtype = "chain_of_thought"
+        else:  # the signature declares its own reasoning field: DSPy then sends exactly a Predict's prompt
+            sig = signature_from_dspy(predict.signature, types=types)
+            mtype = "predict"
+    elif type(obj) is dspy.Predict:
+        predict = obj
+        sig = signature_from_dspy(predict.signature, types=types)
+        mtype = "predict"
+    else:
+        return None
+    all_fields = [*predict.signature.input_fields, *predict.signature.output_fields]
+    data: dict[str, Any] = {"type": mtype, "signature": sig.with_instructions(None).model_dump(mode="json")}
+    if sig.instructions is not None:
+        data["instructions"] = sig.instructions
+    demos = _demo_dicts(predict.demos, all_fields)
+    if demos:
+        data["demos"] = demos
+    lm = _lm_config(predict)
+    if lm:
+        data["lm"] = lm
+    return data, mtype
+
+
+def _interface(data: dict[str, Any]) -> Signature:
+    """A program module's interface (its inputs and its result fields, as a step sees them)."""
+    from pydantic import TypeAdapter
+    from stepbridge.interface import module_interface
+    from stepbridge.program import Module
+
+    interface = module_interface(TypeAdapter(Module).validate_python(data))
+    if interface is None:
+        raise _error("its interface cannot be known", construct=str(data.get("tool") or data.get("type")),
+                     hint="register the tool with annotations")
+    return interface
+
+
+def _interface_outputs(data: dict[str, Any], sig: Signature) -> dict[str, FieldSpec]:
+    """A module's result fields as DSPy returns them (a chain of thought's ``reasoning`` first; a
+    react module's ``trajectory`` and ``reasoning``)."""
+    from pydantic import TypeAdapter
+    from stepbridge.interface import module_interface
+    from stepbridge.program import Module
+
+    interface = module_interface(TypeAdapter(Module).validate_python(data))
+    return dict(interface.outputs) if interface is not None else dict(sig.outputs)
+
+
+def _program(name: str, signature: Signature, modules: dict[str, Any], steps: list[dict[str, Any]],
+             types: _Types, description: str | None = None) -> Program:
+    """The program, in the lowest format version that holds it (a format-1 program keeps its hash)."""
+    from stepbridge.validate import validate
+
+    data: dict[str, Any] = {"name": name, "signature": signature.model_dump(mode="json"),
+                            "modules": modules, "steps": steps}
+    if types.section:
+        data["types"] = dict(types.section)
+    if description:
+        data["description"] = description
+    last: Exception | None = None
+    for version in (1, 2) if not _needs_v2(steps) else (2,):
+        try:
+            program = Program.model_validate({"stepbridge": version, **data})
+            validate(program)
+            return program
+        except Exception as exc:  # our own data not valid in this version (ValueError, ValueSyntaxError...)
+            last = exc
+    raise _error(f"the converted program does not validate: {last}", construct=name,
+                 hint="this is a bug of the importer: report it with the module") from None
+
+
+def _needs_v2(value: Any) -> bool:
+    """Steps other than call/map/return, operations, or references with paths: format 2 only (said here,
+    not left to validation, which does not look inside every format-1 value)."""
+    if isinstance(value, list):
+        return any(_needs_v2(v) for v in value)
+    if isinstance(value, dict):
+        if any(k in value for k in ("set", "if", "switch", "loop", "parallel")):
+            return True
+        if len(value) == 1 and str(next(iter(value))).startswith("$") and not str(next(iter(value))).startswith("$$"):
+            return True
+        return any(_needs_v2(v) for v in value.values())
+    return isinstance(value, str) and value.startswith("$") and not value.startswith("$$") and value.count(".") > 1
+
+
+def _escape(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("$"):
+        return "$" + value
+    if isinstance(value, list):
+        return [_escape(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _escape(v) for k, v in value.items()}
+    return value
+
+
+def _entry(obj: Any) -> str:
+    """``forward``, ``aforward`` or ``__call__``: which one the module implements (DSPy's own classes
+    define forward; a user class may override ``__call__`` itself, as DSPy's usage-tracking docs do)."""
+    cls = type(obj)
+    own = [klass for klass in cls.__mro__ if klass is not object]
+    for klass in own:
+        if "forward" in vars(klass):
+            return "forward"
+        if "aforward" in vars(klass):
+            return "aforward"
+        if "__call__" in vars(klass) and klass.__module__.split(".")[0] != "dspy":
+            return "__call__"
+    raise _error("the module defines neither forward nor aforward", construct=f"{cls.__name__}", target=cls,
+                 hint="define forward(self, ...) or aforward(self, ...)")
+
+
+def _call(obj: Any, inputs: dict[str, Any]) -> Any:
+    if _entry(obj) == "aforward":
+        return _run_coroutine(obj.acall(**inputs))
+    return obj(**inputs)
+
+
+def _run_coroutine(coro: Any) -> Any:
+    """Run an ``aforward`` to completion from sync code (a running loop gets a thread of its own;
+    DSPy's settings are context variables and travel with the copied context)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import contextvars
+
+    ctx = contextvars.copy_context()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = ctx.run(asyncio.run, coro)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _run_observed(obj: Any, inputs: dict[str, Any], lm: Any, callbacks: list[Any] | None = None,
+                  what: str = "the module") -> tuple[Any, list[list[dict[str, Any]]]]:
+    """Run a module under ``lm`` (a fresh copy) and return its prediction and the messages it sent."""
+    from .dspy_lm_guard import SETTING
+
+    dspy = _dspy().dspy
+    run_lm = lm.copy()
+    try:  # LMs the module picks itself are routed to run_lm: its endpoints are never used
+        with dspy.context(lm=run_lm, callbacks=list(callbacks or []), **{SETTING: (run_lm,)}):
+            prediction = _call(obj, inputs)
+    except StepbridgeError:
+        raise
+    except Exception as exc:
+        cls = type(obj)
+        raise _error(f"{what} raised {type(exc).__name__} on inputs {sorted(inputs)}: {exc}",
+                     construct=f"{cls.__name__}.{_entry(obj)}", target=getattr(cls, _entry(obj), cls),
+                     hint="give sample inputs the module runs on, with an LM it can use") from None
+    return prediction, [list(entry.get("messages") or []) for entry in run_lm.history]
+
+
+def _snapshot(value: Any) -> Any:
+    """A copy of a traced value as it is now (a list mutated after the call keeps its call-time value)."""
+    try:
+        return copy.deepcopy(value)
+    except Exception:
+        return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b
+
+
+def _data(value: Any) -> Any:
+    """A value as the JSON data a program passes (models dumped, enums as their values)."""
+    import enum
+
+    import pydantic
+
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, list | tuple):
+        return [_data(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _data(v) for k, v in value.items()}
+    return value
+
+
+def _equal_data(a: Any, b: Any) -> bool:
+    """Equal as data, with types kept apart (``1``, ``1.0`` and ``True`` differ)."""
+    try:
+        return json.dumps(_data(a), sort_keys=True, default=repr) == json.dumps(_data(b), sort_keys=True, default=repr)
+    except (TypeError, ValueError):
+        return _same(a, b)
+
+
+def _infer_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, list):
+        return f"list[{_infer_type(value[0])}]" if value else "list[str]"
+    if isinstance(value, dict):
+        inner = {_infer_type(v) for v in value.values()}
+        return f"dict[str, {inner.pop()}]" if len(inner) == 1 else "dict[str, str]"
+    return "str"
+
+
+def _output_names(prediction: Any, obj: Any) -> list[str]:
+    if hasattr(prediction, "keys"):
+        return list(prediction.keys())
+    cls = type(obj)
+    raise _error(f"forward returned {type(prediction).__name__}, not a dspy.Prediction",
+                 construct=f"{cls.__name__}.{_entry(obj)}", target=getattr(cls, _entry(obj), cls),
+                 hint="return a dspy.Prediction (or a predictor's result)")
+
+
+def _json_safe(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _doc(obj: Any) -> str | None:
+    doc = type(obj).__doc__
+    if not doc or type(obj).__module__.startswith("dspy."):
+        return None
+    return " ".join(doc.split())[:2000]
+
+
+def _snake(text: str) -> str:
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", text).lower()
+    return re.sub(r"[^a-z0-9_]", "_", snake) or "imported"
+
+
+def _identifier(path: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", path.removeprefix("self.")).strip("_")
+    return name if name and not name[0].isdigit() else f"m_{name}"
+
+
+def _perturb(value: Any, salt: str) -> Any:
+    if isinstance(value, str):
+        return f"{value} {salt}"
+    if isinstance(value, list):
+        return [_perturb(v, salt) for v in value]
+    if isinstance(value, dict):
+        return {k: _perturb(v, salt) for k, v in value.items()}
+    return value
+
