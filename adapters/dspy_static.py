@@ -83,6 +83,7 @@ class _Compiler:
         self.branches = 0
         self.params = params
         self.mapped_lines: list[int] = []
+        self.in_condition = False
 
     def fail(self, what: str, node: ast.AST) -> Unsupported:
         return Unsupported(what, getattr(node, "lineno", 0) + self.offset)
@@ -174,7 +175,9 @@ class _Compiler:
                 return {"$in": [left, right]}
             if isinstance(op, ast.NotIn):
                 return {"$not": {"$in": [left, right]}}
-        if isinstance(node, ast.BoolOp):
+        if isinstance(node, ast.BoolOp):  # only as a condition: Python's `a or b` is a or b, not a bool
+            if not self.in_condition:
+                raise self.fail("`and`/`or` used as a value (Python returns an operand, an operation a bool)", node)
             return {"$and" if isinstance(node.op, ast.And) else "$or": [self.value(v, env) for v in node.values]}
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
             return {"$not": self.value(node.operand, env)}
@@ -341,7 +344,11 @@ class _Compiler:
 
     def if_(self, stmt: ast.If, env: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         self.branches += 1
-        condition = self.value(stmt.test, env)
+        self.in_condition = True
+        try:
+            condition = self.value(stmt.test, env)
+        finally:
+            self.in_condition = False
         then_env, else_env = dict(env), dict(env)
         then, then_returns = self.block(stmt.body, then_env)
         other, else_returns = self.block(stmt.orelse, else_env) if stmt.orelse else ([], False)

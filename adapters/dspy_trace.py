@@ -194,11 +194,17 @@ def _leaves(obj: Any) -> dict[str, Any]:
     return leaves
 
 
-def _candidates(value: Any, inputs: dict[str, Any], results: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    refs: list[str] = []
-    for as_name, outputs in results:
-        refs += [f"${as_name}.{k}" for k, v in outputs.items() if _same(v, value)]
-    refs += [f"$inputs.{k}" for k, v in inputs.items() if _same(v, value)]
+def _candidates(value: Any, inputs: dict[str, Any], results: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+    """The references whose value equals ``value``; failing those, ``{$index: [ref, i]}`` for a list
+    holding it at position ``i`` (``search(q)[0]``, ``pred.items[-1]``)."""
+    sources = [(f"${as_name}.{k}", v) for as_name, outputs in results for k, v in outputs.items()]
+    sources += [(f"$inputs.{k}", v) for k, v in inputs.items()]
+    refs: list[Any] = [ref for ref, v in sources if _same(v, value)]
+    if refs:
+        return refs
+    for ref, v in sources:
+        if isinstance(v, list) and 0 < len(v) <= 1000:
+            refs += [{"$index": [ref, i]} for i in ((0, -1) if len(v) > 1 else (0,)) if _same(v[i], value)]
     return refs
 
 
@@ -433,7 +439,8 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
         refs = common(entries)
         if len(refs) > 1:
             settled = ", marked inputs included" if perturbed_note else " (no marked run could tell them apart)"
-            constructs.append(Construct(what, "unverified", f"its value equals each of {', '.join(refs)} on every "
+            listed = ", ".join(map(str, refs))
+            constructs.append(Construct(what, "unverified", f"its value equals each of {listed} on every "
                                         f"run{settled}: wired to {refs[0]}"))
         if refs:
             return refs[0]

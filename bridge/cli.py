@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -21,10 +22,10 @@ pool_app = typer.Typer(help="A standalone pool broker serving several client pro
 def start(
     workers: Annotated[int, typer.Option(help="Local worker processes to spawn.")] = 2,
     backend: Annotated[str, typer.Option(help="Adapter the local workers host: native, dspy.")] = "native",
-    bind: Annotated[str | None, typer.Option(help="Address clients connect to (default: a user-only ipc "
-                                                  "socket).")] = None,
+    bind: Annotated[str | None, typer.Option(help="Address clients connect to (default: this user's pool "
+                                                  "socket, which `run --backend pool` finds by itself).")] = None,
     worker_bind: Annotated[str | None, typer.Option(help="Address workers connect to, a separate socket "
-                                                         "(default: another user-only ipc socket).")] = None,
+                                                         "(default: this user's pool worker socket).")] = None,
     capacity: Annotated[int, typer.Option(help="Runs at once per worker.")] = 16,
     queue_size: Annotated[int, typer.Option(help="Pending requests before callers wait, then get "
                                                  "PoolSaturatedError.")] = 1000,
@@ -43,9 +44,22 @@ def start(
                                                         "did not ship (default: none).")] = None,
 ) -> None:
     """Start a broker (with local workers); prints its addresses, runs until SIGTERM/Ctrl-C (drains)."""
+    from stepbridge.errors import StepbridgeError
+
+    from .address import default_addresses, default_running
     from .broker import run_broker
     from .config import PoolConfig
 
+    if bind is None and worker_bind is None:
+        try:
+            bind, worker_bind = default_addresses(create=True)
+        except StepbridgeError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        if default_running():
+            typer.echo(f"error: a pool is already running at {bind} (`stepbridge pool status`); give --bind and "
+                       "--worker-bind to start another one", err=True)
+            raise typer.Exit(2)
     if (any(b and b.startswith("tcp://") for b in (bind, worker_bind)) and not curve_secret and not insecure):
         typer.echo("TCP needs CURVE keys: --curve-secret, --curve-clients and --curve-workers "
                    "(see `stepbridge pool keys`)", err=True)
@@ -64,20 +78,34 @@ def start(
 
 @pool_app.command("status")
 def status(
-    address: Annotated[str, typer.Option("--address", "--pool", help="Broker address.")],
+    address: Annotated[str | None, typer.Option("--pool", "--address", help="Broker address (default: "
+                                                "$STEPBRIDGE_POOL, else this user's pool).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     curve_secret: Annotated[Path | None, typer.Option(help="This client's .key_secret file (TCP).")] = None,
     curve_server: Annotated[Path | None, typer.Option(help="The broker's public .key file (TCP).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for an answer.")] = 5.0,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a broker to come up (e.g. right after "
+                                             "`stepbridge pool start &`); 0: fail at once.")] = 0.0,
 ) -> None:
     """Workers (host, pid, backend, capacity, in flight, done, failed, last heartbeat), queue, throughput."""
     from stepbridge.errors import StepbridgeError
 
+    from .address import check_reachable, client_address
     from .net import CurveKeys
     from .pool import query_status
 
     curve = CurveKeys.from_files(curve_secret, curve_server) if curve_secret else None
+    address, origin = client_address(address)
+    deadline = time.monotonic() + wait
     try:
+        while True:
+            try:
+                check_reachable(address, origin=origin)
+                break
+            except StepbridgeError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
         info = query_status(address, curve=curve, timeout=timeout)
     except StepbridgeError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -112,8 +140,8 @@ def keys(
 
 
 def worker(
-    connect: Annotated[str, typer.Option(help="The router/broker's worker address (ipc://PATH or "
-                                              "tcp://HOST:PORT).")],
+    connect: Annotated[str | None, typer.Option(help="The router/broker's worker address (ipc://PATH or "
+                                                     "tcp://HOST:PORT; default: this user's pool).")] = None,
     backend: Annotated[str, typer.Option(help="Adapter to host: native, dspy, or package.module:factory.")] = "native",
     capacity: Annotated[int, typer.Option(help="Runs at once.")] = 16,
     heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 1.0,
@@ -134,9 +162,11 @@ def worker(
     data_cache_bytes: Annotated[int, typer.Option(help="Disk the data cache may use.")] = 4 * 2**30,
 ) -> None:
     """Serve a pool router/broker's worker address: host one adapter, run up to CAPACITY requests at once."""
+    from .address import default_addresses
     from .worker import run_worker
 
-    code = run_worker(connect, backend=backend, capacity=capacity, heartbeat=heartbeat, liveness=liveness,
+    code = run_worker(connect or default_addresses()[1], backend=backend, capacity=capacity, heartbeat=heartbeat,
+                      liveness=liveness,
                       parent_pid=parent_pid, db=db, curve_secret=str(curve_secret) if curve_secret else None,
                       curve_server=str(curve_server) if curve_server else None, warm=list(warm_ref or []),
                       warm_aliases=warm, data_cache=data_cache, data_root=data_root,

@@ -107,6 +107,13 @@ def _value(value: Any) -> Any:
         return [_value(v) for v in value]
     if isinstance(value, dict):
         return {k: _value(v) for k, v in value.items()}
+    if callable(value) and not isinstance(value, type):
+        method = getattr(value, "__func__", None)
+        if method is not None and method.__name__ == "item" and isinstance(value.__self__, ProgramBuilder):
+            return _value(value())  # b.item written without the call: it means $item
+        name = getattr(value, "__qualname__", type(value).__name__)
+        raise TypeError(f"{name} is a function, not a value: call it (e.g. b.item(), b.ref('x')), or pass a "
+                        "reference or a literal")
     return value
 
 
@@ -227,6 +234,12 @@ class ProgramBuilder:
 
     def tool(self, name: str, tool: str, *, signature: str | dict[str, Any] | None = None,
              side_effects: bool = False) -> str:
+        """A registered tool; a program using one whose types need format 2 (``Any``: a bare ``dict`` or
+        ``list`` annotation) becomes format 2 unless ``version`` was given."""
+        from .registry import tools
+
+        if signature is None and tool in tools.names() and "Any" in str(tools.get(tool).signature.canonical()):
+            self._data["stepbridge"] = self._version or 2
         return self.module(name, _drop_none({"type": "tool", "tool": tool, "signature": signature,
                                              "side_effects": side_effects or None}))
 

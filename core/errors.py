@@ -8,6 +8,8 @@ without pickle.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -15,6 +17,7 @@ from .secrets import register_secret as register_secret
 from .secrets import scrub
 
 __all__ = [
+    "ConfigurationError",
     "ContextWindowExceededError",
     "ConversionError",
     "ExecutionNotFound",
@@ -33,6 +36,7 @@ __all__ = [
     "StorageError",
     "UnsupportedCapabilityError",
     "WorkerLostError",
+    "did_you_mean",
     "error_from_dict",
     "scrub_secrets",
 ]
@@ -250,6 +254,26 @@ class UnsupportedCapabilityError(StepbridgeError):
 
 class StorageError(StepbridgeError):
     """The store could not be read or written (or is newer than this code)."""
+
+
+class ConfigurationError(StepbridgeError):
+    """The operator's configuration is wrong (a config file, an LM profile name, a pool address, a CLI
+    option value): caught before anything runs or is recorded. ``where`` names the file (and line) or
+    the option; ``suggestion`` is the closest valid value, if any."""
+
+    def __init__(self, message: str, *, where: str | None = None, suggestion: str | None = None, **kw: Any):
+        super().__init__(message, **kw)
+        self.where = where
+        self.suggestion = suggestion
+
+    def details(self) -> dict[str, Any]:
+        return {"where": self.where, "suggestion": self.suggestion}
+
+
+def did_you_mean(value: str, known: Iterable[str]) -> str | None:
+    """The closest of ``known`` to a mistyped ``value`` (difflib, cutoff 0.6), or None."""
+    match = difflib.get_close_matches(value[:200], list(known), n=1, cutoff=0.6)
+    return match[0] if match else None
 
 
 class ProgramNotFound(StorageError):

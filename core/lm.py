@@ -29,10 +29,10 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 import yarl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from .errors import ContextWindowExceededError, LMError
+from .errors import ConfigurationError, ContextWindowExceededError, LMError, did_you_mean
 from .program import LMConfig
 from .secrets import register_secret, register_url, scrub
 
@@ -121,9 +121,14 @@ def load_profiles() -> dict[str, LMProfile]:
     profiles: dict[str, LMProfile] = {}
     path = config_path()
     if path.is_file():
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-        for name, raw in (data.get("lm", {}).get("profiles", {}) or {}).items():
-            profiles[name] = LMProfile(name=name, **raw)
+        for name, raw in _profile_tables(path).items():
+            try:
+                profiles[name] = LMProfile(name=name, **raw)
+            except (TypeError, ValidationError) as exc:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()) \
+                    if isinstance(exc, ValidationError) else str(exc)
+                raise ConfigurationError(f"{path}: [lm.profiles.{name}]: {problems}",
+                                         where=f"{path} [lm.profiles.{name}]") from None
     env = {k: os.environ.get(f"STEPBRIDGE_LM_{k.upper()}") for k in ("base_url", "model", "api_key_env")}
     if any(env.values()):
         base = profiles.get("default", LMProfile(name="default"))
@@ -135,6 +140,29 @@ def load_profiles() -> dict[str, LMProfile]:
     return profiles
 
 
+def _profile_tables(path: Path) -> dict[str, Any]:
+    """The ``[lm.profiles.*]`` tables of a config file; a syntax error names the file and its line."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{path}: not valid TOML: {exc}", where=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc}", where=str(path)) from None
+    tables = data.get("lm", {}).get("profiles", {}) if isinstance(data.get("lm", {}), dict) else None
+    if not isinstance(tables, dict) or not all(isinstance(v, dict) for v in tables.values()):
+        raise ConfigurationError(f"{path}: [lm.profiles.NAME] must be tables of settings", where=str(path))
+    return tables
+
+
+def unknown_profile_message(name: str, profiles: dict[str, LMProfile]) -> str:
+    """What to say about a profile name that is not configured (with the closest one, if any)."""
+    known = ", ".join(sorted(profiles)) or "none configured"
+    close = did_you_mean(name, [*profiles, "reference"])
+    hint = f"did you mean {close!r}? " if close else ""
+    return (f"unknown LM profile {name!r} ({hint}profiles: {known}, and the built-in 'reference'; "
+            f"see {config_path()}; a model is written provider/model)")
+
+
 def resolve_profile(config: LMConfig, profiles: dict[str, LMProfile] | None = None) -> tuple[LMProfile, str]:
     """The profile and model for an effective LM config. Unknown profile names are errors; with no
     profile at all, the reference LM."""
@@ -143,8 +171,7 @@ def resolve_profile(config: LMConfig, profiles: dict[str, LMProfile] | None = No
         if config.profile == "reference":
             profile = REFERENCE_PROFILE
         elif config.profile not in profiles:
-            known = ", ".join(sorted(profiles)) or "none configured"
-            raise LMError(f"unknown LM profile {config.profile!r} (profiles: {known}; see {config_path()})")
+            raise LMError(unknown_profile_message(config.profile, profiles))
         else:
             profile = profiles[config.profile]
     else:

@@ -112,9 +112,14 @@ class Tool:
                         f"{', '.join(outputs)}")
 
 
+_BARE = {dict: dict[str, Any], list: list[Any], tuple: tuple[Any, ...]}
+
+
 def tool_signature(func: Callable[..., Any]) -> Signature:
-    """Inputs from the parameters, outputs from the return annotation (a TypedDict's fields, or ``result``)."""
-    hints = typing.get_type_hints(func)
+    """Inputs from the parameters, outputs from the return annotation (a TypedDict's fields, or ``result``).
+
+    A bare ``dict``/``list`` annotation means ``dict[str, Any]``/``list[Any]``."""
+    hints = {k: _BARE.get(v, v) for k, v in typing.get_type_hints(func).items()}
     inputs: dict[str, FieldSpec] = {}
     for pname, param in inspect.signature(func).parameters.items():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -125,10 +130,38 @@ def tool_signature(func: Callable[..., Any]) -> Signature:
     outputs: dict[str, FieldSpec]
     if typing.is_typeddict(ret):
         outputs = {k: FieldSpec(type=str(TypeExpr.from_annotation(v))) for k, v in typing.get_type_hints(ret).items()}
+    elif _is_model(ret):  # a pydantic model's fields are the outputs (the value is dumped to JSON data)
+        outputs = {k: FieldSpec(type=str(TypeExpr.from_annotation(_BARE.get(f.annotation, f.annotation))),
+                                desc=f.description)
+                   for k, f in ret.model_fields.items()}
     else:
         outputs = {"result": FieldSpec(type=str(TypeExpr.from_annotation(ret)))}
     doc = inspect.getdoc(func)
     return Signature(instructions=doc, inputs=inputs, outputs=outputs)
+
+
+def _is_model(annotation: Any) -> bool:
+    from pydantic import BaseModel
+
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _plain_results(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` with a pydantic model result turned into JSON data (``model_dump(mode="json")``), so a
+    tool may return a model where a dict is expected."""
+    def plain(value: Any) -> Any:
+        return value.model_dump(mode="json") if _is_model(type(value)) else value
+
+    if inspect.iscoroutinefunction(func):
+        @functools.wraps(func)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            return plain(await func(*args, **kwargs))
+        return run_async
+
+    @functools.wraps(func)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return plain(func(*args, **kwargs))
+    return run
 
 
 class ToolRegistry(Registry[Tool]):
@@ -137,7 +170,7 @@ class ToolRegistry(Registry[Tool]):
             return obj
         if not callable(obj):
             raise TypeError(f"tool {name!r} must be callable")
-        return Tool(name=name, func=obj, signature=tool_signature(obj),
+        return Tool(name=name, func=_plain_results(obj), signature=tool_signature(obj),
                     side_effects=bool(getattr(obj, "__stepbridge_side_effects__", False)))
 
     def register(self, name: str, obj: Any = None, *, side_effects: bool = False) -> Any:

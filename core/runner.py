@@ -70,6 +70,11 @@ class BatchItem:
     def ok(self) -> bool:
         return self.result is not None
 
+    def __repr__(self) -> str:
+        outcome = (f"outputs={self.result.outputs!r}" if self.result is not None else
+                   f"error={type(self.error).__name__}({str(self.error)!r})" if self.error is not None else "pending")
+        return f"BatchItem(index={self.index}, inputs={self.inputs!r}, {outcome})"
+
 
 def load(program: ProgramLike, *, store: ProgramSource | None = None) -> Program:
     """A validated program from a Program, a file path, or a stored reference (``name@alias``, hash)."""

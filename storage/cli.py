@@ -13,17 +13,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.syntax import Syntax
-from rich.table import Table
+from rich.table import Column, Table
 from rich.tree import Tree
-from stepbridge.errors import ProgramValidationError, StepbridgeError
+from stepbridge.errors import ConfigurationError, ProgramValidationError, StepbridgeError, did_you_mean
 
-from .models import Batch, Execution
+from .models import EXECUTION_STATUSES, Batch, Execution
 from .store import Store
 
 __all__ = ["batches_app", "db_app", "executions_app", "programs_app", "render_execution"]
@@ -69,8 +70,28 @@ def _store(db: str | None) -> Iterator[Store]:
         store.close()
 
 
-def _when(dt: datetime | None) -> str:
-    return dt.astimezone().strftime("%Y-%m-%d %H:%M:%S") if dt else "-"
+def _fail(exc: StepbridgeError, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error[/] ({type(exc).__name__}): {escape(str(exc))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+MIN_PREFIX = 6  # the store matches id prefixes of at least this many characters
+
+
+def _check_prefix(given: str, what: str) -> None:
+    """A shorter prefix than the store matches is "too short", not "no such id"."""
+    if len(given) < MIN_PREFIX:
+        _fail(ConfigurationError(f"{what} id prefix {given!r} is too short: give at least {MIN_PREFIX} characters "
+                                 f"(`stepbridge {what}s list` shows ids)", where="ID"))
+
+
+def _when(dt: datetime | None, *, short: bool = False) -> str:
+    if dt is None:
+        return "-"
+    local = dt.astimezone()
+    if short:  # a table column: the time today, the date otherwise
+        return local.strftime("%H:%M:%S" if local.date() == datetime.now().date() else "%Y-%m-%d")
+    return local.strftime("%Y-%m-%d %H:%M:%S")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -117,14 +138,15 @@ def programs_list(db: DbOption = None, as_json: JsonOption = False) -> None:
             return
         table = Table("name", "versions", "latest", "hash", "aliases", "updated")
         for r in rows:
-            names = ", ".join(f"{a}→{'@' + str(_version_of(store, h))}" for a, h in r.aliases.items())
+            names = ", ".join(f"{a}→{_version_of(store, h)}" for a, h in r.aliases.items())
             table.add_row(r.name, str(r.versions), str(r.latest_version or "-"), (r.latest_hash or "")[:12],
                           names, _when(r.updated_at))
         out.print(table)
 
 
-def _version_of(store: Store, digest: str) -> int:
-    return store.resolve(digest).version
+def _version_of(store: Store, digest: str) -> str:
+    version = store.resolve(digest)
+    return f"@{version.version}" if version.version is not None else version.short_hash
 
 
 @programs_app.command("show")
@@ -239,18 +261,34 @@ def executions_list(
 ) -> None:
     """Recorded executions, newest first."""
     when = parse_since(since) if since else None
+    for value in status or []:
+        if value not in EXECUTION_STATUSES:
+            close = did_you_mean(value, EXECUTION_STATUSES)
+            hint = f"did you mean {close!r}? " if close else ""
+            _fail(ConfigurationError(f"--status {value!r} is not a status ({hint}one of "
+                                     f"{', '.join(EXECUTION_STATUSES)})", where="--status", suggestion=close))
     with _store(db) as store:
         rows = store.list_executions(program=program, status=status, since=when, limit=limit)
         if as_json:
             _print_json([e.model_dump(mode="json") for e in rows])
             return
-        table = Table("id", "program", "backend", "status", "attempts", "ms", "created")
+        table = Table(Column("id", no_wrap=True),
+                      Column("program", max_width=16, no_wrap=True, overflow="ellipsis"),
+                      Column("backend", no_wrap=True), Column("status", no_wrap=True),
+                      Column("try", justify="right"), Column("ms", justify="right"), Column("created", no_wrap=True),
+                      Column("error", no_wrap=True, overflow="ellipsis", max_width=max(16, out.width - 82)),
+                      box=box.SIMPLE_HEAD, pad_edge=False)
         colours = {"succeeded": "green", "failed": "red", "interrupted": "yellow", "cancelled": "magenta"}
         for e in rows:
             c = colours.get(e.status, "cyan")
-            table.add_row(e.id[:12], f"{e.program_name} {e.program_hash[:8]}", e.backend, f"[{c}]{e.status}[/]",
+            error = f"{e.error.get('type')}: {e.error.get('message')}" if e.error else ""
+            table.add_row(e.id[:12], escape(e.program_name), escape(e.backend), f"[{c}]{e.status}[/]",
                           str(e.attempts), f"{e.duration_ms:.0f}" if e.duration_ms is not None else "-",
-                          _when(e.created_at))
+                          _when(e.created_at, short=True), _short(error, 120) if error else "")
+        if not rows:
+            err.print("no executions" + (" match" if program or status or since else " recorded yet"),
+                      highlight=False)
+            return
         out.print(table)
 
 
@@ -333,6 +371,7 @@ def executions_show(
 ) -> None:
     """One execution with its trace as a tree (steps, LM messages folded, usage, timings, errors)."""
     with _store(db) as store:
+        _check_prefix(execution_id, "execution")
         execution = store.get_execution(execution_id)
         if execution is None:
             err.print(f"[bold red]error[/]: no execution {execution_id!r}", highlight=False)
@@ -421,6 +460,7 @@ def batches_show(
 ) -> None:
     """A batch's rows in input order: status, outputs or error, execution id."""
     with _store(db) as store:
+        _check_prefix(batch_id, "batch")
         batch = store.get_batch(batch_id)
         if batch is None:
             err.print(f"[bold red]error[/]: no batch {batch_id!r}", highlight=False)

@@ -132,13 +132,13 @@ class ExecutionLog:
         An ``interrupted`` execution with that id or key is taken over (attempt + 1); a finished one
         is returned as ``existing``/``existing_error``; a running one as ``in_progress``.
         """
-        self.programs.ensure_published(program)
+        self.programs.ensure_stored(program)
         return cast(Begun, self._record(self._begin_op(program, inputs, options, backend)))
 
     async def abegin(self, program: Program, inputs: dict[str, Any], options: RunOptions, backend: str) -> Begun:
         """:meth:`begin` for event loops: group-committed with the other runs of this process."""
         if not self.programs.known(program.content_hash):
-            await asyncio.to_thread(self.programs.ensure_published, program)
+            await asyncio.to_thread(self.programs.ensure_stored, program)
         op = self._begin_op(program, inputs, options, backend)
         return cast(Begun, await self._group.submit(op, op.doing))
 
@@ -446,7 +446,7 @@ class ExecutionLog:
         """
         if len(inputs) != len(options):
             raise ValueError("begin_batch() needs one RunOptions per row")
-        self.programs.ensure_published(program)
+        self.programs.ensure_stored(program)
         batch_id = new_execution_id()
         now = utcnow()
         ops = [self._begin_op(program, row, opts, backend, status="pending", now=now)

@@ -97,7 +97,8 @@ class ProgramVersionRow(SQLModel, table=True):
     name: str = SQLField(
         sa_column=Column(String(200), ForeignKey("programs.name", ondelete="RESTRICT"), nullable=False)
     )
-    version: int = SQLField(sa_column=Column(Integer, nullable=False))
+    # None: stored because it was run, not published as a version of its name (migration 0006)
+    version: int | None = SQLField(default=None, sa_column=Column(Integer, nullable=True))
     parent_hash: str | None = SQLField(default=None, sa_column=Column(String(64), nullable=True))
     source: str = SQLField(sa_column=Column(String(16), nullable=False))
     message: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
@@ -383,7 +384,8 @@ class ProgramVersion(_Public):
 
     hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     name: str
-    version: int = Field(ge=1)
+    #: None for a program that was run but never published (a file run records its content, not a version)
+    version: int | None = Field(default=None, ge=1)
     parent: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     source: Source
     message: str | None = None
@@ -392,7 +394,11 @@ class ProgramVersion(_Public):
 
     @property
     def ref(self) -> str:
-        return f"{self.name}@{self.version}"
+        return f"{self.name}@{self.version}" if self.version is not None else self.hash[:12]
+
+    @property
+    def published(self) -> bool:
+        return self.version is not None
 
     @property
     def short_hash(self) -> str:

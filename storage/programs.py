@@ -12,7 +12,7 @@ import weakref
 from typing import Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import Table, and_, func, insert, select
+from sqlalchemy import Table, and_, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from stepbridge.errors import (
     Issue,
@@ -37,13 +37,12 @@ from .refs import ProgramRef, parse_ref, validate_alias
 from .transactions import Transactions
 from .types import utcnow
 
-__all__ = ["AUTO_PUBLISH_MESSAGE", "ProgramRepository"]
+__all__ = ["ProgramRepository"]
 
 programs = cast(Table, ProgramRow.__table__)  # type: ignore[attr-defined]
 versions = cast(Table, ProgramVersionRow.__table__)  # type: ignore[attr-defined]
 aliases = cast(Table, AliasRow.__table__)  # type: ignore[attr-defined]
 
-AUTO_PUBLISH_MESSAGE = "published automatically when first run"
 _clean = clean
 
 
@@ -60,7 +59,7 @@ class ProgramRepository:
 
     def __init__(self, tx: Transactions):
         self.tx = tx
-        self._published: set[str] = set()  # hashes known to be stored (publishing is idempotent)
+        self._stored: set[str] = set()  # hashes known to be stored (storing is idempotent)
         self._data: Any = None
 
     def close(self) -> None:
@@ -84,10 +83,16 @@ class ProgramRepository:
         message: str | None = None,
         parent: str | None = None,
     ) -> ProgramVersion:
-        """Store ``program`` as the next version of its name; the same content returns the existing version.
+        """Store ``program`` as the next version of its name; the same content returns the existing version
+        (a program that was only run so far gets its number now).
 
         ``parent`` is a reference to the version this one derives from (default: the name's latest).
         """
+        return self._store(program, source=source, message=message, parent=parent, number_it=True)
+
+    def _store(self, program: Program, *, source: str = "authored", message: str | None = None,
+               parent: str | None = None, number_it: bool) -> ProgramVersion:
+        """Store ``program``'s content; ``number_it``: as the next version of its name (publishing)."""
         if not isinstance(program, Program):
             raise TypeError(f"publish() takes a Program, not {type(program).__name__}")
         if source not in SOURCES:
@@ -107,39 +112,45 @@ class ProgramRepository:
 
         def fn(conn: Connection) -> ProgramVersion:
             row = conn.execute(select(versions).where(versions.c.hash == digest)).first()
-            if row is not None:
+            if row is not None and (row.version is not None or not number_it):
                 data_files.record(conn, self.tx.insert, digest, found)
                 return self._version(conn, row)
             now = utcnow()
             conn.execute(
                 self.tx.insert(programs).values(name=program.name, created_at=now).on_conflict_do_nothing()
             )
+            if not number_it:  # run, not published: stored by content, no version number
+                conn.execute(insert(versions).values(hash=digest, name=program.name, version=None, source=source,
+                                                     program=data, base_dir=base_dir, created_at=now))
+                data_files.record(conn, self.tx.insert, digest, found)
+                return self._version(conn, conn.execute(select(versions).where(versions.c.hash == digest)).one())
             latest = conn.execute(
                 select(versions.c.hash, versions.c.version)
-                .where(versions.c.name == program.name)
+                .where(versions.c.name == program.name, versions.c.version.is_not(None))
                 .order_by(versions.c.version.desc())
                 .limit(1)
             ).first()
             number = (latest.version if latest else 0) + 1
-            conn.execute(
-                insert(versions).values(
-                    hash=digest,
-                    name=program.name,
-                    version=number,
-                    parent_hash=parent_hash if parent is not None else (latest.hash if latest else None),
-                    source=source,
-                    message=clean_message,
-                    program=data,
-                    base_dir=base_dir,
-                    created_at=now,
-                )
+            values = dict(
+                version=number,
+                parent_hash=parent_hash if parent is not None else (latest.hash if latest else None),
+                source=source,
+                message=clean_message,
+                created_at=now,
             )
+            if row is not None:  # run before, published now: it gets the next number
+                conn.execute(update(versions).where(versions.c.hash == digest, versions.c.version.is_(None))
+                             .values(**values))
+            else:
+                conn.execute(insert(versions).values(hash=digest, name=program.name, program=data,
+                                                     base_dir=base_dir, **values))
             data_files.record(conn, self.tx.insert, digest, found)
             row = conn.execute(select(versions).where(versions.c.hash == digest)).one()
             return self._version(conn, row)
 
-        version = self.tx.write(fn, f"publishing {program.name}", retry_integrity=True)
-        self._published.add(digest)
+        version = self.tx.write(fn, f"{'publishing' if number_it else 'storing'} {program.name}",
+                                retry_integrity=True)
+        self._stored.add(digest)
         return version
 
     def _version(self, conn: Connection, row: Row[Any]) -> ProgramVersion:
@@ -171,7 +182,8 @@ class ProgramRepository:
                 return self.find(conn, ProgramRef("name", name=ref.name), text)
         elif ref.kind == "name":
             row = conn.execute(
-                cols.where(versions.c.name == ref.name).order_by(versions.c.version.desc()).limit(1)
+                cols.where(versions.c.name == ref.name, versions.c.version.is_not(None))
+                .order_by(versions.c.version.desc()).limit(1)
             ).first()
         elif ref.kind == "version":
             row = conn.execute(
@@ -276,7 +288,8 @@ class ProgramRepository:
 
         def fn(conn: Connection) -> list[ProgramVersion]:
             rows = conn.execute(
-                select(versions).where(versions.c.name == name).order_by(versions.c.version)
+                select(versions).where(versions.c.name == name, versions.c.version.is_not(None))
+                .order_by(versions.c.version)
             ).all()
             return [self._version(conn, row) for row in rows]
 
@@ -293,6 +306,7 @@ class ProgramRepository:
                     func.count().label("n"),
                     func.max(versions.c.created_at).label("updated"),
                 )
+                .where(versions.c.version.is_not(None))
                 .group_by(versions.c.name)
                 .subquery()
             )
@@ -300,7 +314,7 @@ class ProgramRepository:
                 select(programs.c.name, programs.c.created_at, latest.c.latest, latest.c.n, latest.c.updated,
                        versions.c.hash)
                 .select_from(programs)
-                .outerjoin(latest, latest.c.name == programs.c.name)
+                .join(latest, latest.c.name == programs.c.name)
                 .outerjoin(versions, and_(versions.c.name == programs.c.name,
                                           versions.c.version == latest.c.latest))
                 .order_by(programs.c.name)
@@ -325,17 +339,18 @@ class ProgramRepository:
 
     def known(self, digest: str) -> bool:
         """Whether this process has already seen a version with this hash stored (no query)."""
-        return digest in self._published
+        return digest in self._stored
 
-    def ensure_published(self, program: Program) -> None:
-        """Publish ``program`` unless it is stored already (checked once per process and hash)."""
+    def ensure_stored(self, program: Program) -> None:
+        """Store ``program``'s content unless it is stored already (checked once per process and hash). A run
+        is recorded against the content; a version of the name is made only by publishing."""
         digest = program.content_hash
-        if digest in self._published:
+        if digest in self._stored:
             return
         exists = self.tx.read(
             lambda conn: conn.execute(select(versions.c.hash).where(versions.c.hash == digest)).first(),
             "checking a program",
         )
         if exists is None:
-            self.publish(program, message=AUTO_PUBLISH_MESSAGE)
-        self._published.add(digest)
+            self._store(program, number_it=False)
+        self._stored.add(digest)

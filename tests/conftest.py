@@ -18,6 +18,19 @@ os.environ["STEPBRIDGE_HOME"] = os.path.join(_TMP, "home")
 for _key in [k for k in os.environ if k.startswith("STEPBRIDGE_LM_")]:
     del os.environ[_key]
 os.environ.pop("STEPBRIDGE_DATABASE_URL", None)
+os.environ.pop("STEPBRIDGE_POOL", None)
+
+
+@pytest.fixture(autouse=True)
+def _own_runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test its own runtime folder, so a `stepbridge pool start` binds a default address no other test
+    (nor the user's own pool) uses. Short, because an ipc path has at most ~107 bytes."""
+    folder = tempfile.mkdtemp(prefix="sbrt-")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", folder)
+    yield
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

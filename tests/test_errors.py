@@ -8,6 +8,7 @@ from typing import Any
 import msgpack
 import pytest
 from stepbridge.errors import (
+    ConfigurationError,
     ContextWindowExceededError,
     ConversionError,
     ExecutionNotFound,
@@ -58,6 +59,7 @@ EXAMPLES: list[StepbridgeError] = [
     ExecutionNotFound("no execution 0123abcd"),
     ContextWindowExceededError("prompt too long", status=400),
     ConversionError("cannot convert", construct="QA.forward", file="qa.py", line=12, hint="register it"),
+    ConfigurationError("unknown LM profile 'locl'", where="--lm", suggestion="local"),
 ]
 
 

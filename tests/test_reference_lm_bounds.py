@@ -252,3 +252,26 @@ def test_named_malformed_bodies(in_thread: tuple[ServerURL, httpx.Client], body:
     deep = b"[" * 5000 + b"]" * 5000
     assert client.post(url + "/chat/completions", content=deep).status_code == 400
     assert client.post(url + "/chat/completions", content=b"\xff\xfe{}").status_code == 400
+
+
+def test_the_cli_serves_with_the_limits_given() -> None:
+    """``stepbridge lm serve`` passes the limits on (the real CLI, a real socket)."""
+    import re
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "from stepbridge.cli import main; main()", "lm", "serve",
+                             "--port", "0", "--max-body-bytes", "100"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        found = re.search(r"(http://\S+/v1)", proc.stdout.readline())
+        assert found, "the server printed no URL"
+        too_big = httpx.post(found.group(1) + "/chat/completions", content=b"{" + b" " * 200 + b"}")
+        assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
+        ok = httpx.post(found.group(1) + "/chat/completions", json={"messages": []})
+        assert ok.status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()

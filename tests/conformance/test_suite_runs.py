@@ -40,6 +40,7 @@ def failures(report: dict[str, Any]) -> dict[str, str]:
     return {t["id"]: t["reason"] or "" for t in report["tests"] if t["outcome"] in ("failed", "error")}
 
 
+@pytest.mark.slow  # the whole suite (minutes); .ci/run also certifies native, pool and dspy on their own
 def test_native_adapter_is_certified(tmp_path: Path) -> None:
     import stepbridge
     from stepbridge.conformance import SUITE_VERSION
@@ -114,6 +115,7 @@ def test_protocol_styles_are_accepted(tmp_path: Path) -> None:
     assert {t["id"]: t["outcome"] for t in report["tests"]}["test_declares_adapter_protocol"] == "passed"
 
 
+@pytest.mark.slow  # the whole suite against the example package
 def test_example_third_party_adapter_is_conformant(tmp_path: Path) -> None:
     code, output, report = run_suite(tmp_path, "tiny_adapter:make_adapter", pythonpath=EXAMPLE_SRC)
     assert code == 0, output[-4000:]

@@ -615,3 +615,41 @@ def test_a_module_overriding_call_is_traced(dspy_lm: Any) -> None:
     program, report = import_module(CallOverride(), sample_inputs=Q, lm=dspy_lm)
     assert report.mode == "traced" and report.status == "verified", str(report)
     assert list(program.modules) == ["predict1", "predict2"]
+
+
+def sb_lookup(query: str) -> list[str]:
+    """Wikipedia-like abstracts for a query (offline stand-in)."""
+    return [f"Abstract about {query}", f"Another page on {query}"]
+
+
+class FirstHit(dspy.Module):
+    """DSPy's custom-module tutorial shape: context = search_wikipedia(query)[0]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.query_generator = dspy.Predict("question -> query")
+        self.answer_generator = dspy.ChainOfThought("question, context -> answer")
+
+    def forward(self, question: str) -> Any:
+        query = self.query_generator(question=question).query
+        context = sb_lookup(query)[0]
+        return self.answer_generator(question=question, context=context)
+
+
+def test_an_element_of_a_list_result_is_wired_with_index(loop: Any, dspy_lm: Any, native_adapter: Any) -> None:
+    from stepbridge.registry import tools
+
+    tools.register("sb_lookup", sb_lookup)
+    try:
+        original = FirstHit()
+        program, report = import_module(original, sample_inputs=Q, lm=dspy_lm)
+        assert report.status == "verified", str(report)
+        answer_step = next(s for s in program.to_dict()["steps"] if s.get("call") == "answer_generator")
+        assert answer_step["with"]["context"] == {"$index": ["$sb_lookup_out.result", 0]}
+        inputs = {"question": "What does the Louvre house?"}
+        prediction, messages = _plain(original, inputs, dspy_lm)
+        result = _run(loop, native_adapter, program, inputs)
+        assert result.outputs["answer"] == prediction.answer
+        assert [c.messages for s in result.trace for c in s.lm_calls] == messages
+    finally:
+        tools.unregister("sb_lookup")

@@ -170,3 +170,41 @@ def test_batches_migration_keeps_executions_both_ways(db_url: str) -> None:
         assert store.count_executions("pending") == 2
         assert store.get_batch(begun.batch_id) is None
         assert all(store.get_execution(eid) is not None for eid in begun.execution_ids if eid)
+
+
+def test_0006_keeps_every_row_and_allows_unpublished_programs(db_url: str) -> None:
+    """A database written at 0005 (a published version) upgrades in place: its rows and foreign keys
+    survive, and a program that is only run is then stored without a version number."""
+    from datetime import UTC, datetime
+
+    from sb_storage import make_program
+    from sqlalchemy import insert
+    from stepbridge.adapter import RunOptions
+    from stepbridge.storage.programs import programs, versions
+
+    upgrade(db_url, target="0005_evaluations")
+    engine = make_engine(db_url)
+    try:
+        published = make_program("qa", "first")
+        now = datetime.now(UTC)
+        with engine.begin() as conn:  # the rows earlier code wrote
+            conn.execute(insert(programs).values(name="qa", created_at=now))
+            conn.execute(insert(versions).values(hash=published.content_hash, name="qa", version=1, source="authored",
+                                                 program=published.to_dict(), created_at=now))
+        assert upgrade(db_url) == head_revision()
+        with Store(db_url) as store:
+            assert [v.version for v in store.history("qa")] == [1]
+            run_only = make_program("qa", "second")
+            begun = store.begin(run_only, {"question": "q"}, RunOptions(), "native")
+            assert store.get_execution(begun.execution_id) is not None
+            assert [v.version for v in store.history("qa")] == [1]  # the run did not publish
+            assert store.resolve(run_only.content_hash).version is None
+            assert store.load(run_only.content_hash).content_hash == run_only.content_hash
+            assert store.publish(run_only).version == 2  # publishing later numbers it
+            assert store.resolve("qa").hash == run_only.content_hash
+        if engine.dialect.name == "sqlite":
+            with engine.connect() as conn:
+                assert conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+                assert conn.execute(text("PRAGMA foreign_key_check")).all() == []
+    finally:
+        engine.dispose()

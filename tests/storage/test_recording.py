@@ -42,8 +42,10 @@ def test_lifecycle(store: Store, program: Program) -> None:
     assert steps[0].lm_calls[0].response == "42"
     assert [(c.from_status, c.to_status) for c in store.status_history(b.execution_id)] == [
         (None, "running"), ("running", "succeeded")]
-    # The program was published automatically on first run, so the execution can be rehydrated.
+    # The program's content was stored on first run (not published as a version), so the execution can be
+    # rehydrated by its hash.
     assert store.load(done.program_hash).content_hash == program.content_hash
+    assert store.history("qa") == [] and store.list_programs() == []
     result = store.get_result(b.execution_id)
     assert result is not None and result.outputs == {"answer": "42"} and len(result.trace) == 2
 
@@ -174,6 +176,7 @@ def test_secrets_never_reach_rows(store: Store, program: Program) -> None:
 
 def test_list_executions_filters(store: Store, program: Program) -> None:
     other = make_program("other")
+    store.publish(program)  # qa@1 (runs alone do not publish)
     ids = []
     for i in range(5):
         b = store.begin(program if i % 2 == 0 else other, {"question": str(i)}, RunOptions(), "native")
