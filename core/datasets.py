@@ -19,12 +19,15 @@ import csv
 import hashlib
 import io
 import json
+import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import InputValidationError
+from .operations import MAX_VALUE_DEPTH
 from .program import Program
 
 __all__ = ["MAX_BYTES", "MAX_ROWS", "Dataset", "dataset_hash", "load_dataset", "parse_dataset"]
@@ -66,6 +69,22 @@ def dataset_hash(rows: Sequence[Mapping[str, Any]], inputs: Sequence[str], label
         digest.update(b"\n")
         digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode())
     return digest.hexdigest()
+
+
+def _check_values(row: Mapping[str, Any], where: str) -> None:
+    """A row's values nest at most ``MAX_VALUE_DEPTH`` deep (as program inputs) and numbers are finite:
+    deeper values would exhaust the recursion of every later step (scrubbing, storing, hashing) and NaN or
+    Infinity are not JSON (PostgreSQL refuses them). Iterative, so the check itself cannot overflow."""
+    stack: list[tuple[Any, int]] = [(row, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputValidationError(f"{where}: {value} is not a JSON number; give a finite number or null")
+        if isinstance(value, dict | list):
+            if depth >= MAX_VALUE_DEPTH:
+                raise InputValidationError(f"{where}: a value nested deeper than {MAX_VALUE_DEPTH} levels")
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
 
 
 def _format_of(path: Path, fmt: str | None) -> str:
@@ -111,7 +130,8 @@ def _csv_rows(text: str, source: str, delimiter: str) -> tuple[list[dict[str, An
         names = [h.strip() for h in header]
         if any(not n for n in names):
             raise InputValidationError(f"{source} line 1: the header has an empty column name")
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        counts = Counter(names)  # not names.count per name: quadratic in a header of many columns
+        dupes = sorted(n for n, c in counts.items() if c > 1)
         if dupes:
             raise InputValidationError(f"{source} line 1: duplicate column(s) {', '.join(dupes)}")
         rows: list[dict[str, Any]] = []
@@ -169,9 +189,11 @@ def from_rows(rows: Iterable[Mapping[str, Any]], *, program: Program | None = No
         if not all(isinstance(k, str) for k in row):
             raise InputValidationError(f"{source} row {i + 1}: field names must be strings")
     where = lines or list(range(1, len(data) + 1))
-    seen: list[str] = []
+    for i, row in enumerate(data):
+        _check_values(row, f"{source} line {where[i]}")
+    seen: dict[str, None] = {}  # field names in first-seen order (a dict: linear in many distinct fields)
     for row in data:
-        seen.extend(k for k in row if k not in seen)
+        seen.update(dict.fromkeys(row))
     if inputs is None:
         if program is None:
             raise InputValidationError(f"{source}: say which fields are inputs (no program signature to take "
@@ -193,7 +215,8 @@ def from_rows(rows: Iterable[Mapping[str, Any]], *, program: Program | None = No
         if missing:
             raise InputValidationError(f"{source} line {where[i]}: missing input field(s) {', '.join(missing)} "
                                        f"(row fields: {', '.join(row) or 'none'})", field=missing[0])
-    unused = [n for n in label_names if not any(n in row for row in data)]
+    present = set(seen)
+    unused = [n for n in label_names if n not in present]
     if data and unused:
         raise InputValidationError(f"{source}: label field(s) {', '.join(unused)} appear in no row")
     return Dataset(rows=data, inputs=input_names, labels=label_names,
