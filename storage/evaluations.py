@@ -9,7 +9,7 @@ validated (:class:`~stepbridge.evaluation.RowResult`) like every stored row.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
@@ -24,9 +24,10 @@ from stepbridge.program import Program
 
 from .models import EvaluationRow, EvaluationRowRow
 from .recording import clean
+from .transactions import Transactions
 from .types import utcnow
 
-__all__ = ["Evaluation", "EvaluationNotFound", "Evaluations", "StoredRow", "transactions"]
+__all__ = ["Evaluation", "EvaluationNotFound", "Evaluations", "StoredRow"]
 
 T = TypeVar("T")
 evaluations_t = cast(Table, EvaluationRow.__table__)  # type: ignore[attr-defined]
@@ -78,34 +79,6 @@ class StoredRow(BaseModel):
         return RowResult(**self.model_dump(exclude={"done"}))
 
 
-class _Tx:
-    """The store's retried transactions (``store.tx`` where the store has it, its own helpers otherwise)."""
-
-    def __init__(self, store: Any):
-        self.store = store
-
-    def write(self, fn: Callable[[Connection], T], doing: str) -> T:
-        tx = getattr(self.store, "tx", None)
-        if tx is not None:
-            return cast(T, tx.write(fn, doing))
-        return cast(T, self.store._write(fn, doing))
-
-    def read(self, fn: Callable[[Connection], T], doing: str) -> T:
-        tx = getattr(self.store, "tx", None)
-        if tx is not None:
-            return cast(T, tx.read(fn, doing))
-        return cast(T, self.store._read(fn, doing))
-
-    def insert(self, table: Table) -> Any:
-        """INSERT with the dialect's ``ON CONFLICT`` support."""
-        tx = getattr(self.store, "tx", None)
-        return tx.insert(table) if tx is not None else self.store._insert(table)
-
-
-def transactions(store: Any) -> _Tx:
-    return _Tx(store)
-
-
 def ensure_published(store: Any, program: Program, message: str) -> None:
     """The program's version exists in the store (published with ``message`` if it was not)."""
     from .store import ProgramNotFound
@@ -135,7 +108,7 @@ class Evaluations:
 
     def __init__(self, store: Any):
         self.store = store
-        self.tx = _Tx(store)
+        self.tx: Transactions = store.tx
 
     # -- the EvaluationLog protocol --------------------------------------------------------------
     def create(self, *, program: Program, backend: str, metric: str, lm: str | None, dataset: Dataset,
