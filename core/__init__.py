@@ -4,6 +4,7 @@ from .adapter import Adapter, RunOptions
 from .builder import ProgramBuilder
 from .datasets import Dataset, load_dataset
 from .errors import (
+    ConfigurationError,
     InputValidationError,
     Issue,
     LMError,
@@ -38,6 +39,7 @@ __all__ = [
     "AsyncRecorder",
     "BatchItem",
     "BatchRecorder",
+    "ConfigurationError",
     "Dataset",
     "EvaluationResult",
     "FieldSpec",
