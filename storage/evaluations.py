@@ -9,6 +9,7 @@ validated (:class:`~stepbridge.evaluation.RowResult`) like every stored row.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -100,6 +101,12 @@ def stored(what: str, build: Callable[[], T]) -> T:
     except (ValidationError, TypeError, ValueError, OverflowError) as exc:
         count = exc.error_count() if isinstance(exc, ValidationError) else 1
         raise StorageError(f"the stored {what} is malformed ({count} problem(s)); the row is refused") from None
+
+
+def _stored_row(r: Row[Any]) -> StoredRow:
+    return StoredRow(position=r.position, example=r.example or {}, done=r.done, execution_id=r.execution_id,
+                     prediction=r.prediction, score=r.score, error=r.error, duration_ms=r.duration_ms,
+                     tokens=r.tokens)
 
 
 def find(conn: Connection, table: Table, ident: str, what: str) -> Row[Any]:
@@ -209,9 +216,6 @@ class Evaluations:
             ev = find(conn, evaluations_t, evaluation_id, "evaluation")
             found = conn.execute(select(rows_t).where(rows_t.c.evaluation_id == ev.id)
                                  .order_by(rows_t.c.position)).all()
-            return [stored(f"row {r.position} of evaluation {ev.id}", lambda r=r: StoredRow(
-                position=r.position, example=r.example or {}, done=r.done, execution_id=r.execution_id,
-                prediction=r.prediction, score=r.score, error=r.error, duration_ms=r.duration_ms, tokens=r.tokens))
-                for r in found]
+            return [stored(f"row {r.position} of evaluation {ev.id}", functools.partial(_stored_row, r)) for r in found]
 
         return self.tx.read(fn, f"reading evaluation {evaluation_id}")
