@@ -130,7 +130,9 @@ def tool_signature(func: Callable[..., Any]) -> Signature:
     outputs: dict[str, FieldSpec]
     if typing.is_typeddict(ret):
         outputs = {k: FieldSpec(type=str(TypeExpr.from_annotation(v))) for k, v in typing.get_type_hints(ret).items()}
-    elif _is_model(ret):  # a pydantic model's fields are the outputs (the value is dumped to JSON data)
+    elif _is_model(ret) and not set(ret.model_fields) & set(inputs):
+        # a pydantic model's fields are the outputs (the value is dumped to JSON data); a model sharing a
+        # name with a parameter (``snapshot(city) -> Place(city, ...)``) stays one ``result`` output instead
         outputs = {k: FieldSpec(type=str(TypeExpr.from_annotation(_BARE.get(f.annotation, f.annotation))),
                                 desc=f.description)
                    for k, f in ret.model_fields.items()}

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from stepbridge.adapter import new_execution_id
@@ -52,7 +52,7 @@ class Evaluation(BaseModel):
     dataset_hash: str
     dataset_source: str | None = None
     fields: dict[str, list[str]]
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=2**31)
     status: str
     batch_id: str | None = None
     done: int = Field(default=0, ge=0, description="rows scored so far")
@@ -64,15 +64,17 @@ class Evaluation(BaseModel):
 class StoredRow(BaseModel):
     """One stored row; :meth:`result` is its :class:`RowResult`."""
 
-    position: int = Field(ge=0)
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    position: int = Field(ge=0, le=2**31)
     example: dict[str, Any]
     done: bool
     execution_id: str | None = None
     prediction: dict[str, Any] | None = None
     score: float | None = None
     error: dict[str, Any] | None = None
-    duration_ms: float | None = None
-    tokens: int | None = None
+    duration_ms: float | None = Field(default=None, ge=0)
+    tokens: int | None = Field(default=None, ge=0)
 
     def result(self) -> RowResult:
         return RowResult(**self.model_dump(exclude={"done"}))
@@ -114,6 +116,17 @@ def ensure_published(store: Any, program: Program, message: str) -> None:
         store.resolve(program.content_hash)
     except ProgramNotFound:
         store.publish(program, message=message)
+
+
+def stored(what: str, build: Callable[[], T]) -> T:
+    """``build()`` (a model of a stored row) or a :class:`StorageError` naming the row: a stored row is
+    untrusted, and a tampered one (a negative count, a string where a list belongs, NaN) must not end a
+    command in a pydantic traceback."""
+    try:
+        return build()
+    except (ValidationError, TypeError, ValueError, OverflowError) as exc:
+        count = exc.error_count() if isinstance(exc, ValidationError) else 1
+        raise StorageError(f"the stored {what} is malformed ({count} problem(s)); the row is refused") from None
 
 
 def find(conn: Connection, table: Table, ident: str, what: str) -> Row[Any]:
@@ -193,12 +206,12 @@ class Evaluations:
     def _evaluation(self, conn: Connection, row: Row[Any]) -> Evaluation:
         done = conn.execute(select(func.count()).select_from(rows_t).where(
             rows_t.c.evaluation_id == row.id, rows_t.c.done.is_(True))).scalar()
-        return Evaluation(id=row.id, program_hash=row.program_hash, program_name=row.program_name,
-                          backend=row.backend, metric=row.metric, lm=row.lm, dataset_hash=row.dataset_hash,
-                          dataset_source=row.dataset_source, fields=row.fields, size=row.size, status=row.status,
-                          batch_id=row.batch_id, done=int(done or 0),
-                          summary=Summary.model_validate(row.summary) if row.summary is not None else None,
-                          created_at=row.created_at, updated_at=row.updated_at)
+        return stored(f"evaluation {row.id}", lambda: Evaluation(
+            id=row.id, program_hash=row.program_hash, program_name=row.program_name, backend=row.backend,
+            metric=row.metric, lm=row.lm, dataset_hash=row.dataset_hash, dataset_source=row.dataset_source,
+            fields=row.fields, size=row.size, status=row.status, batch_id=row.batch_id, done=int(done or 0),
+            summary=Summary.model_validate(row.summary) if row.summary is not None else None,
+            created_at=row.created_at, updated_at=row.updated_at))
 
     def get(self, evaluation_id: str) -> Evaluation:
         return self.tx.read(lambda conn: self._evaluation(conn, find(conn, evaluations_t, evaluation_id,
@@ -223,8 +236,9 @@ class Evaluations:
             ev = find(conn, evaluations_t, evaluation_id, "evaluation")
             found = conn.execute(select(rows_t).where(rows_t.c.evaluation_id == ev.id)
                                  .order_by(rows_t.c.position)).all()
-            return [StoredRow(position=r.position, example=r.example or {}, done=bool(r.done),
-                              execution_id=r.execution_id, prediction=r.prediction, score=r.score, error=r.error,
-                              duration_ms=r.duration_ms, tokens=r.tokens) for r in found]
+            return [stored(f"row {r.position} of evaluation {ev.id}", lambda r=r: StoredRow(
+                position=r.position, example=r.example or {}, done=r.done, execution_id=r.execution_id,
+                prediction=r.prediction, score=r.score, error=r.error, duration_ms=r.duration_ms, tokens=r.tokens))
+                for r in found]
 
         return self.tx.read(fn, f"reading evaluation {evaluation_id}")

@@ -19,7 +19,7 @@ from stepbridge.datasets import Dataset
 from stepbridge.optimization import Settings
 from stepbridge.program import Program
 
-from .evaluations import _Tx, ensure_published, find
+from .evaluations import _Tx, ensure_published, find, stored
 from .models import OptimizationCandidateRow, OptimizationRow
 from .recording import clean
 from .types import utcnow
@@ -121,13 +121,13 @@ class Optimizations:
     def get(self, optimization_id: str) -> Optimization:
         def fn(conn: Connection) -> Optimization:
             r = find(conn, optimizations_t, optimization_id, "optimization")
-            return Optimization(id=r.id, program_hash=r.program_hash, program_name=r.program_name,
-                                optimizer=r.optimizer, settings=Settings.model_validate(r.settings), metric=r.metric,
-                                backend=r.backend, lm=r.lm, train_hash=r.train_hash, val_hash=r.val_hash,
-                                data=r.data or {}, status=r.status, progress=r.progress or {},
-                                checkpoint=r.checkpoint, result_hash=r.result_hash, score_before=r.score_before,
-                                score_after=r.score_after, error=r.error, created_at=r.created_at,
-                                updated_at=r.updated_at)
+            return stored(f"optimization {r.id}", lambda: Optimization(
+                id=r.id, program_hash=r.program_hash, program_name=r.program_name, optimizer=r.optimizer,
+                settings=Settings.model_validate(r.settings), metric=r.metric, backend=r.backend, lm=r.lm,
+                train_hash=r.train_hash, val_hash=r.val_hash, data=r.data or {}, status=r.status,
+                progress=r.progress or {}, checkpoint=r.checkpoint, result_hash=r.result_hash,
+                score_before=r.score_before, score_after=r.score_after, error=r.error, created_at=r.created_at,
+                updated_at=r.updated_at))
 
         return self.tx.read(fn, f"reading optimization {optimization_id}")
 

@@ -44,10 +44,20 @@ def test_item_is_accepted_with_or_without_the_call_and_other_functions_are_refus
         b.call(p, x=b.ref)
 
 
+class Place(BaseModel):
+    city: str
+    country: str
+
+
+def snapshot(city: str) -> Place:  # a field named like a parameter: the model stays one result
+    return Place(city=city, country="FR")
+
+
 def test_tools_may_return_pydantic_models_and_dicts() -> None:
     assert {k: f.type for k, f in tool_signature(forecast).outputs.items()} == {"summary": "str", "degrees": "int"}
     assert tool_signature(forecast).outputs["summary"].desc == "one line"
     assert {k: f.type for k, f in tool_signature(facts).outputs.items()} == {"result": "dict[str, Any]"}
+    assert list(tool_signature(snapshot).outputs) == ["result"]
     tools.register("api_forecast", forecast)
     tools.register("api_facts", facts)
     b = sb.ProgramBuilder("weather", "city -> degrees: int, facts: dict[str, Any]")

@@ -1,0 +1,94 @@
+"""Tampered evaluation and optimization rows (review of issue 9 against the evaluation features): a stored
+row is untrusted, so a negative count, a string where a list belongs, a list where an example belongs, a
+NaN score, negative tokens or a huge setting is a StorageError naming the row, exit 1 with a JSON error on
+``--json``; before, each was a pydantic traceback (9 of 9 tamperings, on SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import stepbridge
+from sb_evals import PROGRAM, qa_rows, stepbridge_cli
+from stepbridge.datasets import from_rows
+from stepbridge.errors import StorageError
+from stepbridge.loader import load_program
+from stepbridge.storage import Store
+from stepbridge.storage.evaluations import Evaluations
+from stepbridge.storage.optimizations import Optimizations
+
+# (table, column, value, JSON column?) — each one is enough to make the row refused
+TAMPERED: dict[str, tuple[str, str, Any, bool]] = {
+    "negative_summary_counts": ("evaluations", "summary", {"n": -5, "scored": -1, "errors": -3}, True),
+    "fields_a_string": ("evaluations", "fields", {"inputs": "question", "labels": []}, True),
+    "example_a_list": ("evaluation_rows", "example", [1], True),
+    "score_nan": ("evaluation_rows", "score", "NaN", False),  # text: SQLite stores a float NaN as NULL
+    "tokens_negative": ("evaluation_rows", "tokens", -99, False),
+    "error_a_string": ("evaluation_rows", "error", "boom", True),
+}
+
+
+def _tamper(db_url: str, table: str, column: str, value: Any, is_json: bool, where: str, ident: str) -> None:
+    engine = sa.create_engine(db_url)
+    try:
+        cast = "CAST(:v AS JSONB)" if is_json and engine.dialect.name == "postgresql" else ":v"
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"UPDATE {table} SET {column} = {cast} WHERE {where} = :id"),
+                         {"v": json.dumps(value) if is_json else value, "id": ident})
+    finally:
+        engine.dispose()
+
+
+def _cli(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "STEPBRIDGE_DATABASE_URL": db_url}
+    return subprocess.run([*stepbridge_cli(), *args, "--json"], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERED))
+def test_a_tampered_evaluation_is_a_storage_error(db_url: str, case: str) -> None:
+    program = load_program(PROGRAM)
+    with Store(db_url) as store:
+        result = stepbridge.evaluate(program, from_rows(qa_rows(4), program=program), "exact_match", store=store)
+    table, column, value, is_json = TAMPERED[case]
+    _tamper(db_url, table, column, value, is_json, "id" if table == "evaluations" else "evaluation_id",
+            str(result.id))
+    with Store(db_url) as store, pytest.raises(StorageError, match=f"evaluation {result.id} is malformed"):
+        log = Evaluations(store)
+        log.get(str(result.id))
+        log.rows(str(result.id))
+    for command in (["evals", "show", str(result.id)], ["evals", "resume", str(result.id)]):
+        done = _cli(db_url, *command)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        error = json.loads(done.stdout)["error"]
+        assert error["type"] == "StorageError" and str(result.id) in error["message"]
+
+
+def test_a_tampered_optimization_setting_is_a_storage_error(db_url: str, tmp_path: Path) -> None:
+    """``max_rounds: 10**9`` written into a stored row: refused on read, not run a billion rounds."""
+    program = load_program(PROGRAM)
+    with Store(db_url) as store:
+        result = stepbridge.optimize(program, from_rows(qa_rows(4), program=program), "exact_match",
+                                     optimizer="labeled", store=store)
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            settings = conn.execute(sa.text("SELECT settings FROM optimizations WHERE id = :id"),
+                                    {"id": result.id}).scalar_one()
+            settings = json.loads(settings) if isinstance(settings, str) else settings
+            settings["max_rounds"] = 10**9
+            cast = "CAST(:v AS JSONB)" if engine.dialect.name == "postgresql" else ":v"
+            conn.execute(sa.text(f"UPDATE optimizations SET settings = {cast}, status = 'running', "
+                                 "result_hash = NULL WHERE id = :id"), {"v": json.dumps(settings), "id": result.id})
+    finally:
+        engine.dispose()
+    with Store(db_url) as store, pytest.raises(StorageError, match=f"optimization {result.id} is malformed"):
+        Optimizations(store).get(str(result.id))
+    done = _cli(db_url, "optimizations", "resume", str(result.id))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert json.loads(done.stdout)["error"]["type"] == "StorageError"
