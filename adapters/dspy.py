@@ -52,6 +52,7 @@ import functools
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -570,6 +571,17 @@ class DSPyAdapter:
     def module(self, program: Program) -> ProgramModule:
         """The prepared ``dspy.Module`` of a program (shared by this adapter's runs; do not mutate)."""
         return self._prepare(program).module
+
+    # -- optimizing ------------------------------------------------------------------------------
+    def dspy_optimize(self, program: Program, trainset: Sequence[dict[str, Any]], metric: Callable[..., Any], *,
+                      optimizer: Any, lm: Any, input_keys: Sequence[str] | None = None) -> Program:
+        """``program`` compiled by a DSPy ``optimizer`` (:func:`.dspy_interop.optimize`, on this adapter's LMs):
+        the core's optimization reaches DSPy through the adapter registered as ``dspy``, never an import."""
+        from .dspy_interop import optimize
+
+        optimized, _ = optimize(program, trainset, metric, optimizer=optimizer, lm=lm, input_keys=input_keys,
+                                adapter=self)
+        return optimized
 
     # -- LMs -------------------------------------------------------------------------------------
     def reference_url(self) -> str:

@@ -31,6 +31,7 @@ from .datasets import Dataset
 from .errors import InputValidationError, StepbridgeError
 from .program import Program
 from .registry import metric as registered_metric
+from .registry import registered_backend
 from .runner import Runner, _sync, load
 
 __all__ = [
@@ -129,6 +130,16 @@ class EvaluationLog(Protocol):
     def finish(self, evaluation_id: str, summary: Summary) -> None: ...
 
 
+class EvaluationStore(Protocol):
+    """What evaluating needs of a store (:class:`stepbridge.storage.Store` is one): its evaluation log and
+    publishing a version the log names by hash. Taken, never imported, as the Runner takes a Recorder."""
+
+    @property
+    def evaluations(self) -> EvaluationLog: ...
+
+    def ensure_published(self, program: Program, message: str) -> None: ...
+
+
 # ------------------------------------------------------------------------------------------------
 # metrics
 # ------------------------------------------------------------------------------------------------
@@ -213,9 +224,7 @@ def stored_metric(spec: str, store: Any, runner: Runner) -> Metric:
 def publish_judge(metric: Metric, store: Any) -> None:
     """A judge metric is kept in the store (by content hash), so a resume needs no file."""
     if metric.judge is not None and store is not None:
-        from stepbridge.storage.evaluations import ensure_published
-
-        ensure_published(store, metric.judge, "published automatically as an evaluation's judge")
+        store.ensure_published(metric.judge, "published automatically as an evaluation's judge")
 
 
 def _callable_metric(func: Callable[..., Any], spec: str) -> Metric:
@@ -418,8 +427,9 @@ async def aevaluate(program: Program | str | Path, data: Dataset | str | Path, m
                     **adapter_options: Any) -> EvaluationResult:
     """Evaluate ``program`` on ``data`` (a :class:`Dataset` or a JSONL/CSV path) with ``metric``.
 
-    With a ``store`` (a :class:`stepbridge.storage.Store`) the evaluation and each of its rows are
-    recorded; ``on_start(evaluation_id, n)`` is called once they are. ``on_row`` sees every scored row.
+    With a ``store`` (an :class:`EvaluationStore`, e.g. :class:`stepbridge.storage.Store`) the evaluation and
+    each of its rows are recorded; ``on_start(evaluation_id, n)`` is called once they are.
+    ``on_row`` sees every scored row.
     """
     from .datasets import load_dataset
 
@@ -469,9 +479,8 @@ def _log_for(store: Any) -> EvaluationLog | None:
         return None
     if hasattr(store, "create") and hasattr(store, "record"):
         return store  # already an evaluation log
-    from stepbridge.storage.evaluations import Evaluations
-
-    return Evaluations(store)
+    log: EvaluationLog = store.evaluations
+    return log
 
 
 def _result(evaluation_id: str | None, prog: Program, backend: str, metric: str, dataset_hash: str,
@@ -500,10 +509,7 @@ async def aresume(store: Any, evaluation_id: str, *, backend: Any = None, concur
 
     ``backend``: operator input (anything :class:`Runner` accepts); by default the stored backend name,
     looked up only as a registered adapter name."""
-    from stepbridge.storage.evaluations import Evaluations
-    from stepbridge.storage.resume import registered_backend
-
-    log = Evaluations(store)
+    log = store.evaluations
     ev = log.get(evaluation_id)
     store.mark_interrupted()
     prog = store.load(ev.program_hash)

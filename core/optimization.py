@@ -29,7 +29,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,6 +38,7 @@ from .datasets import Dataset, from_rows, load_dataset
 from .errors import InputValidationError, StepbridgeError, UnsupportedCapabilityError
 from .evaluation import Metric, aevaluate, as_score, publish_judge, resolve_metric, stored_metric
 from .program import ChainOfThoughtModule, LMConfig, PredictModule, Program
+from .registry import load_adapter, registered_backend
 from .result import StepTrace
 from .runner import Runner, _sync, load
 
@@ -110,6 +111,29 @@ class OptimizationLog(Protocol):
     def finish(self, optimization_id: str, *, result_hash: str, score_after: float | None) -> None: ...
 
     def failed(self, optimization_id: str, error: dict[str, Any]) -> None: ...
+
+
+class OptimizationStore(Protocol):
+    """What optimizing needs of a store (:class:`stepbridge.storage.Store` is one): its optimization log and
+    publishing a version (a teacher) by hash. Taken, never imported, as the Runner takes a Recorder."""
+
+    @property
+    def optimizations(self) -> OptimizationLog: ...
+
+    def ensure_published(self, program: Program, message: str) -> None: ...
+
+
+@runtime_checkable
+class DSPyOptimizing(Protocol):
+    """What DSPy's own optimizers need of the adapter registered as ``dspy``
+    (:class:`stepbridge.adapters.dspy.DSPyAdapter` is it): its LMs and compiling a program."""
+
+    def dspy_lm(self, config: LMConfig) -> tuple[Any, str]: ...
+
+    def dspy_optimize(self, program: Program, trainset: Sequence[dict[str, Any]], metric: Callable[..., Any], *,
+                      optimizer: Any, lm: Any, input_keys: Sequence[str] | None = None) -> Program: ...
+
+    def close(self) -> None: ...
 
 
 # ------------------------------------------------------------------------------------------------
@@ -404,19 +428,18 @@ def _dspy_optimizer(optimizer: str, metric: Callable[..., Any], s: Settings, con
 async def _run_dspy(job: _Job, optimizer: str) -> Program:
     """DSPy's own optimizer on the program as a real ``dspy.Module`` (the dspy adapter); its demos and
     instructions come back into a program. DSPy keeps no checkpoint: a resumed one starts over."""
-    from stepbridge.adapters import dspy_interop
-    from stepbridge.adapters.dspy import DSPyAdapter
-
     metric = _dspy_metric(job.metric)
 
     def run() -> Program:
-        adapter = DSPyAdapter()
+        adapter = load_adapter("dspy")  # the registered adapter (an entry point): the core imports none
+        if not isinstance(adapter, DSPyOptimizing):
+            raise UnsupportedCapabilityError(f"{optimizer} needs the adapter registered as 'dspy' to run DSPy's "
+                                             "optimizers (install stepbridge[dspy])", adapter="dspy")
         try:
             lm, _ = adapter.dspy_lm(job.program.lm or LMConfig())
             teleprompter = _dspy_optimizer(optimizer, metric, job.settings, job.concurrency, lm)
-            optimized, _ = dspy_interop.optimize(job.program, job.train.rows, metric, optimizer=teleprompter, lm=lm,
-                                                 input_keys=job.train.inputs)
-            return optimized
+            return adapter.dspy_optimize(job.program, job.train.rows, metric, optimizer=teleprompter, lm=lm,
+                                         input_keys=job.train.inputs)
         finally:
             adapter.close()
 
@@ -482,9 +505,8 @@ async def abootstrap(program: Program, train: Dataset, metric: Any, *, runner: R
 def _log_for(store: Any) -> OptimizationLog | None:
     if store is None:
         return None
-    from stepbridge.storage.optimizations import Optimizations
-
-    return Optimizations(store)
+    log: OptimizationLog = store.optimizations
+    return log
 
 
 async def aoptimize(program: Program | str | Path, train: Dataset | str | Path, metric: Any, *,
@@ -512,9 +534,7 @@ async def aoptimize(program: Program | str | Path, train: Dataset | str | Path, 
         if store is not None:  # what a resume needs is kept in the store by hash, never as a path
             await asyncio.to_thread(publish_judge, scorer, store)
             if conf.teacher:
-                from stepbridge.storage.evaluations import ensure_published
-
-                await asyncio.to_thread(ensure_published, store, teacher, "published automatically as a teacher")
+                await asyncio.to_thread(store.ensure_published, teacher, "published automatically as a teacher")
                 conf = conf.model_copy(update={"teacher": teacher.content_hash})
         oid = None
         if log is not None:
@@ -540,10 +560,7 @@ async def aoptimize(program: Program | str | Path, train: Dataset | str | Path, 
 async def aresume(store: Any, optimization_id: str, *, backend: Any = None, concurrency: int = 16,
                   on_progress: Callable[[str, int, int], Any] | None = None) -> OptimizationResult:
     """Continue a stored optimization from its checkpoint: finished examples and candidates are skipped."""
-    from stepbridge.storage.optimizations import Optimizations
-    from stepbridge.storage.resume import registered_backend
-
-    log = Optimizations(store)
+    log = store.optimizations
     row = log.get(optimization_id)
     if row.status == "completed" and row.result_hash is not None:
         raise InputValidationError(f"optimization {row.id} is already completed (result {row.result_hash[:12]})")

@@ -34,6 +34,7 @@ __all__ = [
     "load_adapter",
     "metric",
     "metrics",
+    "registered_backend",
     "retrievers",
     "tools",
 ]
@@ -289,3 +290,17 @@ def load_adapter(spec: str | Adapter | Callable[..., Adapter], **kwargs: Any) ->
         why = f"missing: {', '.join(missing)}" if missing else "it returned a class, not an instance"
         raise UnsupportedCapabilityError(f"{where!r} did not give an adapter ({why})", adapter=str(where))
     return adapter
+
+
+def registered_backend(name: str) -> Callable[..., Any]:
+    """The adapter factory (or class) registered under exactly ``name`` (a stored backend column).
+
+    Never an import path: anything with a ``:`` is refused before the registry is asked, and the
+    registry only knows explicit registrations and installed ``stepbridge.adapters`` entry points.
+    """
+    if not isinstance(name, str) or not name or ":" in name or name not in adapters:
+        known = ", ".join(adapters.names()) or "none"
+        raise UnsupportedCapabilityError(
+            f"recorded on backend {name!r}, which is not a registered adapter name (registered: {known}); "
+            "resume it with an explicit adapter (--backend)", adapter=str(name))
+    return adapters.get(name)

@@ -19,7 +19,7 @@ from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from stepbridge.adapter import new_execution_id
 from stepbridge.datasets import Dataset
-from stepbridge.errors import StorageError
+from stepbridge.errors import ProgramNotFound, StorageError
 from stepbridge.evaluation import RowResult, Summary
 from stepbridge.program import Program
 
@@ -84,8 +84,6 @@ class StoredRow(BaseModel):
 
 def ensure_published(store: Any, program: Program, message: str) -> None:
     """The program's version exists in the store (published with ``message`` if it was not)."""
-    from .store import ProgramNotFound
-
     try:
         store.resolve(program.content_hash)
     except ProgramNotFound:

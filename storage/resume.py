@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from stepbridge.adapter import RunOptions
-from stepbridge.errors import StepbridgeError, UnsupportedCapabilityError
+from stepbridge.errors import StepbridgeError
 from stepbridge.program import Program
+from stepbridge.registry import registered_backend
 
 from .models import Execution
 from .store import Store
@@ -48,22 +49,6 @@ class ResumeOutcome:
     error: str | None = None
     batch_id: str | None = None
     index: int | None = None
-
-
-def registered_backend(name: str) -> Callable[..., Any]:
-    """The adapter factory (or class) registered under exactly ``name`` (a stored backend column).
-
-    Never an import path: anything with a ``:`` is refused before the registry is asked, and the
-    registry only knows explicit registrations and installed ``stepbridge.adapters`` entry points.
-    """
-    from stepbridge.registry import adapters
-
-    if not isinstance(name, str) or not name or ":" in name or name not in adapters:
-        known = ", ".join(adapters.names()) or "none"
-        raise UnsupportedCapabilityError(
-            f"recorded on backend {name!r}, which is not a registered adapter name (registered: {known}); "
-            "resume it with an explicit adapter (--backend)", adapter=str(name))
-    return adapters.get(name)
 
 
 def _describe(exc: BaseException) -> str:

@@ -8,6 +8,9 @@
   implements the core's :class:`~stepbridge.recorder.Recorder` protocols (group-committed when
   awaited, see :mod:`.group_commit` and :mod:`.recording`).
 
+``store.evaluations`` and ``store.optimizations`` (:mod:`.evaluations`, :mod:`.optimizations`) are what
+the core's evaluation and optimization take through their store protocols.
+
 The tables are defined once, in :mod:`.models`; every statement is built from them.
 """
 
@@ -38,6 +41,7 @@ from .db import (
     normalise_url,
     redacted,
 )
+from .evaluations import Evaluations, ensure_published
 from .executions import ExecutionLog
 from .models import (
     Batch,
@@ -47,6 +51,7 @@ from .models import (
     ProgramVersion,
     StatusChange,
 )
+from .optimizations import Optimizations
 from .programs import ProgramRepository
 from .transactions import Transactions
 
@@ -83,6 +88,14 @@ class Store:
         self.tx = Transactions(self.engine, self.url)
         self.programs = ProgramRepository(self.tx)
         self.executions = ExecutionLog(self.tx, self.programs)
+        #: evaluations and optimizations are taken from here by the core (its EvaluationStore and
+        #: OptimizationStore protocols), so the core never imports the storage package
+        self.evaluations = Evaluations(self)
+        self.optimizations = Optimizations(self)
+
+    def ensure_published(self, program: Program, message: str) -> None:
+        """The program's version exists here (published with ``message`` if it was not)."""
+        ensure_published(self, program, message)
 
     def __repr__(self) -> str:
         return f"Store({redacted(self.url)!r})"
