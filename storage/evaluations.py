@@ -9,6 +9,7 @@ validated (:class:`~stepbridge.evaluation.RowResult`) like every stored row.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -236,8 +237,8 @@ class Evaluations:
             ev = find(conn, evaluations_t, evaluation_id, "evaluation")
             found = conn.execute(select(rows_t).where(rows_t.c.evaluation_id == ev.id)
                                  .order_by(rows_t.c.position)).all()
-            return [stored(f"row {r.position} of evaluation {ev.id}", lambda r=r: StoredRow(
-                position=r.position, example=r.example or {}, done=r.done, execution_id=r.execution_id,
+            return [stored(f"row {r.position} of evaluation {ev.id}", functools.partial(
+                StoredRow, position=r.position, example=r.example or {}, done=r.done, execution_id=r.execution_id,
                 prediction=r.prediction, score=r.score, error=r.error, duration_ms=r.duration_ms, tokens=r.tokens))
                 for r in found]
 
