@@ -25,9 +25,10 @@ from stepbridge.program import Program
 
 from .models import EvaluationRow, EvaluationRowRow
 from .recording import clean
+from .transactions import Transactions
 from .types import utcnow
 
-__all__ = ["Evaluation", "EvaluationNotFound", "Evaluations", "StoredRow", "transactions"]
+__all__ = ["Evaluation", "EvaluationNotFound", "Evaluations", "StoredRow"]
 
 T = TypeVar("T")
 evaluations_t = cast(Table, EvaluationRow.__table__)  # type: ignore[attr-defined]
@@ -81,34 +82,6 @@ class StoredRow(BaseModel):
         return RowResult(**self.model_dump(exclude={"done"}))
 
 
-class _Tx:
-    """The store's retried transactions (``store.tx`` where the store has it, its own helpers otherwise)."""
-
-    def __init__(self, store: Any):
-        self.store = store
-
-    def write(self, fn: Callable[[Connection], T], doing: str) -> T:
-        tx = getattr(self.store, "tx", None)
-        if tx is not None:
-            return cast(T, tx.write(fn, doing))
-        return cast(T, self.store._write(fn, doing))
-
-    def read(self, fn: Callable[[Connection], T], doing: str) -> T:
-        tx = getattr(self.store, "tx", None)
-        if tx is not None:
-            return cast(T, tx.read(fn, doing))
-        return cast(T, self.store._read(fn, doing))
-
-    def insert(self, table: Table) -> Any:
-        """INSERT with the dialect's ``ON CONFLICT`` support."""
-        tx = getattr(self.store, "tx", None)
-        return tx.insert(table) if tx is not None else self.store._insert(table)
-
-
-def transactions(store: Any) -> _Tx:
-    return _Tx(store)
-
-
 def ensure_published(store: Any, program: Program, message: str) -> None:
     """The program's version exists in the store (published with ``message`` if it was not)."""
     from .store import ProgramNotFound
@@ -130,6 +103,12 @@ def stored(what: str, build: Callable[[], T]) -> T:
         raise StorageError(f"the stored {what} is malformed ({count} problem(s)); the row is refused") from None
 
 
+def _stored_row(r: Row[Any]) -> StoredRow:
+    return StoredRow(position=r.position, example=r.example or {}, done=r.done, execution_id=r.execution_id,
+                     prediction=r.prediction, score=r.score, error=r.error, duration_ms=r.duration_ms,
+                     tokens=r.tokens)
+
+
 def find(conn: Connection, table: Table, ident: str, what: str) -> Row[Any]:
     """A row by id, or by a unique id prefix of at least 6 characters."""
     row = conn.execute(select(table).where(table.c.id == ident)).first()
@@ -149,7 +128,7 @@ class Evaluations:
 
     def __init__(self, store: Any):
         self.store = store
-        self.tx = _Tx(store)
+        self.tx: Transactions = store.tx
 
     # -- the EvaluationLog protocol --------------------------------------------------------------
     def create(self, *, program: Program, backend: str, metric: str, lm: str | None, dataset: Dataset,
@@ -237,9 +216,6 @@ class Evaluations:
             ev = find(conn, evaluations_t, evaluation_id, "evaluation")
             found = conn.execute(select(rows_t).where(rows_t.c.evaluation_id == ev.id)
                                  .order_by(rows_t.c.position)).all()
-            return [stored(f"row {r.position} of evaluation {ev.id}", functools.partial(
-                StoredRow, position=r.position, example=r.example or {}, done=r.done, execution_id=r.execution_id,
-                prediction=r.prediction, score=r.score, error=r.error, duration_ms=r.duration_ms, tokens=r.tokens))
-                for r in found]
+            return [stored(f"row {r.position} of evaluation {ev.id}", functools.partial(_stored_row, r)) for r in found]
 
         return self.tx.read(fn, f"reading evaluation {evaluation_id}")

@@ -19,9 +19,10 @@ from stepbridge.datasets import Dataset
 from stepbridge.optimization import Settings
 from stepbridge.program import Program
 
-from .evaluations import _Tx, ensure_published, find, stored
+from .evaluations import ensure_published, find, stored
 from .models import OptimizationCandidateRow, OptimizationRow
 from .recording import clean
+from .transactions import Transactions
 from .types import utcnow
 
 __all__ = ["Optimization", "Optimizations"]
@@ -62,7 +63,7 @@ class Optimizations:
 
     def __init__(self, store: Any):
         self.store = store
-        self.tx = _Tx(store)
+        self.tx: Transactions = store.tx
 
     def create(self, *, program: Program, optimizer: str, settings: Settings, metric: str, backend: str,
                lm: str | None, train: Dataset, val: Dataset | None) -> str:
