@@ -92,3 +92,15 @@ def test_import_sends_nothing_where_the_module_says(tmp_path: Path, server: Serv
     assert report["ok"] and report["report"]["verified"]
     written = (tmp_path / "out.yaml").read_text()
     assert url not in written and "attacker-model" not in written and KEY not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("option", ["--sample-inputs", "--state"])
+def test_import_of_too_deep_json_files_is_a_usage_error(tmp_path: Path, option: str) -> None:
+    """5,000-deep JSON in --sample-inputs was a RecursionError traceback, exit 1."""
+    (tmp_path / "mods.py").write_text("import dspy\n\ndef make():\n    return dspy.Predict('question -> answer')\n")
+    (tmp_path / "deep.json").write_text('{"question": ' + "[" * 5000 + "]" * 5000 + "}\n")
+    script = Path(sys.executable).with_name("stepbridge")
+    done = subprocess.run([str(script), "import-dspy", "mods:make", "-o", "out.yaml", option, "deep.json"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "recursion" in done.stderr
