@@ -57,7 +57,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             continue
         try:
             row = json.loads(line)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep to decode
             raise typer.BadParameter(f"{path}:{lineno}: not JSON ({exc})") from None
         if not isinstance(row, dict):
             raise typer.BadParameter(f"{path}:{lineno}: each line must be a JSON object of inputs")
@@ -99,7 +99,7 @@ def import_dspy(
     except StepbridgeError as exc:
         typer.echo(f"import failed: {exc}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
-    except (OSError, ValueError) as exc:  # unreadable --state / --sample-inputs files
+    except (OSError, ValueError, RecursionError) as exc:  # unreadable --state / --sample-inputs files
         typer.echo(f"cannot import {target}: {exc}", err=True)
         raise typer.Exit(EXIT_INVALID) from None
     program.dump(output)

@@ -7,12 +7,16 @@ every call must reach the trace. While a step runs, the adapter puts its LM in D
 (``dspy.context(stepbridge_step_lms=(lm, *judges))``, which DSPy carries into its worker threads); :func:`install`
 wraps ``BaseLM.__call__``/``acall`` once per process so that a call on any other LM (one with another
 model or endpoint; copies of the step's LM, as ensembles make, keep theirs) runs on the step's LM
-instead, with the call's own arguments, through its callbacks (so the trace records it).
+instead, with the call's own arguments, through its callbacks (so the trace records it). A call's
+arguments may not choose an endpoint or a credential either (``dspy.Predict(sig, api_base=...)`` keeps
+it in its config and passes it on every call, as does ``predictor(..., config={"api_base": ...})``, and
+DSPy lets a call's arguments override its LM's): those are dropped (:data:`ENDPOINT_OPTION`).
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 import dspy
@@ -22,6 +26,19 @@ __all__ = ["SETTING", "install", "route"]
 
 #: the ``dspy.context`` key holding the step's LMs (its own first, then those of its LM judges)
 SETTING = "stepbridge_step_lms"
+
+#: call options (litellm's names) that choose where a request goes, with which credentials, or which
+#: provider serves it; ``max_tokens`` and the like do not match
+ENDPOINT_OPTION = re.compile(r"^(model|custom_llm_provider)$|api_|_api|base|url|key|secret|token$|header|"
+                             r"provider|credential|organization|project|region|deployment|client|aws_|azure|"
+                             r"vertex|watsonx|proxy|host|endpoint")
+
+
+def _options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A call's options without those choosing an endpoint or a credential, while a step runs."""
+    if not dspy.settings.get(SETTING) or not any(ENDPOINT_OPTION.search(k) for k in kwargs):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if not ENDPOINT_OPTION.search(k)}
 
 
 def _endpoint(lm: Any) -> tuple[Any, ...]:
@@ -50,11 +67,11 @@ def install() -> None:
 
     @functools.wraps(call)
     def guarded_call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return call(route(self), *args, **kwargs)
+        return call(route(self), *args, **_options(kwargs))
 
     @functools.wraps(acall)
     async def guarded_acall(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return await acall(route(self), *args, **kwargs)
+        return await acall(route(self), *args, **_options(kwargs))
 
     BaseLM.__call__ = guarded_call
     BaseLM.acall = guarded_acall

@@ -234,7 +234,10 @@ def load_dataset(path: str | Path, *, program: Program | None = None, inputs: Se
         size = path.stat().st_size
         if size > MAX_BYTES:
             raise InputValidationError(f"{path}: {size} bytes is more than the {MAX_BYTES} a dataset may have")
-        raw = path.read_bytes()
+        with path.open("rb") as fh:  # bounded: a device or a pipe reports size 0 (/dev/zero never ends)
+            raw = fh.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            raise InputValidationError(f"{path}: more than the {MAX_BYTES} bytes a dataset may have")
     except OSError as exc:
         raise InputValidationError(f"cannot read dataset {path}: {exc.strerror or exc}") from None
     try:

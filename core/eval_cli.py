@@ -42,6 +42,8 @@ DbOption = Annotated[str | None, typer.Option("--db", help="Database URL (defaul
                                                            "the local SQLite file).", envvar="STEPBRIDGE_DATABASE_URL")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 BackendOption = Annotated[str, typer.Option(help="native, dspy, pool, or package.module:factory.")]
+#: bounded: SQLite refuses a LIMIT past 2**63 with a traceback, and a negative one lists everything
+LimitOption = Annotated[int, typer.Option(min=1, max=1_000_000, help="At most this many.")]
 
 
 def print_json(data: Any) -> None:
@@ -174,7 +176,7 @@ def _names(text: str | None) -> list[str] | None:
 
 
 @evals_app.command("list")
-def evals_list(db: DbOption = None, limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+def evals_list(db: DbOption = None, limit: LimitOption = 50,
                as_json: JsonOption = False) -> None:
     """Stored evaluations, newest first."""
     from stepbridge.storage.evaluations import Evaluations
@@ -202,7 +204,7 @@ def evals_list(db: DbOption = None, limit: Annotated[int, typer.Option(help="At 
 @evals_app.command("show")
 def evals_show(evaluation_id: Annotated[str, typer.Argument(help="Evaluation id (or a unique prefix).")],
                db: DbOption = None, as_json: JsonOption = False,
-               rows: Annotated[int, typer.Option(help="Rows to list (errors and misses first).")] = 20) -> None:
+               rows: Annotated[int, typer.Option(min=0, help="Rows to list (errors and misses first).")] = 20) -> None:
     """One evaluation: its summary and its rows (prediction, score or error, execution id)."""
     from stepbridge.storage.evaluations import Evaluations
 
@@ -271,7 +273,7 @@ def evals_resume(
 def evals_compare(a: Annotated[str, typer.Argument(help="Evaluation A (the baseline).")],
                   b: Annotated[str, typer.Argument(help="Evaluation B.")],
                   db: DbOption = None, as_json: JsonOption = False,
-                  rows: Annotated[int, typer.Option(help="Disagreeing rows to list.")] = 20) -> None:
+                  rows: Annotated[int, typer.Option(min=0, help="Disagreeing rows to list.")] = 20) -> None:
     """B - A on the same rows: mean paired difference with its 95% CI, and the rows that disagree."""
     from stepbridge.storage.evaluations import Evaluations
 

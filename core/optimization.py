@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .adapter import RunOptions
 from .datasets import Dataset, from_rows, load_dataset
-from .errors import InputValidationError, StepbridgeError, UnsupportedCapabilityError
+from .errors import InputValidationError, StepbridgeError, StorageError, UnsupportedCapabilityError
 from .evaluation import Metric, aevaluate, as_score, publish_judge, resolve_metric, stored_metric
 from .program import ChainOfThoughtModule, LMConfig, PredictModule, Program
 from .registry import load_adapter, registered_backend
@@ -570,6 +570,9 @@ async def aresume(store: Any, optimization_id: str, *, backend: Any = None, conc
     trainset = from_rows(row.data["train"], inputs=row.data["inputs"], labels=row.data["labels"], source="train")
     valset = (from_rows(row.data["val"], inputs=row.data["inputs"], labels=row.data["labels"], source="val")
               if row.data.get("val") is not None else None)
+    if trainset.hash != row.train_hash or (valset.hash if valset is not None else None) != row.val_hash:
+        raise StorageError(f"optimization {row.id}: the stored training or validation rows do not match their "
+                           "recorded content hash; the row is refused (start a new optimization)")
     adapter = backend if backend is not None else registered_backend(row.backend)
     async with Runner(adapter, store=store, lm=row.lm) as recorded:
         runner = Runner(recorded.adapter, lm=row.lm)

@@ -15,7 +15,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import StepbridgeError
-from .eval_cli import BackendOption, DbOption, JsonOption, err, fail, open_store, out, print_json, progress_bar
+from .eval_cli import (
+    BackendOption,
+    DbOption,
+    JsonOption,
+    LimitOption,
+    err,
+    fail,
+    open_store,
+    out,
+    print_json,
+    progress_bar,
+)
 
 __all__ = ["optimizations_app", "optimize_command"]
 
@@ -106,7 +117,7 @@ def optimize_command(
 
 
 @optimizations_app.command("list")
-def optimizations_list(db: DbOption = None, limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+def optimizations_list(db: DbOption = None, limit: LimitOption = 50,
                        as_json: JsonOption = False) -> None:
     """Stored optimizations, newest first."""
     from stepbridge.storage.optimizations import Optimizations

@@ -86,3 +86,24 @@ def test_cli_eval_of_a_deep_row_is_a_typed_error(tmp_path: Path, depth: int) -> 
     error = json.loads(done.stdout)["error"]
     assert error["type"] == "InputValidationError" and "line 2" in error["message"]
     assert f"deeper than {MAX_VALUE_DEPTH}" in error["message"]
+
+
+def test_a_device_reporting_size_zero_is_read_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--data`` naming /dev/zero (size 0 to stat) read until memory ran out; now at most MAX_BYTES + 1."""
+    import stepbridge.datasets as datasets
+
+    monkeypatch.setattr(datasets, "MAX_BYTES", 1 << 20)  # the bound itself, smaller: the test reads 1 MiB
+    link = tmp_path / "zero.jsonl"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(InputValidationError, match="more than the 1048576 bytes"):
+        load_dataset(link, program=load_program(PROGRAM))
+
+
+@pytest.mark.parametrize("args", [["evals", "list", "--limit", str(10**20)], ["evals", "list", "--limit", "-1"],
+                                  ["optimizations", "list", "--limit", str(10**20)],
+                                  ["evals", "show", "x" * 12, "--rows", "-5"]])
+def test_cli_list_bounds_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
+    """``--limit 10**20`` was an OverflowError traceback from SQLite (exit 1); -1 listed everything."""
+    env = {**os.environ, "STEPBRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}"}
+    done = subprocess.run([*stepbridge_cli(), *args], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]

@@ -92,3 +92,28 @@ def test_a_tampered_optimization_setting_is_a_storage_error(db_url: str, tmp_pat
     done = _cli(db_url, "optimizations", "resume", str(result.id))
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert json.loads(done.stdout)["error"]["type"] == "StorageError"
+
+
+def test_resume_refuses_training_rows_that_do_not_match_their_hash(db_url: str) -> None:
+    """Rows swapped into a stored optimization were used silently: the published demos came from data
+    whose hash differed from the row's recorded ``train_hash``."""
+    from stepbridge.optimization import resume
+
+    program = load_program(PROGRAM)
+    with Store(db_url) as store:
+        result = stepbridge.optimize(program, from_rows(qa_rows(4), program=program), "exact_match",
+                                     optimizer="labeled", store=store)
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            data = conn.execute(sa.text("SELECT data FROM optimizations WHERE id = :id"),
+                                {"id": result.id}).scalar_one()
+            data = json.loads(data) if isinstance(data, str) else data
+            data["train"] = [{"question": "INJECTED", "answer": "INJECTED"}] * 3
+            cast = "CAST(:v AS JSONB)" if engine.dialect.name == "postgresql" else ":v"
+            conn.execute(sa.text(f"UPDATE optimizations SET data = {cast}, status = 'running', result_hash = NULL "
+                                 "WHERE id = :id"), {"v": json.dumps(data), "id": result.id})
+    finally:
+        engine.dispose()
+    with Store(db_url) as store, pytest.raises(StorageError, match="do not match their recorded content hash"):
+        resume(store, str(result.id))
