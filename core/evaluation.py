@@ -533,6 +533,12 @@ async def aresume(store: Any, evaluation_id: str, *, backend: Any = None, concur
             async with limit:
                 example = row.example
                 run = await asyncio.to_thread(store.get_execution, row.execution_id) if row.execution_id else None
+                if run is not None and (run.id != row.execution_id or run.program_hash != prog.content_hash):
+                    # a stored row is untrusted: its execution id may name another program's run (or be a prefix)
+                    await sink.add(RowResult(position=row.position, example=example, execution_id=row.execution_id,
+                                             error={"type": "StorageError", "message": f"row {row.position}: its "
+                                                    f"execution {row.execution_id} is not a run of this program"}))
+                    return
                 if run is not None and run.status == "succeeded":
                     usage = run.usage or {}
                     await sink.add(await _scored(scorer, row.position, example, run.outputs or {}, run.id,

@@ -117,3 +117,28 @@ def test_resume_refuses_training_rows_that_do_not_match_their_hash(db_url: str) 
         engine.dispose()
     with Store(db_url) as store, pytest.raises(StorageError, match="do not match their recorded content hash"):
         resume(store, str(result.id))
+
+
+def test_resume_never_scores_another_programs_run(db_url: str) -> None:
+    """A row's execution id pointed at a run of another program: its outputs were recorded as this row's
+    prediction (and scored, when the shapes matched)."""
+    from stepbridge.evaluation import resume
+
+    program = load_program(PROGRAM)
+    other = load_program(PROGRAM.replace("name: qa", "name: other"))
+    with Store(db_url) as store:
+        result = stepbridge.evaluate(program, from_rows(qa_rows(3), program=program), "exact_match", store=store)
+        foreign = stepbridge.run(other, {"question": "question-002"}, store=store).execution_id
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE evaluation_rows SET done = :f, prediction = NULL, score = NULL, "
+                                 "execution_id = :x WHERE evaluation_id = :id AND position = 1"),
+                         {"f": False, "x": foreign, "id": result.id})
+    finally:
+        engine.dispose()
+    with Store(db_url) as store:
+        resumed = resume(store, str(result.id))
+        row = Evaluations(store).rows(str(result.id))[1]
+    assert resumed.errors == 1 and row.prediction is None and row.score is None
+    assert row.error is not None and "not a run of this program" in row.error["message"]
