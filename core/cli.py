@@ -209,7 +209,7 @@ def run(
 
     is_file = program.endswith((".yaml", ".yml", ".json")) or "/" in program
     try:
-        _check_configuration(lm)  # a typo in the operator's settings stops here: nothing ran or was recorded
+        check_configuration(lm)  # a typo in the operator's settings stops here: nothing ran or was recorded
         adapter_options = _adapter_options(backend, pool)
         # A stored NAME@ALIAS needs the store to be found, even when runs are not recorded.
         store = _open_store(db) if record or publish or not is_file else None
@@ -221,7 +221,7 @@ def run(
         raise typer.Exit(EXIT_INVALID) from None
     try:
         prog = load(program, store=store)
-        _check_program_profiles(prog)
+        check_program_profiles(prog)
         rows = _read_rows(inputs_file) if inputs_file else [_parse_kv(inputs or [], prog)]
     except (ProgramValidationError, InputValidationError) as exc:
         raise _fail_invalid(exc, as_json) from None
@@ -250,7 +250,7 @@ def run(
     raise typer.Exit(code)
 
 
-def _check_configuration(lm: str | None) -> None:
+def check_configuration(lm: str | None) -> None:
     """The config file parses, and ``--lm NAME`` (no ``/``: a profile) is a configured profile."""
     from .lm import load_profiles, unknown_profile_message
 
@@ -260,7 +260,7 @@ def _check_configuration(lm: str | None) -> None:
                                  suggestion=did_you_mean(lm, [*profiles, "reference"]))
 
 
-def _check_program_profiles(prog: Any) -> None:
+def check_program_profiles(prog: Any) -> None:
     """Every LM profile the program names is configured (before a run fails on it half-way)."""
     from .lm import load_profiles, unknown_profile_message
 

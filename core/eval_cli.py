@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .errors import InputValidationError, ProgramValidationError, StepbridgeError
+from .errors import ConfigurationError, InputValidationError, ProgramValidationError, StepbridgeError
 from .secrets import scrub
 
 __all__ = ["eval_command", "evals_app", "progress_bar"]
@@ -52,7 +52,7 @@ def print_json(data: Any) -> None:
 
 def fail(exc: StepbridgeError, as_json: bool) -> typer.Exit:
     """Print a typed error; the exit code says whether the input was invalid (2) or something failed (1)."""
-    invalid = isinstance(exc, ProgramValidationError | InputValidationError)
+    invalid = isinstance(exc, ProgramValidationError | InputValidationError | ConfigurationError)
     if as_json:
         print_json({"ok": False, "error": exc.to_dict()})
     else:
@@ -146,17 +146,20 @@ def eval_command(
     db: DbOption = None,
 ) -> None:
     """Evaluate a program on a dataset with a metric: every row recorded, mean score with a 95% CI."""
+    from .cli import check_configuration, check_program_profiles
     from .datasets import load_dataset
     from .evaluation import aevaluate
     from .runner import load
 
     try:
+        check_configuration(lm)  # a typo in the operator's settings stops here, not as one error row per row
         store = open_store(db)
     except StepbridgeError as exc:
         raise fail(exc, as_json) from None
     try:
         store.mark_interrupted()
         prog = load(program, store=store)
+        check_program_profiles(prog)
         dataset = load_dataset(data, program=prog, inputs=_names(inputs), labels=_names(labels))
         options: dict[str, Any] = {"address": pool} if pool else {}
         bar = _Bar(progress_bar(prog.name), prog.name, as_json)

@@ -88,17 +88,20 @@ def optimize_command(
     db: DbOption = None,
 ) -> None:
     """Optimize a program's demos on training data; publish the result as a new version with its lineage."""
+    from .cli import check_configuration, check_program_profiles
     from .datasets import load_dataset
     from .optimization import Settings, aoptimize
     from .runner import load
 
     try:
+        check_configuration(lm)  # a typo in the operator's settings stops here, before any row runs
         store = open_store(db)
     except StepbridgeError as exc:
         raise fail(exc, as_json) from None
     try:
         store.mark_interrupted()
         prog = load(program, store=store)
+        check_program_profiles(prog)
         trainset = load_dataset(train, program=prog)
         valset = load_dataset(val, program=prog) if val is not None else None
         settings = Settings(max_bootstrapped_demos=max_bootstrapped_demos, max_labeled_demos=max_labeled_demos,

@@ -92,6 +92,16 @@ def test_cli_eval_json_and_compare(tmp_path: Path) -> None:
     bad = subprocess.run([*stepbridge_cli(), "eval", str(program), "--data", str(data), "--metric", "nope",
                           "--json"], env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no metric registered as 'nope'" in json.loads(bad.stdout)["error"]["message"]
+    # a misspelt LM profile stops before any row runs (not one error row per dataset row), for eval and optimize
+    for command in (["eval", str(program), "--data", str(data)],
+                    ["optimize", str(program), "--optimizer", "bootstrap", "--train", str(data)]):
+        typo = subprocess.run([*stepbridge_cli(), *command, "--metric", "exact_match", "--lm", "locl", "--json"],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert typo.returncode == 2, typo.stdout + typo.stderr
+        assert json.loads(typo.stdout)["error"]["type"] == "ConfigurationError", typo.stdout
+    listed = subprocess.run([*stepbridge_cli(), "evals", "list", "--json"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert len(json.loads(listed.stdout)) == 2  # nothing was recorded for the typo
 
 
 def test_paired_comparison_finds_the_rows_that_disagree() -> None:
