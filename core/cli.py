@@ -37,7 +37,7 @@ from .secrets import scrub, scrub_process_output
 
 app = typer.Typer(
     name="stepbridge",
-    help="Run LM programs written down as data on interchangeable backends (native, dspy, pool).",
+    help="Run LM programs written down as data on interchangeable backends (native, dspy, pool, ray).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -187,7 +187,7 @@ def run(
                       typer.Option("-i", "--input", help="An input as key=value (repeatable).")] = None,
     inputs_file: Annotated[Path | None, typer.Option("--inputs", help="Batch: a JSONL file, one inputs object "
                                                                       "per line.")] = None,
-    backend: Annotated[str, typer.Option(help="native, dspy, pool, or package.module:factory.")] = "native",
+    backend: Annotated[str, typer.Option(help="native, dspy, pool, ray, or package.module:factory.")] = "native",
     lm: Annotated[str | None, typer.Option(help="An LM profile name or a model (provider/model).")] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Batch rows run at once.")] = 8,
     timeout: Annotated[float | None, typer.Option(help="Seconds per run.")] = None,
