@@ -11,6 +11,11 @@ instead, with the call's own arguments, through its callbacks (so the trace reco
 arguments may not choose an endpoint or a credential either (``dspy.Predict(sig, api_base=...)`` keeps
 it in its config and passes it on every call, as does ``predictor(..., config={"api_base": ...})``, and
 DSPy lets a call's arguments override its LM's): those are dropped (:data:`ENDPOINT_OPTION`).
+
+Below ``__call__``, every request DSPy sends is prepared by ``dspy.clients.execution.prepare`` (also for a
+module calling ``lm.forward``/``aforward`` directly, which skips ``__call__`` and its callbacks): while a step
+runs, preparing a request for any LM other than the step's is refused (:class:`ForeignLMCall`), so no
+code path of the module reaches its own endpoint.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 import dspy
 from dspy.clients.base_lm import BaseLM
 
-__all__ = ["SETTING", "install", "route"]
+__all__ = ["SETTING", "ForeignLMCall", "install", "route"]
 
 #: the ``dspy.context`` key holding the step's LMs (its own first, then those of its LM judges)
 SETTING = "stepbridge_step_lms"
@@ -59,11 +64,29 @@ def route(lm: Any) -> Any:
     return allowed[0]
 
 
+class ForeignLMCall(PermissionError):
+    """A module sent a request on an LM of its own, below ``__call__`` (``lm.forward(...)``), during a step."""
+
+
 def install() -> None:
-    """Wrap ``BaseLM.__call__`` and ``BaseLM.acall`` (idempotent)."""
+    """Wrap ``BaseLM.__call__`` and ``BaseLM.acall``, and DSPy's request preparation (idempotent)."""
     if getattr(BaseLM, "_stepbridge_guarded", False):
         return
-    call, acall = BaseLM.__call__, BaseLM.acall
+    from dspy.clients import execution
+
+    call, acall, prepare = BaseLM.__call__, BaseLM.acall, execution.prepare
+
+    @functools.wraps(prepare)
+    def guarded_prepare(lm: Any, prompt: Any, messages: Any, kwargs: Any, **options: Any) -> Any:
+        if dspy.settings.get(SETTING):
+            if route(lm) is not lm:
+                raise ForeignLMCall(f"a module sent a request on its own LM ({getattr(lm, 'model', lm)!s}) during a "
+                                    "stepbridge step; call its predictors (they use the step's LM) instead of "
+                                    "the LM's forward()")
+            kwargs = _options(dict(kwargs or {}))
+        return prepare(lm, prompt, messages, kwargs, **options)
+
+    execution.prepare = guarded_prepare
 
     @functools.wraps(call)
     def guarded_call(self: Any, *args: Any, **kwargs: Any) -> Any:

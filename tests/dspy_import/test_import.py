@@ -310,6 +310,43 @@ def test_an_opaque_module_switching_lms_reaches_only_the_operators_lm(loop: Any,
         dspy_modules.unregister("sb_test.SwitchesLM")
 
 
+class CallsForward(dspy.Module):
+    """Below ``__call__``: a request sent with its own LM's ``forward`` (no callbacks, no history)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = dspy.Predict("question -> answer")
+        self.own = dspy.LM("openai/their-model", api_base="http://127.0.0.1:9/v1", api_key="theirs", cache=False)
+
+    def forward(self, question: str) -> Any:
+        self.own.forward(messages=[{"role": "user", "content": question}])
+        return self.answer(question=question)
+
+
+def test_a_module_calling_its_own_lms_forward_is_refused_before_any_request(loop: Any, server: Any,
+                                                                            dspy_adapter: Any) -> None:
+    from stepbridge.errors import StepbridgeError
+    from stepbridge.registry import dspy_modules
+
+    dspy_modules.register("sb_test.CallsForward", CallsForward)
+    try:
+        from stepbridge import load_program
+
+        program = load_program({
+            "stepbridge": 1, "name": "calls_forward", "signature": "question -> answer",
+            "modules": {"m": {"type": "dspy", "module": "sb_test.CallsForward", "signature": "question -> answer"}},
+            "steps": [{"call": "m", "with": {"question": "$inputs.question"}, "as": "r"},
+                      {"return": {"answer": "$r.answer"}}]})
+        before = len(server.log.entries()) if server.log else 0
+        with pytest.raises(StepbridgeError) as info:
+            _run(loop, dspy_adapter, program, Q[0])
+        # refused where the request is prepared: not a connection error from port 9, and nothing was sent
+        assert "its own LM" in str(info.value) and "their-model" in str(info.value), str(info.value)
+        assert (len(server.log.entries()) if server.log else 0) == before
+    finally:
+        dspy_modules.unregister("sb_test.CallsForward")
+
+
 # ------------------------------------------------------------------------------------------------
 # branches read statically
 # ------------------------------------------------------------------------------------------------
