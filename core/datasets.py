@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InputValidationError
+from .errors import InputValidationError, did_you_mean
 from .operations import MAX_VALUE_DEPTH
 from .program import Program
 
@@ -200,6 +200,14 @@ def from_rows(rows: Iterable[Mapping[str, Any]], *, program: Program | None = No
                                        "them from)")
         inputs = list(program.signature.inputs)
     input_names = tuple(dict.fromkeys(inputs))
+    if program is not None:  # a field the program does not take would fail every row: refuse it up front
+        foreign = [n for n in input_names if n not in program.signature.inputs]
+        if foreign:
+            hint = did_you_mean(foreign[0], list(program.signature.inputs))
+            raise InputValidationError(f"{source}: {foreign[0]!r} is not an input of {program.name} (its inputs: "
+                                       f"{', '.join(program.signature.inputs)})" + (f"; did you mean {hint!r}?"
+                                                                                    if hint else ""),
+                                       field=foreign[0])
     if labels is None:
         labels = [k for k in seen if k not in input_names]
     label_names = tuple(dict.fromkeys(labels))

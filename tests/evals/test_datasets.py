@@ -80,6 +80,9 @@ def test_split_from_the_signature(tmp_path: Path) -> None:
     assert ds.input_rows() == [{"question": "q"}, {"question": "r"}]
     override = load_dataset(path, program=prog, inputs=["question"], labels=["answer"])
     assert override.labels == ("answer",) and override.hash != ds.hash
+    # an input the program does not take would fail every row: refused before anything runs
+    with pytest.raises(InputValidationError, match=r"'questoin' is not an input of qa.*did you mean 'question'"):
+        load_dataset(path, program=prog, inputs=["questoin"])
 
 
 @pytest.mark.parametrize(("name", "text", "where"), [
