@@ -171,9 +171,29 @@ def test_dead_actor_retries_idempotent_runs_never_side_effects(ray_kwargs: dict[
                 return False
 
             await wait_for(both_back, what="the actors restarted")
+            # ... and the adapter's own probe has seen them back (until then it sends runs to the healthy one
+            # only, and the lost reference would never be asked for)
+            async def both_healthy() -> bool:
+                return all(a["healthy"] for a in adapter.status()["actors"])
+
+            await wait_for(both_healthy, what="the adapter saw the restarted actors")
             many = await asyncio.gather(*(runner.run(nap, {"seconds": 0.01}) for _ in range(20)))
             assert all(r.outputs == {"slept": 0.01} for r in many)
-            # a restarted actor had lost the program's object reference it was given: it said so, got it again
+
+            # an idle actor restarted behind the adapter's back (no run failed, so nothing told it) has lost the
+            # program's object reference it was given: it says so, gets it again, and the runs still succeed
+            victim = (await adapter.describe_actors())[0]["pid"]
+            os.kill(victim, signal.SIGKILL)
+
+            async def replaced() -> bool:
+                with contextlib.suppress(Exception):
+                    pids = {a["pid"] for a in await adapter.describe_actors(timeout=2)}
+                    return len(pids) == 2 and victim not in pids
+                return False
+
+            await wait_for(replaced, what="the idle actor restarted")
+            many = await asyncio.gather(*(runner.run(nap, {"seconds": 0.01}) for _ in range(20)))
+            assert all(r.outputs == {"slept": 0.01} for r in many)
             assert adapter.stats["resent"] >= 1
 
     asyncio.run(go())
