@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -61,10 +62,25 @@ def fail(exc: StepbridgeError, as_json: bool) -> typer.Exit:
     return typer.Exit(EXIT_INVALID if invalid else EXIT_FAILED)
 
 
+T = TypeVar("T")
+
+
 def open_store(db: str | None) -> Any:
     from stepbridge.storage import Store
 
     return Store(db)
+
+
+def read_store(db: str | None, as_json: bool, read: Callable[[Any], T]) -> T:
+    """``read(store)`` on a store opened for it and closed after; a typed error ends the command."""
+    try:
+        store = open_store(db)
+        try:
+            return read(store)
+        finally:
+            store.close()
+    except StepbridgeError as exc:
+        raise fail(exc, as_json) from None
 
 
 def progress_bar(label: str) -> Progress:
@@ -184,14 +200,7 @@ def evals_list(db: DbOption = None, limit: LimitOption = 50,
     """Stored evaluations, newest first."""
     from stepbridge.storage.evaluations import Evaluations
 
-    try:
-        store = open_store(db)
-        try:
-            found = Evaluations(store).recent(limit)
-        finally:
-            store.close()
-    except StepbridgeError as exc:
-        raise fail(exc, as_json) from None
+    found = read_store(db, as_json, lambda store: Evaluations(store).recent(limit))
     if as_json:
         print_json([e.model_dump(mode="json") for e in found])
         return
@@ -211,16 +220,12 @@ def evals_show(evaluation_id: Annotated[str, typer.Argument(help="Evaluation id 
     """One evaluation: its summary and its rows (prediction, score or error, execution id)."""
     from stepbridge.storage.evaluations import Evaluations
 
-    try:
-        store = open_store(db)
-        try:
-            log = Evaluations(store)
-            ev = log.get(evaluation_id)
-            stored = log.rows(ev.id)
-        finally:
-            store.close()
-    except StepbridgeError as exc:
-        raise fail(exc, as_json) from None
+    def read(store: Any) -> tuple[Any, list[Any]]:
+        log = Evaluations(store)
+        ev = log.get(evaluation_id)
+        return ev, log.rows(ev.id)
+
+    ev, stored = read_store(db, as_json, read)
     if as_json:
         print_json({**ev.model_dump(mode="json"), "rows": [r.model_dump(mode="json") for r in stored]})
         return

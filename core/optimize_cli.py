@@ -26,6 +26,7 @@ from .eval_cli import (
     out,
     print_json,
     progress_bar,
+    read_store,
 )
 
 __all__ = ["optimizations_app", "optimize_command"]
@@ -125,14 +126,7 @@ def optimizations_list(db: DbOption = None, limit: LimitOption = 50,
     """Stored optimizations, newest first."""
     from stepbridge.storage.optimizations import Optimizations
 
-    try:
-        store = open_store(db)
-        try:
-            found = Optimizations(store).recent(limit)
-        finally:
-            store.close()
-    except StepbridgeError as exc:
-        raise fail(exc, as_json) from None
+    found = read_store(db, as_json, lambda store: Optimizations(store).recent(limit))
     if as_json:
         print_json([o.model_dump(mode="json", exclude={"data", "checkpoint"}) for o in found])
         return
@@ -152,16 +146,12 @@ def optimizations_show(optimization_id: Annotated[str, typer.Argument(help="Opti
     """One optimization: settings, progress, every candidate and its score, the result."""
     from stepbridge.storage.optimizations import Optimizations
 
-    try:
-        store = open_store(db)
-        try:
-            log = Optimizations(store)
-            o = log.get(optimization_id)
-            candidates = log.candidates(o.id)
-        finally:
-            store.close()
-    except StepbridgeError as exc:
-        raise fail(exc, as_json) from None
+    def read(store: Any) -> tuple[Any, Any]:
+        log = Optimizations(store)
+        o = log.get(optimization_id)
+        return o, log.candidates(o.id)
+
+    o, candidates = read_store(db, as_json, read)
     if as_json:
         print_json({**o.model_dump(mode="json", exclude={"data"}), "candidates": candidates})
         return
