@@ -4,32 +4,10 @@ on a fresh PostgreSQL schema."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sb_evals import LM, serve_lm
-from stepbridge.storage import Store
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database: a SQLite file, or a fresh PostgreSQL schema dropped afterwards."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
-    from sb_postgres import fresh_schema
-
-    with fresh_schema(request.getfixturevalue("postgres_url")) as url:
-        yield url
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    s = Store(db_url)
-    try:
-        yield s
-    finally:
-        s.close()
+from sb_postgres import db_url, store  # noqa: F401  (fixtures, shared with tests/storage)
 
 
 @pytest.fixture(scope="module")
