@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputValidationError, did_you_mean
+from .files import FileRefused, read_regular
 from .operations import MAX_VALUE_DEPTH
 from .program import Program
 
@@ -239,13 +240,9 @@ def load_dataset(path: str | Path, *, program: Program | None = None, inputs: Se
     path = Path(path)
     kind = _format_of(path, fmt)
     try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise InputValidationError(f"{path}: {size} bytes is more than the {MAX_BYTES} a dataset may have")
-        with path.open("rb") as fh:  # bounded: a device or a pipe reports size 0 (/dev/zero never ends)
-            raw = fh.read(MAX_BYTES + 1)
-        if len(raw) > MAX_BYTES:
-            raise InputValidationError(f"{path}: more than the {MAX_BYTES} bytes a dataset may have")
+        raw = read_regular(path, MAX_BYTES)
+    except FileRefused as exc:
+        raise InputValidationError(f"dataset {exc}; give a JSONL or CSV file") from None
     except OSError as exc:
         raise InputValidationError(f"cannot read dataset {path}: {exc.strerror or exc}") from None
     try:

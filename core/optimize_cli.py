@@ -79,7 +79,7 @@ def optimize_command(
     max_labeled_demos: Annotated[int, typer.Option(min=0, max=1000)] = 16,
     max_rounds: Annotated[int, typer.Option(min=1, max=100)] = 1,
     metric_threshold: Annotated[float | None, typer.Option()] = None,
-    max_errors: Annotated[int, typer.Option(min=1)] = 10,
+    max_errors: Annotated[int, typer.Option(min=1, max=1_000_000)] = 10,
     num_candidates: Annotated[int, typer.Option(min=0, max=1000, help="random_search: shuffled bootstraps.")] = 8,
     teacher: Annotated[str | None, typer.Option(help="Teacher program (default: the program itself).")] = None,
     backend: BackendOption = "native",
@@ -91,7 +91,7 @@ def optimize_command(
     """Optimize a program's demos on training data; publish the result as a new version with its lineage."""
     from .cli import check_configuration, check_program_profiles
     from .datasets import load_dataset
-    from .optimization import Settings, aoptimize
+    from .optimization import aoptimize, settings_from
     from .runner import load
 
     try:
@@ -105,9 +105,10 @@ def optimize_command(
         check_program_profiles(prog)
         trainset = load_dataset(train, program=prog)
         valset = load_dataset(val, program=prog) if val is not None else None
-        settings = Settings(max_bootstrapped_demos=max_bootstrapped_demos, max_labeled_demos=max_labeled_demos,
-                            max_rounds=max_rounds, metric_threshold=metric_threshold, max_errors=max_errors,
-                            num_candidates=num_candidates, teacher=teacher)
+        settings = settings_from(dict(max_bootstrapped_demos=max_bootstrapped_demos,
+                                      max_labeled_demos=max_labeled_demos, max_rounds=max_rounds,
+                                      metric_threshold=metric_threshold, max_errors=max_errors,
+                                      num_candidates=num_candidates, teacher=teacher))
         bar = _Bar(as_json)
         with bar.progress:
             result = asyncio.run(aoptimize(prog, trainset, metric, optimizer=optimizer, val=valset, settings=settings,

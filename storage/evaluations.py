@@ -19,7 +19,7 @@ from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from stepbridge.adapter import new_execution_id
 from stepbridge.datasets import Dataset
-from stepbridge.errors import ProgramNotFound, StorageError
+from stepbridge.errors import StorageError
 from stepbridge.evaluation import RowResult, Summary
 from stepbridge.program import Program
 
@@ -82,14 +82,6 @@ class StoredRow(BaseModel):
         return RowResult(**self.model_dump(exclude={"done"}))
 
 
-def ensure_published(store: Any, program: Program, message: str) -> None:
-    """The program's version exists in the store (published with ``message`` if it was not)."""
-    try:
-        store.resolve(program.content_hash)
-    except ProgramNotFound:
-        store.publish(program, message=message)
-
-
 def stored(what: str, build: Callable[[], T]) -> T:
     """``build()`` (a model of a stored row) or a :class:`StorageError` naming the row: a stored row is
     untrusted, and a tampered one (a negative count, a string where a list belongs, NaN) must not end a
@@ -131,7 +123,7 @@ class Evaluations:
     # -- the EvaluationLog protocol --------------------------------------------------------------
     def create(self, *, program: Program, backend: str, metric: str, lm: str | None, dataset: Dataset,
                execution_ids: Sequence[str]) -> str:
-        ensure_published(self.store, program, "published automatically when first evaluated")
+        self.store.ensure_stored(program)  # recorded against the content hash, as a file's runs: not published
         eid = new_execution_id()
         now = utcnow()
         examples = [clean(row) for row in dataset.rows]

@@ -19,7 +19,7 @@ from stepbridge.datasets import Dataset
 from stepbridge.optimization import Settings
 from stepbridge.program import Program
 
-from .evaluations import ensure_published, find, stored
+from .evaluations import find, stored
 from .models import OptimizationCandidateRow, OptimizationRow
 from .recording import clean
 from .transactions import Transactions
@@ -67,7 +67,7 @@ class Optimizations:
 
     def create(self, *, program: Program, optimizer: str, settings: Settings, metric: str, backend: str,
                lm: str | None, train: Dataset, val: Dataset | None) -> str:
-        ensure_published(self.store, program, "published automatically when first optimized")
+        self.store.ensure_stored(program)  # by content hash, as a file's runs; only the result is published
         oid = new_execution_id()
         now = utcnow()
         data = clean({"inputs": list(train.inputs), "labels": list(train.labels), "train": train.rows,
