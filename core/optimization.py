@@ -612,8 +612,7 @@ async def aresume(store: Any, optimization_id: str, *, backend: Any = None, conc
         scorer = stored_metric(row.metric, store, runner)
         job = _Job(runner, prog, teacher, trainset, valset or trainset, scorer, conf, concurrency, log, row.id,
                    on_progress)
-        checkpoint = dict(row.checkpoint or {})
-        checkpoint["candidates"] = log.candidates(row.id)
+        checkpoint = _checked_checkpoint(dict(row.checkpoint or {}), log.candidates(row.id), job.predictors, row.id)
         try:
             before = row.score_before
             if before is None:
@@ -624,6 +623,48 @@ async def aresume(store: Any, optimization_id: str, *, backend: Any = None, conc
         except StepbridgeError as exc:
             await asyncio.to_thread(log.failed, row.id, exc.to_dict())
             raise
+
+
+class _BootstrapState(BaseModel):
+    """A bootstrap checkpoint as :meth:`_Job.bootstrap` saves it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    next: int = Field(ge=0)
+    bootstrapped: list[int]
+    traces: dict[str, list[dict[str, Any]]]
+    errors: int = Field(ge=0)
+    attempts: int = Field(ge=0)
+    teacher_demos: dict[str, list[dict[str, Any]]] | None = None
+
+
+def _checked_checkpoint(checkpoint: dict[str, Any], candidates: list[dict[str, Any]], predictors: list[str],
+                        optimization_id: str) -> dict[str, Any]:
+    """A stored checkpoint and candidates, refused (a :class:`StorageError`) unless they have the shapes the
+    optimizer wrote and name only the program's predictors: a stored row is untrusted, and a tampered one
+    must not end a resume in a traceback."""
+    names = set(predictors)
+
+    def refuse(what: str) -> StorageError:
+        return StorageError(f"optimization {optimization_id}: the stored {what} is malformed; the row is refused "
+                            "(start a new optimization)")
+
+    checked: dict[str, Any] = {}
+    for key, saved in checkpoint.items():
+        if key != "bootstrap" and not (key.startswith("seed") and key[4:].lstrip("-").isdigit()):
+            raise refuse(f"checkpoint key {key[:40]!r}")
+        try:
+            state = _BootstrapState.model_validate(saved)
+        except ValidationError:
+            raise refuse(f"checkpoint {key!r}") from None
+        if set(state.traces) != names or not set(state.teacher_demos or {}) <= names:
+            raise refuse(f"checkpoint {key!r} (its modules are not the program's predictors)")
+        checked[key] = state.model_dump(exclude_none=True)
+    for c in candidates:
+        if not set(c["modules"]) <= names:
+            raise refuse(f"candidate {c['seq']} (its modules are not the program's predictors)")
+    checked["candidates"] = candidates
+    return checked
 
 
 def optimize(program: Program | str | Path, train: Dataset | str | Path, metric: Any, **options: Any

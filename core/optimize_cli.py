@@ -22,11 +22,14 @@ from .eval_cli import (
     LimitOption,
     err,
     fail,
+    is_refused,
     open_store,
     out,
     print_json,
     progress_bar,
     read_store,
+    refused_cells,
+    warn_refused,
 )
 
 __all__ = ["optimizations_app", "optimize_command"]
@@ -129,16 +132,21 @@ def optimizations_list(db: DbOption = None, limit: LimitOption = 50,
 
     found = read_store(db, as_json, lambda store: Optimizations(store).recent(limit))
     if as_json:
-        print_json([o.model_dump(mode="json", exclude={"data", "checkpoint"}) for o in found])
+        print_json([o.model_dump(mode="json", exclude=set() if is_refused(o) else {"data", "checkpoint"})
+                    for o in found])
         return
     table = Table("id", "program", "optimizer", "status", "progress", "before", "after", "result")
     for o in found:
+        if is_refused(o):
+            table.add_row(escape(o.id[:12]), *refused_cells(o, 7))
+            continue
         p = o.progress
-        table.add_row(o.id[:12], escape(o.program_name), o.optimizer, o.status,
-                      f"{p.get('stage', '-')} {p.get('done', 0)}/{p.get('total', 0)}" if p else "-",
+        table.add_row(o.id[:12], escape(o.program_name), escape(o.optimizer), o.status,
+                      escape(f"{p.get('stage', '-')} {p.get('done', 0)}/{p.get('total', 0)}"[:60]) if p else "-",
                       "-" if o.score_before is None else f"{o.score_before:.4f}",
-                      "-" if o.score_after is None else f"{o.score_after:.4f}", (o.result_hash or "-")[:12])
+                      "-" if o.score_after is None else f"{o.score_after:.4f}", escape((o.result_hash or "-")[:12]))
     out.print(table)
+    warn_refused(found, "optimizations")
 
 
 @optimizations_app.command("show")
@@ -156,18 +164,19 @@ def optimizations_show(optimization_id: Annotated[str, typer.Argument(help="Opti
     if as_json:
         print_json({**o.model_dump(mode="json", exclude={"data"}), "candidates": candidates})
         return
-    out.print(f"[bold]optimization {o.id}[/] · {escape(o.program_name)} [dim]{o.program_hash[:12]}[/] · {o.optimizer} "
-              f"· {o.status} · metric {escape(o.metric)} · {escape(o.backend)}", highlight=False)
+    out.print(f"[bold]optimization {escape(o.id)}[/] · {escape(o.program_name)} "
+              f"[dim]{escape(o.program_hash[:12])}[/] · {escape(o.optimizer)} · {o.status} · metric "
+              f"{escape(o.metric)} · {escape(o.backend)}", highlight=False)
+    val = "" if o.val_hash is None else " · val " + o.val_hash[:12]
     out.print(f"settings {escape(str(o.settings.model_dump(exclude_defaults=True) or '(defaults)'))} · train "
-              f"{o.train_hash[:12]}{'' if o.val_hash is None else ' · val ' + o.val_hash[:12]} · progress "
-              f"{escape(str(o.progress))}", highlight=False)
+              f"{escape(o.train_hash[:12] + val)} · progress {escape(str(o.progress)[:300])}", highlight=False)
     table = Table("#", "candidate", "score", "demos per module")
     for c in candidates:
         table.add_row(str(c["seq"]), escape(c["label"]), "-" if c["score"] is None else f"{c['score']:.4f}",
                       ", ".join(f"{escape(k)}: {len(v)}" for k, v in (c["modules"] or {}).items()))
     out.print(table)
     if o.result_hash:
-        out.print(f"result {o.result_hash[:12]} · score {o.score_before} -> {o.score_after}", highlight=False)
+        out.print(f"result {escape(o.result_hash[:12])} · score {o.score_before} -> {o.score_after}", highlight=False)
     if o.error:
         err.print(f"[red]failed[/]: {escape(str(o.error.get('message')))}", highlight=False)
 
