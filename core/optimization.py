@@ -506,8 +506,10 @@ async def _finish(job: _Job, optimizer: str, store: Any, val: Dataset | None, be
     ref, digest = optimized.name, optimized.content_hash
     if store is not None:
         message = _lineage(optimizer, job.settings, job.metric.spec, job.train, val, before, after, job.id)
+        # an optimization that changed nothing publishes the original: never as its own parent
+        parent = job.program.content_hash if optimized.content_hash != job.program.content_hash else None
         version = await asyncio.to_thread(store.publish, optimized, source="optimized", message=message,
-                                          parent=job.program.content_hash)
+                                          parent=parent)
         ref, digest = version.ref, version.hash
     if job.log is not None and job.id is not None:
         await asyncio.to_thread(job.log.finish, job.id, result_hash=digest, score_after=after)

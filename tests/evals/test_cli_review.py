@@ -221,7 +221,8 @@ def test_usage_errors_are_json_under_json(tmp_path: Path, args: list[str]) -> No
 
 
 def test_every_import_dspy_error_is_json_under_json(tmp_path: Path) -> None:
-    (tmp_path / "mod.py").write_text("import dspy\nX = 1\n\ndef make():\n    return dspy.Predict('question -> answer')\n")
+    (tmp_path / "mod.py").write_text("import dspy\nX = 1\n\n\ndef make():\n"
+                                     "    return dspy.Predict('question -> answer')\n")
     samples = tmp_path / "samples.jsonl"
     samples.write_text("[1]\n")
     out = str(tmp_path / "out.yaml")
@@ -264,3 +265,27 @@ def test_evaluating_or_optimizing_a_file_publishes_only_the_result(db_url: str, 
     assert result["program"] == "qa@1" and result["parent"] == evaluation["program_hash"]
     history = json.loads(cli(db_url, "programs", "history", "qa", "--json").stdout)
     assert [v["hash"] for v in history] == [result["hash"]]
+
+
+def test_an_optimization_that_changes_nothing_is_not_its_own_parent(db_url: str) -> None:
+    """Zero demos: the result is the original. Stored unpublished by hash first, it was then published with
+    itself as its parent (a lineage cycle)."""
+    program = load_program(PROGRAM)
+    with Store(db_url) as store:
+        result = stepbridge.optimize(program, from_rows(qa_rows(3), program=program), "exact_match",
+                                     optimizer="labeled", settings={"max_labeled_demos": 0}, store=store)
+        assert result.hash == program.content_hash and result.program == "qa@1"
+        assert store.resolve(result.hash).parent is None
+
+
+def test_hostile_field_names_print_as_written(tmp_path: Path) -> None:
+    """Dataset field names are shown by `evals show`: rich markup in them ('[/]') ended it in a MarkupError."""
+    db_url = f"sqlite:///{tmp_path / 's.db'}"
+    program = tmp_path / "qa.yaml"
+    program.write_text(PROGRAM)
+    data = write_jsonl(tmp_path / "h.jsonl", [{"question": "[/]q", "answer": "a", "[/]": "x", "[bold]y": 1}])
+    done = cli(db_url, "eval", str(program), "--data", str(data), "--metric", "exact_match", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = cli(db_url, "evals", "show", json.loads(done.stdout)["id"])
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr[-2000:]
+    assert "[/], [bold]y" in shown.stdout
