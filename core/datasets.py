@@ -209,6 +209,12 @@ def from_rows(rows: Iterable[Mapping[str, Any]], *, program: Program | None = No
                                        f"{', '.join(program.signature.inputs)})" + (f"; did you mean {hint!r}?"
                                                                                     if hint else ""),
                                        field=foreign[0])
+        needed = [n for n, f in program.signature.inputs.items()
+                  if f.type_expr.kind != "optional" and n not in input_names]
+        if needed:  # left out of --inputs, it would be missing from every run
+            raise InputValidationError(f"{source}: {program.name} needs the input(s) {', '.join(needed)}, which "
+                                       f"the inputs given ({', '.join(input_names) or 'none'}) leave out",
+                                       field=needed[0])
     if labels is None:
         labels = [k for k in seen if k not in input_names]
     label_names = tuple(dict.fromkeys(labels))

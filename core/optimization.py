@@ -565,6 +565,11 @@ async def aoptimize(program: Program | str | Path, train: Dataset | str | Path, 
         for dataset in (trainset, valset):
             if dataset is not None:
                 await check_metric(scorer, prog, dataset)
+        # what would fail once recorded is refused before: a program without predictors, a teacher unlike the
+        # student, a judge (or an unregistered metric) for a DSPy optimizer
+        _Job(runner, prog, teacher, trainset, valset or trainset, scorer, conf, concurrency, None, None, None)
+        if optimizer in DSPY:
+            _dspy_metric(scorer)
         log = _log_for(store)
         if store is not None:  # what a resume needs is kept in the store by hash, never as a path
             await asyncio.to_thread(store_judge, scorer, store)

@@ -289,3 +289,18 @@ def test_hostile_field_names_print_as_written(tmp_path: Path) -> None:
     shown = cli(db_url, "evals", "show", json.loads(done.stdout)["id"])
     assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr[-2000:]
     assert "[/], [bold]y" in shown.stdout
+
+
+def test_what_would_fail_once_recorded_is_refused_before(db_url: str, files: dict[str, Path]) -> None:
+    """An optimization of a program without predictors (or with an unlike teacher) was recorded, then failed
+    outside the try that marks it failed: it stayed `running` for ever. `--inputs ""` ran every row without
+    the program's inputs."""
+    react = Path(__file__).parents[2] / "examples" / "react_agent.yaml"
+    p, data = str(files["program"]), str(files["data"])
+    for args in (["optimize", str(react), "--optimizer", "bootstrap", "--train", data],
+                 ["optimize", p, "--optimizer", "bootstrap", "--teacher", str(react), "--train", data]):
+        error = json_error(cli(db_url, *args, "--metric", "exact_match", "--json"), 1)
+        assert error["type"] == "UnsupportedCapabilityError", error
+    error = json_error(cli(db_url, "eval", p, "--data", data, "--metric", "exact_match", "--inputs", "", "--json"))
+    assert "needs the input(s) question" in error["message"]
+    nothing_stored(db_url)
