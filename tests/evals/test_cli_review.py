@@ -304,3 +304,17 @@ def test_what_would_fail_once_recorded_is_refused_before(db_url: str, files: dic
     error = json_error(cli(db_url, "eval", p, "--data", data, "--metric", "exact_match", "--inputs", "", "--json"))
     assert "needs the input(s) question" in error["message"]
     nothing_stored(db_url)
+
+
+@pytest.mark.parametrize(("args", "kind", "code"), [
+    (["executions", "show", "abc"], "ConfigurationError", 2), (["executions", "show", "abcdef12"],
+                                                               "ExecutionNotFound", 1),
+    (["programs", "history", "nope"], "ProgramNotFound", 1), (["executions", "list", "--status", "faild"],
+                                                              "ConfigurationError", 2),
+    (["programs", "alias", "x", "y"], "InputValidationError", 2), (["batches", "show", "abcdef12"], "StorageError", 1),
+    (["pool", "status", "--pool", "ipc:///nonexistent/stepbridge.sock"], "ConfigurationError", 1),
+])
+def test_command_errors_are_json_under_json(tmp_path: Path, args: list[str], kind: str, code: int) -> None:
+    """These printed text (and exit codes) whatever --json said."""
+    error = json_error(cli(f"sqlite:///{tmp_path / 's.db'}", *args, "--json"), code)
+    assert error["type"] == kind, error
