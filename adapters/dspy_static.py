@@ -56,6 +56,13 @@ class Results:
 
 
 @dataclass
+class Called:
+    """The results of a ``parallel`` step, in the order of its calls (``results[1].field``, or unpacked)."""
+
+    results: list[Result]
+
+
+@dataclass
 class Compiled:
     steps: list[dict[str, Any]]
     returns: list[dict[str, Any]]  # every return mapping, on every path
@@ -127,7 +134,7 @@ class _Compiler:
             if node.id not in env:
                 raise self.fail(f"name {node.id!r} is not a parameter or an earlier assignment", node)
             bound = env[node.id]
-            if isinstance(bound, Result | Results):
+            if isinstance(bound, Result | Results | Called):
                 raise self.fail(f"a whole predictor result ({node.id}) used as a value", node)
             return bound
         if isinstance(node, ast.Attribute):
@@ -139,6 +146,16 @@ class _Compiler:
                 if node.attr not in self.outputs[results.module]:
                     raise self.fail(f"{node.attr} is not an output of {results.module}", node)
                 return {"$index": [f"${results.as_}.{node.attr}", base.slice.value]}
+            if (isinstance(base, ast.Subscript) and isinstance(base.value, ast.Name)
+                    and isinstance(env.get(base.value.id), Called) and isinstance(base.slice, ast.Constant)
+                    and isinstance(base.slice.value, int) and not isinstance(base.slice.value, bool)):
+                called = env[base.value.id].results
+                if not -len(called) <= base.slice.value < len(called):
+                    raise self.fail(f"{base.value.id}[{base.slice.value}] is out of range", node)
+                result = called[base.slice.value]
+                if node.attr not in self.outputs[result.module]:
+                    raise self.fail(f"{node.attr} is not an output of {result.module}", node)
+                return f"${result.as_}.{node.attr}"
             if isinstance(base, ast.Name) and isinstance(env.get(base.id), Result):
                 result = env[base.id]
                 if node.attr not in self.outputs[result.module]:
@@ -211,6 +228,15 @@ class _Compiler:
                 continue
             if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
                 env[stmt.targets[0].id] = self.expression(stmt.value, env, steps)
+            elif (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                  and isinstance(stmt.targets[0], ast.Tuple | ast.List)
+                  and all(isinstance(t, ast.Name) for t in stmt.targets[0].elts) and isinstance(stmt.value, ast.Call)):
+                # a, b = self.parallel([...]): each name is one call's result
+                called = self.parallel(stmt.value, env, steps, unpacked=True)
+                names = [t.id for t in stmt.targets[0].elts]  # type: ignore[attr-defined]
+                if not isinstance(called, Called) or len(called.results) != len(names):
+                    raise self.fail("an unpacking of something other than the results of dspy.Parallel", stmt)
+                env.update(zip(names, called.results, strict=True))
             elif isinstance(stmt, ast.Return):
                 steps.append({"return": self.returned(stmt, env, steps)})
                 return steps, True
@@ -258,46 +284,74 @@ class _Compiler:
         self.mapped_lines.append(getattr(line_node, "lineno", 0) + self.offset)
         return f"${as_}.{element.attr}"
 
-    def parallel(self, node: ast.Call, env: dict[str, Any], steps: list[dict[str, Any]]) -> Results | None:
-        """``self.parallel([(self.p, dspy.Example(k=v).with_inputs("k")), ...])`` (a ``dspy.Parallel``):
-        one predictor over every pair is a ``map`` over a list of argument objects, in order."""
+    def parallel(self, node: ast.Call, env: dict[str, Any], steps: list[dict[str, Any]],
+                 unpacked: bool = False) -> Results | Called | None:
+        """``self.parallel([(self.p, dspy.Example(k=v).with_inputs("k")), (self.q, {"k": v}), ...])`` (a
+        ``dspy.Parallel``): one predictor with the same arguments in every pair is a ``map`` over a list of
+        argument objects; otherwise (several predictors, other arguments, or results unpacked into names)
+        a ``parallel`` step of one call per pair. Either way the calls run concurrently, results in order."""
         import dspy
 
-        if not isinstance(self.resolve(node.func), dspy.Parallel):
+        runner = self.resolve(node.func)
+        if not isinstance(runner, dspy.Parallel):
             return None
+        if not getattr(runner, "access_examples", True) or getattr(runner, "return_failed_examples", False):
+            raise self.fail("dspy.Parallel with access_examples=False or return_failed_examples=True", node)
         if len(node.args) != 1 or node.keywords or not isinstance(node.args[0], ast.List):
             raise self.fail("dspy.Parallel called with something other than a list of (module, example) pairs", node)
-        modules, items = set(), []
+        calls: list[tuple[str, dict[str, Any]]] = []
         for pair in node.args[0].elts:
             if not (isinstance(pair, ast.Tuple) and len(pair.elts) == 2):
                 raise self.fail("a dspy.Parallel item that is not a (module, example) pair", pair)
             module = self.leaf(pair.elts[0])
-            example = pair.elts[1]
-            keys: list[str] | None = None
-            if (isinstance(example, ast.Call) and isinstance(example.func, ast.Attribute)
-                    and example.func.attr == "with_inputs"):
-                if not all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in example.args):
-                    raise self.fail("with_inputs of something other than names", example)
-                keys = [a.value for a in example.args]  # type: ignore[attr-defined]
-                example = example.func.value
-            if not (module and isinstance(example, ast.Call) and isinstance(example.func, ast.Attribute)
-                    and example.func.attr == "Example" and not example.args
-                    and all(k.arg is not None for k in example.keywords)):
-                raise self.fail("a dspy.Parallel item other than (self.<predictor>, dspy.Example(k=v, ...))", pair)
-            fields = {k.arg: self.value(k.value, env) for k in example.keywords if k.arg is not None}
-            items.append({k: v for k, v in fields.items() if keys is None or k in keys})
-            modules.add(module)
-        if len(modules) != 1 or not items or len({tuple(i) for i in items}) != 1:
-            raise self.fail("dspy.Parallel over several predictors or differing arguments", node)
-        module = modules.pop()
-        self.counts[module] = self.counts.get(module, 0) + 1
-        as_ = f"{module}_all" if self.counts[module] == 1 else f"{module}_all{self.counts[module]}"
-        item = f"item_{as_}"
-        steps.append({"map": module, "over": items, "item": item,
-                      "with": {k: f"${item}.{k}" for k in items[0]}, "as": as_})
-        self.calls.append(module)
-        self.mapped_lines.append(getattr(node, "lineno", 0) + self.offset)
-        return Results(as_, module)
+            if module is None:
+                raise self.fail("a dspy.Parallel item whose module is not a converted predictor", pair)
+            calls.append((module, self.parallel_arguments(pair.elts[1], env)))
+        if not calls:
+            raise self.fail("dspy.Parallel over an empty list", node)
+        line = getattr(node, "lineno", 0) + self.offset
+        if not unpacked and len({m for m, _ in calls}) == 1 and len({tuple(a) for _, a in calls}) == 1:
+            module = calls[0][0]
+            self.counts[module] = self.counts.get(module, 0) + 1
+            as_ = f"{module}_all" if self.counts[module] == 1 else f"{module}_all{self.counts[module]}"
+            item = f"item_{as_}"
+            steps.append({"map": module, "over": [a for _, a in calls], "item": item,
+                          "with": {k: f"${item}.{k}" for k in calls[0][1]}, "as": as_})
+            self.calls.append(module)
+            self.mapped_lines.append(line)
+            return Results(as_, module)
+        results, listed = [], []
+        for module, args in calls:
+            self.counts[module] = self.counts.get(module, 0) + 1
+            as_ = f"{module}_out" if self.counts[module] == 1 else f"{module}_out{self.counts[module]}"
+            listed.append({"call": module, "with": args, "as": as_})
+            results.append(Result(as_, module))
+            self.calls.append(module)
+        steps.append({"parallel": listed})
+        self.mapped_lines.append(line)
+        return Called(results)
+
+    def parallel_arguments(self, example: ast.AST, env: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments DSPy's Parallel calls a module with: ``example.inputs()`` of a
+        ``dspy.Example(...).with_inputs(...)``, or a dict literal with text keys."""
+        if isinstance(example, ast.Dict):
+            if not all(isinstance(k, ast.Constant) and isinstance(k.value, str) for k in example.keys):
+                raise self.fail("a dspy.Parallel argument dict whose keys are not text constants", example)
+            return {k.value: self.value(v, env) for k, v in zip(example.keys, example.values, strict=True)}  # type: ignore[union-attr]
+        if not (isinstance(example, ast.Call) and isinstance(example.func, ast.Attribute)
+                and example.func.attr == "with_inputs"):
+            raise self.fail("a dspy.Parallel example without .with_inputs(...) (DSPy raises on it)", example)
+        if example.keywords or not all(isinstance(a, ast.Constant) and isinstance(a.value, str)
+                                       for a in example.args):
+            raise self.fail("with_inputs of something other than names", example)
+        keys = [a.value for a in example.args]  # type: ignore[attr-defined]
+        made = example.func.value
+        if not (isinstance(made, ast.Call) and isinstance(made.func, ast.Attribute) and made.func.attr == "Example"
+                and isinstance(made.func.value, ast.Name) and made.func.value.id == "dspy" and not made.args
+                and all(k.arg is not None for k in made.keywords)):
+            raise self.fail("a dspy.Parallel item other than (self.<predictor>, dspy.Example(k=v, ...))", example)
+        fields = {k.arg: k.value for k in made.keywords if k.arg is not None}
+        return {k: self.value(fields[k], env) for k in fields if k in keys}
 
     def expression(self, node: ast.AST, env: dict[str, Any], steps: list[dict[str, Any]]) -> Any:
         if isinstance(node, ast.Call):

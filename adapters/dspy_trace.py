@@ -26,9 +26,9 @@ from .dspy_convert import (
     _identifier,
     _infer_type,
     _interface,
-    _interface_outputs,
     _is_leaf,
     _json_safe,
+    _leaf_interface,
     _output_names,
     _perturb,
     _predictor_module,
@@ -41,7 +41,14 @@ from .dspy_convert import (
     _unconvertible_reason,
 )
 from .dspy_coverage import _code_objects, _controls, _custom_classes, _judge_controls, _LineRecorder
-from .dspy_verify import Construct, ImportReport, _default_constructs, verify
+from .dspy_verify import (
+    Construct,
+    ImportReport,
+    _default_constructs,
+    _ensemble_constructs,
+    _ensemble_notes,
+    verify,
+)
 
 
 @dataclass
@@ -519,7 +526,8 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     if len(samples) == 1:
         notes.append("traced on one sample only: a computed value that happens to be constant would pass as a "
                      "constant; give several samples")
-    report = ImportReport("traced", parts, notes=notes, constructs=constructs)
+    report = ImportReport("traced", parts, notes=notes + _ensemble_notes(program),
+                          constructs=constructs + _ensemble_constructs(program))
     return program, report, [r.sample for r in runs_for_lines]
 
 
@@ -540,9 +548,7 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     types = _Types()
     leaves = _leaves(obj)
     converted = {n: _predictor_module(m, types) for n, m in leaves.items()}
-    interfaces = {n: Signature(inputs=Signature.model_validate(c[0]["signature"]).inputs,
-                               outputs=_interface_outputs(c[0], Signature.model_validate(c[0]["signature"])))
-                  for n, c in converted.items() if c is not None}
+    interfaces = {n: _leaf_interface(c[0]) for n, c in converted.items() if c is not None}
     try:
         compiled = compile_forward(obj, entry, {id(m): n for n, m in leaves.items() if n in interfaces},
                                    {n: list(sig.outputs) for n, sig in interfaces.items()})
@@ -555,7 +561,7 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     def walk(steps: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for step in steps:
             yield step
-            for key in ("then", "else"):
+            for key in ("then", "else", "parallel"):
                 yield from walk(step.get(key) or [])
 
     for step in walk(compiled.steps):
@@ -616,7 +622,9 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     report = ImportReport("static", {n: f"{converted[n][1]} (exact)" for n in modules},  # type: ignore[index]
                           notes=[f"{cls.__name__}.{entry} read statically: {compiled.branches} if step(s), "
                                  f"{len(compiled.mapped)} map step(s)"],
-                          constructs=[*(Construct(n, "exact") for n in modules), *_default_constructs(obj)])
+                          constructs=[*(Construct(n, "exact") for n in modules), *_ensemble_constructs(program),
+                                      *_default_constructs(obj)])
+    report.notes += _ensemble_notes(program)
     names = {id(m): n for n, m in leaves.items()}
     runs = _trace_runs(obj, samples, lm, names, []) + _runnable(obj, _marked(samples), lm, names)
     report.verification = verify(obj, program, [r.sample for r in runs], lm=lm)

@@ -25,7 +25,8 @@ import pytest
 from stepbridge.adapters.dspy import dspy
 from stepbridge.adapters.dspy_import import import_module
 from stepbridge.errors import ConversionError
-from stepbridge.registry import dspy_modules, tools
+from stepbridge.adapters.dspy_reward import dspy_reward, reward_functions
+from stepbridge.registry import dspy_modules, metrics, tools
 
 CORPUS = sorted((Path(__file__).resolve().parent / "corpus").glob("c*.py"))
 #: the share of the corpus that must import to identical programs (raise it as the importer improves)
@@ -76,12 +77,26 @@ def _context(mod: Any) -> Any:
 
 
 def _plain(mod: Any, inputs: dict[str, Any], lm: Any) -> tuple[Any, list[Any]]:
+    """A run in plain DSPy and the messages of every LM call that completed (on ``lm`` and on the copies
+    BestOfN and Refine make, whose history is their own), seen through DSPy's callbacks."""
+    from dspy.utils.callback import BaseCallback
+
     to_dspy = getattr(mod, "to_dspy", lambda x: x)
-    run_lm = lm.copy()
-    with _context(mod), dspy.context(lm=run_lm):
+    started: dict[str, Any] = {}
+    sent: list[Any] = []
+
+    class Sent(BaseCallback):
+        def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+            started[call_id] = inputs["messages"]
+
+        def on_lm_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
+            if exception is None:
+                sent.append(started.pop(call_id))
+
+    with _context(mod), dspy.context(lm=lm.copy(), callbacks=[Sent()]):
         module = mod.build()
         prediction = module(**to_dspy(json.loads(json.dumps(inputs))))
-    return prediction, [e["messages"] for e in run_lm.history]
+    return prediction, sent
 
 
 def evaluate(path: Path, lm: Any, run_native: Any) -> Outcome:
@@ -101,21 +116,26 @@ def _evaluate(path: Path, lm: Any, run_native: Any) -> Outcome:
         dspy_modules.register(registered, type(obj))
     for func in getattr(mod, "TOOLS", []):  # as the operator registers the tools a program names
         tools.register(func.__name__, func)
+    rewards = reward_functions(obj)  # and the reward functions of its BestOfN / Refine modules
+    for reward_name, func in rewards.items():
+        metrics.register(reward_name, dspy_reward(func))
     try:
-        with _context(mod):
-            program, report = import_module(obj, sample_inputs=[to_dspy(s) for s in mod.SAMPLES], lm=lm)
-    except ConversionError as exc:
-        return Outcome(path.stem, construct, "not converted", "error", exc.message.split("; to fix:")[0][-160:])
-    except Exception as exc:  # a traceback: always a failure
-        return Outcome(path.stem, construct, "failed", "traceback", f"{type(exc).__name__}: {exc}"[:160])
-    finally:
-        if registered:
-            dspy_modules.unregister(registered)
-    try:
+        try:
+            with _context(mod):
+                program, report = import_module(obj, sample_inputs=[to_dspy(s) for s in mod.SAMPLES], lm=lm)
+        except ConversionError as exc:
+            return Outcome(path.stem, construct, "not converted", "error", exc.message.split("; to fix:")[0][-160:])
+        except Exception as exc:  # a traceback: always a failure
+            return Outcome(path.stem, construct, "failed", "traceback", f"{type(exc).__name__}: {exc}"[:160])
+        finally:
+            if registered:
+                dspy_modules.unregister(registered)
         return _compare(path, mod, construct, program, report, lm, run_native)
     finally:
         for func in getattr(mod, "TOOLS", []):
             tools.unregister(func.__name__)
+        for reward_name in rewards:
+            metrics.unregister(reward_name)
 
 
 def _compare(path: Path, mod: Any, construct: str, program: Any, report: Any, lm: Any, run_native: Any) -> Outcome:
