@@ -318,25 +318,26 @@ def _ensemble_module(obj: Any, types: _Types) -> dict[str, Any]:
     from stepbridge.program import MAX_ENSEMBLE, WRAPPABLE_TYPES
 
     cls = type(obj)
+    where = _reward_fn(obj)  # the user's code (the class is DSPy's own)
     kind = "best_of_n" if cls.__name__ == "BestOfN" else "refine"
     construct = f"{cls.__name__}"
     n, threshold, fail_count = obj.N, obj.threshold, obj.fail_count
     if not (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_ENSEMBLE):
-        raise _error(f"N={n!r} is not an integer from 1 to {MAX_ENSEMBLE}", construct=construct, target=cls,
+        raise _error(f"N={n!r} is not an integer from 1 to {MAX_ENSEMBLE}", construct=construct, target=where,
                      hint=f"use 1 <= N <= {MAX_ENSEMBLE}")
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or threshold != threshold \
-            or threshold in (float("inf"), float("-inf")):
+            or threshold in (float("inf"), float("-inf")):  # a bool: Refine would show the LM `true`
         raise _error(f"threshold={threshold!r} is not a finite number (a {kind} module stops at the first reward "
-                     "at least its threshold)", construct=construct, target=cls, hint="give a finite threshold")
+                     "at least its threshold)", construct=construct, target=where, hint="give a finite threshold")
     if not (isinstance(fail_count, int) and 1 <= fail_count <= MAX_ENSEMBLE):
         raise _error(f"fail_count is {fail_count!r} (DSPy lowers it on the module object after each failed "
-                     "attempt, for good)", construct=construct, target=cls,
+                     "attempt, for good)", construct=construct, target=where,
                      hint="import a freshly built module (fail_count from 1 to N)")
     inner = _predictor_module(obj.module, types)
     if inner is None or inner[1] not in WRAPPABLE_TYPES:
         what = type(obj.module).__name__
         raise _error(f"it wraps {what}; a {kind} module wraps a Predict, ChainOfThought, ReAct or "
-                     "MultiChainComparison", construct=construct, target=cls,
+                     "MultiChainComparison", construct=construct, target=where,
                      hint=f"wrap one of those, or {_register_hint(cls)}")
     data: dict[str, Any] = {"type": kind, "n": n, "reward": {"metric": _reward_metric(_reward_fn(obj),
                                                                                        f"{construct} reward_fn")},

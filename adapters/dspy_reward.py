@@ -22,6 +22,7 @@ raise, or a value that does not compare with a number, is a failed attempt there
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -56,14 +57,20 @@ def reward_function(metric: Any) -> Any:
 
 def reward_functions(module: Any) -> dict[str, Any]:
     """The Python reward functions of every ``dspy.BestOfN`` / ``dspy.Refine`` in ``module`` (itself
-    included), by their ``__name__``: what to register before importing it."""
-    from .dspy_convert import _reward_fn
+    included), by their ``__name__`` (a lambda by where it is used: ``self_reward``, ``best_reward``):
+    what to register before importing it."""
+    from .dspy_convert import _identifier, _reward_fn
 
     from .dspy import dspy
 
     found: dict[str, Any] = {}
-    for _, sub in module.named_sub_modules():
+    for path, sub in module.named_sub_modules():
         if type(sub) in (dspy.BestOfN, dspy.Refine):
             fn = _reward_fn(sub)
-            found.setdefault(getattr(fn, "__name__", type(fn).__name__), fn)
+            if fn in found.values():
+                continue
+            name = getattr(fn, "__name__", type(fn).__name__)
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):  # a lambda: named after where it is used
+                name = _identifier(f"{path}_reward")
+            found.setdefault(name, fn)
     return found

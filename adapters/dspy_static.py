@@ -139,20 +139,19 @@ class _Compiler:
             return bound
         if isinstance(node, ast.Attribute):
             base = node.value
+            index = _int_index(base.slice) if isinstance(base, ast.Subscript) else None
             if (isinstance(base, ast.Subscript) and isinstance(base.value, ast.Name)
-                    and isinstance(env.get(base.value.id), Results) and isinstance(base.slice, ast.Constant)
-                    and isinstance(base.slice.value, int)):
+                    and isinstance(env.get(base.value.id), Results) and index is not None):
                 results = env[base.value.id]
                 if node.attr not in self.outputs[results.module]:
                     raise self.fail(f"{node.attr} is not an output of {results.module}", node)
-                return {"$index": [f"${results.as_}.{node.attr}", base.slice.value]}
+                return {"$index": [f"${results.as_}.{node.attr}", index]}
             if (isinstance(base, ast.Subscript) and isinstance(base.value, ast.Name)
-                    and isinstance(env.get(base.value.id), Called) and isinstance(base.slice, ast.Constant)
-                    and isinstance(base.slice.value, int) and not isinstance(base.slice.value, bool)):
+                    and isinstance(env.get(base.value.id), Called) and index is not None):
                 called = env[base.value.id].results
-                if not -len(called) <= base.slice.value < len(called):
-                    raise self.fail(f"{base.value.id}[{base.slice.value}] is out of range", node)
-                result = called[base.slice.value]
+                if not -len(called) <= index < len(called):
+                    raise self.fail(f"{base.value.id}[{index}] is out of range", node)
+                result = called[index]
                 if node.attr not in self.outputs[result.module]:
                     raise self.fail(f"{node.attr} is not an output of {result.module}", node)
                 return f"${result.as_}.{node.attr}"
@@ -297,6 +296,8 @@ class _Compiler:
             return None
         if not getattr(runner, "access_examples", True) or getattr(runner, "return_failed_examples", False):
             raise self.fail("dspy.Parallel with access_examples=False or return_failed_examples=True", node)
+        if len(node.args) == 1 and not node.keywords and isinstance(node.args[0], ast.ListComp) and not unpacked:
+            return self.parallel_map(node.args[0], env, steps)
         if len(node.args) != 1 or node.keywords or not isinstance(node.args[0], ast.List):
             raise self.fail("dspy.Parallel called with something other than a list of (module, example) pairs", node)
         calls: list[tuple[str, dict[str, Any]]] = []
@@ -330,6 +331,25 @@ class _Compiler:
         steps.append({"parallel": listed})
         self.mapped_lines.append(line)
         return Called(results)
+
+    def parallel_map(self, comp: ast.ListComp, env: dict[str, Any], steps: list[dict[str, Any]]) -> Results:
+        """``self.parallel([(self.p, dspy.Example(k=x).with_inputs("k")) for x in xs])``: a ``map`` over ``xs``."""
+        gen = comp.generators
+        if len(gen) != 1 or gen[0].ifs or gen[0].is_async or not isinstance(gen[0].target, ast.Name):
+            raise self.fail("a dspy.Parallel comprehension with several loops, a filter or an unpacking target", comp)
+        pair = comp.elt
+        module = self.leaf(pair.elts[0]) if isinstance(pair, ast.Tuple) and len(pair.elts) == 2 else None
+        if module is None:
+            raise self.fail("a dspy.Parallel comprehension whose item is not (self.<predictor>, example)", comp)
+        over = self.value(gen[0].iter, env)
+        item = f"item_{gen[0].target.id}"
+        args = self.parallel_arguments(pair.elts[1], {**env, gen[0].target.id: f"${item}"})  # type: ignore[attr-defined]
+        self.counts[module] = self.counts.get(module, 0) + 1
+        as_ = f"{module}_all" if self.counts[module] == 1 else f"{module}_all{self.counts[module]}"
+        steps.append({"map": module, "over": over, "item": item, "with": args, "as": as_})
+        self.calls.append(module)
+        self.mapped_lines.append(getattr(comp, "lineno", 0) + self.offset)
+        return Results(as_, module)
 
     def parallel_arguments(self, example: ast.AST, env: dict[str, Any]) -> dict[str, Any]:
         """The keyword arguments DSPy's Parallel calls a module with: ``example.inputs()`` of a
@@ -430,6 +450,16 @@ class _Compiler:
         if other:
             step["else"] = other
         return step, then_returns and else_returns
+
+
+def _int_index(node: ast.AST) -> int | None:
+    """The integer of a constant subscript (``[2]``, ``[-1]``), else ``None``."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = _int_index(node.operand)
+        return -inner if inner is not None else None
+    if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
+        return node.value
+    return None
 
 
 def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[str, list[str]]) -> Compiled:
