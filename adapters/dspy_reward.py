@@ -59,9 +59,8 @@ def reward_functions(module: Any) -> dict[str, Any]:
     """The Python reward functions of every ``dspy.BestOfN`` / ``dspy.Refine`` in ``module`` (itself
     included), by their ``__name__`` (a lambda by where it is used: ``self_reward``, ``best_reward``):
     what to register before importing it."""
-    from .dspy_convert import _identifier, _reward_fn
-
     from .dspy import dspy
+    from .dspy_convert import _identifier, _reward_fn
 
     found: dict[str, Any] = {}
     for path, sub in module.named_sub_modules():

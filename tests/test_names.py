@@ -61,7 +61,7 @@ def test_field_names_reaching_dspy_internals_are_refused_everywhere(name: str) -
 def test_completions_is_a_program_input_only() -> None:
     """DSPy's MultiChainComparison takes ``completions``: a program may too (its DSPy module takes inputs as
     ``**kwargs``); a module's field of that name reaches ``dspy.Predict``'s own argument (a TypeError)."""
-    assert PROGRAM_INPUT_NAMES == {"completions"}
+    assert {"completions"} == PROGRAM_INPUT_NAMES
     assert field_name_problem("completions", program_input=True) is None
     assert field_name_problem("completions") is not None
     assert field_name_problem("demos", program_input=True) is not None

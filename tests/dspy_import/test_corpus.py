@@ -24,8 +24,8 @@ import pydantic
 import pytest
 from stepbridge.adapters.dspy import dspy
 from stepbridge.adapters.dspy_import import import_module
-from stepbridge.errors import ConversionError
 from stepbridge.adapters.dspy_reward import dspy_reward, reward_functions
+from stepbridge.errors import ConversionError
 from stepbridge.registry import dspy_modules, metrics, tools
 
 CORPUS = sorted((Path(__file__).resolve().parent / "corpus").glob("c*.py"))
@@ -167,20 +167,6 @@ def _compare(path: Path, mod: Any, construct: str, program: Any, report: Any, lm
 
 def _lm_calls(step: Any) -> list[Any]:
     return [*step.lm_calls, *(c for child in (step.children or []) for c in _lm_calls(child))]
-
-
-@pytest.fixture
-def run_native(loop: Any, native_adapter: Any) -> Any:
-    from stepbridge import RunOptions
-
-    def go(program: Any, inputs: dict[str, Any]) -> Any:
-        async def run() -> Any:
-            await native_adapter.prepare(program)
-            return await native_adapter.run(program, inputs, RunOptions())
-
-        return loop.run_until_complete(run())
-
-    return go
 
 
 def test_corpus_has_at_least_25_programs_each_naming_its_source() -> None:

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stepbridge import RunOptions, load_program
+from stepbridge import load_program
 from stepbridge.adapters.dspy import dspy
 from stepbridge.adapters.dspy_import import import_module
 from stepbridge.adapters.dspy_reward import dspy_reward, reward_function, reward_functions
 from stepbridge.errors import ConversionError, ProgramValidationError
 from stepbridge.registry import metrics
 
-from .test_corpus import evaluate, run_native  # noqa: F401 (the fixture)
+from .test_corpus import evaluate
 
 MODULES = sorted((Path(__file__).resolve().parent / "programs").glob("m*.py"))
 
@@ -66,7 +66,7 @@ def test_failed_attempts_count_as_in_dspy(fail: int, how: str, n: int, dspy_lm: 
     reward = _Attempts(fail, how)
     registered("attempts", reward)
     module = dspy.BestOfN(dspy.Predict("question -> answer"), N=n, reward_fn=reward, threshold=10.0)
-    program, report = import_module(module, lm=dspy_lm)
+    program, _ = import_module(module, lm=dspy_lm)
     assert program.modules["main"].reward.metric == "attempts"
     inputs = {"question": "What is the capital of Belgium?"}
 
