@@ -225,12 +225,17 @@ def _mcc_module(obj: Any, types: _Types) -> dict[str, Any]:
     must rebuild exactly that predictor (else the module was changed after construction)."""
     from stepbridge.ensembles import MCC_DEFAULT_TEMPERATURE
 
+    from stepbridge.program import MAX_ENSEMBLE
+
     dspy = _dspy().dspy
     predict = obj.predict
     full = predict.signature
     m = obj.M
-    attempts = [f"reasoning_attempt_{i + 1}" for i in range(m)] if isinstance(m, int) and m >= 1 else []
-    if not attempts or list(full.input_fields)[-m:] != attempts or list(full.output_fields)[:1] != ["rationale"]:
+    if not (isinstance(m, int) and not isinstance(m, bool) and 1 <= m <= MAX_ENSEMBLE):
+        raise _error(f"M={m!r} is not an integer from 1 to {MAX_ENSEMBLE}", construct="MultiChainComparison",
+                     target=type(obj), hint=f"use 1 <= M <= {MAX_ENSEMBLE}")
+    attempts = [f"reasoning_attempt_{i + 1}" for i in range(m)]
+    if list(full.input_fields)[-m:] != attempts or list(full.output_fields)[:1] != ["rationale"]:
         raise _error(f"its predictor's signature is not the one MultiChainComparison(M={m!r}) builds",
                      construct="MultiChainComparison", target=type(obj),
                      hint="import the module as constructed (dspy.MultiChainComparison(signature, M=...)), before "

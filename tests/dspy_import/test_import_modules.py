@@ -237,6 +237,8 @@ def test_mcc_keeps_its_settings_and_refuses_a_changed_predictor(dspy_lm: Any) ->
     changed.predict.signature = changed.predict.signature.delete("reasoning_attempt_3")
     with pytest.raises(ConversionError, match="not the one MultiChainComparison"):
         import_module(changed, lm=dspy_lm)
+    with pytest.raises(ConversionError, match="M=101 is not an integer from 1 to 100"):
+        import_module(dspy.MultiChainComparison("question -> answer", M=101), lm=dspy_lm)
     optimized = dspy.MultiChainComparison("question -> answer", M=2)
     optimized.predict.demos = [dspy.Example(question="q", answer="a")]
     with pytest.raises(ConversionError, match="demos"):
