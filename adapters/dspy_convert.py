@@ -224,7 +224,6 @@ def _mcc_module(obj: Any, types: _Types) -> dict[str, Any]:
     from is its predictor's without the ``reasoning_attempt_i`` inputs and the ``rationale`` output, and
     must rebuild exactly that predictor (else the module was changed after construction)."""
     from stepbridge.ensembles import MCC_DEFAULT_TEMPERATURE
-
     from stepbridge.program import MAX_ENSEMBLE
 
     dspy = _dspy().dspy
