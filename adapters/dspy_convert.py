@@ -360,8 +360,8 @@ def _predictor_module(obj: Any, types: _Types) -> tuple[dict[str, Any], str] | N
     if type(obj) is dspy.MultiChainComparison:
         return _mcc_module(obj, types), "multi_chain_comparison"
     if type(obj) in (dspy.BestOfN, dspy.Refine):
-        data = _ensemble_module(obj, types)
-        return data, data["type"]
+        ensemble = _ensemble_module(obj, types)
+        return ensemble, ensemble["type"]
     if type(obj) is dspy.ChainOfThought:
         predict = obj.predict
         fields = predict.signature.output_fields

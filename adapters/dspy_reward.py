@@ -38,7 +38,7 @@ def dspy_reward(fn: Callable[[dict[str, Any], Any], Any]) -> Callable[[Mapping[s
     if not callable(fn):
         raise TypeError(f"a DSPy reward must be callable as reward_fn(args, pred), got {type(fn).__name__}")
     if getattr(fn, _MARK, None) is not None:  # already adapted: adapting twice would wrap a Prediction again
-        return fn
+        return fn  # type: ignore[return-value]
 
     from .dspy import dspy
 
