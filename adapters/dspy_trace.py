@@ -202,10 +202,68 @@ def _candidates(value: Any, inputs: dict[str, Any], results: list[tuple[str, dic
     refs: list[Any] = [ref for ref, v in sources if _same(v, value)]
     if refs:
         return refs
+    if _is_prediction(value):  # a whole result passed on: DSPy sends its repr
+        return [_prediction_text(as_name, list(outputs)) for as_name, outputs in results
+                if list(outputs) and list(value.keys()) == list(outputs)
+                and all(_same(value[k], v) for k, v in outputs.items()) and str(value) == _repr_of(outputs)]
     for ref, v in sources:
         if isinstance(v, list) and 0 < len(v) <= 1000:
             refs += [{"$index": [ref, i]} for i in ((0, -1) if len(v) > 1 else (0,)) if _same(v[i], value)]
     return refs
+
+
+def _is_prediction(value: Any) -> bool:
+    return isinstance(value, _dspy().dspy.Prediction)
+
+
+def _plain_repr(value: Any) -> bool:
+    """A value whose ``repr`` its JSON data reproduces (str, numbers, bools, None, lists and str-keyed dicts)."""
+    if type(value) in (str, int, float, bool, type(None)):
+        return True
+    if type(value) is list:
+        return all(_plain_repr(v) for v in value)
+    if type(value) is dict:
+        return all(type(k) is str and _plain_repr(v) for k, v in value.items())
+    return False
+
+
+def _repr_of(outputs: Mapping[str, Any]) -> str | None:
+    """What ``str(dspy.Prediction(**outputs))`` is (one completion), computed as the program computes it."""
+    if not all(_plain_repr(v) for v in outputs.values()):
+        return None
+    return "Prediction(\n    " + ",\n    ".join(f"{k}={str([v])[1:-1]}" for k, v in outputs.items()) + "\n)"
+
+
+def _prediction_text(as_name: str, fields: list[str]) -> dict[str, Any]:
+    """A ``$template`` giving the text DSPy sends for a whole ``dspy.Prediction`` passed as an argument: its
+    ``repr``, ``Prediction(\n    k=repr(v),\n    ...\n)``. ``repr(v)`` is ``str([v])`` without its brackets
+    (``$template`` renders a list as Python's ``str()``), exact for the types :func:`_repr_types` allows."""
+    names = {f"v{i}": {"$slice": [{"$template": ["{v}", {"v": [f"${as_name}.{f}"]}]}, 1, -1]}
+             for i, f in enumerate(fields)}
+    text = "Prediction(\n    " + ",\n    ".join(f"{f}={{v{i}}}" for i, f in enumerate(fields)) + "\n)"
+    return {"$template": [text, names]}
+
+
+def _prediction_source(ref: Any) -> str | None:
+    """The step name a :func:`_prediction_text` value renders, else ``None``."""
+    try:
+        inner = next(iter(ref["$template"][1].values()))["$slice"][0]["$template"][1]["v"][0]
+    except (TypeError, KeyError, IndexError, StopIteration):
+        return None
+    return str(inner).lstrip("$").split(".")[0] if ref["$template"][0].startswith("Prediction(") else None
+
+
+def _repr_types(sig: Signature) -> list[str]:
+    """Output fields whose values' ``repr`` JSON data may not reproduce (objects, enums, Any, tuples...)."""
+    from stepbridge.signature import parse_type
+
+    plain = {"str", "int", "float", "bool", "literal", "optional", "list"}
+    bad = []
+    for name, spec in sig.outputs.items():
+        kinds = [(x.kind, len(x.args)) for x in parse_type(spec.type).walk()]
+        if not all(k in plain or (k == "dict" and n == 1) for k, n in kinds):
+            bad.append(f"{name}: {spec.type}")
+    return bad
 
 
 def _marked(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -474,6 +532,20 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
                      construct=f"{cls.__name__}.{_entry(obj)}", target=entry, hint=_register_hint(cls))
     modules = {n: converted[n][0] for n in dict.fromkeys(sequence)}  # type: ignore[index]
     sigs = {n: _interface(m) for n, m in modules.items()}
+    for step in steps[:-1]:
+        for arg, ref in step["with"].items():
+            src = _prediction_source(ref)
+            if src is None:
+                continue
+            producer = sequence[as_names.index(src)]
+            bad = _repr_types(Signature(inputs={}, outputs=_interface_outputs(modules[producer], sigs[producer])))
+            if (modules[producer].get("lm") or {}).get("n", 1) != 1:
+                bad.append(f"n={modules[producer]['lm']['n']} completions")
+            if bad:
+                raise _error(f"argument {arg!r} of {step['call']} is the whole result of {producer}, which DSPy "
+                             "sends as its repr; a program reproduces that text only for plain field types, not "
+                             + ", ".join(bad), construct=f"{cls.__name__}.{_entry(obj)}", target=entry,
+                             hint="pass the field the next predictor needs (result.answer), or " + _register_hint(cls))
     in_types: dict[str, str] = {k: _infer_type(v) for k, v in samples[0].items()}
     for step in steps[:-1]:
         for arg, ref in step["with"].items():

@@ -12,6 +12,7 @@ conversion reported as verified that differs from DSPy on any input.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import importlib.util
 import json
@@ -23,6 +24,7 @@ from typing import Any
 import pydantic
 import pytest
 from stepbridge.adapters.dspy import dspy
+from stepbridge.adapters.dspy_convert import _entry
 from stepbridge.adapters.dspy_import import import_module
 from stepbridge.errors import ConversionError
 from stepbridge.registry import dspy_modules, tools
@@ -80,7 +82,11 @@ def _plain(mod: Any, inputs: dict[str, Any], lm: Any) -> tuple[Any, list[Any]]:
     run_lm = lm.copy()
     with _context(mod), dspy.context(lm=run_lm):
         module = mod.build()
-        prediction = module(**to_dspy(json.loads(json.dumps(inputs))))
+        kwargs = to_dspy(json.loads(json.dumps(inputs)))
+        if _entry(module) == "aforward":  # an async-only module runs as DSPy users run it: acall
+            prediction = asyncio.run(module.acall(**kwargs))
+        else:
+            prediction = module(**kwargs)
     return prediction, [e["messages"] for e in run_lm.history]
 
 
@@ -132,7 +138,10 @@ def _compare(path: Path, mod: Any, construct: str, program: Any, report: Any, lm
         except Exception as exc:
             problems.append(f"native failed: {type(exc).__name__}: {exc}"[:160])
             continue
-        want = {k: _json(prediction[k]) for k in program.signature.outputs if k in prediction}
+        if isinstance(prediction, dspy.Prediction):
+            want = {k: _json(prediction[k]) for k in program.signature.outputs if k in prediction}
+        else:  # forward returned a bare value: the program's single output
+            want = {k: _json(prediction) for k in program.signature.outputs}
         if result.outputs != want:
             problems.append(f"outputs differ on {inputs}: {result.outputs} != {want}"[:300])
         sent = [c.messages for s in result.trace for c in _lm_calls(s)]
