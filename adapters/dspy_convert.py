@@ -451,6 +451,28 @@ def _infer_type(value: Any) -> str:
     return "str"
 
 
+#: the key a bare value returned by forward (a str, not a dspy.Prediction) is traced under until it is named
+BARE = ""
+
+
+def _returned(prediction: Any) -> dict[str, Any]:
+    """What forward returned, as fields: a prediction's, or a bare value (``return pred.answer``) under
+    :data:`BARE` (the program's single output; :func:`_bare_name` names it)."""
+    if hasattr(prediction, "keys") and hasattr(prediction, "__getitem__"):
+        return {k: prediction[k] for k in prediction.keys()}
+    return {BARE: prediction}
+
+
+def _bare_name(ref: Any, inputs: Sequence[str]) -> str:
+    """The output name of a bare returned value: the field it is (``return self.gen(...).answer`` gives
+    ``answer``), else ``output``; never an input's name."""
+    if isinstance(ref, str) and ref.startswith("$") and not ref.startswith("$$") and ref.count(".") == 1:
+        name = ref.split(".", 1)[1]
+        if name not in inputs:
+            return name
+    return "output"
+
+
 def _output_names(prediction: Any, obj: Any) -> list[str]:
     if hasattr(prediction, "keys"):
         return list(prediction.keys())

@@ -29,7 +29,9 @@ from .dspy_convert import (
     _interface_outputs,
     _is_leaf,
     _json_safe,
-    _output_names,
+    _returned,
+    _bare_name,
+    BARE,
     _perturb,
     _predictor_module,
     _program,
@@ -427,7 +429,7 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     for n in sequence:
         counts[n] = counts.get(n, 0) + 1
         as_names.append(f"{n}_out" if counts[n] == 1 else f"{n}_out{counts[n]}")
-    output_sets = {tuple(_output_names(r.prediction, obj)) for r in runs}
+    output_sets = {tuple(_returned(r.prediction)) for r in runs}
     if len(output_sets) != 1:
         raise _error(f"forward returns different fields on different samples: {sorted(output_sets)}",
                      construct=f"{cls.__name__}.{_entry(obj)}", target=entry, hint=_register_hint(cls))
@@ -446,7 +448,7 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
                 if position < len(r.calls):
                     items = [((position, arg), value) for arg, value in r.calls[position].kwargs.items()]
                 else:
-                    items = [((-1, out), r.prediction[out]) for out in output_names]
+                    items = [((-1, out), _returned(r.prediction)[out]) for out in output_names]
                 for key, value in items:
                     obs.setdefault(key, []).append((value, _candidates(value, r.sample, results), sources))
         return obs
@@ -524,6 +526,11 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
                  for arg in arg_names}
         steps.append({"call": module_name, "with": with_, "as": as_names[position]})
     returns = {out: wire((-1, out), f"output {out!r}") for out in output_names}
+    if list(returns) == [BARE]:  # forward returned a bare value: the program's one output, named after it
+        bare = _bare_name(returns[BARE], list(samples[0]))
+        returns = {bare: returns[BARE]}
+        notes.append(f"forward returns a bare {type(runs[0].prediction).__name__}, not a dspy.Prediction: the "
+                     f"program returns it as its output {bare!r}")
     steps.append({"return": returns})
 
     unconvertible = sorted({n for n in sequence if converted[n] is None})
@@ -562,7 +569,8 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
             spec = sigs[sequence[as_names.index(src)]].outputs.get(fld)
             out_types[out] = spec.type if spec is not None else "str"
         else:
-            out_types[out] = _infer_type(runs[0].prediction[out])
+            first = _returned(runs[0].prediction)
+            out_types[out] = _infer_type(first[out] if out in first else first.get(BARE))
     clash = sorted(set(in_types) & set(out_types))
     if clash:
         raise _error(f"output field(s) {', '.join(clash)} have the name of an input; a program signature keeps "
