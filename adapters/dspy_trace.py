@@ -18,6 +18,8 @@ from stepbridge.program import Program
 from stepbridge.signature import FieldSpec, Signature
 
 from .dspy_convert import (
+    BARE,
+    _bare_name,
     _doc,
     _dspy,
     _entry,
@@ -29,13 +31,12 @@ from .dspy_convert import (
     _interface_outputs,
     _is_leaf,
     _json_safe,
-    _returned,
-    _bare_name,
-    BARE,
     _perturb,
     _predictor_module,
     _program,
     _register_hint,
+    _retrieve_module,
+    _returned,
     _run_observed,
     _same,
     _snapshot,
@@ -160,6 +161,60 @@ def _tool_codes() -> dict[Any, str]:
         if code is not None:
             out.setdefault(code, name)
     return out
+
+
+def _tool_names() -> dict[int, str]:
+    """id of each registered tool's Python function -> its registered name."""
+    return {id(code_owner): name for name, code_owner in _tool_functions().items()}
+
+
+def _tool_functions() -> dict[str, Any]:
+    from stepbridge.registry import tools
+
+    out: dict[str, Any] = {}
+    for name in tools.names():
+        try:
+            out[name] = inspect.unwrap(tools.get(name).func)
+        except Exception:  # a broken entry point must not break the import of other modules
+            continue
+    return out
+
+
+def _forward_tools(entry: Any, taken: Mapping[int, str]) -> dict[int, tuple[str, list[str]]]:
+    """Registered tools forward's module holds by name (``search`` it may call): id of the function ->
+    (its module name in the program, its parameter names)."""
+    known = {id(f): name for name, f in _tool_functions().items()}
+    found: dict[int, tuple[str, list[str]]] = {}
+    for value in getattr(inspect.unwrap(entry), "__globals__", {}).values():
+        if callable(value) and id(inspect.unwrap(value)) in known:
+            func = inspect.unwrap(value)
+            name = known[id(func)]
+            params = [p.name for p in inspect.signature(func).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            found[id(func)] = (_tool_module_name(name, taken), params)
+    return found
+
+
+def _unregistered_calls(obj: Any) -> list[str]:
+    """Plain Python functions of forward's module that forward calls by name and no tool registration
+    names (``search (line 19)``): their results can only reach a program through a tool step."""
+    import ast
+    import textwrap
+
+    func = inspect.unwrap(getattr(type(obj), _entry(obj)))
+    try:
+        lines, start = inspect.getsourcelines(func)
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+    except (OSError, TypeError, SyntaxError):
+        return []
+    known = {id(f) for f in _tool_functions().values()}
+    found: dict[str, int] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            target = getattr(func, "__globals__", {}).get(node.func.id)
+            if inspect.isfunction(target) and id(inspect.unwrap(target)) not in known:
+                found.setdefault(node.func.id, node.lineno + start - 1)
+    return [f"{name} (line {line})" for name, line in found.items()]
 
 
 def _tool_module_name(tool: str, taken: Mapping[int, str]) -> str:
@@ -512,9 +567,14 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
         if template is not None:
             notes.append(f"{what} is built from a text template")
             return template
+        unregistered = _unregistered_calls(obj)
+        called = (f"; forward calls Python function(s) that are not registered tools: {', '.join(unregistered)} "
+                  "(a program names tools, it never runs forward's own code)") if unregistered else ""
         raise _error(f"{what}: the value is neither a program input, an earlier result, a constant nor a text "
-                     "built from them (a computed value)", construct=f"{cls.__name__}.{_entry(obj)}", target=entry,
-                     hint="pass the value a predictor returned or an input unchanged, or " + _register_hint(cls))
+                     f"built from them (a computed value){called}", construct=f"{cls.__name__}.{_entry(obj)}",
+                     target=entry, hint=("register each as a tool returning JSON data (stepbridge.tools.register("
+                                         f"{unregistered[0].split(' ')[0]!r}, ...)), " if unregistered else "")
+                     + "pass the value a predictor returned or an input unchanged, or " + _register_hint(cls))
 
     steps: list[dict[str, Any]] = []
     for position, module_name in enumerate(sequence):
@@ -603,11 +663,12 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     return program, report, [r.sample for r in runs_for_lines]
 
 
-def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
+def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str, why: list[str] | None = None
                     ) -> tuple[Program, ImportReport] | None:
     """The program read statically from a forward that branches (:mod:`.dspy_static`), verified on the
     samples; ``None`` when forward does not branch, is outside the subset, or fails verification (the
-    caller traces instead, and a trace of a branching forward is at best partially verified)."""
+    caller traces instead, and a trace of a branching forward is at best partially verified; ``why``
+    gets the reason)."""
     from .dspy_static import Unsupported, compile_forward
 
     entry = _entry(obj)
@@ -619,24 +680,45 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
         return None
     types = _Types()
     leaves = _leaves(obj)
-    converted = {n: _predictor_module(m, types) for n, m in leaves.items()}
+    converted: dict[str, Any] = {n: _predictor_module(m, types) for n, m in leaves.items()}
     interfaces = {n: Signature(inputs=Signature.model_validate(c[0]["signature"]).inputs,
                                outputs=_interface_outputs(c[0], Signature.model_validate(c[0]["signature"])))
                   for n, c in converted.items() if c is not None}
+    names = {id(m): n for n, m in leaves.items() if n in interfaces}
+    positional: dict[str, str] = {}
+    for attr, value in vars(obj).items():  # dspy.Retrieve kept on the module: a retrieve step (RM registered)
+        data = _retrieve_module(value) if isinstance(value, dspy.Retrieve) else None
+        if data is not None:
+            module_name = _identifier(attr) if _identifier(attr) not in converted else f"{_identifier(attr)}_rm"
+            converted[module_name] = (data, "retrieve")
+            interfaces[module_name] = _interface(data)
+            names[id(value)] = module_name
+            positional[module_name] = "query"
+    tools = _forward_tools(getattr(type(obj), entry), names)
+    for tool, (module_name, _) in tools.items():
+        converted[module_name] = ({"type": "tool", "tool": _tool_names()[tool]}, "tool")
+        interfaces[module_name] = _interface(converted[module_name][0])
     try:
-        compiled = compile_forward(obj, entry, {id(m): n for n, m in leaves.items() if n in interfaces},
-                                   {n: list(sig.outputs) for n, sig in interfaces.items()})
-    except Unsupported:
+        field_types = {n: {k: f.type for k, f in sig.outputs.items()} for n, sig in interfaces.items()}
+        compiled = compile_forward(obj, entry, names, {n: list(sig.outputs) for n, sig in interfaces.items()},
+                                   types=field_types, tools=tools, positional=positional)
+    except Unsupported as exc:
+        if why is not None:
+            why.append(f"line {exc.line}: {exc}" if exc.line else str(exc))
         return None
-    modules = {n: converted[n][0] for n in dict.fromkeys(compiled.calls)}  # type: ignore[index]
+    modules = {n: converted[n][0] for n in dict.fromkeys(compiled.calls)}
     # inputs: typed by the predictor field each feeds; outputs: every name any return gives (null elsewhere)
     in_types = {k: _infer_type(v) for k, v in samples[0].items()}
 
     def walk(steps: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for step in steps:
             yield step
-            for key in ("then", "else"):
+            for key in ("then", "else", "default"):
                 yield from walk(step.get(key) or [])
+            for case in step.get("cases") or []:
+                yield from walk(case["steps"])
+            if isinstance(step.get("loop"), dict):
+                yield from walk(step["loop"]["steps"])
 
     for step in walk(compiled.steps):
         module = str(step.get("call") or step.get("map") or "")
@@ -657,8 +739,7 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
             fed = [interfaces[module].inputs[a].type for a, r in step["with"].items()
                    if r == item and a in interfaces[module].inputs]
             in_types[over.split(".", 1)[1]] = f"list[{fed[0] if fed else 'str'}]"
-    as_modules = {str(step["as"]): str(step.get("call") or step.get("map")) for step in walk(compiled.steps)
-                  if "call" in step or "map" in step}
+    as_modules = dict(compiled.as_modules)
     mapped_as = {step["as"] for step in walk(compiled.steps) if "map" in step}
     out_names = list(dict.fromkeys(k for mapping in compiled.returns for k in mapping))
     out_types: dict[str, set[str]] = {k: set() for k in out_names}
@@ -690,17 +771,23 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     signature = Signature(inputs={k: FieldSpec(type=t) for k, t in in_types.items()}, outputs=outputs)
     try:
         program = _program(name, signature, modules, compiled.steps, types, description=_doc(obj))
-    except ConversionError:
+    except ConversionError as exc:
+        if why is not None:
+            why.append(exc.message)
         return None
     cls = type(obj)
-    report = ImportReport("static", {n: f"{converted[n][1]} (exact)" for n in modules},  # type: ignore[index]
+    report = ImportReport("static", {n: f"{converted[n][1]} (exact)" for n in modules},
                           notes=[f"{cls.__name__}.{entry} read statically: {compiled.branches} if step(s), "
                                  f"{len(compiled.mapped)} map step(s)"],
                           constructs=[*(Construct(n, "exact") for n in modules), *_default_constructs(obj)])
+    report.notes += [f"for loop (line {line}) converted to a loop step" for line in compiled.loops]
     names = {id(m): n for n, m in leaves.items()}
     runs = _trace_runs(obj, samples, lm, names, []) + _runnable(obj, _marked(samples), lm, names)
     report.verification = verify(obj, program, [r.sample for r in runs], lm=lm)
     if not report.verification.ok:
+        if why is not None:
+            why.append("the program read from the source differs from the module: "
+                       + "; ".join(report.verification.mismatches))
         return None
     for judged in _judge_controls(obj, [r.lines for r in runs]):
         if judged.line in compiled.mapped:  # a map step: one call per element, for any length

@@ -25,13 +25,13 @@ import pydantic
 import pytest
 from stepbridge.adapters.dspy import dspy
 from stepbridge.adapters.dspy_convert import _entry
-from stepbridge.adapters.dspy_import import import_module
+from stepbridge.adapters.dspy_import import dspy_retriever, import_module
 from stepbridge.errors import ConversionError
-from stepbridge.registry import dspy_modules, tools
+from stepbridge.registry import dspy_modules, retrievers, tools
 
 CORPUS = sorted((Path(__file__).resolve().parent / "corpus").glob("c*.py"))
 #: the share of the corpus that must import to identical programs (raise it as the importer improves)
-MIN_IDENTICAL = 0.7
+MIN_IDENTICAL = 0.8
 _SEEN: dict[str, Outcome] = {}  # filled by the per-program tests, read by the share test (same module)
 
 
@@ -83,10 +83,8 @@ def _plain(mod: Any, inputs: dict[str, Any], lm: Any) -> tuple[Any, list[Any]]:
     with _context(mod), dspy.context(lm=run_lm):
         module = mod.build()
         kwargs = to_dspy(json.loads(json.dumps(inputs)))
-        if _entry(module) == "aforward":  # an async-only module runs as DSPy users run it: acall
-            prediction = asyncio.run(module.acall(**kwargs))
-        else:
-            prediction = module(**kwargs)
+        # an async-only module runs as DSPy users run it: acall
+        prediction = asyncio.run(module.acall(**kwargs)) if _entry(module) == "aforward" else module(**kwargs)
     return prediction, [e["messages"] for e in run_lm.history]
 
 
@@ -107,6 +105,8 @@ def _evaluate(path: Path, lm: Any, run_native: Any) -> Outcome:
         dspy_modules.register(registered, type(obj))
     for func in getattr(mod, "TOOLS", []):  # as the operator registers the tools a program names
         tools.register(func.__name__, func)
+    if getattr(mod, "RM", None) is not None:  # and the retriever over its DSPy RM
+        retrievers.register(f"corpus_{path.stem}", dspy_retriever(mod.RM))
     try:
         with _context(mod):
             program, report = import_module(obj, sample_inputs=[to_dspy(s) for s in mod.SAMPLES], lm=lm)
@@ -122,6 +122,8 @@ def _evaluate(path: Path, lm: Any, run_native: Any) -> Outcome:
     finally:
         for func in getattr(mod, "TOOLS", []):
             tools.unregister(func.__name__)
+        if getattr(mod, "RM", None) is not None:
+            retrievers.unregister(f"corpus_{path.stem}")
 
 
 def _compare(path: Path, mod: Any, construct: str, program: Any, report: Any, lm: Any, run_native: Any) -> Outcome:
