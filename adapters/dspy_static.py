@@ -101,12 +101,24 @@ def _assigned(node: ast.AST) -> list[ast.Name]:
     """The names a statement rebinds or grows (``x = ...``, ``x += ...``, ``x.append(...)``, ``x.extend(...)``)."""
     if isinstance(node, ast.Assign):
         return [t for t in node.targets if isinstance(t, ast.Name)]
-    if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+    if isinstance(node, ast.AugAssign | ast.AnnAssign) and isinstance(node.target, ast.Name):
         return [node.target]
     if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("append", "extend")
             and isinstance(node.func.value, ast.Name)):
         return [node.func.value]
     return []
+
+
+def _mentions_variable(value: Any) -> bool:
+    """Whether a value reads a variable (``$v_x``) a later ``set`` may change: it is then bound by a ``set``
+    of its own, so it keeps the value it had where forward computed it."""
+    if isinstance(value, str):
+        return value.startswith("$v_")
+    if isinstance(value, list):
+        return any(_mentions_variable(v) for v in value)
+    if isinstance(value, dict):
+        return any(_mentions_variable(v) for v in value.values())
+    return False
 
 
 def _is_result_field(value: Any, as_modules: dict[str, str]) -> bool:
@@ -253,11 +265,7 @@ class _Compiler:
                 and type(node.slice.value) is int:
             return {"$index": [self.value(node.value, env), node.slice.value]}
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-            left, right = self.value(node.left, env), self.value(node.right, env)
-            kinds = {self.kind(left), self.kind(right)}
-            if kinds in ({"list"}, {"str"}):
-                return {"$concat": [left, right]}
-            raise self.fail("`+` on values whose kinds are not both known lists or both known strings", node)
+            return self.plus(self.value(node.left, env), self.value(node.right, env), node)
         if isinstance(node, ast.Call) and not node.keywords and len(node.args) == 1 \
                 and isinstance(node.func, ast.Name) and node.func.id == "list" \
                 and self.globals.get("list", list) is list:
@@ -278,6 +286,12 @@ class _Compiler:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             return self.inline(node, env)
         raise self.fail(f"the expression {type(node).__name__} has no program equivalent here", node)
+
+    def plus(self, left: Any, right: Any, node: ast.AST) -> Any:
+        """``left + right``: ``$concat`` of two lists or two strings (numbers, or kinds not known, refused)."""
+        if {self.kind(left), self.kind(right)} in ({"list"}, {"str"}):
+            return {"$concat": [left, right]}
+        raise self.fail("`+` on values whose kinds are not both known lists or both known strings", node)
 
     def kind(self, value: Any) -> str | None:
         """``list``, ``str`` or ``num`` when the value's kind is known statically (what ``+`` means)."""
@@ -423,9 +437,15 @@ class _Compiler:
                 continue
             if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
                 self.assign(stmt.targets[0].id, self.expression(stmt.value, env, steps), env, steps, stmt.value)
+            elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+                self.assign(stmt.target.id, self.expression(stmt.value, env, steps), env, steps, stmt.value)
             elif isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name) and isinstance(stmt.op, ast.Add):
-                grown = ast.BinOp(left=ast.Name(id=stmt.target.id, ctx=ast.Load()), op=ast.Add(), right=stmt.value)
-                self.assign(stmt.target.id, self.value(ast.copy_location(grown, stmt), env), env, steps, grown)
+                if stmt.target.id not in env:
+                    raise self.fail(f"{stmt.target.id} is not bound before +=", stmt)
+                right = self.expression(stmt.value, env, steps)
+                if isinstance(right, Result | Results):
+                    raise self.fail("a whole predictor result added to a value", stmt)
+                self.assign(stmt.target.id, self.plus(env[stmt.target.id], right, stmt), env, steps, None)
             elif (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
                   and isinstance(stmt.value.func, ast.Attribute) and stmt.value.func.attr in ("append", "extend")
                   and isinstance(stmt.value.func.value, ast.Name) and len(stmt.value.args) == 1
@@ -434,7 +454,11 @@ class _Compiler:
                 if name not in self.owned or self.kind(env.get(name)) != "list":
                     raise self.fail(f"{name}.{stmt.value.func.attr}(...) mutates a list forward did not build itself "
                                     "(another name may share it)", stmt)
-                added = self.value(stmt.value.args[0], env)
+                if stmt.value.func.attr == "append" and isinstance(stmt.value.args[0], ast.Name):
+                    self.owned.discard(stmt.value.args[0].id)  # now inside another list: mutating it changes both
+                added = self.expression(stmt.value.args[0], env, steps)
+                if isinstance(added, Result | Results):
+                    raise self.fail(f"a whole predictor result added to {name}", stmt)
                 if stmt.value.func.attr == "extend" and self.kind(added) != "list":
                     raise self.fail(f"{name}.extend of something not known to be a list", stmt)
                 grown_value = {"$concat": [env[name], added if stmt.value.func.attr == "extend" else [added]]}
@@ -469,10 +493,10 @@ class _Compiler:
         computed value inside a loop (an expression left inline would read later values of its parts)."""
         if isinstance(node, ast.Name):  # `b = a`: one list under two names, mutating one would change both
             self.owned.discard(node.id)
-        fresh = isinstance(value, list) or (isinstance(value, dict) and len(value) == 1
-                                             and next(iter(value)) in ("$concat", "$dedupe"))
+        fresh = not isinstance(node, ast.Name) and (isinstance(value, list) or (
+            isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("$concat", "$dedupe")))
         computed = not isinstance(value, Result | Results) and not _is_result_field(value, self.as_modules)
-        if env.get(name) == f"$v_{name}" or (self.in_loop and computed):
+        if env.get(name) == f"$v_{name}" or (computed and (self.in_loop or _mentions_variable(value))):
             kind = self.kind(value)
             if self.kinds.get(f"v_{name}", kind) != kind:
                 raise Unsupported(f"{name} holds values of different kinds", None)

@@ -262,7 +262,8 @@ def _candidates(value: Any, inputs: dict[str, Any], results: list[tuple[str, dic
     if _is_prediction(value):  # a whole result passed on: DSPy sends its repr
         return [_prediction_text(as_name, list(outputs)) for as_name, outputs in results
                 if list(outputs) and list(value.keys()) == list(outputs)
-                and all(_same(value[k], v) for k, v in outputs.items()) and str(value) == _repr_of(outputs)]
+                and all(_same(value[k], v) for k, v in outputs.items())
+                and _repr_of(outputs) in (None, str(value))]  # None: refused with the field types, below
     for ref, v in sources:
         if isinstance(v, list) and 0 < len(v) <= 1000:
             refs += [{"$index": [ref, i]} for i in ((0, -1) if len(v) > 1 else (0,)) if _same(v[i], value)]
@@ -674,7 +675,7 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str,
     entry = _entry(obj)
     controls = _controls(type(obj), entry)
     dspy = _dspy().dspy
-    has_parallel = any(isinstance(v, dspy.Parallel) for v in vars(obj).values())
+    has_parallel = any(isinstance(v, dspy.Parallel | dspy.Retrieve) for v in vars(obj).values())
     if (not has_parallel and not any(c.kind in ("if", "for", "comprehension") for c in controls)) \
             or len(_custom_classes(obj)) != 1:
         return None
