@@ -198,7 +198,7 @@ def _names(text: str | None) -> list[str] | None:
 def evals_list(db: DbOption = None, limit: LimitOption = 50,
                as_json: JsonOption = False) -> None:
     """Stored evaluations, newest first."""
-    from stepbridge.storage.evaluations import Evaluations
+    from stepbridge.storage.evaluations import Evaluations, Refused
 
     found = read_store(db, as_json, lambda store: Evaluations(store).recent(limit))
     if as_json:
@@ -206,8 +206,8 @@ def evals_list(db: DbOption = None, limit: LimitOption = 50,
         return
     table = Table("id", "program", "metric", "backend", "rows", "score", "errors", "status", "created")
     for e in found:
-        if is_refused(e):
-            table.add_row(escape(e.id[:12]), *refused_cells(e, 7))
+        if isinstance(e, Refused):
+            table.add_row(escape(e.id[:12]), *refused_cells(7))
             continue
         s = e.summary
         table.add_row(e.id[:12], escape(e.program_name), escape(e.metric), escape(e.backend), f"{e.done}/{e.size}",
@@ -217,17 +217,13 @@ def evals_list(db: DbOption = None, limit: LimitOption = 50,
     warn_refused(found, "evals")
 
 
-def is_refused(entry: Any) -> bool:
-    return getattr(entry, "malformed", False) is True
-
-
-def refused_cells(entry: Any, width: int) -> list[str]:
+def refused_cells(width: int) -> list[str]:
     """A listed row that could not be read: marked in the table, its reason said once below it."""
     return ["[red]malformed[/]", *["-"] * (width - 2), "[red]refused[/]"]
 
 
 def warn_refused(found: list[Any], what: str) -> None:
-    bad = [e for e in found if is_refused(e)]
+    bad = [e for e in found if getattr(e, "malformed", False) is True]
     for e in bad:
         err.print(f"[red]refused[/] {escape(e.id[:64])}: {escape(str(e.error.get('message', ''))[:300])}",
                   highlight=False, soft_wrap=True)

@@ -22,7 +22,6 @@ from .eval_cli import (
     LimitOption,
     err,
     fail,
-    is_refused,
     open_store,
     out,
     print_json,
@@ -128,17 +127,18 @@ def optimize_command(
 def optimizations_list(db: DbOption = None, limit: LimitOption = 50,
                        as_json: JsonOption = False) -> None:
     """Stored optimizations, newest first."""
+    from stepbridge.storage.evaluations import Refused
     from stepbridge.storage.optimizations import Optimizations
 
     found = read_store(db, as_json, lambda store: Optimizations(store).recent(limit))
     if as_json:
-        print_json([o.model_dump(mode="json", exclude=set() if is_refused(o) else {"data", "checkpoint"})
+        print_json([o.model_dump(mode="json", exclude=set() if isinstance(o, Refused) else {"data", "checkpoint"})
                     for o in found])
         return
     table = Table("id", "program", "optimizer", "status", "progress", "before", "after", "result")
     for o in found:
-        if is_refused(o):
-            table.add_row(escape(o.id[:12]), *refused_cells(o, 7))
+        if isinstance(o, Refused):
+            table.add_row(escape(o.id[:12]), *refused_cells(7))
             continue
         p = o.progress
         table.add_row(o.id[:12], escape(o.program_name), escape(o.optimizer), o.status,
