@@ -447,8 +447,10 @@ def executions_resume(
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Mark runs of dead processes interrupted, then re-run every interrupted execution: runs cut off by
-    a crash (attempt + 1) and the rows of a killed batch that had not started (in input order).
+    """Re-run interrupted executions: runs cut off by a crash, and the unstarted rows of killed batches.
+
+    Runs of dead processes are marked interrupted first; a crashed run is re-run as attempt + 1, a killed
+    batch's rows in input order.
 
     A recorded backend is only looked up as a registered adapter name; executions recorded on any
     other adapter are reported as not resumable unless ``--backend`` names the adapter to use. Rows
