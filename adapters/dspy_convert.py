@@ -451,6 +451,28 @@ def _infer_type(value: Any) -> str:
     return "str"
 
 
+#: the key a bare value returned by forward (a str, not a dspy.Prediction) is traced under until it is named
+BARE = ""
+
+
+def _returned(prediction: Any) -> dict[str, Any]:
+    """What forward returned, as fields: a prediction's, or a bare value (``return pred.answer``) under
+    :data:`BARE` (the program's single output; :func:`_bare_name` names it)."""
+    if hasattr(prediction, "keys") and hasattr(prediction, "__getitem__"):
+        return {k: prediction[k] for k in prediction.keys()}  # noqa: SIM118 (a Prediction is no dict)
+    return {BARE: prediction}
+
+
+def _bare_name(ref: Any, inputs: Sequence[str]) -> str:
+    """The output name of a bare returned value: the field it is (``return self.gen(...).answer`` gives
+    ``answer``), else ``output``; never an input's name."""
+    if isinstance(ref, str) and ref.startswith("$") and not ref.startswith("$$") and ref.count(".") == 1:
+        name = ref.split(".", 1)[1]
+        if name not in inputs:
+            return name
+    return "output"
+
+
 def _output_names(prediction: Any, obj: Any) -> list[str]:
     if hasattr(prediction, "keys"):
         return list(prediction.keys())
@@ -494,3 +516,43 @@ def _perturb(value: Any, salt: str) -> Any:
         return {k: _perturb(v, salt) for k, v in value.items()}
     return value
 
+
+
+def dspy_retriever(rm: Any) -> Any:
+    """A retriever factory over a DSPy RM (the callable ``dspy.configure(rm=...)`` takes), for
+    ``stepbridge.retrievers.register(name, dspy_retriever(rm))``: a ``retrieve`` module of that kind then
+    returns what ``dspy.Retrieve`` returns (each passage's ``long_text``, ``k`` of them). An import finds the
+    registration whose RM is ``dspy.settings.rm`` and turns ``dspy.Retrieve`` calls into ``retrieve`` steps."""
+    from stepbridge.retrieve import Hits
+
+    class _RM:
+        def search(self, query: str, k: int) -> Hits:
+            found = rm(query, k=k)
+            if not isinstance(found, Iterable):
+                found = [found]
+            passages = [str(p.long_text) for p in found]
+            return Hits(passages=passages, ids=[str(i) for i in range(len(passages))], scores=[0.0] * len(passages))
+
+    def factory(spec: Any, base_dir: Any) -> _RM:
+        return _RM()
+
+    factory.__stepbridge_dspy_rm__ = rm  # type: ignore[attr-defined]
+    return factory
+
+
+def _retrieve_module(obj: Any) -> dict[str, Any] | None:
+    """A ``dspy.Retrieve`` as a ``retrieve`` module: its ``k``, and the registered retriever wrapping the
+    ambient RM (``None`` when none is registered)."""
+    from stepbridge.registry import retrievers
+
+    rm = _dspy().dspy.settings.rm
+    if rm is None:
+        return None
+    for name in retrievers.names():
+        try:
+            factory = retrievers.get(name)
+        except Exception:  # a broken entry point must not break the import
+            continue
+        if getattr(factory, "__stepbridge_dspy_rm__", None) is rm:
+            return {"type": "retrieve", "retriever": {"kind": name}, "k": int(obj.k)}
+    return None

@@ -63,12 +63,14 @@ from .dspy_convert import (
     _Types,
     _unconvertible_reason,
     _where,
+    dspy_retriever,
     signature_from_dspy,
 )
 from .dspy_trace import _static_program, _trace_program
 from .dspy_verify import Construct, ImportReport, Verification, _default_constructs, _lm_scope, verify
 
-__all__ = ["Construct", "ImportReport", "Verification", "import_module", "signature_from_dspy", "verify"]
+__all__ = ["Construct", "ImportReport", "Verification", "dspy_retriever", "import_module", "signature_from_dspy",
+           "verify"]
 
 
 def _registered_name(obj: Any) -> str | None:
@@ -210,9 +212,10 @@ def _import(obj: Any, state: dict[str, Any] | None, samples: list[dict[str, Any]
     if builtin is not None:
         why = f"dspy.{cls.__name__} has no exact conversion: {builtin}"
     elif samples:
+        static_why: list[str] = []
         try:
             with _lm_scope(lm) as run_lm:
-                static = _static_program(obj, samples, run_lm, program_name)
+                static = _static_program(obj, samples, run_lm, program_name, static_why)
                 if static is not None:
                     return static
                 program, report, checked = _trace_program(obj, samples, run_lm, program_name)
@@ -223,6 +226,8 @@ def _import(obj: Any, state: dict[str, Any] | None, samples: list[dict[str, Any]
             why = "the traced conversion failed verification:\n" + "\n".join(report.verification.mismatches)
         except ConversionError as exc:
             why = exc.message.split("; to fix: ")[0]
+        if static_why:
+            why += f" (and its source is outside what is read statically: {static_why[0]})"
     else:
         why = ("a custom forward is converted by tracing runs on sample inputs, and none were given "
                "(--sample-inputs FILE.jsonl on the command line, sample_inputs= from Python)")

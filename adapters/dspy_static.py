@@ -62,6 +62,8 @@ class Compiled:
     calls: list[str] = field(default_factory=list)  # module names in order of appearance
     branches: int = 0
     mapped: list[int] = field(default_factory=list)  # lines of comprehensions / for loops that became map steps
+    loops: list[int] = field(default_factory=list)  # lines of for loops that became loop steps
+    as_modules: dict[str, str] = field(default_factory=dict)  # result name -> its module
 
 
 def _escape(value: Any) -> Any:
@@ -70,9 +72,75 @@ def _escape(value: Any) -> Any:
     return value
 
 
+def _escape_all(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_escape_all(v) for v in value]
+    return _escape(value)
+
+
+def _plain_constant(value: Any) -> bool:
+    """A module setting a program may hold as a literal (no objects, no mappings: their keys may be ``$``)."""
+    if type(value) in (str, int, float, bool, type(None)):
+        return True
+    return type(value) is list and all(_plain_constant(v) for v in value)
+
+
+def _rooted_at_self(node: ast.AST) -> bool:
+    while isinstance(node, ast.Attribute | ast.Subscript):
+        if isinstance(node, ast.Subscript) and not isinstance(node.slice, ast.Constant):
+            return False
+        node = node.value
+    return isinstance(node, ast.Name) and node.id == "self"
+
+
+def _is_range(node: ast.AST) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range"
+
+
+def _assigned(node: ast.AST) -> list[ast.Name]:
+    """The names a statement rebinds or grows (``x = ...``, ``x += ...``, ``x.append(...)``, ``x.extend(...)``)."""
+    if isinstance(node, ast.Assign):
+        return [t for t in node.targets if isinstance(t, ast.Name)]
+    if isinstance(node, ast.AugAssign | ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return [node.target]
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("append", "extend")
+            and isinstance(node.func.value, ast.Name)):
+        return [node.func.value]
+    return []
+
+
+def _mentions_variable(value: Any) -> bool:
+    """Whether a value reads a variable (``$v_x``) a later ``set`` may change: it is then bound by a ``set``
+    of its own, so it keeps the value it had where forward computed it."""
+    if isinstance(value, str):
+        return value.startswith("$v_")
+    if isinstance(value, list):
+        return any(_mentions_variable(v) for v in value)
+    if isinstance(value, dict):
+        return any(_mentions_variable(v) for v in value.values())
+    return False
+
+
+def _is_result_field(value: Any, as_modules: dict[str, str]) -> bool:
+    """``$step.field``: a field of a step's result (rebound per pass, read where it is bound)."""
+    return (isinstance(value, str) and value.startswith("$") and not value.startswith("$$") and value.count(".") == 1
+            and value[1:].split(".")[0] in as_modules)
+
+
 class _Compiler:
     def __init__(self, obj: Any, names: dict[int, str], outputs: dict[str, list[str]], offset: int,
-                 params: list[str]):
+                 params: list[str], *, types: dict[str, dict[str, str]] | None = None,
+                 tools: dict[int, tuple[str, list[str]]] | None = None, positional: dict[str, str] | None = None,
+                 globals_: dict[str, Any] | None = None):
+        self.types = types or {}  # module name -> output field -> type string
+        self.tools = tools or {}  # id(registered tool function) -> (module name, parameter names)
+        self.positional = positional or {}  # module name -> the input a single positional argument is
+        self.globals = globals_ or {}  # forward's module globals (functions it calls by name)
+        self.loop_index: dict[str, tuple[str, int]] = {}  # loop variable -> (index name, passes)
+        self.in_loop = 0
+        self.kinds: dict[str, str] = {}  # variable -> list | str | num (what `+` means on it)
+        self.owned: set[str] = set()  # names bound to a list forward built itself (safe to extend)
+        self.inlining = 0
         self.obj = obj
         self.names = names  # id(leaf) -> module name
         self.outputs = outputs  # module name -> its result fields, in order
@@ -84,6 +152,10 @@ class _Compiler:
         self.params = params
         self.mapped_lines: list[int] = []
         self.in_condition = False
+        self.as_modules: dict[str, str] = {}
+        self.mapped_as: set[str] = set()
+        self.loops: list[int] = []  # lines of for loops that became loop steps
+        self.bare: set[str] = set()  # tool modules whose one output 'result' is the function's return value
 
     def fail(self, what: str, node: ast.AST) -> Unsupported:
         return Unsupported(what, getattr(node, "lineno", 0) + self.offset)
@@ -130,6 +202,11 @@ class _Compiler:
             if isinstance(bound, Result | Results):
                 raise self.fail(f"a whole predictor result ({node.id}) used as a value", node)
             return bound
+        if isinstance(node, ast.Attribute | ast.Subscript) and _rooted_at_self(node):
+            setting = self.resolve(node)  # the module's own setting, fixed at import
+            if _plain_constant(setting):
+                return _escape_all(setting)
+            raise self.fail("an attribute of the module that is not a plain constant setting", node)
         if isinstance(node, ast.Attribute):
             base = node.value
             if (isinstance(base, ast.Subscript) and isinstance(base.value, ast.Name)
@@ -184,23 +261,172 @@ class _Compiler:
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "len"
                 and len(node.args) == 1 and not node.keywords):
             return {"$len": self.value(node.args[0], env)}
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) \
+                and type(node.slice.value) is int:
+            return {"$index": [self.value(node.value, env), node.slice.value]}
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            return self.plus(self.value(node.left, env), self.value(node.right, env), node)
+        if isinstance(node, ast.Call) and not node.keywords and len(node.args) == 1 \
+                and isinstance(node.func, ast.Name) and node.func.id == "list" \
+                and self.globals.get("list", list) is list:
+            inner = node.args[0]
+            if (isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute) and inner.func.attr == "fromkeys"
+                    and isinstance(inner.func.value, ast.Name) and inner.func.value.id == "dict"
+                    and len(inner.args) == 1 and not inner.keywords):
+                operand = self.value(inner.args[0], env)
+                if self.kind(operand) != "list":
+                    raise self.fail("list(dict.fromkeys(x)) of something not known to be a list", node)
+                return {"$dedupe": operand}
+            if isinstance(inner, ast.Call) and isinstance(inner.func, ast.Name) and inner.func.id == "set":
+                raise self.fail("list(set(...)): its order is Python's hash order, which no program reproduces", node)
+            operand = self.value(inner, env)
+            if self.kind(operand) != "list":
+                raise self.fail("list(x) of something not known to be a list", node)
+            return {"$concat": [operand, []]}
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            return self.inline(node, env)
         raise self.fail(f"the expression {type(node).__name__} has no program equivalent here", node)
+
+    def plus(self, left: Any, right: Any, node: ast.AST) -> Any:
+        """``left + right``: ``$concat`` of two lists or two strings (numbers, or kinds not known, refused)."""
+        if {self.kind(left), self.kind(right)} in ({"list"}, {"str"}):
+            return {"$concat": [left, right]}
+        raise self.fail("`+` on values whose kinds are not both known lists or both known strings", node)
+
+    def kind(self, value: Any) -> str | None:
+        """``list``, ``str`` or ``num`` when the value's kind is known statically (what ``+`` means)."""
+        if isinstance(value, list):
+            return "list"
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, str):
+            if not value.startswith("$") or value.startswith("$$"):
+                return "str"
+            name, _, fld = value[1:].partition(".")
+            if not fld:
+                return self.kinds.get(name)
+            module = self.as_modules.get(name)
+            ftype = self.types.get(module or "", {}).get(fld, "")
+            if name in self.mapped_as:
+                return "list"
+            return "list" if ftype.startswith("list[") else "str" if ftype == "str" else None
+        if isinstance(value, int | float):
+            return "num"
+        if isinstance(value, dict) and len(value) == 1:
+            op, args = next(iter(value.items()))
+            if op in ("$dedupe", "$split"):
+                return "list"
+            if op == "$template":
+                return "str"
+            if op == "$concat" and isinstance(args, list) and args:
+                return self.kind(args[0])
+        return None
+
+    def inline(self, node: ast.Call, env: dict[str, Any]) -> Any:
+        """A call of a plain Python function of forward's module whose body is one ``return <expr>``:
+        its expression, with the parameters bound to the arguments (nothing else is run or guessed)."""
+        name = node.func.id if isinstance(node.func, ast.Name) else ""
+        func = self.globals.get(name)
+        if not inspect.isfunction(func) or self.inlining >= 8:
+            raise self.fail("a call of something other than a predictor or a one-expression function", node)
+        try:
+            lines, _ = inspect.getsourcelines(func)
+            fdef = ast.parse(textwrap.dedent("".join(lines))).body[0]
+            bound = inspect.signature(func).bind(*[object()] * len(node.args),
+                                                 **{k.arg: object() for k in node.keywords if k.arg})
+        except (OSError, TypeError, SyntaxError, IndexError):
+            raise self.fail(f"{name}: its source cannot be read or its arguments do not bind", node) from None
+        body = [b for b in getattr(fdef, "body", [])
+                if not (isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant))]
+        if not (isinstance(fdef, ast.FunctionDef) and len(body) == 1 and isinstance(body[0], ast.Return)
+                and body[0].value is not None and not fdef.args.vararg and not fdef.args.kwarg):
+            raise self.fail(f"{name} is not a function of one `return <expression>`", node)
+        if func.__code__.co_freevars:
+            raise self.fail(f"{name} is a closure", node)
+        values = [self.value(a, env) for a in node.args]
+        kw = {k.arg: self.value(k.value, env) for k in node.keywords if k.arg}
+        params = list(inspect.signature(func).parameters)
+        local = {p: values[i] for i, p in enumerate(params[:len(values)])}
+        local.update(kw)
+        if set(bound.arguments) != set(params):
+            raise self.fail(f"{func.__name__} called without every parameter (defaults are not read)", node)
+        saved = (self.globals, self.offset)
+        self.globals = func.__globals__
+        self.inlining += 1
+        try:
+            return self.value(body[0].value, local)
+        finally:
+            self.globals, self.offset = saved
+            self.inlining -= 1
 
     def call(self, node: ast.Call, env: dict[str, Any], steps: list[dict[str, Any]]) -> Result | None:
         func = node.func
         if isinstance(func, ast.Attribute) and func.attr in ("__call__", "forward"):
             func = func.value
-        module = self.leaf(func)
-        if module is None:
+        if isinstance(func, ast.Name):  # a registered tool's function, called by forward itself
+            target = self.globals.get(func.id)
+            known = self.tools.get(id(inspect.unwrap(target))) if callable(target) else None
+            if known is None:
+                return None
+            module, params = known
+            if self.outputs.get(module) == ["result"]:
+                self.bare.add(module)
+            if any(k.arg is None for k in node.keywords) or len(node.args) > len(params):
+                raise self.fail(f"{func.id} called with ** or too many arguments", node)
+            with_ = {params[i]: self.value(a, env) for i, a in enumerate(node.args)}
+            with_.update({k.arg: self.value(k.value, env) for k in node.keywords if k.arg is not None})
+            return self.emit(module, with_, steps)
+        if isinstance(func, ast.Subscript) and isinstance(func.slice, ast.Name) and func.slice.id in self.loop_index:
+            return self.indexed(node, func, env, steps)
+        leaf = self.leaf(func)
+        if leaf is None:
             return None
-        if node.args or any(k.arg is None for k in node.keywords):
+        module = leaf
+        positional = self.positional.get(module)
+        if any(k.arg is None for k in node.keywords) or (node.args and (positional is None or len(node.args) > 1)):
             raise self.fail(f"{module} called with positional or ** arguments", node)
         with_ = {k.arg: self.value(k.value, env) for k in node.keywords if k.arg is not None}
+        if node.args:
+            with_[positional] = self.value(node.args[0], env)  # type: ignore[index]
+        if positional is not None and set(with_) != {positional}:
+            raise self.fail(f"{module} called with arguments other than {positional}", node)
+        return self.emit(module, with_, steps)
+
+    def emit(self, module: str, with_: dict[str, Any], steps: list[dict[str, Any]]) -> Result:
         self.counts[module] = self.counts.get(module, 0) + 1
         as_ = f"{module}_out" if self.counts[module] == 1 else f"{module}_out{self.counts[module]}"
         steps.append({"call": module, "with": with_, "as": as_})
         self.calls.append(module)
+        self.as_modules[as_] = module
         return Result(as_, module)
+
+    def indexed(self, node: ast.Call, func: ast.Subscript, env: dict[str, Any], steps: list[dict[str, Any]]) -> Result:
+        """``self.stages[i](...)`` with ``i`` a loop's variable: a ``switch`` on the pass number, one case
+        per predictor of the list (the last as the default), all bound to one name."""
+        index, passes = self.loop_index[func.slice.id]  # type: ignore[attr-defined]
+        container = self.resolve(func.value)
+        try:
+            modules = [self.names.get(id(container[i])) for i in range(passes)]
+        except (TypeError, IndexError, KeyError):
+            raise self.fail("a predictor list indexed by the loop variable is shorter than the loop", node) from None
+        if container is None or not all(modules) or node.args or any(k.arg is None for k in node.keywords):
+            raise self.fail("a call of a list element that is not a converted predictor, with keywords", node)
+        if len({tuple(self.outputs[m]) for m in modules}) != 1:  # type: ignore[index]
+            raise self.fail("the predictors of the list have different outputs", node)
+        if passes == 1:
+            return self.emit(str(modules[0]), {k.arg: self.value(k.value, env) for k in node.keywords if k.arg}, steps)
+        as_ = f"{modules[0]}_pass"
+        cases = []
+        for i, module in enumerate(modules):
+            with_ = {k.arg: self.value(k.value, env) for k in node.keywords if k.arg is not None}
+            cases.append({"when": i, "steps": [{"call": module, "with": with_, "as": as_}]})
+            self.calls.append(module)  # type: ignore[arg-type]
+            self.as_modules[as_] = module  # type: ignore[assignment]
+        step: dict[str, Any] = {"switch": f"${index}", "cases": cases[:-1] or cases}
+        if len(cases) > 1:
+            step["default"] = cases[-1]["steps"]
+        steps.append(step)
+        return Result(as_, modules[0])  # type: ignore[arg-type]
 
     # -- statements --------------------------------------------------------------------------------
     def block(self, body: list[ast.stmt], env: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
@@ -210,10 +436,38 @@ class _Compiler:
             if isinstance(stmt, ast.Pass) or (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)):
                 continue
             if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-                env[stmt.targets[0].id] = self.expression(stmt.value, env, steps)
+                self.assign(stmt.targets[0].id, self.expression(stmt.value, env, steps), env, steps, stmt.value)
+            elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+                self.assign(stmt.target.id, self.expression(stmt.value, env, steps), env, steps, stmt.value)
+            elif isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name) and isinstance(stmt.op, ast.Add):
+                if stmt.target.id not in env:
+                    raise self.fail(f"{stmt.target.id} is not bound before +=", stmt)
+                right = self.expression(stmt.value, env, steps)
+                if isinstance(right, Result | Results):
+                    raise self.fail("a whole predictor result added to a value", stmt)
+                self.assign(stmt.target.id, self.plus(env[stmt.target.id], right, stmt), env, steps, None)
+            elif (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
+                  and isinstance(stmt.value.func, ast.Attribute) and stmt.value.func.attr in ("append", "extend")
+                  and isinstance(stmt.value.func.value, ast.Name) and len(stmt.value.args) == 1
+                  and not stmt.value.keywords):
+                name = stmt.value.func.value.id
+                if name not in self.owned or self.kind(env.get(name)) != "list":
+                    raise self.fail(f"{name}.{stmt.value.func.attr}(...) mutates a list forward did not build itself "
+                                    "(another name may share it)", stmt)
+                if stmt.value.func.attr == "append" and isinstance(stmt.value.args[0], ast.Name):
+                    self.owned.discard(stmt.value.args[0].id)  # now inside another list: mutating it changes both
+                added = self.expression(stmt.value.args[0], env, steps)
+                if isinstance(added, Result | Results):
+                    raise self.fail(f"a whole predictor result added to {name}", stmt)
+                if stmt.value.func.attr == "extend" and self.kind(added) != "list":
+                    raise self.fail(f"{name}.extend of something not known to be a list", stmt)
+                grown_value = {"$concat": [env[name], added if stmt.value.func.attr == "extend" else [added]]}
+                self.assign(name, grown_value, env, steps, None)
             elif isinstance(stmt, ast.Return):
                 steps.append({"return": self.returned(stmt, env, steps)})
                 return steps, True
+            elif isinstance(stmt, ast.For) and _is_range(stmt.iter):
+                steps += self.loop(stmt, env)
             elif isinstance(stmt, ast.For) and not stmt.orelse and len(stmt.body) == 1:
                 # acc = [] ; for x in xs: acc.append(self.p(...).field)  ->  a map step
                 inner = stmt.body[0]
@@ -232,6 +486,81 @@ class _Compiler:
             else:
                 raise self.fail(f"the statement {type(stmt).__name__}", stmt)
         return steps, False
+
+    def assign(self, name: str, value: Any, env: dict[str, Any], steps: list[dict[str, Any]],
+               node: ast.AST | None) -> None:
+        """Bind ``name``. A variable (state a loop updates, a list that grows) is a ``set`` step; so is any
+        computed value inside a loop (an expression left inline would read later values of its parts)."""
+        if isinstance(node, ast.Name):  # `b = a`: one list under two names, mutating one would change both
+            self.owned.discard(node.id)
+        fresh = not isinstance(node, ast.Name) and (isinstance(value, list) or (
+            isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("$concat", "$dedupe")))
+        computed = not isinstance(value, Result | Results) and not _is_result_field(value, self.as_modules)
+        if env.get(name) == f"$v_{name}" or (computed and (self.in_loop or _mentions_variable(value))):
+            kind = self.kind(value)
+            if self.kinds.get(f"v_{name}", kind) != kind:
+                raise Unsupported(f"{name} holds values of different kinds", None)
+            steps.append({"set": {f"v_{name}": value}})
+            self.kinds[f"v_{name}"] = kind  # type: ignore[assignment]
+            env[name] = f"$v_{name}"
+        else:
+            env[name] = value
+        if fresh:
+            self.owned.add(name)
+        else:
+            self.owned.discard(name)
+
+    def loop(self, stmt: ast.For, env: dict[str, Any]) -> list[dict[str, Any]]:
+        """``for i in range(N)`` (``N`` a literal or the module's own integer setting): a ``loop`` step of
+        ``N`` passes, ``i`` its index; names the body rebinds become variables (``set`` before and in it)."""
+        if not isinstance(stmt.target, ast.Name) or stmt.orelse:
+            raise self.fail("a for loop with a target other than a name, or an else", stmt)
+        for inner in ast.walk(stmt):
+            if isinstance(inner, ast.Break | ast.Continue | ast.Return | ast.Raise | ast.Try | ast.While
+                          | ast.Yield | ast.Global | ast.Nonlocal):
+                raise self.fail(f"a {type(inner).__name__.lower()} inside a for loop", inner)
+        passes = self.range_count(stmt.iter)
+        steps: list[dict[str, Any]] = []
+        rebound = {t.id for inner in ast.walk(ast.Module(body=stmt.body, type_ignores=[]))
+                   for t in _assigned(inner)}
+        for name in sorted(rebound & set(env)):
+            if env[name] != f"$v_{name}":
+                if isinstance(env[name], Result | Results):
+                    raise self.fail(f"{name} is a whole predictor result rebound in a loop", stmt)
+                steps.append({"set": {f"v_{name}": env[name]}})
+                self.kinds[f"v_{name}"] = self.kind(env[name])  # type: ignore[assignment]
+                env[name] = f"$v_{name}"
+        index = f"pass_{stmt.target.id}"
+        if stmt.target.id in env or index in self.as_modules:
+            raise self.fail(f"the loop variable {stmt.target.id} is bound elsewhere", stmt)
+        env[stmt.target.id] = f"${index}"
+        self.loop_index[stmt.target.id] = (index, passes)
+        self.in_loop += 1
+        try:
+            body, returns = self.block(stmt.body, env)
+        finally:
+            self.in_loop -= 1
+            self.loop_index.pop(stmt.target.id)
+            env.pop(stmt.target.id, None)
+        if returns:
+            raise self.fail("a return inside a for loop", stmt)
+        if not body:
+            raise self.fail("a for loop that does nothing", stmt)
+        self.loops.append(getattr(stmt, "lineno", 0) + self.offset)
+        return [*steps, {"loop": {"max": passes, "index": index, "steps": body}}]
+
+    def range_count(self, node: ast.expr) -> int:
+        """The number of passes of ``range(N)``: ``N`` an int literal or the module's own int setting."""
+        assert isinstance(node, ast.Call)
+        if len(node.args) != 1 or node.keywords:
+            raise self.fail("range() with other than one argument", node)
+        arg = node.args[0]
+        count = arg.value if isinstance(arg, ast.Constant) else (
+            self.resolve(arg) if _rooted_at_self(arg) else None)
+        if type(count) is not int or not 1 <= count <= 10_000:
+            raise self.fail("range() of something other than a literal or the module's own integer setting "
+                            "(1 to 10,000)", node)
+        return count
 
     def mapped(self, element: ast.AST, target: ast.AST, iterable: ast.AST, env: dict[str, Any],
                steps: list[dict[str, Any]], line_node: ast.AST) -> str:
@@ -254,6 +583,8 @@ class _Compiler:
         self.counts[module] = self.counts.get(module, 0) + 1
         as_ = f"{module}_all" if self.counts[module] == 1 else f"{module}_all{self.counts[module]}"
         steps.append({"map": module, "over": over, "item": item, "with": with_, "as": as_})
+        self.as_modules[as_] = module
+        self.mapped_as.add(as_)
         self.calls.append(module)
         self.mapped_lines.append(getattr(line_node, "lineno", 0) + self.offset)
         return f"${as_}.{element.attr}"
@@ -295,6 +626,8 @@ class _Compiler:
         item = f"item_{as_}"
         steps.append({"map": module, "over": items, "item": item,
                       "with": {k: f"${item}.{k}" for k in items[0]}, "as": as_})
+        self.as_modules[as_] = module
+        self.mapped_as.add(as_)
         self.calls.append(module)
         self.mapped_lines.append(getattr(node, "lineno", 0) + self.offset)
         return Results(as_, module)
@@ -309,10 +642,18 @@ class _Compiler:
             if len(gen) != 1 or gen[0].ifs or gen[0].is_async:
                 raise self.fail("a comprehension with several loops or a filter", node)
             return self.mapped(node.elt, gen[0].target, gen[0].iter, env, steps, node)
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Call) \
+                and isinstance(node.slice, ast.Constant) and type(node.slice.value) is int:  # search(q)[0]
+            base = self.expression(node.value, env, steps)
+            if isinstance(base, Result | Results):
+                raise self.fail("an index of a whole predictor result", node)
+            return {"$index": [base, node.slice.value]}
         if isinstance(node, ast.Call):
             result = self.call(node, env, steps)
-            if result is None:
-                raise self.fail("a call of something other than a predictor", node)
+            if result is None:  # a pure helper function of forward's module, inlined (or refused)
+                return self.value(node, env)
+            if result.module in self.bare:  # a tool returns its value itself, not an object of fields
+                return f"${result.as_}.result"
             return result
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Call):
             result = self.call(node.value, env, steps)
@@ -378,8 +719,13 @@ class _Compiler:
         return step, then_returns and else_returns
 
 
-def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[str, list[str]]) -> Compiled:
-    """The steps of ``type(obj).method`` (see the module docstring), or :class:`Unsupported`."""
+def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[str, list[str]], *,
+                    types: dict[str, dict[str, str]] | None = None,
+                    tools: dict[int, tuple[str, list[str]]] | None = None,
+                    positional: dict[str, str] | None = None) -> Compiled:
+    """The steps of ``type(obj).method`` (see the module docstring), or :class:`Unsupported`. ``types``:
+    each module's output types; ``tools``: registered tool functions (by ``id``) as (module, parameters);
+    ``positional``: the input a module's one positional argument is (``dspy.Retrieve``: ``query``)."""
     func = getattr(type(obj), method)
     try:
         lines, start = inspect.getsourcelines(func)
@@ -393,7 +739,8 @@ def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[
     if args.vararg or args.posonlyargs:
         raise Unsupported("forward takes *args or positional-only parameters", start)
     params = [a.arg for a in args.args[1:]] + [a.arg for a in args.kwonlyargs]  # **kwargs: never an input
-    compiler = _Compiler(obj, names, outputs, start - 1, params)
+    compiler = _Compiler(obj, names, outputs, start - 1, params, types=types, tools=tools, positional=positional,
+                         globals_=getattr(inspect.unwrap(func), "__globals__", {}))
     env: dict[str, Any] = {p: f"$inputs.{p}" for p in params}
     body = fdef.body
     if isinstance(fdef, ast.AsyncFunctionDef):
@@ -401,7 +748,8 @@ def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[
     steps, returns = compiler.block(body, env)
     if not returns:
         raise Unsupported("a path through forward does not return", start)
-    return Compiled(steps, compiler.returns, compiler.calls, compiler.branches, compiler.mapped_lines)
+    return Compiled(steps, compiler.returns, compiler.calls, compiler.branches, compiler.mapped_lines,
+                    compiler.loops, compiler.as_modules)
 
 
 def _unawait(stmt: ast.stmt) -> ast.stmt:

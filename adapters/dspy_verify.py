@@ -13,7 +13,7 @@ from typing import Any
 from stepbridge.errors import ConversionError
 from stepbridge.program import Program
 
-from .dspy_convert import _dspy, _equal_data, _run_observed, _snapshot
+from .dspy_convert import BARE, _dspy, _equal_data, _returned, _run_observed, _snapshot
 
 
 @dataclass
@@ -135,8 +135,11 @@ def verify(obj: Any, program: Program, samples: Sequence[dict[str, Any]], *, lm:
             except ConversionError as exc:
                 mismatches.append(f"sample {i}: {exc.message}")
                 continue
+            got = _returned(original)
+            if list(got) == [BARE]:  # a bare returned value: the program's single output
+                got = {out: got[BARE] for out in program.signature.outputs}
             for out in program.signature.outputs:
-                want = original.get(out)
+                want = got.get(out)
                 if not _equal_data(want, converted[out]):
                     mismatches.append(f"sample {i}: output {out!r} differs: {want!r} != {converted[out]!r}")
             if len(original_messages) != len(converted_messages):
