@@ -572,7 +572,8 @@ def command() -> Any:
 
     walk(cmd)
     panels = [RUN, STORED, SERVE, INTEROP]
-    cmd.commands = dict(sorted(cmd.commands.items(), key=lambda item: panels.index(
+    group: Any = cmd  # a group: the app has sub-commands
+    group.commands = dict(sorted(group.commands.items(), key=lambda item: panels.index(
         getattr(item[1], "rich_help_panel", None) or RUN)))
     return cmd
 
