@@ -677,9 +677,13 @@ class _Compiler:
                 raise self.fail("a whole predictor result as an output", node)
         else:
             value = self.expression(node, env, steps)
-            if not isinstance(value, Result):
-                raise self.fail("a return of something other than a prediction", node)
-            mapping = {k: f"${value.as_}.{k}" for k in self.outputs[value.module]}
+            if isinstance(value, Results):
+                raise self.fail("a return of a list of predictions", node)
+            # a bare value (``return pred.answer``) is the program's one output, keyed "" until it is named
+            mapping = {k: f"${value.as_}.{k}" for k in self.outputs[value.module]} if isinstance(value, Result) \
+                else {"": value}
+        if any(("" in m) != ("" in mapping) for m in self.returns):
+            raise self.fail("one path returns a bare value, another a prediction", node)
         self.returns.append(mapping)
         return mapping
 

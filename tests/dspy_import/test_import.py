@@ -574,7 +574,7 @@ def test_a_registered_tool_called_in_forward_is_a_tool_step(loop: Any, dspy_lm: 
     try:
         original = SearchThenAnswer()
         program, report = import_module(original, sample_inputs=Q, lm=dspy_lm)
-        assert report.mode == "traced" and report.status == "verified", str(report)
+        assert report.mode == "static" and report.status == "verified", str(report)  # read from its source
         steps = program.to_dict()["steps"]
         assert steps[1] == {"call": "sb_search", "with": {"query": "$rewrite_out.query", "k": 2}, "as": "sb_search_out"}
         assert steps[2]["with"]["context"] == "$sb_search_out.result"
