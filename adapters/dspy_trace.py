@@ -1,6 +1,6 @@
 """Tracing a custom module's ``forward``: the predictor (and registered tool) calls each run makes,
 copied at call time, wired by value matching (a second run on marked inputs and producer-marked outputs
-settles equal values), and the program those calls make; or, for a branching forward, the program
+settles equal values), and the program those calls make; or the program
 :mod:`.dspy_static` reads from its source.
 """
 
@@ -666,19 +666,15 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
 
 def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str, why: list[str] | None = None
                     ) -> tuple[Program, ImportReport] | None:
-    """The program read statically from a forward that branches (:mod:`.dspy_static`), verified on the
-    samples; ``None`` when forward does not branch, is outside the subset, or fails verification (the
-    caller traces instead, and a trace of a branching forward is at best partially verified; ``why``
-    gets the reason)."""
+    """The program read statically from forward's source (:mod:`.dspy_static`), verified on the
+    samples; ``None`` when the module nests custom modules, forward is outside the subset, or the program
+    fails verification (the caller traces instead, and a trace of a branching forward is at best partially
+    verified; ``why`` gets the reason)."""
     from .dspy_static import Unsupported, compile_forward
 
     entry = _entry(obj)
-    controls = _controls(type(obj), entry)
     dspy = _dspy().dspy
-    has_parallel = any(isinstance(v, dspy.Parallel | dspy.Retrieve) for v in vars(obj).values())
-    calls_tools = bool(_forward_tools(getattr(type(obj), entry), {}))
-    if (not has_parallel and not calls_tools and not any(c.kind in ("if", "for", "comprehension") for c in controls)) \
-            or len(_custom_classes(obj)) != 1:
+    if len(_custom_classes(obj)) != 1:  # nested custom modules: traced
         return None
     types = _Types()
     leaves = _leaves(obj)

@@ -210,9 +210,9 @@ class AsyncOnly(dspy.Module):
         return await self.p.acall(question=question)
 
 
-def test_an_aforward_only_module_is_traced(dspy_lm: Any) -> None:
+def test_an_aforward_only_module_is_converted(dspy_lm: Any) -> None:
     program, report = import_module(AsyncOnly(), sample_inputs=Q, lm=dspy_lm)
-    assert report.mode == "traced" and report.status == "verified"
+    assert report.mode == "static" and report.status == "verified"  # aforward read from its source
     assert list(program.modules) == ["p"]
 
 
@@ -648,9 +648,9 @@ class CallOverride(dspy.Module):
         return self.predict2(question=question, answer=answer)
 
 
-def test_a_module_overriding_call_is_traced(dspy_lm: Any) -> None:
+def test_a_module_overriding_call_is_converted(dspy_lm: Any) -> None:
     program, report = import_module(CallOverride(), sample_inputs=Q, lm=dspy_lm)
-    assert report.mode == "traced" and report.status == "verified", str(report)
+    assert report.mode == "static" and report.status == "verified", str(report)
     assert list(program.modules) == ["predict1", "predict2"]
 
 
