@@ -28,9 +28,9 @@ from .dspy_convert import (
     _identifier,
     _infer_type,
     _interface,
-    _interface_outputs,
     _is_leaf,
     _json_safe,
+    _leaf_interface,
     _perturb,
     _predictor_module,
     _program,
@@ -44,7 +44,14 @@ from .dspy_convert import (
     _unconvertible_reason,
 )
 from .dspy_coverage import _code_objects, _controls, _custom_classes, _judge_controls, _LineRecorder
-from .dspy_verify import Construct, ImportReport, _default_constructs, verify
+from .dspy_verify import (
+    Construct,
+    ImportReport,
+    _default_constructs,
+    _ensemble_constructs,
+    _ensemble_notes,
+    verify,
+)
 
 
 @dataclass
@@ -606,7 +613,7 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
             if src is None:
                 continue
             producer = sequence[as_names.index(src)]
-            bad = _repr_types(Signature(inputs={}, outputs=_interface_outputs(modules[producer], sigs[producer])))
+            bad = _repr_types(Signature(inputs={}, outputs=dict(sigs[producer].outputs)))
             if (modules[producer].get("lm") or {}).get("n", 1) != 1:
                 bad.append(f"n={modules[producer]['lm']['n']} completions")
             if bad:
@@ -660,7 +667,8 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     if len(samples) == 1:
         notes.append("traced on one sample only: a computed value that happens to be constant would pass as a "
                      "constant; give several samples")
-    report = ImportReport("traced", parts, notes=notes, constructs=constructs)
+    report = ImportReport("traced", parts, notes=notes + _ensemble_notes(program),
+                          constructs=constructs + _ensemble_constructs(program))
     return program, report, [r.sample for r in runs_for_lines]
 
 
@@ -679,9 +687,7 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str,
     types = _Types()
     leaves = _leaves(obj)
     converted: dict[str, Any] = {n: _predictor_module(m, types) for n, m in leaves.items()}
-    interfaces = {n: Signature(inputs=Signature.model_validate(c[0]["signature"]).inputs,
-                               outputs=_interface_outputs(c[0], Signature.model_validate(c[0]["signature"])))
-                  for n, c in converted.items() if c is not None}
+    interfaces = {n: _leaf_interface(c[0]) for n, c in converted.items() if c is not None}
     names = {id(m): n for n, m in leaves.items() if n in interfaces}
     positional: dict[str, str] = {}
     for attr, value in vars(obj).items():  # dspy.Retrieve kept on the module: a retrieve step (RM registered)
@@ -716,7 +722,7 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str,
     def walk(steps: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for step in steps:
             yield step
-            for key in ("then", "else", "default"):
+            for key in ("then", "else", "default", "parallel"):
                 yield from walk(step.get(key) or [])
             for case in step.get("cases") or []:
                 yield from walk(case["steps"])
@@ -782,8 +788,10 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str,
     report = ImportReport("static", {n: f"{converted[n][1]} (exact)" for n in modules},
                           notes=[f"{cls.__name__}.{entry} read statically: {compiled.branches} if step(s), "
                                  f"{len(compiled.mapped)} map step(s)"],
-                          constructs=[*(Construct(n, "exact") for n in modules), *_default_constructs(obj)])
+                          constructs=[*(Construct(n, "exact") for n in modules), *_ensemble_constructs(program),
+                                      *_default_constructs(obj)])
     report.notes += [f"for loop (line {line}) converted to a loop step" for line in compiled.loops]
+    report.notes += _ensemble_notes(program)
     names = {id(m): n for n, m in leaves.items()}
     runs = _trace_runs(obj, samples, lm, names, []) + _runnable(obj, _marked(samples), lm, names)
     report.verification = verify(obj, program, [r.sample for r in runs], lm=lm)
