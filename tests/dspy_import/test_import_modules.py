@@ -6,6 +6,7 @@ DSPy semantics (raises, non-numbers, fail_count) against the real DSPy; and the 
 from __future__ import annotations
 
 import enum
+import json
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +285,55 @@ def test_a_completions_input_runs_on_the_dspy_backend(dspy_lm: Any) -> None:
         plain = dspy.MultiChainComparison("question -> answer", M=2)(completions=completions, question="Sky colour?")
     assert converted.answer == plain.answer
     assert sent.history[0]["messages"] == sent.history[1]["messages"]
+
+
+def test_cli_imports_a_best_of_n_whose_package_registers_its_reward(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    operator_lm: Any) -> None:
+    """The documented command-line path: the module's own package registers its reward (here at import; an
+    entry point of group ``stepbridge.metrics`` works the same); without it, exit 2 with the line to run."""
+    from stepbridge.adapters.dspy_cli import app
+    from typer.testing import CliRunner
+
+    source = ("import dspy\n"
+              "def brief(args, pred):\n"
+              "    return 1.0 if len(pred.answer) < 40 else 0.0\n"
+              "qa = dspy.ChainOfThought('question -> answer')\n"
+              "program = dspy.BestOfN(qa, N=2, reward_fn=brief, threshold=1.0)\n")
+    registering = ("from stepbridge.adapters.dspy_reward import dspy_reward\n"
+                   "from stepbridge.registry import metrics\n"
+                   "metrics.register('brief', dspy_reward(brief))\n")
+    (tmp_path / "sb_bare_best.py").write_text(source)
+    (tmp_path / "sb_best.py").write_text(source + registering)
+    (tmp_path / "samples.jsonl").write_text('{"question": "Who designed the Eiffel Tower?"}\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        result = CliRunner().invoke(app, ["import-dspy", "sb_best:program", "--sample-inputs", "samples.jsonl",
+                                          "-o", str(tmp_path / "best.yaml"), "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["report"]["status"] == "verified"
+        program = load_program(tmp_path / "best.yaml")
+        assert program.modules["main"].reward.metric == "brief"
+        assert program.modules["main_module"].type == "chain_of_thought"
+    finally:
+        metrics.unregister("brief")
+    result = CliRunner().invoke(app, ["import-dspy", "sb_bare_best:program", "--sample-inputs", "samples.jsonl",
+                                      "-o", str(tmp_path / "bare.yaml")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "dspy_reward(brief)" in result.output and "sb_bare_best.py:2" in result.output
+
+
+def test_a_reward_that_calls_an_lm_itself_is_refused(dspy_lm: Any, registered: Any) -> None:
+    """DSPy's judge-in-a-function style: the judge's calls would be no program step (and native gives a
+    metric no LM), so the conversion is refused rather than verified on the DSPy backend alone."""
+    judge = dspy.Predict("answer -> score: float")
+
+    def judged(args: dict[str, Any], pred: Any) -> float:
+        return float(judge(answer=pred.answer).score)
+
+    registered("judged", judged)
+    with pytest.raises(ConversionError) as info:
+        import_module(dspy.BestOfN(dspy.Predict("question -> answer"), N=2, reward_fn=judged, threshold=2.0),
+                      sample_inputs=[{"question": "Capital of Peru?"}], lm=dspy_lm)
+    assert info.value.construct == "judged reward_fn" and info.value.file == __file__
+    assert "reward: {module: judge, field: score}" in (info.value.hint or "")
