@@ -1,21 +1,30 @@
-"""Reading a DSPy ``forward`` statically into format-2 steps, branches included.
+"""Reading a DSPy ``forward`` statically into format-2 steps: branches, fixed loops with state, retrievers,
+tools and value operations.
 
 Tracing (:mod:`stepbridge.adapters.dspy_import`) sees one path per sample; a forward that branches on
-what a predictor said (a router) has paths the samples may never take. This reads the source
-(:mod:`ast`) of a small, common subset of Python and writes the same program with ``if`` steps:
+what a predictor said (a router) has paths the samples may never take, and a loop's state is computed
+by Python the trace cannot see. This reads the source (:mod:`ast`) of a common subset of Python and
+writes the same program:
 
 * ``x = self.p(a=..., b=...)`` (a predictor kept on the module, in a list or dict), ``x.field``;
-* values: forward's parameters, constants, f-strings (``$template``), ``len(...)``, comparisons
-  (``== != < <= > >= in``, ``not in``), ``and``/``or``/``not``;
+  ``self.retrieve(q)`` (a ``dspy.Retrieve`` whose RM is registered) and ``search(q, k=self.k)`` (a
+  registered tool's function) as ``retrieve``/``tool`` steps;
+* values: forward's parameters, constants, the module's own plain settings (``self.k``), list literals,
+  f-strings (``$template``), ``len(...)``, ``x[0]``/``x["k"]`` (``$index``/``$get``), ``a + b`` on two known
+  lists or strings (``$concat``), ``list(dict.fromkeys(x))`` (``$dedupe``), one-expression helper functions
+  (inlined), comparisons (``== != < <= > >= in``, ``not in``), ``and``/``or``/``not``;
 * ``[self.p(k=x).field for x in xs]`` and ``acc = []; for x in xs: acc.append(self.p(k=x).field)``
   as ``map`` steps (one call per element, whatever the length);
-* ``if``/``elif``/``else`` blocks; ``return self.p(...)``, ``return x`` (a predictor result) and
-  ``return dspy.Prediction(k=v, ...)``; docstrings and ``pass``.
+* ``for i in range(N)`` (``N`` a literal or the module's own int setting, no ``break``) as a ``loop`` step;
+  names it rebinds or grows (``=``, ``+=``, ``append``, ``extend``) are variables ``set`` before and in it;
+* ``if``/``elif``/``else`` blocks; ``return self.p(...)``, ``return x`` (a predictor result, or a
+  ``dspy.Prediction(k=v, ...)`` built before), a bare value, and ``return dspy.Prediction(k=v, ...)``;
+  docstrings and ``pass``.
 
-Anything else (loops, calls of other functions, methods, augmented assignment, ``try``...) makes
-:func:`compile_forward` return ``None`` with the reason: the caller then traces instead. The result
-is never trusted on its own: it is verified like a traced conversion (every sample, outputs and
-messages), and its branches are reported by which paths the samples took.
+Anything else (``while``, ``break``, calls of other functions, methods, ``try``, ``list(set(...))``...)
+raises :class:`Unsupported` with the reason: the caller then traces instead. The result is never
+trusted on its own: it is verified like a traced conversion (every sample, outputs and messages), and
+its branches are reported by which paths the samples took.
 """
 
 from __future__ import annotations
@@ -53,6 +62,20 @@ class Results:
 
     as_: str
     module: str
+
+
+@dataclass
+class Fields:
+    """A ``dspy.Prediction(k=v, ...)`` forward built itself: its fields' values."""
+
+    fields: dict[str, Any]
+
+
+@dataclass
+class Called:
+    """The results of a ``parallel`` step, in the order of its calls (``results[1].field``, or unpacked)."""
+
+    results: list[Result]
 
 
 @dataclass
@@ -193,13 +216,16 @@ class _Compiler:
     def value(self, node: ast.AST, env: dict[str, Any]) -> Any:
         if isinstance(node, ast.Constant) and (node.value is None or isinstance(node.value, str | int | float | bool)):
             return _escape(node.value)
-        if isinstance(node, ast.List) and not node.elts:
-            return []
+        if isinstance(node, ast.List) and not any(isinstance(e, ast.Starred) for e in node.elts):
+            items = [self.value(e, env) for e in node.elts]
+            if any(isinstance(i, Result | Results | Fields | Called) for i in items):
+                raise self.fail("a whole predictor result inside a list", node)
+            return items
         if isinstance(node, ast.Name):
             if node.id not in env:
                 raise self.fail(f"name {node.id!r} is not a parameter or an earlier assignment", node)
             bound = env[node.id]
-            if isinstance(bound, Result | Results):
+            if isinstance(bound, Result | Results | Fields | Called):
                 raise self.fail(f"a whole predictor result ({node.id}) used as a value", node)
             return bound
         if isinstance(node, ast.Attribute | ast.Subscript) and _rooted_at_self(node):
@@ -209,13 +235,27 @@ class _Compiler:
             raise self.fail("an attribute of the module that is not a plain constant setting", node)
         if isinstance(node, ast.Attribute):
             base = node.value
+            index = _int_index(base.slice) if isinstance(base, ast.Subscript) else None
             if (isinstance(base, ast.Subscript) and isinstance(base.value, ast.Name)
-                    and isinstance(env.get(base.value.id), Results) and isinstance(base.slice, ast.Constant)
-                    and isinstance(base.slice.value, int)):
+                    and isinstance(env.get(base.value.id), Results) and index is not None):
                 results = env[base.value.id]
                 if node.attr not in self.outputs[results.module]:
                     raise self.fail(f"{node.attr} is not an output of {results.module}", node)
-                return {"$index": [f"${results.as_}.{node.attr}", base.slice.value]}
+                return {"$index": [f"${results.as_}.{node.attr}", index]}
+            if isinstance(base, ast.Name) and isinstance(env.get(base.id), Fields):
+                built = env[base.id].fields
+                if node.attr not in built:
+                    raise self.fail(f"{base.id}.{node.attr} is not a field of the prediction built here", node)
+                return built[node.attr]
+            if (isinstance(base, ast.Subscript) and isinstance(base.value, ast.Name)
+                    and isinstance(env.get(base.value.id), Called) and index is not None):
+                called = env[base.value.id].results
+                if not -len(called) <= index < len(called):
+                    raise self.fail(f"{base.value.id}[{index}] is out of range", node)
+                result = called[index]
+                if node.attr not in self.outputs[result.module]:
+                    raise self.fail(f"{node.attr} is not an output of {result.module}", node)
+                return f"${result.as_}.{node.attr}"
             if isinstance(base, ast.Name) and isinstance(env.get(base.id), Result):
                 result = env[base.id]
                 if node.attr not in self.outputs[result.module]:
@@ -264,6 +304,9 @@ class _Compiler:
         if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) \
                 and type(node.slice.value) is int:
             return {"$index": [self.value(node.value, env), node.slice.value]}
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) \
+                and type(node.slice.value) is str:  # a key of a mapping (messages[0]["content"])
+            return {"$get": [self.value(node.value, env), _escape(node.slice.value)]}
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
             return self.plus(self.value(node.left, env), self.value(node.right, env), node)
         if isinstance(node, ast.Call) and not node.keywords and len(node.args) == 1 \
@@ -443,7 +486,7 @@ class _Compiler:
                 if stmt.target.id not in env:
                     raise self.fail(f"{stmt.target.id} is not bound before +=", stmt)
                 right = self.expression(stmt.value, env, steps)
-                if isinstance(right, Result | Results):
+                if isinstance(right, Result | Results | Fields | Called):
                     raise self.fail("a whole predictor result added to a value", stmt)
                 self.assign(stmt.target.id, self.plus(env[stmt.target.id], right, stmt), env, steps, None)
             elif (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
@@ -457,12 +500,22 @@ class _Compiler:
                 if stmt.value.func.attr == "append" and isinstance(stmt.value.args[0], ast.Name):
                     self.owned.discard(stmt.value.args[0].id)  # now inside another list: mutating it changes both
                 added = self.expression(stmt.value.args[0], env, steps)
-                if isinstance(added, Result | Results):
+                if isinstance(added, Result | Results | Fields | Called):
                     raise self.fail(f"a whole predictor result added to {name}", stmt)
                 if stmt.value.func.attr == "extend" and self.kind(added) != "list":
                     raise self.fail(f"{name}.extend of something not known to be a list", stmt)
                 grown_value = {"$concat": [env[name], added if stmt.value.func.attr == "extend" else [added]]}
                 self.assign(name, grown_value, env, steps, None)
+            elif (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                  and isinstance(stmt.targets[0], ast.Tuple | ast.List)
+                  and all(isinstance(t, ast.Name) for t in stmt.targets[0].elts) and isinstance(stmt.value, ast.Call)):
+                # a, b = self.parallel([...]): each name is one call's result
+                called = self.parallel(stmt.value, env, steps, unpacked=True)
+                names = [t.id for t in stmt.targets[0].elts]  # type: ignore[attr-defined]
+                if not isinstance(called, Called) or len(called.results) != len(names):
+                    raise self.fail("an unpacking of something other than the results of dspy.Parallel", stmt)
+                for target, result in zip(names, called.results, strict=True):
+                    self.assign(target, result, env, steps, None)
             elif isinstance(stmt, ast.Return):
                 steps.append({"return": self.returned(stmt, env, steps)})
                 return steps, True
@@ -495,7 +548,8 @@ class _Compiler:
             self.owned.discard(node.id)
         fresh = not isinstance(node, ast.Name) and (isinstance(value, list) or (
             isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("$concat", "$dedupe")))
-        computed = not isinstance(value, Result | Results) and not _is_result_field(value, self.as_modules)
+        computed = not isinstance(value, Result | Results | Fields | Called) \
+            and not _is_result_field(value, self.as_modules)
         if env.get(name) == f"$v_{name}" or (computed and (self.in_loop or _mentions_variable(value))):
             kind = self.kind(value)
             if self.kinds.get(f"v_{name}", kind) != kind:
@@ -525,7 +579,7 @@ class _Compiler:
                    for t in _assigned(inner)}
         for name in sorted(rebound & set(env)):
             if env[name] != f"$v_{name}":
-                if isinstance(env[name], Result | Results):
+                if isinstance(env[name], Result | Results | Fields | Called):
                     raise self.fail(f"{name} is a whole predictor result rebound in a loop", stmt)
                 steps.append({"set": {f"v_{name}": env[name]}})
                 self.kinds[f"v_{name}"] = self.kind(env[name])  # type: ignore[assignment]
@@ -589,50 +643,125 @@ class _Compiler:
         self.mapped_lines.append(getattr(line_node, "lineno", 0) + self.offset)
         return f"${as_}.{element.attr}"
 
-    def parallel(self, node: ast.Call, env: dict[str, Any], steps: list[dict[str, Any]]) -> Results | None:
-        """``self.parallel([(self.p, dspy.Example(k=v).with_inputs("k")), ...])`` (a ``dspy.Parallel``):
-        one predictor over every pair is a ``map`` over a list of argument objects, in order."""
+    def parallel(self, node: ast.Call, env: dict[str, Any], steps: list[dict[str, Any]],
+                 unpacked: bool = False) -> Results | Called | None:
+        """``self.parallel([(self.p, dspy.Example(k=v).with_inputs("k")), (self.q, {"k": v}), ...])`` (a
+        ``dspy.Parallel``): one predictor with the same arguments in every pair is a ``map`` over a list of
+        argument objects; otherwise (several predictors, other arguments, or results unpacked into names)
+        a ``parallel`` step of one call per pair. Either way the calls run concurrently, results in order."""
         import dspy
 
-        if not isinstance(self.resolve(node.func), dspy.Parallel):
+        runner = self.resolve(node.func)
+        if not isinstance(runner, dspy.Parallel):
             return None
+        if not getattr(runner, "access_examples", True) or getattr(runner, "return_failed_examples", False):
+            raise self.fail("dspy.Parallel with access_examples=False or return_failed_examples=True", node)
+        if len(node.args) == 1 and not node.keywords and isinstance(node.args[0], ast.ListComp) and not unpacked:
+            return self.parallel_map(node.args[0], env, steps)
         if len(node.args) != 1 or node.keywords or not isinstance(node.args[0], ast.List):
             raise self.fail("dspy.Parallel called with something other than a list of (module, example) pairs", node)
-        modules, items = set(), []
+        calls: list[tuple[str, dict[str, Any]]] = []
         for pair in node.args[0].elts:
             if not (isinstance(pair, ast.Tuple) and len(pair.elts) == 2):
                 raise self.fail("a dspy.Parallel item that is not a (module, example) pair", pair)
             module = self.leaf(pair.elts[0])
-            example = pair.elts[1]
-            keys: list[str] | None = None
-            if (isinstance(example, ast.Call) and isinstance(example.func, ast.Attribute)
-                    and example.func.attr == "with_inputs"):
-                if not all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in example.args):
-                    raise self.fail("with_inputs of something other than names", example)
-                keys = [a.value for a in example.args]  # type: ignore[attr-defined]
-                example = example.func.value
-            if not (module and isinstance(example, ast.Call) and isinstance(example.func, ast.Attribute)
-                    and example.func.attr == "Example" and not example.args
-                    and all(k.arg is not None for k in example.keywords)):
-                raise self.fail("a dspy.Parallel item other than (self.<predictor>, dspy.Example(k=v, ...))", pair)
-            fields = {k.arg: self.value(k.value, env) for k in example.keywords if k.arg is not None}
-            items.append({k: v for k, v in fields.items() if keys is None or k in keys})
-            modules.add(module)
-        if len(modules) != 1 or not items or len({tuple(i) for i in items}) != 1:
-            raise self.fail("dspy.Parallel over several predictors or differing arguments", node)
-        module = modules.pop()
+            if module is None:
+                raise self.fail("a dspy.Parallel item whose module is not a converted predictor", pair)
+            calls.append((module, self.parallel_arguments(pair.elts[1], env)))
+        if not calls:
+            raise self.fail("dspy.Parallel over an empty list", node)
+        line = getattr(node, "lineno", 0) + self.offset
+        if not unpacked and len({m for m, _ in calls}) == 1 and len({tuple(a) for _, a in calls}) == 1:
+            module = calls[0][0]
+            self.counts[module] = self.counts.get(module, 0) + 1
+            as_ = f"{module}_all" if self.counts[module] == 1 else f"{module}_all{self.counts[module]}"
+            item = f"item_{as_}"
+            steps.append({"map": module, "over": [a for _, a in calls], "item": item,
+                          "with": {k: f"${item}.{k}" for k in calls[0][1]}, "as": as_})
+            self.as_modules[as_] = module
+            self.mapped_as.add(as_)
+            self.calls.append(module)
+            self.mapped_lines.append(line)
+            return Results(as_, module)
+        results, listed = [], []
+        for module, args in calls:
+            self.counts[module] = self.counts.get(module, 0) + 1
+            as_ = f"{module}_out" if self.counts[module] == 1 else f"{module}_out{self.counts[module]}"
+            listed.append({"call": module, "with": args, "as": as_})
+            self.as_modules[as_] = module
+            results.append(Result(as_, module))
+            self.calls.append(module)
+        steps.append({"parallel": listed})
+        self.mapped_lines.append(line)
+        return Called(results)
+
+    def parallel_map(self, comp: ast.ListComp, env: dict[str, Any], steps: list[dict[str, Any]]) -> Results:
+        """``self.parallel([(self.p, dspy.Example(k=x).with_inputs("k")) for x in xs])``: a ``map`` over ``xs``."""
+        gen = comp.generators
+        if len(gen) != 1 or gen[0].ifs or gen[0].is_async or not isinstance(gen[0].target, ast.Name):
+            raise self.fail("a dspy.Parallel comprehension with several loops, a filter or an unpacking target", comp)
+        pair = comp.elt
+        module = self.leaf(pair.elts[0]) if isinstance(pair, ast.Tuple) and len(pair.elts) == 2 else None
+        if module is None:
+            raise self.fail("a dspy.Parallel comprehension whose item is not (self.<predictor>, example)", comp)
+        over = self.value(gen[0].iter, env)
+        item = f"item_{gen[0].target.id}"
+        args = self.parallel_arguments(pair.elts[1], {**env, gen[0].target.id: f"${item}"})  # type: ignore[attr-defined]
         self.counts[module] = self.counts.get(module, 0) + 1
         as_ = f"{module}_all" if self.counts[module] == 1 else f"{module}_all{self.counts[module]}"
-        item = f"item_{as_}"
-        steps.append({"map": module, "over": items, "item": item,
-                      "with": {k: f"${item}.{k}" for k in items[0]}, "as": as_})
+        steps.append({"map": module, "over": over, "item": item, "with": args, "as": as_})
         self.as_modules[as_] = module
         self.mapped_as.add(as_)
         self.calls.append(module)
-        self.mapped_lines.append(getattr(node, "lineno", 0) + self.offset)
+        self.mapped_lines.append(getattr(comp, "lineno", 0) + self.offset)
         return Results(as_, module)
 
+    def prediction(self, node: ast.Call, env: dict[str, Any], steps: list[dict[str, Any]]) -> Fields:
+        """``dspy.Prediction(k=v, ...)``: its fields (a value reading a variable is kept as it is now)."""
+        if node.args or any(k.arg is None for k in node.keywords):
+            raise self.fail("dspy.Prediction with positional or ** arguments", node)
+        fields: dict[str, Any] = {}
+        for k in node.keywords:
+            value = self.expression(k.value, env, steps)
+            if isinstance(value, Result | Results | Fields | Called):
+                raise self.fail("a whole predictor result as an output", node)
+            if isinstance(k.value, ast.Name):  # the same list now also inside the prediction
+                self.owned.discard(k.value.id)
+            if _mentions_variable(value):  # a later set may change the variable; the prediction keeps this value
+                var = f"v_field_{k.arg}"
+                steps.append({"set": {var: value}})
+                value = f"${var}"
+            fields[str(k.arg)] = value
+        return Fields(fields)
+
+    def parallel_arguments(self, example: ast.AST, env: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments DSPy's Parallel calls a module with: ``example.inputs()`` of a
+        ``dspy.Example(...).with_inputs(...)``, or a dict literal with text keys."""
+        if isinstance(example, ast.Dict):
+            if not all(isinstance(k, ast.Constant) and isinstance(k.value, str) for k in example.keys):
+                raise self.fail("a dspy.Parallel argument dict whose keys are not text constants", example)
+            return {k.value: self.value(v, env) for k, v in zip(example.keys, example.values, strict=True)}  # type: ignore[union-attr]
+        if not (isinstance(example, ast.Call) and isinstance(example.func, ast.Attribute)
+                and example.func.attr == "with_inputs"):
+            raise self.fail("a dspy.Parallel example without .with_inputs(...) (DSPy raises on it)", example)
+        if example.keywords or not all(isinstance(a, ast.Constant) and isinstance(a.value, str)
+                                       for a in example.args):
+            raise self.fail("with_inputs of something other than names", example)
+        keys = [a.value for a in example.args]  # type: ignore[attr-defined]
+        made = example.func.value
+        if not (isinstance(made, ast.Call) and isinstance(made.func, ast.Attribute) and made.func.attr == "Example"
+                and isinstance(made.func.value, ast.Name) and made.func.value.id == "dspy" and not made.args
+                and all(k.arg is not None for k in made.keywords)):
+            raise self.fail("a dspy.Parallel item other than (self.<predictor>, dspy.Example(k=v, ...))", example)
+        fields = {k.arg: k.value for k in made.keywords if k.arg is not None}
+        return {k: self.value(fields[k], env) for k in fields if k in keys}
+
     def expression(self, node: ast.AST, env: dict[str, Any], steps: list[dict[str, Any]]) -> Any:
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "Prediction" \
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "dspy":
+            return self.prediction(node, env, steps)
+        if isinstance(node, ast.Name) and isinstance(env.get(node.id), Result | Results | Fields | Called):
+            return env[node.id]  # a whole result, where one may stand (return x, y = x)
         if isinstance(node, ast.Call):
             results = self.parallel(node, env, steps)
             if results is not None:
@@ -645,7 +774,7 @@ class _Compiler:
         if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Call) \
                 and isinstance(node.slice, ast.Constant) and type(node.slice.value) is int:  # search(q)[0]
             base = self.expression(node.value, env, steps)
-            if isinstance(base, Result | Results):
+            if isinstance(base, Result | Results | Fields | Called):
                 raise self.fail("an index of a whole predictor result", node)
             return {"$index": [base, node.slice.value]}
         if isinstance(node, ast.Call):
@@ -668,18 +797,17 @@ class _Compiler:
         node = stmt.value
         if node is None:
             raise self.fail("a bare return", stmt)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "Prediction" \
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == "dspy":
-            if node.args or any(k.arg is None for k in node.keywords):
-                raise self.fail("dspy.Prediction with positional or ** arguments", node)
-            mapping = {k.arg: self.expression(k.value, env, steps) for k in node.keywords if k.arg is not None}
-            if any(isinstance(v, Result) for v in mapping.values()):
-                raise self.fail("a whole predictor result as an output", node)
+        value = self.expression(node, env, steps)
+        if isinstance(value, Fields):
+            mapping = dict(value.fields)
         else:
-            value = self.expression(node, env, steps)
-            if not isinstance(value, Result):
-                raise self.fail("a return of something other than a prediction", node)
-            mapping = {k: f"${value.as_}.{k}" for k in self.outputs[value.module]}
+            if isinstance(value, Results | Called):
+                raise self.fail("a return of a list of predictions", node)
+            # a bare value (``return pred.answer``) is the program's one output, keyed "" until it is named
+            mapping = {k: f"${value.as_}.{k}" for k in self.outputs[value.module]} if isinstance(value, Result) \
+                else {"": value}
+        if any(("" in m) != ("" in mapping) for m in self.returns):
+            raise self.fail("one path returns a bare value, another a prediction", node)
         self.returns.append(mapping)
         return mapping
 
@@ -717,6 +845,16 @@ class _Compiler:
         if other:
             step["else"] = other
         return step, then_returns and else_returns
+
+
+def _int_index(node: ast.AST) -> int | None:
+    """The integer of a constant subscript (``[2]``, ``[-1]``), else ``None``."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = _int_index(node.operand)
+        return -inner if inner is not None else None
+    if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
+        return node.value
+    return None
 
 
 def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[str, list[str]], *,

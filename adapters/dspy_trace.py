@@ -1,6 +1,6 @@
 """Tracing a custom module's ``forward``: the predictor (and registered tool) calls each run makes,
 copied at call time, wired by value matching (a second run on marked inputs and producer-marked outputs
-settles equal values), and the program those calls make; or, for a branching forward, the program
+settles equal values), and the program those calls make; or the program
 :mod:`.dspy_static` reads from its source.
 """
 
@@ -28,9 +28,9 @@ from .dspy_convert import (
     _identifier,
     _infer_type,
     _interface,
-    _interface_outputs,
     _is_leaf,
     _json_safe,
+    _leaf_interface,
     _perturb,
     _predictor_module,
     _program,
@@ -44,7 +44,14 @@ from .dspy_convert import (
     _unconvertible_reason,
 )
 from .dspy_coverage import _code_objects, _controls, _custom_classes, _judge_controls, _LineRecorder
-from .dspy_verify import Construct, ImportReport, _default_constructs, verify
+from .dspy_verify import (
+    Construct,
+    ImportReport,
+    _default_constructs,
+    _ensemble_constructs,
+    _ensemble_notes,
+    verify,
+)
 
 
 @dataclass
@@ -266,7 +273,7 @@ def _candidates(value: Any, inputs: dict[str, Any], results: list[tuple[str, dic
                 and _repr_of(outputs) in (None, str(value))]  # None: refused with the field types, below
     for ref, v in sources:
         if isinstance(v, list) and 0 < len(v) <= 1000:
-            refs += [{"$index": [ref, i]} for i in ((0, -1) if len(v) > 1 else (0,)) if _same(v[i], value)]
+            refs += [{"$index": [ref, i]} for i in (0, -1) if _same(v[i], value)]  # one element: 0 and -1 both
     return refs
 
 
@@ -606,7 +613,7 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
             if src is None:
                 continue
             producer = sequence[as_names.index(src)]
-            bad = _repr_types(Signature(inputs={}, outputs=_interface_outputs(modules[producer], sigs[producer])))
+            bad = _repr_types(Signature(inputs={}, outputs=dict(sigs[producer].outputs)))
             if (modules[producer].get("lm") or {}).get("n", 1) != 1:
                 bad.append(f"n={modules[producer]['lm']['n']} completions")
             if bad:
@@ -660,31 +667,27 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     if len(samples) == 1:
         notes.append("traced on one sample only: a computed value that happens to be constant would pass as a "
                      "constant; give several samples")
-    report = ImportReport("traced", parts, notes=notes, constructs=constructs)
+    report = ImportReport("traced", parts, notes=notes + _ensemble_notes(program),
+                          constructs=constructs + _ensemble_constructs(program))
     return program, report, [r.sample for r in runs_for_lines]
 
 
 def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str, why: list[str] | None = None
                     ) -> tuple[Program, ImportReport] | None:
-    """The program read statically from a forward that branches (:mod:`.dspy_static`), verified on the
-    samples; ``None`` when forward does not branch, is outside the subset, or fails verification (the
-    caller traces instead, and a trace of a branching forward is at best partially verified; ``why``
-    gets the reason)."""
+    """The program read statically from forward's source (:mod:`.dspy_static`), verified on the
+    samples; ``None`` when the module nests custom modules, forward is outside the subset, or the program
+    fails verification (the caller traces instead, and a trace of a branching forward is at best partially
+    verified; ``why`` gets the reason)."""
     from .dspy_static import Unsupported, compile_forward
 
     entry = _entry(obj)
-    controls = _controls(type(obj), entry)
     dspy = _dspy().dspy
-    has_parallel = any(isinstance(v, dspy.Parallel | dspy.Retrieve) for v in vars(obj).values())
-    if (not has_parallel and not any(c.kind in ("if", "for", "comprehension") for c in controls)) \
-            or len(_custom_classes(obj)) != 1:
+    if len(_custom_classes(obj)) != 1:  # nested custom modules: traced
         return None
     types = _Types()
     leaves = _leaves(obj)
     converted: dict[str, Any] = {n: _predictor_module(m, types) for n, m in leaves.items()}
-    interfaces = {n: Signature(inputs=Signature.model_validate(c[0]["signature"]).inputs,
-                               outputs=_interface_outputs(c[0], Signature.model_validate(c[0]["signature"])))
-                  for n, c in converted.items() if c is not None}
+    interfaces = {n: _leaf_interface(c[0]) for n, c in converted.items() if c is not None}
     names = {id(m): n for n, m in leaves.items() if n in interfaces}
     positional: dict[str, str] = {}
     for attr, value in vars(obj).items():  # dspy.Retrieve kept on the module: a retrieve step (RM registered)
@@ -708,13 +711,18 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str,
             why.append(f"line {exc.line}: {exc}" if exc.line else str(exc))
         return None
     modules = {n: converted[n][0] for n in dict.fromkeys(compiled.calls)}
+    if any(BARE in mapping for mapping in compiled.returns):  # forward returns a bare value: name the output
+        names_given = {_bare_name(mapping[BARE], list(samples[0])) for mapping in compiled.returns}
+        bare = names_given.pop() if len(names_given) == 1 else "output"
+        for mapping in compiled.returns:
+            mapping[bare] = mapping.pop(BARE)
     # inputs: typed by the predictor field each feeds; outputs: every name any return gives (null elsewhere)
     in_types = {k: _infer_type(v) for k, v in samples[0].items()}
 
     def walk(steps: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for step in steps:
             yield step
-            for key in ("then", "else", "default"):
+            for key in ("then", "else", "default", "parallel"):
                 yield from walk(step.get(key) or [])
             for case in step.get("cases") or []:
                 yield from walk(case["steps"])
@@ -780,8 +788,10 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str,
     report = ImportReport("static", {n: f"{converted[n][1]} (exact)" for n in modules},
                           notes=[f"{cls.__name__}.{entry} read statically: {compiled.branches} if step(s), "
                                  f"{len(compiled.mapped)} map step(s)"],
-                          constructs=[*(Construct(n, "exact") for n in modules), *_default_constructs(obj)])
+                          constructs=[*(Construct(n, "exact") for n in modules), *_ensemble_constructs(program),
+                                      *_default_constructs(obj)])
     report.notes += [f"for loop (line {line}) converted to a loop step" for line in compiled.loops]
+    report.notes += _ensemble_notes(program)
     names = {id(m): n for n, m in leaves.items()}
     runs = _trace_runs(obj, samples, lm, names, []) + _runnable(obj, _marked(samples), lm, names)
     report.verification = verify(obj, program, [r.sample for r in runs], lm=lm)
