@@ -294,7 +294,14 @@ class MutatedAfterPrediction(Aliased):
         return pred
 
 
+class ShadowsATool(Aliased):
+    def forward(self, question: str, search: Any = None) -> Any:  # a parameter: not the registered tool
+        answer = self.gen(question=question).answer
+        return dspy.Prediction(found=search(answer, k=2))
+
+
 @pytest.mark.parametrize(("cls", "why"), [
+    (ShadowsATool, "a call of the local name search"),
     (Aliased, "another name may share it"),
     (MutatedAfterPrediction, "another name may share it"),
     (PlusUnknown, "`\\+` on values whose kinds"),
@@ -303,9 +310,10 @@ class MutatedAfterPrediction(Aliased):
 ])
 def test_the_static_reader_refuses_what_it_cannot_reproduce(cls: type, why: str) -> None:
     obj = cls()
+    search_module = {id(search): ("search", ["query", "k"])}  # as if `search` were registered
     with pytest.raises(Unsupported, match=why):
-        compile_forward(obj, "forward", {id(obj.gen): "gen"}, {"gen": ["answer"]},
-                        types={"gen": {"answer": "str"}})
+        compile_forward(obj, "forward", {id(obj.gen): "gen"}, {"gen": ["answer"], "search": ["result"]},
+                        types={"gen": {"answer": "str"}, "search": {"result": "list[str]"}}, tools=search_module)
 
 
 class ChatMessages(dspy.Module):
