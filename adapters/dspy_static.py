@@ -328,9 +328,32 @@ class _Compiler:
             if self.kind(operand) != "list":
                 raise self.fail("list(x) of something not known to be a list", node)
             return {"$concat": [operand, []]}
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("join", "split")
+                and len(node.args) == 1 and not node.keywords):
+            return self.text_method(node, env)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             return self.inline(node, env)
         raise self.fail(f"the expression {type(node).__name__} has no program equivalent here", node)
+
+    def text_method(self, node: ast.Call, env: dict[str, Any]) -> Any:
+        """``"sep".join(xs)`` (``$join``, a known list) and ``text.split("sep")`` (``$split``, a known string and
+        a non-empty literal separator: ``split()`` without one splits on runs of whitespace)."""
+        func = node.func
+        assert isinstance(func, ast.Attribute)
+        if func.attr == "join":
+            if not (isinstance(func.value, ast.Constant) and isinstance(func.value.value, str)):
+                raise self.fail("join on something other than a literal separator", node)
+            items = self.value(node.args[0], env)
+            if self.kind(items) != "list":
+                raise self.fail("join of something not known to be a list", node)
+            return {"$join": [items, _escape(func.value.value)]}
+        sep = node.args[0]
+        if not (isinstance(sep, ast.Constant) and isinstance(sep.value, str) and sep.value):
+            raise self.fail("split with other than a non-empty literal separator", node)
+        text = self.value(func.value, env)
+        if self.kind(text) != "str":
+            raise self.fail("split of something not known to be a string", node)
+        return {"$split": [text, _escape(sep.value)]}
 
     def plus(self, left: Any, right: Any, node: ast.AST) -> Any:
         """``left + right``: ``$concat`` of two lists or two strings (numbers, or kinds not known, refused)."""
@@ -361,7 +384,7 @@ class _Compiler:
             op, args = next(iter(value.items()))
             if op in ("$dedupe", "$split"):
                 return "list"
-            if op == "$template":
+            if op in ("$template", "$join"):
                 return "str"
             if op == "$concat" and isinstance(args, list) and args:
                 return self.kind(args[0])

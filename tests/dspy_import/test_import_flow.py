@@ -190,6 +190,22 @@ def test_retrieve_without_a_loop_is_a_retrieve_step(loop: Any, dspy_lm: Any, nat
     _same_on_native(loop, native_adapter, original, program, dspy_lm, UNSEEN)
 
 
+class JoinedRAG(SimpleRAG):
+    def forward(self, question: str) -> Any:
+        passages = self.retrieve(question).passages
+        context = "\n\n".join(passages)
+        words = context.split(" ")
+        return self.generate_answer(context=context + "\n" + "|".join(words), question=question)
+
+
+def test_joined_and_split_text_are_operations(loop: Any, dspy_lm: Any, native_adapter: Any,
+                                              registered_rm: None) -> None:
+    original = JoinedRAG()
+    program, report = import_module(original, sample_inputs=Q, lm=dspy_lm)
+    assert report.mode == "static" and report.status == "verified", str(report)
+    _same_on_native(loop, native_adapter, original, program, dspy_lm, UNSEEN)
+
+
 def test_retrieve_without_a_registered_rm_is_refused_naming_it(dspy_lm: Any) -> None:
     with dspy.context(rm=rm), pytest.raises(ConversionError, match=r"dspy\.Retrieve"):
         import_module(SimpleRAG(), sample_inputs=Q, lm=dspy_lm, fallback=False)
