@@ -286,8 +286,17 @@ class Closure(Aliased):
         return dspy.Prediction(answer=question)
 
 
+class MutatedAfterPrediction(Aliased):
+    def forward(self, question: str) -> Any:
+        notes: list[str] = []
+        pred = dspy.Prediction(notes=notes)
+        notes.append(self.gen(question=question).answer)  # Python: pred.notes changes too
+        return pred
+
+
 @pytest.mark.parametrize(("cls", "why"), [
     (Aliased, "another name may share it"),
+    (MutatedAfterPrediction, "another name may share it"),
     (PlusUnknown, "`\\+` on values whose kinds"),
     (BreaksOut, "break inside a for loop"),
     (Closure, "FunctionDef"),
@@ -297,3 +306,27 @@ def test_the_static_reader_refuses_what_it_cannot_reproduce(cls: type, why: str)
     with pytest.raises(Unsupported, match=why):
         compile_forward(obj, "forward", {id(obj.gen): "gen"}, {"gen": ["answer"]},
                         types={"gen": {"answer": "str"}})
+
+
+class ChatMessages(dspy.Module):
+    """DSPy's deployment tutorial: forward(self, messages) answers messages[0]["content"]."""
+
+    def __init__(self) -> None:
+        self.cot = dspy.ChainOfThought("question -> answer")
+
+    def forward(self, messages: list[dict[str, str]]) -> Any:
+        pred = self.cot(question=messages[0]["content"])
+        out = dspy.Prediction(answer=pred.answer, asked=[messages[0]["content"], "?"])
+        return out
+
+
+def test_keys_indexes_list_literals_and_a_named_prediction(loop: Any, dspy_lm: Any, native_adapter: Any) -> None:
+    original = ChatMessages()
+    samples = [{"messages": [{"role": "user", "content": q["question"]}]} for q in Q]
+    program, report = import_module(original, sample_inputs=samples, lm=dspy_lm)
+    assert report.mode == "static" and report.status == "verified", str(report)
+    assert program.to_dict()["steps"][0]["with"]["question"] == {
+        "$get": [{"$index": ["$inputs.messages", 0]}, "content"]}
+    _same_on_native(loop, native_adapter, original, program, dspy_lm,
+                    [{"messages": [{"role": "user", "content": u["question"]}, {"role": "user", "content": "2nd"}]}
+                     for u in UNSEEN])
