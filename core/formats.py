@@ -349,8 +349,8 @@ class Prompt:
 
     def messages(self, inputs: Mapping[str, Any]) -> list[dict[str, str]]:
         """The chat messages DSPy sends for these inputs (fields missing from ``inputs`` are left out)."""
-        out = [dict(m) for m in self._prefix]
-        values = self.typed_inputs(inputs)
+        out = list(map(dict, self._prefix))
+        values = self.typed_inputs(inputs) if self._typed_inputs else inputs  # read, never changed, here
         if self._history is None:
             out.append({"role": "user", "content": self._user_content(self._in, values, "", True)})
             return out

@@ -262,7 +262,9 @@ def _words(content: Any) -> int:
 
 
 def _word_usage(messages: list[dict[str, Any]], text: str) -> dict[str, int]:
-    prompt = sum(_words(m.get("content", "")) for m in messages)
+    prompt = 0
+    for m in messages:
+        prompt += _words(m.get("content", ""))
     completion = len(text.split())
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
