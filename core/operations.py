@@ -12,6 +12,7 @@ Equality is JSON equality (``1 == 1.0``; ``true`` is not ``1``); truthiness is P
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,11 +46,12 @@ MAX_WORK = 20_000_000
 #: Where a run keeps its work budget: in its scope, under a key no program name can take (``$``); the
 #: interpreter puts ``[MAX_WORK]`` there, and every copy of the scope (``map`` elements) shares it.
 WORK_KEY = "$work"
-#: Where a run remembers the sizes of the lists its ``$concat``\ s built (``id -> (list, length, values,
-#: characters)``, the list held so its id stays its own): a loop appending to its state measures only
-#: what it appends, not the whole state again on every pass. Optional: without it, every part is walked.
+#: Where a run remembers the sizes of the lists it built and measured (``id -> (list, length, values,
+#: characters)``, the list held so its id stays its own): a loop appending to its state with ``$concat``
+#: measures only what it appends, not the whole state again on every pass. Optional: without it,
+#: every part is walked.
 SIZES_KEY = "$sizes"
-_MAX_SIZES = 16  # remembered sizes per run (the memo is cleared past it: it only saves time)
+_MAX_SIZES = 16  # remembered sizes per run (the oldest forgotten first: the memo only saves time)
 _FLAT = frozenset({str, int, float, bool, type(None)})
 _STR_ONLY = {str}
 _LIST_ONLY = {list}
@@ -122,6 +124,8 @@ def measure(value: Any, pointer: str, what: str, scope: dict[str, Any] | None = 
         return value
     nodes, chars = _size(value, pointer, what)
     _charge(scope, nodes + chars // 64, pointer, what)
+    if type(value) is list and scope is not None:
+        _remember(scope.get(SIZES_KEY), value, nodes, chars)
     return value
 
 
@@ -147,10 +151,15 @@ def measure_concat(result: list[Any], parts: list[Any], pointer: str, what: str,
     if chars > MAX_CHARS:
         raise _limit(pointer, what, f"holds more than {MAX_CHARS:,} characters of text")
     _charge(scope, nodes + chars // 64, pointer, what)
+    _remember(sizes, result, nodes, chars)
+
+
+def _remember(sizes: dict[int, tuple[list[Any], int, int, int]] | None, value: list[Any], nodes: int,
+              chars: int) -> None:
     if sizes is not None:
         if len(sizes) >= _MAX_SIZES:
-            sizes.clear()
-        sizes[id(result)] = (result, len(result), nodes, chars)
+            del sizes[next(iter(sizes))]  # the oldest: a loop's state is remembered anew on every pass
+        sizes[id(value)] = (value, len(value), nodes, chars)
 
 
 def _size(value: list[Any] | dict[str, Any], pointer: str, what: str) -> tuple[int, int]:
@@ -434,10 +443,15 @@ def _add(args: list[Any]) -> Any:
 def _compare(check: Callable[[Any, Any], bool]) -> Callable[[list[Any]], bool]:
     def run(args: list[Any]) -> bool:
         a, b = args
-        if (_is_number(a) and _is_number(b)) or (isinstance(a, str) and isinstance(b, str)):
+        kinds = type(a), type(b)
+        if kinds in _SAME_KINDS or (_is_number(a) and _is_number(b)) or (isinstance(a, str) and isinstance(b, str)):
             return check(a, b)
         raise _Domain(f"compares two numbers or two strings, got {_kind(a)} and {_kind(b)}")
     return run
+
+
+#: argument types a comparison takes as they are (the checks above, without their calls)
+_SAME_KINDS = frozenset({(int, int), (int, float), (float, int), (float, float), (str, str)})
 
 
 def _in(args: list[Any]) -> bool:
@@ -644,10 +658,10 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     Operation("add", (2, 2), _add, _t_add, "[a, b] -> a + b (numbers)"),
     Operation("eq", (2, 2), lambda a: json_equal(a[0], a[1]), _t_bool, "[a, b] -> JSON equality", reads=True),
     Operation("ne", (2, 2), lambda a: not json_equal(a[0], a[1]), _t_bool, "[a, b] -> not equal", reads=True),
-    Operation("lt", (2, 2), _compare(lambda a, b: a < b), _t_compare, "[a, b] -> a < b (numbers or strings)"),
-    Operation("le", (2, 2), _compare(lambda a, b: a <= b), _t_compare, "[a, b] -> a <= b"),
-    Operation("gt", (2, 2), _compare(lambda a, b: a > b), _t_compare, "[a, b] -> a > b"),
-    Operation("ge", (2, 2), _compare(lambda a, b: a >= b), _t_compare, "[a, b] -> a >= b"),
+    Operation("lt", (2, 2), _compare(operator.lt), _t_compare, "[a, b] -> a < b (numbers or strings)"),
+    Operation("le", (2, 2), _compare(operator.le), _t_compare, "[a, b] -> a <= b"),
+    Operation("gt", (2, 2), _compare(operator.gt), _t_compare, "[a, b] -> a > b"),
+    Operation("ge", (2, 2), _compare(operator.ge), _t_compare, "[a, b] -> a >= b"),
     Operation("in", (2, 2), _in, _t_in, "[x, list/string/object] -> element / substring / key test", reads=True),
     Operation("and", (1, None), _and, _t_bool, "[a, b, ...] -> all truthy (short-circuit)", lazy=True),
     Operation("or", (1, None), _or, _t_bool, "[a, b, ...] -> any truthy (short-circuit)", lazy=True),

@@ -326,6 +326,9 @@ def _compile_op(op: Op) -> Getter:
     getters = [compile_value(v, f"{base}/{i}") for i, v in enumerate(op.args)]
     if spec.lazy:
         return lambda scope: run_lazy(spec, getters, scope, pointer)
+    if len(getters) == 2:  # most operations: the argument list built here, without one more frame
+        g0, g1 = getters
+        return lambda scope: run_operation(spec, [g0(scope), g1(scope)], pointer, scope)
     build = _list_of(getters)
     return lambda scope: run_operation(spec, build(scope), pointer, scope)
 
