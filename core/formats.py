@@ -162,9 +162,11 @@ class Prompt:
         "_fallback",
         "_history",
         "_in",
+        "_json_out",
         "_out",
         "_prefix",
         "_requirements",
+        "_text_out",
         "_typed_inputs",
         "adapter",
         "demos",
@@ -185,6 +187,10 @@ class Prompt:
         self._out = resolve_fields(signature.outputs, types)
         self._history = next((n for n, f in self._in.items() if f.expr.kind == "history"), None)
         self._typed_inputs = tuple(n for n, f in self._in.items() if f.converted)
+        # outputs that are text as parsed (str fields) and JSON as they are (nothing converted): most
+        # signatures, whose replies then skip the per-field conversions
+        self._text_out = all(f.is_str for f in self._out.values())
+        self._json_out = not any(f.converted for f in self._out.values())
         self._fallback: Prompt | None = None
         self.system = self._system_message()
         self._requirements = self._output_requirements()
@@ -290,7 +296,9 @@ class Prompt:
             parts = [prefix]
             for name, field in fields.items():
                 if name in inputs:
-                    parts.append(f"[[ ## {name} ## ]]\n" + format_value(inputs[name], field.is_str))
+                    value = inputs[name]
+                    parts.append(f"[[ ## {name} ## ]]\n"
+                                 + (value if type(value) is str else format_value(value, field.is_str)))
         if main:
             parts.append(self._requirements)
         parts.append("")
@@ -376,6 +384,8 @@ class Prompt:
             fields = self._parse_json(text)
         else:
             fields = self._parse_xml(text)
+        if self._json_out:
+            return fields
         return {name: self._out[name].to_json(value) for name, value in fields.items()}
 
     def fallback(self) -> Prompt | None:
@@ -448,6 +458,8 @@ class Prompt:
                 lines.append(line)
         if header is not None and header in out and header not in raw:
             raw[header] = "\n".join(lines).strip()
+        if self._text_out:  # str fields parse to the text itself
+            return self._finish(raw, text)
         fields = {name: self._convert(name, value, text) for name, value in raw.items()}
         return self._finish(fields, text)
 

@@ -264,7 +264,9 @@ def _words(content: Any) -> int:
 def _word_usage(messages: list[dict[str, Any]], text: str) -> dict[str, int]:
     prompt = 0
     for m in messages:
-        prompt += _words(m.get("content", ""))
+        content = m.get("content", "")
+        known = _WORDS.get(content) if type(content) is str else None
+        prompt += known if known is not None else _words(content)
     completion = len(text.split())
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 

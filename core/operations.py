@@ -25,6 +25,7 @@ __all__ = [
     "MAX_CHARS",
     "MAX_ITEMS",
     "MAX_VALUE_DEPTH",
+    "DOMAIN_ERRORS",
     "MAX_WORK",
     "OPERATIONS",
     "SIZES_KEY",
@@ -33,6 +34,7 @@ __all__ = [
     "OperationTypeError",
     "json_equal",
     "measure",
+    "operation_error",
     "truthy",
 ]
 
@@ -669,16 +671,25 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
 )}
 
 
+#: What ``op.run`` raises for arguments outside its domain (see :func:`operation_error`).
+DOMAIN_ERRORS = (_Domain, RecursionError)
+
+
+def operation_error(op: Operation, exc: BaseException, pointer: str) -> OperationError:
+    """The typed error for one of :data:`DOMAIN_ERRORS` raised by ``op`` at ``pointer``."""
+    if isinstance(exc, RecursionError):
+        return OperationError(f"{pointer or '/'}: ${op.name}: the value nests too deeply", pointer=pointer,
+                              operation=op.name)
+    return OperationError(f"{pointer or '/'}: ${op.name} {exc}", pointer=pointer, operation=op.name)
+
+
 def run_operation(op: Operation, args: Any, pointer: str, scope: dict[str, Any] | None = None) -> Any:
     """Apply ``op`` to evaluated arguments; a domain problem becomes a typed OperationError. The work
     is charged to the run's budget in ``scope`` (none without a scope)."""
     try:
         result = op.run(args)
-    except _Domain as exc:
-        raise OperationError(f"{pointer or '/'}: ${op.name} {exc}", pointer=pointer, operation=op.name) from None
-    except RecursionError:
-        raise OperationError(f"{pointer or '/'}: ${op.name}: the value nests too deeply", pointer=pointer,
-                             operation=op.name) from None
+    except DOMAIN_ERRORS as exc:
+        raise operation_error(op, exc, pointer) from None
     if op.grows and isinstance(result, list):
         if op.joins:
             measure_concat(result, args, pointer, f"${op.name}", scope)
