@@ -121,6 +121,12 @@ def _instructions(signature: Signature) -> str:
     return inspect.cleandoc(signature.instructions)
 
 
+def _section(first: str, lines: list[str], start: int, end: int) -> str:
+    """A chat reply's field text: what followed its header on that line, then its lines, stripped."""
+    body = "\n".join(lines[start:end])
+    return (f"{first}\n{body}" if first else body).strip()
+
+
 def resolve_fields(fields: Mapping[str, FieldSpec], types: TypeSpace | None) -> dict[str, FieldType]:
     """Each field's :class:`FieldType`, declared type names resolved (``UnknownTypeError`` if unknown)."""
     out: dict[str, FieldType] = {}
@@ -445,19 +451,22 @@ class Prompt:
         out = self._out
         raw: dict[str, str] = {}
         header: str | None = None
-        lines: list[str] = []
-        for line in text.splitlines():
-            match = _HEADER.match(line.strip()) if "[[ ## " in line else None
-            if match:
-                if header is not None and header in out and header not in raw:  # the section it closes
-                    raw[header] = "\n".join(lines).strip()
-                header = match.group(1)
-                rest = line[match.end() :].strip()
-                lines = [rest] if rest else []
-            else:
-                lines.append(line)
+        lines = text.splitlines()
+        first = ""  # the text after the header on its own line
+        start = 0  # the section's first line after its header
+        # only lines that may be headers are looked at one by one; a section is a slice of the others
+        for i in [i for i, line in enumerate(lines) if "[[ ## " in line]:
+            line = lines[i]
+            match = _HEADER.match(line.strip())
+            if match is None:
+                continue
+            if header is not None and header in out and header not in raw:  # the section it closes
+                raw[header] = _section(first, lines, start, i)
+            header = match.group(1)
+            first = line[match.end() :].strip()
+            start = i + 1
         if header is not None and header in out and header not in raw:
-            raw[header] = "\n".join(lines).strip()
+            raw[header] = _section(first, lines, start, len(lines))
         if self._text_out:  # str fields parse to the text itself
             return self._finish(raw, text)
         fields = {name: self._convert(name, value, text) for name, value in raw.items()}

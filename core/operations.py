@@ -274,7 +274,9 @@ def _check_chars(n: int) -> None:
 def _concat(args: list[Any]) -> Any:
     kinds = set(map(type, args))
     if kinds == _LIST_ONLY or (kinds != _STR_ONLY and all(isinstance(a, list) for a in args)):
-        _check_len(sum(map(len, args)))
+        n = sum(map(len, args))
+        if n > MAX_ITEMS:
+            _check_len(n)
         out: list[Any] = []
         for a in args:
             out += a

@@ -271,12 +271,13 @@ def _field(value: Any, name: str, ref: Ref, i: int, pointer: str) -> Any:
                          pointer=pointer)
 
 
-def compile_value(parsed: Any, pointer: str = "") -> Getter:
+def compile_value(parsed: Any, pointer: str = "", *, measured: bool = True) -> Getter:
     """A function of the scope computing ``parsed`` (references looked up, operations applied);
     ``pointer`` is where the value stands in the file (run-time errors name it).
 
     Containers are built afresh on every call (a module may mutate what it is given); a container
-    holding references or operations is measured against the size bounds."""
+    holding references or operations is measured against the size bounds (a list literal that is
+    ``$concat``'s argument, ``measured=False``, is measured as part of the concatenation)."""
     if isinstance(parsed, Ref):
         source, path = parsed.source, parsed.path
         if not path:
@@ -305,7 +306,7 @@ def compile_value(parsed: Any, pointer: str = "") -> Getter:
             return lambda scope: list(items)
         getters = [compile_value(v, f"{pointer}/{i}") for i, v in enumerate(parsed)]
         build = _list_of(getters)
-        if is_constant(parsed):
+        if is_constant(parsed) or not measured:
             return build
         if len(getters) == 1:  # ``[$x]``, as a loop appends with $concat: without the build's frame
             (g0,) = getters
@@ -352,9 +353,10 @@ def _compile_op(op: Op) -> Getter:
         getters = [compile_value(v, f"{base}/{i}") for i, v in enumerate(op.args)]
         return lambda scope: run_lazy(spec, getters, scope, pointer)
     if len(op.args) == 2:  # most operations: the argument list built here, without one more frame
-        g0 = compile_value(op.args[0], f"{base}/0")
+        g0 = compile_value(op.args[0], f"{base}/0", measured=not spec.joins)
         second = op.args[1]  # a literal scalar (``{$ge: [$n, 3]}``) is taken as is
-        g1 = None if not isinstance(second, Ref | Op | list | dict) else compile_value(second, f"{base}/1")
+        g1 = None if not isinstance(second, Ref | Op | list | dict) else compile_value(
+            second, f"{base}/1", measured=not spec.joins)
         if not pure:
             return lambda scope: run_operation(spec, [g0(scope), second if g1 is None else g1(scope)], pointer,
                                                scope)
@@ -366,7 +368,7 @@ def _compile_op(op: Op) -> Getter:
             except DOMAIN_ERRORS as exc:
                 raise operation_error(spec, exc, pointer) from None
         return pure_two
-    build = _list_of([compile_value(v, f"{base}/{i}") for i, v in enumerate(op.args)])
+    build = _list_of([compile_value(v, f"{base}/{i}", measured=not spec.joins) for i, v in enumerate(op.args)])
     return lambda scope: run_operation(spec, build(scope), pointer, scope)
 
 
