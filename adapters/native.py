@@ -9,7 +9,8 @@ and parses; it never touches DSPy.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Mapping
+import functools
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -294,7 +295,7 @@ class NativeAdapter:
         runners: dict[str, Runner] = {}
         for module_name in program.modules:
             self._runner(program, module_name, runners)
-        return self._plans.put(key, (plan(program), _module_call(runners)))
+        return self._plans.put(key, (plan(program), _module_call(program, runners)))
 
     def _runner(self, program: Program, name: str, runners: dict[str, Runner]) -> Runner:
         """The runner of module ``name`` (built once; a wrapper shares the runner of the module it wraps)."""
@@ -333,14 +334,18 @@ MAX_PLANS = 256
 _RAW_OUTPUTS = frozenset({"react", "best_of_n", "refine", "multi_chain_comparison"})
 
 
-def _module_call(runners: dict[str, Runner]) -> ModuleCall:
+def _module_call(program: Program, runners: dict[str, Runner]) -> ModuleCall:
     """How the plan's steps call their modules: each module's entry point looked up once, per plan."""
-    invokers = {name: runner.predictor.__call__ if isinstance(runner, _LMRunner) else runner.invoke
-                for name, runner in runners.items()}  # a predictor's coroutine, without the runner's frame
+    invokers: dict[str, Callable[[dict[str, Any], Invocation], Awaitable[dict[str, Any]]]] = {}
+    for name, runner in runners.items():
+        if isinstance(runner, _LMRunner):
+            invokers[name] = runner.predictor.__call__  # its coroutine, without the runner's frame around it
+        elif program.modules[name].type in _RAW_OUTPUTS:
+            invokers[name] = functools.partial(_as_data, runner)
+        else:
+            invokers[name] = runner.invoke
 
     def call(step: PlanStep, args: dict[str, Any], ctx: RunContext, calls: list[LMCall]) -> Any:
-        if step.module_type in _RAW_OUTPUTS:
-            return _as_data(runners[step.module], args, Invocation(ctx, calls))  # type: ignore[index]
         return invokers[step.module](args, Invocation(ctx, calls))  # type: ignore[index]
 
     return call
