@@ -346,7 +346,7 @@ def _module_call(program: Program, runners: dict[str, Runner]) -> ModuleCall:
             invokers[name] = runner.invoke
 
     def call(step: PlanStep, args: dict[str, Any], ctx: RunContext, calls: list[LMCall]) -> Any:
-        return invokers[step.module](args, Invocation(ctx, calls))  # type: ignore[index]
+        return invokers[step.module](args, Invocation(ctx, calls))
 
     return call
 

@@ -194,7 +194,7 @@ async def execute(steps: list[Any], inputs: dict[str, Any], ctx: RunContext, cal
 
 
 def _scope(inputs: dict[str, Any]) -> dict[str, Any]:
-    """A run's scope: its inputs, its work budget and the sizes its ``$concat``\ s remembered."""
+    r"""A run's scope: its inputs, its work budget and the sizes its ``$concat``\ s remembered."""
     return {"inputs": inputs, WORK_KEY: [operations.MAX_WORK], SIZES_KEY: {}}
 
 

@@ -22,10 +22,10 @@ from .errors import OperationError
 from .signature import TypeExpr
 
 __all__ = [
+    "DOMAIN_ERRORS",
     "MAX_CHARS",
     "MAX_ITEMS",
     "MAX_VALUE_DEPTH",
-    "DOMAIN_ERRORS",
     "MAX_WORK",
     "OPERATIONS",
     "SIZES_KEY",
