@@ -200,8 +200,9 @@ class Predictor:
             calls.append(_call(model=model, messages=messages, response=response.text, usage=response.usage,
                                latency_ms=response.latency_ms, cached=response.cached, error=exc.to_dict()))
             raise
-        calls.append(_call(model=model, messages=messages, response=response.text, usage=response.usage,
-                           latency_ms=response.latency_ms, cached=response.cached))
+        calls.append(fast_construct(LMCall, {  # _call's fields, without its call (one per LM call)
+            "model": model, "messages": messages, "response": response.text, "usage": response.usage or {},
+            "latency_ms": response.latency_ms, "cached": response.cached, "error": None}))
         return parsed
 
 
