@@ -347,6 +347,7 @@ def _module_call(program: Program, runners: dict[str, Runner]) -> ModuleCall:
             invokers[name] = runner.invoke
 
     def call(step: PlanStep, args: dict[str, Any], ctx: RunContext, calls: list[LMCall]) -> Any:
+        assert step.module is not None  # call and map steps name their module
         return invokers[step.module](args, Invocation(ctx, calls))
 
     return call
