@@ -114,6 +114,14 @@ def signature_from_dspy(sig: Any, *, drop_outputs: Sequence[str] = (), types: _T
     types = types if types is not None else _Types()
 
     def fields(group: Mapping[str, Any], skip: Sequence[str] = ()) -> dict[str, FieldSpec]:
+        for name, info in group.items():
+            constraints = (info.json_schema_extra or {}).get("constraints")
+            if constraints and name not in skip:
+                raise _error(f"field {name!r} has constraints ({constraints}): DSPy prints them in the prompt and "
+                             "rejects replies outside them, and a program field holds no constraints",
+                             construct=f"{sig.__name__}.{name}", target=sig,
+                             hint="drop the constraint (ge/le/min_length...), or register the module to import it "
+                                  "as an opaque 'dspy' step")
         return {
             name: FieldSpec(type=types.convert(info.annotation, f"{sig.__name__}.{name}", sig),
                             desc=_field_desc(name, info))
@@ -542,13 +550,15 @@ def _run_coroutine(coro: Any) -> Any:
 
 
 def _run_observed(obj: Any, inputs: dict[str, Any], lm: Any, callbacks: list[Any] | None = None,
-                  what: str = "the module") -> tuple[Any, list[list[dict[str, Any]]]]:
-    """Run a module under ``lm`` (a fresh copy) and return its prediction and the messages it sent."""
+                  what: str = "the module",
+                  sent: _SentMessages | None = None) -> tuple[Any, list[list[dict[str, Any]]]]:
+    """Run a module under ``lm`` (a fresh copy) and return its prediction and the messages it sent
+    (``sent``: the recorder to use, to read more of what happened)."""
     from .dspy_lm_guard import SETTING
 
     dspy = _dspy().dspy
     run_lm = lm.copy()
-    sent = _SentMessages()
+    sent = sent if sent is not None else _SentMessages()
     try:  # LMs the module picks itself are routed to run_lm: its endpoints are never used
         with dspy.context(lm=run_lm, callbacks=[*(callbacks or []), sent.callback()], **{SETTING: (run_lm,)}):
             prediction = _call(obj, inputs)
@@ -569,6 +579,7 @@ class _SentMessages:
 
     def __init__(self) -> None:
         self.messages: list[list[dict[str, Any]]] = []
+        self.by_rewards: list[Any] = []  # reward functions (dspy_reward) that called an LM themselves
         self._open: dict[str, list[dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
@@ -579,9 +590,14 @@ class _SentMessages:
 
         class _Callback(BaseCallback):
             def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+                from .dspy_reward import RUNNING
+
                 messages = inputs.get("messages") or [{"role": "user", "content": inputs.get("prompt")}]
+                reward = RUNNING.get()
                 with sent._lock:
                     sent._open[call_id] = list(messages)
+                    if reward is not None:
+                        sent.by_rewards.append(reward)
 
             def on_lm_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
                 with sent._lock:

@@ -24,11 +24,16 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 __all__ = ["dspy_reward", "reward_function", "reward_functions"]
 
 _MARK = "__stepbridge_dspy_reward__"
+
+#: The reward function running now, so the importer can tell an LM call made by a reward itself: such a
+#: call is no program step (on the native backend a metric has no LM at all).
+RUNNING: ContextVar[Any] = ContextVar("stepbridge_dspy_reward_running", default=None)
 
 
 def dspy_reward(fn: Callable[[dict[str, Any], Any], Any]) -> Callable[[Mapping[str, Any], Mapping[str, Any]], Any]:
@@ -43,7 +48,11 @@ def dspy_reward(fn: Callable[[dict[str, Any], Any], Any]) -> Callable[[Mapping[s
     from .dspy import dspy
 
     def metric(example: Mapping[str, Any], prediction: Mapping[str, Any]) -> Any:
-        return fn(dict(example), dspy.Prediction(**prediction))
+        token = RUNNING.set(fn)
+        try:
+            return fn(dict(example), dspy.Prediction(**prediction))
+        finally:
+            RUNNING.reset(token)
 
     functools.update_wrapper(metric, fn, updated=())  # __wrapped__ = fn: inspect.getsource finds fn's source
     setattr(metric, _MARK, fn)

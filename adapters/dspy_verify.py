@@ -13,7 +13,7 @@ from typing import Any
 from stepbridge.errors import ConversionError
 from stepbridge.program import Program
 
-from .dspy_convert import BARE, _dspy, _equal_data, _returned, _run_observed, _snapshot
+from .dspy_convert import BARE, _dspy, _equal_data, _returned, _run_observed, _SentMessages, _snapshot
 
 
 @dataclass
@@ -180,12 +180,15 @@ def verify(obj: Any, program: Program, samples: Sequence[dict[str, Any]], *, lm:
         mismatches: list[str] = []
         for i, sample in enumerate(samples):
             original, original_messages = _run_observed(obj, _snapshot(sample), run_lm)
+            sent = _SentMessages()
             try:
                 converted, converted_messages = _run_observed(module, _program_inputs(_snapshot(sample)), run_lm,
-                                                              what="the converted program")
+                                                              what="the converted program", sent=sent)
             except ConversionError as exc:
                 mismatches.append(f"sample {i}: {exc.message}")
                 continue
+            if sent.by_rewards:
+                raise _reward_calls_an_lm(sent.by_rewards[0])
             got = _returned(original)
             if list(got) == [BARE]:  # a bare returned value: the program's single output
                 got = {out: got[BARE] for out in program.signature.outputs}
@@ -203,6 +206,19 @@ def verify(obj: Any, program: Program, samples: Sequence[dict[str, Any]], *, lm:
                 if a != b:
                     mismatches.append(f"sample {i}: LM call {n + 1} sent different messages")
     return Verification(ok=not mismatches, samples=len(samples), mismatches=mismatches)
+
+
+def _reward_calls_an_lm(fn: Any) -> ConversionError:
+    """A reward function that calls an LM itself: those calls are no step of the program (and a metric has
+    no LM on the native backend), so the conversion would not send what DSPy sends."""
+    from .dspy_convert import _error
+
+    name = getattr(fn, "__name__", type(fn).__name__)
+    return _error(f"the reward function {name} calls an LM itself; a program's metric reward makes no LM calls "
+                  "(they would be no step of the program, and the native backend gives a metric no LM)",
+                  construct=f"{name} reward_fn", target=fn,
+                  hint="make the judge a module of the program (reward: {module: judge, field: score}), or register "
+                       "the enclosing module to import it as an opaque 'dspy' step")
 
 
 def _message_key(messages: Any) -> str:

@@ -667,6 +667,7 @@ class Program(_Strict):
         return self._warnings
 
     def with_base_dir(self, base_dir: Path | str | None) -> Program:
+        """Resolve relative data paths (a retriever's corpus) against ``base_dir``, as for a file in that folder."""
         self._base_dir = Path(base_dir) if base_dir is not None else None
         self.__dict__.pop("plan_key", None)
         return self
@@ -703,9 +704,11 @@ class Program(_Strict):
         return data
 
     def to_json(self, *, indent: int | None = 2) -> str:
+        """The program as a JSON file would hold it."""
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
 
     def to_yaml(self) -> str:
+        """The program as a YAML file would hold it (keys in the file's order)."""
         import yaml
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)

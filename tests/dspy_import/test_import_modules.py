@@ -321,3 +321,19 @@ def test_cli_imports_a_best_of_n_whose_package_registers_its_reward(tmp_path: Pa
                                       "-o", str(tmp_path / "bare.yaml")])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "dspy_reward(brief)" in result.output and "sb_bare_best.py:2" in result.output
+
+
+def test_a_reward_that_calls_an_lm_itself_is_refused(dspy_lm: Any, registered: Any) -> None:
+    """DSPy's judge-in-a-function style: the judge's calls would be no program step (and native gives a
+    metric no LM), so the conversion is refused rather than verified on the DSPy backend alone."""
+    judge = dspy.Predict("answer -> score: float")
+
+    def judged(args: dict[str, Any], pred: Any) -> float:
+        return float(judge(answer=pred.answer).score)
+
+    registered("judged", judged)
+    with pytest.raises(ConversionError) as info:
+        import_module(dspy.BestOfN(dspy.Predict("question -> answer"), N=2, reward_fn=judged, threshold=2.0),
+                      sample_inputs=[{"question": "Capital of Peru?"}], lm=dspy_lm)
+    assert info.value.construct == "judged reward_fn" and info.value.file == __file__
+    assert "reward: {module: judge, field: score}" in (info.value.hint or "")
