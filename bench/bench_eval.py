@@ -176,6 +176,11 @@ def main() -> None:
     import logging
 
     logging.getLogger("dspy").setLevel(logging.ERROR)
+    import dspy  # noqa: F401  (imported before the heap is settled, so both sides get the same collector)
+    from stepbridge import heap
+    from stepbridge.storage import Store  # noqa: F401
+
+    heap.settle()  # what `stepbridge eval` does before its event loop starts
     if "eval" in parts:
         ours, bare, theirs = [], [], []
         with running_server_process(latency_ms=50) as url, tempfile.TemporaryDirectory() as tmp:

@@ -149,95 +149,57 @@ class Runner:
         prog = load(program, store=self._source)
         options = self._options(options, option_fields)
         inputs = dict(inputs) if isinstance(inputs, dict) else (inputs if inputs is not None else {})
-        return await self._recorded_run(prog, inputs, options)
-
-    async def _recorded_run(self, prog: Program, inputs: Any, options: RunOptions, *, claimed: bool = False
-                            ) -> RunResult:
-        """:meth:`run` for a loaded program and complete options, recorded with the store (if any).
-
-        ``claimed``: the run is a ``pending`` row this process recorded (a batch row). Its start is a
-        compare-and-set that only a resumer taking over a dead process's rows could win instead, so the
-        run does not wait for the start to be written: both go on at once, and the start's outcome is
-        awaited before the end is recorded (one commit wait per run, not two). In the rare case the
-        start decides otherwise, the run's outcome is dropped and the decision followed, as for any run.
-        """
-        if self.store is None:
-            return await self._execute(prog, inputs, options)
-        # Recorded before any check: a run refused for bad inputs still ends in one recorded state.
-        recorded_inputs = _recorded(inputs)
-        begin = asyncio.ensure_future(self._begin(prog, recorded_inputs, options))
-        if claimed and self._async_store is not None:
-            try:
-                outcome: RunResult | StepbridgeError = await self._execute(prog, inputs, options)
-            except StepbridgeError as exc:
-                outcome = exc
-            except asyncio.CancelledError:
-                await self._cancelled_start(begin)
-                raise
+        begun = None
+        if self.store is not None:
+            # Recorded before any check: a run refused for bad inputs still ends in one recorded state.
+            recorded_inputs = _recorded(inputs)
+            begin = asyncio.ensure_future(self._begin(prog, recorded_inputs, options))
             try:
                 begun = await asyncio.shield(begin)
             except asyncio.CancelledError:
-                await self._cancelled_start(begin)
+                # The start is being written regardless: let it land, then record the cancellation.
+                started = await begin
+                if started.existing is None and started.existing_error is None and not started.in_progress:
+                    await self._fail(started.execution_id, RunCancelledError("run cancelled by its caller"),
+                                     cancelled=True)
                 raise
-            if (begun.existing is None and begun.existing_error is None and not begun.in_progress
-                    and begun.execution_id == options.execution_id and begun.attempt == options.attempt):
-                if isinstance(outcome, RunResult):
-                    await self._succeed(begun.execution_id, outcome)
-                    return outcome
-                await self._fail(begun.execution_id, outcome)
-                raise outcome
-        else:
-            try:
-                begun = await asyncio.shield(begin)
-            except asyncio.CancelledError:
-                await self._cancelled_start(begin)
-                raise
-        waited = 0.0
-        while begun.in_progress:  # same idempotency key, still running elsewhere: wait for its result
-            if waited >= (options.timeout or 600.0):
-                raise RunTimeoutError(f"execution {begun.execution_id} with idempotency key "
-                                      f"{options.idempotency_key!r} is still running", timeout=options.timeout)
-            await asyncio.sleep(0.2)
-            waited += 0.2
-            begun = await self._begin(prog, recorded_inputs, options)
-        if begun.existing is not None:
-            return begun.existing
-        if begun.existing_error is not None:
-            raise begun.existing_error
-        options = options.model_copy(update={"execution_id": begun.execution_id, "attempt": begun.attempt})
-        try:
-            result = await self._execute(prog, inputs, options)
-        except asyncio.CancelledError:
-            # shielded: the cancelled state must still be recorded
-            await asyncio.shield(self._fail(begun.execution_id, RunCancelledError("run cancelled by its caller"),
-                                            cancelled=True))
-            raise
-        except StepbridgeError as exc:
-            await self._fail(begun.execution_id, exc)
-            raise
-        await self._succeed(begun.execution_id, result)
-        return result
-
-    async def _cancelled_start(self, begin: asyncio.Future[Begun]) -> None:
-        """The run was cancelled around its start: the start is being written regardless; let it land,
-        then record the cancellation."""
-        started = await begin
-        if started.existing is None and started.existing_error is None and not started.in_progress:
-            await asyncio.shield(self._fail(started.execution_id, RunCancelledError("run cancelled by its caller"),
-                                            cancelled=True))
-
-    async def _execute(self, prog: Program, inputs: Any, options: RunOptions) -> RunResult:
-        """Check and run on the adapter; any failure leaves as a typed :class:`StepbridgeError`."""
+            waited = 0.0
+            while begun.in_progress:  # same idempotency key, still running elsewhere: wait for its result
+                if waited >= (options.timeout or 600.0):
+                    raise RunTimeoutError(f"execution {begun.execution_id} with idempotency key "
+                                          f"{options.idempotency_key!r} is still running", timeout=options.timeout)
+                await asyncio.sleep(0.2)
+                waited += 0.2
+                begun = await self._begin(prog, recorded_inputs, options)
+            if begun.existing is not None:
+                return begun.existing
+            if begun.existing_error is not None:
+                raise begun.existing_error
+            options = options.model_copy(update={"execution_id": begun.execution_id, "attempt": begun.attempt})
         try:
             check_inputs(prog, inputs)
             if options.lm is not None or prog.plan_key not in self._prepared:
                 # (a prepared plan with no LM settings needs no second look: its check cannot change)
                 await self.prepare(prog, options.lm)
-            return await self.adapter.run(prog, inputs, options)
-        except (StepbridgeError, asyncio.CancelledError):
+            result = await self.adapter.run(prog, inputs, options)
+        except asyncio.CancelledError:
+            if begun is not None:
+                # shielded: the cancelled state must still be recorded
+                await asyncio.shield(self._fail(begun.execution_id, RunCancelledError("run cancelled by its caller"),
+                                                cancelled=True))
+            raise
+        except StepbridgeError as exc:
+            if begun is not None:
+                await self._fail(begun.execution_id, exc)
             raise
         except Exception as exc:  # an adapter bug must still end in one recorded, typed state
-            raise StepbridgeError(f"adapter {self.adapter.name!r} failed: {type(exc).__name__}: {exc}") from exc
+            error = StepbridgeError(f"adapter {self.adapter.name!r} failed: {type(exc).__name__}: {exc}")
+            if begun is not None:
+                await self._fail(begun.execution_id, error)
+            raise error from exc
+        if begun is not None:
+            await self._succeed(begun.execution_id, result)
+        return result
 
     # An AsyncRecorder's writes are awaited: the store's group commit lets concurrent runs share
     # transactions. Plain sync recorders work too.
@@ -285,8 +247,6 @@ class Runner:
         batch = await self._begin_batch(prog, items, row_options)
         if batch is not None and on_batch is not None:
             on_batch(batch.batch_id)
-        # rows recorded ``pending`` by this batch start by claiming that row (see :meth:`_recorded_run`)
-        claimed = {eid for eid in batch.execution_ids if eid is not None} if batch is not None else set()
 
         todo = iter(zip(items, row_options, strict=True))
 
@@ -296,8 +256,7 @@ class Runner:
             for item, opts in todo:
                 if opts is not None:
                     try:
-                        item.result = await self._recorded_run(prog, item.inputs, opts,
-                                                               claimed=opts.execution_id in claimed)
+                        item.result = await self.run(prog, item.inputs, opts)
                     except StepbridgeError as exc:
                         item.error = exc
                 done.put_nowait(item)
