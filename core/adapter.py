@@ -18,7 +18,6 @@ from .result import RunResult, fast_construct
 
 __all__ = ["CAPABILITIES", "Adapter", "RunOptions", "new_execution_id"]
 
-#: Capability names an adapter may declare.
 CAPABILITIES = frozenset(
     {
         "async",
@@ -42,6 +41,8 @@ CAPABILITIES = frozenset(
         "xml_adapter",
     }
 )
+"""Capability names an adapter may declare. The core refuses, before anything runs, a program needing one its
+adapter lacks; the conformance suite checks each declared one (and that undeclared ones are refused)."""
 
 
 class _Random:
@@ -122,8 +123,11 @@ class Adapter(Protocol):
     name: str
     capabilities: frozenset[str]
 
-    async def prepare(self, program: Program) -> None: ...
+    async def prepare(self, program: Program) -> None:
+        """Get ready to run ``program`` (compile, load tools, start workers); idempotent, called before runs."""
 
-    async def run(self, program: Program, inputs: dict[str, Any], options: RunOptions) -> RunResult: ...
+    async def run(self, program: Program, inputs: dict[str, Any], options: RunOptions) -> RunResult:
+        """Run once; on failure raise a typed :class:`~stepbridge.errors.StepbridgeError` with the partial trace."""
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Release connections, processes and caches; the adapter is not used after."""

@@ -456,6 +456,7 @@ class LMPool:
         self._mounted[profile_name] = client
 
     def resolve(self, config: LMConfig) -> tuple[LMClient, str, LMProfile]:
+        """The client, model and profile serving ``config`` (profiles come from the operator, never the program)."""
         profile, model = resolve_profile(config, self.profiles)
         if self.cache is not None and profile.cache != self.cache:
             profile = profile.model_copy(update={"cache": self.cache})
@@ -477,6 +478,7 @@ class LMPool:
         return client, model, profile
 
     async def aclose(self) -> None:
+        """Close every client (HTTP connections), mounted ones included."""
         clients, self._clients = self._clients, {}
         for client in [*clients.values(), *self._mounted.values()]:
             await client.aclose()

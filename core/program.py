@@ -260,7 +260,9 @@ class _EnsembleModule(_Strict):
     module: str = Field(max_length=200, description="the module of this file to run up to n times")
     n: int = Field(ge=1, le=MAX_ENSEMBLE, description="attempts at most")
     reward: RewardSpec
-    threshold: float = Field(allow_inf_nan=False, description="stop at the first attempt scoring at least this")
+    # an integer stays one: Refine shows the LM its threshold (DSPy writes 1, not 1.0)
+    threshold: int | Annotated[float, Field(allow_inf_nan=False)] = Field(
+        description="stop at the first attempt scoring at least this")
     fail_count: int | None = Field(default=None, ge=1, le=MAX_ENSEMBLE,
                                    description="failed attempts tolerated (default n)")
 
@@ -659,6 +661,7 @@ class Program(_Strict):
         return self._warnings
 
     def with_base_dir(self, base_dir: Path | str | None) -> Program:
+        """Resolve relative data paths (a retriever's corpus) against ``base_dir``, as for a file in that folder."""
         self._base_dir = Path(base_dir) if base_dir is not None else None
         self.__dict__.pop("plan_key", None)
         return self
@@ -695,9 +698,11 @@ class Program(_Strict):
         return data
 
     def to_json(self, *, indent: int | None = 2) -> str:
+        """The program as a JSON file would hold it."""
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
 
     def to_yaml(self) -> str:
+        """The program as a YAML file would hold it (keys in the file's order)."""
         import yaml
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)

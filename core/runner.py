@@ -307,6 +307,7 @@ class Runner:
         return sorted(items, key=lambda i: i.index)
 
     async def aclose(self) -> None:
+        """Close the adapter (its connections and processes)."""
         await self.adapter.aclose()
 
     async def __aenter__(self) -> Runner:
