@@ -299,7 +299,8 @@ class _Compiler:
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
             return {"$not": self.value(node.operand, env)}
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "len"
-                and len(node.args) == 1 and not node.keywords):
+                and len(node.args) == 1 and not node.keywords and "len" not in env
+                and self.globals.get("len", len) is len):  # the builtin, not a shadowing name
             return {"$len": self.value(node.args[0], env)}
         if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) \
                 and type(node.slice.value) is int:
@@ -311,10 +312,11 @@ class _Compiler:
             return self.plus(self.value(node.left, env), self.value(node.right, env), node)
         if isinstance(node, ast.Call) and not node.keywords and len(node.args) == 1 \
                 and isinstance(node.func, ast.Name) and node.func.id == "list" \
-                and self.globals.get("list", list) is list:
+                and self.globals.get("list", list) is list and "list" not in env:
             inner = node.args[0]
             if (isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute) and inner.func.attr == "fromkeys"
                     and isinstance(inner.func.value, ast.Name) and inner.func.value.id == "dict"
+                    and self.globals.get("dict", dict) is dict and "dict" not in env
                     and len(inner.args) == 1 and not inner.keywords):
                 operand = self.value(inner.args[0], env)
                 if self.kind(operand) != "list":
@@ -326,9 +328,32 @@ class _Compiler:
             if self.kind(operand) != "list":
                 raise self.fail("list(x) of something not known to be a list", node)
             return {"$concat": [operand, []]}
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("join", "split")
+                and len(node.args) == 1 and not node.keywords):
+            return self.text_method(node, env)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             return self.inline(node, env)
         raise self.fail(f"the expression {type(node).__name__} has no program equivalent here", node)
+
+    def text_method(self, node: ast.Call, env: dict[str, Any]) -> Any:
+        """``"sep".join(xs)`` (``$join``, a known list) and ``text.split("sep")`` (``$split``, a known string and
+        a non-empty literal separator: ``split()`` without one splits on runs of whitespace)."""
+        func = node.func
+        assert isinstance(func, ast.Attribute)
+        if func.attr == "join":
+            if not (isinstance(func.value, ast.Constant) and isinstance(func.value.value, str)):
+                raise self.fail("join on something other than a literal separator", node)
+            items = self.value(node.args[0], env)
+            if self.kind(items) != "list":
+                raise self.fail("join of something not known to be a list", node)
+            return {"$join": [items, _escape(func.value.value)]}
+        sep = node.args[0]
+        if not (isinstance(sep, ast.Constant) and isinstance(sep.value, str) and sep.value):
+            raise self.fail("split with other than a non-empty literal separator", node)
+        text = self.value(func.value, env)
+        if self.kind(text) != "str":
+            raise self.fail("split of something not known to be a string", node)
+        return {"$split": [text, _escape(sep.value)]}
 
     def plus(self, left: Any, right: Any, node: ast.AST) -> Any:
         """``left + right``: ``$concat`` of two lists or two strings (numbers, or kinds not known, refused)."""
@@ -359,7 +384,7 @@ class _Compiler:
             op, args = next(iter(value.items()))
             if op in ("$dedupe", "$split"):
                 return "list"
-            if op == "$template":
+            if op in ("$template", "$join"):
                 return "str"
             if op == "$concat" and isinstance(args, list) and args:
                 return self.kind(args[0])
@@ -369,7 +394,7 @@ class _Compiler:
         """A call of a plain Python function of forward's module whose body is one ``return <expr>``:
         its expression, with the parameters bound to the arguments (nothing else is run or guessed)."""
         name = node.func.id if isinstance(node.func, ast.Name) else ""
-        func = self.globals.get(name)
+        func = self.globals.get(name) if name not in env else None  # a local name is no module function
         if not inspect.isfunction(func) or self.inlining >= 8:
             raise self.fail("a call of something other than a predictor or a one-expression function", node)
         try:
@@ -407,6 +432,8 @@ class _Compiler:
         if isinstance(func, ast.Attribute) and func.attr in ("__call__", "forward"):
             func = func.value
         if isinstance(func, ast.Name):  # a registered tool's function, called by forward itself
+            if func.id in env:
+                raise self.fail(f"a call of the local name {func.id}", node)
             target = self.globals.get(func.id)
             known = self.tools.get(id(inspect.unwrap(target))) if callable(target) else None
             if known is None:

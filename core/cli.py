@@ -209,11 +209,12 @@ def run(
     """Run a program once (-i key=value) or over a JSONL file of inputs (--inputs) with a progress bar.
 
     A file's runs are recorded against its content hash; --publish or `programs add` makes it a version."""
-    from .runner import load
+    from .runner import check_timeout, load
 
     is_file = program.endswith((".yaml", ".yml", ".json")) or "/" in program
     try:
         check_configuration(lm)  # a typo in the operator's settings stops here: nothing ran or was recorded
+        check_timeout(timeout, "--timeout")
         adapter_options = _adapter_options(backend, pool)
         # A stored NAME@ALIAS needs the store to be found, even when runs are not recorded.
         store = _open_store(db) if record or publish or not is_file else None

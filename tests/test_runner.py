@@ -11,11 +11,17 @@ from typing import Any
 import pytest
 import stepbridge as sb
 from stepbridge.adapter import RunOptions
-from stepbridge.errors import InputValidationError, StepbridgeError, StorageError, UnsupportedCapabilityError
+from stepbridge.errors import (
+    ConfigurationError,
+    InputValidationError,
+    StepbridgeError,
+    StorageError,
+    UnsupportedCapabilityError,
+)
 from stepbridge.program import LMConfig
 from stepbridge.recorder import AsyncRecorder, Begun, ProgramSource, Recorder
 from stepbridge.result import RunResult
-from stepbridge.runner import check_capabilities, check_run
+from stepbridge.runner import Runner, check_capabilities, check_run
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -164,3 +170,9 @@ def test_same_content_beside_different_corpora_runs_on_its_own_corpus(tmp_path: 
 
     asyncio.run(go())
     assert outputs == [["alpha corpus line"], ["beta corpus line"]]
+
+
+@pytest.mark.parametrize("timeout", [-1.0, 0, float("nan"), float("inf"), "5"])
+def test_a_runner_refuses_a_timeout_that_is_not_a_positive_number(timeout: Any) -> None:
+    with pytest.raises(ConfigurationError, match="positive number of seconds"):
+        Runner("native", timeout=timeout)

@@ -190,6 +190,22 @@ def test_retrieve_without_a_loop_is_a_retrieve_step(loop: Any, dspy_lm: Any, nat
     _same_on_native(loop, native_adapter, original, program, dspy_lm, UNSEEN)
 
 
+class JoinedRAG(SimpleRAG):
+    def forward(self, question: str) -> Any:
+        passages = self.retrieve(question).passages
+        context = "\n\n".join(passages)
+        words = context.split(" ")
+        return self.generate_answer(context=context + "\n" + "|".join(words), question=question)
+
+
+def test_joined_and_split_text_are_operations(loop: Any, dspy_lm: Any, native_adapter: Any,
+                                              registered_rm: None) -> None:
+    original = JoinedRAG()
+    program, report = import_module(original, sample_inputs=Q, lm=dspy_lm)
+    assert report.mode == "static" and report.status == "verified", str(report)
+    _same_on_native(loop, native_adapter, original, program, dspy_lm, UNSEEN)
+
+
 def test_retrieve_without_a_registered_rm_is_refused_naming_it(dspy_lm: Any) -> None:
     with dspy.context(rm=rm), pytest.raises(ConversionError, match=r"dspy\.Retrieve"):
         import_module(SimpleRAG(), sample_inputs=Q, lm=dspy_lm, fallback=False)
@@ -294,7 +310,14 @@ class MutatedAfterPrediction(Aliased):
         return pred
 
 
+class ShadowsATool(Aliased):
+    def forward(self, question: str, search: Any = None) -> Any:  # a parameter: not the registered tool
+        answer = self.gen(question=question).answer
+        return dspy.Prediction(found=search(answer, k=2))
+
+
 @pytest.mark.parametrize(("cls", "why"), [
+    (ShadowsATool, "a call of the local name search"),
     (Aliased, "another name may share it"),
     (MutatedAfterPrediction, "another name may share it"),
     (PlusUnknown, "`\\+` on values whose kinds"),
@@ -303,9 +326,10 @@ class MutatedAfterPrediction(Aliased):
 ])
 def test_the_static_reader_refuses_what_it_cannot_reproduce(cls: type, why: str) -> None:
     obj = cls()
+    search_module = {id(search): ("search", ["query", "k"])}  # as if `search` were registered
     with pytest.raises(Unsupported, match=why):
-        compile_forward(obj, "forward", {id(obj.gen): "gen"}, {"gen": ["answer"]},
-                        types={"gen": {"answer": "str"}})
+        compile_forward(obj, "forward", {id(obj.gen): "gen"}, {"gen": ["answer"], "search": ["result"]},
+                        types={"gen": {"answer": "str"}, "search": {"result": "list[str]"}}, tools=search_module)
 
 
 class ChatMessages(dspy.Module):
