@@ -33,6 +33,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from . import heap
 from .errors import ConfigurationError, InputValidationError, ProgramValidationError, StepbridgeError, did_you_mean
 from .secrets import scrub, scrub_process_output
 
@@ -245,6 +246,7 @@ def run(
         store.close()  # it was only needed to find the program
         store = None
     try:
+        heap.settle()  # a long run keeps its rows: keep full collections off the start-up heap
         code = asyncio.run(_run(prog, rows, batch=inputs_file is not None, backend=backend, lm=lm,
                                 concurrency=concurrency, timeout=timeout, as_json=as_json, out_file=out_file,
                                 store=store, adapter_options=adapter_options))

@@ -262,7 +262,11 @@ def _words(content: Any) -> int:
 
 
 def _word_usage(messages: list[dict[str, Any]], text: str) -> dict[str, int]:
-    prompt = sum(_words(m.get("content", "")) for m in messages)
+    prompt = 0
+    for m in messages:
+        content = m.get("content", "")
+        known = _WORDS.get(content) if type(content) is str else None
+        prompt += known if known is not None else _words(content)
     completion = len(text.split())
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 

@@ -42,7 +42,7 @@ from pydantic import (
 
 from .errors import Issue
 from .named_types import MAX_TYPES, TypeSpace, TypeSpec, parse_type_spec
-from .signature import IDENTIFIER, Signature
+from .signature import IDENTIFIER, Signature, TypeExpr
 
 __all__ = [
     "BestOfNModule",
@@ -538,6 +538,12 @@ class Program(_Strict):
         return space
 
     @cached_property
+    def input_types(self) -> tuple[tuple[str, TypeExpr], ...]:
+        """Each program input with its type resolved against the declared types (checked on every run)."""
+        space = self.type_space
+        return tuple((name, space.resolve(spec.type_expr)) for name, spec in self.signature.inputs.items())
+
+    @cached_property
     def required_capabilities(self) -> frozenset[str]:
         """Adapter capabilities this program needs (checked by the core before any run)."""
         needs: set[str] = set()
@@ -630,7 +636,7 @@ class Program(_Strict):
         """A copy; with ``update``, the cached hash and capabilities are recomputed, not carried over."""
         copied = super().model_copy(update=update, deep=deep)
         if update:
-            for cached in ("content_hash", "required_capabilities", "plan_key", "type_space"):
+            for cached in ("content_hash", "required_capabilities", "plan_key", "type_space", "input_types"):
                 copied.__dict__.pop(cached, None)
         return copied
 
