@@ -269,7 +269,11 @@ class Runner:
                         item.result = await self.run(prog, item.inputs, opts)
                     except StepbridgeError as exc:
                         item.error = exc
-                done.put_nowait(item)
+                    except Exception as exc:  # a recorder's own failure: the row still gets its answer
+                        item.error = StepbridgeError(f"row {item.index} failed outside its run (recording?): "
+                                                     f"{type(exc).__name__}: {exc}")
+                        item.error.__cause__ = exc
+                done.put_nowait(item)  # always: the stream waits for one item per row
 
         tasks = [asyncio.ensure_future(worker()) for _ in range(min(max(1, concurrency), len(items)))]
         finished = False

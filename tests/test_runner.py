@@ -199,3 +199,30 @@ def test_execution_ids_are_distinct_uuid4_hex_also_in_a_forked_child() -> None:
 def test_a_runner_refuses_a_timeout_that_is_not_a_positive_number(timeout: Any) -> None:
     with pytest.raises(ConfigurationError, match="positive number of seconds"):
         Runner("native", timeout=timeout)
+
+
+class FailingRecorder(SyncRecorder):
+    """A recorder whose success write breaks with a non-stepbridge exception (a driver error, a full disk)."""
+
+    def succeed(self, execution_id: str, result: RunResult) -> object:
+        raise RuntimeError("disk full")
+
+
+def test_a_recorder_failing_mid_batch_gives_every_row_an_answer_instead_of_hanging_the_stream() -> None:
+    program = sb.load_program(ECHO)
+
+    async def go() -> list[sb.BatchItem]:
+        async with sb.Runner("native", store=FailingRecorder()) as runner:
+            # wait_for only turns a hang (the bug: a dead worker, a stream waiting for ever) into a failure
+            return await asyncio.wait_for(_collect(runner.stream(program, [{"question": f"q{i}"} for i in range(5)],
+                                                                 concurrency=2)), 120)
+
+    items = asyncio.run(go())
+    assert sorted(i.index for i in items) == [0, 1, 2, 3, 4]
+    for item in items:
+        assert isinstance(item.error, StepbridgeError) and "RuntimeError: disk full" in str(item.error)
+        assert isinstance(item.error.__cause__, RuntimeError)
+
+
+async def _collect(stream: Any) -> list[Any]:
+    return [item async for item in stream]
