@@ -16,7 +16,8 @@ Commands (who sends them):
 READY           worker -> router  I am here: id, incarnation, pid, host, capacity, capabilities
 REQUEST         router -> worker  run a program (execution id, attempt, remaining budget, hash)
                 client -> broker  the same, with the program definition inline
-STARTED         worker -> router  the request has begun (its attempt)
+STARTED         worker -> router  the request has begun (its attempt); counts as a heartbeat (this
+                                  version's workers do not send it: heartbeats keep them alive)
 REPLY           worker -> router  outputs and trace, or a typed error; broker -> client likewise
 HEARTBEAT       both ways         I am alive; a worker lists its in-flight request ids
 CANCEL          router -> worker  stop this request; client -> broker likewise
