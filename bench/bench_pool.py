@@ -153,7 +153,7 @@ async def pool_round_trips(pool: PoolAdapter, n: int, offset: int = 0) -> list[f
     times = []
     for i in range(offset, offset + n):
         t0 = time.perf_counter()
-        await pool.run(program, {"question": f"q{i}"}, RunOptions())
+        await pool.run(program, {"question": f"q{i}"})
         times.append(time.perf_counter() - t0)
     return times
 
@@ -209,7 +209,7 @@ async def pool_throughput(pool: PoolAdapter, runs: int, concurrency: int) -> flo
 
     async def one(i: int) -> None:
         async with limit:
-            await pool.run(program, {"ticket": TICKETS[i % len(TICKETS)]}, RunOptions())
+            await pool.run(program, {"ticket": TICKETS[i % len(TICKETS)]})
 
     t0 = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(runs)))

@@ -129,7 +129,7 @@ class PoolAdapter:
             self._router.remember_program(program.content_hash, program.to_dict())
 
     async def run(self, program: Program, inputs: dict[str, Any], options: RunOptions | None = None) -> RunResult:
-        options = options or RunOptions()
+        options = options or RunOptions.default()
         await self.start()
         if self._router is not None:
             return await self._router.submit(program, inputs, options)
