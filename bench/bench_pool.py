@@ -9,9 +9,13 @@
    (target: at least 2x, DESIGN section 9).
 
 The peers alternate in ``--rounds`` chunks (same processes throughout) so that noise from a shared
-machine falls on all of them alike.
+machine falls on all of them alike. Besides wall clock, each peer's CPU time per round trip (per run)
+is printed for this process (caller and router) and the other ones (echo peer, pool workers,
+executor processes), every thread counted: on a loaded machine those are the steadier figures. The
+whole measurement runs ``--repeat`` times and the medians close the output.
 
     python bench/bench_pool.py [--round-trips 2000] [--runs 4000] [--workers 2] [--concurrency 256] [--rounds 5]
+                               [--repeat 3]
 """
 
 from __future__ import annotations
