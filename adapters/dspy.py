@@ -347,8 +347,10 @@ def _check_names(program: Program) -> None:
     from stepbridge.errors import Issue, ProgramValidationError
     from stepbridge.names import field_name_problem, module_name_problem
 
-    issues = [Issue("/signature", problem) for field in [*program.signature.inputs, *program.signature.outputs]
-              if (problem := field_name_problem(field)) is not None]
+    issues = [Issue("/signature", problem) for field in program.signature.inputs
+              if (problem := field_name_problem(field, program_input=True)) is not None]
+    issues += [Issue("/signature", problem) for field in program.signature.outputs
+               if (problem := field_name_problem(field)) is not None]
     reserved = {n for n in dir(ProgramModule) if not n.startswith("__")} | {"callbacks", "history"}
     for name, module in program.modules.items():
         problem = module_name_problem(name) or (f"module name {name!r} is a dspy.Module attribute"

@@ -174,19 +174,14 @@ def _demo_dicts(demos: Iterable[Any], names: Sequence[str]) -> list[dict[str, An
 def _is_leaf(obj: Any) -> bool:
     """A module converted as one program module (its inner predictors are its own)."""
     dspy = _dspy().dspy
-    return type(obj) in (dspy.Predict, dspy.ChainOfThought, dspy.ReAct)
+    return type(obj) in (dspy.Predict, dspy.ChainOfThought, dspy.ReAct, dspy.MultiChainComparison, dspy.BestOfN,
+                         dspy.Refine)
 
 
 def _unconvertible_reason(obj: Any) -> str | None:
     """Why a DSPy built-in module has no exact conversion (``None``: it is not one of those)."""
     dspy = _dspy().dspy
     cls = type(obj)
-    if cls in (dspy.BestOfN, dspy.Refine):
-        return (f"dspy.{cls.__name__} calls a Python reward_fn with a dspy.Prediction; a {_snake(cls.__name__)} "
-                "module takes a registered metric over plain dicts, so the reward cannot be carried over")
-    if cls is dspy.MultiChainComparison:
-        return ("its input 'completions' is reserved in a program signature (DSPy treats it specially), so the "
-                "program could not keep DSPy's input names")
     if cls is dspy.ProgramOfThought:
         return "it runs LM-written code, which needs a sandboxed interpreter no stepbridge adapter runs"
     if cls is dspy.Parallel:
@@ -224,11 +219,149 @@ def _react_module(obj: Any, types: _Types) -> dict[str, Any]:
     return data
 
 
+def _mcc_module(obj: Any, types: _Types) -> dict[str, Any]:
+    """A ``dspy.MultiChainComparison`` as a ``multi_chain_comparison`` module: the signature it was built
+    from is its predictor's without the ``reasoning_attempt_i`` inputs and the ``rationale`` output, and
+    must rebuild exactly that predictor (else the module was changed after construction)."""
+    from stepbridge.ensembles import MCC_DEFAULT_TEMPERATURE
+    from stepbridge.program import MAX_ENSEMBLE
+
+    dspy = _dspy().dspy
+    predict = obj.predict
+    full = predict.signature
+    m = obj.M
+    if not (isinstance(m, int) and not isinstance(m, bool) and 1 <= m <= MAX_ENSEMBLE):
+        raise _error(f"M={m!r} is not an integer from 1 to {MAX_ENSEMBLE}", construct="MultiChainComparison",
+                     target=type(obj), hint=f"use 1 <= M <= {MAX_ENSEMBLE}")
+    attempts = [f"reasoning_attempt_{i + 1}" for i in range(m)]
+    if list(full.input_fields)[-m:] != attempts or list(full.output_fields)[:1] != ["rationale"]:
+        raise _error(f"its predictor's signature is not the one MultiChainComparison(M={m!r}) builds",
+                     construct="MultiChainComparison", target=type(obj),
+                     hint="import the module as constructed (dspy.MultiChainComparison(signature, M=...)), before "
+                          "changing its predictor")
+    base = full.delete("rationale")
+    for name in attempts:
+        base = base.delete(name)
+    config = {k: v for k, v in (predict.config or {}).items() if k != "temperature"}
+    rebuilt = dspy.MultiChainComparison(base, M=m, **config).predict.signature
+    if _signature_text(rebuilt) != _signature_text(full) or list(base.output_fields)[-1:] != [obj.last_key]:
+        raise _error("its predictor's signature differs from the one MultiChainComparison builds from its own "
+                     "fields", construct="MultiChainComparison", target=type(obj),
+                     hint="import the module as constructed, before changing its predictor's signature")
+    if predict.demos:
+        raise _error("its predictor carries demos, which a multi_chain_comparison module does not hold",
+                     construct="MultiChainComparison", target=type(obj),
+                     hint="import it before optimizing, then optimize the program")
+    sig = signature_from_dspy(base, types=types)
+    data: dict[str, Any] = {"type": "multi_chain_comparison",
+                            "signature": sig.with_instructions(None).model_dump(mode="json"), "m": m}
+    if sig.instructions is not None:
+        data["instructions"] = sig.instructions
+    lm = _lm_config(predict)
+    if lm and lm.get("temperature") == MCC_DEFAULT_TEMPERATURE:  # DSPy's default: the module type's too
+        del lm["temperature"]
+    if lm:
+        data["lm"] = lm
+    return data
+
+
+def _signature_text(sig: Any) -> str:
+    """Everything of a DSPy signature that reaches a prompt: instructions, and each field's name, kind,
+    type, prefix and description, in order."""
+    fields = [(name, str(info.annotation), sorted((info.json_schema_extra or {}).items(), key=str))
+              for name, info in sig.fields.items()]
+    return repr((sig.instructions, fields))
+
+
+def _reward_fn(obj: Any) -> Any:
+    """The function given as ``reward_fn`` (DSPy keeps it inside a lambda, so it is no parameter)."""
+    fn = obj.reward_fn
+    code = getattr(fn, "__code__", None)
+    if (code is not None and code.co_freevars == ("reward_fn",) and getattr(fn, "__module__", "").startswith("dspy.")
+            and fn.__closure__):
+        return fn.__closure__[0].cell_contents
+    return fn
+
+
+def _reward_metric(fn: Any, construct: str) -> str:
+    """The name under which ``fn`` is registered (adapted by ``dspy_reward``) as a metric: a program names
+    its reward, it never imports it. The registry is searched by identity, never by a name."""
+    from stepbridge.registry import metrics
+
+    from .dspy_reward import reward_function
+
+    adapted, raw = [], []
+    for name in metrics.names():
+        try:
+            metric = metrics.get(name)
+        except Exception:  # a broken entry point must not break the import of other modules
+            continue
+        if reward_function(metric) is fn:
+            adapted.append(name)
+        elif metric is fn:
+            raw.append(name)
+    if adapted:
+        return sorted(adapted)[0]
+    label = getattr(fn, "__name__", type(fn).__name__)
+    suggestion = label if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", label) and label != "<lambda>" else "my_reward"
+    register = (f"stepbridge.registry.metrics.register({suggestion!r}, "
+                f"stepbridge.adapters.dspy_reward.dspy_reward({suggestion}))")
+    if raw:
+        raise _error(f"{label} is registered as the metric {raw[0]!r} as it is; a metric gets plain dicts, where "
+                     "DSPy calls reward_fn(args, dspy.Prediction)", construct=construct, target=fn,
+                     hint=f"register it adapted instead: {register}")
+    raise _error(f"{label} is a Python function, and a program names its reward as a registered metric",
+                 construct=construct, target=fn,
+                 hint=f"register it before importing: {register} (or an entry point of group 'stepbridge.metrics' "
+                      "naming the adapted function); the program then names it, on every machine that registers it")
+
+
+def _ensemble_module(obj: Any, types: _Types) -> dict[str, Any]:
+    """A ``dspy.BestOfN`` / ``dspy.Refine`` as a ``best_of_n`` / ``refine`` module. The module it wraps is
+    returned under the private key ``_wrapped`` (:func:`_program` makes it a module of its own)."""
+    from stepbridge.program import MAX_ENSEMBLE, WRAPPABLE_TYPES
+
+    cls = type(obj)
+    where = _reward_fn(obj)  # the user's code (the class is DSPy's own)
+    kind = "best_of_n" if cls.__name__ == "BestOfN" else "refine"
+    construct = f"{cls.__name__}"
+    n, threshold, fail_count = obj.N, obj.threshold, obj.fail_count
+    if not (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_ENSEMBLE):
+        raise _error(f"N={n!r} is not an integer from 1 to {MAX_ENSEMBLE}", construct=construct, target=where,
+                     hint=f"use 1 <= N <= {MAX_ENSEMBLE}")
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or threshold != threshold \
+            or threshold in (float("inf"), float("-inf")):  # a bool: Refine would show the LM `true`
+        raise _error(f"threshold={threshold!r} is not a finite number (a {kind} module stops at the first reward "
+                     "at least its threshold)", construct=construct, target=where, hint="give a finite threshold")
+    if not (isinstance(fail_count, int) and 1 <= fail_count <= MAX_ENSEMBLE):
+        raise _error(f"fail_count is {fail_count!r} (DSPy lowers it on the module object after each failed "
+                     "attempt, for good)", construct=construct, target=where,
+                     hint="import a freshly built module (fail_count from 1 to N)")
+    inner = _predictor_module(obj.module, types)
+    if inner is None or inner[1] not in WRAPPABLE_TYPES:
+        what = type(obj.module).__name__
+        raise _error(f"it wraps {what}; a {kind} module wraps a Predict, ChainOfThought, ReAct or "
+                     "MultiChainComparison", construct=construct, target=where,
+                     hint=f"wrap one of those, or {_register_hint(cls)}")
+    data: dict[str, Any] = {"type": kind, "n": n, "reward": {"metric": _reward_metric(_reward_fn(obj),
+                                                                                       f"{construct} reward_fn")},
+                            "threshold": threshold, "_wrapped": inner[0]}
+    if fail_count != n:
+        data["fail_count"] = fail_count
+    return data
+
+
 def _predictor_module(obj: Any, types: _Types) -> tuple[dict[str, Any], str] | None:
-    """The program module (as file data) for an exact Predict / ChainOfThought / ReAct, and its type."""
+    """The program module (as file data) for an exact Predict / ChainOfThought / ReAct /
+    MultiChainComparison / BestOfN / Refine, and its type."""
     dspy = _dspy().dspy
     if type(obj) is dspy.ReAct:
         return _react_module(obj, types), "react"
+    if type(obj) is dspy.MultiChainComparison:
+        return _mcc_module(obj, types), "multi_chain_comparison"
+    if type(obj) in (dspy.BestOfN, dspy.Refine):
+        ensemble = _ensemble_module(obj, types)
+        return ensemble, ensemble["type"]
     if type(obj) is dspy.ChainOfThought:
         predict = obj.predict
         fields = predict.signature.output_fields
@@ -266,6 +399,8 @@ def _interface(data: dict[str, Any]) -> Signature:
     from stepbridge.interface import module_interface
     from stepbridge.program import Module
 
+    if "_wrapped" in data:  # an ensemble: the interface of the module it wraps
+        return _interface(data["_wrapped"])
     interface = module_interface(TypeAdapter(Module).validate_python(data))
     if interface is None:
         raise _error("its interface cannot be known", construct=str(data.get("tool") or data.get("type")),
@@ -280,8 +415,35 @@ def _interface_outputs(data: dict[str, Any], sig: Signature) -> dict[str, FieldS
     from stepbridge.interface import module_interface
     from stepbridge.program import Module
 
+    if "_wrapped" in data:
+        return dict(_interface(data).outputs)
     interface = module_interface(TypeAdapter(Module).validate_python(data))
     return dict(interface.outputs) if interface is not None else dict(sig.outputs)
+
+
+def _leaf_interface(data: dict[str, Any]) -> Signature:
+    """A converted module's inputs and result fields, without instructions (what a step passes and gets)."""
+    interface = _interface(data)
+    return Signature(inputs=dict(interface.inputs), outputs=dict(interface.outputs))
+
+
+def _expand(modules: dict[str, Any]) -> dict[str, Any]:
+    """The program's modules: an ensemble's wrapped module (``_wrapped``) becomes a module of its own,
+    named after the ensemble (``best`` wraps ``best_module``)."""
+    out: dict[str, Any] = {}
+    for name, data in modules.items():
+        if "_wrapped" not in data:
+            out[name] = data
+            continue
+        data = dict(data)
+        inner = data.pop("_wrapped")
+        inner_name = f"{name}_module"
+        while inner_name in modules or inner_name in out:
+            inner_name += "_"
+        data = {"type": data.pop("type"), "module": inner_name, **data}
+        out[name] = data
+        out[inner_name] = inner
+    return out
 
 
 def _program(name: str, signature: Signature, modules: dict[str, Any], steps: list[dict[str, Any]],
@@ -290,13 +452,13 @@ def _program(name: str, signature: Signature, modules: dict[str, Any], steps: li
     from stepbridge.validate import validate
 
     data: dict[str, Any] = {"name": name, "signature": signature.model_dump(mode="json"),
-                            "modules": modules, "steps": steps}
+                            "modules": _expand(modules), "steps": steps}
     if types.section:
         data["types"] = dict(types.section)
     if description:
         data["description"] = description
     last: Exception | None = None
-    for version in (1, 2) if not _needs_v2(steps) else (2,):
+    for version in (1, 2) if not _needs_v2(steps) else (2,):  # v2 module types fail v1 and take v2
         try:
             program = Program.model_validate({"stepbridge": version, **data})
             validate(program)
@@ -380,14 +542,17 @@ def _run_coroutine(coro: Any) -> Any:
 
 
 def _run_observed(obj: Any, inputs: dict[str, Any], lm: Any, callbacks: list[Any] | None = None,
-                  what: str = "the module") -> tuple[Any, list[list[dict[str, Any]]]]:
-    """Run a module under ``lm`` (a fresh copy) and return its prediction and the messages it sent."""
+                  what: str = "the module",
+                  sent: _SentMessages | None = None) -> tuple[Any, list[list[dict[str, Any]]]]:
+    """Run a module under ``lm`` (a fresh copy) and return its prediction and the messages it sent
+    (``sent``: the recorder to use, to read more of what happened)."""
     from .dspy_lm_guard import SETTING
 
     dspy = _dspy().dspy
     run_lm = lm.copy()
+    sent = sent if sent is not None else _SentMessages()
     try:  # LMs the module picks itself are routed to run_lm: its endpoints are never used
-        with dspy.context(lm=run_lm, callbacks=list(callbacks or []), **{SETTING: (run_lm,)}):
+        with dspy.context(lm=run_lm, callbacks=[*(callbacks or []), sent.callback()], **{SETTING: (run_lm,)}):
             prediction = _call(obj, inputs)
     except StepbridgeError:
         raise
@@ -396,7 +561,43 @@ def _run_observed(obj: Any, inputs: dict[str, Any], lm: Any, callbacks: list[Any
         raise _error(f"{what} raised {type(exc).__name__} on inputs {sorted(inputs)}: {exc}",
                      construct=f"{cls.__name__}.{_entry(obj)}", target=getattr(cls, _entry(obj), cls),
                      hint="give sample inputs the module runs on, with an LM it can use") from None
-    return prediction, [list(entry.get("messages") or []) for entry in run_lm.history]
+    return prediction, sent.messages
+
+
+class _SentMessages:
+    """The messages of every LM call that completed, in order: calls on ``run_lm`` and on its copies
+    (``dspy.BestOfN``/``Refine`` call ``lm.copy(rollout_id=..., temperature=1.0)``, whose history is
+    its own), seen through DSPy's callbacks."""
+
+    def __init__(self) -> None:
+        self.messages: list[list[dict[str, Any]]] = []
+        self.by_rewards: list[Any] = []  # reward functions (dspy_reward) that called an LM themselves
+        self._open: dict[str, list[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def callback(self) -> Any:
+        from dspy.utils.callback import BaseCallback
+
+        sent = self
+
+        class _Callback(BaseCallback):
+            def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+                from .dspy_reward import RUNNING
+
+                messages = inputs.get("messages") or [{"role": "user", "content": inputs.get("prompt")}]
+                reward = RUNNING.get()
+                with sent._lock:
+                    sent._open[call_id] = list(messages)
+                    if reward is not None:
+                        sent.by_rewards.append(reward)
+
+            def on_lm_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
+                with sent._lock:
+                    messages = sent._open.pop(call_id, None)
+                    if messages is not None and exception is None:
+                        sent.messages.append(messages)
+
+        return _Callback()
 
 
 def _snapshot(value: Any) -> Any:
@@ -451,6 +652,28 @@ def _infer_type(value: Any) -> str:
     return "str"
 
 
+#: the key a bare value returned by forward (a str, not a dspy.Prediction) is traced under until it is named
+BARE = ""
+
+
+def _returned(prediction: Any) -> dict[str, Any]:
+    """What forward returned, as fields: a prediction's, or a bare value (``return pred.answer``) under
+    :data:`BARE` (the program's single output; :func:`_bare_name` names it)."""
+    if hasattr(prediction, "keys") and hasattr(prediction, "__getitem__"):
+        return {k: prediction[k] for k in prediction.keys()}  # noqa: SIM118 (a Prediction is no dict)
+    return {BARE: prediction}
+
+
+def _bare_name(ref: Any, inputs: Sequence[str]) -> str:
+    """The output name of a bare returned value: the field it is (``return self.gen(...).answer`` gives
+    ``answer``), else ``output``; never an input's name."""
+    if isinstance(ref, str) and ref.startswith("$") and not ref.startswith("$$") and ref.count(".") == 1:
+        name = ref.split(".", 1)[1]
+        if name not in inputs:
+            return name
+    return "output"
+
+
 def _output_names(prediction: Any, obj: Any) -> list[str]:
     if hasattr(prediction, "keys"):
         return list(prediction.keys())
@@ -494,3 +717,43 @@ def _perturb(value: Any, salt: str) -> Any:
         return {k: _perturb(v, salt) for k, v in value.items()}
     return value
 
+
+
+def dspy_retriever(rm: Any) -> Any:
+    """A retriever factory over a DSPy RM (the callable ``dspy.configure(rm=...)`` takes), for
+    ``stepbridge.retrievers.register(name, dspy_retriever(rm))``: a ``retrieve`` module of that kind then
+    returns what ``dspy.Retrieve`` returns (each passage's ``long_text``, ``k`` of them). An import finds the
+    registration whose RM is ``dspy.settings.rm`` and turns ``dspy.Retrieve`` calls into ``retrieve`` steps."""
+    from stepbridge.retrieve import Hits
+
+    class _RM:
+        def search(self, query: str, k: int) -> Hits:
+            found = rm(query, k=k)
+            if not isinstance(found, Iterable):
+                found = [found]
+            passages = [str(p.long_text) for p in found]
+            return Hits(passages=passages, ids=[str(i) for i in range(len(passages))], scores=[0.0] * len(passages))
+
+    def factory(spec: Any, base_dir: Any) -> _RM:
+        return _RM()
+
+    factory.__stepbridge_dspy_rm__ = rm  # type: ignore[attr-defined]
+    return factory
+
+
+def _retrieve_module(obj: Any) -> dict[str, Any] | None:
+    """A ``dspy.Retrieve`` as a ``retrieve`` module: its ``k``, and the registered retriever wrapping the
+    ambient RM (``None`` when none is registered)."""
+    from stepbridge.registry import retrievers
+
+    rm = _dspy().dspy.settings.rm
+    if rm is None:
+        return None
+    for name in retrievers.names():
+        try:
+            factory = retrievers.get(name)
+        except Exception:  # a broken entry point must not break the import
+            continue
+        if getattr(factory, "__stepbridge_dspy_rm__", None) is rm:
+            return {"type": "retrieve", "retriever": {"kind": name}, "k": int(obj.k)}
+    return None

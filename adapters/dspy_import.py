@@ -52,7 +52,7 @@ from .dspy_convert import (
     _entry,
     _error,
     _infer_type,
-    _interface_outputs,
+    _leaf_interface,
     _output_names,
     _predictor_module,
     _program,
@@ -63,12 +63,23 @@ from .dspy_convert import (
     _Types,
     _unconvertible_reason,
     _where,
+    dspy_retriever,
     signature_from_dspy,
 )
 from .dspy_trace import _static_program, _trace_program
-from .dspy_verify import Construct, ImportReport, Verification, _default_constructs, _lm_scope, verify
+from .dspy_verify import (
+    Construct,
+    ImportReport,
+    Verification,
+    _default_constructs,
+    _ensemble_constructs,
+    _ensemble_notes,
+    _lm_scope,
+    verify,
+)
 
-__all__ = ["Construct", "ImportReport", "Verification", "import_module", "signature_from_dspy", "verify"]
+__all__ = ["Construct", "ImportReport", "Verification", "dspy_retriever", "import_module", "signature_from_dspy",
+           "verify"]
 
 
 def _registered_name(obj: Any) -> str | None:
@@ -188,15 +199,15 @@ def _import(obj: Any, state: dict[str, Any] | None, samples: list[dict[str, Any]
     exact = _predictor_module(obj, types)
     if exact is not None:
         data, mtype = exact
-        sig = Signature.model_validate(data["signature"])
-        program_sig = Signature(inputs=sig.inputs, outputs=_interface_outputs(data, sig))
+        program_sig = _leaf_interface(data)
         steps: list[dict[str, Any]] = [
-            {"call": "main", "with": {k: f"$inputs.{k}" for k in sig.inputs}, "as": "result"},
+            {"call": "main", "with": {k: f"$inputs.{k}" for k in program_sig.inputs}, "as": "result"},
             {"return": {k: f"$result.{k}" for k in program_sig.outputs}},
         ]
         program = _program(program_name, program_sig, {"main": data}, steps, types)
         report = ImportReport("exact", {"main": f"{mtype} (exact)"},
-                              constructs=[Construct("main", "exact"), *_default_constructs(obj)])
+                              constructs=[Construct("main", "exact"), *_ensemble_constructs(program),
+                                          *_default_constructs(obj)], notes=_ensemble_notes(program))
         if samples:
             report.verification = verify(obj, program, samples, lm=lm)
             if not report.verification.ok:
@@ -206,13 +217,15 @@ def _import(obj: Any, state: dict[str, Any] | None, samples: list[dict[str, Any]
         return program, report
 
     why: str
+    first_fix: str | None = None
     builtin = _unconvertible_reason(obj)
     if builtin is not None:
         why = f"dspy.{cls.__name__} has no exact conversion: {builtin}"
     elif samples:
+        static_why: list[str] = []
         try:
             with _lm_scope(lm) as run_lm:
-                static = _static_program(obj, samples, run_lm, program_name)
+                static = _static_program(obj, samples, run_lm, program_name, static_why)
                 if static is not None:
                     return static
                 program, report, checked = _trace_program(obj, samples, run_lm, program_name)
@@ -223,6 +236,10 @@ def _import(obj: Any, state: dict[str, Any] | None, samples: list[dict[str, Any]
             why = "the traced conversion failed verification:\n" + "\n".join(report.verification.mismatches)
         except ConversionError as exc:
             why = exc.message.split("; to fix: ")[0]
+            if (exc.construct or "").endswith(" reward_fn") or (exc.construct or "").startswith("ReAct tool"):
+                first_fix = exc.hint  # a registration the user can make: said before the opaque fallback's
+        if static_why:
+            why += f" (and its source is outside what is read statically: {static_why[0]})"
     else:
         why = ("a custom forward is converted by tracing runs on sample inputs, and none were given "
                "(--sample-inputs FILE.jsonl on the command line, sample_inputs= from Python)")
@@ -232,6 +249,8 @@ def _import(obj: Any, state: dict[str, Any] | None, samples: list[dict[str, Any]
         if registered is None and cls.__module__.startswith("dspy."):
             hint = ("register the instance (stepbridge.registry.dspy_modules.register('name', module)) to import it "
                     "as an opaque 'dspy' step")
+        if first_fix:
+            hint = f"{first_fix}; or {hint}"
         file, line = _where(cls)
         raise ConversionError(f"cannot convert {cls.__name__}: {why}; to fix: {hint}", construct=cls.__name__,
                               file=file, line=line, hint=hint, report={"reason": why})

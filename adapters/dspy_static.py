@@ -56,12 +56,21 @@ class Results:
 
 
 @dataclass
+class Called:
+    """The results of a ``parallel`` step, in the order of its calls (``results[1].field``, or unpacked)."""
+
+    results: list[Result]
+
+
+@dataclass
 class Compiled:
     steps: list[dict[str, Any]]
     returns: list[dict[str, Any]]  # every return mapping, on every path
     calls: list[str] = field(default_factory=list)  # module names in order of appearance
     branches: int = 0
     mapped: list[int] = field(default_factory=list)  # lines of comprehensions / for loops that became map steps
+    loops: list[int] = field(default_factory=list)  # lines of for loops that became loop steps
+    as_modules: dict[str, str] = field(default_factory=dict)  # result name -> its module
 
 
 def _escape(value: Any) -> Any:
@@ -70,9 +79,75 @@ def _escape(value: Any) -> Any:
     return value
 
 
+def _escape_all(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_escape_all(v) for v in value]
+    return _escape(value)
+
+
+def _plain_constant(value: Any) -> bool:
+    """A module setting a program may hold as a literal (no objects, no mappings: their keys may be ``$``)."""
+    if type(value) in (str, int, float, bool, type(None)):
+        return True
+    return type(value) is list and all(_plain_constant(v) for v in value)
+
+
+def _rooted_at_self(node: ast.AST) -> bool:
+    while isinstance(node, ast.Attribute | ast.Subscript):
+        if isinstance(node, ast.Subscript) and not isinstance(node.slice, ast.Constant):
+            return False
+        node = node.value
+    return isinstance(node, ast.Name) and node.id == "self"
+
+
+def _is_range(node: ast.AST) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range"
+
+
+def _assigned(node: ast.AST) -> list[ast.Name]:
+    """The names a statement rebinds or grows (``x = ...``, ``x += ...``, ``x.append(...)``, ``x.extend(...)``)."""
+    if isinstance(node, ast.Assign):
+        return [t for t in node.targets if isinstance(t, ast.Name)]
+    if isinstance(node, ast.AugAssign | ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return [node.target]
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("append", "extend")
+            and isinstance(node.func.value, ast.Name)):
+        return [node.func.value]
+    return []
+
+
+def _mentions_variable(value: Any) -> bool:
+    """Whether a value reads a variable (``$v_x``) a later ``set`` may change: it is then bound by a ``set``
+    of its own, so it keeps the value it had where forward computed it."""
+    if isinstance(value, str):
+        return value.startswith("$v_")
+    if isinstance(value, list):
+        return any(_mentions_variable(v) for v in value)
+    if isinstance(value, dict):
+        return any(_mentions_variable(v) for v in value.values())
+    return False
+
+
+def _is_result_field(value: Any, as_modules: dict[str, str]) -> bool:
+    """``$step.field``: a field of a step's result (rebound per pass, read where it is bound)."""
+    return (isinstance(value, str) and value.startswith("$") and not value.startswith("$$") and value.count(".") == 1
+            and value[1:].split(".")[0] in as_modules)
+
+
 class _Compiler:
     def __init__(self, obj: Any, names: dict[int, str], outputs: dict[str, list[str]], offset: int,
-                 params: list[str]):
+                 params: list[str], *, types: dict[str, dict[str, str]] | None = None,
+                 tools: dict[int, tuple[str, list[str]]] | None = None, positional: dict[str, str] | None = None,
+                 globals_: dict[str, Any] | None = None):
+        self.types = types or {}  # module name -> output field -> type string
+        self.tools = tools or {}  # id(registered tool function) -> (module name, parameter names)
+        self.positional = positional or {}  # module name -> the input a single positional argument is
+        self.globals = globals_ or {}  # forward's module globals (functions it calls by name)
+        self.loop_index: dict[str, tuple[str, int]] = {}  # loop variable -> (index name, passes)
+        self.in_loop = 0
+        self.kinds: dict[str, str] = {}  # variable -> list | str | num (what `+` means on it)
+        self.owned: set[str] = set()  # names bound to a list forward built itself (safe to extend)
+        self.inlining = 0
         self.obj = obj
         self.names = names  # id(leaf) -> module name
         self.outputs = outputs  # module name -> its result fields, in order
@@ -84,6 +159,10 @@ class _Compiler:
         self.params = params
         self.mapped_lines: list[int] = []
         self.in_condition = False
+        self.as_modules: dict[str, str] = {}
+        self.mapped_as: set[str] = set()
+        self.loops: list[int] = []  # lines of for loops that became loop steps
+        self.bare: set[str] = set()  # tool modules whose one output 'result' is the function's return value
 
     def fail(self, what: str, node: ast.AST) -> Unsupported:
         return Unsupported(what, getattr(node, "lineno", 0) + self.offset)
@@ -127,18 +206,32 @@ class _Compiler:
             if node.id not in env:
                 raise self.fail(f"name {node.id!r} is not a parameter or an earlier assignment", node)
             bound = env[node.id]
-            if isinstance(bound, Result | Results):
+            if isinstance(bound, Result | Results | Called):
                 raise self.fail(f"a whole predictor result ({node.id}) used as a value", node)
             return bound
+        if isinstance(node, ast.Attribute | ast.Subscript) and _rooted_at_self(node):
+            setting = self.resolve(node)  # the module's own setting, fixed at import
+            if _plain_constant(setting):
+                return _escape_all(setting)
+            raise self.fail("an attribute of the module that is not a plain constant setting", node)
         if isinstance(node, ast.Attribute):
             base = node.value
+            index = _int_index(base.slice) if isinstance(base, ast.Subscript) else None
             if (isinstance(base, ast.Subscript) and isinstance(base.value, ast.Name)
-                    and isinstance(env.get(base.value.id), Results) and isinstance(base.slice, ast.Constant)
-                    and isinstance(base.slice.value, int)):
+                    and isinstance(env.get(base.value.id), Results) and index is not None):
                 results = env[base.value.id]
                 if node.attr not in self.outputs[results.module]:
                     raise self.fail(f"{node.attr} is not an output of {results.module}", node)
-                return {"$index": [f"${results.as_}.{node.attr}", base.slice.value]}
+                return {"$index": [f"${results.as_}.{node.attr}", index]}
+            if (isinstance(base, ast.Subscript) and isinstance(base.value, ast.Name)
+                    and isinstance(env.get(base.value.id), Called) and index is not None):
+                called = env[base.value.id].results
+                if not -len(called) <= index < len(called):
+                    raise self.fail(f"{base.value.id}[{index}] is out of range", node)
+                result = called[index]
+                if node.attr not in self.outputs[result.module]:
+                    raise self.fail(f"{node.attr} is not an output of {result.module}", node)
+                return f"${result.as_}.{node.attr}"
             if isinstance(base, ast.Name) and isinstance(env.get(base.id), Result):
                 result = env[base.id]
                 if node.attr not in self.outputs[result.module]:
@@ -184,23 +277,172 @@ class _Compiler:
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "len"
                 and len(node.args) == 1 and not node.keywords):
             return {"$len": self.value(node.args[0], env)}
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) \
+                and type(node.slice.value) is int:
+            return {"$index": [self.value(node.value, env), node.slice.value]}
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            return self.plus(self.value(node.left, env), self.value(node.right, env), node)
+        if isinstance(node, ast.Call) and not node.keywords and len(node.args) == 1 \
+                and isinstance(node.func, ast.Name) and node.func.id == "list" \
+                and self.globals.get("list", list) is list:
+            inner = node.args[0]
+            if (isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute) and inner.func.attr == "fromkeys"
+                    and isinstance(inner.func.value, ast.Name) and inner.func.value.id == "dict"
+                    and len(inner.args) == 1 and not inner.keywords):
+                operand = self.value(inner.args[0], env)
+                if self.kind(operand) != "list":
+                    raise self.fail("list(dict.fromkeys(x)) of something not known to be a list", node)
+                return {"$dedupe": operand}
+            if isinstance(inner, ast.Call) and isinstance(inner.func, ast.Name) and inner.func.id == "set":
+                raise self.fail("list(set(...)): its order is Python's hash order, which no program reproduces", node)
+            operand = self.value(inner, env)
+            if self.kind(operand) != "list":
+                raise self.fail("list(x) of something not known to be a list", node)
+            return {"$concat": [operand, []]}
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            return self.inline(node, env)
         raise self.fail(f"the expression {type(node).__name__} has no program equivalent here", node)
+
+    def plus(self, left: Any, right: Any, node: ast.AST) -> Any:
+        """``left + right``: ``$concat`` of two lists or two strings (numbers, or kinds not known, refused)."""
+        if {self.kind(left), self.kind(right)} in ({"list"}, {"str"}):
+            return {"$concat": [left, right]}
+        raise self.fail("`+` on values whose kinds are not both known lists or both known strings", node)
+
+    def kind(self, value: Any) -> str | None:
+        """``list``, ``str`` or ``num`` when the value's kind is known statically (what ``+`` means)."""
+        if isinstance(value, list):
+            return "list"
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, str):
+            if not value.startswith("$") or value.startswith("$$"):
+                return "str"
+            name, _, fld = value[1:].partition(".")
+            if not fld:
+                return self.kinds.get(name)
+            module = self.as_modules.get(name)
+            ftype = self.types.get(module or "", {}).get(fld, "")
+            if name in self.mapped_as:
+                return "list"
+            return "list" if ftype.startswith("list[") else "str" if ftype == "str" else None
+        if isinstance(value, int | float):
+            return "num"
+        if isinstance(value, dict) and len(value) == 1:
+            op, args = next(iter(value.items()))
+            if op in ("$dedupe", "$split"):
+                return "list"
+            if op == "$template":
+                return "str"
+            if op == "$concat" and isinstance(args, list) and args:
+                return self.kind(args[0])
+        return None
+
+    def inline(self, node: ast.Call, env: dict[str, Any]) -> Any:
+        """A call of a plain Python function of forward's module whose body is one ``return <expr>``:
+        its expression, with the parameters bound to the arguments (nothing else is run or guessed)."""
+        name = node.func.id if isinstance(node.func, ast.Name) else ""
+        func = self.globals.get(name)
+        if not inspect.isfunction(func) or self.inlining >= 8:
+            raise self.fail("a call of something other than a predictor or a one-expression function", node)
+        try:
+            lines, _ = inspect.getsourcelines(func)
+            fdef = ast.parse(textwrap.dedent("".join(lines))).body[0]
+            bound = inspect.signature(func).bind(*[object()] * len(node.args),
+                                                 **{k.arg: object() for k in node.keywords if k.arg})
+        except (OSError, TypeError, SyntaxError, IndexError):
+            raise self.fail(f"{name}: its source cannot be read or its arguments do not bind", node) from None
+        body = [b for b in getattr(fdef, "body", [])
+                if not (isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant))]
+        if not (isinstance(fdef, ast.FunctionDef) and len(body) == 1 and isinstance(body[0], ast.Return)
+                and body[0].value is not None and not fdef.args.vararg and not fdef.args.kwarg):
+            raise self.fail(f"{name} is not a function of one `return <expression>`", node)
+        if func.__code__.co_freevars:
+            raise self.fail(f"{name} is a closure", node)
+        values = [self.value(a, env) for a in node.args]
+        kw = {k.arg: self.value(k.value, env) for k in node.keywords if k.arg}
+        params = list(inspect.signature(func).parameters)
+        local = {p: values[i] for i, p in enumerate(params[:len(values)])}
+        local.update(kw)
+        if set(bound.arguments) != set(params):
+            raise self.fail(f"{func.__name__} called without every parameter (defaults are not read)", node)
+        saved = (self.globals, self.offset)
+        self.globals = func.__globals__
+        self.inlining += 1
+        try:
+            return self.value(body[0].value, local)
+        finally:
+            self.globals, self.offset = saved
+            self.inlining -= 1
 
     def call(self, node: ast.Call, env: dict[str, Any], steps: list[dict[str, Any]]) -> Result | None:
         func = node.func
         if isinstance(func, ast.Attribute) and func.attr in ("__call__", "forward"):
             func = func.value
-        module = self.leaf(func)
-        if module is None:
+        if isinstance(func, ast.Name):  # a registered tool's function, called by forward itself
+            target = self.globals.get(func.id)
+            known = self.tools.get(id(inspect.unwrap(target))) if callable(target) else None
+            if known is None:
+                return None
+            module, params = known
+            if self.outputs.get(module) == ["result"]:
+                self.bare.add(module)
+            if any(k.arg is None for k in node.keywords) or len(node.args) > len(params):
+                raise self.fail(f"{func.id} called with ** or too many arguments", node)
+            with_ = {params[i]: self.value(a, env) for i, a in enumerate(node.args)}
+            with_.update({k.arg: self.value(k.value, env) for k in node.keywords if k.arg is not None})
+            return self.emit(module, with_, steps)
+        if isinstance(func, ast.Subscript) and isinstance(func.slice, ast.Name) and func.slice.id in self.loop_index:
+            return self.indexed(node, func, env, steps)
+        leaf = self.leaf(func)
+        if leaf is None:
             return None
-        if node.args or any(k.arg is None for k in node.keywords):
+        module = leaf
+        positional = self.positional.get(module)
+        if any(k.arg is None for k in node.keywords) or (node.args and (positional is None or len(node.args) > 1)):
             raise self.fail(f"{module} called with positional or ** arguments", node)
         with_ = {k.arg: self.value(k.value, env) for k in node.keywords if k.arg is not None}
+        if node.args:
+            with_[positional] = self.value(node.args[0], env)  # type: ignore[index]
+        if positional is not None and set(with_) != {positional}:
+            raise self.fail(f"{module} called with arguments other than {positional}", node)
+        return self.emit(module, with_, steps)
+
+    def emit(self, module: str, with_: dict[str, Any], steps: list[dict[str, Any]]) -> Result:
         self.counts[module] = self.counts.get(module, 0) + 1
         as_ = f"{module}_out" if self.counts[module] == 1 else f"{module}_out{self.counts[module]}"
         steps.append({"call": module, "with": with_, "as": as_})
         self.calls.append(module)
+        self.as_modules[as_] = module
         return Result(as_, module)
+
+    def indexed(self, node: ast.Call, func: ast.Subscript, env: dict[str, Any], steps: list[dict[str, Any]]) -> Result:
+        """``self.stages[i](...)`` with ``i`` a loop's variable: a ``switch`` on the pass number, one case
+        per predictor of the list (the last as the default), all bound to one name."""
+        index, passes = self.loop_index[func.slice.id]  # type: ignore[attr-defined]
+        container = self.resolve(func.value)
+        try:
+            modules = [self.names.get(id(container[i])) for i in range(passes)]
+        except (TypeError, IndexError, KeyError):
+            raise self.fail("a predictor list indexed by the loop variable is shorter than the loop", node) from None
+        if container is None or not all(modules) or node.args or any(k.arg is None for k in node.keywords):
+            raise self.fail("a call of a list element that is not a converted predictor, with keywords", node)
+        if len({tuple(self.outputs[m]) for m in modules}) != 1:  # type: ignore[index]
+            raise self.fail("the predictors of the list have different outputs", node)
+        if passes == 1:
+            return self.emit(str(modules[0]), {k.arg: self.value(k.value, env) for k in node.keywords if k.arg}, steps)
+        as_ = f"{modules[0]}_pass"
+        cases = []
+        for i, module in enumerate(modules):
+            with_ = {k.arg: self.value(k.value, env) for k in node.keywords if k.arg is not None}
+            cases.append({"when": i, "steps": [{"call": module, "with": with_, "as": as_}]})
+            self.calls.append(module)  # type: ignore[arg-type]
+            self.as_modules[as_] = module  # type: ignore[assignment]
+        step: dict[str, Any] = {"switch": f"${index}", "cases": cases[:-1] or cases}
+        if len(cases) > 1:
+            step["default"] = cases[-1]["steps"]
+        steps.append(step)
+        return Result(as_, modules[0])  # type: ignore[arg-type]
 
     # -- statements --------------------------------------------------------------------------------
     def block(self, body: list[ast.stmt], env: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
@@ -210,10 +452,48 @@ class _Compiler:
             if isinstance(stmt, ast.Pass) or (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)):
                 continue
             if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-                env[stmt.targets[0].id] = self.expression(stmt.value, env, steps)
+                self.assign(stmt.targets[0].id, self.expression(stmt.value, env, steps), env, steps, stmt.value)
+            elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+                self.assign(stmt.target.id, self.expression(stmt.value, env, steps), env, steps, stmt.value)
+            elif isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name) and isinstance(stmt.op, ast.Add):
+                if stmt.target.id not in env:
+                    raise self.fail(f"{stmt.target.id} is not bound before +=", stmt)
+                right = self.expression(stmt.value, env, steps)
+                if isinstance(right, Result | Results):
+                    raise self.fail("a whole predictor result added to a value", stmt)
+                self.assign(stmt.target.id, self.plus(env[stmt.target.id], right, stmt), env, steps, None)
+            elif (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
+                  and isinstance(stmt.value.func, ast.Attribute) and stmt.value.func.attr in ("append", "extend")
+                  and isinstance(stmt.value.func.value, ast.Name) and len(stmt.value.args) == 1
+                  and not stmt.value.keywords):
+                name = stmt.value.func.value.id
+                if name not in self.owned or self.kind(env.get(name)) != "list":
+                    raise self.fail(f"{name}.{stmt.value.func.attr}(...) mutates a list forward did not build itself "
+                                    "(another name may share it)", stmt)
+                if stmt.value.func.attr == "append" and isinstance(stmt.value.args[0], ast.Name):
+                    self.owned.discard(stmt.value.args[0].id)  # now inside another list: mutating it changes both
+                added = self.expression(stmt.value.args[0], env, steps)
+                if isinstance(added, Result | Results):
+                    raise self.fail(f"a whole predictor result added to {name}", stmt)
+                if stmt.value.func.attr == "extend" and self.kind(added) != "list":
+                    raise self.fail(f"{name}.extend of something not known to be a list", stmt)
+                grown_value = {"$concat": [env[name], added if stmt.value.func.attr == "extend" else [added]]}
+                self.assign(name, grown_value, env, steps, None)
+            elif (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                  and isinstance(stmt.targets[0], ast.Tuple | ast.List)
+                  and all(isinstance(t, ast.Name) for t in stmt.targets[0].elts) and isinstance(stmt.value, ast.Call)):
+                # a, b = self.parallel([...]): each name is one call's result
+                called = self.parallel(stmt.value, env, steps, unpacked=True)
+                names = [t.id for t in stmt.targets[0].elts]  # type: ignore[attr-defined]
+                if not isinstance(called, Called) or len(called.results) != len(names):
+                    raise self.fail("an unpacking of something other than the results of dspy.Parallel", stmt)
+                for target, result in zip(names, called.results, strict=True):
+                    self.assign(target, result, env, steps, None)
             elif isinstance(stmt, ast.Return):
                 steps.append({"return": self.returned(stmt, env, steps)})
                 return steps, True
+            elif isinstance(stmt, ast.For) and _is_range(stmt.iter):
+                steps += self.loop(stmt, env)
             elif isinstance(stmt, ast.For) and not stmt.orelse and len(stmt.body) == 1:
                 # acc = [] ; for x in xs: acc.append(self.p(...).field)  ->  a map step
                 inner = stmt.body[0]
@@ -232,6 +512,81 @@ class _Compiler:
             else:
                 raise self.fail(f"the statement {type(stmt).__name__}", stmt)
         return steps, False
+
+    def assign(self, name: str, value: Any, env: dict[str, Any], steps: list[dict[str, Any]],
+               node: ast.AST | None) -> None:
+        """Bind ``name``. A variable (state a loop updates, a list that grows) is a ``set`` step; so is any
+        computed value inside a loop (an expression left inline would read later values of its parts)."""
+        if isinstance(node, ast.Name):  # `b = a`: one list under two names, mutating one would change both
+            self.owned.discard(node.id)
+        fresh = not isinstance(node, ast.Name) and (isinstance(value, list) or (
+            isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("$concat", "$dedupe")))
+        computed = not isinstance(value, Result | Results) and not _is_result_field(value, self.as_modules)
+        if env.get(name) == f"$v_{name}" or (computed and (self.in_loop or _mentions_variable(value))):
+            kind = self.kind(value)
+            if self.kinds.get(f"v_{name}", kind) != kind:
+                raise Unsupported(f"{name} holds values of different kinds", None)
+            steps.append({"set": {f"v_{name}": value}})
+            self.kinds[f"v_{name}"] = kind  # type: ignore[assignment]
+            env[name] = f"$v_{name}"
+        else:
+            env[name] = value
+        if fresh:
+            self.owned.add(name)
+        else:
+            self.owned.discard(name)
+
+    def loop(self, stmt: ast.For, env: dict[str, Any]) -> list[dict[str, Any]]:
+        """``for i in range(N)`` (``N`` a literal or the module's own integer setting): a ``loop`` step of
+        ``N`` passes, ``i`` its index; names the body rebinds become variables (``set`` before and in it)."""
+        if not isinstance(stmt.target, ast.Name) or stmt.orelse:
+            raise self.fail("a for loop with a target other than a name, or an else", stmt)
+        for inner in ast.walk(stmt):
+            if isinstance(inner, ast.Break | ast.Continue | ast.Return | ast.Raise | ast.Try | ast.While
+                          | ast.Yield | ast.Global | ast.Nonlocal):
+                raise self.fail(f"a {type(inner).__name__.lower()} inside a for loop", inner)
+        passes = self.range_count(stmt.iter)
+        steps: list[dict[str, Any]] = []
+        rebound = {t.id for inner in ast.walk(ast.Module(body=stmt.body, type_ignores=[]))
+                   for t in _assigned(inner)}
+        for name in sorted(rebound & set(env)):
+            if env[name] != f"$v_{name}":
+                if isinstance(env[name], Result | Results):
+                    raise self.fail(f"{name} is a whole predictor result rebound in a loop", stmt)
+                steps.append({"set": {f"v_{name}": env[name]}})
+                self.kinds[f"v_{name}"] = self.kind(env[name])  # type: ignore[assignment]
+                env[name] = f"$v_{name}"
+        index = f"pass_{stmt.target.id}"
+        if stmt.target.id in env or index in self.as_modules:
+            raise self.fail(f"the loop variable {stmt.target.id} is bound elsewhere", stmt)
+        env[stmt.target.id] = f"${index}"
+        self.loop_index[stmt.target.id] = (index, passes)
+        self.in_loop += 1
+        try:
+            body, returns = self.block(stmt.body, env)
+        finally:
+            self.in_loop -= 1
+            self.loop_index.pop(stmt.target.id)
+            env.pop(stmt.target.id, None)
+        if returns:
+            raise self.fail("a return inside a for loop", stmt)
+        if not body:
+            raise self.fail("a for loop that does nothing", stmt)
+        self.loops.append(getattr(stmt, "lineno", 0) + self.offset)
+        return [*steps, {"loop": {"max": passes, "index": index, "steps": body}}]
+
+    def range_count(self, node: ast.expr) -> int:
+        """The number of passes of ``range(N)``: ``N`` an int literal or the module's own int setting."""
+        assert isinstance(node, ast.Call)
+        if len(node.args) != 1 or node.keywords:
+            raise self.fail("range() with other than one argument", node)
+        arg = node.args[0]
+        count = arg.value if isinstance(arg, ast.Constant) else (
+            self.resolve(arg) if _rooted_at_self(arg) else None)
+        if type(count) is not int or not 1 <= count <= 10_000:
+            raise self.fail("range() of something other than a literal or the module's own integer setting "
+                            "(1 to 10,000)", node)
+        return count
 
     def mapped(self, element: ast.AST, target: ast.AST, iterable: ast.AST, env: dict[str, Any],
                steps: list[dict[str, Any]], line_node: ast.AST) -> str:
@@ -254,50 +609,106 @@ class _Compiler:
         self.counts[module] = self.counts.get(module, 0) + 1
         as_ = f"{module}_all" if self.counts[module] == 1 else f"{module}_all{self.counts[module]}"
         steps.append({"map": module, "over": over, "item": item, "with": with_, "as": as_})
+        self.as_modules[as_] = module
+        self.mapped_as.add(as_)
         self.calls.append(module)
         self.mapped_lines.append(getattr(line_node, "lineno", 0) + self.offset)
         return f"${as_}.{element.attr}"
 
-    def parallel(self, node: ast.Call, env: dict[str, Any], steps: list[dict[str, Any]]) -> Results | None:
-        """``self.parallel([(self.p, dspy.Example(k=v).with_inputs("k")), ...])`` (a ``dspy.Parallel``):
-        one predictor over every pair is a ``map`` over a list of argument objects, in order."""
+    def parallel(self, node: ast.Call, env: dict[str, Any], steps: list[dict[str, Any]],
+                 unpacked: bool = False) -> Results | Called | None:
+        """``self.parallel([(self.p, dspy.Example(k=v).with_inputs("k")), (self.q, {"k": v}), ...])`` (a
+        ``dspy.Parallel``): one predictor with the same arguments in every pair is a ``map`` over a list of
+        argument objects; otherwise (several predictors, other arguments, or results unpacked into names)
+        a ``parallel`` step of one call per pair. Either way the calls run concurrently, results in order."""
         import dspy
 
-        if not isinstance(self.resolve(node.func), dspy.Parallel):
+        runner = self.resolve(node.func)
+        if not isinstance(runner, dspy.Parallel):
             return None
+        if not getattr(runner, "access_examples", True) or getattr(runner, "return_failed_examples", False):
+            raise self.fail("dspy.Parallel with access_examples=False or return_failed_examples=True", node)
+        if len(node.args) == 1 and not node.keywords and isinstance(node.args[0], ast.ListComp) and not unpacked:
+            return self.parallel_map(node.args[0], env, steps)
         if len(node.args) != 1 or node.keywords or not isinstance(node.args[0], ast.List):
             raise self.fail("dspy.Parallel called with something other than a list of (module, example) pairs", node)
-        modules, items = set(), []
+        calls: list[tuple[str, dict[str, Any]]] = []
         for pair in node.args[0].elts:
             if not (isinstance(pair, ast.Tuple) and len(pair.elts) == 2):
                 raise self.fail("a dspy.Parallel item that is not a (module, example) pair", pair)
             module = self.leaf(pair.elts[0])
-            example = pair.elts[1]
-            keys: list[str] | None = None
-            if (isinstance(example, ast.Call) and isinstance(example.func, ast.Attribute)
-                    and example.func.attr == "with_inputs"):
-                if not all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in example.args):
-                    raise self.fail("with_inputs of something other than names", example)
-                keys = [a.value for a in example.args]  # type: ignore[attr-defined]
-                example = example.func.value
-            if not (module and isinstance(example, ast.Call) and isinstance(example.func, ast.Attribute)
-                    and example.func.attr == "Example" and not example.args
-                    and all(k.arg is not None for k in example.keywords)):
-                raise self.fail("a dspy.Parallel item other than (self.<predictor>, dspy.Example(k=v, ...))", pair)
-            fields = {k.arg: self.value(k.value, env) for k in example.keywords if k.arg is not None}
-            items.append({k: v for k, v in fields.items() if keys is None or k in keys})
-            modules.add(module)
-        if len(modules) != 1 or not items or len({tuple(i) for i in items}) != 1:
-            raise self.fail("dspy.Parallel over several predictors or differing arguments", node)
-        module = modules.pop()
+            if module is None:
+                raise self.fail("a dspy.Parallel item whose module is not a converted predictor", pair)
+            calls.append((module, self.parallel_arguments(pair.elts[1], env)))
+        if not calls:
+            raise self.fail("dspy.Parallel over an empty list", node)
+        line = getattr(node, "lineno", 0) + self.offset
+        if not unpacked and len({m for m, _ in calls}) == 1 and len({tuple(a) for _, a in calls}) == 1:
+            module = calls[0][0]
+            self.counts[module] = self.counts.get(module, 0) + 1
+            as_ = f"{module}_all" if self.counts[module] == 1 else f"{module}_all{self.counts[module]}"
+            item = f"item_{as_}"
+            steps.append({"map": module, "over": [a for _, a in calls], "item": item,
+                          "with": {k: f"${item}.{k}" for k in calls[0][1]}, "as": as_})
+            self.as_modules[as_] = module
+            self.mapped_as.add(as_)
+            self.calls.append(module)
+            self.mapped_lines.append(line)
+            return Results(as_, module)
+        results, listed = [], []
+        for module, args in calls:
+            self.counts[module] = self.counts.get(module, 0) + 1
+            as_ = f"{module}_out" if self.counts[module] == 1 else f"{module}_out{self.counts[module]}"
+            listed.append({"call": module, "with": args, "as": as_})
+            self.as_modules[as_] = module
+            results.append(Result(as_, module))
+            self.calls.append(module)
+        steps.append({"parallel": listed})
+        self.mapped_lines.append(line)
+        return Called(results)
+
+    def parallel_map(self, comp: ast.ListComp, env: dict[str, Any], steps: list[dict[str, Any]]) -> Results:
+        """``self.parallel([(self.p, dspy.Example(k=x).with_inputs("k")) for x in xs])``: a ``map`` over ``xs``."""
+        gen = comp.generators
+        if len(gen) != 1 or gen[0].ifs or gen[0].is_async or not isinstance(gen[0].target, ast.Name):
+            raise self.fail("a dspy.Parallel comprehension with several loops, a filter or an unpacking target", comp)
+        pair = comp.elt
+        module = self.leaf(pair.elts[0]) if isinstance(pair, ast.Tuple) and len(pair.elts) == 2 else None
+        if module is None:
+            raise self.fail("a dspy.Parallel comprehension whose item is not (self.<predictor>, example)", comp)
+        over = self.value(gen[0].iter, env)
+        item = f"item_{gen[0].target.id}"
+        args = self.parallel_arguments(pair.elts[1], {**env, gen[0].target.id: f"${item}"})  # type: ignore[attr-defined]
         self.counts[module] = self.counts.get(module, 0) + 1
         as_ = f"{module}_all" if self.counts[module] == 1 else f"{module}_all{self.counts[module]}"
-        item = f"item_{as_}"
-        steps.append({"map": module, "over": items, "item": item,
-                      "with": {k: f"${item}.{k}" for k in items[0]}, "as": as_})
+        steps.append({"map": module, "over": over, "item": item, "with": args, "as": as_})
+        self.as_modules[as_] = module
+        self.mapped_as.add(as_)
         self.calls.append(module)
-        self.mapped_lines.append(getattr(node, "lineno", 0) + self.offset)
+        self.mapped_lines.append(getattr(comp, "lineno", 0) + self.offset)
         return Results(as_, module)
+
+    def parallel_arguments(self, example: ast.AST, env: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments DSPy's Parallel calls a module with: ``example.inputs()`` of a
+        ``dspy.Example(...).with_inputs(...)``, or a dict literal with text keys."""
+        if isinstance(example, ast.Dict):
+            if not all(isinstance(k, ast.Constant) and isinstance(k.value, str) for k in example.keys):
+                raise self.fail("a dspy.Parallel argument dict whose keys are not text constants", example)
+            return {k.value: self.value(v, env) for k, v in zip(example.keys, example.values, strict=True)}  # type: ignore[union-attr]
+        if not (isinstance(example, ast.Call) and isinstance(example.func, ast.Attribute)
+                and example.func.attr == "with_inputs"):
+            raise self.fail("a dspy.Parallel example without .with_inputs(...) (DSPy raises on it)", example)
+        if example.keywords or not all(isinstance(a, ast.Constant) and isinstance(a.value, str)
+                                       for a in example.args):
+            raise self.fail("with_inputs of something other than names", example)
+        keys = [a.value for a in example.args]  # type: ignore[attr-defined]
+        made = example.func.value
+        if not (isinstance(made, ast.Call) and isinstance(made.func, ast.Attribute) and made.func.attr == "Example"
+                and isinstance(made.func.value, ast.Name) and made.func.value.id == "dspy" and not made.args
+                and all(k.arg is not None for k in made.keywords)):
+            raise self.fail("a dspy.Parallel item other than (self.<predictor>, dspy.Example(k=v, ...))", example)
+        fields = {k.arg: k.value for k in made.keywords if k.arg is not None}
+        return {k: self.value(fields[k], env) for k in fields if k in keys}
 
     def expression(self, node: ast.AST, env: dict[str, Any], steps: list[dict[str, Any]]) -> Any:
         if isinstance(node, ast.Call):
@@ -309,10 +720,18 @@ class _Compiler:
             if len(gen) != 1 or gen[0].ifs or gen[0].is_async:
                 raise self.fail("a comprehension with several loops or a filter", node)
             return self.mapped(node.elt, gen[0].target, gen[0].iter, env, steps, node)
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Call) \
+                and isinstance(node.slice, ast.Constant) and type(node.slice.value) is int:  # search(q)[0]
+            base = self.expression(node.value, env, steps)
+            if isinstance(base, Result | Results):
+                raise self.fail("an index of a whole predictor result", node)
+            return {"$index": [base, node.slice.value]}
         if isinstance(node, ast.Call):
             result = self.call(node, env, steps)
-            if result is None:
-                raise self.fail("a call of something other than a predictor", node)
+            if result is None:  # a pure helper function of forward's module, inlined (or refused)
+                return self.value(node, env)
+            if result.module in self.bare:  # a tool returns its value itself, not an object of fields
+                return f"${result.as_}.result"
             return result
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Call):
             result = self.call(node.value, env, steps)
@@ -378,8 +797,23 @@ class _Compiler:
         return step, then_returns and else_returns
 
 
-def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[str, list[str]]) -> Compiled:
-    """The steps of ``type(obj).method`` (see the module docstring), or :class:`Unsupported`."""
+def _int_index(node: ast.AST) -> int | None:
+    """The integer of a constant subscript (``[2]``, ``[-1]``), else ``None``."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = _int_index(node.operand)
+        return -inner if inner is not None else None
+    if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
+        return node.value
+    return None
+
+
+def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[str, list[str]], *,
+                    types: dict[str, dict[str, str]] | None = None,
+                    tools: dict[int, tuple[str, list[str]]] | None = None,
+                    positional: dict[str, str] | None = None) -> Compiled:
+    """The steps of ``type(obj).method`` (see the module docstring), or :class:`Unsupported`. ``types``:
+    each module's output types; ``tools``: registered tool functions (by ``id``) as (module, parameters);
+    ``positional``: the input a module's one positional argument is (``dspy.Retrieve``: ``query``)."""
     func = getattr(type(obj), method)
     try:
         lines, start = inspect.getsourcelines(func)
@@ -393,7 +827,8 @@ def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[
     if args.vararg or args.posonlyargs:
         raise Unsupported("forward takes *args or positional-only parameters", start)
     params = [a.arg for a in args.args[1:]] + [a.arg for a in args.kwonlyargs]  # **kwargs: never an input
-    compiler = _Compiler(obj, names, outputs, start - 1, params)
+    compiler = _Compiler(obj, names, outputs, start - 1, params, types=types, tools=tools, positional=positional,
+                         globals_=getattr(inspect.unwrap(func), "__globals__", {}))
     env: dict[str, Any] = {p: f"$inputs.{p}" for p in params}
     body = fdef.body
     if isinstance(fdef, ast.AsyncFunctionDef):
@@ -401,7 +836,8 @@ def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[
     steps, returns = compiler.block(body, env)
     if not returns:
         raise Unsupported("a path through forward does not return", start)
-    return Compiled(steps, compiler.returns, compiler.calls, compiler.branches, compiler.mapped_lines)
+    return Compiled(steps, compiler.returns, compiler.calls, compiler.branches, compiler.mapped_lines,
+                    compiler.loops, compiler.as_modules)
 
 
 def _unawait(stmt: ast.stmt) -> ast.stmt:

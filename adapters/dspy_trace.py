@@ -18,6 +18,8 @@ from stepbridge.program import Program
 from stepbridge.signature import FieldSpec, Signature
 
 from .dspy_convert import (
+    BARE,
+    _bare_name,
     _doc,
     _dspy,
     _entry,
@@ -26,14 +28,15 @@ from .dspy_convert import (
     _identifier,
     _infer_type,
     _interface,
-    _interface_outputs,
     _is_leaf,
     _json_safe,
-    _output_names,
+    _leaf_interface,
     _perturb,
     _predictor_module,
     _program,
     _register_hint,
+    _retrieve_module,
+    _returned,
     _run_observed,
     _same,
     _snapshot,
@@ -41,7 +44,14 @@ from .dspy_convert import (
     _unconvertible_reason,
 )
 from .dspy_coverage import _code_objects, _controls, _custom_classes, _judge_controls, _LineRecorder
-from .dspy_verify import Construct, ImportReport, _default_constructs, verify
+from .dspy_verify import (
+    Construct,
+    ImportReport,
+    _default_constructs,
+    _ensemble_constructs,
+    _ensemble_notes,
+    verify,
+)
 
 
 @dataclass
@@ -160,6 +170,60 @@ def _tool_codes() -> dict[Any, str]:
     return out
 
 
+def _tool_names() -> dict[int, str]:
+    """id of each registered tool's Python function -> its registered name."""
+    return {id(code_owner): name for name, code_owner in _tool_functions().items()}
+
+
+def _tool_functions() -> dict[str, Any]:
+    from stepbridge.registry import tools
+
+    out: dict[str, Any] = {}
+    for name in tools.names():
+        try:
+            out[name] = inspect.unwrap(tools.get(name).func)
+        except Exception:  # a broken entry point must not break the import of other modules
+            continue
+    return out
+
+
+def _forward_tools(entry: Any, taken: Mapping[int, str]) -> dict[int, tuple[str, list[str]]]:
+    """Registered tools forward's module holds by name (``search`` it may call): id of the function ->
+    (its module name in the program, its parameter names)."""
+    known = {id(f): name for name, f in _tool_functions().items()}
+    found: dict[int, tuple[str, list[str]]] = {}
+    for value in getattr(inspect.unwrap(entry), "__globals__", {}).values():
+        if callable(value) and id(inspect.unwrap(value)) in known:
+            func = inspect.unwrap(value)
+            name = known[id(func)]
+            params = [p.name for p in inspect.signature(func).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            found[id(func)] = (_tool_module_name(name, taken), params)
+    return found
+
+
+def _unregistered_calls(obj: Any) -> list[str]:
+    """Plain Python functions of forward's module that forward calls by name and no tool registration
+    names (``search (line 19)``): their results can only reach a program through a tool step."""
+    import ast
+    import textwrap
+
+    func = inspect.unwrap(getattr(type(obj), _entry(obj)))
+    try:
+        lines, start = inspect.getsourcelines(func)
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+    except (OSError, TypeError, SyntaxError):
+        return []
+    known = {id(f) for f in _tool_functions().values()}
+    found: dict[str, int] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            target = getattr(func, "__globals__", {}).get(node.func.id)
+            if inspect.isfunction(target) and id(inspect.unwrap(target)) not in known:
+                found.setdefault(node.func.id, node.lineno + start - 1)
+    return [f"{name} (line {line})" for name, line in found.items()]
+
+
 def _tool_module_name(tool: str, taken: Mapping[int, str]) -> str:
     name = _identifier(tool)
     return name if name not in taken.values() else f"{name}_tool"
@@ -202,10 +266,69 @@ def _candidates(value: Any, inputs: dict[str, Any], results: list[tuple[str, dic
     refs: list[Any] = [ref for ref, v in sources if _same(v, value)]
     if refs:
         return refs
+    if _is_prediction(value):  # a whole result passed on: DSPy sends its repr
+        return [_prediction_text(as_name, list(outputs)) for as_name, outputs in results
+                if list(outputs) and list(value.keys()) == list(outputs)
+                and all(_same(value[k], v) for k, v in outputs.items())
+                and _repr_of(outputs) in (None, str(value))]  # None: refused with the field types, below
     for ref, v in sources:
         if isinstance(v, list) and 0 < len(v) <= 1000:
             refs += [{"$index": [ref, i]} for i in ((0, -1) if len(v) > 1 else (0,)) if _same(v[i], value)]
     return refs
+
+
+def _is_prediction(value: Any) -> bool:
+    return isinstance(value, _dspy().dspy.Prediction)
+
+
+def _plain_repr(value: Any) -> bool:
+    """A value whose ``repr`` its JSON data reproduces (str, numbers, bools, None, lists and str-keyed dicts)."""
+    if type(value) in (str, int, float, bool, type(None)):
+        return True
+    if type(value) is list:
+        return all(_plain_repr(v) for v in value)
+    if type(value) is dict:
+        return all(type(k) is str and _plain_repr(v) for k, v in value.items())
+    return False
+
+
+def _repr_of(outputs: Mapping[str, Any]) -> str | None:
+    """What ``str(dspy.Prediction(**outputs))`` is (one completion), computed as the program computes it."""
+    if not all(_plain_repr(v) for v in outputs.values()):
+        return None
+    return "Prediction(\n    " + ",\n    ".join(f"{k}={str([v])[1:-1]}" for k, v in outputs.items()) + "\n)"
+
+
+def _prediction_text(as_name: str, fields: list[str]) -> dict[str, Any]:
+    """A ``$template`` giving the text DSPy sends for a whole ``dspy.Prediction`` passed as an argument: its
+    ``repr``, ``Prediction(\n    k=repr(v),\n    ...\n)``. ``repr(v)`` is ``str([v])`` without its brackets
+    (``$template`` renders a list as Python's ``str()``), exact for the types :func:`_repr_types` allows."""
+    names = {f"v{i}": {"$slice": [{"$template": ["{v}", {"v": [f"${as_name}.{f}"]}]}, 1, -1]}
+             for i, f in enumerate(fields)}
+    text = "Prediction(\n    " + ",\n    ".join(f"{f}={{v{i}}}" for i, f in enumerate(fields)) + "\n)"
+    return {"$template": [text, names]}
+
+
+def _prediction_source(ref: Any) -> str | None:
+    """The step name a :func:`_prediction_text` value renders, else ``None``."""
+    try:
+        inner = next(iter(ref["$template"][1].values()))["$slice"][0]["$template"][1]["v"][0]
+    except (TypeError, KeyError, IndexError, StopIteration):
+        return None
+    return str(inner).lstrip("$").split(".")[0] if ref["$template"][0].startswith("Prediction(") else None
+
+
+def _repr_types(sig: Signature) -> list[str]:
+    """Output fields whose values' ``repr`` JSON data may not reproduce (objects, enums, Any, tuples...)."""
+    from stepbridge.signature import parse_type
+
+    plain = {"str", "int", "float", "bool", "literal", "optional", "list"}
+    bad = []
+    for name, spec in sig.outputs.items():
+        kinds = [(x.kind, len(x.args)) for x in parse_type(spec.type).walk()]
+        if not all(k in plain or (k == "dict" and n == 1) for k, n in kinds):
+            bad.append(f"{name}: {spec.type}")
+    return bad
 
 
 def _marked(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -369,7 +492,7 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     for n in sequence:
         counts[n] = counts.get(n, 0) + 1
         as_names.append(f"{n}_out" if counts[n] == 1 else f"{n}_out{counts[n]}")
-    output_sets = {tuple(_output_names(r.prediction, obj)) for r in runs}
+    output_sets = {tuple(_returned(r.prediction)) for r in runs}
     if len(output_sets) != 1:
         raise _error(f"forward returns different fields on different samples: {sorted(output_sets)}",
                      construct=f"{cls.__name__}.{_entry(obj)}", target=entry, hint=_register_hint(cls))
@@ -388,7 +511,7 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
                 if position < len(r.calls):
                     items = [((position, arg), value) for arg, value in r.calls[position].kwargs.items()]
                 else:
-                    items = [((-1, out), r.prediction[out]) for out in output_names]
+                    items = [((-1, out), _returned(r.prediction)[out]) for out in output_names]
                 for key, value in items:
                     obs.setdefault(key, []).append((value, _candidates(value, r.sample, results), sources))
         return obs
@@ -452,9 +575,14 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
         if template is not None:
             notes.append(f"{what} is built from a text template")
             return template
+        unregistered = _unregistered_calls(obj)
+        called = (f"; forward calls Python function(s) that are not registered tools: {', '.join(unregistered)} "
+                  "(a program names tools, it never runs forward's own code)") if unregistered else ""
         raise _error(f"{what}: the value is neither a program input, an earlier result, a constant nor a text "
-                     "built from them (a computed value)", construct=f"{cls.__name__}.{_entry(obj)}", target=entry,
-                     hint="pass the value a predictor returned or an input unchanged, or " + _register_hint(cls))
+                     f"built from them (a computed value){called}", construct=f"{cls.__name__}.{_entry(obj)}",
+                     target=entry, hint=("register each as a tool returning JSON data (stepbridge.tools.register("
+                                         f"{unregistered[0].split(' ')[0]!r}, ...)), " if unregistered else "")
+                     + "pass the value a predictor returned or an input unchanged, or " + _register_hint(cls))
 
     steps: list[dict[str, Any]] = []
     for position, module_name in enumerate(sequence):
@@ -466,6 +594,11 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
                  for arg in arg_names}
         steps.append({"call": module_name, "with": with_, "as": as_names[position]})
     returns = {out: wire((-1, out), f"output {out!r}") for out in output_names}
+    if list(returns) == [BARE]:  # forward returned a bare value: the program's one output, named after it
+        bare = _bare_name(returns[BARE], list(samples[0]))
+        returns = {bare: returns[BARE]}
+        notes.append(f"forward returns a bare {type(runs[0].prediction).__name__}, not a dspy.Prediction: the "
+                     f"program returns it as its output {bare!r}")
     steps.append({"return": returns})
 
     unconvertible = sorted({n for n in sequence if converted[n] is None})
@@ -474,6 +607,20 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
                      construct=f"{cls.__name__}.{_entry(obj)}", target=entry, hint=_register_hint(cls))
     modules = {n: converted[n][0] for n in dict.fromkeys(sequence)}  # type: ignore[index]
     sigs = {n: _interface(m) for n, m in modules.items()}
+    for step in steps[:-1]:
+        for arg, ref in step["with"].items():
+            src = _prediction_source(ref)
+            if src is None:
+                continue
+            producer = sequence[as_names.index(src)]
+            bad = _repr_types(Signature(inputs={}, outputs=dict(sigs[producer].outputs)))
+            if (modules[producer].get("lm") or {}).get("n", 1) != 1:
+                bad.append(f"n={modules[producer]['lm']['n']} completions")
+            if bad:
+                raise _error(f"argument {arg!r} of {step['call']} is the whole result of {producer}, which DSPy "
+                             "sends as its repr; a program reproduces that text only for plain field types, not "
+                             + ", ".join(bad), construct=f"{cls.__name__}.{_entry(obj)}", target=entry,
+                             hint="pass the field the next predictor needs (result.answer), or " + _register_hint(cls))
     in_types: dict[str, str] = {k: _infer_type(v) for k, v in samples[0].items()}
     for step in steps[:-1]:
         for arg, ref in step["with"].items():
@@ -490,7 +637,8 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
             spec = sigs[sequence[as_names.index(src)]].outputs.get(fld)
             out_types[out] = spec.type if spec is not None else "str"
         else:
-            out_types[out] = _infer_type(runs[0].prediction[out])
+            first = _returned(runs[0].prediction)
+            out_types[out] = _infer_type(first[out] if out in first else first.get(BARE))
     clash = sorted(set(in_types) & set(out_types))
     if clash:
         raise _error(f"output field(s) {', '.join(clash)} have the name of an input; a program signature keeps "
@@ -519,44 +667,65 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     if len(samples) == 1:
         notes.append("traced on one sample only: a computed value that happens to be constant would pass as a "
                      "constant; give several samples")
-    report = ImportReport("traced", parts, notes=notes, constructs=constructs)
+    report = ImportReport("traced", parts, notes=notes + _ensemble_notes(program),
+                          constructs=constructs + _ensemble_constructs(program))
     return program, report, [r.sample for r in runs_for_lines]
 
 
-def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
+def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str, why: list[str] | None = None
                     ) -> tuple[Program, ImportReport] | None:
     """The program read statically from a forward that branches (:mod:`.dspy_static`), verified on the
     samples; ``None`` when forward does not branch, is outside the subset, or fails verification (the
-    caller traces instead, and a trace of a branching forward is at best partially verified)."""
+    caller traces instead, and a trace of a branching forward is at best partially verified; ``why``
+    gets the reason)."""
     from .dspy_static import Unsupported, compile_forward
 
     entry = _entry(obj)
     controls = _controls(type(obj), entry)
     dspy = _dspy().dspy
-    has_parallel = any(isinstance(v, dspy.Parallel) for v in vars(obj).values())
+    has_parallel = any(isinstance(v, dspy.Parallel | dspy.Retrieve) for v in vars(obj).values())
     if (not has_parallel and not any(c.kind in ("if", "for", "comprehension") for c in controls)) \
             or len(_custom_classes(obj)) != 1:
         return None
     types = _Types()
     leaves = _leaves(obj)
-    converted = {n: _predictor_module(m, types) for n, m in leaves.items()}
-    interfaces = {n: Signature(inputs=Signature.model_validate(c[0]["signature"]).inputs,
-                               outputs=_interface_outputs(c[0], Signature.model_validate(c[0]["signature"])))
-                  for n, c in converted.items() if c is not None}
+    converted: dict[str, Any] = {n: _predictor_module(m, types) for n, m in leaves.items()}
+    interfaces = {n: _leaf_interface(c[0]) for n, c in converted.items() if c is not None}
+    names = {id(m): n for n, m in leaves.items() if n in interfaces}
+    positional: dict[str, str] = {}
+    for attr, value in vars(obj).items():  # dspy.Retrieve kept on the module: a retrieve step (RM registered)
+        data = _retrieve_module(value) if isinstance(value, dspy.Retrieve) else None
+        if data is not None:
+            module_name = _identifier(attr) if _identifier(attr) not in converted else f"{_identifier(attr)}_rm"
+            converted[module_name] = (data, "retrieve")
+            interfaces[module_name] = _interface(data)
+            names[id(value)] = module_name
+            positional[module_name] = "query"
+    tools = _forward_tools(getattr(type(obj), entry), names)
+    for tool, (module_name, _) in tools.items():
+        converted[module_name] = ({"type": "tool", "tool": _tool_names()[tool]}, "tool")
+        interfaces[module_name] = _interface(converted[module_name][0])
     try:
-        compiled = compile_forward(obj, entry, {id(m): n for n, m in leaves.items() if n in interfaces},
-                                   {n: list(sig.outputs) for n, sig in interfaces.items()})
-    except Unsupported:
+        field_types = {n: {k: f.type for k, f in sig.outputs.items()} for n, sig in interfaces.items()}
+        compiled = compile_forward(obj, entry, names, {n: list(sig.outputs) for n, sig in interfaces.items()},
+                                   types=field_types, tools=tools, positional=positional)
+    except Unsupported as exc:
+        if why is not None:
+            why.append(f"line {exc.line}: {exc}" if exc.line else str(exc))
         return None
-    modules = {n: converted[n][0] for n in dict.fromkeys(compiled.calls)}  # type: ignore[index]
+    modules = {n: converted[n][0] for n in dict.fromkeys(compiled.calls)}
     # inputs: typed by the predictor field each feeds; outputs: every name any return gives (null elsewhere)
     in_types = {k: _infer_type(v) for k, v in samples[0].items()}
 
     def walk(steps: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for step in steps:
             yield step
-            for key in ("then", "else"):
+            for key in ("then", "else", "default", "parallel"):
                 yield from walk(step.get(key) or [])
+            for case in step.get("cases") or []:
+                yield from walk(case["steps"])
+            if isinstance(step.get("loop"), dict):
+                yield from walk(step["loop"]["steps"])
 
     for step in walk(compiled.steps):
         module = str(step.get("call") or step.get("map") or "")
@@ -577,8 +746,7 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
             fed = [interfaces[module].inputs[a].type for a, r in step["with"].items()
                    if r == item and a in interfaces[module].inputs]
             in_types[over.split(".", 1)[1]] = f"list[{fed[0] if fed else 'str'}]"
-    as_modules = {str(step["as"]): str(step.get("call") or step.get("map")) for step in walk(compiled.steps)
-                  if "call" in step or "map" in step}
+    as_modules = dict(compiled.as_modules)
     mapped_as = {step["as"] for step in walk(compiled.steps) if "map" in step}
     out_names = list(dict.fromkeys(k for mapping in compiled.returns for k in mapping))
     out_types: dict[str, set[str]] = {k: set() for k in out_names}
@@ -610,17 +778,25 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
     signature = Signature(inputs={k: FieldSpec(type=t) for k, t in in_types.items()}, outputs=outputs)
     try:
         program = _program(name, signature, modules, compiled.steps, types, description=_doc(obj))
-    except ConversionError:
+    except ConversionError as exc:
+        if why is not None:
+            why.append(exc.message)
         return None
     cls = type(obj)
-    report = ImportReport("static", {n: f"{converted[n][1]} (exact)" for n in modules},  # type: ignore[index]
+    report = ImportReport("static", {n: f"{converted[n][1]} (exact)" for n in modules},
                           notes=[f"{cls.__name__}.{entry} read statically: {compiled.branches} if step(s), "
                                  f"{len(compiled.mapped)} map step(s)"],
-                          constructs=[*(Construct(n, "exact") for n in modules), *_default_constructs(obj)])
+                          constructs=[*(Construct(n, "exact") for n in modules), *_ensemble_constructs(program),
+                                      *_default_constructs(obj)])
+    report.notes += [f"for loop (line {line}) converted to a loop step" for line in compiled.loops]
+    report.notes += _ensemble_notes(program)
     names = {id(m): n for n, m in leaves.items()}
     runs = _trace_runs(obj, samples, lm, names, []) + _runnable(obj, _marked(samples), lm, names)
     report.verification = verify(obj, program, [r.sample for r in runs], lm=lm)
     if not report.verification.ok:
+        if why is not None:
+            why.append("the program read from the source differs from the module: "
+                       + "; ".join(report.verification.mismatches))
         return None
     for judged in _judge_controls(obj, [r.lines for r in runs]):
         if judged.line in compiled.mapped:  # a map step: one call per element, for any length

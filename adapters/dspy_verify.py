@@ -13,7 +13,7 @@ from typing import Any
 from stepbridge.errors import ConversionError
 from stepbridge.program import Program
 
-from .dspy_convert import _dspy, _equal_data, _run_observed, _snapshot
+from .dspy_convert import BARE, _dspy, _equal_data, _returned, _run_observed, _SentMessages, _snapshot
 
 
 @dataclass
@@ -117,6 +117,57 @@ def _default_constructs(obj: Any) -> list[Construct]:
     return out
 
 
+#: Types whose values a program passes as JSON data where DSPy passes a Python object (a model, an enum
+#: member, a tuple, a History): a Python reward function sees them differently.
+_OBJECT_KINDS = ("named", "object", "enum", "history", "tuple")
+
+
+def _ensemble_constructs(program: Program) -> list[Construct]:
+    """An ensemble whose Python reward (a :func:`~stepbridge.adapters.dspy_reward.dspy_reward`) would see a
+    typed field as JSON data where DSPy shows it the Python object: unverified, with the fields named."""
+    from stepbridge.interface import module_interface
+    from stepbridge.program import BestOfNModule, RefineModule
+    from stepbridge.signature import parse_type
+
+    out = []
+    for name, module in program.modules.items():
+        if not isinstance(module, BestOfNModule | RefineModule) or module.reward.metric is None:
+            continue
+        interface = module_interface(module, program.modules)
+        if interface is None:
+            continue
+        typed = [k for k, spec in [*interface.inputs.items(), *interface.outputs.items()]
+                 if any(t.kind in _OBJECT_KINDS for t in parse_type(spec.type).walk())]
+        if typed:
+            out.append(Construct(f"{name} reward", "unverified",
+                                 f"the reward function gets {', '.join(typed)} as JSON data (an object as a dict, "
+                                 "an enum as its value, a tuple as a list), where DSPy passes the Python object"))
+    return out
+
+
+def _ensemble_notes(program: Program) -> list[str]:
+    """What an ensemble does differently from DSPy on purpose (docs/agents-and-ensembles.md)."""
+    from stepbridge.program import BestOfNModule, RefineModule
+
+    if not any(isinstance(m, BestOfNModule | RefineModule) for m in program.modules.values()):
+        return []
+    return ["best_of_n/refine: fail_count is counted per call (DSPy lowers it on the module object across calls), "
+            "and a failed attempt is logged where DSPy prints it"]
+
+
+def _program_inputs(value: Any) -> Any:
+    """Sample inputs as the data a program takes: a ``dspy.Example`` (as DSPy users pass completions to
+    MultiChainComparison) becomes its dict."""
+    dspy = _dspy().dspy
+    if isinstance(value, dspy.Example):
+        return {k: _program_inputs(v) for k, v in value.toDict().items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_program_inputs(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _program_inputs(v) for k, v in value.items()}
+    return value
+
+
 def verify(obj: Any, program: Program, samples: Sequence[dict[str, Any]], *, lm: Any = None) -> Verification:
     """Run the original module and ``program`` (as a DSPy module) on each sample and compare the
     program's outputs and every LM message."""
@@ -129,14 +180,20 @@ def verify(obj: Any, program: Program, samples: Sequence[dict[str, Any]], *, lm:
         mismatches: list[str] = []
         for i, sample in enumerate(samples):
             original, original_messages = _run_observed(obj, _snapshot(sample), run_lm)
+            sent = _SentMessages()
             try:
-                converted, converted_messages = _run_observed(module, _snapshot(sample), run_lm,
-                                                              what="the converted program")
+                converted, converted_messages = _run_observed(module, _program_inputs(_snapshot(sample)), run_lm,
+                                                              what="the converted program", sent=sent)
             except ConversionError as exc:
                 mismatches.append(f"sample {i}: {exc.message}")
                 continue
+            if sent.by_rewards:
+                raise _reward_calls_an_lm(sent.by_rewards[0])
+            got = _returned(original)
+            if list(got) == [BARE]:  # a bare returned value: the program's single output
+                got = {out: got[BARE] for out in program.signature.outputs}
             for out in program.signature.outputs:
-                want = original.get(out)
+                want = got.get(out)
                 if not _equal_data(want, converted[out]):
                     mismatches.append(f"sample {i}: output {out!r} differs: {want!r} != {converted[out]!r}")
             if len(original_messages) != len(converted_messages):
@@ -149,6 +206,19 @@ def verify(obj: Any, program: Program, samples: Sequence[dict[str, Any]], *, lm:
                 if a != b:
                     mismatches.append(f"sample {i}: LM call {n + 1} sent different messages")
     return Verification(ok=not mismatches, samples=len(samples), mismatches=mismatches)
+
+
+def _reward_calls_an_lm(fn: Any) -> ConversionError:
+    """A reward function that calls an LM itself: those calls are no step of the program (and a metric has
+    no LM on the native backend), so the conversion would not send what DSPy sends."""
+    from .dspy_convert import _error
+
+    name = getattr(fn, "__name__", type(fn).__name__)
+    return _error(f"the reward function {name} calls an LM itself; a program's metric reward makes no LM calls "
+                  "(they would be no step of the program, and the native backend gives a metric no LM)",
+                  construct=f"{name} reward_fn", target=fn,
+                  hint="make the judge a module of the program (reward: {module: judge, field: score}), or register "
+                       "the enclosing module to import it as an opaque 'dspy' step")
 
 
 def _message_key(messages: Any) -> str:

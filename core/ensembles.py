@@ -195,7 +195,9 @@ def dspy_source(module_type: str) -> str:
 
 def metric_source(func: Any, name: str) -> str:
     """``inspect.getsource`` of a reward function, as Refine takes it (its class's source for a callable
-    object); a short note when Python has no source for it."""
+    object); a short note when Python has no source for it. A wrapper (``functools.wraps``, such as
+    :func:`stepbridge.adapters.dspy_reward.dspy_reward`) shows the source of what it wraps."""
+    func = inspect.unwrap(func)
     for target in (func, type(func)):
         try:
             return inspect.getsource(target)

@@ -14,7 +14,8 @@ checks them against the installed DSPy, so an upgrade that adds an attribute fai
 
 from __future__ import annotations
 
-__all__ = ["RESERVED_FIELD_NAMES", "RESERVED_MODULE_NAMES", "field_name_problem", "module_name_problem"]
+__all__ = ["PROGRAM_INPUT_NAMES", "RESERVED_FIELD_NAMES", "RESERVED_MODULE_NAMES", "field_name_problem",
+           "module_name_problem"]
 
 #: Public attributes of ``dspy.Module`` and of the DSPy adapter's ``ProgramModule`` (whose attributes the
 #: program's modules become). Private and dunder names are refused by their leading underscore.
@@ -25,8 +26,10 @@ RESERVED_MODULE_NAMES = frozenset({
 })
 
 #: Field names DSPy treats specially: ``dspy.Predict``'s privileged keyword arguments (``signature``,
-#: ``demos``, ``config``, ``lm``, ``prediction``, ``new_signature``), the parameters of the callback
-#: wrapper around every module call (``self``, ``instance``), ``dspy.Prediction``'s ``completions``, and
+#: ``demos``, ``config``, ``lm``, ``prediction``, ``new_signature``, and ``completions``, which its
+#: ``forward`` passes positionally to ``_forward_postprocess``: an input of that name is a TypeError), the
+#: parameters of the callback wrapper around every module call (``self``, ``instance``),
+#: ``dspy.Prediction``'s ``completions`` property (an output of that name is hidden behind it), and
 #: every public attribute of ``dspy.Signature`` (a field there shadows it: ``instructions``, ``fields``,
 #: ``prepend``, pydantic's ``json``/``copy``/``validate``...). Names starting with ``model_`` (the rest
 #: of pydantic's namespace, which a Signature is), ``dspy_`` (hidden by ``dspy.Example``) or ``_`` are
@@ -40,6 +43,12 @@ RESERVED_FIELD_NAMES = frozenset({
     "validate", "with_instructions", "with_updated_fields",
 })
 RESERVED_FIELD_PREFIXES = ("_", "model_", "dspy_")
+#: Reserved names a *program* may take as an input: the program's DSPy module takes its inputs as
+#: ``**kwargs`` and hands them to steps as data (never to ``dspy.Predict`` as they are), so ``completions``
+#: there is DSPy's own argument of ``dspy.MultiChainComparison`` (``forward(completions, **kwargs)``),
+#: which a step passes on as that module's ``completions``. As an output, or a field of a module's
+#: signature, it stays reserved.
+PROGRAM_INPUT_NAMES = frozenset({"completions"})
 
 
 def module_name_problem(name: str) -> str | None:
@@ -53,8 +62,11 @@ def module_name_problem(name: str) -> str | None:
     return None
 
 
-def field_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot name a signature field, or None."""
+def field_name_problem(name: str, *, program_input: bool = False) -> str | None:
+    """Why ``name`` cannot name a signature field, or None (``program_input``: an input of the program's
+    own signature, where :data:`PROGRAM_INPUT_NAMES` are allowed)."""
+    if program_input and name in PROGRAM_INPUT_NAMES:
+        return None
     prefix = next((p for p in RESERVED_FIELD_PREFIXES if name.startswith(p)), None)
     if prefix is not None:
         return (f"field name {name!r} starts with {prefix!r}, which DSPy reserves for its own attributes "

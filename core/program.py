@@ -260,7 +260,9 @@ class _EnsembleModule(_Strict):
     module: str = Field(max_length=200, description="the module of this file to run up to n times")
     n: int = Field(ge=1, le=MAX_ENSEMBLE, description="attempts at most")
     reward: RewardSpec
-    threshold: float = Field(allow_inf_nan=False, description="stop at the first attempt scoring at least this")
+    # an integer stays one: Refine shows the LM its threshold (DSPy writes 1, not 1.0)
+    threshold: int | Annotated[float, Field(allow_inf_nan=False)] = Field(
+        description="stop at the first attempt scoring at least this")
     fail_count: int | None = Field(default=None, ge=1, le=MAX_ENSEMBLE,
                                    description="failed attempts tolerated (default n)")
 

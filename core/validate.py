@@ -281,7 +281,7 @@ def _validate_bounded(data: Any, c: _Collector, base_dir: str | Path | None) -> 
     if "signature" not in data:
         c.error("/signature", "missing program signature, e.g. 'question -> answer'")
     elif signature is not None:
-        _check_field_names(signature, data["signature"], "/signature", c)
+        _check_field_names(signature, data["signature"], "/signature", c, program=True)
 
     # -- modules ---------------------------------------------------------------------------------
     modules: dict[str, Any] = {}
@@ -364,12 +364,12 @@ def _validate_bounded(data: Any, c: _Collector, base_dir: str | Path | None) -> 
         return None
 
 
-def _check_field_names(sig: Signature, raw: Any, pointer: str, c: _Collector) -> None:
+def _check_field_names(sig: Signature, raw: Any, pointer: str, c: _Collector, program: bool = False) -> None:
     """Field names that would reach DSPy internals (see :mod:`stepbridge.names`), at the field when the
-    signature is in long form."""
+    signature is in long form (``program``: the program's own signature)."""
     for side, group in (("inputs", sig.inputs), ("outputs", sig.outputs)):
         for name in group:
-            problem = field_name_problem(name)
+            problem = field_name_problem(name, program_input=program and side == "inputs")
             if problem is not None:
                 c.error(f"{pointer}/{side}/{_esc(name)}" if isinstance(raw, dict) else pointer, problem)
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from stepbridge import Program, ProgramValidationError, RunOptions, load_program
 from stepbridge.adapters.dspy import DSPyAdapter, ProgramModule
 from stepbridge.adapters.native import NativeAdapter
-from stepbridge.names import RESERVED_MODULE_NAMES, field_name_problem, module_name_problem
+from stepbridge.names import PROGRAM_INPUT_NAMES, RESERVED_MODULE_NAMES, field_name_problem, module_name_problem
 
 
 def qa(module: str = "m", sig: Any = "question -> answer", program_sig: Any = "question -> answer") -> dict[str, Any]:
@@ -50,9 +50,25 @@ def test_field_names_reaching_dspy_internals_are_refused_everywhere(name: str) -
     long_form = {"inputs": {"question": {}}, "outputs": {"answer": {}, name: {}}}
     found = issues(qa(sig=long_form))
     assert ("/modules/m/signature/outputs/" + name) in [p for p, _ in found], found
-    # in the program's own signature
-    found = issues(qa(program_sig=f"question, {name} -> answer"))
+    # in the program's own signature: as an output always; as an input unless a program may take it
+    found = issues(qa(program_sig=f"question -> answer, {name}"))
     assert "/signature" in [p for p, _ in found], found
+    if name not in PROGRAM_INPUT_NAMES:
+        found = issues(qa(program_sig=f"question, {name} -> answer"))
+        assert "/signature" in [p for p, _ in found], found
+
+
+def test_completions_is_a_program_input_only() -> None:
+    """DSPy's MultiChainComparison takes ``completions``: a program may too (its DSPy module takes inputs as
+    ``**kwargs``); a module's field of that name reaches ``dspy.Predict``'s own argument (a TypeError)."""
+    assert {"completions"} == PROGRAM_INPUT_NAMES
+    assert field_name_problem("completions", program_input=True) is None
+    assert field_name_problem("completions") is not None
+    assert field_name_problem("demos", program_input=True) is not None
+    from dspy.utils.dummies import DummyLM
+
+    with dspy.context(lm=DummyLM([{"answer": "a"}])), pytest.raises(TypeError, match="completions"):
+        dspy.Predict("completions -> answer")(completions="x")
 
 
 def test_the_program_model_refuses_reserved_module_names_too() -> None:

@@ -64,3 +64,18 @@ def dspy_adapter(server: ServerURL, loop: asyncio.AbstractEventLoop) -> Iterator
     adapter = load_adapter("stepbridge.adapters.dspy:DSPyAdapter", profiles=profiles)
     yield adapter
     loop.run_until_complete(adapter.aclose())
+
+
+@pytest.fixture
+def run_native(loop: Any, native_adapter: Any) -> Any:
+    """Run a program on the native adapter: ``run_native(program, inputs)`` -> its RunResult."""
+    from stepbridge import RunOptions
+
+    def go(program: Any, inputs: dict[str, Any]) -> Any:
+        async def run() -> Any:
+            await native_adapter.prepare(program)
+            return await native_adapter.run(program, inputs, RunOptions())
+
+        return loop.run_until_complete(run())
+
+    return go

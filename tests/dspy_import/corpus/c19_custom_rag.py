@@ -1,5 +1,6 @@
 # Source: stanfordnlp/dspy docs/docs/tutorials/custom_module/index.ipynb (RAG with QueryGenerator and
-# search_wikipedia). Adapted: search_wikipedia is an offline stand-in for the ColBERTv2 endpoint.
+# search_wikipedia). Adapted: search_wikipedia is an offline stand-in for the ColBERTv2 endpoint, registered
+# as a tool by the test (TOOLS), as an operator registers the tools a program names.
 import dspy
 
 
@@ -30,5 +31,6 @@ def build():
     return RAG()
 
 
+TOOLS = [search_wikipedia]
 SAMPLES = [{"question": "Who created Python?"}, {"question": "What is the tallest mountain?"}]
 HELD_OUT = [{"question": "Who wrote Faust?"}]

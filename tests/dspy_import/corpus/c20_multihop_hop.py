@@ -1,5 +1,6 @@
 # Source: stanfordnlp/dspy docs/docs/tutorials/multihop_search/index.ipynb (class Hop). Adapted: search is
-# an offline stand-in; num_docs/num_hops small.
+# an offline stand-in (registered as a tool by the test, TOOLS, as an operator registers the tools a program
+# names); num_docs/num_hops small.
 import dspy
 
 
@@ -32,4 +33,5 @@ def build():
 
 
 SAMPLES = [{"claim": "The Eiffel Tower is in Paris."}, {"claim": "Everest is the tallest mountain."}]
+TOOLS = [search]
 HELD_OUT = [{"claim": "The Louvre houses the Mona Lisa."}]

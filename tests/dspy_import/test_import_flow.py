@@ -1,0 +1,299 @@
+"""Importing forwards with data flow beyond predictor fields: loops with state, dspy.Retrieve, tools,
+helper functions, whole predictions passed as text, bare returned values. Each conversion is run on the
+native backend against the reference LM and compared with plain DSPy (outputs and every message) on
+inputs the import never saw; what cannot be reproduced is refused with the reason."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pydantic
+import pytest
+from stepbridge.adapters.dspy import dspy
+from stepbridge.adapters.dspy_import import dspy_retriever, import_module
+from stepbridge.adapters.dspy_static import Unsupported, compile_forward
+from stepbridge.errors import ConversionError
+from stepbridge.registry import retrievers, tools
+
+Q = [{"question": "Who designed the Eiffel Tower?"}, {"question": "Where is Mount Everest?"}]
+UNSEEN = [{"question": "What does the Louvre house? It's 'big'\n\"really\""}, {"question": "x"}]
+
+
+def _same_on_native(loop: Any, adapter: Any, original: Any, program: Any, lm: Any,
+                    inputs_list: list[dict[str, Any]]) -> None:
+    from stepbridge import RunOptions
+
+    for inputs in inputs_list:
+        run_lm = lm.copy()
+        with dspy.context(lm=run_lm):
+            prediction = original(**inputs)
+        messages = [e["messages"] for e in run_lm.history]
+
+        async def go(inputs: dict[str, Any] = inputs) -> Any:
+            await adapter.prepare(program)
+            return await adapter.run(program, inputs, RunOptions())
+
+        result = loop.run_until_complete(go())
+        if isinstance(prediction, dspy.Prediction):
+            assert result.outputs == {k: prediction[k] for k in program.signature.outputs}
+        else:
+            assert list(result.outputs.values()) == [prediction]
+        assert [c.messages for s in result.trace for c in s.lm_calls] == messages
+
+
+# ------------------------------------------------------------------------------------------------
+# a whole prediction passed as a text argument: DSPy sends its repr
+# ------------------------------------------------------------------------------------------------
+class PassesPrediction(dspy.Module):
+    def __init__(self) -> None:
+        self.first = dspy.ChainOfThought("question -> answer")
+        self.second = dspy.Predict("answer -> simplified")
+
+    def forward(self, question: str) -> Any:
+        answer = self.first(question=question)
+        return self.second(answer=answer)
+
+
+def test_a_whole_prediction_passed_as_text_is_its_repr_on_native(loop: Any, dspy_lm: Any,
+                                                                 native_adapter: Any) -> None:
+    original = PassesPrediction()
+    program, report = import_module(original, sample_inputs=Q, lm=dspy_lm)
+    assert report.status == "verified", str(report)
+    assert program.to_dict()["steps"][1]["with"]["answer"]["$template"][0].startswith("Prediction(")
+    _same_on_native(loop, native_adapter, original, program, dspy_lm, UNSEEN)  # quotes, newlines: repr's rules
+
+
+class Person(pydantic.BaseModel):
+    name: str
+
+
+class PersonSig(dspy.Signature):
+    question: str = dspy.InputField()
+    person: Person = dspy.OutputField()
+
+
+class PassesTypedPrediction(dspy.Module):
+    def __init__(self) -> None:
+        self.first = dspy.Predict(PersonSig)
+        self.second = dspy.Predict("answer -> simplified")
+
+    def forward(self, question: str) -> Any:
+        return self.second(answer=self.first(question=question))
+
+
+def test_a_whole_prediction_with_object_fields_is_refused(dspy_lm: Any) -> None:
+    # its repr shows Person(name=...), which the program's JSON data cannot reproduce
+    with pytest.raises(ConversionError, match=r"repr.*person: Person"):
+        import_module(PassesTypedPrediction(), sample_inputs=Q, lm=dspy_lm, fallback=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# a bare returned value
+# ------------------------------------------------------------------------------------------------
+class ReturnsText(dspy.Module):
+    def __init__(self) -> None:
+        self.gen = dspy.ChainOfThought("question -> answer")
+
+    def forward(self, question: str) -> str:
+        return self.gen(question=question).answer
+
+
+class ReturnsTemplate(ReturnsText):
+    def forward(self, question: str) -> str:
+        return f"Answer: {self.gen(question=question).answer}"
+
+
+@pytest.mark.parametrize(("cls", "name"), [(ReturnsText, "answer"), (ReturnsTemplate, "output")])
+def test_a_bare_returned_value_is_the_one_output(cls: type, name: str, loop: Any, dspy_lm: Any,
+                                                 native_adapter: Any) -> None:
+    original = cls()
+    program, report = import_module(original, sample_inputs=Q, lm=dspy_lm)
+    assert report.status == "verified", str(report)
+    assert list(program.signature.outputs) == [name]
+    _same_on_native(loop, native_adapter, original, program, dspy_lm, UNSEEN)
+
+
+# ------------------------------------------------------------------------------------------------
+# loops with state, dspy.Retrieve, helper functions
+# ------------------------------------------------------------------------------------------------
+def rm(query: str, k: int = 3, **_: Any) -> list[Any]:
+    from dspy.dsp.utils import dotdict
+
+    words = query.split()
+    return [dotdict(long_text=f"passage {i} on {' '.join(words[:3])}") for i in range(k)]
+
+
+@pytest.fixture
+def registered_rm() -> Iterator[None]:
+    retrievers.register("sb_test_rm", dspy_retriever(rm))
+    with dspy.context(rm=rm):
+        yield
+    retrievers.unregister("sb_test_rm")
+
+
+def deduplicate(seq: list[str]) -> list[str]:
+    """A helper as DSPy's examples write it (one expression): inlined as $dedupe."""
+    return list(dict.fromkeys(seq))
+
+
+class Baleen(dspy.Module):
+    def __init__(self, hops: int = 3) -> None:
+        self.generate_query = [dspy.ChainOfThought("context, question -> query") for _ in range(hops)]
+        self.retrieve = dspy.Retrieve(k=2)
+        self.answer = dspy.ChainOfThought("context, question -> answer")
+        self.hops = hops
+
+    def forward(self, question: str) -> Any:
+        context: list[str] = []
+        notes = []
+        for hop in range(self.hops):
+            query = self.generate_query[hop](context=context, question=question).query
+            passages = self.retrieve(query).passages
+            context = deduplicate(context + passages)
+            notes.append(query)
+        pred = self.answer(context=context, question=question)
+        return dspy.Prediction(context=context, answer=pred.answer, notes=notes)
+
+
+def test_a_stateful_loop_with_retrieve_is_a_loop_step(loop: Any, dspy_lm: Any, native_adapter: Any,
+                                                      registered_rm: None) -> None:
+    original = Baleen()
+    program, report = import_module(original, sample_inputs=Q, lm=dspy_lm)
+    assert report.mode == "static" and report.status == "verified", str(report)
+    steps = program.to_dict()["steps"]
+    body = next(s["loop"] for s in steps if "loop" in s)
+    assert body["max"] == 3
+    assert program.modules["retrieve"].type == "retrieve" and program.modules["retrieve"].k == 2
+    assert any("switch" in s for s in body["steps"])  # generate_query[hop]
+    _same_on_native(loop, native_adapter, original, program, dspy_lm, UNSEEN)
+
+
+class SimpleRAG(dspy.Module):
+    def __init__(self) -> None:
+        self.retrieve = dspy.Retrieve(k=3)
+        self.generate_answer = dspy.ChainOfThought("context, question -> answer")
+
+    def forward(self, question: str) -> Any:
+        context = self.retrieve(question).passages
+        prediction = self.generate_answer(context=context, question=question)
+        return dspy.Prediction(context=context, answer=prediction.answer)
+
+
+def test_retrieve_without_a_loop_is_a_retrieve_step(loop: Any, dspy_lm: Any, native_adapter: Any,
+                                                    registered_rm: None) -> None:
+    original = SimpleRAG()
+    program, report = import_module(original, sample_inputs=Q, lm=dspy_lm)
+    assert report.status == "verified", str(report)
+    assert program.to_dict()["steps"][0] == {"call": "retrieve", "with": {"query": "$inputs.question"},
+                                             "as": "retrieve_out"}
+    _same_on_native(loop, native_adapter, original, program, dspy_lm, UNSEEN)
+
+
+def test_retrieve_without_a_registered_rm_is_refused_naming_it(dspy_lm: Any) -> None:
+    with dspy.context(rm=rm), pytest.raises(ConversionError, match=r"dspy\.Retrieve"):
+        import_module(SimpleRAG(), sample_inputs=Q, lm=dspy_lm, fallback=False)
+
+
+def search(query: str, k: int) -> list[str]:
+    return [f"{query} -- passage {i}" for i in range(k)]
+
+
+class SetOrder(dspy.Module):
+    def __init__(self) -> None:
+        self.gen = dspy.ChainOfThought("question -> titles: list[str]")
+
+    def forward(self, question: str) -> Any:
+        titles = []
+        for _ in range(2):
+            titles.extend(self.gen(question=question).titles)
+        return dspy.Prediction(titles=list(set(titles)))
+
+
+def test_list_of_a_set_is_refused_for_its_hash_order(dspy_lm: Any) -> None:
+    with pytest.raises(ConversionError, match=r"list\(set\(\.\.\.\)\): its order is Python's hash order"):
+        import_module(SetOrder(), sample_inputs=Q, lm=dspy_lm, fallback=False)
+
+
+class ToolInLoop(dspy.Module):
+    def __init__(self, hops: int = 2) -> None:
+        self.query = dspy.Predict("question, notes: list[str] -> query")
+        self.hops, self.k = hops, 2
+
+    def forward(self, question: str) -> Any:
+        notes: list[str] = []
+        for _ in range(self.hops):
+            q = self.query(question=question, notes=notes).query
+            notes += search(q, k=self.k)
+        return dspy.Prediction(notes=notes)
+
+
+def test_a_registered_tool_called_in_a_loop_is_a_tool_step(loop: Any, dspy_lm: Any, native_adapter: Any) -> None:
+    tools.register("search", search)
+    try:
+        original = ToolInLoop()
+        program, report = import_module(original, sample_inputs=Q, lm=dspy_lm)
+        assert report.mode == "static" and report.status == "verified", str(report)
+        assert program.modules["search"].type == "tool"
+        _same_on_native(loop, native_adapter, original, program, dspy_lm, UNSEEN)
+    finally:
+        tools.unregister("search")
+
+
+# ------------------------------------------------------------------------------------------------
+# what the static reader refuses (then tracing decides, or the module is opaque)
+# ------------------------------------------------------------------------------------------------
+class Aliased(dspy.Module):
+    def __init__(self) -> None:
+        self.gen = dspy.Predict("question -> answer")
+
+    def forward(self, question: str) -> Any:
+        a: list[str] = []
+        b = a
+        for _ in range(2):
+            b.append(self.gen(question=question).answer)
+        return dspy.Prediction(a=a)
+
+
+class PlusUnknown(Aliased):
+    def forward(self, question: str) -> Any:
+        text = question
+        for _ in range(2):
+            answer = self.gen(question=question).answer
+            text = text + answer  # question's kind is not known statically: str, or a list?
+        return dspy.Prediction(answer=text)
+
+
+class BreaksOut(Aliased):
+    def forward(self, question: str) -> Any:
+        answer = ""
+        for _ in range(3):
+            answer = self.gen(question=question).answer
+            if len(answer) > 5:
+                break
+        return dspy.Prediction(answer=answer)
+
+
+class Closure(Aliased):
+    def forward(self, question: str) -> Any:
+        suffix = "!"
+
+        def shout(x: str) -> str:
+            return x + suffix
+
+        for _ in range(2):
+            question = shout(self.gen(question=question).answer)
+        return dspy.Prediction(answer=question)
+
+
+@pytest.mark.parametrize(("cls", "why"), [
+    (Aliased, "another name may share it"),
+    (PlusUnknown, "`\\+` on values whose kinds"),
+    (BreaksOut, "break inside a for loop"),
+    (Closure, "FunctionDef"),
+])
+def test_the_static_reader_refuses_what_it_cannot_reproduce(cls: type, why: str) -> None:
+    obj = cls()
+    with pytest.raises(Unsupported, match=why):
+        compile_forward(obj, "forward", {id(obj.gen): "gen"}, {"gen": ["answer"]},
+                        types={"gen": {"answer": "str"}})
