@@ -436,6 +436,9 @@ class Worker:
                                where=f"worker {self.worker_id}")
             key, program = await self._bind(program, req.data)
             if key not in self._prepared:
+                # a program's first run can hold the loop for a while (building it, first imports): the
+                # router hears from us right before, not a heartbeat period earlier
+                self._send(p.Heartbeat(in_flight=list(self._tasks)))
                 await self.adapter.prepare(program)
                 self._prepared.add(key)
             result = await self.adapter.run(program, inputs, options)
