@@ -4,7 +4,9 @@
   cannot drift from the pydantic models that validate program files;
 - ``reference/cli.md`` from the typer commands (every command's help, arguments and options);
 - optional pages other parts of the project write (``ray.md``, ``evaluations.md``,
-  ``dspy-import.md``) join the navigation when they exist.
+  ``dspy-import.md``) join the navigation when they exist;
+- :class:`SphinxRoles`, a griffe extension (mkdocs.yml ``extensions``): the docstrings cross-reference
+  in Sphinx style (``:class:`RunResult```), which the API reference turns into links.
 
 Links from a page to a file outside ``docs/`` (``../examples/rag_qa.yaml``) become code text: the
 site holds the documentation, not the repository, and nothing may link out of it.
@@ -17,6 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import griffe
 from mkdocs.structure.files import File, Files
 
 OPTIONAL_PAGES = {  # nav section -> pages that join it when present
@@ -79,6 +82,41 @@ def on_files(files: Files, config: Any) -> Files:
 def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
     return _OUTSIDE_LINK.sub(lambda m: f"{m.group(1)} (`{m.group(2).lstrip('./')}`)" if m.group(1).strip("`")
                              != m.group(2).lstrip("./") else f"`{m.group(2).lstrip('./')}`", markdown)
+
+
+# ------------------------------------------------------------------------------------------------
+# Sphinx roles in docstrings -> links in the API reference
+# ------------------------------------------------------------------------------------------------
+_ROLE = re.compile(r":(?:class|func|meth|mod|attr|exc|data|obj|const):`([^`]+)`")
+
+
+class SphinxRoles(griffe.Extension):
+    """``:class:`RunResult``` -> a link to where the reference documents it, resolved in the docstring's own
+    scope (an optional autoref: a name the reference does not document stays code text, with no warning)."""
+
+    def on_package(self, *, pkg: griffe.Module, **_: Any) -> None:
+        self._walk(pkg, set())
+
+    def _walk(self, obj: griffe.Object, seen: set[str]) -> None:
+        if obj.path in seen:
+            return
+        seen.add(obj.path)
+        if obj.docstring is not None:
+            obj.docstring.value = _ROLE.sub(lambda m: _link(obj, m.group(1)), obj.docstring.value)
+        for member in obj.members.values():
+            if not member.is_alias:
+                self._walk(member, seen)  # type: ignore[arg-type]
+
+
+def _link(obj: griffe.Object, target: str) -> str:
+    target = target.lstrip("~")
+    shown = target.rsplit(".", 1)[-1] if target.startswith(("stepbridge.", ".")) else target
+    head, _, rest = target.lstrip(".").partition(".")
+    try:
+        path = target if target.startswith("stepbridge.") else obj.resolve(head) + (f".{rest}" if rest else "")
+    except (griffe.NameResolutionError, ValueError):
+        return f"`{shown}`"
+    return f'<autoref identifier="{path}" optional><code>{shown}</code></autoref>'
 
 
 # ------------------------------------------------------------------------------------------------

@@ -114,6 +114,14 @@ def signature_from_dspy(sig: Any, *, drop_outputs: Sequence[str] = (), types: _T
     types = types if types is not None else _Types()
 
     def fields(group: Mapping[str, Any], skip: Sequence[str] = ()) -> dict[str, FieldSpec]:
+        for name, info in group.items():
+            constraints = (info.json_schema_extra or {}).get("constraints")
+            if constraints and name not in skip:
+                raise _error(f"field {name!r} has constraints ({constraints}): DSPy prints them in the prompt and "
+                             "rejects replies outside them, and a program field holds no constraints",
+                             construct=f"{sig.__name__}.{name}", target=sig,
+                             hint="drop the constraint (ge/le/min_length...), or register the module to import it "
+                                  "as an opaque 'dspy' step")
         return {
             name: FieldSpec(type=types.convert(info.annotation, f"{sig.__name__}.{name}", sig),
                             desc=_field_desc(name, info))

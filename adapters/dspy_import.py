@@ -30,7 +30,7 @@ and line, and what to do. The LM for tracing is resolved as the CLI resolves it 
 default LM profile, through :class:`~stepbridge.adapters.dspy.DSPyAdapter`) unless ``lm=`` is given.
 
 The pieces: :mod:`.dspy_convert` (places, types, exact predictor modules, running the original),
-:mod:`.dspy_trace` (tracing and wiring), :mod:`.dspy_static` (reading a branching forward),
+:mod:`.dspy_trace` (tracing and wiring), :mod:`.dspy_static` (reading forward's source),
 :mod:`.dspy_coverage` (which paths ran), :mod:`.dspy_verify` (the report and verification),
 :mod:`.dspy_lm_guard` (a module never reaches its own LMs); this module chooses among the ways.
 """

@@ -1,21 +1,30 @@
-"""Reading a DSPy ``forward`` statically into format-2 steps, branches included.
+"""Reading a DSPy ``forward`` statically into format-2 steps: branches, fixed loops with state, retrievers,
+tools and value operations.
 
 Tracing (:mod:`stepbridge.adapters.dspy_import`) sees one path per sample; a forward that branches on
-what a predictor said (a router) has paths the samples may never take. This reads the source
-(:mod:`ast`) of a small, common subset of Python and writes the same program with ``if`` steps:
+what a predictor said (a router) has paths the samples may never take, and a loop's state is computed
+by Python the trace cannot see. This reads the source (:mod:`ast`) of a common subset of Python and
+writes the same program:
 
 * ``x = self.p(a=..., b=...)`` (a predictor kept on the module, in a list or dict), ``x.field``;
-* values: forward's parameters, constants, f-strings (``$template``), ``len(...)``, comparisons
-  (``== != < <= > >= in``, ``not in``), ``and``/``or``/``not``;
+  ``self.retrieve(q)`` (a ``dspy.Retrieve`` whose RM is registered) and ``search(q, k=self.k)`` (a
+  registered tool's function) as ``retrieve``/``tool`` steps;
+* values: forward's parameters, constants, the module's own plain settings (``self.k``), list literals,
+  f-strings (``$template``), ``len(...)``, ``x[0]``/``x["k"]`` (``$index``/``$get``), ``a + b`` on two known
+  lists or strings (``$concat``), ``list(dict.fromkeys(x))`` (``$dedupe``), one-expression helper functions
+  (inlined), comparisons (``== != < <= > >= in``, ``not in``), ``and``/``or``/``not``;
 * ``[self.p(k=x).field for x in xs]`` and ``acc = []; for x in xs: acc.append(self.p(k=x).field)``
   as ``map`` steps (one call per element, whatever the length);
-* ``if``/``elif``/``else`` blocks; ``return self.p(...)``, ``return x`` (a predictor result) and
-  ``return dspy.Prediction(k=v, ...)``; docstrings and ``pass``.
+* ``for i in range(N)`` (``N`` a literal or the module's own int setting, no ``break``) as a ``loop`` step;
+  names it rebinds or grows (``=``, ``+=``, ``append``, ``extend``) are variables ``set`` before and in it;
+* ``if``/``elif``/``else`` blocks; ``return self.p(...)``, ``return x`` (a predictor result, or a
+  ``dspy.Prediction(k=v, ...)`` built before), a bare value, and ``return dspy.Prediction(k=v, ...)``;
+  docstrings and ``pass``.
 
-Anything else (loops, calls of other functions, methods, augmented assignment, ``try``...) makes
-:func:`compile_forward` return ``None`` with the reason: the caller then traces instead. The result
-is never trusted on its own: it is verified like a traced conversion (every sample, outputs and
-messages), and its branches are reported by which paths the samples took.
+Anything else (``while``, ``break``, calls of other functions, methods, ``try``, ``list(set(...))``...)
+raises :class:`Unsupported` with the reason: the caller then traces instead. The result is never
+trusted on its own: it is verified like a traced conversion (every sample, outputs and messages), and
+its branches are reported by which paths the samples took.
 """
 
 from __future__ import annotations
@@ -53,6 +62,13 @@ class Results:
 
     as_: str
     module: str
+
+
+@dataclass
+class Fields:
+    """A ``dspy.Prediction(k=v, ...)`` forward built itself: its fields' values."""
+
+    fields: dict[str, Any]
 
 
 @dataclass
@@ -200,13 +216,16 @@ class _Compiler:
     def value(self, node: ast.AST, env: dict[str, Any]) -> Any:
         if isinstance(node, ast.Constant) and (node.value is None or isinstance(node.value, str | int | float | bool)):
             return _escape(node.value)
-        if isinstance(node, ast.List) and not node.elts:
-            return []
+        if isinstance(node, ast.List) and not any(isinstance(e, ast.Starred) for e in node.elts):
+            items = [self.value(e, env) for e in node.elts]
+            if any(isinstance(i, Result | Results | Fields | Called) for i in items):
+                raise self.fail("a whole predictor result inside a list", node)
+            return items
         if isinstance(node, ast.Name):
             if node.id not in env:
                 raise self.fail(f"name {node.id!r} is not a parameter or an earlier assignment", node)
             bound = env[node.id]
-            if isinstance(bound, Result | Results | Called):
+            if isinstance(bound, Result | Results | Fields | Called):
                 raise self.fail(f"a whole predictor result ({node.id}) used as a value", node)
             return bound
         if isinstance(node, ast.Attribute | ast.Subscript) and _rooted_at_self(node):
@@ -223,6 +242,11 @@ class _Compiler:
                 if node.attr not in self.outputs[results.module]:
                     raise self.fail(f"{node.attr} is not an output of {results.module}", node)
                 return {"$index": [f"${results.as_}.{node.attr}", index]}
+            if isinstance(base, ast.Name) and isinstance(env.get(base.id), Fields):
+                built = env[base.id].fields
+                if node.attr not in built:
+                    raise self.fail(f"{base.id}.{node.attr} is not a field of the prediction built here", node)
+                return built[node.attr]
             if (isinstance(base, ast.Subscript) and isinstance(base.value, ast.Name)
                     and isinstance(env.get(base.value.id), Called) and index is not None):
                 called = env[base.value.id].results
@@ -275,19 +299,24 @@ class _Compiler:
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
             return {"$not": self.value(node.operand, env)}
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "len"
-                and len(node.args) == 1 and not node.keywords):
+                and len(node.args) == 1 and not node.keywords and "len" not in env
+                and self.globals.get("len", len) is len):  # the builtin, not a shadowing name
             return {"$len": self.value(node.args[0], env)}
         if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) \
                 and type(node.slice.value) is int:
             return {"$index": [self.value(node.value, env), node.slice.value]}
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) \
+                and type(node.slice.value) is str:  # a key of a mapping (messages[0]["content"])
+            return {"$get": [self.value(node.value, env), _escape(node.slice.value)]}
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
             return self.plus(self.value(node.left, env), self.value(node.right, env), node)
         if isinstance(node, ast.Call) and not node.keywords and len(node.args) == 1 \
                 and isinstance(node.func, ast.Name) and node.func.id == "list" \
-                and self.globals.get("list", list) is list:
+                and self.globals.get("list", list) is list and "list" not in env:
             inner = node.args[0]
             if (isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute) and inner.func.attr == "fromkeys"
                     and isinstance(inner.func.value, ast.Name) and inner.func.value.id == "dict"
+                    and self.globals.get("dict", dict) is dict and "dict" not in env
                     and len(inner.args) == 1 and not inner.keywords):
                 operand = self.value(inner.args[0], env)
                 if self.kind(operand) != "list":
@@ -299,9 +328,32 @@ class _Compiler:
             if self.kind(operand) != "list":
                 raise self.fail("list(x) of something not known to be a list", node)
             return {"$concat": [operand, []]}
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("join", "split")
+                and len(node.args) == 1 and not node.keywords):
+            return self.text_method(node, env)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             return self.inline(node, env)
         raise self.fail(f"the expression {type(node).__name__} has no program equivalent here", node)
+
+    def text_method(self, node: ast.Call, env: dict[str, Any]) -> Any:
+        """``"sep".join(xs)`` (``$join``, a known list) and ``text.split("sep")`` (``$split``, a known string and
+        a non-empty literal separator: ``split()`` without one splits on runs of whitespace)."""
+        func = node.func
+        assert isinstance(func, ast.Attribute)
+        if func.attr == "join":
+            if not (isinstance(func.value, ast.Constant) and isinstance(func.value.value, str)):
+                raise self.fail("join on something other than a literal separator", node)
+            items = self.value(node.args[0], env)
+            if self.kind(items) != "list":
+                raise self.fail("join of something not known to be a list", node)
+            return {"$join": [items, _escape(func.value.value)]}
+        sep = node.args[0]
+        if not (isinstance(sep, ast.Constant) and isinstance(sep.value, str) and sep.value):
+            raise self.fail("split with other than a non-empty literal separator", node)
+        text = self.value(func.value, env)
+        if self.kind(text) != "str":
+            raise self.fail("split of something not known to be a string", node)
+        return {"$split": [text, _escape(sep.value)]}
 
     def plus(self, left: Any, right: Any, node: ast.AST) -> Any:
         """``left + right``: ``$concat`` of two lists or two strings (numbers, or kinds not known, refused)."""
@@ -332,7 +384,7 @@ class _Compiler:
             op, args = next(iter(value.items()))
             if op in ("$dedupe", "$split"):
                 return "list"
-            if op == "$template":
+            if op in ("$template", "$join"):
                 return "str"
             if op == "$concat" and isinstance(args, list) and args:
                 return self.kind(args[0])
@@ -342,7 +394,7 @@ class _Compiler:
         """A call of a plain Python function of forward's module whose body is one ``return <expr>``:
         its expression, with the parameters bound to the arguments (nothing else is run or guessed)."""
         name = node.func.id if isinstance(node.func, ast.Name) else ""
-        func = self.globals.get(name)
+        func = self.globals.get(name) if name not in env else None  # a local name is no module function
         if not inspect.isfunction(func) or self.inlining >= 8:
             raise self.fail("a call of something other than a predictor or a one-expression function", node)
         try:
@@ -380,6 +432,8 @@ class _Compiler:
         if isinstance(func, ast.Attribute) and func.attr in ("__call__", "forward"):
             func = func.value
         if isinstance(func, ast.Name):  # a registered tool's function, called by forward itself
+            if func.id in env:
+                raise self.fail(f"a call of the local name {func.id}", node)
             target = self.globals.get(func.id)
             known = self.tools.get(id(inspect.unwrap(target))) if callable(target) else None
             if known is None:
@@ -459,7 +513,7 @@ class _Compiler:
                 if stmt.target.id not in env:
                     raise self.fail(f"{stmt.target.id} is not bound before +=", stmt)
                 right = self.expression(stmt.value, env, steps)
-                if isinstance(right, Result | Results):
+                if isinstance(right, Result | Results | Fields | Called):
                     raise self.fail("a whole predictor result added to a value", stmt)
                 self.assign(stmt.target.id, self.plus(env[stmt.target.id], right, stmt), env, steps, None)
             elif (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
@@ -473,7 +527,7 @@ class _Compiler:
                 if stmt.value.func.attr == "append" and isinstance(stmt.value.args[0], ast.Name):
                     self.owned.discard(stmt.value.args[0].id)  # now inside another list: mutating it changes both
                 added = self.expression(stmt.value.args[0], env, steps)
-                if isinstance(added, Result | Results):
+                if isinstance(added, Result | Results | Fields | Called):
                     raise self.fail(f"a whole predictor result added to {name}", stmt)
                 if stmt.value.func.attr == "extend" and self.kind(added) != "list":
                     raise self.fail(f"{name}.extend of something not known to be a list", stmt)
@@ -521,7 +575,8 @@ class _Compiler:
             self.owned.discard(node.id)
         fresh = not isinstance(node, ast.Name) and (isinstance(value, list) or (
             isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("$concat", "$dedupe")))
-        computed = not isinstance(value, Result | Results) and not _is_result_field(value, self.as_modules)
+        computed = not isinstance(value, Result | Results | Fields | Called) \
+            and not _is_result_field(value, self.as_modules)
         if env.get(name) == f"$v_{name}" or (computed and (self.in_loop or _mentions_variable(value))):
             kind = self.kind(value)
             if self.kinds.get(f"v_{name}", kind) != kind:
@@ -551,7 +606,7 @@ class _Compiler:
                    for t in _assigned(inner)}
         for name in sorted(rebound & set(env)):
             if env[name] != f"$v_{name}":
-                if isinstance(env[name], Result | Results):
+                if isinstance(env[name], Result | Results | Fields | Called):
                     raise self.fail(f"{name} is a whole predictor result rebound in a loop", stmt)
                 steps.append({"set": {f"v_{name}": env[name]}})
                 self.kinds[f"v_{name}"] = self.kind(env[name])  # type: ignore[assignment]
@@ -688,6 +743,24 @@ class _Compiler:
         self.mapped_lines.append(getattr(comp, "lineno", 0) + self.offset)
         return Results(as_, module)
 
+    def prediction(self, node: ast.Call, env: dict[str, Any], steps: list[dict[str, Any]]) -> Fields:
+        """``dspy.Prediction(k=v, ...)``: its fields (a value reading a variable is kept as it is now)."""
+        if node.args or any(k.arg is None for k in node.keywords):
+            raise self.fail("dspy.Prediction with positional or ** arguments", node)
+        fields: dict[str, Any] = {}
+        for k in node.keywords:
+            value = self.expression(k.value, env, steps)
+            if isinstance(value, Result | Results | Fields | Called):
+                raise self.fail("a whole predictor result as an output", node)
+            if isinstance(k.value, ast.Name):  # the same list now also inside the prediction
+                self.owned.discard(k.value.id)
+            if _mentions_variable(value):  # a later set may change the variable; the prediction keeps this value
+                var = f"v_field_{k.arg}"
+                steps.append({"set": {var: value}})
+                value = f"${var}"
+            fields[str(k.arg)] = value
+        return Fields(fields)
+
     def parallel_arguments(self, example: ast.AST, env: dict[str, Any]) -> dict[str, Any]:
         """The keyword arguments DSPy's Parallel calls a module with: ``example.inputs()`` of a
         ``dspy.Example(...).with_inputs(...)``, or a dict literal with text keys."""
@@ -711,6 +784,11 @@ class _Compiler:
         return {k: self.value(fields[k], env) for k in fields if k in keys}
 
     def expression(self, node: ast.AST, env: dict[str, Any], steps: list[dict[str, Any]]) -> Any:
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "Prediction" \
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "dspy":
+            return self.prediction(node, env, steps)
+        if isinstance(node, ast.Name) and isinstance(env.get(node.id), Result | Results | Fields | Called):
+            return env[node.id]  # a whole result, where one may stand (return x, y = x)
         if isinstance(node, ast.Call):
             results = self.parallel(node, env, steps)
             if results is not None:
@@ -723,7 +801,7 @@ class _Compiler:
         if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Call) \
                 and isinstance(node.slice, ast.Constant) and type(node.slice.value) is int:  # search(q)[0]
             base = self.expression(node.value, env, steps)
-            if isinstance(base, Result | Results):
+            if isinstance(base, Result | Results | Fields | Called):
                 raise self.fail("an index of a whole predictor result", node)
             return {"$index": [base, node.slice.value]}
         if isinstance(node, ast.Call):
@@ -746,18 +824,17 @@ class _Compiler:
         node = stmt.value
         if node is None:
             raise self.fail("a bare return", stmt)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "Prediction" \
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == "dspy":
-            if node.args or any(k.arg is None for k in node.keywords):
-                raise self.fail("dspy.Prediction with positional or ** arguments", node)
-            mapping = {k.arg: self.expression(k.value, env, steps) for k in node.keywords if k.arg is not None}
-            if any(isinstance(v, Result) for v in mapping.values()):
-                raise self.fail("a whole predictor result as an output", node)
+        value = self.expression(node, env, steps)
+        if isinstance(value, Fields):
+            mapping = dict(value.fields)
         else:
-            value = self.expression(node, env, steps)
-            if not isinstance(value, Result):
-                raise self.fail("a return of something other than a prediction", node)
-            mapping = {k: f"${value.as_}.{k}" for k in self.outputs[value.module]}
+            if isinstance(value, Results | Called):
+                raise self.fail("a return of a list of predictions", node)
+            # a bare value (``return pred.answer``) is the program's one output, keyed "" until it is named
+            mapping = {k: f"${value.as_}.{k}" for k in self.outputs[value.module]} if isinstance(value, Result) \
+                else {"": value}
+        if any(("" in m) != ("" in mapping) for m in self.returns):
+            raise self.fail("one path returns a bare value, another a prediction", node)
         self.returns.append(mapping)
         return mapping
 

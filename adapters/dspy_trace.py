@@ -1,6 +1,6 @@
 """Tracing a custom module's ``forward``: the predictor (and registered tool) calls each run makes,
 copied at call time, wired by value matching (a second run on marked inputs and producer-marked outputs
-settles equal values), and the program those calls make; or, for a branching forward, the program
+settles equal values), and the program those calls make; or the program
 :mod:`.dspy_static` reads from its source.
 """
 
@@ -273,7 +273,7 @@ def _candidates(value: Any, inputs: dict[str, Any], results: list[tuple[str, dic
                 and _repr_of(outputs) in (None, str(value))]  # None: refused with the field types, below
     for ref, v in sources:
         if isinstance(v, list) and 0 < len(v) <= 1000:
-            refs += [{"$index": [ref, i]} for i in ((0, -1) if len(v) > 1 else (0,)) if _same(v[i], value)]
+            refs += [{"$index": [ref, i]} for i in (0, -1) if _same(v[i], value)]  # one element: 0 and -1 both
     return refs
 
 
@@ -674,18 +674,15 @@ def _trace_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str
 
 def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str, why: list[str] | None = None
                     ) -> tuple[Program, ImportReport] | None:
-    """The program read statically from a forward that branches (:mod:`.dspy_static`), verified on the
-    samples; ``None`` when forward does not branch, is outside the subset, or fails verification (the
-    caller traces instead, and a trace of a branching forward is at best partially verified; ``why``
-    gets the reason)."""
+    """The program read statically from forward's source (:mod:`.dspy_static`), verified on the
+    samples; ``None`` when the module nests custom modules, forward is outside the subset, or the program
+    fails verification (the caller traces instead, and a trace of a branching forward is at best partially
+    verified; ``why`` gets the reason)."""
     from .dspy_static import Unsupported, compile_forward
 
     entry = _entry(obj)
-    controls = _controls(type(obj), entry)
     dspy = _dspy().dspy
-    has_parallel = any(isinstance(v, dspy.Parallel | dspy.Retrieve) for v in vars(obj).values())
-    if (not has_parallel and not any(c.kind in ("if", "for", "comprehension") for c in controls)) \
-            or len(_custom_classes(obj)) != 1:
+    if len(_custom_classes(obj)) != 1:  # nested custom modules: traced
         return None
     types = _Types()
     leaves = _leaves(obj)
@@ -714,6 +711,11 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str,
             why.append(f"line {exc.line}: {exc}" if exc.line else str(exc))
         return None
     modules = {n: converted[n][0] for n in dict.fromkeys(compiled.calls)}
+    if any(BARE in mapping for mapping in compiled.returns):  # forward returns a bare value: name the output
+        names_given = {_bare_name(mapping[BARE], list(samples[0])) for mapping in compiled.returns}
+        bare = names_given.pop() if len(names_given) == 1 else "output"
+        for mapping in compiled.returns:
+            mapping[bare] = mapping.pop(BARE)
     # inputs: typed by the predictor field each feeds; outputs: every name any return gives (null elsewhere)
     in_types = {k: _infer_type(v) for k, v in samples[0].items()}
 

@@ -9,7 +9,8 @@ and parses; it never touches DSPy.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Mapping
+import functools
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -21,7 +22,7 @@ from stepbridge.errors import (
     UnsupportedCapabilityError,
 )
 from stepbridge.formats import AdapterName, Prompt, chain_of_thought
-from stepbridge.interpreter import DEFAULT_MAP_CONCURRENCY, PlanStep, RunContext, plan, run_plan
+from stepbridge.interpreter import DEFAULT_MAP_CONCURRENCY, ModuleCall, PlanStep, RunContext, plan, run_plan
 from stepbridge.lm import ChatRequest, ChatResponse, LMPool, LMProfile
 from stepbridge.lru import LRU
 from stepbridge.program import (
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Invocation", "NativeAdapter", "Predictor", "Runner", "module_lm_config"]
 
-_Plan = tuple[list[Any], dict[str, Any]]  # planned steps, module name -> Runner
+_Plan = tuple[list[Any], "ModuleCall"]  # planned steps, how a step calls its module
 
 
 @dataclass(slots=True)
@@ -158,14 +159,8 @@ class Predictor:
     async def _complete(self, prompt: Prompt, args: dict[str, Any], req: _Request, client: Any, ctx: RunContext,
                         calls: list[LMCall]) -> dict[str, Any]:
         messages = prompt.messages(args)
-        request = ChatRequest(
-            model=req.model,
-            messages=messages,
-            temperature=req.temperature,
-            max_tokens=req.max_tokens,
-            response_format=prompt.response_format(),
-            rollout_id=req.rollout_id,
-        )
+        request = ChatRequest(req.model, messages, req.temperature, req.max_tokens, prompt.response_format(),
+                              req.rollout_id)
         model = req.model
         if req.n == 1:  # the usual call: one completion, without the lists and loops below
             try:
@@ -205,8 +200,9 @@ class Predictor:
             calls.append(_call(model=model, messages=messages, response=response.text, usage=response.usage,
                                latency_ms=response.latency_ms, cached=response.cached, error=exc.to_dict()))
             raise
-        calls.append(_call(model=model, messages=messages, response=response.text, usage=response.usage,
-                           latency_ms=response.latency_ms, cached=response.cached))
+        calls.append(fast_construct(LMCall, {  # _call's fields, without its call (one per LM call)
+            "model": model, "messages": messages, "response": response.text, "usage": response.usage or {},
+            "latency_ms": response.latency_ms, "cached": response.cached, "error": None}))
         return parsed
 
 
@@ -300,7 +296,7 @@ class NativeAdapter:
         runners: dict[str, Runner] = {}
         for module_name in program.modules:
             self._runner(program, module_name, runners)
-        return self._plans.put(key, (plan(program), runners))
+        return self._plans.put(key, (plan(program), _module_call(program, runners)))
 
     def _runner(self, program: Program, name: str, runners: dict[str, Runner]) -> Runner:
         """The runner of module ``name`` (built once; a wrapper shares the runner of the module it wraps)."""
@@ -324,15 +320,7 @@ class NativeAdapter:
         return runner
 
     async def run(self, program: Program, inputs: dict[str, Any], options: RunOptions | None = None) -> RunResult:
-        steps, runners = self._plan(program)
-
-        def call(step: PlanStep, args: dict[str, Any], ctx: RunContext, calls: list[LMCall]) -> Any:
-            assert step.module is not None  # call and map steps name their module
-            runner = runners[step.module]
-            if step.module_type in _RAW_OUTPUTS:
-                return _as_data(runner, args, Invocation(ctx, calls))
-            return runner.invoke(args, Invocation(ctx, calls))
-
+        steps, call = self._plan(program)
         return await run_plan(program, steps, inputs, options or RunOptions(), call=call, backend=self.name,
                               map_concurrency=self.map_concurrency)
 
@@ -345,6 +333,24 @@ MAX_PLANS = 256
 
 #: Module types whose outputs may hold what tools returned (a react trajectory): made JSON data at the step.
 _RAW_OUTPUTS = frozenset({"react", "best_of_n", "refine", "multi_chain_comparison"})
+
+
+def _module_call(program: Program, runners: dict[str, Runner]) -> ModuleCall:
+    """How the plan's steps call their modules: each module's entry point looked up once, per plan."""
+    invokers: dict[str, Callable[[dict[str, Any], Invocation], Awaitable[dict[str, Any]]]] = {}
+    for name, runner in runners.items():
+        if isinstance(runner, _LMRunner):
+            invokers[name] = runner.predictor.__call__  # its coroutine, without the runner's frame around it
+        elif program.modules[name].type in _RAW_OUTPUTS:
+            invokers[name] = functools.partial(_as_data, runner)
+        else:
+            invokers[name] = runner.invoke
+
+    def call(step: PlanStep, args: dict[str, Any], ctx: RunContext, calls: list[LMCall]) -> Any:
+        assert step.module is not None  # call and map steps name their module
+        return invokers[step.module](args, Invocation(ctx, calls))
+
+    return call
 
 
 async def _as_data(runner: Runner, args: dict[str, Any], inv: Invocation) -> dict[str, Any]:

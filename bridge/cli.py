@@ -131,8 +131,9 @@ def keys(
     directory: Annotated[Path, typer.Option("--dir", help="Where to write NAME.key and NAME.key_secret.")] = Path("."),
     name: Annotated[str, typer.Option(help="Key pair name (e.g. broker, worker1, client).")] = "broker",
 ) -> None:
-    """Generate a CURVE key pair (zmq.curve_keypair) for TCP pools; copy public .key files to the broker's
-    --curve-clients directory to allow them."""
+    """Generate a CURVE key pair (NAME.key, NAME.key_secret) to encrypt and authenticate a TCP pool.
+
+    Copy a client's or worker's public .key file into the broker's --curve-clients directory to allow it."""
     from .net import generate_keypair
 
     public, secret = generate_keypair(directory, name)

@@ -108,6 +108,7 @@ class PoolConfig:
         return with_settings(config or cls(), "pool", settings)
 
     def replace(self, **changes: Any) -> PoolConfig:
+        """A copy with ``changes`` (checked like :meth:`from_settings`)."""
         return self.from_settings(self, **changes)
 
     def rules(self, expected_capabilities: frozenset[str] = frozenset()) -> Rules:

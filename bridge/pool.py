@@ -124,11 +124,13 @@ class PoolAdapter:
                 self._client = client
 
     async def prepare(self, program: Program) -> None:
+        """Start the pool (or connect to the broker); a local pool keeps ``program`` for workers that ask for it."""
         await self.start()
         if self._router is not None:
             self._router.remember_program(program.content_hash, program.to_dict())
 
     async def run(self, program: Program, inputs: dict[str, Any], options: RunOptions | None = None) -> RunResult:
+        """Run once on a worker; a run whose worker died is retried on another, up to the configured retries."""
         options = options or RunOptions.default()
         await self.start()
         if self._router is not None:
@@ -137,6 +139,7 @@ class PoolAdapter:
         return await self._client.submit(program, inputs, options, wait=self.config.saturation_wait)
 
     async def aclose(self) -> None:
+        """Stop the local pool's workers, or disconnect from the broker (which keeps running)."""
         if self._router is not None:
             router, self._router = self._router, None
             await router.close()
@@ -145,6 +148,7 @@ class PoolAdapter:
             await client.close()
 
     def status(self) -> dict[str, Any]:
+        """Workers, queue and counters, as ``stepbridge pool status --json`` prints them."""
         if self._router is not None:
             return self._router.status()
         if self.address is not None:

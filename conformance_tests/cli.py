@@ -31,13 +31,14 @@ def pytest_args(adapter: str, report: Path | None = None, expected_failures: Pat
 
 
 def conformance(
-    adapter: str = typer.Argument(..., help="the adapter: pkg.mod:factory or a registered adapter name"),
-    report: Path | None = typer.Option(None, "--report", help="write conformance.json, conformance.md and "
-                                                               "junit.xml to this directory"),
+    adapter: str = typer.Argument(..., help="The adapter: package.module:factory or a registered adapter name "
+                                            "(native, dspy, pool, ray)."),
+    report: Path | None = typer.Option(None, "--report", help="Write conformance.json, conformance.md and "
+                                                               "junit.xml to this directory."),
     expected_failures: Path | None = typer.Option(None, "--expected-failures",
-                                                  help="YAML file of known failures (test name or glob: reason)"),
-    certify: bool = typer.Option(False, "--certify", help="certification: nothing in the core set may be skipped or "
-                                                          "expected to fail; the report says whether it certified"),
+                                                  help="YAML file of known failures (test name or glob: reason)."),
+    certify: bool = typer.Option(False, "--certify", help="Certify: nothing in the core set may be skipped or "
+                                                          "expected to fail; the report says whether it certified."),
 ) -> None:
     """Certify an adapter against the shared conformance suite (pytest underneath)."""
     import pytest

@@ -214,6 +214,7 @@ class ProgramBuilder:
 
     # -- modules ---------------------------------------------------------------------------------
     def module(self, name: str, spec: dict[str, Any]) -> str:
+        """Any module kind, written as the file would hold it; returns ``name`` for :meth:`call`."""
         if name in self._modules:
             raise ValueError(f"module {name!r} already defined")
         self._modules[name] = spec
@@ -221,15 +222,18 @@ class ProgramBuilder:
 
     def predict(self, name: str, signature: str | dict[str, Any], *, instructions: str | None = None,
                 demos: list[dict[str, Any]] | None = None, lm: dict[str, Any] | None = None) -> str:
+        """A ``predict`` module (one LM call, like ``dspy.Predict``); returns ``name``."""
         return self.module(name, _drop_none({"type": "predict", "signature": signature, "instructions": instructions,
                                              "demos": demos, "lm": lm}))
 
     def chain_of_thought(self, name: str, signature: str | dict[str, Any], *, instructions: str | None = None,
                          demos: list[dict[str, Any]] | None = None, lm: dict[str, Any] | None = None) -> str:
+        """A ``chain_of_thought`` module (a ``reasoning`` output first); returns ``name``."""
         return self.module(name, _drop_none({"type": "chain_of_thought", "signature": signature,
                                              "instructions": instructions, "demos": demos, "lm": lm}))
 
     def retrieve(self, name: str, *, corpus: str, k: int = 3, kind: str = "bm25", **options: Any) -> str:
+        """A ``retrieve`` module over ``corpus`` (a JSONL file, relative to the program); returns ``name``."""
         return self.module(name, {"type": "retrieve", "retriever": {"kind": kind, "corpus": corpus, **options}, "k": k})
 
     def tool(self, name: str, tool: str, *, signature: str | dict[str, Any] | None = None,
@@ -303,12 +307,14 @@ class ProgramBuilder:
         return name
 
     def call(self, module: str, *, as_: str | None = None, **args: Any) -> Result:
+        """A step calling ``module`` once; the result stands for its outputs in later steps (``result.answer``)."""
         name = self._result_name(module, as_)
         self._add({"call": module, "with": {k: _value(v) for k, v in args.items()}, "as": name})
         return Result(name)
 
     def map(self, module: str, over: Any, *, item: str = "item", as_: str | None = None,
             concurrency: int | None = None, **args: Any) -> Result:
+        """A step calling ``module`` on each element of ``over`` (:meth:`item` is the element); results are lists."""
         name = self._result_name(module, as_)
         step: dict[str, Any] = {"map": module, "over": _value(over), "item": item,
                                 "with": {k: _value(v) for k, v in args.items()}, "as": name}
@@ -389,10 +395,12 @@ class ProgramBuilder:
             self._in_parallel = False
 
     def returns(self, **outputs: Any) -> ProgramBuilder:
+        """The program's outputs (the last step); then :meth:`build`."""
         self._add({"return": {k: _value(v) for k, v in outputs.items()}})
         return self
 
     def to_dict(self) -> dict[str, Any]:
+        """The program as data, unvalidated (format 2 when a step needs it and no ``version`` was given)."""
         data = {**self._data, "modules": dict(self._modules), "steps": list(self._steps)}
         if self._version is None and data["stepbridge"] == 1 and _uses_v2_values(self._steps):
             data["stepbridge"] = 2

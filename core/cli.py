@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import signal
 import sys
@@ -32,6 +33,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from . import heap
 from .errors import ConfigurationError, InputValidationError, ProgramValidationError, StepbridgeError, did_you_mean
 from .secrets import scrub, scrub_process_output
 
@@ -43,7 +45,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 lm_app = typer.Typer(help="The reference LM: a deterministic OpenAI-compatible server.", no_args_is_help=True)
-app.add_typer(lm_app, name="lm")
+# The root help groups the commands by what a newcomer comes to do.
+RUN, STORED, SERVE, INTEROP = "Run", "Stored programs and results", "Serve", "DSPy and adapters"
+app.add_typer(lm_app, name="lm", rich_help_panel=SERVE)
 
 # emoji off and data escaped: LM text like ':x:' or '[/bold]' must print as written
 out = Console(emoji=False)
@@ -114,7 +118,7 @@ def _open_store(db: str | None) -> Any:
     return Store(db)
 
 
-@app.command()
+@app.command(rich_help_panel=RUN)
 def validate(
     program: Annotated[Path, typer.Argument(help="Program file (YAML or JSON).")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -136,7 +140,7 @@ def validate(
     out.print(f"[green]valid[/] {prog.name} [dim]{prog.content_hash}[/]")
 
 
-@app.command()
+@app.command(rich_help_panel=RUN)
 def schema() -> None:
     """Print the JSON Schema of the program file format (generated from the pydantic models)."""
     from .program import Program
@@ -179,7 +183,7 @@ def _read_rows(path: Path) -> list[Any]:
     return rows
 
 
-@app.command()
+@app.command(rich_help_panel=RUN)
 def run(
     program: Annotated[str, typer.Argument(metavar="PROGRAM",
                                            help="Program file, or a stored NAME, NAME@VERSION, NAME@ALIAS or hash.")],
@@ -205,11 +209,12 @@ def run(
     """Run a program once (-i key=value) or over a JSONL file of inputs (--inputs) with a progress bar.
 
     A file's runs are recorded against its content hash; --publish or `programs add` makes it a version."""
-    from .runner import load
+    from .runner import check_timeout, load
 
     is_file = program.endswith((".yaml", ".yml", ".json")) or "/" in program
     try:
         check_configuration(lm)  # a typo in the operator's settings stops here: nothing ran or was recorded
+        check_timeout(timeout, "--timeout")
         adapter_options = _adapter_options(backend, pool)
         # A stored NAME@ALIAS needs the store to be found, even when runs are not recorded.
         store = _open_store(db) if record or publish or not is_file else None
@@ -241,6 +246,7 @@ def run(
         store.close()  # it was only needed to find the program
         store = None
     try:
+        heap.settle()  # a long run keeps its rows: keep full collections off the start-up heap
         code = asyncio.run(_run(prog, rows, batch=inputs_file is not None, backend=backend, lm=lm,
                                 concurrency=concurrency, timeout=timeout, as_json=as_json, out_file=out_file,
                                 store=store, adapter_options=adapter_options))
@@ -528,19 +534,19 @@ def _mount() -> None:
     from .eval_cli import eval_command, evals_app
     from .optimize_cli import optimizations_app, optimize_command
 
-    app.add_typer(programs_app, name="programs")
-    app.add_typer(executions_app, name="executions")
-    app.add_typer(batches_app, name="batches")
-    app.add_typer(db_app, name="db")
-    app.add_typer(pool_app, name="pool")
-    app.command("worker")(worker)
-    app.command("import-dspy")(import_dspy)
-    app.command("export-dspy")(export_dspy)
-    app.command("conformance")(conformance)
-    app.command("eval")(eval_command)
-    app.add_typer(evals_app, name="evals")
-    app.command("optimize")(optimize_command)
-    app.add_typer(optimizations_app, name="optimizations")
+    app.add_typer(programs_app, name="programs", rich_help_panel=STORED)
+    app.add_typer(executions_app, name="executions", rich_help_panel=STORED)
+    app.add_typer(batches_app, name="batches", rich_help_panel=STORED)
+    app.add_typer(db_app, name="db", rich_help_panel=STORED)
+    app.add_typer(pool_app, name="pool", rich_help_panel=SERVE)
+    app.command("worker", rich_help_panel=SERVE)(worker)
+    app.command("import-dspy", rich_help_panel=INTEROP)(import_dspy)
+    app.command("export-dspy", rich_help_panel=INTEROP)(export_dspy)
+    app.command("conformance", rich_help_panel=INTEROP)(conformance)
+    app.command("eval", rich_help_panel=RUN)(eval_command)
+    app.add_typer(evals_app, name="evals", rich_help_panel=STORED)
+    app.command("optimize", rich_help_panel=RUN)(optimize_command)
+    app.add_typer(optimizations_app, name="optimizations", rich_help_panel=STORED)
 
 
 _mount()
@@ -548,10 +554,13 @@ _mount()
 
 def command() -> Any:
     """The (click) command behind ``app``, with help that shows value names (PATH, N, TEXT) instead of
-    Python types in angle brackets (``<bool>``, ``<list[str]>``), and nothing after a flag."""
+    Python types in angle brackets (``<bool>``, ``<list[str]>``), nothing after a flag, and docstring
+    paragraphs reflowed to the terminal (typer would keep the source's line breaks)."""
     cmd = typer.main.get_command(app)
 
     def walk(c: Any) -> None:
+        if c.help:
+            c.help = "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(c.help).split("\n\n"))
         for param in c.params:
             _plain(param)
         help_option = c.get_help_option
@@ -565,6 +574,10 @@ def command() -> Any:
             walk(sub)
 
     walk(cmd)
+    panels = [RUN, STORED, SERVE, INTEROP]
+    group: Any = cmd  # a group: the app has sub-commands
+    group.commands = dict(sorted(group.commands.items(), key=lambda item: panels.index(
+        getattr(item[1], "rich_help_panel", None) or RUN)))
     return cmd
 
 

@@ -57,6 +57,7 @@ class Dataset:
         return [{k: row[k] for k in self.inputs if k in row} for row in self.rows]
 
     def where(self, index: int) -> str:
+        """Row ``index`` as ``FILE line N``, for error messages."""
         line = self.lines[index] if index < len(self.lines) else index + 1
         return f"{self.source} line {line}"
 

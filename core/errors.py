@@ -66,6 +66,7 @@ class Issue:
         return text
 
     def to_dict(self) -> dict[str, Any]:
+        """The issue as JSON-safe data (``stepbridge validate --json``)."""
         return asdict(self)
 
 

@@ -28,6 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from . import heap
 from .errors import ConfigurationError, InputValidationError, ProgramValidationError, StepbridgeError
 from .secrets import scrub
 
@@ -180,6 +181,7 @@ def eval_command(
         options: dict[str, Any] = {"address": pool} if pool else {}
         bar = _Bar(progress_bar(prog.name), prog.name, as_json)
         with bar.progress:
+            heap.settle()  # a long run keeps its rows: keep full collections off the start-up heap
             result = asyncio.run(aevaluate(prog, dataset, metric, backend=backend, store=store, lm=lm,
                                            concurrency=concurrency, timeout=timeout, on_start=bar.start,
                                            on_row=bar.row, **options))
@@ -268,6 +270,7 @@ def evals_resume(
     try:
         bar = _Bar(progress_bar("resume"), "resume", as_json)
         with bar.progress:
+            heap.settle()  # a long run keeps its rows: keep full collections off the start-up heap
             result = asyncio.run(aresume(store, evaluation_id, backend=backend, concurrency=concurrency,
                                          on_row=bar.row, on_start=bar.start))
     except StepbridgeError as exc:

@@ -370,7 +370,10 @@ class _Rows:
             return
         pending, self._pending = self._pending, []
         assert self.evaluation_id is not None
-        await asyncio.shield(asyncio.to_thread(self.log.record, self.evaluation_id, pending))
+        arecord = getattr(self.log, "arecord", None)  # a store's: written in its group commit
+        write = arecord(self.evaluation_id, pending) if arecord is not None else asyncio.to_thread(
+            self.log.record, self.evaluation_id, pending)
+        await asyncio.shield(write)
         self._flushed = time.monotonic()
 
 

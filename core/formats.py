@@ -121,6 +121,12 @@ def _instructions(signature: Signature) -> str:
     return inspect.cleandoc(signature.instructions)
 
 
+def _section(first: str, lines: list[str], start: int, end: int) -> str:
+    """A chat reply's field text: what followed its header on that line, then its lines, stripped."""
+    body = "\n".join(lines[start:end])
+    return (f"{first}\n{body}" if first else body).strip()
+
+
 def resolve_fields(fields: Mapping[str, FieldSpec], types: TypeSpace | None) -> dict[str, FieldType]:
     """Each field's :class:`FieldType`, declared type names resolved (``UnknownTypeError`` if unknown)."""
     out: dict[str, FieldType] = {}
@@ -162,9 +168,11 @@ class Prompt:
         "_fallback",
         "_history",
         "_in",
+        "_json_out",
         "_out",
         "_prefix",
         "_requirements",
+        "_text_out",
         "_typed_inputs",
         "adapter",
         "demos",
@@ -185,6 +193,10 @@ class Prompt:
         self._out = resolve_fields(signature.outputs, types)
         self._history = next((n for n, f in self._in.items() if f.expr.kind == "history"), None)
         self._typed_inputs = tuple(n for n, f in self._in.items() if f.converted)
+        # outputs that are text as parsed (str fields) and JSON as they are (nothing converted): most
+        # signatures, whose replies then skip the per-field conversions
+        self._text_out = all(f.is_str for f in self._out.values())
+        self._json_out = not any(f.converted for f in self._out.values())
         self._fallback: Prompt | None = None
         self.system = self._system_message()
         self._requirements = self._output_requirements()
@@ -290,7 +302,9 @@ class Prompt:
             parts = [prefix]
             for name, field in fields.items():
                 if name in inputs:
-                    parts.append(f"[[ ## {name} ## ]]\n" + format_value(inputs[name], field.is_str))
+                    value = inputs[name]
+                    parts.append(f"[[ ## {name} ## ]]\n"
+                                 + (value if type(value) is str else format_value(value, field.is_str)))
         if main:
             parts.append(self._requirements)
         parts.append("")
@@ -349,8 +363,8 @@ class Prompt:
 
     def messages(self, inputs: Mapping[str, Any]) -> list[dict[str, str]]:
         """The chat messages DSPy sends for these inputs (fields missing from ``inputs`` are left out)."""
-        out = [dict(m) for m in self._prefix]
-        values = self.typed_inputs(inputs)
+        out = list(map(dict, self._prefix))
+        values = self.typed_inputs(inputs) if self._typed_inputs else inputs  # read, never changed, here
         if self._history is None:
             out.append({"role": "user", "content": self._user_content(self._in, values, "", True)})
             return out
@@ -376,6 +390,8 @@ class Prompt:
             fields = self._parse_json(text)
         else:
             fields = self._parse_xml(text)
+        if self._json_out:
+            return fields
         return {name: self._out[name].to_json(value) for name, value in fields.items()}
 
     def fallback(self) -> Prompt | None:
@@ -435,19 +451,24 @@ class Prompt:
         out = self._out
         raw: dict[str, str] = {}
         header: str | None = None
-        lines: list[str] = []
-        for line in text.splitlines():
-            match = _HEADER.match(line.strip()) if "[[ ## " in line else None
-            if match:
-                if header is not None and header in out and header not in raw:  # the section it closes
-                    raw[header] = "\n".join(lines).strip()
-                header = match.group(1)
-                rest = line[match.end() :].strip()
-                lines = [rest] if rest else []
-            else:
-                lines.append(line)
+        lines = text.splitlines()
+        first = ""  # the text after the header on its own line
+        start = 0  # the section's first line after its header
+        # only lines that may be headers are looked at one by one; a section is a slice of the others
+        for i in [i for i, line in enumerate(lines) if "[[ ## " in line]:
+            line = lines[i]
+            match = _HEADER.match(line.strip())
+            if match is None:
+                continue
+            if header is not None and header in out and header not in raw:  # the section it closes
+                raw[header] = _section(first, lines, start, i)
+            header = match.group(1)
+            first = line[match.end() :].strip()
+            start = i + 1
         if header is not None and header in out and header not in raw:
-            raw[header] = "\n".join(lines).strip()
+            raw[header] = _section(first, lines, start, len(lines))
+        if self._text_out:  # str fields parse to the text itself
+            return self._finish(raw, text)
         fields = {name: self._convert(name, value, text) for name, value in raw.items()}
         return self._finish(fields, text)
 

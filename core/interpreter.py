@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 from . import operations
 from .adapter import RunOptions
 from .errors import OperationError, RunTimeoutError, StepbridgeError, StepError
-from .operations import WORK_KEY, truthy
+from .operations import SIZES_KEY, WORK_KEY, truthy
 from .program import CallStep, IfStep, LoopStep, MapStep, ParallelStep, Program, ReturnStep, SetStep, SwitchStep
 from .result import LMCall, RunResult, StepTrace, Usage, fast_construct
 from .values import Getter, compile_args, compile_value, parse_value
@@ -166,7 +166,7 @@ async def run_plan(program: Program, steps: list[Any], inputs: dict[str, Any], o
     start = time.perf_counter()
     try:
         run = _Run(ctx, call, map_concurrency)
-        scope = {"inputs": inputs, WORK_KEY: [operations.MAX_WORK]}
+        scope = _scope(inputs)
         if options.timeout is not None:
             async with asyncio.timeout(options.timeout):
                 outputs = await run.steps(steps, scope, ())
@@ -187,10 +187,15 @@ async def execute(steps: list[Any], inputs: dict[str, Any], ctx: RunContext, cal
                   map_concurrency: int = DEFAULT_MAP_CONCURRENCY) -> dict[str, Any]:
     """Run planned steps in one scope and return the program outputs (the trace goes to ``ctx``)."""
     run = _Run(ctx, call, map_concurrency)
-    outputs = await run.steps(steps, {"inputs": inputs, WORK_KEY: [operations.MAX_WORK]}, ())
+    outputs = await run.steps(steps, _scope(inputs), ())
     if outputs is None:
         raise AssertionError("validated programs return on every path")
     return outputs
+
+
+def _scope(inputs: dict[str, Any]) -> dict[str, Any]:
+    r"""A run's scope: its inputs, its work budget and the sizes its ``$concat``\ s remembered."""
+    return {"inputs": inputs, WORK_KEY: [operations.MAX_WORK], SIZES_KEY: {}}
 
 
 class _Run:
@@ -227,9 +232,15 @@ class _Run:
                 await self.module_step(step, scope, passes)
             elif kind == "set":  # the body of most loops: kept off the generic control path
                 began = time.perf_counter()
-                values = self.evaluate(step, step.value, scope, passes)
-                self.trace.append(_record(step=step.index, kind="set", outputs=values, pointer=step.pointer,
-                                          passes=passes, duration_ms=(time.perf_counter() - began) * 1000))
+                try:
+                    values = step.value(scope)
+                except Exception as exc:
+                    self.fail(exc, step.pointer, step.index, kind, None, None, {}, None, None, began, passes)
+                self.trace.append(fast_construct(StepTrace, {  # _record's fields, without its call
+                    "step": step.index, "kind": kind, "module": None, "module_type": None, "inputs": {},
+                    "outputs": values, "lm_calls": [], "children": [],
+                    "duration_ms": (time.perf_counter() - began) * 1000, "error": None, "pointer": step.pointer,
+                    "passes": list(passes) if passes else []}))
                 scope.update(values)
             elif kind == "return":
                 outputs = self.evaluate(step, step.value, scope, passes)
@@ -381,24 +392,30 @@ class _Run:
                 err = OperationError(f"{node.pointer}/loop/over: {problem}", pointer=f"{node.pointer}/loop/over")
                 self.fail(err, node.pointer, node.index, "loop", None, None, {}, None, None, time.perf_counter(),
                           passes, record)
-        body = node.bodies[0]
+        body, until, item, index_name = node.bodies[0], node.until, node.item, node.index_name
         count = len(items) if items is not None else node.max
         done = 0
         outputs["passes"] = 0
         try:
             for i in range(count):
-                if items is not None and node.item is not None:
-                    scope[node.item] = items[i]
-                if node.index_name is not None:
-                    scope[node.index_name] = i
+                if items is not None and item is not None:
+                    scope[item] = items[i]
+                if index_name is not None:
+                    scope[index_name] = i
                 result = await self.steps(body, scope, (*passes, i))
                 done += 1
                 outputs["passes"] = done
                 if result is not None:
                     return result
-                if node.until is not None and truthy(self.evaluate(node, node.until, scope, passes, record)):
-                    outputs["stopped"] = "until"
-                    return None
+                if until is not None:
+                    try:
+                        stop = until(scope)
+                    except Exception as exc:
+                        self.fail(exc, node.pointer, node.index, "loop", None, None, {}, None, None,
+                                  time.perf_counter(), passes, record)
+                    if stop:  # truthy()
+                        outputs["stopped"] = "until"
+                        return None
                 if done % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # a loop of pure steps must still see timeouts and cancellation
             return None

@@ -262,7 +262,11 @@ def _words(content: Any) -> int:
 
 
 def _word_usage(messages: list[dict[str, Any]], text: str) -> dict[str, int]:
-    prompt = sum(_words(m.get("content", "")) for m in messages)
+    prompt = 0
+    for m in messages:
+        content = m.get("content", "")
+        known = _WORDS.get(content) if type(content) is str else None
+        prompt += known if known is not None else _words(content)
     completion = len(text.split())
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -456,6 +460,7 @@ class LMPool:
         self._mounted[profile_name] = client
 
     def resolve(self, config: LMConfig) -> tuple[LMClient, str, LMProfile]:
+        """The client, model and profile serving ``config`` (profiles come from the operator, never the program)."""
         profile, model = resolve_profile(config, self.profiles)
         if self.cache is not None and profile.cache != self.cache:
             profile = profile.model_copy(update={"cache": self.cache})
@@ -477,6 +482,7 @@ class LMPool:
         return client, model, profile
 
     async def aclose(self) -> None:
+        """Close every client (HTTP connections), mounted ones included."""
         clients, self._clients = self._clients, {}
         for client in [*clients.values(), *self._mounted.values()]:
             await client.aclose()

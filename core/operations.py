@@ -12,6 +12,7 @@ Equality is JSON equality (``1 == 1.0``; ``true`` is not ``1``); truthiness is P
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,16 +22,19 @@ from .errors import OperationError
 from .signature import TypeExpr
 
 __all__ = [
+    "DOMAIN_ERRORS",
     "MAX_CHARS",
     "MAX_ITEMS",
     "MAX_VALUE_DEPTH",
     "MAX_WORK",
     "OPERATIONS",
+    "SIZES_KEY",
     "WORK_KEY",
     "Operation",
     "OperationTypeError",
     "json_equal",
     "measure",
+    "operation_error",
     "truthy",
 ]
 
@@ -44,8 +48,15 @@ MAX_WORK = 20_000_000
 #: Where a run keeps its work budget: in its scope, under a key no program name can take (``$``); the
 #: interpreter puts ``[MAX_WORK]`` there, and every copy of the scope (``map`` elements) shares it.
 WORK_KEY = "$work"
+#: Where a run remembers the sizes of the lists it built and measured (``id -> (list, length, values,
+#: characters)``, the list held so its id stays its own): a loop appending to its state with ``$concat``
+#: measures only what it appends, not the whole state again on every pass. Optional: without it,
+#: every part is walked.
+SIZES_KEY = "$sizes"
+_MAX_SIZES = 16  # remembered sizes per run (the oldest forgotten first: the memo only saves time)
 _FLAT = frozenset({str, int, float, bool, type(None)})
 _STR_ONLY = {str}
+_LIST_ONLY = {list}
 
 ANY = TypeExpr("any")
 INT = TypeExpr("int")
@@ -113,6 +124,48 @@ def measure(value: Any, pointer: str, what: str, scope: dict[str, Any] | None = 
     run's work budget (in ``scope``)."""
     if not isinstance(value, list | dict):
         return value
+    nodes, chars = _size(value, pointer, what)
+    _charge(scope, nodes + chars // 64, pointer, what)
+    if type(value) is list and scope is not None:
+        _remember(scope.get(SIZES_KEY), value, nodes, chars)
+    return value
+
+
+def measure_concat(result: list[Any], parts: list[Any], pointer: str, what: str,
+                   scope: dict[str, Any] | None) -> None:
+    """:func:`measure` for ``result``, the concatenation of the lists ``parts``, from the parts' sizes.
+
+    The same bounds and the same charge as measuring ``result`` itself, but a part this run's
+    ``$concat`` built before (a loop's growing state) is not walked again: its size is remembered
+    (while its length is unchanged)."""
+    sizes = scope.get(SIZES_KEY) if scope is not None else None
+    nodes, chars = 1, 0
+    for part in parts:
+        known = sizes.get(id(part)) if sizes is not None else None
+        if known is not None and known[0] is part and known[1] == len(part):
+            n, c = known[2], known[3]
+        else:
+            n, c = _size(part, pointer, what)
+        nodes += n - 1  # the part's own list node is not in the result
+        chars += c
+    if nodes > MAX_ITEMS:
+        raise _limit(pointer, what, f"has more than {MAX_ITEMS:,} values")
+    if chars > MAX_CHARS:
+        raise _limit(pointer, what, f"holds more than {MAX_CHARS:,} characters of text")
+    _charge(scope, nodes + chars // 64, pointer, what)
+    _remember(sizes, result, nodes, chars)
+
+
+def _remember(sizes: dict[int, tuple[list[Any], int, int, int]] | None, value: list[Any], nodes: int,
+              chars: int) -> None:
+    if sizes is not None:
+        if len(sizes) >= _MAX_SIZES:
+            del sizes[next(iter(sizes))]  # the oldest: a loop's state is remembered anew on every pass
+        sizes[id(value)] = (value, len(value), nodes, chars)
+
+
+def _size(value: list[Any] | dict[str, Any], pointer: str, what: str) -> tuple[int, int]:
+    """(values, characters of text) in ``value``, checked against the bounds."""
     children = value.values() if isinstance(value, dict) else value
     kinds = set(map(type, children))
     if kinds <= _FLAT and isinstance(value, list):  # the common case: a flat list, at C speed
@@ -123,10 +176,8 @@ def measure(value: Any, pointer: str, what: str, scope: dict[str, Any] | None = 
             raise _limit(pointer, what, f"has more than {MAX_ITEMS:,} values")
         if chars > MAX_CHARS:
             raise _limit(pointer, what, f"holds more than {MAX_CHARS:,} characters of text")
-    else:
-        nodes, chars = _walk(value, 0, {}, pointer, what)
-    _charge(scope, nodes + chars // 64, pointer, what)
-    return value
+        return nodes, chars
+    return _walk(value, 0, {}, pointer, what)
 
 
 def _walk(item: Any, depth: int, memo: dict[int, tuple[int, int]], pointer: str, what: str) -> tuple[int, int]:
@@ -207,6 +258,7 @@ class Operation:
     lazy: bool = False
     grows: bool = False  # builds lists or text: its result is measured
     reads: bool = False  # walks its arguments (time proportional to their size): charged to the run
+    joins: bool = False  # a list result is its (list) arguments joined: measured from them (measure_concat)
 
 
 def _check_len(n: int) -> None:
@@ -220,17 +272,20 @@ def _check_chars(n: int) -> None:
 
 
 def _concat(args: list[Any]) -> Any:
-    if all(isinstance(a, str) for a in args):
-        _check_chars(sum(len(a) for a in args))
-        return "".join(args)
-    if all(isinstance(a, list) for a in args):
-        _check_len(sum(len(a) for a in args))
+    kinds = set(map(type, args))
+    if kinds == _LIST_ONLY or (kinds != _STR_ONLY and all(isinstance(a, list) for a in args)):
+        n = sum(map(len, args))
+        if n > MAX_ITEMS:
+            _check_len(n)
         out: list[Any] = []
         for a in args:
-            out.extend(a)
+            out += a
         return out
-    kinds = ", ".join(sorted({_kind(a) for a in args}))
-    raise _Domain(f"needs all lists or all strings, got {kinds}")
+    if all(isinstance(a, str) for a in args):
+        _check_chars(sum(map(len, args)))
+        return "".join(args)
+    kinds_shown = ", ".join(sorted({_kind(a) for a in args}))
+    raise _Domain(f"needs all lists or all strings, got {kinds_shown}")
 
 
 def _dedupe(value: Any) -> list[Any]:
@@ -392,10 +447,15 @@ def _add(args: list[Any]) -> Any:
 def _compare(check: Callable[[Any, Any], bool]) -> Callable[[list[Any]], bool]:
     def run(args: list[Any]) -> bool:
         a, b = args
-        if (_is_number(a) and _is_number(b)) or (isinstance(a, str) and isinstance(b, str)):
+        kinds = type(a), type(b)
+        if kinds in _SAME_KINDS or (_is_number(a) and _is_number(b)) or (isinstance(a, str) and isinstance(b, str)):
             return check(a, b)
         raise _Domain(f"compares two numbers or two strings, got {_kind(a)} and {_kind(b)}")
     return run
+
+
+#: argument types a comparison takes as they are (the checks above, without their calls)
+_SAME_KINDS = frozenset({(int, int), (int, float), (float, int), (float, float), (str, str)})
 
 
 def _in(args: list[Any]) -> bool:
@@ -587,7 +647,7 @@ def _t_in(types: list[TypeExpr], _: list[Any]) -> TypeExpr:
 
 OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     Operation("concat", (1, None), _concat, _t_concat, "all lists or all strings, concatenated", grows=True,
-              reads=True),
+              reads=True, joins=True),
     Operation("dedupe", None, _dedupe, _t_dedupe, "a list without later duplicates (JSON equality), order kept",
               reads=True),
     Operation("join", (2, 2), _join, _t_join, "[list of strings, separator] -> string", grows=True, reads=True),
@@ -602,10 +662,10 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     Operation("add", (2, 2), _add, _t_add, "[a, b] -> a + b (numbers)"),
     Operation("eq", (2, 2), lambda a: json_equal(a[0], a[1]), _t_bool, "[a, b] -> JSON equality", reads=True),
     Operation("ne", (2, 2), lambda a: not json_equal(a[0], a[1]), _t_bool, "[a, b] -> not equal", reads=True),
-    Operation("lt", (2, 2), _compare(lambda a, b: a < b), _t_compare, "[a, b] -> a < b (numbers or strings)"),
-    Operation("le", (2, 2), _compare(lambda a, b: a <= b), _t_compare, "[a, b] -> a <= b"),
-    Operation("gt", (2, 2), _compare(lambda a, b: a > b), _t_compare, "[a, b] -> a > b"),
-    Operation("ge", (2, 2), _compare(lambda a, b: a >= b), _t_compare, "[a, b] -> a >= b"),
+    Operation("lt", (2, 2), _compare(operator.lt), _t_compare, "[a, b] -> a < b (numbers or strings)"),
+    Operation("le", (2, 2), _compare(operator.le), _t_compare, "[a, b] -> a <= b"),
+    Operation("gt", (2, 2), _compare(operator.gt), _t_compare, "[a, b] -> a > b"),
+    Operation("ge", (2, 2), _compare(operator.ge), _t_compare, "[a, b] -> a >= b"),
     Operation("in", (2, 2), _in, _t_in, "[x, list/string/object] -> element / substring / key test", reads=True),
     Operation("and", (1, None), _and, _t_bool, "[a, b, ...] -> all truthy (short-circuit)", lazy=True),
     Operation("or", (1, None), _or, _t_bool, "[a, b, ...] -> any truthy (short-circuit)", lazy=True),
@@ -613,18 +673,30 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
 )}
 
 
+#: What ``op.run`` raises for arguments outside its domain (see :func:`operation_error`).
+DOMAIN_ERRORS = (_Domain, RecursionError)
+
+
+def operation_error(op: Operation, exc: BaseException, pointer: str) -> OperationError:
+    """The typed error for one of :data:`DOMAIN_ERRORS` raised by ``op`` at ``pointer``."""
+    if isinstance(exc, RecursionError):
+        return OperationError(f"{pointer or '/'}: ${op.name}: the value nests too deeply", pointer=pointer,
+                              operation=op.name)
+    return OperationError(f"{pointer or '/'}: ${op.name} {exc}", pointer=pointer, operation=op.name)
+
+
 def run_operation(op: Operation, args: Any, pointer: str, scope: dict[str, Any] | None = None) -> Any:
     """Apply ``op`` to evaluated arguments; a domain problem becomes a typed OperationError. The work
     is charged to the run's budget in ``scope`` (none without a scope)."""
     try:
         result = op.run(args)
-    except _Domain as exc:
-        raise OperationError(f"{pointer or '/'}: ${op.name} {exc}", pointer=pointer, operation=op.name) from None
-    except RecursionError:
-        raise OperationError(f"{pointer or '/'}: ${op.name}: the value nests too deeply", pointer=pointer,
-                             operation=op.name) from None
+    except DOMAIN_ERRORS as exc:
+        raise operation_error(op, exc, pointer) from None
     if op.grows and isinstance(result, list):
-        measure(result, pointer, f"${op.name}", scope)
+        if op.joins:
+            measure_concat(result, args, pointer, f"${op.name}", scope)
+        else:
+            measure(result, pointer, f"${op.name}", scope)
     elif op.reads and scope is not None:  # reading a big value costs too ($in, $eq, $dedupe...)
         units = _units(result) + (sum(_units(a) for a in args) if op.arity is not None else _units(args))
         if units:

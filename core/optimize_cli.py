@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from . import heap
 from .errors import StepbridgeError
 from .eval_cli import (
     BackendOption,
@@ -110,6 +111,7 @@ def optimize_command(
                             num_candidates=num_candidates, teacher=teacher)
         bar = _Bar(as_json)
         with bar.progress:
+            heap.settle()  # a long run keeps its rows: keep full collections off the start-up heap
             result = asyncio.run(aoptimize(prog, trainset, metric, optimizer=optimizer, val=valset, settings=settings,
                                            backend=backend, store=store, lm=lm, concurrency=concurrency,
                                            on_start=bar.start, on_progress=bar.update))
@@ -190,6 +192,7 @@ def optimizations_resume(
         store.mark_interrupted()
         bar = _Bar(as_json)
         with bar.progress:
+            heap.settle()  # a long run keeps its rows: keep full collections off the start-up heap
             result = asyncio.run(aresume(store, optimization_id, backend=backend, concurrency=concurrency,
                                          on_progress=bar.update))
     except StepbridgeError as exc:

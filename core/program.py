@@ -42,7 +42,7 @@ from pydantic import (
 
 from .errors import Issue
 from .named_types import MAX_TYPES, TypeSpace, TypeSpec, parse_type_spec
-from .signature import IDENTIFIER, Signature
+from .signature import IDENTIFIER, Signature, TypeExpr
 
 __all__ = [
     "BestOfNModule",
@@ -538,6 +538,12 @@ class Program(_Strict):
         return space
 
     @cached_property
+    def input_types(self) -> tuple[tuple[str, TypeExpr], ...]:
+        """Each program input with its type resolved against the declared types (checked on every run)."""
+        space = self.type_space
+        return tuple((name, space.resolve(spec.type_expr)) for name, spec in self.signature.inputs.items())
+
+    @cached_property
     def required_capabilities(self) -> frozenset[str]:
         """Adapter capabilities this program needs (checked by the core before any run)."""
         needs: set[str] = set()
@@ -630,7 +636,7 @@ class Program(_Strict):
         """A copy; with ``update``, the cached hash and capabilities are recomputed, not carried over."""
         copied = super().model_copy(update=update, deep=deep)
         if update:
-            for cached in ("content_hash", "required_capabilities", "plan_key", "type_space"):
+            for cached in ("content_hash", "required_capabilities", "plan_key", "type_space", "input_types"):
                 copied.__dict__.pop(cached, None)
         return copied
 
@@ -661,6 +667,7 @@ class Program(_Strict):
         return self._warnings
 
     def with_base_dir(self, base_dir: Path | str | None) -> Program:
+        """Resolve relative data paths (a retriever's corpus) against ``base_dir``, as for a file in that folder."""
         self._base_dir = Path(base_dir) if base_dir is not None else None
         self.__dict__.pop("plan_key", None)
         return self
@@ -697,9 +704,11 @@ class Program(_Strict):
         return data
 
     def to_json(self, *, indent: int | None = 2) -> str:
+        """The program as a JSON file would hold it."""
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
 
     def to_yaml(self) -> str:
+        """The program as a YAML file would hold it (keys in the file's order)."""
         import yaml
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)

@@ -40,6 +40,9 @@ class Begun:
 
 @runtime_checkable
 class Recorder(Protocol):
+    """The hook a :class:`~stepbridge.runner.Runner` records through: one execution per run, begun before the
+    adapter runs it and ended by a compare-and-set, so a crashed or duplicated run never overwrites a result."""
+
     def begin(self, program: Program, inputs: dict[str, Any], options: RunOptions, backend: str) -> Begun:
         """Record a new execution (status ``running``) or return the one with the same idempotency key."""
         ...
@@ -58,17 +61,22 @@ class AsyncRecorder(Recorder, Protocol):
     """A :class:`Recorder` whose writes can be awaited (and so shared between concurrent runs)."""
 
     async def abegin(self, program: Program, inputs: dict[str, Any], options: RunOptions, backend: str) -> Begun:
+        """Like :meth:`Recorder.begin`, awaited."""
         ...
 
     async def asucceed(self, execution_id: str, result: RunResult) -> object:
+        """Like :meth:`Recorder.succeed`, awaited."""
         ...
 
     async def afail(self, execution_id: str, error: StepbridgeError, *, cancelled: bool = False) -> object:
+        """Like :meth:`Recorder.fail`, awaited."""
         ...
 
 
 @runtime_checkable
 class ProgramSource(Protocol):
+    """Where stored references come from, so ``stepbridge.run("name@prod", ...)`` needs no store API."""
+
     def load(self, ref: str) -> Program:
         """The stored program ``ref`` names, validated in full and checked against its hash; raises
         :class:`~stepbridge.errors.ProgramNotFound` when nothing matches."""
@@ -87,6 +95,8 @@ class BatchBegun:
 
 @runtime_checkable
 class BatchRecorder(Protocol):
+    """Records a batch before any row runs, so a killed batch can be continued row by row."""
+
     def begin_batch(self, program: Program, inputs: Sequence[dict[str, Any]], options: Sequence[RunOptions],
                     backend: str) -> BatchBegun:
         """Record a batch and all its rows as ``pending`` executions, in order, in one transaction. A row

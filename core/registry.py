@@ -62,6 +62,7 @@ class Registry(Generic[T]):
         return obj
 
     def unregister(self, name: str) -> None:
+        """Forget ``name`` (tests, or replacing a tool); an entry point of that name is found again."""
         self._items.pop(name, None)
 
     def _wrap(self, name: str, obj: Any) -> T:
@@ -71,6 +72,7 @@ class Registry(Generic[T]):
         return {ep.name: ep for ep in entry_points(group=self.group)}
 
     def names(self) -> list[str]:
+        """Registered and entry-point names, sorted (what error messages list as the choices)."""
         return sorted(set(self._items) | set(self._entry_points()))
 
     def __contains__(self, name: object) -> bool:
@@ -216,9 +218,14 @@ class MetricRegistry(Registry[Metric]):
 
 adapters: Registry[Callable[..., Any]] = Registry("stepbridge.adapters", "adapter")
 tools = ToolRegistry("stepbridge.tools", "tool")
+"""Functions a program's ``tool`` modules and agents call by name: ``sb.tools.register("search", fn)``, or an
+entry point in the ``stepbridge.tools`` group. Programs name tools; they never import code."""
 retrievers: Registry[Callable[..., Any]] = Registry("stepbridge.retrievers", "retriever")
+"""Retriever factories a ``retrieve`` module's ``{kind: NAME}`` picks (group ``stepbridge.retrievers``)."""
 dspy_modules = DSPyModuleRegistry("stepbridge.dspy_modules", "DSPy module")
+"""DSPy modules a ``dspy_module`` step runs by name (group ``stepbridge.dspy_modules``)."""
 metrics = MetricRegistry("stepbridge.metrics", "metric")
+"""Metrics ``stepbridge eval --metric NAME`` scores with, as ``(example, prediction) -> float | bool``."""
 
 
 def metric(name: str, field: str | None = None) -> Metric:

@@ -38,10 +38,13 @@ class Usage(BaseModel):
         if other is None:
             return
         data = other if isinstance(other, dict) else other.__dict__
-        d["prompt_tokens"] += int(data.get("prompt_tokens") or 0)
-        d["completion_tokens"] += int(data.get("completion_tokens") or 0)
-        d["total_tokens"] += int(data.get("total_tokens") or 0)
-        d["lm_calls"] += int(data.get("lm_calls") or 0)
+        for key in _COUNTS:
+            value = data.get(key)
+            if value:
+                d[key] += value if type(value) is int else int(value)
+
+
+_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens", "lm_calls")
 
 
 class LMCall(BaseModel):

@@ -9,12 +9,14 @@ adapters never talk to storage.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from .adapter import Adapter, RunOptions
 from .errors import (
+    ConfigurationError,
     RunCancelledError,
     RunTimeoutError,
     StepbridgeError,
@@ -92,6 +94,13 @@ def load(program: ProgramLike, *, store: ProgramSource | None = None) -> Program
     return store.load(text)
 
 
+def check_timeout(timeout: float | None, where: str = "timeout") -> None:
+    """A per-run timeout is a positive finite number of seconds (or None: no timeout). Checked where the
+    runner is made: ``RunOptions`` validates it too, but the runner's default reaches runs unvalidated."""
+    if timeout is not None and not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise ConfigurationError(f"{where} must be a positive number of seconds, not {timeout!r}", where=where)
+
+
 class Runner:
     """Runs programs on one adapter, checking inputs and capabilities and recording to ``store``."""
 
@@ -104,6 +113,7 @@ class Runner:
         timeout: float | None = None,
         **adapter_options: Any,
     ):
+        check_timeout(timeout)
         self.adapter: Adapter = load_adapter(backend, **adapter_options)
         self.store = store
         self._async_store = store if isinstance(store, AsyncRecorder) else None  # checked once, not per run
@@ -307,6 +317,7 @@ class Runner:
         return sorted(items, key=lambda i: i.index)
 
     async def aclose(self) -> None:
+        """Close the adapter (its connections and processes)."""
         await self.adapter.aclose()
 
     async def __aenter__(self) -> Runner:

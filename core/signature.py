@@ -816,6 +816,7 @@ class Signature(BaseModel):
         return handler(self)
 
     def to_string(self) -> str:
+        """The string form (``"question, k: int -> answer"``), without the instructions."""
         def side(fields: dict[str, FieldSpec]) -> str:
             return ", ".join(name if f.type == "str" else f"{name}: {f.type}" for name, f in fields.items())
 
@@ -830,4 +831,5 @@ class Signature(BaseModel):
         }
 
     def with_instructions(self, instructions: str | None) -> Signature:
+        """A copy with other instructions (signatures are immutable)."""
         return self.model_copy(update={"instructions": instructions})

@@ -576,9 +576,7 @@ def check_inputs(program: Program, inputs: Any) -> dict[str, Any]:
             raise InputValidationError(
                 f"unknown input {key!r} for program {program.name!r} (inputs: {', '.join(fields)})"
                 + (f"; did you mean {hint!r}?" if hint else ""), field=str(key))
-    space = program.type_space
-    for name, spec in fields.items():
-        texpr = space.resolve(spec.type_expr)
+    for name, texpr in program.input_types:
         if name not in inputs:
             if texpr.kind == "optional":
                 continue

@@ -22,7 +22,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import OperationError
-from .operations import MAX_VALUE_DEPTH, OPERATIONS, measure, run_lazy, run_operation, template_parts
+from .operations import (
+    DOMAIN_ERRORS,
+    MAX_VALUE_DEPTH,
+    OPERATIONS,
+    measure,
+    operation_error,
+    run_lazy,
+    run_operation,
+    template_parts,
+)
 from .pointers import escape as _esc
 
 __all__ = [
@@ -262,12 +271,13 @@ def _field(value: Any, name: str, ref: Ref, i: int, pointer: str) -> Any:
                          pointer=pointer)
 
 
-def compile_value(parsed: Any, pointer: str = "") -> Getter:
+def compile_value(parsed: Any, pointer: str = "", *, measured: bool = True) -> Getter:
     """A function of the scope computing ``parsed`` (references looked up, operations applied);
     ``pointer`` is where the value stands in the file (run-time errors name it).
 
     Containers are built afresh on every call (a module may mutate what it is given); a container
-    holding references or operations is measured against the size bounds."""
+    holding references or operations is measured against the size bounds (a list literal that is
+    ``$concat``'s argument, ``measured=False``, is measured as part of the concatenation)."""
     if isinstance(parsed, Ref):
         source, path = parsed.source, parsed.path
         if not path:
@@ -296,8 +306,11 @@ def compile_value(parsed: Any, pointer: str = "") -> Getter:
             return lambda scope: list(items)
         getters = [compile_value(v, f"{pointer}/{i}") for i, v in enumerate(parsed)]
         build = _list_of(getters)
-        if is_constant(parsed):
+        if is_constant(parsed) or not measured:
             return build
+        if len(getters) == 1:  # ``[$x]``, as a loop appends with $concat: without the build's frame
+            (g0,) = getters
+            return lambda scope: measure([g0(scope)], pointer, "a list literal", scope)
         return lambda scope: measure(build(scope), pointer, "a list literal", scope)
     if isinstance(parsed, dict):
         pairs = [(k, compile_value(v, f"{pointer}/{_esc(k)}")) for k, v in parsed.items()]
@@ -320,13 +333,42 @@ def _compile_op(op: Op) -> Getter:
     spec = OPERATIONS[op.name]
     pointer = op.pointer
     base = f"{pointer}/{_esc('$' + op.name)}"
+    # An operation that neither grows nor reads (``$len``, ``$ge``...) has nothing to measure or charge:
+    # it runs without run_operation's frame (a visible share of a loop pass).
+    pure = not (spec.grows or spec.reads)
+    run = spec.run
     if spec.arity is None:
         arg = compile_value(op.args, base)
-        return lambda scope: run_operation(spec, arg(scope), pointer, scope)
-    getters = [compile_value(v, f"{base}/{i}") for i, v in enumerate(op.args)]
+        if not pure:
+            return lambda scope: run_operation(spec, arg(scope), pointer, scope)
+
+        def pure_one(scope: dict[str, Any]) -> Any:
+            value = arg(scope)
+            try:
+                return run(value)
+            except DOMAIN_ERRORS as exc:
+                raise operation_error(spec, exc, pointer) from None
+        return pure_one
     if spec.lazy:
+        getters = [compile_value(v, f"{base}/{i}") for i, v in enumerate(op.args)]
         return lambda scope: run_lazy(spec, getters, scope, pointer)
-    build = _list_of(getters)
+    if len(op.args) == 2:  # most operations: the argument list built here, without one more frame
+        g0 = compile_value(op.args[0], f"{base}/0", measured=not spec.joins)
+        second = op.args[1]  # a literal scalar (``{$ge: [$n, 3]}``) is taken as is
+        g1 = None if not isinstance(second, Ref | Op | list | dict) else compile_value(
+            second, f"{base}/1", measured=not spec.joins)
+        if not pure:
+            return lambda scope: run_operation(spec, [g0(scope), second if g1 is None else g1(scope)], pointer,
+                                               scope)
+
+        def pure_two(scope: dict[str, Any]) -> Any:
+            args = [g0(scope), second if g1 is None else g1(scope)]
+            try:
+                return run(args)
+            except DOMAIN_ERRORS as exc:
+                raise operation_error(spec, exc, pointer) from None
+        return pure_two
+    build = _list_of([compile_value(v, f"{base}/{i}", measured=not spec.joins) for i, v in enumerate(op.args)])
     return lambda scope: run_operation(spec, build(scope), pointer, scope)
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.syntax import Syntax
-from rich.table import Column, Table
+from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 from stepbridge.errors import ConfigurationError, ProgramValidationError, StepbridgeError, did_you_mean
 
@@ -272,24 +272,74 @@ def executions_list(
         if as_json:
             _print_json([e.model_dump(mode="json") for e in rows])
             return
-        table = Table(Column("id", no_wrap=True),
-                      Column("program", max_width=16, no_wrap=True, overflow="ellipsis"),
-                      Column("backend", no_wrap=True), Column("status", no_wrap=True),
-                      Column("try", justify="right"), Column("ms", justify="right"), Column("created", no_wrap=True),
-                      Column("error", no_wrap=True, overflow="ellipsis", max_width=max(16, out.width - 82)),
-                      box=box.SIMPLE_HEAD, pad_edge=False)
-        colours = {"succeeded": "green", "failed": "red", "interrupted": "yellow", "cancelled": "magenta"}
-        for e in rows:
-            c = colours.get(e.status, "cyan")
-            error = f"{e.error.get('type')}: {e.error.get('message')}" if e.error else ""
-            table.add_row(e.id[:12], escape(e.program_name), escape(e.backend), f"[{c}]{e.status}[/]",
-                          str(e.attempts), f"{e.duration_ms:.0f}" if e.duration_ms is not None else "-",
-                          _when(e.created_at, short=True), _short(error, 120) if error else "")
         if not rows:
             err.print("no executions" + (" match" if program or status or since else " recorded yet"),
                       highlight=False)
             return
-        out.print(table)
+        for line in _execution_lines(rows, out):
+            out.print(line, highlight=False, no_wrap=True, overflow="ellipsis")
+
+
+_STATUS_STYLE = {"succeeded": "green", "failed": "red", "interrupted": "yellow", "cancelled": "magenta"}
+
+
+def _duration(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f} s"
+    return f"{int(ms // 60_000)}m{int(ms % 60_000 // 1000):02d}s"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _plain(text: str) -> str:
+    """Stored text on one line, with no control character (an LM reply could carry terminal escapes)."""
+    return _CONTROL.sub("\ufffd", " ".join(text.split()))
+
+
+def _execution_lines(rows: list[Execution], console: Console) -> list[Text]:
+    """One line per execution, its error (if any) indented on the lines below: every column stays readable at
+    80 columns, and the error gets the whole width instead of what a table's last column would leave it."""
+    width = console.width
+    header = ("id", "program", "backend", "status", "tries", "duration", "created")
+    cells = [tuple(_plain(v) for v in (e.id[:12], e.program_name, e.backend, e.status, str(e.attempts),
+                                       _duration(e.duration_ms), _when(e.created_at, short=True))) for e in rows]
+    widths = [max(len(header[i]), *(len(c[i]) for c in cells)) for i in range(len(header))]
+    # Too wide: the free-text columns (program, then backend) give way, down to 8 characters each.
+    for i in (1, 2):
+        over = sum(widths) + 2 * (len(widths) - 1) - width
+        if over > 0:
+            widths[i] = max(min(8, widths[i]), widths[i] - over)
+    right = {4, 5}
+
+    def line(values: tuple[str, ...], styles: tuple[str, ...]) -> Text:
+        text = Text(no_wrap=True, overflow="ellipsis")
+        for i, (value, style) in enumerate(zip(values, styles, strict=True)):
+            cell = Text(value, style=style)
+            cell.truncate(widths[i], overflow="ellipsis", pad=False)
+            pad = " " * (widths[i] - cell.cell_len)
+            text.append_text(Text(pad) + cell if i in right else cell + Text(pad if i < len(widths) - 1 else ""))
+            if i < len(widths) - 1:
+                text.append("  ")
+        return text
+
+    lines = [line(header, ("bold",) * len(header))]
+    for e, values in zip(rows, cells, strict=True):
+        lines.append(line(values, ("", "", "", _STATUS_STYLE.get(e.status, "cyan"), "", "", "")))
+        if e.error:
+            message = Text(_plain(f"{e.error.get('type')}: {e.error.get('message')}"), style="red")
+            wrapped = list(message.wrap(console, max(20, width - 3)))
+            for part in wrapped:
+                part.rstrip()
+            if len(wrapped) > 3:  # at most three lines: `executions show ID` has the rest
+                wrapped = wrapped[:3]
+                wrapped[2].append("…")
+            lines += [Text("  ") + part for part in wrapped]
+    return lines
 
 
 def _short(value: Any, limit: int = 200) -> str:
@@ -397,8 +447,10 @@ def executions_resume(
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Mark runs of dead processes interrupted, then re-run every interrupted execution: runs cut off by
-    a crash (attempt + 1) and the rows of a killed batch that had not started (in input order).
+    """Re-run interrupted executions: runs cut off by a crash, and the unstarted rows of killed batches.
+
+    Runs of dead processes are marked interrupted first; a crashed run is re-run as attempt + 1, a killed
+    batch's rows in input order.
 
     A recorded backend is only looked up as a registered adapter name; executions recorded on any
     other adapter are reported as not resumable unless ``--backend`` names the adapter to use. Rows

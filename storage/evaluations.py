@@ -24,7 +24,7 @@ from stepbridge.evaluation import RowResult, Summary
 from stepbridge.program import Program
 
 from .models import EvaluationRow, EvaluationRowRow
-from .recording import clean
+from .recording import clean, clean_json
 from .transactions import Transactions
 from .types import utcnow
 
@@ -34,6 +34,10 @@ T = TypeVar("T")
 evaluations_t = cast(Table, EvaluationRow.__table__)  # type: ignore[attr-defined]
 rows_t = cast(Table, EvaluationRowRow.__table__)  # type: ignore[attr-defined]
 CHUNK = 500
+#: scores a row once: a row already done keeps its first score
+_SCORE_ROWS = (update(rows_t).where(rows_t.c.evaluation_id == bindparam("k_eval"),
+                                    rows_t.c.position == bindparam("k_pos"), rows_t.c.done.is_(False))
+               .execution_options(synchronize_session=False))
 
 
 class EvaluationNotFound(StorageError):
@@ -134,7 +138,7 @@ class Evaluations:
         ensure_published(self.store, program, "published automatically when first evaluated")
         eid = new_execution_id()
         now = utcnow()
-        examples = [clean(row) for row in dataset.rows]
+        examples = [clean_json(row)[0] for row in dataset.rows]
         if len(execution_ids) != len(examples):
             raise ValueError("create() needs one execution id per row")
 
@@ -157,18 +161,31 @@ class Evaluations:
                                                 .values(batch_id=batch_id, updated_at=utcnow())),
                       f"linking evaluation {evaluation_id} to its batch")
 
+    def _scoring(self, evaluation_id: str, rows: Sequence[RowResult]) -> Callable[[Connection], Any] | None:
+        """The write that scores ``rows`` once each (one executemany), or None for no rows."""
+        # clean_json: one C-encoder pass and one secret check per value; string-by-string only if needed
+        values = [{"k_eval": evaluation_id, "k_pos": r.position,
+                   "prediction": clean_json(r.prediction)[0] if r.prediction is not None else None,
+                   "score": r.score, "error": clean_json(r.error)[0] if r.error is not None else None,
+                   "execution_id": r.execution_id, "duration_ms": r.duration_ms, "tokens": r.tokens, "done": True}
+                  for r in rows]
+        if not values:
+            return None
+        return lambda conn: conn.execute(_SCORE_ROWS, values)
+
     def record(self, evaluation_id: str, rows: Sequence[RowResult]) -> None:
         """Score rows once each: a row already done keeps its first score."""
-        values = [{"k_eval": evaluation_id, "k_pos": r.position,
-                   "prediction": clean(r.prediction) if r.prediction is not None else None, "score": r.score,
-                   "error": clean(r.error) if r.error is not None else None, "execution_id": r.execution_id,
-                   "duration_ms": r.duration_ms, "tokens": r.tokens, "done": True} for r in rows]
-        stmt = (update(rows_t).where(rows_t.c.evaluation_id == bindparam("k_eval"),
-                                     rows_t.c.position == bindparam("k_pos"), rows_t.c.done.is_(False))
-                .execution_options(synchronize_session=False))
-        if values:  # one executemany for the whole group
-            self.tx.write(lambda conn: conn.execute(stmt, values),
-                          f"recording {len(values)} row(s) of evaluation {evaluation_id}")
+        write = self._scoring(evaluation_id, rows)
+        if write is not None:
+            self.tx.write(write, f"recording {len(rows)} row(s) of evaluation {evaluation_id}")
+
+    async def arecord(self, evaluation_id: str, rows: Sequence[RowResult]) -> None:
+        """:meth:`record` for event loops: written in the store's next group commit, with the runs'
+        own starts and ends (one writer, no second transaction queueing for SQLite's write lock)."""
+        write = self._scoring(evaluation_id, rows)
+        if write is not None:
+            await self.store.executions.write_in_group(write, f"recording {len(rows)} row(s) of evaluation "
+                                                              f"{evaluation_id}")
 
     def finish(self, evaluation_id: str, summary: Summary) -> None:
         def fn(conn: Connection) -> None:

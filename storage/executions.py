@@ -15,9 +15,9 @@ import asyncio
 import logging
 import platform
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
 from sqlalchemy import Table, and_, func, insert, or_, select, update
@@ -63,6 +63,7 @@ from .types import utcnow
 __all__ = ["ExecutionLog"]
 
 log = logging.getLogger("stepbridge.storage")
+T = TypeVar("T")
 
 executions = cast(Table, ExecutionRow.__table__)  # type: ignore[attr-defined]
 steps_t = cast(Table, ExecutionStepRow.__table__)  # type: ignore[attr-defined]
@@ -121,6 +122,10 @@ class ExecutionLog:
     def close(self) -> None:
         """Finish pending group-committed writes."""
         self._group.close()
+
+    async def write_in_group(self, fn: Callable[[Connection], T], doing: str) -> T:
+        """``fn(conn)`` in the next group commit (in its own SAVEPOINT), shared with the runs' writes."""
+        return await self._group.submit(fn, doing)
 
     # -- recording (the Recorder protocol) -------------------------------------------------------
     def _record(self, op: BeginOp | FinishOp) -> Any:

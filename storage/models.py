@@ -58,8 +58,11 @@ __all__ = [
 ]
 
 Source = Literal["authored", "imported", "optimized"]
+"""Where a stored version came from: written by hand, imported from DSPy, or produced by an optimization."""
 SOURCES: tuple[str, ...] = ("authored", "imported", "optimized")
 ExecutionStatus = Literal["pending", "running", "succeeded", "failed", "cancelled", "interrupted"]
+"""An execution's state: ``pending`` (a batch row not started), ``running``, then one final status;
+``interrupted`` marks a run whose process died, which ``stepbridge executions resume`` can continue."""
 EXECUTION_STATUSES: tuple[str, ...] = ("pending", "running", "succeeded", "failed", "cancelled", "interrupted")
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -418,6 +421,9 @@ class ProgramSummary(_Public):
 
 
 class StatusChange(_Public):
+    """One transition in an execution's history (:meth:`Store.status_history`): retries and recoveries
+    stay visible after the final status overwrote the row's."""
+
     attempt: int
     from_status: ExecutionStatus | None
     to_status: ExecutionStatus

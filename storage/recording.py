@@ -401,6 +401,14 @@ class Recording:
         head, found, tail = select_one.partition("IN (?)")
         assert found, select_one
         self._sqlite_select_parts = (head + "IN (", ")" + tail)
+        self._sqlite_claims: dict[int, str] = {}
+        claim_one = _render(update(executions).where(
+            executions.c.id.in_([bindparam("id")]), executions.c.status == literal_column("'pending'")
+        ).values(status=RUNNING, started_at=bindparam("now"), updated_at=bindparam("now2"))
+            .returning(executions.c.id, executions.c.attempts), _SQLITE_QMARK, ["now", "now2", "id"])
+        head, found, tail = claim_one.partition("IN (?)")
+        assert found and "IN (?)" not in tail, claim_one
+        self._sqlite_claim_parts = (head + "IN (", ")" + tail)
 
     def driver_update(self, columns: tuple[str, ...]) -> str:
         """:meth:`update_finish` (without RETURNING) as driver SQL, rendered once per column set."""
@@ -424,6 +432,14 @@ class Recording:
         if sql is None:
             head, tail = self._sqlite_select_parts
             sql = self._sqlite_selects[n] = head + ", ".join("?" * n) + tail
+        return sql
+
+    def _sqlite_claim(self, n: int) -> str:
+        """:attr:`claim_pending` for ``n`` ids as driver SQL (``now, now, id...``), rendered once per size."""
+        sql = self._sqlite_claims.get(n)
+        if sql is None:
+            head, tail = self._sqlite_claim_parts
+            sql = self._sqlite_claims[n] = head + ", ".join("?" * n) + tail
         return sql
 
     def update_finish(self, columns: tuple[str, ...], returning: bool) -> Any:
@@ -580,7 +596,12 @@ class Recording:
         if not ops:
             return {}
         now = ops[0].now
-        got = conn.execute(self.claim_pending, {"b_ids": [op.execution_id for op in ops], "b_now": now}).all()
+        ids = [op.execution_id for op in ops]
+        if self.postgres:
+            got = conn.execute(self.claim_pending, {"b_ids": ids, "b_now": now}).all()
+        else:
+            text = _sqlite_time(now)
+            got = conn.exec_driver_sql(self._sqlite_claim(len(ids)), (text, text, *ids)).all()
         return {r[0]: r[1] for r in got}
 
     def _begin_one(self, conn: Connection, op: BeginOp) -> Begun:

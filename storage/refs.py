@@ -34,6 +34,8 @@ RefKind = Literal["hash", "prefix", "name", "version", "alias"]
 
 @dataclass(frozen=True)
 class ProgramRef:
+    """A parsed reference: which of the five forms it is and its parts (:func:`parse_ref` builds one)."""
+
     kind: RefKind
     name: str | None = None
     hash: str | None = None  # full hash or prefix, lower case

@@ -152,13 +152,41 @@ def test_executions_list_shows_errors_and_refuses_unknown_statuses(home: Path, t
     assert unknown.returncode == 1 and "no execution" in unknown.stderr
 
 
-@pytest.mark.parametrize("command", [["run"], ["executions", "list"], ["lm", "serve"], ["pool", "start"], ["--"]])
-def test_option_help_has_no_python_type_tags(home: Path, command: list[str]) -> None:
-    args = [c for c in command if c != "--"]
-    done = cli(*args, "--help", home=home)
+def test_executions_list_reads_at_80_columns(home: Path, tmp_path: Path) -> None:
+    """Tries and duration stay on screen, the error gets lines of its own (at most three), and stored text
+    cannot move the terminal's cursor."""
+    from stepbridge import LMError, RunOptions, StepError, load_program
+    from stepbridge.storage import Store
+
+    url = f"sqlite:///{tmp_path / 'sb.db'}"
+    with Store(url) as store:
+        begun = store.begin(load_program(CLASSIFY), {"ticket": "hi"}, RunOptions(),
+                            "stepbridge.conformance.hosted:pool_native")
+        store.fail(begun.execution_id, StepError("the LM said \x1b[2J" + "try again later; " * 30, step=0,
+                                                 cause=LMError("503")))
+    done = cli("executions", "list", "--db", url, home=home, COLUMNS="80")
     assert done.returncode == 0, done.stderr
-    assert "<bool>" not in done.stdout and "<str>" not in done.stdout and "<list[" not in done.stdout
-    assert "--help" in done.stdout
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, done.stdout
+    assert lines[0].split() == ["id", "program", "backend", "status", "tries", "duration", "created"]
+    program, backend, status, tries = lines[1].split()[1:5]
+    assert (program, status, tries) == ("classify", "failed", "1") and backend.endswith("…"), lines[1]
+    assert [line[:2] for line in lines[2:]] == ["  "] * 3 and lines[-1].endswith("…"), done.stdout
+    assert lines[2].startswith("  StepError: the LM said \ufffd[2Jtry again later;"), lines[2]
+    assert "\x1b" not in done.stdout
+
+
+@pytest.mark.parametrize("command", [["run"], ["executions", "list"], ["lm", "serve"], ["pool", "start"], ["--"]])
+def test_option_help_has_no_python_type_tags(command: list[str]) -> None:
+    """In-process (the click command the console script runs): help is text, and a process each costs seconds."""
+    from click.testing import CliRunner
+    from stepbridge.cli import command as cli_command
+
+    args = [c for c in command if c != "--"]
+    done = CliRunner().invoke(cli_command(), [*args, "--help"], prog_name="stepbridge", env={"COLUMNS": "160"})
+    assert done.exit_code == 0, done.output
+    assert "<bool>" not in done.output and "<str>" not in done.output and "<list[" not in done.output
+    assert "--help" in done.output and "Usage: stepbridge" in done.output
 
 
 def test_lm_serve_records_with_upstream_and_needs_a_cassette(home: Path) -> None:

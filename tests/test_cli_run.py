@@ -148,3 +148,14 @@ def test_sigterm_records_the_run_in_flight_as_cancelled(tmp_path: Path) -> None:
     assert proc.returncode == 128 + signal.SIGTERM, stderr
     assert [e.status for e in store.list_executions()] == ["cancelled"]
     store.close()
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
+def test_a_timeout_that_is_not_a_positive_number_is_refused_before_anything_runs(home: Path, value: str) -> None:
+    done = cli("run", str(EXAMPLES / "rag_qa.yaml"), "-i", "question=Who created Python?", "--timeout", value,
+               "--json", home=home)
+    assert done.returncode == 2, done.stderr
+    error = json.loads(done.stdout)["error"]
+    assert error["type"] == "ConfigurationError" and "--timeout" in error["message"]
+    listed = cli("executions", "list", "--json", home=home)
+    assert json.loads(listed.stdout) == []  # nothing was recorded

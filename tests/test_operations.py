@@ -290,3 +290,44 @@ def test_measure_counts_values_and_text(value: Any) -> None:
                 measure(value, "", "x")
     finally:
         ops_module.MAX_ITEMS, ops_module.MAX_CHARS = original
+
+
+@given(st.lists(st.lists(json_values, max_size=5), min_size=1, max_size=4))
+def test_concat_charges_as_measuring_its_result_with_or_without_remembered_sizes(parts: list[Any]) -> None:
+    """$concat measures its result from its parts' sizes (remembered per run): the charge is the one
+    measuring the result itself gives, whether the parts' sizes were remembered or walked."""
+    def charge(value: Any) -> int:
+        scope = {operations.WORK_KEY: [10**9]}
+        measure(value, "", "x", scope)
+        return 10**9 - scope[operations.WORK_KEY][0]
+
+    expected = charge([x for part in parts for x in part])
+    cold = {operations.WORK_KEY: [10**9], operations.SIZES_KEY: {}}
+    result = run_operation(OPERATIONS["concat"], parts, "/p", cold)
+    assert 10**9 - cold[operations.WORK_KEY][0] == expected
+    # the result's size is remembered: concatenating it again charges as walking it would
+    warm = {operations.WORK_KEY: [10**9], operations.SIZES_KEY: cold[operations.SIZES_KEY]}
+    run_operation(OPERATIONS["concat"], [result, ["z"]], "/p", warm)
+    assert 10**9 - warm[operations.WORK_KEY][0] == charge([*result, "z"])
+
+
+def test_a_remembered_size_is_not_trusted_once_the_list_changed() -> None:
+    """A module may append to a list it was given: a remembered size whose length no longer matches is
+    walked again, so the bounds still hold."""
+    scope = {operations.WORK_KEY: [10**9], operations.SIZES_KEY: {}}
+    state = run_operation(OPERATIONS["concat"], [["a"], ["b"]], "/p", scope)
+    state.extend("x" * 50 for _ in range(10))  # what a tool might do to its argument
+    original = operations.MAX_CHARS
+    try:
+        operations.MAX_CHARS = 400
+        with pytest.raises(OperationError, match="characters"):
+            run_operation(OPERATIONS["concat"], [state, ["c"]], "/p", scope)
+    finally:
+        operations.MAX_CHARS = original
+
+
+def test_remembered_sizes_stay_bounded() -> None:
+    scope = {operations.WORK_KEY: [10**9], operations.SIZES_KEY: {}}
+    for i in range(100):
+        run_operation(OPERATIONS["concat"], [[i], [i]], "/p", scope)
+    assert len(scope[operations.SIZES_KEY]) <= 16

@@ -11,11 +11,17 @@ from typing import Any
 import pytest
 import stepbridge as sb
 from stepbridge.adapter import RunOptions
-from stepbridge.errors import InputValidationError, StepbridgeError, StorageError, UnsupportedCapabilityError
+from stepbridge.errors import (
+    ConfigurationError,
+    InputValidationError,
+    StepbridgeError,
+    StorageError,
+    UnsupportedCapabilityError,
+)
 from stepbridge.program import LMConfig
 from stepbridge.recorder import AsyncRecorder, Begun, ProgramSource, Recorder
 from stepbridge.result import RunResult
-from stepbridge.runner import check_capabilities, check_run
+from stepbridge.runner import Runner, check_capabilities, check_run
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -164,3 +170,32 @@ def test_same_content_beside_different_corpora_runs_on_its_own_corpus(tmp_path: 
 
     asyncio.run(go())
     assert outputs == [["alpha corpus line"], ["beta corpus line"]]
+
+
+def test_execution_ids_are_distinct_uuid4_hex_also_in_a_forked_child() -> None:
+    import os
+    import uuid
+
+    from stepbridge.adapter import new_execution_id
+
+    ids = [new_execution_id() for _ in range(600)]  # across batches
+    assert len(set(ids)) == len(ids)
+    for eid in ids:
+        parsed = uuid.UUID(hex=eid)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and parsed.hex == eid
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child must not hand out the parent's remaining ids
+        os.write(write, new_execution_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert child not in ids and child != new_execution_id()
+
+
+@pytest.mark.parametrize("timeout", [-1.0, 0, float("nan"), float("inf"), "5"])
+def test_a_runner_refuses_a_timeout_that_is_not_a_positive_number(timeout: Any) -> None:
+    with pytest.raises(ConfigurationError, match="positive number of seconds"):
+        Runner("native", timeout=timeout)

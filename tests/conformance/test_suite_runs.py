@@ -27,9 +27,10 @@ def run_suite(tmp_path: Path, adapter: str, *args: str, pythonpath: Path | None 
     env = {k: v for k, v in os.environ.items() if not k.startswith("STEPBRIDGE_LM_")}
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), *filter(None, [env.get("PYTHONPATH")])])
+    # the plugins `stepbridge conformance` loads (conformance_tests/cli.py): hypothesis's would cost a second a run
     cmd = [sys.executable, "-m", "pytest", "-p", "stepbridge.conformance.plugin", "-p", "no:cacheprovider",
-           "--pyargs", "stepbridge.conformance", "--adapter", adapter, "--conformance-report", str(report),
-           "-q", "-rfE", *args]
+           "-p", "no:hypothesispytest", "--pyargs", "stepbridge.conformance", "--adapter", adapter,
+           "--conformance-report", str(report), "-q", "-rfE", *args]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     output = proc.stdout + proc.stderr
     path = report / "conformance.json"
@@ -312,6 +313,7 @@ def run_mutants(tmp_path: Path, *names: str) -> dict[str, dict[str, Any]]:
     return {o["name"]: o for o in json.loads(out.read_text())["outcomes"]}
 
 
+@pytest.mark.slow  # four mutants, each a suite run in its own process (~10 s of CPU)
 def test_messages_name_the_request_the_field_and_the_protocol_part(tmp_path: Path) -> None:
     found = run_mutants(tmp_path, "IgnoresRunOverride", "InputFieldsSorted", "StripsInputs", "CancelLeavesTask")
     assert all(o["status"] == "killed" for o in found.values()), found
@@ -332,6 +334,7 @@ def test_messages_name_the_request_the_field_and_the_protocol_part(tmp_path: Pat
     assert "after the run was cancelled" in cancel and "instead it" not in cancel and "look at: cancel" in cancel
 
 
+@pytest.mark.slow  # six mutants, each a suite run in its own process (~10 s of CPU)
 def test_format_2_messages_name_the_construct_that_went_elsewhere(tmp_path: Path) -> None:
     """A format-2 bug shows first in the trace (a branch, a loop's passes, a parsed object) or as a missing request;
     the message names that record's field and the part of the protocol of its construct -- not parsing, not
@@ -447,6 +450,7 @@ def test_new_capabilities_are_gated_and_get_negative_tests(tmp_path: Path) -> No
     assert "| agents | yes |" in markdown and "| control_flow | no |" in markdown
 
 
+@pytest.mark.slow  # a pool of worker processes under a suite run (~10 s of CPU)
 def test_builtin_out_of_process_names_certify_their_hosted_factories(tmp_path: Path) -> None:
     """``stepbridge conformance pool`` (or ``ray``) means the pool hosting the suite's fixtures: a bare
     PoolAdapter's workers would not know the suite's tools and fail for a reason that is not the adapter's."""

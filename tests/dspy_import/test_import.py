@@ -210,9 +210,9 @@ class AsyncOnly(dspy.Module):
         return await self.p.acall(question=question)
 
 
-def test_an_aforward_only_module_is_traced(dspy_lm: Any) -> None:
+def test_an_aforward_only_module_is_converted(dspy_lm: Any) -> None:
     program, report = import_module(AsyncOnly(), sample_inputs=Q, lm=dspy_lm)
-    assert report.mode == "traced" and report.status == "verified"
+    assert report.mode == "static" and report.status == "verified"  # aforward read from its source
     assert list(program.modules) == ["p"]
 
 
@@ -574,7 +574,7 @@ def test_a_registered_tool_called_in_forward_is_a_tool_step(loop: Any, dspy_lm: 
     try:
         original = SearchThenAnswer()
         program, report = import_module(original, sample_inputs=Q, lm=dspy_lm)
-        assert report.mode == "traced" and report.status == "verified", str(report)
+        assert report.mode == "static" and report.status == "verified", str(report)  # read from its source
         steps = program.to_dict()["steps"]
         assert steps[1] == {"call": "sb_search", "with": {"query": "$rewrite_out.query", "k": 2}, "as": "sb_search_out"}
         assert steps[2]["with"]["context"] == "$sb_search_out.result"
@@ -648,9 +648,9 @@ class CallOverride(dspy.Module):
         return self.predict2(question=question, answer=answer)
 
 
-def test_a_module_overriding_call_is_traced(dspy_lm: Any) -> None:
+def test_a_module_overriding_call_is_converted(dspy_lm: Any) -> None:
     program, report = import_module(CallOverride(), sample_inputs=Q, lm=dspy_lm)
-    assert report.mode == "traced" and report.status == "verified", str(report)
+    assert report.mode == "static" and report.status == "verified", str(report)
     assert list(program.modules) == ["predict1", "predict2"]
 
 

@@ -190,6 +190,22 @@ def test_retrieve_without_a_loop_is_a_retrieve_step(loop: Any, dspy_lm: Any, nat
     _same_on_native(loop, native_adapter, original, program, dspy_lm, UNSEEN)
 
 
+class JoinedRAG(SimpleRAG):
+    def forward(self, question: str) -> Any:
+        passages = self.retrieve(question).passages
+        context = "\n\n".join(passages)
+        words = context.split(" ")
+        return self.generate_answer(context=context + "\n" + "|".join(words), question=question)
+
+
+def test_joined_and_split_text_are_operations(loop: Any, dspy_lm: Any, native_adapter: Any,
+                                              registered_rm: None) -> None:
+    original = JoinedRAG()
+    program, report = import_module(original, sample_inputs=Q, lm=dspy_lm)
+    assert report.mode == "static" and report.status == "verified", str(report)
+    _same_on_native(loop, native_adapter, original, program, dspy_lm, UNSEEN)
+
+
 def test_retrieve_without_a_registered_rm_is_refused_naming_it(dspy_lm: Any) -> None:
     with dspy.context(rm=rm), pytest.raises(ConversionError, match=r"dspy\.Retrieve"):
         import_module(SimpleRAG(), sample_inputs=Q, lm=dspy_lm, fallback=False)
@@ -286,14 +302,55 @@ class Closure(Aliased):
         return dspy.Prediction(answer=question)
 
 
+class MutatedAfterPrediction(Aliased):
+    def forward(self, question: str) -> Any:
+        notes: list[str] = []
+        pred = dspy.Prediction(notes=notes)
+        notes.append(self.gen(question=question).answer)  # Python: pred.notes changes too
+        return pred
+
+
+class ShadowsATool(Aliased):
+    def forward(self, question: str, search: Any = None) -> Any:  # a parameter: not the registered tool
+        answer = self.gen(question=question).answer
+        return dspy.Prediction(found=search(answer, k=2))
+
+
 @pytest.mark.parametrize(("cls", "why"), [
+    (ShadowsATool, "a call of the local name search"),
     (Aliased, "another name may share it"),
+    (MutatedAfterPrediction, "another name may share it"),
     (PlusUnknown, "`\\+` on values whose kinds"),
     (BreaksOut, "break inside a for loop"),
     (Closure, "FunctionDef"),
 ])
 def test_the_static_reader_refuses_what_it_cannot_reproduce(cls: type, why: str) -> None:
     obj = cls()
+    search_module = {id(search): ("search", ["query", "k"])}  # as if `search` were registered
     with pytest.raises(Unsupported, match=why):
-        compile_forward(obj, "forward", {id(obj.gen): "gen"}, {"gen": ["answer"]},
-                        types={"gen": {"answer": "str"}})
+        compile_forward(obj, "forward", {id(obj.gen): "gen"}, {"gen": ["answer"], "search": ["result"]},
+                        types={"gen": {"answer": "str"}, "search": {"result": "list[str]"}}, tools=search_module)
+
+
+class ChatMessages(dspy.Module):
+    """DSPy's deployment tutorial: forward(self, messages) answers messages[0]["content"]."""
+
+    def __init__(self) -> None:
+        self.cot = dspy.ChainOfThought("question -> answer")
+
+    def forward(self, messages: list[dict[str, str]]) -> Any:
+        pred = self.cot(question=messages[0]["content"])
+        out = dspy.Prediction(answer=pred.answer, asked=[messages[0]["content"], "?"])
+        return out
+
+
+def test_keys_indexes_list_literals_and_a_named_prediction(loop: Any, dspy_lm: Any, native_adapter: Any) -> None:
+    original = ChatMessages()
+    samples = [{"messages": [{"role": "user", "content": q["question"]}]} for q in Q]
+    program, report = import_module(original, sample_inputs=samples, lm=dspy_lm)
+    assert report.mode == "static" and report.status == "verified", str(report)
+    assert program.to_dict()["steps"][0]["with"]["question"] == {
+        "$get": [{"$index": ["$inputs.messages", 0]}, "content"]}
+    _same_on_native(loop, native_adapter, original, program, dspy_lm,
+                    [{"messages": [{"role": "user", "content": u["question"]}, {"role": "user", "content": "2nd"}]}
+                     for u in UNSEEN])

@@ -62,6 +62,7 @@ def test_a_metric_that_raises_is_a_row_error(store: Store) -> None:
     assert errors[0].error == {"type": "MetricError", "message": "ValueError: cannot judge this one"}
 
 
+@pytest.mark.slow  # seven CLI processes (~18 s of CPU); the API tests cover the same paths in-process
 def test_cli_eval_json_and_compare(tmp_path: Path) -> None:
     """The CLI's shapes and exit codes (SQLite only: the storage paths are the API tests' on both)."""
     db_url = f"sqlite:///{tmp_path / 'store.db'}"
