@@ -84,6 +84,16 @@ def import_dspy(
 
     from .dspy_interop import import_module
 
+    def failed(kind: str, message: str, code: int, details: dict[str, Any] | None = None) -> typer.Exit:
+        """Every error the same way: JSON on stdout under --json, one line on stderr otherwise."""
+        if as_json:
+            sys.stdout.write(json.dumps({"ok": False, "error": {"type": kind, "message": message,
+                                                                "details": details or {}}},
+                                        indent=2, default=str) + "\n")
+        else:
+            typer.echo(f"cannot import {target}: {message}", err=True)
+        return typer.Exit(code)
+
     try:
         obj = load_target(target)
         state_data = json.loads(state.read_text(encoding="utf-8")) if state is not None else None
@@ -91,18 +101,18 @@ def import_dspy(
         program, report = import_module(obj, state_data, samples, name=name, fallback=not no_fallback,
                                         strict=strict)
     except (ConversionError, ProgramValidationError) as exc:
-        if as_json:
-            sys.stdout.write(json.dumps({"ok": False, "error": exc.to_dict()}, indent=2, default=str) + "\n")
-        else:
-            typer.echo(f"cannot import {target}: {exc}", err=True)
-        raise typer.Exit(EXIT_INVALID) from None
+        raise failed(type(exc).__name__, str(exc), EXIT_INVALID, exc.to_dict().get("details")) from None
     except StepbridgeError as exc:
-        typer.echo(f"import failed: {exc}", err=True)
-        raise typer.Exit(EXIT_FAILED) from None
+        raise failed(type(exc).__name__, str(exc), EXIT_FAILED, exc.to_dict().get("details")) from None
+    except typer.BadParameter as exc:  # the target, or a --sample-inputs line: the operator's input
+        raise failed("UsageError", exc.format_message(), EXIT_INVALID) from None
     except (OSError, ValueError, RecursionError) as exc:  # unreadable --state / --sample-inputs files
-        typer.echo(f"cannot import {target}: {exc}", err=True)
-        raise typer.Exit(EXIT_INVALID) from None
-    program.dump(output)
+        raise failed("InputValidationError", f"{type(exc).__name__}: {exc}", EXIT_INVALID) from None
+    try:
+        program.dump(output)
+    except (OSError, ValueError) as exc:
+        raise failed("OutputError", f"cannot write {output}: {getattr(exc, 'strerror', None) or exc}",
+                     EXIT_FAILED) from None
     if as_json:
         sys.stdout.write(json.dumps({"ok": True, "program": str(output), "hash": program.content_hash,
                                      "report": report.to_dict()}, indent=2) + "\n")

@@ -108,7 +108,10 @@ def status(
                 time.sleep(0.2)
         info = query_status(address, curve=curve, timeout=timeout)
     except StepbridgeError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        if as_json:  # every error JSON under --json, as every command does
+            sys.stdout.write(json.dumps({"ok": False, "error": exc.to_dict()}, indent=2, default=str) + "\n")
+        else:
+            typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")

@@ -22,6 +22,8 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from .errors import did_you_mean
+
 __all__ = [
     "contains",
     "exact_match",
@@ -48,7 +50,9 @@ def _field(data: Mapping[str, Any], field: str, what: str) -> Any:
         raise TypeError(f"the {what} must be a mapping of field -> value, got {type(data).__name__}")
     if field not in data:
         known = ", ".join(map(str, data)) or "none"
-        raise KeyError(f"the {what} has no field {field!r} (fields: {known})")
+        hint = did_you_mean(field, [k for k in data if isinstance(k, str)])
+        raise KeyError(f"the {what} has no field {field!r} (fields: {known})"
+                       + (f"; did you mean {hint!r}?" if hint else ""))
     return data[field]
 
 

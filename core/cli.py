@@ -609,12 +609,40 @@ def _interrupted(signum: int, frame: Any) -> None:
     raise typer.Exit(EXIT_INTERRUPTED)
 
 
-def main() -> None:
+def _wants_json(args: list[str]) -> bool:
+    """Whether ``--json`` is among the options (before a ``--``)."""
+    return "--json" in (args[:args.index("--")] if "--" in args else args)
+
+
+def usage_error(exc: typer.TyperException) -> dict[str, Any]:
+    """A usage error (an unknown option, a value out of range, a missing argument) as ``--json`` prints every
+    error: ``{"ok": false, "error": {"type", "message", "details"}}``."""
+    ctx = getattr(exc, "ctx", None)
+    param = getattr(exc, "param", None)
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    return {"ok": False, "error": {"type": "UsageError", "message": message,
+                                   "details": {"command": getattr(ctx, "command_path", None),
+                                               "param": getattr(param, "name", None), "kind": type(exc).__name__}}}
+
+
+def main(args: list[str] | None = None) -> None:
     # Ctrl-C before or after the event loop runs (loading, opening the store) exits 130 like it does
     # mid-run; click would otherwise say "Aborted!" and exit 1.
     with contextlib.suppress(ValueError):
         signal.signal(signal.SIGINT, _interrupted)
-    command()(prog_name="stepbridge")
+    args = sys.argv[1:] if args is None else args
+    if not _wants_json(args):
+        command()(args=args, prog_name="stepbridge")
+        return
+    # under --json every error is JSON on stdout, also those click finds before a command runs
+    try:
+        code = command().main(args=args, prog_name="stepbridge", standalone_mode=False)
+    except typer.TyperException as exc:  # click's usage errors (typer carries its own click)
+        _print_json(usage_error(exc))
+        sys.exit(getattr(exc, "exit_code", EXIT_INVALID))
+    except typer.Abort:
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputValidationError, did_you_mean
+from .files import FileRefused, read_regular
 from .operations import MAX_VALUE_DEPTH
 from .program import Program
 
@@ -209,6 +210,12 @@ def from_rows(rows: Iterable[Mapping[str, Any]], *, program: Program | None = No
                                        f"{', '.join(program.signature.inputs)})" + (f"; did you mean {hint!r}?"
                                                                                     if hint else ""),
                                        field=foreign[0])
+        needed = [n for n, f in program.signature.inputs.items()
+                  if f.type_expr.kind != "optional" and n not in input_names]
+        if needed:  # left out of --inputs, it would be missing from every run
+            raise InputValidationError(f"{source}: {program.name} needs the input(s) {', '.join(needed)}, which "
+                                       f"the inputs given ({', '.join(input_names) or 'none'}) leave out",
+                                       field=needed[0])
     if labels is None:
         labels = [k for k in seen if k not in input_names]
     label_names = tuple(dict.fromkeys(labels))
@@ -240,13 +247,9 @@ def load_dataset(path: str | Path, *, program: Program | None = None, inputs: Se
     path = Path(path)
     kind = _format_of(path, fmt)
     try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise InputValidationError(f"{path}: {size} bytes is more than the {MAX_BYTES} a dataset may have")
-        with path.open("rb") as fh:  # bounded: a device or a pipe reports size 0 (/dev/zero never ends)
-            raw = fh.read(MAX_BYTES + 1)
-        if len(raw) > MAX_BYTES:
-            raise InputValidationError(f"{path}: more than the {MAX_BYTES} bytes a dataset may have")
+        raw = read_regular(path, MAX_BYTES)
+    except FileRefused as exc:
+        raise InputValidationError(f"dataset {exc}; give a JSONL or CSV file") from None
     except OSError as exc:
         raise InputValidationError(f"cannot read dataset {path}: {exc.strerror or exc}") from None
     try:

@@ -200,7 +200,7 @@ def _names(text: str | None) -> list[str] | None:
 def evals_list(db: DbOption = None, limit: LimitOption = 50,
                as_json: JsonOption = False) -> None:
     """Stored evaluations, newest first."""
-    from stepbridge.storage.evaluations import Evaluations
+    from stepbridge.storage.evaluations import Evaluations, Refused
 
     found = read_store(db, as_json, lambda store: Evaluations(store).recent(limit))
     if as_json:
@@ -208,11 +208,30 @@ def evals_list(db: DbOption = None, limit: LimitOption = 50,
         return
     table = Table("id", "program", "metric", "backend", "rows", "score", "errors", "status", "created")
     for e in found:
+        if isinstance(e, Refused):
+            table.add_row(escape(e.id[:12]), *refused_cells(7))
+            continue
         s = e.summary
         table.add_row(e.id[:12], escape(e.program_name), escape(e.metric), escape(e.backend), f"{e.done}/{e.size}",
                       "-" if s is None or s.score is None else f"{s.score:.4f}", "-" if s is None else str(s.errors),
                       e.status, e.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"))
     out.print(table)
+    warn_refused(found, "evals")
+
+
+def refused_cells(width: int) -> list[str]:
+    """A listed row that could not be read: marked in the table, its reason said once below it."""
+    return ["[red]malformed[/]", *["-"] * (width - 2), "[red]refused[/]"]
+
+
+def warn_refused(found: list[Any], what: str) -> None:
+    bad = [e for e in found if getattr(e, "malformed", False) is True]
+    for e in bad:
+        err.print(f"[red]refused[/] {escape(e.id[:64])}: {escape(str(e.error.get('message', ''))[:300])}",
+                  highlight=False, soft_wrap=True)
+    if bad:
+        err.print(f"{len(bad)} stored row(s) could not be read (marked malformed); `stepbridge {what} show ID` "
+                  "names the problem", highlight=False)
 
 
 @evals_app.command("show")
@@ -232,12 +251,13 @@ def evals_show(evaluation_id: Annotated[str, typer.Argument(help="Evaluation id 
         print_json({**ev.model_dump(mode="json"), "rows": [r.model_dump(mode="json") for r in stored]})
         return
     s = ev.summary
-    out.print(f"[bold]evaluation {ev.id}[/] · {escape(ev.program_name)} [dim]{ev.program_hash[:12]}[/] · "
+    out.print(f"[bold]evaluation {escape(ev.id)}[/] · {escape(ev.program_name)} "
+              f"[dim]{escape(ev.program_hash[:12])}[/] · "
               f"{escape(ev.metric)} · {escape(ev.backend)} · {ev.status} · {ev.done}/{ev.size} rows scored",
               highlight=False)
-    out.print(f"[dim]dataset {escape(ev.dataset_source or '-')} {ev.dataset_hash[:12]} · inputs "
-              f"{', '.join(ev.fields.get('inputs', []))} · labels {', '.join(ev.fields.get('labels', []))}[/]",
-              highlight=False)
+    out.print(f"[dim]dataset {escape(ev.dataset_source or '-')} {escape(ev.dataset_hash[:12])} · inputs "
+              f"{escape(', '.join(ev.fields.get('inputs', [])))} · labels "
+              f"{escape(', '.join(ev.fields.get('labels', [])))}[/]", highlight=False)
     if s is not None and s.score is not None:
         out.print(f"score [bold]{s.score:.4f}[/] (95% CI {s.ci_low:.4f} .. {s.ci_high:.4f}) · {s.errors} error(s) · "
                   f"{s.tokens} tokens · p50 {s.p50_ms or 0:.0f} ms · p95 {s.p95_ms or 0:.0f} ms", highlight=False)

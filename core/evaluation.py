@@ -28,10 +28,10 @@ from pydantic import BaseModel, Field
 
 from .adapter import RunOptions, new_execution_id
 from .datasets import Dataset
-from .errors import InputValidationError, StepbridgeError
+from .errors import InputValidationError, ProgramValidationError, StepbridgeError, did_you_mean
 from .program import Program
 from .registry import metric as registered_metric
-from .registry import registered_backend
+from .registry import metrics, registered_backend
 from .runner import Runner, _sync, load
 
 __all__ = [
@@ -46,12 +46,16 @@ __all__ = [
     "evaluate",
     "mean_ci",
     "resolve_metric",
+    "store_judge",
     "summarize",
 ]
 
 #: a row's score or error is written at most this many rows (or this many seconds) after it finished
 FLUSH_ROWS = 64
 FLUSH_SECONDS = 0.5
+#: bounds of what an operator may ask for (``--concurrency``, ``--timeout``)
+MAX_CONCURRENCY = 10_000
+MAX_TIMEOUT = 7 * 24 * 3600.0
 
 
 class RowResult(BaseModel):
@@ -132,12 +136,12 @@ class EvaluationLog(Protocol):
 
 class EvaluationStore(Protocol):
     """What evaluating needs of a store (:class:`stepbridge.storage.Store` is one): its evaluation log and
-    publishing a version the log names by hash. Taken, never imported, as the Runner takes a Recorder."""
+    storing a program (a judge) by content hash. Taken, never imported, as the Runner takes a Recorder."""
 
     @property
     def evaluations(self) -> EvaluationLog: ...
 
-    def ensure_published(self, program: Program, message: str) -> None: ...
+    def ensure_stored(self, program: Program) -> None: ...
 
 
 # ------------------------------------------------------------------------------------------------
@@ -181,30 +185,88 @@ def as_score(value: Any, spec: str) -> float:
     raise TypeError(f"metric {spec!r} returned {type(value).__name__} {str(value)[:60]!r}, not a number or bool")
 
 
+#: a metric name as registered (``NAME``) with an optional field (``:FIELD``)
+_NAME = re.compile(r"^[A-Za-z_][\w.\-]*(:[A-Za-z_]\w*)?$")
+JUDGE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
 def _is_program_file(spec: str) -> bool:
-    return spec.endswith((".yaml", ".yml", ".json")) or "/" in spec
+    return spec.lower().endswith(JUDGE_SUFFIXES)
 
 
 def resolve_metric(spec: str | Callable[..., Any] | Program | Metric, *, runner: Runner | None = None,
                    store: Any = None) -> Metric:
     """A :class:`Metric` from a registered name (``exact_match``, ``token_f1:answer``), a program file or
-    :class:`Program` (an LM judge), or a callable ``(example, prediction) -> float | bool`` (sync or async)."""
+    :class:`Program` (an LM judge), or a callable ``(example, prediction) -> float | bool`` (sync or async).
+
+    Only a spec ending in ``.yaml``, ``.yml`` or ``.json`` is read as a file, and a judge file that is not
+    a valid program is refused without quoting it: ``--metric /etc/shadow`` neither reads the file nor
+    echoes its lines."""
     if isinstance(spec, Metric):
         return spec
-    if isinstance(spec, Program) or (isinstance(spec, str) and _is_program_file(spec)):
-        judge = load(spec) if isinstance(spec, str) else spec
+    if isinstance(spec, Program):
+        return _judge_metric(spec, runner)
+    if isinstance(spec, str) and _is_program_file(spec):
+        if not Path(spec).is_file():
+            raise InputValidationError(f"--metric {spec[:200]!r}: no such judge program file (a registered metric "
+                                       "is given by name: NAME[:FIELD])")
+        try:
+            judge = load(Path(spec))
+        except ProgramValidationError as exc:
+            problems = len(exc.issues) if exc.issues else 1
+            raise InputValidationError(f"--metric {spec[:200]!r} is not a valid judge program ({problems} "
+                                       f"problem(s)); `stepbridge validate {spec[:200]}` lists them") from None
         return _judge_metric(judge, runner)
     if isinstance(spec, str):
+        if not _NAME.match(spec):
+            raise InputValidationError(f"--metric {spec[:80]!r} is neither a registered metric (NAME[:FIELD]) nor a "
+                                       f"judge program file ({', '.join(JUDGE_SUFFIXES)})")
         name, _, field = spec.partition(":")
         try:
             func = registered_metric(name, field or None)
         except (KeyError, TypeError) as exc:
-            raise InputValidationError(f"--metric {spec!r}: {exc.args[0] if exc.args else exc}") from None
+            hint = did_you_mean(name, metrics.names()) if isinstance(exc, KeyError) else None
+            raise InputValidationError(f"--metric {spec!r}: {exc.args[0] if exc.args else exc}"
+                                       + (f"; did you mean {hint!r}?" if hint else "")) from None
         return _callable_metric(func, spec)
     if callable(spec):
         return _callable_metric(spec, getattr(spec, "__name__", type(spec).__name__))
     raise InputValidationError(f"a metric is a registered name, a judge program or a callable, not "
                                f"{type(spec).__name__}")
+
+
+def check_run_settings(*, concurrency: int, timeout: float | None) -> None:
+    """Numbers an operator passes (``--concurrency``, ``--timeout``) are in range and finite: a negative or
+    NaN timeout was accepted and meant no timeout at all."""
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise InputValidationError(f"concurrency must be a whole number from 1 to {MAX_CONCURRENCY}, got "
+                                   f"{concurrency!r}", field="concurrency")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                                or not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT):
+        raise InputValidationError(f"timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}, got "
+                                   f"{timeout!r}", field="timeout")
+
+
+async def check_metric(metric: Metric, program: Program, dataset: Dataset) -> None:
+    """Refuse, before anything runs, a registered metric that cannot find its fields: ``exact_match:answr``
+    (or plain ``exact_match`` on a program without an ``answer`` output) would fail every row alone. The
+    metric is tried once on an example holding every field of the dataset and a prediction holding every
+    output of the program (as empty text); only a missing field (``KeyError``) is refused: other errors
+    may be this placeholder's, and are left to the rows."""
+    if metric.judge is not None or not _NAME.match(metric.spec) or not dataset.rows:
+        return
+    example: dict[str, Any] = {}
+    for row in dataset.rows:
+        for key, value in row.items():
+            example.setdefault(key, value)
+    prediction = dict.fromkeys(program.signature.outputs, "")
+    try:
+        await metric(example, prediction)
+    except KeyError as exc:
+        raise InputValidationError(f"--metric {metric.spec!r} cannot score {program.name} on {dataset.source}: "
+                                   f"{exc.args[0] if exc.args else exc}") from None
+    except Exception:  # a placeholder prediction may fail a metric in other ways: the rows will tell
+        return
 
 
 _JUDGE = re.compile(r"^judge:[0-9a-f]{64}$")
@@ -216,15 +278,16 @@ def stored_metric(spec: str, store: Any, runner: Runner) -> Metric:
     hash (and validated); never a path."""
     if _JUDGE.match(spec):
         return _judge_metric(store.load(spec.removeprefix("judge:")), runner)
-    if _is_program_file(spec) or not re.match(r"^[A-Za-z_][\w.\-]*(:[A-Za-z_]\w*)?$", spec):
+    if not _NAME.match(spec):
         raise InputValidationError(f"the stored metric {spec[:80]!r} is neither a registered name nor judge:HASH")
     return resolve_metric(spec, runner=runner)
 
 
-def publish_judge(metric: Metric, store: Any) -> None:
-    """A judge metric is kept in the store (by content hash), so a resume needs no file."""
+def store_judge(metric: Metric, store: Any) -> None:
+    """A judge metric is kept in the store by content hash (not published as a version of its name), so a
+    resume needs no file."""
     if metric.judge is not None and store is not None:
-        store.ensure_published(metric.judge, "published automatically as an evaluation's judge")
+        store.ensure_stored(metric.judge)
 
 
 def _callable_metric(func: Callable[..., Any], spec: str) -> Metric:
@@ -439,11 +502,15 @@ async def aevaluate(program: Program | str | Path, data: Dataset | str | Path, m
     prog = load(program, store=store)
     dataset = data if isinstance(data, Dataset) else load_dataset(data, program=prog, inputs=inputs,
                                                                    labels=labels)
+    if not dataset.rows:
+        raise InputValidationError(f"{dataset.source}: the dataset has no rows to evaluate")
+    check_run_settings(concurrency=concurrency, timeout=timeout)
     own = runner is None
     runner = runner or Runner(backend, store=store, lm=lm, timeout=timeout, **adapter_options)
     try:
         scorer = resolve_metric(metric, runner=runner)
-        await asyncio.to_thread(publish_judge, scorer, store)
+        await check_metric(scorer, prog, dataset)
+        await asyncio.to_thread(store_judge, scorer, store)
         await runner.prepare(prog)
         if scorer.judge is not None:
             await runner.prepare(scorer.judge)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .errors import Issue, ProgramValidationError
+from .files import FileRefused, read_regular
 from .pointers import escape as _escape
 
 if TYPE_CHECKING:
@@ -296,13 +297,15 @@ def load_program(source: str | Path | dict[str, Any], *, base_dir: str | Path | 
                                       source.rstrip().endswith((".yaml", ".yml", ".json"))):
         path = Path(source)
         try:
-            size = path.stat().st_size
+            raw = read_regular(path, MAX_FILE_BYTES)
+        except FileRefused as exc:
+            if exc.size is None:
+                raise _fail(f"program file {exc}") from None
+            raise _fail(f"program file is {exc.size / 1e6:.1f} MB; the limit is {MAX_FILE_BYTES // 2**20} MiB "
+                        "(keep corpora and data in separate files)") from None
         except OSError as exc:
             raise _fail(f"cannot read program file {str(path)!r}: {exc.strerror}") from None
-        if size > MAX_FILE_BYTES:
-            raise _fail(f"program file is {size / 1e6:.1f} MB; the limit is {MAX_FILE_BYTES // 2**20} MiB "
-                        "(keep corpora and data in separate files)")
-        data, lines = parse_document(path.read_bytes(), filename=path.name)
+        data, lines = parse_document(raw, filename=path.name)
         base_dir = base_dir if base_dir is not None else path.resolve().parent
     else:
         data, lines = parse_document(str(source))

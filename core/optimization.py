@@ -31,12 +31,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .adapter import RunOptions
 from .datasets import Dataset, from_rows, load_dataset
 from .errors import InputValidationError, StepbridgeError, StorageError, UnsupportedCapabilityError
-from .evaluation import Metric, aevaluate, as_score, publish_judge, resolve_metric, stored_metric
+from .evaluation import (
+    Metric,
+    aevaluate,
+    as_score,
+    check_metric,
+    check_run_settings,
+    resolve_metric,
+    store_judge,
+    stored_metric,
+)
 from .program import ChainOfThoughtModule, LMConfig, PredictModule, Program
 from .registry import load_adapter, registered_backend
 from .result import StepTrace
@@ -64,15 +73,31 @@ OPTIMIZERS = NATIVE + DSPY
 class Settings(BaseModel):
     """The optimizer's settings (DSPy's names and defaults)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_bootstrapped_demos: int = Field(default=4, ge=0, le=1000)
     max_labeled_demos: int = Field(default=16, ge=0, le=1000)
     max_rounds: int = Field(default=1, ge=1, le=100)
     metric_threshold: float | None = None
-    max_errors: int = Field(default=10, ge=1, description="dspy.settings.max_errors")
+    max_errors: int = Field(default=10, ge=1, le=1_000_000, description="dspy.settings.max_errors")
     num_candidates: int = Field(default=8, ge=0, le=1000, description="random_search: shuffled bootstraps")
     teacher: str | None = Field(default=None, description="a program file or stored reference; default: itself")
+
+
+def settings_from(value: Settings | dict[str, Any] | None) -> Settings:
+    """:class:`Settings` from a dict, each problem an :class:`InputValidationError` naming the setting (a NaN
+    threshold, a negative count) rather than a pydantic traceback."""
+    if isinstance(value, Settings):
+        return value
+    try:
+        return Settings(**(value or {}))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise InputValidationError(f"setting {name.replace('_', '-')}: {first['msg']} (got "
+                                   f"{str(first.get('input'))[:40]})", field=name) from None
+    except TypeError as exc:
+        raise InputValidationError(f"settings: {exc}") from None
 
 
 class OptimizationResult(BaseModel):
@@ -115,12 +140,13 @@ class OptimizationLog(Protocol):
 
 class OptimizationStore(Protocol):
     """What optimizing needs of a store (:class:`stepbridge.storage.Store` is one): its optimization log and
-    publishing a version (a teacher) by hash. Taken, never imported, as the Runner takes a Recorder."""
+    storing a program (a teacher, a judge) by content hash. Taken, never imported, as the Runner takes a
+    Recorder."""
 
     @property
     def optimizations(self) -> OptimizationLog: ...
 
-    def ensure_published(self, program: Program, message: str) -> None: ...
+    def ensure_stored(self, program: Program) -> None: ...
 
 
 @runtime_checkable
@@ -480,8 +506,10 @@ async def _finish(job: _Job, optimizer: str, store: Any, val: Dataset | None, be
     ref, digest = optimized.name, optimized.content_hash
     if store is not None:
         message = _lineage(optimizer, job.settings, job.metric.spec, job.train, val, before, after, job.id)
+        # an optimization that changed nothing publishes the original: never as its own parent
+        parent = job.program.content_hash if optimized.content_hash != job.program.content_hash else None
         version = await asyncio.to_thread(store.publish, optimized, source="optimized", message=message,
-                                          parent=job.program.content_hash)
+                                          parent=parent)
         ref, digest = version.ref, version.hash
     if job.log is not None and job.id is not None:
         await asyncio.to_thread(job.log.finish, job.id, result_hash=digest, score_after=after)
@@ -494,7 +522,7 @@ async def _finish(job: _Job, optimizer: str, store: Any, val: Dataset | None, be
 async def abootstrap(program: Program, train: Dataset, metric: Any, *, runner: Runner,
                      settings: Settings | dict[str, Any] | None = None, concurrency: int = 16) -> Program:
     """Only ``BootstrapFewShot.compile``: ``program`` with bootstrapped demos (nothing scored or stored)."""
-    conf = settings if isinstance(settings, Settings) else Settings(**(settings or {}))
+    conf = settings_from(settings)
     teacher = load(conf.teacher) if conf.teacher else program
     job = _Job(runner, program, teacher, train, train, resolve_metric(metric, runner=runner), conf, concurrency,
                None, None, None)
@@ -520,21 +548,33 @@ async def aoptimize(program: Program | str | Path, train: Dataset | str | Path, 
     ``store``, publish the result as a new version with its lineage."""
     if optimizer not in OPTIMIZERS:
         raise InputValidationError(f"unknown optimizer {optimizer!r} (one of: {', '.join(OPTIMIZERS)})")
-    conf = settings if isinstance(settings, Settings) else Settings(**(settings or {}))
+    conf = settings_from(settings)
+    check_run_settings(concurrency=concurrency, timeout=timeout)
     prog = load(program, store=store)
     trainset = train if isinstance(train, Dataset) else load_dataset(train, program=prog)
     valset = val if isinstance(val, Dataset) or val is None else load_dataset(val, program=prog)
+    for name, dataset in (("training", trainset), ("validation", valset)):
+        if dataset is not None and not dataset.rows:  # nothing to learn from or to score on: refused, not published
+            raise InputValidationError(f"{dataset.source}: the {name} data has no rows")
     teacher = load(conf.teacher, store=store) if conf.teacher else prog
     async with Runner(backend, store=store, lm=lm, timeout=timeout, **adapter_options) as recorded:
         # teacher runs and candidate scores are not recorded (the checkpoint keeps what they found);
         # the same adapter serves both
         runner = Runner(recorded.adapter, lm=lm, timeout=timeout)
         scorer = resolve_metric(metric, runner=runner)
+        for dataset in (trainset, valset):
+            if dataset is not None:
+                await check_metric(scorer, prog, dataset)
+        # what would fail once recorded is refused before: a program without predictors, a teacher unlike the
+        # student, a judge (or an unregistered metric) for a DSPy optimizer
+        _Job(runner, prog, teacher, trainset, valset or trainset, scorer, conf, concurrency, None, None, None)
+        if optimizer in DSPY:
+            _dspy_metric(scorer)
         log = _log_for(store)
         if store is not None:  # what a resume needs is kept in the store by hash, never as a path
-            await asyncio.to_thread(publish_judge, scorer, store)
+            await asyncio.to_thread(store_judge, scorer, store)
             if conf.teacher:
-                await asyncio.to_thread(store.ensure_published, teacher, "published automatically as a teacher")
+                await asyncio.to_thread(store.ensure_stored, teacher)
                 conf = conf.model_copy(update={"teacher": teacher.content_hash})
         oid = None
         if log is not None:
@@ -579,8 +619,7 @@ async def aresume(store: Any, optimization_id: str, *, backend: Any = None, conc
         scorer = stored_metric(row.metric, store, runner)
         job = _Job(runner, prog, teacher, trainset, valset or trainset, scorer, conf, concurrency, log, row.id,
                    on_progress)
-        checkpoint = dict(row.checkpoint or {})
-        checkpoint["candidates"] = log.candidates(row.id)
+        checkpoint = _checked_checkpoint(dict(row.checkpoint or {}), log.candidates(row.id), job.predictors, row.id)
         try:
             before = row.score_before
             if before is None:
@@ -591,6 +630,48 @@ async def aresume(store: Any, optimization_id: str, *, backend: Any = None, conc
         except StepbridgeError as exc:
             await asyncio.to_thread(log.failed, row.id, exc.to_dict())
             raise
+
+
+class _BootstrapState(BaseModel):
+    """A bootstrap checkpoint as :meth:`_Job.bootstrap` saves it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    next: int = Field(ge=0)
+    bootstrapped: list[int]
+    traces: dict[str, list[dict[str, Any]]]
+    errors: int = Field(ge=0)
+    attempts: int = Field(ge=0)
+    teacher_demos: dict[str, list[dict[str, Any]]] | None = None
+
+
+def _checked_checkpoint(checkpoint: dict[str, Any], candidates: list[dict[str, Any]], predictors: list[str],
+                        optimization_id: str) -> dict[str, Any]:
+    """A stored checkpoint and candidates, refused (a :class:`StorageError`) unless they have the shapes the
+    optimizer wrote and name only the program's predictors: a stored row is untrusted, and a tampered one
+    must not end a resume in a traceback."""
+    names = set(predictors)
+
+    def refuse(what: str) -> StorageError:
+        return StorageError(f"optimization {optimization_id}: the stored {what} is malformed; the row is refused "
+                            "(start a new optimization)")
+
+    checked: dict[str, Any] = {}
+    for key, saved in checkpoint.items():
+        if key != "bootstrap" and not (key.startswith("seed") and key[4:].lstrip("-").isdigit()):
+            raise refuse(f"checkpoint key {key[:40]!r}")
+        try:
+            state = _BootstrapState.model_validate(saved)
+        except ValidationError:
+            raise refuse(f"checkpoint {key!r}") from None
+        if set(state.traces) != names or not set(state.teacher_demos or {}) <= names:
+            raise refuse(f"checkpoint {key!r} (its modules are not the program's predictors)")
+        checked[key] = state.model_dump(exclude_none=True)
+    for c in candidates:
+        if not set(c["modules"]) <= names:
+            raise refuse(f"candidate {c['seq']} (its modules are not the program's predictors)")
+    checked["candidates"] = candidates
+    return checked
 
 
 def optimize(program: Program | str | Path, train: Dataset | str | Path, metric: Any, **options: Any

@@ -28,6 +28,8 @@ from .eval_cli import (
     print_json,
     progress_bar,
     read_store,
+    refused_cells,
+    warn_refused,
 )
 
 __all__ = ["optimizations_app", "optimize_command"]
@@ -80,7 +82,7 @@ def optimize_command(
     max_labeled_demos: Annotated[int, typer.Option(min=0, max=1000)] = 16,
     max_rounds: Annotated[int, typer.Option(min=1, max=100)] = 1,
     metric_threshold: Annotated[float | None, typer.Option()] = None,
-    max_errors: Annotated[int, typer.Option(min=1)] = 10,
+    max_errors: Annotated[int, typer.Option(min=1, max=1_000_000)] = 10,
     num_candidates: Annotated[int, typer.Option(min=0, max=1000, help="random_search: shuffled bootstraps.")] = 8,
     teacher: Annotated[str | None, typer.Option(help="Teacher program (default: the program itself).")] = None,
     backend: BackendOption = "native",
@@ -92,7 +94,7 @@ def optimize_command(
     """Optimize a program's demos on training data; publish the result as a new version with its lineage."""
     from .cli import check_configuration, check_program_profiles
     from .datasets import load_dataset
-    from .optimization import Settings, aoptimize
+    from .optimization import aoptimize, settings_from
     from .runner import load
 
     try:
@@ -106,9 +108,10 @@ def optimize_command(
         check_program_profiles(prog)
         trainset = load_dataset(train, program=prog)
         valset = load_dataset(val, program=prog) if val is not None else None
-        settings = Settings(max_bootstrapped_demos=max_bootstrapped_demos, max_labeled_demos=max_labeled_demos,
-                            max_rounds=max_rounds, metric_threshold=metric_threshold, max_errors=max_errors,
-                            num_candidates=num_candidates, teacher=teacher)
+        settings = settings_from(dict(max_bootstrapped_demos=max_bootstrapped_demos,
+                                      max_labeled_demos=max_labeled_demos, max_rounds=max_rounds,
+                                      metric_threshold=metric_threshold, max_errors=max_errors,
+                                      num_candidates=num_candidates, teacher=teacher))
         bar = _Bar(as_json)
         with bar.progress:
             heap.settle()  # a long run keeps its rows: keep full collections off the start-up heap
@@ -126,20 +129,26 @@ def optimize_command(
 def optimizations_list(db: DbOption = None, limit: LimitOption = 50,
                        as_json: JsonOption = False) -> None:
     """Stored optimizations, newest first."""
+    from stepbridge.storage.evaluations import Refused
     from stepbridge.storage.optimizations import Optimizations
 
     found = read_store(db, as_json, lambda store: Optimizations(store).recent(limit))
     if as_json:
-        print_json([o.model_dump(mode="json", exclude={"data", "checkpoint"}) for o in found])
+        print_json([o.model_dump(mode="json", exclude=set() if isinstance(o, Refused) else {"data", "checkpoint"})
+                    for o in found])
         return
     table = Table("id", "program", "optimizer", "status", "progress", "before", "after", "result")
     for o in found:
+        if isinstance(o, Refused):
+            table.add_row(escape(o.id[:12]), *refused_cells(7))
+            continue
         p = o.progress
-        table.add_row(o.id[:12], escape(o.program_name), o.optimizer, o.status,
-                      f"{p.get('stage', '-')} {p.get('done', 0)}/{p.get('total', 0)}" if p else "-",
+        table.add_row(o.id[:12], escape(o.program_name), escape(o.optimizer), o.status,
+                      escape(f"{p.get('stage', '-')} {p.get('done', 0)}/{p.get('total', 0)}"[:60]) if p else "-",
                       "-" if o.score_before is None else f"{o.score_before:.4f}",
-                      "-" if o.score_after is None else f"{o.score_after:.4f}", (o.result_hash or "-")[:12])
+                      "-" if o.score_after is None else f"{o.score_after:.4f}", escape((o.result_hash or "-")[:12]))
     out.print(table)
+    warn_refused(found, "optimizations")
 
 
 @optimizations_app.command("show")
@@ -157,18 +166,19 @@ def optimizations_show(optimization_id: Annotated[str, typer.Argument(help="Opti
     if as_json:
         print_json({**o.model_dump(mode="json", exclude={"data"}), "candidates": candidates})
         return
-    out.print(f"[bold]optimization {o.id}[/] · {escape(o.program_name)} [dim]{o.program_hash[:12]}[/] · {o.optimizer} "
-              f"· {o.status} · metric {escape(o.metric)} · {escape(o.backend)}", highlight=False)
+    out.print(f"[bold]optimization {escape(o.id)}[/] · {escape(o.program_name)} "
+              f"[dim]{escape(o.program_hash[:12])}[/] · {escape(o.optimizer)} · {o.status} · metric "
+              f"{escape(o.metric)} · {escape(o.backend)}", highlight=False)
+    val = "" if o.val_hash is None else " · val " + o.val_hash[:12]
     out.print(f"settings {escape(str(o.settings.model_dump(exclude_defaults=True) or '(defaults)'))} · train "
-              f"{o.train_hash[:12]}{'' if o.val_hash is None else ' · val ' + o.val_hash[:12]} · progress "
-              f"{escape(str(o.progress))}", highlight=False)
+              f"{escape(o.train_hash[:12] + val)} · progress {escape(str(o.progress)[:300])}", highlight=False)
     table = Table("#", "candidate", "score", "demos per module")
     for c in candidates:
         table.add_row(str(c["seq"]), escape(c["label"]), "-" if c["score"] is None else f"{c['score']:.4f}",
                       ", ".join(f"{escape(k)}: {len(v)}" for k, v in (c["modules"] or {}).items()))
     out.print(table)
     if o.result_hash:
-        out.print(f"result {o.result_hash[:12]} · score {o.score_before} -> {o.score_after}", highlight=False)
+        out.print(f"result {escape(o.result_hash[:12])} · score {o.score_before} -> {o.score_after}", highlight=False)
     if o.error:
         err.print(f"[red]failed[/]: {escape(str(o.error.get('message')))}", highlight=False)
 

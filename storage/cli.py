@@ -22,7 +22,16 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
-from stepbridge.errors import ConfigurationError, ProgramValidationError, StepbridgeError, did_you_mean
+from stepbridge.errors import (
+    ConfigurationError,
+    ExecutionNotFound,
+    InputValidationError,
+    ProgramNotFound,
+    ProgramValidationError,
+    StepbridgeError,
+    StorageError,
+    did_you_mean,
+)
 
 from .models import EXECUTION_STATUSES, Batch, Execution
 from .store import Store
@@ -51,27 +60,30 @@ def _print_json(data: Any) -> None:
 
 
 @contextmanager
-def _store(db: str | None) -> Iterator[Store]:
-    """Open the store; turn stepbridge errors into a message and an exit code."""
+def _store(db: str | None, as_json: bool = False) -> Iterator[Store]:
+    """Open the store; turn stepbridge errors (raised while it is open, too) into a message and an exit code:
+    2 for invalid input, 1 otherwise."""
     try:
         store = Store(db)
     except StepbridgeError as exc:
-        err.print(f"[bold red]error[/]: {escape(str(exc))}", highlight=False)
-        raise typer.Exit(1) from None
+        _fail(exc, 1, as_json)
     try:
         yield store
-    except ProgramValidationError as exc:
-        err.print(f"[bold red]invalid program[/]: {escape(str(exc))}", highlight=False)
-        raise typer.Exit(2) from None
     except StepbridgeError as exc:
-        err.print(f"[bold red]error[/]: {escape(str(exc))}", highlight=False)
-        raise typer.Exit(1) from None
+        invalid = isinstance(exc, ProgramValidationError | InputValidationError | ConfigurationError)
+        _fail(exc, 2 if invalid else 1, as_json)
     finally:
         store.close()
 
 
-def _fail(exc: StepbridgeError, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error[/] ({type(exc).__name__}): {escape(str(exc))}", highlight=False, soft_wrap=True)
+def _fail(exc: StepbridgeError, code: int = 2, as_json: bool = False) -> NoReturn:
+    """Say what went wrong (``{"ok": false, "error": ...}`` under ``--json``, as every command does) and exit."""
+    if as_json:
+        _print_json({"ok": False, "error": exc.to_dict()})
+    elif isinstance(exc, ProgramValidationError):
+        err.print(f"[bold red]invalid program[/]: {escape(str(exc))}", highlight=False)
+    else:
+        err.print(f"[bold red]error[/] ({type(exc).__name__}): {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -81,8 +93,8 @@ MIN_PREFIX = 6  # the store matches id prefixes of at least this many characters
 def _check_prefix(given: str, what: str) -> None:
     """A shorter prefix than the store matches is "too short", not "no such id"."""
     if len(given) < MIN_PREFIX:
-        _fail(ConfigurationError(f"{what} id prefix {given!r} is too short: give at least {MIN_PREFIX} characters "
-                                 f"(`stepbridge {what}s list` shows ids)", where="ID"))
+        raise ConfigurationError(f"{what} id prefix {given!r} is too short: give at least {MIN_PREFIX} characters "
+                                 f"(`stepbridge {what}s list` shows ids)", where="ID")
 
 
 def _when(dt: datetime | None, *, short: bool = False) -> str:
@@ -114,7 +126,7 @@ def programs_add(
     as_json: JsonOption = False,
 ) -> None:
     """Validate a program file and store it as the next version of its name (same content: no-op)."""
-    with _store(db) as store:
+    with _store(db, as_json) as store:
         program = _load_file(file)
         before = {v.hash for v in store.history(program.name)}
         version = store.publish(program, source=source, message=message, parent=parent)
@@ -131,7 +143,7 @@ def programs_add(
 @programs_app.command("list")
 def programs_list(db: DbOption = None, as_json: JsonOption = False) -> None:
     """Every stored program with its latest version and aliases."""
-    with _store(db) as store:
+    with _store(db, as_json) as store:
         rows = store.list_programs()
         if as_json:
             _print_json([r.model_dump(mode="json") for r in rows])
@@ -153,7 +165,7 @@ def _version_of(store: Store, digest: str) -> str:
 def programs_show(ref: Annotated[str, typer.Argument(help="hash, NAME, NAME@N or NAME@ALIAS")],
                   db: DbOption = None, as_json: JsonOption = False) -> None:
     """A version's metadata and its program (verified against its hash)."""
-    with _store(db) as store:
+    with _store(db, as_json) as store:
         version = store.resolve(ref)
         data = store.export(version.hash)
         if as_json:
@@ -175,11 +187,10 @@ def programs_show(ref: Annotated[str, typer.Argument(help="hash, NAME, NAME@N or
 @programs_app.command("history")
 def programs_history(name: str, db: DbOption = None, as_json: JsonOption = False) -> None:
     """Every version of NAME, oldest first."""
-    with _store(db) as store:
+    with _store(db, as_json) as store:
         versions = store.history(name)
         if not versions:
-            err.print(f"[bold red]error[/]: no program named {name!r}", highlight=False)
-            raise typer.Exit(1)
+            raise ProgramNotFound(f"no program named {name!r} (see `stepbridge programs list`)")
         if as_json:
             _print_json([v.model_dump(mode="json") for v in versions])
             return
@@ -221,9 +232,8 @@ def programs_alias(
     """Point NAME@ALIAS at a version."""
     name, sep, alias = target.partition("@")
     if not sep or not name or not alias:
-        err.print(f"[bold red]error[/]: expected NAME@ALIAS, got {target!r}", highlight=False)
-        raise typer.Exit(2)
-    with _store(db) as store:
+        _fail(InputValidationError(f"expected NAME@ALIAS, got {target!r}"), 2, as_json)
+    with _store(db, as_json) as store:
         version = store.set_alias(name, alias, ref)
         if as_json:
             _print_json(version.model_dump(mode="json"))
@@ -266,8 +276,9 @@ def executions_list(
             close = did_you_mean(value, EXECUTION_STATUSES)
             hint = f"did you mean {close!r}? " if close else ""
             _fail(ConfigurationError(f"--status {value!r} is not a status ({hint}one of "
-                                     f"{', '.join(EXECUTION_STATUSES)})", where="--status", suggestion=close))
-    with _store(db) as store:
+                                     f"{', '.join(EXECUTION_STATUSES)})", where="--status", suggestion=close), 2,
+                  as_json)
+    with _store(db, as_json) as store:
         rows = store.list_executions(program=program, status=status, since=when, limit=limit)
         if as_json:
             _print_json([e.model_dump(mode="json") for e in rows])
@@ -420,12 +431,11 @@ def executions_show(
     as_json: JsonOption = False,
 ) -> None:
     """One execution with its trace as a tree (steps, LM messages folded, usage, timings, errors)."""
-    with _store(db) as store:
+    with _store(db, as_json) as store:
         _check_prefix(execution_id, "execution")
         execution = store.get_execution(execution_id)
         if execution is None:
-            err.print(f"[bold red]error[/]: no execution {execution_id!r}", highlight=False)
-            raise typer.Exit(1)
+            raise ExecutionNotFound(f"no execution {execution_id!r} (see `stepbridge executions list`)")
         steps = store.execution_steps(execution.id)
         if as_json:
             _print_json({
@@ -457,7 +467,7 @@ def executions_resume(
     that cannot be resumed stay interrupted: nothing is recorded against them."""
     from .resume import resume
 
-    with _store(db) as store:
+    with _store(db, as_json) as store:
         outcomes = resume(store, program=program, backend=backend, concurrency=concurrency)
         if as_json:
             _print_json([o.__dict__ for o in outcomes])
@@ -491,7 +501,7 @@ def batches_list(
     as_json: JsonOption = False,
 ) -> None:
     """Recorded batches, newest first, with their rows counted by status."""
-    with _store(db) as store:
+    with _store(db, as_json) as store:
         rows = store.list_batches(limit=limit)
         if as_json:
             _print_json([{**b.model_dump(mode="json"), "done": b.done} for b in rows])
@@ -511,12 +521,11 @@ def batches_show(
     as_json: JsonOption = False,
 ) -> None:
     """A batch's rows in input order: status, outputs or error, execution id."""
-    with _store(db) as store:
+    with _store(db, as_json) as store:
         _check_prefix(batch_id, "batch")
         batch = store.get_batch(batch_id)
         if batch is None:
-            err.print(f"[bold red]error[/]: no batch {batch_id!r}", highlight=False)
-            raise typer.Exit(1)
+            raise StorageError(f"no batch {batch_id!r} (see `stepbridge batches list`)")
         results = store.batch_results(batch.id)
         if as_json:
             _print_json({"batch": {**batch.model_dump(mode="json"), "done": batch.done},

@@ -12,14 +12,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from stepbridge.adapter import new_execution_id
 from stepbridge.datasets import Dataset
-from stepbridge.errors import ProgramNotFound, StorageError
+from stepbridge.errors import StepbridgeError, StorageError
 from stepbridge.evaluation import RowResult, Summary
 from stepbridge.program import Program
 
@@ -28,7 +28,7 @@ from .recording import clean, clean_json
 from .transactions import Transactions
 from .types import utcnow
 
-__all__ = ["Evaluation", "EvaluationNotFound", "Evaluations", "StoredRow"]
+__all__ = ["Evaluation", "EvaluationNotFound", "Evaluations", "Refused", "StoredRow"]
 
 T = TypeVar("T")
 evaluations_t = cast(Table, EvaluationRow.__table__)  # type: ignore[attr-defined]
@@ -44,10 +44,23 @@ class EvaluationNotFound(StorageError):
     """No stored evaluation has this id (or unique prefix)."""
 
 
+class Refused(BaseModel):
+    """A stored row that a listing could not read (tampered, or written by something else): listed and marked,
+    so one bad row does not hide the others, and never used."""
+
+    id: str
+    malformed: Literal[True] = True
+    error: dict[str, Any]
+
+
+def refused(ident: Any, exc: StepbridgeError) -> Refused:
+    return Refused(id=str(ident)[:64], error=exc.to_dict())
+
+
 class Evaluation(BaseModel):
     """A stored evaluation as callers see it (``stepbridge evals show``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     id: str
     program_hash: str
@@ -59,7 +72,7 @@ class Evaluation(BaseModel):
     dataset_source: str | None = None
     fields: dict[str, list[str]]
     size: int = Field(ge=0, le=2**31)
-    status: str
+    status: Literal["running", "completed"]
     batch_id: str | None = None
     done: int = Field(default=0, ge=0, description="rows scored so far")
     summary: Summary | None = None
@@ -84,14 +97,6 @@ class StoredRow(BaseModel):
 
     def result(self) -> RowResult:
         return RowResult(**self.model_dump(exclude={"done"}))
-
-
-def ensure_published(store: Any, program: Program, message: str) -> None:
-    """The program's version exists in the store (published with ``message`` if it was not)."""
-    try:
-        store.resolve(program.content_hash)
-    except ProgramNotFound:
-        store.publish(program, message=message)
 
 
 def stored(what: str, build: Callable[[], T]) -> T:
@@ -125,6 +130,35 @@ def find(conn: Connection, table: Table, ident: str, what: str) -> Row[Any]:
     return row
 
 
+def exact(conn: Connection, table: Table, ident: str, what: str) -> Row[Any]:
+    """The row with exactly this id."""
+    row = conn.execute(select(table).where(table.c.id == ident)).first()
+    if row is None:
+        raise StorageError(f"no {what} {ident[:64]!r}")
+    return row
+
+
+def recent(tx: Transactions, table: Table, limit: int | None, what: str, read: Callable[[str], T]
+           ) -> list[T | Refused]:
+    """The newest rows of ``table``, each read by ``read(id)`` on its own: a row that cannot be read (a
+    malformed value, a date the driver cannot parse) is a :class:`Refused` in its place, not the end of
+    the listing. Only the ids are read together (ordered by the raw column, nothing parsed)."""
+    q = select(table.c.id).order_by(table.c.created_at.desc(), table.c.id.desc())
+    if limit is not None:
+        q = q.limit(limit)
+    ids = tx.read(lambda conn: [r.id for r in conn.execute(q).all()], f"listing {what}")
+    found: list[T | Refused] = []
+    for ident in ids:
+        try:
+            found.append(read(str(ident)))
+        except StepbridgeError as exc:
+            found.append(refused(ident, exc))
+        except (ValueError, TypeError, OverflowError) as exc:  # the driver could not convert a value
+            found.append(refused(ident, StorageError(f"the stored row {str(ident)[:64]} is malformed "
+                                                     f"({type(exc).__name__}); the row is refused")))
+    return found
+
+
 class Evaluations:
     """The evaluations of one :class:`~stepbridge.storage.Store`."""
 
@@ -135,7 +169,7 @@ class Evaluations:
     # -- the EvaluationLog protocol --------------------------------------------------------------
     def create(self, *, program: Program, backend: str, metric: str, lm: str | None, dataset: Dataset,
                execution_ids: Sequence[str]) -> str:
-        ensure_published(self.store, program, "published automatically when first evaluated")
+        self.store.ensure_stored(program)  # recorded against the content hash, as a file's runs: not published
         eid = new_execution_id()
         now = utcnow()
         examples = [clean_json(row)[0] for row in dataset.rows]
@@ -213,16 +247,13 @@ class Evaluations:
                                                                      "evaluation")),
                             f"reading evaluation {evaluation_id}")
 
-    def recent(self, limit: int | None = 50) -> list[Evaluation]:
-        """Evaluations, newest first."""
+    def recent(self, limit: int | None = 50) -> list[Evaluation | Refused]:
+        """Evaluations, newest first; one that cannot be read is a :class:`Refused` in its place."""
+        return recent(self.tx, evaluations_t, limit, "evaluations", self._read)
 
-        def fn(conn: Connection) -> list[Evaluation]:
-            q = select(evaluations_t).order_by(evaluations_t.c.created_at.desc(), evaluations_t.c.id.desc())
-            if limit is not None:
-                q = q.limit(limit)
-            return [self._evaluation(conn, r) for r in conn.execute(q).all()]
-
-        return self.tx.read(fn, "listing evaluations")
+    def _read(self, ident: str) -> Evaluation:
+        return self.tx.read(lambda conn: self._evaluation(conn, exact(conn, evaluations_t, ident, "evaluation")),
+                            f"reading evaluation {ident[:64]}")
 
     def rows(self, evaluation_id: str) -> list[StoredRow]:
         """Every row of an evaluation, in dataset order."""

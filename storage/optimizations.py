@@ -8,10 +8,11 @@ candidate is inserted once (``ON CONFLICT DO NOTHING``: a resumer racing the ori
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Table, insert, select, update
 from sqlalchemy.engine import Connection
 from stepbridge.adapter import new_execution_id
@@ -19,7 +20,7 @@ from stepbridge.datasets import Dataset
 from stepbridge.optimization import Settings
 from stepbridge.program import Program
 
-from .evaluations import ensure_published, find, stored
+from .evaluations import Refused, exact, find, recent, stored
 from .models import OptimizationCandidateRow, OptimizationRow
 from .recording import clean
 from .transactions import Transactions
@@ -34,7 +35,7 @@ candidates_t = cast(Table, OptimizationCandidateRow.__table__)  # type: ignore[a
 class Optimization(BaseModel):
     """A stored optimization as callers see it (``stepbridge optimizations show``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     id: str
     program_hash: str
@@ -47,7 +48,7 @@ class Optimization(BaseModel):
     train_hash: str
     val_hash: str | None = None
     data: dict[str, Any]
-    status: str
+    status: Literal["running", "completed", "failed"]
     progress: dict[str, Any]
     checkpoint: dict[str, Any] | None = None
     result_hash: str | None = None
@@ -56,6 +57,22 @@ class Optimization(BaseModel):
     error: dict[str, Any] | None = None
     created_at: datetime
     updated_at: datetime
+
+
+class Candidate(BaseModel):
+    """A stored candidate, validated on read: a resume uses its demos as they are."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    seq: int = Field(ge=0, le=1_000_000)
+    label: str = Field(max_length=200)
+    modules: dict[str, list[dict[str, Any]]]
+    score: float | None = None
+    created_at: datetime
+
+
+def _candidate(r: Any) -> Candidate:
+    return Candidate(seq=r.seq, label=r.label, modules=r.modules or {}, score=r.score, created_at=r.created_at)
 
 
 class Optimizations:
@@ -67,7 +84,7 @@ class Optimizations:
 
     def create(self, *, program: Program, optimizer: str, settings: Settings, metric: str, backend: str,
                lm: str | None, train: Dataset, val: Dataset | None) -> str:
-        ensure_published(self.store, program, "published automatically when first optimized")
+        self.store.ensure_stored(program)  # by content hash, as a file's runs; only the result is published
         oid = new_execution_id()
         now = utcnow()
         data = clean({"inputs": list(train.inputs), "labels": list(train.labels), "train": train.rows,
@@ -107,8 +124,8 @@ class Optimizations:
             row = find(conn, optimizations_t, optimization_id, "optimization")
             found = conn.execute(select(candidates_t).where(candidates_t.c.optimization_id == row.id)
                                  .order_by(candidates_t.c.seq)).all()
-            return [{"seq": r.seq, "label": r.label, "modules": r.modules, "score": r.score,
-                     "created_at": r.created_at} for r in found]
+            return [stored(f"candidate {r.seq} of optimization {row.id}", functools.partial(_candidate, r)).model_dump()
+                    for r in found]
 
         return self.tx.read(fn, f"reading optimization {optimization_id}")
 
@@ -120,21 +137,21 @@ class Optimizations:
         self._update(optimization_id, "failing", status="failed", error=clean(error))
 
     def get(self, optimization_id: str) -> Optimization:
-        def fn(conn: Connection) -> Optimization:
-            r = find(conn, optimizations_t, optimization_id, "optimization")
-            return stored(f"optimization {r.id}", lambda: Optimization(
-                id=r.id, program_hash=r.program_hash, program_name=r.program_name, optimizer=r.optimizer,
-                settings=Settings.model_validate(r.settings), metric=r.metric, backend=r.backend, lm=r.lm,
-                train_hash=r.train_hash, val_hash=r.val_hash, data=r.data or {}, status=r.status,
-                progress=r.progress or {}, checkpoint=r.checkpoint, result_hash=r.result_hash,
-                score_before=r.score_before, score_after=r.score_after, error=r.error, created_at=r.created_at,
-                updated_at=r.updated_at))
+        return self.tx.read(lambda conn: _optimization(find(conn, optimizations_t, optimization_id, "optimization")),
+                            f"reading optimization {optimization_id}")
 
-        return self.tx.read(fn, f"reading optimization {optimization_id}")
+    def recent(self, limit: int | None = 50) -> list[Optimization | Refused]:
+        """Optimizations, newest first; one that cannot be read is a :class:`Refused` in its place."""
+        return recent(self.tx, optimizations_t, limit, "optimizations", lambda ident: self.tx.read(
+            lambda conn: _optimization(exact(conn, optimizations_t, ident, "optimization")),
+            f"reading optimization {ident[:64]}"))
 
-    def recent(self, limit: int | None = 50) -> list[Optimization]:
-        """Optimizations, newest first."""
-        ids = self.tx.read(lambda conn: [r.id for r in conn.execute(
-            select(optimizations_t.c.id).order_by(optimizations_t.c.created_at.desc(), optimizations_t.c.id.desc())
-            .limit(limit)).all()], "listing optimizations")
-        return [self.get(i) for i in ids]
+
+def _optimization(r: Any) -> Optimization:
+    return stored(f"optimization {r.id}", lambda: Optimization(
+        id=r.id, program_hash=r.program_hash, program_name=r.program_name, optimizer=r.optimizer,
+        settings=Settings.model_validate(r.settings), metric=r.metric, backend=r.backend, lm=r.lm,
+        train_hash=r.train_hash, val_hash=r.val_hash, data=r.data or {}, status=r.status,
+        progress=r.progress or {}, checkpoint=r.checkpoint, result_hash=r.result_hash,
+        score_before=r.score_before, score_after=r.score_after, error=r.error, created_at=r.created_at,
+        updated_at=r.updated_at))

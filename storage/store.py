@@ -41,7 +41,7 @@ from .db import (
     normalise_url,
     redacted,
 )
-from .evaluations import Evaluations, ensure_published
+from .evaluations import Evaluations
 from .executions import ExecutionLog
 from .models import (
     Batch,
@@ -93,9 +93,10 @@ class Store:
         self.evaluations = Evaluations(self)
         self.optimizations = Optimizations(self)
 
-    def ensure_published(self, program: Program, message: str) -> None:
-        """The program's version exists here (published with ``message`` if it was not)."""
-        ensure_published(self, program, message)
+    def ensure_stored(self, program: Program) -> None:
+        """The program's content is stored here by hash (a run's, an evaluation's, a judge's or a teacher's):
+        loadable by hash, but not a version of its name until published."""
+        self.programs.ensure_stored(program)
 
     def __repr__(self) -> str:
         return f"Store({redacted(self.url)!r})"

@@ -88,15 +88,23 @@ def test_cli_eval_of_a_deep_row_is_a_typed_error(tmp_path: Path, depth: int) -> 
     assert f"deeper than {MAX_VALUE_DEPTH}" in error["message"]
 
 
-def test_a_device_reporting_size_zero_is_read_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``--data`` naming /dev/zero (size 0 to stat) read until memory ran out; now at most MAX_BYTES + 1."""
-    import stepbridge.datasets as datasets
-
-    monkeypatch.setattr(datasets, "MAX_BYTES", 1 << 20)  # the bound itself, smaller: the test reads 1 MiB
+def test_a_device_is_refused_unread(tmp_path: Path) -> None:
+    """``--data`` naming /dev/zero (size 0 to stat) read until memory ran out; then it was read bounded;
+    now a device is not read at all (only a regular file is)."""
     link = tmp_path / "zero.jsonl"
     link.symlink_to("/dev/zero")
-    with pytest.raises(InputValidationError, match="more than the 1048576 bytes"):
+    with pytest.raises(InputValidationError, match="a device or socket, not a regular file"):
         load_dataset(link, program=load_program(PROGRAM))
+
+
+def test_a_file_larger_than_the_bound_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stepbridge.datasets as datasets
+
+    monkeypatch.setattr(datasets, "MAX_BYTES", 1 << 10)  # the bound itself, smaller: the test writes 2 KiB
+    path = tmp_path / "big.jsonl"
+    path.write_text('{"question": "q", "answer": "a"}\n' * 64)
+    with pytest.raises(InputValidationError, match="more than the 1024"):
+        load_dataset(path, program=load_program(PROGRAM))
 
 
 @pytest.mark.parametrize("args", [["evals", "list", "--limit", str(10**20)], ["evals", "list", "--limit", "-1"],
