@@ -9,15 +9,20 @@
    (target: at least 2x, DESIGN section 9).
 
 The peers alternate in ``--rounds`` chunks (same processes throughout) so that noise from a shared
-machine falls on all of them alike.
+machine falls on all of them alike. Besides wall clock, each peer's CPU time per round trip (per run)
+is printed for this process (caller and router) and the other ones (echo peer, pool workers,
+executor processes), every thread counted: on a loaded machine those are the steadier figures. The
+whole measurement runs ``--repeat`` times and the medians close the output.
 
     python bench/bench_pool.py [--round-trips 2000] [--runs 4000] [--workers 2] [--concurrency 256] [--rounds 5]
+                               [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -52,6 +57,39 @@ while True:
     body = msgpack.unpackb(frames[1])
     s.send_multipart([b"REPLY", msgpack.packb({"answer": body["question"]})])
 """
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time of a whole process, every thread included (the ZeroMQ I/O threads too), from the
+    scheduler's nanosecond accounting: /proc/PID/task/*/schedstat (Linux). ``getrusage`` cannot see a
+    live child, and its tick-based figures are too coarse for a few hundred round trips."""
+    base = Path(f"/proc/{pid or os.getpid()}/task")
+    total = 0
+    for task in base.iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+class CpuMeter:
+    """CPU seconds spent by this process and by some child processes between ``start`` and ``stop``."""
+
+    def __init__(self) -> None:
+        self.caller = 0.0
+        self.peer = 0.0
+
+    def measure(self, peer_pids: list[int]) -> Any:
+        meter = self
+
+        class _Span:
+            def __enter__(self) -> None:
+                self.t = (cpu_seconds(), sum(cpu_seconds(p) for p in peer_pids))
+
+            def __exit__(self, *exc: Any) -> None:
+                meter.caller += cpu_seconds() - self.t[0]
+                meter.peer += sum(cpu_seconds(p) for p in peer_pids) - self.t[1]
+
+        return _Span()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -119,7 +157,7 @@ async def pool_round_trips(pool: PoolAdapter, n: int, offset: int = 0) -> list[f
     times = []
     for i in range(offset, offset + n):
         t0 = time.perf_counter()
-        await pool.run(program, {"question": f"q{i}"}, RunOptions())
+        await pool.run(program, {"question": f"q{i}"})
         times.append(time.perf_counter() - t0)
     return times
 
@@ -133,27 +171,35 @@ def ppe_round_trips(ex: ProcessPoolExecutor, n: int, offset: int = 0) -> list[fl
     return times
 
 
-async def round_trip_rounds(n: int, rounds: int) -> dict[str, list[list[float]]]:
-    """Alternate the three peers in ``rounds`` chunks so machine noise hits them alike."""
+async def round_trip_rounds(n: int, rounds: int) -> tuple[dict[str, list[list[float]]], dict[str, CpuMeter]]:
+    """Alternate the three peers in ``rounds`` chunks so machine noise hits them alike; also the CPU
+    each spends (this process: caller and router; the other: the echo peer, pool worker or executor process)."""
     echo = BareEcho()
     await echo.start()
     pool = PoolAdapter(workers=1, capacity=16)
     await pool.start()
+    assert pool.router is not None
     out: dict[str, list[list[float]]] = {"echo": [], "pool": [], "ppe": []}
+    cpu = {k: CpuMeter() for k in out}
     try:
         with ProcessPoolExecutor(max_workers=1) as ex:
             await echo.round_trips(50)
             await pool_round_trips(pool, 50)
             ppe_round_trips(ex, 50)
+            pids = {"echo": [echo.proc.pid], "pool": [s.pid for s in pool.router.scheduler.slots if s.pid],
+                    "ppe": list(ex._processes)}
             chunk = max(1, n // rounds)
             for r in range(rounds):
-                out["echo"].append(await echo.round_trips(chunk, r * chunk))
-                out["pool"].append(await pool_round_trips(pool, chunk, r * chunk))
-                out["ppe"].append(ppe_round_trips(ex, chunk, r * chunk))
+                with cpu["echo"].measure(pids["echo"]):
+                    out["echo"].append(await echo.round_trips(chunk, r * chunk))
+                with cpu["pool"].measure(pids["pool"]):
+                    out["pool"].append(await pool_round_trips(pool, chunk, r * chunk))
+                with cpu["ppe"].measure(pids["ppe"]):
+                    out["ppe"].append(ppe_round_trips(ex, chunk, r * chunk))
     finally:
         await pool.aclose()
         await echo.close()
-    return out
+    return out, cpu
 
 
 # -- 2. throughput ------------------------------------------------------------------------------
@@ -167,7 +213,7 @@ async def pool_throughput(pool: PoolAdapter, runs: int, concurrency: int) -> flo
 
     async def one(i: int) -> None:
         async with limit:
-            await pool.run(program, {"ticket": TICKETS[i % len(TICKETS)]}, RunOptions())
+            await pool.run(program, {"ticket": TICKETS[i % len(TICKETS)]})
 
     t0 = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(runs)))
@@ -183,23 +229,84 @@ def ppe_throughput(ex: ProcessPoolExecutor, runs: int) -> float:
     return runs / (time.perf_counter() - t0)
 
 
-async def throughput_rounds(runs: int, workers: int, concurrency: int, rounds: int) -> dict[str, list[float]]:
+async def throughput_rounds(runs: int, workers: int, concurrency: int,
+                            rounds: int) -> tuple[dict[str, list[float]], dict[str, CpuMeter]]:
     pool = PoolAdapter(workers=workers, capacity=max(1, concurrency // workers))
     await pool.start()
     assert pool.router is not None
     await pool.router.wait_ready(workers)
     out: dict[str, list[float]] = {"pool": [], "ppe": []}
+    cpu = {k: CpuMeter() for k in out}
     try:
         with ProcessPoolExecutor(max_workers=workers) as ex:
             await pool_throughput(pool, min(200, runs), concurrency)  # warm up
             ppe_throughput(ex, min(200, runs))
+            pids = {"pool": [s.pid for s in pool.router.scheduler.slots if s.pid], "ppe": list(ex._processes)}
             chunk = max(1, runs // rounds)
             for _ in range(rounds):
-                out["pool"].append(await pool_throughput(pool, chunk, concurrency))
-                out["ppe"].append(ppe_throughput(ex, chunk))
+                with cpu["pool"].measure(pids["pool"]):
+                    out["pool"].append(await pool_throughput(pool, chunk, concurrency))
+                with cpu["ppe"].measure(pids["ppe"]):
+                    out["ppe"].append(ppe_throughput(ex, chunk))
     finally:
         await pool.aclose()
-    return out
+    return out, cpu
+
+
+def us(seconds: float, n: int) -> str:
+    return f"{seconds / n * 1e6:6.0f} µs"
+
+
+def one_run(args: argparse.Namespace) -> dict[str, float]:
+    """One full measurement; the figures it returns are summarised as medians over ``--repeat``."""
+    print(f"round trip, trivial program, {args.round_trips} sequential requests per peer, "
+          f"alternating in {args.rounds} rounds")
+    rt, rt_cpu = asyncio.run(round_trip_rounds(args.round_trips, args.rounds))
+    echo, pool, ppe = ([t for chunk in rt[k] for t in chunk] for k in ("echo", "pool", "ppe"))
+    n = len(echo)
+    for name, label, values in (("echo", "bare pyzmq DEALER/ROUTER + msgpack echo", echo),
+                                ("pool", "pool adapter", pool), ("ppe", "ProcessPoolExecutor (native executor)", ppe)):
+        c = rt_cpu[name]
+        print(f"  {label:40} {fmt(values)}   CPU per round trip: this process {us(c.caller, n)}, "
+              f"the other {us(c.peer, n)}")
+    p50 = pct(pool, 0.5)
+    per_round = sorted(pct(pl, 0.5) / pct(e, 0.5) for pl, e in zip(rt["pool"], rt["echo"], strict=True))
+    figures = {
+        "rt_p50_echo": p50 / pct(echo, 0.5), "rt_p50_ppe": p50 / pct(ppe, 0.5),
+        "rt_cpu_echo": (rt_cpu["pool"].caller + rt_cpu["pool"].peer) / (rt_cpu["echo"].caller + rt_cpu["echo"].peer),
+        "rt_cpu_ppe": (rt_cpu["pool"].caller + rt_cpu["pool"].peer) / (rt_cpu["ppe"].caller + rt_cpu["ppe"].peer),
+        **{f"rt_cpu_{k}_{side}_us": getattr(c, side) / n * 1e6
+           for k, c in rt_cpu.items() for side in ("caller", "peer")},
+    }
+    print(f"  pool p50 / bare echo p50 = {figures['rt_p50_echo']:.2f}x (target <= 1.5x; per round "
+          f"{per_round[0]:.2f}-{per_round[-1]:.2f}x); pool p50 / ProcessPoolExecutor p50 = "
+          f"{figures['rt_p50_ppe']:.2f}x (target < 1x)")
+    print(f"  CPU per round trip, both processes: pool / echo = {figures['rt_cpu_echo']:.2f}x, "
+          f"pool / ProcessPoolExecutor = {figures['rt_cpu_ppe']:.2f}x")
+
+    print(f"\nthroughput, classify.yaml (in-process reference LM, CPU-bound), {args.runs} runs per peer, "
+          f"{args.workers} processes, alternating in {args.rounds} rounds")
+    tp, tp_cpu = asyncio.run(throughput_rounds(args.runs, args.workers, args.concurrency, args.rounds))
+    pool_tp, ppe_tp = statistics.median(tp["pool"]), statistics.median(tp["ppe"])
+    ratios = sorted(a / b for a, b in zip(tp["pool"], tp["ppe"], strict=True))
+    runs = max(1, args.runs // args.rounds) * args.rounds
+    print(f"  pool (concurrency {args.concurrency})               {pool_tp:9.0f} runs/s (median of rounds)   "
+          f"CPU per run: this process {us(tp_cpu['pool'].caller, runs)}, workers {us(tp_cpu['pool'].peer, runs)}")
+    print(f"  ProcessPoolExecutor (native executor)    {ppe_tp:9.0f} runs/s (median of rounds)   "
+          f"CPU per run: this process {us(tp_cpu['ppe'].caller, runs)}, workers {us(tp_cpu['ppe'].peer, runs)}")
+    pool_cpu = tp_cpu["pool"].caller + tp_cpu["pool"].peer
+    ppe_cpu = tp_cpu["ppe"].caller + tp_cpu["ppe"].peer
+    figures.update(tp_ratio=pool_tp / ppe_tp, tp_cpu_ratio=ppe_cpu / pool_cpu,
+                   tp_cpu_pool_caller_us=tp_cpu["pool"].caller / runs * 1e6,
+                   tp_cpu_pool_peer_us=tp_cpu["pool"].peer / runs * 1e6,
+                   tp_cpu_ppe_caller_us=tp_cpu["ppe"].caller / runs * 1e6,
+                   tp_cpu_ppe_peer_us=tp_cpu["ppe"].peer / runs * 1e6)
+    print(f"  pool / ProcessPoolExecutor = {figures['tp_ratio']:.2f}x (target >= 2x; per round "
+          f"{ratios[0]:.2f}-{ratios[-1]:.2f}x); runs per CPU second, all processes: "
+          f"{figures['tp_cpu_ratio']:.2f}x")
+    print(f"\n(machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, Python "
+          f"{sys.version.split()[0]}, pyzmq {zmq.__version__}; the I/O-bound figure is bench/bench_io.py)")
+    return figures
 
 
 def main() -> None:
@@ -209,32 +316,26 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5, help="alternate the peers in this many chunks")
+    parser.add_argument("--repeat", type=int, default=3, help="whole measurements; medians are reported")
     args = parser.parse_args()
-
-    print(f"round trip, trivial program, {args.round_trips} sequential requests per peer, "
-          f"alternating in {args.rounds} rounds")
-    rt = asyncio.run(round_trip_rounds(args.round_trips, args.rounds))
-    echo, pool, ppe = ([t for chunk in rt[k] for t in chunk] for k in ("echo", "pool", "ppe"))
-    print(f"  bare pyzmq DEALER/ROUTER + msgpack echo  {fmt(echo)}")
-    print(f"  pool adapter                             {fmt(pool)}")
-    print(f"  ProcessPoolExecutor (native executor)    {fmt(ppe)}")
-    p50 = pct(pool, 0.5)
-    per_round = sorted(pct(pl, 0.5) / pct(e, 0.5) for pl, e in zip(rt["pool"], rt["echo"], strict=True))
-    print(f"  pool p50 / bare echo p50 = {p50 / pct(echo, 0.5):.2f}x (target <= 1.5x; per round "
-          f"{per_round[0]:.2f}-{per_round[-1]:.2f}x); pool p50 / ProcessPoolExecutor p50 = "
-          f"{p50 / pct(ppe, 0.5):.2f}x (target < 1x)")
-
-    print(f"\nthroughput, classify.yaml (in-process reference LM, CPU-bound), {args.runs} runs per peer, "
-          f"{args.workers} processes, alternating in {args.rounds} rounds")
-    tp = asyncio.run(throughput_rounds(args.runs, args.workers, args.concurrency, args.rounds))
-    pool_tp, ppe_tp = statistics.median(tp["pool"]), statistics.median(tp["ppe"])
-    ratios = sorted(a / b for a, b in zip(tp["pool"], tp["ppe"], strict=True))
-    print(f"  pool (concurrency {args.concurrency})               {pool_tp:9.0f} runs/s (median of rounds)")
-    print(f"  ProcessPoolExecutor (native executor)    {ppe_tp:9.0f} runs/s (median of rounds)")
-    print(f"  pool / ProcessPoolExecutor = {pool_tp / ppe_tp:.2f}x (target >= 2x; per round "
-          f"{ratios[0]:.2f}-{ratios[-1]:.2f}x)")
-    print(f"\n(machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, Python "
-          f"{sys.version.split()[0]}, pyzmq {zmq.__version__}; the I/O-bound figure is bench/bench_io.py)")
+    results = []
+    for i in range(args.repeat):
+        print(f"=== measurement {i + 1} of {args.repeat}")
+        results.append(one_run(args))
+        print()
+    med = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    print(f"=== medians of {args.repeat} measurements")
+    print(f"  round trip p50: pool / echo {med['rt_p50_echo']:.2f}x (target <= 1.5x), pool / ProcessPoolExecutor "
+          f"{med['rt_p50_ppe']:.2f}x (target < 1x)")
+    print(f"  CPU per round trip (caller+router | other process): echo {med['rt_cpu_echo_caller_us']:.0f} | "
+          f"{med['rt_cpu_echo_peer_us']:.0f} µs; pool {med['rt_cpu_pool_caller_us']:.0f} | "
+          f"{med['rt_cpu_pool_peer_us']:.0f} µs; ProcessPoolExecutor {med['rt_cpu_ppe_caller_us']:.0f} | "
+          f"{med['rt_cpu_ppe_peer_us']:.0f} µs; pool / echo {med['rt_cpu_echo']:.2f}x, pool / ProcessPool "
+          f"{med['rt_cpu_ppe']:.2f}x")
+    print(f"  throughput: pool / ProcessPoolExecutor {med['tp_ratio']:.2f}x wall clock (target >= 2x), "
+          f"{med['tp_cpu_ratio']:.2f}x runs per CPU second; CPU per run (caller+router | workers): pool "
+          f"{med['tp_cpu_pool_caller_us']:.0f} | {med['tp_cpu_pool_peer_us']:.0f} µs, ProcessPoolExecutor "
+          f"{med['tp_cpu_ppe_caller_us']:.0f} | {med['tp_cpu_ppe_peer_us']:.0f} µs")
 
 
 if __name__ == "__main__":

@@ -138,13 +138,20 @@ _MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 _LAST = int(zmq.NOBLOCK)
 
 
-def _backend_send(sock: zmq.Socket[Any]) -> Callable[[Any, bytes, int], Any]:
-    """The unbound send of the socket's backend class (below pyzmq's pure-Python sugar layer)."""
+_NOBLOCK = int(zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
+
+
+def _backend(sock: zmq.Socket[Any], name: str) -> Callable[..., Any]:
+    """The unbound method ``name`` of the socket's backend class (below pyzmq's pure-Python sugar
+    layer, which costs more than the call itself for small messages: enum flags, an option lookup
+    per frame)."""
     for klass in type(sock).__mro__:
-        if klass.__module__.startswith("zmq.backend") and "send" in vars(klass):
-            send: Callable[[Any, bytes, int], Any] = vars(klass)["send"]
-            return send
-    return type(sock).send  # pragma: no cover - other backends
+        if klass.__module__.startswith("zmq.backend") and name in vars(klass):
+            method: Callable[..., Any] = vars(klass)[name]
+            return method
+    method = getattr(type(sock), name)  # pragma: no cover - other backends
+    return method
 
 
 class Pump:
@@ -167,7 +174,9 @@ class Pump:
         self._closed = False
         self._outbox: list[list[bytes]] = []
         self._flush_scheduled = False
-        self._raw_send = _backend_send(sock)
+        self._raw_send = _backend(sock, "send")
+        self._raw_recv = _backend(sock, "recv")
+        self._raw_get = _backend(sock, "get")
         loop.add_reader(self.fd, self._drain)
         self.kick()
 
@@ -177,7 +186,7 @@ class Pump:
             return
         for _ in range(self.budget):
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                frames = self._recv()
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:
@@ -189,13 +198,24 @@ class Pump:
                 log.exception("error handling a message")
         self._schedule()  # more waiting: continue after other callbacks had their turn
 
+    def _recv(self) -> list[bytes]:
+        """One whole message (``zmq.Again`` if none is waiting). Each frame says itself whether more
+        follow; pyzmq's ``recv_multipart`` asks the socket instead, an option lookup per frame."""
+        recv, sock = self._raw_recv, self.sock
+        frame = recv(sock, _NOBLOCK, False)
+        frames = [frame.bytes]
+        while frame.more:  # the rest of a multipart message has arrived with its first frame
+            frame = recv(sock, _NOBLOCK, False)
+            frames.append(frame.bytes)
+        return frames
+
     def drain_all(self) -> None:
         """Handle the messages waiting now (a large budget): callers about to judge by what has arrived."""
         if self._closed:
             return
         for _ in range(100 * self.budget):
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                frames = self._recv()
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:
@@ -215,7 +235,7 @@ class Pump:
         if self._closed:
             return
         try:
-            if int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            if self._raw_get(self.sock, zmq.EVENTS) & _POLLIN:
                 self._schedule()
         except zmq.ZMQError:
             pass

@@ -131,7 +131,7 @@ class PoolAdapter:
 
     async def run(self, program: Program, inputs: dict[str, Any], options: RunOptions | None = None) -> RunResult:
         """Run once on a worker; a run whose worker died is retried on another, up to the configured retries."""
-        options = options or RunOptions()
+        options = options or RunOptions.default()
         await self.start()
         if self._router is not None:
             return await self._router.submit(program, inputs, options)

@@ -16,7 +16,8 @@ Commands (who sends them):
 READY           worker -> router  I am here: id, incarnation, pid, host, capacity, capabilities
 REQUEST         router -> worker  run a program (execution id, attempt, remaining budget, hash)
                 client -> broker  the same, with the program definition inline
-STARTED         worker -> router  the request has begun (its attempt)
+STARTED         worker -> router  the request has begun (its attempt); counts as a heartbeat (this
+                                  version's workers do not send it: heartbeats keep them alive)
 REPLY           worker -> router  outputs and trace, or a typed error; broker -> client likewise
 HEARTBEAT       both ways         I am alive; a worker lists its in-flight request ids
 CANCEL          router -> worker  stop this request; client -> broker likewise
@@ -292,6 +293,7 @@ _DECODERS = {cmd: msgspec.msgpack.Decoder(cls, ext_hook=_no_ext) for cmd, cls in
 _ENCODER = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 _HEADER = MAGIC + bytes([PROTOCOL_VERSION])
 _COMMAND_BYTES = {cmd: bytes([cmd]) for cmd in Command}
+_COMMANDS = {int(cmd): cmd for cmd in Command}  # a dict lookup: the enum's own call costs more than the decode
 
 
 def header() -> bytes:
@@ -327,7 +329,9 @@ def decode(frames: list[bytes] | list[Any], *, max_body: int = MAX_BODY_BYTES,
     """
     if len(frames) != 4:
         raise ProtocolError(f"expected 4 frames, got {len(frames)}", reason="malformed")
-    head, cmd, request_id, data = (bytes(f) if not isinstance(f, bytes) else f for f in frames)
+    head, cmd, request_id, data = frames
+    if not (type(head) is type(cmd) is type(request_id) is type(data) is bytes):  # frames, memoryviews
+        head, cmd, request_id, data = (bytes(f) for f in frames)
     if head != _HEADER:
         if len(head) == len(_HEADER) and head[:4] == MAGIC:
             raise ProtocolError(f"protocol version {head[4]} is not supported (this peer speaks {PROTOCOL_VERSION})",
@@ -335,10 +339,9 @@ def decode(frames: list[bytes] | list[Any], *, max_body: int = MAX_BODY_BYTES,
         raise ProtocolError("not a stepbridge pool message (bad protocol id)", reason="malformed")
     if len(cmd) != 1:
         raise ProtocolError("the command frame must be exactly one byte", reason="malformed")
-    try:
-        command = Command(cmd[0])
-    except ValueError:
-        raise ProtocolError(f"unknown command {cmd[0]}", reason="command") from None
+    command = _COMMANDS.get(cmd[0])
+    if command is None:
+        raise ProtocolError(f"unknown command {cmd[0]}", reason="command")
     if allowed is not None and command not in allowed:
         raise ProtocolError(f"{command.name} is not accepted on this socket", reason="role")
     if len(request_id) > MAX_REQUEST_ID:

@@ -76,7 +76,6 @@ PROGRAM_FETCH_TIMEOUT = 10.0
 DATA_FETCH_TIMEOUT = 60.0
 #: the least time without transport traffic before the router's connection counts as dead
 TRANSPORT_TIMEOUT = 10.0
-STARTED_AFTER = 0.05
 
 
 def _traceback_text(exc: BaseException) -> str:
@@ -390,10 +389,7 @@ class Worker:
                 self._send(error_reply(WorkerLostError(f"worker {self.worker_id} refused the request: {reason}",
                                                        worker=self.worker_id), body.attempt), msg.request_id)
                 return
-            rid = msg.request_id
-            task = asyncio.ensure_future(self._execute(rid, body))
-            self._tasks[rid] = task
-            task.add_done_callback(lambda _t: self._tasks.pop(rid, None))
+            self._tasks[msg.request_id] = asyncio.ensure_future(self._execute(msg.request_id, body))
         elif isinstance(body, p.Cancel):
             running = self._tasks.get(msg.request_id)
             if running is not None:
@@ -426,15 +422,13 @@ class Worker:
 
     # -- running ---------------------------------------------------------------------------------
     async def _execute(self, request_id: bytes, req: p.Request) -> None:
-        # STARTED only for runs that are still going after a moment: quick ones just REPLY
-        started = asyncio.get_running_loop().call_later(
-            STARTED_AFTER, lambda: self._send(p.Started(attempt=req.attempt), request_id))
         try:
-            await self._execute_inner(request_id, req)
-        finally:
-            started.cancel()
+            await self._run(request_id, req)
+        finally:  # (the usual paths have freed the slot already, before answering)
+            if self._tasks.get(request_id) is asyncio.current_task():
+                del self._tasks[request_id]
 
-    async def _execute_inner(self, request_id: bytes, req: p.Request) -> None:
+    async def _run(self, request_id: bytes, req: p.Request) -> None:
         try:
             program = await self._program(req.program_hash)
             options = self._options(req)
@@ -442,6 +436,9 @@ class Worker:
                                where=f"worker {self.worker_id}")
             key, program = await self._bind(program, req.data)
             if key not in self._prepared:
+                # a program's first run can hold the loop for a while (building it, first imports): the
+                # router hears from us right before, not a heartbeat period earlier
+                self._send(p.Heartbeat(in_flight=list(self._tasks)))
                 await self.adapter.prepare(program)
                 self._prepared.add(key)
             result = await self.adapter.run(program, inputs, options)
