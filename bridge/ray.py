@@ -275,6 +275,8 @@ class RayAdapter:
 
     async def aclose(self) -> None:
         actors, self._actors = self._actors, []
+        for task in list(self._probes):  # they stop on their own too (their actor is no longer ours)
+            task.cancel()
         if not actors:
             return
         with contextlib.suppress(Exception):
@@ -441,9 +443,18 @@ class RayAdapter:
     def _probe(self, actor: _Actor) -> None:
         """Mark ``actor`` healthy again once Ray has restarted it (a new process answers ``start``)."""
         async def probe() -> None:
-            with contextlib.suppress(Exception):
-                info = await asyncio.wait_for(asyncio.wrap_future(actor.handle.start.remote().future()),
-                                              self.config.start_timeout)
+            # With max_task_retries=0 a call reaching the actor while Ray is still restarting it fails at once:
+            # ask again (backing off to 2 s) until the new process answers or the adapter is closed. One try
+            # left an actor out for good when it came back a moment after the probe.
+            delay = 0.1
+            while not actor.healthy and any(a is actor for a in self._actors):
+                try:
+                    info = await asyncio.wait_for(asyncio.wrap_future(actor.handle.start.remote().future()),
+                                                  self.config.start_timeout)
+                except Exception:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
                 actor.worker, actor.pid, actor.healthy = info["worker"], info["pid"], True
 
         task = asyncio.ensure_future(probe())

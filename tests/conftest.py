@@ -8,6 +8,12 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# No timing limits in tests: on a loaded 2-core machine a property test's example can take longer than
+# hypothesis's 200 ms deadline (or its generation look "too slow") without anything being wrong.
+settings.register_profile("stepbridge", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("stepbridge")
 
 _TMP = tempfile.mkdtemp(prefix="stepbridge-tests-")
 # Before anything imports dspy/litellm: never fetch the model cost map, keep caches out of $HOME.
