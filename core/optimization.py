@@ -293,10 +293,11 @@ class _Job:
         ahead: dict[int, asyncio.Task[Any]] = {}
 
         def launch(upto: int) -> None:
-            # as many as are likely still needed at the pass rate so far (twice the demos missing at first),
-            # at most ``concurrency``: few runs are made in vain
+            # as many as are likely still needed at the pass rate so far, at most ``concurrency``: few runs are
+            # made in vain. The rate starts optimistic (two passes of two seen: the demos missing at first, not
+            # twice them) so that one early failure does not double the window; each failure widens it later.
             missing = max_bootstrapped - len(state["bootstrapped"])
-            rate = (len(state["bootstrapped"]) + 1) / (upto + 2)  # examples before ``upto`` were all examined
+            rate = (len(state["bootstrapped"]) + 2) / (upto + 2)  # examples before ``upto`` were all examined
             window = min(self.concurrency, math.ceil(missing / rate))
             for j in range(upto, min(upto + max(1, window), len(trainset))):
                 if j not in ahead:
