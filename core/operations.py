@@ -32,6 +32,7 @@ __all__ = [
     "WORK_KEY",
     "Operation",
     "OperationTypeError",
+    "concat_two",
     "json_equal",
     "measure",
     "operation_error",
@@ -131,7 +132,7 @@ def measure(value: Any, pointer: str, what: str, scope: dict[str, Any] | None = 
     return value
 
 
-def measure_concat(result: list[Any], parts: list[Any], pointer: str, what: str,
+def measure_concat(result: list[Any], parts: Sequence[Any], pointer: str, what: str,
                    scope: dict[str, Any] | None) -> None:
     """:func:`measure` for ``result``, the concatenation of the lists ``parts``, from the parts' sizes.
 
@@ -701,6 +702,17 @@ def run_operation(op: Operation, args: Any, pointer: str, scope: dict[str, Any] 
         units = _units(result) + (sum(_units(a) for a in args) if op.arity is not None else _units(args))
         if units:
             _charge(scope, units, pointer, f"${op.name}")
+    return result
+
+
+def concat_two(op: Operation, a: Any, b: Any, pointer: str, scope: dict[str, Any] | None = None) -> Any:
+    """``run_operation(op, [a, b], ...)`` for ``$concat`` (``op``) of two values: two lists (a loop appending
+    to its state) joined and measured in this frame, the same result, bounds and charge; anything else
+    (text, mixed, a result too long) takes the general path."""
+    if type(a) is not list or type(b) is not list or len(a) + len(b) > MAX_ITEMS:
+        return run_operation(op, [a, b], pointer, scope)
+    result = a + b
+    measure_concat(result, (a, b), pointer, "$concat", scope)
     return result
 
 
