@@ -34,7 +34,7 @@ from stepbridge.program import (
     RetrieveModule,
     ToolModule,
 )
-from stepbridge.result import LMCall, RunResult, fast_construct
+from stepbridge.result import LMCall, RunResult, constructor
 from stepbridge.signature import Signature
 
 if TYPE_CHECKING:
@@ -220,7 +220,7 @@ class Predictor:
             calls.append(_call(model=model, messages=messages, response=response.text, usage=response.usage,
                                latency_ms=response.latency_ms, cached=response.cached, error=exc.to_dict()))
             raise
-        calls.append(fast_construct(LMCall, {  # _call's fields, without its call (one per LM call)
+        calls.append(_lm_call({  # _call's fields, without its call (one per LM call)
             "model": model, "messages": messages, "response": response.text, "usage": response.usage or {},
             "latency_ms": response.latency_ms, "cached": response.cached, "error": None}))
         return parsed
@@ -348,6 +348,8 @@ class NativeAdapter:
         await self.lm.aclose()
 
 
+_lm_call = constructor(LMCall)  # an LM call's record with every field given, unvalidated (one per call)
+
 #: prepared plans an adapter keeps (least recently used out first)
 MAX_PLANS = 256
 
@@ -388,5 +390,5 @@ def _call(*, model: str, messages: list[dict[str, Any]], response: str | None = 
           usage: dict[str, Any] | None = None, latency_ms: float = 0.0, cached: bool = False,
           error: dict[str, Any] | None = None) -> LMCall:
     # every field given and no validation: one per LM call on the hot path
-    return fast_construct(LMCall, {"model": model, "messages": messages, "response": response, "usage": usage or {},
+    return _lm_call({"model": model, "messages": messages, "response": response, "usage": usage or {},
                                    "latency_ms": latency_ms, "cached": cached, "error": error})

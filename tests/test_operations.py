@@ -4,6 +4,7 @@ that hold for the run-time result, and the size bounds."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from typing import Any
@@ -358,10 +359,8 @@ def test_concat_two_is_run_operation(a: Any, b: Any, budget: int, max_items: int
         for _ in range(2):
             scope: dict[str, Any] = {operations.WORK_KEY: [budget], operations.SIZES_KEY: {}}
             if remembered and isinstance(a, list):  # a loop's state, measured when it was built
-                try:
+                with contextlib.suppress(OperationError):
                     operations.measure(a, "/p", "x", {**scope, operations.WORK_KEY: [10**9]})
-                except OperationError:
-                    pass
             scopes.append(scope)
         fast = _outcome(lambda s: operations.concat_two(concat, a, b, "/p", s), scopes[0])
         general = _outcome(lambda s: run_operation(concat, [a, b], "/p", s), scopes[1])
