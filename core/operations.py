@@ -167,6 +167,13 @@ def _remember(sizes: dict[int, tuple[list[Any], int, int, int]] | None, value: l
 
 def _size(value: list[Any] | dict[str, Any], pointer: str, what: str) -> tuple[int, int]:
     """(values, characters of text) in ``value``, checked against the bounds."""
+    if type(value) is list and len(value) == 1 and type(value[0]) is str:  # ``[$r.answer]``, a loop's append
+        chars = len(value[0])
+        if MAX_ITEMS < 2:  # the list and its text
+            raise _limit(pointer, what, f"has more than {MAX_ITEMS:,} values")
+        if chars > MAX_CHARS:
+            raise _limit(pointer, what, f"holds more than {MAX_CHARS:,} characters of text")
+        return 2, chars
     children = value.values() if isinstance(value, dict) else value
     kinds = set(map(type, children))
     if kinds <= _FLAT and isinstance(value, list):  # the common case: a flat list, at C speed

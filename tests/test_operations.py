@@ -367,3 +367,23 @@ def test_concat_two_is_run_operation(a: Any, b: Any, budget: int, max_items: int
     finally:
         operations.MAX_ITEMS, operations.MAX_CHARS = original
     assert fast == general
+
+
+@given(st.text(max_size=20), st.sampled_from([1, 2, 10**6]), st.sampled_from([0, 5, 2**23]))
+def test_a_one_text_list_measures_as_walking_it(text: str, max_items: int, max_chars: int) -> None:
+    """``[$r.answer]`` (a loop's append) is sized without the walk: the same size, the same bound errors."""
+    original = operations.MAX_ITEMS, operations.MAX_CHARS
+
+    def outcome(size: Any) -> Any:
+        try:
+            return size()
+        except OperationError as exc:
+            return str(exc)
+
+    try:
+        operations.MAX_ITEMS, operations.MAX_CHARS = max_items, max_chars
+        fast = outcome(lambda: operations._size([text], "/p", "x"))
+        walked = outcome(lambda: operations._walk([text], 0, {}, "/p", "x"))
+    finally:
+        operations.MAX_ITEMS, operations.MAX_CHARS = original
+    assert fast == walked
