@@ -299,14 +299,19 @@ class NativeAdapter:
         self.map_concurrency = map_concurrency
         # bounded: programs (and pool requests) choose how many distinct plans a process sees
         self._plans: LRU[tuple[str, Path | None], _Plan] = LRU(MAX_PLANS)
+        self._last: tuple[tuple[str, Path | None], _Plan] | None = None  # the plan the last run used, by key
 
     async def prepare(self, program: Program) -> None:
         self._plan(program)
 
     def _plan(self, program: Program) -> _Plan:
         key = program.plan_key  # relative corpora resolve against base_dir
+        last = self._last
+        if last is not None and last[0] is key:  # the same program object as the last run's: no LRU lock
+            return last[1]
         compiled = self._plans.get(key)
         if compiled is not None:
+            self._last = (key, compiled)
             return compiled
         for module_name, module in program.modules.items():
             if isinstance(module, DspyModule):
