@@ -124,7 +124,9 @@ def bench_bootstrap_native(url: str, n: int, concurrency: int) -> tuple[float, f
 
     async def go() -> tuple[float, float, list[Any]]:
         async with sb.Runner(native_adapter(url, concurrency)) as runner:
-            await runner.batch(program, rows(concurrency, "warm"), concurrency=concurrency)  # warm connections
+            warm = await runner.batch(program, [{"question": r["question"]} for r in rows(concurrency, "warm")],
+                                      concurrency=concurrency)  # open the connections, as DSPy's side does
+            assert not any(item.error for item in warm), warm[0].error
             start = time.perf_counter()
             compiled = await abootstrap(program, train, "exact_match", settings=SETTINGS, runner=runner,
                                         concurrency=concurrency)
