@@ -87,6 +87,7 @@ class Compiled:
     mapped: list[int] = field(default_factory=list)  # lines of comprehensions / for loops that became map steps
     loops: list[int] = field(default_factory=list)  # lines of for loops that became loop steps
     as_modules: dict[str, str] = field(default_factory=dict)  # result name -> its module
+    whole: list[str] = field(default_factory=list)  # output fields holding a whole prediction (as an object)
 
 
 def _escape(value: Any) -> Any:
@@ -179,6 +180,7 @@ class _Compiler:
         self.mapped_as: set[str] = set()
         self.loops: list[int] = []  # lines of for loops that became loop steps
         self.bare: set[str] = set()  # tool modules whose one output 'result' is the function's return value
+        self.whole: list[str] = []  # output fields that are whole predictions (returned as objects of fields)
 
     def fail(self, what: str, node: ast.AST) -> Unsupported:
         return Unsupported(what, getattr(node, "lineno", 0) + self.offset)
@@ -750,8 +752,11 @@ class _Compiler:
         fields: dict[str, Any] = {}
         for k in node.keywords:
             value = self.expression(k.value, env, steps)
-            if isinstance(value, Result | Results | Fields | Called):
-                raise self.fail("a whole predictor result as an output", node)
+            if isinstance(value, Result | Fields):  # a whole prediction: the object of its fields
+                self.whole.append(str(k.arg))
+                value = f"${value.as_}" if isinstance(value, Result) else dict(value.fields)
+            elif isinstance(value, Results | Called):
+                raise self.fail("a list of predictor results as an output", node)
             if isinstance(k.value, ast.Name):  # the same list now also inside the prediction
                 self.owned.discard(k.value.id)
             if _mentions_variable(value):  # a later set may change the variable; the prediction keeps this value
@@ -914,7 +919,7 @@ def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[
     if not returns:
         raise Unsupported("a path through forward does not return", start)
     return Compiled(steps, compiler.returns, compiler.calls, compiler.branches, compiler.mapped_lines,
-                    compiler.loops, compiler.as_modules)
+                    compiler.loops, compiler.as_modules, list(dict.fromkeys(compiler.whole)))
 
 
 def _unawait(stmt: ast.stmt) -> ast.stmt:

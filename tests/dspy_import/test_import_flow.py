@@ -11,6 +11,7 @@ from typing import Any
 import pydantic
 import pytest
 from stepbridge.adapters.dspy import dspy
+from stepbridge.adapters.dspy_convert import _data
 from stepbridge.adapters.dspy_import import dspy_retriever, import_module
 from stepbridge.adapters.dspy_static import Unsupported, compile_forward
 from stepbridge.errors import ConversionError
@@ -35,8 +36,8 @@ def _same_on_native(loop: Any, adapter: Any, original: Any, program: Any, lm: An
             return await adapter.run(program, inputs, RunOptions())
 
         result = loop.run_until_complete(go())
-        if isinstance(prediction, dspy.Prediction):
-            assert result.outputs == {k: prediction[k] for k in program.signature.outputs}
+        if isinstance(prediction, dspy.Prediction):  # a whole prediction inside it: the object of its fields
+            assert result.outputs == {k: _data(prediction[k]) for k in program.signature.outputs}
         else:
             assert list(result.outputs.values()) == [prediction]
         assert [c.messages for s in result.trace for c in s.lm_calls] == messages
@@ -86,6 +87,48 @@ def test_a_whole_prediction_with_object_fields_is_refused(dspy_lm: Any) -> None:
     # its repr shows Person(name=...), which the program's JSON data cannot reproduce
     with pytest.raises(ConversionError, match=r"repr.*person: Person"):
         import_module(PassesTypedPrediction(), sample_inputs=Q, lm=dspy_lm, fallback=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# whole predictions returned as outputs (DSPy's llms.txt tutorial): the objects of their fields
+# ------------------------------------------------------------------------------------------------
+class ReturnsWholePredictions(dspy.Module):
+    def __init__(self) -> None:
+        self.analyze = dspy.ChainOfThought("topic -> summary, keywords: list[str], score: int")
+        self.title = dspy.Predict("summary -> title")
+
+    def forward(self, question: str) -> Any:
+        analysis = self.analyze(topic=question)
+        title = self.title(summary=f"{analysis.summary} {analysis.keywords}")
+        meta = dspy.Prediction(title=title.title, keywords=analysis.keywords)
+        return dspy.Prediction(title=title.title, analysis=analysis, meta=meta)
+
+
+def test_whole_predictions_returned_are_objects_of_their_fields(loop: Any, dspy_lm: Any,
+                                                                native_adapter: Any) -> None:
+    original = ReturnsWholePredictions()
+    program, report = import_module(original, sample_inputs=Q, lm=dspy_lm)
+    assert report.mode == "static" and report.status == "verified", str(report)
+    assert program.signature.outputs["analysis"].type == "dict[str, Any]"
+    assert program.to_dict()["steps"][-1]["return"]["analysis"] == "$analyze_out"
+    assert any("'analysis' is a whole prediction" in n for n in report.notes) and \
+        any("'meta' is a whole prediction" in n for n in report.notes)
+    # reasoning, text, a list and an int: every field, with its parsed type, on inputs never seen
+    _same_on_native(loop, native_adapter, original, program, dspy_lm, UNSEEN)
+
+
+class ReturnsListOfPredictions(ReturnsWholePredictions):
+    def forward(self, question: str) -> Any:
+        analysis = self.analyze(topic=question)
+        title = self.title(summary=analysis.summary)
+        return dspy.Prediction(both=[analysis, title])
+
+
+def test_a_list_of_whole_predictions_as_an_output_is_refused() -> None:
+    obj = ReturnsListOfPredictions()
+    with pytest.raises(Unsupported, match=r"a whole predictor result \(analysis\) used as a value"):
+        compile_forward(obj, "forward", {id(obj.analyze): "analyze", id(obj.title): "title"},
+                        {"analyze": ["reasoning", "summary", "keywords", "score"], "title": ["title"]})
 
 
 # ------------------------------------------------------------------------------------------------
