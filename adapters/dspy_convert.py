@@ -621,11 +621,15 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _data(value: Any) -> Any:
-    """A value as the JSON data a program passes (models dumped, enums as their values)."""
+    """A value as the JSON data a program passes (models dumped, enums as their values, a
+    ``dspy.Prediction`` or ``Example`` as the object of its fields)."""
     import enum
 
     import pydantic
+    from dspy.primitives.example import Example
 
+    if isinstance(value, Example):
+        return {k: _data(value[k]) for k in value.keys()}  # noqa: SIM118 (an Example is no dict)
     if isinstance(value, pydantic.BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, enum.Enum):

@@ -56,6 +56,8 @@ def load(path: Path) -> Any:
 
 
 def _json(value: Any) -> Any:
+    if isinstance(value, dspy.Example):  # a whole prediction returned as an output: the object of its fields
+        return {k: _json(value[k]) for k in value.keys()}  # noqa: SIM118 (an Example is no dict)
     if isinstance(value, pydantic.BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, enum.Enum):
