@@ -13,7 +13,29 @@ Module map (one concept each):
   that never blocks the I/O loop
 """
 
-from .config import PoolConfig
-from .pool import PoolAdapter, query_status
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import PoolConfig
+    from .pool import PoolAdapter, query_status
 
 __all__ = ["PoolAdapter", "PoolConfig", "query_status"]
+
+# Imported on first use: the CLI mounts `stepbridge pool` and `worker` from stepbridge.bridge.cli, and
+# commands that never touch a pool must not load ZeroMQ, the scheduler and the wire format.
+_MODULE = {"PoolAdapter": "pool", "PoolConfig": "config", "query_status": "pool"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
