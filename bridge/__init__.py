@@ -15,8 +15,9 @@ Module map (one concept each):
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from stepbridge import lazy
 
 if TYPE_CHECKING:
     from .config import PoolConfig
@@ -28,14 +29,4 @@ __all__ = ["PoolAdapter", "PoolConfig", "query_status"]
 # commands that never touch a pool must not load ZeroMQ, the scheduler and the wire format.
 _MODULE = {"PoolAdapter": "pool", "PoolConfig": "config", "query_status": "pool"}
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_MODULE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy.exports(__name__, _MODULE)

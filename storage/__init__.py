@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from stepbridge import lazy
 
 if TYPE_CHECKING:
     from .db import default_url, upgrade
@@ -32,14 +33,4 @@ _MODULE = {"default_url": "db", "upgrade": "db", "ProgramRef": "refs", "parse_re
            **dict.fromkeys(("Execution", "ExecutionStatus", "ProgramSummary", "ProgramVersion", "Source",
                             "StatusChange"), "models")}
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_MODULE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy.exports(__name__, _MODULE)
