@@ -16,15 +16,15 @@ writes the same program:
 * ``[self.p(k=x).field for x in xs]`` and ``acc = []; for x in xs: acc.append(self.p(k=x).field)``
   as ``map`` steps (one call per element, whatever the length);
 * ``for i in range(N)`` (``N`` a literal or the module's own int setting) as a ``loop`` step; names it
-  rebinds or grows (``=``, ``+=``, ``append``, ``extend``) are variables ``set`` before and in it; one
-  ``if <condition>: break`` at the top level of its body is the loop's ``until`` (what follows it in the
-  pass runs only when it is false);
+  rebinds or grows (``=``, ``+=``, ``append``, ``extend``) are variables ``set`` before and in it;
+  ``if <condition>: ...; break`` (or ``continue``) blocks at the top level of its body: the condition is a
+  variable, what follows the ``if`` runs only when it is false, and a break's variable is the ``until``;
 * ``x = a if test else b`` as an ``if`` step setting one variable; arithmetic on constants, done at import;
 * ``if``/``elif``/``else`` blocks; ``return self.p(...)``, ``return x`` (a predictor result, or a
   ``dspy.Prediction(k=v, ...)`` built before), a bare value, and ``return dspy.Prediction(k=v, ...)``;
   docstrings and ``pass``.
 
-Anything else (``while``, ``continue``, other breaks, calls of other functions, methods, ``try``, ``list(set(...))``...)
+Anything else (``while``, other breaks and continues, calls of other functions, methods, ``try``, ``list(set(...))``...)
 raises :class:`Unsupported` with the reason: the caller then traces instead. The result is never
 trusted on its own: it is verified like a traced conversion (every sample, outputs and messages), and
 its branches are reported by which paths the samples took.
@@ -639,8 +639,8 @@ class _Compiler:
                 raise self.fail(f"a {type(inner).__name__.lower()} inside a for loop", inner)
         at = _break_at(stmt.body)
         if isinstance(at, ast.AST):
-            raise self.fail("a break or continue other than one `if <condition>: break` (no else, nothing else in "
-                            "its block) at the top level of the loop's body", at)
+            raise self.fail("a break or continue other than one ending an `if <condition>:` block (without else) at "
+                            "the top level of the loop's body", at)
         passes = self.range_count(stmt.iter)
         steps: list[dict[str, Any]] = []
         rebound = {t.id for inner in ast.walk(ast.Module(body=stmt.body, type_ignores=[]))
@@ -663,23 +663,13 @@ class _Compiler:
         try:
             if at is None:
                 body, returns = self.block(stmt.body, env)
-            else:  # A; if c: break; B  ->  A; set brk = c; if not brk: B  (until brk: no pass after it)
-                body, returns = self.block(stmt.body[:at], env)
-                test = stmt.body[at].test  # type: ignore[attr-defined]
-                until = self.condition(test, env)
-                brk = self.fresh("v_break")
-                body.append({"set": {brk: until}})
-                rest = stmt.body[at + 1:]
-                if rest:
-                    rest_env = dict(env)
-                    after, _ = self.block(rest, rest_env)
-                    if after:
-                        body.append({"if": {"$not": f"${brk}"}, "then": after})
-                    for name in set(env) | set(rest_env):  # bound after the break: not known after the loop
-                        if env.get(name) != rest_env.get(name):
-                            env.pop(name, None)
-                self.pending.append((getattr(test, "lineno", 0) + self.offset, "break", until))
-                until = f"${brk}"
+            else:  # A; if c: S; break|continue; B  ->  A; set jump = c; if jump: S; if not jump: B
+                kinds = [isinstance(stmt.body[i].body[-1], ast.Break) for i in at]  # type: ignore[attr-defined]
+                brk = self.fresh("v_break") if any(kinds) else None  # (until brk: no pass after a break)
+                body, returns = self.jumps(stmt.body, at, env, brk), False
+                if brk is not None and not kinds[0]:  # a continue may pass over every break: false until one
+                    body.insert(0, {"set": {brk: False}})
+                until = f"${brk}" if brk is not None else None
         finally:
             self.in_loop -= 1
             self.loop_index.pop(stmt.target.id)
@@ -697,6 +687,30 @@ class _Compiler:
             spec["until"] = until
         return [*steps, {"loop": spec}]
 
+    def jumps(self, body: list[ast.stmt], at: list[int], env: dict[str, Any], brk: str | None) -> list[dict[str, Any]]:
+        """The steps of a loop's ``body`` whose top-level statements ``at`` are ``if c: S; break|continue``: the
+        first becomes ``set jump = c; if jump: S; if not jump: <the rest, read the same way>``."""
+        k = at[0]
+        steps, _ = self.block(body[:k], env)
+        jump = body[k]
+        assert isinstance(jump, ast.If)
+        breaks = isinstance(jump.body[-1], ast.Break)
+        test = self.condition(jump.test, env)
+        var = brk if breaks and brk is not None else self.fresh("v_skip")
+        steps.append({"set": {var: test}})
+        self.pending.append((getattr(jump, "lineno", 0) + self.offset, "break" if breaks else "continue", test))
+        before, changed = dict(env), set()
+        rest_at = [i - k - 1 for i in at[1:]]
+        for block, when, sub in ((jump.body[:-1], f"${var}", []), (body[k + 1:], {"$not": f"${var}"}, rest_at)):
+            block_env = dict(before)
+            inner = self.jumps(block, sub, block_env, brk) if sub else self.block(block, block_env)[0]
+            if inner:
+                steps.append({"if": when, "then": inner})
+            changed |= {n for n in set(before) | set(block_env) if before.get(n) != block_env.get(n)}
+        for name in changed:  # bound on one path of the pass only: not known after it
+            env.pop(name, None)
+        return steps
+
     def prove(self, line: int, index: str, passes: int, tests: list[tuple[int, str, Any]]) -> None:
         """Tests in a loop that read nothing but its pass number take the same paths on every input: the
         samples then ran every path any input takes. Said of the loop (its number of passes, when its break
@@ -712,20 +726,19 @@ class _Compiler:
                 return None
             return compile_value(parsed)
 
-        count: int | None = passes
-        for _, kind, test in tests:
-            if kind == "break":
-                stop = only_index(test)
-                if stop is None:
-                    count = None
-                    break
-                count = next((i + 1 for i in range(passes) if stop({index: i})), passes)
-        if count is None:
+        jumps = [(kind, test) for _, kind, test in tests if kind in ("break", "continue")]
+        if len(jumps) > 1 or any(kind == "continue" for kind, _ in jumps):  # which passes run what: not proven
             return
-        if any(kind == "break" for _, kind, _ in tests):
+        count = passes
+        if jumps:
+            stop = only_index(jumps[0][1])
+            if stop is None:
+                return
+            count = next((i + 1 for i in range(passes) if stop({index: i})), passes)
+        if jumps:
             self.proven[(line, "for")] = f"always {count} pass(es): its break's condition reads only the pass number"
         for test_line, kind, test in tests:
-            if kind != "break" and only_index(test) is not None:
+            if kind not in ("break", "continue") and only_index(test) is not None:
                 self.proven[(test_line, kind)] = ("every input takes the same path on each pass: its condition "
                                                   "reads only the pass number, and the number of passes is fixed")
 
@@ -1016,9 +1029,9 @@ class _Compiler:
         return step, then_returns and else_returns
 
 
-def _break_at(body: list[ast.stmt]) -> int | ast.AST | None:
-    """Where the loop's one ``if <condition>: break`` stands in its body (an index), ``None`` without a break
-    or continue of this loop, or the offending node (another break or continue of this loop)."""
+def _break_at(body: list[ast.stmt]) -> list[int] | ast.AST | None:
+    """Where the loop's ``if <condition>: ...; break`` (or ``continue``) blocks stand in its body (indexes),
+    ``None`` without a break or continue of this loop, or the offending node (a break or continue elsewhere)."""
     own: list[ast.AST] = []
     todo: list[ast.AST] = list(body)
     while todo:
@@ -1030,11 +1043,12 @@ def _break_at(body: list[ast.stmt]) -> int | ast.AST | None:
             todo.extend(ast.iter_child_nodes(node))
     if not own:
         return None
-    for i, stmt in enumerate(body):
-        if (isinstance(stmt, ast.If) and len(stmt.body) == 1 and isinstance(stmt.body[0], ast.Break)
-                and not stmt.orelse and own == [stmt.body[0]]):
-            return i
-    return min(own, key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+    at = [i for i, stmt in enumerate(body)  # each ends an `if` block without else
+          if isinstance(stmt, ast.If) and not stmt.orelse and any(stmt.body[-1] is n for n in own)]
+    elsewhere = [n for n in own if not any(body[i].body[-1] is n for i in at)]  # type: ignore[attr-defined]
+    if elsewhere:
+        return min(elsewhere, key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+    return at
 
 
 def _int_index(node: ast.AST) -> int | None:

@@ -366,10 +366,31 @@ class BreaksOnAnswer(dspy.Module):
         return dspy.Prediction(answer=answer)
 
 
-@pytest.mark.parametrize("cls", [BreaksOnInput, BreaksOnAnswer])
-def test_a_break_on_inputs_or_replies_runs_as_in_dspy(cls: type, loop: Any, dspy_lm: Any,
+class BreaksWithWork(dspy.Module):
+    """Work in the break's block (state set on the way out), and a pass skipped with continue."""
+
+    def __init__(self) -> None:
+        self.gen = dspy.Predict("question, seen: list[str] -> answer")
+
+    def forward(self, question: str) -> Any:
+        seen: list[str] = []
+        final = "none"
+        for i in range(4):
+            if i == 1 or len(question) < 10:
+                seen.append(f"skipped {i}")
+                continue
+            answer = self.gen(question=f"{question} ({i})", seen=seen).answer
+            seen.append(answer)
+            if len(seen) >= 3 and len(question) > 25:
+                final = f"stopped at {i}: {answer}"
+                break
+        return dspy.Prediction(seen=seen, final=final)
+
+
+@pytest.mark.parametrize("name", ["BreaksOnInput", "BreaksOnAnswer", "BreaksWithWork", "TwoBreaks", "BreakAndContinue"])
+def test_a_break_on_inputs_or_replies_runs_as_in_dspy(name: str, loop: Any, dspy_lm: Any,
                                                       native_adapter: Any) -> None:
-    original = cls()
+    original = globals()[name]()
     program, report = import_module(original, sample_inputs=Q, lm=dspy_lm)
     assert report.mode == "static", str(report)
     loops = [c for c in report.constructs if ": for `" in c.name]
@@ -428,17 +449,6 @@ class ShadowsATool(Aliased):
         return dspy.Prediction(found=search(answer, k=2))
 
 
-class BreakWithWork(Aliased):
-    def forward(self, question: str) -> Any:
-        answer = ""
-        for _ in range(3):
-            answer = self.gen(question=question).answer
-            if len(answer) > 5:
-                answer = answer.upper()
-                break
-        return dspy.Prediction(answer=answer)
-
-
 class BreakInElse(Aliased):
     def forward(self, question: str) -> Any:
         answer = ""
@@ -474,14 +484,27 @@ class TwoBreaks(Aliased):
         return dspy.Prediction(answer=answer)
 
 
-class Continues(Aliased):
+class BreakAndContinue(Aliased):
     def forward(self, question: str) -> Any:
         answers = []
         for i in range(3):
             if i == 1:
                 continue
             answers.append(self.gen(question=question).answer)
+            if len(answers) > 1:
+                break
         return dspy.Prediction(answers=answers)
+
+
+class StatementAfterBreak(Aliased):
+    def forward(self, question: str) -> Any:
+        answer = ""
+        for _ in range(3):
+            answer = self.gen(question=question).answer
+            if answer:
+                break
+                answer = "never"
+        return dspy.Prediction(answer=answer)
 
 
 class ChoosesWholeResults(Aliased):
@@ -510,11 +533,9 @@ class ArithmeticOnInput(Aliased):
     (Aliased, "another name may share it"),
     (MutatedAfterPrediction, "another name may share it"),
     (PlusUnknown, "`\\+` on values whose kinds"),
-    (BreakWithWork, "other than one `if <condition>: break`"),
-    (BreakInElse, "other than one `if <condition>: break`"),
-    (NestedBreak, "other than one `if <condition>: break`"),
-    (TwoBreaks, "other than one `if <condition>: break`"),
-    (Continues, "other than one `if <condition>: break`"),
+    (BreakInElse, "a break or continue other than one ending an `if <condition>:` block"),
+    (NestedBreak, "a break or continue other than one ending an `if <condition>:` block"),
+    (StatementAfterBreak, "a break or continue other than one ending an `if <condition>:` block"),
     (ChoosesWholeResults, "a whole predictor result in a conditional expression"),
     (ChoiceAsArgument, "the expression IfExp has no program equivalent here"),
     (ArithmeticOnInput, "arithmetic on a value not known at import"),
