@@ -762,6 +762,10 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str,
             src, _, fld = str(ref).lstrip("$").partition(".") if isinstance(ref, str) else ("", "", "")
             if src == "inputs":
                 out_types[k].add(in_types.get(fld, "str"))
+            elif src in as_modules and not fld:  # a whole result: the object of its fields
+                out_types[k].add("list[dict[str, Any]]" if src in mapped_as else "dict[str, Any]")
+            elif isinstance(ref, dict) and not any(str(key).startswith("$") for key in ref):
+                out_types[k].add("dict[str, Any]")  # a prediction forward built, returned whole: its fields
             elif src in as_modules:
                 ftype = interfaces[as_modules[src]].outputs[fld].type
                 out_types[k].add(f"list[{ftype}]" if src in mapped_as else ftype)
@@ -791,6 +795,8 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str,
                           constructs=[*(Construct(n, "exact") for n in modules), *_ensemble_constructs(program),
                                       *_default_constructs(obj)])
     report.notes += [f"for loop (line {line}) converted to a loop step" for line in compiled.loops]
+    report.notes += [f"output {k!r} is a whole prediction: the program returns the object of its fields (DSPy returns "
+                     "the dspy.Prediction; as data they are equal)" for k in compiled.whole]
     report.notes += _ensemble_notes(program)
     names = {id(m): n for n, m in leaves.items()}
     runs = _trace_runs(obj, samples, lm, names, []) + _runnable(obj, _marked(samples), lm, names)
@@ -800,7 +806,7 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str,
             why.append("the program read from the source differs from the module: "
                        + "; ".join(report.verification.mismatches))
         return None
-    for judged in _judge_controls(obj, [r.lines for r in runs]):
+    for judged in _judge_controls(obj, [r.lines for r in runs], compiled.proven):
         if judged.line in compiled.mapped:  # a map step: one call per element, for any length
             judged = Construct(judged.name, "verified", "converted to a map step (any number of elements)",
                                judged.line)

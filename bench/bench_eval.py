@@ -115,31 +115,50 @@ def bench_eval_dspy(url: str, n: int, threads: int) -> tuple[float, float]:
 SETTINGS = {"max_bootstrapped_demos": 16, "max_labeled_demos": 16}
 
 
-def bench_bootstrap_native(url: str, n: int, concurrency: int) -> tuple[float, float, list[Any]]:
-    """(bootstrap alone, the whole optimize: scored before and after) in seconds, and the demos."""
+def served(url: Any, clear: bool = False) -> int:
+    """How many completion requests the reference LM received since it was last cleared (``clear``: clear it
+    now): the teacher runs a bootstrap paid for, the speculative ones included."""
+    import httpx
+
+    if clear:
+        httpx.delete(url.root + "/_stepbridge/requests").raise_for_status()
+        return 0
+    time.sleep(0.05)  # a request sent just before the end is logged too
+    count: int = httpx.get(url.root + "/_stepbridge/requests").json()["count"]
+    return count
+
+
+def bench_bootstrap_native(url: Any, n: int, concurrency: int) -> tuple[float, float, list[Any], int, float]:
+    """(bootstrap alone, the whole optimize: scored before and after) in seconds, the demos, the LM requests and
+    the CPU seconds of the bootstrap alone."""
     from stepbridge.optimization import abootstrap
 
     program = sb.load_program(PROGRAM)
     train = from_rows(rows(n, "train"), program=program)
 
-    async def go() -> tuple[float, float, list[Any]]:
+    async def go() -> tuple[float, float, list[Any], int, float]:
         async with sb.Runner(native_adapter(url, concurrency)) as runner:
-            await runner.batch(program, rows(concurrency, "warm"), concurrency=concurrency)  # warm connections
-            start = time.perf_counter()
+            warm = await runner.batch(program, [{"question": r["question"]} for r in rows(concurrency, "warm")],
+                                      concurrency=concurrency)  # open the connections, as DSPy's side does
+            assert not any(item.error for item in warm), warm[0].error
+            served(url, clear=True)
+            start, cpu = time.perf_counter(), time.process_time()
             compiled = await abootstrap(program, train, "exact_match", settings=SETTINGS, runner=runner,
                                         concurrency=concurrency)
-            alone = time.perf_counter() - start
+            alone, cpu = time.perf_counter() - start, time.process_time() - cpu
+            requests = served(url)
             start = time.perf_counter()
             await sb.aoptimize(program, train, "exact_match", settings=SETTINGS, concurrency=concurrency,
                                backend=runner.adapter)
             whole = time.perf_counter() - start
-        return alone, whole, list(compiled.modules["answer"].demos)  # type: ignore[union-attr]
+        return alone, whole, list(compiled.modules["answer"].demos), requests, cpu  # type: ignore[union-attr]
 
     return asyncio.run(go())
 
 
-def bench_bootstrap_dspy(url: str, n: int, threads: int) -> tuple[float, float, list[Any]]:
-    """(BootstrapFewShot.compile alone, compile + Evaluate before and after) in seconds, and the demos."""
+def bench_bootstrap_dspy(url: Any, n: int, threads: int) -> tuple[float, float, list[Any], int, float]:
+    """(BootstrapFewShot.compile alone, compile + Evaluate before and after) in seconds, the demos, the LM
+    requests and the CPU seconds of the compile alone."""
     import dspy
 
     train = [dspy.Example(**r).with_inputs("question") for r in rows(n, "train")]
@@ -151,17 +170,20 @@ def bench_bootstrap_dspy(url: str, n: int, threads: int) -> tuple[float, float, 
     with dspy.context(lm=dspy_lm(url)):
         evaluate(dspy.ChainOfThought("question -> answer"), devset=[dspy.Example(**r).with_inputs("question")
                                                                    for r in rows(threads, "warm")])
-        start = time.perf_counter()
+        served(url, clear=True)
+        start, cpu = time.perf_counter(), time.process_time()
         compiled = dspy.BootstrapFewShot(metric=metric, **SETTINGS).compile(dspy.ChainOfThought("question -> answer"),
                                                                             trainset=train)
-        alone = time.perf_counter() - start
+        alone, cpu = time.perf_counter() - start, time.process_time() - cpu
+        requests = served(url)
         start = time.perf_counter()
         evaluate(dspy.ChainOfThought("question -> answer"))
         compiled = dspy.BootstrapFewShot(metric=metric, **SETTINGS).compile(dspy.ChainOfThought("question -> answer"),
                                                                             trainset=train)
         evaluate(compiled)
         whole = time.perf_counter() - start
-    return alone, whole, [{k: v for k, v in d.toDict().items() if k != "augmented"} for d in compiled.predict.demos]
+    demos = [{k: v for k, v in d.toDict().items() if k != "augmented"} for d in compiled.predict.demos]
+    return alone, whole, demos, requests, cpu
 
 
 def main() -> None:
@@ -205,25 +227,26 @@ def main() -> None:
         print("  (wall-clock rates on a loaded machine favour the side with more runnable threads: DSPy's 64 get more")
         print("   of the cores than one event loop; CPU per row is the load-independent figure)")
     if "bootstrap" in parts:
-        ours_t: list[tuple[float, float]] = []
-        theirs_t: list[tuple[float, float]] = []
+        ours_t: list[tuple[float, float, int, float]] = []
+        theirs_t: list[tuple[float, float, int, float]] = []
         with running_server_process(latency_ms=20) as url:
             for _ in range(args.repeats):
-                alone, whole, demos_ours = bench_bootstrap_native(url, args.train, args.concurrency)
-                d_alone, d_whole, demos_theirs = bench_bootstrap_dspy(url, args.train, args.concurrency)
+                alone, whole, demos_ours, req, cpu = bench_bootstrap_native(url, args.train, args.concurrency)
+                d_alone, d_whole, demos_theirs, d_req, d_cpu = bench_bootstrap_dspy(url, args.train, args.concurrency)
                 assert demos_ours == demos_theirs, "native bootstrapping chose other demos than DSPy"
-                ours_t.append((alone, whole))
-                theirs_t.append((d_alone, d_whole))
+                ours_t.append((alone, whole, req, cpu))
+                theirs_t.append((d_alone, d_whole, d_req, d_cpu))
         print(f"bootstrap, {args.train} training examples, {SETTINGS}, LM latency 20 ms, median of {args.repeats} "
               "(the same demos checked each run):")
         for i, what in enumerate(("bootstrapping alone", f"+ scored before/after ({args.concurrency} at once)")):
             a = statistics.median(t[i] for t in ours_t)
             b = statistics.median(t[i] for t in theirs_t)
             print(f"  {what}:")
-            print(f"    native                    : {a:8.3f} s   runs {', '.join(f'{t[i]:.3f}' for t in ours_t)}")
-            print(f"    dspy                      : {b:8.3f} s   runs {', '.join(f'{t[i]:.3f}' for t in theirs_t)}")
-            print(f"    speed-up                  : {b / a:8.1f}x  (target >= 10x)")
-
+            for name, runs, x in (("native", ours_t, a), ("dspy", theirs_t, b)):
+                alone_only = (f"   {statistics.median(t[3] for t in runs) * 1000:5.1f} ms CPU   LM requests "
+                              f"{', '.join(str(t[2]) for t in runs)}") if i == 0 else ""
+                print(f"    {name:<26}: {x:8.3f} s   runs {', '.join(f'{t[i]:.3f}' for t in runs)}{alone_only}")
+            print(f"    speed-up                  : {b / a:8.1f}x" + ("  (target >= 10x)" if i == 0 else ""))
 
 if __name__ == "__main__":
     main()

@@ -346,7 +346,7 @@ class Worker:
         session = self._session
         if session is None:
             return False
-        if self._tasks or session.pump._outbox:
+        if self._tasks or session.pump.queued:
             return session.pump.send_soon(frames)
         return session.pump.send(frames)
 

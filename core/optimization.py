@@ -272,15 +272,27 @@ class _Job:
         teacher_demos = state.get("teacher_demos") or teacher_demos
         wanted = set(self.predictors)
         current = {"demos": teacher_demos}
+        # the teacher with the current demos, built (hashed, planned) once and not per attempt: most examples
+        # are not among the demos, so most attempts run exactly this program
+        built: list[Any] = [None, None]
+
+        def teacher_with(demos: dict[str, list[dict[str, Any]]]) -> Program:
+            if built[0] is not demos:
+                built[:] = [demos, with_demos(self.teacher, demos)]
+            program: Program = built[1]
+            return program
 
         async def attempt(example: dict[str, Any], round_idx: int, demos: dict[str, list[dict[str, Any]]]
                           ) -> tuple[Any, BaseException | None, dict[str, list[dict[str, Any]]]]:
             """One teacher run without ``example`` among its demos, and the metric on it."""
             reduced = {n: _without(d, example) for n, d in demos.items()}
+            if all(len(reduced[n]) == len(d) for n, d in demos.items()):
+                reduced = demos
             inputs = {k: example[k] for k in self.train.inputs if k in example}
             options = RunOptions(lm=LMConfig(temperature=1.0), cache=False) if round_idx > 0 else RunOptions()
             try:
-                result = await self.runner.run(with_demos(self.teacher, reduced), inputs, options)
+                program = teacher_with(demos) if reduced is demos else with_demos(self.teacher, reduced)
+                result = await self.runner.run(program, inputs, options)
                 value = await self.metric(example, result.outputs)
                 passed = value >= s.metric_threshold if s.metric_threshold else bool(value)
             except Exception as exc:  # the run or the metric: DSPy counts both, up to max_errors
@@ -292,12 +304,15 @@ class _Job:
         # demos are the same; a run made with demos that an error has since changed is made again.
         ahead: dict[int, asyncio.Task[Any]] = {}
 
+        # Each round of runs ahead costs an LM latency. The first window is sized so that it usually suffices
+        # (for the demos missing at a guessed pass rate of 2/3 per round: 1.5x them with one round); later ones
+        # from the pass rate so far, which starts optimistic (two passes of two seen) so that one early failure
+        # does not double the window. At most ``concurrency`` are in flight.
+        first: list[float] = [1 - (1 / 3) ** s.max_rounds]
+
         def launch(upto: int) -> None:
-            # as many as are likely still needed at the pass rate so far, at most ``concurrency``: few runs are
-            # made in vain. The rate starts optimistic (two passes of two seen: the demos missing at first, not
-            # twice them) so that one early failure does not double the window; each failure widens it later.
             missing = max_bootstrapped - len(state["bootstrapped"])
-            rate = (len(state["bootstrapped"]) + 2) / (upto + 2)  # examples before ``upto`` were all examined
+            rate = first.pop() if first else (len(state["bootstrapped"]) + 2) / (upto + 2)
             window = min(self.concurrency, math.ceil(missing / rate))
             for j in range(upto, min(upto + max(1, window), len(trainset))):
                 if j not in ahead:
