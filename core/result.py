@@ -38,20 +38,11 @@ class Usage(BaseModel):
         d["lm_calls"] += calls
         if other is None:
             return
-        get = (other if isinstance(other, dict) else other.__dict__).get
-        # the four counts of _COUNTS spelled out: a loop over them was a visible share of a call
-        value = get("prompt_tokens")
-        if value:
-            d["prompt_tokens"] += value if type(value) is int else int(value)
-        value = get("completion_tokens")
-        if value:
-            d["completion_tokens"] += value if type(value) is int else int(value)
-        value = get("total_tokens")
-        if value:
-            d["total_tokens"] += value if type(value) is int else int(value)
-        value = get("lm_calls")
-        if value:
-            d["lm_calls"] += value if type(value) is int else int(value)
+        data = other if isinstance(other, dict) else other.__dict__
+        for key in _COUNTS:
+            value = data.get(key)
+            if value:
+                d[key] += value if type(value) is int else int(value)
 
 
 _COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens", "lm_calls")
