@@ -19,6 +19,8 @@ writes the same program:
   rebinds or grows (``=``, ``+=``, ``append``, ``extend``) are variables ``set`` before and in it;
   ``if <condition>: ...; break`` (or ``continue``) blocks at the top level of its body: the condition is a
   variable, what follows the ``if`` runs only when it is false, and a break's variable is the ``until``;
+* ``for x in xs`` / ``for i, x in enumerate(xs)`` (``xs`` known to be a list) as a ``loop`` over ``xs``, read
+  the same way;
 * ``x = a if test else b`` as an ``if`` step setting one variable; arithmetic on constants, done at import;
 * ``if``/``elif``/``else`` blocks; ``return self.p(...)``, ``return x`` (a predictor result, or a
   ``dspy.Prediction(k=v, ...)`` built before), a bare value, and ``return dspy.Prediction(k=v, ...)``;
@@ -100,6 +102,7 @@ class Compiled:
     as_modules: dict[str, str] = field(default_factory=dict)  # result name -> its module
     whole: list[str] = field(default_factory=list)  # output fields holding a whole prediction (as an object)
     proven: dict[tuple[int, str], str] = field(default_factory=dict)  # (line, kind) -> why every input's paths ran
+    over: list[int] = field(default_factory=list)  # lines of for loops over a list (at most MAX_LOOP passes)
 
 
 def _escape(value: Any) -> Any:
@@ -198,6 +201,8 @@ class _Compiler:
         # (line, construct kind, condition) of tests inside loops, proven when they read only the pass number
         self.pending: list[tuple[int, str, Any]] = []
         self.proven: dict[tuple[int, str], str] = {}  # (line, construct kind) -> why every input takes its paths
+        self.over_lines: list[int] = []  # lines of for loops over a list that became loop steps
+        self.lists: dict[str, bool] = {}  # `$inputs.x` -> whether x is a list on every sample (the input's type)
 
     def fail(self, what: str, node: ast.AST) -> Unsupported:
         return Unsupported(what, getattr(node, "lineno", 0) + self.offset)
@@ -584,18 +589,12 @@ class _Compiler:
             elif isinstance(stmt, ast.Return):
                 steps.append({"return": self.returned(stmt, env, steps)})
                 return steps, True
-            elif isinstance(stmt, ast.For) and _is_range(stmt.iter):
+            elif isinstance(stmt, ast.For) and not _is_range(stmt.iter) and _appends_a_field(stmt, env):
+                # acc = [] ; for x in xs: acc.append(self.p(...).field)  ->  a map step (concurrent calls)
+                inner = stmt.body[0].value  # type: ignore[attr-defined]
+                env[inner.func.value.id] = self.mapped(inner.args[0], stmt.target, stmt.iter, env, steps, stmt)
+            elif isinstance(stmt, ast.For):
                 steps += self.loop(stmt, env)
-            elif isinstance(stmt, ast.For) and not stmt.orelse and len(stmt.body) == 1:
-                # acc = [] ; for x in xs: acc.append(self.p(...).field)  ->  a map step
-                inner = stmt.body[0]
-                if not (isinstance(inner, ast.Expr) and isinstance(inner.value, ast.Call)
-                        and isinstance(inner.value.func, ast.Attribute) and inner.value.func.attr == "append"
-                        and isinstance(inner.value.func.value, ast.Name) and len(inner.value.args) == 1
-                        and env.get(inner.value.func.value.id) == []):
-                    raise self.fail("a for loop other than appending one predictor field per element", stmt)
-                env[inner.value.func.value.id] = self.mapped(inner.value.args[0], stmt.target, stmt.iter, env,
-                                                             steps, stmt)
             elif isinstance(stmt, ast.If):
                 step, returns = self.if_(stmt, env)
                 steps.append(step)
@@ -631,9 +630,12 @@ class _Compiler:
 
     def loop(self, stmt: ast.For, env: dict[str, Any]) -> list[dict[str, Any]]:
         """``for i in range(N)`` (``N`` a literal or the module's own integer setting): a ``loop`` step of
-        ``N`` passes, ``i`` its index; names the body rebinds become variables (``set`` before and in it)."""
-        if not isinstance(stmt.target, ast.Name) or stmt.orelse:
-            raise self.fail("a for loop with a target other than a name, or an else", stmt)
+        ``N`` passes, ``i`` its index; ``for x in xs`` / ``for i, x in enumerate(xs)`` (``xs`` known to be a
+        list): a ``loop`` over ``xs``. Names the body rebinds become variables (``set`` before and in it)."""
+        from stepbridge.program import MAX_LOOP
+
+        if stmt.orelse:
+            raise self.fail("a for loop with an else", stmt)
         for inner in ast.walk(stmt):
             if isinstance(inner, ast.Return | ast.Raise | ast.Try | ast.While | ast.Yield | ast.Global | ast.Nonlocal):
                 raise self.fail(f"a {type(inner).__name__.lower()} inside a for loop", inner)
@@ -641,10 +643,21 @@ class _Compiler:
         if isinstance(at, ast.AST):
             raise self.fail("a break or continue other than one ending an `if <condition>:` block (without else) at "
                             "the top level of the loop's body", at)
-        passes = self.range_count(stmt.iter)
-        steps: list[dict[str, Any]] = []
         rebound = {t.id for inner in ast.walk(ast.Module(body=stmt.body, type_ignores=[]))
                    for t in _assigned(inner)}
+        spec: dict[str, Any] = {}
+        index_name, item_name = self.loop_names(stmt, rebound, env)
+        if _is_range(stmt.iter):
+            passes: int | None = self.range_count(stmt.iter)
+            spec["max"] = passes
+        else:  # over a list: evaluated once, before the first pass, as Python's iterator is
+            iterable = stmt.iter.args[0] if index_name is not None else stmt.iter  # type: ignore[attr-defined]
+            over = self.value(iterable, env)
+            if self.kind(over) != "list" and not (isinstance(over, str) and self.lists.get(over)):
+                raise self.fail("a for loop over something not known to be a list", stmt.iter)
+            passes = None
+            spec.update({"max": MAX_LOOP, "over": over, "item": f"item_{item_name}"})
+        steps: list[dict[str, Any]] = []
         for name in sorted(rebound & set(env)):
             if env[name] != f"$v_{name}":
                 if isinstance(env[name], Result | Results | Fields | Called):
@@ -652,14 +665,18 @@ class _Compiler:
                 steps.append({"set": {f"v_{name}": env[name]}})
                 self.kinds[f"v_{name}"] = self.kind(env[name])  # type: ignore[assignment]
                 env[name] = f"$v_{name}"
-        index = f"pass_{stmt.target.id}"
-        if stmt.target.id in env or index in self.as_modules:
-            raise self.fail(f"the loop variable {stmt.target.id} is bound elsewhere", stmt)
-        env[stmt.target.id] = f"${index}"
-        self.loop_index[stmt.target.id] = (index, passes)
+        bound_before = set(env)
+        loop_vars = {n: f"{prefix}_{n}" for n, prefix in ((index_name, "pass"), (item_name, "item")) if n is not None}
+        for name, var in loop_vars.items():
+            if name in env or var in self.as_modules:
+                raise self.fail(f"the loop variable {name} is bound elsewhere", stmt)
+            env[name] = f"${var}"
+        if index_name is not None:
+            spec["index"] = loop_vars[index_name]
+            if passes is not None:
+                self.loop_index[index_name] = (loop_vars[index_name], passes)
         self.in_loop += 1
         pending = len(self.pending)
-        until: Any = None
         try:
             if at is None:
                 body, returns = self.block(stmt.body, env)
@@ -669,23 +686,55 @@ class _Compiler:
                 body, returns = self.jumps(stmt.body, at, env, brk), False
                 if brk is not None and not kinds[0]:  # a continue may pass over every break: false until one
                     body.insert(0, {"set": {brk: False}})
-                until = f"${brk}" if brk is not None else None
+                if brk is not None:
+                    spec["until"] = f"${brk}"
         finally:
             self.in_loop -= 1
-            self.loop_index.pop(stmt.target.id)
-            env.pop(stmt.target.id, None)
+            self.loop_index.pop(index_name or "", None)
+            for name in loop_vars:
+                env.pop(name, None)
+        if passes is None:  # a list may be empty: what the body bound first is not bound after it
+            for name in set(env) - bound_before:
+                env.pop(name)
         if returns:
             raise self.fail("a return inside a for loop", stmt)
         if not body:
             raise self.fail("a for loop that does nothing", stmt)
         line = getattr(stmt, "lineno", 0) + self.offset
         self.loops.append(line)
-        self.prove(line, index, passes, self.pending[pending:])
+        if passes is not None:
+            self.prove(line, loop_vars.get(index_name or "", ""), passes, self.pending[pending:])
+        else:
+            self.over_lines.append(line)
         del self.pending[pending:]
-        spec: dict[str, Any] = {"max": passes, "index": index, "steps": body}
-        if until is not None:
-            spec["until"] = until
+        spec["steps"] = body
         return [*steps, {"loop": spec}]
+
+    def loop_names(self, stmt: ast.For, rebound: set[str], env: dict[str, Any]) -> tuple[str | None, str | None]:
+        """(index name, item name) of ``for i in range(N)``, ``for x in xs`` or ``for i, x in enumerate(xs)``."""
+        target, it = stmt.target, stmt.iter
+        if _is_range(it):
+            if not isinstance(target, ast.Name):
+                raise self.fail("a range loop whose target is not a name", stmt)
+            return target.id, None
+        iterable: ast.AST = it
+        if (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "enumerate"
+                and "enumerate" not in env and self.globals.get("enumerate", enumerate) is enumerate):
+            if len(it.args) != 1 or it.keywords:
+                raise self.fail("enumerate() with other than one argument", it)
+            if not (isinstance(target, ast.Tuple) and len(target.elts) == 2
+                    and all(isinstance(e, ast.Name) for e in target.elts)):
+                raise self.fail("a loop over enumerate() whose target is not (index, item)", stmt)
+            iterable = it.args[0]
+            names = [e.id for e in target.elts]  # type: ignore[attr-defined]
+            index, item = names[0], names[1]
+        elif isinstance(target, ast.Name):
+            index, item = None, target.id
+        else:
+            raise self.fail("a for loop whose target is not a name, or (index, item) of enumerate()", stmt)
+        if isinstance(iterable, ast.Name) and iterable.id in rebound:
+            raise self.fail(f"a loop over {iterable.id}, which its body changes (Python would see the change)", stmt)
+        return index, item
 
     def jumps(self, body: list[ast.stmt], at: list[int], env: dict[str, Any], brk: str | None) -> list[dict[str, Any]]:
         """The steps of a loop's ``body`` whose top-level statements ``at`` are ``if c: S; break|continue``: the
@@ -1029,6 +1078,16 @@ class _Compiler:
         return step, then_returns and else_returns
 
 
+def _appends_a_field(stmt: ast.For, env: dict[str, Any]) -> bool:
+    """``for x in xs: acc.append(self.p(...).field)`` with ``acc`` an empty list bound just before."""
+    inner = stmt.body[0] if len(stmt.body) == 1 and not stmt.orelse else None
+    return (isinstance(inner, ast.Expr) and isinstance(inner.value, ast.Call)
+            and isinstance(inner.value.func, ast.Attribute) and inner.value.func.attr == "append"
+            and isinstance(inner.value.func.value, ast.Name) and len(inner.value.args) == 1
+            and env.get(inner.value.func.value.id) == []
+            and isinstance(inner.value.args[0], ast.Attribute) and isinstance(inner.value.args[0].value, ast.Call))
+
+
 def _break_at(body: list[ast.stmt]) -> list[int] | ast.AST | None:
     """Where the loop's ``if <condition>: ...; break`` (or ``continue``) blocks stand in its body (indexes),
     ``None`` without a break or continue of this loop, or the offending node (a break or continue elsewhere)."""
@@ -1064,10 +1123,11 @@ def _int_index(node: ast.AST) -> int | None:
 def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[str, list[str]], *,
                     types: dict[str, dict[str, str]] | None = None,
                     tools: dict[int, tuple[str, list[str]]] | None = None,
-                    positional: dict[str, str] | None = None) -> Compiled:
+                    positional: dict[str, str] | None = None, list_inputs: tuple[str, ...] = ()) -> Compiled:
     """The steps of ``type(obj).method`` (see the module docstring), or :class:`Unsupported`. ``types``:
     each module's output types; ``tools``: registered tool functions (by ``id``) as (module, parameters);
-    ``positional``: the input a module's one positional argument is (``dspy.Retrieve``: ``query``)."""
+    ``positional``: the input a module's one positional argument is (``dspy.Retrieve``: ``query``);
+    ``list_inputs``: inputs typed as lists in the program (a loop may go over them)."""
     func = getattr(type(obj), method)
     try:
         lines, start = inspect.getsourcelines(func)
@@ -1084,6 +1144,7 @@ def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[
     compiler = _Compiler(obj, names, outputs, start - 1, params, types=types, tools=tools, positional=positional,
                          globals_=getattr(inspect.unwrap(func), "__globals__", {}))
     compiler.source_names = {n.id for n in ast.walk(fdef) if isinstance(n, ast.Name)} | set(params)
+    compiler.lists = {f"$inputs.{name}": True for name in list_inputs}
     env: dict[str, Any] = {p: f"$inputs.{p}" for p in params}
     body = fdef.body
     if isinstance(fdef, ast.AsyncFunctionDef):
@@ -1092,7 +1153,8 @@ def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[
     if not returns:
         raise Unsupported("a path through forward does not return", start)
     return Compiled(steps, compiler.returns, compiler.calls, compiler.branches, compiler.mapped_lines,
-                    compiler.loops, compiler.as_modules, list(dict.fromkeys(compiler.whole)), compiler.proven)
+                    compiler.loops, compiler.as_modules, list(dict.fromkeys(compiler.whole)), compiler.proven,
+                    compiler.over_lines)
 
 
 def _unawait(stmt: ast.stmt) -> ast.stmt:

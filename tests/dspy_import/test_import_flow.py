@@ -400,6 +400,39 @@ def test_a_break_on_inputs_or_replies_runs_as_in_dspy(name: str, loop: Any, dspy
 
 
 # ------------------------------------------------------------------------------------------------
+# for loops over a list (a loop step with `over`), enumerate, state, a break
+# ------------------------------------------------------------------------------------------------
+class PerPassage(dspy.Module):
+    def __init__(self) -> None:
+        self.judge = dspy.Predict("question, passage -> relevant: bool")
+        self.answer = dspy.Predict("question, notes: list[str] -> answer")
+
+    def forward(self, question: str, passages: list[str]) -> Any:
+        notes: list[str] = []
+        for i, passage in enumerate(passages):
+            verdict = self.judge(question=question, passage=passage).relevant
+            if verdict or len(passage) > 20:
+                notes.append(f"{i}: {passage}")
+            if len(notes) >= 2:
+                break
+        return self.answer(question=question, notes=notes)
+
+
+def test_a_for_loop_over_a_list_is_a_loop_over_it(loop: Any, dspy_lm: Any, native_adapter: Any) -> None:
+    samples = [{"question": "Which tower?", "passages": ["The Eiffel Tower is in Paris.", "x", "Big Ben"]},
+               {"question": "Which mountain?", "passages": ["Everest"]}]
+    original = PerPassage()
+    program, report = import_module(original, sample_inputs=samples, lm=dspy_lm)
+    assert report.mode == "static", str(report)
+    spec = next(s["loop"] for s in program.to_dict()["steps"] if "loop" in s)
+    assert spec["over"] == "$inputs.passages" and spec["index"] == "pass_i" and spec["item"] == "item_passage"
+    assert any("at most 10,000 passes" in n for n in report.notes)
+    unseen = [{"question": "Q?", "passages": []},  # no pass at all
+              {"question": "Where?", "passages": [f"passage number {i} with words" for i in range(5)]}]
+    _same_on_native(loop, native_adapter, original, program, dspy_lm, [*samples, *unseen])
+
+
+# ------------------------------------------------------------------------------------------------
 # what the static reader refuses (then tracing decides, or the module is opaque)
 # ------------------------------------------------------------------------------------------------
 class Aliased(dspy.Module):
@@ -528,6 +561,39 @@ class ArithmeticOnInput(Aliased):
         return dspy.Prediction(answers=answers)
 
 
+class OverText(Aliased):
+    def forward(self, question: str) -> Any:
+        answers = []
+        for word in question:
+            answers.append(self.gen(question=word).answer)
+            answers.append(word)
+        return dspy.Prediction(answers=answers)
+
+
+class OverGrowing(Aliased):
+    def forward(self, question: str) -> Any:
+        items = [question]
+        for item in items:
+            items.append(self.gen(question=item).answer)
+        return dspy.Prediction(items=items)
+
+
+class BoundInsideOver(Aliased):
+    def forward(self, question: str) -> Any:
+        for item in [question, "again"]:
+            last = self.gen(question=item).answer
+        return dspy.Prediction(last=last)
+
+
+class PairsTarget(Aliased):
+    def forward(self, question: str) -> Any:
+        out = []
+        for a, b in [[question, "x"]]:
+            out.append(self.gen(question=a + b).answer)
+            out.append(b)
+        return dspy.Prediction(out=out)
+
+
 @pytest.mark.parametrize(("cls", "why"), [
     (ShadowsATool, "a call of the local name search"),
     (Aliased, "another name may share it"),
@@ -537,6 +603,10 @@ class ArithmeticOnInput(Aliased):
     (NestedBreak, "a break or continue other than one ending an `if <condition>:` block"),
     (StatementAfterBreak, "a break or continue other than one ending an `if <condition>:` block"),
     (ChoosesWholeResults, "a whole predictor result in a conditional expression"),
+    (OverText, "a for loop over something not known to be a list"),
+    (OverGrowing, "a loop over items, which its body changes"),
+    (BoundInsideOver, "name 'last' is not a parameter or an earlier assignment"),
+    (PairsTarget, "whose target is not a name, or \\(index, item\\) of enumerate"),
     (ChoiceAsArgument, "the expression IfExp has no program equivalent here"),
     (ArithmeticOnInput, "arithmetic on a value not known at import"),
     (Closure, "FunctionDef"),
