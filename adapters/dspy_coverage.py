@@ -157,13 +157,20 @@ def _code_objects(func: Any) -> set[Any]:
     return seen
 
 
-def _judge_controls(obj: Any, per_sample_lines: list[dict[int, int]]) -> list[Construct]:
-    """Each control construct of the forward(s) as verified / unverified, from the lines the samples ran."""
+def _judge_controls(obj: Any, per_sample_lines: list[dict[int, int]],
+                    proven: dict[tuple[int, str], str] | None = None) -> list[Construct]:
+    """Each control construct of the forward(s) as verified / unverified, from the lines the samples ran;
+    ``proven``: (line, kind) of constructs of the module's own forward that every input takes alike (read
+    statically), with why."""
     out: list[Construct] = []
     for cls, method in _custom_classes(obj):
         controls = _controls(cls, method)
         for c in controls:
             name = f"{cls.__name__}.{method}: {c.kind} `{c.text}`"
+            why_proven = (proven or {}).get((c.line, c.kind)) if cls is type(obj) else None
+            if why_proven is not None and any(lines.get(c.line) for lines in per_sample_lines):
+                out.append(Construct(name, "verified", why_proven, c.line))
+                continue
             if c.kind == "source":
                 out.append(Construct(name, "unverified", "its source is not available to read", c.line or None))
                 continue

@@ -15,13 +15,16 @@ writes the same program:
   (inlined), comparisons (``== != < <= > >= in``, ``not in``), ``and``/``or``/``not``;
 * ``[self.p(k=x).field for x in xs]`` and ``acc = []; for x in xs: acc.append(self.p(k=x).field)``
   as ``map`` steps (one call per element, whatever the length);
-* ``for i in range(N)`` (``N`` a literal or the module's own int setting, no ``break``) as a ``loop`` step;
-  names it rebinds or grows (``=``, ``+=``, ``append``, ``extend``) are variables ``set`` before and in it;
+* ``for i in range(N)`` (``N`` a literal or the module's own int setting) as a ``loop`` step; names it
+  rebinds or grows (``=``, ``+=``, ``append``, ``extend``) are variables ``set`` before and in it;
+  ``if <condition>: ...; break`` (or ``continue``) blocks at the top level of its body: the condition is a
+  variable, what follows the ``if`` runs only when it is false, and a break's variable is the ``until``;
+* ``x = a if test else b`` as an ``if`` step setting one variable; arithmetic on constants, done at import;
 * ``if``/``elif``/``else`` blocks; ``return self.p(...)``, ``return x`` (a predictor result, or a
   ``dspy.Prediction(k=v, ...)`` built before), a bare value, and ``return dspy.Prediction(k=v, ...)``;
   docstrings and ``pass``.
 
-Anything else (``while``, ``break``, calls of other functions, methods, ``try``, ``list(set(...))``...)
+Anything else (``while``, other breaks and continues, calls of other functions, methods, ``try``, ``list(set(...))``...)
 raises :class:`Unsupported` with the reason: the caller then traces instead. The result is never
 trusted on its own: it is verified like a traced conversion (every sample, outputs and messages), and
 its branches are reported by which paths the samples took.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import operator
 import textwrap
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +42,13 @@ from typing import Any
 __all__ = ["Compiled", "Unsupported", "compile_forward"]
 
 _COMPARE = {ast.Eq: "$eq", ast.NotEq: "$ne", ast.Lt: "$lt", ast.LtE: "$le", ast.Gt: "$gt", ast.GtE: "$ge"}
+_ARITHMETIC: dict[type, Any] = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+                                ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
+
+
+def _number(value: Any) -> bool:
+    """A number known at import (a constant: references are text, operations mappings; ``True`` is no number)."""
+    return type(value) in (int, float)
 
 
 class Unsupported(Exception):
@@ -88,6 +99,7 @@ class Compiled:
     loops: list[int] = field(default_factory=list)  # lines of for loops that became loop steps
     as_modules: dict[str, str] = field(default_factory=dict)  # result name -> its module
     whole: list[str] = field(default_factory=list)  # output fields holding a whole prediction (as an object)
+    proven: dict[tuple[int, str], str] = field(default_factory=dict)  # (line, kind) -> why every input's paths ran
 
 
 def _escape(value: Any) -> Any:
@@ -181,6 +193,11 @@ class _Compiler:
         self.loops: list[int] = []  # lines of for loops that became loop steps
         self.bare: set[str] = set()  # tool modules whose one output 'result' is the function's return value
         self.whole: list[str] = []  # output fields that are whole predictions (returned as objects of fields)
+        self.source_names: set[str] = set()  # every name forward's source binds or reads (variables stay apart)
+        self.made: set[str] = set()  # the compiler's own variables
+        # (line, construct kind, condition) of tests inside loops, proven when they read only the pass number
+        self.pending: list[tuple[int, str, Any]] = []
+        self.proven: dict[tuple[int, str], str] = {}  # (line, construct kind) -> why every input takes its paths
 
     def fail(self, what: str, node: ast.AST) -> Unsupported:
         return Unsupported(what, getattr(node, "lineno", 0) + self.offset)
@@ -300,6 +317,13 @@ class _Compiler:
             return {"$and" if isinstance(node.op, ast.And) else "$or": [self.value(v, env) for v in node.values]}
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
             return {"$not": self.value(node.operand, env)}
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+            return self.arithmetic(node.op, 0, self.value(node.operand, env), node)
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+            left, right = self.value(node.left, env), self.value(node.right, env)
+            if (_number(left) and _number(right)) or not isinstance(node.op, ast.Add):  # of constants (the
+                return self.arithmetic(node.op, left, right, node)  # module's settings are fixed at import)
+            return self.plus(left, right, node)  # `+` of lists or texts: $concat
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "len"
                 and len(node.args) == 1 and not node.keywords and "len" not in env
                 and self.globals.get("len", len) is len):  # the builtin, not a shadowing name
@@ -310,8 +334,6 @@ class _Compiler:
         if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) \
                 and type(node.slice.value) is str:  # a key of a mapping (messages[0]["content"])
             return {"$get": [self.value(node.value, env), _escape(node.slice.value)]}
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-            return self.plus(self.value(node.left, env), self.value(node.right, env), node)
         if isinstance(node, ast.Call) and not node.keywords and len(node.args) == 1 \
                 and isinstance(node.func, ast.Name) and node.func.id == "list" \
                 and self.globals.get("list", list) is list and "list" not in env:
@@ -356,6 +378,20 @@ class _Compiler:
         if self.kind(text) != "str":
             raise self.fail("split of something not known to be a string", node)
         return {"$split": [text, _escape(sep.value)]}
+
+    def arithmetic(self, op: ast.operator | ast.unaryop, left: Any, right: Any, node: ast.AST) -> Any:
+        """Arithmetic on two numbers known at import (``self.num_hops - 1``, ``-1``), done now as Python does it."""
+        if not (_number(left) and _number(right)):
+            raise self.fail("arithmetic on a value not known at import (only constants and the module's own "
+                            "settings are computed)", node)
+        if isinstance(op, ast.UAdd | ast.USub):
+            return right if isinstance(op, ast.UAdd) else -right
+        if isinstance(op, ast.FloorDiv | ast.Mod) and right == 0:
+            raise self.fail("a division by zero", node)
+        result = _ARITHMETIC[type(op)](left, right)
+        if not (isinstance(result, float) or abs(result) <= 2**63 - 1):
+            raise self.fail("arithmetic whose result does not fit in 64 bits", node)
+        return result
 
     def plus(self, left: Any, right: Any, node: ast.AST) -> Any:
         """``left + right``: ``$concat`` of two lists or two strings (numbers, or kinds not known, refused)."""
@@ -599,9 +635,12 @@ class _Compiler:
         if not isinstance(stmt.target, ast.Name) or stmt.orelse:
             raise self.fail("a for loop with a target other than a name, or an else", stmt)
         for inner in ast.walk(stmt):
-            if isinstance(inner, ast.Break | ast.Continue | ast.Return | ast.Raise | ast.Try | ast.While
-                          | ast.Yield | ast.Global | ast.Nonlocal):
+            if isinstance(inner, ast.Return | ast.Raise | ast.Try | ast.While | ast.Yield | ast.Global | ast.Nonlocal):
                 raise self.fail(f"a {type(inner).__name__.lower()} inside a for loop", inner)
+        at = _break_at(stmt.body)
+        if isinstance(at, ast.AST):
+            raise self.fail("a break or continue other than one ending an `if <condition>:` block (without else) at "
+                            "the top level of the loop's body", at)
         passes = self.range_count(stmt.iter)
         steps: list[dict[str, Any]] = []
         rebound = {t.id for inner in ast.walk(ast.Module(body=stmt.body, type_ignores=[]))
@@ -619,8 +658,18 @@ class _Compiler:
         env[stmt.target.id] = f"${index}"
         self.loop_index[stmt.target.id] = (index, passes)
         self.in_loop += 1
+        pending = len(self.pending)
+        until: Any = None
         try:
-            body, returns = self.block(stmt.body, env)
+            if at is None:
+                body, returns = self.block(stmt.body, env)
+            else:  # A; if c: S; break|continue; B  ->  A; set jump = c; if jump: S; if not jump: B
+                kinds = [isinstance(stmt.body[i].body[-1], ast.Break) for i in at]  # type: ignore[attr-defined]
+                brk = self.fresh("v_break") if any(kinds) else None  # (until brk: no pass after a break)
+                body, returns = self.jumps(stmt.body, at, env, brk), False
+                if brk is not None and not kinds[0]:  # a continue may pass over every break: false until one
+                    body.insert(0, {"set": {brk: False}})
+                until = f"${brk}" if brk is not None else None
         finally:
             self.in_loop -= 1
             self.loop_index.pop(stmt.target.id)
@@ -629,8 +678,69 @@ class _Compiler:
             raise self.fail("a return inside a for loop", stmt)
         if not body:
             raise self.fail("a for loop that does nothing", stmt)
-        self.loops.append(getattr(stmt, "lineno", 0) + self.offset)
-        return [*steps, {"loop": {"max": passes, "index": index, "steps": body}}]
+        line = getattr(stmt, "lineno", 0) + self.offset
+        self.loops.append(line)
+        self.prove(line, index, passes, self.pending[pending:])
+        del self.pending[pending:]
+        spec: dict[str, Any] = {"max": passes, "index": index, "steps": body}
+        if until is not None:
+            spec["until"] = until
+        return [*steps, {"loop": spec}]
+
+    def jumps(self, body: list[ast.stmt], at: list[int], env: dict[str, Any], brk: str | None) -> list[dict[str, Any]]:
+        """The steps of a loop's ``body`` whose top-level statements ``at`` are ``if c: S; break|continue``: the
+        first becomes ``set jump = c; if jump: S; if not jump: <the rest, read the same way>``."""
+        k = at[0]
+        steps, _ = self.block(body[:k], env)
+        jump = body[k]
+        assert isinstance(jump, ast.If)
+        breaks = isinstance(jump.body[-1], ast.Break)
+        test = self.condition(jump.test, env)
+        var = brk if breaks and brk is not None else self.fresh("v_skip")
+        steps.append({"set": {var: test}})
+        self.pending.append((getattr(jump, "lineno", 0) + self.offset, "break" if breaks else "continue", test))
+        before, changed = dict(env), set()
+        rest_at = [i - k - 1 for i in at[1:]]
+        for block, when, sub in ((jump.body[:-1], f"${var}", []), (body[k + 1:], {"$not": f"${var}"}, rest_at)):
+            block_env = dict(before)
+            inner = self.jumps(block, sub, block_env, brk) if sub else self.block(block, block_env)[0]
+            if inner:
+                steps.append({"if": when, "then": inner})
+            changed |= {n for n in set(before) | set(block_env) if before.get(n) != block_env.get(n)}
+        for name in changed:  # bound on one path of the pass only: not known after it
+            env.pop(name, None)
+        return steps
+
+    def prove(self, line: int, index: str, passes: int, tests: list[tuple[int, str, Any]]) -> None:
+        """Tests in a loop that read nothing but its pass number take the same paths on every input: the
+        samples then ran every path any input takes. Said of the loop (its number of passes, when its break
+        reads only the pass number) and of its conditional expressions."""
+        from stepbridge.values import compile_value, find_refs, parse_value
+
+        def only_index(test: Any) -> Any:
+            try:
+                parsed = parse_value(test, version=2)
+            except Exception:  # not a value this version reads: nothing is proven
+                return None
+            if any(ref.source != index for _, ref in find_refs(parsed)):
+                return None
+            return compile_value(parsed)
+
+        jumps = [(kind, test) for _, kind, test in tests if kind in ("break", "continue")]
+        if len(jumps) > 1 or any(kind == "continue" for kind, _ in jumps):  # which passes run what: not proven
+            return
+        count = passes
+        if jumps:
+            stop = only_index(jumps[0][1])
+            if stop is None:
+                return
+            count = next((i + 1 for i in range(passes) if stop({index: i})), passes)
+        if jumps:
+            self.proven[(line, "for")] = f"always {count} pass(es): its break's condition reads only the pass number"
+        for test_line, kind, test in tests:
+            if kind not in ("break", "continue") and only_index(test) is not None:
+                self.proven[(test_line, kind)] = ("every input takes the same path on each pass: its condition "
+                                                  "reads only the pass number, and the number of passes is fixed")
 
     def range_count(self, node: ast.expr) -> int:
         """The number of passes of ``range(N)``: ``N`` an int literal or the module's own int setting."""
@@ -788,7 +898,47 @@ class _Compiler:
         fields = {k.arg: k.value for k in made.keywords if k.arg is not None}
         return {k: self.value(fields[k], env) for k in fields if k in keys}
 
+    def fresh(self, base: str) -> str:
+        """A variable of the compiler's own (``v_break``, ``v_choice2``), named apart from every name forward
+        binds (those are ``v_<name>``)."""
+        n = 1
+        while True:
+            name = base if n == 1 else f"{base}{n}"
+            if name.removeprefix("v_") not in self.source_names and name not in self.made:
+                self.made.add(name)
+                return name
+            n += 1
+
+    def condition(self, node: ast.AST, env: dict[str, Any]) -> Any:
+        self.in_condition = True
+        try:
+            return self.value(node, env)
+        finally:
+            self.in_condition = False
+
+    def choice(self, node: ast.IfExp, env: dict[str, Any], steps: list[dict[str, Any]]) -> str:
+        """``a if test else b`` (a predictor may be called on either side): an ``if`` step setting one variable
+        on each path; only the path the test takes runs, as in Python."""
+        test = self.condition(node.test, env)
+        var = self.fresh("v_choice")
+        then: list[dict[str, Any]] = []
+        other: list[dict[str, Any]] = []
+        a = self.expression(node.body, dict(env), then)
+        b = self.expression(node.orelse, dict(env), other)
+        if any(isinstance(v, Result | Results | Fields | Called) for v in (a, b)):
+            raise self.fail("a whole predictor result in a conditional expression", node)
+        then.append({"set": {var: a}})
+        other.append({"set": {var: b}})
+        steps.append({"if": test, "then": then, "else": other})
+        self.branches += 1
+        kinds = {self.kind(a), self.kind(b)}
+        self.kinds[var] = kinds.pop() if len(kinds) == 1 else None  # type: ignore[assignment]
+        self.pending.append((getattr(node, "lineno", 0) + self.offset, "conditional expression", test))
+        return f"${var}"
+
     def expression(self, node: ast.AST, env: dict[str, Any], steps: list[dict[str, Any]]) -> Any:
+        if isinstance(node, ast.IfExp):
+            return self.choice(node, env, steps)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "Prediction" \
                 and isinstance(node.func.value, ast.Name) and node.func.value.id == "dspy":
             return self.prediction(node, env, steps)
@@ -879,6 +1029,28 @@ class _Compiler:
         return step, then_returns and else_returns
 
 
+def _break_at(body: list[ast.stmt]) -> list[int] | ast.AST | None:
+    """Where the loop's ``if <condition>: ...; break`` (or ``continue``) blocks stand in its body (indexes),
+    ``None`` without a break or continue of this loop, or the offending node (a break or continue elsewhere)."""
+    own: list[ast.AST] = []
+    todo: list[ast.AST] = list(body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Break | ast.Continue):
+            own.append(node)
+        elif not isinstance(node, ast.For | ast.AsyncFor | ast.While | ast.FunctionDef | ast.AsyncFunctionDef
+                            | ast.Lambda | ast.ClassDef):  # their breaks are their own
+            todo.extend(ast.iter_child_nodes(node))
+    if not own:
+        return None
+    at = [i for i, stmt in enumerate(body)  # each ends an `if` block without else
+          if isinstance(stmt, ast.If) and not stmt.orelse and any(stmt.body[-1] is n for n in own)]
+    elsewhere = [n for n in own if not any(body[i].body[-1] is n for i in at)]  # type: ignore[attr-defined]
+    if elsewhere:
+        return min(elsewhere, key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+    return at
+
+
 def _int_index(node: ast.AST) -> int | None:
     """The integer of a constant subscript (``[2]``, ``[-1]``), else ``None``."""
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
@@ -911,6 +1083,7 @@ def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[
     params = [a.arg for a in args.args[1:]] + [a.arg for a in args.kwonlyargs]  # **kwargs: never an input
     compiler = _Compiler(obj, names, outputs, start - 1, params, types=types, tools=tools, positional=positional,
                          globals_=getattr(inspect.unwrap(func), "__globals__", {}))
+    compiler.source_names = {n.id for n in ast.walk(fdef) if isinstance(n, ast.Name)} | set(params)
     env: dict[str, Any] = {p: f"$inputs.{p}" for p in params}
     body = fdef.body
     if isinstance(fdef, ast.AsyncFunctionDef):
@@ -919,7 +1092,7 @@ def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[
     if not returns:
         raise Unsupported("a path through forward does not return", start)
     return Compiled(steps, compiler.returns, compiler.calls, compiler.branches, compiler.mapped_lines,
-                    compiler.loops, compiler.as_modules, list(dict.fromkeys(compiler.whole)))
+                    compiler.loops, compiler.as_modules, list(dict.fromkeys(compiler.whole)), compiler.proven)
 
 
 def _unawait(stmt: ast.stmt) -> ast.stmt:

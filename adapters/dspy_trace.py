@@ -806,7 +806,7 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str,
             why.append("the program read from the source differs from the module: "
                        + "; ".join(report.verification.mismatches))
         return None
-    for judged in _judge_controls(obj, [r.lines for r in runs]):
+    for judged in _judge_controls(obj, [r.lines for r in runs], compiled.proven):
         if judged.line in compiled.mapped:  # a map step: one call per element, for any length
             judged = Construct(judged.name, "verified", "converted to a map step (any number of elements)",
                                judged.line)

@@ -13,7 +13,20 @@ Module map (one concept each):
   that never blocks the I/O loop
 """
 
-from .config import PoolConfig
-from .pool import PoolAdapter, query_status
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from stepbridge import lazy
+
+if TYPE_CHECKING:
+    from .config import PoolConfig
+    from .pool import PoolAdapter, query_status
 
 __all__ = ["PoolAdapter", "PoolConfig", "query_status"]
+
+# Imported on first use: the CLI mounts `stepbridge pool` and `worker` from stepbridge.bridge.cli, and
+# commands that never touch a pool must not load ZeroMQ, the scheduler and the wire format.
+_MODULE = {"PoolAdapter": "pool", "PoolConfig": "config", "query_status": "pool"}
+
+__getattr__, __dir__ = lazy.exports(__name__, _MODULE)

@@ -246,13 +246,14 @@ class Prompt:
 
     @staticmethod
     def _describe(specs: Mapping[str, FieldSpec], fields: Mapping[str, FieldType] | None = None) -> str:
-        """``get_field_description_string``: ``1. `name` (type): desc`` per field."""
+        """``get_field_description_string``: ``1. `name` (type): desc`` per field (and its constraints)."""
         if fields is None:
             fields = resolve_fields(specs, None)
         lines = []
         for idx, (name, spec) in enumerate(specs.items()):
             desc = spec.desc if spec.desc is not None and spec.desc != f"${{{name}}}" else ""
-            lines.append(f"{idx + 1}. `{name}` ({annotation_name(fields[name].annotation)}): {desc}")
+            constraints = f"\nConstraints: {spec.constraints}" if spec.constraints else ""
+            lines.append(f"{idx + 1}. `{name}` ({annotation_name(fields[name].annotation)}): {desc}{constraints}")
         return "\n".join(lines).strip()
 
     def _output_requirements(self) -> str:
@@ -550,5 +551,8 @@ def to_dspy_signature(signature: Signature, name: str = "StringSignature", types
         resolved = resolve_fields(group, types)
         for field_name, spec in group.items():
             kwargs = {"desc": spec.desc} if spec.desc is not None else {}
-            fields[field_name] = (dspy_annotation(resolved[field_name]), make(**kwargs))
+            info = make(**kwargs)
+            if spec.constraints:  # the text DSPy derives from ge/le/...: kept as text, as DSPy keeps it
+                info.json_schema_extra["constraints"] = spec.constraints
+            fields[field_name] = (dspy_annotation(resolved[field_name]), info)
     return dspy.Signature(fields, signature.instructions, signature_name=name)

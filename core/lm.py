@@ -24,17 +24,17 @@ import tomllib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import aiohttp
 import orjson
-import yarl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from .errors import ConfigurationError, ContextWindowExceededError, LMError, did_you_mean
 from .program import LMConfig
 from .secrets import register_secret, register_url, scrub
+
+if TYPE_CHECKING:  # aiohttp is imported by the HTTP client itself: commands that never call an LM skip its cost
+    import aiohttp
 
 log = logging.getLogger("stepbridge.lm")
 
@@ -335,6 +335,9 @@ class HTTPLMClient:
     def __init__(self, profile: LMProfile):
         if profile.base_url is None:
             raise LMError(f"LM profile {profile.name!r} has no base_url")
+        import aiohttp
+        import yarl
+
         self.profile = profile
         headers = {"content-type": "application/json"}
         if (key := profile.api_key()) is not None:
@@ -350,6 +353,8 @@ class HTTPLMClient:
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
+            import aiohttp
+
             connector = aiohttp.TCPConnector(limit=self.profile.concurrency, limit_per_host=self.profile.concurrency)
             # no proxy from the environment: where prompts go is the profile's base_url, nothing else
             self._http = aiohttp.ClientSession(connector=connector, headers=self._headers, timeout=self._timeout,
@@ -367,6 +372,8 @@ class HTTPLMClient:
             if not exc.retriable or self.profile.max_retries < 1:
                 raise
             # Only failed calls pay for the retry machinery: backoff with jitter, then the remaining tries.
+            from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
             retrying = AsyncRetrying(
                 stop=stop_after_attempt(self.profile.max_retries),
                 wait=wait_exponential_jitter(initial=0.2, max=10.0),
@@ -382,6 +389,8 @@ class HTTPLMClient:
         return response
 
     async def _send(self, content: bytes) -> ChatResponse:
+        import aiohttp  # loaded by __init__; here only for the exception types (a dict look-up)
+
         start = time.perf_counter()
         async with self._limit:
             try:

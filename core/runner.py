@@ -157,7 +157,15 @@ class Runner:
     ) -> RunResult:
         """Run once. Raises a typed :class:`StepbridgeError` (with the partial trace) on failure."""
         prog = load(program, store=self._source)
-        options = self._options(options, option_fields)
+        result, execution_id = await self._execute(prog, inputs, self._options(options, option_fields))
+        if execution_id is not None:
+            await self._succeed(execution_id, result)
+        return result
+
+    async def _execute(self, prog: Program, inputs: Any, options: RunOptions) -> tuple[RunResult, str | None]:
+        """:meth:`run` up to its success: the result and the execution whose success is still to be
+        recorded (None if not recorded, or already recorded earlier under the same idempotency key).
+        Failures are recorded here, before they are raised."""
         inputs = dict(inputs) if isinstance(inputs, dict) else (inputs if inputs is not None else {})
         begun = None
         if self.store is not None:
@@ -182,7 +190,7 @@ class Runner:
                 waited += 0.2
                 begun = await self._begin(prog, recorded_inputs, options)
             if begun.existing is not None:
-                return begun.existing
+                return begun.existing, None
             if begun.existing_error is not None:
                 raise begun.existing_error
             options = options.model_copy(update={"execution_id": begun.execution_id, "attempt": begun.attempt})
@@ -207,9 +215,7 @@ class Runner:
             if begun is not None:
                 await self._fail(begun.execution_id, error)
             raise error from exc
-        if begun is not None:
-            await self._succeed(begun.execution_id, result)
-        return result
+        return result, None if begun is None else begun.execution_id
 
     # An AsyncRecorder's writes are awaited: the store's group commit lets concurrent runs share
     # transactions. Plain sync recorders work too.
@@ -259,6 +265,27 @@ class Runner:
             on_batch(batch.batch_id)
 
         todo = iter(zip(items, row_options, strict=True))
+        # A row's slot is free once its run is done; the success is recorded beside the next row's run
+        # (the group commit's wait was a tenth of each slot's time at 50 ms LM latency). An item is
+        # still yielded only once recorded, and at most ``concurrency`` successes wait to be.
+        recording = asyncio.Semaphore(max(1, concurrency))
+        recordings: set[asyncio.Task[None]] = set()
+
+        def failed_outside(item: BatchItem, exc: Exception) -> StepbridgeError:  # a recorder's own failure
+            error = StepbridgeError(f"row {item.index} failed outside its run (recording?): "
+                                    f"{type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            return error
+
+        async def record(item: BatchItem, execution_id: str, result: RunResult) -> None:
+            try:
+                await self._succeed(execution_id, result)
+                item.result = result
+            except Exception as exc:
+                item.error = failed_outside(item, exc)
+            finally:
+                recording.release()
+                done.put_nowait(item)
 
         async def worker() -> None:
             # ``concurrency`` workers take the next row in turn: a few hundred tasks alive, not one per row
@@ -266,13 +293,20 @@ class Runner:
             for item, opts in todo:
                 if opts is not None:
                     try:
-                        item.result = await self.run(prog, item.inputs, opts)
+                        result, execution_id = await self._execute(prog, item.inputs, opts)
+                        if execution_id is not None and not recording.locked():
+                            await recording.acquire()  # free: returns without suspending (no cancellation)
+                            task = asyncio.ensure_future(record(item, execution_id, result))
+                            recordings.add(task)
+                            task.add_done_callback(recordings.discard)
+                            continue
+                        if execution_id is not None:  # enough successes waiting: record this one in line
+                            await self._succeed(execution_id, result)
+                        item.result = result
                     except StepbridgeError as exc:
                         item.error = exc
-                    except Exception as exc:  # a recorder's own failure: the row still gets its answer
-                        item.error = StepbridgeError(f"row {item.index} failed outside its run (recording?): "
-                                                     f"{type(exc).__name__}: {exc}")
-                        item.error.__cause__ = exc
+                    except Exception as exc:
+                        item.error = failed_outside(item, exc)
                 done.put_nowait(item)  # always: the stream waits for one item per row
 
         tasks = [asyncio.ensure_future(worker()) for _ in range(min(max(1, concurrency), len(items)))]
@@ -285,6 +319,8 @@ class Runner:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if recordings:  # successes being recorded are not cancelled: they land, then the stream ends
+                await asyncio.shield(asyncio.gather(*recordings, return_exceptions=True))
             if batch is not None and not finished:
                 await asyncio.shield(self._end_batch(batch.batch_id))
 

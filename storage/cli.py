@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -33,8 +33,9 @@ from stepbridge.errors import (
     did_you_mean,
 )
 
-from .models import EXECUTION_STATUSES, Batch, Execution
-from .store import Store
+if TYPE_CHECKING:  # the database stack loads when a command opens the store, not when the CLI starts
+    from .models import Batch, Execution
+    from .store import Store
 
 __all__ = ["batches_app", "db_app", "executions_app", "programs_app", "render_execution"]
 
@@ -63,6 +64,8 @@ def _print_json(data: Any) -> None:
 def _store(db: str | None, as_json: bool = False) -> Iterator[Store]:
     """Open the store; turn stepbridge errors (raised while it is open, too) into a message and an exit code:
     2 for invalid input, 1 otherwise."""
+    from .store import Store
+
     try:
         store = Store(db)
     except StepbridgeError as exc:
@@ -270,6 +273,8 @@ def executions_list(
     as_json: JsonOption = False,
 ) -> None:
     """Recorded executions, newest first."""
+    from .models import EXECUTION_STATUSES
+
     when = parse_since(since) if since else None
     for value in status or []:
         if value not in EXECUTION_STATUSES:

@@ -94,6 +94,53 @@ def test_rows_never_started_are_cancelled_when_the_batch_is_stopped(store: Store
     assert batch is not None and batch.done
 
 
+def test_a_slot_is_free_while_its_success_is_recorded_and_items_come_once_recorded(store: Store) -> None:
+    """One slot: row 1's success cannot be recorded until row 2 has run (it would hang if the slot were held
+    until the commit); still, every item is yielded only once its success is stored."""
+    adapter = EchoAdapter()
+    original = store.asucceed
+    held = []
+
+    async def gated(execution_id: str, result: Any) -> bool:
+        if not held:
+            held.append(execution_id)
+            async def second_row_ran() -> None:
+                while len(adapter.runs) < 2:
+                    await asyncio.sleep(0.005)
+            await asyncio.wait_for(second_row_ran(), 60)  # a hang guard, not a timing check
+        return await original(execution_id, result)
+
+    store.asucceed = gated  # type: ignore[method-assign]
+    seen: list[tuple[int, str | None]] = []
+
+    async def go() -> None:
+        async with Runner(adapter, store=store) as runner:
+            async for item in runner.stream(make_program(), rows(3), concurrency=1):
+                execution = store.get_execution(item.result.execution_id)
+                seen.append((item.index, execution.status if execution else None))
+
+    asyncio.run(go())
+    assert sorted(seen) == [(0, "succeeded"), (1, "succeeded"), (2, "succeeded")]
+    assert len(adapter.runs) == 3
+
+
+def test_a_stream_closed_while_successes_are_recorded_still_records_them(store: Store) -> None:
+    original = store.asucceed
+
+    async def slow(execution_id: str, result: Any) -> bool:
+        await asyncio.sleep(0.05)
+        return await original(execution_id, result)
+
+    store.asucceed = slow  # type: ignore[method-assign]
+    adapter = EchoAdapter()
+    items, batches = stream(store, adapter, rows(12), stop_after=1, concurrency=4)
+    results = store.batch_results(batches[0])
+    ran = {eid for eid, _ in adapter.runs}
+    assert len(items) == 1 and len(ran) >= 2  # others had run and were being recorded when the reader left
+    assert all(r.status == "succeeded" for r in results if r.execution_id in ran)
+    assert all(r.status == "cancelled" for r in results if r.execution_id not in ran)
+
+
 def test_rows_with_a_known_idempotency_key_are_the_existing_execution(store: Store) -> None:
     program = make_program()
     adapter = EchoAdapter()
