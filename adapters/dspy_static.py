@@ -10,9 +10,9 @@ writes the same program:
   ``self.retrieve(q)`` (a ``dspy.Retrieve`` whose RM is registered) and ``search(q, k=self.k)`` (a
   registered tool's function) as ``retrieve``/``tool`` steps;
 * values: forward's parameters, constants, the module's own plain settings (``self.k``), list literals,
-  f-strings (``$template``), ``len(...)``, ``x[0]``/``x["k"]`` (``$index``/``$get``), ``a + b`` on two known
-  lists or strings (``$concat``), ``list(dict.fromkeys(x))`` (``$dedupe``), one-expression helper functions
-  (inlined), comparisons (``== != < <= > >= in``, ``not in``), ``and``/``or``/``not``;
+  f-strings and ``str(...)`` (``$template``), ``len(...)``, ``x[0]``/``x["k"]`` (``$index``/``$get``),
+  ``a + b`` on two known lists or strings (``$concat``), ``list(dict.fromkeys(x))`` (``$dedupe``),
+  one-expression helper functions (inlined), comparisons (``== != < <= > >= in``, ``not in``), ``and``/``or``/``not``;
 * ``[self.p(k=x).field for x in xs]`` and ``acc = []; for x in xs: acc.append(self.p(k=x).field)``
   as ``map`` steps (one call per element, whatever the length);
 * ``for i in range(N)`` (``N`` a literal or the module's own int setting) as a ``loop`` step; names it
@@ -329,6 +329,10 @@ class _Compiler:
             if (_number(left) and _number(right)) or not isinstance(node.op, ast.Add):  # of constants (the
                 return self.arithmetic(node.op, left, right, node)  # module's settings are fixed at import)
             return self.plus(left, right, node)  # `+` of lists or texts: $concat
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "str"
+                and len(node.args) == 1 and not node.keywords and "str" not in env
+                and self.globals.get("str", str) is str):  # the builtin: str() of JSON data, as $template does
+            return {"$template": ["{v0}", {"v0": self.value(node.args[0], env)}]}
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "len"
                 and len(node.args) == 1 and not node.keywords and "len" not in env
                 and self.globals.get("len", len) is len):  # the builtin, not a shadowing name
@@ -486,8 +490,8 @@ class _Compiler:
                 self.bare.add(module)
             if any(k.arg is None for k in node.keywords) or len(node.args) > len(params):
                 raise self.fail(f"{func.id} called with ** or too many arguments", node)
-            with_ = {params[i]: self.value(a, env) for i, a in enumerate(node.args)}
-            with_.update({k.arg: self.value(k.value, env) for k in node.keywords if k.arg is not None})
+            with_ = {params[i]: self.argument(a, env, steps) for i, a in enumerate(node.args)}
+            with_.update({k.arg: self.argument(k.value, env, steps) for k in node.keywords if k.arg is not None})
             return self.emit(module, with_, steps)
         if isinstance(func, ast.Subscript) and isinstance(func.slice, ast.Name) and func.slice.id in self.loop_index:
             return self.indexed(node, func, env, steps)
@@ -498,12 +502,17 @@ class _Compiler:
         positional = self.positional.get(module)
         if any(k.arg is None for k in node.keywords) or (node.args and (positional is None or len(node.args) > 1)):
             raise self.fail(f"{module} called with positional or ** arguments", node)
-        with_ = {k.arg: self.value(k.value, env) for k in node.keywords if k.arg is not None}
+        with_ = {k.arg: self.argument(k.value, env, steps) for k in node.keywords if k.arg is not None}
         if node.args:
-            with_[positional] = self.value(node.args[0], env)  # type: ignore[index]
+            with_[positional] = self.argument(node.args[0], env, steps)  # type: ignore[index]
         if positional is not None and set(with_) != {positional}:
             raise self.fail(f"{module} called with arguments other than {positional}", node)
         return self.emit(module, with_, steps)
+
+    def argument(self, node: ast.AST, env: dict[str, Any], steps: list[dict[str, Any]]) -> Any:
+        """A call's argument: a value, or ``a if test else b`` (an ``if`` step before the call, as Python
+        evaluates arguments before calling)."""
+        return self.choice(node, env, steps) if isinstance(node, ast.IfExp) else self.value(node, env)
 
     def emit(self, module: str, with_: dict[str, Any], steps: list[dict[str, Any]]) -> Result:
         self.counts[module] = self.counts.get(module, 0) + 1
