@@ -198,8 +198,10 @@ class _Compiler:
         self.whole: list[str] = []  # output fields that are whole predictions (returned as objects of fields)
         self.source_names: set[str] = set()  # every name forward's source binds or reads (variables stay apart)
         self.made: set[str] = set()  # the compiler's own variables
-        # (line, construct kind, condition) of tests inside loops, proven when they read only the pass number
-        self.pending: list[tuple[int, str, Any]] = []
+        # (line, construct kind, condition, depth) of tests inside loops, proven when they read only the pass
+        # number and stand in no `if` of the loop's body (depth: how many paths of tests they are inside)
+        self.pending: list[tuple[int, str, Any, int]] = []
+        self.depth = 0
         self.proven: dict[tuple[int, str], str] = {}  # (line, construct kind) -> why every input takes its paths
         self.over_lines: list[int] = []  # lines of for loops over a list that became loop steps
         self.lists: dict[str, bool] = {}  # `$inputs.x` -> whether x is a list on every sample (the input's type)
@@ -685,7 +687,7 @@ class _Compiler:
             if passes is not None:
                 self.loop_index[index_name] = (loop_vars[index_name], passes)
         self.in_loop += 1
-        pending = len(self.pending)
+        pending, depth = len(self.pending), self.depth
         try:
             if at is None:
                 body, returns = self.block(stmt.body, env)
@@ -712,7 +714,7 @@ class _Compiler:
         line = getattr(stmt, "lineno", 0) + self.offset
         self.loops.append(line)
         if passes is not None:
-            self.prove(line, loop_vars.get(index_name or "", ""), passes, self.pending[pending:])
+            self.prove(line, loop_vars.get(index_name or "", ""), passes, self.pending[pending:], depth)
         else:
             self.over_lines.append(line)
         del self.pending[pending:]
@@ -756,7 +758,8 @@ class _Compiler:
         test = self.condition(jump.test, env)
         var = brk if breaks and brk is not None else self.fresh("v_skip")
         steps.append({"set": {var: test}})
-        self.pending.append((getattr(jump, "lineno", 0) + self.offset, "break" if breaks else "continue", test))
+        self.pending.append((getattr(jump, "lineno", 0) + self.offset, "break" if breaks else "continue", test,
+                             self.depth))
         before, changed = dict(env), set()
         rest_at = [i - k - 1 for i in at[1:]]
         for block, when, sub in ((jump.body[:-1], f"${var}", []), (body[k + 1:], {"$not": f"${var}"}, rest_at)):
@@ -769,10 +772,11 @@ class _Compiler:
             env.pop(name, None)
         return steps
 
-    def prove(self, line: int, index: str, passes: int, tests: list[tuple[int, str, Any]]) -> None:
+    def prove(self, line: int, index: str, passes: int, tests: list[tuple[int, str, Any, int]], depth: int) -> None:
         """Tests in a loop that read nothing but its pass number take the same paths on every input: the
         samples then ran every path any input takes. Said of the loop (its number of passes, when its break
-        reads only the pass number) and of its conditional expressions."""
+        reads only the pass number) and of its conditional expressions standing in no ``if`` of its body
+        (one inside an ``if`` runs on the passes that ``if`` chooses, which may depend on the input)."""
         from stepbridge.values import compile_value, find_refs, parse_value
 
         def only_index(test: Any) -> Any:
@@ -784,7 +788,7 @@ class _Compiler:
                 return None
             return compile_value(parsed)
 
-        jumps = [(kind, test) for _, kind, test in tests if kind in ("break", "continue")]
+        jumps = [(kind, test) for _, kind, test, _ in tests if kind in ("break", "continue")]
         if len(jumps) > 1 or any(kind == "continue" for kind, _ in jumps):  # which passes run what: not proven
             return
         count = passes
@@ -795,8 +799,8 @@ class _Compiler:
             count = next((i + 1 for i in range(passes) if stop({index: i})), passes)
         if jumps:
             self.proven[(line, "for")] = f"always {count} pass(es): its break's condition reads only the pass number"
-        for test_line, kind, test in tests:
-            if kind not in ("break", "continue") and only_index(test) is not None:
+        for test_line, kind, test, at_depth in tests:
+            if kind not in ("break", "continue") and at_depth == depth and only_index(test) is not None:
                 self.proven[(test_line, kind)] = ("every input takes the same path on each pass: its condition "
                                                   "reads only the pass number, and the number of passes is fixed")
 
@@ -981,8 +985,12 @@ class _Compiler:
         var = self.fresh("v_choice")
         then: list[dict[str, Any]] = []
         other: list[dict[str, Any]] = []
-        a = self.expression(node.body, dict(env), then)
-        b = self.expression(node.orelse, dict(env), other)
+        self.depth += 1  # a test inside either path runs only when this one takes that path
+        try:
+            a = self.expression(node.body, dict(env), then)
+            b = self.expression(node.orelse, dict(env), other)
+        finally:
+            self.depth -= 1
         if any(isinstance(v, Result | Results | Fields | Called) for v in (a, b)):
             raise self.fail("a whole predictor result in a conditional expression", node)
         then.append({"set": {var: a}})
@@ -991,7 +999,7 @@ class _Compiler:
         self.branches += 1
         kinds = {self.kind(a), self.kind(b)}
         self.kinds[var] = kinds.pop() if len(kinds) == 1 else None  # type: ignore[assignment]
-        self.pending.append((getattr(node, "lineno", 0) + self.offset, "conditional expression", test))
+        self.pending.append((getattr(node, "lineno", 0) + self.offset, "conditional expression", test, self.depth))
         return f"${var}"
 
     def expression(self, node: ast.AST, env: dict[str, Any], steps: list[dict[str, Any]]) -> Any:
@@ -1059,8 +1067,12 @@ class _Compiler:
         finally:
             self.in_condition = False
         then_env, else_env = dict(env), dict(env)
-        then, then_returns = self.block(stmt.body, then_env)
-        other, else_returns = self.block(stmt.orelse, else_env) if stmt.orelse else ([], False)
+        self.depth += 1
+        try:
+            then, then_returns = self.block(stmt.body, then_env)
+            other, else_returns = self.block(stmt.orelse, else_env) if stmt.orelse else ([], False)
+        finally:
+            self.depth -= 1
         if then_returns and not else_returns:  # only the path that falls through continues
             env.clear()
             env.update(else_env)

@@ -361,6 +361,27 @@ def test_conditional_arguments_and_str_run_as_in_dspy(loop: Any, dspy_lm: Any, n
     _same_on_native(loop, native_adapter, original, program, dspy_lm, [*Q, *UNSEEN])
 
 
+class ChoiceUnderAnInputTest(dspy.Module):
+    def __init__(self) -> None:
+        self.gen = dspy.Predict("question -> answer")
+
+    def forward(self, question: str) -> Any:
+        answers = []
+        for i in range(3):
+            if len(question) > 25 or i == 2:  # which passes reach the choice depends on the input
+                answers.append(self.gen(question=question).answer if i == 2 else question)
+        return dspy.Prediction(answers=answers)
+
+
+def test_a_choice_on_the_pass_number_inside_an_input_test_is_not_proven(loop: Any, dspy_lm: Any,
+                                                                       native_adapter: Any) -> None:
+    original = ChoiceUnderAnInputTest()
+    program, report = import_module(original, sample_inputs=[Q[1]], lm=dspy_lm)  # short: only pass 2 reaches it
+    choice = next(c for c in report.constructs if "conditional expression" in c.name)
+    assert choice.status == "unverified" and report.status == "partially verified", str(report)
+    _same_on_native(loop, native_adapter, original, program, dspy_lm, [Q[0], *UNSEEN])  # long: the other path
+
+
 class BreaksOnInput(dspy.Module):
     def __init__(self) -> None:
         self.gen = dspy.Predict("question, tries: list[str] -> answer")
