@@ -924,6 +924,10 @@ class _Compiler:
         fields: dict[str, Any] = {}
         for k in node.keywords:
             value = self.expression(k.value, env, steps)
+            if isinstance(value, Result) and (value.module in self.positional
+                                              or value.module in {m for m, _ in self.tools.values()}):
+                raise self.fail("a whole retriever or tool result as an output (the step keeps only its declared "
+                                "fields; the Python value may hold more)", node)
             if isinstance(value, Result | Fields):  # a whole prediction: the object of its fields
                 self.whole.append(str(k.arg))
                 value = f"${value.as_}" if isinstance(value, Result) else dict(value.fields)

@@ -124,6 +124,19 @@ class ReturnsListOfPredictions(ReturnsWholePredictions):
         return dspy.Prediction(both=[analysis, title])
 
 
+class ReturnsWholeToolResult(ReturnsWholePredictions):
+    def forward(self, question: str) -> Any:
+        found = search(question, k=2)
+        return dspy.Prediction(found=found, title=self.title(summary=question).title)
+
+
+def test_a_whole_tool_result_as_an_output_is_refused() -> None:
+    obj = ReturnsWholeToolResult()
+    with pytest.raises(Unsupported, match="a whole retriever or tool result as an output"):
+        compile_forward(obj, "forward", {id(obj.title): "title"}, {"title": ["title"], "search": ["hits", "n"]},
+                        tools={id(search): ("search", ["query", "k"])})
+
+
 def test_a_list_of_whole_predictions_as_an_output_is_refused() -> None:
     obj = ReturnsListOfPredictions()
     with pytest.raises(Unsupported, match=r"a whole predictor result \(analysis\) used as a value"):
