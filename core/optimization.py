@@ -299,9 +299,19 @@ class _Job:
                 return None, exc, reduced
             return (result if passed else None), None, reduced
 
-        # DSPy tries one example at a time; here the first round of the next examples (as many as are likely
-        # needed, at most ``concurrency``) runs ahead. Their outcomes are still taken strictly in order, so the
-        # demos are the same; a run made with demos that an error has since changed is made again.
+        async def rounds(example: dict[str, Any], demos: dict[str, list[dict[str, Any]]]) -> list[Any]:
+            """An example's rounds until one passes or raises (after an error the demos change: the rounds
+            left are made when its turn comes)."""
+            outcomes = []
+            for round_idx in range(s.max_rounds):
+                outcomes.append(await attempt(example, round_idx, demos))
+                if outcomes[-1][0] is not None or outcomes[-1][1] is not None:
+                    break
+            return outcomes
+
+        # DSPy tries one example at a time; here the rounds of the next examples (as many as are likely needed,
+        # at most ``concurrency``) run ahead. Their outcomes are still taken strictly in order, so the demos are
+        # the same; a run made with demos that an error has since changed is made again.
         ahead: dict[int, asyncio.Task[Any]] = {}
 
         # Each round of runs ahead costs an LM latency. The first window is sized so that it usually suffices
@@ -316,7 +326,7 @@ class _Job:
             window = min(self.concurrency, math.ceil(missing / rate))
             for j in range(upto, min(upto + max(1, window), len(trainset))):
                 if j not in ahead:
-                    ahead[j] = asyncio.ensure_future(attempt(trainset[j], 0, current["demos"]))
+                    ahead[j] = asyncio.ensure_future(rounds(trainset[j], current["demos"]))
 
         def drop_ahead() -> None:
             for task in ahead.values():
@@ -329,10 +339,11 @@ class _Job:
                     break
                 launch(index)
                 example = trainset[index]
+                outcomes = await ahead.pop(index)
                 for round_idx in range(s.max_rounds):
                     state["attempts"] += 1
-                    if round_idx == 0:
-                        passed_run, error, reduced = await ahead.pop(index)
+                    if round_idx < len(outcomes):
+                        passed_run, error, reduced = outcomes[round_idx]
                     else:
                         passed_run, error, reduced = await attempt(example, round_idx, current["demos"])
                     if error is not None:
