@@ -102,8 +102,10 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    natives = [bench_native(args.runs, args.passes) for _ in range(args.repeats)]
-    dspys = [bench_dspy(args.runs, args.passes) for _ in range(args.repeats)]
+    natives, dspys = [], []
+    for _ in range(args.repeats):  # interleaved: a burst of load elsewhere hits both sides alike
+        natives.append(bench_native(args.runs, args.passes))
+        dspys.append(bench_dspy(args.runs, args.passes))
     for i, label in enumerate(("wall clock", "CPU time (steadier on a loaded machine)")):
         native = statistics.median(n[i] for n in natives)
         dspy_t = statistics.median(d[i] for d in dspys)

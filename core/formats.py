@@ -100,6 +100,9 @@ _ADAPTER_CLASS = {"chat": "ChatAdapter", "json": "JSONAdapter", "xml": "XMLAdapt
 
 # DSPy matches this at the start of the *stripped* line.
 _HEADER = re.compile(r"\[\[ ## (\w+) ## \]\]")
+_COMPLETED = "[[ ## completed ## ]]"
+# what str.splitlines() ends a line at besides "\n": a reply holding one is split line by line
+_ODD_BREAK = re.compile("[\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 _INCOMPLETE_PREFIX = "This is an example of the task, though some input or output fields are not supplied."
 _MISSING_INCOMPLETE = "Not supplied for this particular example. "
 _MISSING_COMPLETE = "Not supplied for this conversation history message. "
@@ -171,6 +174,7 @@ class Prompt:
         "_in",
         "_json_out",
         "_out",
+        "_out_heads",
         "_prefix",
         "_requirements",
         "_text_out",
@@ -203,6 +207,7 @@ class Prompt:
         self._requirements = self._output_requirements()
         # the main user message's field headers (chat and JSON): (name, header, is_str) per input field
         self._heads = tuple((n, f"[[ ## {n} ## ]]\n", f.is_str) for n, f in self._in.items())
+        self._out_heads = tuple((n, f"[[ ## {n} ## ]]\n") for n in self._out)  # chat replies, as asked
         prefix: list[dict[str, str]] = [{"role": "system", "content": self.system}]
         prefix.extend(self._demo_messages())
         self._prefix: tuple[dict[str, str], ...] = tuple(prefix)
@@ -465,6 +470,19 @@ class Prompt:
         return completed
 
     def _parse_chat(self, text: str) -> dict[str, Any]:
+        raw = self._canonical_sections(text)
+        if raw is not None and self._text_out:  # every field, in order: what _finish would return
+            return raw
+        if raw is None:
+            raw = self._sections(text)
+        if self._text_out:  # str fields parse to the text itself
+            return self._finish(raw, text)
+        fields = {name: self._convert(name, value, text) for name, value in raw.items()}
+        return self._finish(fields, text)
+
+    def _sections(self, text: str) -> dict[str, str]:
+        """DSPy's ChatAdapter split of a reply into its fields' texts: the reply's lines; a header at the start
+        of a stripped line opens a section (the first section of each output field counts), the next closes it."""
         out = self._out
         raw: dict[str, str] = {}
         header: str | None = None
@@ -484,10 +502,29 @@ class Prompt:
             start = i + 1
         if header is not None and header in out and header not in raw:
             raw[header] = _section(first, lines, start, len(lines))
-        if self._text_out:  # str fields parse to the text itself
-            return self._finish(raw, text)
-        fields = {name: self._convert(name, value, text) for name, value in raw.items()}
-        return self._finish(fields, text)
+        return raw
+
+    def _canonical_sections(self, text: str) -> dict[str, str] | None:
+        """:meth:`_sections` of a reply written as the prompt asks (each output field's header on its own
+        line, in order, then ``[[ ## completed ## ]]``, lines ending with ``\\n`` only, no other ``[[ ## ``
+        before it) read with a few searches of the whole text; None for any other reply."""
+        if _ODD_BREAK.search(text) is not None:
+            return None
+        raw: dict[str, str] = {}
+        pos = 0
+        for name, head in self._out_heads:
+            if not text.startswith(head, pos):
+                return None
+            start = pos + len(head)
+            end = text.find("\n[[ ## ", start)  # the line after the section: the next header
+            if end < 0:
+                return None
+            body = text[start:end]
+            if "[[ ## " in body:
+                return None
+            raw[name] = body.strip()
+            pos = end + 1
+        return raw if text.startswith(_COMPLETED, pos) else None
 
     def _parse_json(self, text: str) -> dict[str, Any]:
         completion = text

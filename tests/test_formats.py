@@ -537,3 +537,40 @@ def test_main_user_message_is_the_general_one(name: str, adapter: str, data: st.
 
     assert outcome(lambda: prompt._main_content(inputs)) == outcome(
         lambda: prompt._user_content(prompt._in, inputs, "", True))
+
+
+_BREAKING = {"[[ ## ", "\r\n", "\r", "\u2028", "\x0b", "\x85"}  # bits that take a reply off the fast path
+_reply_bits = st.sampled_from(["[[ ## ", " ## ]]", "\n", "\n\n", " ", "\t", "\r\n", "\r", "\u2028", "\x0b", "\x85",
+                               "Paris", "a b", "[[", "]]", "##", "completed", "é", "42"])
+
+
+@st.composite
+def chat_replies(draw: Any, names: list[str]) -> str:
+    """Replies near the form the prompt asks for: headers of the output fields (some missing, repeated,
+    out of order, indented, with text after them), values of random bits, preambles, tails."""
+    if draw(st.booleans()):  # as asked, each value of a few bits (which may break the form)
+        bits = _reply_bits if draw(st.integers(0, 4)) == 0 else _reply_bits.filter(lambda b: b not in _BREAKING)
+        values = [draw(st.lists(bits, max_size=5)) for _ in names]
+        body = "".join(f"[[ ## {n} ## ]]\n{''.join(v)}\n\n" for n, v in zip(names, values, strict=True))
+        return body + "[[ ## completed ## ]]" + draw(st.sampled_from(["", "\n", " x", "\n[[ ## other ## ]]\ny"]))
+    heads = draw(st.lists(st.sampled_from([*names, "completed", "other"]), max_size=len(names) + 2))
+    parts = [draw(st.sampled_from(["", "Sure.\n", " "]))]
+    for name in heads:
+        indent = draw(st.sampled_from(["", "", " ", "\t"]))
+        after = draw(st.sampled_from(["\n", "\n", " x\n", "\r\n", ""]))
+        parts.append(f"{indent}[[ ## {name} ## ]]{after}")
+        parts.append("".join(draw(st.lists(_reply_bits, max_size=6))))
+        parts.append(draw(st.sampled_from(["\n", "\n\n", "", "\n \n"])))
+    return "".join(parts) + draw(st.sampled_from(["", "\n", " trailing", "\n[[ ## answer ## ]]\nlate"]))
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None, max_examples=500)
+@given(st.sampled_from([n for n, s in SIGS.items() if s.outputs]), st.data())
+def test_canonical_chat_replies_split_as_the_line_by_line_reading(name: str, data: st.DataObject) -> None:
+    """A reply written as asked is split with a few searches; whatever it returns (all fields, in order) is
+    what DSPy's line-by-line reading gives, and any other reply takes that reading."""
+    prompt = Prompt(SIGS[name], adapter="chat")
+    text = data.draw(chat_replies(list(SIGS[name].outputs)))
+    fast = prompt._canonical_sections(text)
+    if fast is not None:
+        assert list(fast.items()) == list(prompt._sections(text).items())
