@@ -678,6 +678,8 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str,
     samples; ``None`` when the module nests custom modules, forward is outside the subset, or the program
     fails verification (the caller traces instead, and a trace of a branching forward is at best partially
     verified; ``why`` gets the reason)."""
+    from stepbridge.program import MAX_LOOP
+
     from .dspy_static import Unsupported, compile_forward
 
     entry = _entry(obj)
@@ -704,8 +706,9 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str,
         interfaces[module_name] = _interface(converted[module_name][0])
     try:
         field_types = {n: {k: f.type for k, f in sig.outputs.items()} for n, sig in interfaces.items()}
+        lists = tuple(k for k in samples[0] if all(isinstance(s.get(k), list) for s in samples))  # typed list[...]
         compiled = compile_forward(obj, entry, names, {n: list(sig.outputs) for n, sig in interfaces.items()},
-                                   types=field_types, tools=tools, positional=positional)
+                                   types=field_types, tools=tools, positional=positional, list_inputs=lists)
     except Unsupported as exc:
         if why is not None:
             why.append(f"line {exc.line}: {exc}" if exc.line else str(exc))
@@ -795,6 +798,9 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str,
                           constructs=[*(Construct(n, "exact") for n in modules), *_ensemble_constructs(program),
                                       *_default_constructs(obj)])
     report.notes += [f"for loop (line {line}) converted to a loop step" for line in compiled.loops]
+    report.notes += [f"the for loop of line {line} makes at most {MAX_LOOP:,} passes (a program's loops are bounded): "
+                     "a longer list fails the step with a typed error where Python would go on"
+                     for line in compiled.over]
     report.notes += [f"output {k!r} is a whole prediction: the program returns the object of its fields (DSPy returns "
                      "the dspy.Prediction; as data they are equal)" for k in compiled.whole]
     report.notes += _ensemble_notes(program)
@@ -809,6 +815,10 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str,
     for judged in _judge_controls(obj, [r.lines for r in runs], compiled.proven):
         if judged.line in compiled.mapped:  # a map step: one call per element, for any length
             judged = Construct(judged.name, "verified", "converted to a map step (any number of elements)",
+                               judged.line)
+        elif judged.line in compiled.over and ": for `" in judged.name:  # the bound, said where it applies
+            bound = f"for lists of at most {MAX_LOOP:,} elements (a longer one fails the step)"
+            judged = Construct(judged.name, judged.status, f"{judged.why}; {bound}" if judged.why else bound,
                                judged.line)
         report.constructs.append(judged)
     return program, report
