@@ -18,8 +18,8 @@ Optimizers:
 An optimization is stored (:mod:`stepbridge.storage.optimizations`): status, progress, every candidate
 and its score, and a checkpoint after every bootstrapped example (written in the background, the newest
 folded into the next write), so ``aresume`` after a kill skips finished examples and candidates (their LM
-calls are not paid again). The result is published as a new program version (source ``optimized``) whose parent is the original, with the optimizer, its settings,
-the data hashes and both scores as lineage.
+calls are not paid again). The result is published as a new program version (source ``optimized``) whose
+parent is the original, with the optimizer, its settings, the data hashes and both scores as lineage.
 """
 
 from __future__ import annotations
