@@ -649,6 +649,24 @@ class PairsTarget(Aliased):
         return dspy.Prediction(out=out)
 
 
+class BreakFailsOnAPass(Aliased):
+    def forward(self, question: str) -> Any:
+        answers = []
+        for i in range(3):
+            answers.append(self.gen(question=question).answer)
+            if i >= 1 and len(i) > 1:  # Python raises TypeError on pass 1 (len of an int)
+                break
+        return dspy.Prediction(answers=answers)
+
+
+def test_a_break_condition_failing_on_a_pass_is_no_proof_and_no_traceback(dspy_lm: Any) -> None:
+    obj = BreakFailsOnAPass()
+    compiled = compile_forward(obj, "forward", {id(obj.gen): "gen"}, {"gen": ["answer"]})
+    assert compiled.proven == {}  # the pass count is not claimed
+    with pytest.raises(ConversionError, match="raised TypeError"):  # the module itself fails on its samples
+        import_module(obj, sample_inputs=Q, lm=dspy_lm, fallback=False)
+
+
 @pytest.mark.parametrize(("cls", "why"), [
     (ShadowsATool, "a call of the local name search"),
     (Aliased, "another name may share it"),
