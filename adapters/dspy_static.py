@@ -10,9 +10,9 @@ writes the same program:
   ``self.retrieve(q)`` (a ``dspy.Retrieve`` whose RM is registered) and ``search(q, k=self.k)`` (a
   registered tool's function) as ``retrieve``/``tool`` steps;
 * values: forward's parameters, constants, the module's own plain settings (``self.k``), list literals,
-  f-strings (``$template``), ``len(...)``, ``x[0]``/``x["k"]`` (``$index``/``$get``), ``a + b`` on two known
-  lists or strings (``$concat``), ``list(dict.fromkeys(x))`` (``$dedupe``), one-expression helper functions
-  (inlined), comparisons (``== != < <= > >= in``, ``not in``), ``and``/``or``/``not``;
+  f-strings and ``str(...)`` (``$template``), ``len(...)``, ``x[0]``/``x["k"]`` (``$index``/``$get``),
+  ``a + b`` on two known lists or strings (``$concat``), ``list(dict.fromkeys(x))`` (``$dedupe``),
+  one-expression helper functions (inlined), comparisons (``== != < <= > >= in``, ``not in``), ``and``/``or``/``not``;
 * ``[self.p(k=x).field for x in xs]`` and ``acc = []; for x in xs: acc.append(self.p(k=x).field)``
   as ``map`` steps (one call per element, whatever the length);
 * ``for i in range(N)`` (``N`` a literal or the module's own int setting) as a ``loop`` step; names it
@@ -198,8 +198,10 @@ class _Compiler:
         self.whole: list[str] = []  # output fields that are whole predictions (returned as objects of fields)
         self.source_names: set[str] = set()  # every name forward's source binds or reads (variables stay apart)
         self.made: set[str] = set()  # the compiler's own variables
-        # (line, construct kind, condition) of tests inside loops, proven when they read only the pass number
-        self.pending: list[tuple[int, str, Any]] = []
+        # (line, construct kind, condition, depth) of tests inside loops, proven when they read only the pass
+        # number and stand in no `if` of the loop's body (depth: how many paths of tests they are inside)
+        self.pending: list[tuple[int, str, Any, int]] = []
+        self.depth = 0
         self.proven: dict[tuple[int, str], str] = {}  # (line, construct kind) -> why every input takes its paths
         self.over_lines: list[int] = []  # lines of for loops over a list that became loop steps
         self.lists: dict[str, bool] = {}  # `$inputs.x` -> whether x is a list on every sample (the input's type)
@@ -329,6 +331,10 @@ class _Compiler:
             if (_number(left) and _number(right)) or not isinstance(node.op, ast.Add):  # of constants (the
                 return self.arithmetic(node.op, left, right, node)  # module's settings are fixed at import)
             return self.plus(left, right, node)  # `+` of lists or texts: $concat
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "str"
+                and len(node.args) == 1 and not node.keywords and "str" not in env
+                and self.globals.get("str", str) is str):  # the builtin: str() of JSON data, as $template does
+            return {"$template": ["{v0}", {"v0": self.value(node.args[0], env)}]}
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "len"
                 and len(node.args) == 1 and not node.keywords and "len" not in env
                 and self.globals.get("len", len) is len):  # the builtin, not a shadowing name
@@ -486,8 +492,8 @@ class _Compiler:
                 self.bare.add(module)
             if any(k.arg is None for k in node.keywords) or len(node.args) > len(params):
                 raise self.fail(f"{func.id} called with ** or too many arguments", node)
-            with_ = {params[i]: self.value(a, env) for i, a in enumerate(node.args)}
-            with_.update({k.arg: self.value(k.value, env) for k in node.keywords if k.arg is not None})
+            with_ = {params[i]: self.argument(a, env, steps) for i, a in enumerate(node.args)}
+            with_.update({k.arg: self.argument(k.value, env, steps) for k in node.keywords if k.arg is not None})
             return self.emit(module, with_, steps)
         if isinstance(func, ast.Subscript) and isinstance(func.slice, ast.Name) and func.slice.id in self.loop_index:
             return self.indexed(node, func, env, steps)
@@ -498,12 +504,17 @@ class _Compiler:
         positional = self.positional.get(module)
         if any(k.arg is None for k in node.keywords) or (node.args and (positional is None or len(node.args) > 1)):
             raise self.fail(f"{module} called with positional or ** arguments", node)
-        with_ = {k.arg: self.value(k.value, env) for k in node.keywords if k.arg is not None}
+        with_ = {k.arg: self.argument(k.value, env, steps) for k in node.keywords if k.arg is not None}
         if node.args:
-            with_[positional] = self.value(node.args[0], env)  # type: ignore[index]
+            with_[positional] = self.argument(node.args[0], env, steps)  # type: ignore[index]
         if positional is not None and set(with_) != {positional}:
             raise self.fail(f"{module} called with arguments other than {positional}", node)
         return self.emit(module, with_, steps)
+
+    def argument(self, node: ast.AST, env: dict[str, Any], steps: list[dict[str, Any]]) -> Any:
+        """A call's argument: a value, or ``a if test else b`` (an ``if`` step before the call, as Python
+        evaluates arguments before calling)."""
+        return self.choice(node, env, steps) if isinstance(node, ast.IfExp) else self.value(node, env)
 
     def emit(self, module: str, with_: dict[str, Any], steps: list[dict[str, Any]]) -> Result:
         self.counts[module] = self.counts.get(module, 0) + 1
@@ -676,7 +687,7 @@ class _Compiler:
             if passes is not None:
                 self.loop_index[index_name] = (loop_vars[index_name], passes)
         self.in_loop += 1
-        pending = len(self.pending)
+        pending, depth = len(self.pending), self.depth
         try:
             if at is None:
                 body, returns = self.block(stmt.body, env)
@@ -703,7 +714,7 @@ class _Compiler:
         line = getattr(stmt, "lineno", 0) + self.offset
         self.loops.append(line)
         if passes is not None:
-            self.prove(line, loop_vars.get(index_name or "", ""), passes, self.pending[pending:])
+            self.prove(line, loop_vars.get(index_name or "", ""), passes, self.pending[pending:], depth)
         else:
             self.over_lines.append(line)
         del self.pending[pending:]
@@ -747,7 +758,8 @@ class _Compiler:
         test = self.condition(jump.test, env)
         var = brk if breaks and brk is not None else self.fresh("v_skip")
         steps.append({"set": {var: test}})
-        self.pending.append((getattr(jump, "lineno", 0) + self.offset, "break" if breaks else "continue", test))
+        self.pending.append((getattr(jump, "lineno", 0) + self.offset, "break" if breaks else "continue", test,
+                             self.depth))
         before, changed = dict(env), set()
         rest_at = [i - k - 1 for i in at[1:]]
         for block, when, sub in ((jump.body[:-1], f"${var}", []), (body[k + 1:], {"$not": f"${var}"}, rest_at)):
@@ -760,10 +772,11 @@ class _Compiler:
             env.pop(name, None)
         return steps
 
-    def prove(self, line: int, index: str, passes: int, tests: list[tuple[int, str, Any]]) -> None:
+    def prove(self, line: int, index: str, passes: int, tests: list[tuple[int, str, Any, int]], depth: int) -> None:
         """Tests in a loop that read nothing but its pass number take the same paths on every input: the
         samples then ran every path any input takes. Said of the loop (its number of passes, when its break
-        reads only the pass number) and of its conditional expressions."""
+        reads only the pass number) and of its conditional expressions standing in no ``if`` of its body
+        (one inside an ``if`` runs on the passes that ``if`` chooses, which may depend on the input)."""
         from stepbridge.values import compile_value, find_refs, parse_value
 
         def only_index(test: Any) -> Any:
@@ -775,7 +788,7 @@ class _Compiler:
                 return None
             return compile_value(parsed)
 
-        jumps = [(kind, test) for _, kind, test in tests if kind in ("break", "continue")]
+        jumps = [(kind, test) for _, kind, test, _ in tests if kind in ("break", "continue")]
         if len(jumps) > 1 or any(kind == "continue" for kind, _ in jumps):  # which passes run what: not proven
             return
         count = passes
@@ -783,11 +796,14 @@ class _Compiler:
             stop = only_index(jumps[0][1])
             if stop is None:
                 return
-            count = next((i + 1 for i in range(passes) if stop({index: i})), passes)
+            try:
+                count = next((i + 1 for i in range(passes) if stop({index: i})), passes)
+            except Exception:  # the condition fails on some pass (an operation outside its domain): not proven
+                return
         if jumps:
             self.proven[(line, "for")] = f"always {count} pass(es): its break's condition reads only the pass number"
-        for test_line, kind, test in tests:
-            if kind not in ("break", "continue") and only_index(test) is not None:
+        for test_line, kind, test, at_depth in tests:
+            if kind not in ("break", "continue") and at_depth == depth and only_index(test) is not None:
                 self.proven[(test_line, kind)] = ("every input takes the same path on each pass: its condition "
                                                   "reads only the pass number, and the number of passes is fixed")
 
@@ -911,6 +927,10 @@ class _Compiler:
         fields: dict[str, Any] = {}
         for k in node.keywords:
             value = self.expression(k.value, env, steps)
+            if isinstance(value, Result) and (value.module in self.positional
+                                              or value.module in {m for m, _ in self.tools.values()}):
+                raise self.fail("a whole retriever or tool result as an output (the step keeps only its declared "
+                                "fields; the Python value may hold more)", node)
             if isinstance(value, Result | Fields):  # a whole prediction: the object of its fields
                 self.whole.append(str(k.arg))
                 value = f"${value.as_}" if isinstance(value, Result) else dict(value.fields)
@@ -972,8 +992,12 @@ class _Compiler:
         var = self.fresh("v_choice")
         then: list[dict[str, Any]] = []
         other: list[dict[str, Any]] = []
-        a = self.expression(node.body, dict(env), then)
-        b = self.expression(node.orelse, dict(env), other)
+        self.depth += 1  # a test inside either path runs only when this one takes that path
+        try:
+            a = self.expression(node.body, dict(env), then)
+            b = self.expression(node.orelse, dict(env), other)
+        finally:
+            self.depth -= 1
         if any(isinstance(v, Result | Results | Fields | Called) for v in (a, b)):
             raise self.fail("a whole predictor result in a conditional expression", node)
         then.append({"set": {var: a}})
@@ -982,7 +1006,7 @@ class _Compiler:
         self.branches += 1
         kinds = {self.kind(a), self.kind(b)}
         self.kinds[var] = kinds.pop() if len(kinds) == 1 else None  # type: ignore[assignment]
-        self.pending.append((getattr(node, "lineno", 0) + self.offset, "conditional expression", test))
+        self.pending.append((getattr(node, "lineno", 0) + self.offset, "conditional expression", test, self.depth))
         return f"${var}"
 
     def expression(self, node: ast.AST, env: dict[str, Any], steps: list[dict[str, Any]]) -> Any:
@@ -1050,8 +1074,12 @@ class _Compiler:
         finally:
             self.in_condition = False
         then_env, else_env = dict(env), dict(env)
-        then, then_returns = self.block(stmt.body, then_env)
-        other, else_returns = self.block(stmt.orelse, else_env) if stmt.orelse else ([], False)
+        self.depth += 1
+        try:
+            then, then_returns = self.block(stmt.body, then_env)
+            other, else_returns = self.block(stmt.orelse, else_env) if stmt.orelse else ([], False)
+        finally:
+            self.depth -= 1
         if then_returns and not else_returns:  # only the path that falls through continues
             env.clear()
             env.update(else_env)
