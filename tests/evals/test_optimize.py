@@ -97,6 +97,9 @@ METRICS = {"exact_match": exact_match, "token_f1": token_f1, "picky": picky}
     pytest.param("two", "token_f1", 0.5, {"max_bootstrapped_demos": 4, "max_labeled_demos": 5, "max_rounds": 2},
                  id="two-predictors-threshold-rounds"),
     pytest.param("one", "picky", None, {"max_bootstrapped_demos": 6, "max_labeled_demos": 8}, id="metric-errors"),
+    # an example's later rounds run ahead with its first; after an error the rounds left use the changed demos
+    pytest.param("one", "picky", None, {"max_bootstrapped_demos": 6, "max_labeled_demos": 8, "max_rounds": 3},
+                 id="metric-errors-rounds"),
 ])
 def test_bootstrap_gives_dspys_demos(lm_env: str, kind: str, metric: str, threshold: float | None,
                                      settings: dict[str, Any]) -> None:
