@@ -105,6 +105,18 @@ def _field_desc(name: str, info: Any) -> str | None:
     return str(desc)
 
 
+def _field_constraints(name: str, info: Any, sig: Any) -> str | None:
+    """The constraint text DSPy prints under a field (``Constraints: ...``), ``None`` without one."""
+    constraints = (info.json_schema_extra or {}).get("constraints")
+    if not constraints:
+        return None
+    if not isinstance(constraints, str):
+        raise _error(f"field {name!r} has constraints that are not text ({type(constraints).__name__})",
+                     construct=f"{sig.__name__}.{name}", target=sig,
+                     hint="give the constraints as pydantic arguments (ge=, le=, max_length=...)")
+    return constraints
+
+
 def signature_from_dspy(sig: Any, *, drop_outputs: Sequence[str] = (), types: _Types | None = None) -> Signature:
     """A :class:`Signature` from a ``dspy.Signature`` class (types, descriptions, instructions).
     Instructions equal to DSPy's default for the fields are left unset (they render the same).
@@ -114,17 +126,11 @@ def signature_from_dspy(sig: Any, *, drop_outputs: Sequence[str] = (), types: _T
     types = types if types is not None else _Types()
 
     def fields(group: Mapping[str, Any], skip: Sequence[str] = ()) -> dict[str, FieldSpec]:
-        for name, info in group.items():
-            constraints = (info.json_schema_extra or {}).get("constraints")
-            if constraints and name not in skip:
-                raise _error(f"field {name!r} has constraints ({constraints}): DSPy prints them in the prompt and "
-                             "rejects replies outside them, and a program field holds no constraints",
-                             construct=f"{sig.__name__}.{name}", target=sig,
-                             hint="drop the constraint (ge/le/min_length...), or register the module to import it "
-                                  "as an opaque 'dspy' step")
+        # constraints (ge=0, le=100...): DSPy 3.4.1 prints their text under the field and checks no reply or
+        # input against them; a program field keeps that text and does the same
         return {
             name: FieldSpec(type=types.convert(info.annotation, f"{sig.__name__}.{name}", sig),
-                            desc=_field_desc(name, info))
+                            desc=_field_desc(name, info), constraints=_field_constraints(name, info, sig))
             for name, info in group.items() if name not in skip
         }
 

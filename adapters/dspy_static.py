@@ -10,21 +10,23 @@ writes the same program:
   ``self.retrieve(q)`` (a ``dspy.Retrieve`` whose RM is registered) and ``search(q, k=self.k)`` (a
   registered tool's function) as ``retrieve``/``tool`` steps;
 * values: forward's parameters, constants, the module's own plain settings (``self.k``), list literals,
-  f-strings (``$template``), ``len(...)``, ``x[0]``/``x["k"]`` (``$index``/``$get``), ``a + b`` on two known
-  lists or strings (``$concat``), ``list(dict.fromkeys(x))`` (``$dedupe``), one-expression helper functions
-  (inlined), comparisons (``== != < <= > >= in``, ``not in``), ``and``/``or``/``not``;
+  f-strings and ``str(...)`` (``$template``), ``len(...)``, ``x[0]``/``x["k"]`` (``$index``/``$get``),
+  ``a + b`` on two known lists or strings (``$concat``), ``list(dict.fromkeys(x))`` (``$dedupe``),
+  one-expression helper functions (inlined), comparisons (``== != < <= > >= in``, ``not in``), ``and``/``or``/``not``;
 * ``[self.p(k=x).field for x in xs]`` and ``acc = []; for x in xs: acc.append(self.p(k=x).field)``
   as ``map`` steps (one call per element, whatever the length);
 * ``for i in range(N)`` (``N`` a literal or the module's own int setting) as a ``loop`` step; names it
-  rebinds or grows (``=``, ``+=``, ``append``, ``extend``) are variables ``set`` before and in it; one
-  ``if <condition>: break`` at the top level of its body is the loop's ``until`` (what follows it in the
-  pass runs only when it is false);
+  rebinds or grows (``=``, ``+=``, ``append``, ``extend``) are variables ``set`` before and in it;
+  ``if <condition>: ...; break`` (or ``continue``) blocks at the top level of its body: the condition is a
+  variable, what follows the ``if`` runs only when it is false, and a break's variable is the ``until``;
+* ``for x in xs`` / ``for i, x in enumerate(xs)`` (``xs`` known to be a list) as a ``loop`` over ``xs``, read
+  the same way;
 * ``x = a if test else b`` as an ``if`` step setting one variable; arithmetic on constants, done at import;
 * ``if``/``elif``/``else`` blocks; ``return self.p(...)``, ``return x`` (a predictor result, or a
   ``dspy.Prediction(k=v, ...)`` built before), a bare value, and ``return dspy.Prediction(k=v, ...)``;
   docstrings and ``pass``.
 
-Anything else (``while``, ``continue``, other breaks, calls of other functions, methods, ``try``, ``list(set(...))``...)
+Anything else (``while``, other breaks and continues, calls of other functions, methods, ``try``, ``list(set(...))``...)
 raises :class:`Unsupported` with the reason: the caller then traces instead. The result is never
 trusted on its own: it is verified like a traced conversion (every sample, outputs and messages), and
 its branches are reported by which paths the samples took.
@@ -100,6 +102,7 @@ class Compiled:
     as_modules: dict[str, str] = field(default_factory=dict)  # result name -> its module
     whole: list[str] = field(default_factory=list)  # output fields holding a whole prediction (as an object)
     proven: dict[tuple[int, str], str] = field(default_factory=dict)  # (line, kind) -> why every input's paths ran
+    over: list[int] = field(default_factory=list)  # lines of for loops over a list (at most MAX_LOOP passes)
 
 
 def _escape(value: Any) -> Any:
@@ -195,9 +198,13 @@ class _Compiler:
         self.whole: list[str] = []  # output fields that are whole predictions (returned as objects of fields)
         self.source_names: set[str] = set()  # every name forward's source binds or reads (variables stay apart)
         self.made: set[str] = set()  # the compiler's own variables
-        # (line, construct kind, condition) of tests inside loops, proven when they read only the pass number
-        self.pending: list[tuple[int, str, Any]] = []
+        # (line, construct kind, condition, depth) of tests inside loops, proven when they read only the pass
+        # number and stand in no `if` of the loop's body (depth: how many paths of tests they are inside)
+        self.pending: list[tuple[int, str, Any, int]] = []
+        self.depth = 0
         self.proven: dict[tuple[int, str], str] = {}  # (line, construct kind) -> why every input takes its paths
+        self.over_lines: list[int] = []  # lines of for loops over a list that became loop steps
+        self.lists: dict[str, bool] = {}  # `$inputs.x` -> whether x is a list on every sample (the input's type)
 
     def fail(self, what: str, node: ast.AST) -> Unsupported:
         return Unsupported(what, getattr(node, "lineno", 0) + self.offset)
@@ -324,6 +331,10 @@ class _Compiler:
             if (_number(left) and _number(right)) or not isinstance(node.op, ast.Add):  # of constants (the
                 return self.arithmetic(node.op, left, right, node)  # module's settings are fixed at import)
             return self.plus(left, right, node)  # `+` of lists or texts: $concat
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "str"
+                and len(node.args) == 1 and not node.keywords and "str" not in env
+                and self.globals.get("str", str) is str):  # the builtin: str() of JSON data, as $template does
+            return {"$template": ["{v0}", {"v0": self.value(node.args[0], env)}]}
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "len"
                 and len(node.args) == 1 and not node.keywords and "len" not in env
                 and self.globals.get("len", len) is len):  # the builtin, not a shadowing name
@@ -481,8 +492,8 @@ class _Compiler:
                 self.bare.add(module)
             if any(k.arg is None for k in node.keywords) or len(node.args) > len(params):
                 raise self.fail(f"{func.id} called with ** or too many arguments", node)
-            with_ = {params[i]: self.value(a, env) for i, a in enumerate(node.args)}
-            with_.update({k.arg: self.value(k.value, env) for k in node.keywords if k.arg is not None})
+            with_ = {params[i]: self.argument(a, env, steps) for i, a in enumerate(node.args)}
+            with_.update({k.arg: self.argument(k.value, env, steps) for k in node.keywords if k.arg is not None})
             return self.emit(module, with_, steps)
         if isinstance(func, ast.Subscript) and isinstance(func.slice, ast.Name) and func.slice.id in self.loop_index:
             return self.indexed(node, func, env, steps)
@@ -493,12 +504,17 @@ class _Compiler:
         positional = self.positional.get(module)
         if any(k.arg is None for k in node.keywords) or (node.args and (positional is None or len(node.args) > 1)):
             raise self.fail(f"{module} called with positional or ** arguments", node)
-        with_ = {k.arg: self.value(k.value, env) for k in node.keywords if k.arg is not None}
+        with_ = {k.arg: self.argument(k.value, env, steps) for k in node.keywords if k.arg is not None}
         if node.args:
-            with_[positional] = self.value(node.args[0], env)  # type: ignore[index]
+            with_[positional] = self.argument(node.args[0], env, steps)  # type: ignore[index]
         if positional is not None and set(with_) != {positional}:
             raise self.fail(f"{module} called with arguments other than {positional}", node)
         return self.emit(module, with_, steps)
+
+    def argument(self, node: ast.AST, env: dict[str, Any], steps: list[dict[str, Any]]) -> Any:
+        """A call's argument: a value, or ``a if test else b`` (an ``if`` step before the call, as Python
+        evaluates arguments before calling)."""
+        return self.choice(node, env, steps) if isinstance(node, ast.IfExp) else self.value(node, env)
 
     def emit(self, module: str, with_: dict[str, Any], steps: list[dict[str, Any]]) -> Result:
         self.counts[module] = self.counts.get(module, 0) + 1
@@ -584,18 +600,12 @@ class _Compiler:
             elif isinstance(stmt, ast.Return):
                 steps.append({"return": self.returned(stmt, env, steps)})
                 return steps, True
-            elif isinstance(stmt, ast.For) and _is_range(stmt.iter):
+            elif isinstance(stmt, ast.For) and not _is_range(stmt.iter) and _appends_a_field(stmt, env):
+                # acc = [] ; for x in xs: acc.append(self.p(...).field)  ->  a map step (concurrent calls)
+                inner = stmt.body[0].value  # type: ignore[attr-defined]
+                env[inner.func.value.id] = self.mapped(inner.args[0], stmt.target, stmt.iter, env, steps, stmt)
+            elif isinstance(stmt, ast.For):
                 steps += self.loop(stmt, env)
-            elif isinstance(stmt, ast.For) and not stmt.orelse and len(stmt.body) == 1:
-                # acc = [] ; for x in xs: acc.append(self.p(...).field)  ->  a map step
-                inner = stmt.body[0]
-                if not (isinstance(inner, ast.Expr) and isinstance(inner.value, ast.Call)
-                        and isinstance(inner.value.func, ast.Attribute) and inner.value.func.attr == "append"
-                        and isinstance(inner.value.func.value, ast.Name) and len(inner.value.args) == 1
-                        and env.get(inner.value.func.value.id) == []):
-                    raise self.fail("a for loop other than appending one predictor field per element", stmt)
-                env[inner.value.func.value.id] = self.mapped(inner.value.args[0], stmt.target, stmt.iter, env,
-                                                             steps, stmt)
             elif isinstance(stmt, ast.If):
                 step, returns = self.if_(stmt, env)
                 steps.append(step)
@@ -631,20 +641,34 @@ class _Compiler:
 
     def loop(self, stmt: ast.For, env: dict[str, Any]) -> list[dict[str, Any]]:
         """``for i in range(N)`` (``N`` a literal or the module's own integer setting): a ``loop`` step of
-        ``N`` passes, ``i`` its index; names the body rebinds become variables (``set`` before and in it)."""
-        if not isinstance(stmt.target, ast.Name) or stmt.orelse:
-            raise self.fail("a for loop with a target other than a name, or an else", stmt)
+        ``N`` passes, ``i`` its index; ``for x in xs`` / ``for i, x in enumerate(xs)`` (``xs`` known to be a
+        list): a ``loop`` over ``xs``. Names the body rebinds become variables (``set`` before and in it)."""
+        from stepbridge.program import MAX_LOOP
+
+        if stmt.orelse:
+            raise self.fail("a for loop with an else", stmt)
         for inner in ast.walk(stmt):
             if isinstance(inner, ast.Return | ast.Raise | ast.Try | ast.While | ast.Yield | ast.Global | ast.Nonlocal):
                 raise self.fail(f"a {type(inner).__name__.lower()} inside a for loop", inner)
         at = _break_at(stmt.body)
         if isinstance(at, ast.AST):
-            raise self.fail("a break or continue other than one `if <condition>: break` (no else, nothing else in "
-                            "its block) at the top level of the loop's body", at)
-        passes = self.range_count(stmt.iter)
-        steps: list[dict[str, Any]] = []
+            raise self.fail("a break or continue other than one ending an `if <condition>:` block (without else) at "
+                            "the top level of the loop's body", at)
         rebound = {t.id for inner in ast.walk(ast.Module(body=stmt.body, type_ignores=[]))
                    for t in _assigned(inner)}
+        spec: dict[str, Any] = {}
+        index_name, item_name = self.loop_names(stmt, rebound, env)
+        if _is_range(stmt.iter):
+            passes: int | None = self.range_count(stmt.iter)
+            spec["max"] = passes
+        else:  # over a list: evaluated once, before the first pass, as Python's iterator is
+            iterable = stmt.iter.args[0] if index_name is not None else stmt.iter  # type: ignore[attr-defined]
+            over = self.value(iterable, env)
+            if self.kind(over) != "list" and not (isinstance(over, str) and self.lists.get(over)):
+                raise self.fail("a for loop over something not known to be a list", stmt.iter)
+            passes = None
+            spec.update({"max": MAX_LOOP, "over": over, "item": f"item_{item_name}"})
+        steps: list[dict[str, Any]] = []
         for name in sorted(rebound & set(env)):
             if env[name] != f"$v_{name}":
                 if isinstance(env[name], Result | Results | Fields | Called):
@@ -652,55 +676,107 @@ class _Compiler:
                 steps.append({"set": {f"v_{name}": env[name]}})
                 self.kinds[f"v_{name}"] = self.kind(env[name])  # type: ignore[assignment]
                 env[name] = f"$v_{name}"
-        index = f"pass_{stmt.target.id}"
-        if stmt.target.id in env or index in self.as_modules:
-            raise self.fail(f"the loop variable {stmt.target.id} is bound elsewhere", stmt)
-        env[stmt.target.id] = f"${index}"
-        self.loop_index[stmt.target.id] = (index, passes)
+        bound_before = set(env)
+        loop_vars = {n: f"{prefix}_{n}" for n, prefix in ((index_name, "pass"), (item_name, "item")) if n is not None}
+        for name, var in loop_vars.items():
+            if name in env or var in self.as_modules:
+                raise self.fail(f"the loop variable {name} is bound elsewhere", stmt)
+            env[name] = f"${var}"
+        if index_name is not None:
+            spec["index"] = loop_vars[index_name]
+            if passes is not None:
+                self.loop_index[index_name] = (loop_vars[index_name], passes)
         self.in_loop += 1
-        pending = len(self.pending)
-        until: Any = None
+        pending, depth = len(self.pending), self.depth
         try:
             if at is None:
                 body, returns = self.block(stmt.body, env)
-            else:  # A; if c: break; B  ->  A; set brk = c; if not brk: B  (until brk: no pass after it)
-                body, returns = self.block(stmt.body[:at], env)
-                test = stmt.body[at].test  # type: ignore[attr-defined]
-                until = self.condition(test, env)
-                brk = self.fresh("v_break")
-                body.append({"set": {brk: until}})
-                rest = stmt.body[at + 1:]
-                if rest:
-                    rest_env = dict(env)
-                    after, _ = self.block(rest, rest_env)
-                    if after:
-                        body.append({"if": {"$not": f"${brk}"}, "then": after})
-                    for name in set(env) | set(rest_env):  # bound after the break: not known after the loop
-                        if env.get(name) != rest_env.get(name):
-                            env.pop(name, None)
-                self.pending.append((getattr(test, "lineno", 0) + self.offset, "break", until))
-                until = f"${brk}"
+            else:  # A; if c: S; break|continue; B  ->  A; set jump = c; if jump: S; if not jump: B
+                kinds = [isinstance(stmt.body[i].body[-1], ast.Break) for i in at]  # type: ignore[attr-defined]
+                brk = self.fresh("v_break") if any(kinds) else None  # (until brk: no pass after a break)
+                body, returns = self.jumps(stmt.body, at, env, brk), False
+                if brk is not None and not kinds[0]:  # a continue may pass over every break: false until one
+                    body.insert(0, {"set": {brk: False}})
+                if brk is not None:
+                    spec["until"] = f"${brk}"
         finally:
             self.in_loop -= 1
-            self.loop_index.pop(stmt.target.id)
-            env.pop(stmt.target.id, None)
+            self.loop_index.pop(index_name or "", None)
+            for name in loop_vars:
+                env.pop(name, None)
+        if passes is None:  # a list may be empty: what the body bound first is not bound after it
+            for name in set(env) - bound_before:
+                env.pop(name)
         if returns:
             raise self.fail("a return inside a for loop", stmt)
         if not body:
             raise self.fail("a for loop that does nothing", stmt)
         line = getattr(stmt, "lineno", 0) + self.offset
         self.loops.append(line)
-        self.prove(line, index, passes, self.pending[pending:])
+        if passes is not None:
+            self.prove(line, loop_vars.get(index_name or "", ""), passes, self.pending[pending:], depth)
+        else:
+            self.over_lines.append(line)
         del self.pending[pending:]
-        spec: dict[str, Any] = {"max": passes, "index": index, "steps": body}
-        if until is not None:
-            spec["until"] = until
+        spec["steps"] = body
         return [*steps, {"loop": spec}]
 
-    def prove(self, line: int, index: str, passes: int, tests: list[tuple[int, str, Any]]) -> None:
+    def loop_names(self, stmt: ast.For, rebound: set[str], env: dict[str, Any]) -> tuple[str | None, str | None]:
+        """(index name, item name) of ``for i in range(N)``, ``for x in xs`` or ``for i, x in enumerate(xs)``."""
+        target, it = stmt.target, stmt.iter
+        if _is_range(it):
+            if not isinstance(target, ast.Name):
+                raise self.fail("a range loop whose target is not a name", stmt)
+            return target.id, None
+        iterable: ast.AST = it
+        if (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "enumerate"
+                and "enumerate" not in env and self.globals.get("enumerate", enumerate) is enumerate):
+            if len(it.args) != 1 or it.keywords:
+                raise self.fail("enumerate() with other than one argument", it)
+            if not (isinstance(target, ast.Tuple) and len(target.elts) == 2
+                    and all(isinstance(e, ast.Name) for e in target.elts)):
+                raise self.fail("a loop over enumerate() whose target is not (index, item)", stmt)
+            iterable = it.args[0]
+            names = [e.id for e in target.elts]  # type: ignore[attr-defined]
+            index, item = names[0], names[1]
+        elif isinstance(target, ast.Name):
+            index, item = None, target.id
+        else:
+            raise self.fail("a for loop whose target is not a name, or (index, item) of enumerate()", stmt)
+        if isinstance(iterable, ast.Name) and iterable.id in rebound:
+            raise self.fail(f"a loop over {iterable.id}, which its body changes (Python would see the change)", stmt)
+        return index, item
+
+    def jumps(self, body: list[ast.stmt], at: list[int], env: dict[str, Any], brk: str | None) -> list[dict[str, Any]]:
+        """The steps of a loop's ``body`` whose top-level statements ``at`` are ``if c: S; break|continue``: the
+        first becomes ``set jump = c; if jump: S; if not jump: <the rest, read the same way>``."""
+        k = at[0]
+        steps, _ = self.block(body[:k], env)
+        jump = body[k]
+        assert isinstance(jump, ast.If)
+        breaks = isinstance(jump.body[-1], ast.Break)
+        test = self.condition(jump.test, env)
+        var = brk if breaks and brk is not None else self.fresh("v_skip")
+        steps.append({"set": {var: test}})
+        self.pending.append((getattr(jump, "lineno", 0) + self.offset, "break" if breaks else "continue", test,
+                             self.depth))
+        before, changed = dict(env), set()
+        rest_at = [i - k - 1 for i in at[1:]]
+        for block, when, sub in ((jump.body[:-1], f"${var}", []), (body[k + 1:], {"$not": f"${var}"}, rest_at)):
+            block_env = dict(before)
+            inner = self.jumps(block, sub, block_env, brk) if sub else self.block(block, block_env)[0]
+            if inner:
+                steps.append({"if": when, "then": inner})
+            changed |= {n for n in set(before) | set(block_env) if before.get(n) != block_env.get(n)}
+        for name in changed:  # bound on one path of the pass only: not known after it
+            env.pop(name, None)
+        return steps
+
+    def prove(self, line: int, index: str, passes: int, tests: list[tuple[int, str, Any, int]], depth: int) -> None:
         """Tests in a loop that read nothing but its pass number take the same paths on every input: the
         samples then ran every path any input takes. Said of the loop (its number of passes, when its break
-        reads only the pass number) and of its conditional expressions."""
+        reads only the pass number) and of its conditional expressions standing in no ``if`` of its body
+        (one inside an ``if`` runs on the passes that ``if`` chooses, which may depend on the input)."""
         from stepbridge.values import compile_value, find_refs, parse_value
 
         def only_index(test: Any) -> Any:
@@ -712,20 +788,22 @@ class _Compiler:
                 return None
             return compile_value(parsed)
 
-        count: int | None = passes
-        for _, kind, test in tests:
-            if kind == "break":
-                stop = only_index(test)
-                if stop is None:
-                    count = None
-                    break
-                count = next((i + 1 for i in range(passes) if stop({index: i})), passes)
-        if count is None:
+        jumps = [(kind, test) for _, kind, test, _ in tests if kind in ("break", "continue")]
+        if len(jumps) > 1 or any(kind == "continue" for kind, _ in jumps):  # which passes run what: not proven
             return
-        if any(kind == "break" for _, kind, _ in tests):
+        count = passes
+        if jumps:
+            stop = only_index(jumps[0][1])
+            if stop is None:
+                return
+            try:
+                count = next((i + 1 for i in range(passes) if stop({index: i})), passes)
+            except Exception:  # the condition fails on some pass (an operation outside its domain): not proven
+                return
+        if jumps:
             self.proven[(line, "for")] = f"always {count} pass(es): its break's condition reads only the pass number"
-        for test_line, kind, test in tests:
-            if kind != "break" and only_index(test) is not None:
+        for test_line, kind, test, at_depth in tests:
+            if kind not in ("break", "continue") and at_depth == depth and only_index(test) is not None:
                 self.proven[(test_line, kind)] = ("every input takes the same path on each pass: its condition "
                                                   "reads only the pass number, and the number of passes is fixed")
 
@@ -849,6 +927,10 @@ class _Compiler:
         fields: dict[str, Any] = {}
         for k in node.keywords:
             value = self.expression(k.value, env, steps)
+            if isinstance(value, Result) and (value.module in self.positional
+                                              or value.module in {m for m, _ in self.tools.values()}):
+                raise self.fail("a whole retriever or tool result as an output (the step keeps only its declared "
+                                "fields; the Python value may hold more)", node)
             if isinstance(value, Result | Fields):  # a whole prediction: the object of its fields
                 self.whole.append(str(k.arg))
                 value = f"${value.as_}" if isinstance(value, Result) else dict(value.fields)
@@ -910,8 +992,12 @@ class _Compiler:
         var = self.fresh("v_choice")
         then: list[dict[str, Any]] = []
         other: list[dict[str, Any]] = []
-        a = self.expression(node.body, dict(env), then)
-        b = self.expression(node.orelse, dict(env), other)
+        self.depth += 1  # a test inside either path runs only when this one takes that path
+        try:
+            a = self.expression(node.body, dict(env), then)
+            b = self.expression(node.orelse, dict(env), other)
+        finally:
+            self.depth -= 1
         if any(isinstance(v, Result | Results | Fields | Called) for v in (a, b)):
             raise self.fail("a whole predictor result in a conditional expression", node)
         then.append({"set": {var: a}})
@@ -920,7 +1006,7 @@ class _Compiler:
         self.branches += 1
         kinds = {self.kind(a), self.kind(b)}
         self.kinds[var] = kinds.pop() if len(kinds) == 1 else None  # type: ignore[assignment]
-        self.pending.append((getattr(node, "lineno", 0) + self.offset, "conditional expression", test))
+        self.pending.append((getattr(node, "lineno", 0) + self.offset, "conditional expression", test, self.depth))
         return f"${var}"
 
     def expression(self, node: ast.AST, env: dict[str, Any], steps: list[dict[str, Any]]) -> Any:
@@ -988,8 +1074,12 @@ class _Compiler:
         finally:
             self.in_condition = False
         then_env, else_env = dict(env), dict(env)
-        then, then_returns = self.block(stmt.body, then_env)
-        other, else_returns = self.block(stmt.orelse, else_env) if stmt.orelse else ([], False)
+        self.depth += 1
+        try:
+            then, then_returns = self.block(stmt.body, then_env)
+            other, else_returns = self.block(stmt.orelse, else_env) if stmt.orelse else ([], False)
+        finally:
+            self.depth -= 1
         if then_returns and not else_returns:  # only the path that falls through continues
             env.clear()
             env.update(else_env)
@@ -1016,9 +1106,19 @@ class _Compiler:
         return step, then_returns and else_returns
 
 
-def _break_at(body: list[ast.stmt]) -> int | ast.AST | None:
-    """Where the loop's one ``if <condition>: break`` stands in its body (an index), ``None`` without a break
-    or continue of this loop, or the offending node (another break or continue of this loop)."""
+def _appends_a_field(stmt: ast.For, env: dict[str, Any]) -> bool:
+    """``for x in xs: acc.append(self.p(...).field)`` with ``acc`` an empty list bound just before."""
+    inner = stmt.body[0] if len(stmt.body) == 1 and not stmt.orelse else None
+    return (isinstance(inner, ast.Expr) and isinstance(inner.value, ast.Call)
+            and isinstance(inner.value.func, ast.Attribute) and inner.value.func.attr == "append"
+            and isinstance(inner.value.func.value, ast.Name) and len(inner.value.args) == 1
+            and env.get(inner.value.func.value.id) == []
+            and isinstance(inner.value.args[0], ast.Attribute) and isinstance(inner.value.args[0].value, ast.Call))
+
+
+def _break_at(body: list[ast.stmt]) -> list[int] | ast.AST | None:
+    """Where the loop's ``if <condition>: ...; break`` (or ``continue``) blocks stand in its body (indexes),
+    ``None`` without a break or continue of this loop, or the offending node (a break or continue elsewhere)."""
     own: list[ast.AST] = []
     todo: list[ast.AST] = list(body)
     while todo:
@@ -1030,11 +1130,12 @@ def _break_at(body: list[ast.stmt]) -> int | ast.AST | None:
             todo.extend(ast.iter_child_nodes(node))
     if not own:
         return None
-    for i, stmt in enumerate(body):
-        if (isinstance(stmt, ast.If) and len(stmt.body) == 1 and isinstance(stmt.body[0], ast.Break)
-                and not stmt.orelse and own == [stmt.body[0]]):
-            return i
-    return min(own, key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+    at = [i for i, stmt in enumerate(body)  # each ends an `if` block without else
+          if isinstance(stmt, ast.If) and not stmt.orelse and any(stmt.body[-1] is n for n in own)]
+    elsewhere = [n for n in own if not any(body[i].body[-1] is n for i in at)]  # type: ignore[attr-defined]
+    if elsewhere:
+        return min(elsewhere, key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+    return at
 
 
 def _int_index(node: ast.AST) -> int | None:
@@ -1050,10 +1151,11 @@ def _int_index(node: ast.AST) -> int | None:
 def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[str, list[str]], *,
                     types: dict[str, dict[str, str]] | None = None,
                     tools: dict[int, tuple[str, list[str]]] | None = None,
-                    positional: dict[str, str] | None = None) -> Compiled:
+                    positional: dict[str, str] | None = None, list_inputs: tuple[str, ...] = ()) -> Compiled:
     """The steps of ``type(obj).method`` (see the module docstring), or :class:`Unsupported`. ``types``:
     each module's output types; ``tools``: registered tool functions (by ``id``) as (module, parameters);
-    ``positional``: the input a module's one positional argument is (``dspy.Retrieve``: ``query``)."""
+    ``positional``: the input a module's one positional argument is (``dspy.Retrieve``: ``query``);
+    ``list_inputs``: inputs typed as lists in the program (a loop may go over them)."""
     func = getattr(type(obj), method)
     try:
         lines, start = inspect.getsourcelines(func)
@@ -1070,6 +1172,7 @@ def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[
     compiler = _Compiler(obj, names, outputs, start - 1, params, types=types, tools=tools, positional=positional,
                          globals_=getattr(inspect.unwrap(func), "__globals__", {}))
     compiler.source_names = {n.id for n in ast.walk(fdef) if isinstance(n, ast.Name)} | set(params)
+    compiler.lists = {f"$inputs.{name}": True for name in list_inputs}
     env: dict[str, Any] = {p: f"$inputs.{p}" for p in params}
     body = fdef.body
     if isinstance(fdef, ast.AsyncFunctionDef):
@@ -1078,7 +1181,8 @@ def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[
     if not returns:
         raise Unsupported("a path through forward does not return", start)
     return Compiled(steps, compiler.returns, compiler.calls, compiler.branches, compiler.mapped_lines,
-                    compiler.loops, compiler.as_modules, list(dict.fromkeys(compiler.whole)), compiler.proven)
+                    compiler.loops, compiler.as_modules, list(dict.fromkeys(compiler.whole)), compiler.proven,
+                    compiler.over_lines)
 
 
 def _unawait(stmt: ast.stmt) -> ast.stmt:

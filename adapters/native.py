@@ -34,7 +34,7 @@ from stepbridge.program import (
     RetrieveModule,
     ToolModule,
 )
-from stepbridge.result import LMCall, RunResult, fast_construct
+from stepbridge.result import LMCall, RunResult, constructor
 from stepbridge.signature import Signature
 
 if TYPE_CHECKING:
@@ -103,6 +103,18 @@ class Predictor:
         config = self.lm_config if ctx.options.lm is None else self.lm_config.merged(ctx.options.lm)
         return config.adapter or "chat"
 
+    def step_call(self, args: dict[str, Any], ctx: RunContext,
+                  calls: list[LMCall]) -> Coroutine[Any, Any, dict[str, Any]]:
+        """A program step's call (the interpreter's): :meth:`__call__` without an :class:`Invocation`, and
+        when the run does not override the LM, the completion's coroutine itself (no frame around it)."""
+        if ctx.options.lm is None:
+            loop = asyncio.get_running_loop()
+            plain = self._plain
+            if plain is None or plain[0] is not loop:
+                plain = self._plain_call(loop)
+            return self._complete(plain[2], args, plain[3], plain[1], ctx, calls)
+        return self(args, Invocation(ctx, calls))
+
     async def __call__(self, args: dict[str, Any], inv: Invocation) -> dict[str, Any]:
         ctx = inv.ctx
         if ctx.options.lm is None and inv.temperature is None and inv.rollout_id is None and inv.hints is None:
@@ -110,8 +122,7 @@ class Predictor:
             loop = asyncio.get_running_loop()
             plain = self._plain
             if plain is None or plain[0] is not loop:
-                client, model, profile = self.adapter.lm.resolve(self.lm_config)
-                plain = self._plain = (loop, client, *self._settings(self.lm_config, model, profile, inv))
+                plain = self._plain_call(loop)
             _, client, prompt, request = plain
         else:
             if ctx.options.lm is None:
@@ -127,68 +138,77 @@ class Predictor:
                 from stepbridge.ensembles import HINT_FIELD
 
                 args = {**args, HINT_FIELD: inv.hints.get(self.name, "N/A")}
-            prompt, request = self._settings(config, model, profile, inv)
-        try:
-            outputs = await self._complete(prompt, args, request, client, ctx, inv.calls)
-        except LMParseError:
-            fallback = prompt.fallback()
-            if fallback is None:
-                raise
-            # DSPy's ChatAdapter (and XMLAdapter) retries once with the JSON adapter when its format did not parse.
-            outputs = await self._complete(fallback, args, request, client, ctx, inv.calls)
+            prompt, request = self._settings(config, model, profile, inv.temperature, inv.rollout_id,
+                                             inv.hints is not None)
+        outputs = await self._complete(prompt, args, request, client, ctx, inv.calls)
         if inv.trace is not None:
             inv.trace.append((self.name, dict(args), dict(outputs)))
         return outputs
 
-    def _settings(self, config: LMConfig, model: str, profile: LMProfile, inv: Invocation) -> tuple[Prompt, _Request]:
+    def _plain_call(self, loop: asyncio.AbstractEventLoop) -> tuple[asyncio.AbstractEventLoop, Any, Prompt, _Request]:
+        """The client, prompt and request of a call nothing adjusts, kept for ``loop``."""
+        client, model, profile = self.adapter.lm.resolve(self.lm_config)
+        plain = self._plain = (loop, client, *self._settings(self.lm_config, model, profile, None, None, False))
+        return plain
+
+    def _settings(self, config: LMConfig, model: str, profile: LMProfile, attempt_temperature: float | None,
+                  rollout_id: int | None, hinted: bool) -> tuple[Prompt, _Request]:
         """The prompt and request settings of a call: the format, then the temperature (the predictor's own,
         the attempt's, the config's, the profile's) and the completions."""
         mode: AdapterName = config.adapter or "chat"
-        prompt = self.prompt(mode, inv.hints is not None)
+        prompt = self.prompt(mode, hinted)
         temperature = self.temperature
         if temperature is None:
-            temperature = inv.temperature
+            temperature = attempt_temperature
         if temperature is None:
             temperature = config.temperature if config.temperature is not None else profile.temperature
         n = config.n or 1
         if n > 1 and (temperature is None or temperature <= 0.15):
             temperature = 0.7  # dspy.Predict keeps several completions apart this way
         return prompt, _Request(model, temperature, config.max_tokens if config.max_tokens is not None
-                                else profile.max_tokens, inv.rollout_id, n)
+                                else profile.max_tokens, rollout_id, n)
 
     async def _complete(self, prompt: Prompt, args: dict[str, Any], req: _Request, client: Any, ctx: RunContext,
                         calls: list[LMCall]) -> dict[str, Any]:
+        """The call's outputs; a reply the format cannot parse is asked again with the JSON format, as
+        DSPy's ChatAdapter (and XMLAdapter) retries once with the JSON adapter."""
         messages = prompt.messages(args)
         request = ChatRequest(req.model, messages, req.temperature, req.max_tokens, prompt.response_format(),
                               req.rollout_id)
         model = req.model
-        if req.n == 1:  # the usual call: one completion, without the lists and loops below
-            try:
-                response = await client.complete(request)
-            except LMError as exc:
-                calls.append(_call(model=model, messages=messages, error=exc.to_dict()))
+        try:
+            if req.n == 1:  # the usual call: one completion, without the lists and loops below
+                try:
+                    response = await client.complete(request)
+                except LMError as exc:
+                    calls.append(_call(model=model, messages=messages, error=exc.to_dict()))
+                    raise
+                usage = ctx.usage
+                usage.add(response.usage)
+                usage.__dict__["lm_calls"] += 1
+                return self._parsed(prompt, response, model, messages, calls)
+            # n completions: DSPy's LM engine asks for them as that many requests, one after the other
+            responses = []
+            for _ in range(req.n):
+                try:
+                    response = await client.complete(request)
+                except LMError as exc:
+                    calls.append(_call(model=model, messages=messages, error=exc.to_dict()))
+                    raise
+                ctx.usage.add(response.usage, calls=1)
+                responses.append(response)
+            first: dict[str, Any] | None = None
+            for response in responses:  # every completion is parsed, as DSPy's adapter parses them all
+                parsed = self._parsed(prompt, response, model, messages, calls)
+                if first is None:
+                    first = parsed  # the outputs come from the first completion, as in dspy.Prediction
+            assert first is not None
+            return first
+        except LMParseError:
+            fallback = prompt.fallback()
+            if fallback is None:
                 raise
-            usage = ctx.usage
-            usage.add(response.usage)
-            usage.__dict__["lm_calls"] += 1
-            return self._parsed(prompt, response, model, messages, calls)
-        # n completions: DSPy's LM engine asks for them as that many requests, one after the other
-        responses = []
-        for _ in range(req.n):
-            try:
-                response = await client.complete(request)
-            except LMError as exc:
-                calls.append(_call(model=model, messages=messages, error=exc.to_dict()))
-                raise
-            ctx.usage.add(response.usage, calls=1)
-            responses.append(response)
-        first: dict[str, Any] | None = None
-        for response in responses:  # every completion is parsed, as DSPy's adapter parses them all
-            parsed = self._parsed(prompt, response, model, messages, calls)
-            if first is None:
-                first = parsed  # the outputs come from the first completion, as in dspy.Prediction
-        assert first is not None
-        return first
+            return await self._complete(fallback, args, req, client, ctx, calls)
 
     @staticmethod
     def _parsed(prompt: Prompt, response: ChatResponse, model: str, messages: list[dict[str, Any]],
@@ -200,7 +220,7 @@ class Predictor:
             calls.append(_call(model=model, messages=messages, response=response.text, usage=response.usage,
                                latency_ms=response.latency_ms, cached=response.cached, error=exc.to_dict()))
             raise
-        calls.append(fast_construct(LMCall, {  # _call's fields, without its call (one per LM call)
+        calls.append(_lm_call({  # _call's fields, without its call (one per LM call)
             "model": model, "messages": messages, "response": response.text, "usage": response.usage or {},
             "latency_ms": response.latency_ms, "cached": response.cached, "error": None}))
         return parsed
@@ -279,14 +299,19 @@ class NativeAdapter:
         self.map_concurrency = map_concurrency
         # bounded: programs (and pool requests) choose how many distinct plans a process sees
         self._plans: LRU[tuple[str, Path | None], _Plan] = LRU(MAX_PLANS)
+        self._last: tuple[tuple[str, Path | None], _Plan] | None = None  # the plan the last run used, by key
 
     async def prepare(self, program: Program) -> None:
         self._plan(program)
 
     def _plan(self, program: Program) -> _Plan:
         key = program.plan_key  # relative corpora resolve against base_dir
+        last = self._last
+        if last is not None and last[0] is key:  # the same program object as the last run's: no LRU lock
+            return last[1]
         compiled = self._plans.get(key)
         if compiled is not None:
+            self._last = (key, compiled)
             return compiled
         for module_name, module in program.modules.items():
             if isinstance(module, DspyModule):
@@ -328,6 +353,8 @@ class NativeAdapter:
         await self.lm.aclose()
 
 
+_lm_call = constructor(LMCall)  # an LM call's record with every field given, unvalidated (one per call)
+
 #: prepared plans an adapter keeps (least recently used out first)
 MAX_PLANS = 256
 
@@ -337,20 +364,25 @@ _RAW_OUTPUTS = frozenset({"react", "best_of_n", "refine", "multi_chain_compariso
 
 def _module_call(program: Program, runners: dict[str, Runner]) -> ModuleCall:
     """How the plan's steps call their modules: each module's entry point looked up once, per plan."""
-    invokers: dict[str, Callable[[dict[str, Any], Invocation], Awaitable[dict[str, Any]]]] = {}
+    invokers: dict[str, Callable[[dict[str, Any], RunContext, list[LMCall]], Awaitable[dict[str, Any]]]] = {}
     for name, runner in runners.items():
         if isinstance(runner, _LMRunner):
-            invokers[name] = runner.predictor.__call__  # its coroutine, without the runner's frame around it
+            invokers[name] = runner.predictor.step_call  # its coroutine, without the runner's frame around it
         elif program.modules[name].type in _RAW_OUTPUTS:
-            invokers[name] = functools.partial(_as_data, runner)
+            invokers[name] = functools.partial(_with_invocation, functools.partial(_as_data, runner))
         else:
-            invokers[name] = runner.invoke
+            invokers[name] = functools.partial(_with_invocation, runner.invoke)
 
     def call(step: PlanStep, args: dict[str, Any], ctx: RunContext, calls: list[LMCall]) -> Any:
         assert step.module is not None  # call and map steps name their module
-        return invokers[step.module](args, Invocation(ctx, calls))
+        return invokers[step.module](args, ctx, calls)
 
     return call
+
+
+def _with_invocation(invoke: Callable[[dict[str, Any], Invocation], Awaitable[dict[str, Any]]],
+                     args: dict[str, Any], ctx: RunContext, calls: list[LMCall]) -> Awaitable[dict[str, Any]]:
+    return invoke(args, Invocation(ctx, calls))
 
 
 async def _as_data(runner: Runner, args: dict[str, Any], inv: Invocation) -> dict[str, Any]:
@@ -363,5 +395,5 @@ def _call(*, model: str, messages: list[dict[str, Any]], response: str | None = 
           usage: dict[str, Any] | None = None, latency_ms: float = 0.0, cached: bool = False,
           error: dict[str, Any] | None = None) -> LMCall:
     # every field given and no validation: one per LM call on the hot path
-    return fast_construct(LMCall, {"model": model, "messages": messages, "response": response, "usage": usage or {},
+    return _lm_call({"model": model, "messages": messages, "response": response, "usage": usage or {},
                                    "latency_ms": latency_ms, "cached": cached, "error": error})

@@ -263,6 +263,11 @@ class Pump:
             send(sock, frame, _MORE)
         send(sock, frames[-1], _LAST)
 
+    @property
+    def queued(self) -> bool:
+        """Messages wait for the end of this loop turn (:meth:`send_soon`): a direct send would overtake them."""
+        return bool(self._outbox)
+
     def send_soon(self, frames: list[bytes]) -> bool:
         """Send at the end of this loop turn, together with anything else queued meanwhile (fewer
         wake-ups of the I/O thread under load). A failure is logged; use :meth:`send` to be told."""

@@ -340,12 +340,15 @@ class Worker:
         return session.pump.send(p.encode(body, request_id))
 
     def _send_frames(self, frames: list[bytes]) -> bool:
-        """Queue a reply; replies finished in the same loop turn leave together (one wake-up of the
-        socket's I/O thread instead of one per reply)."""
+        """Send a reply. While other runs are in flight it is queued, and replies finished in the same
+        loop turn leave together (one wake-up of the socket's I/O thread instead of one per reply); the
+        only run's reply leaves at once (a loop turn less of latency, nothing to share the wake-up with)."""
         session = self._session
         if session is None:
             return False
-        return session.pump.send_soon(frames)
+        if self._tasks or session.pump.queued:
+            return session.pump.send_soon(frames)
+        return session.pump.send(frames)
 
     async def _beater(self, session: _Session) -> None:
         # READY until the router answers (it answers READY with a HEARTBEAT); until the connection

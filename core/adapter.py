@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field
 
 from .program import LMConfig, Program
-from .result import RunResult, fast_construct
+from .result import RunResult, constructor
 
 __all__ = ["CAPABILITIES", "Adapter", "RunOptions", "new_execution_id"]
 
@@ -107,8 +107,8 @@ class RunOptions(BaseModel):
     def plain(cls, execution_id: str, *, timeout: float | None, attempt: int) -> RunOptions:
         """Options with nothing set besides id, budget and attempt, built without a validation pass
         (the pool worker builds one per request from values its wire format already checked)."""
-        return fast_construct(cls, {"execution_id": execution_id, "timeout": timeout, "lm": None, "attempt": attempt,
-                                    "idempotency_key": None, "cache": None, "metadata": {}})
+        return _plain_options({"execution_id": execution_id, "timeout": timeout, "lm": None, "attempt": attempt,
+                               "idempotency_key": None, "cache": None, "metadata": {}})
 
     def extras(self) -> dict[str, Any]:
         """The options set besides execution id, attempt and timeout, as JSON (non-defaults only): what
@@ -117,6 +117,9 @@ class RunOptions(BaseModel):
         if d["lm"] is None and d["idempotency_key"] is None and d["cache"] is None and not d["metadata"]:
             return {}
         return self.model_dump(mode="json", exclude={"execution_id", "attempt", "timeout"}, exclude_defaults=True)
+
+
+_plain_options = constructor(RunOptions)  # every field given, unvalidated (one per run)
 
 
 @runtime_checkable

@@ -166,6 +166,7 @@ class Prompt:
 
     __slots__ = (
         "_fallback",
+        "_heads",
         "_history",
         "_in",
         "_json_out",
@@ -200,6 +201,8 @@ class Prompt:
         self._fallback: Prompt | None = None
         self.system = self._system_message()
         self._requirements = self._output_requirements()
+        # the main user message's field headers (chat and JSON): (name, header, is_str) per input field
+        self._heads = tuple((n, f"[[ ## {n} ## ]]\n", f.is_str) for n, f in self._in.items())
         prefix: list[dict[str, str]] = [{"role": "system", "content": self.system}]
         prefix.extend(self._demo_messages())
         self._prefix: tuple[dict[str, str], ...] = tuple(prefix)
@@ -246,13 +249,14 @@ class Prompt:
 
     @staticmethod
     def _describe(specs: Mapping[str, FieldSpec], fields: Mapping[str, FieldType] | None = None) -> str:
-        """``get_field_description_string``: ``1. `name` (type): desc`` per field."""
+        """``get_field_description_string``: ``1. `name` (type): desc`` per field (and its constraints)."""
         if fields is None:
             fields = resolve_fields(specs, None)
         lines = []
         for idx, (name, spec) in enumerate(specs.items()):
             desc = spec.desc if spec.desc is not None and spec.desc != f"${{{name}}}" else ""
-            lines.append(f"{idx + 1}. `{name}` ({annotation_name(fields[name].annotation)}): {desc}")
+            constraints = f"\nConstraints: {spec.constraints}" if spec.constraints else ""
+            lines.append(f"{idx + 1}. `{name}` ({annotation_name(fields[name].annotation)}): {desc}{constraints}")
         return "\n".join(lines).strip()
 
     def _output_requirements(self) -> str:
@@ -310,6 +314,18 @@ class Prompt:
         parts.append("")
         return "\n\n".join(parts).strip()
 
+    def _main_content(self, inputs: Mapping[str, Any]) -> str:
+        """``_user_content(self._in, inputs, "", True)`` for chat and JSON, per call: the same text without
+        the empty first and last parts its ``strip()`` removes again (fields start with ``[[``, the
+        requirements end with ``.``)."""
+        parts = []
+        for name, head, is_str in self._heads:
+            if name in inputs:
+                value = inputs[name]
+                parts.append(head + (value if type(value) is str else format_value(value, is_str)))
+        parts.append(self._requirements)
+        return "\n\n".join(parts)
+
     def _assistant_content(self, outputs: Mapping[str, Any], missing: str | None) -> str:
         values = {name: outputs.get(name, missing) for name in self._out}
         if self.adapter == "json":
@@ -366,7 +382,8 @@ class Prompt:
         out = list(map(dict, self._prefix))
         values = self.typed_inputs(inputs) if self._typed_inputs else inputs  # read, never changed, here
         if self._history is None:
-            out.append({"role": "user", "content": self._user_content(self._in, values, "", True)})
+            out.append({"role": "user", "content": self._main_content(values) if self.adapter != "xml"
+                        else self._user_content(self._in, values, "", True)})
             return out
         rest = {n: f for n, f in self._in.items() if n != self._history}
         if self._history in values:
@@ -550,5 +567,8 @@ def to_dspy_signature(signature: Signature, name: str = "StringSignature", types
         resolved = resolve_fields(group, types)
         for field_name, spec in group.items():
             kwargs = {"desc": spec.desc} if spec.desc is not None else {}
-            fields[field_name] = (dspy_annotation(resolved[field_name]), make(**kwargs))
+            info = make(**kwargs)
+            if spec.constraints:  # the text DSPy derives from ge/le/...: kept as text, as DSPy keeps it
+                info.json_schema_extra["constraints"] = spec.constraints
+            fields[field_name] = (dspy_annotation(resolved[field_name]), info)
     return dspy.Signature(fields, signature.instructions, signature_name=name)

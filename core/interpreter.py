@@ -24,7 +24,7 @@ from .adapter import RunOptions
 from .errors import OperationError, RunTimeoutError, StepbridgeError, StepError
 from .operations import SIZES_KEY, WORK_KEY, truthy
 from .program import CallStep, IfStep, LoopStep, MapStep, ParallelStep, Program, ReturnStep, SetStep, SwitchStep
-from .result import LMCall, RunResult, StepTrace, Usage, fast_construct
+from .result import LMCall, RunResult, StepTrace, Usage, constructor, fast_construct
 from .values import Getter, compile_args, compile_value, parse_value
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 DEFAULT_MAP_CONCURRENCY = 16
+_step_trace = constructor(StepTrace)  # a record with every field given, unvalidated: two per loop pass
 _YIELD_EVERY = 64  # loop passes between explicit yields to the event loop (timeouts, cancellation)
 
 
@@ -221,7 +222,7 @@ class _Run:
                 except BaseException as exc:
                     self.fail(exc, step.pointer, step.index, kind, step.module, step.module_type, args, calls, None,
                               began, passes)
-                self.trace.append(fast_construct(StepTrace, {  # _record's fields, without its call
+                self.trace.append(_step_trace({  # _record's fields, without its call
                     "step": step.index, "kind": kind, "module": step.module, "module_type": step.module_type,
                     "inputs": args, "outputs": result, "lm_calls": calls, "children": [],
                     "duration_ms": (time.perf_counter() - began) * 1000, "error": None, "pointer": step.pointer,
@@ -236,7 +237,7 @@ class _Run:
                     values = step.value(scope)
                 except Exception as exc:
                     self.fail(exc, step.pointer, step.index, kind, None, None, {}, None, None, began, passes)
-                self.trace.append(fast_construct(StepTrace, {  # _record's fields, without its call
+                self.trace.append(_step_trace({  # _record's fields, without its call
                     "step": step.index, "kind": kind, "module": None, "module_type": None, "inputs": {},
                     "outputs": values, "lm_calls": [], "children": [],
                     "duration_ms": (time.perf_counter() - began) * 1000, "error": None, "pointer": step.pointer,
@@ -500,7 +501,7 @@ def _record(*, step: int, kind: str, module: str | None = None, module_type: str
             children: list[StepTrace] | None = None, duration_ms: float = 0.0,
             error: dict[str, Any] | None = None, pointer: str = "", passes: tuple[int, ...] = ()) -> StepTrace:
     # every field given and no validation: this runs per step on the hot path
-    return fast_construct(StepTrace, {
+    return _step_trace({
         "step": step, "kind": kind, "module": module, "module_type": module_type,
         "inputs": inputs if inputs is not None else {}, "outputs": outputs,
         "lm_calls": lm_calls if lm_calls is not None else [], "children": children if children is not None else [],

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from .signature import (
     BUILTIN_TYPE_NAMES,
@@ -174,6 +174,13 @@ class ObjectFieldSpec(FieldSpec):
     with one is not required, like ``country: str = "FR"`` in a pydantic model)."""
 
     default: Any = Field(default=None, description="the value when the field is left out (JSON data)")
+
+    @model_validator(mode="after")
+    def _no_constraints(self) -> ObjectFieldSpec:
+        if self.constraints is not None:  # a model's Field(ge=...) is a JSON schema bound, not DSPy's text
+            raise ValueError("an object type's field takes no 'constraints' (they are printed for signature "
+                             "fields only)")
+        return self
 
     @property
     def has_default(self) -> bool:

@@ -32,6 +32,7 @@ __all__ = [
     "WORK_KEY",
     "Operation",
     "OperationTypeError",
+    "concat_two",
     "json_equal",
     "measure",
     "operation_error",
@@ -131,7 +132,7 @@ def measure(value: Any, pointer: str, what: str, scope: dict[str, Any] | None = 
     return value
 
 
-def measure_concat(result: list[Any], parts: list[Any], pointer: str, what: str,
+def measure_concat(result: list[Any], parts: Sequence[Any], pointer: str, what: str,
                    scope: dict[str, Any] | None) -> None:
     """:func:`measure` for ``result``, the concatenation of the lists ``parts``, from the parts' sizes.
 
@@ -166,6 +167,13 @@ def _remember(sizes: dict[int, tuple[list[Any], int, int, int]] | None, value: l
 
 def _size(value: list[Any] | dict[str, Any], pointer: str, what: str) -> tuple[int, int]:
     """(values, characters of text) in ``value``, checked against the bounds."""
+    if type(value) is list and len(value) == 1 and type(value[0]) is str:  # ``[$r.answer]``, a loop's append
+        chars = len(value[0])
+        if MAX_ITEMS < 2:  # the list and its text
+            raise _limit(pointer, what, f"has more than {MAX_ITEMS:,} values")
+        if chars > MAX_CHARS:
+            raise _limit(pointer, what, f"holds more than {MAX_CHARS:,} characters of text")
+        return 2, chars
     children = value.values() if isinstance(value, dict) else value
     kinds = set(map(type, children))
     if kinds <= _FLAT and isinstance(value, list):  # the common case: a flat list, at C speed
@@ -701,6 +709,17 @@ def run_operation(op: Operation, args: Any, pointer: str, scope: dict[str, Any] 
         units = _units(result) + (sum(_units(a) for a in args) if op.arity is not None else _units(args))
         if units:
             _charge(scope, units, pointer, f"${op.name}")
+    return result
+
+
+def concat_two(op: Operation, a: Any, b: Any, pointer: str, scope: dict[str, Any] | None = None) -> Any:
+    """``run_operation(op, [a, b], ...)`` for ``$concat`` (``op``) of two values: two lists (a loop appending
+    to its state) joined and measured in this frame, the same result, bounds and charge; anything else
+    (text, mixed, a result too long) takes the general path."""
+    if type(a) is not list or type(b) is not list or len(a) + len(b) > MAX_ITEMS:
+        return run_operation(op, [a, b], pointer, scope)
+    result = a + b
+    measure_concat(result, (a, b), pointer, "$concat", scope)
     return result
 
 

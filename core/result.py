@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["LMCall", "RunResult", "StepTrace", "Usage", "fast_construct"]
+__all__ = ["LMCall", "RunResult", "StepTrace", "Usage", "constructor", "fast_construct"]
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -117,6 +118,24 @@ def fast_construct(cls: type[_M], values: dict[str, Any]) -> _M:
     _set_extra(obj, None)
     _set_private(obj, None)
     return obj
+
+
+def constructor(cls: type[_M]) -> Callable[[dict[str, Any]], _M]:
+    """:func:`fast_construct` for ``cls``, prepared once: every field must be given (the per-step trace
+    records and LM-call records, built several times per loop pass, skip its per-call lookups)."""
+    fields = _all_fields(cls)
+    if not fields:
+        raise TypeError(f"{cls.__name__} accepts extra fields: use fast_construct")
+
+    def construct(values: dict[str, Any]) -> _M:
+        obj = _new(cls)
+        _setattr(obj, "__dict__", values)
+        _set_fields(obj, fields)
+        _set_extra(obj, None)
+        _set_private(obj, None)
+        return obj
+
+    return construct
 
 
 #: Per model: the one set of all its field names that objects built with every field share (a set per

@@ -684,17 +684,28 @@ def parse_type(text: str) -> TypeExpr:
 
 
 class FieldSpec(BaseModel):
-    """One input or output field: a type and an optional description."""
+    """One input or output field: a type, an optional description and, as DSPy prints them, constraints."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: str = "str"
     desc: str | None = Field(default=None, max_length=20_000)
+    constraints: str | None = Field(
+        default=None, max_length=20_000,
+        description="text printed under the field's description as DSPy prints a field's pydantic constraints "
+                    "(`Constraints: greater than or equal to: 0, ...`); like DSPy, replies are not checked against it")
 
     @field_validator("type")
     @classmethod
     def _check_type(cls, value: str) -> str:
         return str(parse_type(value))
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("constraints") is None:  # dumps as before it existed
+            data.pop("constraints", None)
+        return data
 
     @property
     def type_expr(self) -> TypeExpr:
@@ -810,7 +821,7 @@ class Signature(BaseModel):
     def _serialize(self, handler: Any) -> Any:
         # Short form when nothing but names and types is set: the files stay readable.
         if self.instructions is None and all(
-            f.desc is None for f in (*self.inputs.values(), *self.outputs.values())
+            f.desc is None and f.constraints is None for f in (*self.inputs.values(), *self.outputs.values())
         ):
             return self.to_string()
         return handler(self)
@@ -824,10 +835,13 @@ class Signature(BaseModel):
 
     def canonical(self) -> dict[str, Any]:
         """The long form with every default spelled out: what the content hash sees."""
+        def spec(f: FieldSpec) -> dict[str, Any]:  # constraints only when set: older files keep their hash
+            return {"type": f.type, "desc": f.desc, **({"constraints": f.constraints} if f.constraints else {})}
+
         return {
             "instructions": self.instructions,
-            "inputs": {k: {"type": f.type, "desc": f.desc} for k, f in self.inputs.items()},
-            "outputs": {k: {"type": f.type, "desc": f.desc} for k, f in self.outputs.items()},
+            "inputs": {k: spec(f) for k, f in self.inputs.items()},
+            "outputs": {k: spec(f) for k, f in self.outputs.items()},
         }
 
     def with_instructions(self, instructions: str | None) -> Signature:

@@ -26,6 +26,7 @@ from .operations import (
     DOMAIN_ERRORS,
     MAX_VALUE_DEPTH,
     OPERATIONS,
+    concat_two,
     measure,
     operation_error,
     run_lazy,
@@ -357,6 +358,8 @@ def _compile_op(op: Op) -> Getter:
         second = op.args[1]  # a literal scalar (``{$ge: [$n, 3]}``) is taken as is
         g1 = None if not isinstance(second, Ref | Op | list | dict) else compile_value(
             second, f"{base}/1", measured=not spec.joins)
+        if spec.name == "concat":  # a loop's growing state: without run_operation's and _concat's frames
+            return lambda scope: concat_two(spec, g0(scope), second if g1 is None else g1(scope), pointer, scope)
         if not pure:
             return lambda scope: run_operation(spec, [g0(scope), second if g1 is None else g1(scope)], pointer,
                                                scope)

@@ -511,3 +511,29 @@ def test_native_path_does_not_need_dspy() -> None:
         "assert 'dspy' not in sys.modules, 'dspy imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+_field_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(alphabet=" \n\t\r\u2028ab[]#é", max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=6)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None, max_examples=300)
+@given(st.sampled_from(list(SIGS)), st.sampled_from(["chat", "json"]), st.data())
+def test_main_user_message_is_the_general_one(name: str, adapter: str, data: st.DataObject) -> None:
+    """The per-call user message (fields given or not, any values, edge whitespace) is the text the general
+    renderer (demos, history) gives."""
+    prompt = Prompt(SIGS[name], adapter=adapter)
+    names = list(SIGS[name].inputs)
+    given_names = data.draw(st.lists(st.sampled_from(names), unique=True) if names else st.just([]))
+    inputs = {n: data.draw(_field_values) for n in given_names}
+
+    def outcome(render: Any) -> Any:
+        try:
+            return render()
+        except Exception as exc:  # values inputs validation would refuse: the same failure either way
+            return type(exc).__name__
+
+    assert outcome(lambda: prompt._main_content(inputs)) == outcome(
+        lambda: prompt._user_content(prompt._in, inputs, "", True))

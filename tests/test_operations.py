@@ -4,6 +4,7 @@ that hold for the run-time result, and the size bounds."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from typing import Any
@@ -331,3 +332,58 @@ def test_remembered_sizes_stay_bounded() -> None:
     for i in range(100):
         run_operation(OPERATIONS["concat"], [[i], [i]], "/p", scope)
     assert len(scope[operations.SIZES_KEY]) <= 16
+
+
+def _outcome(run: Any, scope: dict[str, Any]) -> tuple[Any, ...]:
+    try:
+        result = run(scope)
+    except OperationError as exc:
+        return ("error", str(exc), exc.pointer, exc.operation, scope[operations.WORK_KEY][0])
+    return ("ok", json.dumps(result), scope[operations.WORK_KEY][0])
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.lists(json_values, max_size=6) | st.text(max_size=6) | json_values,
+       st.lists(json_values, max_size=6) | st.text(max_size=6) | json_values,
+       st.integers(0, 40), st.sampled_from([None, 6, 10**6]), st.sampled_from([None, 12, 2**23]), st.booleans())
+def test_concat_two_is_run_operation(a: Any, b: Any, budget: int, max_items: int | None, max_chars: int | None,
+                                     remembered: bool) -> None:
+    """The interpreter's two-value ``$concat`` (a loop appending to its state) gives what the general path
+    gives: the same result or error (bounds, kinds, the budget), the same charge."""
+    concat = OPERATIONS["concat"]
+    original = operations.MAX_ITEMS, operations.MAX_CHARS
+    try:
+        operations.MAX_ITEMS = max_items or original[0]
+        operations.MAX_CHARS = max_chars or original[1]
+        scopes = []
+        for _ in range(2):
+            scope: dict[str, Any] = {operations.WORK_KEY: [budget], operations.SIZES_KEY: {}}
+            if remembered and isinstance(a, list):  # a loop's state, measured when it was built
+                with contextlib.suppress(OperationError):
+                    operations.measure(a, "/p", "x", {**scope, operations.WORK_KEY: [10**9]})
+            scopes.append(scope)
+        fast = _outcome(lambda s: operations.concat_two(concat, a, b, "/p", s), scopes[0])
+        general = _outcome(lambda s: run_operation(concat, [a, b], "/p", s), scopes[1])
+    finally:
+        operations.MAX_ITEMS, operations.MAX_CHARS = original
+    assert fast == general
+
+
+@given(st.text(max_size=20), st.sampled_from([1, 2, 10**6]), st.sampled_from([0, 5, 2**23]))
+def test_a_one_text_list_measures_as_walking_it(text: str, max_items: int, max_chars: int) -> None:
+    """``[$r.answer]`` (a loop's append) is sized without the walk: the same size, the same bound errors."""
+    original = operations.MAX_ITEMS, operations.MAX_CHARS
+
+    def outcome(size: Any) -> Any:
+        try:
+            return size()
+        except OperationError as exc:
+            return str(exc)
+
+    try:
+        operations.MAX_ITEMS, operations.MAX_CHARS = max_items, max_chars
+        fast = outcome(lambda: operations._size([text], "/p", "x"))
+        walked = outcome(lambda: operations._walk([text], 0, {}, "/p", "x"))
+    finally:
+        operations.MAX_ITEMS, operations.MAX_CHARS = original
+    assert fast == walked

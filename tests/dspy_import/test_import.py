@@ -124,6 +124,31 @@ def test_predictor_settings_and_ambient_adapter_are_captured(loop: Any, dspy_lm:
     assert [c.messages for s in result.trace for c in s.lm_calls] == messages
 
 
+class Bounded(dspy.Signature):
+    """Score how well the question is asked."""
+
+    question: str = dspy.InputField(max_length=200)
+    score: int = dspy.OutputField(desc="quality", ge=0, le=10)
+
+
+@pytest.mark.parametrize("adapter", [None, "json", "xml"])
+def test_field_constraints_are_printed_as_dspy_prints_them(adapter: str | None, loop: Any, dspy_lm: Any,
+                                                           native_adapter: Any) -> None:
+    predictor = dspy.ChainOfThought(Bounded)
+    formats = {"json": dspy.JSONAdapter, "xml": dspy.XMLAdapter}
+    with dspy.context(adapter=formats[adapter]() if adapter else None):
+        program, report = import_module(predictor, sample_inputs=Q, lm=dspy_lm)
+        prediction, messages = _plain(predictor, Q[1], dspy_lm)
+    assert report.status == "verified", str(report)
+    sig = program.modules["main"].signature  # type: ignore[union-attr]
+    assert sig.outputs["score"].constraints == "greater than or equal to: 0, less than or equal to: 10"
+    assert sig.inputs["question"].constraints == "maximum length: 200"
+    result = _run(loop, native_adapter, program, Q[1])
+    assert [c.messages for s in result.trace for c in s.lm_calls] == messages
+    assert "Constraints: greater than or equal to: 0, less than or equal to: 10" in messages[0][0]["content"]
+    assert result.outputs["score"] == prediction.score
+
+
 # ------------------------------------------------------------------------------------------------
 # where predictors live; traced values copied at call time
 # ------------------------------------------------------------------------------------------------
