@@ -313,6 +313,64 @@ def test_a_registered_tool_called_in_a_loop_is_a_tool_step(loop: Any, dspy_lm: A
 
 
 # ------------------------------------------------------------------------------------------------
+# a registered tool returning a dspy.Prediction (DSPy's RAG tutorial: search(question).passages)
+# ------------------------------------------------------------------------------------------------
+CORPUS_TEXT = ["The Eiffel Tower was designed by Gustave Eiffel's company.", "Mount Everest is in Nepal.",
+               "The Louvre houses the Mona Lisa."]
+
+
+def rank(query: str) -> Any:
+    words = set(query.lower().split())
+    ranked = sorted(CORPUS_TEXT, key=lambda p: -len(words & set(p.lower().split())))
+    return dspy.Prediction(passages=ranked[:2], best=ranked[0])
+
+
+def rank_varying(query: str) -> Any:  # other fields on other inputs: no fixed outputs
+    return dspy.Prediction(passages=[query], extra=1) if len(query) > 25 else dspy.Prediction(passages=[query])
+
+
+class RankedRAG(dspy.Module):
+    def __init__(self, search: Any = rank) -> None:
+        self.respond = dspy.ChainOfThought("context, question -> response")
+        self.search = search
+
+    def forward(self, question: str) -> Any:
+        found = rank(question)
+        pred = self.respond(context=found.passages, question=question)
+        return dspy.Prediction(response=pred.response, best=found.best)
+
+
+class VaryingRAG(RankedRAG):
+    def forward(self, question: str) -> Any:
+        found = rank_varying(question)
+        return self.respond(context=found.passages, question=question)
+
+
+def test_a_tool_returning_a_prediction_has_its_fields_as_outputs(loop: Any, dspy_lm: Any,
+                                                                 native_adapter: Any) -> None:
+    tools.register("rank", rank)
+    try:
+        original = RankedRAG()
+        program, report = import_module(original, sample_inputs=Q, lm=dspy_lm)
+        assert report.mode == "static" and report.status == "verified", str(report)
+        assert program.modules["rank"].signature.to_string() == "query -> passages: list[str], best"  # type: ignore[union-attr]
+        assert any("returned a dspy.Prediction with the fields passages, best" in n for n in report.notes)
+        _same_on_native(loop, native_adapter, original, program, dspy_lm, UNSEEN)
+    finally:
+        tools.unregister("rank")
+
+
+def test_a_tool_returning_predictions_of_other_fields_is_not_given_outputs(dspy_lm: Any) -> None:
+    tools.register("rank_varying", rank_varying)
+    try:
+        samples = Q  # 29 and 23 characters: the tool returns other fields
+        with pytest.raises(ConversionError, match="an attribute of something other than a predictor result"):
+            import_module(VaryingRAG(), sample_inputs=samples, lm=dspy_lm, fallback=False)
+    finally:
+        tools.unregister("rank_varying")
+
+
+# ------------------------------------------------------------------------------------------------
 # a break under a condition at the top level of a range loop, conditional expressions (DSPy's multi-hop
 # research tutorial): `A; if c: break; B` is `A; set brk = c; if not brk: B` with `until: brk`
 # ------------------------------------------------------------------------------------------------
