@@ -69,7 +69,6 @@ def files(tmp_path: Path) -> dict[str, Path]:
             "empty": write_jsonl(tmp_path / "empty.jsonl", [])}
 
 
-@pytest.mark.slow  # many CLI processes: run in CI with -m 'slow or not slow'
 def test_an_unknown_metric_field_is_refused_before_anything_runs(db_url: str, files: dict[str, Path]) -> None:
     p, data = str(files["program"]), str(files["data"])
     for command in (["eval", p, "--data", data], ["optimize", p, "--optimizer", "bootstrap", "--train", data]):
@@ -179,7 +178,6 @@ def test_a_tampered_checkpoint_or_candidate_is_refused_on_resume(db_url: str) ->
     assert json_error(cli(db_url, "optimizations", "show", oid, "--json"), 1)["type"] == "StorageError"
 
 
-@pytest.mark.slow  # one CLI process per case
 @pytest.mark.parametrize("args", [
     ["eval", "--timeout", "-1"], ["eval", "--timeout", "nan"], ["eval", "--timeout", "inf"],
     ["eval", "--timeout", "0"], ["optimize", "--metric-threshold", "nan"],
@@ -218,7 +216,6 @@ def test_a_fifo_as_data_is_refused_without_blocking(db_url: str, files: dict[str
     nothing_stored(db_url)
 
 
-@pytest.mark.slow  # one CLI process per case
 @pytest.mark.parametrize("args", [
     ["eval", "qa.yaml", "--metric", "exact_match"],            # a missing --data
     ["evals", "list", "--limit", "0"], ["evals", "list", "--bogus"], ["evals", "show"],
@@ -249,7 +246,6 @@ def test_every_import_dspy_error_is_json_under_json(tmp_path: Path) -> None:
         assert expected in error["message"], (args, error)
 
 
-@pytest.mark.slow  # many CLI processes: run in CI with -m 'slow or not slow'
 def test_evaluating_or_optimizing_a_file_publishes_only_the_result(db_url: str, files: dict[str, Path],
                                                                    tmp_path: Path) -> None:
     """As a file's runs: recorded against the content hash, not a version of its name (issue 15). An
@@ -318,7 +314,6 @@ def test_what_would_fail_once_recorded_is_refused_before(db_url: str, files: dic
     nothing_stored(db_url)
 
 
-@pytest.mark.slow  # one CLI process per case
 @pytest.mark.parametrize(("args", "kind", "code"), [
     (["executions", "show", "abc"], "ConfigurationError", 2), (["executions", "show", "abcdef12"],
                                                                "ExecutionNotFound", 1),
