@@ -141,6 +141,40 @@ def test_a_stream_closed_while_successes_are_recorded_still_records_them(store: 
     assert all(r.status == "cancelled" for r in results if r.execution_id not in ran)
 
 
+class GatedAdapter(EchoAdapter):
+    """Row q1's run ends only when the reader lets it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release: asyncio.Event | None = None
+
+    async def run(self, program: Any, inputs: dict[str, Any], options: RunOptions) -> Any:
+        if inputs["question"] == "q1":
+            assert self.release is not None
+            await self.release.wait()
+        return await super().run(program, inputs, options)
+
+
+def test_a_reader_failing_without_closing_the_stream_loses_no_success(store: Store) -> None:
+    """The reader fails (the CLI's output file, say) without closing the stream, in the loop turn before q1's
+    run ends: asyncio.run cancels every task left, and a success whose recording task had not started yet
+    was never written (q1 stayed running although it had run to the end)."""
+    adapter = GatedAdapter()
+    batches: list[str] = []
+
+    async def go() -> None:
+        adapter.release = asyncio.Event()
+        runner = Runner(adapter, store=store)
+        async for _ in runner.stream(make_program(), rows(2), concurrency=2, on_batch=batches.append):
+            adapter.release.set()
+            raise OSError("no space left on device")
+
+    with pytest.raises(OSError, match="no space"):
+        asyncio.run(go())
+    results = store.batch_results(batches[0])
+    assert [(r.index, r.status) for r in results] == [(0, "succeeded"), (1, "succeeded")]
+
+
 def test_rows_with_a_known_idempotency_key_are_the_existing_execution(store: Store) -> None:
     program = make_program()
     adapter = EchoAdapter()
