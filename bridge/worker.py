@@ -57,7 +57,7 @@ from stepbridge.errors import (
 )
 from stepbridge.program import Program
 from stepbridge.runner import check_run
-from stepbridge.secrets import might_hold_secret, scrub, scrub_process_output
+from stepbridge.secrets import frame_might_hold_secret, scrub, scrub_process_output
 
 from . import protocol as p
 from .data import DEFAULT_CACHE_BYTES, DataCache, corpora, manifest_key
@@ -392,7 +392,7 @@ class Worker:
                 self._send(error_reply(WorkerLostError(f"worker {self.worker_id} refused the request: {reason}",
                                                        worker=self.worker_id), body.attempt), msg.request_id)
                 return
-            self._tasks[msg.request_id] = asyncio.ensure_future(self._execute(msg.request_id, body))
+            self._tasks[msg.request_id] = asyncio.get_running_loop().create_task(self._execute(msg.request_id, body))
         elif isinstance(body, p.Cancel):
             running = self._tasks.get(msg.request_id)
             if running is not None:
@@ -428,7 +428,7 @@ class Worker:
         try:
             await self._run(request_id, req)
         finally:  # (the usual paths have freed the slot already, before answering)
-            if self._tasks.get(request_id) is asyncio.current_task():
+            if request_id in self._tasks and self._tasks[request_id] is asyncio.current_task():
                 del self._tasks[request_id]
 
     async def _run(self, request_id: bytes, req: p.Request) -> None:
@@ -469,7 +469,7 @@ class Worker:
                 frames = p.encode(reply, request_id)
             # This worker's own secrets (its profiles' keys) never leave it: the process recording the
             # reply may not know them. One scan of the encoded body; the result is rebuilt only on a hit.
-            if reply.result is not None and might_hold_secret(frames[-1].decode("latin-1")):
+            if reply.result is not None and frame_might_hold_secret(frames[-1]):
                 reply = p.Reply(attempt=req.attempt, result=scrub(result.model_dump(mode="json")))
                 frames = p.encode(reply, request_id)
             frames_ok = self._send_frames(frames)
