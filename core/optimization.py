@@ -25,6 +25,7 @@ parent is the original, with the optimizer, its settings, the data hashes and bo
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -735,7 +736,7 @@ def _checked_checkpoint(checkpoint: dict[str, Any], candidates: list[dict[str, A
         if set(state.traces) != names or not set(state.teacher_demos or {}) <= names:
             raise refuse(f"checkpoint {key!r} (its modules are not the program's predictors)")
         taken = state.bootstrapped  # the loop appends each example's index once, in order, below next
-        if any(i < 0 or i >= state.next for i in taken) or any(a >= b for a, b in zip(taken, taken[1:])):
+        if any(i < 0 or i >= state.next for i in taken) or any(a >= b for a, b in itertools.pairwise(taken)):
             raise refuse(f"checkpoint {key!r} (its bootstrapped examples are not distinct indexes, in order, "
                          "below next)")
         checked[key] = state.model_dump(exclude_none=True)
