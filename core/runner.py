@@ -287,7 +287,7 @@ class Runner:
             error.__cause__ = exc
             return error
 
-        async def record(item: BatchItem, execution_id: str, result: RunResult) -> None:
+        async def record(item: BatchItem, execution_id: str, result: RunResult, slot: bool) -> None:
             unstarted.pop(execution_id, None)
             try:
                 await self._succeed(execution_id, result)
@@ -295,7 +295,8 @@ class Runner:
             except Exception as exc:
                 item.error = failed_outside(item, exc)
             finally:
-                recording.release()
+                if slot:
+                    recording.release()
                 done.put_nowait(item)
 
         async def worker() -> None:
@@ -305,15 +306,17 @@ class Runner:
                 if opts is not None:
                     try:
                         result, execution_id = await self._execute(prog, item.inputs, opts)
-                        if execution_id is not None and not recording.locked():
-                            await recording.acquire()  # free: returns without suspending (no cancellation)
+                        if execution_id is not None:
+                            slot = not recording.locked()
+                            if slot:
+                                await recording.acquire()  # free: returns without suspending (no cancellation)
                             unstarted[execution_id] = result
-                            task = asyncio.ensure_future(record(item, execution_id, result))
+                            task = asyncio.ensure_future(record(item, execution_id, result, slot))
                             recordings.add(task)
                             task.add_done_callback(functools.partial(recorded, execution_id=execution_id))
+                            if not slot:  # enough successes waiting: this worker waits for its own (a closed
+                                await asyncio.shield(task)  # stream still awaits it with the others)
                             continue
-                        if execution_id is not None:  # enough successes waiting: record this one in line
-                            await self._succeed(execution_id, result)
                         item.result = result
                     except StepbridgeError as exc:
                         item.error = exc
