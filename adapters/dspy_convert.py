@@ -10,6 +10,7 @@ import asyncio
 import copy
 import inspect
 import json
+import math
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -476,11 +477,28 @@ def _program(name: str, signature: Signature, modules: dict[str, Any], steps: li
         try:
             program = Program.model_validate({"stepbridge": version, **data})
             validate(program)
+            if _non_finite(data):  # kept in memory (and verified so) but written as null: refused instead
+                raise ValueError("a number JSON cannot hold (no NaN or infinity), e.g. a constant computed by "
+                                 "the module")
             return program
         except Exception as exc:  # our own data not valid in this version (ValueError, ValueSyntaxError...)
             last = exc
     raise _error(f"the converted program does not validate: {last}", construct=name,
                  hint="this is a bug of the importer: report it with the module") from None
+
+
+def _non_finite(value: Any) -> bool:
+    """A float ``inf``/``nan`` anywhere in ``value`` (lists and mappings walked without recursion)."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return True
+        if isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return False
 
 
 def _needs_v2(value: Any) -> bool:

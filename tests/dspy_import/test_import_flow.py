@@ -581,6 +581,48 @@ class Closure(Aliased):
         return dspy.Prediction(answer=question)
 
 
+class OverflowingArithmetic(Aliased):
+    big = 1e308
+
+    def forward(self, question: str) -> Any:  # inf: a program file holds no such number (it became null)
+        return dspy.Prediction(answer=self.gen(question=question).answer, k=self.big * 10)
+
+
+class NotANumber(Aliased):
+    big = 1e308
+
+    def forward(self, question: str) -> Any:
+        return dspy.Prediction(answer=self.gen(question=question).answer, k=self.big * 10 - self.big * 10)
+
+
+class InfiniteSetting(Aliased):
+    k = float("inf")
+
+    def forward(self, question: str) -> Any:
+        return dspy.Prediction(answer=self.gen(question=question).answer, k=self.k)
+
+
+class InfiniteLiteral(Aliased):
+    def forward(self, question: str) -> Any:
+        return dspy.Prediction(answer=self.gen(question=question).answer, k=1e999)
+
+
+class InfiniteArgument(dspy.Module):
+    def __init__(self) -> None:
+        self.gen = dspy.Predict("question, k -> answer")
+        self.big = 1e308
+
+    def forward(self, question: str) -> Any:
+        return self.gen(question=question, k=self.big * 10)  # DSPy sends 'inf'; a program file cannot hold it
+
+
+def test_a_number_a_program_cannot_hold_is_refused_not_written_as_null(dspy_lm: Any) -> None:
+    # read statically it is refused; traced, the constant inf was kept in memory (verified: DSPy's messages)
+    # while the program as written said null: a different program under the same report
+    with pytest.raises(ConversionError, match="no NaN or infinity"):
+        import_module(InfiniteArgument(), sample_inputs=Q, lm=dspy_lm, fallback=False)
+
+
 class MutatedAfterPrediction(Aliased):
     def forward(self, question: str) -> Any:
         notes: list[str] = []
@@ -741,6 +783,10 @@ def test_a_break_condition_failing_on_a_pass_is_no_proof_and_no_traceback(dspy_l
     (ChoiceInsideText, "the expression IfExp has no program equivalent here"),
     (ArithmeticOnInput, "arithmetic on a value not known at import"),
     (Closure, "FunctionDef"),
+    (OverflowingArithmetic, "not a finite number"),
+    (NotANumber, "not a finite number"),
+    (InfiniteSetting, "not a finite number"),
+    (InfiniteLiteral, "not a finite number"),
 ])
 def test_the_static_reader_refuses_what_it_cannot_reproduce(cls: type, why: str) -> None:
     obj = cls()
