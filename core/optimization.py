@@ -25,6 +25,7 @@ parent is the original, with the optimizer, its settings, the data hashes and bo
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -413,7 +414,8 @@ class _Job:
             if checkpoints is not None:
                 await checkpoints.flush()
         # the examples not bootstrapped, shuffled, fill up to max_labeled_demos
-        validation = [x for i, x in enumerate(trainset) if i not in set(state["bootstrapped"])]
+        taken = set(state["bootstrapped"])
+        validation = [x for i, x in enumerate(trainset) if i not in taken]
         random.Random(0).shuffle(validation)
         rng = random.Random(0)
         demos: dict[str, list[dict[str, Any]]] = {}
@@ -733,6 +735,10 @@ def _checked_checkpoint(checkpoint: dict[str, Any], candidates: list[dict[str, A
             raise refuse(f"checkpoint {key!r}") from None
         if set(state.traces) != names or not set(state.teacher_demos or {}) <= names:
             raise refuse(f"checkpoint {key!r} (its modules are not the program's predictors)")
+        taken = state.bootstrapped  # the loop appends each example's index once, in order, below next
+        if any(i < 0 or i >= state.next for i in taken) or any(a >= b for a, b in itertools.pairwise(taken)):
+            raise refuse(f"checkpoint {key!r} (its bootstrapped examples are not distinct indexes, in order, "
+                         "below next)")
         checked[key] = state.model_dump(exclude_none=True)
     for c in candidates:
         if not set(c["modules"]) <= names:

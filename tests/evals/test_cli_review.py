@@ -163,7 +163,11 @@ def test_a_tampered_checkpoint_or_candidate_is_refused_on_resume(db_url: str) ->
     for column, value in (("checkpoint", {"bootstrap": {"next": "x"}}),
                           ("checkpoint", {"bootstrap": {"next": 0, "bootstrapped": [], "errors": 0, "attempts": 0,
                                                         "traces": {"nope": []}}}),
-                          ("checkpoint", {"../../etc": {}})):
+                          ("checkpoint", {"../../etc": {}}),
+                          # indexes the loop never writes (it appends each example's index once, in order, below
+                          # next): a million of them made the demos' fill-up a set per training row
+                          ("checkpoint", {"bootstrap": {"next": 1, "bootstrapped": [5, 5], "errors": 0,
+                                                        "attempts": 0, "traces": {"answer": []}}})):
         _tamper(db_url, f"UPDATE optimizations SET {column} = {cast}, {reopen} WHERE id = :id",
                 v=json.dumps(value), id=oid)
         error = json_error(cli(db_url, "optimizations", "resume", oid, "--json", real="../../etc" in value), 1)
