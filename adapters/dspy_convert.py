@@ -10,12 +10,13 @@ import asyncio
 import copy
 import inspect
 import json
+import math
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from stepbridge.errors import ConversionError, StepbridgeError
+from stepbridge.errors import ConversionError, ProgramValidationError, StepbridgeError
 from stepbridge.program import Program
 from stepbridge.signature import FieldSpec, Signature, TypeExpr
 
@@ -475,12 +476,31 @@ def _program(name: str, signature: Signature, modules: dict[str, Any], steps: li
     for version in (1, 2) if not _needs_v2(steps) else (2,):  # v2 module types fail v1 and take v2
         try:
             program = Program.model_validate({"stepbridge": version, **data})
-            validate(program)
+            errors = [issue for issue in validate(program) if issue.severity == "error"]
+            if errors:  # written as is, `stepbridge validate` and every load would refuse it
+                raise ProgramValidationError(errors)
+            if _non_finite(data):  # kept in memory (and verified so) but written as null: refused instead
+                raise ValueError("a number JSON cannot hold (no NaN or infinity), e.g. a constant computed by "
+                                 "the module")
             return program
         except Exception as exc:  # our own data not valid in this version (ValueError, ValueSyntaxError...)
             last = exc
     raise _error(f"the converted program does not validate: {last}", construct=name,
                  hint="this is a bug of the importer: report it with the module") from None
+
+
+def _non_finite(value: Any) -> bool:
+    """A float ``inf``/``nan`` anywhere in ``value`` (lists and mappings walked without recursion)."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return True
+        if isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return False
 
 
 def _needs_v2(value: Any) -> bool:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import math
 import operator
 import textwrap
 from dataclasses import dataclass, field
@@ -115,6 +116,13 @@ def _escape_all(value: Any) -> Any:
     if isinstance(value, list):
         return [_escape_all(v) for v in value]
     return _escape(value)
+
+
+def _infinite(value: Any) -> bool:
+    """A float a program cannot hold (``inf``, ``nan``: JSON has no such number, a program file would say null)."""
+    if type(value) is list:
+        return any(_infinite(v) for v in value)
+    return type(value) is float and not math.isfinite(value)
 
 
 def _plain_constant(value: Any) -> bool:
@@ -241,6 +249,8 @@ class _Compiler:
 
     def value(self, node: ast.AST, env: dict[str, Any]) -> Any:
         if isinstance(node, ast.Constant) and (node.value is None or isinstance(node.value, str | int | float | bool)):
+            if _infinite(node.value):
+                raise self.fail(f"{node.value} is not a finite number (a program holds JSON numbers only)", node)
             return _escape(node.value)
         if isinstance(node, ast.List) and not any(isinstance(e, ast.Starred) for e in node.elts):
             items = [self.value(e, env) for e in node.elts]
@@ -256,6 +266,9 @@ class _Compiler:
             return bound
         if isinstance(node, ast.Attribute | ast.Subscript) and _rooted_at_self(node):
             setting = self.resolve(node)  # the module's own setting, fixed at import
+            if _infinite(setting):
+                raise self.fail(f"a setting that is not a finite number ({setting}: a program holds JSON numbers "
+                                "only)", node)
             if _plain_constant(setting):
                 return _escape_all(setting)
             raise self.fail("an attribute of the module that is not a plain constant setting", node)
@@ -400,6 +413,9 @@ class _Compiler:
         if isinstance(op, ast.FloorDiv | ast.Mod) and right == 0:
             raise self.fail("a division by zero", node)
         result = _ARITHMETIC[type(op)](left, right)
+        if _infinite(result):
+            raise self.fail(f"arithmetic whose result is not a finite number ({result}: a program holds JSON "
+                            "numbers only)", node)
         if not (isinstance(result, float) or abs(result) <= 2**63 - 1):
             raise self.fail("arithmetic whose result does not fit in 64 bits", node)
         return result
@@ -796,7 +812,10 @@ class _Compiler:
             stop = only_index(jumps[0][1])
             if stop is None:
                 return
-            count = next((i + 1 for i in range(passes) if stop({index: i})), passes)
+            try:
+                count = next((i + 1 for i in range(passes) if stop({index: i})), passes)
+            except Exception:  # the condition fails on some pass (an operation outside its domain): not proven
+                return
         if jumps:
             self.proven[(line, "for")] = f"always {count} pass(es): its break's condition reads only the pass number"
         for test_line, kind, test, at_depth in tests:

@@ -239,6 +239,25 @@ def _tool_outputs(tool: str, value: Any) -> dict[str, Any]:
     return {"result": value}
 
 
+def _returned_fields(tool: str, runs: list[_Traced]) -> dict[str, FieldSpec] | None:
+    """The fields of the ``dspy.Prediction`` a registered tool returned on every call of every run (the same
+    fields each time), typed as the values were (``Any`` where they differ); ``None`` otherwise."""
+    from dspy.primitives.example import Example
+
+    values: list[Any] = [call.outputs.get("result") for run in runs for call in run.calls
+                         if call.name == run.tools.get(tool) and call.outputs is not None]
+    if not values or not all(isinstance(v, Example) for v in values):
+        return None
+    keys = [list(v.keys()) for v in values]
+    if any(k != keys[0] for k in keys) or not keys[0]:
+        return None
+    fields = {}
+    for k in keys[0]:
+        kinds = {_infer_type(v[k]) for v in values}
+        fields[k] = FieldSpec(type=kinds.pop() if len(kinds) == 1 else "Any")
+    return fields
+
+
 def _leaves(obj: Any) -> dict[str, Any]:
     """Every Predict / ChainOfThought reachable from the module (attributes, lists, dicts, nested
     modules), named after its path (``layers[0]`` -> ``layers_0``), outermost first."""
@@ -378,6 +397,22 @@ def _render(parts: list[Any], sources: dict[str, str]) -> str | None:
         else:
             out.append(part)
     return "".join(out)
+
+
+def _computed(value: Any) -> bool:
+    """Whether a step's value holds a reference or an operation anywhere (not a plain constant)."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str) and item.startswith("$"):
+            return True
+        if isinstance(item, dict):
+            if any(str(key).startswith("$") for key in item):
+                return True
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return False
 
 
 def _infer_template(entries: list[Any]) -> dict[str, Any] | None:
@@ -701,9 +736,22 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str,
             names[id(value)] = module_name
             positional[module_name] = "query"
     tools = _forward_tools(getattr(type(obj), entry), names)
+    observed: list[_Traced] | None = None
+    tool_notes: list[str] = []
     for tool, (module_name, _) in tools.items():
-        converted[module_name] = ({"type": "tool", "tool": _tool_names()[tool]}, "tool")
-        interfaces[module_name] = _interface(converted[module_name][0])
+        tool_data: dict[str, Any] = {"type": "tool", "tool": _tool_names()[tool]}
+        if list(_interface(tool_data).outputs) == ["result"]:  # its annotations name no fields: what did it return?
+            if observed is None:
+                observed = _trace_runs(obj, samples, lm, {id(m): n for n, m in leaves.items()}, [])
+            fields = _returned_fields(tool_data["tool"], observed)
+            if fields is not None:
+                tool_data["signature"] = Signature(inputs=dict(_interface(tool_data).inputs),
+                                                   outputs=fields).model_dump(mode="json")
+                tool_notes.append(f"tool {tool_data['tool']!r} returned a dspy.Prediction with the fields "
+                                  f"{', '.join(fields)} on every sample: they are its outputs here (their types as "
+                                  "the samples gave them)")
+        converted[module_name] = (tool_data, "tool")
+        interfaces[module_name] = _interface(tool_data)
     try:
         field_types = {n: {k: f.type for k, f in sig.outputs.items()} for n, sig in interfaces.items()}
         lists = tuple(k for k in samples[0] if all(isinstance(s.get(k), list) for s in samples))  # typed list[...]
@@ -777,8 +825,8 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str,
             elif isinstance(ref, dict) and "$index" in ref:  # one element of a map step's results
                 src, _, fld = str(ref["$index"][0]).lstrip("$").partition(".")
                 out_types[k].add(interfaces[as_modules[src]].outputs[fld].type if src in as_modules else "Any")
-            else:
-                out_types[k].add("Any" if isinstance(ref, str) and ref.startswith("$") else _infer_type(ref))
+            else:  # a value built of references or operations: its type is not its shape's (checked when run)
+                out_types[k].add("Any" if _computed(ref) else _infer_type(ref))
     outputs = {}
     for k, kinds in out_types.items():
         real = kinds - {"None"}
@@ -798,6 +846,7 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str,
                           constructs=[*(Construct(n, "exact") for n in modules), *_ensemble_constructs(program),
                                       *_default_constructs(obj)])
     report.notes += [f"for loop (line {line}) converted to a loop step" for line in compiled.loops]
+    report.notes += tool_notes
     report.notes += [f"the for loop of line {line} makes at most {MAX_LOOP:,} passes (a program's loops are bounded): "
                      "a longer list fails the step with a typed error where Python would go on"
                      for line in compiled.over]

@@ -159,8 +159,11 @@ class Pump:
 
     The socket's FD is edge-triggered: it signals when libzmq's state changes, not while messages
     are waiting. So a readable FD drains the socket until ``EAGAIN``, and every send is followed by
-    a look at ``EVENTS`` (a send can consume the edge). Sends never block: a full or unroutable
-    peer is reported as ``False`` and handled by the caller, never silently queued.
+    a look at ``EVENTS`` (a send can consume the edge), except a send made by a handler while the
+    socket drains: the drain goes on reading until ``EAGAIN`` anyway, which re-arms the edge just the
+    same (a router answering a burst of replies with requests saves a system call per request).
+    Sends never block: a full or unroutable peer is reported as ``False`` and handled by the caller,
+    never silently queued.
     """
 
     def __init__(self, sock: zmq.Socket[Any], handler: Callable[[list[bytes]], None],
@@ -172,6 +175,7 @@ class Pump:
         self.fd = int(sock.getsockopt(zmq.FD))
         self._scheduled = False
         self._closed = False
+        self._draining = False  # inside a drain, which reads until EAGAIN: sends need no EVENTS look
         self._outbox: list[list[bytes]] = []
         self._flush_scheduled = False
         self._raw_send = _backend(sock, "send")
@@ -184,19 +188,34 @@ class Pump:
         self._scheduled = False
         if self._closed:
             return
-        for _ in range(self.budget):
-            try:
-                frames = self._recv()
-            except zmq.Again:
-                return
-            except zmq.ZMQError as exc:
-                log.warning("receive failed: %s", exc)
-                return
-            try:
-                self.handler(frames)
-            except Exception:  # a bug in a handler must not stop the pump
-                log.exception("error handling a message")
-        self._schedule()  # more waiting: continue after other callbacks had their turn
+        if self._read(self.budget):
+            self._schedule()  # more waiting: continue after other callbacks had their turn
+
+    def _read(self, budget: int) -> bool:
+        """Handle up to ``budget`` messages; True if that many were handled (more may wait). Ends at
+        ``EAGAIN``, which leaves the edge re-armed; any other way out looks at ``EVENTS`` afterwards,
+        as a handler's sends skipped it."""
+        self._draining = True
+        try:
+            for _ in range(budget):
+                try:
+                    frames = self._recv()
+                except zmq.Again:
+                    return False
+                except zmq.ZMQError as exc:
+                    log.warning("receive failed: %s", exc)
+                    self._draining = False
+                    self.kick()
+                    return False
+                try:
+                    self.handler(frames)
+                except Exception:  # a bug in a handler must not stop the pump
+                    log.exception("error handling a message")
+                if self._closed:
+                    return False
+            return True
+        finally:
+            self._draining = False
 
     def _recv(self) -> list[bytes]:
         """One whole message (``zmq.Again`` if none is waiting). Each frame says itself whether more
@@ -213,18 +232,8 @@ class Pump:
         """Handle the messages waiting now (a large budget): callers about to judge by what has arrived."""
         if self._closed:
             return
-        for _ in range(100 * self.budget):
-            try:
-                frames = self._recv()
-            except zmq.Again:
-                return
-            except zmq.ZMQError as exc:
-                log.warning("receive failed: %s", exc)
-                return
-            try:
-                self.handler(frames)
-            except Exception:
-                log.exception("error handling a message")
+        if self._read(100 * self.budget):
+            self._schedule()
 
     def _schedule(self) -> None:
         if not self._scheduled and not self._closed:
@@ -251,7 +260,8 @@ class Pump:
                 log.warning("send failed: %s", exc)
             return False
         finally:
-            self.kick()
+            if not self._draining:
+                self.kick()
 
     def _send_frames(self, frames: list[bytes]) -> None:
         # the backend's send with plain int flags: pyzmq's send_multipart combines IntFlag enums per

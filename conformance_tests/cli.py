@@ -18,9 +18,11 @@ __all__ = ["app", "conformance", "main", "pytest_args"]
 def pytest_args(adapter: str, report: Path | None = None, expected_failures: Path | None = None,
                 extra: list[str] | None = None, *, certify: bool = False) -> list[str]:
     """The pytest command line the wrapper runs."""
-    # hypothesis' pytest plugin is not needed and costs seconds of start-up where it is installed
+    # hypothesis' pytest plugin is not needed and costs seconds of start-up where it is installed. The addopts of
+    # the folder it runs in are not the suite's (a project's `-n auto` would scatter the suite over xdist
+    # workers, each writing its own report; `-m 'not slow'` would leave tests out of a certification).
     args = ["-p", "stepbridge.conformance.plugin", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
-            "--pyargs", "stepbridge.conformance", "--adapter", adapter, "-q", "-rfEX"]
+            "-o", "addopts=", "--pyargs", "stepbridge.conformance", "--adapter", adapter, "-q", "-rfEX"]
     if report is not None:
         args += ["--conformance-report", str(report)]
     if expected_failures is not None:

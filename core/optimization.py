@@ -16,15 +16,16 @@ Optimizers:
   demos), each scored on the validation set; the best one wins.
 
 An optimization is stored (:mod:`stepbridge.storage.optimizations`): status, progress, every candidate
-and its score, and a checkpoint after every bootstrapped example, so ``aresume`` after a kill skips
-finished examples and candidates (their LM calls are not paid again). The result is published as a new
-program version (source ``optimized``) whose parent is the original, with the optimizer, its settings,
-the data hashes and both scores as lineage.
+and its score, and a checkpoint after every bootstrapped example (written in the background, the newest
+folded into the next write), so ``aresume`` after a kill skips finished examples and candidates (their LM
+calls are not paid again). The result is published as a new program version (source ``optimized``) whose
+parent is the original, with the optimizer, its settings, the data hashes and both scores as lineage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -225,6 +226,43 @@ def _pick_one(demos: list[dict[str, Any]]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 # the optimizers
 # ------------------------------------------------------------------------------------------------
+class _Checkpoints:
+    """A bootstrap's checkpoints, written one at a time in the background: examples go on being taken while
+    one is written, and those checkpointed meanwhile are folded into the next write (each holds the whole
+    state, so only the newest counts). What is stored is always the state after some example, never a mix."""
+
+    def __init__(self, log: OptimizationLog, optimization_id: str):
+        self.log = log
+        self.id = optimization_id
+        self.pending: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self.writer: asyncio.Task[None] | None = None
+
+    def put(self, checkpoint: dict[str, Any], progress: dict[str, Any]) -> None:
+        """Write ``checkpoint`` (a copy the caller no longer changes) soon; a failed earlier write raises here."""
+        self.pending = (checkpoint, progress)
+        if self.writer is None or self.writer.done():
+            if self.writer is not None:
+                self.writer.result()
+            self.writer = asyncio.ensure_future(self._write())
+
+    async def _write(self) -> None:
+        while self.pending is not None:
+            checkpoint, progress = self.pending
+            self.pending = None
+            await asyncio.to_thread(self.log.checkpoint, self.id, checkpoint, progress)
+
+    async def flush(self) -> None:
+        """Wait for the newest checkpoint to be stored (even if the bootstrap is being cancelled)."""
+        if self.writer is not None:
+            await asyncio.shield(self.writer)
+
+
+def _snapshot(state: dict[str, Any]) -> dict[str, Any]:
+    """A bootstrap state as it is now: its lists copied (the loop appends to them while it is written)."""
+    return {**state, "bootstrapped": list(state["bootstrapped"]),
+            "traces": {name: list(found) for name, found in state["traces"].items()}}
+
+
 class _Job:
     """One optimization's state: the runner, data, metric, log and checkpoint."""
 
@@ -250,9 +288,8 @@ class _Job:
         if self.on_progress is not None:
             self.on_progress(stage, done, total)
 
-    async def save(self, checkpoint: dict[str, Any], progress: dict[str, Any]) -> None:
-        if self.log is not None and self.id is not None:
-            await asyncio.shield(asyncio.to_thread(self.log.checkpoint, self.id, checkpoint, progress))
+    def checkpoints(self) -> _Checkpoints | None:
+        return _Checkpoints(self.log, self.id) if self.log is not None and self.id is not None else None
 
     def labeled(self, rows: list[dict[str, Any]], k: int) -> dict[str, list[dict[str, Any]]]:
         """``LabeledFewShot(k).compile``: one ``Random(0)`` sampling every predictor in turn."""
@@ -333,6 +370,7 @@ class _Job:
                 task.cancel()
             ahead.clear()
 
+        checkpoints = self.checkpoints()
         try:
             for index in range(state["next"], len(trainset)):
                 if len(state["bootstrapped"]) >= max_bootstrapped:
@@ -367,13 +405,17 @@ class _Job:
                         state["bootstrapped"].append(index)
                         break
                 state["next"] = index + 1
-                await self.save({key: state}, {"stage": key, "done": index + 1, "total": len(trainset),
-                                               "bootstrapped": len(state["bootstrapped"])})
+                if checkpoints is not None:
+                    checkpoints.put({key: _snapshot(state)}, {"stage": key, "done": index + 1, "total": len(trainset),
+                                                              "bootstrapped": len(state["bootstrapped"])})
                 self.progress(key, index + 1, len(trainset))
         finally:
             drop_ahead()
+            if checkpoints is not None:
+                await checkpoints.flush()
         # the examples not bootstrapped, shuffled, fill up to max_labeled_demos
-        validation = [x for i, x in enumerate(trainset) if i not in set(state["bootstrapped"])]
+        taken = set(state["bootstrapped"])
+        validation = [x for i, x in enumerate(trainset) if i not in taken]
         random.Random(0).shuffle(validation)
         rng = random.Random(0)
         demos: dict[str, list[dict[str, Any]]] = {}
@@ -693,6 +735,10 @@ def _checked_checkpoint(checkpoint: dict[str, Any], candidates: list[dict[str, A
             raise refuse(f"checkpoint {key!r}") from None
         if set(state.traces) != names or not set(state.teacher_demos or {}) <= names:
             raise refuse(f"checkpoint {key!r} (its modules are not the program's predictors)")
+        taken = state.bootstrapped  # the loop appends each example's index once, in order, below next
+        if any(i < 0 or i >= state.next for i in taken) or any(a >= b for a, b in itertools.pairwise(taken)):
+            raise refuse(f"checkpoint {key!r} (its bootstrapped examples are not distinct indexes, in order, "
+                         "below next)")
         checked[key] = state.model_dump(exclude_none=True)
     for c in candidates:
         if not set(c["modules"]) <= names:

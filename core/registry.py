@@ -105,8 +105,12 @@ class Tool:
         return inspect.iscoroutinefunction(self.func)
 
     def shape(self, value: Any, outputs: Sequence[str]) -> dict[str, Any]:
-        """A call's return value as the step's outputs: a dict with every output field (extra keys
-        dropped), or the bare value of a single-output tool. Anything else is a :class:`TypeError`."""
+        """A call's return value as the step's outputs: a dict (or an object of named fields with ``keys()``,
+        such as a ``dspy.Prediction``) with every output field (extra keys dropped), or the bare value of a
+        single-output tool. Anything else is a :class:`TypeError`."""
+        if not isinstance(value, dict) and callable(getattr(value, "keys", None)) and hasattr(value, "__getitem__") \
+                and set(outputs) <= set(value.keys()):
+            return {k: value[k] for k in outputs}
         if isinstance(value, dict) and set(outputs) <= set(value):
             return {k: value[k] for k in outputs}
         if len(outputs) == 1:

@@ -9,6 +9,7 @@ adapters never talk to storage.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -270,6 +271,15 @@ class Runner:
         # still yielded only once recorded, and at most ``concurrency`` successes wait to be.
         recording = asyncio.Semaphore(max(1, concurrency))
         recordings: set[asyncio.Task[None]] = set()
+        # A task cancelled before its first step runs none of its code: when a reader fails without closing
+        # the stream, asyncio.run cancels every task left, and such a success would stay unwritten (running)
+        unstarted: dict[str, RunResult] = {}
+
+        def recorded(task: asyncio.Task[None], execution_id: str) -> None:
+            recordings.discard(task)
+            result = unstarted.pop(execution_id, None)
+            if result is not None and self.store is not None:  # never started: written here, blocking
+                self.store.succeed(execution_id, result)
 
         def failed_outside(item: BatchItem, exc: Exception) -> StepbridgeError:  # a recorder's own failure
             error = StepbridgeError(f"row {item.index} failed outside its run (recording?): "
@@ -277,14 +287,16 @@ class Runner:
             error.__cause__ = exc
             return error
 
-        async def record(item: BatchItem, execution_id: str, result: RunResult) -> None:
+        async def record(item: BatchItem, execution_id: str, result: RunResult, slot: bool) -> None:
+            unstarted.pop(execution_id, None)
             try:
                 await self._succeed(execution_id, result)
                 item.result = result
             except Exception as exc:
                 item.error = failed_outside(item, exc)
             finally:
-                recording.release()
+                if slot:
+                    recording.release()
                 done.put_nowait(item)
 
         async def worker() -> None:
@@ -294,14 +306,17 @@ class Runner:
                 if opts is not None:
                     try:
                         result, execution_id = await self._execute(prog, item.inputs, opts)
-                        if execution_id is not None and not recording.locked():
-                            await recording.acquire()  # free: returns without suspending (no cancellation)
-                            task = asyncio.ensure_future(record(item, execution_id, result))
+                        if execution_id is not None:
+                            slot = not recording.locked()
+                            if slot:
+                                await recording.acquire()  # free: returns without suspending (no cancellation)
+                            unstarted[execution_id] = result
+                            task = asyncio.ensure_future(record(item, execution_id, result, slot))
                             recordings.add(task)
-                            task.add_done_callback(recordings.discard)
+                            task.add_done_callback(functools.partial(recorded, execution_id=execution_id))
+                            if not slot:  # enough successes waiting: this worker waits for its own (a closed
+                                await asyncio.shield(task)  # stream still awaits it with the others)
                             continue
-                        if execution_id is not None:  # enough successes waiting: record this one in line
-                            await self._succeed(execution_id, result)
                         item.result = result
                     except StepbridgeError as exc:
                         item.error = exc

@@ -25,6 +25,11 @@ for _key in [k for k in os.environ if k.startswith("STEPBRIDGE_LM_")]:
     del os.environ[_key]
 os.environ.pop("STEPBRIDGE_DATABASE_URL", None)
 os.environ.pop("STEPBRIDGE_POOL", None)
+# Output width is each test's choice (the env of its process, or of run_cli in tests/sb_cli.py). pytest-xdist
+# gives its workers the terminal's COLUMNS, and rich fixes a console's width from COLUMNS when it is made
+# (at import): with it set, an in-process command would print at 80 columns whatever the test asked.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,7 @@
-"""The command line as a newcomer meets it, through the real console script: version, batch results on
-screen, --out in input order, Ctrl-C, configuration mistakes caught before anything runs (with file,
-line and "did you mean"), the executions table, plain option help, and a standalone pool found
-without pasting its address."""
+"""The command line as a newcomer meets it: version, batch results on screen, --out in input order, Ctrl-C,
+configuration mistakes caught before anything runs (with file, line and "did you mean"), the executions
+table, plain option help, and a standalone pool found without pasting its address. Each test runs its
+command in a real process; read-backs and variations go through the CLI's ``main`` (tests/sb_cli.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sb_cli import run_cli
 from stepbridge.cli import _InOrder
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -27,7 +28,10 @@ def env_for(home: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, "STEPBRIDGE_HOME": str(home), "CI": "true", "COLUMNS": "160", **extra}
 
 
-def cli(*args: str, home: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, home: Path, real: bool = False, **extra: str) -> subprocess.CompletedProcess[str]:
+    """``stepbridge ARGS`` with its home in ``home``: in this process, or (``real``) in a process of its own."""
+    if not real:
+        return run_cli(*args, env={"STEPBRIDGE_HOME": str(home), "CI": "true", "COLUMNS": "160", **extra})
     return subprocess.run([sys.executable, "-m", "stepbridge.cli", *args], capture_output=True, text=True,
                           env=env_for(home, **extra), timeout=180)
 
@@ -48,12 +52,12 @@ def recorded(home: Path) -> list[dict]:
 
 
 def test_version(home: Path) -> None:
-    done = cli("--version", home=home)
+    done = cli("--version", home=home, real=True)
     assert done.returncode == 0 and done.stdout.startswith("stepbridge 0.")
 
 
 def test_batch_without_json_or_out_shows_every_row(home: Path, tmp_path: Path) -> None:
-    done = cli("run", CLASSIFY, "--inputs", str(rows_file(tmp_path, 3)), home=home)
+    done = cli("run", CLASSIFY, "--inputs", str(rows_file(tmp_path, 3)), home=home, real=True)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["#", "ticket", "team", "urgent"]  # inputs, then outputs
@@ -65,7 +69,7 @@ def test_batch_without_json_or_out_shows_every_row(home: Path, tmp_path: Path) -
 def test_out_rows_are_in_input_order_with_their_index(home: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     done = cli("run", CLASSIFY, "--inputs", str(rows_file(tmp_path, 30)), "--concurrency", "16", "--out", str(out),
-               home=home)
+               home=home, real=True)
     assert done.returncode == 0, done.stderr
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["index"] for r in written] == list(range(30))
@@ -108,7 +112,8 @@ def test_ctrl_c_exits_130_and_leaves_nothing_running(home: Path, tmp_path: Path)
 def test_a_mistyped_lm_profile_is_a_configuration_error_and_nothing_is_recorded(home: Path, tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text('[lm.profiles.local]\nmodel = "openai/llama3"\nbase_url = "http://127.0.0.1:9/v1"\n')
-    done = cli("run", CLASSIFY, "-i", "ticket=hi", "--lm", "locl", home=home, STEPBRIDGE_CONFIG=str(config))
+    done = cli("run", CLASSIFY, "-i", "ticket=hi", "--lm", "locl", home=home, real=True,
+               STEPBRIDGE_CONFIG=str(config))
     assert done.returncode == 2
     assert "ConfigurationError" in done.stderr and "did you mean 'local'?" in done.stderr
     assert recorded(home) == []
@@ -122,7 +127,7 @@ def test_a_program_naming_an_unknown_profile_fails_before_running(home: Path, tm
     program = tmp_path / "p.yaml"
     program.write_text((EXAMPLES / "classify.yaml").read_text().replace("name: classify",
                                                                        "name: classify\nlm: {profile: locl}", 1))
-    done = cli("run", str(program), "-i", "ticket=hi", home=home)
+    done = cli("run", str(program), "-i", "ticket=hi", home=home, real=True)
     assert done.returncode == 2 and "/lm: unknown LM profile 'locl'" in done.stderr, done.stderr
     assert recorded(home) == []
 
@@ -130,7 +135,7 @@ def test_a_program_naming_an_unknown_profile_fails_before_running(home: Path, tm
 def test_a_config_file_with_a_toml_error_is_named_with_its_line(home: Path, tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text('[lm.profiles.local]\nmodel = "openai/llama3\n')
-    done = cli("run", CLASSIFY, "-i", "ticket=hi", home=home, STEPBRIDGE_CONFIG=str(config))
+    done = cli("run", CLASSIFY, "-i", "ticket=hi", home=home, real=True, STEPBRIDGE_CONFIG=str(config))
     assert done.returncode == 2
     assert str(config) in done.stderr and "line 2" in done.stderr and "adapter" not in done.stderr
     config.write_text('[lm.profiles.local]\nmodle = "openai/llama3"\n')
@@ -141,7 +146,7 @@ def test_a_config_file_with_a_toml_error_is_named_with_its_line(home: Path, tmp_
 def test_executions_list_shows_errors_and_refuses_unknown_statuses(home: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"ticket": 5}\n')
-    assert cli("run", CLASSIFY, "--inputs", str(bad), home=home).returncode == 1
+    assert cli("run", CLASSIFY, "--inputs", str(bad), home=home, real=True).returncode == 1
     listed = cli("executions", "list", home=home)
     assert "InputValidationError: input 'ticket' must be str" in listed.stdout, listed.stdout
     typo = cli("executions", "list", "--status", "faild", home=home)
@@ -164,7 +169,7 @@ def test_executions_list_reads_at_80_columns(home: Path, tmp_path: Path) -> None
                             "stepbridge.conformance.hosted:pool_native")
         store.fail(begun.execution_id, StepError("the LM said \x1b[2J" + "try again later; " * 30, step=0,
                                                  cause=LMError("503")))
-    done = cli("executions", "list", "--db", url, home=home, COLUMNS="80")
+    done = cli("executions", "list", "--db", url, home=home, real=True, COLUMNS="80")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80, done.stdout
@@ -190,7 +195,7 @@ def test_option_help_has_no_python_type_tags(command: list[str]) -> None:
 
 
 def test_lm_serve_records_with_upstream_and_needs_a_cassette(home: Path) -> None:
-    done = cli("lm", "serve", "--upstream", "http://127.0.0.1:9/v1", home=home)
+    done = cli("lm", "serve", "--upstream", "http://127.0.0.1:9/v1", home=home, real=True)
     assert done.returncode == 2 and "--cassette" in done.stderr
     assert "--record" not in cli("lm", "serve", "--help", home=home).stdout  # kept working, no longer advertised
     assert "echoes the inputs" in cli("lm", "serve", "--help", home=home).stdout
@@ -205,13 +210,14 @@ def test_pool_start_then_run_and_status_need_no_address(home: Path) -> None:
         assert broker.stdout is not None
         line = broker.stdout.readline()
         assert f"listening on ipc://{runtime}/stepbridge/pool.sock" in line, line
-        done = cli("run", CLASSIFY, "-i", "ticket=refund me", "--backend", "pool", "--json", home=home, **extra)
+        done = cli("run", CLASSIFY, "-i", "ticket=refund me", "--backend", "pool", "--json", home=home, real=True,
+                   **extra)
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["backend"] == "pool"
         status = cli("pool", "status", "--json", home=home, **extra)
         assert status.returncode == 0, status.stderr
         assert sum(w["done"] for w in json.loads(status.stdout)["workers"]) == 1
-        second = cli("pool", "start", home=home, **extra)
+        second = cli("pool", "start", home=home, real=True, **extra)  # in this process it would serve, if wrong
         assert second.returncode == 2 and "already running" in second.stderr
     finally:
         broker.send_signal(signal.SIGTERM)
@@ -224,5 +230,6 @@ def test_pool_start_then_run_and_status_need_no_address(home: Path) -> None:
                 **extra)
     assert wrong.returncode == 2 and "no pool is running at tcp://127.0.0.1:9" in wrong.stderr
     assert "$STEPBRIDGE_POOL" in wrong.stderr
-    local = cli("run", CLASSIFY, "-i", "ticket=x", "--backend", "pool", "--json", "--no-record", home=home, **extra)
+    local = cli("run", CLASSIFY, "-i", "ticket=x", "--backend", "pool", "--json", "--no-record", home=home, real=True,
+                **extra)
     assert local.returncode == 0, local.stderr

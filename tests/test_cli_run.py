@@ -1,4 +1,6 @@
-"""``stepbridge run`` through the real console script: single runs, batches, exit codes, --json, --out."""
+"""``stepbridge run``: single runs, batches, exit codes, --json, --out. Each test runs its command in a real
+process; what it reads back afterwards, and the variations of one command, go through the CLI's ``main`` in
+this process (tests/sb_cli.py)."""
 
 from __future__ import annotations
 
@@ -9,14 +11,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from sb_cli import run_cli
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "STEPBRIDGE_HOME": str(home), "CI": "true"}
+def cli(*args: str, home: Path, real: bool = False) -> subprocess.CompletedProcess[str]:
+    """``stepbridge ARGS`` with its home in ``home``: in this process, or (``real``) in a process of its own."""
+    env = {"STEPBRIDGE_HOME": str(home), "CI": "true"}
+    if not real:
+        return run_cli(*args, env=env)
     return subprocess.run([sys.executable, "-m", "stepbridge.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=180)
+                          env={**os.environ, **env}, timeout=180)
 
 
 @pytest.fixture
@@ -25,7 +31,8 @@ def home(tmp_path: Path) -> Path:
 
 
 def test_single_run_prints_the_answer_and_records_it(home: Path) -> None:
-    done = cli("run", str(EXAMPLES / "rag_qa.yaml"), "-i", "question=Who created Python?", "--json", home=home)
+    done = cli("run", str(EXAMPLES / "rag_qa.yaml"), "-i", "question=Who created Python?", "--json", home=home,
+               real=True)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert "Guido" in result["outputs"]["answer"]
@@ -41,7 +48,7 @@ def test_typed_inputs_are_json_and_bad_ones_exit_2(home: Path, tmp_path: Path) -
         "modules:\n  c: {type: predict, signature: 'words: list[str] -> n: int'}\n"
         "steps:\n  - {call: c, with: {words: $inputs.words}, as: r}\n  - return: {n: $r.n}\n"
     )
-    ok = cli("run", str(program), "-i", 'words=["a", "b"]', "--json", "--no-record", home=home)
+    ok = cli("run", str(program), "-i", 'words=["a", "b"]', "--json", "--no-record", home=home, real=True)
     assert ok.returncode == 0, ok.stderr
     assert isinstance(json.loads(ok.stdout)["outputs"]["n"], int)
     bad = cli("run", str(program), "-i", "words=not json", "--no-record", home=home)
@@ -53,7 +60,7 @@ def test_typed_inputs_are_json_and_bad_ones_exit_2(home: Path, tmp_path: Path) -
 def test_invalid_program_exits_2_with_pointer(home: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text((EXAMPLES / "rag_qa.yaml").read_text().replace("$found.passages", "$fond.passages"))
-    done = cli("run", str(broken), "-i", "question=x", home=home)
+    done = cli("run", str(broken), "-i", "question=x", home=home, real=True)
     assert done.returncode == 2
     assert "/steps/1/with/context" in done.stderr and "did you mean $found?" in done.stderr
 
@@ -63,7 +70,7 @@ def test_batch_keeps_going_writes_out_and_exits_1_on_failures(home: Path, tmp_pa
     rows.write_text('{"ticket": "refund my invoice"}\n{"ticket": 7}\n{"ticket": "the app crashes"}\n')
     out = tmp_path / "out.jsonl"
     done = cli("run", str(EXAMPLES / "classify.yaml"), "--inputs", str(rows), "--out", str(out), "--json",
-               home=home)
+               home=home, real=True)
     assert done.returncode == 1, done.stderr
     summary = json.loads(done.stdout)["summary"]
     batch_id = summary.pop("batch_id")
@@ -82,7 +89,7 @@ def test_batch_keeps_going_writes_out_and_exits_1_on_failures(home: Path, tmp_pa
 
 def test_lm_failure_exits_1_with_typed_error(home: Path) -> None:
     done = cli("run", str(EXAMPLES / "classify.yaml"), "-i", "ticket=hi", "--lm", "reference/garbage",
-               "--json", "--no-record", home=home)
+               "--json", "--no-record", home=home, real=True)
     # 'reference/garbage' names a model on the (in-process) reference LM: it answers unparseable text
     assert done.returncode == 1, done.stderr
     error = json.loads(done.stdout)["error"]
@@ -96,7 +103,7 @@ def test_cli_prints_lm_text_as_written_and_stored_programs_run_unrecorded(tmp_pa
                     "steps:\n  - {call: a, with: {question: $inputs.question}, as: r}\n"
                     "  - return: {answer: $r.answer}\n")
     text = "[/bold] closing :x: [red]"
-    done = cli("run", str(echo), "-i", f"question={text}", "--no-record", home=tmp_path)
+    done = cli("run", str(echo), "-i", f"question={text}", "--no-record", home=tmp_path, real=True)
     assert done.returncode == 0, done.stderr
     assert text in done.stdout  # the reference LM echoes the question: markup and emoji codes untouched
     assert cli("programs", "add", str(echo), "--alias", "prod", home=tmp_path).returncode == 0
@@ -108,7 +115,7 @@ def test_cli_prints_lm_text_as_written_and_stored_programs_run_unrecorded(tmp_pa
 def test_bad_batch_lines_are_failed_rows_not_a_stopped_batch(tmp_path: Path) -> None:
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"ticket": "refund"}\n[1]\nnot json\n{"ticket": "crash"}\n')
-    done = cli("run", str(EXAMPLES / "classify.yaml"), "--inputs", str(rows), "--json", home=tmp_path)
+    done = cli("run", str(EXAMPLES / "classify.yaml"), "--inputs", str(rows), "--json", home=tmp_path, real=True)
     assert done.returncode == 1
     summary = json.loads(done.stdout)["summary"]
     batch_id = summary.pop("batch_id")
@@ -123,7 +130,7 @@ def test_bad_batch_lines_are_failed_rows_not_a_stopped_batch(tmp_path: Path) -> 
 
 def test_a_model_without_an_endpoint_is_answered_by_the_reference_lm_visibly(tmp_path: Path) -> None:
     done = cli("run", str(EXAMPLES / "classify.yaml"), "-i", "ticket=x", "--lm", "openai/gpt-4o", "--json",
-               "--no-record", home=tmp_path)
+               "--no-record", home=tmp_path, real=True)
     assert done.returncode == 0, done.stderr
     assert "answered by the built-in reference LM" in done.stderr
     assert json.loads(done.stdout)["trace"][0]["lm_calls"][0]["model"] == "reference/deterministic"
@@ -153,7 +160,7 @@ def test_sigterm_records_the_run_in_flight_as_cancelled(tmp_path: Path) -> None:
 @pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
 def test_a_timeout_that_is_not_a_positive_number_is_refused_before_anything_runs(home: Path, value: str) -> None:
     done = cli("run", str(EXAMPLES / "rag_qa.yaml"), "-i", "question=Who created Python?", "--timeout", value,
-               "--json", home=home)
+               "--json", home=home, real=value == "-1")
     assert done.returncode == 2, done.stderr
     error = json.loads(done.stdout)["error"]
     assert error["type"] == "ConfigurationError" and "--timeout" in error["message"]

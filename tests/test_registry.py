@@ -79,3 +79,28 @@ def test_adapter_setup_errors_are_typed() -> None:
         load_adapter("json:JSONDecoder")
     with pytest.raises(UnsupportedCapabilityError, match="no adapter registered as 'nope'"):
         load_adapter("nope")
+
+
+class _NamedFields:
+    """An object of named fields with ``keys()`` and ``[]`` (as a ``dspy.Prediction`` is), not a dict."""
+
+    def __init__(self, **fields: Any) -> None:
+        self._fields = fields
+
+    def keys(self) -> Any:
+        return self._fields.keys()
+
+    def __getitem__(self, key: str) -> Any:
+        return self._fields[key]
+
+
+def test_a_tool_result_of_named_fields_is_shaped_like_a_dict() -> None:
+    from stepbridge.registry import Tool
+    from stepbridge.signature import Signature
+
+    tool = Tool("t", lambda q: q, Signature.model_validate("q -> passages: list[str], n: int"))
+    value = _NamedFields(passages=["a"], n=1, extra="dropped")
+    assert tool.shape(value, ["passages", "n"]) == {"passages": ["a"], "n": 1}
+    with pytest.raises(TypeError, match="expected a dict with passages, missing"):
+        tool.shape(_NamedFields(passages=["a"]), ["passages", "missing"])
+    assert tool.shape(value, ["result"]) == {"result": value}  # one output without that field: the bare value

@@ -9,11 +9,20 @@ import subprocess
 import sys
 from urllib.parse import quote
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from stepbridge.errors import LMError, StepError
-from stepbridge.secrets import MIN_SECRET_LENGTH, REDACTED, might_hold_secret, register_secret, register_url, scrub
+from stepbridge.secrets import (
+    MIN_SECRET_LENGTH,
+    REDACTED,
+    frame_might_hold_secret,
+    might_hold_secret,
+    register_secret,
+    register_url,
+    scrub,
+)
 
 KEY = "hunter2banana"
 register_secret(KEY)
@@ -100,6 +109,35 @@ def test_the_cheap_check_is_never_wrong(text: str) -> None:
     if scrub(text) != text:
         assert might_hold_secret(text)
         assert might_hold_secret(json.dumps({"x": [text]}, ensure_ascii=False))
+
+
+NON_LATIN1_KEY = "clé-ключ-секрет"
+register_secret(NON_LATIN1_KEY)
+# pieces that make (or nearly make) secret-shaped text, mixed with bytes that are not text at all
+_PIECES = ["sk-", "rk-", "AbCdEf0123456789xyz", "Bearer ", "BEARER\t", "api_key=", "API-KEY: ", "apikey", ":", "@",
+           "pw@host", "u:pw@127.0.0.1", "\x85", "\xa0", "\x1c", " ", "\n", "ą", "İ", "K", KEY, NON_LATIN1_KEY]
+_frames = st.one_of(
+    st.binary(max_size=120),
+    st.lists(st.one_of(st.sampled_from(_PIECES), st.text(max_size=6)), max_size=12).map(
+        lambda parts: msgpack.packb({"outputs": {"answer": "".join(parts)}, "n": len(parts)})),
+)
+
+
+@given(_frames)
+@settings(max_examples=700, deadline=None)
+def test_the_check_on_frame_bytes_never_says_no_where_the_text_check_says_yes(frame: bytes) -> None:
+    """A pool worker tests its encoded reply as bytes: it may only say no when the latin-1 reading of the
+    frame (what the text check sees, and what scrub would change) holds nothing."""
+    text = frame.decode("latin-1")
+    if might_hold_secret(text) or scrub(text) != text:
+        assert frame_might_hold_secret(frame)
+
+
+@pytest.mark.parametrize("value", [KEY, NON_LATIN1_KEY, "sk-AbCdEf0123456789xyz", "Bearer abc.def-123",
+                                   "API_KEY=plainword", "alice:zz9plural@api.example.com"])
+def test_a_frame_holding_a_secret_is_caught(value: str) -> None:
+    assert frame_might_hold_secret(msgpack.packb({"outputs": {"answer": f"x {value} y"}}))
+    assert not frame_might_hold_secret(msgpack.packb({"outputs": {"answer": "a plain answer, API docs at 9"}}))
 
 
 def test_the_process_output_and_logs_are_scrubbed() -> None:

@@ -278,6 +278,7 @@ def test_cli_wraps_pytest_with_the_plugin() -> None:
     assert args[args.index("--adapter") + 1] == "pkg.mod:make"
     assert args[args.index("--conformance-report") + 1] == "out"
     assert args[args.index("--expected-failures") + 1] == "known.yaml"
+    assert args[args.index("-o") + 1] == "addopts="  # not the invoking folder's (e.g. this repository's -n auto)
     proc = subprocess.run([sys.executable, "-m", "stepbridge.conformance", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and "--report" in proc.stdout and "--certify" in proc.stdout

@@ -313,6 +313,64 @@ def test_a_registered_tool_called_in_a_loop_is_a_tool_step(loop: Any, dspy_lm: A
 
 
 # ------------------------------------------------------------------------------------------------
+# a registered tool returning a dspy.Prediction (DSPy's RAG tutorial: search(question).passages)
+# ------------------------------------------------------------------------------------------------
+CORPUS_TEXT = ["The Eiffel Tower was designed by Gustave Eiffel's company.", "Mount Everest is in Nepal.",
+               "The Louvre houses the Mona Lisa."]
+
+
+def rank(query: str) -> Any:
+    words = set(query.lower().split())
+    ranked = sorted(CORPUS_TEXT, key=lambda p: -len(words & set(p.lower().split())))
+    return dspy.Prediction(passages=ranked[:2], best=ranked[0])
+
+
+def rank_varying(query: str) -> Any:  # other fields on other inputs: no fixed outputs
+    return dspy.Prediction(passages=[query], extra=1) if len(query) > 25 else dspy.Prediction(passages=[query])
+
+
+class RankedRAG(dspy.Module):
+    def __init__(self, search: Any = rank) -> None:
+        self.respond = dspy.ChainOfThought("context, question -> response")
+        self.search = search
+
+    def forward(self, question: str) -> Any:
+        found = rank(question)
+        pred = self.respond(context=found.passages, question=question)
+        return dspy.Prediction(response=pred.response, best=found.best)
+
+
+class VaryingRAG(RankedRAG):
+    def forward(self, question: str) -> Any:
+        found = rank_varying(question)
+        return self.respond(context=found.passages, question=question)
+
+
+def test_a_tool_returning_a_prediction_has_its_fields_as_outputs(loop: Any, dspy_lm: Any,
+                                                                 native_adapter: Any) -> None:
+    tools.register("rank", rank)
+    try:
+        original = RankedRAG()
+        program, report = import_module(original, sample_inputs=Q, lm=dspy_lm)
+        assert report.mode == "static" and report.status == "verified", str(report)
+        assert program.modules["rank"].signature.to_string() == "query -> passages: list[str], best"  # type: ignore[union-attr]
+        assert any("returned a dspy.Prediction with the fields passages, best" in n for n in report.notes)
+        _same_on_native(loop, native_adapter, original, program, dspy_lm, UNSEEN)
+    finally:
+        tools.unregister("rank")
+
+
+def test_a_tool_returning_predictions_of_other_fields_is_not_given_outputs(dspy_lm: Any) -> None:
+    tools.register("rank_varying", rank_varying)
+    try:
+        samples = Q  # 29 and 23 characters: the tool returns other fields
+        with pytest.raises(ConversionError, match="an attribute of something other than a predictor result"):
+            import_module(VaryingRAG(), sample_inputs=samples, lm=dspy_lm, fallback=False)
+    finally:
+        tools.unregister("rank_varying")
+
+
+# ------------------------------------------------------------------------------------------------
 # a break under a condition at the top level of a range loop, conditional expressions (DSPy's multi-hop
 # research tutorial): `A; if c: break; B` is `A; set brk = c; if not brk: B` with `until: brk`
 # ------------------------------------------------------------------------------------------------
@@ -523,6 +581,48 @@ class Closure(Aliased):
         return dspy.Prediction(answer=question)
 
 
+class OverflowingArithmetic(Aliased):
+    big = 1e308
+
+    def forward(self, question: str) -> Any:  # inf: a program file holds no such number (it became null)
+        return dspy.Prediction(answer=self.gen(question=question).answer, k=self.big * 10)
+
+
+class NotANumber(Aliased):
+    big = 1e308
+
+    def forward(self, question: str) -> Any:
+        return dspy.Prediction(answer=self.gen(question=question).answer, k=self.big * 10 - self.big * 10)
+
+
+class InfiniteSetting(Aliased):
+    k = float("inf")
+
+    def forward(self, question: str) -> Any:
+        return dspy.Prediction(answer=self.gen(question=question).answer, k=self.k)
+
+
+class InfiniteLiteral(Aliased):
+    def forward(self, question: str) -> Any:
+        return dspy.Prediction(answer=self.gen(question=question).answer, k=1e999)
+
+
+class InfiniteArgument(dspy.Module):
+    def __init__(self) -> None:
+        self.gen = dspy.Predict("question, k -> answer")
+        self.big = 1e308
+
+    def forward(self, question: str) -> Any:
+        return self.gen(question=question, k=self.big * 10)  # DSPy sends 'inf'; a program file cannot hold it
+
+
+def test_a_number_a_program_cannot_hold_is_refused_not_written_as_null(dspy_lm: Any) -> None:
+    # read statically it is refused; traced, the constant inf was kept in memory (verified: DSPy's messages)
+    # while the program as written said null: a different program under the same report
+    with pytest.raises(ConversionError, match="no NaN or infinity"):
+        import_module(InfiniteArgument(), sample_inputs=Q, lm=dspy_lm, fallback=False)
+
+
 class MutatedAfterPrediction(Aliased):
     def forward(self, question: str) -> Any:
         notes: list[str] = []
@@ -649,6 +749,24 @@ class PairsTarget(Aliased):
         return dspy.Prediction(out=out)
 
 
+class BreakFailsOnAPass(Aliased):
+    def forward(self, question: str) -> Any:
+        answers = []
+        for i in range(3):
+            answers.append(self.gen(question=question).answer)
+            if i >= 1 and len(i) > 1:  # Python raises TypeError on pass 1 (len of an int)
+                break
+        return dspy.Prediction(answers=answers)
+
+
+def test_a_break_condition_failing_on_a_pass_is_no_proof_and_no_traceback(dspy_lm: Any) -> None:
+    obj = BreakFailsOnAPass()
+    compiled = compile_forward(obj, "forward", {id(obj.gen): "gen"}, {"gen": ["answer"]})
+    assert compiled.proven == {}  # the pass count is not claimed
+    with pytest.raises(ConversionError, match="raised TypeError"):  # the module itself fails on its samples
+        import_module(obj, sample_inputs=Q, lm=dspy_lm, fallback=False)
+
+
 @pytest.mark.parametrize(("cls", "why"), [
     (ShadowsATool, "a call of the local name search"),
     (Aliased, "another name may share it"),
@@ -665,6 +783,10 @@ class PairsTarget(Aliased):
     (ChoiceInsideText, "the expression IfExp has no program equivalent here"),
     (ArithmeticOnInput, "arithmetic on a value not known at import"),
     (Closure, "FunctionDef"),
+    (OverflowingArithmetic, "not a finite number"),
+    (NotANumber, "not a finite number"),
+    (InfiniteSetting, "not a finite number"),
+    (InfiniteLiteral, "not a finite number"),
 ])
 def test_the_static_reader_refuses_what_it_cannot_reproduce(cls: type, why: str) -> None:
     obj = cls()

@@ -1,5 +1,6 @@
-"""The eval/optimize command line after an attacker's review (issue 13's leftovers), each through the real
-CLI in a subprocess, with storage on SQLite and PostgreSQL:
+"""The eval/optimize command line after an attacker's review (issue 13's leftovers), through the CLI's own
+``main`` (tests/sb_cli.py; each test also through a real ``stepbridge`` process where that is what it is
+about), with storage on SQLite and PostgreSQL:
 
 - ``--metric NAME:FIELD`` with a field no row has failed every row (exit 1): refused up front, did you mean;
 - ``--metric /etc/shadow`` echoed the file's lines in its error: a metric name never reads a file, and a
@@ -25,6 +26,7 @@ import sqlalchemy as sa
 import stepbridge
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sb_cli import run_cli
 from sb_evals import PROGRAM, qa_rows, stepbridge_cli, write_jsonl
 from stepbridge.datasets import from_rows
 from stepbridge.errors import InputValidationError
@@ -35,9 +37,13 @@ from stepbridge.storage import Store
 SECRET = "s3cret-token-4242"
 
 
-def cli(db_url: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "STEPBRIDGE_DATABASE_URL": db_url, "COLUMNS": "250"}
-    return subprocess.run([*stepbridge_cli(), *args], env=env, capture_output=True, text=True, timeout=timeout)
+def cli(db_url: str, *args: str, real: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``stepbridge ARGS`` on ``db_url``: in this process, or (``real``) in a ``stepbridge`` process of its own."""
+    env = {"STEPBRIDGE_DATABASE_URL": db_url, "COLUMNS": "250"}
+    if not real:
+        return run_cli(*args, env=env)
+    return subprocess.run([*stepbridge_cli(), *args], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def json_error(done: subprocess.CompletedProcess[str], code: int = 2) -> dict[str, Any]:
@@ -63,7 +69,6 @@ def files(tmp_path: Path) -> dict[str, Path]:
             "empty": write_jsonl(tmp_path / "empty.jsonl", [])}
 
 
-@pytest.mark.slow  # many CLI processes: run in CI with -m 'slow or not slow'
 def test_an_unknown_metric_field_is_refused_before_anything_runs(db_url: str, files: dict[str, Path]) -> None:
     p, data = str(files["program"]), str(files["data"])
     for command in (["eval", p, "--data", data], ["optimize", p, "--optimizer", "bootstrap", "--train", data]):
@@ -89,7 +94,8 @@ def test_a_metric_never_reads_or_echoes_a_file(db_url: str, files: dict[str, Pat
     fifo = tmp_path / "judge.yaml"
     os.mkfifo(fifo)  # a judge file that is a pipe would block: refused unread
     for metric in (str(plain), "/etc/shadow", "../shadow", str(as_yaml), str(fifo), "exact_match:a/b"):
-        done = cli(db_url, "eval", p, "--data", data, "--metric", metric, "--json", timeout=60)
+        done = cli(db_url, "eval", p, "--data", data, "--metric", metric, "--json", real=metric == str(fifo),
+                   timeout=60)
         error = json_error(done)
         assert SECRET not in done.stdout + done.stderr and "root:" not in error["message"], error
         assert error["type"] == "InputValidationError"
@@ -134,7 +140,7 @@ def test_one_malformed_stored_row_does_not_hide_the_others(db_url: str) -> None:
     assert set(entries) == set(ids)
     assert entries[bad]["malformed"] is True and entries[bad]["error"]["type"] == "StorageError"
     assert all("malformed" not in entries[i] for i in ids if i != bad)
-    text = cli(db_url, "evals", "list")
+    text = cli(db_url, "evals", "list", real=True)
     assert text.returncode == 0 and "malformed" in text.stdout and "Traceback" not in text.stderr, text.stderr
     assert f"refused {bad}" in text.stderr and "pwned" not in text.stdout
     listed = cli(db_url, "optimizations", "list", "--json")
@@ -157,10 +163,14 @@ def test_a_tampered_checkpoint_or_candidate_is_refused_on_resume(db_url: str) ->
     for column, value in (("checkpoint", {"bootstrap": {"next": "x"}}),
                           ("checkpoint", {"bootstrap": {"next": 0, "bootstrapped": [], "errors": 0, "attempts": 0,
                                                         "traces": {"nope": []}}}),
-                          ("checkpoint", {"../../etc": {}})):
+                          ("checkpoint", {"../../etc": {}}),
+                          # indexes the loop never writes (it appends each example's index once, in order, below
+                          # next): a million of them made the demos' fill-up a set per training row
+                          ("checkpoint", {"bootstrap": {"next": 1, "bootstrapped": [5, 5], "errors": 0,
+                                                        "attempts": 0, "traces": {"answer": []}}})):
         _tamper(db_url, f"UPDATE optimizations SET {column} = {cast}, {reopen} WHERE id = :id",
                 v=json.dumps(value), id=oid)
-        error = json_error(cli(db_url, "optimizations", "resume", oid, "--json"), 1)
+        error = json_error(cli(db_url, "optimizations", "resume", oid, "--json", real="../../etc" in value), 1)
         assert error["type"] == "StorageError" and "malformed" in error["message"], error
     _tamper(db_url, f"UPDATE optimizations SET checkpoint = NULL, {reopen} WHERE id = :id", id=oid)
     _tamper(db_url, f"UPDATE optimization_candidates SET modules = {cast} WHERE optimization_id = :id AND seq = 0",
@@ -172,7 +182,6 @@ def test_a_tampered_checkpoint_or_candidate_is_refused_on_resume(db_url: str) ->
     assert json_error(cli(db_url, "optimizations", "show", oid, "--json"), 1)["type"] == "StorageError"
 
 
-@pytest.mark.slow  # one CLI process per case
 @pytest.mark.parametrize("args", [
     ["eval", "--timeout", "-1"], ["eval", "--timeout", "nan"], ["eval", "--timeout", "inf"],
     ["eval", "--timeout", "0"], ["optimize", "--metric-threshold", "nan"],
@@ -192,7 +201,7 @@ def test_numbers_out_of_range_are_refused(db_url: str, files: dict[str, Path], a
 
 def test_empty_data_is_refused_and_nothing_is_published(db_url: str, files: dict[str, Path]) -> None:
     p, data, empty = str(files["program"]), str(files["data"]), str(files["empty"])
-    error = json_error(cli(db_url, "eval", p, "--data", empty, "--metric", "exact_match", "--json"))
+    error = json_error(cli(db_url, "eval", p, "--data", empty, "--metric", "exact_match", "--json", real=True))
     assert "has no rows" in error["message"]
     for where in (["--train", empty], ["--train", data, "--val", empty]):
         error = json_error(cli(db_url, "optimize", p, "--optimizer", "labeled", *where, "--metric", "exact_match",
@@ -206,12 +215,11 @@ def test_a_fifo_as_data_is_refused_without_blocking(db_url: str, files: dict[str
     os.mkfifo(fifo)
     for command in (["eval", str(files["program"]), "--data", str(fifo)],
                     ["optimize", str(files["program"]), "--optimizer", "labeled", "--train", str(fifo)]):
-        error = json_error(cli(db_url, *command, "--metric", "exact_match", "--json", timeout=60))
+        error = json_error(cli(db_url, *command, "--metric", "exact_match", "--json", real=True, timeout=60))
         assert "a pipe, not a regular file" in error["message"]
     nothing_stored(db_url)
 
 
-@pytest.mark.slow  # one CLI process per case
 @pytest.mark.parametrize("args", [
     ["eval", "qa.yaml", "--metric", "exact_match"],            # a missing --data
     ["evals", "list", "--limit", "0"], ["evals", "list", "--bogus"], ["evals", "show"],
@@ -242,7 +250,6 @@ def test_every_import_dspy_error_is_json_under_json(tmp_path: Path) -> None:
         assert expected in error["message"], (args, error)
 
 
-@pytest.mark.slow  # many CLI processes: run in CI with -m 'slow or not slow'
 def test_evaluating_or_optimizing_a_file_publishes_only_the_result(db_url: str, files: dict[str, Path],
                                                                    tmp_path: Path) -> None:
     """As a file's runs: recorded against the content hash, not a version of its name (issue 15). An
@@ -291,7 +298,7 @@ def test_hostile_field_names_print_as_written(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "h.jsonl", [{"question": "[/]q", "answer": "a", "[/]": "x", "[bold]y": 1}])
     done = cli(db_url, "eval", str(program), "--data", str(data), "--metric", "exact_match", "--json")
     assert done.returncode == 0, done.stderr[-2000:]
-    shown = cli(db_url, "evals", "show", json.loads(done.stdout)["id"])
+    shown = cli(db_url, "evals", "show", json.loads(done.stdout)["id"], real=True)
     assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr[-2000:]
     assert "[/], [bold]y" in shown.stdout
 
@@ -302,16 +309,15 @@ def test_what_would_fail_once_recorded_is_refused_before(db_url: str, files: dic
     the program's inputs."""
     react = Path(__file__).parents[2] / "examples" / "react_agent.yaml"
     p, data = str(files["program"]), str(files["data"])
-    for args in (["optimize", str(react), "--optimizer", "bootstrap", "--train", data],
-                 ["optimize", p, "--optimizer", "bootstrap", "--teacher", str(react), "--train", data]):
-        error = json_error(cli(db_url, *args, "--metric", "exact_match", "--json"), 1)
+    for real, args in ((True, ["optimize", str(react), "--optimizer", "bootstrap", "--train", data]),
+                       (False, ["optimize", p, "--optimizer", "bootstrap", "--teacher", str(react), "--train", data])):
+        error = json_error(cli(db_url, *args, "--metric", "exact_match", "--json", real=real), 1)
         assert error["type"] == "UnsupportedCapabilityError", error
     error = json_error(cli(db_url, "eval", p, "--data", data, "--metric", "exact_match", "--inputs", "", "--json"))
     assert "needs the input(s) question" in error["message"]
     nothing_stored(db_url)
 
 
-@pytest.mark.slow  # one CLI process per case
 @pytest.mark.parametrize(("args", "kind", "code"), [
     (["executions", "show", "abc"], "ConfigurationError", 2), (["executions", "show", "abcdef12"],
                                                                "ExecutionNotFound", 1),

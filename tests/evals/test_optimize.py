@@ -15,6 +15,7 @@ import stepbridge as sb
 from sb_evals import COT_PROGRAM, qa_rows, stepbridge_cli, write_jsonl
 from stepbridge.builtin_metrics import exact_match, token_f1
 from stepbridge.datasets import from_rows
+from stepbridge.errors import StorageError
 from stepbridge.loader import load_program
 from stepbridge.optimization import optimize, predictor_names
 from stepbridge.storage import Store
@@ -96,6 +97,9 @@ METRICS = {"exact_match": exact_match, "token_f1": token_f1, "picky": picky}
     pytest.param("two", "token_f1", 0.5, {"max_bootstrapped_demos": 4, "max_labeled_demos": 5, "max_rounds": 2},
                  id="two-predictors-threshold-rounds"),
     pytest.param("one", "picky", None, {"max_bootstrapped_demos": 6, "max_labeled_demos": 8}, id="metric-errors"),
+    # an example's later rounds run ahead with its first; after an error the rounds left use the changed demos
+    pytest.param("one", "picky", None, {"max_bootstrapped_demos": 6, "max_labeled_demos": 8, "max_rounds": 3},
+                 id="metric-errors-rounds"),
 ])
 def test_bootstrap_gives_dspys_demos(lm_env: str, kind: str, metric: str, threshold: float | None,
                                      settings: dict[str, Any]) -> None:
@@ -173,6 +177,39 @@ def test_dspy_optimizers_through_the_dspy_adapter(lm_env: str, store: Store) -> 
     assert copro.optimizer == "dspy:COPRO" and copro.score_after is not None
     with pytest.raises(sb.UnsupportedCapabilityError, match="registered metric"):
         optimize(prog, from_rows(rows, program=prog), lambda e, p: 1.0, optimizer="dspy:COPRO")
+
+
+def test_checkpoints_are_written_in_order_and_a_failed_write_fails_the_optimization(
+        lm_env: str, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints are written in the background, folded together while one is being written: each stored one
+    is the state after an example, newer than the last, and the stored one is the last. A write that fails
+    still ends the optimization with the storage error, recorded as failed (no late checkpoint marks it
+    running again)."""
+    log = store.optimizations
+    written: list[int] = []
+    failing = [False]
+    real = log.checkpoint
+
+    def checkpoint(optimization_id: str, state: dict[str, Any], progress: dict[str, Any]) -> None:
+        if failing[0]:
+            raise StorageError("checkpointing: the disk is full (injected)")
+        assert state["bootstrap"]["next"] == progress["done"]
+        written.append(state["bootstrap"]["next"])
+        real(optimization_id, state, progress)
+
+    monkeypatch.setattr(log, "checkpoint", checkpoint)
+    prog = load_program(ONE)
+    train = from_rows(qa_rows(14), program=prog)
+    settings = {"max_bootstrapped_demos": 6, "max_labeled_demos": 0}
+    ids: list[str] = []
+    optimize(prog, train, "exact_match", settings=settings, store=store, on_start=ids.append)
+    stored = log.get(ids[0]).checkpoint["bootstrap"]  # type: ignore[index]
+    assert written and written == sorted(set(written)) and stored["next"] == written[-1]
+    assert len(stored["bootstrapped"]) == 6 and stored["traces"]["answer"]
+    failing[0] = True
+    with pytest.raises(StorageError, match="disk is full"):
+        optimize(prog, train, "exact_match", settings=settings, store=store, on_start=ids.append)
+    assert log.get(ids[1]).status == "failed"
 
 
 @pytest.mark.slow

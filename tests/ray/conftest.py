@@ -18,6 +18,13 @@ for _path in (HERE, POOL_TESTS):
         sys.path.insert(0, str(_path))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every Ray test on one pytest-xdist worker: one local Ray instance (2 CPUs), not one per worker."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 def ray_installed() -> bool:
     """Ray itself (``tests/ray`` is on sys.path as a namespace folder: that one has no ``init``)."""
     try:

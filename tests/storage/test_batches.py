@@ -141,6 +141,76 @@ def test_a_stream_closed_while_successes_are_recorded_still_records_them(store: 
     assert all(r.status == "cancelled" for r in results if r.execution_id not in ran)
 
 
+def test_a_success_waiting_in_line_lands_when_the_stream_is_closed(store: Store) -> None:
+    """One slot: row 1's success waits in line (row 0's is still being recorded) in a recorder that awaits
+    before it writes; the reader closes the stream meanwhile. The wait was cancelled with its worker, so
+    row 1 stayed running although it had run (the cause of this file's flaky closed-stream test)."""
+    adapter = EchoAdapter()
+    original = store.asucceed
+    calls: list[str] = []
+    gate: list[asyncio.Event] = []
+
+    async def gated(execution_id: str, result: Any) -> bool:
+        calls.append(execution_id)
+        if len(calls) == 1:  # row 0: until row 1 has run (and waits in line)
+            async def second_row_ran() -> None:
+                while len(adapter.runs) < 2:
+                    await asyncio.sleep(0.005)
+            await asyncio.wait_for(second_row_ran(), 60)  # a hang guard, not a timing check
+        else:  # row 1: until the reader has left
+            await gate[0].wait()
+        return await original(execution_id, result)
+
+    store.asucceed = gated  # type: ignore[method-assign]
+    batches: list[str] = []
+
+    async def go() -> None:
+        gate.append(asyncio.Event())
+        async with Runner(adapter, store=store) as runner, aclosing(
+                runner.stream(make_program(), rows(3), concurrency=1, on_batch=batches.append)) as items:
+            async for _ in items:
+                gate[0].set()
+                break
+
+    asyncio.run(go())
+    statuses = [r.status for r in store.batch_results(batches[0])]
+    assert len(adapter.runs) == 2 and statuses == ["succeeded", "succeeded", "cancelled"]
+
+
+class GatedAdapter(EchoAdapter):
+    """Row q1's run ends only when the reader lets it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release: asyncio.Event | None = None
+
+    async def run(self, program: Any, inputs: dict[str, Any], options: RunOptions) -> Any:
+        if inputs["question"] == "q1":
+            assert self.release is not None
+            await self.release.wait()
+        return await super().run(program, inputs, options)
+
+
+def test_a_reader_failing_without_closing_the_stream_loses_no_success(store: Store) -> None:
+    """The reader fails (the CLI's output file, say) without closing the stream, in the loop turn before q1's
+    run ends: asyncio.run cancels every task left, and a success whose recording task had not started yet
+    was never written (q1 stayed running although it had run to the end)."""
+    adapter = GatedAdapter()
+    batches: list[str] = []
+
+    async def go() -> None:
+        adapter.release = asyncio.Event()
+        runner = Runner(adapter, store=store)
+        async for _ in runner.stream(make_program(), rows(2), concurrency=2, on_batch=batches.append):
+            adapter.release.set()
+            raise OSError("no space left on device")
+
+    with pytest.raises(OSError, match="no space"):
+        asyncio.run(go())
+    results = store.batch_results(batches[0])
+    assert [(r.index, r.status) for r in results] == [(0, "succeeded"), (1, "succeeded")]
+
+
 def test_rows_with_a_known_idempotency_key_are_the_existing_execution(store: Store) -> None:
     program = make_program()
     adapter = EchoAdapter()

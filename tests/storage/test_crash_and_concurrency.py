@@ -1,4 +1,4 @@
-"""Real processes: a SIGKILLed recorder leaves ``interrupted`` runs; 8 writers x 500 runs lose nothing."""
+"""Real processes: a SIGKILLed recorder leaves ``interrupted`` runs; concurrent writers lose nothing."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from sb_storage import make_program
 from sqlalchemy import func, select
 from stepbridge.adapter import RunOptions
@@ -107,6 +108,7 @@ def test_owner_checks() -> None:
 WRITERS, PER_WRITER = 8, 500
 
 
+@pytest.mark.slow  # 4000 runs from 8 processes (CI); concurrent writing processes stay in the default run below
 def test_eight_processes_record_4000_runs(db_url: str) -> None:
     Store(db_url).close()  # migrate once up front (concurrent first use is covered below anyway)
     started = time.monotonic()
