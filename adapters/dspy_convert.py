@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from stepbridge.errors import ConversionError, StepbridgeError
+from stepbridge.errors import ConversionError, ProgramValidationError, StepbridgeError
 from stepbridge.program import Program
 from stepbridge.signature import FieldSpec, Signature, TypeExpr
 
@@ -476,7 +476,9 @@ def _program(name: str, signature: Signature, modules: dict[str, Any], steps: li
     for version in (1, 2) if not _needs_v2(steps) else (2,):  # v2 module types fail v1 and take v2
         try:
             program = Program.model_validate({"stepbridge": version, **data})
-            validate(program)
+            errors = [issue for issue in validate(program) if issue.severity == "error"]
+            if errors:  # written as is, `stepbridge validate` and every load would refuse it
+                raise ProgramValidationError(errors)
             if _non_finite(data):  # kept in memory (and verified so) but written as null: refused instead
                 raise ValueError("a number JSON cannot hold (no NaN or infinity), e.g. a constant computed by "
                                  "the module")

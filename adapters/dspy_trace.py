@@ -399,6 +399,22 @@ def _render(parts: list[Any], sources: dict[str, str]) -> str | None:
     return "".join(out)
 
 
+def _computed(value: Any) -> bool:
+    """Whether a step's value holds a reference or an operation anywhere (not a plain constant)."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str) and item.startswith("$"):
+            return True
+        if isinstance(item, dict):
+            if any(str(key).startswith("$") for key in item):
+                return True
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return False
+
+
 def _infer_template(entries: list[Any]) -> dict[str, Any] | None:
     """A ``$template`` value rebuilding every observed string from the inputs and earlier results
     (an f-string in forward), or ``None``. Templates from the marked run are tried first: there,
@@ -809,8 +825,8 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str,
             elif isinstance(ref, dict) and "$index" in ref:  # one element of a map step's results
                 src, _, fld = str(ref["$index"][0]).lstrip("$").partition(".")
                 out_types[k].add(interfaces[as_modules[src]].outputs[fld].type if src in as_modules else "Any")
-            else:
-                out_types[k].add("Any" if isinstance(ref, str) and ref.startswith("$") else _infer_type(ref))
+            else:  # a value built of references or operations: its type is not its shape's (checked when run)
+                out_types[k].add("Any" if _computed(ref) else _infer_type(ref))
     outputs = {}
     for k, kinds in out_types.items():
         real = kinds - {"None"}

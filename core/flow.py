@@ -34,6 +34,9 @@ from .values import Op, Ref, ValueSyntaxError, is_constant, parse_value
 
 __all__ = ["MAX_CALLS", "MAX_NESTING", "check_steps"]
 
+#: module types whose inputs are written into a prompt (their own or a wrapped module's)
+PROMPTED_TYPES = frozenset({"predict", "chain_of_thought", "react", "best_of_n", "refine", "multi_chain_comparison"})
+
 MAX_NESTING = 64
 MAX_CALLS = 1_000_000  # worst-case module calls, and steps run, of one run
 MAX_TYPE_PASSES = 8
@@ -696,7 +699,9 @@ class _Checker:
             local[item] = over_type.element() or STR
         self.locals.append(local)
         try:
-            self.check_args(node.args, f"{node.pointer}/with", sig.inputs if sig else None, scope, kind="with")
+            module = self.modules.get(node.module)
+            self.check_args(node.args, f"{node.pointer}/with", sig.inputs if sig else None, scope, kind="with",
+                            prompted=getattr(module, "type", None) in PROMPTED_TYPES)
         finally:
             self.locals.pop()
 
@@ -747,7 +752,10 @@ class _Checker:
         scope.names.add(name)
 
     def check_args(self, args: dict[str, Any], pointer: str, targets: dict[str, FieldSpec] | None, scope: _Scope,
-                   *, kind: str) -> None:
+                   *, kind: str, prompted: bool = False) -> None:
+        """``prompted``: the module writes its inputs into a prompt, where a ``str`` field takes any value
+        and shows it as DSPy does (a list of passages numbered, an object as JSON), what DSPy programs
+        routinely pass (``context: str`` given the retrieved passages): a mismatch there is a warning."""
         c = self.c
         for key, parsed in args.items():
             arg_pointer = f"{pointer}/{_esc(key)}"
@@ -762,14 +770,19 @@ class _Checker:
             if target is None:
                 continue
             want = self.field_type(target)
+            # into a prompt's str field any value goes, shown as DSPy shows it: reported, not refused
+            lenient = prompted and want.kind == "str"
+            report = c.warning if lenient else c.error
+            shown = (" (the prompt shows it as DSPy does: a list numbered, an object as JSON; declare the field's "
+                     "type to say so)") if lenient else ""
             if isinstance(parsed, Ref):
                 if not vtype.assignable_to(want):
-                    c.error(arg_pointer, f"type mismatch: {parsed} is {vtype} but {key!r} expects {want}")
+                    report(arg_pointer, f"type mismatch: {parsed} is {vtype} but {key!r} expects {want}{shown}")
             elif is_constant(parsed):
                 if not want.accepts(parsed):
-                    c.error(arg_pointer, f"type mismatch: literal {_show(parsed)} is not a {want}")
+                    report(arg_pointer, f"type mismatch: literal {_show(parsed)} is not a {want}{shown}")
             elif self.version == 2 and not vtype.assignable_to(want):
-                c.error(arg_pointer, f"type mismatch: the value is {vtype} but {key!r} expects {want}")
+                report(arg_pointer, f"type mismatch: the value is {vtype} but {key!r} expects {want}{shown}")
         if targets is not None:
             for name, spec in targets.items():
                 if name not in args and spec.type_expr.kind != "optional":

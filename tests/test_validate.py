@@ -255,10 +255,28 @@ def test_corpus_must_be_a_relative_path_not_a_url() -> None:
 
 
 def test_type_mismatch_between_producer_and_consumer() -> None:
+    data = raw("multihop")
+    data["steps"][4]["with"]["facts"] = "$hop.query"
+    issue = the(issues_of(data), "/steps/4/with/facts")
+    assert issue.message == "type mismatch: $hop.query is str but 'facts' expects list[str]"
+    data = raw("multihop")
+    data["steps"][2]["with"]["query"] = "$first.passages"  # a retriever's query is not a prompt: refused
+    issue = the(issues_of(data), "/steps/2/with/query")
+    assert issue.message == "type mismatch: $first.passages is list[str] but 'query' expects str"
+
+
+def test_any_value_into_a_prompts_str_field_is_a_warning_not_an_error() -> None:
+    """DSPy programs pass the retrieved passages to a ``context: str`` field; DSPy (and every backend here)
+    shows them numbered. Reported, as a mismatch, but the program is valid."""
     data = raw()
     data["steps"][1]["with"]["question"] = "$found.scores"
-    issue = the(issues_of(data), "/steps/1/with/question")
-    assert issue.message == "type mismatch: $found.scores is list[float] but 'question' expects str"
+    data["steps"][1]["with"]["context"] = "$found.passages"
+    data["modules"]["answer"]["signature"] = "context, question -> answer"
+    found = [i for i in validate_data(data)._warnings if i.severity == "warning"]  # type: ignore[attr-defined]
+    by_pointer = {i.pointer: i.message for i in found}
+    assert by_pointer["/steps/1/with/question"].startswith(
+        "type mismatch: $found.scores is list[float] but 'question' expects str (the prompt shows it as DSPy does")
+    assert by_pointer["/steps/1/with/context"].startswith("type mismatch: $found.passages is list[str] but 'context'")
 
 
 def test_literal_argument_type_mismatch() -> None:
@@ -305,8 +323,8 @@ def test_map_item_type_and_result_list_type_are_checked() -> None:
     data["steps"][3]["with"]["passage"] = "$passage.text"
     assert "has no field 'text'" in the(issues_of(data), "/steps/3/with/passage").message
     data = raw("multihop")
-    data["steps"][4]["with"]["question"] = "$extracted.fact"  # list[str] from a map into a str input
-    assert "is list[str] but 'question' expects str" in the(issues_of(data), "/steps/4/with/question").message
+    data["steps"][4]["with"]["facts"] = "$extracted"  # a list of records into list[str]
+    assert "but 'facts' expects list[str]" in the(issues_of(data), "/steps/4/with/facts").message
 
 
 def test_map_item_name_must_not_shadow_and_must_be_an_identifier() -> None:

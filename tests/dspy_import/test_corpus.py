@@ -27,8 +27,9 @@ from stepbridge.adapters.dspy import dspy
 from stepbridge.adapters.dspy_convert import _entry
 from stepbridge.adapters.dspy_import import dspy_retriever, import_module
 from stepbridge.adapters.dspy_reward import dspy_reward, reward_functions
-from stepbridge.errors import ConversionError
+from stepbridge.errors import ConversionError, ProgramValidationError
 from stepbridge.registry import dspy_modules, metrics, retrievers, tools
+from stepbridge.validate import validate_data
 
 CORPUS = sorted((Path(__file__).resolve().parent / "corpus").glob("c*.py"))
 #: the share of the corpus that must import to identical programs (raise it as the importer improves)
@@ -151,6 +152,10 @@ def _evaluate(path: Path, lm: Any, run_native: Any) -> Outcome:
 def _compare(path: Path, mod: Any, construct: str, program: Any, report: Any, lm: Any, run_native: Any) -> Outcome:
     if report.mode == "dspy_step":
         return Outcome(path.stem, construct, "opaque", report.status, report.notes[0][:160] if report.notes else "")
+    try:
+        validate_data(program.to_dict())  # the program as `stepbridge import-dspy` writes it loads as it is
+    except ProgramValidationError as exc:
+        return Outcome(path.stem, construct, "failed", report.status, f"the written program does not load: {exc}"[:300])
     problems = []
     for inputs in [*mod.SAMPLES, *mod.HELD_OUT]:
         try:
