@@ -100,6 +100,7 @@ def _run(argv: list[str], work: Path, env: dict[str, str]) -> subprocess.Complet
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # a hang guard: a page's blocks start servers, pools and Ray, beside another xdist worker
 @pytest.mark.parametrize("page", [p for p in PAGES if runnable(p)], ids=lambda p: p.relative_to(REPO).as_posix())
 def test_code_blocks_run_as_written(page: Path, tmp_path: Path) -> None:
     name = page.relative_to(REPO).as_posix()
