@@ -21,6 +21,7 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import stepbridge as sb
+from bench_native import settle  # the same heap settling before each measured side (this folder is on sys.path)
 from stepbridge.adapters.native import NativeAdapter
 from stepbridge.lm import InProcessLMClient, LMPool
 
@@ -56,6 +57,7 @@ def bench_native(runs: int, passes: int) -> tuple[float, float]:
         async with sb.Runner(NativeAdapter(lm=pool)) as runner:
             for _ in range(3):
                 await runner.run(prog, {"question": "What is the capital of France?"})
+            settle()
             start, cpu = time.perf_counter(), time.process_time()
             for _ in range(runs):
                 result = await runner.run(prog, {"question": "What is the capital of France?"})
@@ -88,6 +90,7 @@ def bench_dspy(runs: int, passes: int) -> tuple[float, float]:
     with dspy.context(lm=lm):
         for _ in range(3):
             module(question="What is the capital of France?")
+        settle()
         start, cpu = time.perf_counter(), time.process_time()
         for _ in range(runs):
             out = module(question="What is the capital of France?")
