@@ -160,7 +160,9 @@ class Runner:
         prog = load(program, store=self._source)
         result, execution_id = await self._execute(prog, inputs, self._options(options, option_fields))
         if execution_id is not None:
-            await self._succeed(execution_id, result)
+            # shielded: a caller cancelling now must not leave an ended run "running" (a recorder may wait
+            # before it writes; the bundled store has queued the write already)
+            await asyncio.shield(self._succeed(execution_id, result))
         return result
 
     async def _execute(self, prog: Program, inputs: Any, options: RunOptions) -> tuple[RunResult, str | None]:

@@ -157,6 +157,42 @@ def test_cancelling_while_the_start_is_recorded_still_ends_in_one_state(tmp_path
     assert set(statuses) <= {"cancelled", "succeeded"}
 
 
+class GatedRecorder(BothRecorder):
+    """An async recorder that waits (a gate) before it writes a success, as a remote recorder may."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def asucceed(self, execution_id: str, result: RunResult) -> object:
+        self.entered.set()
+        await self.gate.wait()
+        self.events.append("asucceed")
+        return True
+
+
+def test_a_run_cancelled_while_its_success_is_recorded_still_records_it() -> None:
+    program = sb.load_program(ECHO)
+    recorder = GatedRecorder()
+
+    async def go() -> None:
+        async with sb.Runner("native", store=recorder) as runner:
+            task = asyncio.ensure_future(runner.run(program, {"question": "q"}))
+            await asyncio.wait_for(recorder.entered.wait(), 60)  # a hang guard, not a timing check
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            recorder.gate.set()
+            for _ in range(100):  # the shielded write finishes on its own
+                if "asucceed" in recorder.events:
+                    break
+                await asyncio.sleep(0.01)
+
+    asyncio.run(go())
+    assert recorder.events == ["abegin", "asucceed"]  # one recorded end, the success: never left running
+
+
 def test_same_content_beside_different_corpora_runs_on_its_own_corpus(tmp_path: Path) -> None:
     outputs = []
     async def go() -> None:
