@@ -25,7 +25,6 @@ What the pool guarantees, the same way:
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import logging
 import os
@@ -135,8 +134,11 @@ def _connect(config: RayConfig) -> bool:
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         if address is None:
             kwargs["num_cpus"] = config.num_cpus
-            # a process-owned instance: shut down when this process exits, whoever closed adapters before
-            atexit.register(ray.shutdown)
+            # A process-owned instance: shut down when this process exits, whoever closed adapters before. Not
+            # with atexit: concurrent.futures ends _INIT_THREAD before atexit handlers run, and the raylet,
+            # dying with that thread, left its dashboard and runtime-env agents running (orphans, seen after
+            # every test run). threading's exit hooks run first, newest first: before concurrent.futures' own.
+            threading._register_atexit(ray.shutdown)  # type: ignore[attr-defined]
         if config.namespace is not None:
             kwargs["namespace"] = config.namespace
         try:
