@@ -319,7 +319,8 @@ class _Compiler:
                     text.append(str(part.value).replace("{", "{{").replace("}", "}}"))
                 elif isinstance(part, ast.FormattedValue) and part.conversion == -1 and part.format_spec is None:
                     ref = self.value(part.value, env)
-                    if not (isinstance(ref, str) and ref.startswith("$") and not ref.startswith("$$")):
+                    if not (isinstance(ref, str) and ref.startswith("$") and not ref.startswith("$$")) and not (
+                            isinstance(ref, dict) and self.kind(ref) == "str"):  # text an operation built: as is
                         raise self.fail("an f-string part that is not a reference", part)
                     name = f"v{len(names)}"
                     names[name] = ref
@@ -406,9 +407,11 @@ class _Compiler:
         text = self.value(func.value, env)
         if self.kind(text) != "str":
             raise self.fail(f".{method}() of something not known to be a string", node)
+        if any(isinstance(a, ast.Tuple) for a in node.args):
+            raise self.fail(f"str.{method} with a tuple (one string only: test each with `or`)", node)
         args = [self.value(a, env) for a in node.args]
         for arg, given in zip(args, node.args, strict=True):
-            if self.kind(arg) != "str":  # startswith(("a", "b")) takes a tuple: refused as any non-string
+            if self.kind(arg) != "str":
                 raise self.fail(f"str.{method} with an argument not known to be a string", given)
         return {f"${method}": text if not args else [text, *args]}
 
