@@ -342,16 +342,21 @@ def _strip(value: Any) -> str:
     return _text(value).strip()
 
 
-def _lower(value: Any) -> str:
-    result = _text(value).lower()  # at most 3 characters per character ('İ' lowers to 2): bounded, checked
+def _cased(text: str, mapping: Callable[[str], str]) -> str:
+    """A case mapping never shortens text and lengthens it at most 3 times ('ß' uppers to 'SS', 'ﬄ' to 'FFL'):
+    a text already past the bound is refused before anything is built, the result checked."""
+    _check_chars(len(text))
+    result = mapping(text)
     _check_chars(len(result))
     return result
+
+
+def _lower(value: Any) -> str:
+    return _cased(_text(value), str.lower)
 
 
 def _upper(value: Any) -> str:
-    result = _text(value).upper()  # 'ß' uppers to 'SS', a few to 3 characters: bounded, checked
-    _check_chars(len(result))
-    return result
+    return _cased(_text(value), str.upper)
 
 
 def _replace(args: list[Any]) -> str:

@@ -153,6 +153,8 @@ def test_text_operations_are_bounded_before_building(monkeypatch: pytest.MonkeyP
     assert apply("upper", "ß" * 500) == "SS" * 500
     with pytest.raises(OperationError, match="characters"):
         apply("lower", "\u0130" * 600)
+    with pytest.raises(OperationError, match="would hold 1,001 characters"):
+        apply("lower", "a" * 1001)  # a text past the bound: refused before it is mapped
 
 
 @given(st.dictionaries(names, json_values, min_size=1, max_size=4), st.text(alphabet="ab {}", max_size=10))
