@@ -174,6 +174,10 @@ def _is_result_field(value: Any, as_modules: dict[str, str]) -> bool:
             and value[1:].split(".")[0] in as_modules)
 
 
+#: The str methods with a value operation, and how many arguments each takes.
+_STR_METHODS = {"strip": 0, "lower": 0, "upper": 0, "replace": 2, "startswith": 1, "endswith": 1}
+
+
 class _Compiler:
     def __init__(self, obj: Any, names: dict[int, str], outputs: dict[str, list[str]], offset: int,
                  params: list[str], *, types: dict[str, dict[str, str]] | None = None,
@@ -213,6 +217,7 @@ class _Compiler:
         self.proven: dict[tuple[int, str], str] = {}  # (line, construct kind) -> why every input takes its paths
         self.over_lines: list[int] = []  # lines of for loops over a list that became loop steps
         self.lists: dict[str, bool] = {}  # `$inputs.x` -> whether x is a list on every sample (the input's type)
+        self.strs: set[str] = set()  # `$inputs.x` of the inputs that are strings on every sample
 
     def fail(self, what: str, node: ast.AST) -> Unsupported:
         return Unsupported(what, getattr(node, "lineno", 0) + self.offset)
@@ -314,7 +319,8 @@ class _Compiler:
                     text.append(str(part.value).replace("{", "{{").replace("}", "}}"))
                 elif isinstance(part, ast.FormattedValue) and part.conversion == -1 and part.format_spec is None:
                     ref = self.value(part.value, env)
-                    if not (isinstance(ref, str) and ref.startswith("$") and not ref.startswith("$$")):
+                    if not (isinstance(ref, str) and ref.startswith("$") and not ref.startswith("$$")) and not (
+                            isinstance(ref, dict) and self.kind(ref) == "str"):  # text an operation built: as is
                         raise self.fail("an f-string part that is not a reference", part)
                     name = f"v{len(names)}"
                     names[name] = ref
@@ -379,9 +385,35 @@ class _Compiler:
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("join", "split")
                 and len(node.args) == 1 and not node.keywords):
             return self.text_method(node, env)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _STR_METHODS:
+            return self.str_method(node, env)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             return self.inline(node, env)
         raise self.fail(f"the expression {type(node).__name__} has no program equivalent here", node)
+
+    def str_method(self, node: ast.Call, env: dict[str, Any]) -> Any:
+        """``text.strip()``, ``.lower()``, ``.upper()``, ``.replace(old, new)``, ``.startswith(p)``,
+        ``.endswith(s)`` on a known string, as Python's str methods are: ``$strip`` ... ``$endswith``. The forms
+        the operations do not have (``strip("xy")``, a ``replace`` count, a tuple of prefixes, keywords) are
+        refused: the program would mean something else."""
+        func = node.func
+        assert isinstance(func, ast.Attribute)
+        method = func.attr
+        count = _STR_METHODS[method]
+        if node.keywords or len(node.args) != count or any(isinstance(a, ast.Starred) for a in node.args):
+            shown = {0: "no arguments", 1: "one argument", 2: "two arguments"}[count]
+            raise self.fail(f"str.{method} with other than {shown} (only {method}({', '.join(['x'] * count)}) has "
+                            "a program equivalent)", node)
+        text = self.value(func.value, env)
+        if self.kind(text) != "str":
+            raise self.fail(f".{method}() of something not known to be a string", node)
+        if any(isinstance(a, ast.Tuple) for a in node.args):
+            raise self.fail(f"str.{method} with a tuple (one string only: test each with `or`)", node)
+        args = [self.value(a, env) for a in node.args]
+        for arg, given in zip(args, node.args, strict=True):
+            if self.kind(arg) != "str":
+                raise self.fail(f"str.{method} with an argument not known to be a string", given)
+        return {f"${method}": text if not args else [text, *args]}
 
     def text_method(self, node: ast.Call, env: dict[str, Any]) -> Any:
         """``"sep".join(xs)`` (``$join``, a known list) and ``text.split("sep")`` (``$split``, a known string and
@@ -438,6 +470,8 @@ class _Compiler:
             name, _, fld = value[1:].partition(".")
             if not fld:
                 return self.kinds.get(name)
+            if name == "inputs" and value in self.strs:
+                return "str"
             module = self.as_modules.get(name)
             ftype = self.types.get(module or "", {}).get(fld, "")
             if name in self.mapped_as:
@@ -449,7 +483,7 @@ class _Compiler:
             op, args = next(iter(value.items()))
             if op in ("$dedupe", "$split"):
                 return "list"
-            if op in ("$template", "$join"):
+            if op in ("$template", "$join", "$strip", "$lower", "$upper", "$replace"):
                 return "str"
             if op == "$concat" and isinstance(args, list) and args:
                 return self.kind(args[0])
@@ -1167,11 +1201,13 @@ def _int_index(node: ast.AST) -> int | None:
 def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[str, list[str]], *,
                     types: dict[str, dict[str, str]] | None = None,
                     tools: dict[int, tuple[str, list[str]]] | None = None,
-                    positional: dict[str, str] | None = None, list_inputs: tuple[str, ...] = ()) -> Compiled:
+                    positional: dict[str, str] | None = None, list_inputs: tuple[str, ...] = (),
+                    str_inputs: tuple[str, ...] = ()) -> Compiled:
     """The steps of ``type(obj).method`` (see the module docstring), or :class:`Unsupported`. ``types``:
     each module's output types; ``tools``: registered tool functions (by ``id``) as (module, parameters);
     ``positional``: the input a module's one positional argument is (``dspy.Retrieve``: ``query``);
-    ``list_inputs``: inputs typed as lists in the program (a loop may go over them)."""
+    ``list_inputs``: inputs typed as lists in the program (a loop may go over them); ``str_inputs``: inputs
+    that are strings on every sample (typed str: a str method may read them)."""
     func = getattr(type(obj), method)
     try:
         lines, start = inspect.getsourcelines(func)
@@ -1189,6 +1225,7 @@ def compile_forward(obj: Any, method: str, names: dict[int, str], outputs: dict[
                          globals_=getattr(inspect.unwrap(func), "__globals__", {}))
     compiler.source_names = {n.id for n in ast.walk(fdef) if isinstance(n, ast.Name)} | set(params)
     compiler.lists = {f"$inputs.{name}": True for name in list_inputs}
+    compiler.strs = {f"$inputs.{name}" for name in str_inputs}
     env: dict[str, Any] = {p: f"$inputs.{p}" for p in params}
     body = fdef.body
     if isinstance(fdef, ast.AsyncFunctionDef):

@@ -755,8 +755,10 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str,
     try:
         field_types = {n: {k: f.type for k, f in sig.outputs.items()} for n, sig in interfaces.items()}
         lists = tuple(k for k in samples[0] if all(isinstance(s.get(k), list) for s in samples))  # typed list[...]
+        strs = tuple(k for k in samples[0] if all(isinstance(s.get(k), str) for s in samples))  # typed str
         compiled = compile_forward(obj, entry, names, {n: list(sig.outputs) for n, sig in interfaces.items()},
-                                   types=field_types, tools=tools, positional=positional, list_inputs=lists)
+                                   types=field_types, tools=tools, positional=positional, list_inputs=lists,
+                                   str_inputs=strs)
     except Unsupported as exc:
         if why is not None:
             why.append(f"line {exc.line}: {exc}" if exc.line else str(exc))

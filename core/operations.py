@@ -332,6 +332,52 @@ def _split(args: list[Any]) -> list[str]:
     return text.split(sep)
 
 
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Domain(f"needs a string, got {_kind(value)}")
+    return value
+
+
+def _strip(value: Any) -> str:
+    return _text(value).strip()
+
+
+def _cased(text: str, mapping: Callable[[str], str]) -> str:
+    """A case mapping never shortens text and lengthens it at most 3 times ('ß' uppers to 'SS', 'ﬄ' to 'FFL'):
+    a text already past the bound is refused before anything is built, the result checked."""
+    _check_chars(len(text))
+    result = mapping(text)
+    _check_chars(len(result))
+    return result
+
+
+def _lower(value: Any) -> str:
+    return _cased(_text(value), str.lower)
+
+
+def _upper(value: Any) -> str:
+    return _cased(_text(value), str.upper)
+
+
+def _replace(args: list[Any]) -> str:
+    text, old, new = args
+    if not (isinstance(text, str) and isinstance(old, str) and isinstance(new, str)):
+        raise _Domain(f"needs three strings (text, old, new), got {_kind(text)}, {_kind(old)} and {_kind(new)}")
+    # Python's count of an empty ``old`` is len(text) + 1 (it inserts ``new`` between every character):
+    # the size is known before anything is built.
+    _check_chars(len(text) + text.count(old) * (len(new) - len(old)))
+    return text.replace(old, new)
+
+
+def _affix(check: Callable[[str, str], bool], what: str) -> Callable[[list[Any]], bool]:
+    def run(args: list[Any]) -> bool:
+        text, affix = args
+        if not (isinstance(text, str) and isinstance(affix, str)):
+            raise _Domain(f"needs a string and a {what} string, got {_kind(text)} and {_kind(affix)}")
+        return check(text, affix)
+    return run
+
+
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|\{|\}")
 
 
@@ -576,6 +622,17 @@ def _t_split(types: list[TypeExpr], _: list[Any]) -> TypeExpr:
     return TypeExpr("list", (STR,))
 
 
+def _t_text(types: list[TypeExpr], _: list[Any]) -> TypeExpr:
+    for i, t in enumerate(types):
+        _need(t, {"str"}, "the text" if i == 0 else f"argument {i}")
+    return STR
+
+
+def _t_affix(types: list[TypeExpr], _: list[Any]) -> TypeExpr:
+    _t_text(types, _)
+    return BOOL
+
+
 def _t_template(types: list[TypeExpr], _: list[Any]) -> TypeExpr:
     _need(types[0], {"str"}, "the template")
     _need(types[1], {"object"}, "the fields")
@@ -660,6 +717,18 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
               reads=True),
     Operation("join", (2, 2), _join, _t_join, "[list of strings, separator] -> string", grows=True, reads=True),
     Operation("split", (2, 2), _split, _t_split, "[string, separator] -> list of strings", grows=True,
+              reads=True),
+    Operation("strip", None, _strip, _t_text, "a string without leading and trailing whitespace (Python's "
+              "str.strip())", grows=True, reads=True),
+    Operation("lower", None, _lower, _t_text, "a string in lower case (Python's str.lower())", grows=True,
+              reads=True),
+    Operation("upper", None, _upper, _t_text, "a string in upper case (Python's str.upper())", grows=True,
+              reads=True),
+    Operation("replace", (3, 3), _replace, _t_text, "[text, old, new] -> every old replaced by new (Python's "
+              "str.replace)", grows=True, reads=True),
+    Operation("startswith", (2, 2), _affix(str.startswith, "prefix"), _t_affix, "[text, prefix] -> bool",
+              reads=True),
+    Operation("endswith", (2, 2), _affix(str.endswith, "suffix"), _t_affix, "[text, suffix] -> bool",
               reads=True),
     Operation("template", (2, 2), _template, _t_template,
               "[text with {name} placeholders, {name: value}] -> string", grows=True, reads=True),

@@ -216,6 +216,25 @@ def test_operation_argument_types_are_checked() -> None:
     assert "must be list or object or str" in the(found, "/steps/0/set/z").message
 
 
+def test_text_operations_are_typed() -> None:
+    """The str-method operations take strings and give str (``$strip`` ... ``$replace``) or bool: a module
+    input fed from them is checked, a non-string argument is an error at its pointer."""
+    data = program([
+        {"call": "count", "with": {"question": {"$lower": {"$strip": "$inputs.question"}}}, "as": "c"},
+        {"set": {"bad": {"$strip": "$c.n"}, "worse": {"$replace": ["$inputs.question", "a", 1]},
+                 "ok": {"$startswith": [{"$upper": "$inputs.question"}, "A"]}}},
+        {"call": "gen", "with": {"context": {"$replace": ["$inputs.question", "", "-"]}, "question": "$ok"},
+         "as": "r"},
+        {"return": {"answer": "$r.query"}},
+    ])
+    found = issues(data)
+    assert the(found, "/steps/1/set/bad").message == "$strip: the text must be str, not int"
+    assert the(found, "/steps/1/set/worse").message == "$replace: argument 2 must be str, not int"
+    assert the(found, "/steps/2/with/context").message == ("type mismatch: the value is str but 'context' expects "
+                                                           "list[str]")
+    assert len([i for i in found if i.severity == "error"]) == 3, [str(i) for i in found]  # the rest is typed
+
+
 # -- returns -------------------------------------------------------------------------------------
 
 

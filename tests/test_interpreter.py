@@ -294,6 +294,24 @@ def test_the_total_work_of_a_run_is_bounded(monkeypatch: pytest.MonkeyPatch) -> 
     assert 300 < info.value.trace[-1].passes[0] < 400  # ~ sqrt(2 * 50,000): quadratic growth caught early
 
 
+def test_text_operations_in_a_loop_are_bounded_and_charged() -> None:
+    """A hostile file: ``$replace`` of an empty ``old`` inserts the text around each of its characters, so
+    the text grows by a factor of its length each pass: the bound stops it at the pass that would pass
+    8,388,608 characters, a typed error at the operation's pointer, nothing built past it."""
+    prog = program([
+        {"set": {"t": "$inputs.text"}},
+        {"loop": {"max": 10_000, "steps": [{"set": {"t": {"$upper": {"$replace": ["$t", "", "$t"]}}}}]}},
+        {"return": {"out": {"$len": "$t"}}},
+    ])
+    with pytest.raises(StepError) as info:
+        run(prog)  # text "hi": 2, 8, 80, 6,560, then 43,046,720: refused before it is built
+    cause = info.value.cause
+    assert isinstance(cause, OperationError) and cause.operation == "replace"
+    assert "would hold 43,046,720 characters" in cause.message
+    assert cause.pointer == "/steps/1/loop/steps/0/set/t/$upper"
+    assert info.value.trace[-1].passes[0] == 3  # three passes done, the fourth refused
+
+
 def test_reference_cycles_cannot_be_written() -> None:
     from stepbridge.errors import ProgramValidationError
 

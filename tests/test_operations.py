@@ -92,6 +92,71 @@ def test_join_and_split(parts: list[str], sep: str) -> None:
         assert apply("split", [joined, sep]) == joined.split(sep)
 
 
+# text with what Python's str methods treat specially: every kind of Unicode whitespace (strip), characters
+# whose case mapping changes the length ('ß', 'İ', 'ﬄ'), combining marks, astral characters
+_SPECIAL = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2003\u200a\u2028\u2029\u202f\u205f\u3000"
+texts = st.text(alphabet=st.sampled_from(_SPECIAL + "aAbß\u0130\ufb04\u0301Σς\U0001d400\u200b") | st.characters(),
+                max_size=12)
+
+
+@given(texts)
+def test_strip_lower_upper_are_pythons_str_methods(text: str) -> None:
+    assert apply("strip", text) == text.strip()
+    assert apply("lower", text) == text.lower()
+    assert apply("upper", text) == text.upper()
+
+
+@given(texts, st.text(alphabet="aAß \n", max_size=2) | texts, st.text(alphabet="xy ", max_size=3))
+def test_replace_startswith_endswith_are_pythons_str_methods(text: str, old: str, new: str) -> None:
+    assert apply("replace", [text, old, new]) == text.replace(old, new)  # an empty old included
+    assert apply("startswith", [text, old]) is text.startswith(old)
+    assert apply("endswith", [text, old]) is text.endswith(old)
+    assert apply("startswith", [text, text[:3]]) is True and apply("endswith", [text, text[-3:]]) is True
+
+
+@pytest.mark.parametrize(("name", "args"), [
+    ("strip", 3), ("lower", ["A"]), ("upper", None), ("replace", ["a", "a", 1]), ("replace", [["a"], "a", "b"]),
+    ("startswith", ["abc", ["a", "b"]]), ("endswith", [1, "a"]),
+])
+def test_text_operations_refuse_non_strings(name: str, args: Any) -> None:
+    with pytest.raises(OperationError, match=f"/p: \\${name} needs"):
+        apply(name, args)
+
+
+@given(st.sampled_from(["strip", "lower", "upper", "replace", "startswith", "endswith"]), texts,
+       st.text(max_size=3), st.text(max_size=200))
+def test_text_operations_charge_what_they_read_and_build(name: str, text: str, old: str, new: str) -> None:
+    """The work budget is charged for the text each operation reads and builds, 1 per 64 characters
+    (``$replace`` of an empty ``old`` builds len(text) + 1 copies of ``new``: charged as built)."""
+    text = text * 30
+    args: Any = text if OPERATIONS[name].arity is None else [text, old, new] if name == "replace" else [text, old]
+    scope = {operations.WORK_KEY: [10**9]}
+    result = run_operation(OPERATIONS[name], args, "/p", scope)
+    read = sum(len(a) // 64 for a in ([args] if isinstance(args, str) else args))
+    built = len(result) // 64 if isinstance(result, str) else 0
+    assert 10**9 - scope[operations.WORK_KEY][0] == read + built
+    if read + built:
+        with pytest.raises(OperationError, match="units of work"):
+            run_operation(OPERATIONS[name], args, "/p", {operations.WORK_KEY: [read + built - 1]})
+
+
+def test_text_operations_are_bounded_before_building(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$replace`` with an empty ``old`` inserts ``new`` around every character (Python's rule): the size is
+    known from a count, and refused before the text is built; case mappings that lengthen text are checked."""
+    monkeypatch.setattr(operations, "MAX_CHARS", 1000)
+    with pytest.raises(OperationError, match="would hold 1,406 characters"):
+        apply("replace", ["a" * 200, "", "xyzzyx"])  # 200 characters and 201 insertions of 6
+    assert apply("replace", ["a" * 100, "", "-"]) == "-" + "-".join("a" * 100) + "-"
+    assert apply("replace", ["ab" * 400, "b", ""]) == "a" * 400  # shrinking is always within the bound
+    with pytest.raises(OperationError, match="characters"):
+        apply("upper", "ß" * 600)  # 600 characters in, 1,200 out
+    assert apply("upper", "ß" * 500) == "SS" * 500
+    with pytest.raises(OperationError, match="characters"):
+        apply("lower", "\u0130" * 600)
+    with pytest.raises(OperationError, match="would hold 1,001 characters"):
+        apply("lower", "a" * 1001)  # a text past the bound: refused before it is mapped
+
+
 @given(st.dictionaries(names, json_values, min_size=1, max_size=4), st.text(alphabet="ab {}", max_size=10))
 def test_template_renders_fields_like_python_str(fields: dict[str, Any], filler: str) -> None:
     filler = filler.replace("{", "{{").replace("}", "}}")

@@ -546,6 +546,63 @@ def test_a_for_loop_over_a_list_is_a_loop_over_it(loop: Any, dspy_lm: Any, nativ
 
 
 # ------------------------------------------------------------------------------------------------
+# str methods on known strings: $strip, $lower, $upper, $replace, $startswith, $endswith
+# ------------------------------------------------------------------------------------------------
+class CleansAndRoutes(dspy.Module):
+    """What unseen DSPy programs do with replies and inputs: clean them, test them, branch on them."""
+
+    def __init__(self) -> None:
+        self.rewrite = dspy.Predict("question -> query")
+        self.gen = dspy.Predict("question, context -> answer")
+
+    def forward(self, question: str) -> Any:
+        q = question.strip()
+        pred = self.rewrite(question=q.replace("\n", " "))
+        query = pred.query.strip().lower()
+        if question.strip().lower().endswith("?") and not query.startswith("zzz"):
+            context = query.upper()
+        else:
+            context = pred.query.replace(" ", "_").replace("", "|")
+        answer = self.gen(question=q, context=context).answer
+        return dspy.Prediction(answer=answer.strip(), query=query, loud=f"{answer.upper()}!",
+                               is_the=answer.lower().startswith("the"), asked=q.endswith("?"))
+
+
+STR_SAMPLES = [{"question": "  Who designed the Eiffel Tower?\n"}, {"question": "Where is Mount Everest"}]
+STR_UNSEEN = [{"question": "\u2003Wo liegt die Straße?\u3000"}, {"question": "\tWHAT\nIS\r\nİstanbul ?  "},
+              {"question": "x"}, {"question": "\x85\xa0"}]
+
+
+def test_str_methods_are_operations_and_run_as_in_dspy(loop: Any, dspy_lm: Any, native_adapter: Any) -> None:
+    original = CleansAndRoutes()
+    program, report = import_module(original, sample_inputs=STR_SAMPLES, lm=dspy_lm)
+    assert report.mode == "static" and report.status == "verified", str(report)
+    data = program.to_dict()
+    assert data["steps"][0] == {"call": "rewrite", "with": {"question": {"$replace": [
+        {"$strip": "$inputs.question"}, "\n", " "]}}, "as": "rewrite_out"}
+    assert data["steps"][1]["if"] == {"$and": [
+        {"$endswith": [{"$lower": {"$strip": "$inputs.question"}}, "?"]},
+        {"$not": {"$startswith": [{"$lower": {"$strip": "$rewrite_out.query"}}, "zzz"]}}]}
+    _same_on_native(loop, native_adapter, original, program, dspy_lm, [*STR_SAMPLES, *STR_UNSEEN])
+
+
+class StripsAList(dspy.Module):
+    def __init__(self) -> None:
+        self.gen = dspy.Predict("question -> answer")
+
+    def forward(self, questions: list[str]) -> Any:
+        return self.gen(question=questions.strip())
+
+
+def test_a_str_method_on_an_input_that_is_not_text_is_refused_naming_it(dspy_lm: Any) -> None:
+    why: list[str] = []
+    from stepbridge.adapters.dspy_trace import _static_program
+
+    assert _static_program(StripsAList(), [{"questions": ["a", "b"]}], dspy_lm, "t", why) is None
+    assert why and ".strip() of something not known to be a string" in why[0], why
+
+
+# ------------------------------------------------------------------------------------------------
 # what the static reader refuses (then tracing decides, or the module is opaque)
 # ------------------------------------------------------------------------------------------------
 class Aliased(dspy.Module):
@@ -706,6 +763,50 @@ class ChoiceInsideText(Aliased):
         return self.gen(question=f"{question if len(question) > 3 else '?'}")
 
 
+class StripsCharacters(Aliased):
+    def forward(self, question: str) -> Any:
+        return dspy.Prediction(answer=self.gen(question=question).answer.strip("?"))
+
+
+class ReplacesOnce(Aliased):
+    def forward(self, question: str) -> Any:
+        return dspy.Prediction(answer=self.gen(question=question).answer.replace("a", "b", 1))
+
+
+class ReplacesByKeyword(Aliased):
+    def forward(self, question: str) -> Any:
+        return dspy.Prediction(answer=self.gen(question=question).answer.replace("a", new="b"))
+
+
+class StartsWithATuple(Aliased):
+    def forward(self, question: str) -> Any:
+        answer = self.gen(question=question).answer
+        return dspy.Prediction(answer=answer, yes=answer.startswith(("yes", "Yes")))
+
+
+class EndsWithAnUnknown(Aliased):
+    def forward(self, question: str) -> Any:
+        answer = self.gen(question=question).answer
+        return dspy.Prediction(answer=answer, echoed=answer.endswith(question))  # question: no kind without samples
+
+
+class LowersAList(Aliased):
+    def forward(self, question: str) -> Any:
+        answer = self.gen(question=question).answer
+        answers = [answer]
+        return dspy.Prediction(answers=answers.lower())
+
+
+class LowersAnInput(Aliased):
+    def forward(self, question: str) -> Any:
+        return dspy.Prediction(answer=self.gen(question=question.lower()).answer)
+
+
+class CasefoldsText(Aliased):
+    def forward(self, question: str) -> Any:
+        return dspy.Prediction(answer=self.gen(question=question).answer.casefold())
+
+
 class ArithmeticOnInput(Aliased):
     def forward(self, question: str) -> Any:
         answers = []
@@ -782,6 +883,14 @@ def test_a_break_condition_failing_on_a_pass_is_no_proof_and_no_traceback(dspy_l
     (PairsTarget, "whose target is not a name, or \\(index, item\\) of enumerate"),
     (ChoiceInsideText, "the expression IfExp has no program equivalent here"),
     (ArithmeticOnInput, "arithmetic on a value not known at import"),
+    (StripsCharacters, "str.strip with other than no arguments"),
+    (ReplacesOnce, "str.replace with other than two arguments"),
+    (ReplacesByKeyword, "str.replace with other than two arguments"),
+    (StartsWithATuple, "str.startswith with a tuple \\(one string only"),
+    (EndsWithAnUnknown, "str.endswith with an argument not known to be a string"),
+    (LowersAList, "\\.lower\\(\\) of something not known to be a string"),
+    (LowersAnInput, "\\.lower\\(\\) of something not known to be a string"),
+    (CasefoldsText, "the expression Call has no program equivalent here"),
     (Closure, "FunctionDef"),
     (OverflowingArithmetic, "not a finite number"),
     (NotANumber, "not a finite number"),
