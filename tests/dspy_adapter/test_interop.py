@@ -44,7 +44,7 @@ class Computed(dspy.Module):
         self.p = dspy.Predict("question -> answer")
 
     def forward(self, question: str) -> Any:
-        return self.p(question=question.upper())
+        return self.p(question=question.title())
 
 
 class Stateful(dspy.Module):
