@@ -16,6 +16,7 @@ from typing import Any
 from stepbridge.errors import ConversionError
 from stepbridge.program import Program
 from stepbridge.signature import FieldSpec, Signature
+from stepbridge.values import is_constant, parse_value
 
 from .dspy_convert import (
     BARE,
@@ -397,22 +398,6 @@ def _render(parts: list[Any], sources: dict[str, str]) -> str | None:
         else:
             out.append(part)
     return "".join(out)
-
-
-def _computed(value: Any) -> bool:
-    """Whether a step's value holds a reference or an operation anywhere (not a plain constant)."""
-    todo = [value]
-    while todo:
-        item = todo.pop()
-        if isinstance(item, str) and item.startswith("$"):
-            return True
-        if isinstance(item, dict):
-            if any(str(key).startswith("$") for key in item):
-                return True
-            todo.extend(item.values())
-        elif isinstance(item, list):
-            todo.extend(item)
-    return False
 
 
 def _infer_template(entries: list[Any]) -> dict[str, Any] | None:
@@ -828,7 +813,7 @@ def _static_program(obj: Any, samples: list[dict[str, Any]], lm: Any, name: str,
                 src, _, fld = str(ref["$index"][0]).lstrip("$").partition(".")
                 out_types[k].add(interfaces[as_modules[src]].outputs[fld].type if src in as_modules else "Any")
             else:  # a value built of references or operations: its type is not its shape's (checked when run)
-                out_types[k].add("Any" if _computed(ref) else _infer_type(ref))
+                out_types[k].add("Any" if not is_constant(parse_value(ref, version=2)) else _infer_type(ref))
     outputs = {}
     for k, kinds in out_types.items():
         real = kinds - {"None"}
