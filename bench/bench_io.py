@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import statistics
@@ -31,6 +30,7 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import stepbridge as sb
+from cpu import cpu_seconds
 from stepbridge.lm import LMPool, LMProfile
 from stepbridge.reference_lm import running_server_process
 
@@ -46,14 +46,8 @@ SERVER_PID: list[int] = []  # the LM server process, once started
 
 
 def server_cpu() -> float:
-    """CPU seconds of the LM server process so far, every thread (Linux scheduler accounting; 0 elsewhere)."""
-    total = 0
-    for pid in SERVER_PID:
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that just ended
-                    total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e9
+    """CPU seconds of the LM server process so far, every thread (0 where Linux's accounting is missing)."""
+    return sum(cpu_seconds(pid) for pid in SERVER_PID)
 
 
 def _clock() -> tuple[float, float, float]:

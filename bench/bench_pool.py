@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import statistics
 import subprocess
@@ -35,6 +34,7 @@ from typing import Any
 import msgpack
 import zmq
 import zmq.asyncio
+from cpu import cpu_seconds
 from stepbridge import RunOptions, load_program
 from stepbridge.bridge.pool import PoolAdapter
 from stepbridge.validate import validate_data
@@ -57,18 +57,6 @@ while True:
     body = msgpack.unpackb(frames[1])
     s.send_multipart([b"REPLY", msgpack.packb({"answer": body["question"]})])
 """
-
-
-def cpu_seconds(pid: int | None = None) -> float:
-    """CPU time of a whole process, every thread included (the ZeroMQ I/O threads too), from the
-    scheduler's nanosecond accounting: /proc/PID/task/*/schedstat (Linux). ``getrusage`` cannot see a
-    live child, and its tick-based figures are too coarse for a few hundred round trips."""
-    base = Path(f"/proc/{pid or os.getpid()}/task")
-    total = 0
-    for task in base.iterdir():
-        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that just ended
-            total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e9
 
 
 class CpuMeter:
