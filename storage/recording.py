@@ -30,7 +30,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, cast
 
 from pydantic_core import to_json, to_jsonable_python
@@ -319,6 +319,12 @@ def _sqlite_time(value: datetime | None) -> str | None:
     return value.isoformat(" ", "microseconds")
 
 
+@lru_cache(maxsize=1024)
+def _in_list(head: str, tail: str, n: int) -> str:
+    """A statement ending ``IN (`` + ``tail`` for ``n`` ids as driver SQL (``?`` each), rendered once per size."""
+    return head + ", ".join("?" * n) + tail
+
+
 _SQLITE_ROWS = 50  # rows per multi-row INSERT on SQLite (17 columns: well within 999 variables)
 
 
@@ -387,7 +393,6 @@ class Recording:
         # writes it; PostgreSQL: aware datetimes), JSON columns as text.
         self._driver_updates: dict[tuple[str, ...], str] = {}
         self._sqlite_inserts: dict[int, str] = {}
-        self._sqlite_selects: dict[int, str] = {}
         self.sqlite_insert_history = _render(self.insert_history, _SQLITE_NAMED)
         self.sqlite_insert_steps = _render(self.insert_steps, _SQLITE_NAMED)
         one = _render(sqlite_insert(executions).values({c: bindparam(c) for c in BEGIN_COLUMNS})
@@ -401,7 +406,6 @@ class Recording:
         head, found, tail = select_one.partition("IN (?)")
         assert found, select_one
         self._sqlite_select_parts = (head + "IN (", ")" + tail)
-        self._sqlite_claims: dict[int, str] = {}
         claim_one = _render(update(executions).where(
             executions.c.id.in_([bindparam("id")]), executions.c.status == literal_column("'pending'")
         ).values(status=RUNNING, started_at=bindparam("now"), updated_at=bindparam("now2"))
@@ -425,21 +429,6 @@ class Recording:
         if sql is None:
             head, row, tail = self._sqlite_insert_parts
             sql = self._sqlite_inserts[n] = head + ", ".join([row] * n) + tail
-        return sql
-
-    def _sqlite_select_running(self, n: int) -> str:
-        sql = self._sqlite_selects.get(n)
-        if sql is None:
-            head, tail = self._sqlite_select_parts
-            sql = self._sqlite_selects[n] = head + ", ".join("?" * n) + tail
-        return sql
-
-    def _sqlite_claim(self, n: int) -> str:
-        """:attr:`claim_pending` for ``n`` ids as driver SQL (``now, now, id...``), rendered once per size."""
-        sql = self._sqlite_claims.get(n)
-        if sql is None:
-            head, tail = self._sqlite_claim_parts
-            sql = self._sqlite_claims[n] = head + ", ".join("?" * n) + tail
         return sql
 
     def update_finish(self, columns: tuple[str, ...], returning: bool) -> Any:
@@ -601,7 +590,7 @@ class Recording:
             got = conn.execute(self.claim_pending, {"b_ids": ids, "b_now": now}).all()
         else:
             text = _sqlite_time(now)
-            got = conn.exec_driver_sql(self._sqlite_claim(len(ids)), (text, text, *ids)).all()
+            got = conn.exec_driver_sql(_in_list(*self._sqlite_claim_parts, len(ids)), (text, text, *ids)).all()
         return {r[0]: r[1] for r in got}
 
     def _begin_one(self, conn: Connection, op: BeginOp) -> Begun:
@@ -655,7 +644,7 @@ class Recording:
             if self.postgres:
                 rows = conn.execute(self.select_running, {"b_ids": ids}).all()
             else:
-                rows = conn.exec_driver_sql(self._sqlite_select_running(len(ids)), tuple(ids)).all()
+                rows = conn.exec_driver_sql(_in_list(*self._sqlite_select_parts, len(ids)), tuple(ids)).all()
             running.update((r[0], r[1]) for r in rows)
             updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
             history: list[dict[str, Any]] = []
